@@ -1,0 +1,305 @@
+"""The command line: parse options, call the pipeline, print, map errors to exit codes.
+
+Errors a user can cause print one line, ``FILE:LINE: problem``, and exit 1; bad
+option combinations are usage errors (exit 2). Data goes to stdout only.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from . import __version__, manifest, pipeline
+from .errors import PromptkitError
+from .formats import FORMATS
+from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
+from .pipeline import Step
+
+FORMAT_CHOICE = click.Choice(list(FORMATS))
+
+
+class UserError(click.ClickException):
+    """A data error: shown as the bare ``FILE:LINE: problem`` line, exit 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+def report(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn promptkit's errors into one-line messages with exit code 1."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PromptkitError as exc:
+            raise UserError(str(exc)) from None
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+# ---------------------------------------------------------------- shared option bundles
+
+
+def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """IN and OUT arguments, formats, --skip-invalid and --manifest."""
+    for decorator in reversed([
+        click.argument("input_path", metavar="IN"),
+        click.argument("output_path", metavar="OUT"),
+        click.option("--from", "from_format", type=FORMAT_CHOICE,
+                     help="Input format (default: detected from the first record)."),
+        click.option("--to", "to_format", type=FORMAT_CHOICE,
+                     help="Output format (default: the input format)."),
+        click.option("--skip-invalid", is_flag=True,
+                     help="Skip bad records (counted in the manifest) instead of stopping."),
+        click.option("--manifest", "manifest_path", metavar="PATH",
+                     help="Where to write the manifest (default: OUT.manifest.json; "
+                          "none for stdout unless given)."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--kind", type=click.Choice(KINDS), default="uuid", show_default=True,
+                     help="What the nonce is made of."),
+        click.option("--seed", type=int,
+                     help="Seed: same input and seed give the same bytes "
+                          "(default: a random seed, recorded in the manifest)."),
+        click.option("--at", type=click.Choice(POSITIONS), default="start", show_default=True,
+                     help="Where the nonce goes: start of the conversation, the system "
+                          "message, the first user message, every turn, or a cache_salt."),
+        click.option("--template", default="{nonce}\\n", show_default=True,
+                     help="Text put before the content; {nonce} is replaced by the nonce."),
+        click.option("--length", type=click.IntRange(min=1), default=DEFAULT_RANDOM_LENGTH,
+                     show_default=True, help="Characters of a random nonce."),
+        click.option("--start-time", metavar="ISO",
+                     help="First timestamp of a timestamp nonce (default: now, UTC)."),
+        click.option("--time-step-us", type=click.IntRange(min=1), default=DEFAULT_TIME_STEP_US,
+                     show_default=True, help="Microseconds between records' timestamps."),
+        click.option("--copies", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Distinct nonce'd copies of each record, so long runs never "
+                          "resend a prompt."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
+               start_time: str | None, time_step_us: int, copies: int) -> Step:
+    template = template.replace("\\n", "\n").replace("\\t", "\t")
+    if "{nonce}" not in template:
+        raise click.BadParameter("must contain {nonce}", param_hint="--template")
+    if start_time is not None:
+        from .nonce import parse_time
+
+        try:
+            parse_time(start_time)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--start-time") from None
+    return Step("nonce", nonce_params(
+        kind=kind, seed=seed, at=at, template=template, length=length,
+        start_time=start_time, time_step_us=time_step_us, copies=copies,
+    ))
+
+
+def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
+    out = result["output"]
+    line = (f"promptkit: wrote {out['records']} records "
+            f"({result['aiperf']['distinct_records']} distinct) as {out['format']} "
+            f"to {out['path']}")
+    if manifest_path:
+        line += f"; manifest {manifest_path}"
+    click.echo(line, err=True)
+    if result["skipped"]["count"]:
+        click.echo(f"promptkit: skipped {result['skipped']['count']} invalid records "
+                   f"(first: line {result['skipped']['lines'][0]})", err=True)
+    for warning in result["warnings"]:
+        click.echo(f"promptkit: warning: {warning}", err=True)
+
+
+def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
+                   from_format: str | None, to_format: str | None, skip_invalid: bool,
+                   manifest_path: str | None) -> None:
+    if manifest_path is None and output_path != "-":
+        manifest_path = manifest.default_path(output_path)
+    result = pipeline.run(
+        input_path, output_path, steps,
+        from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
+        manifest_path=manifest_path, argv=["promptkit", *sys.argv[1:]],
+    )
+    summarize(result, manifest_path)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="promptkit")
+def cli() -> None:
+    """Prepare prompt datasets for LLM serving benchmarks.
+
+    \b
+    Example:
+      promptkit nonce prompts/trace.jsonl.example out.jsonl --seed 7
+    """
+
+
+@cli.command()
+@io_options
+@nonce_options
+@report
+def nonce(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
+          skip_invalid: bool, manifest_path: str | None, **options: Any) -> None:
+    """Put a unique nonce at the start of every prompt, so no request hits the prefix cache.
+
+    \b
+    Examples:
+      promptkit nonce in.jsonl out.jsonl --seed 7
+      promptkit nonce in.jsonl out.jsonl --kind timestamp --at user
+      promptkit nonce in.jsonl out.jsonl --at salt --copies 4
+      cat in.jsonl | promptkit nonce - - > out.jsonl
+    """
+    run_and_report(input_path, output_path, [nonce_step(**options)],
+                   from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
+                   manifest_path=manifest_path)
+
+
+@cli.command()
+@click.argument("path", metavar="FILE")
+@click.option("--manifest", "manifest_path", metavar="PATH",
+              help="The manifest (default: FILE.manifest.json).")
+@report
+def verify(path: str, manifest_path: str | None) -> None:
+    """Check a file against its manifest (sha256 and record count); exit 1 if it differs.
+
+    \b
+    Example:
+      promptkit verify out.jsonl
+    """
+    problems = manifest.verify(path, manifest_path)
+    if problems:
+        raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
+    click.echo(f"{path}: OK, matches {manifest_path or manifest.default_path(path)}")
+
+
+@cli.command()
+@click.argument("manifest_path", metavar="MANIFEST")
+@click.argument("output_path", metavar="OUT")
+@click.option("--input", "input_path", metavar="PATH",
+              help="The input file (default: the path recorded in the manifest).")
+@report
+def rebuild(manifest_path: str, output_path: str, input_path: str | None) -> None:
+    """Re-make a file from its manifest and input, byte for byte; exit 1 if it differs.
+
+    \b
+    Example:
+      promptkit rebuild out.jsonl.manifest.json again.jsonl
+    """
+    result = pipeline.rebuild(manifest_path, output_path, input_path=input_path,
+                              argv=["promptkit", *sys.argv[1:]])
+    summarize(result, manifest.default_path(output_path) if output_path != "-" else None)
+    click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
+               err=True)
+
+
+@cli.command("formats")
+def list_formats() -> None:
+    """List the file formats promptkit reads and writes.
+
+    \b
+    Example:
+      promptkit formats
+    """
+    for fmt in FORMATS.values():
+        loads = f"aiperf --custom-dataset-type {fmt.aiperf_type}" if fmt.aiperf_type else "-"
+        click.echo(f"{fmt.name:15} {fmt.description}  [{loads}]")
+
+
+# ---------------------------------------------------------------- pipe: one in-process chain
+
+
+@dataclass
+class ReadStage:
+    path: str
+    from_format: str | None
+    skip_invalid: bool
+
+
+@dataclass
+class WriteStage:
+    path: str
+    to_format: str | None
+    manifest_path: str | None
+
+
+@cli.group(chain=True)
+def pipe() -> None:
+    """Run several steps in one process, with one manifest covering them all.
+
+    Stages: read IN, then any operations, then write OUT.
+
+    \b
+    Example:
+      promptkit pipe read in.jsonl nonce --kind uuid --seed 7 write out.jsonl
+      promptkit pipe read in.jsonl nonce --at user nonce --at salt write --to single_turn out.jsonl
+    """
+
+
+@pipe.command("read")
+@click.option("--from", "from_format", type=FORMAT_CHOICE,
+              help="Input format (default: detected from the first record).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad records (counted in the manifest) instead of stopping.")
+@click.argument("path", metavar="IN")
+def pipe_read(path: str, from_format: str | None, skip_invalid: bool) -> ReadStage:
+    """Read records from IN (a JSONL file, or - for stdin)."""
+    return ReadStage(path, from_format, skip_invalid)
+
+
+@pipe.command("nonce")
+@nonce_options
+def pipe_nonce(**options: Any) -> Step:
+    """Put a unique nonce in every prompt (same options as 'promptkit nonce')."""
+    return nonce_step(**options)
+
+
+@pipe.command("write")
+@click.option("--to", "to_format", type=FORMAT_CHOICE,
+              help="Output format (default: the input format).")
+@click.option("--manifest", "manifest_path", metavar="PATH",
+              help="Where to write the manifest (default: OUT.manifest.json).")
+@click.argument("path", metavar="OUT")
+def pipe_write(path: str, to_format: str | None, manifest_path: str | None) -> WriteStage:
+    """Write records to OUT (a JSONL file, or - for stdout)."""
+    return WriteStage(path, to_format, manifest_path)
+
+
+@pipe.result_callback()
+@report
+def run_pipe(stages: list[Any]) -> None:
+    if not stages or not isinstance(stages[0], ReadStage):
+        raise click.UsageError("a pipe starts with 'read IN'")
+    if not isinstance(stages[-1], WriteStage):
+        raise click.UsageError("a pipe ends with 'write OUT'")
+    middle = stages[1:-1]
+    if any(not isinstance(stage, Step) for stage in middle):
+        raise click.UsageError("a pipe has one 'read' first and one 'write' last")
+    read, write = stages[0], stages[-1]
+    run_and_report(read.path, write.path, middle,
+                   from_format=read.from_format, to_format=write.to_format,
+                   skip_invalid=read.skip_invalid, manifest_path=write.manifest_path)
+
+
+def main() -> None:
+    """Console entry point: restore default SIGPIPE so '| head' ends quietly."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    cli(prog_name="promptkit")

@@ -1,0 +1,87 @@
+"""File formats: one module each, registered in :data:`FORMATS`.
+
+Every format turns one JSON object (one line) into a canonical
+:class:`~promptkit.records.Record` (``parse``) and back (``dump``). ``dump`` raises
+:class:`~promptkit.errors.ConversionError` when the record holds data the format
+has no place for, so a conversion never drops data silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidRecordError
+from ..records import Record
+from . import aiperf, chat
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    parse: Callable[[dict[str, Any]], Record]
+    dump: Callable[[Record], dict[str, Any]]
+    #: The ``--custom-dataset-type`` AIPerf loads the file with, as it is (or None).
+    aiperf_type: str | None
+    description: str
+    #: Whether a system message can be written (``nonce --at system`` can create one).
+    holds_system: bool
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("single_turn", aiperf.parse_single_turn, aiperf.dump_single_turn, "single_turn",
+               "AIPerf single_turn: one request a line ({\"text\": ...})", False),
+        Format("multi_turn", aiperf.parse_multi_turn, aiperf.dump_multi_turn, "multi_turn",
+               "AIPerf multi_turn: {\"session_id\": ..., \"turns\": [...]}", True),
+        Format("random_pool", aiperf.parse_random_pool, aiperf.dump_random_pool, "random_pool",
+               "AIPerf random_pool: text entries sampled at random", False),
+        Format("mooncake_trace", aiperf.parse_mooncake, aiperf.dump_mooncake, "mooncake_trace",
+               "AIPerf mooncake_trace: input_length+hash_ids, text_input, messages or payload",
+               True),
+        Format("openai", chat.parse_openai, chat.dump_openai, "mooncake_trace",
+               "OpenAI chat JSONL: {\"messages\": [...], ...request fields}", True),
+        Format("sharegpt", chat.parse_sharegpt, chat.dump_sharegpt, None,
+               "ShareGPT: {\"conversations\": [{\"from\": \"human\", \"value\": ...}]}", True),
+        Format("prompt", chat.parse_prompt, chat.dump_prompt, None,
+               "Plain prompt JSONL: {\"prompt\": ...}", False),
+    )
+}
+
+_MOONCAKE_KEYS = ("input_length", "hash_ids", "text_input", "payload")
+_TRACE_KEYS = ("timestamp", "delay", "output_length", "session_id", "extra")
+
+
+def detect(obj: dict[str, Any]) -> str:
+    """The format of a record, judged from its keys. Raises if none fits."""
+    if "turns" in obj:
+        return "multi_turn"
+    if "conversations" in obj:
+        return "sharegpt"
+    if any(k in obj for k in _MOONCAKE_KEYS):
+        return "mooncake_trace"
+    if "messages" in obj:
+        return "mooncake_trace" if any(k in obj for k in _TRACE_KEYS) else "openai"
+    if "prompt" in obj:
+        return "prompt"
+    if "text" in obj or "texts" in obj:
+        return "single_turn"
+    keys = ", ".join(sorted(obj)) or "none"
+    raise InvalidRecordError(
+        f"cannot tell the format from the keys ({keys}); name it with --from "
+        f"({', '.join(FORMATS)})"
+    )
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise InvalidRecordError(
+            f"unknown format {name!r}; known formats: {', '.join(FORMATS)}"
+        ) from None
+
+
+__all__ = ["FORMATS", "Format", "detect", "get_format"]

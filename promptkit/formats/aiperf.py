@@ -1,0 +1,348 @@
+"""AIPerf's custom dataset formats: single_turn, multi_turn, random_pool, mooncake_trace.
+
+Field names and rules follow AIPerf 0.13's loader models
+(``aiperf.dataset.loader.models``): ``text`` xor ``texts``, ``timestamp`` xor
+``delay``, ``extra`` shallow-merged into the request body, and exactly one of
+``input_length``/``text_input``/``messages``/``payload`` for mooncake_trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..records import USER_ROLES, Message, Record
+from ._schema import bad, check_text_list, check_turn_fields, no_place, refuse, require_text
+
+# ---------------------------------------------------------------- single_turn / random_pool
+
+_TURN_KEYS = frozenset(
+    {"text", "texts", "role", "session_id", "timestamp", "delay", "output_length", "extra"}
+)
+_MEDIA_KEYS = ("image", "images", "audio", "audios", "video", "videos", "image_uuids")
+
+
+def _turn_content(obj: dict[str, Any]) -> tuple[Any, bool]:
+    """The text of a turn object: ``(content, has_text)``; content is a str or a list."""
+    text = obj.get("text")
+    texts = obj.get("texts")
+    if text is not None and texts is not None:
+        raise bad("'text' and 'texts' cannot both be set")
+    if text is not None:
+        if not isinstance(text, str):
+            raise bad(f"'text' must be a string, not {type(text).__name__}")
+        return text, True
+    if texts is not None:
+        return check_text_list(texts, "texts"), True
+    if not any(obj.get(k) for k in _MEDIA_KEYS):
+        raise bad("no 'text' or 'texts' (nor any image, audio or video)")
+    return None, False
+
+
+def parse_single_turn(obj: dict[str, Any]) -> Record:
+    content, _ = _turn_content(obj)
+    check_turn_fields(obj)
+    get = obj.get
+    return Record(
+        messages=[Message(get("role"), content)],
+        session_id=get("session_id"),
+        timestamp=get("timestamp"),
+        delay=get("delay"),
+        output_length=get("output_length"),
+        extra=get("extra"),
+        fields={k: v for k, v in obj.items() if k not in _TURN_KEYS},
+        layout="single_turn",
+    )
+
+
+def _text_fields(message: Message, fmt: str) -> dict[str, Any]:
+    """``text`` or ``texts`` for one message's content."""
+    content = message.content
+    if isinstance(content, str):
+        return {"text": content}
+    if content is None:
+        return {}
+    texts = []
+    for part in content:
+        if isinstance(part, str) or (isinstance(part, dict) and "contents" in part):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text":
+            texts.append(part.get("text", ""))
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise no_place(fmt, f"a content part of type {kind!r}")
+    return {"texts": texts}
+
+
+def _one_message(record: Record, fmt: str) -> Message:
+    require_text(record, fmt)
+    if len(record.messages) != 1:
+        hint = "write it --to multi_turn, openai or mooncake_trace"
+        if any(m.role == "system" for m in record.messages):
+            hint = "it has a system message; " + hint
+        raise no_place(fmt, f"a conversation of {len(record.messages)} messages", hint)
+    message = record.messages[0]
+    if message.fields:
+        raise no_place(fmt, f"message field {next(iter(message.fields))!r}")
+    return message
+
+
+def dump_single_turn(record: Record) -> dict[str, Any]:
+    message = _one_message(record, "single_turn")
+    out: dict[str, Any] = {}
+    if record.session_id is not None:
+        out["session_id"] = record.session_id
+    if record.timestamp is not None:
+        out["timestamp"] = record.timestamp
+    if record.delay is not None:
+        out["delay"] = record.delay
+    if message.role is not None:
+        out["role"] = message.role
+    out.update(_text_fields(message, "single_turn"))
+    if record.output_length is not None:
+        out["output_length"] = record.output_length
+    if record.extra is not None:
+        out["extra"] = record.extra
+    _add_fields(out, record.fields, "single_turn")
+    return out
+
+
+def _add_fields(out: dict[str, Any], fields: dict[str, Any], fmt: str) -> None:
+    for key, value in fields.items():
+        if key in out:
+            raise no_place(fmt, f"a second {key!r} field")
+        out[key] = value
+
+
+_POOL_KEYS = frozenset({"text", "texts"})
+
+
+def parse_random_pool(obj: dict[str, Any]) -> Record:
+    content, _ = _turn_content(obj)
+    return Record(
+        messages=[Message(None, content)],
+        fields={k: v for k, v in obj.items() if k not in _POOL_KEYS},
+        layout="random_pool",
+    )
+
+
+def dump_random_pool(record: Record) -> dict[str, Any]:
+    message = _one_message(record, "random_pool")
+    hint = "AIPerf samples random_pool entries at random and ignores it; use single_turn"
+    refuse(record, "random_pool",
+           ("session_id", "timestamp", "delay", "output_length", "extra"), hint)
+    if message.role not in USER_ROLES:
+        raise no_place("random_pool", f"role {message.role!r}", hint)
+    out = _text_fields(message, "random_pool")
+    _add_fields(out, record.fields, "random_pool")
+    return out
+
+
+# ---------------------------------------------------------------- multi_turn
+
+def parse_multi_turn(obj: dict[str, Any]) -> Record:
+    turns = obj.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise bad("'turns' must be a non-empty list")
+    check_type(obj, "session_id", str, "a string")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise bad(f"turn {i} must be an object")
+        try:
+            content, _ = _turn_content(turn)
+            check_turn_fields(turn)
+        except Exception as exc:
+            raise bad(f"turn {i}: {exc}") from None
+        fields = {k: v for k, v in turn.items() if k not in ("text", "texts", "role")}
+        messages.append(Message(turn.get("role"), content, fields))
+    return Record(
+        messages=messages,
+        session_id=obj.get("session_id"),
+        fields={k: v for k, v in obj.items() if k not in ("turns", "session_id")},
+        layout="multi_turn",
+    )
+
+
+_PER_TURN = ("timestamp", "delay", "output_length")
+
+
+def dump_multi_turn(record: Record) -> dict[str, Any]:
+    require_text(record, "multi_turn")
+    turns = []
+    for i, message in enumerate(record.messages):
+        if message.role in ("assistant", "tool") and record.layout != "multi_turn":
+            raise no_place(
+                "multi_turn", f"a recorded {message.role} message",
+                "AIPerf sends every turn as a request and generates the replies itself; "
+                "write it --to mooncake_trace or openai to keep the history verbatim",
+            )
+        turn: dict[str, Any] = {}
+        if message.role is not None:
+            turn["role"] = message.role
+        turn.update(_text_fields(message, "multi_turn"))
+        _add_fields(turn, message.fields, "multi_turn")
+        if i == 0:  # a one-line record's own timing applies to its (first) turn
+            for attr in _PER_TURN:
+                value = getattr(record, attr)
+                if value is not None:
+                    if attr in turn:
+                        raise no_place("multi_turn", f"a second {attr!r} on turn 0")
+                    turn[attr] = value
+        if record.extra is not None:  # request-body fields apply to every request
+            turn["extra"] = {**turn.get("extra", {}), **record.extra}
+        turns.append(turn)
+    out: dict[str, Any] = {}
+    if record.session_id is not None:
+        out["session_id"] = record.session_id
+    out["turns"] = turns
+    _add_fields(out, record.fields, "multi_turn")
+    return out
+
+
+# ---------------------------------------------------------------- mooncake_trace
+
+_MOONCAKE_KEYS = frozenset(
+    {"input_length", "hash_ids", "text_input", "messages", "payload", "session_id",
+     "timestamp", "delay", "output_length", "extra"}
+)
+
+
+def parse_messages(value: Any) -> list[Message]:
+    """OpenAI chat messages into canonical messages (other keys kept per message)."""
+    if not isinstance(value, list) or not value:
+        raise bad("'messages' must be a non-empty list")
+    messages = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise bad(f"message {i} must be an object with a string 'role'")
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad(f"message {i}: 'content' must be a string or a list of parts")
+        messages.append(
+            Message(msg["role"], content,
+                    {k: v for k, v in msg.items() if k not in ("role", "content")})
+        )
+    return messages
+
+
+def chat_content(content: Any) -> Any:
+    """Content in OpenAI chat form: AIPerf ``texts`` items become text parts."""
+    if not isinstance(content, list):
+        return content
+    parts: list[Any] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+        elif isinstance(part, dict) and "contents" in part and "type" not in part:
+            parts.extend({"type": "text", "text": text} for text in part["contents"])
+        else:
+            parts.append(part)
+    return parts
+
+
+def dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m.role or "user", "content": chat_content(m.content)}
+        msg.update(m.fields)
+        out.append(msg)
+    return out
+
+
+def parse_mooncake(obj: dict[str, Any]) -> Record:
+    modes = [k for k in ("input_length", "text_input", "messages", "payload") if k in obj]
+    if len(modes) != 1:
+        raise bad(
+            "exactly one of 'input_length', 'text_input', 'messages' or 'payload' must be set"
+            + (f" (found {', '.join(modes)})" if modes else "")
+        )
+    mode = modes[0]
+    check_turn_fields(obj)
+    get = obj.get
+    record = Record(
+        session_id=get("session_id"),
+        timestamp=get("timestamp"),
+        delay=get("delay"),
+        output_length=get("output_length"),
+        extra=get("extra"),
+        fields={k: v for k, v in obj.items() if k not in _MOONCAKE_KEYS},
+        layout=f"mooncake_trace:{mode}",
+    )
+    hash_ids = get("hash_ids")
+    if hash_ids is not None and mode != "input_length":
+        raise bad("'hash_ids' is only allowed with 'input_length'")
+    if mode == "input_length":
+        length = get("input_length")
+        if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+            raise bad("'input_length' must be a positive integer")
+        if hash_ids is not None and (
+            not isinstance(hash_ids, list)
+            or not all(isinstance(h, int) and not isinstance(h, bool) for h in hash_ids)
+        ):
+            raise bad("'hash_ids' must be a list of integers")
+        record.input_length = length
+        record.hash_ids = hash_ids
+    elif mode == "text_input":
+        text = get("text_input")
+        if not isinstance(text, str):
+            raise bad("'text_input' must be a string")
+        record.messages = [Message(None, text)]
+    elif mode == "messages":
+        record.messages = parse_messages(get("messages"))
+    else:
+        payload = get("payload")
+        if not isinstance(payload, dict) or not payload:
+            raise bad("'payload' must be a non-empty object")
+        body = dict(payload)
+        if "messages" in body:
+            record.messages = parse_messages(body.pop("messages"))
+        elif isinstance(body.get("prompt"), str):
+            record.messages = [Message(None, body.pop("prompt"))]
+            record.layout = "mooncake_trace:payload-prompt"
+        else:
+            raise bad("'payload' has neither 'messages' nor a string 'prompt'")
+        # The payload's other fields are request-body fields, like AIPerf's 'extra'.
+        record.extra = {**body, **(record.extra or {})} if body or record.extra else None
+    return record
+
+
+def dump_mooncake(record: Record) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if record.session_id is not None:
+        out["session_id"] = record.session_id
+    if record.timestamp is not None:
+        out["timestamp"] = record.timestamp
+    if record.delay is not None:
+        out["delay"] = record.delay
+    layout = record.layout or ""
+    in_payload = layout.startswith("mooncake_trace:payload") and bool(record.messages)
+    if not record.messages:
+        if record.input_length is None:
+            raise no_place("mooncake_trace", "a record with no text and no input_length")
+        out["input_length"] = record.input_length
+    elif in_payload:
+        if layout.endswith("prompt"):
+            body: dict[str, Any] = {"prompt": record.messages[0].content}
+        else:
+            body = {"messages": dump_messages(record.messages)}
+        body.update(record.extra or {})
+        out["payload"] = body
+    else:
+        only = record.messages[0]
+        if (
+            len(record.messages) == 1
+            and only.role is None
+            and isinstance(only.content, str)
+            and not only.fields
+        ):
+            out["text_input"] = only.content
+        else:
+            out["messages"] = dump_messages(record.messages)
+    if record.output_length is not None:
+        out["output_length"] = record.output_length
+    if record.hash_ids is not None:
+        out["hash_ids"] = record.hash_ids
+    if record.extra is not None and not in_payload:
+        out["extra"] = record.extra
+    _add_fields(out, record.fields, "mooncake_trace")
+    return out

@@ -1,0 +1,260 @@
+"""Nonces: make every request's prompt unique from its first token on.
+
+A record's nonce depends only on ``(seed, kind, record index)`` (and, for
+``every-turn``, the message's position), never on a shared RNG's position, so
+sharded or parallel runs produce the same bytes as a sequential one.
+
+Every kind puts its per-record part first, so that prompts differ at their
+first tokens: a date-first timestamp would make all records share a dozen
+tokens, nearly a whole 16-token cache block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from base64 import b32encode
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidRecordError
+from .records import USER_ROLES, Message, Record, prepend_text
+
+KINDS = ("uuid", "timestamp", "random")
+POSITIONS = ("start", "system", "user", "every-turn", "salt")
+DEFAULT_TEMPLATE = "{nonce}\n"
+DEFAULT_RANDOM_LENGTH = 16
+DEFAULT_TIME_STEP_US = 1000
+#: Fresh first hash ids start here: above every id a real trace uses (they are
+#: small, remapped integers) and below 2**53, so any JSON reader keeps them exact.
+HASH_ID_BASE = 1 << 52
+
+
+def new_seed() -> int:
+    """A seed for an unseeded run (recorded in the manifest, so the run is reproducible)."""
+    return secrets.randbits(63)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> int:
+    """An ISO 8601 time as integer microseconds since the epoch (UTC if no zone given)."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class NonceMaker:
+    """Makes the nonce string of ``(index, sub)`` for one kind, seed and settings."""
+
+    def __init__(
+        self,
+        kind: str,
+        seed: int,
+        *,
+        length: int = DEFAULT_RANDOM_LENGTH,
+        start_time: str | None = None,
+        time_step_us: int = DEFAULT_TIME_STEP_US,
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"unknown nonce kind {kind!r}; choose from {', '.join(KINDS)}")
+        if length < 1:
+            raise ValueError("nonce length must be at least 1")
+        self.kind = kind
+        self.seed = seed
+        self.length = length
+        self._prefix = f"{seed}:{kind}:".encode()
+        self._start_us = parse_time(start_time) if start_time else 0
+        self._step_us = time_step_us
+        self._last_second = -1
+        self._second_text = ""
+        self.make = getattr(self, "_" + kind)
+
+    def _digest(self, index: int, sub: int, size: int) -> bytes:
+        key = self._prefix + f"{index}:{sub}".encode()
+        if size <= 64:
+            return hashlib.blake2b(key, digest_size=size).digest()
+        return hashlib.shake_256(key).digest(size)
+
+    def _uuid(self, index: int, sub: int = 0) -> str:
+        h = self._digest(index, sub, 16).hex()
+        variant = "89ab"[int(h[16], 16) & 3]
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+    def _random(self, index: int, sub: int = 0) -> str:
+        raw = self._digest(index, sub, (self.length * 5 + 7) // 8)
+        return b32encode(raw).decode("ascii").lower()[: self.length]
+
+    def _timestamp(self, index: int, sub: int = 0) -> str:
+        moment = self._start_us + index * self._step_us
+        second, micro = divmod(moment, 1_000_000)
+        if second != self._last_second:
+            self._last_second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        suffix = f"{sub}" if sub else ""
+        return f"{index:06d}{suffix}@{self._second_text}.{micro:06d}Z"
+
+    def first_hash_id(self, index: int) -> int:
+        offset = int.from_bytes(hashlib.blake2b(self._prefix + b"hash_ids", digest_size=8).digest())
+        return HASH_ID_BASE + (offset + index) % HASH_ID_BASE
+
+
+def add_nonces(
+    records: Iterable[Record],
+    *,
+    kind: str = "uuid",
+    seed: int,
+    at: str = "start",
+    template: str = DEFAULT_TEMPLATE,
+    length: int = DEFAULT_RANDOM_LENGTH,
+    start_time: str | None = None,
+    time_step_us: int = DEFAULT_TIME_STEP_US,
+    copies: int = 1,
+) -> Iterator[Record]:
+    """Give every record a unique nonce (``copies`` distinct nonce'd copies of each).
+
+    - ``at="start"``: before the first token of the conversation, whatever its role.
+    - ``at="system"``: at the start of the system message (one is created if absent).
+    - ``at="user"``: at the start of the first user message (a shared system prompt
+      stays shared).
+    - ``at="every-turn"``: the start, and every later user message.
+    - ``at="salt"``: no text change; a unique ``cache_salt`` in the request ``extra``.
+
+    Records without text (``input_length``/``hash_ids``) get a fresh, unique first
+    hash id instead. Records continuing a conversation (a later line with a
+    ``session_id`` seen before) keep the nonce of the conversation's first line.
+    The output record ``i * copies + c`` gets the nonce of index ``i * copies + c``.
+
+    Records are modified in place (copies beyond the first are new records).
+    """
+    if at not in POSITIONS:
+        raise ValueError(f"unknown position {at!r}; choose from {', '.join(POSITIONS)}")
+    if "{nonce}" not in template:
+        raise ValueError("the template must contain {nonce}")
+    if copies < 1:
+        raise ValueError("copies must be at least 1")
+    maker = NonceMaker(kind, seed, length=length, start_time=start_time,
+                       time_step_us=time_step_us)
+    before, _, after = template.partition("{nonce}")
+    make = maker.make
+    started: set[str] = set()  # sessions whose first line has been seen
+    user_done: set[str] = set()  # sessions whose first user message has its nonce
+    salts: dict[str, str] = {}
+
+    for position, source in enumerate(records):
+        for c in range(copies):
+            record = source if c == 0 else copy_record(source)
+            index = position * copies + c
+            if c and record.session_id is not None:
+                record.session_id = f"{record.session_id}#{c}"
+            session = record.session_id
+            continuing = session is not None and session in started
+            if session is not None:
+                started.add(session)
+
+            if at == "salt":  # one salt a conversation: its lines may reuse each other's cache
+                if session is None:
+                    salt = make(index)
+                elif continuing:
+                    salt = salts[session]
+                else:
+                    salt = salts[session] = make(index)
+                record.extra = {**(record.extra or {}), "cache_salt": salt}
+            elif not record.messages:
+                _nonce_hash_ids(record, maker, index, at)
+            elif at == "start":
+                if not continuing:
+                    message = record.messages[0]
+                    message.content = prepend_text(message.content, before + make(index) + after)
+            elif at == "every-turn":
+                for i, message in enumerate(record.messages):
+                    if i == 0 or message.role in USER_ROLES:
+                        message.content = prepend_text(
+                            message.content, before + make(index, i) + after
+                        )
+            elif at == "user":
+                if session is None or session not in user_done:
+                    message = _first_user(record, required=not continuing)
+                    if message is not None:
+                        message.content = prepend_text(
+                            message.content, before + make(index) + after
+                        )
+                        if session is not None:
+                            user_done.add(session)
+            elif not continuing:  # system
+                nonce = before + make(index) + after
+                head = record.messages[0]
+                if head.role == "system":
+                    head.content = prepend_text(head.content, nonce)
+                else:
+                    record.messages.insert(0, Message("system", nonce.rstrip()))
+            yield record
+
+
+def _first_user(record: Record, *, required: bool) -> Message | None:
+    for message in record.messages:
+        if message.role in USER_ROLES:
+            return message
+    if required:
+        raise InvalidRecordError("no user message to put the nonce in (use --at start)",
+                                 lineno=record.lineno)
+    return None
+
+
+def _nonce_hash_ids(record: Record, maker: NonceMaker, index: int, at: str) -> None:
+    if at not in ("start", "every-turn"):
+        raise InvalidRecordError(
+            f"a record with only input_length/hash_ids has no {at} message; "
+            "use --at start (a fresh first hash id) or --at salt",
+            lineno=record.lineno,
+        )
+    fresh = maker.first_hash_id(index)
+    ids = record.hash_ids
+    if not ids:
+        record.hash_ids = [fresh]  # AIPerf then synthesizes a unique first block
+        return
+    if max(ids) >= HASH_ID_BASE:
+        raise InvalidRecordError(f"hash ids of {HASH_ID_BASE} or more are not supported",
+                                 lineno=record.lineno)
+    record.hash_ids = [fresh, *ids[1:]]
+
+
+def copy_record(record: Record) -> Record:
+    """A copy that shares no mutable state a transform changes with ``record``."""
+    return Record(
+        messages=[Message(m.role, m.content, dict(m.fields)) for m in record.messages],
+        session_id=record.session_id,
+        timestamp=record.timestamp,
+        delay=record.delay,
+        output_length=record.output_length,
+        extra=dict(record.extra) if record.extra is not None else None,
+        input_length=record.input_length,
+        hash_ids=list(record.hash_ids) if record.hash_ids is not None else None,
+        fields=dict(record.fields),
+        layout=record.layout,
+        lineno=record.lineno,
+    )
+
+
+def nonce_params(**params: Any) -> dict[str, Any]:
+    """All parameters of a nonce step, defaults filled in (for manifests)."""
+    full = {
+        "kind": "uuid", "at": "start", "template": DEFAULT_TEMPLATE,
+        "length": DEFAULT_RANDOM_LENGTH, "start_time": None,
+        "time_step_us": DEFAULT_TIME_STEP_US, "copies": 1,
+    }
+    full.update(params)
+    if full.get("seed") is None:
+        full["seed"] = new_seed()
+    if full["kind"] == "timestamp" and full["start_time"] is None:
+        full["start_time"] = now_iso()
+    return full

@@ -1,0 +1,183 @@
+"""Run a chain of operations from one source to one sink, and describe it in a manifest.
+
+This is the one place that does I/O around the pure operations: the CLI's
+commands and the ``pipe`` chain are thin wrappers over :func:`run`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__, manifest
+from .errors import InvalidRecordError, PromptkitError
+from .formats import get_format
+from .nonce import add_nonces
+from .records import Record
+from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
+
+Operation = Callable[..., Iterator[Record]]
+
+#: Every operation a manifest step can name, by name.
+OPERATIONS: dict[str, Operation] = {"nonce": add_nonces}
+
+
+@dataclass
+class Step:
+    """One operation with all its parameters (as recorded in the manifest)."""
+
+    op: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, records: Iterable[Record]) -> Iterator[Record]:
+        return OPERATIONS[self.op](records, **self.params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "params": self.params}
+
+
+def run(
+    input_path: str,
+    output_path: str,
+    steps: list[Step],
+    *,
+    from_format: str | None = None,
+    to_format: str | None = None,
+    skip_invalid: bool = False,
+    manifest_path: str | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Read, transform, write; return the manifest, also written to ``manifest_path``.
+
+    On any error nothing is written: no output file, no manifest, and an existing
+    output stays untouched.
+    """
+    source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    try:
+        out_format = get_format(to_format) if to_format else source.format
+        sink = Sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
+        try:
+            if output_path == STDIO:
+                source.before_read = sink.flush  # stream records on as input arrives
+            records: Iterable[Record] = source.records()
+            for step in steps:
+                records = step.apply(records)
+            try:
+                sink.write_all(records)
+            except InvalidRecordError as exc:
+                if exc.path is None:
+                    raise exc.located(source.name) from None
+                raise
+            sink.flush()
+            result = describe(source, sink, steps, argv)
+            if manifest_path is not None:
+                refuse_overwrite(manifest_path, [input_path])
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        source.close()
+    if manifest_path is not None:
+        manifest.write(manifest_path, result)
+    return result
+
+
+def describe(source: Source, sink: Sink, steps: list[Step],
+             argv: list[str] | None) -> dict[str, Any]:
+    out_format = sink.format
+    skipped = source.skipped + sink.skipped
+    distinct = sink.distinct_records()
+    result: dict[str, Any] = {
+        "schema": manifest.SCHEMA,
+        "promptkit_version": __version__,
+        "created": manifest.now_utc(),
+        "argv": list(argv if argv is not None else sys.argv),
+        "inputs": [{
+            "path": source.name,
+            "format": source.format.name,
+            "records": source.records_read,
+            "sha256": source.sha256.hexdigest(),
+        }],
+        "output": {
+            "path": sink.name,
+            "format": out_format.name,
+            "records": sink.records_written,
+            "sha256": sink.sha256.hexdigest(),
+        },
+        "steps": [step.as_dict() for step in steps],
+        "skipped": {"count": len(skipped), "lines": skipped[:100]},
+        "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct),
+        "warnings": warnings_for(steps, out_format.name),
+    }
+    return result
+
+
+def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "custom_dataset_type": aiperf_type,
+        "args": ["--input-file", path, "--custom-dataset-type", aiperf_type] if aiperf_type else [],
+        "distinct_records": distinct,
+        "note": (
+            f"At most {distinct} requests, warmup included, never repeat a prompt: "
+            "beyond that AIPerf wraps around the file and the repeats hit the prefix cache."
+        ),
+    }
+    if aiperf_type is None:
+        section["note"] = (
+            f"AIPerf does not load {fmt} files; convert with "
+            "'promptkit pipe read FILE write --to single_turn OUT' (or multi_turn)."
+        )
+    elif fmt == "openai":
+        section["note"] += (
+            " AIPerf reads OpenAI chat lines as mooncake_trace and sends only 'messages'"
+            " and 'tools' of each line."
+        )
+    return section
+
+
+def warnings_for(steps: list[Step], out_format: str) -> list[str]:
+    warnings = []
+    for step in steps:
+        if step.op == "nonce" and step.params.get("at") == "salt" and out_format in (
+            "openai", "sharegpt", "prompt"
+        ):
+            warnings.append(
+                f"cache_salt is written into {out_format} lines, but AIPerf does not send it "
+                "from this format; write --to single_turn, multi_turn or mooncake_trace"
+            )
+    return warnings
+
+
+def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
+            argv: list[str] | None = None) -> dict[str, Any]:
+    """Re-make a file from its manifest and input; raise if the bytes differ."""
+    recorded = manifest.read(manifest_path)
+    inputs = recorded["inputs"]
+    if len(inputs) != 1:
+        raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
+    source = input_path or inputs[0]["path"]
+    if source == display_name(STDIO):
+        raise PromptkitError(f"{manifest_path}: the input was stdin; name it with --input")
+    for step in recorded["steps"]:
+        if step["op"] not in OPERATIONS:
+            raise PromptkitError(f"{manifest_path}: unknown operation {step['op']!r}")
+    result = run(
+        source,
+        output_path,
+        [Step(s["op"], s["params"]) for s in recorded["steps"]],
+        from_format=inputs[0]["format"],
+        to_format=recorded["output"]["format"],
+        skip_invalid=recorded["skipped"]["count"] > 0,
+        manifest_path=None if output_path == STDIO else manifest.default_path(output_path),
+        argv=argv,
+    )
+    want = recorded["output"]["sha256"]
+    if result["output"]["sha256"] != want:
+        raise PromptkitError(
+            f"{output_path}: rebuilt file differs from the manifest "
+            f"(sha256 {result['output']['sha256']}, manifest says {want})"
+        )
+    return result

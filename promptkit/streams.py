@@ -1,0 +1,264 @@
+"""Reading records from a file or stdin, and writing them atomically.
+
+- :class:`Source` reads JSONL in large chunks (``read1``, so records from a pipe
+  flow on as soon as they arrive), hashes the bytes for the manifest, detects the
+  format from the first record, and reports bad lines as ``FILE:LINE: problem``.
+- :class:`Sink` writes to a temporary file beside the output and renames it into
+  place only on success: a failed or interrupted run leaves no partial file and
+  never damages an existing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+import orjson
+
+from .errors import InvalidRecordError, PromptkitError
+from .formats import Format, detect, get_format
+from .records import Record
+
+CHUNK = 1 << 20
+STDIO = "-"
+
+
+def display_name(path: str) -> str:
+    return "<stdin>" if path == STDIO else path
+
+
+class Source:
+    """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes."""
+
+    def __init__(self, path: str, fmt: str | None = None, *, skip_invalid: bool = False):
+        self.path = path
+        self.name = display_name(path)
+        self.skip_invalid = skip_invalid
+        self.sha256 = hashlib.sha256()
+        self.records_read = 0
+        self.skipped: list[str] = []  # "LINE: problem" of each skipped line
+        self.before_read: Callable[[], None] | None = None
+        if path == STDIO:
+            self._stream: IO[bytes] = sys.stdin.buffer
+        else:
+            try:
+                self._stream = open(path, "rb")  # noqa: SIM115 (closed by close())
+            except FileNotFoundError:
+                raise PromptkitError(f"{path}: no such file") from None
+            except IsADirectoryError:
+                raise PromptkitError(f"{path}: is a directory, not a JSONL file") from None
+            except OSError as exc:
+                raise PromptkitError(f"{path}: {exc.strerror}") from None
+        self._lines = self._iter_lines()
+        self._first = self._first_object()
+        self.format: Format = get_format(fmt) if fmt else self._detect()
+
+    def close(self) -> None:
+        if self.path != STDIO:
+            self._stream.close()
+
+    def _iter_lines(self) -> Iterator[tuple[int, bytes]]:
+        read = getattr(self._stream, "read1", self._stream.read)
+        lineno = 0
+        tail = b""
+        while True:
+            if self.before_read is not None:
+                self.before_read()
+            chunk = read(CHUNK)
+            if not chunk:
+                break
+            self.sha256.update(chunk)
+            lines = chunk.split(b"\n")
+            lines[0] = tail + lines[0]
+            tail = lines.pop()
+            for line in lines:
+                lineno += 1
+                yield lineno, line
+        if tail:
+            yield lineno + 1, tail
+
+    def _load(self, lineno: int, line: bytes) -> dict[str, Any] | None:
+        """The JSON object of one line (None for a blank line)."""
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            if not line.strip():
+                return None
+            problem = str(exc)
+            if "UTF-8" in problem or "utf-8" in problem:
+                raise InvalidRecordError("invalid UTF-8", self.name, lineno) from None
+            raise InvalidRecordError(f"invalid JSON: {problem}", self.name, lineno) from None
+        if not isinstance(obj, dict):
+            raise InvalidRecordError(
+                f"expected a JSON object, got {type(obj).__name__}", self.name, lineno
+            )
+        return obj
+
+    def _first_object(self) -> tuple[int, dict[str, Any]] | None:
+        for lineno, line in self._lines:
+            try:
+                obj = self._load(lineno, line)
+            except InvalidRecordError as exc:
+                self._skip_or_raise(exc)
+                continue
+            if obj is not None:
+                return lineno, obj
+        return None
+
+    def _detect(self) -> Format:
+        if self._first is None:
+            raise PromptkitError(f"{self.name}: empty file: no records")
+        lineno, obj = self._first
+        try:
+            return get_format(detect(obj))
+        except InvalidRecordError as exc:
+            raise InvalidRecordError(exc.problem, self.name, lineno) from None
+
+    def _skip_or_raise(self, exc: InvalidRecordError) -> None:
+        if not self.skip_invalid:
+            raise exc
+        self.skipped.append(f"{exc.lineno}: {exc.problem}")
+
+    def records(self) -> Iterator[Record]:
+        """The records, in file order. Raises on the first bad line unless skipping."""
+        parse = self.format.parse
+        if self._first is None:
+            raise PromptkitError(f"{self.name}: empty file: no records")
+        pending: Iterable[tuple[int, bytes | dict[str, Any]]] = [self._first]
+        for source in (pending, self._lines):
+            for lineno, item in source:
+                try:
+                    obj = self._load(lineno, item) if isinstance(item, bytes) else item
+                    if obj is None:
+                        continue
+                    record = parse(obj)
+                except InvalidRecordError as exc:
+                    self._skip_or_raise(
+                        InvalidRecordError(f"{self.format.name}: {exc.problem}", self.name, lineno)
+                        if exc.lineno is None else exc
+                    )
+                    continue
+                record.lineno = lineno
+                self.records_read += 1
+                yield record
+
+
+class Sink:
+    """Writes records in one format to a path (atomically) or stdout, hashing the bytes."""
+
+    def __init__(self, path: str, fmt: Format, *, skip_invalid: bool = False,
+                 inputs: Iterable[str] = ()):
+        self.path = path
+        self.name = "<stdout>" if path == STDIO else path
+        self.format = fmt
+        self.skip_invalid = skip_invalid
+        self.sha256 = hashlib.sha256()
+        self.records_written = 0
+        self.skipped: list[str] = []
+        self._keys = array("q")  # one 64-bit hash of each record's prompt
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._tmp: str | None = None
+        if path == STDIO:
+            self._stream: IO[bytes] = sys.stdout.buffer
+        else:
+            refuse_overwrite(path, inputs)
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise PromptkitError(f"{path}: folder {folder} does not exist")
+            fd, self._tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(path)}.", suffix=".promptkit-tmp", dir=folder
+            )
+            self._stream = os.fdopen(fd, "wb")
+
+    def write(self, record: Record) -> None:
+        try:
+            data = orjson.dumps(self.format.dump(record), option=orjson.OPT_APPEND_NEWLINE)
+        except InvalidRecordError as exc:
+            problem = f"cannot write as {self.format.name}: {exc.problem}"
+            if not self.skip_invalid:
+                raise InvalidRecordError(problem, None, record.lineno) from None
+            self.skipped.append(f"{record.lineno}: {problem}")
+            return
+        except TypeError as exc:  # e.g. an integer beyond 64 bits
+            raise InvalidRecordError(f"cannot encode: {exc}", None, record.lineno) from None
+        self._keys.append(prompt_key(record))
+        self._parts.append(data)
+        self._size += len(data)
+        self.records_written += 1
+        if self._size >= CHUNK:
+            self.flush()
+
+    def write_all(self, records: Iterable[Record]) -> None:
+        write = self.write
+        for record in records:
+            write(record)
+
+    def flush(self) -> None:
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            self.sha256.update(data)
+            self._stream.write(data)
+        if self.path == STDIO:
+            self._stream.flush()
+
+    def distinct_records(self) -> int:
+        """How many records have distinct prompts (hash of messages, ids and salt).
+
+        Keeps 8 bytes a record; sorted in place, so counting costs no more.
+        """
+        import numpy as np
+
+        if not self._keys:
+            return 0
+        keys = np.frombuffer(self._keys, dtype=np.int64)
+        keys.sort()
+        return int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
+
+    def commit(self) -> None:
+        self.flush()
+        if self._tmp is None:
+            return
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+
+    def abort(self) -> None:
+        if self._tmp is not None:
+            self._stream.close()
+            os.unlink(self._tmp)
+            self._tmp = None
+
+
+def refuse_overwrite(path: str, inputs: Iterable[str]) -> None:
+    """Raise if writing ``path`` would overwrite one of the ``inputs``."""
+    for source in inputs:
+        if source == STDIO or not os.path.exists(path):
+            continue
+        if os.path.samefile(path, source):
+            raise PromptkitError(f"{path}: refusing to overwrite the input file")
+
+
+def prompt_key(record: Record) -> int:
+    """A 64-bit key of what the server sees first: the prompt, hash ids and salt."""
+    salt = record.extra.get("cache_salt") if record.extra else None
+    parts: list[Any] = [record.input_length, salt]
+    if record.hash_ids:
+        parts.append(tuple(record.hash_ids))
+    for m in record.messages:
+        content = m.content
+        parts.append(m.role)
+        parts.append(content if isinstance(content, str) else orjson.dumps(content))
+    return hash(tuple(parts))
