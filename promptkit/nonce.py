@@ -119,6 +119,7 @@ def add_nonces(
     start_time: str | None = None,
     time_step_us: int = DEFAULT_TIME_STEP_US,
     copies: int = 1,
+    first_index: int = 0,
 ) -> Iterator[Record]:
     """Give every record a unique nonce (``copies`` distinct nonce'd copies of each).
 
@@ -132,7 +133,9 @@ def add_nonces(
     Records without text (``input_length``/``hash_ids``) get a fresh, unique first
     hash id instead. Records continuing a conversation (a later line with a
     ``session_id`` seen before) keep the nonce of the conversation's first line.
-    The output record ``i * copies + c`` gets the nonce of index ``i * copies + c``.
+    The output record ``i * copies + c`` gets the nonce of index ``i * copies + c``;
+    a shard that starts at input record ``k`` passes ``first_index=k`` and gets the
+    same nonces as a sequential run.
 
     Records are modified in place (copies beyond the first are new records).
     """
@@ -150,9 +153,10 @@ def add_nonces(
     user_done: set[str] = set()  # sessions whose first user message has its nonce
     salts: dict[str, str] = {}
 
-    for position, source in enumerate(records):
-        for c in range(copies):
-            record = source if c == 0 else copy_record(source)
+    for position, source in enumerate(records, start=first_index):
+        # Copies are taken before the first one is changed.
+        batch = [source, *(copy_record(source) for _ in range(copies - 1))]
+        for c, record in enumerate(batch):
             index = position * copies + c
             if c and record.session_id is not None:
                 record.session_id = f"{record.session_id}#{c}"
@@ -250,7 +254,7 @@ def nonce_params(**params: Any) -> dict[str, Any]:
     full = {
         "kind": "uuid", "at": "start", "template": DEFAULT_TEMPLATE,
         "length": DEFAULT_RANDOM_LENGTH, "start_time": None,
-        "time_step_us": DEFAULT_TIME_STEP_US, "copies": 1,
+        "time_step_us": DEFAULT_TIME_STEP_US, "copies": 1, "first_index": 0,
     }
     full.update(params)
     if full.get("seed") is None:

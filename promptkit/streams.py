@@ -21,10 +21,12 @@ from typing import IO, Any
 import orjson
 
 from .errors import InvalidRecordError, PromptkitError
-from .formats import Format, detect, get_format
+from .formats import Format, detect_many, get_format
 from .records import Record
 
 CHUNK = 1 << 20
+#: Records read ahead to detect a file's format.
+DETECT_RECORDS = 64
 STDIO = "-"
 
 
@@ -55,7 +57,7 @@ class Source:
             except OSError as exc:
                 raise PromptkitError(f"{path}: {exc.strerror}") from None
         self._lines = self._iter_lines()
-        self._first = self._first_object()
+        self._head = self._first_objects()
         self.format: Format = get_format(fmt) if fmt else self._detect()
 
     def close(self) -> None:
@@ -99,7 +101,9 @@ class Source:
             )
         return obj
 
-    def _first_object(self) -> tuple[int, dict[str, Any]] | None:
+    def _first_objects(self) -> list[tuple[int, dict[str, Any]]]:
+        """The first records (up to ``DETECT_RECORDS``), read ahead to detect the format."""
+        head: list[tuple[int, dict[str, Any]]] = []
         for lineno, line in self._lines:
             try:
                 obj = self._load(lineno, line)
@@ -107,17 +111,18 @@ class Source:
                 self._skip_or_raise(exc)
                 continue
             if obj is not None:
-                return lineno, obj
-        return None
+                head.append((lineno, obj))
+                if len(head) == DETECT_RECORDS:
+                    break
+        return head
 
     def _detect(self) -> Format:
-        if self._first is None:
+        if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
-        lineno, obj = self._first
         try:
-            return get_format(detect(obj))
+            return get_format(detect_many([obj for _, obj in self._head]))
         except InvalidRecordError as exc:
-            raise InvalidRecordError(exc.problem, self.name, lineno) from None
+            raise InvalidRecordError(exc.problem, self.name, self._head[0][0]) from None
 
     def _skip_or_raise(self, exc: InvalidRecordError) -> None:
         if not self.skip_invalid:
@@ -127,10 +132,10 @@ class Source:
     def records(self) -> Iterator[Record]:
         """The records, in file order. Raises on the first bad line unless skipping."""
         parse = self.format.parse
-        if self._first is None:
+        if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
-        pending: Iterable[tuple[int, bytes | dict[str, Any]]] = [self._first]
-        for source in (pending, self._lines):
+        head: Iterable[tuple[int, bytes | dict[str, Any]]] = self._head
+        for source in (head, self._lines):
             for lineno, item in source:
                 try:
                     obj = self._load(lineno, item) if isinstance(item, bytes) else item

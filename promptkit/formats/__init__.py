@@ -75,6 +75,23 @@ def detect(obj: dict[str, Any]) -> str:
     )
 
 
+def detect_many(objs: list[dict[str, Any]]) -> str:
+    """The format of a file, judged from its first records.
+
+    A ``{"messages": ...}`` line is OpenAI chat unless some line carries a
+    mooncake_trace field (timestamp, session_id, extra, ...).
+    """
+    found = {detect(obj) for obj in objs}
+    if len(found) == 1:
+        return found.pop()
+    if found == {"openai", "mooncake_trace"}:
+        return "mooncake_trace"
+    raise InvalidRecordError(
+        f"the first records look like different formats ({', '.join(sorted(found))}); "
+        "name it with --from"
+    )
+
+
 def get_format(name: str) -> Format:
     try:
         return FORMATS[name]
@@ -84,4 +101,4 @@ def get_format(name: str) -> Format:
         ) from None
 
 
-__all__ = ["FORMATS", "Format", "detect", "get_format"]
+__all__ = ["FORMATS", "Format", "detect", "detect_many", "get_format"]

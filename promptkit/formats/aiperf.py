@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..records import USER_ROLES, Message, Record
-from ._schema import bad, check_text_list, check_turn_fields, no_place, refuse, require_text
+from ._schema import (
+    bad,
+    check_text_list,
+    check_turn_fields,
+    check_type,
+    no_place,
+    refuse,
+    require_text,
+)
 
 # ---------------------------------------------------------------- single_turn / random_pool
 
