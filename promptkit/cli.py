@@ -44,6 +44,16 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class PromptkitGroup(click.Group):
+    """The root group: remembers the arguments it was called with, for manifests."""
+
+    argv: list[str] = []
+
+    def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
+        PromptkitGroup.argv = ["promptkit", *(sys.argv[1:] if args is None else args)]
+        return super().main(args, *pargs, **kwargs)
+
+
 # ---------------------------------------------------------------- shared option bundles
 
 
@@ -133,7 +143,7 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
     result = pipeline.run(
         input_path, output_path, steps,
         from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
-        manifest_path=manifest_path, argv=["promptkit", *sys.argv[1:]],
+        manifest_path=manifest_path, argv=PromptkitGroup.argv,
     )
     summarize(result, manifest_path)
 
@@ -141,7 +151,7 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
 # ---------------------------------------------------------------- commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PromptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="promptkit")
 def cli() -> None:
     """Prepare prompt datasets for LLM serving benchmarks.
@@ -204,7 +214,7 @@ def rebuild(manifest_path: str, output_path: str, input_path: str | None) -> Non
       promptkit rebuild out.jsonl.manifest.json again.jsonl
     """
     result = pipeline.rebuild(manifest_path, output_path, input_path=input_path,
-                              argv=["promptkit", *sys.argv[1:]])
+                              argv=PromptkitGroup.argv)
     summarize(result, manifest.default_path(output_path) if output_path != "-" else None)
     click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
                err=True)

@@ -57,14 +57,19 @@ class Source:
             except OSError as exc:
                 raise PromptkitError(f"{path}: {exc.strerror}") from None
         self._lines = self._iter_lines()
-        self._head = self._first_objects()
-        self.format: Format = get_format(fmt) if fmt else self._detect()
+        try:
+            self._head = self._first_objects()
+            self.format: Format = get_format(fmt) if fmt else self._detect()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self.path != STDIO:
             self._stream.close()
 
-    def _iter_lines(self) -> Iterator[tuple[int, bytes]]:
+    def _iter_lines(self) -> Iterator[tuple[int, bytes | None]]:
+        """``(lineno, line)`` pairs; ``(lineno, None)`` marks the end of each chunk read."""
         read = getattr(self._stream, "read1", self._stream.read)
         lineno = 0
         tail = b""
@@ -81,6 +86,7 @@ class Source:
             for line in lines:
                 lineno += 1
                 yield lineno, line
+            yield lineno, None  # the end of what has arrived so far
         if tail:
             yield lineno + 1, tail
 
@@ -102,9 +108,14 @@ class Source:
         return obj
 
     def _first_objects(self) -> list[tuple[int, dict[str, Any]]]:
-        """The first records (up to ``DETECT_RECORDS``), read ahead to detect the format."""
+        """The first records (up to ``DETECT_RECORDS`` of those already read), to detect
+        the format."""
         head: list[tuple[int, dict[str, Any]]] = []
         for lineno, line in self._lines:
+            if line is None:
+                if head:  # never wait for more input just to detect the format
+                    break
+                continue
             try:
                 obj = self._load(lineno, line)
             except InvalidRecordError as exc:
@@ -137,6 +148,8 @@ class Source:
         head: Iterable[tuple[int, bytes | dict[str, Any]]] = self._head
         for source in (head, self._lines):
             for lineno, item in source:
+                if item is None:
+                    continue
                 try:
                     obj = self._load(lineno, item) if isinstance(item, bytes) else item
                     if obj is None:
