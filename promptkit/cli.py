@@ -57,6 +57,12 @@ class PromptkitGroup(click.Group):
 # ---------------------------------------------------------------- shared option bundles
 
 
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Processes for large input files (default: one per CPU, up to 4). "
+         "The output is the same bytes for every value.")
+
+
 def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """IN and OUT arguments, formats, --skip-invalid and --manifest."""
     for decorator in reversed([
@@ -71,6 +77,7 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--manifest", "manifest_path", metavar="PATH",
                      help="Where to write the manifest (default: OUT.manifest.json; "
                           "none for stdout unless given)."),
+        workers_option,
     ]):
         func = decorator(func)
     return func
@@ -137,13 +144,13 @@ def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
 
 def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
                    from_format: str | None, to_format: str | None, skip_invalid: bool,
-                   manifest_path: str | None) -> None:
+                   manifest_path: str | None, workers: int | None) -> None:
     if manifest_path is None and output_path != "-":
         manifest_path = manifest.default_path(output_path)
     result = pipeline.run(
         input_path, output_path, steps,
         from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
-        manifest_path=manifest_path, argv=PromptkitGroup.argv,
+        manifest_path=manifest_path, argv=PromptkitGroup.argv, workers=workers,
     )
     summarize(result, manifest_path)
 
@@ -167,7 +174,8 @@ def cli() -> None:
 @nonce_options
 @report
 def nonce(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-          skip_invalid: bool, manifest_path: str | None, **options: Any) -> None:
+          skip_invalid: bool, manifest_path: str | None, workers: int | None,
+          **options: Any) -> None:
     """Put a unique nonce at the start of every prompt, so no request hits the prefix cache.
 
     \b
@@ -179,7 +187,7 @@ def nonce(input_path: str, output_path: str, from_format: str | None, to_format:
     """
     run_and_report(input_path, output_path, [nonce_step(**options)],
                    from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path)
+                   manifest_path=manifest_path, workers=workers)
 
 
 @cli.command()
@@ -205,8 +213,10 @@ def verify(path: str, manifest_path: str | None) -> None:
 @click.argument("output_path", metavar="OUT")
 @click.option("--input", "input_path", metavar="PATH",
               help="The input file (default: the path recorded in the manifest).")
+@workers_option
 @report
-def rebuild(manifest_path: str, output_path: str, input_path: str | None) -> None:
+def rebuild(manifest_path: str, output_path: str, input_path: str | None,
+            workers: int | None) -> None:
     """Re-make a file from its manifest and input, byte for byte; exit 1 if it differs.
 
     \b
@@ -214,7 +224,7 @@ def rebuild(manifest_path: str, output_path: str, input_path: str | None) -> Non
       promptkit rebuild out.jsonl.manifest.json again.jsonl
     """
     result = pipeline.rebuild(manifest_path, output_path, input_path=input_path,
-                              argv=PromptkitGroup.argv)
+                              argv=PromptkitGroup.argv, workers=workers)
     summarize(result, manifest.default_path(output_path) if output_path != "-" else None)
     click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
                err=True)
@@ -241,6 +251,7 @@ class ReadStage:
     path: str
     from_format: str | None
     skip_invalid: bool
+    workers: int | None
 
 
 @dataclass
@@ -268,10 +279,12 @@ def pipe() -> None:
               help="Input format (default: detected from the first record).")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad records (counted in the manifest) instead of stopping.")
+@workers_option
 @click.argument("path", metavar="IN")
-def pipe_read(path: str, from_format: str | None, skip_invalid: bool) -> ReadStage:
+def pipe_read(path: str, from_format: str | None, skip_invalid: bool,
+              workers: int | None) -> ReadStage:
     """Read records from IN (a JSONL file, or - for stdin)."""
-    return ReadStage(path, from_format, skip_invalid)
+    return ReadStage(path, from_format, skip_invalid, workers)
 
 
 @pipe.command("nonce")
@@ -305,7 +318,8 @@ def run_pipe(stages: list[Any]) -> None:
     read, write = stages[0], stages[-1]
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
-                   skip_invalid=read.skip_invalid, manifest_path=write.manifest_path)
+                   skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,
+                   workers=read.workers)
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PromptkitError(Exception):
     """Base class for every error promptkit reports to a user."""
@@ -26,6 +28,9 @@ class InvalidRecordError(PromptkitError):
         if self.lineno is None:
             return f"{self.path}: {self.problem}"
         return f"{self.path}:{self.lineno}: {self.problem}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the parts across processes
+        return (self.__class__, (self.problem, self.path, self.lineno))
 
     def located(self, path: str) -> InvalidRecordError:
         """The same error, naming ``path`` as the file (for errors raised without one)."""

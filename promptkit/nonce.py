@@ -16,6 +16,7 @@ import secrets
 import time
 from base64 import b32encode
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +54,10 @@ def parse_time(value: str) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+#: RFC 4122 variant nibble (10xx) for each hex digit.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 class NonceMaker:
     """Makes the nonce string of ``(index, sub)`` for one kind, seed and settings."""
 
@@ -80,15 +85,14 @@ class NonceMaker:
         self.make = getattr(self, "_" + kind)
 
     def _digest(self, index: int, sub: int, size: int) -> bytes:
-        key = self._prefix + f"{index}:{sub}".encode()
+        key = b"%s%d:%d" % (self._prefix, index, sub)
         if size <= 64:
             return hashlib.blake2b(key, digest_size=size).digest()
         return hashlib.shake_256(key).digest(size)
 
     def _uuid(self, index: int, sub: int = 0) -> str:
-        h = self._digest(index, sub, 16).hex()
-        variant = "89ab"[int(h[16], 16) & 3]
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+        h = hashlib.blake2b(b"%s%d:%d" % (self._prefix, index, sub), digest_size=16).hexdigest()
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
     def _random(self, index: int, sub: int = 0) -> str:
         raw = self._digest(index, sub, (self.length * 5 + 7) // 8)
@@ -108,6 +112,28 @@ class NonceMaker:
         return HASH_ID_BASE + (offset + index) % HASH_ID_BASE
 
 
+@dataclass
+class NonceState:
+    """What a nonce run remembers across records: the conversations already begun.
+
+    Only records with a ``session_id`` touch it. Runs over chunks of a file in
+    parallel each start with an empty state, and their states are merged in order.
+    """
+
+    started: set[str] = field(default_factory=set)  # sessions whose first line was seen
+    user_done: set[str] = field(default_factory=set)  # sessions whose user turn has a nonce
+    salts: dict[str, str] = field(default_factory=dict)
+
+    def overlaps(self, later: NonceState) -> bool:
+        """Whether ``later`` (a chunk run on its own) continued a session begun here."""
+        return not self.started.isdisjoint(later.started)
+
+    def update(self, later: NonceState) -> None:
+        self.started |= later.started
+        self.user_done |= later.user_done
+        self.salts.update(later.salts)
+
+
 def add_nonces(
     records: Iterable[Record],
     *,
@@ -120,6 +146,7 @@ def add_nonces(
     time_step_us: int = DEFAULT_TIME_STEP_US,
     copies: int = 1,
     first_index: int = 0,
+    state: NonceState | None = None,
 ) -> Iterator[Record]:
     """Give every record a unique nonce (``copies`` distinct nonce'd copies of each).
 
@@ -133,9 +160,10 @@ def add_nonces(
     Records without text (``input_length``/``hash_ids``) get a fresh, unique first
     hash id instead. Records continuing a conversation (a later line with a
     ``session_id`` seen before) keep the nonce of the conversation's first line.
-    The output record ``i * copies + c`` gets the nonce of index ``i * copies + c``;
-    a shard that starts at input record ``k`` passes ``first_index=k`` and gets the
-    same nonces as a sequential run.
+    Record ``i`` (its ``index``, the line number less one for a file; else its
+    position counted from ``first_index``) gets the nonces of indices
+    ``i * copies + c``. So a shard of records gets the same nonces as a sequential
+    run over all of them.
 
     Records are modified in place (copies beyond the first are new records).
     """
@@ -149,15 +177,38 @@ def add_nonces(
                        time_step_us=time_step_us)
     before, _, after = template.partition("{nonce}")
     make = maker.make
-    started: set[str] = set()  # sessions whose first line has been seen
-    user_done: set[str] = set()  # sessions whose first user message has its nonce
-    salts: dict[str, str] = {}
+    state = state if state is not None else NonceState()
+    started, user_done, salts = state.started, state.user_done, state.salts
+
+    if copies == 1 and at == "start":  # the common case, kept lean
+        for position, record in enumerate(records, start=first_index):
+            session = record.session_id
+            if session is not None:
+                if session in started:
+                    yield record
+                    continue
+                started.add(session)
+            index = record.index if record.index is not None else position
+            if record.messages:
+                message = record.messages[0]
+                nonce = before + make(index) + after
+                content = message.content
+                message.content = (
+                    nonce + content if content.__class__ is str else prepend_text(content, nonce)
+                )
+            else:
+                _nonce_hash_ids(record, maker, index, at)
+            yield record
+        return
 
     for position, source in enumerate(records, start=first_index):
+        base = source.index if source.index is not None else position
         # Copies are taken before the first one is changed.
         batch = [source, *(copy_record(source) for _ in range(copies - 1))]
         for c, record in enumerate(batch):
-            index = position * copies + c
+            index = base * copies + c
+            if copies > 1:
+                record.index = index
             if c and record.session_id is not None:
                 record.session_id = f"{record.session_id}#{c}"
             session = record.session_id
@@ -246,6 +297,7 @@ def copy_record(record: Record) -> Record:
         fields=dict(record.fields),
         layout=record.layout,
         lineno=record.lineno,
+        index=record.index,
     )
 
 

@@ -7,21 +7,23 @@ commands and the ``pipe`` chain are thin wrappers over :func:`run`.
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, manifest
+from . import __version__, manifest, parallel
 from .errors import InvalidRecordError, PromptkitError
 from .formats import get_format
-from .nonce import add_nonces
+from .nonce import NonceState, add_nonces
 from .records import Record
 from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
 
 Operation = Callable[..., Iterator[Record]]
 
-#: Every operation a manifest step can name, by name.
+#: Every operation a manifest step can name, by name, and the state it keeps.
 OPERATIONS: dict[str, Operation] = {"nonce": add_nonces}
+STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState}
 
 
 @dataclass
@@ -31,8 +33,15 @@ class Step:
     op: str
     params: dict[str, Any] = field(default_factory=dict)
 
-    def apply(self, records: Iterable[Record]) -> Iterator[Record]:
-        return OPERATIONS[self.op](records, **self.params)
+    def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
+        """The operation over ``records``; ``state`` carries what it remembers across
+        records (see :class:`~promptkit.nonce.NonceState`), for runs in chunks."""
+        if state is None:
+            return OPERATIONS[self.op](records, **self.params)
+        return OPERATIONS[self.op](records, **self.params, state=state)
+
+    def new_state(self) -> Any:
+        return STATES[self.op]()
 
     def as_dict(self) -> dict[str, Any]:
         return {"op": self.op, "params": self.params}
@@ -48,32 +57,34 @@ def run(
     skip_invalid: bool = False,
     manifest_path: str | None = None,
     argv: list[str] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
 
+    Large regular files are processed by ``workers`` processes (default: one per
+    CPU, up to 4); the output is the same bytes for every number of workers.
     On any error nothing is written: no output file, no manifest, and an existing
     output stays untouched.
     """
+    workers = parallel.default_workers() if workers is None else workers
     source = Source(input_path, from_format, skip_invalid=skip_invalid)
     try:
-        out_format = get_format(to_format) if to_format else source.format
+        in_format = source.format
+        out_format = get_format(to_format) if to_format else in_format
         sink = Sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
         try:
-            if output_path == STDIO:
-                source.before_read = sink.flush  # stream records on as input arrives
-            records: Iterable[Record] = source.records()
-            for step in steps:
-                records = step.apply(records)
-            try:
-                sink.write_all(records)
-            except InvalidRecordError as exc:
-                if exc.path is None:
-                    raise exc.located(source.name) from None
-                raise
-            sink.flush()
-            result = describe(source, sink, steps, argv)
             if manifest_path is not None:
                 refuse_overwrite(manifest_path, [input_path])
+            if parallel.can_run_parallel(input_path, workers):
+                source.close()
+                with tempfile.TemporaryDirectory(prefix="promptkit-") as scratch:
+                    job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
+                                       steps, skip_invalid, source.name)
+                    facts = parallel.run_file(input_path, job, sink, workers)
+            else:
+                facts = _run_here(source, sink, steps)
+            sink.flush()
+            result = describe(source.name, in_format.name, facts, sink, steps, argv)
             sink.commit()
         except BaseException:
             sink.abort()
@@ -85,21 +96,35 @@ def run(
     return result
 
 
-def describe(source: Source, sink: Sink, steps: list[Step],
-             argv: list[str] | None) -> dict[str, Any]:
+def _run_here(source: Source, sink: Sink, steps: list[Step]) -> parallel.InputFacts:
+    """The whole chain in this process, streaming (and flushing as input arrives)."""
+    if sink.path == STDIO:
+        source.before_read = sink.flush
+    records: Iterable[Record] = source.records()
+    for step in steps:
+        records = step.apply(records)
+    try:
+        sink.write_all(records)
+    except InvalidRecordError as exc:
+        raise (exc.located(source.name) if exc.path is None else exc) from None
+    return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
+
+
+def describe(name: str, in_format: str, facts: parallel.InputFacts, sink: Sink,
+             steps: list[Step], argv: list[str] | None) -> dict[str, Any]:
     out_format = sink.format
-    skipped = source.skipped + sink.skipped
+    skipped = sorted(facts.skipped + sink.skipped, key=_line_of)
     distinct = sink.distinct_records()
-    result: dict[str, Any] = {
+    return {
         "schema": manifest.SCHEMA,
         "promptkit_version": __version__,
         "created": manifest.now_utc(),
         "argv": list(argv if argv is not None else sys.argv),
         "inputs": [{
-            "path": source.name,
-            "format": source.format.name,
-            "records": source.records_read,
-            "sha256": source.sha256.hexdigest(),
+            "path": name,
+            "format": in_format,
+            "records": facts.records_read,
+            "sha256": facts.sha256.hexdigest(),
         }],
         "output": {
             "path": sink.name,
@@ -112,7 +137,11 @@ def describe(source: Source, sink: Sink, steps: list[Step],
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct),
         "warnings": warnings_for(steps, out_format.name),
     }
-    return result
+
+
+def _line_of(skipped: str) -> int:
+    head = skipped.split(":", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int) -> dict[str, Any]:
@@ -152,7 +181,7 @@ def warnings_for(steps: list[Step], out_format: str) -> list[str]:
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
-            argv: list[str] | None = None) -> dict[str, Any]:
+            argv: list[str] | None = None, workers: int | None = None) -> dict[str, Any]:
     """Re-make a file from its manifest and input; raise if the bytes differ."""
     recorded = manifest.read(manifest_path)
     inputs = recorded["inputs"]
@@ -173,6 +202,7 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
         skip_invalid=recorded["skipped"]["count"] > 0,
         manifest_path=None if output_path == STDIO else manifest.default_path(output_path),
         argv=argv,
+        workers=workers,
     )
     want = recorded["output"]["sha256"]
     if result["output"]["sha256"] != want:

@@ -43,6 +43,8 @@ class Record:
     - ``layout``: how the source format held the content (e.g. ``"payload"`` for a
       ``mooncake_trace`` payload), so writing back to the same format is faithful.
     - ``lineno``: the source line, for error messages.
+    - ``index``: the record's position, which index-addressed transforms use (the
+      line number less one for a file; ``None`` for records made in memory).
     """
 
     messages: list[Message] = field(default_factory=list)
@@ -56,6 +58,7 @@ class Record:
     fields: dict[str, Any] = field(default_factory=dict)
     layout: str | None = None
     lineno: int | None = None
+    index: int | None = None
 
     @property
     def has_text(self) -> bool:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 import tempfile
@@ -30,11 +31,17 @@ DETECT_RECORDS = 64
 STDIO = "-"
 
 
+class Counter:
+    """Something that counts the records read (``parse_lines`` adds to it)."""
+
+    count = 0
+
+
 def display_name(path: str) -> str:
     return "<stdin>" if path == STDIO else path
 
 
-class Source:
+class Source(Counter):
     """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes."""
 
     def __init__(self, path: str, fmt: str | None = None, *, skip_invalid: bool = False):
@@ -42,7 +49,7 @@ class Source:
         self.name = display_name(path)
         self.skip_invalid = skip_invalid
         self.sha256 = hashlib.sha256()
-        self.records_read = 0
+        self.count = 0  # records read
         self.skipped: list[str] = []  # "LINE: problem" of each skipped line
         self.before_read: Callable[[], None] | None = None
         if path == STDIO:
@@ -90,23 +97,6 @@ class Source:
         if tail:
             yield lineno + 1, tail
 
-    def _load(self, lineno: int, line: bytes) -> dict[str, Any] | None:
-        """The JSON object of one line (None for a blank line)."""
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            if not line.strip():
-                return None
-            problem = str(exc)
-            if "UTF-8" in problem or "utf-8" in problem:
-                raise InvalidRecordError("invalid UTF-8", self.name, lineno) from None
-            raise InvalidRecordError(f"invalid JSON: {problem}", self.name, lineno) from None
-        if not isinstance(obj, dict):
-            raise InvalidRecordError(
-                f"expected a JSON object, got {type(obj).__name__}", self.name, lineno
-            )
-        return obj
-
     def _first_objects(self) -> list[tuple[int, dict[str, Any]]]:
         """The first records (up to ``DETECT_RECORDS`` of those already read), to detect
         the format."""
@@ -117,7 +107,7 @@ class Source:
                     break
                 continue
             try:
-                obj = self._load(lineno, line)
+                obj = load_line(line, self.name, lineno)
             except InvalidRecordError as exc:
                 self._skip_or_raise(exc)
                 continue
@@ -142,28 +132,104 @@ class Source:
 
     def records(self) -> Iterator[Record]:
         """The records, in file order. Raises on the first bad line unless skipping."""
-        parse = self.format.parse
         if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
-        head: Iterable[tuple[int, bytes | dict[str, Any]]] = self._head
-        for source in (head, self._lines):
-            for lineno, item in source:
-                if item is None:
-                    continue
-                try:
-                    obj = self._load(lineno, item) if isinstance(item, bytes) else item
-                    if obj is None:
-                        continue
-                    record = parse(obj)
-                except InvalidRecordError as exc:
-                    self._skip_or_raise(
-                        InvalidRecordError(f"{self.format.name}: {exc.problem}", self.name, lineno)
-                        if exc.lineno is None else exc
-                    )
-                    continue
-                record.lineno = lineno
-                self.records_read += 1
-                yield record
+        lines = itertools.chain(self._head, self._lines)
+        return parse_lines(lines, self.format, self.name, self._skip_or_raise, self)
+
+    @property
+    def records_read(self) -> int:
+        return self.count
+
+
+def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
+    """The JSON object of one line (None for a blank line)."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if not line.strip():
+            return None
+        problem = str(exc)
+        if "UTF-8" in problem or "utf-8" in problem:
+            raise InvalidRecordError("invalid UTF-8", name, lineno) from None
+        raise InvalidRecordError(f"invalid JSON: {problem}", name, lineno) from None
+    if obj.__class__ is not dict:
+        raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}", name, lineno)
+    return obj  # type: ignore[no-any-return]
+
+
+def parse_lines(
+    lines: Iterable[tuple[int, Any]],
+    fmt: Format,
+    name: str,
+    on_invalid: Callable[[InvalidRecordError], None],
+    counter: Counter,
+) -> Iterator[Record]:
+    """Records of ``(lineno, line bytes or parsed object)`` pairs; ``None`` items are skipped.
+
+    A record's ``index`` is its line number less one, so a chunk of a file parsed
+    on its own gets the same indices as the whole file read in order. Counts the
+    records in ``counter.count``.
+    """
+    parse = fmt.parse
+    loads = orjson.loads
+    for lineno, item in lines:
+        if item is None:
+            continue
+        try:
+            obj = loads(item) if item.__class__ is bytes else item
+            if obj.__class__ is not dict:
+                load_line(item, name, lineno)  # raises the right message
+            record = parse(obj)
+        except orjson.JSONDecodeError:
+            try:
+                if load_line(item, name, lineno) is None:
+                    continue  # a blank line
+            except InvalidRecordError as exc:
+                on_invalid(exc)
+            continue
+        except InvalidRecordError as exc:
+            on_invalid(
+                InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
+                if exc.lineno is None else exc
+            )
+            continue
+        record.lineno = lineno
+        record.index = lineno - 1
+        counter.count += 1
+        yield record
+
+
+class Encoder:
+    """Turns records into JSONL bytes of one format, keeping a key of each prompt."""
+
+    def __init__(self, fmt: Format, *, skip_invalid: bool = False):
+        self.format = fmt
+        self.skip_invalid = skip_invalid
+        self.skipped: list[str] = []
+        self.keys = array("q")  # one 64-bit hash of each record's prompt
+        self.count = 0
+
+    def encode_all(self, records: Iterable[Record]) -> Iterator[bytes]:
+        """The JSONL line of each record (records the format cannot hold: error or skip)."""
+        dump = self.format.dump
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
+        keep_key = self.keys.append
+        for record in records:
+            try:
+                data = dumps(dump(record), option=newline)
+            except InvalidRecordError as exc:
+                problem = f"cannot write as {self.format.name}: {exc.problem}"
+                if not self.skip_invalid:
+                    raise InvalidRecordError(problem, None, record.lineno) from None
+                self.skipped.append(f"{record.lineno}: {problem}")
+                continue
+            except TypeError as exc:  # e.g. an integer beyond 64 bits
+                raise InvalidRecordError(f"cannot encode: {exc}", None, record.lineno) from None
+            keep_key(prompt_key(record))
+            self.count += 1
+            yield data
 
 
 class Sink:
@@ -174,11 +240,8 @@ class Sink:
         self.path = path
         self.name = "<stdout>" if path == STDIO else path
         self.format = fmt
-        self.skip_invalid = skip_invalid
+        self.encoder = Encoder(fmt, skip_invalid=skip_invalid)
         self.sha256 = hashlib.sha256()
-        self.records_written = 0
-        self.skipped: list[str] = []
-        self._keys = array("q")  # one 64-bit hash of each record's prompt
         self._parts: list[bytes] = []
         self._size = 0
         self._tmp: str | None = None
@@ -194,28 +257,27 @@ class Sink:
             )
             self._stream = os.fdopen(fd, "wb")
 
-    def write(self, record: Record) -> None:
-        try:
-            data = orjson.dumps(self.format.dump(record), option=orjson.OPT_APPEND_NEWLINE)
-        except InvalidRecordError as exc:
-            problem = f"cannot write as {self.format.name}: {exc.problem}"
-            if not self.skip_invalid:
-                raise InvalidRecordError(problem, None, record.lineno) from None
-            self.skipped.append(f"{record.lineno}: {problem}")
-            return
-        except TypeError as exc:  # e.g. an integer beyond 64 bits
-            raise InvalidRecordError(f"cannot encode: {exc}", None, record.lineno) from None
-        self._keys.append(prompt_key(record))
-        self._parts.append(data)
-        self._size += len(data)
-        self.records_written += 1
-        if self._size >= CHUNK:
-            self.flush()
+    @property
+    def records_written(self) -> int:
+        return self.encoder.count
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.encoder.skipped
 
     def write_all(self, records: Iterable[Record]) -> None:
-        write = self.write
-        for record in records:
-            write(record)
+        parts = self._parts
+        for data in self.encoder.encode_all(records):
+            parts.append(data)
+            self._size += len(data)
+            if self._size >= CHUNK:
+                self.flush()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write already-encoded lines (from a worker), in order."""
+        self.flush()
+        self.sha256.update(data)
+        self._stream.write(data)
 
     def flush(self) -> None:
         if self._parts:
@@ -234,9 +296,9 @@ class Sink:
         """
         import numpy as np
 
-        if not self._keys:
+        if not self.encoder.keys:
             return 0
-        keys = np.frombuffer(self._keys, dtype=np.int64)
+        keys = np.frombuffer(self.encoder.keys, dtype=np.int64)
         keys.sort()
         return int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
 
@@ -271,11 +333,15 @@ def refuse_overwrite(path: str, inputs: Iterable[str]) -> None:
 
 def prompt_key(record: Record) -> int:
     """A 64-bit key of what the server sees first: the prompt, hash ids and salt."""
-    salt = record.extra.get("cache_salt") if record.extra else None
+    extra = record.extra
+    salt = extra.get("cache_salt") if extra else None
+    messages = record.messages
+    if len(messages) == 1 and messages[0].content.__class__ is str:
+        return hash((messages[0].role, messages[0].content, salt))
     parts: list[Any] = [record.input_length, salt]
     if record.hash_ids:
         parts.append(tuple(record.hash_ids))
-    for m in record.messages:
+    for m in messages:
         content = m.content
         parts.append(m.role)
         parts.append(content if isinstance(content, str) else orjson.dumps(content))

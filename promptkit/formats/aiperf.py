@@ -47,18 +47,28 @@ def _turn_content(obj: dict[str, Any]) -> tuple[Any, bool]:
 
 
 def parse_single_turn(obj: dict[str, Any]) -> Record:
-    content, _ = _turn_content(obj)
-    check_turn_fields(obj)
+    text = obj.get("text")
+    if text.__class__ is str and "texts" not in obj:  # the common case, checked cheaply
+        content = text
+    else:
+        content, _ = _turn_content(obj)
+    others = obj.keys() - _TURN_KEYS
+    if len(obj) - len(others) > 1 + ("role" in obj):
+        check_turn_fields(obj)
+    elif "role" in obj:
+        check_type(obj, "role", str, "a string")
     get = obj.get
     return Record(
-        messages=[Message(get("role"), content)],
-        session_id=get("session_id"),
-        timestamp=get("timestamp"),
-        delay=get("delay"),
-        output_length=get("output_length"),
-        extra=get("extra"),
-        fields={k: v for k, v in obj.items() if k not in _TURN_KEYS},
-        layout="single_turn",
+        [Message(get("role"), content)],
+        get("session_id"),
+        get("timestamp"),
+        get("delay"),
+        get("output_length"),
+        get("extra"),
+        None,
+        None,
+        {k: obj[k] for k in obj if k in others} if others else {},
+        "single_turn",
     )
 
 
@@ -95,7 +105,11 @@ def _one_message(record: Record, fmt: str) -> Message:
 
 
 def dump_single_turn(record: Record) -> dict[str, Any]:
-    message = _one_message(record, "single_turn")
+    messages = record.messages
+    if len(messages) == 1 and not messages[0].fields:
+        message = messages[0]
+    else:
+        message = _one_message(record, "single_turn")
     out: dict[str, Any] = {}
     if record.session_id is not None:
         out["session_id"] = record.session_id
@@ -105,12 +119,17 @@ def dump_single_turn(record: Record) -> dict[str, Any]:
         out["delay"] = record.delay
     if message.role is not None:
         out["role"] = message.role
-    out.update(_text_fields(message, "single_turn"))
+    content = message.content
+    if content.__class__ is str:
+        out["text"] = content
+    else:
+        out.update(_text_fields(message, "single_turn"))
     if record.output_length is not None:
         out["output_length"] = record.output_length
     if record.extra is not None:
         out["extra"] = record.extra
-    _add_fields(out, record.fields, "single_turn")
+    if record.fields:
+        _add_fields(out, record.fields, "single_turn")
     return out
 
 
