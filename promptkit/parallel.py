@@ -73,6 +73,29 @@ _job: Job | None = None
 def _init(job: Job) -> None:
     global _job
     _job = job
+    keep_freed_memory()
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it at once.
+
+    A chunk frees megabytes of short-lived strings; by default glibc hands them
+    back to the system and the next chunk takes a page fault for every 4 KiB
+    again (measured: a tenth of the run). Elsewhere than glibc this does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or "libc.so" not in name:
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_trim_threshold, 256 << 20)
+    mallopt(m_mmap_threshold, 64 << 20)
 
 
 def _work(offset: int, size: int, first_lineno: int) -> ChunkResult:
@@ -116,22 +139,60 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
 
 
 def chunks(path: str, digest: Any) -> Any:
-    """``(offset, size, first line number)`` of runs of whole lines, hashing the file."""
+    """``(offset, size, first line number)`` of runs of whole lines, hashing the file.
+
+    Reads into one reused buffer: fresh megabyte-sized buffers would cost a page
+    fault for every 4 KiB, every time.
+    """
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
     lineno = 1
-    offset = 0
-    tail = b""
+    offset = 0  # of the first byte not yet handed out
+    kept = 0  # bytes at the start of the buffer not yet handed out
     with open(path, "rb") as f:
-        while block := f.read(CHUNK_BYTES):
-            digest.update(block)
-            block = tail + block
-            cut = block.rfind(b"\n") + 1
-            tail = block[cut:]
+        while True:
+            got = f.readinto(view[kept:])
+            if not got:
+                break
+            digest.update(view[kept:kept + got])
+            filled = kept + got
+            cut = buffer.rfind(b"\n", 0, filled) + 1
+            if cut == 0 and filled == len(buffer):  # a line longer than the buffer
+                view.release()
+                buffer.extend(bytes(len(buffer)))
+                view = memoryview(buffer)
+                kept = filled
+                continue
             if cut:
                 yield offset, cut, lineno
                 offset += cut
-                lineno += block.count(b"\n", 0, cut)
-    if tail:
-        yield offset, len(tail), lineno
+                lineno += buffer.count(b"\n", 0, cut)
+            kept = filled - cut
+            buffer[:kept] = buffer[cut:filled]
+    if kept:
+        yield offset, kept, lineno
+
+
+class _Relay:
+    """Moves a worker's scratch file into the sink through one reused buffer."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(CHUNK_BYTES * 2)
+
+    def copy_from(self, scratch: str, sink: Sink) -> None:
+        with open(scratch, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > len(self.buffer):
+                self.buffer = bytearray(size)
+            view = memoryview(self.buffer)[:size]
+            got = 0
+            while got < size:
+                got += f.readinto(view[got:]) or 0
+                if not got:
+                    break
+            sink.write_bytes(view[:got])
+            view.release()
+        os.unlink(scratch)
 
 
 @dataclass
@@ -146,6 +207,7 @@ def run_file(path: str, job: Job, sink: Sink, workers: int) -> InputFacts:
     facts = InputFacts()
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     context = multiprocessing.get_context("fork")
+    out = _Relay()
     with context.Pool(workers, initializer=_init, initargs=(job,)) as pool:
         pending: deque[tuple[int, int, int, Any]] = deque()
 
@@ -160,12 +222,9 @@ def run_file(path: str, job: Job, sink: Sink, workers: int) -> InputFacts:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
             if isinstance(result.data, str):
-                with open(result.data, "rb") as f:
-                    data = f.read()
-                os.unlink(result.data)
+                out.copy_from(result.data, sink)
             else:
-                data = result.data
-            sink.write_bytes(data)
+                sink.write_bytes(result.data)
             sink.encoder.keys.frombytes(result.keys)
             sink.encoder.count += result.written
             facts.records_read += result.read

@@ -273,7 +273,7 @@ class Sink:
             if self._size >= CHUNK:
                 self.flush()
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes | memoryview) -> None:
         """Write already-encoded lines (from a worker), in order."""
         self.flush()
         self.sha256.update(data)

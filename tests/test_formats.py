@@ -200,7 +200,8 @@ json_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("C
 
 @settings(max_examples=150, deadline=None)
 @given(texts=st.lists(json_text, min_size=1, max_size=3), role=st.sampled_from([None, "user"]),
-       extra=st.none() | st.dictionaries(st.text(min_size=1), st.integers(-(2**63), 2**63 - 1), max_size=2),
+       extra=st.none() | st.dictionaries(st.text(min_size=1), st.integers(-(2**63), 2**63 - 1),
+                                         max_size=2),
        fmt=st.sampled_from(["single_turn", "mooncake_trace", "openai", "prompt", "multi_turn"]))
 def test_read_of_write_is_identity(texts, role, extra, fmt, tmp_path_factory):
     """read(write(x)) == x through real files, for any text (any Unicode, newlines, quotes)."""

@@ -26,6 +26,8 @@ from ._schema import (
 _TURN_KEYS = frozenset(
     {"text", "texts", "role", "session_id", "timestamp", "delay", "output_length", "extra"}
 )
+#: Turn fields whose type and rules need checking (text and role are checked inline).
+_CHECKED_KEYS = _TURN_KEYS - {"text", "texts", "role"}
 _MEDIA_KEYS = ("image", "images", "audio", "audios", "video", "videos", "image_uuids")
 
 
@@ -47,19 +49,27 @@ def _turn_content(obj: dict[str, Any]) -> tuple[Any, bool]:
 
 
 def parse_single_turn(obj: dict[str, Any]) -> Record:
-    text = obj.get("text")
+    get = obj.get
+    text = get("text")
     if text.__class__ is str and "texts" not in obj:  # the common case, checked cheaply
         content = text
     else:
         content, _ = _turn_content(obj)
-    others = obj.keys() - _TURN_KEYS
-    if len(obj) - len(others) > 1 + ("role" in obj):
+    role = get("role")
+    others = None
+    checks = False
+    for key in obj:
+        if key in _CHECKED_KEYS:
+            checks = True
+        elif key not in _TURN_KEYS:
+            others = obj.keys() - _TURN_KEYS
+            break
+    if checks or others:
         check_turn_fields(obj)
-    elif "role" in obj:
-        check_type(obj, "role", str, "a string")
-    get = obj.get
+    elif role is not None and role.__class__ is not str:
+        check_turn_fields(obj)  # raises, naming the field
     return Record(
-        [Message(get("role"), content)],
+        [Message(role, content)],
         get("session_id"),
         get("timestamp"),
         get("delay"),
