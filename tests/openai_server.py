@@ -245,7 +245,9 @@ class OpenAIServer:
         events: list[Any] = []
         pieces = _split_keep_spaces(self.completion)
         if chat:
-            events.append(chunk([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]))
+            events.append(
+                chunk([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
+            )
             for piece in pieces:
                 events.append(
                     chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
@@ -317,17 +319,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _send_events(self, response: Response) -> None:
-        # No Content-Length: the stream ends when the connection closes.
+        # Chunked transfer encoding, one chunk per event, as vLLM/SGLang do;
+        # the connection stays open for the next request (keep-alive).
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for event in response.events or []:
             data = event if isinstance(event, str) else json.dumps(event)
-            self.wfile.write(f"data: {data}\n\n".encode())
+            chunk = f"data: {data}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
-        self.close_connection = True
+        self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Stay quiet: tests assert on recorded requests, not on access logs."""

@@ -1,0 +1,87 @@
+"""Worker processes give the same bytes as one process, whatever the number of workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import mooncake_trace, write_jsonl
+
+from promptkit import parallel
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few kilobytes, and workers even for small files, so tests see many.
+
+    Yields the worker counts the parallel path actually ran with.
+    """
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    calls: list[int] = []
+    real = parallel.run_file
+
+    def spy(path, job, sink, workers):
+        calls.append(workers)
+        return real(path, job, sink, workers)
+
+    monkeypatch.setattr(parallel, "run_file", spy)
+    return calls
+
+
+def outputs(run, source: Path, tmp_path: Path, *args: str) -> dict[int, bytes]:
+    result = {}
+    for workers in (1, 2, 4):
+        out = tmp_path / f"out{workers}.jsonl"
+        res = run("nonce", source, out, "--workers", str(workers), *args)
+        assert res.exit_code == 0, res.stderr
+        manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+        result[workers] = (out.read_bytes(), manifest["inputs"], manifest["output"]["records"],
+                           manifest["aiperf"]["distinct_records"], manifest["skipped"])
+    return result
+
+
+def assert_same(results):
+    assert results[1] == results[2] == results[4]
+
+
+@pytest.mark.parametrize("at", ["start", "user", "every-turn", "salt"])
+def test_workers_give_the_same_bytes(at, small_chunks, tmp_path, run):
+    rows = []
+    for i in range(400):
+        row = {"text": f"prompt {i} " + "word " * (i % 17)}
+        if i % 3 == 0:  # sessions spread over many lines, so they cross chunk boundaries
+            row["session_id"] = f"s{i % 11}"
+        rows.append(row)
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert_same(outputs(run, source, tmp_path, "--seed", "5", "--at", at, "--copies", "2"))
+    assert small_chunks == [2, 4]  # one worker runs in this process
+
+
+def test_workers_on_a_mooncake_trace(small_chunks, tmp_path, run):
+    assert_same(outputs(run, mooncake_trace("synthetic"), tmp_path, "--seed", "5"))
+
+
+def test_workers_skip_the_same_invalid_lines(small_chunks, tmp_path, run):
+    lines = [json.dumps({"text": f"p{i}"}) if i % 37 else "not json" for i in range(1, 300)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n\n")
+    results = outputs(run, source, tmp_path, "--seed", "1", "--skip-invalid")
+    assert_same(results)
+    assert results[2][4]["count"] == 8
+
+
+def test_workers_report_the_first_bad_line(small_chunks, tmp_path, run):
+    lines = [json.dumps({"text": f"p{i}"}) for i in range(500)]
+    lines[321] = '{"text": 1}'
+    lines[400] = "broken"
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    messages = set()
+    for workers in ("1", "2", "4"):
+        result = run("nonce", source, tmp_path / "out.jsonl", "--workers", workers)
+        assert result.exit_code == 1
+        messages.add(result.stderr)
+    assert messages == {f"{source}:322: single_turn: 'text' must be a string, not int\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
