@@ -75,8 +75,8 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--skip-invalid", is_flag=True,
                      help="Skip bad records (counted in the manifest) instead of stopping."),
         click.option("--manifest", "manifest_path", metavar="PATH",
-                     help="Where to write the manifest (default: OUT.manifest.json; "
-                          "none for stdout unless given)."),
+                     help="Where to write the manifest, - for stdout (default: "
+                          "OUT.manifest.json; none when OUT is stdout unless given)."),
         workers_option,
     ]):
         func = decorator(func)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +49,11 @@ def file_facts(path: str) -> tuple[str, int]:
 
 
 def write(path: str, manifest: dict[str, Any]) -> None:
-    """Write a manifest atomically (temporary file, then rename)."""
+    """Write a manifest atomically (temporary file, then rename); ``-`` is stdout."""
+    if path == "-":
+        sys.stdout.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     try:

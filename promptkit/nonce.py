@@ -238,11 +238,9 @@ def add_nonces(
                         )
             elif at == "user":
                 if session is None or session not in user_done:
-                    message = _first_user(record, required=not continuing)
-                    if message is not None:
-                        message.content = prepend_text(
-                            message.content, before + make(index) + after
-                        )
+                    target = _first_user(record, required=not continuing)
+                    if target is not None:
+                        target.content = prepend_text(target.content, before + make(index) + after)
                         if session is not None:
                             user_done.add(session)
             elif not continuing:  # system

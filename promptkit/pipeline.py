@@ -67,13 +67,15 @@ def run(
     output stays untouched.
     """
     workers = parallel.default_workers() if workers is None else workers
+    if manifest_path == STDIO and output_path == STDIO:
+        raise PromptkitError("the output and the manifest cannot both go to stdout")
     source = Source(input_path, from_format, skip_invalid=skip_invalid)
     try:
         in_format = source.format
         out_format = get_format(to_format) if to_format else in_format
         sink = Sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
         try:
-            if manifest_path is not None:
+            if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
             if parallel.can_run_parallel(input_path, workers):
                 source.close()

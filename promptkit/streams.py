@@ -155,7 +155,7 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
         raise InvalidRecordError(f"invalid JSON: {problem}", name, lineno) from None
     if obj.__class__ is not dict:
         raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}", name, lineno)
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def parse_lines(

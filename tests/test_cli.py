@@ -356,3 +356,14 @@ def test_python_m_and_console_script_agree(single_turn, tmp_path):
     subprocess.run([str(script), "nonce", str(single_turn), str(b), "--seed", "3"], check=True,
                    capture_output=True, env={**os.environ})
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_manifest_can_go_to_stdout(single_turn, tmp_path, run):
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", single_turn, out, "--seed", "1", "--manifest", "-")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["output"]["records"] == 4
+    assert not Path(f"{out}.manifest.json").exists()
+    both = run("nonce", single_turn, "-", "--manifest", "-")
+    assert both.exit_code == 1
+    assert one_line(both.stderr) == "the output and the manifest cannot both go to stdout"

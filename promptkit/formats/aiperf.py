@@ -114,12 +114,8 @@ def _one_message(record: Record, fmt: str) -> Message:
     return message
 
 
-def dump_single_turn(record: Record) -> dict[str, Any]:
-    messages = record.messages
-    if len(messages) == 1 and not messages[0].fields:
-        message = messages[0]
-    else:
-        message = _one_message(record, "single_turn")
+def _schedule(record: Record) -> dict[str, Any]:
+    """The record's session and timing fields, in AIPerf's order, as a new dict."""
     out: dict[str, Any] = {}
     if record.session_id is not None:
         out["session_id"] = record.session_id
@@ -127,6 +123,16 @@ def dump_single_turn(record: Record) -> dict[str, Any]:
         out["timestamp"] = record.timestamp
     if record.delay is not None:
         out["delay"] = record.delay
+    return out
+
+
+def dump_single_turn(record: Record) -> dict[str, Any]:
+    messages = record.messages
+    if len(messages) == 1 and not messages[0].fields:
+        message = messages[0]
+    else:
+        message = _one_message(record, "single_turn")
+    out = _schedule(record)
     if message.role is not None:
         out["role"] = message.role
     content = message.content
@@ -344,13 +350,7 @@ def parse_mooncake(obj: dict[str, Any]) -> Record:
 
 
 def dump_mooncake(record: Record) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if record.session_id is not None:
-        out["session_id"] = record.session_id
-    if record.timestamp is not None:
-        out["timestamp"] = record.timestamp
-    if record.delay is not None:
-        out["delay"] = record.delay
+    out = _schedule(record)
     layout = record.layout or ""
     in_payload = layout.startswith("mooncake_trace:payload") and bool(record.messages)
     if not record.messages:
