@@ -11,7 +11,6 @@ redone in order, in the main process, with the state of everything before it.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import multiprocessing
 import os
 import tempfile
@@ -125,9 +124,9 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
     if states is None:
         states = [step.new_state() for step in job.steps]
-    lines = zip(itertools.count(first_lineno), chunk.split(b"\n"), strict=False)
     read = Counter()
-    records = parse_lines(lines, get_format(job.in_format), job.name, on_invalid, read)
+    batches = [(first_lineno, chunk.split(b"\n"))]
+    records = parse_lines(batches, get_format(job.in_format), job.name, on_invalid, read)
     for step, state in zip(job.steps, states, strict=True):
         records = step.apply(records, state)
     try:

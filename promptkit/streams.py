@@ -63,7 +63,8 @@ class Source(Counter):
                 raise PromptkitError(f"{path}: is a directory, not a JSONL file") from None
             except OSError as exc:
                 raise PromptkitError(f"{path}: {exc.strerror}") from None
-        self._lines = self._iter_lines()
+        self._batches = self._iter_batches()
+        self._read_ahead: list[tuple[int, list[bytes]]] = []
         try:
             self._head = self._first_objects()
             self.format: Format = get_format(fmt) if fmt else self._detect()
@@ -75,10 +76,10 @@ class Source(Counter):
         if self.path != STDIO:
             self._stream.close()
 
-    def _iter_lines(self) -> Iterator[tuple[int, bytes | None]]:
-        """``(lineno, line)`` pairs; ``(lineno, None)`` marks the end of each chunk read."""
+    def _iter_batches(self) -> Iterator[tuple[int, list[bytes]]]:
+        """``(first line number, lines)`` of each chunk read, whole lines only."""
         read = getattr(self._stream, "read1", self._stream.read)
-        lineno = 0
+        lineno = 1
         tail = b""
         while True:
             if self.before_read is not None:
@@ -90,40 +91,47 @@ class Source(Counter):
             lines = chunk.split(b"\n")
             lines[0] = tail + lines[0]
             tail = lines.pop()
-            for line in lines:
-                lineno += 1
-                yield lineno, line
-            yield lineno, None  # the end of what has arrived so far
+            if lines:
+                yield lineno, lines
+                lineno += len(lines)
         if tail:
-            yield lineno + 1, tail
+            yield lineno, [tail]
 
-    def _first_objects(self) -> list[tuple[int, dict[str, Any]]]:
+    def _first_objects(self) -> list[dict[str, Any]]:
         """The first records (up to ``DETECT_RECORDS`` of those already read), to detect
-        the format."""
-        head: list[tuple[int, dict[str, Any]]] = []
-        for lineno, line in self._lines:
-            if line is None:
-                if head:  # never wait for more input just to detect the format
-                    break
-                continue
-            try:
-                obj = load_line(line, self.name, lineno)
-            except InvalidRecordError as exc:
-                self._skip_or_raise(exc)
-                continue
-            if obj is not None:
-                head.append((lineno, obj))
-                if len(head) == DETECT_RECORDS:
-                    break
+        the format. The batches read for it are kept, to be parsed again in order."""
+        head: list[dict[str, Any]] = []
+        for first, lines in self._batches:
+            self._read_ahead.append((first, lines))
+            for lineno, line in enumerate(lines, start=first):
+                try:
+                    obj = load_line(line, self.name, lineno)
+                except InvalidRecordError:
+                    if not self.skip_invalid:
+                        raise
+                    continue  # counted when the records are parsed
+                if obj is not None:
+                    head.append(obj)
+                    if len(head) == DETECT_RECORDS:
+                        return head
+            if head:  # never wait for more input just to detect the format
+                break
         return head
 
     def _detect(self) -> Format:
         if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
         try:
-            return get_format(detect_many([obj for _, obj in self._head]))
+            return get_format(detect_many(self._head))
         except InvalidRecordError as exc:
-            raise InvalidRecordError(exc.problem, self.name, self._head[0][0]) from None
+            raise InvalidRecordError(exc.problem, self.name, self._first_lineno()) from None
+
+    def _first_lineno(self) -> int:
+        for first, lines in self._read_ahead:
+            for lineno, line in enumerate(lines, start=first):
+                if line.strip():
+                    return lineno
+        return 1
 
     def _skip_or_raise(self, exc: InvalidRecordError) -> None:
         if not self.skip_invalid:
@@ -134,8 +142,8 @@ class Source(Counter):
         """The records, in file order. Raises on the first bad line unless skipping."""
         if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
-        lines = itertools.chain(self._head, self._lines)
-        return parse_lines(lines, self.format, self.name, self._skip_or_raise, self)
+        batches = itertools.chain(self._read_ahead, self._batches)
+        return parse_lines(batches, self.format, self.name, self._skip_or_raise, self)
 
     @property
     def records_read(self) -> int:
@@ -159,45 +167,45 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
 
 
 def parse_lines(
-    lines: Iterable[tuple[int, Any]],
+    batches: Iterable[tuple[int, list[bytes]]],
     fmt: Format,
     name: str,
     on_invalid: Callable[[InvalidRecordError], None],
     counter: Counter,
 ) -> Iterator[Record]:
-    """Records of ``(lineno, line bytes or parsed object)`` pairs; ``None`` items are skipped.
+    """Records of batches of consecutive lines, ``(first line number, lines)``.
 
-    A record's ``index`` is its line number less one, so a chunk of a file parsed
-    on its own gets the same indices as the whole file read in order. Counts the
-    records in ``counter.count``.
+    Blank lines are skipped. A record's ``index`` is its line number less one, so
+    a chunk of a file parsed on its own gets the same indices as the whole file
+    read in order. Counts the records in ``counter.count``.
     """
     parse = fmt.parse
     loads = orjson.loads
-    for lineno, item in lines:
-        if item is None:
-            continue
-        try:
-            obj = loads(item) if item.__class__ is bytes else item
-            if obj.__class__ is not dict:
-                load_line(item, name, lineno)  # raises the right message
-            record = parse(obj)
-        except orjson.JSONDecodeError:
+    for first, lines in batches:
+        lineno = first - 1
+        for line in lines:
+            lineno += 1
             try:
-                if load_line(item, name, lineno) is None:
-                    continue  # a blank line
+                obj = loads(line)
+                if obj.__class__ is not dict:
+                    load_line(line, name, lineno)  # raises the right message
+                record = parse(obj)
+            except orjson.JSONDecodeError:
+                try:
+                    load_line(line, name, lineno)  # None (a blank line) or raises
+                except InvalidRecordError as exc:
+                    on_invalid(exc)
+                continue
             except InvalidRecordError as exc:
-                on_invalid(exc)
-            continue
-        except InvalidRecordError as exc:
-            on_invalid(
-                InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
-                if exc.lineno is None else exc
-            )
-            continue
-        record.lineno = lineno
-        record.index = lineno - 1
-        counter.count += 1
-        yield record
+                on_invalid(
+                    InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
+                    if exc.lineno is None else exc
+                )
+                continue
+            record.lineno = lineno
+            record.index = lineno - 1
+            counter.count += 1
+            yield record
 
 
 class Encoder:
