@@ -190,6 +190,56 @@ def nonce(input_path: str, output_path: str, from_format: str | None, to_format:
                    manifest_path=manifest_path, workers=workers)
 
 
+tokenizer_option = click.option(
+    "--tokenizer", metavar="T",
+    help="A tiktoken encoding (cl100k_base works offline), a folder or tokenizer.json "
+         "file, or hf:OWNER/NAME from the local Hugging Face cache.")
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN")
+@tokenizer_option
+@click.option("--from", "from_format", type=FORMAT_CHOICE,
+              help="Input format (default: detected from the first record).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for batch tokenization (default: one per CPU).")
+@click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
+@report
+def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_json: bool,
+          threads: int | None, skip_invalid: bool) -> None:
+    """Count records, conversations, turns and prompt tokens; show shared prompts.
+
+    \b
+    Examples:
+      promptkit stats prompts/trace.jsonl.example --tokenizer cl100k_base
+      promptkit stats out.jsonl --tokenizer ./my_tokenizer_dir --json
+    """
+    import json
+
+    summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
+                                     threads=threads, skip_invalid=skip_invalid)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{summary['input']['path']} ({summary['input']['format']})")
+    for key in ("records", "conversations", "turns"):
+        click.echo(f"  {key:22} {summary[key]}")
+    tokens = summary.get("prompt_tokens")
+    if tokens:
+        figures = "  ".join(f"{k} {v}" for k, v in tokens.items())
+        click.echo(f"  {'prompt tokens':22} {figures}  ({tokenizer})")
+        click.echo(f"  {'distinct first tokens':22} {summary['distinct_first_tokens']}")
+    shared = summary["system_prompts"]
+    click.echo(f"  {'system prompts':22} {shared['distinct']} distinct, "
+               f"in {shared['records_with_one']} records")
+    for prompt in shared["most_shared"][:5]:
+        size = f", {prompt['tokens']} tokens" if prompt["tokens"] is not None else ""
+        click.echo(f"    {prompt['records']} records{size}: {prompt['starts']!r}")
+    if summary["skipped"]["count"]:
+        click.echo(f"promptkit: skipped {summary['skipped']['count']} invalid records", err=True)
+
+
 @cli.command()
 @click.argument("path", metavar="FILE")
 @click.option("--manifest", "manifest_path", metavar="PATH",

@@ -213,3 +213,25 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
             f"(sha256 {result['output']['sha256']}, manifest says {want})"
         )
     return result
+
+
+def dataset_stats(input_path: str, *, from_format: str | None = None,
+                  tokenizer: str | None = None, threads: int | None = None,
+                  skip_invalid: bool = False) -> dict[str, Any]:
+    """The statistics of a file (token figures with a tokenizer), as a dict."""
+    from . import stats
+    from .tokenizers import load_tokenizer
+
+    loaded = load_tokenizer(tokenizer) if tokenizer else None
+    source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    try:
+        collected = stats.collect(source.records(), loaded, threads=threads)
+    finally:
+        source.close()
+    return {
+        "input": {"path": source.name, "format": source.format.name,
+                  "sha256": source.sha256.hexdigest()},
+        "tokenizer": tokenizer,
+        "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
+        **collected.summary(),
+    }

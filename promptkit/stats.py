@@ -1,0 +1,153 @@
+"""Statistics of a dataset: records, conversations, turns, prompt tokens, shared prompts.
+
+Keeps aggregates, not records: a token count per record (4 bytes), one entry per
+distinct system prompt and per distinct first token. Texts are tokenized in
+batches, on several threads (tiktoken and Hugging Face tokenizers both release
+the GIL for a batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .records import Record, first_text
+from .tokenizers import Tokenizer
+
+BATCH = 4096
+
+
+def message_texts(record: Record) -> list[str]:
+    """Every text of a record's messages, in order (content parts included)."""
+    texts = []
+    for message in record.messages:
+        content = message.content
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, str):
+                    texts.append(part)
+                elif isinstance(part, dict):
+                    if isinstance(part.get("text"), str):
+                        texts.append(part["text"])
+                    elif isinstance(part.get("contents"), list):
+                        texts.extend(t for t in part["contents"] if isinstance(t, str))
+    return texts
+
+
+@dataclass
+class SharedPrompt:
+    count: int
+    preview: str
+    tokens: int | None = None
+
+
+@dataclass
+class Stats:
+    records: int = 0
+    turns: int = 0
+    sessions: set[str] = field(default_factory=set)
+    unsessioned: int = 0
+    tokens: array = field(default_factory=lambda: array("I"))
+    system_prompts: dict[str, SharedPrompt] = field(default_factory=dict)
+    first_tokens: set[int] = field(default_factory=set)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "records": self.records,
+            "conversations": len(self.sessions) + self.unsessioned,
+            "turns": self.turns,
+        }
+        if self.tokens:
+            import numpy as np
+
+            counts = np.frombuffer(self.tokens, dtype=np.uint32)
+            p50, p90, p99 = np.percentile(counts, [50, 90, 99], method="nearest")
+            out["prompt_tokens"] = {
+                "total": int(counts.sum(dtype=np.int64)),
+                "min": int(counts.min()),
+                "mean": round(float(counts.mean()), 2),
+                "p50": int(p50),
+                "p90": int(p90),
+                "p99": int(p99),
+                "max": int(counts.max()),
+            }
+            out["distinct_first_tokens"] = len(self.first_tokens)
+        shared = sorted(self.system_prompts.values(), key=lambda p: -p.count)
+        out["system_prompts"] = {
+            "distinct": len(shared),
+            "records_with_one": sum(p.count for p in shared),
+            "most_shared": [
+                {"records": p.count, "tokens": p.tokens, "starts": p.preview} for p in shared[:10]
+            ],
+        }
+        return out
+
+
+def collect(records: Iterable[Record], tokenizer: Tokenizer | None = None, *,
+            threads: int | None = None, batch: int = BATCH) -> Stats:
+    """The statistics of ``records`` (token figures only with a tokenizer)."""
+    stats = Stats()
+    threads = threads or os.cpu_count() or 1
+    pending: list[Record] = []
+    for record in records:
+        _count(stats, record)
+        if tokenizer is None:
+            if not record.messages and record.input_length is not None:
+                stats.tokens.append(record.input_length)  # a hash-id trace states it
+        else:
+            pending.append(record)
+            if len(pending) >= batch:
+                _tokenize(stats, pending, tokenizer, threads)
+                pending = []
+    if tokenizer is not None and pending:
+        _tokenize(stats, pending, tokenizer, threads)
+    return stats
+
+
+def _count(stats: Stats, record: Record) -> None:
+    stats.records += 1
+    stats.turns += len(record.messages)
+    if record.session_id is None:
+        stats.unsessioned += 1
+    else:
+        stats.sessions.add(record.session_id)
+    if record.messages and record.messages[0].role == "system":
+        text = first_text(record.messages[0].content) or ""
+        key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        shared = stats.system_prompts.get(key)
+        if shared is None:
+            stats.system_prompts[key] = SharedPrompt(1, text[:60])
+        else:
+            shared.count += 1
+
+
+def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads: int) -> None:
+    texts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for record in records:
+        parts = message_texts(record)
+        spans.append((len(texts), len(parts)))
+        texts.extend(parts)
+    encoded = tokenizer.encode_batch(texts, threads) if texts else []
+    for record, (start, n) in zip(records, spans, strict=True):
+        if not record.messages:
+            stats.tokens.append(record.input_length or 0)
+            continue
+        ids = encoded[start:start + n]
+        stats.tokens.append(sum(len(x) for x in ids))
+        first = next((x[0] for x in ids if x), None)
+        if first is not None:
+            stats.first_tokens.add(first)
+        head = record.messages[0]
+        if head.role == "system":
+            key = hashlib.blake2b((first_text(head.content) or "").encode(),
+                                  digest_size=16).hexdigest()
+            shared = stats.system_prompts[key]
+            if shared.tokens is None:
+                shared.tokens = len(encoded[start]) if n else 0
