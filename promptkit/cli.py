@@ -240,6 +240,102 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
         click.echo(f"promptkit: skipped {summary['skipped']['count']} invalid records", err=True)
 
 
+def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--tokens", "tokens", required=True, metavar="N",
+                     help="Exact length of the shared system prompt, in tokens."),
+        click.option("--tokenizer", required=True, metavar="T",
+                     help="The tokenizer the length is exact under (see 'stats')."),
+        click.option("--system-prompt", metavar="TEXT",
+                     help="Base text (default: each record's own system message)."),
+        click.option("--system-prompt-file", metavar="PATH", help="Base text from a file."),
+        click.option("--filler-file", metavar="PATH",
+                     help="Filler words from a file (default: seeded faker English words)."),
+        click.option("--groups", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Distinct shared prompts, differing at their first token."),
+        click.option("--group-by", metavar="FIELD",
+                     help="Records with the same value of FIELD share a group "
+                          "(default: round-robin by record)."),
+        click.option("--into", type=click.Choice(["system", "text", "file"]), default="system",
+                     show_default=True,
+                     help="A system message; before the first text; or OUT.system.txt for "
+                          "AIPerf's --system-prompt-file (single_turn)."),
+        click.option("--seed", type=int, help="Seed of the filler (default: random, recorded)."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def pad_step(input_path: str, output_path: str, from_format: str | None, *, tokens: str,
+             tokenizer: str, system_prompt: str | None, system_prompt_file: str | None,
+             filler_file: str | None, groups: int, group_by: str | None, into: str,
+             seed: int | None) -> Step:
+    from . import pad
+    from .nonce import new_seed
+
+    try:
+        n = int(tokens)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise PromptkitError(f"--tokens: {tokens!r} is not a positive integer")
+    if system_prompt is not None and system_prompt_file is not None:
+        raise click.UsageError("give --system-prompt or --system-prompt-file, not both")
+    if system_prompt_file is not None:
+        try:
+            with open(system_prompt_file, encoding="utf-8") as f:
+                system_prompt = f.read()
+        except OSError as exc:
+            raise PromptkitError(f"{system_prompt_file}: {exc.strerror}") from None
+    if into == "file" and (system_prompt is None or groups != 1 or output_path == "-"):
+        raise click.UsageError("--into file needs --system-prompt(-file), one group and an "
+                               "OUT file")
+    seed = new_seed() if seed is None else seed
+    params = {"tokens": n, "tokenizer": tokenizer, "groups": groups, "seed": seed,
+              "system_prompt": system_prompt, "filler_file": filler_file, "into": into,
+              "group_by": group_by}
+    spec = pad.PadSpec(n, tokenizer, groups, seed, system_prompt, filler_file)
+    if system_prompt is not None:
+        bases = [system_prompt]
+    elif input_path != "-":  # a first pass finds the records' own system prompts
+        bases = pipeline.system_prompts(input_path, from_format)
+    else:
+        bases = []
+    step = Step("pad", params, info={"groups": pad.describe_groups(spec, bases)})
+    if into == "file":
+        path = f"{output_path}.system.txt"
+        step.side_files[path] = pad.padded(spec, system_prompt or "", 0)
+        step.aiperf_args += ["--system-prompt-file", path]
+
+    def enough_records(count: int) -> None:
+        if groups > count:
+            raise PromptkitError(f"--groups {groups} is more than the {count} records")
+
+    step.check = enough_records
+    return step
+
+
+@cli.command()
+@io_options
+@pad_options
+@report
+def pad(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
+        skip_invalid: bool, manifest_path: str | None, workers: int | None,
+        **options: Any) -> None:
+    """Give records a shared system prompt of exactly N tokens under a tokenizer.
+
+    \b
+    Examples:
+      promptkit pad in.jsonl out.jsonl --tokens 2048 --tokenizer cl100k_base \\
+          --system-prompt "You are a helpful assistant." --groups 4
+      promptkit pad chat.jsonl out.jsonl --tokens 1024 --tokenizer ./tok_dir
+    """
+    step = pad_step(input_path, output_path, from_format, **options)
+    run_and_report(input_path, output_path, [step], from_format=from_format,
+                   to_format=to_format, skip_invalid=skip_invalid,
+                   manifest_path=manifest_path, workers=workers)
+
+
 @cli.command()
 @click.argument("path", metavar="FILE")
 @click.option("--manifest", "manifest_path", metavar="PATH",
@@ -344,6 +440,21 @@ def pipe_nonce(**options: Any) -> Step:
     return nonce_step(**options)
 
 
+@dataclass
+class PendingStep:
+    """A stage that needs the pipe's input and output paths to become a Step."""
+
+    make: Callable[[ReadStage, WriteStage], Step]
+
+
+@pipe.command("pad")
+@pad_options
+def pipe_pad(**options: Any) -> PendingStep:
+    """Give records a shared system prompt of exactly N tokens (options as 'promptkit pad')."""
+    return PendingStep(lambda read, write: pad_step(read.path, write.path, read.from_format,
+                                                    **options))
+
+
 @pipe.command("write")
 @click.option("--to", "to_format", type=FORMAT_CHOICE,
               help="Output format (default: the input format).")
@@ -362,10 +473,10 @@ def run_pipe(stages: list[Any]) -> None:
         raise click.UsageError("a pipe starts with 'read IN'")
     if not isinstance(stages[-1], WriteStage):
         raise click.UsageError("a pipe ends with 'write OUT'")
-    middle = stages[1:-1]
+    read, write = stages[0], stages[-1]
+    middle = [s.make(read, write) if isinstance(s, PendingStep) else s for s in stages[1:-1]]
     if any(not isinstance(stage, Step) for stage in middle):
         raise click.UsageError("a pipe has one 'read' first and one 'write' last")
-    read, write = stages[0], stages[-1]
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,

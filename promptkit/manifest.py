@@ -50,16 +50,25 @@ def file_facts(path: str) -> tuple[str, int]:
 
 def write(path: str, manifest: dict[str, Any]) -> None:
     """Write a manifest atomically (temporary file, then rename); ``-`` is stdout."""
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     if path == "-":
-        sys.stdout.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
         return
+    write_text(path, text)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically (temporary file, then rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

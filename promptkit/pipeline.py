@@ -16,22 +16,44 @@ from . import __version__, manifest, parallel
 from .errors import InvalidRecordError, PromptkitError
 from .formats import get_format
 from .nonce import NonceState, add_nonces
+from .pad import pad_records
 from .records import Record
 from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
 
 Operation = Callable[..., Iterator[Record]]
 
+class NoState:
+    """The state of an operation that remembers nothing across records."""
+
+    def overlaps(self, later: NoState) -> bool:
+        return False
+
+    def update(self, later: NoState) -> None:
+        pass
+
+
 #: Every operation a manifest step can name, by name, and the state it keeps.
-OPERATIONS: dict[str, Operation] = {"nonce": add_nonces}
-STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState}
+OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records}
+STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState}
 
 
 @dataclass
 class Step:
-    """One operation with all its parameters (as recorded in the manifest)."""
+    """One operation with all its parameters (as recorded in the manifest).
+
+    ``info`` is written to the manifest beside the parameters (what the step made,
+    e.g. each padded prompt's token count and sha256); ``side_files`` are written
+    next to the output on success (path -> text); ``aiperf_args`` join the
+    manifest's AIPerf arguments.
+    """
 
     op: str
     params: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    side_files: dict[str, str] = field(default_factory=dict)
+    aiperf_args: list[str] = field(default_factory=list)
+    #: Called with the number of records read, before anything is written.
+    check: Callable[[int], None] | None = None
 
     def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
         """The operation over ``records``; ``state`` carries what it remembers across
@@ -44,7 +66,10 @@ class Step:
         return STATES[self.op]()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"op": self.op, "params": self.params}
+        out: dict[str, Any] = {"op": self.op, "params": self.params}
+        if self.info:
+            out["info"] = self.info
+        return out
 
 
 def run(
@@ -85,6 +110,9 @@ def run(
                     facts = parallel.run_file(input_path, job, sink, workers)
             else:
                 facts = _run_here(source, sink, steps)
+            for step in steps:
+                if step.check is not None:
+                    step.check(facts.records_read)
             sink.flush()
             result = describe(source.name, in_format.name, facts, sink, steps, argv)
             sink.commit()
@@ -93,6 +121,9 @@ def run(
             raise
     finally:
         source.close()
+    for step in steps:
+        for path, text in step.side_files.items():
+            manifest.write_text(path, text)
     if manifest_path is not None:
         manifest.write(manifest_path, result)
     return result
@@ -136,7 +167,12 @@ def describe(name: str, in_format: str, facts: parallel.InputFacts, sink: Sink,
         },
         "steps": [step.as_dict() for step in steps],
         "skipped": {"count": len(skipped), "lines": skipped[:100]},
-        "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct),
+        "side_outputs": [
+            {"path": path, "sha256": manifest.text_sha256(text)}
+            for step in steps for path, text in step.side_files.items()
+        ],
+        "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
+                                 [arg for step in steps for arg in step.aiperf_args]),
         "warnings": warnings_for(steps, out_format.name),
     }
 
@@ -146,10 +182,12 @@ def _line_of(skipped: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int) -> dict[str, Any]:
+def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
+                   extra_args: list[str] | None = None) -> dict[str, Any]:
+    args = ["--input-file", path, "--custom-dataset-type", aiperf_type] if aiperf_type else []
     section: dict[str, Any] = {
         "custom_dataset_type": aiperf_type,
-        "args": ["--input-file", path, "--custom-dataset-type", aiperf_type] if aiperf_type else [],
+        "args": args + (extra_args or []),
         "distinct_records": distinct,
         "note": (
             f"At most {distinct} requests, warmup included, never repeat a prompt: "
@@ -235,3 +273,18 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
         "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
         **collected.summary(),
     }
+
+
+def system_prompts(input_path: str, from_format: str | None = None) -> list[str]:
+    """The distinct system prompts that begin the records of a file, in order."""
+    from .records import first_text
+
+    seen: dict[str, None] = {}
+    source = Source(input_path, from_format, skip_invalid=True)
+    try:
+        for record in source.records():
+            if record.messages and record.messages[0].role == "system":
+                seen.setdefault(first_text(record.messages[0].content) or "", None)
+    finally:
+        source.close()
+    return list(seen)

@@ -1,0 +1,251 @@
+"""Exact padding: shared system prompts of exactly N tokens under a tokenizer.
+
+A padded prompt is ``[group label] base [separator] filler``: the base text, then
+seeded filler words (faker's English words, or the words of a file) until the
+whole text encodes to exactly N tokens under the given tokenizer. BPE merges at
+the joins make a token count not simply additive, so every candidate is checked
+by encoding the whole text: the result is exact by construction, not by
+estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .errors import InvalidRecordError, PromptkitError
+from .records import Message, Record, first_text, prepend_text
+from .tokenizers import Tokenizer, load_tokenizer
+
+SEPARATOR = "\n\n"
+#: Tokens left to fill one small unit at a time, each step verified.
+SLACK = 8
+#: Short texts that usually add exactly one token; tried in turn at the end.
+UNITS = (" a", " the", " and", " of", ".", ",", " I", " x", "a", "x", " ", "\n")
+
+
+class PadError(PromptkitError):
+    """A target the base cannot meet (shorter than the base, or unreachable)."""
+
+
+def filler_words(seed: int, filler_file: str | None = None) -> Iterator[str]:
+    """An endless, seeded stream of filler words."""
+    if filler_file is not None:
+        try:
+            with open(filler_file, encoding="utf-8") as f:
+                words = f.read().split()
+        except OSError as exc:
+            raise PadError(f"{filler_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PadError(f"{filler_file}: not UTF-8 text") from None
+        if not words:
+            raise PadError(f"{filler_file}: no words in it")
+        yield from itertools.cycle(words)
+        return
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    while True:
+        yield from fake.words(1024)
+
+
+def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str]) -> str:
+    """``head``, then filler from ``words``, encoding to exactly ``target`` tokens."""
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text))
+
+    have = count(head)
+    if have > target:
+        raise PadError(f"the base text is {have} tokens, more than the target {target}")
+    if have == target:
+        return head
+    text = head + SEPARATOR if head and not head[-1].isspace() else head
+    have = count(text)
+    first = not text
+    while target - have > SLACK:  # bulk: words until close, then one exact recount
+        need = target - have - SLACK
+        batch: list[str] = []
+        for word in words:
+            batch.append(word if first and not batch else " " + word)
+            if len(batch) >= need:
+                break
+        first = False
+        # Each word's own token count, to stop near the target (a word is often
+        # several tokens under a small vocabulary).
+        sizes = [len(ids) for ids in tokenizer.encode_batch(batch)]
+        total = taken = 0
+        while taken < len(sizes) and total + sizes[taken] <= need:
+            total += sizes[taken]
+            taken += 1
+        text += "".join(batch[: max(taken, 1)])
+        have = count(text)
+        while have > target - 1 and " " in text[len(head):]:  # overshoot: drop words
+            text = text[: text.rindex(" ")]
+            have = count(text)
+    while have != target:  # fine: one verified unit at a time
+        if have > target:
+            cut = text.rfind(" ", len(head))
+            if cut <= len(head):
+                raise PadError(f"cannot reach exactly {target} tokens from this base")
+            text = text[:cut]
+            have = count(text)
+            continue
+        word = " " + next(words)
+        if count(text + word) <= target:  # a filler word that still fits
+            text += word
+            have = count(text)
+            continue
+        for unit in UNITS:  # else the smallest steps
+            if count(text + unit) == have + 1:
+                text += unit
+                have += 1
+                break
+        else:
+            raise PadError(f"cannot reach exactly {target} tokens from this base")
+    return text
+
+
+def group_labels(groups: int, tokenizer: Tokenizer) -> list[str]:
+    """``groups`` labels whose texts begin with distinct first tokens."""
+    if groups == 1:
+        return [""]
+    labels: list[str] = []
+    seen: set[int] = set()
+    for i in itertools.count(1):
+        label = f"{_ordinal(i)}."
+        first = tokenizer.encode(label)[0]
+        if first not in seen:
+            seen.add(first)
+            labels.append(label + " ")
+            if len(labels) == groups:
+                return labels
+    raise AssertionError("unreachable")
+
+
+def _ordinal(i: int) -> str:
+    """A distinct word-like label: A, B, ..., Z, AA, AB, ... (then numbers)."""
+    letters = ""
+    while i:
+        i, rest = divmod(i - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+@dataclass(frozen=True)
+class PadSpec:
+    tokens: int
+    tokenizer: str
+    groups: int
+    seed: int
+    system_prompt: str | None
+    filler_file: str | None
+
+
+@lru_cache(maxsize=64)
+def _tokenizer(spec: str) -> Tokenizer:
+    return load_tokenizer(spec)
+
+
+@lru_cache(maxsize=4096)
+def padded(spec: PadSpec, base: str, group: int) -> str:
+    """The padded prompt of ``group`` for ``base`` (cached: each is made once)."""
+    tokenizer = _tokenizer(spec.tokenizer)
+    label = group_labels(spec.groups, tokenizer)[group]
+    seed = int.from_bytes(hashlib.blake2b(f"{spec.seed}:{group}".encode(), digest_size=8).digest())
+    return exact_text(label + base, spec.tokens, tokenizer, filler_words(seed, spec.filler_file))
+
+
+def group_of(record: Record, index: int, groups: int, group_by: str | None) -> int:
+    if groups == 1:
+        return 0
+    if group_by is None:
+        return index % groups
+    value = getattr(record, group_by, None) if group_by in _ATTRS else record.fields.get(group_by)
+    key = repr(value).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) % groups
+
+
+_ATTRS = ("session_id", "timestamp", "delay", "output_length")
+
+
+def pad_records(
+    records: Iterable[Record],
+    *,
+    tokens: int,
+    tokenizer: str,
+    groups: int = 1,
+    seed: int = 0,
+    system_prompt: str | None = None,
+    filler_file: str | None = None,
+    into: str = "system",
+    group_by: str | None = None,
+    first_index: int = 0,
+    state: Any = None,
+) -> Iterator[Record]:
+    """Give records a shared system prompt of exactly ``tokens`` tokens.
+
+    The base is ``system_prompt`` or, when None, each record's own system message.
+    ``into="system"`` writes it as the system message; ``"text"`` puts it before
+    the first message's text with a blank line between; ``"file"`` leaves the
+    records as they are (the prompt goes to a file AIPerf reads).
+    """
+    spec = PadSpec(tokens, tokenizer, groups, seed, system_prompt, filler_file)
+    for position, record in enumerate(records, start=first_index):
+        if into == "file":
+            yield record
+            continue
+        if not record.messages:
+            raise InvalidRecordError("a record with only input_length/hash_ids has no text "
+                                     "to pad", lineno=record.lineno)
+        index = record.index if record.index is not None else position
+        group = group_of(record, index, groups, group_by)
+        head = record.messages[0]
+        own = head.role == "system"
+        if system_prompt is None:
+            if not own:
+                raise InvalidRecordError(
+                    "no system message to pad; give --system-prompt or --system-prompt-file",
+                    lineno=record.lineno)
+            base = first_text(head.content) or ""
+        else:
+            if own:
+                raise InvalidRecordError(
+                    "the record has a system message of its own; leave out --system-prompt "
+                    "to pad it", lineno=record.lineno)
+            base = system_prompt
+        prompt = padded(spec, base, group)
+        if into == "text":
+            if own:
+                record.messages.pop(0)
+                if not record.messages:
+                    raise InvalidRecordError("no message after the system message",
+                                             lineno=record.lineno)
+            target = record.messages[0]
+            target.content = prepend_text(target.content, prompt + SEPARATOR)
+        elif own:
+            head.content = prompt
+        else:
+            record.messages.insert(0, Message("system", prompt))
+        yield record
+
+
+def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]:
+    """Token count and sha256 of each group's prompt, for the manifest."""
+    tokenizer = _tokenizer(spec.tokenizer)
+    out = []
+    for base in bases:
+        for group in range(spec.groups):
+            prompt = padded(spec, base, group)
+            out.append({
+                "group": group,
+                "tokens": len(tokenizer.encode(prompt)),
+                "sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+                "starts": prompt[:40],
+            })
+    return out
