@@ -336,6 +336,58 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
                    manifest_path=manifest_path, workers=workers)
 
 
+def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--tokens", required=True, metavar="N|LOW,HIGH|COLUMN",
+                     help="Exact tokens of each user text: a number, a uniform range drawn "
+                          "per record (seeded), or a column holding each record's own."),
+        click.option("--tokenizer", required=True, metavar="T",
+                     help="The tokenizer the length is exact under (see 'stats')."),
+        click.option("--filler-file", metavar="PATH",
+                     help="Filler words from a file (default: seeded faker English words)."),
+        click.option("--seed", type=int,
+                     help="Seed of the filler and the range (default: random, recorded)."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def fit_step(*, tokens: str, tokenizer: str, filler_file: str | None,
+             seed: int | None) -> Step:
+    from .fit import parse_tokens
+    from .nonce import new_seed
+    from .pad import filler_words
+    from .tokenizers import cached_tokenizer
+
+    target = parse_tokens(tokens)
+    cached_tokenizer(tokenizer)  # a bad name fails here, before anything is read
+    if filler_file is not None:
+        next(filler_words(0, filler_file))
+    return Step("fit", {"tokens": target, "tokenizer": tokenizer,
+                        "seed": new_seed() if seed is None else seed,
+                        "filler_file": filler_file})
+
+
+@cli.command()
+@io_options
+@fit_options
+@report
+def fit(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
+        skip_invalid: bool, manifest_path: str | None, workers: int | None,
+        **options: Any) -> None:
+    """Make every user text exactly N tokens under a tokenizer (cut, or filled out).
+
+    \b
+    Examples:
+      promptkit fit in.jsonl out.jsonl --tokens 2048 --tokenizer cl100k_base --seed 1
+      promptkit fit in.jsonl out.jsonl --tokens 512,2048 --tokenizer ./tok_dir
+      promptkit fit trace.jsonl out.jsonl --tokens input_tokens --tokenizer cl100k_base
+    """
+    run_and_report(input_path, output_path, [fit_step(**options)], from_format=from_format,
+                   to_format=to_format, skip_invalid=skip_invalid,
+                   manifest_path=manifest_path, workers=workers)
+
+
 @cli.command()
 @click.argument("path", metavar="FILE")
 @click.option("--manifest", "manifest_path", metavar="PATH",
@@ -453,6 +505,13 @@ def pipe_pad(**options: Any) -> PendingStep:
     """Give records a shared system prompt of exactly N tokens (options as 'promptkit pad')."""
     return PendingStep(lambda read, write: pad_step(read.path, write.path, read.from_format,
                                                     **options))
+
+
+@pipe.command("fit")
+@fit_options
+def pipe_fit(**options: Any) -> Step:
+    """Make every user text exactly N tokens (same options as 'promptkit fit')."""
+    return fit_step(**options)
 
 
 @pipe.command("write")

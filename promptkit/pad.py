@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +20,7 @@ from typing import Any
 
 from .errors import InvalidRecordError, PromptkitError
 from .records import Message, Record, first_text, prepend_text
-from .tokenizers import Tokenizer, load_tokenizer
+from .tokenizers import Tokenizer, cached_tokenizer
 
 SEPARATOR = "\n\n"
 #: Tokens left to fill one small unit at a time, each step verified.
@@ -33,29 +34,43 @@ class PadError(PromptkitError):
 
 
 def filler_words(seed: int, filler_file: str | None = None) -> Iterator[str]:
-    """An endless, seeded stream of filler words."""
+    """An endless, seeded stream of filler words: faker's English word list drawn
+    at random, or the words of ``filler_file`` in order, over and over."""
     if filler_file is not None:
-        try:
-            with open(filler_file, encoding="utf-8") as f:
-                words = f.read().split()
-        except OSError as exc:
-            raise PadError(f"{filler_file}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise PadError(f"{filler_file}: not UTF-8 text") from None
-        if not words:
-            raise PadError(f"{filler_file}: no words in it")
-        yield from itertools.cycle(words)
+        yield from itertools.cycle(_file_words(filler_file))
         return
+    words = faker_words()
+    rng = random.Random(seed)
+    while True:
+        yield from rng.choices(words, k=1024)
+
+
+@lru_cache(maxsize=1)
+def faker_words() -> tuple[str, ...]:
+    """faker's en_US word list (its lorem provider), loaded once per process."""
     from faker import Faker
 
-    fake = Faker("en_US")
-    fake.seed_instance(seed)
-    while True:
-        yield from fake.words(1024)
+    return tuple(Faker("en_US").get_words_list())
 
 
-def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str]) -> str:
-    """``head``, then filler from ``words``, encoding to exactly ``target`` tokens."""
+@lru_cache(maxsize=8)
+def _file_words(filler_file: str) -> tuple[str, ...]:
+    try:
+        with open(filler_file, encoding="utf-8") as f:
+            words = tuple(f.read().split())
+    except OSError as exc:
+        raise PadError(f"{filler_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PadError(f"{filler_file}: not UTF-8 text") from None
+    if not words:
+        raise PadError(f"{filler_file}: no words in it")
+    return words
+
+
+def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str],
+               separator: str = SEPARATOR) -> str:
+    """``head``, then ``separator`` and filler from ``words``, encoding to exactly
+    ``target`` tokens (the separator is left out when it would not fit)."""
 
     def count(text: str) -> int:
         return len(tokenizer.encode(text))
@@ -65,9 +80,12 @@ def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str
         raise PadError(f"the base text is {have} tokens, more than the target {target}")
     if have == target:
         return head
-    text = head + SEPARATOR if head and not head[-1].isspace() else head
-    have = count(text)
-    first = not text
+    text = head
+    if head and separator and not head[-1].isspace():
+        joined = count(head + separator)
+        if joined <= target:
+            text, have = head + separator, joined
+    first = not text or text[-1].isspace()  # no space needed before the first word
     while target - have > SLACK:  # bulk: words until close, then one exact recount
         need = target - have - SLACK
         batch: list[str] = []
@@ -147,15 +165,10 @@ class PadSpec:
     filler_file: str | None
 
 
-@lru_cache(maxsize=64)
-def _tokenizer(spec: str) -> Tokenizer:
-    return load_tokenizer(spec)
-
-
 @lru_cache(maxsize=4096)
 def padded(spec: PadSpec, base: str, group: int) -> str:
     """The padded prompt of ``group`` for ``base`` (cached: each is made once)."""
-    tokenizer = _tokenizer(spec.tokenizer)
+    tokenizer = cached_tokenizer(spec.tokenizer)
     label = group_labels(spec.groups, tokenizer)[group]
     seed = int.from_bytes(hashlib.blake2b(f"{spec.seed}:{group}".encode(), digest_size=8).digest())
     return exact_text(label + base, spec.tokens, tokenizer, filler_words(seed, spec.filler_file))
@@ -237,7 +250,7 @@ def pad_records(
 
 def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]:
     """Token count and sha256 of each group's prompt, for the manifest."""
-    tokenizer = _tokenizer(spec.tokenizer)
+    tokenizer = cached_tokenizer(spec.tokenizer)
     out = []
     for base in bases:
         for group in range(spec.groups):

@@ -54,6 +54,8 @@ class Job:
     steps: list[Any]
     skip_invalid: bool
     name: str
+    #: The tokenizer the written records are counted under, if any.
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class ChunkResult:
     skipped: list[str]
     keys: bytes
     states: list[Any] = field(default_factory=list)
+    stats: Any = None  # token statistics of what was written (a stats.Stats), if counted
 
 
 _job: Job | None = None
@@ -122,6 +125,11 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
         skipped.append(f"{exc.lineno}: {exc.problem}")
 
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
+    if job.tokenizer is not None:
+        from .stats import Tap
+        from .tokenizers import cached_tokenizer
+
+        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     if states is None:
         states = [step.new_state() for step in job.steps]
     read = Counter()
@@ -134,7 +142,8 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     except InvalidRecordError as exc:
         raise (exc.located(job.name) if exc.path is None else exc) from None
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
-                       encoder.keys.tobytes(), states)
+                       encoder.keys.tobytes(), states,
+                       encoder.tap.stats if encoder.tap is not None else None)
 
 
 def chunks(path: str, digest: Any) -> Any:
@@ -226,6 +235,8 @@ def run_file(path: str, job: Job, sink: Sink, workers: int) -> InputFacts:
                 sink.write_bytes(result.data)
             sink.encoder.keys.frombytes(result.keys)
             sink.encoder.count += result.written
+            if result.stats is not None and sink.encoder.tap is not None:
+                sink.encoder.tap.stats.merge(result.stats)
             facts.records_read += result.read
             facts.skipped += result.skipped
 

@@ -14,11 +14,14 @@ from typing import Any
 
 from . import __version__, manifest, parallel
 from .errors import InvalidRecordError, PromptkitError
+from .fit import fit_records
 from .formats import get_format
 from .nonce import NonceState, add_nonces
 from .pad import pad_records
 from .records import Record
+from .stats import Tap
 from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
+from .tokenizers import cached_tokenizer
 
 Operation = Callable[..., Iterator[Record]]
 
@@ -33,8 +36,15 @@ class NoState:
 
 
 #: Every operation a manifest step can name, by name, and the state it keeps.
-OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records}
-STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState}
+OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records}
+STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState}
+
+
+def counting_tokenizer(steps: list[Step]) -> str | None:
+    """The tokenizer the output's token statistics are counted under: the last
+    step's that names one (``None``: no token statistics)."""
+    named = [s.params["tokenizer"] for s in steps if s.params.get("tokenizer")]
+    return named[-1] if named else None
 
 
 @dataclass
@@ -99,6 +109,9 @@ def run(
         in_format = source.format
         out_format = get_format(to_format) if to_format else in_format
         sink = Sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
+        tokenizer = counting_tokenizer(steps)
+        if tokenizer is not None:
+            sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         try:
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
@@ -106,7 +119,7 @@ def run(
                 source.close()
                 with tempfile.TemporaryDirectory(prefix="promptkit-") as scratch:
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
-                                       steps, skip_invalid, source.name)
+                                       steps, skip_invalid, source.name, tokenizer)
                     facts = parallel.run_file(input_path, job, sink, workers)
             else:
                 facts = _run_here(source, sink, steps)
@@ -174,7 +187,17 @@ def describe(name: str, in_format: str, facts: parallel.InputFacts, sink: Sink,
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
                                  [arg for step in steps for arg in step.aiperf_args]),
         "warnings": warnings_for(steps, out_format.name),
+        **token_section(sink),
     }
+
+
+def token_section(sink: Sink) -> dict[str, Any]:
+    """The output's token statistics, when a step named a tokenizer."""
+    tap = sink.encoder.tap
+    if tap is None:
+        return {}
+    assert tap.tokenizer is not None
+    return {"token_stats": {"tokenizer": tap.tokenizer.name, **tap.finish().summary()}}
 
 
 def _line_of(skipped: str) -> int:

@@ -57,6 +57,23 @@ class Stats:
     system_prompts: dict[str, SharedPrompt] = field(default_factory=dict)
     first_tokens: set[int] = field(default_factory=set)
 
+    def merge(self, later: Stats) -> None:
+        """Add the statistics of records that came after these."""
+        self.records += later.records
+        self.turns += later.turns
+        self.sessions |= later.sessions
+        self.unsessioned += later.unsessioned
+        self.tokens.extend(later.tokens)
+        self.first_tokens |= later.first_tokens
+        for key, shared in later.system_prompts.items():
+            mine = self.system_prompts.get(key)
+            if mine is None:
+                self.system_prompts[key] = shared
+            else:
+                mine.count += shared.count
+                if mine.tokens is None:
+                    mine.tokens = shared.tokens
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "records": self.records,
@@ -92,22 +109,41 @@ class Stats:
 def collect(records: Iterable[Record], tokenizer: Tokenizer | None = None, *,
             threads: int | None = None, batch: int = BATCH) -> Stats:
     """The statistics of ``records`` (token figures only with a tokenizer)."""
-    stats = Stats()
-    threads = threads or os.cpu_count() or 1
-    pending: list[Record] = []
+    tap = Tap(tokenizer, threads=threads, batch=batch)
     for record in records:
-        _count(stats, record)
-        if tokenizer is None:
+        tap.add(record)
+    return tap.finish()
+
+
+class Tap:
+    """Counts records one at a time (e.g. as a writer writes them), tokenizing them
+    in batches. A record must not change after it is added."""
+
+    def __init__(self, tokenizer: Tokenizer | None, *, threads: int | None = None,
+                 batch: int = BATCH):
+        self.stats = Stats()
+        self.tokenizer = tokenizer
+        self.threads = threads or os.cpu_count() or 1
+        self.batch = batch
+        self.pending: list[Record] = []
+
+    def add(self, record: Record) -> None:
+        _count(self.stats, record)
+        if self.tokenizer is None:
             if not record.messages and record.input_length is not None:
-                stats.tokens.append(record.input_length)  # a hash-id trace states it
-        else:
-            pending.append(record)
-            if len(pending) >= batch:
-                _tokenize(stats, pending, tokenizer, threads)
-                pending = []
-    if tokenizer is not None and pending:
-        _tokenize(stats, pending, tokenizer, threads)
-    return stats
+                self.stats.tokens.append(record.input_length)  # a hash-id trace states it
+            return
+        self.pending.append(record)
+        if len(self.pending) >= self.batch:
+            self.finish()
+
+    def finish(self) -> Stats:
+        """Tokenize what is pending; return the statistics so far."""
+        if self.pending:
+            assert self.tokenizer is not None
+            _tokenize(self.stats, self.pending, self.tokenizer, self.threads)
+            self.pending = []
+        return self.stats
 
 
 def _count(stats: Stats, record: Record) -> None:

@@ -17,13 +17,16 @@ import sys
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import InvalidRecordError, PromptkitError
 from .formats import Format, detect_many, get_format
 from .records import Record
+
+if TYPE_CHECKING:
+    from .stats import Tap
 
 CHUNK = 1 << 20
 #: Records read ahead to detect a file's format.
@@ -217,6 +220,8 @@ class Encoder:
         self.skipped: list[str] = []
         self.keys = array("q")  # one 64-bit hash of each record's prompt
         self.count = 0
+        #: Counts what is written (token statistics), when set.
+        self.tap: Tap | None = None
 
     def encode_all(self, records: Iterable[Record]) -> Iterator[bytes]:
         """The JSONL line of each record (records the format cannot hold: error or skip)."""
@@ -224,6 +229,7 @@ class Encoder:
         dumps = orjson.dumps
         newline = orjson.OPT_APPEND_NEWLINE
         keep_key = self.keys.append
+        tap = self.tap
         for record in records:
             try:
                 data = dumps(dump(record), option=newline)
@@ -237,7 +243,11 @@ class Encoder:
                 raise InvalidRecordError(f"cannot encode: {exc}", None, record.lineno) from None
             keep_key(prompt_key(record))
             self.count += 1
+            if tap is not None:
+                tap.add(record)
             yield data
+        if tap is not None:
+            tap.finish()
 
 
 class Sink:

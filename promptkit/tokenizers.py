@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from .errors import PromptkitError
@@ -78,6 +79,12 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if os.path.isdir(spec) or spec.endswith(".json"):
         return _from_file(spec, spec)
     return _tiktoken(spec)
+
+
+@lru_cache(maxsize=16)
+def cached_tokenizer(spec: str) -> Tokenizer:
+    """:func:`load_tokenizer`, loaded once per process (operations call it per run)."""
+    return load_tokenizer(spec)
 
 
 def _tiktoken(name: str) -> Tokenizer:

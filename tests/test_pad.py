@@ -9,17 +9,8 @@ import pytest
 from helpers import read_jsonl, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizer_dir import build_tokenizer_dir
 
 from promptkit.pad import PadError, exact_text, filler_words
-from promptkit.tokenizers import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizers(tmp_path_factory):
-    folder = build_tokenizer_dir(tmp_path_factory.mktemp("tok") / "bpe")
-    return {"cl100k_base": load_tokenizer("cl100k_base"), "local_bpe": load_tokenizer(str(folder))}
-
 
 bases = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
 
