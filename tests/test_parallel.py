@@ -30,15 +30,17 @@ def small_chunks(monkeypatch):
     return calls
 
 
-def outputs(run, source: Path, tmp_path: Path, *args: str) -> dict[int, bytes]:
+def outputs(run, source: Path, tmp_path: Path, *args: str, command: str = "nonce"
+            ) -> dict[int, tuple]:
     result = {}
     for workers in (1, 2, 4):
         out = tmp_path / f"out{workers}.jsonl"
-        res = run("nonce", source, out, "--workers", str(workers), *args)
+        res = run(command, source, out, "--workers", str(workers), *args)
         assert res.exit_code == 0, res.stderr
         manifest = json.loads(Path(f"{out}.manifest.json").read_text())
         result[workers] = (out.read_bytes(), manifest["inputs"], manifest["output"]["records"],
-                           manifest["aiperf"]["distinct_records"], manifest["skipped"])
+                           manifest["aiperf"]["distinct_records"], manifest["skipped"],
+                           manifest.get("token_stats"))
     return result
 
 
@@ -85,3 +87,22 @@ def test_workers_report_the_first_bad_line(small_chunks, tmp_path, run):
         messages.add(result.stderr)
     assert messages == {f"{source}:322: single_turn: 'text' must be a string, not int\n"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["fit", "pad"])
+def test_token_operations_and_their_statistics_match_for_every_worker_count(
+        command, small_chunks, tmp_path, run):
+    rows = [{"messages": [{"role": "user", "content": f"request {i} " + "data " * (i % 23)}],
+             "session_id": f"s{i % 5}"} for i in range(300)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["--tokens", "10,50"] if command == "fit" else ["--tokens", "64", "--groups", "3",
+                                                          "--system-prompt", "Shared."]
+    results = outputs(run, source, tmp_path, *args, "--tokenizer", "cl100k_base", "--seed", "2",
+                      command=command)
+    assert_same(results)
+    stats = results[2][5]
+    assert stats["records"] == 300 and stats["conversations"] == 5
+    if command == "pad":
+        assert stats["system_prompts"]["distinct"] == 3
+        assert [p["tokens"] for p in stats["system_prompts"]["most_shared"]] == [64] * 3
+    assert small_chunks == [2, 4]
