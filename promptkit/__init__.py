@@ -14,8 +14,10 @@ __version__ = "0.1.0"
 
 from .api import read_records, write_records  # noqa: E402
 from .errors import ConversionError, InvalidRecordError, ManifestError, PromptkitError  # noqa: E402
+from .fit import fit_records  # noqa: E402
 from .formats import FORMATS, detect  # noqa: E402
 from .nonce import add_nonces  # noqa: E402
+from .pad import pad_records  # noqa: E402
 from .pipeline import Step, run  # noqa: E402
 from .records import Message, Record  # noqa: E402
 
@@ -31,6 +33,8 @@ __all__ = [
     "__version__",
     "add_nonces",
     "detect",
+    "fit_records",
+    "pad_records",
     "read_records",
     "run",
     "write_records",

@@ -388,6 +388,89 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
                    manifest_path=manifest_path, workers=workers)
 
 
+@cli.group()
+def synth() -> None:
+    """Generate benchmark workloads from options alone, with a manifest.
+
+    \b
+    Example:
+      promptkit synth prefix-test prefix-test.jsonl --seed 7
+    """
+
+
+@synth.command("prefix-test")
+@click.argument("output_path", metavar="OUT")
+@click.option("--groups", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Groups: each shares one system prompt, differing from the others' "
+                   "at the first token.")
+@click.option("--group-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests in each group.")
+@click.option("--system-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Exact tokens of each shared system prompt under --tokenizer "
+                   "[default: 320, about 2 KB of text].")
+@click.option("--tokenizer", default="cl100k_base", show_default=True, metavar="T",
+              help="The tokenizer the prompt length is exact under (see 'stats').")
+@click.option("--system-prompt", metavar="TEXT",
+              help="Start of every system prompt (then seeded filler).  [default: "
+                   "\"You are a helpful assistant. Follow the user's instruction exactly.\"]")
+@click.option("--filler-file", metavar="PATH",
+              help="Filler words from a file (default: seeded faker English words).")
+@click.option("--order", type=click.Choice(["interleaved", "grouped"]), default="interleaved",
+              show_default=True,
+              help="Groups in turn (a hit needs all G prompts cached), or each group's "
+                   "requests in a row.")
+@click.option("--output-tokens", type=click.IntRange(min=1), metavar="N",
+              help="output_length of every request (default: none; the echo is short).")
+@click.option("--to", "to_format", type=FORMAT_CHOICE, default="mooncake_trace",
+              show_default=True,
+              help="Output format. Formats without a system message get the prompt, a "
+                   "blank line and the task as one text.")
+@click.option("--seed", type=int, help="Seed of the filler and the words (default: random, "
+                                       "recorded).")
+@click.option("--manifest", "manifest_path", metavar="PATH",
+              help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
+@report
+def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: int | None,
+                tokenizer: str, system_prompt: str | None, filler_file: str | None,
+                order: str, output_tokens: int | None, to_format: str, seed: int | None,
+                manifest_path: str | None) -> None:
+    """The classic prefix-cache test: G groups x S requests sharing exact system prompts.
+
+    Every request of a group has the same system prompt of exactly N tokens; the
+    user turn is "Please echo the following word: WORD", a word per group.
+
+    \b
+    Examples:
+      promptkit synth prefix-test prefix-test.jsonl --seed 7
+      promptkit synth prefix-test pt.jsonl --groups 4 --group-size 32 --system-tokens 4096 \\
+          --tokenizer ./tok_dir --to single_turn --order grouped
+    """
+    from . import synth as generators
+    from .nonce import new_seed
+    from .pad import filler_words
+    from .tokenizers import cached_tokenizer
+
+    cached_tokenizer(tokenizer)  # a bad name fails here, before anything is written
+    if filler_file is not None:
+        next(filler_words(0, filler_file))
+    params = {
+        "groups": groups, "group_size": group_size,
+        "system_tokens": generators.DEFAULT_SYSTEM_TOKENS if system_tokens is None
+        else system_tokens,
+        "tokenizer": tokenizer,
+        "system_prompt": generators.DEFAULT_SYSTEM_PROMPT if system_prompt is None
+        else system_prompt,
+        "filler_file": filler_file, "seed": new_seed() if seed is None else seed,
+        "order": order, "output_tokens": output_tokens,
+        "into": "system" if FORMATS[to_format].holds_system else "text",
+    }
+    if manifest_path is None and output_path != "-":
+        manifest_path = manifest.default_path(output_path)
+    result = pipeline.generate("prefix-test", params, output_path, to_format=to_format,
+                               manifest_path=manifest_path, argv=PromptkitGroup.argv)
+    summarize(result, manifest_path)
+
+
 @cli.command()
 @click.argument("path", metavar="FILE")
 @click.option("--manifest", "manifest_path", metavar="PATH",

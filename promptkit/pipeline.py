@@ -127,7 +127,9 @@ def run(
                 if step.check is not None:
                     step.check(facts.records_read)
             sink.flush()
-            result = describe(source.name, in_format.name, facts, sink, steps, argv)
+            inputs = [{"path": source.name, "format": in_format.name,
+                       "records": facts.records_read, "sha256": facts.sha256.hexdigest()}]
+            result = describe(inputs, facts.skipped, sink, steps, argv)
             sink.commit()
         except BaseException:
             sink.abort()
@@ -137,6 +139,36 @@ def run(
     for step in steps:
         for path, text in step.side_files.items():
             manifest.write_text(path, text)
+    if manifest_path is not None:
+        manifest.write(manifest_path, result)
+    return result
+
+
+def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: str,
+             manifest_path: str | None = None, argv: list[str] | None = None
+             ) -> dict[str, Any]:
+    """Write the records generator ``name`` makes from ``params`` (see
+    :mod:`promptkit.synth`); return the manifest, also written to ``manifest_path``."""
+    from .synth import GENERATORS
+
+    make, info = GENERATORS[name]
+    if manifest_path == STDIO and output_path == STDIO:
+        raise PromptkitError("the output and the manifest cannot both go to stdout")
+    generator = {"name": name, "params": params, "info": info(params)}
+    sink = Sink(output_path, get_format(to_format))
+    tokenizer = params.get("tokenizer")
+    if tokenizer is not None:
+        sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
+    try:
+        if manifest_path not in (None, STDIO):
+            refuse_overwrite(manifest_path, [])
+        sink.write_all(make(**params))
+        sink.flush()
+        result = describe([], [], sink, [], argv, generator)
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
     if manifest_path is not None:
         manifest.write(manifest_path, result)
     return result
@@ -156,22 +188,19 @@ def _run_here(source: Source, sink: Sink, steps: list[Step]) -> parallel.InputFa
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
 
 
-def describe(name: str, in_format: str, facts: parallel.InputFacts, sink: Sink,
-             steps: list[Step], argv: list[str] | None) -> dict[str, Any]:
+def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sink,
+             steps: list[Step], argv: list[str] | None,
+             generator: dict[str, Any] | None = None) -> dict[str, Any]:
     out_format = sink.format
-    skipped = sorted(facts.skipped + sink.skipped, key=_line_of)
+    skipped = sorted(skipped_reading + sink.skipped, key=_line_of)
     distinct = sink.distinct_records()
     return {
         "schema": manifest.SCHEMA,
         "promptkit_version": __version__,
         "created": manifest.now_utc(),
         "argv": list(argv if argv is not None else sys.argv),
-        "inputs": [{
-            "path": name,
-            "format": in_format,
-            "records": facts.records_read,
-            "sha256": facts.sha256.hexdigest(),
-        }],
+        "inputs": inputs,
+        **({"generator": generator} if generator is not None else {}),
         "output": {
             "path": sink.name,
             "format": out_format.name,
@@ -247,6 +276,36 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
             argv: list[str] | None = None, workers: int | None = None) -> dict[str, Any]:
     """Re-make a file from its manifest and input; raise if the bytes differ."""
     recorded = manifest.read(manifest_path)
+    own_manifest = None if output_path == STDIO else manifest.default_path(output_path)
+    if "generator" in recorded:
+        result = _regenerate(manifest_path, recorded, output_path, own_manifest, argv)
+    else:
+        result = _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
+                        workers)
+    want = recorded["output"]["sha256"]
+    if result["output"]["sha256"] != want:
+        raise PromptkitError(
+            f"{output_path}: rebuilt file differs from the manifest "
+            f"(sha256 {result['output']['sha256']}, manifest says {want})"
+        )
+    return result
+
+
+def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
+                own_manifest: str | None, argv: list[str] | None) -> dict[str, Any]:
+    from .synth import GENERATORS
+
+    generator = recorded["generator"]
+    if generator.get("name") not in GENERATORS:
+        raise PromptkitError(f"{manifest_path}: unknown generator {generator.get('name')!r}")
+    return generate(generator["name"], generator["params"], output_path,
+                    to_format=recorded["output"]["format"], manifest_path=own_manifest,
+                    argv=argv)
+
+
+def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
+           own_manifest: str | None, input_path: str | None, argv: list[str] | None,
+           workers: int | None) -> dict[str, Any]:
     inputs = recorded["inputs"]
     if len(inputs) != 1:
         raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
@@ -256,24 +315,17 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
     for step in recorded["steps"]:
         if step["op"] not in OPERATIONS:
             raise PromptkitError(f"{manifest_path}: unknown operation {step['op']!r}")
-    result = run(
+    return run(
         source,
         output_path,
         [Step(s["op"], s["params"]) for s in recorded["steps"]],
         from_format=inputs[0]["format"],
         to_format=recorded["output"]["format"],
         skip_invalid=recorded["skipped"]["count"] > 0,
-        manifest_path=None if output_path == STDIO else manifest.default_path(output_path),
+        manifest_path=own_manifest,
         argv=argv,
         workers=workers,
     )
-    want = recorded["output"]["sha256"]
-    if result["output"]["sha256"] != want:
-        raise PromptkitError(
-            f"{output_path}: rebuilt file differs from the manifest "
-            f"(sha256 {result['output']['sha256']}, manifest says {want})"
-        )
-    return result
 
 
 def dataset_stats(input_path: str, *, from_format: str | None = None,

@@ -1,11 +1,12 @@
-"""End to end: the real ``aiperf profile`` sends exactly the prompts of a nonce'd file.
+"""End to end: the real ``aiperf profile`` sends exactly the prompts of promptkit files.
 
 ``promptkit nonce`` turns the shipped example into a single_turn file; the
 manifest's AIPerf arguments load it into the real AIPerf CLI (a subprocess), which
 sends it to a real OpenAI-compatible HTTP server on 127.0.0.1 (standard
 library, ``tests/openai_server.py``). The server records every request body;
 the test asserts that the chat requests carry the file's ``text`` values,
-one request per line, in file order, and that AIPerf exits 0.
+one request per line, in file order, and that AIPerf exits 0. The same holds
+for the ``synth prefix-test`` workload (system prompt and task per request).
 
 Everything is offline: the tokenizer AIPerf needs is a tiny BPE model trained
 in a temporary folder (``tests/tokenizer_dir.py``), passed as an absolute
@@ -187,22 +188,14 @@ def aiperf_tmpdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "streaming"])
-def test_aiperf_sends_exactly_the_file_prompts(
-    tmp_path: Path, openai_server: OpenAIServer, aiperf_tmpdir: Path, streaming: bool
-) -> None:
-    tokenizer = build_tokenizer_dir(tmp_path / "tokenizer")
-    input_file = make_input(tmp_path)
-    expected = read_texts(input_file)
-    assert len(expected) == len(set(expected)) == 20, "prompts must be distinct"
-    originals = read_texts(EXAMPLE)
-    assert [text.split("\n", 1)[1] for text in expected] == originals
-
+def run_aiperf(tmp_path: Path, server: OpenAIServer, aiperf_tmpdir: Path, input_file: Path,
+               count: int, tokenizer: Path, streaming: bool = False) -> list[dict]:
+    """Run the real ``aiperf profile`` on ``input_file``; the chat request bodies it sent."""
     artifacts = tmp_path / "artifacts"
     command = aiperf_command(
-        url=openai_server.url,
+        url=server.url,
         input_file=input_file,
-        count=len(expected),
+        count=count,
         tokenizer=tokenizer,
         artifacts=artifacts,
         streaming=streaming,
@@ -229,21 +222,53 @@ def test_aiperf_sends_exactly_the_file_prompts(
     elapsed = time.monotonic() - started
 
     def explain() -> str:
-        return diagnostics(command, returncode, logs, artifacts, aiperf_tmpdir, openai_server)
+        return diagnostics(command, returncode, logs, artifacts, aiperf_tmpdir, server)
 
     assert returncode is not None, f"aiperf timed out after {AIPERF_TIMEOUT_S}s\n{explain()}"
     assert returncode == 0, explain()
-
-    bodies = openai_server.chat_requests()
-    sent = [body["messages"][0]["content"] for body in bodies]
-    assert sent == expected, explain()
+    bodies = server.chat_requests()
+    assert len(bodies) == count, explain()
     for body in bodies:
-        assert [m["role"] for m in body["messages"]] == ["user"], explain()
         assert body["model"] == "test-model"
         assert bool(body.get("stream")) is streaming
-    assert openai_server.completion_requests() == [], explain()
-
+    assert server.completion_requests() == [], explain()
     summary = json.loads((artifacts / "profile_export_aiperf.json").read_text(encoding="utf-8"))
-    assert summary["request_count"]["avg"] == len(expected), explain()
+    assert summary["request_count"]["avg"] == count, explain()
     assert not summary.get("error_summary"), explain()
     print(f"aiperf profile ({'streaming' if streaming else 'plain'}) took {elapsed:.1f}s")
+    return bodies
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "streaming"])
+def test_aiperf_sends_exactly_the_file_prompts(
+    tmp_path: Path, openai_server: OpenAIServer, aiperf_tmpdir: Path, streaming: bool
+) -> None:
+    tokenizer = build_tokenizer_dir(tmp_path / "tokenizer")
+    input_file = make_input(tmp_path)
+    expected = read_texts(input_file)
+    assert len(expected) == len(set(expected)) == 20, "prompts must be distinct"
+    originals = read_texts(EXAMPLE)
+    assert [text.split("\n", 1)[1] for text in expected] == originals
+
+    bodies = run_aiperf(tmp_path, openai_server, aiperf_tmpdir, input_file, len(expected),
+                        tokenizer, streaming)
+    assert [body["messages"][0]["content"] for body in bodies] == expected
+    for body in bodies:
+        assert [m["role"] for m in body["messages"]] == ["user"]
+
+
+def test_aiperf_sends_the_prefix_test_workload_as_written(
+    tmp_path: Path, openai_server: OpenAIServer, aiperf_tmpdir: Path
+) -> None:
+    """synth prefix-test's default format loads in AIPerf as it is: every request
+    carries its group's exact system prompt and echo task, in file order."""
+    tokenizer = build_tokenizer_dir(tmp_path / "tokenizer")
+    path = tmp_path / "prefix-test.jsonl"
+    subprocess.run([sys.executable, "-m", "promptkit", "synth", "prefix-test", str(path),
+                    "--groups", "4", "--group-size", "3", "--system-tokens", "64",
+                    "--tokenizer", str(tokenizer), "--seed", "5"],
+                   check=True, capture_output=True)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    bodies = run_aiperf(tmp_path, openai_server, aiperf_tmpdir, path, len(rows), tokenizer)
+    assert [body["messages"] for body in bodies] == [row["messages"] for row in rows]
+    assert len({body["messages"][0]["content"] for body in bodies}) == 4
