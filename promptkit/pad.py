@@ -42,7 +42,7 @@ def filler_words(seed: int, filler_file: str | None = None) -> Iterator[str]:
     words = faker_words()
     rng = random.Random(seed)
     while True:
-        yield from rng.choices(words, k=1024)
+        yield from rng.choices(words, k=256)
 
 
 @lru_cache(maxsize=1)
@@ -96,7 +96,7 @@ def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str
         first = False
         # Each word's own token count, to stop near the target (a word is often
         # several tokens under a small vocabulary).
-        sizes = [len(ids) for ids in tokenizer.encode_batch(batch)]
+        sizes = _word_sizes(tokenizer, batch)
         total = taken = 0
         while taken < len(sizes) and total + sizes[taken] <= need:
             total += sizes[taken]
@@ -115,9 +115,9 @@ def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str
             have = count(text)
             continue
         word = " " + next(words)
-        if count(text + word) <= target:  # a filler word that still fits
-            text += word
-            have = count(text)
+        longer = count(text + word)
+        if longer <= target:  # a filler word that still fits
+            text, have = text + word, longer
             continue
         for unit in UNITS:  # else the smallest steps
             if count(text + unit) == have + 1:
@@ -127,6 +127,21 @@ def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str
         else:
             raise PadError(f"cannot reach exactly {target} tokens from this base")
     return text
+
+
+#: Token counts of filler words, per tokenizer: filler comes from a small vocabulary.
+_SIZES: dict[str, dict[str, int]] = {}
+_SIZES_LIMIT = 200_000
+
+
+def _word_sizes(tokenizer: Tokenizer, words: list[str]) -> list[int]:
+    known = _SIZES.setdefault(tokenizer.name, {})
+    missing = list(dict.fromkeys(w for w in words if w not in known))
+    if missing:
+        if len(known) > _SIZES_LIMIT:
+            known.clear()
+        known.update(zip(missing, map(len, tokenizer.encode_batch(missing)), strict=True))
+    return [known[w] for w in words]
 
 
 def group_labels(groups: int, tokenizer: Tokenizer) -> list[str]:

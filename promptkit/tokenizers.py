@@ -26,6 +26,10 @@ OFFLINE_TIKTOKEN = {
 }
 
 
+#: Batches smaller than this are encoded in this thread (tiktoken starts a pool per batch).
+SMALL_BATCH = 256
+
+
 class TokenizerError(PromptkitError):
     """A tokenizer that cannot be found or loaded."""
 
@@ -49,6 +53,9 @@ class TiktokenTokenizer:
         return self.encoding.encode_ordinary(text)
 
     def encode_batch(self, texts: Sequence[str], threads: int = 8) -> list[list[int]]:
+        if threads <= 1 or len(texts) < SMALL_BATCH:  # a thread pool costs more than it saves
+            encode = self.encoding.encode_ordinary
+            return [encode(text) for text in texts]
         return self.encoding.encode_ordinary_batch(list(texts), num_threads=threads)
 
     def decode(self, ids: Sequence[int]) -> str:
