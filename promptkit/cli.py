@@ -301,7 +301,9 @@ def pad_step(input_path: str, output_path: str, from_format: str | None, *, toke
         bases = pipeline.system_prompts(input_path, from_format)
     else:
         bases = []
-    step = Step("pad", params, info={"groups": pad.describe_groups(spec, bases)})
+    # From stdin the records' own prompts are not known before the run: the
+    # manifest's token_stats lists the written ones (token count and sha256).
+    step = Step("pad", params, info={"groups": pad.describe_groups(spec, bases)} if bases else {})
     if into == "file":
         path = f"{output_path}.system.txt"
         step.side_files[path] = pad.padded(spec, system_prompt or "", 0)

@@ -54,6 +54,7 @@ class Stats:
     sessions: set[str] = field(default_factory=set)
     unsessioned: int = 0
     tokens: array = field(default_factory=lambda: array("I"))
+    #: By the sha256 of the prompt's text.
     system_prompts: dict[str, SharedPrompt] = field(default_factory=dict)
     first_tokens: set[int] = field(default_factory=set)
 
@@ -95,12 +96,13 @@ class Stats:
                 "max": int(counts.max()),
             }
             out["distinct_first_tokens"] = len(self.first_tokens)
-        shared = sorted(self.system_prompts.values(), key=lambda p: -p.count)
+        shared = sorted(self.system_prompts.items(), key=lambda item: -item[1].count)
         out["system_prompts"] = {
             "distinct": len(shared),
-            "records_with_one": sum(p.count for p in shared),
+            "records_with_one": sum(p.count for _, p in shared),
             "most_shared": [
-                {"records": p.count, "tokens": p.tokens, "starts": p.preview} for p in shared[:10]
+                {"records": p.count, "tokens": p.tokens, "sha256": key, "starts": p.preview}
+                for key, p in shared[:10]
             ],
         }
         return out
@@ -155,7 +157,7 @@ def _count(stats: Stats, record: Record) -> None:
         stats.sessions.add(record.session_id)
     if record.messages and record.messages[0].role == "system":
         text = first_text(record.messages[0].content) or ""
-        key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        key = hashlib.sha256(text.encode()).hexdigest()
         shared = stats.system_prompts.get(key)
         if shared is None:
             stats.system_prompts[key] = SharedPrompt(1, text[:60])
@@ -182,8 +184,7 @@ def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads
             stats.first_tokens.add(first)
         head = record.messages[0]
         if head.role == "system":
-            key = hashlib.blake2b((first_text(head.content) or "").encode(),
-                                  digest_size=16).hexdigest()
-            shared = stats.system_prompts[key]
+            shared = stats.system_prompts[
+                hashlib.sha256((first_text(head.content) or "").encode()).hexdigest()]
             if shared.tokens is None:
                 shared.tokens = len(encoded[start]) if n else 0

@@ -155,3 +155,42 @@ def test_bad_pad_input_is_one_line_exit_1_nothing_written(args, problem, tmp_pat
     assert result.exit_code == 1, result.stderr
     assert len(result.stderr.splitlines()) == 1 and problem in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("fmt", ["openai", "sharegpt", "multi_turn", "mooncake_trace"])
+def test_formats_with_messages_get_a_system_message(fmt, tmp_path, run, cl100k):
+    from aiperf.dataset.loader.models import MooncakeTrace, MultiTurn
+
+    from promptkit.api import read_records
+
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(4))
+    out = tmp_path / "out.jsonl"
+    result = run("pad", source, out, "--tokens", "77", "--tokenizer", "cl100k_base",
+                 "--system-prompt", "You are exact.", "--groups", "2", "--to", fmt,
+                 "--seed", "3")
+    assert result.exit_code == 0, result.stderr
+    records = list(read_records(str(out), fmt))
+    for i, record in enumerate(records):
+        assert [m.role for m in record.messages] == ["system", "user"]
+        assert len(cl100k.encode_ordinary(record.messages[0].content)) == 77
+        assert record.messages[1].content == f"question {i}"
+    if fmt in ("multi_turn", "mooncake_trace"):
+        model = MultiTurn if fmt == "multi_turn" else MooncakeTrace
+        for row in read_jsonl(out):
+            model.model_validate(row)
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    groups = {g["sha256"] for g in manifest["steps"][0]["info"]["groups"]}
+    written = manifest["token_stats"]["system_prompts"]["most_shared"]
+    assert {p["sha256"] for p in written} == groups and len(groups) == 2
+    assert [p["tokens"] for p in written] == [77, 77]
+
+
+def test_own_prompts_from_stdin_are_listed_in_token_stats(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3, system="Be kind."))
+    result = run("pad", "-", "-", "--tokens", "30", "--tokenizer", "cl100k_base",
+                 "--manifest", tmp_path / "m.json", input=source.read_text())
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert "info" not in manifest["steps"][0]
+    [prompt] = manifest["token_stats"]["system_prompts"]["most_shared"]
+    assert prompt["records"] == 3 and prompt["tokens"] == 30
