@@ -6,6 +6,7 @@ option combinations are usage errors (exit 2). Data goes to stdout only.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 from collections.abc import Callable
@@ -16,11 +17,13 @@ import click
 
 from . import __version__, manifest, pipeline
 from .errors import PromptkitError
-from .formats import FORMATS
+from .formats import FORMATS, TABLE_FORMATS
 from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
 from .pipeline import Step
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
+#: Output formats: every line format, and tables (parquet, a save_to_disk folder).
+OUTPUT_CHOICE = click.Choice([*FORMATS, *TABLE_FORMATS])
 
 
 class UserError(click.ClickException):
@@ -63,6 +66,52 @@ workers_option = click.option(
          "The output is the same bytes for every value.")
 
 
+#: Options of a Hugging Face dataset input, passed on as one ``dataset`` dict.
+DATASET_KEYS = ("config", "split", "revision", "text_column", "system_column",
+                "messages_column", "output_length_column", "limit", "shuffle")
+
+
+def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options for reading a Hugging Face dataset, gathered into ``dataset=``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = {key: kwargs.pop(key) for key in DATASET_KEYS}
+        kwargs["dataset"] = {k: v for k, v in chosen.items() if v not in (None, False)}
+        return func(*args, **kwargs)
+
+    for decorator in reversed([
+        click.option("--config", metavar="NAME", help="Dataset input: the configuration."),
+        click.option("--split", metavar="NAME", help="Dataset input: the split [default: train]."),
+        click.option("--revision", metavar="REV",
+                     help="Dataset input: a branch, tag or commit of a hub dataset."),
+        click.option("--text-column", metavar="COL",
+                     help="Dataset input: the column holding the prompt text."),
+        click.option("--system-column", metavar="COL",
+                     help="Dataset input: a column holding a system prompt."),
+        click.option("--messages-column", metavar="COL",
+                     help="Dataset input: a column of OpenAI chat messages."),
+        click.option("--output-length-column", metavar="COL",
+                     help="Dataset input: a column of output lengths (tokens)."),
+        click.option("--limit", type=click.IntRange(min=1), metavar="N",
+                     help="Dataset input: read the first N rows (after --shuffle)."),
+        click.option("--shuffle", is_flag=True,
+                     help="Dataset input: shuffle the rows with --seed (a dataset on disk "
+                          "exactly; a streamed one in a 10,000-row buffer)."),
+    ]):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+def with_seed(dataset: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """Dataset options with ``--shuffle`` turned into the seed that shuffles."""
+    if dataset.pop("shuffle", False):
+        from .nonce import new_seed
+
+        dataset["shuffle_seed"] = new_seed() if seed is None else seed
+    return dataset
+
+
 def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """IN and OUT arguments, formats, --skip-invalid and --manifest."""
     for decorator in reversed([
@@ -70,8 +119,8 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("output_path", metavar="OUT"),
         click.option("--from", "from_format", type=FORMAT_CHOICE,
                      help="Input format (default: detected from the first record)."),
-        click.option("--to", "to_format", type=FORMAT_CHOICE,
-                     help="Output format (default: the input format)."),
+        click.option("--to", "to_format", type=OUTPUT_CHOICE,
+                     help="Output format (default: the input format; openai for a dataset)."),
         click.option("--skip-invalid", is_flag=True,
                      help="Skip bad records (counted in the manifest) instead of stopping."),
         click.option("--manifest", "manifest_path", metavar="PATH",
@@ -80,7 +129,7 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
         workers_option,
     ]):
         func = decorator(func)
-    return func
+    return dataset_options(func)
 
 
 def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,13 +193,15 @@ def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
 
 def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
                    from_format: str | None, to_format: str | None, skip_invalid: bool,
-                   manifest_path: str | None, workers: int | None) -> None:
+                   manifest_path: str | None, workers: int | None,
+                   dataset: dict[str, Any] | None = None) -> None:
     if manifest_path is None and output_path != "-":
         manifest_path = manifest.default_path(output_path)
     result = pipeline.run(
         input_path, output_path, steps,
         from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
         manifest_path=manifest_path, argv=PromptkitGroup.argv, workers=workers,
+        dataset=dataset,
     )
     summarize(result, manifest_path)
 
@@ -175,7 +226,7 @@ def cli() -> None:
 @report
 def nonce(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
           skip_invalid: bool, manifest_path: str | None, workers: int | None,
-          **options: Any) -> None:
+          dataset: dict[str, Any], **options: Any) -> None:
     """Put a unique nonce at the start of every prompt, so no request hits the prefix cache.
 
     \b
@@ -185,9 +236,11 @@ def nonce(input_path: str, output_path: str, from_format: str | None, to_format:
       promptkit nonce in.jsonl out.jsonl --at salt --copies 4
       cat in.jsonl | promptkit nonce - - > out.jsonl
     """
-    run_and_report(input_path, output_path, [nonce_step(**options)],
+    step = nonce_step(**options)
+    run_and_report(input_path, output_path, [step],
                    from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers)
+                   manifest_path=manifest_path, workers=workers,
+                   dataset=with_seed(dataset, step.params["seed"]))
 
 
 tokenizer_option = click.option(
@@ -205,19 +258,24 @@ tokenizer_option = click.option(
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for batch tokenization (default: one per CPU).")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
+@click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
+@dataset_options
 @report
 def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_json: bool,
-          threads: int | None, skip_invalid: bool) -> None:
+          threads: int | None, skip_invalid: bool, seed: int | None,
+          dataset: dict[str, Any]) -> None:
     """Count records, conversations, turns and prompt tokens; show shared prompts.
 
     \b
     Examples:
       promptkit stats prompts/trace.jsonl.example --tokenizer cl100k_base
       promptkit stats out.jsonl --tokenizer ./my_tokenizer_dir --json
+      promptkit stats hf:tatsu-lab/alpaca --limit 1000 --tokenizer cl100k_base
     """
     import json
 
     summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
+                                     dataset=with_seed(dataset, seed),
                                      threads=threads, skip_invalid=skip_invalid)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -266,7 +324,8 @@ def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def pad_step(input_path: str, output_path: str, from_format: str | None, *, tokens: str,
+def pad_step(input_path: str, output_path: str, from_format: str | None, *,
+             dataset: dict[str, Any] | None = None, tokens: str,
              tokenizer: str, system_prompt: str | None, system_prompt_file: str | None,
              filler_file: str | None, groups: int, group_by: str | None, into: str,
              seed: int | None) -> Step:
@@ -298,7 +357,7 @@ def pad_step(input_path: str, output_path: str, from_format: str | None, *, toke
     if system_prompt is not None:
         bases = [system_prompt]
     elif input_path != "-":  # a first pass finds the records' own system prompts
-        bases = pipeline.system_prompts(input_path, from_format)
+        bases = pipeline.system_prompts(input_path, from_format, dataset)
     else:
         bases = []
     # From stdin the records' own prompts are not known before the run: the
@@ -323,7 +382,7 @@ def pad_step(input_path: str, output_path: str, from_format: str | None, *, toke
 @report
 def pad(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
         skip_invalid: bool, manifest_path: str | None, workers: int | None,
-        **options: Any) -> None:
+        dataset: dict[str, Any], **options: Any) -> None:
     """Give records a shared system prompt of exactly N tokens under a tokenizer.
 
     \b
@@ -332,10 +391,11 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
           --system-prompt "You are a helpful assistant." --groups 4
       promptkit pad chat.jsonl out.jsonl --tokens 1024 --tokenizer ./tok_dir
     """
-    step = pad_step(input_path, output_path, from_format, **options)
+    dataset = with_seed(dataset, options["seed"])
+    step = pad_step(input_path, output_path, from_format, dataset=dataset, **options)
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers)
+                   manifest_path=manifest_path, workers=workers, dataset=dataset)
 
 
 def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -376,7 +436,7 @@ def fit_step(*, tokens: str, tokenizer: str, filler_file: str | None,
 @report
 def fit(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
         skip_invalid: bool, manifest_path: str | None, workers: int | None,
-        **options: Any) -> None:
+        dataset: dict[str, Any], **options: Any) -> None:
     """Make every user text exactly N tokens under a tokenizer (cut, or filled out).
 
     \b
@@ -385,9 +445,11 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
       promptkit fit in.jsonl out.jsonl --tokens 512,2048 --tokenizer ./tok_dir
       promptkit fit trace.jsonl out.jsonl --tokens input_tokens --tokenizer cl100k_base
     """
-    run_and_report(input_path, output_path, [fit_step(**options)], from_format=from_format,
+    step = fit_step(**options)
+    run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers)
+                   manifest_path=manifest_path, workers=workers,
+                   dataset=with_seed(dataset, step.params["seed"]))
 
 
 @cli.group()
@@ -423,7 +485,7 @@ def synth() -> None:
                    "requests in a row.")
 @click.option("--output-tokens", type=click.IntRange(min=1), metavar="N",
               help="output_length of every request (default: none; the echo is short).")
-@click.option("--to", "to_format", type=FORMAT_CHOICE, default="mooncake_trace",
+@click.option("--to", "to_format", type=OUTPUT_CHOICE, default="mooncake_trace",
               show_default=True,
               help="Output format. Formats without a system message get the prompt, a "
                    "blank line and the task as one text.")
@@ -535,6 +597,7 @@ class ReadStage:
     from_format: str | None
     skip_invalid: bool
     workers: int | None
+    dataset: dict[str, Any]
 
 
 @dataclass
@@ -563,11 +626,13 @@ def pipe() -> None:
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad records (counted in the manifest) instead of stopping.")
 @workers_option
+@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@dataset_options
 @click.argument("path", metavar="IN")
 def pipe_read(path: str, from_format: str | None, skip_invalid: bool,
-              workers: int | None) -> ReadStage:
-    """Read records from IN (a JSONL file, or - for stdin)."""
-    return ReadStage(path, from_format, skip_invalid, workers)
+              workers: int | None, seed: int | None, dataset: dict[str, Any]) -> ReadStage:
+    """Read records from IN (a JSONL file, - for stdin, or a Hugging Face dataset)."""
+    return ReadStage(path, from_format, skip_invalid, workers, with_seed(dataset, seed))
 
 
 @pipe.command("nonce")
@@ -589,7 +654,7 @@ class PendingStep:
 def pipe_pad(**options: Any) -> PendingStep:
     """Give records a shared system prompt of exactly N tokens (options as 'promptkit pad')."""
     return PendingStep(lambda read, write: pad_step(read.path, write.path, read.from_format,
-                                                    **options))
+                                                    dataset=read.dataset, **options))
 
 
 @pipe.command("fit")
@@ -600,7 +665,7 @@ def pipe_fit(**options: Any) -> Step:
 
 
 @pipe.command("write")
-@click.option("--to", "to_format", type=FORMAT_CHOICE,
+@click.option("--to", "to_format", type=OUTPUT_CHOICE,
               help="Output format (default: the input format).")
 @click.option("--manifest", "manifest_path", metavar="PATH",
               help="Where to write the manifest (default: OUT.manifest.json).")
@@ -624,7 +689,7 @@ def run_pipe(stages: list[Any]) -> None:
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,
-                   workers=read.workers)
+                   workers=read.workers, dataset=read.dataset)
 
 
 def main() -> None:

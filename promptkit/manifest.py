@@ -95,7 +95,12 @@ def verify(path: str, manifest_path: str | None = None) -> list[str]:
     """The differences between ``path`` and its manifest (empty when it matches)."""
     manifest = read(manifest_path or default_path(path))
     expected = manifest["output"]
-    sha256, records = file_facts(path)
+    if expected["format"] in ("parquet", "hf-dir"):
+        from .datasets_io import table_facts  # only tables need pyarrow
+
+        sha256, records = table_facts(path, expected["format"])
+    else:
+        sha256, records = file_facts(path)
     problems = []
     if sha256 != expected["sha256"]:
         problems.append(f"sha256 is {sha256}, manifest says {expected['sha256']}")

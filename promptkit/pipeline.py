@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, manifest, parallel
+from .datasets_io import DatasetOptions, DatasetSource, TableSink, is_dataset
 from .errors import InvalidRecordError, PromptkitError
 from .fit import fit_records
-from .formats import get_format
+from .formats import TABLE_FORMATS, get_format
 from .nonce import NonceState, add_nonces
 from .pad import pad_records
 from .records import Record
@@ -93,8 +94,13 @@ def run(
     manifest_path: str | None = None,
     argv: list[str] | None = None,
     workers: int | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
+
+    ``input_path`` is a JSONL file (or ``-``) or a Hugging Face dataset (see
+    :mod:`promptkit.datasets_io`), read with the ``dataset`` options
+    (:class:`~promptkit.datasets_io.DatasetOptions` fields).
 
     Large regular files are processed by ``workers`` processes (default: one per
     CPU, up to 4); the output is the same bytes for every number of workers.
@@ -104,18 +110,19 @@ def run(
     workers = parallel.default_workers() if workers is None else workers
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
-    source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
         in_format = source.format
-        out_format = get_format(to_format) if to_format else in_format
-        sink = Sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
+        out_format = get_format(to_format or source.default_output)
+        sink = open_sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         try:
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
-            if parallel.can_run_parallel(input_path, workers):
+            if (isinstance(source, Source) and isinstance(sink, Sink)
+                    and parallel.can_run_parallel(input_path, workers)):
                 source.close()
                 with tempfile.TemporaryDirectory(prefix="promptkit-") as scratch:
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
@@ -129,6 +136,9 @@ def run(
             sink.flush()
             inputs = [{"path": source.name, "format": in_format.name,
                        "records": facts.records_read, "sha256": facts.sha256.hexdigest()}]
+            if isinstance(source, DatasetSource):
+                inputs[0]["path"] = source.path
+                inputs[0]["dataset"] = source.describe()
             result = describe(inputs, facts.skipped, sink, steps, argv)
             sink.commit()
         except BaseException:
@@ -174,9 +184,29 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     return result
 
 
-def _run_here(source: Source, sink: Sink, steps: list[Step]) -> parallel.InputFacts:
+def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool = False,
+                dataset: dict[str, Any] | None = None) -> Source | DatasetSource:
+    """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin)."""
+    if path != STDIO and from_format is None and is_dataset(path):
+        return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
+    if dataset:
+        option = "--" + next(iter(dataset)).replace("_", "-")
+        raise PromptkitError(f"{display_name(path)}: a JSONL input; {option} is for datasets "
+                             "(parquet, dataset folders, hf:OWNER/NAME)")
+    return Source(path, from_format, skip_invalid=skip_invalid)
+
+
+def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
+              inputs: list[str] | None = None) -> Sink | TableSink:
+    if fmt.name in TABLE_FORMATS:
+        return TableSink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
+    return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
+
+
+def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
+              steps: list[Step]) -> parallel.InputFacts:
     """The whole chain in this process, streaming (and flushing as input arrives)."""
-    if sink.path == STDIO:
+    if sink.path == STDIO and isinstance(source, Source):
         source.before_read = sink.flush
     records: Iterable[Record] = source.records()
     for step in steps:
@@ -188,7 +218,7 @@ def _run_here(source: Source, sink: Sink, steps: list[Step]) -> parallel.InputFa
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
 
 
-def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sink,
+def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sink | TableSink,
              steps: list[Step], argv: list[str] | None,
              generator: dict[str, Any] | None = None) -> dict[str, Any]:
     out_format = sink.format
@@ -220,7 +250,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
     }
 
 
-def token_section(sink: Sink) -> dict[str, Any]:
+def token_section(sink: Sink | TableSink) -> dict[str, Any]:
     """The output's token statistics, when a step named a tokenizer."""
     tap = sink.encoder.tap
     if tap is None:
@@ -315,11 +345,13 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
     for step in recorded["steps"]:
         if step["op"] not in OPERATIONS:
             raise PromptkitError(f"{manifest_path}: unknown operation {step['op']!r}")
+    dataset = inputs[0].get("dataset")
     return run(
         source,
         output_path,
         [Step(s["op"], s["params"]) for s in recorded["steps"]],
-        from_format=inputs[0]["format"],
+        from_format=None if dataset is not None else inputs[0]["format"],
+        dataset=dataset["options"] if dataset is not None else None,
         to_format=recorded["output"]["format"],
         skip_invalid=recorded["skipped"]["count"] > 0,
         manifest_path=own_manifest,
@@ -330,32 +362,36 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
 
 def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
-                  skip_invalid: bool = False) -> dict[str, Any]:
+                  skip_invalid: bool = False, dataset: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """The statistics of a file (token figures with a tokenizer), as a dict."""
     from . import stats
     from .tokenizers import load_tokenizer
 
     loaded = load_tokenizer(tokenizer) if tokenizer else None
-    source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
         collected = stats.collect(source.records(), loaded, threads=threads)
     finally:
         source.close()
     return {
         "input": {"path": source.name, "format": source.format.name,
-                  "sha256": source.sha256.hexdigest()},
+                  "sha256": source.sha256.hexdigest(),
+                  **({"dataset": source.describe()} if isinstance(source, DatasetSource)
+                     else {})},
         "tokenizer": tokenizer,
         "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
         **collected.summary(),
     }
 
 
-def system_prompts(input_path: str, from_format: str | None = None) -> list[str]:
+def system_prompts(input_path: str, from_format: str | None = None,
+                   dataset: dict[str, Any] | None = None) -> list[str]:
     """The distinct system prompts that begin the records of a file, in order."""
     from .records import first_text
 
     seen: dict[str, None] = {}
-    source = Source(input_path, from_format, skip_invalid=True)
+    source = open_source(input_path, from_format, skip_invalid=True, dataset=dataset)
     try:
         for record in source.records():
             if record.messages and record.messages[0].role == "system":

@@ -75,6 +75,11 @@ class Source(Counter):
             self.close()
             raise
 
+    @property
+    def default_output(self) -> str:
+        """The output format when none is named: the input's own."""
+        return self.format.name
+
     def close(self) -> None:
         if self.path != STDIO:
             self._stream.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InvalidRecordError
 from ..records import Record
-from . import aiperf, chat
+from . import aiperf, chat, table
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,20 @@ FORMATS: dict[str, Format] = {
         Format("prompt", chat.parse_prompt, chat.dump_prompt, None,
                "Plain prompt JSONL: {\"prompt\": ...}", False),
     )
+}
+
+def _no_parse(obj: dict[str, Any]) -> Record:
+    raise InvalidRecordError("a table format is read through its file, not line by line")
+
+
+#: Formats written as tables (see :mod:`promptkit.formats.table`): output only, since
+#: any parquet file or dataset folder is read by its path, whatever its columns.
+TABLE_FORMATS: dict[str, Format] = {
+    "parquet": Format("parquet", _no_parse, table.to_row, None,
+                      "parquet file of promptkit's columns (--to only; any parquet reads)",
+                      True),
+    "hf-dir": Format("hf-dir", _no_parse, table.to_row, None,
+                     "Hugging Face save_to_disk folder (--to only; any dataset reads)", True),
 }
 
 _MOONCAKE_KEYS = ("input_length", "hash_ids", "text_input", "payload")
@@ -94,11 +108,11 @@ def detect_many(objs: list[dict[str, Any]]) -> str:
 
 def get_format(name: str) -> Format:
     try:
-        return FORMATS[name]
+        return FORMATS[name] if name in FORMATS else TABLE_FORMATS[name]
     except KeyError:
         raise InvalidRecordError(
-            f"unknown format {name!r}; known formats: {', '.join(FORMATS)}"
+            f"unknown format {name!r}; known formats: {', '.join([*FORMATS, *TABLE_FORMATS])}"
         ) from None
 
 
-__all__ = ["FORMATS", "Format", "detect", "detect_many", "get_format"]
+__all__ = ["FORMATS", "TABLE_FORMATS", "Format", "detect", "detect_many", "get_format"]

@@ -1,0 +1,380 @@
+"""Hugging Face datasets in and out: a record source and table sinks.
+
+:class:`DatasetSource` reads ``hf:OWNER/NAME`` (through ``datasets`` and its local
+cache), a ``save_to_disk`` folder, a dataset repository folder, or parquet /
+arrow / CSV / JSON-array files, row by row (streaming, or memory-mapped Arrow):
+memory stays flat however large the dataset. Columns become records by
+:func:`promptkit.formats.table.find_mapping`.
+
+:class:`TableSink` writes records as a parquet file or a ``save_to_disk`` folder
+(:data:`promptkit.formats.table.COLUMNS`), atomically like the JSONL sink.
+Dataset scripts (remote code) are never run: ``datasets`` no longer runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from .errors import InvalidRecordError, PromptkitError
+from .formats import FORMATS, Format
+from .formats.table import Mapping, arrow_schema, find_mapping, from_row, to_row
+from .records import Record
+from .streams import Encoder, prompt_key, refuse_overwrite
+
+#: File suffixes read through ``datasets``' packaged builders.
+BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv"}
+#: Rows in one written parquet row group.
+ROW_GROUP = 1000
+#: Rows kept in memory to shuffle a streamed dataset (a dataset on disk is shuffled whole).
+SHUFFLE_BUFFER = 10_000
+
+#: What a manifest names as the format of a dataset input.
+DATASET_FORMAT = Format("dataset", FORMATS["openai"].parse, FORMATS["openai"].dump, None,
+                        "a Hugging Face dataset", True)
+
+
+@dataclass
+class DatasetOptions:
+    """How a dataset is read; all of it goes into the manifest, to read it again."""
+
+    config: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    text_column: str | None = None
+    system_column: str | None = None
+    messages_column: str | None = None
+    output_length_column: str | None = None
+    limit: int | None = None
+    shuffle_seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def is_dataset(path: str) -> bool:
+    """Whether ``path`` is read through ``datasets`` (else it is JSONL)."""
+    if path.startswith("hf:") or os.path.isdir(path):
+        return True
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in BUILDERS:
+        return True
+    if suffix == ".json" and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read(64).lstrip().startswith(b"[")  # a JSON array, not JSON lines
+    return False
+
+
+class DatasetSource:
+    """Records of a Hugging Face dataset, with the same surface as ``streams.Source``."""
+
+    format = DATASET_FORMAT
+    #: Written when no --to is given: it holds every record a dataset can give.
+    default_output = "openai"
+
+    def __init__(self, path: str, options: DatasetOptions | None = None, *,
+                 skip_invalid: bool = False):
+        self.path = path
+        self.options = options or DatasetOptions()
+        self.skip_invalid = skip_invalid
+        self.sha256 = hashlib.sha256()  # of the rows read, one orjson line each
+        self.count = 0
+        self.skipped: list[str] = []
+        self.before_read = None
+        self.split = self.options.split or "train"
+        self.name = path if self.options.split is None else f"{path}[{self.split}]"
+        self.revision: str | None = None
+        self._rows = self._open()
+        first = next(self._rows, None)
+        if first is None:
+            raise PromptkitError(f"{self.name}: empty dataset: no records")
+        self._first = first
+        o = self.options
+        try:
+            self.mapping: Mapping = find_mapping(
+                list(first), text=o.text_column, system=o.system_column,
+                messages=o.messages_column, output_length=o.output_length_column)
+        except PromptkitError as exc:
+            raise PromptkitError(f"{self.name}: {exc}") from None
+
+    @property
+    def records_read(self) -> int:
+        return self.count
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's account of the input, beyond path, records and sha256."""
+        out = {"options": self.options.as_dict(), "mapping": self.mapping.as_dict(),
+               "sha256_of": "the rows read, one orjson line each"}
+        if self.revision:
+            out["revision"] = self.revision
+        return out
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------ opening
+
+    def _open(self) -> Iterator[dict[str, Any]]:
+        try:
+            dataset = self._load()
+            o = self.options
+            if o.shuffle_seed is not None:
+                if hasattr(dataset, "select"):  # on disk: shuffled whole
+                    dataset = dataset.shuffle(seed=o.shuffle_seed)
+                else:
+                    dataset = dataset.shuffle(seed=o.shuffle_seed, buffer_size=SHUFFLE_BUFFER)
+            if o.limit is not None:
+                if hasattr(dataset, "select"):
+                    dataset = dataset.select(range(min(o.limit, len(dataset))))
+                else:
+                    dataset = dataset.take(o.limit)
+            return iter(dataset)
+        except PromptkitError:
+            raise
+        except Exception as exc:  # datasets raises many kinds; each is one line here
+            raise PromptkitError(f"{self.name}: {_one_line(exc)}") from None
+
+    def _load(self) -> Any:
+        import datasets
+
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+        o = self.options
+        path = self.path
+        if path.startswith("hf:"):
+            return self._load_hub(path[3:])
+        if not os.path.exists(path):
+            raise PromptkitError(f"{path}: no such file or folder")
+        if os.path.isdir(path):
+            if any(os.path.exists(os.path.join(path, f))
+                   for f in ("state.json", "dataset_dict.json")):
+                loaded = datasets.load_from_disk(path)
+                if isinstance(loaded, datasets.DatasetDict):
+                    if self.split not in loaded:
+                        raise PromptkitError(f"{self.name}: no split {self.split!r}; the splits "
+                                             f"are {', '.join(loaded)}")
+                    return loaded[self.split]
+                if o.split is not None and o.split != "train":
+                    raise PromptkitError(f"{self.name}: a save_to_disk folder of one split; "
+                                         "leave out --split")
+                return loaded
+            return datasets.load_dataset(path, o.config, split=self.split, revision=o.revision,
+                                         streaming=True)
+        suffix = os.path.splitext(path)[1].lower()
+        builder = BUILDERS.get(suffix, "json")
+        kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        return datasets.load_dataset(builder, data_files=path, split="train", streaming=True,
+                                     **kwargs)
+
+    def _load_hub(self, repo_id: str) -> Any:
+        """A hub dataset: streamed when the Hub answers, else from ``datasets``' cache."""
+        import datasets
+
+        o = self.options
+        try:
+            return datasets.load_dataset(repo_id, o.config, split=self.split,
+                                         revision=o.revision, streaming=True)
+        except ConnectionError:
+            pass
+        try:  # offline: a dataset an earlier (non-streaming) load_dataset prepared
+            return datasets.load_dataset(repo_id, o.config, split=self.split,
+                                         revision=o.revision)
+        except Exception:
+            raise PromptkitError(
+                f"{self.name}: not in the local cache and the Hugging Face Hub cannot be "
+                f"reached; load it once while online (python -c \"import datasets; "
+                f"datasets.load_dataset('{repo_id}')\") or point HF_HOME at a cache that has it"
+            ) from None
+
+    # ------------------------------------------------------------ reading
+
+    def records(self) -> Iterator[Record]:
+        rows = self._rows
+        first: dict[str, Any] | None = self._first
+        mapping = self.mapping
+        update = self.sha256.update
+        row_no = 0
+        while True:
+            if first is not None:
+                row, first = first, None
+            else:
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                except Exception as exc:
+                    raise PromptkitError(f"{self.name}:{row_no + 1}: {_one_line(exc)}") from None
+            row_no += 1
+            update(orjson.dumps(row, default=repr, option=orjson.OPT_APPEND_NEWLINE))
+            try:
+                record = from_row(row, mapping)
+            except InvalidRecordError as exc:
+                error = InvalidRecordError(exc.problem, self.name, row_no)
+                if not self.skip_invalid:
+                    raise error from None
+                self.skipped.append(f"{row_no}: {exc.problem}")
+                continue
+            record.lineno = row_no
+            record.index = row_no - 1
+            self.count += 1
+            yield record
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- writing
+
+
+class TableSink:
+    """Records as a parquet file or a ``save_to_disk`` folder, written atomically.
+
+    Same surface as ``streams.Sink``. The sha256 is that of the parquet file, or of
+    the folder's Arrow data files in name order.
+    """
+
+    def __init__(self, path: str, fmt: Format, *, skip_invalid: bool = False,
+                 inputs: Iterable[str] = ()):
+        import pyarrow.parquet as pq
+
+        if path == "-":
+            raise PromptkitError(f"{fmt.name} output cannot go to stdout; name a file")
+        refuse_overwrite(path, inputs)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise PromptkitError(f"{path}: folder {folder} does not exist")
+        self.path = path
+        self.name = path
+        self.format = fmt
+        self.skip_invalid = skip_invalid
+        self.encoder = Encoder(fmt, skip_invalid=skip_invalid)  # keys, counts, tap
+        self.sha256 = hashlib.sha256()
+        self._scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.",
+                                         suffix=".promptkit-tmp", dir=folder)
+        self._parquet = os.path.join(self._scratch, "data.parquet")
+        self._schema = arrow_schema()
+        self._writer = pq.ParquetWriter(self._parquet, self._schema)
+        self._rows: list[dict[str, Any]] = []
+
+    @property
+    def records_written(self) -> int:
+        return self.encoder.count
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.encoder.skipped
+
+    def write_all(self, records: Iterable[Record]) -> None:
+        encoder = self.encoder
+        for record in records:
+            try:
+                row = to_row(record, self.format.name)
+            except InvalidRecordError as exc:
+                problem = f"cannot write as {self.format.name}: {exc.problem}"
+                if not self.skip_invalid:
+                    raise InvalidRecordError(problem, None, record.lineno) from None
+                encoder.skipped.append(f"{record.lineno}: {problem}")
+                continue
+            encoder.keys.append(prompt_key(record))
+            encoder.count += 1
+            if encoder.tap is not None:
+                encoder.tap.add(record)
+            self._rows.append(row)
+            if len(self._rows) >= ROW_GROUP:
+                self._write_rows()
+        if encoder.tap is not None:
+            encoder.tap.finish()
+
+    def _write_rows(self) -> None:
+        import pyarrow as pa
+
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
+            self._rows.clear()
+
+    def write_bytes(self, data: bytes) -> None:
+        raise AssertionError("table sinks are written in this process only")
+
+    def flush(self) -> None:
+        """Finish the file (called once, before the manifest is made)."""
+        if self._writer is None:
+            return
+        self._write_rows()
+        self._writer.close()
+        self._writer = None
+        if self.format.name == "parquet":
+            _hash_file(self.sha256, self._parquet)
+            return
+        import datasets
+
+        datasets.disable_progress_bars()
+        folder = os.path.join(self._scratch, "dataset")
+        loaded = datasets.Dataset.from_parquet(self._parquet,
+                                               cache_dir=os.path.join(self._scratch, "cache"))
+        loaded.save_to_disk(folder)
+        del loaded
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".arrow"):
+                _hash_file(self.sha256, os.path.join(folder, name))
+
+    def distinct_records(self) -> int:
+        return len(set(self.encoder.keys))
+
+    def commit(self) -> None:
+        self.flush()
+        made = self._parquet if self.format.name == "parquet" else os.path.join(
+            self._scratch, "dataset")
+        if os.path.isdir(self.path) and self.format.name == "hf-dir":
+            old = f"{self._scratch}/old"
+            os.replace(self.path, old)
+            os.replace(made, self.path)
+        else:
+            os.replace(made, self.path)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def table_facts(path: str, fmt: str) -> tuple[str, int]:
+    """``(sha256, rows)`` of a written table, hashed as :class:`TableSink` hashes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .errors import ManifestError
+
+    if not os.path.exists(path):
+        raise ManifestError(f"{path}: no such file or folder")
+    digest = hashlib.sha256()
+    try:
+        if fmt == "parquet":
+            _hash_file(digest, path)
+            return digest.hexdigest(), pq.ParquetFile(path).metadata.num_rows
+        rows = 0
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".arrow"):
+                file = os.path.join(path, name)
+                _hash_file(digest, file)
+                with pa.memory_map(file) as source:
+                    rows += pa.ipc.open_stream(source).read_all().num_rows
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(f"{path}: not a readable {fmt}: {_one_line(exc)}") from None
+    return digest.hexdigest(), rows
+
+
+def _hash_file(digest: Any, path: str) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
