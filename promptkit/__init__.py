@@ -12,16 +12,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import read_records, write_records  # noqa: E402
+from .api import DatasetMap, read_records, write_records  # noqa: E402
 from .errors import ConversionError, InvalidRecordError, ManifestError, PromptkitError  # noqa: E402
 from .fit import fit_records  # noqa: E402
 from .formats import FORMATS, detect  # noqa: E402
-from .nonce import add_nonces  # noqa: E402
+from .nonce import add_nonces, nonce_params  # noqa: E402
 from .pad import pad_records  # noqa: E402
 from .pipeline import Step, run  # noqa: E402
 from .records import Message, Record  # noqa: E402
 
 __all__ = [
+    "DatasetMap",
     "FORMATS",
     "ConversionError",
     "InvalidRecordError",
@@ -34,6 +35,7 @@ __all__ = [
     "add_nonces",
     "detect",
     "fit_records",
+    "nonce_params",
     "pad_records",
     "read_records",
     "run",

@@ -1,10 +1,15 @@
-"""Convenience functions for the Python API: records from a file, records to a file."""
+"""Convenience functions for the Python API: records from and to files, and steps as a
+``datasets.Dataset.map`` function."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
+from .errors import InvalidRecordError
 from .formats import get_format
+from .formats.table import COLUMNS, find_mapping, from_row, to_row
+from .pipeline import Step
 from .records import Record
 from .streams import Sink, Source
 
@@ -28,3 +33,54 @@ def write_records(path: str, records: Iterable[Record], fmt: str) -> int:
         sink.abort()
         raise
     return sink.records_written
+
+
+class DatasetMap:
+    """Steps as a function for ``datasets.Dataset.map(batched=True, with_indices=True)``.
+
+    Each row becomes a record whose index is its row number (as when the CLI reads
+    the dataset), the steps run over the batch, and the records come back as
+    promptkit's table columns. Operations are index-addressed, so any
+    ``num_proc`` gives the rows the sequential CLI writes. One limit: lines of a
+    conversation that continue across batches (``session_id`` with ``nonce --at
+    user``/``every-turn``) need the CLI, which carries that state in order.
+
+    ``columns`` are the dataset options of the CLI (``text_column``,
+    ``system_column``, ``messages_column``, ``output_length_column``)::
+
+        mapped = dataset.map(DatasetMap([Step("nonce", nonce_params(seed=7))]),
+                             batched=True, with_indices=True, num_proc=2,
+                             remove_columns=dataset.column_names)
+    """
+
+    def __init__(self, steps: list[Step], **columns: str | None):
+        self.steps = steps
+        self.columns = {k.removesuffix("_column"): v for k, v in columns.items()}
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        names = list(batch)
+        mapping = find_mapping(names, **self.columns)
+        records: Iterable[Record] = (
+            self._record(dict(zip(names, values, strict=True)), mapping, index)
+            for values, index in zip(zip(*batch.values(), strict=True), indices, strict=True))
+        for step in self.steps:
+            records = step.apply(records)
+        out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        for record in records:
+            try:
+                row = to_row(record)
+            except InvalidRecordError as exc:
+                raise InvalidRecordError(exc.problem, None, record.lineno) from None
+            for name in COLUMNS:
+                out[name].append(row[name])
+        return out
+
+    @staticmethod
+    def _record(row: dict[str, Any], mapping: Any, index: int) -> Record:
+        try:
+            record = from_row(row, mapping)
+        except InvalidRecordError as exc:
+            raise InvalidRecordError(exc.problem, None, index + 1) from None
+        record.index = index
+        record.lineno = index + 1
+        return record

@@ -92,7 +92,10 @@ class DatasetSource:
         self.name = path if self.options.split is None else f"{path}[{self.split}]"
         self.revision: str | None = None
         self._rows = self._open()
-        first = next(self._rows, None)
+        try:
+            first = next(self._rows, None)
+        except Exception as exc:  # a data file datasets cannot parse
+            raise PromptkitError(f"{self.name}: {_one_line(exc)}") from None
         if first is None:
             raise PromptkitError(f"{self.name}: empty dataset: no records")
         self._first = first
@@ -129,7 +132,8 @@ class DatasetSource:
                 if hasattr(dataset, "select"):  # on disk: shuffled whole
                     dataset = dataset.shuffle(seed=o.shuffle_seed)
                 else:
-                    dataset = dataset.shuffle(seed=o.shuffle_seed, buffer_size=SHUFFLE_BUFFER)
+                    dataset = dataset.shuffle(seed=o.shuffle_seed, buffer_size=SHUFFLE_BUFFER,
+                                              max_buffer_input_shards=1)
             if o.limit is not None:
                 if hasattr(dataset, "select"):
                     dataset = dataset.select(range(min(o.limit, len(dataset))))

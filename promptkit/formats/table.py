@@ -64,7 +64,7 @@ def to_row(record: Record, fmt: str = "parquet") -> dict[str, Any]:
             raise no_place(fmt, f"message field {next(iter(message.fields))!r}")
         if message.content is not None and not isinstance(message.content, str):
             raise no_place(fmt, "content parts (only text content)")
-        messages.append({"role": message.role or "user", "content": message.content})
+        messages.append({"role": message.role, "content": message.content})
     return {
         "messages": messages,
         "session_id": record.session_id,
