@@ -14,6 +14,7 @@ Dataset scripts (remote code) are never run: ``datasets`` no longer runs them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -91,6 +92,7 @@ class DatasetSource:
         self.split = self.options.split or "train"
         self.name = path if self.options.split is None else f"{path}[{self.split}]"
         self.revision: str | None = None
+        self._parquet_files: list[str] = []  # the data files of a repository folder
         self._rows = self._open()
         try:
             first = next(self._rows, None)
@@ -126,8 +128,19 @@ class DatasetSource:
 
     def _open(self) -> Iterator[dict[str, Any]]:
         try:
-            dataset = self._load()
             o = self.options
+            plain_file = os.path.splitext(self.path)[1].lower() in (".parquet", ".arrow")
+            if not (plain_file and o.shuffle_seed is None):
+                dataset = self._load()
+            elif not os.path.isfile(self.path):
+                raise PromptkitError(f"{self.path}: no such file")
+            else:
+                dataset = None  # read with pyarrow alone
+            if o.shuffle_seed is None:
+                batches = _local_batches(self.path, dataset, self._parquet_files)
+                if batches is not None:  # Arrow batches straight from the files: flat memory
+                    rows = (row for batch in batches for row in batch.to_pylist())
+                    return itertools.islice(rows, o.limit) if o.limit is not None else rows
             if o.shuffle_seed is not None:
                 if hasattr(dataset, "select"):  # on disk: shuffled whole
                     dataset = dataset.shuffle(seed=o.shuffle_seed)
@@ -169,8 +182,13 @@ class DatasetSource:
                     raise PromptkitError(f"{self.name}: a save_to_disk folder of one split; "
                                          "leave out --split")
                 return loaded
-            return datasets.load_dataset(path, o.config, split=self.split, revision=o.revision,
-                                         streaming=True)
+            dataset = datasets.load_dataset(path, o.config, split=self.split,
+                                            revision=o.revision, streaming=True)
+            builder = datasets.load_dataset_builder(path, o.config, revision=o.revision)
+            files = (builder.config.data_files or {}).get(self.split)
+            if builder.name == "parquet" and files:
+                self._parquet_files = list(files)
+            return dataset
         suffix = os.path.splitext(path)[1].lower()
         builder = BUILDERS.get(suffix, "json")
         kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
@@ -229,6 +247,55 @@ class DatasetSource:
             record.index = row_no - 1
             self.count += 1
             yield record
+
+
+def _local_batches(path: str, dataset: Any, parquet_files: list[str]) -> Iterator[Any] | None:
+    """Arrow record batches read straight from local data files, when there are such.
+
+    ``datasets``' own streaming of local parquet holds on to memory as it goes
+    (measured: peak RSS doubles for 4x the rows), so local parquet and Arrow
+    files are read here, a batch at a time, with no read-ahead.
+    """
+    import pyarrow.parquet as pq
+
+    if path.startswith("hf:"):
+        return None
+    suffix = os.path.splitext(path)[1].lower()
+    if parquet_files:
+        files, kind = parquet_files, "parquet"
+    elif suffix == ".parquet":
+        files, kind = [path], "parquet"
+    elif suffix == ".arrow":
+        files, kind = [path], "arrow"
+    elif hasattr(dataset, "cache_files") and getattr(dataset, "_indices", None) is None:
+        files, kind = [f["filename"] for f in dataset.cache_files], "arrow"
+    else:
+        return None
+    if not files:
+        return None
+
+    def batches() -> Iterator[Any]:
+        for file in files:
+            if kind == "parquet":
+                yield from pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=1000)
+            else:
+                yield from _arrow_batches(file)
+
+    return batches()
+
+
+def _arrow_batches(file: str) -> Iterator[Any]:
+    import pyarrow as pa
+
+    with pa.OSFile(file) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:  # the random-access file format, not a stream
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+            return
+        yield from reader
 
 
 def _one_line(exc: BaseException) -> str:

@@ -40,10 +40,23 @@ def test_readme_command_runs_as_shown(command, workdir):
     assert result.returncode == 0, result.stderr
 
 
-def test_readme_python_example_runs(workdir, monkeypatch):
+def test_readme_python_examples_run(workdir, monkeypatch):
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    [code] = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
     monkeypatch.chdir(workdir)
-    exec(compile(code, "README.md", "exec"), {})
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     lines = (workdir / "api-out.jsonl").read_text().splitlines()
     assert len(lines) == 20
+    import datasets
+
+    mapped = datasets.load_dataset("parquet", data_files=str(workdir / "alpaca-map.parquet"),
+                                   split="train")
+    assert mapped.num_rows == 16
+    cli = workdir / "alpaca-cli.parquet"
+    script = Path(sys.executable).with_name("promptkit")
+    subprocess.run([str(script), "nonce", "prompts/alpaca-sample.parquet", str(cli), "--to",
+                    "parquet", "--seed", "7"], cwd=workdir, check=True, capture_output=True)
+    from_cli = datasets.load_dataset("parquet", data_files=str(cli), split="train")
+    assert mapped.to_list() == from_cli.to_list()
