@@ -583,9 +583,11 @@ def list_formats() -> None:
     Example:
       promptkit formats
     """
-    for fmt in FORMATS.values():
+    for fmt in [*FORMATS.values(), *TABLE_FORMATS.values()]:
         loads = f"aiperf --custom-dataset-type {fmt.aiperf_type}" if fmt.aiperf_type else "-"
         click.echo(f"{fmt.name:15} {fmt.description}  [{loads}]")
+    click.echo("Any Hugging Face dataset reads too: hf:OWNER/NAME, a dataset folder, or "
+               "parquet, arrow, CSV or JSON-array files.")
 
 
 # ---------------------------------------------------------------- pipe: one in-process chain

@@ -243,7 +243,11 @@ def bad_sources(folder: Path) -> dict[str, tuple[str, list[str], str]]:
     datasets.Dataset.from_list([{"prompt": "x"}]).select([]).to_parquet(folder / "empty.parquet")
     datasets.DatasetDict({"train": ds}).save_to_disk(folder / "dd")
     ok = str(folder / "ok.parquet")
+    scripted = folder / "scripted"
+    scripted.mkdir()
+    (scripted / "scripted.py").write_text("raise SystemExit('remote code ran')\n")
     return {
+        "dataset script": (str(scripted), [], "Dataset scripts are no longer supported"),
         "missing column": (ok, ["--text-column", "body"], "no column 'body'; the columns are "
                                                            "prompt, n"),
         "null text": (str(folder / "null.parquet"), [],
