@@ -201,10 +201,13 @@ class DatasetSource:
 
         o = self.options
         try:
-            return datasets.load_dataset(repo_id, o.config, split=self.split,
-                                         revision=o.revision, streaming=True)
+            dataset = datasets.load_dataset(repo_id, o.config, split=self.split,
+                                            revision=o.revision, streaming=True)
         except ConnectionError:
             pass
+        else:
+            self.revision = _commit_of(repo_id, o.revision)
+            return dataset
         try:  # offline: a dataset an earlier (non-streaming) load_dataset prepared
             return datasets.load_dataset(repo_id, o.config, split=self.split,
                                          revision=o.revision)
@@ -296,6 +299,16 @@ def _arrow_batches(file: str) -> Iterator[Any]:
                 yield reader.get_batch(i)
             return
         yield from reader
+
+
+def _commit_of(repo_id: str, revision: str | None) -> str | None:
+    """The commit a hub dataset's revision points at now (for the manifest), if known."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(repo_id, revision=revision, timeout=10).sha
+    except Exception:  # the manifest then names the revision as given
+        return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -333,6 +333,17 @@ def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
                     argv=argv)
 
 
+def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Dataset options that read the rows a manifest describes: a hub dataset at the
+    commit it was read at, not wherever its branch points now."""
+    if dataset is None:
+        return None
+    options = dict(dataset["options"])
+    if dataset.get("revision"):
+        options["revision"] = dataset["revision"]
+    return options
+
+
 def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
            own_manifest: str | None, input_path: str | None, argv: list[str] | None,
            workers: int | None) -> dict[str, Any]:
@@ -351,7 +362,7 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         output_path,
         [Step(s["op"], s["params"]) for s in recorded["steps"]],
         from_format=None if dataset is not None else inputs[0]["format"],
-        dataset=dataset["options"] if dataset is not None else None,
+        dataset=_same_rows(dataset),
         to_format=recorded["output"]["format"],
         skip_invalid=recorded["skipped"]["count"] > 0,
         manifest_path=own_manifest,

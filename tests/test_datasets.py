@@ -283,3 +283,11 @@ def test_a_bad_config_names_the_dataset(tmp_path, run):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"{path}: ") and "nope" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_rebuild_reads_a_hub_dataset_at_the_commit_it_was_read_at():
+    from promptkit.pipeline import _same_rows
+
+    recorded = {"options": {"revision": "main", "limit": 3}, "revision": "0a1b2c"}
+    assert _same_rows(recorded) == {"revision": "0a1b2c", "limit": 3}
+    assert _same_rows({"options": {"split": "test"}}) == {"split": "test"}
