@@ -385,9 +385,6 @@ class TableSink:
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows.clear()
 
-    def write_bytes(self, data: bytes) -> None:
-        raise AssertionError("table sinks are written in this process only")
-
     def flush(self) -> None:
         """Finish the file (called once, before the manifest is made)."""
         if self._writer is None:
