@@ -452,6 +452,105 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
                    dataset=with_seed(dataset, step.params["seed"]))
 
 
+def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    from .check import ENGINES, TEMPLATES
+
+    for decorator in reversed([
+        tokenizer_option,
+        click.option("--chat-template", type=click.Choice(TEMPLATES), default="none",
+                     show_default=True,
+                     help="What the server renders: raw texts, a built-in template, or the "
+                          "Hugging Face tokenizer's own (hf)."),
+        click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
+                     help="vllm: full blocks, chained hashes; sglang: token-level radix."),
+        click.option("--block-size", type=int, metavar="N",
+                     help="Tokens a block [default: 16; 512 for hash-id traces]."),
+        click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
+                     help="Cache size in tokens, LRU eviction (default: unbounded)."),
+        click.option("--requests", type=click.IntRange(min=1), metavar="R",
+                     help="Profiled requests (default: one per record); more than the "
+                          "records wraps around the file, as AIPerf does."),
+        click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
+                     metavar="W", help="Warmup requests sent first, from the same records."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def check_params(tokenizer: str | None, chat_template: str, engine: str,
+                 block_size: int | None, capacity_tokens: int | None,
+                 requests: int | None, warmup: int) -> dict[str, Any]:
+    if block_size is not None and block_size < 1:
+        raise PromptkitError(f"--block-size: {block_size} is below 1")
+    return {"tokenizer": tokenizer, "chat_template": chat_template, "engine": engine,
+            "block_size": block_size, "capacity_tokens": capacity_tokens,
+            "requests": requests, "warmup": warmup}
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN")
+@check_options
+@click.option("--from", "from_format", type=FORMAT_CHOICE,
+              help="Input format (default: detected from the first record).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
+              help="Exit 1 when the predicted hit rate is above X (a guard after 'nonce').")
+@click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
+@click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
+@dataset_options
+@report
+def check(input_path: str, from_format: str | None, as_json: bool,
+          max_hit_rate: float | None, skip_invalid: bool, seed: int | None,
+          dataset: dict[str, Any], **options: Any) -> None:
+    """Predict the prefix-cache hit rate a benchmark run of a file will see.
+
+    \b
+    Examples:
+      promptkit check out.jsonl --tokenizer cl100k_base --max-hit-rate 0.01
+      promptkit check chat.jsonl --tokenizer ./tok_dir --chat-template hf --requests 5000
+      promptkit check mooncake_trace.jsonl --json
+    """
+    import json
+
+    params = check_params(**options)
+    tokenizer = params.pop("tokenizer")
+    summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
+                                  skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
+                                  **params)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        print_check(summary)
+    if max_hit_rate is not None and summary["hit_rate"] > max_hit_rate:
+        raise UserError(f"{summary['input']['path']}: predicted hit rate "
+                        f"{summary['hit_rate']:.2%} is above --max-hit-rate {max_hit_rate:.2%}")
+
+
+def print_check(s: dict[str, Any]) -> None:
+    capacity = f"{s['capacity_tokens']} tokens" if s["capacity_tokens"] else "unbounded"
+    template = f", template {s['chat_template']}" if s["chat_template"] else ", hash ids"
+    click.echo(f"{s['input']['path']}: predicted prefix-cache hit rate {s['hit_rate']:.2%} "
+               f"({s['engine']}, block {s['block_size']}, {capacity}{template})")
+    click.echo(f"  requests               {s['requests']} (+{s['warmup']} warmup) from "
+               f"{s['records']} records")
+    click.echo(f"  prompt tokens          {s['prompt_tokens']}, of which hits {s['hit_tokens']}")
+    per = s["hit_tokens_per_request"]
+    click.echo("  hit tokens a request   " + "  ".join(f"{k} {v}" for k, v in per.items())
+               + f"  ({s['requests_with_hits']} requests hit)")
+    for key in ("first_differing_token", "first_differing_block"):
+        if key in s:
+            figures = "  ".join(f"{k} {v}" for k, v in s[key].items() if k != "window")
+            click.echo(f"  {key.replace('_', ' '):22} {figures}")
+    first = s["first_block"]
+    click.echo(f"  first blocks           {first['distinct']} distinct; the most shared is in "
+               f"{first['shared_by_most']} records")
+    if s.get("template_header_tokens"):
+        click.echo(f"  template header        {s['template_header_tokens']} tokens before "
+                   "the first content")
+    if "warning" in s:
+        click.echo(f"promptkit: warning: {s['warning']}", err=True)
+
+
 @cli.group()
 def synth() -> None:
     """Generate benchmark workloads from options alone, with a manifest.
@@ -664,6 +763,14 @@ def pipe_pad(**options: Any) -> PendingStep:
 def pipe_fit(**options: Any) -> Step:
     """Make every user text exactly N tokens (same options as 'promptkit fit')."""
     return fit_step(**options)
+
+
+@pipe.command("check")
+@check_options
+def pipe_check(**options: Any) -> Step:
+    """Predict the prefix-cache hits of the records at this point (options as 'promptkit
+    check'); the report goes into the manifest."""
+    return Step("check", check_params(**options))
 
 
 @pipe.command("write")

@@ -39,6 +39,18 @@ class NoState:
 #: Every operation a manifest step can name, by name, and the state it keeps.
 OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records}
 STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState}
+#: Stages that see every record in order, so a run with one stays in one process.
+ORDERED = frozenset({"check"})
+
+
+def _snapshot(record: Record) -> Record:
+    """A copy of what a check needs, safe from later stages changing the record."""
+    from .records import Message
+
+    return Record(messages=[Message(m.role, m.content) for m in record.messages],
+                  extra=dict(record.extra) if record.extra else None,
+                  input_length=record.input_length, hash_ids=record.hash_ids,
+                  lineno=record.lineno)
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -69,9 +81,31 @@ class Step:
     def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
         """The operation over ``records``; ``state`` carries what it remembers across
         records (see :class:`~promptkit.nonce.NonceState`), for runs in chunks."""
+        if self.op == "check":
+            return self._check(records)
         if state is None:
             return OPERATIONS[self.op](records, **self.params)
         return OPERATIONS[self.op](records, **self.params, state=state)
+
+    def _check(self, records: Iterable[Record]) -> Iterator[Record]:
+        """Pass the records on; at the end, put the predicted cache hits in ``info``."""
+        from .check import CheckOptions, check_records
+        from .tokenizers import cached_tokenizer
+
+        params = dict(self.params)
+        spec = params.pop("tokenizer", None)
+        seen: list[Record] = []
+
+        def tee() -> Iterator[Record]:
+            for record in records:
+                seen.append(_snapshot(record))
+                yield record
+
+        yield from tee()
+        report = check_records(seen, options=CheckOptions(**params),
+                               tokenizer=cached_tokenizer(spec) if spec else None,
+                               tokenizer_spec=spec)
+        self.info["summary"] = report.summary()
 
     def new_state(self) -> Any:
         return STATES[self.op]()
@@ -122,6 +156,7 @@ def run(
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
             if (isinstance(source, Source) and isinstance(sink, Sink)
+                    and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
                 source.close()
                 with tempfile.TemporaryDirectory(prefix="promptkit-") as scratch:
@@ -354,7 +389,7 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
     if source == display_name(STDIO):
         raise PromptkitError(f"{manifest_path}: the input was stdin; name it with --input")
     for step in recorded["steps"]:
-        if step["op"] not in OPERATIONS:
+        if step["op"] not in OPERATIONS and step["op"] not in ORDERED:
             raise PromptkitError(f"{manifest_path}: unknown operation {step['op']!r}")
     dataset = inputs[0].get("dataset")
     return run(
@@ -394,6 +429,30 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
         "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
         **collected.summary(),
     }
+
+
+def check_file(input_path: str, *, from_format: str | None = None,
+               tokenizer: str | None = None, skip_invalid: bool = False,
+               dataset: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """The predicted prefix-cache hits of sending a file's records (see
+    :mod:`promptkit.check`), as a dict."""
+    from .check import CheckOptions, check_records
+    from .tokenizers import cached_tokenizer
+
+    source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
+    try:
+        report = check_records(source.records(), options=CheckOptions(**options),
+                               tokenizer=cached_tokenizer(tokenizer) if tokenizer else None,
+                               tokenizer_spec=tokenizer)
+    except InvalidRecordError as exc:
+        raise (exc.located(source.name) if exc.path is None else exc) from None
+    finally:
+        source.close()
+    return {"input": {"path": source.name, "format": source.format.name,
+                      "sha256": source.sha256.hexdigest()},
+            "tokenizer": tokenizer,
+            "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
+            **report.summary()}
 
 
 def system_prompts(input_path: str, from_format: str | None = None,

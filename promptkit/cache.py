@@ -1,0 +1,201 @@
+"""Prefix-cache simulation: the hits a server's prefix cache gives a run of prompts.
+
+A leaf module: prompts come in as token ids (or, for hash-id traces, as block
+ids), in the order a client sends them, one at a time (concurrency 1).
+
+- :class:`VllmCache` follows vLLM v1: the cache holds *full* blocks of
+  ``block_size`` tokens, each named by a hash chained over every block before
+  it (and a per-request ``cache_salt`` in the first); a prompt hits the longest
+  run of its leading blocks already cached, and never its last token, so a
+  prompt of L tokens hits at most ``(L - 1) // block_size * block_size``. After
+  the prompt, all its full blocks are cached. With a capacity, the least
+  recently used blocks go first; within one prompt the tail blocks are older
+  than the head (vLLM frees a request's blocks tail first).
+- :class:`SglangCache` follows SGLang's radix cache with page size 1: a prompt
+  hits its longest common token prefix with anything cached, at most L - 1
+  tokens; eviction drops least recently used leaves, token by token.
+
+Hit rate = hit tokens / prompt tokens, as vLLM's ``prefix_cache_hits`` /
+``prefix_cache_queries`` count it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from array import array
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class VllmCache:
+    """vLLM v1's block cache (see the module docstring)."""
+
+    def __init__(self, block_size: int = 16, capacity_tokens: int | None = None):
+        if block_size < 1:
+            raise ValueError("block size must be at least 1")
+        self.block_size = block_size
+        self.capacity = None if capacity_tokens is None else capacity_tokens // block_size
+        self.blocks: OrderedDict[Hashable, None] = OrderedDict()  # LRU first
+
+    def block_hashes(self, tokens: Sequence[int], salt: str | None = None) -> list[int]:
+        """The chained hash of each full block of ``tokens`` (64-bit)."""
+        size = self.block_size
+        hashes = []
+        parent = hashlib.blake2b((salt or "").encode(), digest_size=8).digest()
+        data = array("I", tokens).tobytes()
+        step = 4 * size
+        for start in range(0, len(data) - step + 1, step):
+            parent = hashlib.blake2b(parent + data[start:start + step], digest_size=8).digest()
+            hashes.append(int.from_bytes(parent))
+        return hashes
+
+    def request(self, tokens: Sequence[int], salt: str | None = None) -> int:
+        """Send one prompt; return its hit tokens."""
+        return self.request_blocks(self.block_hashes(tokens, salt), len(tokens))
+
+    def request_blocks(self, blocks: Sequence[Hashable], length: int) -> int:
+        """Send a prompt of ``length`` tokens whose full blocks are ``blocks`` (chained
+        block hashes, or the ids of a hash-id trace, which are chained already)."""
+        cached = self.blocks
+        can_hit = (length - 1) // self.block_size if length > 0 else 0
+        hits = 0
+        for block in blocks[:can_hit]:
+            if block not in cached:
+                break
+            hits += 1
+        for block in reversed(blocks):  # head blocks end up most recently used
+            cached[block] = None
+            cached.move_to_end(block)
+        if self.capacity is not None:
+            while len(cached) > self.capacity:
+                cached.popitem(last=False)
+        return hits * self.block_size
+
+
+@dataclass(eq=False)
+class _Node:
+    key: tuple[int, ...]
+    parent: _Node | None
+    children: dict[int, _Node] = field(default_factory=dict)
+    used: int = 0  # last access time
+
+
+class SglangCache:
+    """SGLang's radix cache, page size 1 (see the module docstring)."""
+
+    def __init__(self, capacity_tokens: int | None = None):
+        self.root = _Node((), None)
+        self.capacity = capacity_tokens
+        self.size = 0  # tokens cached
+        self.clock = itertools.count(1)
+
+    def request(self, tokens: Sequence[int], salt: str | None = None) -> int:
+        """Send one prompt; return its hit tokens. A salt starts a separate tree."""
+        key = tuple(tokens)
+        root = self._root(salt)
+        now = next(self.clock)
+        matched = self._match(root, key, now)
+        hits = min(matched, max(len(key) - 1, 0))
+        self._insert(root, key, now)
+        if self.capacity is not None:
+            self._evict()
+        return hits
+
+    def _root(self, salt: str | None) -> _Node:
+        if salt is None:
+            return self.root
+        marker = -1 - (int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=6).digest()))
+        node = self.root.children.get(marker)
+        if node is None:
+            node = _Node((marker,), self.root)
+            self.root.children[marker] = node
+        return node
+
+    def _match(self, node: _Node, key: tuple[int, ...], now: int) -> int:
+        matched = 0
+        while matched < len(key):
+            child = node.children.get(key[matched])
+            if child is None:
+                break
+            common = _common(child.key, key[matched:])
+            child.used = now
+            matched += common
+            if common < len(child.key):
+                break
+            node = child
+        return matched
+
+    def _insert(self, node: _Node, key: tuple[int, ...], now: int) -> None:
+        at = 0
+        while at < len(key):
+            child = node.children.get(key[at])
+            if child is None:
+                new = _Node(key[at:], node, used=now)
+                node.children[key[at]] = new
+                self.size += len(new.key)
+                return
+            common = _common(child.key, key[at:])
+            if common < len(child.key):  # split the edge
+                head = _Node(child.key[:common], node, used=now)
+                child.key = child.key[common:]
+                child.parent = head
+                head.children[child.key[0]] = child
+                node.children[head.key[0]] = head
+                child = head
+            child.used = now
+            at += common
+            node = child
+
+    def _evict(self) -> None:
+        assert self.capacity is not None
+        if self.size <= self.capacity:
+            return
+        leaves = [(n.used, id(n), n) for n in self._nodes() if not n.children]
+        heapq.heapify(leaves)
+        while self.size > self.capacity and leaves:
+            _, _, leaf = heapq.heappop(leaves)
+            parent = leaf.parent
+            if parent is None or leaf.key[0] < 0:  # a salt's root holds no tokens
+                continue
+            drop = min(len(leaf.key), self.size - self.capacity)
+            if drop < len(leaf.key):  # drop the tail tokens only
+                leaf.key = leaf.key[:len(leaf.key) - drop]
+                self.size -= drop
+                continue
+            del parent.children[leaf.key[0]]
+            self.size -= len(leaf.key)
+            if parent is not self.root and not parent.children and parent.key[0] >= 0:
+                heapq.heappush(leaves, (parent.used, id(parent), parent))
+
+    def _nodes(self) -> list[_Node]:
+        out, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return [n for n in out if n is not self.root]
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def replay(cache: Any, prompts: Sequence[Any], *, requests: int | None = None,
+           warmup: int = 0) -> list[int]:
+    """Hit tokens of each profiled request when a client sends ``warmup`` then
+    ``requests`` prompts from ``prompts`` in order, wrapping around as AIPerf does."""
+    total = warmup + (len(prompts) if requests is None else requests)
+    hits = []
+    for n in range(total):
+        hit = cache.request(*prompts[n % len(prompts)])
+        if n >= warmup:
+            hits.append(hit)
+    return hits

@@ -1,0 +1,178 @@
+"""promptkit check: the prefix-cache simulation pinned on hand-made cases, then the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import mooncake_trace, read_jsonl, write_jsonl
+
+from promptkit.cache import SglangCache, VllmCache, replay
+
+
+def tokens(n: int, start: int = 1000) -> list[int]:
+    return list(range(start, start + n))
+
+
+@pytest.mark.parametrize(("length", "hits"), [(15, 0), (16, 0), (17, 16), (31, 16), (32, 16),
+                                              (33, 32)])
+def test_vllm_hits_full_blocks_and_never_the_last_token(length, hits):
+    cache = VllmCache(16)
+    assert cache.request(tokens(length)) == 0
+    assert cache.request(tokens(length)) == hits
+
+
+def test_vllm_hits_only_the_leading_run_of_blocks():
+    cache = VllmCache(4)
+    cache.request(tokens(12))
+    changed = tokens(12)
+    changed[5] = 7  # the second block differs: the third cannot hit though it is equal
+    assert cache.request(changed + [1]) == 4
+    assert cache.request(tokens(12) + [1]) == 12
+
+
+def test_vllm_salt_separates_namespaces():
+    cache = VllmCache(16)
+    cache.request(tokens(40), salt="a")
+    assert cache.request(tokens(40), salt="b") == 0
+    assert cache.request(tokens(40)) == 0
+    assert cache.request(tokens(40), salt="a") == 32
+
+
+def test_vllm_evicts_least_recently_used_blocks_tail_first():
+    cache = VllmCache(4, capacity_tokens=12)  # three blocks
+    a, b = tokens(9), tokens(9, start=5000)
+    cache.request(a)  # blocks a1 a2
+    cache.request(b)  # blocks b1 b2: one of a's must go, the tail a2 first
+    assert cache.request(a) == 4  # a1 still there, a2 evicted
+    two = VllmCache(4, capacity_tokens=8)
+    two.request(a)
+    two.request(b)
+    assert two.request(a) == 0
+
+
+def test_sglang_matches_token_by_token():
+    cache = SglangCache()
+    cache.request(tokens(20))
+    assert cache.request(tokens(13) + [1, 2, 3]) == 13
+    assert cache.request(tokens(20)) == 19  # never the last token
+    assert cache.request(tokens(25)) == 20
+
+
+def test_sglang_evicts_least_recently_used_leaves():
+    cache = SglangCache(capacity_tokens=20)
+    cache.request(tokens(10))
+    cache.request(tokens(10, start=5000))
+    cache.request(tokens(10, start=9000))  # 30 tokens: the oldest leaf goes
+    assert cache.request(tokens(10)) == 0
+    assert cache.request(tokens(10, start=9000)) == 9
+
+
+def test_sglang_salt_separates_namespaces():
+    cache = SglangCache()
+    cache.request(tokens(10), salt="x")
+    assert cache.request(tokens(10)) == 0
+    assert cache.request(tokens(10), salt="x") == 9
+
+
+def test_replay_wraps_around_like_aiperf():
+    cache = VllmCache(4)
+    prompts = [(tokens(9, start=s),) for s in (0, 100, 200)]
+    hits = replay(cache, prompts, requests=9)
+    assert hits == [0, 0, 0, 8, 8, 8, 8, 8, 8]
+    assert replay(VllmCache(4), prompts, requests=3, warmup=3) == [8, 8, 8]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_hash_id_traces_are_checked_on_their_ids(tmp_path, run):
+    source = write_jsonl(tmp_path / "t.jsonl", [
+        {"input_length": 1500, "hash_ids": [1, 2, 3]},
+        {"input_length": 1500, "hash_ids": [1, 2, 4]},
+        {"input_length": 1024, "hash_ids": [1, 2]},
+    ])
+    result = run("check", source, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["block_size"] == 512
+    # second: 2 blocks; third: (1024-1)//512 = 1 block (never the last token)
+    assert report["hit_tokens"] == 1024 + 512
+    assert report["prompt_tokens"] == 4024
+    assert report["first_differing_block"]["max"] == 2
+
+
+def test_mooncake_trace_matches_an_independent_count(run):
+    source = mooncake_trace("conversation")
+    result = run("check", source, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    seen: set[int] = set()
+    hit = total = 0
+    for row in read_jsonl(source):
+        leading = 0
+        for block in row["hash_ids"][:(row["input_length"] - 1) // 512]:
+            if block not in seen:
+                break
+            leading += 1
+        seen.update(row["hash_ids"])
+        hit += leading * 512
+        total += row["input_length"]
+    assert report["hit_tokens"] == hit and report["prompt_tokens"] == total
+    assert report["hit_rate"] == round(hit / total, 6)
+
+
+def test_nonce_then_check_reaches_zero_and_repeats_do_not(tmp_path, run, single_turn):
+    out = tmp_path / "n.jsonl"
+    assert run("nonce", single_turn, out, "--seed", "1").exit_code == 0
+    once = run("check", out, "--tokenizer", "cl100k_base", "--max-hit-rate", "0")
+    assert once.exit_code == 0, once.stderr
+    assert "predicted prefix-cache hit rate 0.00%" in once.stdout
+    twice = run("check", out, "--tokenizer", "cl100k_base", "--requests", "8",
+                "--max-hit-rate", "0.01")
+    assert twice.exit_code == 1
+    assert twice.stderr.strip().endswith("is above --max-hit-rate 1.00%")
+
+
+def test_a_template_header_that_fills_a_block_is_reported(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": f"{i} question"} for i in range(4)])
+    result = run("check", source, "--tokenizer", "cl100k_base", "--chat-template", "llama3.1",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["template_header_fills_a_block"] is True
+    assert report["requests_with_hits"] == 3  # all but the first: distinct texts cannot help
+    assert "cache_salt" in report["warning"]
+    salted = tmp_path / "salted.jsonl"
+    assert run("nonce", source, salted, "--at", "salt", "--seed", "2").exit_code == 0
+    again = json.loads(run("check", salted, "--tokenizer", "cl100k_base", "--chat-template",
+                           "llama3.1", "--json").stdout)
+    assert again["hit_rate"] == 0
+
+
+def test_check_as_a_chain_stage_goes_into_the_manifest(tmp_path, run, single_turn):
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", single_turn, "nonce", "--seed", "3", "check", "--tokenizer",
+                 "cl100k_base", "write", out)
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    summary = manifest["steps"][1]["info"]["summary"]
+    assert summary["hit_rate"] == 0 and summary["requests"] == 4
+    again = tmp_path / "again.jsonl"
+    assert run("rebuild", f"{out}.manifest.json", again).exit_code == 0
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize(("rows", "args", "problem"), [
+    ([{"text": "a"}], ["--block-size", "0"], "--block-size: 0 is below 1"),
+    ([{"text": "a"}], [], "text records need --tokenizer"),
+    ([{"input_length": 5}], [], ":1: a record with no text and no hash ids"),
+    ([{"text": "a"}], ["--tokenizer", "cl100k_base", "--chat-template", "hf"],
+     "--chat-template hf needs a Hugging Face tokenizer"),
+])
+def test_bad_check_input_is_one_line_exit_1(rows, args, problem, tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = run("check", source, *args)
+    assert result.exit_code == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and problem in result.stderr, result.stderr
