@@ -40,6 +40,7 @@ class VllmCache:
         self.block_size = block_size
         self.capacity = None if capacity_tokens is None else capacity_tokens // block_size
         self.blocks: OrderedDict[Hashable, None] = OrderedDict()  # LRU first
+        self.unbounded: set[Hashable] = set()  # without a capacity, order does not matter
 
     def block_hashes(self, tokens: Sequence[int], salt: str | None = None) -> list[int]:
         """The chained hash of each full block of ``tokens`` (64-bit)."""
@@ -60,9 +61,17 @@ class VllmCache:
     def request_blocks(self, blocks: Sequence[Hashable], length: int) -> int:
         """Send a prompt of ``length`` tokens whose full blocks are ``blocks`` (chained
         block hashes, or the ids of a hash-id trace, which are chained already)."""
-        cached = self.blocks
         can_hit = (length - 1) // self.block_size if length > 0 else 0
         hits = 0
+        if self.capacity is None:
+            seen = self.unbounded
+            for block in blocks[:can_hit]:
+                if block not in seen:
+                    break
+                hits += 1
+            seen.update(blocks)
+            return hits * self.block_size
+        cached = self.blocks
         for block in blocks[:can_hit]:
             if block not in cached:
                 break
@@ -70,9 +79,8 @@ class VllmCache:
         for block in reversed(blocks):  # head blocks end up most recently used
             cached[block] = None
             cached.move_to_end(block)
-        if self.capacity is not None:
-            while len(cached) > self.capacity:
-                cached.popitem(last=False)
+        while len(cached) > self.capacity:
+            cached.popitem(last=False)
         return hits * self.block_size
 
 

@@ -30,7 +30,7 @@ from .tokenizers import Tokenizer
 ENGINES = ("vllm", "sglang")
 TEMPLATES = ("none", "llama3.1", "chatml", "qwen2.5", "hf")
 #: Leading tokens compared to find where a record first differs from all before it.
-PREFIX_WINDOW = 1024
+PREFIX_WINDOW = 256
 HASH_BLOCK_SIZE = 512
 TEXT_BLOCK_SIZE = 16
 _PROBE = "\u2063PROMPTKIT_PROBE\u2063"
@@ -79,15 +79,20 @@ class Prompts:
         if template == "hf":
             self.hf_template = _hf_chat_template(tokenizer_spec)
 
-    def tokens(self, record: Record) -> list[int]:
+    def tokens(self, records: list[Record]) -> list[list[int]]:
+        """The prompt tokens of each record (tokenized as one batch, on threads)."""
         assert self.tokenizer is not None
-        messages = [(m.role or "user", "".join(_texts(m.content))) for m in record.messages]
+        chats = [[(m.role or "user", "".join(_texts(m.content))) for m in r.messages]
+                 for r in records]
         if self.hf_template is not None:
-            ids = self.hf_template.apply_chat_template(
-                [{"role": r, "content": t} for r, t in messages], tokenize=True,
-                add_generation_prompt=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        return self.tokenizer.encode(render(messages, self.template))
+            out = []
+            for messages in chats:
+                ids = self.hf_template.apply_chat_template(
+                    [{"role": r, "content": t} for r, t in messages], tokenize=True,
+                    add_generation_prompt=True)
+                out.append(list(ids["input_ids"] if isinstance(ids, dict) else ids))
+            return out
+        return self.tokenizer.encode_batch([render(chat, self.template) for chat in chats])
 
     def header_tokens(self) -> int:
         """Tokens the template puts before the first message's content."""
@@ -245,13 +250,15 @@ def check_records(records: Iterable[Record], *, options: CheckOptions,
                   else SglangCache(options.capacity_tokens))
     entries: list[_Entry] = []
     earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
-    for record in _chain(first, iterator):
-        entry, lead = _entry(record, hash_ids, prompts, cache, block_size)
-        entries.append(entry)
-        report.records += 1
-        unit = 8 if hash_ids else 4
-        report.first_difference.append(_first_difference(earlier, lead, unit))
-        report.prefixes[lead[:unit if hash_ids else unit * block_size]] += 1
+    unit = 8 if hash_ids else 4
+    for batch in _batches(_chain(first, iterator)):
+        prompt_tokens = prompts.tokens(_texts_only(batch)) if prompts is not None else batch
+        for record, toks in zip(batch, prompt_tokens, strict=True):
+            entry, lead = _entry(record, hash_ids, toks, cache)
+            entries.append(entry)
+            report.records += 1
+            report.first_difference.append(_first_difference(earlier, lead, unit))
+            report.prefixes[lead[:unit if hash_ids else unit * block_size]] += 1
     total = options.warmup + (len(entries) if options.requests is None else options.requests)
     for n in range(total):
         entry = entries[n % len(entries)]
@@ -270,8 +277,26 @@ def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
     yield from rest
 
 
-def _entry(record: Record, hash_ids: bool, prompts: Prompts | None, cache: Any,
-           block_size: int) -> tuple[_Entry, bytes]:
+def _batches(records: Iterator[Record], size: int = 1024) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _texts_only(batch: list[Record]) -> list[Record]:
+    for record in batch:
+        if not record.messages:
+            raise InvalidRecordError("a hash-id record after text records",
+                                     lineno=record.lineno)
+    return batch
+
+
+def _entry(record: Record, hash_ids: bool, tokens: Any, cache: Any) -> tuple[_Entry, bytes]:
     salt = (record.extra or {}).get("cache_salt")
     salt = None if salt is None else str(salt)
     if hash_ids:
@@ -285,11 +310,6 @@ def _entry(record: Record, hash_ids: bool, prompts: Prompts | None, cache: Any,
         key: Any = [(salt, i) for i in ids] if salt is not None else list(ids)
         lead = array("q", ids[:PREFIX_WINDOW]).tobytes()
         return _Entry(key, record.input_length, salt), lead
-    if not record.messages:
-        raise InvalidRecordError("a hash-id record after text records",
-                                 lineno=record.lineno)
-    assert prompts is not None
-    tokens = prompts.tokens(record)
     if not tokens:
         raise InvalidRecordError("a record with no text", lineno=record.lineno)
     lead = array("I", tokens[:PREFIX_WINDOW]).tobytes()
