@@ -90,7 +90,7 @@ class Prompts:
                 ids = self.hf_template.apply_chat_template(
                     [{"role": r, "content": t} for r, t in messages], tokenize=True,
                     add_generation_prompt=True)
-                out.append(list(ids["input_ids"] if isinstance(ids, dict) else ids))
+                out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
             return out
         return self.tokenizer.encode_batch([render(chat, self.template) for chat in chats])
 

@@ -176,3 +176,33 @@ def test_bad_check_input_is_one_line_exit_1(rows, args, problem, tmp_path, run):
     result = run("check", source, *args)
     assert result.exit_code == 1, result.stderr
     assert len(result.stderr.splitlines()) == 1 and problem in result.stderr, result.stderr
+
+
+def test_the_tokenizer_own_chat_template(tmp_path, run, tokenizers):
+    import shutil
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tokenizers["local_bpe"].name, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                         "<|im_start|>assistant\n{% endif %}",
+    }))
+    source = write_jsonl(tmp_path / "in.jsonl", [
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": f"question {i}"}]} for i in range(5)])
+    reports = {}
+    for template in ("hf", "chatml"):
+        result = run("check", source, "--tokenizer", folder, "--chat-template", template,
+                     "--json")
+        assert result.exit_code == 0, result.stderr
+        reports[template] = json.loads(result.stdout)
+    hf, chatml = reports["hf"], reports["chatml"]
+    assert hf["template_header_tokens"] == chatml["template_header_tokens"] > 0
+    assert (hf["prompt_tokens"], hf["hit_tokens"]) == (chatml["prompt_tokens"],
+                                                       chatml["hit_tokens"])
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast"}))
+    without = run("check", source, "--tokenizer", folder, "--chat-template", "hf")
+    assert without.exit_code == 1 and "has no chat template" in without.stderr
