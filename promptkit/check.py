@@ -201,6 +201,7 @@ class Report:
             "distinct": len(self.prefixes),
             "shared_by_most": max(self.prefixes.values(), default=0),
             "records_sharing_one": sum(shared),
+            "records_per_shared_block": [n for _, n in self.prefixes.most_common(10) if n > 1],
         }
         if self.header_tokens is not None:
             fills = self.header_tokens >= self.block_size
