@@ -20,6 +20,13 @@ from .errors import PromptkitError
 from .formats import FORMATS, TABLE_FORMATS
 from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
 from .pipeline import Step
+from .publish import (
+    AIPERF_FORMATS,
+    DEFAULT_FORMAT,
+    DEFAULT_LICENSE,
+    DEFAULT_SHARD_SIZE,
+    parse_size,
+)
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
 #: Output formats: every line format, and tables (parquet, a save_to_disk folder).
@@ -687,6 +694,88 @@ def list_formats() -> None:
         click.echo(f"{fmt.name:15} {fmt.description}  [{loads}]")
     click.echo("Any Hugging Face dataset reads too: hf:OWNER/NAME, a dataset folder, or "
                "parquet, arrow, CSV or JSON-array files.")
+
+
+def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("publish")
+@click.argument("input_path", metavar="IN")
+@click.argument("out_dir", metavar="OUT_DIR")
+@click.option("--from", "from_format", type=FORMAT_CHOICE,
+              help="Input format (default: detected from the first record).")
+@click.option("--to", "to_format", default=DEFAULT_FORMAT, show_default=True,
+              type=click.Choice(AIPERF_FORMATS),
+              help="Format of aiperf/prompts.jsonl (mooncake_trace holds every record).")
+@click.option("--license", "license_id", default=DEFAULT_LICENSE, show_default=True,
+              metavar="ID",
+              help="The card's license: a Hugging Face license id (apache-2.0, mit, "
+                   "cc-by-4.0, other, ...); 'unknown' since promptkit cannot know the input's.")
+@click.option("--pretty-name", metavar="TEXT",
+              help="The card's title (default: the repository or folder name).")
+@click.option("--max-shard-size", default=DEFAULT_SHARD_SIZE, show_default=True,
+              metavar="SIZE",
+              callback=shard_size,
+              help="Largest parquet shard: bytes, or 200KB, 500MB, 1GB, 64MiB ...")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.option("--push", "repo_id", metavar="REPO_ID",
+              help="Then upload OUT_DIR to this Hugging Face dataset repository (created if "
+                   "missing), with the token of HF_TOKEN or 'hf auth login'.")
+@click.option("--private", is_flag=True, help="With --push: create the repository private.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad records (counted in the manifest) instead of stopping.")
+@workers_option
+@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@dataset_options
+@report
+def publish_command(input_path: str, out_dir: str, from_format: str | None, to_format: str,
+                    license_id: str, pretty_name: str | None, max_shard_size: int,
+                    overwrite: bool, repo_id: str | None, private: bool, skip_invalid: bool,
+                    workers: int | None, seed: int | None, dataset: dict[str, Any]) -> None:
+    """Make a folder that is a Hugging Face dataset repository; --push uploads it.
+
+    OUT_DIR gets data/train-*.parquet (promptkit's columns, in order), a README.md
+    dataset card saying how the data was made, aiperf/prompts.jsonl (the file AIPerf
+    loads) and its manifest, which lists every published file's sha256.
+
+    \b
+    Examples:
+      promptkit publish out.jsonl published --license apache-2.0
+      promptkit publish out.jsonl published --overwrite --push me/prompts --private
+    """
+    from . import publish
+
+    if private and repo_id is None:
+        raise click.UsageError("--private goes with --push")
+    if repo_id is not None:
+        problem = publish.repo_id_problem(repo_id)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--push")
+        publish.hub_token()  # no token: fail before anything is made
+    result = publish.publish(
+        input_path, out_dir, from_format=from_format, to_format=to_format,
+        skip_invalid=skip_invalid, workers=workers, dataset=with_seed(dataset, seed),
+        license=license_id, max_shard_size=max_shard_size, pretty_name=pretty_name,
+        repo_id=repo_id, overwrite=overwrite, argv=PromptkitGroup.argv)
+    shards = [f for f in result["published"]["files"] if f["path"].startswith("data/")]
+    out = result["output"]
+    click.echo(f"promptkit: published {out['records']} records "
+               f"({result['aiperf']['distinct_records']} distinct) to {out_dir}: "
+               f"{len(shards)} parquet shard{'s' if len(shards) > 1 else ''}, "
+               f"{publish.AIPERF_FILE} ({out['format']}), "
+               f"README.md, {publish.MANIFEST_FILE}", err=True)
+    if result["skipped"]["count"]:
+        click.echo(f"promptkit: skipped {result['skipped']['count']} invalid records "
+                   f"(first: line {result['skipped']['lines'][0]})", err=True)
+    for warning in result["warnings"]:
+        click.echo(f"promptkit: warning: {warning}", err=True)
+    if repo_id is not None:
+        url = publish.push(out_dir, repo_id, private=private)
+        click.echo(f"promptkit: pushed {out_dir} to {url}", err=True)
 
 
 # ---------------------------------------------------------------- pipe: one in-process chain
