@@ -25,6 +25,27 @@ Every response carries a fixed short completion (``COMPLETION``) and a
 ``usage`` block whose ``prompt_tokens`` is a whitespace word count of the
 prompt text: plausible, deterministic, tokenizer-free.
 
+Prefix caching (optional): constructed with a ``tokenizer`` (a
+``tokenizers.Tokenizer``, or the path of a ``tokenizer.json`` file or of a
+folder holding one), the server tokenizes every generation request and runs
+it through a :class:`PrefixCache` that follows vLLM v1's automatic prefix
+caching rules (full blocks of ``block_size`` tokens, chained block hashes, a
+top-level ``cache_salt`` in the first block's hash, never the last token)::
+
+    with OpenAIServer(tokenizer=folder, block_size=16) as server:
+        run_client(url=server.url)
+        server.cache_records()   # [CacheRecord(prompt_tokens, cached_tokens, ...)]
+        server.hit_rate()        # sum cached / sum prompt tokens
+
+A chat request's prompt tokens are ``tokenizer.encode(text,
+add_special_tokens=False).ids`` where ``text`` is the concatenation, with
+nothing in between, of its messages' text contents (every role; for list
+content, the text parts in order): what a server sees with no chat template.
+``usage`` then reports that length as ``prompt_tokens`` and the hits as
+``prompt_tokens_details.cached_tokens``, as vLLM does (in the non-streaming
+body and in the streamed usage-only chunk). This is an implementation of its
+own, deliberately not ``promptkit.cache``: tests compare the two.
+
 All request handling goes through :meth:`OpenAIServer.handle`, one method
 that maps ``(method, path, body)`` to a response; subclass and override it
 (or the ``_chat``/``_completion`` helpers) to simulate server behaviour such
@@ -33,7 +54,9 @@ as prefix caching.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -73,13 +96,23 @@ class Response:
     content_type: str = "application/json"
 
 
+@dataclass(frozen=True)
+class CacheRecord:
+    """What the prefix cache saw of one generation request, in arrival order."""
+
+    path: str
+    prompt_tokens: int
+    cached_tokens: int
+    cache_salt: str | None = None
+
+
 def count_words(text: str) -> int:
     """Whitespace token count: the server's stand-in for a tokenizer."""
     return len(text.split())
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
-    """The text of a chat or completions request body, for counting tokens."""
+def _prompt_parts(body: dict[str, Any]) -> list[str]:
+    """The text pieces of a chat or completions request body, in order."""
     if "messages" in body:
         parts: list[str] = []
         for message in body.get("messages") or []:
@@ -92,11 +125,80 @@ def _prompt_text(body: dict[str, Any]) -> str:
                     for part in content
                     if isinstance(part, dict) and part.get("type") == "text"
                 )
-        return " ".join(parts)
+        return parts
     prompt = body.get("prompt", "")
     if isinstance(prompt, list):
-        return " ".join(p for p in prompt if isinstance(p, str))
-    return str(prompt)
+        return [p for p in prompt if isinstance(p, str)]
+    return [str(prompt)]
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """The text of a chat or completions request body, for counting words."""
+    return " ".join(_prompt_parts(body))
+
+
+class PrefixCache:
+    """vLLM v1 automatic prefix caching over token ids, unbounded capacity.
+
+    A prompt of ``L`` tokens is cut into its full blocks of ``block_size``
+    tokens (a partial tail block is never cached). Block ``i``'s hash covers
+    its own tokens and the hash of block ``i - 1``, so it names the whole
+    prefix up to its end; the first block's hash also covers the request's
+    ``cache_salt`` (vLLM's per-request cache isolation). A request hits the
+    longest run of its leading blocks already cached, looking only at the
+    blocks within its first ``L - 1`` tokens: the last prompt token is always
+    computed, so at most ``(L - 1) // block_size * block_size`` tokens hit.
+    Afterwards every full block of the prompt is cached. Not thread-safe by
+    itself: :class:`OpenAIServer` calls it under its lock.
+    """
+
+    def __init__(self, block_size: int = 16) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        self.block_size = block_size
+        self._blocks: set[bytes] = set()
+
+    def __len__(self) -> int:
+        """Number of cached blocks."""
+        return len(self._blocks)
+
+    def block_hashes(self, tokens: list[int], cache_salt: str | None = None) -> list[bytes]:
+        """The chained hash of every full block of ``tokens``."""
+        hashes: list[bytes] = []
+        parent = b"root"
+        size = self.block_size
+        for start in range(0, len(tokens) - size + 1, size):
+            extra = [cache_salt] if start == 0 and cache_salt is not None else []
+            payload = json.dumps([parent.hex(), tokens[start:start + size], extra])
+            parent = hashlib.sha256(payload.encode()).digest()
+            hashes.append(parent)
+        return hashes
+
+    def request(self, tokens: list[int], cache_salt: str | None = None) -> int:
+        """Serve one prompt: return its cached (hit) tokens, then cache its blocks."""
+        hashes = self.block_hashes(tokens, cache_salt)
+        hit_blocks = 0
+        for block_hash in hashes[: max(len(tokens) - 1, 0) // self.block_size]:
+            if block_hash not in self._blocks:
+                break
+            hit_blocks += 1
+        self._blocks.update(hashes)
+        return hit_blocks * self.block_size
+
+    def clear(self) -> None:
+        self._blocks.clear()
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    """A ``tokenizers.Tokenizer`` from itself, a tokenizer.json path or its folder."""
+    if tokenizer is None or not isinstance(tokenizer, str | os.PathLike):
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    path = os.fspath(tokenizer)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    return Tokenizer.from_file(path)
 
 
 class OpenAIServer:
@@ -106,12 +208,29 @@ class OpenAIServer:
     :meth:`start` and :meth:`stop` yourself. ``requests`` holds every request
     received, in arrival order; read it through :meth:`recorded` or
     :meth:`chat_requests`, which take the lock.
+
+    ``tokenizer`` (a ``tokenizers.Tokenizer``, or a tokenizer.json file or a
+    folder holding one) turns on the prefix cache (:class:`PrefixCache`,
+    ``block_size`` tokens a block); :meth:`cache_records` and
+    :meth:`hit_rate` then tell what it measured.
     """
 
-    def __init__(self, *, model: str = DEFAULT_MODEL, completion: str = COMPLETION) -> None:
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        completion: str = COMPLETION,
+        tokenizer: Any = None,
+        block_size: int = 16,
+    ) -> None:
         self.model = model
         self.completion = completion
         self.requests: list[RecordedRequest] = []
+        self.tokenizer = _load_tokenizer(tokenizer)
+        self.prefix_cache: PrefixCache | None = (
+            PrefixCache(block_size) if self.tokenizer is not None else None
+        )
+        self._cache_records: list[CacheRecord] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -176,6 +295,56 @@ class OpenAIServer:
         """Parsed bodies of every ``POST /v1/completions``, in arrival order."""
         return [r.body for r in self.recorded("/v1/completions") if r.method == "POST"]
 
+    # -- prefix cache --------------------------------------------------------
+
+    def prompt_token_ids(self, body: dict[str, Any]) -> list[int]:
+        """The prompt tokens the cache sees: the concatenated texts, encoded.
+
+        A completions ``prompt`` given as token ids is taken as it is.
+        """
+        if self.tokenizer is None:
+            raise RuntimeError("the server has no tokenizer (prefix cache is off)")
+        prompt = body.get("prompt")
+        is_ids = isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+        if "messages" not in body and prompt and is_ids:
+            return list(prompt)
+        text = "".join(_prompt_parts(body))
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def cache_records(self, path: str | None = None) -> list[CacheRecord]:
+        """What the prefix cache saw, one record per generation request, in order."""
+        with self._lock:
+            return [r for r in self._cache_records if path is None or r.path == path]
+
+    def hit_rate(self, skip: int = 0) -> float:
+        """Measured hit rate: sum of cached / sum of prompt tokens.
+
+        ``skip`` leaves out the first requests (e.g. a client's warmup). 0.0
+        when no prompt token was seen.
+        """
+        records = self.cache_records()[skip:]
+        prompt = sum(r.prompt_tokens for r in records)
+        return sum(r.cached_tokens for r in records) / prompt if prompt else 0.0
+
+    def reset_cache(self) -> None:
+        """Empty the prefix cache and forget its records (recorded requests stay)."""
+        with self._lock:
+            if self.prefix_cache is not None:
+                self.prefix_cache.clear()
+            self._cache_records.clear()
+
+    def _serve_prompt(self, path: str, body: dict[str, Any]) -> CacheRecord:
+        """Run one request through the prefix cache and record it."""
+        assert self.prefix_cache is not None
+        tokens = self.prompt_token_ids(body)
+        salt = body.get("cache_salt")
+        salt = None if salt is None else str(salt)
+        with self._lock:  # lookup and insertion as one step, in arrival order
+            cached = self.prefix_cache.request(tokens, salt)
+            record = CacheRecord(path, len(tokens), cached, salt)
+            self._cache_records.append(record)
+        return record
+
     # -- request handling --------------------------------------------------
 
     def handle(self, method: str, path: str, body: Any) -> Response:
@@ -210,13 +379,23 @@ class OpenAIServer:
             ],
         }
 
-    def _usage(self, body: dict[str, Any]) -> dict[str, int]:
-        prompt_tokens = count_words(_prompt_text(body))
+    def _usage(self, body: dict[str, Any], *, chat: bool = True) -> dict[str, Any]:
+        """The ``usage`` block; with the prefix cache on, serves the prompt through it."""
         completion_tokens = count_words(self.completion)
+        if self.prefix_cache is None:
+            prompt_tokens = count_words(_prompt_text(body))
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        record = self._serve_prompt(path, body)
         return {
-            "prompt_tokens": prompt_tokens,
+            "prompt_tokens": record.prompt_tokens,
             "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+            "total_tokens": record.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": record.cached_tokens},
         }
 
     def _generate(self, body: dict[str, Any], *, chat: bool) -> Response:
@@ -224,7 +403,7 @@ class OpenAIServer:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         common = {"id": rid, "created": int(time.time()), "model": body.get("model", self.model)}
-        usage = self._usage(body)
+        usage = self._usage(body, chat=chat)
 
         if not body.get("stream"):
             if chat:
@@ -302,7 +481,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         app = self.server_app
         app.record(RecordedRequest(method, path, body, dict(self.headers.items())))
-        self._send(app.handle(method, path, body))
+        try:
+            response = app.handle(method, path, body)
+        except Exception as exc:  # a bug in the test server: say so, keep the connection
+            response = _error(HTTPStatus.INTERNAL_SERVER_ERROR, f"test server error: {exc!r}")
+        self._send(response)
 
     def _send(self, response: Response) -> None:
         if response.events is not None:
