@@ -171,6 +171,15 @@ class Report:
     first_difference: array = field(default_factory=lambda: array("q"))
     prefixes: Counter[bytes] = field(default_factory=Counter)
 
+    def per_request(self) -> Iterator[dict[str, Any]]:
+        """One row a profiled request: which record it sent (1-based), its prompt and
+        hit tokens, and where that record first differs from every earlier record."""
+        unit = "first_differing_block" if self.hash_ids else "first_differing_token"
+        for i, (hit, length) in enumerate(zip(self.hits, self.lengths, strict=True)):
+            record = (self.options.warmup + i) % self.records
+            yield {"request": i + 1, "record": record + 1, "prompt_tokens": length,
+                   "hit_tokens": hit, unit: self.first_difference[record]}
+
     def summary(self) -> dict[str, Any]:
         import numpy as np
 

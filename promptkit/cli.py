@@ -502,13 +502,16 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
               help="Exit 1 when the predicted hit rate is above X (a guard after 'nonce').")
+@click.option("--per-request", metavar="PATH",
+              help="Also write a JSONL line a profiled request: its record, prompt and hit "
+                   "tokens, and where that record first differs from all before it.")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
 @dataset_options
 @report
 def check(input_path: str, from_format: str | None, as_json: bool,
-          max_hit_rate: float | None, skip_invalid: bool, seed: int | None,
-          dataset: dict[str, Any], **options: Any) -> None:
+          max_hit_rate: float | None, per_request: str | None, skip_invalid: bool,
+          seed: int | None, dataset: dict[str, Any], **options: Any) -> None:
     """Predict the prefix-cache hit rate a benchmark run of a file will see.
 
     \b
@@ -523,7 +526,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     tokenizer = params.pop("tokenizer")
     summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
                                   skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
-                                  **params)
+                                  per_request=per_request, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

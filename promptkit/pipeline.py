@@ -433,9 +433,11 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
 
 def check_file(input_path: str, *, from_format: str | None = None,
                tokenizer: str | None = None, skip_invalid: bool = False,
-               dataset: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+               dataset: dict[str, Any] | None = None, per_request: str | None = None,
+               **options: Any) -> dict[str, Any]:
     """The predicted prefix-cache hits of sending a file's records (see
-    :mod:`promptkit.check`), as a dict."""
+    :mod:`promptkit.check`), as a dict; ``per_request`` names a JSONL file to get one
+    line a profiled request."""
     from .check import CheckOptions, check_records
     from .tokenizers import cached_tokenizer
 
@@ -448,6 +450,12 @@ def check_file(input_path: str, *, from_format: str | None = None,
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
         source.close()
+    if per_request is not None:
+        import orjson
+
+        manifest.write_text(per_request, "".join(
+            orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE).decode()
+            for row in report.per_request()))
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,

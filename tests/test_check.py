@@ -206,3 +206,21 @@ def test_the_tokenizer_own_chat_template(tmp_path, run, tokenizers):
         "tokenizer_class": "PreTrainedTokenizerFast"}))
     without = run("check", source, "--tokenizer", folder, "--chat-template", "hf")
     assert without.exit_code == 1 and "has no chat template" in without.stderr
+
+
+def test_per_request_lines(tmp_path, run):
+    source = write_jsonl(tmp_path / "t.jsonl", [
+        {"input_length": 1100, "hash_ids": [1, 2, 3]},
+        {"input_length": 1100, "hash_ids": [1, 2, 4]},
+    ])
+    lines = tmp_path / "per.jsonl"
+    result = run("check", source, "--requests", "3", "--warmup", "1", "--per-request", lines)
+    assert result.exit_code == 0, result.stderr
+    assert read_jsonl(lines) == [
+        {"request": 1, "record": 2, "prompt_tokens": 1100, "hit_tokens": 1024,
+         "first_differing_block": 2},
+        {"request": 2, "record": 1, "prompt_tokens": 1100, "hit_tokens": 1024,
+         "first_differing_block": 0},
+        {"request": 3, "record": 2, "prompt_tokens": 1100, "hit_tokens": 1024,
+         "first_differing_block": 2},
+    ]
