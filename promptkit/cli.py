@@ -58,6 +58,8 @@ class PromptkitGroup(click.Group):
     """The root group: remembers the arguments it was called with, for manifests."""
 
     argv: list[str] = []
+    #: ``promptkit --quiet``: no progress bar.
+    quiet = False
 
     def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         PromptkitGroup.argv = ["promptkit", *(sys.argv[1:] if args is None else args)]
@@ -208,7 +210,7 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
         input_path, output_path, steps,
         from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
         manifest_path=manifest_path, argv=PromptkitGroup.argv, workers=workers,
-        dataset=dataset,
+        dataset=dataset, progress=not PromptkitGroup.quiet,
     )
     summarize(result, manifest_path)
 
@@ -218,13 +220,16 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
 
 @click.group(cls=PromptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="promptkit")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bar (shown on stderr for file inputs when it is a terminal).")
+def cli(quiet: bool) -> None:
     """Prepare prompt datasets for LLM serving benchmarks.
 
     \b
     Example:
       promptkit nonce prompts/trace.jsonl.example out.jsonl --seed 7
     """
+    PromptkitGroup.quiet = quiet
 
 
 @cli.command()
@@ -266,10 +271,13 @@ tokenizer_option = click.option(
               help="Threads for batch tokenization (default: one per CPU).")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
+@click.option("--plot", metavar="FILE.png",
+              help="Also draw the prompt-length histogram, shared prefix marked "
+                   "(needs promptkit[plot] and --tokenizer).")
 @dataset_options
 @report
 def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_json: bool,
-          threads: int | None, skip_invalid: bool, seed: int | None,
+          threads: int | None, skip_invalid: bool, seed: int | None, plot: str | None,
           dataset: dict[str, Any]) -> None:
     """Count records, conversations, turns and prompt tokens; show shared prompts.
 
@@ -282,7 +290,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
     import json
 
     summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
-                                     dataset=with_seed(dataset, seed),
+                                     dataset=with_seed(dataset, seed), plot=plot,
                                      threads=threads, skip_invalid=skip_invalid)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -502,6 +510,9 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
               help="Exit 1 when the predicted hit rate is above X (a guard after 'nonce').")
+@click.option("--plot", metavar="FILE.png",
+              help="Also draw hit tokens per request and the cumulative hit rate "
+                   "(needs promptkit[plot]).")
 @click.option("--per-request", metavar="PATH",
               help="Also write a JSONL line a profiled request: its record, prompt and hit "
                    "tokens, and where that record first differs from all before it.")
@@ -510,7 +521,8 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @dataset_options
 @report
 def check(input_path: str, from_format: str | None, as_json: bool,
-          max_hit_rate: float | None, per_request: str | None, skip_invalid: bool,
+          max_hit_rate: float | None, plot: str | None, per_request: str | None,
+          skip_invalid: bool,
           seed: int | None, dataset: dict[str, Any], **options: Any) -> None:
     """Predict the prefix-cache hit rate a benchmark run of a file will see.
 
@@ -526,7 +538,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     tokenizer = params.pop("tokenizer")
     summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
                                   skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
-                                  per_request=per_request, **params)
+                                  per_request=per_request, plot=plot, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

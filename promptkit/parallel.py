@@ -210,8 +210,10 @@ class InputFacts:
     sha256: Any = field(default_factory=hashlib.sha256)
 
 
-def run_file(path: str, job: Job, sink: Sink, workers: int) -> InputFacts:
-    """Process ``path`` with ``workers`` processes, writing to ``sink`` in input order."""
+def run_file(path: str, job: Job, sink: Sink, workers: int,
+             progress: Any = None) -> InputFacts:
+    """Process ``path`` with ``workers`` processes, writing to ``sink`` in input order
+    (``progress``: a :class:`~promptkit.progress.Progress` told of each chunk done)."""
     facts = InputFacts()
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     context = multiprocessing.get_context("fork")
@@ -239,6 +241,8 @@ def run_file(path: str, job: Job, sink: Sink, workers: int) -> InputFacts:
                 sink.encoder.tap.stats.merge(result.stats)
             facts.records_read += result.read
             facts.skipped += result.skipped
+            if progress is not None:
+                progress.advance(size, facts.records_read)
 
         for offset, size, lineno in chunks(path, facts.sha256):
             future = pool.apply_async(_work, (offset, size, lineno))

@@ -19,6 +19,7 @@ from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
 from .nonce import NonceState, add_nonces
 from .pad import pad_records
+from .progress import Progress
 from .records import Record
 from .stats import Tap
 from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
@@ -129,12 +130,14 @@ def run(
     argv: list[str] | None = None,
     workers: int | None = None,
     dataset: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
 
     ``input_path`` is a JSONL file (or ``-``) or a Hugging Face dataset (see
     :mod:`promptkit.datasets_io`), read with the ``dataset`` options
-    (:class:`~promptkit.datasets_io.DatasetOptions` fields).
+    (:class:`~promptkit.datasets_io.DatasetOptions` fields). ``progress`` shows a
+    progress bar on stderr when it is a terminal.
 
     Large regular files are processed by ``workers`` processes (default: one per
     CPU, up to 4); the output is the same bytes for every number of workers.
@@ -152,6 +155,7 @@ def run(
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
+        bar = Progress(input_path, enabled=progress)
         try:
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
@@ -162,8 +166,10 @@ def run(
                 with tempfile.TemporaryDirectory(prefix="promptkit-") as scratch:
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
-                    facts = parallel.run_file(input_path, job, sink, workers)
+                    facts = parallel.run_file(input_path, job, sink, workers, bar)
             else:
+                if isinstance(source, Source):
+                    source.on_read = bar.advance
                 facts = _run_here(source, sink, steps)
             for step in steps:
                 if step.check is not None:
@@ -179,6 +185,8 @@ def run(
         except BaseException:
             sink.abort()
             raise
+        finally:
+            bar.close()
     finally:
         source.close()
     for step in steps:
@@ -408,8 +416,8 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
 
 def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
-                  skip_invalid: bool = False, dataset: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
+                  plot: str | None = None) -> dict[str, Any]:
     """The statistics of a file (token figures with a tokenizer), as a dict."""
     from . import stats
     from .tokenizers import load_tokenizer
@@ -420,6 +428,13 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
         collected = stats.collect(source.records(), loaded, threads=threads)
     finally:
         source.close()
+    if plot is not None:
+        from .plots import stats_plot
+
+        shared = [p for p in collected.system_prompts.values() if p.count > 1]
+        prefix = max(shared, key=lambda p: p.count).tokens if shared else None
+        stats_plot(plot, collected.tokens, prefix, f"{source.name}: prompt lengths"
+                   + (f" ({tokenizer})" if tokenizer else ""))
     return {
         "input": {"path": source.name, "format": source.format.name,
                   "sha256": source.sha256.hexdigest(),
@@ -434,7 +449,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
 def check_file(input_path: str, *, from_format: str | None = None,
                tokenizer: str | None = None, skip_invalid: bool = False,
                dataset: dict[str, Any] | None = None, per_request: str | None = None,
-               **options: Any) -> dict[str, Any]:
+               plot: str | None = None, **options: Any) -> dict[str, Any]:
     """The predicted prefix-cache hits of sending a file's records (see
     :mod:`promptkit.check`), as a dict; ``per_request`` names a JSONL file to get one
     line a profiled request."""
@@ -450,6 +465,11 @@ def check_file(input_path: str, *, from_format: str | None = None,
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
         source.close()
+    if plot is not None:
+        from .plots import check_plot
+
+        check_plot(plot, report.hits, report.lengths, f"{source.name}: predicted prefix-cache "
+                   f"hits ({report.options.engine}, block {report.block_size})")
     if per_request is not None:
         import orjson
 

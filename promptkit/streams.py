@@ -55,6 +55,8 @@ class Source(Counter):
         self.count = 0  # records read
         self.skipped: list[str] = []  # "LINE: problem" of each skipped line
         self.before_read: Callable[[], None] | None = None
+        #: Called with the bytes of each chunk read and the records so far (progress).
+        self.on_read: Callable[[int, int], None] | None = None
         if path == STDIO:
             self._stream: IO[bytes] = sys.stdin.buffer
         else:
@@ -96,6 +98,8 @@ class Source(Counter):
             if not chunk:
                 break
             self.sha256.update(chunk)
+            if self.on_read is not None:
+                self.on_read(len(chunk), self.count)
             lines = chunk.split(b"\n")
             lines[0] = tail + lines[0]
             tail = lines.pop()

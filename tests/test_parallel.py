@@ -22,9 +22,9 @@ def small_chunks(monkeypatch):
     calls: list[int] = []
     real = parallel.run_file
 
-    def spy(path, job, sink, workers):
+    def spy(path, job, sink, workers, *rest):
         calls.append(workers)
-        return real(path, job, sink, workers)
+        return real(path, job, sink, workers, *rest)
 
     monkeypatch.setattr(parallel, "run_file", spy)
     return calls

@@ -1,0 +1,43 @@
+"""--plot: real PNG files from matplotlib, and one clear line without it."""
+
+from __future__ import annotations
+
+import sys
+
+from helpers import write_jsonl
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_check_and_stats_draw_png_files(tmp_path, run, single_turn):
+    out = tmp_path / "n.jsonl"
+    assert run("nonce", single_turn, out, "--seed", "1").exit_code == 0
+    picture = tmp_path / "check.png"
+    result = run("check", out, "--tokenizer", "cl100k_base", "--requests", "12",
+                 "--plot", picture)
+    assert result.exit_code == 0, result.stderr
+    assert picture.read_bytes().startswith(PNG) and picture.stat().st_size > 10_000
+    chat = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "system", "content": "Shared."},
+                      {"role": "user", "content": "q" * (i + 1)}]} for i in range(9)])
+    histogram = tmp_path / "stats.png"
+    result = run("stats", chat, "--tokenizer", "cl100k_base", "--plot", histogram)
+    assert result.exit_code == 0, result.stderr
+    assert histogram.read_bytes().startswith(PNG)
+
+
+def test_stats_plot_needs_token_counts(tmp_path, run, single_turn):
+    result = run("stats", single_turn, "--plot", tmp_path / "s.png")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "--plot needs prompt token counts: give --tokenizer"
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_without_matplotlib_the_option_says_how_to_install(tmp_path, run, single_turn,
+                                                           monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    result = run("check", single_turn, "--tokenizer", "cl100k_base", "--plot",
+                 tmp_path / "c.png")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "--plot needs matplotlib: pip install 'promptkit[plot]'"
+    assert list(tmp_path.glob("*.png")) == []
