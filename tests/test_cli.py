@@ -295,8 +295,11 @@ def test_an_interrupted_run_leaves_no_partial_output(sig, tmp_path):
             time.sleep(0.05)
         time.sleep(0.3)
         proc.send_signal(sig)
-        proc.wait(timeout=30)
-        proc.stdin.close()
+        try:  # read stderr meanwhile: a full pipe must not be what holds the exit up
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            pytest.fail(f"still running 30 s after {sig!r}; stderr: {exc.stderr!r:.2000}")
     assert out.read_text() == "old\n"
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     if sig == signal.SIGINT:  # cleaned up on the way out
@@ -367,3 +370,44 @@ def test_manifest_can_go_to_stdout(single_turn, tmp_path, run):
     both = run("nonce", single_turn, "-", "--manifest", "-")
     assert both.exit_code == 1
     assert one_line(both.stderr) == "the output and the manifest cannot both go to stdout"
+
+
+# ---------------------------------------------------------------- progress
+
+
+def stderr_on_a_terminal(args: list[str], cwd: Path) -> str:
+    """Run promptkit with stderr on a pseudo-terminal; what it showed there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([*PROMPTKIT, *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait()
+    os.close(leader)
+    assert proc.returncode == 0, shown
+    return shown.decode(errors="replace")
+
+
+def test_a_progress_bar_on_a_terminal_and_not_with_quiet(tmp_path):
+    rows = [{"text": f"prompt {i} " + "x" * 200} for i in range(30000)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    shown = stderr_on_a_terminal(["nonce", str(source), "out.jsonl", "--workers", "1"],
+                                 tmp_path)
+    assert "records" in shown and "in.jsonl" in shown and "B/s" in shown
+    quiet = stderr_on_a_terminal(["--quiet", "nonce", str(source), "out2.jsonl"], tmp_path)
+    assert "records" not in quiet.split("promptkit: wrote")[0]
+    assert "promptkit: wrote 30000 records" in quiet
