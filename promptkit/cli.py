@@ -573,6 +573,47 @@ def print_check(s: dict[str, Any]) -> None:
         click.echo(f"promptkit: warning: {s['warning']}", err=True)
 
 
+@cli.command("hash-trace")
+@click.argument("input_path", metavar="IN")
+@click.argument("output_path", metavar="OUT")
+@click.option("--tokenizer", required=True, metavar="T",
+              help="The tokenizer the blocks are counted under (see 'stats').")
+@click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
+              metavar="N", help="Tokens a block (one hash id each; the last may be partial).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="R",
+              help="Requests a second, for timestamps where records have none.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for batch tokenization (default: one per CPU).")
+@click.option("--from", "from_format", type=FORMAT_CHOICE,
+              help="Input format (default: detected from the first record).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad records (counted in the manifest) instead of stopping.")
+@click.option("--manifest", "manifest_path", metavar="PATH",
+              help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
+@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@dataset_options
+@report
+def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: int,
+               rate: float | None, threads: int | None, from_format: str | None,
+               skip_invalid: bool, manifest_path: str | None, seed: int | None,
+               dataset: dict[str, Any]) -> None:
+    """Turn text records into a mooncake_trace of hash ids: the prefix sharing, no text.
+
+    \b
+    Examples:
+      promptkit hash-trace prompts/chat.jsonl.example trace.jsonl --tokenizer cl100k_base
+      promptkit hash-trace prod.jsonl trace.jsonl --tokenizer ./tok_dir --block-size 64 --rate 2
+    """
+    from .tokenizers import cached_tokenizer
+
+    cached_tokenizer(tokenizer)  # a bad name fails before anything is read
+    step = Step("hash_trace", {"tokenizer": tokenizer, "block_size": block_size, "rate": rate,
+                               "threads": threads})
+    run_and_report(input_path, output_path, [step], from_format=from_format,
+                   to_format="mooncake_trace", skip_invalid=skip_invalid,
+                   manifest_path=manifest_path, workers=1, dataset=with_seed(dataset, seed))
+
+
 @cli.group()
 def synth() -> None:
     """Generate benchmark workloads from options alone, with a manifest.

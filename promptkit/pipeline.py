@@ -17,6 +17,7 @@ from .datasets_io import DatasetOptions, DatasetSource, TableSink, is_dataset
 from .errors import InvalidRecordError, PromptkitError
 from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
+from .hashtrace import hash_trace_records
 from .nonce import NonceState, add_nonces
 from .pad import pad_records
 from .progress import Progress
@@ -38,10 +39,12 @@ class NoState:
 
 
 #: Every operation a manifest step can name, by name, and the state it keeps.
-OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records}
-STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState}
+OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records,
+                                    "hash_trace": hash_trace_records}
+STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState,
+                                        "hash_trace": NoState}
 #: Stages that see every record in order, so a run with one stays in one process.
-ORDERED = frozenset({"check"})
+ORDERED = frozenset({"check", "hash_trace"})
 
 
 def _snapshot(record: Record) -> Record:
@@ -78,6 +81,12 @@ class Step:
     aiperf_args: list[str] = field(default_factory=list)
     #: Called with the number of records read, before anything is written.
     check: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.op == "hash_trace" and not self.aiperf_args:
+            # AIPerf makes a prompt of block_size tokens a hash id; it assumes 512.
+            self.aiperf_args = ["--prompt-input-tokens-block-size",
+                                str(self.params.get("block_size", 512))]
 
     def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
         """The operation over ``records``; ``state`` carries what it remembers across

@@ -1,0 +1,102 @@
+"""Text records into a hash-id trace: a trace's prefix-sharing structure without its text.
+
+Each record becomes a ``mooncake_trace`` line: ``input_length`` (its tokens under
+the tokenizer: the raw message texts, joined, as ``check --chat-template none``
+counts them), ``output_length`` and ``timestamp`` when known (or timestamps at
+``rate`` requests a second), and ``hash_ids``: one id a block of ``block_size``
+tokens, the last one partial. A block's id depends on its tokens and on every
+block before it (chained, as servers hash, with a record's ``cache_salt`` in the
+first), remapped to small integers in order of first appearance. Two records
+share leading ids exactly when they share those leading blocks, so
+``check`` gives the text file and its hash trace the same hit rate. This is how
+the Mooncake traces were released.
+
+The ids are numbered in file order, so a run sees every record in order (one
+process; tokenization is batched on threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .errors import InvalidRecordError
+from .records import Record
+from .stats import message_texts
+from .tokenizers import cached_tokenizer
+
+BATCH = 1024
+
+
+class HashIds:
+    """Chained block hashes, numbered in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.ids: dict[bytes, int] = {}
+
+    def of(self, tokens: list[int], block_size: int, salt: str | None) -> list[int]:
+        data = array("I", tokens).tobytes()
+        step = 4 * block_size
+        parent = hashlib.blake2b((salt or "").encode(), digest_size=16).digest()
+        out = []
+        for start in range(0, len(data), step):
+            parent = hashlib.blake2b(parent + data[start:start + step], digest_size=16).digest()
+            out.append(self.ids.setdefault(parent, len(self.ids)))
+        return out
+
+
+def hash_trace_records(
+    records: Iterable[Record],
+    *,
+    tokenizer: str,
+    block_size: int = 512,
+    rate: float | None = None,
+    threads: int | None = None,
+    first_index: int = 0,
+    state: Any = None,
+) -> Iterator[Record]:
+    """The hash-id record of each text record, in order (see the module docstring)."""
+    if block_size < 1:
+        raise ValueError("block size must be at least 1")
+    encoder = cached_tokenizer(tokenizer)
+    numbering = HashIds()
+    batch: list[Record] = []
+    position = first_index
+
+    def flush() -> Iterator[Record]:
+        nonlocal position
+        texts = ["".join(message_texts(r)) for r in batch]
+        encoded = encoder.encode_batch(texts, threads) if threads else encoder.encode_batch(texts)
+        for record, tokens in zip(batch, encoded, strict=True):
+            index = record.index if record.index is not None else position
+            position += 1
+            if not tokens:
+                raise InvalidRecordError("a record with no text to hash", lineno=record.lineno)
+            salt = (record.extra or {}).get("cache_salt")
+            timestamp = record.timestamp
+            if timestamp is None and rate is not None:
+                timestamp = round(index * 1000 / rate)
+            yield Record(
+                session_id=record.session_id,
+                timestamp=timestamp,
+                delay=record.delay,
+                output_length=record.output_length,
+                extra=record.extra,
+                input_length=len(tokens),
+                hash_ids=numbering.of(tokens, block_size, None if salt is None else str(salt)),
+                lineno=record.lineno,
+                index=record.index,
+            )
+
+    for record in records:
+        if not record.messages:
+            raise InvalidRecordError("a record with no text (already a hash-id record?)",
+                                     lineno=record.lineno)
+        batch.append(record)
+        if len(batch) == BATCH:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
