@@ -69,13 +69,19 @@ def write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        put_in_place(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
+    """Rename a finished temporary file (or folder) to ``path``, with the mode a new
+    file would have (``mkstemp`` makes 0600), so an atomic write looks like any other."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, mode & ~umask)
+    os.replace(tmp, path)
 
 
 def read(path: str) -> dict[str, Any]:

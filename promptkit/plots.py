@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import PromptkitError
+from .manifest import put_in_place
 
 INSTALL = "--plot needs matplotlib: pip install 'promptkit[plot]'"
 
@@ -40,10 +41,7 @@ def _save(fig: Any, path: str) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        put_in_place(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise

@@ -23,6 +23,7 @@ import orjson
 
 from .errors import InvalidRecordError, PromptkitError
 from .formats import Format, detect_many, get_format
+from .manifest import put_in_place
 from .records import Record
 
 if TYPE_CHECKING:
@@ -336,10 +337,7 @@ class Sink:
         self._stream.flush()
         os.fsync(self._stream.fileno())
         self._stream.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)
-        os.replace(self._tmp, self.path)
+        put_in_place(self._tmp, self.path)
         self._tmp = None
 
     def abort(self) -> None:
