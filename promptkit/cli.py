@@ -269,6 +269,9 @@ tokenizer_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for batch tokenization (default: one per CPU).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for a large JSONL file (a chunk each, merged in order); "
+                   "the figures are the same for every value.")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
 @click.option("--plot", metavar="FILE.png",
@@ -277,8 +280,8 @@ tokenizer_option = click.option(
 @dataset_options
 @report
 def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_json: bool,
-          threads: int | None, skip_invalid: bool, seed: int | None, plot: str | None,
-          dataset: dict[str, Any]) -> None:
+          threads: int | None, workers: int, skip_invalid: bool, seed: int | None,
+          plot: str | None, dataset: dict[str, Any]) -> None:
     """Count records, conversations, turns and prompt tokens; show shared prompts.
 
     \b
@@ -291,6 +294,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
 
     summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
                                      dataset=with_seed(dataset, seed), plot=plot,
+                                     workers=workers,
                                      threads=threads, skip_invalid=skip_invalid)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -252,3 +252,37 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
         while pending:
             finish()
     return facts
+
+
+# ---------------------------------------------------------------- any function, chunk by chunk
+
+_mapper: tuple[str, Any, tuple[Any, ...]] | None = None
+
+
+def _init_map(path: str, fn: Any, args: tuple[Any, ...]) -> None:
+    global _mapper
+    _mapper = (path, fn, args)
+    keep_freed_memory()
+
+
+def _map_work(offset: int, size: int, first_lineno: int) -> Any:
+    assert _mapper is not None
+    path, fn, args = _mapper
+    with open(path, "rb") as f:
+        chunk = os.pread(f.fileno(), size, offset)
+    return fn(chunk, first_lineno, *args)
+
+
+def map_chunks(path: str, fn: Any, args: tuple[Any, ...], workers: int,
+               digest: Any) -> Any:
+    """``fn(chunk, first_lineno, *args)`` of each chunk of whole lines of ``path``, in
+    ``workers`` processes; the results in file order (``digest`` hashes the file)."""
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_init_map, initargs=(path, fn, args)) as pool:
+        pending: deque[Any] = deque()
+        for offset, size, lineno in chunks(path, digest):
+            pending.append(pool.apply_async(_map_work, (offset, size, lineno)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()

@@ -6,6 +6,7 @@ commands and the ``pipe`` chain are thin wrappers over :func:`run`.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -426,7 +427,7 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
 def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
                   skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
-                  plot: str | None = None) -> dict[str, Any]:
+                  plot: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """The statistics of a file (token figures with a tokenizer), as a dict."""
     from . import stats
     from .tokenizers import load_tokenizer
@@ -434,7 +435,11 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     loaded = load_tokenizer(tokenizer) if tokenizer else None
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
-        collected = stats.collect(source.records(), loaded, threads=threads)
+        if (workers is not None and isinstance(source, Source)
+                and parallel.can_run_parallel(input_path, workers)):
+            collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid, workers)
+        else:
+            collected = stats.collect(source.records(), loaded, threads=threads)
     finally:
         source.close()
     if plot is not None:
@@ -490,6 +495,23 @@ def check_file(input_path: str, *, from_format: str | None = None,
             "tokenizer": tokenizer,
             "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
             **report.summary()}
+
+
+def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,
+                      workers: int) -> Any:
+    """Statistics of a large file, a chunk a worker process, merged in file order."""
+    from .stats import Stats, stats_of_chunk
+
+    source.close()
+    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+    total = Stats()
+    args = (source.format.name, source.name, tokenizer, skip_invalid)
+    for part, read, skipped in parallel.map_chunks(path, stats_of_chunk, args, workers,
+                                                   source.sha256):
+        total.merge(part)
+        source.count += read
+        source.skipped += skipped
+    return total
 
 
 def system_prompts(input_path: str, from_format: str | None = None,

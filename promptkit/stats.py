@@ -188,3 +188,27 @@ def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads
                 hashlib.sha256((first_text(head.content) or "").encode()).hexdigest()]
             if shared.tokens is None:
                 shared.tokens = len(encoded[start]) if n else 0
+
+
+def stats_of_chunk(chunk: bytes, first_lineno: int, fmt: str, name: str,
+                   tokenizer: str | None, skip_invalid: bool) -> tuple[Stats, int, list[str]]:
+    """The statistics of one chunk of JSONL lines (for worker processes): the stats,
+    the records read and the skipped lines."""
+    from .errors import InvalidRecordError
+    from .formats import get_format
+    from .streams import Counter, parse_lines
+    from .tokenizers import cached_tokenizer
+
+    skipped: list[str] = []
+
+    def on_invalid(exc: InvalidRecordError) -> None:
+        if not skip_invalid:
+            raise exc
+        skipped.append(f"{exc.lineno}: {exc.problem}")
+
+    read = Counter()
+    tap = Tap(cached_tokenizer(tokenizer) if tokenizer else None, threads=1)
+    for record in parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
+                              on_invalid, read):
+        tap.add(record)
+    return tap.finish(), read.count, skipped

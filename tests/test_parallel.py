@@ -106,3 +106,22 @@ def test_token_operations_and_their_statistics_match_for_every_worker_count(
         assert stats["system_prompts"]["distinct"] == 3
         assert [p["tokens"] for p in stats["system_prompts"]["most_shared"]] == [64] * 3
     assert small_chunks == [2, 4]
+
+
+def test_stats_figures_are_the_same_for_every_worker_count(small_chunks, tmp_path, run):
+    rows = []
+    for i in range(500):
+        row = {"messages": [{"role": "system", "content": f"system {i % 3}"},
+                            {"role": "user", "content": f"question {i} " + "more " * (i % 13)}]}
+        if i % 4 == 0:
+            row["session_id"] = f"s{i % 7}"
+        rows.append(row)
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    reports = []
+    for workers in ("1", "2", "4"):
+        result = run("stats", source, "--tokenizer", "cl100k_base", "--workers", workers,
+                     "--json")
+        assert result.exit_code == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["records"] == 500 and reports[0]["system_prompts"]["distinct"] == 3
