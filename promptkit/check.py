@@ -94,17 +94,19 @@ class Prompts:
             return out
         return self.tokenizer.encode_batch([render(chat, self.template) for chat in chats])
 
-    def header_tokens(self) -> int:
-        """Tokens the template puts before the first message's content."""
+    def header_tokens(self, record: Record) -> int:
+        """Tokens the template puts before the first content of ``record`` (the roles
+        matter: Qwen2.5 adds its default system prompt only when there is none)."""
         if self.tokenizer is None:
             return 0
+        roles = [m.role or "user" for m in record.messages] or ["user"]
+        chat = [(roles[0], _PROBE)] + [(role, "x") for role in roles[1:]]
         if self.hf_template is not None:
-            ids = self.hf_template.apply_chat_template(
-                [{"role": "user", "content": _PROBE}], tokenize=False,
-                add_generation_prompt=True)
-            text = str(ids)
+            text = str(self.hf_template.apply_chat_template(
+                [{"role": r, "content": t} for r, t in chat], tokenize=False,
+                add_generation_prompt=True))
         else:
-            text = render([("user", _PROBE)], self.template)
+            text = render(chat, self.template)
         return len(self.tokenizer.encode(text[:text.index(_PROBE)]))
 
 
@@ -166,6 +168,7 @@ class Report:
     records: int = 0
     hash_ids: bool = False
     header_tokens: int | None = None
+    salted: int = 0  # records with a cache_salt
     hits: array = field(default_factory=lambda: array("q"))
     lengths: array = field(default_factory=lambda: array("q"))
     first_difference: array = field(default_factory=lambda: array("q"))
@@ -216,7 +219,7 @@ class Report:
             fills = self.header_tokens >= self.block_size
             out["template_header_tokens"] = self.header_tokens
             out["template_header_fills_a_block"] = fills
-            if fills:
+            if fills and self.salted < self.records:
                 out["warning"] = (
                     f"the chat template puts {self.header_tokens} shared tokens before the "
                     f"first content, a full block of {self.block_size}: every request hits "
@@ -255,7 +258,8 @@ def check_records(records: Iterable[Record], *, options: CheckOptions,
         if tokenizer is None:
             raise CheckError("text records need --tokenizer (what the server tokenizes with)")
         prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec)
-        report.header_tokens = prompts.header_tokens() if options.chat_template != "none" else 0
+        report.header_tokens = (prompts.header_tokens(first)
+                                if options.chat_template != "none" else 0)
     cache: Any = (VllmCache(block_size, options.capacity_tokens) if options.engine == "vllm"
                   else SglangCache(options.capacity_tokens))
     entries: list[_Entry] = []
@@ -267,6 +271,7 @@ def check_records(records: Iterable[Record], *, options: CheckOptions,
             entry, lead = _entry(record, hash_ids, toks, cache)
             entries.append(entry)
             report.records += 1
+            report.salted += entry.salt is not None
             report.first_difference.append(_first_difference(earlier, lead, unit))
             report.prefixes[lead[:unit if hash_ids else unit * block_size]] += 1
     total = options.warmup + (len(entries) if options.requests is None else options.requests)

@@ -162,16 +162,33 @@ def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--copies", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Distinct nonce'd copies of each record, so long runs never "
                           "resend a prompt."),
+        click.option("--tokenizer", metavar="T",
+                     help="Count prompt tokens under T (as 'stats' does): the manifest gets "
+                          "the figures before and after the nonce."),
+        click.option("--keep-tokens", is_flag=True,
+                     help="With --tokenizer: take the nonce's tokens back out of the end of "
+                          "the last user message, so every prompt keeps its token count."),
     ]):
         func = decorator(func)
     return func
 
 
 def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
-               start_time: str | None, time_step_us: int, copies: int) -> Step:
+               start_time: str | None, time_step_us: int, copies: int,
+               tokenizer: str | None = None, keep_tokens: bool = False) -> Step:
     template = template.replace("\\n", "\n").replace("\\t", "\t")
     if "{nonce}" not in template:
         raise click.BadParameter("must contain {nonce}", param_hint="--template")
+    if keep_tokens and tokenizer is None:
+        raise click.UsageError("--keep-tokens needs --tokenizer (the tokens it keeps are "
+                               "counted under it)")
+    if tokenizer is not None:
+        from .tokenizers import cached_tokenizer
+
+        try:
+            cached_tokenizer(tokenizer)  # a bad name fails here, before anything is read
+        except PromptkitError as exc:
+            raise UserError(str(exc)) from None
     if start_time is not None:
         from .nonce import parse_time
 
@@ -182,6 +199,7 @@ def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
     return Step("nonce", nonce_params(
         kind=kind, seed=seed, at=at, template=template, length=length,
         start_time=start_time, time_step_us=time_step_us, copies=copies,
+        tokenizer=tokenizer, keep_tokens=keep_tokens,
     ))
 
 
@@ -916,10 +934,16 @@ def pipe_fit(**options: Any) -> Step:
 
 @pipe.command("check")
 @check_options
-def pipe_check(**options: Any) -> Step:
+@click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
+              help="Fail the whole pipe, writing nothing, when the predicted hit rate is "
+                   "above X.")
+def pipe_check(max_hit_rate: float | None, **options: Any) -> Step:
     """Predict the prefix-cache hits of the records at this point (options as 'promptkit
     check'); the report goes into the manifest."""
-    return Step("check", check_params(**options))
+    params = check_params(**options)
+    if max_hit_rate is not None:
+        params["max_hit_rate"] = max_hit_rate
+    return Step("check", params)
 
 
 @pipe.command("write")

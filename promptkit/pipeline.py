@@ -82,6 +82,13 @@ class Step:
     aiperf_args: list[str] = field(default_factory=list)
     #: Called with the number of records read, before anything is written.
     check: Callable[[int], None] | None = None
+    #: Set by :func:`run` for ``--skip-invalid``; a state with ``skip_invalid`` and
+    #: ``skipped`` then leaves out records its operation rejects (nonce --keep-tokens).
+    skip_invalid: bool = False
+    #: The state :meth:`new_state` last made in this process: after a run, what the
+    #: operation remembered of every record (a parallel run's chunks merge into it).
+    #: A state's ``report()`` joins ``info``; its ``skipped`` joins the manifest's.
+    state: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.op == "hash_trace" and not self.aiperf_args:
@@ -105,6 +112,7 @@ class Step:
 
         params = dict(self.params)
         spec = params.pop("tokenizer", None)
+        limit = params.pop("max_hit_rate", None)
         seen: list[Record] = []
 
         def tee() -> Iterator[Record]:
@@ -116,15 +124,22 @@ class Step:
         report = check_records(seen, options=CheckOptions(**params),
                                tokenizer=cached_tokenizer(spec) if spec else None,
                                tokenizer_spec=spec)
-        self.info["summary"] = report.summary()
+        self.info["summary"] = summary = report.summary()
+        if limit is not None and summary["hit_rate"] > limit:  # before anything is written
+            raise PromptkitError(f"predicted hit rate {summary['hit_rate']:.2%} is above "
+                                 f"--max-hit-rate {limit:.2%}; nothing written")
 
     def new_state(self) -> Any:
-        return STATES[self.op]()
+        self.state = STATES[self.op]()
+        if hasattr(self.state, "skip_invalid"):
+            self.state.skip_invalid = self.skip_invalid
+        return self.state
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": self.op, "params": self.params}
-        if self.info:
-            out["info"] = self.info
+        info = {**self.info, **(self.state.report() if hasattr(self.state, "report") else {})}
+        if info:
+            out["info"] = info
         return out
 
 
@@ -155,6 +170,8 @@ def run(
     output stays untouched.
     """
     workers = parallel.default_workers() if workers is None else workers
+    for step in steps:
+        step.skip_invalid = skip_invalid
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
@@ -263,7 +280,7 @@ def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
         source.before_read = sink.flush
     records: Iterable[Record] = source.records()
     for step in steps:
-        records = step.apply(records)
+        records = step.apply(records, step.new_state() if step.op in STATES else None)
     try:
         sink.write_all(records)
     except InvalidRecordError as exc:
@@ -275,7 +292,9 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
              steps: list[Step], argv: list[str] | None,
              generator: dict[str, Any] | None = None) -> dict[str, Any]:
     out_format = sink.format
-    skipped = sorted(skipped_reading + sink.skipped, key=_line_of)
+    skipped = sorted(skipped_reading + sink.skipped
+                     + [line for step in steps for line in getattr(step.state, "skipped", [])],
+                     key=_line_of)
     distinct = sink.distinct_records()
     return {
         "schema": manifest.SCHEMA,

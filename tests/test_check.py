@@ -149,6 +149,7 @@ def test_a_template_header_that_fills_a_block_is_reported(tmp_path, run):
     again = json.loads(run("check", salted, "--tokenizer", "cl100k_base", "--chat-template",
                            "llama3.1", "--json").stdout)
     assert again["hit_rate"] == 0
+    assert "warning" not in again  # every record has a salt: nothing to warn about
 
 
 def test_check_as_a_chain_stage_goes_into_the_manifest(tmp_path, run, single_turn):
@@ -224,3 +225,18 @@ def test_per_request_lines(tmp_path, run):
         {"request": 3, "record": 2, "prompt_tokens": 1100, "hit_tokens": 1024,
          "first_differing_block": 2},
     ]
+
+
+def test_a_pipe_check_guard_writes_nothing_when_the_rate_is_too_high(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "same prompt " * 10}] * 4)
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", source, "check", "--tokenizer", "cl100k_base",
+                 "--max-hit-rate", "0.1", "write", out)
+    assert result.exit_code == 1
+    assert "is above --max-hit-rate 10.00%; nothing written" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    fine = run("pipe", "read", source, "nonce", "--seed", "1", "check", "--tokenizer",
+               "cl100k_base", "--max-hit-rate", "0.1", "write", out)
+    assert fine.exit_code == 0, fine.stderr
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["steps"][1]["params"]["max_hit_rate"] == 0.1
