@@ -30,15 +30,21 @@ import sys
 import tempfile
 import time
 
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his "
-         "from at which but have an they you were her she there been one all we their "
-         "has would when if so no will more can out up what about into than them time "
-         "only could new some these two may first then do any like my now over such our "
-         "man me even most made after also did many before must through back years where "
-         "much your way well down should because each just those people how too little "
-         "state good very make world still own see men work long get here between both "
-         "life being under never day same another know while last might us great old "
-         "year off come since against go came right used take three").split()
+WORDS = (
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by",
+    "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
+    "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has",
+    "would", "when", "if", "so", "no", "will", "more", "can", "out", "up", "what", "about",
+    "into", "than", "them", "time", "only", "could", "new", "some", "these", "two", "may",
+    "first", "then", "do", "any", "like", "my", "now", "over", "such", "our", "man", "me",
+    "even", "most", "made", "after", "also", "did", "many", "before", "must", "through",
+    "back", "years", "where", "much", "your", "way", "well", "down", "should", "because",
+    "each", "just", "those", "people", "how", "too", "little", "state", "good", "very", "make",
+    "world", "still", "own", "see", "men", "work", "long", "get", "here", "between", "both",
+    "life", "being", "under", "never", "day", "same", "another", "know", "while", "last",
+    "might", "us", "great", "old", "year", "off", "come", "since", "against", "go", "came",
+    "right", "used", "take", "three",
+)
 
 
 def generate(path: str, records: int, words: int) -> None:

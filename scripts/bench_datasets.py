@@ -24,8 +24,10 @@ import sys
 import tempfile
 import time
 
-WORDS = ("the model server cache token prefix request latency batch queue memory "
-         "throughput decode prefill kernel tensor block").split()
+WORDS = (
+    "the", "model", "server", "cache", "token", "prefix", "request", "latency", "batch",
+    "queue", "memory", "throughput", "decode", "prefill", "kernel", "tensor", "block",
+)
 
 
 def make(path: str, rows: int) -> None:

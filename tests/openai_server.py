@@ -20,6 +20,8 @@ Endpoints:
 - ``GET /health``: ``{"status": "ok"}``.
 - ``GET /metrics``: an empty Prometheus exposition (clients that scrape
   server metrics get a valid, empty answer rather than a 404).
+- ``POST /reset_prefix_cache`` (vLLM) and ``POST /flush_cache`` (SGLang):
+  empty the prefix cache (:meth:`OpenAIServer.reset_cache`); any body or none.
 
 Every response carries a fixed short completion (``COMPLETION``) and a
 ``usage`` block whose ``prompt_tokens`` is a whitespace word count of the
@@ -69,6 +71,8 @@ from typing import Any
 HOST = "127.0.0.1"
 COMPLETION = "This is a short test reply."
 DEFAULT_MODEL = "test-model"
+#: Prefix-cache reset endpoints: vLLM's (dev mode) and SGLang's.
+RESET_PATHS = ("/reset_prefix_cache", "/flush_cache")
 
 
 @dataclass
@@ -362,6 +366,9 @@ class OpenAIServer:
                 return Response(body="", content_type="text/plain; version=0.0.4")
             return _error(HTTPStatus.NOT_FOUND, f"no route for GET {path}")
         if method == "POST":
+            if path in RESET_PATHS:  # recorded first, like every request: tests see when
+                self.reset_cache()
+                return Response(body={"status": "ok"})
             if not isinstance(body, dict):
                 return _error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
             if path == "/v1/chat/completions":
