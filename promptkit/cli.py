@@ -927,6 +927,7 @@ def pipe_pad(**options: Any) -> PendingStep:
 
 @pipe.command("fit")
 @fit_options
+@report
 def pipe_fit(**options: Any) -> Step:
     """Make every user text exactly N tokens (same options as 'promptkit fit')."""
     return fit_step(**options)
@@ -937,6 +938,7 @@ def pipe_fit(**options: Any) -> Step:
 @click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
               help="Fail the whole pipe, writing nothing, when the predicted hit rate is "
                    "above X.")
+@report
 def pipe_check(max_hit_rate: float | None, **options: Any) -> Step:
     """Predict the prefix-cache hits of the records at this point (options as 'promptkit
     check'); the report goes into the manifest."""

@@ -11,17 +11,23 @@ tokens, nearly a whole 16-token cache block.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
+from array import array
 from base64 import b32encode
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .errors import InvalidRecordError
+from .fit import _prefix_end
+from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Message, Record, prepend_text
+from .stats import Stats, message_texts
+from .tokenizers import Tokenizer, cached_tokenizer
 
 KINDS = ("uuid", "timestamp", "random")
 POSITIONS = ("start", "system", "user", "every-turn", "salt")
@@ -123,6 +129,14 @@ class NonceState:
     started: set[str] = field(default_factory=set)  # sessions whose first line was seen
     user_done: set[str] = field(default_factory=set)  # sessions whose user turn has a nonce
     salts: dict[str, str] = field(default_factory=dict)
+    #: With a tokenizer: its name, and each record's prompt tokens before its nonce (one
+    #: entry a record passed on: the manifest's figures from before the step).
+    tokenizer: str | None = None
+    tokens_before: array = field(default_factory=lambda: array("I"))
+    #: ``--skip-invalid`` (set by the pipeline): a record too short to give up the nonce's
+    #: tokens is left out and listed in ``skipped`` (``"LINE: problem"``), not an error.
+    skip_invalid: bool = False
+    skipped: list[str] = field(default_factory=list)
 
     def overlaps(self, later: NonceState) -> bool:
         """Whether ``later`` (a chunk run on its own) continued a session begun here."""
@@ -132,6 +146,21 @@ class NonceState:
         self.started |= later.started
         self.user_done |= later.user_done
         self.salts.update(later.salts)
+        self.tokenizer = self.tokenizer or later.tokenizer
+        self.tokens_before.extend(later.tokens_before)
+        self.skipped += later.skipped
+
+    def report(self) -> dict[str, Any]:
+        """What the manifest records beside the step's parameters: with a tokenizer, the
+        prompt-token figures of the records before their nonces (the output's
+        ``token_stats`` are the figures after)."""
+        if self.tokenizer is None:
+            return {}
+        summary = Stats(records=len(self.tokens_before), tokens=self.tokens_before).summary()
+        before = {"tokenizer": self.tokenizer, "records": summary["records"]}
+        if "prompt_tokens" in summary:
+            before["prompt_tokens"] = summary["prompt_tokens"]
+        return {"token_stats_before": before}
 
 
 def add_nonces(
@@ -146,6 +175,8 @@ def add_nonces(
     time_step_us: int = DEFAULT_TIME_STEP_US,
     copies: int = 1,
     first_index: int = 0,
+    tokenizer: str | None = None,
+    keep_tokens: bool = False,
     state: NonceState | None = None,
 ) -> Iterator[Record]:
     """Give every record a unique nonce (``copies`` distinct nonce'd copies of each).
@@ -165,8 +196,45 @@ def add_nonces(
     ``i * copies + c``. So a shard of records gets the same nonces as a sequential
     run over all of them.
 
+    With ``tokenizer``, each record's prompt tokens under it before the nonce (the sum
+    over its message texts, as ``stats`` counts them) go into ``state.tokens_before``.
+    With ``keep_tokens`` too, the nonce's tokens are taken back out of the end of the
+    last user message's last text (a nonce at its start stays whole), cut as ``fit``
+    cuts, so the record has exactly as many tokens as before. A record whose last user
+    text cannot give them up without losing all of its own text is an
+    :class:`InvalidRecordError` (or, with ``state.skip_invalid``, left out and listed in
+    ``state.skipped``). A ``cache_salt`` or a fresh hash id costs no prompt tokens.
+
     Records are modified in place (copies beyond the first are new records).
     """
+    if keep_tokens and tokenizer is None:
+        raise ValueError("keep_tokens needs a tokenizer")
+    state = state if state is not None else NonceState()
+    options: dict[str, Any] = {
+        "kind": kind, "seed": seed, "at": at, "template": template, "length": length,
+        "start_time": start_time, "time_step_us": time_step_us, "copies": copies,
+    }
+    if tokenizer is None:
+        yield from _nonced(records, first_index=first_index, state=state, **options)
+    else:
+        yield from _counted(records, tokenizer, keep_tokens, first_index, state, options)
+
+
+def _nonced(
+    records: Iterable[Record],
+    *,
+    kind: str,
+    seed: int,
+    at: str,
+    template: str,
+    length: int,
+    start_time: str | None,
+    time_step_us: int,
+    copies: int,
+    first_index: int,
+    state: NonceState,
+) -> Iterator[Record]:
+    """:func:`add_nonces` without a tokenizer."""
     if at not in POSITIONS:
         raise ValueError(f"unknown position {at!r}; choose from {', '.join(POSITIONS)}")
     if "{nonce}" not in template:
@@ -177,7 +245,6 @@ def add_nonces(
                        time_step_us=time_step_us)
     before, _, after = template.partition("{nonce}")
     make = maker.make
-    state = state if state is not None else NonceState()
     started, user_done, salts = state.started, state.user_done, state.salts
 
     if copies == 1 and at == "start":  # the common case, kept lean
@@ -253,6 +320,134 @@ def add_nonces(
             yield record
 
 
+def _counted(records: Iterable[Record], tokenizer: str, keep_tokens: bool, first_index: int,
+             state: NonceState, options: dict[str, Any]) -> Iterator[Record]:
+    """:func:`add_nonces` with a tokenizer: one record at a time (nonces are
+    index-addressed, so this gives the nonces of one run over all of them)."""
+    encoder = cached_tokenizer(tokenizer)
+    state.tokenizer = encoder.name
+    copies, seed = options["copies"], options["seed"]
+    counts: dict[str, int] = {}  # a record's texts' tokens: most texts are the same after
+
+    def count(text: str) -> int:
+        known = counts.get(text)
+        if known is None:
+            known = counts[text] = len(encoder.encode(text))
+        return known
+
+    for position, record in enumerate(records, start=first_index):
+        counts.clear()
+        tokens = _prompt_tokens(record, count)
+        base = record.index if record.index is not None else position
+        user = _last_user(record)
+        own = _last_text(user.content) if user is not None else None
+        batch = list(_nonced([record], first_index=position, state=state, **options))
+        if keep_tokens:
+            try:
+                for c, out in enumerate(batch):
+                    draw = hashlib.blake2b(f"{seed}:{base * copies + c}".encode(),
+                                           digest_size=8).digest()
+                    _give_back(out, tokens, own, count, encoder,
+                               filler_words(int.from_bytes(draw)))
+            except InvalidRecordError as exc:
+                if not state.skip_invalid:
+                    raise
+                state.skipped.append(f"{exc.lineno}: {exc.problem}")
+                continue
+        for out in batch:
+            state.tokens_before.append(tokens)
+            yield out
+
+
+def _prompt_tokens(record: Record, count: Callable[[str], int]) -> int:
+    """A record's prompt tokens as ``stats`` counts them (a hash-id record: its
+    ``input_length``)."""
+    if not record.messages:
+        return record.input_length or 0
+    return sum(count(text) for text in message_texts(record))
+
+
+def _give_back(record: Record, tokens: int, own: str | None, count: Callable[[str], int],
+               encoder: Tokenizer, words: Iterator[str]) -> None:
+    """Cut the end of the last user message's last text so that ``record`` has
+    ``tokens`` prompt tokens again; ``own`` is that text before the nonce."""
+    if not record.messages:
+        return
+    give = _prompt_tokens(record, count) - tokens
+    if give == 0:
+        return
+    user = _last_user(record)
+    text = _last_text(user.content) if user is not None else None
+    if user is None or text is None:
+        raise InvalidRecordError(f"no user text to give up {give} tokens for the nonce "
+                                 "(--keep-tokens)", lineno=record.lineno)
+    own = own or ""
+    kept = len(text) - len(own) if text.endswith(own) else len(text)  # the nonce stays whole
+    ids = encoder.encode(text)
+    target = len(ids) - give
+    end = _prefix_end(text, ids, target, encoder) if target > 0 else 0
+    cut = None
+    if end > kept:  # else nothing of the text itself would be left
+        with contextlib.suppress(PadError):  # no exact count from this cut (rare)
+            cut = exact_text(text[:end], target, encoder, words, separator="")
+    if cut is None:
+        raise InvalidRecordError(
+            f"too short to give up {give} tokens for the nonce (its last user text has "
+            f"{count(own)}; --keep-tokens)", lineno=record.lineno)
+    user.content = _with_last_text(user.content, cut)
+
+
+def _last_user(record: Record) -> Message | None:
+    for message in reversed(record.messages):
+        if message.role in USER_ROLES:
+            return message
+    return None
+
+
+def _last_text(content: Any) -> str | None:
+    """The last of a content's texts, in the order ``stats.message_texts`` counts them."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        for part in reversed(content):
+            if isinstance(part, str):
+                return part
+            if isinstance(part, dict):
+                if isinstance(part.get("text"), str):
+                    return part["text"]
+                contents = part.get("contents")
+                if isinstance(contents, list):
+                    texts = [t for t in contents if isinstance(t, str)]
+                    if texts:
+                        return texts[-1]
+    return None
+
+
+def _with_last_text(content: Any, text: str) -> Any:
+    """``content`` with its last text (see :func:`_last_text`) replaced by ``text``."""
+    if isinstance(content, str):
+        return text
+    parts = list(content)
+    for i in range(len(parts) - 1, -1, -1):
+        part = parts[i]
+        if isinstance(part, str):
+            parts[i] = text
+            return parts
+        if isinstance(part, dict):
+            if isinstance(part.get("text"), str):
+                parts[i] = {**part, "text": text}
+                return parts
+            contents = part.get("contents")
+            if isinstance(contents, list):
+                where = [j for j, t in enumerate(contents) if isinstance(t, str)]
+                if where:
+                    contents = list(contents)
+                    contents[where[-1]] = text
+                    parts[i] = {**part, "contents": contents}
+                    return parts
+    raise AssertionError("no text to replace")
+
+
 def _first_user(record: Record, *, required: bool) -> Message | None:
     for message in record.messages:
         if message.role in USER_ROLES:
@@ -307,6 +502,9 @@ def nonce_params(**params: Any) -> dict[str, Any]:
         "time_step_us": DEFAULT_TIME_STEP_US, "copies": 1, "first_index": 0,
     }
     full.update(params)
+    for key in ("tokenizer", "keep_tokens"):  # only when used: plain runs keep their shape
+        if not full.get(key, True):
+            del full[key]
     if full.get("seed") is None:
         full["seed"] = new_seed()
     if full["kind"] == "timestamp" and full["start_time"] is None:

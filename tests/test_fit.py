@@ -162,3 +162,11 @@ def test_bad_fit_input_is_one_line_exit_1_nothing_written(rows_, args, problem, 
     assert len(result.stderr.splitlines()) == 1 and problem in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
     assert (tmp_path / "out.jsonl").read_text() == "old\n"
+
+
+def test_a_pipe_stage_error_is_one_line_too(tmp_path, run, single_turn):
+    result = run("pipe", "read", single_turn, "fit", "--tokens", "5", "--tokenizer", "nope",
+                 "write", tmp_path / "out.jsonl")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("unknown tokenizer 'nope'")
+    assert len(result.stderr.splitlines()) == 1
