@@ -284,8 +284,12 @@ def _slow_writer(path: Path, records: int) -> None:
 def test_an_interrupted_run_leaves_no_partial_output(sig, tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
+    # A test run started in the background (cmd &) inherits SIGINT ignored; a user's
+    # Ctrl-C reaches a foreground process, so give the child the default disposition.
     with subprocess.Popen([*PROMPTKIT, "nonce", "-", str(out), "--seed", "1"],
-                          stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+                          stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+                          ) as proc:
         for i in range(5000):  # records flow and reach the temporary file
             proc.stdin.write(json.dumps({"text": f"p{i}" * 50}).encode() + b"\n")
         proc.stdin.flush()
