@@ -242,49 +242,94 @@ def check_records(records: Iterable[Record], *, options: CheckOptions,
                   tokenizer: Tokenizer | None = None,
                   tokenizer_spec: str | None = None) -> Report:
     """Replay ``records`` through the simulated cache; the report of the profiled run."""
-    if options.engine not in ENGINES:
-        raise CheckError(f"unknown engine {options.engine!r}; choose from {', '.join(ENGINES)}")
-    if options.block_size is not None and options.block_size < 1:
-        raise CheckError(f"block size must be at least 1, not {options.block_size}")
     iterator = iter(records)
     first = next(iterator, None)
     if first is None:
         raise CheckError("no records to check")
-    hash_ids = not first.messages
-    block_size = options.block_size or (HASH_BLOCK_SIZE if hash_ids else TEXT_BLOCK_SIZE)
-    report = Report(options, block_size, hash_ids=hash_ids)
-    prompts = None
-    if not hash_ids:
-        if tokenizer is None:
-            raise CheckError("text records need --tokenizer (what the server tokenizes with)")
-        prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec)
-        report.header_tokens = (prompts.header_tokens(first)
-                                if options.chat_template != "none" else 0)
-    cache: Any = (VllmCache(block_size, options.capacity_tokens) if options.engine == "vllm"
-                  else SglangCache(options.capacity_tokens))
-    entries: list[_Entry] = []
-    earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
-    unit = 8 if hash_ids else 4
-    for batch in _batches(_chain(first, iterator)):
-        prompt_tokens = prompts.tokens(_texts_only(batch)) if prompts is not None else batch
-        for record, toks in zip(batch, prompt_tokens, strict=True):
-            entry, lead = _entry(record, hash_ids, toks, cache)
+    setup = Setup(first, options, tokenizer, tokenizer_spec)
+    return setup.replay(setup.entries(_chain(first, iterator)))
+
+
+class Setup:
+    """What a check needs before its records: the kind of file (text or hash ids), the
+    block size, the tokenizer and template, and an empty report."""
+
+    def __init__(self, first: Record, options: CheckOptions, tokenizer: Tokenizer | None,
+                 tokenizer_spec: str | None):
+        if options.engine not in ENGINES:
+            raise CheckError(f"unknown engine {options.engine!r}; choose from "
+                             f"{', '.join(ENGINES)}")
+        if options.block_size is not None and options.block_size < 1:
+            raise CheckError(f"block size must be at least 1, not {options.block_size}")
+        self.options = options
+        self.hash_ids = not first.messages
+        self.block_size = options.block_size or (
+            HASH_BLOCK_SIZE if self.hash_ids else TEXT_BLOCK_SIZE)
+        self.report = Report(options, self.block_size, hash_ids=self.hash_ids)
+        self.prompts: Prompts | None = None
+        if not self.hash_ids:
+            if tokenizer is None:
+                raise CheckError("text records need --tokenizer (what the server tokenizes "
+                                 "with)")
+            self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec)
+            self.report.header_tokens = (self.prompts.header_tokens(first)
+                                         if options.chat_template != "none" else 0)
+        self.cache: Any = (VllmCache(self.block_size, options.capacity_tokens)
+                           if options.engine == "vllm" else SglangCache(options.capacity_tokens))
+
+    def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Entry, bytes]]:
+        """What each record is to the cache, and its leading tokens (the part of a check
+        that needs no order: worker processes can do it chunk by chunk)."""
+        for batch in _batches(iter(records)):
+            tokens = (self.prompts.tokens(_texts_only(batch)) if self.prompts is not None
+                      else batch)
+            for record, toks in zip(batch, tokens, strict=True):
+                yield _entry(record, self.hash_ids, toks, self.cache)
+
+    def replay(self, pairs: Iterable[tuple[_Entry, bytes]]) -> Report:
+        """The records in order, then the run a client makes of them."""
+        report, options, cache = self.report, self.options, self.cache
+        entries: list[_Entry] = []
+        earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
+        unit = 8 if self.hash_ids else 4
+        for entry, lead in pairs:
             entries.append(entry)
             report.records += 1
             report.salted += entry.salt is not None
             report.first_difference.append(_first_difference(earlier, lead, unit))
-            report.prefixes[lead[:unit if hash_ids else unit * block_size]] += 1
-    total = options.warmup + (len(entries) if options.requests is None else options.requests)
-    for n in range(total):
-        entry = entries[n % len(entries)]
-        if options.engine == "vllm":
-            hit = cache.request_blocks(entry.key, entry.length)
-        else:
-            hit = cache.request(entry.key, entry.salt)
-        if n >= options.warmup:
-            report.hits.append(hit)
-            report.lengths.append(entry.length)
-    return report
+            report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
+        total = options.warmup + (len(entries) if options.requests is None
+                                  else options.requests)
+        for n in range(total):
+            entry = entries[n % len(entries)]
+            if options.engine == "vllm":
+                hit = cache.request_blocks(entry.key, entry.length)
+            else:
+                hit = cache.request(entry.key, entry.salt)
+            if n >= options.warmup:
+                report.hits.append(hit)
+                report.lengths.append(entry.length)
+        return report
+
+
+def entries_of_chunk(chunk: bytes, first_lineno: int, fmt: str, name: str,
+                     setup: Setup, skip_invalid: bool
+                     ) -> tuple[list[tuple[_Entry, bytes]], int, list[str]]:
+    """:meth:`Setup.entries` of one chunk of JSONL lines (in a worker process)."""
+    from .formats import get_format
+    from .streams import Counter, parse_lines
+
+    skipped: list[str] = []
+
+    def on_invalid(exc: InvalidRecordError) -> None:
+        if not skip_invalid:
+            raise exc
+        skipped.append(f"{exc.lineno}: {exc.problem}")
+
+    read = Counter()
+    records = parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
+                          on_invalid, read)
+    return list(setup.entries(records)), read.count, skipped
 
 
 def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:

@@ -540,12 +540,15 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
                    "tokens, and where that record first differs from all before it.")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that tokenize a large JSONL file, a chunk each (the cache is "
+                   "simulated in order: the same report for every value).")
 @dataset_options
 @report
 def check(input_path: str, from_format: str | None, as_json: bool,
           max_hit_rate: float | None, plot: str | None, per_request: str | None,
-          skip_invalid: bool,
-          seed: int | None, dataset: dict[str, Any], **options: Any) -> None:
+          skip_invalid: bool, seed: int | None, workers: int, dataset: dict[str, Any],
+          **options: Any) -> None:
     """Predict the prefix-cache hit rate a benchmark run of a file will see.
 
     \b
@@ -560,7 +563,8 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     tokenizer = params.pop("tokenizer")
     summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
                                   skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
-                                  per_request=per_request, plot=plot, **params)
+                                  per_request=per_request, plot=plot, workers=workers,
+                                  **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -605,7 +609,8 @@ def print_check(s: dict[str, Any]) -> None:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="R",
               help="Requests a second, for timestamps where records have none.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Threads for batch tokenization (default: one per CPU).")
+              help="Threads for batch tokenization in one process (default: one per CPU).")
+@workers_option
 @click.option("--from", "from_format", type=FORMAT_CHOICE,
               help="Input format (default: detected from the first record).")
 @click.option("--skip-invalid", is_flag=True,
@@ -616,9 +621,9 @@ def print_check(s: dict[str, Any]) -> None:
 @dataset_options
 @report
 def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: int,
-               rate: float | None, threads: int | None, from_format: str | None,
-               skip_invalid: bool, manifest_path: str | None, seed: int | None,
-               dataset: dict[str, Any]) -> None:
+               rate: float | None, threads: int | None, workers: int | None,
+               from_format: str | None, skip_invalid: bool, manifest_path: str | None,
+               seed: int | None, dataset: dict[str, Any]) -> None:
     """Turn text records into a mooncake_trace of hash ids: the prefix sharing, no text.
 
     \b
@@ -633,7 +638,8 @@ def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: in
                                "threads": threads})
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format="mooncake_trace", skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=1, dataset=with_seed(dataset, seed))
+                   manifest_path=manifest_path, workers=workers,
+                   dataset=with_seed(dataset, seed))
 
 
 @cli.group()

@@ -30,21 +30,31 @@ from .tokenizers import cached_tokenizer
 BATCH = 1024
 
 
+DIGEST = 16
+
+
+def block_digests(tokens: list[int], block_size: int, salt: str | None) -> bytes:
+    """The chained hash of each block of ``tokens`` (the last may be partial), joined."""
+    data = array("I", tokens).tobytes()
+    step = 4 * block_size
+    parent = hashlib.blake2b((salt or "").encode(), digest_size=DIGEST).digest()
+    out = []
+    for start in range(0, len(data), step):
+        parent = hashlib.blake2b(parent + data[start:start + step], digest_size=DIGEST).digest()
+        out.append(parent)
+    return b"".join(out)
+
+
 class HashIds:
     """Chained block hashes, numbered in order of first appearance."""
 
     def __init__(self) -> None:
         self.ids: dict[bytes, int] = {}
 
-    def of(self, tokens: list[int], block_size: int, salt: str | None) -> list[int]:
-        data = array("I", tokens).tobytes()
-        step = 4 * block_size
-        parent = hashlib.blake2b((salt or "").encode(), digest_size=16).digest()
-        out = []
-        for start in range(0, len(data), step):
-            parent = hashlib.blake2b(parent + data[start:start + step], digest_size=16).digest()
-            out.append(self.ids.setdefault(parent, len(self.ids)))
-        return out
+    def number(self, digests: bytes) -> list[int]:
+        ids = self.ids
+        return [ids.setdefault(digests[i:i + DIGEST], len(ids))
+                for i in range(0, len(digests), DIGEST)]
 
 
 def hash_trace_records(
@@ -60,12 +70,23 @@ def hash_trace_records(
     """The hash-id record of each text record, in order (see the module docstring)."""
     if block_size < 1:
         raise ValueError("block size must be at least 1")
-    encoder = cached_tokenizer(tokenizer)
     numbering = HashIds()
+    for record, digests in hashed_records(records, tokenizer=tokenizer, block_size=block_size,
+                                          rate=rate, threads=threads, first_index=first_index):
+        record.hash_ids = numbering.number(digests)
+        yield record
+
+
+def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int,
+                   rate: float | None, threads: int | None = None, first_index: int = 0
+                   ) -> Iterator[tuple[Record, bytes]]:
+    """Each record's hash-id record (ids not yet numbered) and its block digests: the
+    work that needs no order, so worker processes can do it chunk by chunk."""
+    encoder = cached_tokenizer(tokenizer)
     batch: list[Record] = []
     position = first_index
 
-    def flush() -> Iterator[Record]:
+    def flush() -> Iterator[tuple[Record, bytes]]:
         nonlocal position
         texts = ["".join(message_texts(r)) for r in batch]
         encoded = encoder.encode_batch(texts, threads) if threads else encoder.encode_batch(texts)
@@ -85,10 +106,9 @@ def hash_trace_records(
                 output_length=record.output_length,
                 extra=record.extra,
                 input_length=len(tokens),
-                hash_ids=numbering.of(tokens, block_size, None if salt is None else str(salt)),
                 lineno=record.lineno,
                 index=record.index,
-            )
+            ), block_digests(tokens, block_size, None if salt is None else str(salt))
 
     for record in records:
         if not record.messages:
@@ -100,3 +120,26 @@ def hash_trace_records(
             batch = []
     if batch:
         yield from flush()
+
+
+def hashed_chunk(chunk: bytes, first_lineno: int, fmt: str, name: str, params: dict[str, Any],
+                 skip_invalid: bool) -> tuple[list[tuple[Record, bytes]], int, list[str]]:
+    """:func:`hashed_records` of one chunk of JSONL lines (in a worker process): the
+    records with their digests, the records read, and the skipped lines."""
+    from .formats import get_format
+    from .streams import Counter, parse_lines
+
+    skipped: list[str] = []
+
+    def on_invalid(exc: InvalidRecordError) -> None:
+        if not skip_invalid:
+            raise exc
+        skipped.append(f"{exc.lineno}: {exc.problem}")
+
+    read = Counter()
+    records = parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
+                          on_invalid, read)
+    out = list(hashed_records(records, tokenizer=params["tokenizer"],
+                              block_size=params["block_size"], rate=params.get("rate"),
+                              threads=1))
+    return out, read.count, skipped

@@ -194,6 +194,10 @@ def run(
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
                     facts = parallel.run_file(input_path, job, sink, workers, bar)
+            elif (len(steps) == 1 and steps[0].op == "hash_trace" and isinstance(source, Source)
+                  and parallel.can_run_parallel(input_path, workers)):
+                facts = _hash_trace_in_workers(source, input_path, steps[0], sink, workers,
+                                               skip_invalid)
             else:
                 if isinstance(source, Source):
                     source.on_read = bar.advance
@@ -271,6 +275,33 @@ def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
     if fmt.name in TABLE_FORMATS:
         return TableSink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
     return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
+
+
+def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | TableSink,
+                           workers: int, skip_invalid: bool) -> parallel.InputFacts:
+    """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
+    numbered here, in file order (so the bytes are those of one process)."""
+    from .hashtrace import HashIds, hashed_chunk
+
+    source.close()
+    facts = parallel.InputFacts()
+    numbering = HashIds()
+    args = (source.format.name, source.name, step.params, skip_invalid)
+
+    def records() -> Iterator[Record]:
+        for part, read, skipped in parallel.map_chunks(path, hashed_chunk, args, workers,
+                                                       facts.sha256):
+            facts.records_read += read
+            facts.skipped += skipped
+            for record, digests in part:
+                record.hash_ids = numbering.number(digests)
+                yield record
+
+    try:
+        sink.write_all(records())
+    except InvalidRecordError as exc:
+        raise (exc.located(source.name) if exc.path is None else exc) from None
+    return facts
 
 
 def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
@@ -482,7 +513,8 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
 def check_file(input_path: str, *, from_format: str | None = None,
                tokenizer: str | None = None, skip_invalid: bool = False,
                dataset: dict[str, Any] | None = None, per_request: str | None = None,
-               plot: str | None = None, **options: Any) -> dict[str, Any]:
+               plot: str | None = None, workers: int | None = None,
+               **options: Any) -> dict[str, Any]:
     """The predicted prefix-cache hits of sending a file's records (see
     :mod:`promptkit.check`), as a dict; ``per_request`` names a JSONL file to get one
     line a profiled request."""
@@ -490,10 +522,15 @@ def check_file(input_path: str, *, from_format: str | None = None,
     from .tokenizers import cached_tokenizer
 
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
+    loaded = cached_tokenizer(tokenizer) if tokenizer else None
     try:
-        report = check_records(source.records(), options=CheckOptions(**options),
-                               tokenizer=cached_tokenizer(tokenizer) if tokenizer else None,
-                               tokenizer_spec=tokenizer)
+        if (workers is not None and isinstance(source, Source)
+                and parallel.can_run_parallel(input_path, workers)):
+            report = _check_in_workers(source, input_path, CheckOptions(**options), loaded,
+                                       tokenizer, skip_invalid, workers)
+        else:
+            report = check_records(source.records(), options=CheckOptions(**options),
+                                   tokenizer=loaded, tokenizer_spec=tokenizer)
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
@@ -531,6 +568,31 @@ def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_inv
         source.count += read
         source.skipped += skipped
     return total
+
+
+def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
+                      spec: str | None, skip_invalid: bool, workers: int) -> Any:
+    """``check`` of a large file: workers tokenize and hash chunks; the cache is
+    simulated here, in file order (the same report as one process)."""
+    from .check import Setup, entries_of_chunk
+
+    first = next(source.records(), None)  # from the lines already read to detect the format
+    source.close()
+    if first is None:
+        raise PromptkitError(f"{source.name}: empty file: no records")
+    setup = Setup(first, options, tokenizer, spec)
+    source.sha256 = hashlib.sha256()
+    source.count = 0
+    args = (source.format.name, source.name, setup, skip_invalid)
+
+    def pairs() -> Iterator[Any]:
+        for part, read, skipped in parallel.map_chunks(path, entries_of_chunk, args, workers,
+                                                       source.sha256):
+            source.count += read
+            source.skipped += skipped
+            yield from part
+
+    return setup.replay(pairs())
 
 
 def system_prompts(input_path: str, from_format: str | None = None,

@@ -125,3 +125,34 @@ def test_stats_figures_are_the_same_for_every_worker_count(small_chunks, tmp_pat
         reports.append(json.loads(result.stdout))
     assert reports[0] == reports[1] == reports[2]
     assert reports[0]["records"] == 500 and reports[0]["system_prompts"]["distinct"] == 3
+
+
+def test_hash_trace_is_the_same_bytes_for_every_worker_count(small_chunks, tmp_path, run):
+    rows = [{"text": ("shared opening words " * (i % 5)) + f"request {i} " + "tail " * (i % 9),
+             "timestamp": i * 10} for i in range(400)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    made = {}
+    for workers in ("1", "2", "4"):
+        out = tmp_path / f"trace{workers}.jsonl"
+        result = run("hash-trace", source, out, "--tokenizer", "cl100k_base", "--block-size",
+                     "4", "--workers", workers)
+        assert result.exit_code == 0, result.stderr
+        manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+        made[workers] = (out.read_bytes(), manifest["inputs"], manifest["output"]["records"])
+    assert made["1"] == made["2"] == made["4"]
+    assert made["1"][2] == 400
+
+
+def test_check_reports_the_same_for_every_worker_count(small_chunks, tmp_path, run):
+    rows = [{"text": ("a shared system preamble " * (i % 4)) + f"question {i}"}
+            for i in range(300)]
+    rows += rows[:40]  # repeats hit
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    reports = []
+    for workers in ("1", "2", "4"):
+        result = run("check", source, "--tokenizer", "cl100k_base", "--block-size", "4",
+                     "--workers", workers, "--requests", "400", "--json")
+        assert result.exit_code == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["records"] == 340 and reports[0]["hit_tokens"] > 0
