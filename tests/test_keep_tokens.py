@@ -303,7 +303,7 @@ def test_workers_give_the_same_bytes_skips_and_figures(at, small_chunks, tmp_pat
         data.append(row)
     source = write_jsonl(tmp_path / "in.jsonl", data)
     results = {}
-    for workers in (1, 2):
+    for workers in (1, 2, 4):
         out = tmp_path / f"out{workers}.jsonl"
         res = run("nonce", source, out, "--workers", str(workers), "--tokenizer", "cl100k_base",
                   "--keep-tokens", "--skip-invalid", "--seed", "5", "--at", at)
@@ -311,8 +311,8 @@ def test_workers_give_the_same_bytes_skips_and_figures(at, small_chunks, tmp_pat
         manifest = manifest_of(out)
         results[workers] = (out.read_bytes(), manifest["skipped"], manifest["token_stats"],
                             manifest["steps"][0]["info"])
-    assert small_chunks == [2]  # one worker runs in this process
-    assert results[1] == results[2]
+    assert small_chunks == [2, 4]  # one worker runs in this process
+    assert results[1] == results[2] == results[4]
     _, skipped, after, info = results[2]
     assert skipped["count"] > 0  # the short prompts, in every chunk
     assert info["token_stats_before"]["prompt_tokens"] == after["prompt_tokens"]
