@@ -28,7 +28,6 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class VllmCache:
@@ -195,15 +194,3 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
         i += 1
     return i
 
-
-def replay(cache: Any, prompts: Sequence[Any], *, requests: int | None = None,
-           warmup: int = 0) -> list[int]:
-    """Hit tokens of each profiled request when a client sends ``warmup`` then
-    ``requests`` prompts from ``prompts`` in order, wrapping around as AIPerf does."""
-    total = warmup + (len(prompts) if requests is None else requests)
-    hits = []
-    for n in range(total):
-        hit = cache.request(*prompts[n % len(prompts)])
-        if n >= warmup:
-            hits.append(hit)
-    return hits

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import mooncake_trace, read_jsonl, write_jsonl
 
-from promptkit.cache import SglangCache, VllmCache, replay
+from promptkit.cache import SglangCache, VllmCache
 
 
 def tokens(n: int, start: int = 1000) -> list[int]:
@@ -77,11 +77,17 @@ def test_sglang_salt_separates_namespaces():
 
 
 def test_replay_wraps_around_like_aiperf():
-    cache = VllmCache(4)
-    prompts = [(tokens(9, start=s),) for s in (0, 100, 200)]
-    hits = replay(cache, prompts, requests=9)
-    assert hits == [0, 0, 0, 8, 8, 8, 8, 8, 8]
-    assert replay(VllmCache(4), prompts, requests=3, warmup=3) == [8, 8, 8]
+    from promptkit.check import CheckOptions, check_records
+    from promptkit.records import Record
+
+    def trace():  # three records of 9 tokens: 2 full blocks of 4 each
+        return [Record(input_length=9, hash_ids=[10 * i, 10 * i + 1, 10 * i + 2], lineno=i + 1)
+                for i in range(3)]
+
+    report = check_records(trace(), options=CheckOptions(block_size=4, requests=9))
+    assert list(report.hits) == [0, 0, 0, 8, 8, 8, 8, 8, 8]
+    warm = check_records(trace(), options=CheckOptions(block_size=4, requests=3, warmup=3))
+    assert list(warm.hits) == [8, 8, 8]
 
 
 # ---------------------------------------------------------------- the command
