@@ -286,6 +286,10 @@ class Setup:
             for record, toks in zip(batch, tokens, strict=True):
                 yield _entry(record, self.hash_ids, toks, self.cache)
 
+    def entry_list(self, records: Iterable[Record]) -> list[tuple[_Entry, bytes]]:
+        """:meth:`entries` of a worker process's chunk, as a list to send back."""
+        return list(self.entries(records))
+
     def replay(self, pairs: Iterable[tuple[_Entry, bytes]]) -> Report:
         """The records in order, then the run a client makes of them."""
         report, options, cache = self.report, self.options, self.cache
@@ -310,26 +314,6 @@ class Setup:
                 report.hits.append(hit)
                 report.lengths.append(entry.length)
         return report
-
-
-def entries_of_chunk(chunk: bytes, first_lineno: int, fmt: str, name: str,
-                     setup: Setup, skip_invalid: bool
-                     ) -> tuple[list[tuple[_Entry, bytes]], int, list[str]]:
-    """:meth:`Setup.entries` of one chunk of JSONL lines (in a worker process)."""
-    from .formats import get_format
-    from .streams import Counter, parse_lines
-
-    skipped: list[str] = []
-
-    def on_invalid(exc: InvalidRecordError) -> None:
-        if not skip_invalid:
-            raise exc
-        skipped.append(f"{exc.lineno}: {exc.problem}")
-
-    read = Counter()
-    records = parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
-                          on_invalid, read)
-    return list(setup.entries(records)), read.count, skipped
 
 
 def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:

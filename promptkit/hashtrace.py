@@ -122,24 +122,10 @@ def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int
         yield from flush()
 
 
-def hashed_chunk(chunk: bytes, first_lineno: int, fmt: str, name: str, params: dict[str, Any],
-                 skip_invalid: bool) -> tuple[list[tuple[Record, bytes]], int, list[str]]:
-    """:func:`hashed_records` of one chunk of JSONL lines (in a worker process): the
-    records with their digests, the records read, and the skipped lines."""
-    from .formats import get_format
-    from .streams import Counter, parse_lines
-
-    skipped: list[str] = []
-
-    def on_invalid(exc: InvalidRecordError) -> None:
-        if not skip_invalid:
-            raise exc
-        skipped.append(f"{exc.lineno}: {exc.problem}")
-
-    read = Counter()
-    records = parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
-                          on_invalid, read)
-    out = list(hashed_records(records, tokenizer=params["tokenizer"],
-                              block_size=params["block_size"], rate=params.get("rate"),
-                              threads=1))
-    return out, read.count, skipped
+def hashed_list(records: Iterable[Record], params: dict[str, Any]
+                ) -> list[tuple[Record, bytes]]:
+    """:func:`hashed_records` of a worker process's chunk, with a hash-trace step's
+    parameters, in one thread, as a list to send back."""
+    return list(hashed_records(records, tokenizer=params["tokenizer"],
+                               block_size=params["block_size"], rate=params.get("rate"),
+                               threads=1))

@@ -15,11 +15,13 @@ import multiprocessing
 import os
 import tempfile
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidRecordError
 from .formats import get_format
+from .records import Record
 from .streams import Counter, Encoder, Sink, parse_lines
 
 CHUNK_BYTES = 4 << 20
@@ -117,13 +119,6 @@ def _work(offset: int, size: int, first_lineno: int) -> ChunkResult:
 def process_chunk(job: Job, chunk: bytes, first_lineno: int,
                   states: list[Any] | None = None) -> ChunkResult:
     """Parse, transform and encode the lines of one chunk (states: fresh unless given)."""
-    skipped: list[str] = []
-
-    def on_invalid(exc: InvalidRecordError) -> None:
-        if not job.skip_invalid:
-            raise exc
-        skipped.append(f"{exc.lineno}: {exc.problem}")
-
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
     if job.tokenizer is not None:
         from .stats import Tap
@@ -132,9 +127,8 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     if states is None:
         states = [step.new_state() for step in job.steps]
-    read = Counter()
-    batches = [(first_lineno, chunk.split(b"\n"))]
-    records = parse_lines(batches, get_format(job.in_format), job.name, on_invalid, read)
+    records, read, skipped = chunk_records(chunk, first_lineno, job.in_format, job.name,
+                                           job.skip_invalid)
     for step, state in zip(job.steps, states, strict=True):
         records = step.apply(records, state)
     try:
@@ -144,6 +138,23 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                        encoder.keys.tobytes(), states,
                        encoder.tap.stats if encoder.tap is not None else None)
+
+
+def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_invalid: bool
+                  ) -> tuple[Iterator[Record], Counter, list[str]]:
+    """The records of one chunk of whole lines (parsed as they are taken), a counter of
+    those read, and the skipped lines (``LINE: problem``) when skipping."""
+    skipped: list[str] = []
+
+    def on_invalid(exc: InvalidRecordError) -> None:
+        if not skip_invalid:
+            raise exc
+        skipped.append(f"{exc.lineno}: {exc.problem}")
+
+    read = Counter()
+    records = parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
+                          on_invalid, read)
+    return records, read, skipped
 
 
 def chunks(path: str, digest: Any) -> Any:
@@ -256,29 +267,33 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
 
 # ---------------------------------------------------------------- any function, chunk by chunk
 
-_mapper: tuple[str, Any, tuple[Any, ...]] | None = None
+_mapper: tuple[str, Any, tuple[Any, ...], tuple[str, str, bool]] | None = None
 
 
-def _init_map(path: str, fn: Any, args: tuple[Any, ...]) -> None:
+def _init_map(path: str, fn: Any, args: tuple[Any, ...], reading: tuple[str, str, bool]) -> None:
     global _mapper
-    _mapper = (path, fn, args)
+    _mapper = (path, fn, args, reading)
     keep_freed_memory()
 
 
-def _map_work(offset: int, size: int, first_lineno: int) -> Any:
+def _map_work(offset: int, size: int, first_lineno: int) -> tuple[Any, int, list[str]]:
     assert _mapper is not None
-    path, fn, args = _mapper
+    path, fn, args, (fmt, name, skip_invalid) = _mapper
     with open(path, "rb") as f:
         chunk = os.pread(f.fileno(), size, offset)
-    return fn(chunk, first_lineno, *args)
+    records, read, skipped = chunk_records(chunk, first_lineno, fmt, name, skip_invalid)
+    result = fn(records, *args)
+    return result, read.count, skipped
 
 
-def map_chunks(path: str, fn: Any, args: tuple[Any, ...], workers: int,
-               digest: Any) -> Any:
-    """``fn(chunk, first_lineno, *args)`` of each chunk of whole lines of ``path``, in
-    ``workers`` processes; the results in file order (``digest`` hashes the file)."""
+def map_records(path: str, fn: Any, args: tuple[Any, ...], workers: int, digest: Any, *,
+                fmt: str, name: str, skip_invalid: bool) -> Iterator[tuple[Any, int, list[str]]]:
+    """``fn(records, *args)`` of the records of each chunk of ``path``, in ``workers``
+    processes: ``(result, records read, skipped lines)`` of each chunk, in file order
+    (``digest`` hashes the file)."""
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_init_map, initargs=(path, fn, args)) as pool:
+    with context.Pool(workers, initializer=_init_map,
+                      initargs=(path, fn, args, (fmt, name, skip_invalid))) as pool:
         pending: deque[Any] = deque()
         for offset, size, lineno in chunks(path, digest):
             pending.append(pool.apply_async(_map_work, (offset, size, lineno)))

@@ -281,16 +281,16 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
                            workers: int, skip_invalid: bool) -> parallel.InputFacts:
     """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
     numbered here, in file order (so the bytes are those of one process)."""
-    from .hashtrace import HashIds, hashed_chunk
+    from .hashtrace import HashIds, hashed_list
 
     source.close()
     facts = parallel.InputFacts()
     numbering = HashIds()
-    args = (source.format.name, source.name, step.params, skip_invalid)
 
     def records() -> Iterator[Record]:
-        for part, read, skipped in parallel.map_chunks(path, hashed_chunk, args, workers,
-                                                       facts.sha256):
+        for part, read, skipped in parallel.map_records(
+                path, hashed_list, (step.params,), workers, facts.sha256,
+                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
             facts.records_read += read
             facts.skipped += skipped
             for record, digests in part:
@@ -556,14 +556,14 @@ def check_file(input_path: str, *, from_format: str | None = None,
 def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,
                       workers: int) -> Any:
     """Statistics of a large file, a chunk a worker process, merged in file order."""
-    from .stats import Stats, stats_of_chunk
+    from .stats import Stats, stats_of
 
     source.close()
     source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
     total = Stats()
-    args = (source.format.name, source.name, tokenizer, skip_invalid)
-    for part, read, skipped in parallel.map_chunks(path, stats_of_chunk, args, workers,
-                                                   source.sha256):
+    for part, read, skipped in parallel.map_records(
+            path, stats_of, (tokenizer,), workers, source.sha256,
+            fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
         total.merge(part)
         source.count += read
         source.skipped += skipped
@@ -574,7 +574,7 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
                       spec: str | None, skip_invalid: bool, workers: int) -> Any:
     """``check`` of a large file: workers tokenize and hash chunks; the cache is
     simulated here, in file order (the same report as one process)."""
-    from .check import Setup, entries_of_chunk
+    from .check import Setup
 
     first = next(source.records(), None)  # from the lines already read to detect the format
     source.close()
@@ -583,11 +583,11 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
     setup = Setup(first, options, tokenizer, spec)
     source.sha256 = hashlib.sha256()
     source.count = 0
-    args = (source.format.name, source.name, setup, skip_invalid)
 
     def pairs() -> Iterator[Any]:
-        for part, read, skipped in parallel.map_chunks(path, entries_of_chunk, args, workers,
-                                                       source.sha256):
+        for part, read, skipped in parallel.map_records(
+                path, setup.entry_list, (), workers, source.sha256,
+                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
             source.count += read
             source.skipped += skipped
             yield from part

@@ -190,25 +190,9 @@ def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads
                 shared.tokens = len(encoded[start]) if n else 0
 
 
-def stats_of_chunk(chunk: bytes, first_lineno: int, fmt: str, name: str,
-                   tokenizer: str | None, skip_invalid: bool) -> tuple[Stats, int, list[str]]:
-    """The statistics of one chunk of JSONL lines (for worker processes): the stats,
-    the records read and the skipped lines."""
-    from .errors import InvalidRecordError
-    from .formats import get_format
-    from .streams import Counter, parse_lines
+
+def stats_of(records: Iterable[Record], tokenizer: str | None) -> Stats:
+    """The statistics of ``records`` in one thread (a worker process's share)."""
     from .tokenizers import cached_tokenizer
 
-    skipped: list[str] = []
-
-    def on_invalid(exc: InvalidRecordError) -> None:
-        if not skip_invalid:
-            raise exc
-        skipped.append(f"{exc.lineno}: {exc.problem}")
-
-    read = Counter()
-    tap = Tap(cached_tokenizer(tokenizer) if tokenizer else None, threads=1)
-    for record in parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
-                              on_invalid, read):
-        tap.add(record)
-    return tap.finish(), read.count, skipped
+    return collect(records, cached_tokenizer(tokenizer) if tokenizer else None, threads=1)
