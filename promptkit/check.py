@@ -23,8 +23,7 @@ from typing import Any
 
 from .cache import SglangCache, VllmCache
 from .errors import InvalidRecordError, PromptkitError
-from .records import Record
-from .stats import message_texts
+from .records import Record, content_texts
 from .tokenizers import Tokenizer
 
 ENGINES = ("vllm", "sglang")
@@ -82,7 +81,7 @@ class Prompts:
     def tokens(self, records: list[Record]) -> list[list[int]]:
         """The prompt tokens of each record (tokenized as one batch, on threads)."""
         assert self.tokenizer is not None
-        chats = [[(m.role or "user", "".join(_texts(m.content))) for m in r.messages]
+        chats = [[(m.role or "user", "".join(content_texts(m.content))) for m in r.messages]
                  for r in records]
         if self.hf_template is not None:
             out = []
@@ -108,12 +107,6 @@ class Prompts:
         else:
             text = render(chat, self.template)
         return len(self.tokenizer.encode(text[:text.index(_PROBE)]))
-
-
-def _texts(content: Any) -> list[str]:
-    from .records import Message
-
-    return message_texts(Record(messages=[Message("user", content)]))
 
 
 def _hf_chat_template(spec: str | None) -> Any:

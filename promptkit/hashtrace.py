@@ -23,8 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import InvalidRecordError
-from .records import Record
-from .stats import message_texts
+from .records import Record, message_texts
 from .tokenizers import cached_tokenizer
 
 BATCH = 1024

@@ -25,8 +25,8 @@ from typing import Any
 from .errors import InvalidRecordError
 from .fit import _prefix_end
 from .pad import PadError, exact_text, filler_words
-from .records import USER_ROLES, Message, Record, prepend_text
-from .stats import Stats, message_texts
+from .records import USER_ROLES, Message, Record, content_texts, message_texts, prepend_text
+from .stats import Stats
 from .tokenizers import Tokenizer, cached_tokenizer
 
 KINDS = ("uuid", "timestamp", "random")
@@ -405,22 +405,9 @@ def _last_user(record: Record) -> Message | None:
 
 
 def _last_text(content: Any) -> str | None:
-    """The last of a content's texts, in the order ``stats.message_texts`` counts them."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        for part in reversed(content):
-            if isinstance(part, str):
-                return part
-            if isinstance(part, dict):
-                if isinstance(part.get("text"), str):
-                    return part["text"]
-                contents = part.get("contents")
-                if isinstance(contents, list):
-                    texts = [t for t in contents if isinstance(t, str)]
-                    if texts:
-                        return texts[-1]
-    return None
+    """The last of a content's texts, in the order they are counted."""
+    texts = content_texts(content)
+    return texts[-1] if texts else None
 
 
 def _with_last_text(content: Any, text: str) -> Any:

@@ -65,6 +65,29 @@ class Record:
         return bool(self.messages)
 
 
+def content_texts(content: Any) -> list[str]:
+    """Every text of a message content, in order: a string, or the text parts, AIPerf
+    ``texts`` strings and ``contents`` of a part list."""
+    if isinstance(content, str):
+        return [content]
+    texts: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict):
+                if isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif isinstance(part.get("contents"), list):
+                    texts.extend(t for t in part["contents"] if isinstance(t, str))
+    return texts
+
+
+def message_texts(record: Record) -> list[str]:
+    """Every text of a record's messages, in order (what promptkit counts tokens of)."""
+    return [text for message in record.messages for text in content_texts(message.content)]
+
+
 def first_text(content: Any) -> str | None:
     """The first text of a message content, or ``None`` if it has none."""
     if isinstance(content, str):

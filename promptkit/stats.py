@@ -15,29 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import Record, first_text
+from .records import Record, first_text, message_texts
 from .tokenizers import Tokenizer
 
 BATCH = 4096
-
-
-def message_texts(record: Record) -> list[str]:
-    """Every text of a record's messages, in order (content parts included)."""
-    texts = []
-    for message in record.messages:
-        content = message.content
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, str):
-                    texts.append(part)
-                elif isinstance(part, dict):
-                    if isinstance(part.get("text"), str):
-                        texts.append(part["text"])
-                    elif isinstance(part.get("contents"), list):
-                        texts.extend(t for t in part["contents"] if isinstance(t, str))
-    return texts
 
 
 @dataclass

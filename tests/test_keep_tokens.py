@@ -16,7 +16,7 @@ from promptkit import add_nonces, parallel
 from promptkit.errors import InvalidRecordError
 from promptkit.nonce import KINDS, NonceMaker, NonceState
 from promptkit.records import USER_ROLES, Message, Record
-from promptkit.stats import message_texts
+from promptkit.records import message_texts
 
 START = "2026-11-24T00:00:00Z"
 
