@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from promptkit import add_nonces, parallel
 from promptkit.errors import InvalidRecordError
 from promptkit.nonce import KINDS, NonceMaker, NonceState
-from promptkit.records import USER_ROLES, Message, Record
-from promptkit.records import message_texts
+from promptkit.records import USER_ROLES, Message, Record, message_texts
 
 START = "2026-11-24T00:00:00Z"
 
