@@ -49,3 +49,24 @@ def single_turn(tmp_path: Path) -> Path:
         {"text": "Tell me a joke.", "session_id": "s1", "extra": {"temperature": 0}},
         {"text": "Another one.", "session_id": "s1", "delay": 1000},
     ])
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few kilobytes, and workers even for small files, so tests see many.
+
+    Returns the worker counts the record-writing parallel path actually ran with.
+    """
+    from promptkit import parallel
+
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    calls: list[int] = []
+    real = parallel.run_file
+
+    def spy(path, job, sink, workers, *rest):
+        calls.append(workers)
+        return real(path, job, sink, workers, *rest)
+
+    monkeypatch.setattr(parallel, "run_file", spy)
+    return calls

@@ -113,6 +113,21 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def run_in_group(command: list[str], logs: Path, env: dict[str, str], cwd: Path) -> int | None:
+    """Run ``command`` in a process group of its own, output in ``logs/stdout.txt`` and
+    ``logs/stderr.txt``; its exit code, or None when it overran AIPERF_TIMEOUT_S. The
+    group (AIPerf and every service it starts) is ended either way."""
+    with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env, cwd=cwd, start_new_session=True)
+        try:
+            return proc.wait(timeout=AIPERF_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            kill_group(proc)
+
+
 def tail(path: Path, n: int = TAIL_LINES) -> str:
     if not path.exists():
         return f"<{path.name} missing>"
@@ -203,22 +218,7 @@ def run_aiperf(tmp_path: Path, server: OpenAIServer, aiperf_tmpdir: Path, input_
     logs = tmp_path / "logs"
     logs.mkdir()
     started = time.monotonic()
-    with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=aiperf_env(aiperf_tmpdir),
-            cwd=tmp_path,
-            start_new_session=True,  # one process group to kill on failure
-        )
-        try:
-            returncode: int | None = proc.wait(timeout=AIPERF_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        finally:
-            kill_group(proc)
+    returncode = run_in_group(command, logs, aiperf_env(aiperf_tmpdir), tmp_path)
     elapsed = time.monotonic() - started
 
     def explain() -> str:

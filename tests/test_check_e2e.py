@@ -32,13 +32,12 @@ import pytest
 import test_aiperf_profile
 from openai_server import OpenAIServer
 from test_aiperf_profile import (
-    AIPERF_TIMEOUT_S,
     EXAMPLE,
     aiperf_command,
     aiperf_env,
     diagnostics,
-    kill_group,
     run_aiperf,
+    run_in_group,
 )
 from tokenizer_dir import build_tokenizer_dir
 
@@ -221,16 +220,7 @@ def run_aiperf_with_warmup(tmp_path: Path, server: OpenAIServer, aiperf_tmpdir: 
     logs = tmp_path / "logs"
     logs.mkdir()
     started = time.monotonic()
-    with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=aiperf_env(aiperf_tmpdir), cwd=tmp_path,
-                                start_new_session=True)
-        try:
-            returncode: int | None = proc.wait(timeout=AIPERF_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        finally:
-            kill_group(proc)
+    returncode = run_in_group(command, logs, aiperf_env(aiperf_tmpdir), tmp_path)
 
     def explain() -> str:
         return diagnostics(command, returncode, logs, artifacts, aiperf_tmpdir, server)

@@ -12,7 +12,7 @@ from helpers import read_jsonl, write_jsonl
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from promptkit import add_nonces, parallel
+from promptkit import add_nonces
 from promptkit.errors import InvalidRecordError
 from promptkit.nonce import KINDS, NonceMaker, NonceState
 from promptkit.records import USER_ROLES, Message, Record, message_texts
@@ -274,22 +274,6 @@ def test_an_unknown_tokenizer_is_one_line(single_turn, tmp_path, run):
         assert result.exit_code == 1
         assert result.stderr.startswith("unknown tokenizer 'nope'")
         assert len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of a few kilobytes, and workers even for small files (as in test_parallel)."""
-    monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
-    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
-    calls: list[int] = []
-    real = parallel.run_file
-
-    def spy(path, job, sink, workers, *rest):
-        calls.append(workers)
-        return real(path, job, sink, workers, *rest)
-
-    monkeypatch.setattr(parallel, "run_file", spy)
-    return calls
 
 
 @pytest.mark.parametrize("at", ["start", "user"])

@@ -8,27 +8,6 @@ from pathlib import Path
 import pytest
 from helpers import mooncake_trace, write_jsonl
 
-from promptkit import parallel
-
-
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of a few kilobytes, and workers even for small files, so tests see many.
-
-    Yields the worker counts the parallel path actually ran with.
-    """
-    monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
-    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
-    calls: list[int] = []
-    real = parallel.run_file
-
-    def spy(path, job, sink, workers, *rest):
-        calls.append(workers)
-        return real(path, job, sink, workers, *rest)
-
-    monkeypatch.setattr(parallel, "run_file", spy)
-    return calls
-
 
 def outputs(run, source: Path, tmp_path: Path, *args: str, command: str = "nonce"
             ) -> dict[int, tuple]:

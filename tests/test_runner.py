@@ -34,8 +34,8 @@ from test_aiperf_profile import (
     EXAMPLE,
     aiperf_env,
     error_lines,
-    kill_group,
     read_texts,
+    run_in_group,
     tail,
 )
 from tokenizer_dir import build_tokenizer_dir
@@ -119,16 +119,8 @@ def run_runner(tmp_path: Path, tmpdir: Path, env_file: Path, *args: str,
     logs.mkdir()
     command = [sys.executable, str(RUNNER), "--env-file", str(env_file), *args]
     started = time.monotonic()
-    with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=env if env is not None else runner_env(tmpdir),
-                                cwd=tmp_path, start_new_session=True)
-        try:
-            returncode: int | None = proc.wait(timeout=AIPERF_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        finally:
-            kill_group(proc)
+    returncode = run_in_group(command, logs, env if env is not None else runner_env(tmpdir),
+                              tmp_path)
     assert returncode is not None, (f"runner timed out after {AIPERF_TIMEOUT_S}s\n"
                                     f"{tail(logs / 'stderr.txt')}")
     print(f"run_aiperf.py {' '.join(args)} took {time.monotonic() - started:.1f}s")
