@@ -62,8 +62,17 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def writable(path: str) -> None:
+    """Raise one line unless ``path`` can be written: its folder must exist. Checked
+    before a run starts, so a bad side-file path costs nothing and leaves nothing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ManifestError(f"{path}: folder {folder} does not exist")
+
+
 def write_text(path: str, text: str) -> None:
     """Write a text file atomically (temporary file, then rename)."""
+    writable(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     try:

@@ -186,6 +186,7 @@ def run(
         try:
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
+                manifest.writable(manifest_path)
             if (isinstance(source, Source) and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
@@ -246,6 +247,7 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     try:
         if manifest_path not in (None, STDIO):
             refuse_overwrite(manifest_path, [])
+            manifest.writable(manifest_path)
         sink.write_all(make(**params))
         sink.flush()
         result = describe([], [], sink, [], argv, generator)
@@ -482,6 +484,8 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     from . import stats
     from .tokenizers import load_tokenizer
 
+    if plot is not None:
+        manifest.writable(plot)
     loaded = load_tokenizer(tokenizer) if tokenizer else None
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
@@ -521,6 +525,9 @@ def check_file(input_path: str, *, from_format: str | None = None,
     from .check import CheckOptions, check_records
     from .tokenizers import cached_tokenizer
 
+    for path in (per_request, plot):
+        if path is not None:
+            manifest.writable(path)
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     try:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import PromptkitError
-from .manifest import put_in_place
+from .manifest import put_in_place, writable
 
 INSTALL = "--plot needs matplotlib: pip install 'promptkit[plot]'"
 
@@ -33,9 +33,8 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: str) -> None:
     """Write the PNG atomically: a temporary file beside ``path``, then a rename."""
+    writable(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise PromptkitError(f"{path}: folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png",
                                dir=folder)
     os.close(fd)

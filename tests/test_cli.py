@@ -415,3 +415,20 @@ def test_a_progress_bar_on_a_terminal_and_not_with_quiet(tmp_path):
     quiet = stderr_on_a_terminal(["--quiet", "nonce", str(source), "out2.jsonl"], tmp_path)
     assert "records" not in quiet.split("promptkit: wrote")[0]
     assert "promptkit: wrote 30000 records" in quiet
+
+
+@pytest.mark.parametrize("args", [
+    ["nonce", "{src}", "{tmp}/out.jsonl", "--manifest", "/nowhere/m.json"],
+    ["synth", "prefix-test", "{tmp}/out.jsonl", "--manifest", "/nowhere/m.json"],
+    ["check", "{src}", "--tokenizer", "cl100k_base", "--per-request", "/nowhere/r.jsonl"],
+    ["stats", "{src}", "--tokenizer", "cl100k_base", "--plot", "/nowhere/s.png"],
+])
+def test_a_side_file_in_a_missing_folder_is_one_line_and_nothing_is_written(
+        args, tmp_path, run, single_turn):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run(*[a.format(src=single_turn, tmp=tmp_path) for a in args])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("/nowhere/") and line.endswith("folder /nowhere does not exist")
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
