@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speedup of ``--workers 2`` over ``--workers 1`` for ``stats`` and ``hash-trace``, in one run.
+"""Speedup of ``--workers 2`` over ``--workers 1`` for stats, hash-trace and check; memory.
 
 Usage::
 
@@ -14,10 +14,14 @@ each (default 300, about 300 cl100k_base tokens; the generator of
 - the same with ``--threads 1`` (one process, one thread: strictly sequential),
 - ``promptkit stats ... --workers 2``,
 - ``promptkit hash-trace FILE OUT --tokenizer cl100k_base --workers 1`` and ``--workers 2``
-  (the two outputs are compared: they must be the same bytes).
+  (the two outputs are compared: they must be the same bytes),
+- ``promptkit check FILE --tokenizer cl100k_base --workers 1`` and ``--workers 2``.
 
+Each run's peak RSS is taken too (``ru_maxrss``: the largest of the run's processes,
+main or worker). For memory, the ``--workers 2`` runs are repeated once on a file of
+a third of the records: a peak that does not grow with the file is flat.
 Reports the medians and the speedups; the issue's target is at least 1.6x for
-N=2 over N=1 on a 2-CPU machine. Always exits 0: it is a report.
+N=2 over N=1 on a 2-CPU machine for stats and hash-trace. Always exits 0.
 """
 
 from __future__ import annotations
@@ -35,11 +39,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_check import generate  # noqa: E402
 
 
-def timed(args: list[str]) -> float:
+def timed(args: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one promptkit run in a fresh process."""
+    code = ("import resource, subprocess, sys; "
+            "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+            "sys.exit(r.returncode)")
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "promptkit", *args], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "promptkit",
+                           *args], check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, int(done.stdout.split()[-1]) / 1024
 
 
 def main() -> None:
@@ -50,42 +60,61 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         data = os.path.join(folder, "records.jsonl")
+        small = os.path.join(folder, "third.jsonl")
         generate(data, args.records, args.words)
+        generate(small, args.records // 3, args.words)
         print(f"{args.records:,} records, {os.path.getsize(data) / 2**20:.0f} MiB, "
               f"{os.cpu_count()} CPUs", flush=True)
         tok = ["--tokenizer", "cl100k_base"]
-        runs: dict[str, list[float]] = {}
-        outs = {n: os.path.join(folder, f"trace{n}.jsonl") for n in ("1", "2")}
-        for _ in range(args.repeat):
-            for name, command in (
-                ("stats --workers 1", ["stats", data, *tok, "--workers", "1"]),
-                ("stats --workers 1 --threads 1", ["stats", data, *tok, "--workers", "1",
+        outs = {n: os.path.join(folder, f"trace{n}.jsonl") for n in ("1", "2", "small")}
+
+        def commands(path: str, out: dict[str, str]) -> list[tuple[str, list[str]]]:
+            return [
+                ("stats --workers 1", ["stats", path, *tok, "--workers", "1"]),
+                ("stats --workers 1 --threads 1", ["stats", path, *tok, "--workers", "1",
                                                    "--threads", "1"]),
-                ("stats --workers 2", ["stats", data, *tok, "--workers", "2"]),
-                ("hash-trace --workers 1", ["hash-trace", data, outs["1"], *tok,
+                ("stats --workers 2", ["stats", path, *tok, "--workers", "2"]),
+                ("hash-trace --workers 1", ["hash-trace", path, out["1"], *tok,
                                             "--workers", "1"]),
-                ("hash-trace --workers 2", ["hash-trace", data, outs["2"], *tok,
+                ("hash-trace --workers 2", ["hash-trace", path, out["2"], *tok,
                                             "--workers", "2"]),
-            ):
-                for path in outs.values():  # hash-trace refuses nothing, but start clean
+                ("check --workers 1", ["check", path, *tok, "--workers", "1"]),
+                ("check --workers 2", ["check", path, *tok, "--workers", "2"]),
+            ]
+
+        runs: dict[str, list[float]] = {}
+        peaks: dict[str, float] = {}
+        for _ in range(args.repeat):
+            for name, command in commands(data, outs):
+                for path in outs.values():  # start each hash-trace on a clean name
                     if path in command and os.path.exists(path):
                         os.unlink(path)
-                runs.setdefault(name, []).append(timed(command))
+                seconds, peak = timed(command)
+                runs.setdefault(name, []).append(seconds)
+                peaks[name] = max(peaks.get(name, 0.0), peak)
         same = filecmp.cmp(outs["1"], outs["2"], shallow=False)
+        small_peaks = {}
+        for name, command in commands(small, {**outs, "2": outs["small"]}):
+            if name.endswith("--workers 2"):
+                small_peaks[name] = timed(command)[1]
         median = {name: statistics.median(times) for name, times in runs.items()}
-        print("| command | seconds (median) |\n|---|---:|")
+        print("| command | seconds (median) | peak RSS MiB | peak RSS MiB, a third of the "
+              "records |\n|---|---:|---:|---:|")
         for name, seconds in median.items():
-            print(f"| `{name}` | {seconds:.1f} |")
-        stats_speedup = median["stats --workers 1"] / median["stats --workers 2"]
-        stats_strict = median["stats --workers 1 --threads 1"] / median["stats --workers 2"]
-        trace_speedup = median["hash-trace --workers 1"] / median["hash-trace --workers 2"]
-        print(f"\nstats: {stats_speedup:.2f}x over --workers 1 "
-              f"({stats_strict:.2f}x over one thread)")
-        print(f"hash-trace: {trace_speedup:.2f}x over --workers 1; outputs identical: {same}")
-        for name, value in (("stats", stats_speedup), ("hash-trace", trace_speedup)):
-            verdict = "TARGET MET" if value >= 1.6 else "TARGET MISSED"
-            print(f"{verdict}: {name} {value:.2f}x (target >= 1.6)")
-
+            third = f"{small_peaks[name]:.0f}" if name in small_peaks else ""
+            print(f"| `{name}` | {seconds:.1f} | {peaks[name]:.0f} | {third} |")
+        speedup = {tool: median[f"{tool} --workers 1"] / median[f"{tool} --workers 2"]
+                   for tool in ("stats", "hash-trace", "check")}
+        strict = median["stats --workers 1 --threads 1"] / median["stats --workers 2"]
+        print(f"\nstats: {speedup['stats']:.2f}x over --workers 1 ({strict:.2f}x over one "
+              "thread)")
+        print(f"hash-trace: {speedup['hash-trace']:.2f}x over --workers 1; outputs "
+              f"identical: {same}")
+        print(f"check: {speedup['check']:.2f}x over --workers 1 (its cache simulation runs "
+              "in one process)")
+        for name in ("stats", "hash-trace"):
+            verdict = "TARGET MET" if speedup[name] >= 1.6 else "TARGET MISSED"
+            print(f"{verdict}: {name} {speedup[name]:.2f}x (target >= 1.6)")
 
 if __name__ == "__main__":
     main()
