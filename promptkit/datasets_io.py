@@ -26,9 +26,9 @@ import orjson
 
 from .errors import InvalidRecordError, PromptkitError
 from .formats import FORMATS, Format
-from .formats.table import Mapping, arrow_schema, find_mapping, from_row, to_row
+from .formats.table import Mapping, arrow_schema, find_mapping, from_row
 from .records import Record
-from .streams import Encoder, prompt_key, refuse_overwrite
+from .streams import Encoder, refuse_overwrite
 
 #: File suffixes read through ``datasets``' packaged builders.
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv"}
@@ -340,7 +340,8 @@ class TableSink:
         self.name = path
         self.format = fmt
         self.skip_invalid = skip_invalid
-        self.encoder = Encoder(fmt, skip_invalid=skip_invalid)  # keys, counts, tap
+        self.encoder = Encoder(fmt, skip_invalid=skip_invalid)  # rows, keys, counts, tap
+        self.encoder.as_rows = True
         self.sha256 = hashlib.sha256()
         self._scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.",
                                          suffix=".promptkit-tmp", dir=folder)
@@ -358,25 +359,10 @@ class TableSink:
         return self.encoder.skipped
 
     def write_all(self, records: Iterable[Record]) -> None:
-        encoder = self.encoder
-        for record in records:
-            try:
-                row = to_row(record, self.format.name)
-            except InvalidRecordError as exc:
-                problem = f"cannot write as {self.format.name}: {exc.problem}"
-                if not self.skip_invalid:
-                    raise InvalidRecordError(problem, None, record.lineno) from None
-                encoder.skipped.append(f"{record.lineno}: {problem}")
-                continue
-            encoder.keys.append(prompt_key(record))
-            encoder.count += 1
-            if encoder.tap is not None:
-                encoder.tap.add(record)
+        for row in self.encoder.encode_all(records):
             self._rows.append(row)
             if len(self._rows) >= ROW_GROUP:
                 self._write_rows()
-        if encoder.tap is not None:
-            encoder.tap.finish()
 
     def _write_rows(self) -> None:
         import pyarrow as pa

@@ -232,17 +232,21 @@ class Encoder:
         self.count = 0
         #: Counts what is written (token statistics), when set.
         self.tap: Tap | None = None
+        #: Yield each record's dict, not its JSONL line (a table sink writes the rows).
+        self.as_rows = False
 
-    def encode_all(self, records: Iterable[Record]) -> Iterator[bytes]:
-        """The JSONL line of each record (records the format cannot hold: error or skip)."""
+    def encode_all(self, records: Iterable[Record]) -> Iterator[Any]:
+        """The JSONL line of each record (records the format cannot hold: error or skip);
+        with ``as_rows``, the format's dict of each record instead (for table sinks)."""
         dump = self.format.dump
         dumps = orjson.dumps
         newline = orjson.OPT_APPEND_NEWLINE
         keep_key = self.keys.append
         tap = self.tap
+        as_rows = self.as_rows
         for record in records:
             try:
-                data = dumps(dump(record), option=newline)
+                data = dump(record) if as_rows else dumps(dump(record), option=newline)
             except InvalidRecordError as exc:
                 problem = f"cannot write as {self.format.name}: {exc.problem}"
                 if not self.skip_invalid:

@@ -57,10 +57,10 @@ def _no_parse(obj: dict[str, Any]) -> Record:
 #: Formats written as tables (see :mod:`promptkit.formats.table`): output only, since
 #: any parquet file or dataset folder is read by its path, whatever its columns.
 TABLE_FORMATS: dict[str, Format] = {
-    "parquet": Format("parquet", _no_parse, table.to_row, None,
+    "parquet": Format("parquet", _no_parse, lambda r: table.to_row(r, "parquet"), None,
                       "parquet file of promptkit's columns (--to only; any parquet reads)",
                       True),
-    "hf-dir": Format("hf-dir", _no_parse, table.to_row, None,
+    "hf-dir": Format("hf-dir", _no_parse, lambda r: table.to_row(r, "hf-dir"), None,
                      "Hugging Face save_to_disk folder (--to only; any dataset reads)", True),
 }
 
