@@ -737,7 +737,7 @@ def verify(path: str, manifest_path: str | None) -> None:
     Example:
       promptkit verify out.jsonl
     """
-    problems = manifest.verify(path, manifest_path)
+    problems = pipeline.verify_output(path, manifest_path)
     if problems:
         raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
     click.echo(f"{path}: OK, matches {manifest_path or manifest.default_path(path)}")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ManifestError
+from .files import write_text
 
 SCHEMA = "promptkit.manifest/1"
 SUFFIX = ".manifest.json"
@@ -62,37 +62,6 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def writable(path: str) -> None:
-    """Raise one line unless ``path`` can be written: its folder must exist. Checked
-    before a run starts, so a bad side-file path costs nothing and leaves nothing."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ManifestError(f"{path}: folder {folder} does not exist")
-
-
-def write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
-    writable(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        put_in_place(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
-    """Rename a finished temporary file (or folder) to ``path``, with the mode a new
-    file would have (``mkstemp`` makes 0600), so an atomic write looks like any other."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, mode & ~umask)
-    os.replace(tmp, path)
-
-
 def read(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -106,16 +75,19 @@ def read(path: str) -> dict[str, Any]:
     return manifest
 
 
-def verify(path: str, manifest_path: str | None = None) -> list[str]:
-    """The differences between ``path`` and its manifest (empty when it matches)."""
+def verify(path: str, manifest_path: str | None = None,
+           facts: Callable[[str, str], tuple[str, int]] | None = None) -> list[str]:
+    """The differences between ``path`` and its manifest (empty when it matches).
+
+    ``facts(path, format)`` gives the file's sha256 and record count as it was hashed
+    when written (default: a JSONL file's bytes and lines; tables hash otherwise).
+    """
     manifest = read(manifest_path or default_path(path))
     expected = manifest["output"]
-    if expected["format"] in ("parquet", "hf-dir"):
-        from .datasets_io import table_facts  # only tables need pyarrow
-
-        sha256, records = table_facts(path, expected["format"])
-    else:
+    if facts is None:
         sha256, records = file_facts(path)
+    else:
+        sha256, records = facts(path, expected["format"])
     problems = []
     if sha256 != expected["sha256"]:
         problems.append(f"sha256 is {sha256}, manifest says {expected['sha256']}")

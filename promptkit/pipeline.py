@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, manifest, parallel
+from . import __version__, files, manifest, parallel
 from .datasets_io import DatasetOptions, DatasetSource, TableSink, is_dataset
 from .errors import InvalidRecordError, PromptkitError
 from .fit import fit_records
@@ -186,7 +186,7 @@ def run(
         try:
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
-                manifest.writable(manifest_path)
+                files.writable(manifest_path)
             if (isinstance(source, Source) and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
@@ -223,7 +223,7 @@ def run(
         source.close()
     for step in steps:
         for path, text in step.side_files.items():
-            manifest.write_text(path, text)
+            files.write_text(path, text)
     if manifest_path is not None:
         manifest.write(manifest_path, result)
     return result
@@ -247,7 +247,7 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     try:
         if manifest_path not in (None, STDIO):
             refuse_overwrite(manifest_path, [])
-            manifest.writable(manifest_path)
+            files.writable(manifest_path)
         sink.write_all(make(**params))
         sink.flush()
         result = describe([], [], sink, [], argv, generator)
@@ -476,6 +476,21 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
     )
 
 
+def verify_output(path: str, manifest_path: str | None = None) -> list[str]:
+    """The differences between a written file and its manifest (see
+    :func:`promptkit.manifest.verify`): JSONL files by their bytes and lines, tables
+    (parquet, hf-dir) as :class:`~promptkit.datasets_io.TableSink` hashed them."""
+
+    def facts(file: str, fmt: str) -> tuple[str, int]:
+        if fmt in TABLE_FORMATS:
+            from .datasets_io import table_facts
+
+            return table_facts(file, fmt)
+        return manifest.file_facts(file)
+
+    return manifest.verify(path, manifest_path, facts)
+
+
 def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
                   skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
@@ -485,7 +500,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     from .tokenizers import load_tokenizer
 
     if plot is not None:
-        manifest.writable(plot)
+        files.writable(plot)
     loaded = load_tokenizer(tokenizer) if tokenizer else None
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
@@ -527,7 +542,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
 
     for path in (per_request, plot):
         if path is not None:
-            manifest.writable(path)
+            files.writable(path)
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     try:
@@ -550,7 +565,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     if per_request is not None:
         import orjson
 
-        manifest.write_text(per_request, "".join(
+        files.write_text(per_request, "".join(
             orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE).decode()
             for row in report.per_request()))
     return {"input": {"path": source.name, "format": source.format.name,

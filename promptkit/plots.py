@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import PromptkitError
-from .manifest import put_in_place, writable
+from .files import put_in_place, writable
 
 INSTALL = "--plot needs matplotlib: pip install 'promptkit[plot]'"
 

@@ -35,6 +35,7 @@ import orjson
 
 from . import __version__, manifest, pipeline
 from .errors import InvalidRecordError, PromptkitError
+from .files import write_text
 from .formats import FORMATS
 from .formats.table import COLUMNS, arrow_schema, to_row
 from .records import Record
@@ -201,7 +202,7 @@ def _build(folder: str, input_path: str, *, from_format: str | None, to_format: 
     }
     jsonl_entry = _file_entry(folder, AIPERF_FILE, result["output"]["records"])
     card = dataset_card(result, [*shards, jsonl_entry], arrow_bytes, pretty_name)
-    manifest.write_text(os.path.join(folder, "README.md"), card)
+    write_text(os.path.join(folder, "README.md"), card)
     result["published"]["files"] = [
         _file_entry(folder, "README.md", None), jsonl_entry, *shards,
         *[_file_entry(folder, path, None) for path in _other_files(folder, shards)]]
@@ -250,7 +251,7 @@ def _history(input_path: str, read: dict[str, Any]) -> tuple[list[dict[str, Any]
     try:
         recorded = manifest.read(path)
         if "dataset" in read:
-            problems = manifest.verify(input_path.rstrip("/\\"), path)
+            problems = pipeline.verify_output(input_path.rstrip("/\\"), path)
         elif read["sha256"] != recorded["output"]["sha256"]:
             problems = [f"sha256 is {read['sha256']}, manifest says "
                         f"{recorded['output']['sha256']}"]

@@ -22,8 +22,8 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from .errors import InvalidRecordError, PromptkitError
+from .files import put_in_place
 from .formats import Format, detect_many, get_format
-from .manifest import put_in_place
 from .records import Record
 
 if TYPE_CHECKING:
