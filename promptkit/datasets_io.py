@@ -28,7 +28,7 @@ from .errors import InvalidRecordError, PromptkitError
 from .formats import FORMATS, Format
 from .formats.table import Mapping, arrow_schema, find_mapping, from_row
 from .records import Record
-from .streams import Encoder, refuse_overwrite
+from .streams import Encoder, Written, refuse_overwrite
 
 #: File suffixes read through ``datasets``' packaged builders.
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv"}
@@ -319,7 +319,7 @@ def _one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------- writing
 
 
-class TableSink:
+class TableSink(Written):
     """Records as a parquet file or a ``save_to_disk`` folder, written atomically.
 
     Same surface as ``streams.Sink``. The sha256 is that of the parquet file, or of
@@ -349,14 +349,6 @@ class TableSink:
         self._schema = arrow_schema()
         self._writer = pq.ParquetWriter(self._parquet, self._schema)
         self._rows: list[dict[str, Any]] = []
-
-    @property
-    def records_written(self) -> int:
-        return self.encoder.count
-
-    @property
-    def skipped(self) -> list[str]:
-        return self.encoder.skipped
 
     def write_all(self, records: Iterable[Record]) -> None:
         for row in self.encoder.encode_all(records):
@@ -392,9 +384,6 @@ class TableSink:
         for name in sorted(os.listdir(folder)):
             if name.endswith(".arrow"):
                 _hash_file(self.sha256, os.path.join(folder, name))
-
-    def distinct_records(self) -> int:
-        return len(set(self.encoder.keys))
 
     def commit(self) -> None:
         self.flush()

@@ -264,7 +264,35 @@ class Encoder:
             tap.finish()
 
 
-class Sink:
+class Written:
+    """What every sink reports of what its :class:`Encoder` passed: records written,
+    records skipped, distinct prompts."""
+
+    encoder: Encoder
+
+    @property
+    def records_written(self) -> int:
+        return self.encoder.count
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.encoder.skipped
+
+    def distinct_records(self) -> int:
+        """How many records have distinct prompts (hash of messages, ids and salt).
+
+        Keeps 8 bytes a record; sorted in place, so counting costs no more.
+        """
+        import numpy as np
+
+        if not self.encoder.keys:
+            return 0
+        keys = np.frombuffer(self.encoder.keys, dtype=np.int64)
+        keys.sort()
+        return int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
+
+
+class Sink(Written):
     """Writes records in one format to a path (atomically) or stdout, hashing the bytes."""
 
     def __init__(self, path: str, fmt: Format, *, skip_invalid: bool = False,
@@ -289,14 +317,6 @@ class Sink:
             )
             self._stream = os.fdopen(fd, "wb")
 
-    @property
-    def records_written(self) -> int:
-        return self.encoder.count
-
-    @property
-    def skipped(self) -> list[str]:
-        return self.encoder.skipped
-
     def write_all(self, records: Iterable[Record]) -> None:
         parts = self._parts
         for data in self.encoder.encode_all(records):
@@ -320,19 +340,6 @@ class Sink:
             self._stream.write(data)
         if self.path == STDIO:
             self._stream.flush()
-
-    def distinct_records(self) -> int:
-        """How many records have distinct prompts (hash of messages, ids and salt).
-
-        Keeps 8 bytes a record; sorted in place, so counting costs no more.
-        """
-        import numpy as np
-
-        if not self.encoder.keys:
-            return 0
-        keys = np.frombuffer(self.encoder.keys, dtype=np.int64)
-        keys.sort()
-        return int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
 
     def commit(self) -> None:
         self.flush()
