@@ -10,7 +10,9 @@ ids), in the order a client sends them, one at a time (concurrency 1).
   prompt of L tokens hits at most ``(L - 1) // block_size * block_size``. After
   the prompt, all its full blocks are cached. With a capacity, the least
   recently used blocks go first; within one prompt the tail blocks are older
-  than the head (vLLM frees a request's blocks tail first).
+  than the head (vLLM frees a request's blocks tail first). Given vLLM's block
+  count (``num_gpu_blocks``) instead, it replays vLLM's block pool exactly: the
+  null block, the blocks the running request holds, its generated tokens.
 - :class:`SglangCache` follows SGLang's radix cache with page size 1: a prompt
   hits its longest common token prefix with anything cached, at most L - 1
   tokens; eviction drops least recently used leaves, token by token.
@@ -31,15 +33,52 @@ from dataclasses import dataclass, field
 
 
 class VllmCache:
-    """vLLM v1's block cache (see the module docstring)."""
+    """vLLM v1's block cache (see the module docstring).
 
-    def __init__(self, block_size: int = 16, capacity_tokens: int | None = None):
+    Capacity, one of:
+
+    - ``capacity_tokens``: a plain LRU cache of ``capacity_tokens // block_size``
+      blocks; a prompt's blocks join it, then the least recently used go.
+    - ``num_gpu_blocks``: vLLM's own block pool of that many blocks (the number vLLM
+      logs, or ``--num-gpu-blocks-override``), replayed as vLLM 0.32's scheduler and
+      ``BlockPool`` use it at concurrency 1, which gives vLLM's hit counts exactly:
+
+      1. block 0 is vLLM's null block: ``num_gpu_blocks - 1`` blocks hold KV;
+      2. a request of L prompt tokens generating O tokens holds
+         ``ceil((L + O - 1) / block_size)`` blocks while it runs (the last generated
+         token is never fed back); its hit blocks are among them, the rest are taken
+         first from blocks that cache nothing, then by evicting the least recently
+         used cached blocks;
+      3. when it ends, its ``floor((L + O - 1) / block_size)`` full blocks stay cached
+         (the ones past the prompt hold generated tokens: no later prompt can hit
+         them, but they take room; an identical block computed again is a second
+         copy, vLLM does not deduplicate) and its last, partial block caches nothing
+         and is reused first; the cached ones join the LRU order tail block first,
+         so a request's head blocks outlive its tail.
+
+    Neither: unbounded.
+    """
+
+    def __init__(self, block_size: int = 16, capacity_tokens: int | None = None,
+                 num_gpu_blocks: int | None = None):
         if block_size < 1:
             raise ValueError("block size must be at least 1")
+        if capacity_tokens is not None and num_gpu_blocks is not None:
+            raise ValueError("give capacity_tokens or num_gpu_blocks, not both")
+        if num_gpu_blocks is not None and num_gpu_blocks < 2:
+            raise ValueError("num_gpu_blocks must be at least 2 (vLLM keeps one as its null "
+                             "block)")
         self.block_size = block_size
         self.capacity = None if capacity_tokens is None else capacity_tokens // block_size
         self.blocks: OrderedDict[Hashable, None] = OrderedDict()  # LRU first
         self.unbounded: set[Hashable] = set()  # without a capacity, order does not matter
+        # num_gpu_blocks: vLLM's pool. Cached blocks no request holds, by block id,
+        # least recently used first (vLLM's free queue after its never-cached blocks),
+        # and every block id holding each key (vLLM keeps duplicates).
+        self.num_gpu_blocks = num_gpu_blocks
+        self.free_cached: OrderedDict[int, Hashable] = OrderedDict()
+        self.holders: dict[Hashable, list[int]] = {}
+        self._block_ids = itertools.count()
 
     def block_hashes(self, tokens: Sequence[int], salt: str | None = None) -> list[int]:
         """The chained hash of each full block of ``tokens`` (64-bit)."""
@@ -53,14 +92,25 @@ class VllmCache:
             hashes.append(int.from_bytes(parent))
         return hashes
 
-    def request(self, tokens: Sequence[int], salt: str | None = None) -> int:
-        """Send one prompt; return its hit tokens."""
-        return self.request_blocks(self.block_hashes(tokens, salt), len(tokens))
+    def request(self, tokens: Sequence[int], salt: str | None = None,
+                output_tokens: int | None = None) -> int:
+        """Send one prompt; return its hit tokens. ``output_tokens``: how many tokens the
+        server generates for it (default 1); only ``num_gpu_blocks`` uses it."""
+        return self.request_blocks(self.block_hashes(tokens, salt), len(tokens),
+                                   output_tokens)
 
-    def request_blocks(self, blocks: Sequence[Hashable], length: int) -> int:
+    def request_blocks(self, blocks: Sequence[Hashable], length: int,
+                       output_tokens: int | None = None) -> int:
         """Send a prompt of ``length`` tokens whose full blocks are ``blocks`` (chained
-        block hashes, or the ids of a hash-id trace, which are chained already)."""
+        block hashes, or the ids of a hash-id trace, which are chained already).
+
+        Keys past the prompt's full blocks are those of blocks filled by generated
+        tokens. With ``num_gpu_blocks``, ``output_tokens`` (default 1) says how many
+        tokens the server generates: the request's blocks past ``blocks`` that they
+        fill get keys no prompt can match."""
         can_hit = (length - 1) // self.block_size if length > 0 else 0
+        if self.num_gpu_blocks is not None:
+            return self._request_pool(blocks, length, can_hit, output_tokens or 1)
         hits = 0
         if self.capacity is None:
             seen = self.unbounded
@@ -81,6 +131,41 @@ class VllmCache:
         while len(cached) > self.capacity:
             cached.popitem(last=False)
         return hits * self.block_size
+
+    def _request_pool(self, blocks: Sequence[Hashable], length: int, can_hit: int,
+                      output_tokens: int) -> int:
+        """One request against vLLM's block pool (rules in the class docstring)."""
+        assert self.num_gpu_blocks is not None
+        size = self.block_size
+        slots = length + output_tokens - 1  # KV slots the request computes
+        full = max(slots // size, len(blocks))  # blocks it leaves cached
+        held = max(-(-slots // size), full)  # blocks it holds while it runs
+        chain: list[tuple[int, Hashable]] = []
+        for key in blocks[:can_hit]:  # the hit: vLLM takes the first block of a key
+            ids = self.holders.get(key)
+            if not ids:
+                break
+            chain.append((ids[0], key))
+        hits = len(chain)
+        for block_id, _ in chain:  # in use now: out of the free queue
+            self.free_cached.pop(block_id, None)
+        never_cached = self.num_gpu_blocks - 1 - len(self.free_cached) - hits
+        evict = min(max(held - hits - never_cached, 0), len(self.free_cached))
+        for _ in range(evict):
+            block_id, key = self.free_cached.popitem(last=False)
+            ids = self.holders[key]
+            ids.remove(block_id)
+            if not ids:
+                del self.holders[key]
+        for index in range(hits, full):  # its new full blocks get cached
+            key = blocks[index] if index < len(blocks) else object()  # generated tokens
+            block_id = next(self._block_ids)
+            self.holders.setdefault(key, []).append(block_id)
+            chain.append((block_id, key))
+        for block_id, key in reversed(chain):  # freed tail first: the head outlives it
+            self.free_cached[block_id] = key
+            self.free_cached.move_to_end(block_id)
+        return hits * size
 
 
 @dataclass(eq=False)
