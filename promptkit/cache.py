@@ -185,13 +185,17 @@ class SglangCache:
         self.size = 0  # tokens cached
         self.clock = itertools.count(1)
 
-    def request(self, tokens: Sequence[int], salt: str | None = None) -> int:
-        """Send one prompt; return its hit tokens. A salt starts a separate tree."""
+    def request(self, tokens: Sequence[int], salt: str | None = None,
+                length: int | None = None) -> int:
+        """Send one prompt; return its hit tokens. A salt starts a separate tree.
+
+        ``length``: the prompt is the first ``length`` tokens (default: all); the rest
+        (the tokens the server generated) join the cache but cannot hit."""
         key = tuple(tokens)
         root = self._root(salt)
         now = next(self.clock)
         matched = self._match(root, key, now)
-        hits = min(matched, max(len(key) - 1, 0))
+        hits = min(matched, max((len(key) if length is None else length) - 1, 0))
         self._insert(root, key, now)
         if self.capacity is not None:
             self._evict()

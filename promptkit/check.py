@@ -15,6 +15,7 @@ block whatever a text nonce does, and only ``cache_salt`` reaches zero.
 from __future__ import annotations
 
 import bisect
+import itertools
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -68,37 +69,114 @@ def render(messages: list[tuple[str, str]], template: str) -> str:
     raise CheckError(f"unknown chat template {template!r}; choose from {', '.join(TEMPLATES)}")
 
 
-class Prompts:
-    """Turns records into what the server's cache sees: token ids and a salt."""
+Chat = list[tuple[str, str]]
 
-    def __init__(self, tokenizer: Tokenizer | None, template: str, tokenizer_spec: str | None):
+
+@dataclass
+class _Turn:
+    """One request a benchmark client sends: the messages of its prompt, its salt and
+    how many tokens the server generates for it (``None``: not known)."""
+
+    chat: Chat
+    salt: str | None
+    reply_tokens: int | None
+
+
+class Prompts:
+    """Turns records into what the server's cache sees: the requests AIPerf sends for
+    each, as token ids."""
+
+    def __init__(self, tokenizer: Tokenizer | None, template: str, tokenizer_spec: str | None,
+                 system_prompt: str | None = None, reply_tokens: int | None = None):
         self.tokenizer = tokenizer
         self.template = template
+        self.system_prompt = system_prompt
+        self.reply_tokens = reply_tokens
         self.hf_template: Any = None
+        self._fillers: dict[int, str] = {}
         if template == "hf":
             self.hf_template = _hf_chat_template(tokenizer_spec)
 
-    def tokens(self, records: list[Record]) -> list[list[int]]:
-        """The prompt tokens of each record (tokenized as one batch, on threads)."""
+    def turns(self, record: Record) -> list[_Turn]:
+        """The requests AIPerf sends for ``record``: one with its messages verbatim, or,
+        for a ``multi_turn`` conversation, one a turn carrying the history (every
+        earlier turn and a reply of the server's length after each)."""
+        salt = _salt(record.extra)
+        if record.layout != "multi_turn":
+            chat = [(m.role or "user", _text(m.content)) for m in record.messages]
+            return [_Turn(self._with_system(chat), salt, record.output_length)]
+        messages = list(record.messages)
+        system = None
+        head = messages[0]
+        if (len(messages) > 1 and head.role == "system"
+                and not {"timestamp", "delay", "output_length", "extra"} & head.fields.keys()):
+            system, messages = _text(head.content), messages[1:]  # AIPerf hoists it
+        out: list[_Turn] = []
+        history: Chat = [] if system is None else [("system", system)]
+        for i, message in enumerate(messages):
+            history.append((message.role or "user", _text(message.content)))
+            extra = message.fields.get("extra")
+            reply = message.fields.get("output_length")
+            if reply is None and i == 0:
+                reply = record.output_length
+            reply = reply if isinstance(reply, int) else self.reply_tokens
+            out.append(_Turn(self._with_system(list(history)),
+                             _salt(extra if isinstance(extra, dict) else None) or salt, reply))
+            if i + 1 < len(messages):
+                if reply is None:
+                    raise InvalidRecordError(
+                        f"turn {i + 1} has no output_length: the server's reply, which AIPerf "
+                        "sends in the next turn's history, has unknown length; give "
+                        "--reply-tokens N (the replies' length)", lineno=record.lineno)
+                history.append(("assistant", self.filler(reply)))
+        return out
+
+    def _with_system(self, chat: Chat) -> Chat:
+        """AIPerf's ``--system-prompt-file``: a system message first, or joined to the
+        start of the one there is."""
+        if self.system_prompt is None:
+            return chat
+        if chat and chat[0][0] == "system":
+            text = chat[0][1]
+            return [("system", f"{self.system_prompt}\n\n{text}" if text
+                     else self.system_prompt), *chat[1:]]
+        return [("system", self.system_prompt), *chat]
+
+    def filler(self, n: int) -> str:
+        """A text of exactly ``n`` tokens on its own (the stand-in for a reply)."""
+        if n not in self._fillers:
+            assert self.tokenizer is not None
+            words = n
+            text = ""
+            for _ in range(8):  # a word a token, nearly always; adjust when merges occur
+                text = ("x" + " x" * (words - 1)) if words > 0 else ""
+                got = len(self.tokenizer.encode(text))
+                if got == n:
+                    break
+                words += n - got
+            self._fillers[n] = text
+        return self._fillers[n]
+
+    def tokens(self, chats: list[Chat]) -> list[list[int]]:
+        """The prompt tokens of each chat (tokenized as one batch, on threads)."""
         assert self.tokenizer is not None
-        chats = [[(m.role or "user", "".join(content_texts(m.content))) for m in r.messages]
-                 for r in records]
         if self.hf_template is not None:
             out = []
-            for messages in chats:
+            for chat in chats:
                 ids = self.hf_template.apply_chat_template(
-                    [{"role": r, "content": t} for r, t in messages], tokenize=True,
+                    [{"role": r, "content": t} for r, t in chat], tokenize=True,
                     add_generation_prompt=True)
                 out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
             return out
         return self.tokenizer.encode_batch([render(chat, self.template) for chat in chats])
 
     def header_tokens(self, record: Record) -> int:
-        """Tokens the template puts before the first content of ``record`` (the roles
-        matter: Qwen2.5 adds its default system prompt only when there is none)."""
+        """Tokens the template puts before the first content of ``record``'s first
+        request (the roles matter: Qwen2.5 adds its default system prompt only when
+        there is none)."""
         if self.tokenizer is None:
             return 0
-        roles = [m.role or "user" for m in record.messages] or ["user"]
+        roles = [role for role, _ in self.turns(record)[0].chat] or ["user"]
         chat = [(roles[0], _PROBE)] + [(role, "x") for role in roles[1:]]
         if self.hf_template is not None:
             text = str(self.hf_template.apply_chat_template(
@@ -107,6 +185,16 @@ class Prompts:
         else:
             text = render(chat, self.template)
         return len(self.tokenizer.encode(text[:text.index(_PROBE)]))
+
+
+def _text(content: Any) -> str:
+    """A message content as the server reads it: text parts joined by newlines (vLLM)."""
+    return "\n".join(content_texts(content))
+
+
+def _salt(extra: dict[str, Any] | None) -> str | None:
+    salt = (extra or {}).get("cache_salt")
+    return None if salt is None else str(salt)
 
 
 def _hf_chat_template(spec: str | None) -> Any:
@@ -132,6 +220,80 @@ def _hf_chat_template(spec: str | None) -> Any:
     return tok
 
 
+# ---------------------------------------------------------------- engines
+
+
+class Engine:
+    """One interface over the cache simulations of :mod:`promptkit.cache`: a request's
+    keys in, its hit *tokens* out, whatever the engine and whether the file holds text
+    or hash ids (one id a block of ``block_size`` tokens).
+
+    A request is its prompt's key (:meth:`key`) and, after the prompt, the keys of the
+    tokens the server generates (:meth:`reply_key` when they are known, else
+    :meth:`unknown_reply`): a server caches those too, so they take cache space, and
+    a later turn that sends the reply back can hit them.
+    """
+
+    def __init__(self, name: str, block_size: int, capacity_tokens: int | None,
+                 hash_ids: bool):
+        if name not in ENGINES:
+            raise CheckError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+        self.name = name
+        self.block_size = block_size
+        self.hash_ids = hash_ids
+        self.bounded = capacity_tokens is not None
+        self.vllm: VllmCache | None = None
+        self.sglang: SglangCache | None = None
+        if name == "vllm":
+            self.vllm = VllmCache(block_size, capacity_tokens)
+        else:  # the radix tree holds ids for a hash-id trace: its capacity is in ids
+            self.sglang = SglangCache(capacity_tokens if capacity_tokens is None or not hash_ids
+                                      else capacity_tokens // block_size)
+        self._unknown = itertools.count(1)
+
+    def key(self, tokens: Any, salt: str | None) -> Any:
+        """What the engine knows a prompt by: chained block hashes (vLLM), the tokens
+        (SGLang); a hash-id trace's ids as they are."""
+        if self.hash_ids:
+            ids = list(tokens)
+            return [(salt, i) for i in ids] if salt is not None and self.vllm else ids
+        if self.vllm is not None:
+            return array("Q", self.vllm.block_hashes(tokens, salt))
+        return array("I", tokens)
+
+    def reply_key(self, prompt: list[int], generated: list[int], salt: str | None,
+                  key: Any) -> Any:
+        """The keys of generated tokens whose ids are known, after ``prompt``'s key."""
+        if self.vllm is not None:
+            return array("Q", self.vllm.block_hashes(prompt + generated, salt)[len(key):])
+        return array("I", generated)
+
+    def unknown_reply(self, length: int, reply_tokens: int | None) -> Any:
+        """Keys no prompt can match, as many as the reply fills (only their space counts,
+        so none without a capacity)."""
+        if not reply_tokens or not self.bounded or self.hash_ids:
+            return ()
+        if self.vllm is not None:
+            size = self.block_size
+            n = (length + reply_tokens - 1) // size - length // size
+        else:
+            n = reply_tokens - 1
+        return [-next(self._unknown) for _ in range(n)]
+
+    def request(self, key: Any, length: int, salt: str | None, reply: Any = ()) -> int:
+        """Send a prompt of ``length`` tokens; its hit tokens. ``reply`` then joins it
+        in the cache."""
+        if self.vllm is not None:
+            blocks = list(key) + list(reply) if reply else key
+            return self.vllm.request_blocks(blocks, length)
+        assert self.sglang is not None
+        if self.hash_ids:
+            hit = self.sglang.request(key, salt, length=len(key) + 1)
+            return min(hit * self.block_size, max(length - 1, 0))
+        return self.sglang.request(list(key) + list(reply) if reply else key, salt,
+                                   length=length)
+
+
 # ---------------------------------------------------------------- the check
 
 
@@ -143,15 +305,29 @@ class CheckOptions:
     chat_template: str = "none"
     requests: int | None = None
     warmup: int = 0
+    system_prompt: str | None = None  # what AIPerf's --system-prompt(-file) adds
+    reply_tokens: int | None = None  # replies' length where a turn has no output_length
 
 
 @dataclass
-class _Entry:
-    """What one record is to the cache: its key (block hashes or tokens), length, salt."""
+class _Request:
+    """What one request is to the cache: its prompt's key, length and salt, and the
+    keys of its reply (``reply``: as the next turn sends it back, when known)."""
 
     key: Any
     length: int
     salt: str | None
+    reply_tokens: int | None = None
+    reply: Any = None
+
+
+@dataclass
+class _Unit:
+    """What one record is to the run: the session AIPerf puts it in (``None``: one of
+    its own; lines sharing a session_id are one, sent in a row), and its requests."""
+
+    session: Any
+    requests: list[_Request]
 
 
 @dataclass
@@ -159,41 +335,66 @@ class Report:
     options: CheckOptions
     block_size: int
     records: int = 0
+    conversations: int = 0
     hash_ids: bool = False
     header_tokens: int | None = None
     salted: int = 0  # records with a cache_salt
     hits: array = field(default_factory=lambda: array("q"))
+    hits_low: array = field(default_factory=lambda: array("q"))
+    within: array = field(default_factory=lambda: array("q"))
     lengths: array = field(default_factory=lambda: array("q"))
+    record_of: array = field(default_factory=lambda: array("q"))  # 0-based, a request
+    turn_of: array = field(default_factory=lambda: array("q"))
     first_difference: array = field(default_factory=lambda: array("q"))
     prefixes: Counter[bytes] = field(default_factory=Counter)
+    replies_known: bool = True  # every reply a later turn sends back has known tokens
 
     def per_request(self) -> Iterator[dict[str, Any]]:
-        """One row a profiled request: which record it sent (1-based), its prompt and
-        hit tokens, and where that record first differs from every earlier record."""
+        """One row a profiled request: which record (1-based) and turn it sent, its
+        prompt and hit tokens (the low end of the range, and the part from its own
+        conversation), and where that record first differs from every earlier one."""
         unit = "first_differing_block" if self.hash_ids else "first_differing_token"
         for i, (hit, length) in enumerate(zip(self.hits, self.lengths, strict=True)):
-            record = (self.options.warmup + i) % self.records
-            yield {"request": i + 1, "record": record + 1, "prompt_tokens": length,
-                   "hit_tokens": hit, unit: self.first_difference[record]}
+            record = self.record_of[i]
+            row = {"request": i + 1, "record": record + 1, "turn": self.turn_of[i] + 1,
+                   "prompt_tokens": length, "hit_tokens": hit, "hit_tokens_low": self.hits_low[i],
+                   "hit_tokens_within_conversation": self.within[i],
+                   unit: self.first_difference[record]}
+            yield row
 
     def summary(self) -> dict[str, Any]:
         import numpy as np
 
         hits = np.frombuffer(self.hits, dtype=np.int64)
+        low = np.frombuffer(self.hits_low, dtype=np.int64)
+        within = np.frombuffer(self.within, dtype=np.int64)
         lengths = np.frombuffer(self.lengths, dtype=np.int64)
         prompt_tokens = int(lengths.sum())
+
+        def rate(tokens: int) -> float:
+            return round(tokens / prompt_tokens, 6) if prompt_tokens else 0.0
+
         hit_tokens = int(hits.sum())
+        within_tokens = int(within.sum())
+        bounds = sorted((rate(int(low.sum())), rate(hit_tokens)))
         out: dict[str, Any] = {
             "engine": self.options.engine,
             "block_size": self.block_size,
             "capacity_tokens": self.options.capacity_tokens,
             "chat_template": None if self.hash_ids else self.options.chat_template,
             "records": self.records,
+            "conversations": self.conversations,
             "requests": len(hits),
             "warmup": self.options.warmup,
             "prompt_tokens": prompt_tokens,
             "hit_tokens": hit_tokens,
-            "hit_rate": round(hit_tokens / prompt_tokens, 6) if prompt_tokens else 0.0,
+            "hit_rate": rate(hit_tokens),
+            "hit_rate_range": bounds,
+            "hit_tokens_range": sorted((int(low.sum()), hit_tokens)),
+            "cross_conversation_hit_tokens": hit_tokens - within_tokens,
+            "cross_conversation_hit_rate": rate(hit_tokens - within_tokens),
+            "within_conversation_hit_tokens": within_tokens,
+            "within_conversation_hit_rate": rate(within_tokens),
             "requests_with_hits": int(np.count_nonzero(hits)),
             "hit_tokens_per_request": _figures(hits),
         }
@@ -260,52 +461,118 @@ class Setup:
             HASH_BLOCK_SIZE if self.hash_ids else TEXT_BLOCK_SIZE)
         self.report = Report(options, self.block_size, hash_ids=self.hash_ids)
         self.prompts: Prompts | None = None
+        if self.hash_ids and options.system_prompt is not None:
+            raise CheckError("a system prompt AIPerf adds cannot be checked on a hash-id "
+                             "trace (its prompts are made up at run time)")
         if not self.hash_ids:
             if tokenizer is None:
                 raise CheckError("text records need --tokenizer (what the server tokenizes "
                                  "with)")
-            self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec)
+            self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec,
+                                   options.system_prompt, options.reply_tokens)
             self.report.header_tokens = (self.prompts.header_tokens(first)
                                          if options.chat_template != "none" else 0)
-        self.cache: Any = (VllmCache(self.block_size, options.capacity_tokens)
-                           if options.engine == "vllm" else SglangCache(options.capacity_tokens))
+        self.engine = self._engine()  # keys only: the replay makes its own caches
 
-    def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Entry, bytes]]:
+    def _engine(self) -> Engine:
+        return Engine(self.options.engine, self.block_size, self.options.capacity_tokens,
+                      self.hash_ids)
+
+    def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Unit, bytes]]:
         """What each record is to the cache, and its leading tokens (the part of a check
         that needs no order: worker processes can do it chunk by chunk)."""
         for batch in _batches(iter(records)):
-            tokens = (self.prompts.tokens(_texts_only(batch)) if self.prompts is not None
-                      else batch)
-            for record, toks in zip(batch, tokens, strict=True):
-                yield _entry(record, self.hash_ids, toks, self.cache)
+            if self.prompts is None:
+                for record in batch:
+                    yield self._ids_entry(record)
+                continue
+            turns = [self.prompts.turns(record) for record in _texts_only(batch)]
+            tokens = iter(self.prompts.tokens([t.chat for ts in turns for t in ts]))
+            for record, its_turns in zip(batch, turns, strict=True):
+                yield self._text_entry(record, its_turns, [next(tokens) for _ in its_turns])
 
-    def entry_list(self, records: Iterable[Record]) -> list[tuple[_Entry, bytes]]:
+    def entry_list(self, records: Iterable[Record]) -> list[tuple[_Unit, bytes]]:
         """:meth:`entries` of a worker process's chunk, as a list to send back."""
         return list(self.entries(records))
 
-    def replay(self, pairs: Iterable[tuple[_Entry, bytes]]) -> Report:
-        """The records in order, then the run a client makes of them."""
-        report, options, cache = self.report, self.options, self.cache
-        entries: list[_Entry] = []
+    def _ids_entry(self, record: Record) -> tuple[_Unit, bytes]:
+        if record.messages:
+            raise InvalidRecordError("a text record after hash-id records",
+                                     lineno=record.lineno)
+        if record.hash_ids is None or record.input_length is None:
+            raise InvalidRecordError("a record with no text and no hash ids",
+                                     lineno=record.lineno)
+        salt = _salt(record.extra)
+        request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt)
+        lead = array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
+        return _Unit(None, [request]), lead
+
+    def _text_entry(self, record: Record, turns: list[_Turn],
+                    tokens: list[list[int]]) -> tuple[_Unit, bytes]:
+        requests = []
+        for i, (turn, toks) in enumerate(zip(turns, tokens, strict=True)):
+            if not toks:
+                raise InvalidRecordError("a record with no text", lineno=record.lineno)
+            request = _Request(self.engine.key(toks, turn.salt), len(toks), turn.salt,
+                               turn.reply_tokens)
+            if i + 1 < len(turns) and turn.reply_tokens:  # the reply, as sent back next
+                after = tokens[i + 1]
+                if after[:len(toks)] == toks:
+                    generated = after[len(toks):len(toks) + turn.reply_tokens - 1]
+                    request.reply = self.engine.reply_key(toks, generated, turn.salt,
+                                                           request.key)
+            requests.append(request)
+        lead = array("I", tokens[0][:PREFIX_WINDOW]).tobytes()
+        session = (None if record.layout == "multi_turn" or record.session_id is None
+                   else ("session", record.session_id))
+        return _Unit(session, requests), lead
+
+    def replay(self, pairs: Iterable[tuple[_Unit, bytes]]) -> Report:
+        """The records in order, then the run a client makes of them: sessions in the
+        order they first appear, each session's requests in a row, one at a time."""
+        report, options = self.report, self.options
+        sessions: dict[Any, list[tuple[int, int, _Request]]] = {}
         earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
         unit = 8 if self.hash_ids else 4
-        for entry, lead in pairs:
-            entries.append(entry)
+        for index, (entry, lead) in enumerate(pairs):
             report.records += 1
-            report.salted += entry.salt is not None
+            report.salted += entry.requests[0].salt is not None
             report.first_difference.append(_first_difference(earlier, lead, unit))
             report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
-        total = options.warmup + (len(entries) if options.requests is None
-                                  else options.requests)
+            requests = sessions.setdefault(
+                ("record", index) if entry.session is None else entry.session, [])
+            requests += [(index, turn, r) for turn, r in enumerate(entry.requests)]
+        report.conversations = len(sessions)
+        flat = [(s, item) for s, items in enumerate(sessions.values()) for item in items]
+        if not flat:
+            raise CheckError("no records to check")
+        any_reply = any(r.reply is not None for _, (_, _, r) in flat)
+        together = any(len(items) > 1 for items in sessions.values())
+        report.replies_known = all(r.reply is not None or not r.reply_tokens
+                                   for items in sessions.values() for _, _, r in items[:-1])
+        point, low, own = self._engine(), self._engine(), self._engine()
+        own_session: Any = None
+        total = options.warmup + (len(flat) if options.requests is None else options.requests)
         for n in range(total):
-            entry = entries[n % len(entries)]
-            if options.engine == "vllm":
-                hit = cache.request_blocks(entry.key, entry.length)
-            else:
-                hit = cache.request(entry.key, entry.salt)
+            session, (record, turn, r) = flat[n % len(flat)]
+            unknown = self.engine.unknown_reply(r.length, r.reply_tokens)
+            hit = point.request(r.key, r.length, r.salt,
+                                unknown if r.reply is None else r.reply)
+            hit_low = (low.request(r.key, r.length, r.salt, unknown) if any_reply else hit)
+            within = 0
+            if together:  # what the session's own earlier requests alone would give
+                instance = (n // len(flat), session)
+                if instance != own_session:
+                    own, own_session = self._engine(), instance
+                within = min(own.request(r.key, r.length, r.salt,
+                                         unknown if r.reply is None else r.reply), hit)
             if n >= options.warmup:
                 report.hits.append(hit)
-                report.lengths.append(entry.length)
+                report.hits_low.append(hit_low)
+                report.within.append(within)
+                report.lengths.append(r.length)
+                report.record_of.append(record)
+                report.turn_of.append(turn)
         return report
 
 
@@ -331,30 +598,6 @@ def _texts_only(batch: list[Record]) -> list[Record]:
             raise InvalidRecordError("a hash-id record after text records",
                                      lineno=record.lineno)
     return batch
-
-
-def _entry(record: Record, hash_ids: bool, tokens: Any, cache: Any) -> tuple[_Entry, bytes]:
-    salt = (record.extra or {}).get("cache_salt")
-    salt = None if salt is None else str(salt)
-    if hash_ids:
-        if record.messages:
-            raise InvalidRecordError("a text record after hash-id records",
-                                     lineno=record.lineno)
-        if record.hash_ids is None or record.input_length is None:
-            raise InvalidRecordError("a record with no text and no hash ids",
-                                     lineno=record.lineno)
-        ids = record.hash_ids
-        key: Any = [(salt, i) for i in ids] if salt is not None else list(ids)
-        lead = array("q", ids[:PREFIX_WINDOW]).tobytes()
-        return _Entry(key, record.input_length, salt), lead
-    if not tokens:
-        raise InvalidRecordError("a record with no text", lineno=record.lineno)
-    lead = array("I", tokens[:PREFIX_WINDOW]).tobytes()
-    if isinstance(cache, VllmCache):
-        key = array("Q", cache.block_hashes(tokens, salt))
-    else:
-        key = array("I", tokens)
-    return _Entry(key, len(tokens), salt), lead
 
 
 def _first_difference(earlier: list[bytes], lead: bytes, unit: int) -> int:

@@ -509,6 +509,16 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "records wraps around the file, as AIPerf does."),
         click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
                      metavar="W", help="Warmup requests sent first, from the same records."),
+        click.option("--system-prompt-file", metavar="PATH",
+                     help="The file AIPerf sends as a system message on every request (its "
+                          "--system-prompt-file) [default: the one the file's manifest "
+                          "names]."),
+        click.option("--reply-tokens", type=click.IntRange(min=1), metavar="N",
+                     help="Tokens of each server reply AIPerf sends back in a conversation's "
+                          "history, for turns without output_length."),
+        click.option("--max-total-hit-rate", type=click.FloatRange(0, 1), metavar="X",
+                     help="Fail when the predicted total hit rate (within conversations "
+                          "too; the top of its range) is above X."),
     ]):
         func = decorator(func)
     return func
@@ -516,12 +526,20 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def check_params(tokenizer: str | None, chat_template: str, engine: str,
                  block_size: int | None, capacity_tokens: int | None,
-                 requests: int | None, warmup: int) -> dict[str, Any]:
+                 requests: int | None, warmup: int, system_prompt_file: str | None,
+                 reply_tokens: int | None, max_total_hit_rate: float | None
+                 ) -> dict[str, Any]:
     if block_size is not None and block_size < 1:
         raise PromptkitError(f"--block-size: {block_size} is below 1")
-    return {"tokenizer": tokenizer, "chat_template": chat_template, "engine": engine,
-            "block_size": block_size, "capacity_tokens": capacity_tokens,
-            "requests": requests, "warmup": warmup}
+    params: dict[str, Any] = {
+        "tokenizer": tokenizer, "chat_template": chat_template, "engine": engine,
+        "block_size": block_size, "capacity_tokens": capacity_tokens,
+        "requests": requests, "warmup": warmup, "reply_tokens": reply_tokens}
+    for key, value in (("system_prompt_file", system_prompt_file),
+                       ("max_total_hit_rate", max_total_hit_rate)):
+        if value is not None:
+            params[key] = value
+    return params
 
 
 @cli.command()
@@ -531,7 +549,10 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
               help="Input format (default: detected from the first record).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
-              help="Exit 1 when the predicted hit rate is above X (a guard after 'nonce').")
+              help="Exit 1 when the predicted hit rate across conversations (what a nonce "
+                   "removes) is above X.")
+@click.option("--no-manifest", "use_manifest", is_flag=True, flag_value=False, default=True,
+              help="Do not apply the AIPerf arguments of IN.manifest.json.")
 @click.option("--plot", metavar="FILE.png",
               help="Also draw hit tokens per request and the cumulative hit rate "
                    "(needs promptkit[plot]).")
@@ -546,9 +567,9 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @dataset_options
 @report
 def check(input_path: str, from_format: str | None, as_json: bool,
-          max_hit_rate: float | None, plot: str | None, per_request: str | None,
-          skip_invalid: bool, seed: int | None, workers: int, dataset: dict[str, Any],
-          **options: Any) -> None:
+          max_hit_rate: float | None, use_manifest: bool, plot: str | None,
+          per_request: str | None, skip_invalid: bool, seed: int | None, workers: int,
+          dataset: dict[str, Any], **options: Any) -> None:
     """Predict the prefix-cache hit rate a benchmark run of a file will see.
 
     \b
@@ -561,17 +582,18 @@ def check(input_path: str, from_format: str | None, as_json: bool,
 
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
+    max_total_hit_rate = params.pop("max_total_hit_rate", None)
     summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
                                   skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
                                   per_request=per_request, plot=plot, workers=workers,
-                                  **params)
+                                  use_manifest=use_manifest, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         print_check(summary)
-    if max_hit_rate is not None and summary["hit_rate"] > max_hit_rate:
-        raise UserError(f"{summary['input']['path']}: predicted hit rate "
-                        f"{summary['hit_rate']:.2%} is above --max-hit-rate {max_hit_rate:.2%}")
+    problem = pipeline.hit_rate_problem(summary, max_hit_rate, max_total_hit_rate)
+    if problem is not None:
+        raise UserError(f"{summary['input']['path']}: {problem}")
 
 
 def print_check(s: dict[str, Any]) -> None:
@@ -579,8 +601,15 @@ def print_check(s: dict[str, Any]) -> None:
     template = f", template {s['chat_template']}" if s["chat_template"] else ", hash ids"
     click.echo(f"{s['input']['path']}: predicted prefix-cache hit rate {s['hit_rate']:.2%} "
                f"({s['engine']}, block {s['block_size']}, {capacity}{template})")
+    low, high = s["hit_rate_range"]
+    if low != high:
+        click.echo(f"  range                  {low:.2%} to {high:.2%} (the replies' tokens "
+                   "as sent back are not known)")
+    if s["within_conversation_hit_tokens"]:
+        click.echo(f"  across conversations   {s['cross_conversation_hit_rate']:.2%}; within "
+                   f"them {s['within_conversation_hit_rate']:.2%} (history sent again)")
     click.echo(f"  requests               {s['requests']} (+{s['warmup']} warmup) from "
-               f"{s['records']} records")
+               f"{s['records']} records, {s['conversations']} conversations")
     click.echo(f"  prompt tokens          {s['prompt_tokens']}, of which hits {s['hit_tokens']}")
     per = s["hit_tokens_per_request"]
     click.echo("  hit tokens a request   " + "  ".join(f"{k} {v}" for k, v in per.items())
@@ -595,8 +624,15 @@ def print_check(s: dict[str, Any]) -> None:
     if s.get("template_header_tokens"):
         click.echo(f"  template header        {s['template_header_tokens']} tokens before "
                    "the first content")
+    applied = s.get("aiperf_args", {})
+    if applied.get("applied"):
+        flag, value = applied["applied"]
+        shown = value if flag.endswith("-file") else f"({len(value)} characters)"
+        click.echo(f"  AIPerf arguments       {flag} {shown} (from the {applied['source']})")
     if "warning" in s:
         click.echo(f"promptkit: warning: {s['warning']}", err=True)
+    if applied.get("note"):
+        click.echo(f"promptkit: note: {applied['note']}", err=True)
 
 
 @cli.command("hash-trace")
@@ -942,8 +978,8 @@ def pipe_fit(**options: Any) -> Step:
 @pipe.command("check")
 @check_options
 @click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
-              help="Fail the whole pipe, writing nothing, when the predicted hit rate is "
-                   "above X.")
+              help="Fail the whole pipe, writing nothing, when the predicted hit rate "
+                   "across conversations is above X.")
 @report
 def pipe_check(max_hit_rate: float | None, **options: Any) -> Step:
     """Predict the prefix-cache hits of the records at this point (options as 'promptkit

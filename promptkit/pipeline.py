@@ -7,6 +7,7 @@ commands and the ``pipe`` chain are thin wrappers over :func:`run`.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -113,6 +114,10 @@ class Step:
         params = dict(self.params)
         spec = params.pop("tokenizer", None)
         limit = params.pop("max_hit_rate", None)
+        total_limit = params.pop("max_total_hit_rate", None)
+        prompt_file = params.pop("system_prompt_file", None)
+        if prompt_file is not None:
+            params["system_prompt"] = _read_prompt(prompt_file, "--system-prompt-file")
         seen: list[Record] = []
 
         def tee() -> Iterator[Record]:
@@ -125,9 +130,9 @@ class Step:
                                tokenizer=cached_tokenizer(spec) if spec else None,
                                tokenizer_spec=spec)
         self.info["summary"] = summary = report.summary()
-        if limit is not None and summary["hit_rate"] > limit:  # before anything is written
-            raise PromptkitError(f"predicted hit rate {summary['hit_rate']:.2%} is above "
-                                 f"--max-hit-rate {limit:.2%}; nothing written")
+        problem = hit_rate_problem(summary, limit, total_limit)
+        if problem is not None:  # before anything is written
+            raise PromptkitError(f"{problem}; nothing written")
 
     def new_state(self) -> Any:
         self.state = STATES[self.op]()
@@ -529,20 +534,43 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     }
 
 
+def hit_rate_problem(summary: dict[str, Any], max_hit_rate: float | None,
+                     max_total_hit_rate: float | None) -> str | None:
+    """What a ``check`` report breaks of its guards: ``--max-hit-rate`` on the hits
+    across conversations (what a nonce must remove), ``--max-total-hit-rate`` on all
+    hits (the top of the predicted range); ``None`` when it breaks none."""
+    cross = summary["cross_conversation_hit_rate"]
+    if max_hit_rate is not None and cross > max_hit_rate:
+        return (f"predicted hit rate across conversations {cross:.2%} is above "
+                f"--max-hit-rate {max_hit_rate:.2%}")
+    total = summary["hit_rate_range"][1]
+    if max_total_hit_rate is not None and total > max_total_hit_rate:
+        return (f"predicted total hit rate {total:.2%} is above --max-total-hit-rate "
+                f"{max_total_hit_rate:.2%}")
+    return None
+
+
 def check_file(input_path: str, *, from_format: str | None = None,
                tokenizer: str | None = None, skip_invalid: bool = False,
                dataset: dict[str, Any] | None = None, per_request: str | None = None,
                plot: str | None = None, workers: int | None = None,
+               system_prompt_file: str | None = None, use_manifest: bool = True,
                **options: Any) -> dict[str, Any]:
     """The predicted prefix-cache hits of sending a file's records (see
     :mod:`promptkit.check`), as a dict; ``per_request`` names a JSONL file to get one
-    line a profiled request."""
+    line a profiled request.
+
+    What AIPerf adds to every request is applied: ``system_prompt_file`` (its
+    ``--system-prompt-file``), or else the AIPerf arguments of the file's own manifest
+    (``IN.manifest.json``) when it matches the file and ``use_manifest`` is true."""
     from .check import CheckOptions, check_records
     from .tokenizers import cached_tokenizer
 
     for path in (per_request, plot):
         if path is not None:
             files.writable(path)
+    applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
+    options["system_prompt"] = applied.pop("system_prompt")
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     try:
@@ -572,7 +600,63 @@ def check_file(input_path: str, *, from_format: str | None = None,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
             "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
-            **report.summary()}
+            **report.summary(), "aiperf_args": applied}
+
+
+#: AIPerf arguments that change what a request sends, and so what ``check`` predicts.
+_SYSTEM_ARGS = ("--system-prompt-file", "--system-prompt")
+
+
+def aiperf_arguments(input_path: str, system_prompt_file: str | None,
+                     use_manifest: bool = True) -> dict[str, Any]:
+    """The AIPerf arguments ``check`` applies to a file: ``applied`` (the arguments),
+    ``source`` (``option``, ``manifest`` or ``None``), ``system_prompt`` (its text), and
+    ``note`` when a manifest beside the file was not used."""
+    out: dict[str, Any] = {"applied": [], "source": None, "system_prompt": None}
+    if system_prompt_file is not None:
+        out.update(applied=["--system-prompt-file", system_prompt_file], source="option",
+                   system_prompt=_read_prompt(system_prompt_file, "--system-prompt-file"))
+        return out
+    path = manifest.default_path(input_path)
+    if not use_manifest or input_path == STDIO or is_dataset(input_path):
+        return out
+    try:
+        recorded = manifest.read(path)
+        problems = manifest.verify(input_path, path)
+    except (PromptkitError, KeyError, TypeError):
+        if os.path.exists(path):
+            out["note"] = f"{path} is not a readable promptkit manifest: not applied"
+        return out
+    if problems:
+        out["note"] = f"{path} does not match the file ({problems[0]}): not applied"
+        return out
+    args = recorded.get("aiperf", {}).get("args", [])
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--system-prompt":
+            out.update(applied=[flag, value], source="manifest", system_prompt=value)
+        elif flag == "--system-prompt-file":
+            found = _beside(str(value), input_path)
+            out.update(applied=[flag, found], source="manifest",
+                       system_prompt=_read_prompt(found, f"{path}: --system-prompt-file"))
+    return out
+
+
+def _beside(value: str, input_path: str) -> str:
+    """A path a manifest names: as written, or else next to the file it describes."""
+    beside = os.path.join(os.path.dirname(input_path), os.path.basename(value))
+    return value if os.path.isfile(value) or not os.path.isfile(beside) else beside
+
+
+def _read_prompt(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptkitError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
+                             ) from None
+    if not text.strip():
+        raise PromptkitError(f"{what} {path}: empty (AIPerf refuses an empty system prompt)")
+    return text
 
 
 def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,

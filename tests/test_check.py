@@ -223,13 +223,12 @@ def test_per_request_lines(tmp_path, run):
     lines = tmp_path / "per.jsonl"
     result = run("check", source, "--requests", "3", "--warmup", "1", "--per-request", lines)
     assert result.exit_code == 0, result.stderr
+    row = {"turn": 1, "prompt_tokens": 1100, "hit_tokens": 1024, "hit_tokens_low": 1024,
+           "hit_tokens_within_conversation": 0}
     assert read_jsonl(lines) == [
-        {"request": 1, "record": 2, "prompt_tokens": 1100, "hit_tokens": 1024,
-         "first_differing_block": 2},
-        {"request": 2, "record": 1, "prompt_tokens": 1100, "hit_tokens": 1024,
-         "first_differing_block": 0},
-        {"request": 3, "record": 2, "prompt_tokens": 1100, "hit_tokens": 1024,
-         "first_differing_block": 2},
+        {"request": 1, "record": 2, **row, "first_differing_block": 2},
+        {"request": 2, "record": 1, **row, "first_differing_block": 0},
+        {"request": 3, "record": 2, **row, "first_differing_block": 2},
     ]
 
 
