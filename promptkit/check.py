@@ -228,16 +228,19 @@ class Engine:
     keys in, its hit *tokens* out, whatever the engine and whether the file holds text
     or hash ids (one id a block of ``block_size`` tokens).
 
-    A request is its prompt's key (:meth:`key`) and, after the prompt, the keys of the
-    tokens the server generates (:meth:`reply_key` when they are known, else
-    :meth:`unknown_reply`): a server caches those too, so they take cache space, and
-    a later turn that sends the reply back can hit them.
+    A request is its prompt's key (:meth:`key`), how many tokens the server generates
+    for it, and the keys of those tokens where a later turn sends them back
+    (:meth:`reply_key`): a server caches generated tokens too, so they take cache
+    space, and the next turn of a conversation can hit them.
     """
 
     def __init__(self, name: str, block_size: int, capacity_tokens: int | None,
-                 hash_ids: bool):
+                 hash_ids: bool, num_gpu_blocks: int | None = None):
         if name not in ENGINES:
             raise CheckError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+        if num_gpu_blocks is not None and (name != "vllm" or capacity_tokens is not None):
+            raise CheckError("--num-gpu-blocks is vLLM's block count: give it for --engine "
+                             "vllm, instead of --capacity-tokens")
         self.name = name
         self.block_size = block_size
         self.hash_ids = hash_ids
@@ -245,7 +248,7 @@ class Engine:
         self.vllm: VllmCache | None = None
         self.sglang: SglangCache | None = None
         if name == "vllm":
-            self.vllm = VllmCache(block_size, capacity_tokens)
+            self.vllm = VllmCache(block_size, capacity_tokens, num_gpu_blocks)
         else:  # the radix tree holds ids for a hash-id trace: its capacity is in ids
             self.sglang = SglangCache(capacity_tokens if capacity_tokens is None or not hash_ids
                                       else capacity_tokens // block_size)
@@ -268,28 +271,19 @@ class Engine:
             return array("Q", self.vllm.block_hashes(prompt + generated, salt)[len(key):])
         return array("I", generated)
 
-    def unknown_reply(self, length: int, reply_tokens: int | None) -> Any:
-        """Keys no prompt can match, as many as the reply fills (only their space counts,
-        so none without a capacity)."""
-        if not reply_tokens or not self.bounded or self.hash_ids:
-            return ()
+    def request(self, key: Any, length: int, salt: str | None, reply_tokens: int | None,
+                reply: Any = None) -> int:
+        """Send a prompt of ``length`` tokens; its hit tokens. The server then generates
+        ``reply_tokens`` (``None``: unknown), whose keys are ``reply`` when known."""
         if self.vllm is not None:
-            size = self.block_size
-            n = (length + reply_tokens - 1) // size - length // size
-        else:
-            n = reply_tokens - 1
-        return [-next(self._unknown) for _ in range(n)]
-
-    def request(self, key: Any, length: int, salt: str | None, reply: Any = ()) -> int:
-        """Send a prompt of ``length`` tokens; its hit tokens. ``reply`` then joins it
-        in the cache."""
-        if self.vllm is not None:
-            blocks = list(key) + list(reply) if reply else key
-            return self.vllm.request_blocks(blocks, length)
+            blocks = list(key) + list(reply) if reply is not None else key
+            return self.vllm.request_blocks(blocks, length, reply_tokens)
         assert self.sglang is not None
         if self.hash_ids:
             hit = self.sglang.request(key, salt, length=len(key) + 1)
             return min(hit * self.block_size, max(length - 1, 0))
+        if reply is None and reply_tokens and self.bounded:  # unknown tokens: their room
+            reply = [-next(self._unknown) for _ in range(reply_tokens - 1)]
         return self.sglang.request(list(key) + list(reply) if reply else key, salt,
                                    length=length)
 
@@ -305,6 +299,7 @@ class CheckOptions:
     chat_template: str = "none"
     requests: int | None = None
     warmup: int = 0
+    num_gpu_blocks: int | None = None  # vLLM's block pool, instead of capacity_tokens
     system_prompt: str | None = None  # what AIPerf's --system-prompt(-file) adds
     reply_tokens: int | None = None  # replies' length where a turn has no output_length
 
@@ -381,6 +376,7 @@ class Report:
             "engine": self.options.engine,
             "block_size": self.block_size,
             "capacity_tokens": self.options.capacity_tokens,
+            "num_gpu_blocks": self.options.num_gpu_blocks,
             "chat_template": None if self.hash_ids else self.options.chat_template,
             "records": self.records,
             "conversations": self.conversations,
@@ -476,7 +472,7 @@ class Setup:
 
     def _engine(self) -> Engine:
         return Engine(self.options.engine, self.block_size, self.options.capacity_tokens,
-                      self.hash_ids)
+                      self.hash_ids, self.options.num_gpu_blocks)
 
     def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Unit, bytes]]:
         """What each record is to the cache, and its leading tokens (the part of a check
@@ -503,7 +499,8 @@ class Setup:
             raise InvalidRecordError("a record with no text and no hash ids",
                                      lineno=record.lineno)
         salt = _salt(record.extra)
-        request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt)
+        request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt,
+                           record.output_length)
         lead = array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
         return _Unit(None, [request]), lead
 
@@ -555,17 +552,16 @@ class Setup:
         total = options.warmup + (len(flat) if options.requests is None else options.requests)
         for n in range(total):
             session, (record, turn, r) = flat[n % len(flat)]
-            unknown = self.engine.unknown_reply(r.length, r.reply_tokens)
-            hit = point.request(r.key, r.length, r.salt,
-                                unknown if r.reply is None else r.reply)
-            hit_low = (low.request(r.key, r.length, r.salt, unknown) if any_reply else hit)
+            hit = point.request(r.key, r.length, r.salt, r.reply_tokens, r.reply)
+            hit_low = (low.request(r.key, r.length, r.salt, r.reply_tokens) if any_reply
+                       else hit)
             within = 0
             if together:  # what the session's own earlier requests alone would give
                 instance = (n // len(flat), session)
                 if instance != own_session:
                     own, own_session = self._engine(), instance
-                within = min(own.request(r.key, r.length, r.salt,
-                                         unknown if r.reply is None else r.reply), hit)
+                within = min(own.request(r.key, r.length, r.salt, r.reply_tokens, r.reply),
+                             hit)
             if n >= options.warmup:
                 report.hits.append(hit)
                 report.hits_low.append(hit_low)

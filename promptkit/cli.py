@@ -504,6 +504,10 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Tokens a block [default: 16; 512 for hash-id traces]."),
         click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Cache size in tokens, LRU eviction (default: unbounded)."),
+        click.option("--num-gpu-blocks", type=click.IntRange(min=2), metavar="N",
+                     help="vLLM's KV cache blocks, as its log says ('GPU KV cache size' / "
+                          "--num-gpu-blocks-override): its block pool, replayed exactly at "
+                          "concurrency 1."),
         click.option("--requests", type=click.IntRange(min=1), metavar="R",
                      help="Profiled requests (default: one per record); more than the "
                           "records wraps around the file, as AIPerf does."),
@@ -526,7 +530,8 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def check_params(tokenizer: str | None, chat_template: str, engine: str,
                  block_size: int | None, capacity_tokens: int | None,
-                 requests: int | None, warmup: int, system_prompt_file: str | None,
+                 num_gpu_blocks: int | None, requests: int | None, warmup: int,
+                 system_prompt_file: str | None,
                  reply_tokens: int | None, max_total_hit_rate: float | None
                  ) -> dict[str, Any]:
     if block_size is not None and block_size < 1:
@@ -535,7 +540,13 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
         "tokenizer": tokenizer, "chat_template": chat_template, "engine": engine,
         "block_size": block_size, "capacity_tokens": capacity_tokens,
         "requests": requests, "warmup": warmup, "reply_tokens": reply_tokens}
-    for key, value in (("system_prompt_file", system_prompt_file),
+    if num_gpu_blocks is not None:
+        if capacity_tokens is not None:
+            raise click.UsageError("give --capacity-tokens or --num-gpu-blocks, not both")
+        if engine != "vllm":
+            raise click.UsageError("--num-gpu-blocks is vLLM's block count (--engine vllm)")
+    for key, value in (("num_gpu_blocks", num_gpu_blocks),
+                       ("system_prompt_file", system_prompt_file),
                        ("max_total_hit_rate", max_total_hit_rate)):
         if value is not None:
             params[key] = value
@@ -597,7 +608,8 @@ def check(input_path: str, from_format: str | None, as_json: bool,
 
 
 def print_check(s: dict[str, Any]) -> None:
-    capacity = f"{s['capacity_tokens']} tokens" if s["capacity_tokens"] else "unbounded"
+    capacity = (f"{s['num_gpu_blocks']} vLLM blocks" if s.get("num_gpu_blocks")
+                else f"{s['capacity_tokens']} tokens" if s["capacity_tokens"] else "unbounded")
     template = f", template {s['chat_template']}" if s["chat_template"] else ", hash ids"
     click.echo(f"{s['input']['path']}: predicted prefix-cache hit rate {s['hit_rate']:.2%} "
                f"({s['engine']}, block {s['block_size']}, {capacity}{template})")

@@ -245,3 +245,18 @@ def test_a_pipe_check_guard_writes_nothing_when_the_rate_is_too_high(tmp_path, r
     assert fine.exit_code == 0, fine.stderr
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     assert manifest["steps"][1]["params"]["max_hit_rate"] == 0.1
+
+
+def test_num_gpu_blocks_is_vllms_pool_instead_of_a_token_capacity(tmp_path, run):
+    source = write_jsonl(tmp_path / "t.jsonl", [
+        {"input_length": 1100, "hash_ids": [i, i + 1, i + 2]} for i in (0, 10, 20, 0)])
+    roomy = run("check", source, "--num-gpu-blocks", "100", "--json")
+    assert roomy.exit_code == 0, roomy.stderr
+    assert json.loads(roomy.stdout)["hit_tokens"] == 1024  # the fourth repeats the first
+    # 7 blocks, one of them vLLM's null block: the three others evicted the first's.
+    tight = run("check", source, "--num-gpu-blocks", "7", "--json")
+    assert json.loads(tight.stdout)["hit_tokens"] == 0
+    both = run("check", source, "--num-gpu-blocks", "7", "--capacity-tokens", "4096")
+    assert both.exit_code == 2 and "not both" in both.stderr
+    sglang = run("check", source, "--num-gpu-blocks", "7", "--engine", "sglang")
+    assert sglang.exit_code == 2 and "--engine vllm" in sglang.stderr
