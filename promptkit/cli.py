@@ -1035,3 +1035,54 @@ def main() -> None:
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     cli(prog_name="promptkit")
+
+
+# ---------------------------------------------------------------- bench: run AIPerf from .env
+
+
+class BenchStop(click.ClickException):
+    """'promptkit bench' stops before running (``promptkit: ...``): exit 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"promptkit: {self.format_message()}", err=True)
+
+
+class BenchSettingError(BenchStop):
+    """A bad setting of 'promptkit bench': exit 2."""
+
+    exit_code = 2
+
+
+@cli.command("bench")
+@click.option("--env-file", metavar="PATH",
+              help="The settings file (default: .env in the current folder, if present); "
+                   "see .env.example.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the exact aiperf profile command (and the predicted hit rate on "
+                   "stderr) and stop: no cache reset, no run, nothing written.")
+@click.option("--allow-repeats", is_flag=True,
+              help="Run even when warmup + requests exceed the file's distinct records "
+                   "(prompts repeat and may hit the prefix cache).")
+@click.pass_context
+def bench_command(ctx: click.Context, env_file: str | None, dry_run: bool,
+                  allow_repeats: bool) -> None:
+    """Run aiperf profile as .env says; predict, then measure, the prefix-cache hit rate.
+
+    Exit code: AIPerf's; 1 when the runner stops; 2 for a bad setting; 3 when the
+    hit rate the server measured is above MAX_HIT_RATE.
+
+    \b
+    Examples:
+      promptkit bench --dry-run
+      promptkit bench --env-file vllm.env
+      CONCURRENCY=16 promptkit bench --allow-repeats
+    """
+    from . import bench
+
+    try:
+        code = bench.bench(env_file, dry=dry_run, allow_repeats=allow_repeats)
+    except bench.SettingError as exc:
+        raise BenchSettingError(str(exc)) from None
+    except PromptkitError as exc:
+        raise BenchStop(str(exc)) from None
+    ctx.exit(code)

@@ -18,8 +18,14 @@ Endpoints:
 - ``POST /v1/completions``: the same for the legacy text completions API.
 - ``GET /v1/models``: lists the served model name.
 - ``GET /health``: ``{"status": "ok"}``.
-- ``GET /metrics``: an empty Prometheus exposition (clients that scrape
-  server metrics get a valid, empty answer rather than a 404).
+- ``GET /metrics``: Prometheus text. With the prefix cache on, two counters
+  of every prompt token the cache served since the server started, named as
+  vLLM names them (``vllm:prefix_cache_queries_total`` and
+  ``vllm:prefix_cache_hits_total``) or, with ``metrics="sglang"``, as SGLang
+  does (``sglang:prompt_tokens_total`` and ``sglang:cached_tokens_total``).
+  Like the real servers' counters they only grow: a cache reset empties the
+  cache, not the counters. Without the cache: an empty exposition (clients
+  that scrape server metrics get a valid answer rather than a 404).
 - ``POST /reset_prefix_cache`` (vLLM) and ``POST /flush_cache`` (SGLang):
   empty the prefix cache (:meth:`OpenAIServer.reset_cache`); any body or none.
 
@@ -38,6 +44,7 @@ top-level ``cache_salt`` in the first block's hash, never the last token)::
         run_client(url=server.url)
         server.cache_records()   # [CacheRecord(prompt_tokens, cached_tokens, ...)]
         server.hit_rate()        # sum cached / sum prompt tokens
+        server.counters()        # (hits, queries) since start, as GET /metrics says
 
 A chat request's prompt tokens are ``tokenizer.encode(text,
 add_special_tokens=False).ids`` where ``text`` is the concatenation, with
@@ -73,6 +80,12 @@ COMPLETION = "This is a short test reply."
 DEFAULT_MODEL = "test-model"
 #: Prefix-cache reset endpoints: vLLM's (dev mode) and SGLang's.
 RESET_PATHS = ("/reset_prefix_cache", "/flush_cache")
+#: The Prometheus counters of the prefix cache, ``(hits, queries)``, as each engine
+#: names them (without the ``_total`` every counter sample ends with).
+METRIC_NAMES = {
+    "vllm": ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
+    "sglang": ("sglang:cached_tokens", "sglang:prompt_tokens"),
+}
 
 
 @dataclass
@@ -216,7 +229,8 @@ class OpenAIServer:
     ``tokenizer`` (a ``tokenizers.Tokenizer``, or a tokenizer.json file or a
     folder holding one) turns on the prefix cache (:class:`PrefixCache`,
     ``block_size`` tokens a block); :meth:`cache_records` and
-    :meth:`hit_rate` then tell what it measured.
+    :meth:`hit_rate` then tell what it measured, and ``GET /metrics`` serves
+    its counters under the names of ``metrics`` (``"vllm"`` or ``"sglang"``).
     """
 
     def __init__(
@@ -226,8 +240,12 @@ class OpenAIServer:
         completion: str = COMPLETION,
         tokenizer: Any = None,
         block_size: int = 16,
+        metrics: str = "vllm",
     ) -> None:
+        if metrics not in METRIC_NAMES:
+            raise ValueError(f"metrics: one of {', '.join(METRIC_NAMES)}")
         self.model = model
+        self.metrics = metrics
         self.completion = completion
         self.requests: list[RecordedRequest] = []
         self.tokenizer = _load_tokenizer(tokenizer)
@@ -235,6 +253,8 @@ class OpenAIServer:
             PrefixCache(block_size) if self.tokenizer is not None else None
         )
         self._cache_records: list[CacheRecord] = []
+        self._hits_total = 0  # every hit and prompt token since start: reset never clears
+        self._queries_total = 0
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -330,6 +350,26 @@ class OpenAIServer:
         prompt = sum(r.prompt_tokens for r in records)
         return sum(r.cached_tokens for r in records) / prompt if prompt else 0.0
 
+    def counters(self) -> tuple[int, int]:
+        """``(hit tokens, prompt tokens)`` the cache served since the server started."""
+        with self._lock:
+            return self._hits_total, self._queries_total
+
+    def prometheus_text(self) -> str:
+        """``GET /metrics``: the prefix-cache counters in Prometheus text format, with a
+        ``model_name`` label as vLLM gives them (empty without the cache)."""
+        if self.prefix_cache is None:
+            return ""
+        hits, queries = self.counters()
+        lines = []
+        for name, value, what in zip(METRIC_NAMES[self.metrics], (hits, queries),
+                                     ("Prompt tokens served from the prefix cache.",
+                                      "Prompt tokens looked up in the prefix cache."),
+                                     strict=True):
+            lines += [f"# HELP {name}_total {what}", f"# TYPE {name}_total counter",
+                      f'{name}_total{{model_name="{self.model}"}} {float(value)}']
+        return "\n".join(lines) + "\n"
+
     def reset_cache(self) -> None:
         """Empty the prefix cache and forget its records (recorded requests stay)."""
         with self._lock:
@@ -347,6 +387,8 @@ class OpenAIServer:
             cached = self.prefix_cache.request(tokens, salt)
             record = CacheRecord(path, len(tokens), cached, salt)
             self._cache_records.append(record)
+            self._hits_total += cached
+            self._queries_total += len(tokens)
         return record
 
     # -- request handling --------------------------------------------------
@@ -363,7 +405,8 @@ class OpenAIServer:
             if path == "/v1/models":
                 return Response(body=self._models())
             if path == "/metrics":
-                return Response(body="", content_type="text/plain; version=0.0.4")
+                return Response(body=self.prometheus_text(),
+                                content_type="text/plain; version=0.0.4; charset=utf-8")
             return _error(HTTPStatus.NOT_FOUND, f"no route for GET {path}")
         if method == "POST":
             if path in RESET_PATHS:  # recorded first, like every request: tests see when

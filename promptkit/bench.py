@@ -1,0 +1,1073 @@
+"""Run ``aiperf profile`` on a prompt file (or synthetic prompts), configured by ``.env``,
+and compare the prefix-cache hit rate ``check`` predicts with the one the server measured.
+
+Usage (``promptkit bench``; ``scripts/run_aiperf.py`` is a wrapper for it)::
+
+    promptkit bench [--env-file PATH] [--dry-run] [--allow-repeats]
+
+Settings (documented in ``.env.example``) come from ``KEY=VALUE`` lines of the
+env file (``.env`` in the current folder by default) and from the process
+environment, which wins: ``CONCURRENCY=8 promptkit bench`` runs the file's setup
+at concurrency 8. A variable set to the empty string in the environment counts
+as set (``INPUT_FILE=`` forces synthetic prompts). Keys the runner does not know
+(``HF_TOKEN``, ``AIPERF_*`` settings, ...) are exported to AIPerf's environment
+unless the environment already has them.
+
+What it does, in order:
+
+1. ``INPUT_FILE`` set and present: its manifest (``FILE.manifest.json``, written
+   by promptkit) supplies ``--custom-dataset-type``, a ``--system-prompt-file``
+   and the number of distinct records; without a manifest (or with one that no
+   longer matches the file's sha256) the format is detected as every promptkit
+   command detects it and the distinct prompts are counted. When
+   ``WARMUP_REQUEST_COUNT + REQUEST_COUNT`` exceeds the distinct records, AIPerf
+   would wrap around the file and resend prompts that hit the prefix cache: the
+   runner stops (exit 1) unless ``--allow-repeats`` or ``ALLOW_REPEATS=true``.
+   ``INPUT_FILE`` unset or missing: AIPerf's synthetic prompts, with a warning
+   (they are alike, so prefix caching may flatter the results).
+2. Predicts the run's prefix-cache hit rate with ``check``, in-process: the same
+   file, request and warmup counts and system prompt file, under ``TOKENIZER``
+   (a folder, ``hf:ID`` from the local Hugging Face cache for a Hub id, the
+   model's tokenizer when unset), ``CHAT_TEMPLATE`` and ``BLOCK_SIZE``. A
+   prediction that cannot be made (synthetic prompts, no tokenizer offline)
+   does not stop the run: it is said on stderr and recorded as ``null`` with
+   the reason. ``--dry-run`` prints the prediction too.
+3. ``RESET_CACHE``: clears the server's prefix cache right before AIPerf starts
+   (``vllm``: ``POST /reset_prefix_cache``; ``sglang``: ``POST /flush_cache``;
+   ``aiperf``: AIPerf's own ``--reset-kv-cache``; ``command:CMD``: a shell hook,
+   e.g. a server restart) and writes ``ARTIFACT_DIR/cache_condition.json``: what
+   was done, when, the response status, the run's shape, the prediction and,
+   after the run, AIPerf's exit code.
+4. Runs ``aiperf profile`` (``--dry-run``: prints the exact command instead, one
+   shell-quoted line on stdout, and runs nothing).
+5. Reads what the server counted during the profiling phase from AIPerf's
+   ``ARTIFACT_DIR/server_metrics_export.json`` (AIPerf scrapes the server's
+   ``/metrics`` unless ``--no-server-metrics``): vLLM's
+   ``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries`` counters, else
+   SGLang's ``sglang:cached_tokens`` / ``sglang:prompt_tokens``. Writes
+   ``"prefix_cache": {"predicted_hit_rate", "predicted_range",
+   "measured_hit_rate", "measured_hits", "measured_queries", "source", ...}``
+   into ``cache_condition.json`` and prints one line comparing prediction and
+   measurement, saying plainly when the server hit more than predicted (a
+   flattered run) and what may cause it.
+
+Exit codes: AIPerf's own after a run; 1 when the runner stops (prompts would
+repeat, the cache reset failed, the input file is not loadable); 2 for a bad
+setting; 3 when AIPerf succeeded but the measured hit rate is above
+``MAX_HIT_RATE`` (a fraction, 0 to 1). Messages go to stderr, one line each,
+prefixed ``promptkit:``; stdout carries only the ``--dry-run`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from . import manifest
+from .errors import InvalidRecordError, PromptkitError
+
+#: Every setting the runner reads, with its default (None: not passed to AIPerf).
+SETTINGS: dict[str, str | None] = {
+    "MODEL": None,                  # required: --model
+    "URL": "http://localhost:8000",  # --url: the server's base URL
+    "ENDPOINT_TYPE": "chat",        # --endpoint-type
+    "STREAMING": "false",           # --streaming when true
+    "CONCURRENCY": "1",             # --concurrency
+    "REQUEST_COUNT": None,          # --request-count (file default: distinct - warmup)
+    "WARMUP_REQUEST_COUNT": "0",    # --warmup-request-count when > 0
+    "TOKENIZER": None,              # --tokenizer (a local folder is made absolute)
+    "ARTIFACT_DIR": None,           # --artifact-dir (default: artifacts/MODEL-TIME)
+    "INPUT_FILE": None,             # --input-file; unset or missing: synthetic prompts
+    "EXTRA_INPUTS": None,           # key:value,... -> repeated --extra-inputs
+    "RESET_CACHE": "none",          # none | vllm | sglang | aiperf | command:CMD
+    "ALLOW_REPEATS": "false",       # like --allow-repeats
+    "AIPERF": None,                 # the aiperf command (default: aiperf, or python -m aiperf)
+    "AIPERF_ARGS": None,            # more aiperf profile arguments, shell-quoted
+    "RESET_TIMEOUT": "30",          # seconds for the reset request or hook
+    "CHAT_TEMPLATE": None,          # check's template (default: hf if the tokenizer has one)
+    "BLOCK_SIZE": None,             # check's block size (default 16; hash-id traces 512)
+    "MAX_HIT_RATE": None,           # exit 3 when the measured hit rate is above it
+}
+
+RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}
+CONDITION_FILE = "cache_condition.json"
+SERVER_METRICS_FILE = "server_metrics_export.json"
+#: The prefix-cache counters AIPerf records, ``(hits, queries)``, by engine (AIPerf
+#: strips the ``_total`` of the counters' sample names).
+CACHE_COUNTERS = {
+    "vllm": ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
+    "sglang": ("sglang:cached_tokens", "sglang:prompt_tokens"),
+}
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+#: Exit codes of the runner itself (AIPerf's own is returned after a run).
+EXIT_STOP = 1
+EXIT_SETTING = 2
+EXIT_ABOVE_MAX_HIT_RATE = 3
+#: Rates closer than this are the same (both are rounded to 6 digits).
+RATE_EPSILON = 1e-6
+
+
+class SettingError(PromptkitError):
+    """A bad setting: exit 2."""
+
+
+def note(message: str) -> None:
+    print(f"promptkit: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    note(f"warning: {message}")
+
+
+# ---------------------------------------------------------------- the .env file
+
+_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+def parse_env(text: str, name: str = ".env") -> dict[str, str]:
+    """``KEY=VALUE`` lines: blank lines and ``#`` comments skipped, ``export``
+    allowed, values optionally in single quotes (literal) or double quotes
+    (``\\n``, ``\\t``, ``\\"``, ``\\\\`` escapes); an unquoted value ends at a ``#``
+    that follows whitespace. No variable expansion, no multi-line values."""
+    values: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ASSIGNMENT.fullmatch(line)
+        if match is None:
+            raise SettingError(f"{name}:{lineno}: not a KEY=VALUE line: {stripped!r}")
+        key, raw = match.groups()
+        try:
+            values[key] = _env_value(raw.strip())
+        except ValueError as exc:
+            raise SettingError(f"{name}:{lineno}: {key}: {exc}") from None
+    return values
+
+
+def _env_value(raw: str) -> str:
+    if not raw or raw[0] not in "'\"":
+        return re.split(r"\s#", raw, maxsplit=1)[0].strip()
+    quote, i = raw[0], 1
+    out: list[str] = []
+    while i < len(raw):
+        char = raw[i]
+        if char == quote:
+            rest = raw[i + 1:].strip()
+            if rest and not rest.startswith("#"):
+                raise ValueError(f"text after the closing quote: {rest!r}")
+            return "".join(out)
+        if char == "\\" and quote == '"' and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            out.append(_ESCAPES.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    raise ValueError(f"no closing {quote}")
+
+
+def load_settings(env_file: str | None,
+                  environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(settings, exports)``: the runner's settings (environment over file) and the
+    file's other keys, to add to AIPerf's environment."""
+    path = Path(env_file) if env_file is not None else Path(".env")
+    if path.is_file():
+        from_file = parse_env(path.read_text(encoding="utf-8"), str(path))
+    elif env_file is not None:
+        raise SettingError(f"{env_file}: no such env file")
+    else:
+        from_file = {}
+        note("no .env here: settings from the environment only")
+    settings: dict[str, str] = {}
+    for key in SETTINGS:
+        if key in environ:
+            if key in from_file and from_file[key] != environ[key]:
+                shown = "" if key == "AIPERF_ARGS" else f" ({environ[key]!r})"  # an API key?
+                note(f"{key} from the environment{shown} overrides {path}")
+            settings[key] = environ[key]
+        elif key in from_file:
+            settings[key] = from_file[key]
+    exports = {k: v for k, v in from_file.items() if k not in SETTINGS and k not in environ}
+    return settings, exports
+
+
+def setting(settings: Mapping[str, str], key: str) -> str | None:
+    """The value of ``key``, or its default; an empty value is the default."""
+    value = settings.get(key, "").strip()
+    return value if value else SETTINGS[key]
+
+
+def flag(settings: Mapping[str, str], key: str) -> bool:
+    value = (setting(settings, key) or "").lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise SettingError(f"{key}={value!r}: not true or false")
+
+
+def count(settings: Mapping[str, str], key: str, minimum: int) -> int | None:
+    value = setting(settings, key)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise SettingError(f"{key}={value!r}: not a whole number >= {minimum}")
+    return number
+
+
+def fraction(settings: Mapping[str, str], key: str) -> float | None:
+    value = setting(settings, key)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= 1:
+        raise SettingError(f"{key}={value!r}: not a fraction from 0 to 1 (0.05 is 5%)")
+    return number
+
+
+# ---------------------------------------------------------------- EXTRA_INPUTS
+
+
+def _json_constant(name: str) -> float:
+    raise ValueError(name)  # NaN and Infinity are not JSON: keep them as strings
+
+
+def json_value(text: str) -> Any:
+    """A value as JSON reads it (``true``, ``1``, ``0.5``, ``"x"``, ``[1, 2]``), else the
+    text as a string (``x``)."""
+    try:
+        value = json.loads(text, parse_constant=_json_constant)
+    except ValueError:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
+        return text
+    return value
+
+
+def split_items(text: str) -> list[str]:
+    """Split at commas outside quotes and brackets: ``a:1,stop:["x","y"]`` is two items."""
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote, escaped = 0, False, False
+    for char in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quote = False
+        elif char == '"':
+            quote = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    return items
+
+
+def parse_extra_inputs(text: str | None) -> list[tuple[str, Any]]:
+    """``key:value`` pairs, comma-separated (or one JSON object), values typed as JSON."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise SettingError(f"EXTRA_INPUTS: not a valid JSON object: {exc}") from None
+        if not isinstance(obj, dict):
+            raise SettingError("EXTRA_INPUTS: not a JSON object")
+        return list(obj.items())
+    pairs: list[tuple[str, Any]] = []
+    for item in split_items(text):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition(":")
+        key = key.strip()
+        if not sep or not key:
+            raise SettingError(f"EXTRA_INPUTS: {item.strip()!r} is not key:value")
+        if key in dict(pairs):
+            raise SettingError(f"EXTRA_INPUTS: {key!r} given twice")
+        pairs.append((key, json_value(value.strip())))
+    return pairs
+
+
+def _aiperf_coerce_value(value: str) -> Any:
+    """AIPerf 0.13's ``aiperf.config.loader.parsing.coerce_value``, verbatim."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.lower() in ("none", "null"):
+        return None
+    if value.isdigit() and (not value.startswith("0") or value == "0"):
+        return int(value)
+    if (value.startswith("-") and value[1:].isdigit()
+            and (not value.startswith("-0") or value == "-0")):
+        return int(value)
+    if value.count(".") == 1 and (
+        value.replace(".", "").isdigit()
+        or (value.startswith("-") and value[1:].replace(".", "").isdigit())
+    ):
+        return float(value)
+    return value
+
+
+#: What AIPerf fails on (``int("²")``: ``"²".isdigit()`` is true).
+_FAILS = object()
+
+
+def aiperf_coerce(text: str) -> Any:
+    """What AIPerf makes of a string value of ``--extra-inputs``. It applies this to
+    every string value, in ``key:value`` and JSON form alike (its CLI config is
+    validated twice, and the second pass coerces the parsed pairs' values)."""
+    try:
+        return _aiperf_coerce_value(text)
+    except ValueError:
+        return _FAILS
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def extra_input_args(pairs: list[tuple[str, Any]]) -> list[str]:
+    """One ``--extra-inputs`` argument a pair, so the value reaches the server with
+    its JSON type: ``key:value`` when AIPerf's parsing of the text gives back the
+    value, else ``{"key": value}`` (a list or object, a float such as ``1e-05``, a
+    string with a comma or outer spaces). A string AIPerf would turn into something
+    else (``"1"``, ``"true"``, ``"null"``) cannot be sent through its CLI: an error."""
+    args: list[str] = []
+    for key, value in pairs:
+        if isinstance(value, str) and not _same(aiperf_coerce(value), value):
+            shown = json.dumps(value, ensure_ascii=False)
+            raise SettingError(
+                f"EXTRA_INPUTS: {key}: the string {shown} would not reach the "
+                "server as a string: AIPerf 0.13 turns string values that look like "
+                "numbers, booleans or null into those")
+        if isinstance(value, bool):
+            text: str | None = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            text = value if isinstance(value, str) else repr(value)
+        else:
+            text = None  # null, lists and objects
+        simple = (
+            text is not None and text == text.strip() and text != ""
+            and "," not in text and _same(aiperf_coerce(text), value)
+            and not any(c in key for c in ":,") and key == key.strip() and key[:1] != "{"
+        )
+        args += ["--extra-inputs",
+                 f"{key}:{text}" if simple else json.dumps({key: value}, ensure_ascii=False)]
+    return args
+
+
+# ---------------------------------------------------------------- the input file
+
+
+@dataclass
+class Dataset:
+    path: str
+    custom_dataset_type: str
+    args: list[str]
+    distinct_records: int
+    source: str  # "manifest" or "detected"
+    warnings: list[str] = field(default_factory=list)
+
+
+def _manifest_args(args: list[str], input_file: str) -> list[str]:
+    """The manifest's AIPerf arguments for this file: ``--input-file`` replaced by the
+    absolute path; a ``--system-prompt-file`` found next to the file when its
+    recorded path does not resolve from here."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = args[i + 1] if i + 1 < len(args) else None
+        if arg == "--input-file":
+            i += 2
+            continue
+        if arg == "--system-prompt-file" and value is not None:
+            beside = os.path.join(os.path.dirname(input_file), os.path.basename(value))
+            found = next((p for p in (value, beside) if os.path.isfile(p)), None)
+            if found is None:
+                raise PromptkitError(f"{input_file}: the manifest's --system-prompt-file "
+                                     f"{value} is missing (looked here and at {beside})")
+            out += [arg, os.path.abspath(found)]
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return ["--input-file", input_file, *out]
+
+
+def scan_file(path: str) -> tuple[str, int]:
+    """``(AIPerf's --custom-dataset-type, distinct prompts)`` of a file without a
+    manifest: its format detected as every promptkit command detects it, every record
+    read (a bad one is ``FILE:LINE: problem``), distinct prompts counted as a manifest
+    counts them."""
+    from array import array
+
+    import numpy as np
+
+    from .streams import Source, prompt_key
+
+    source = Source(path)
+    try:
+        fmt = source.format
+        if fmt.aiperf_type is None:
+            raise PromptkitError(f"{source.name}: AIPerf does not load {fmt.name} files; "
+                                 f"convert first: promptkit pipe read {path} write --to "
+                                 "single_turn OUT")
+        keys = array("q", (prompt_key(record) for record in source.records()))
+    except InvalidRecordError as exc:
+        raise (exc.located(source.name) if exc.path is None else exc) from None
+    finally:
+        source.close()
+    if not keys:
+        raise PromptkitError(f"{source.name}: empty file: no records")
+    distinct = np.unique(np.frombuffer(keys, dtype=np.int64)).size
+    return fmt.aiperf_type, int(distinct)
+
+
+def load_dataset(path: str) -> Dataset:
+    path = os.path.abspath(path)
+    manifest_path = manifest.default_path(path)
+    warnings: list[str] = []
+    if os.path.isfile(manifest_path):
+        made = manifest.read(manifest_path)
+        sha256, _ = manifest.file_facts(path)
+        aiperf = made.get("aiperf") or {}
+        if sha256 != made.get("output", {}).get("sha256"):
+            warnings.append(f"{manifest_path} does not match {path} (sha256 differs): "
+                            "ignored; the format is detected and distinct prompts counted")
+        elif not aiperf.get("custom_dataset_type"):
+            raise PromptkitError(
+                f"{path}: {aiperf.get('note') or 'AIPerf does not load this format'}")
+        else:
+            return Dataset(path, aiperf["custom_dataset_type"],
+                           _manifest_args(list(aiperf.get("args", [])), path),
+                           int(aiperf["distinct_records"]), "manifest")
+    aiperf_type, distinct = scan_file(path)
+    return Dataset(path, aiperf_type,
+                   ["--input-file", path, "--custom-dataset-type", aiperf_type],
+                   distinct, "detected", warnings)
+
+
+# ---------------------------------------------------------------- the cache reset
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a base URL (``http://`` added when it has no scheme)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_reset(value: str) -> tuple[str, str | None]:
+    """``(mode, hook command)`` of a RESET_CACHE value."""
+    low = value.strip().lower()
+    if low.startswith("command:"):
+        command = value.strip()[len("command:"):].strip()
+        if not command:
+            raise SettingError("RESET_CACHE=command: needs a shell command after the colon")
+        return "command", command
+    if low in ("none", "vllm", "sglang", "aiperf"):
+        return low, None
+    raise SettingError(f"RESET_CACHE={value!r}: one of none, vllm, sglang, aiperf, command:CMD")
+
+
+def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[str, Any]:
+    """Clear the prefix cache now (vllm, sglang, command); what was done, for the record."""
+    started = time.monotonic()
+    record: dict[str, Any] = {"at": now_utc()}
+    if mode in RESET_PATHS:
+        target = origin(url) + RESET_PATHS[mode]
+        record["action"] = f"POST {target}"
+        request = urllib.request.Request(target, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                record["status"] = response.status
+                record["response"] = response.read(500).decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            hint = (" (vLLM serves it only with VLLM_SERVER_DEV_MODE=1)"
+                    if mode == "vllm" and exc.code == 404 else "")
+            raise PromptkitError(f"RESET_CACHE={mode}: POST {target} answered {exc.code} "
+                                 f"{exc.reason}{hint}; not running the benchmark") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise PromptkitError(f"RESET_CACHE={mode}: POST {target} failed: {reason}; "
+                                 "not running the benchmark") from None
+    else:
+        assert mode == "command" and hook is not None
+        record["action"] = f"command: {hook}"
+        try:
+            done = subprocess.run(hook, shell=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise PromptkitError(f"RESET_CACHE hook timed out after {timeout:g}s "
+                                 f"(RESET_TIMEOUT): {hook}") from None
+        record["exit_code"] = done.returncode
+        if done.returncode != 0:
+            raise PromptkitError(f"RESET_CACHE hook exited {done.returncode}: {hook}; "
+                                 "not running the benchmark")
+    record["seconds"] = round(time.monotonic() - started, 3)
+    return record
+
+
+def redacted(command: list[str]) -> list[str]:
+    """The command with the value of ``--api-key`` hidden, for the record on disk."""
+    out: list[str] = []
+    for arg in command:
+        if out and out[-1] == "--api-key":
+            arg = "***"
+        elif arg.startswith("--api-key="):
+            arg = "--api-key=***"
+        out.append(arg)
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    from .files import write_text
+
+    write_text(str(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- the prediction
+
+
+@dataclass
+class Prediction:
+    """What ``check`` is asked: the file, the run's shape and how the server tokenizes."""
+
+    input_file: str | None  # None: synthetic prompts
+    tokenizer: str | None  # promptkit's name of TOKENIZER (None: none can be named)
+    chat_template: str | None  # None: CHAT_TEMPLATE unset (chosen from the tokenizer)
+    block_size: int | None
+    requests: int | None
+    warmup: int
+    system_prompt_file: str | None
+
+
+def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
+    """promptkit's name for the tokenizer AIPerf is given (``TOKENIZER``): a local
+    folder or file as it is, a Hub id as ``hf:ID`` (the local Hugging Face cache),
+    ``builtin`` as AIPerf's ``o200k_base``; unset, the model's tokenizer."""
+    if tokenizer is None:
+        return f"hf:{model}" if "/" in model else None
+    if os.path.exists(tokenizer):
+        return tokenizer
+    if tokenizer == "builtin":
+        return "o200k_base"
+    return f"hf:{tokenizer}"
+
+
+def has_chat_template(spec: str) -> bool:
+    """Whether a Hugging Face tokenizer (a folder, its tokenizer.json, or ``hf:ID`` in
+    the local cache) comes with a chat template."""
+    files: list[str] = []
+    if spec.startswith("hf:"):
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
+            found = try_to_load_from_cache(spec[3:], name)
+            if isinstance(found, str):
+                files.append(found)
+    elif os.path.exists(spec):
+        folder = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
+        files = [os.path.join(folder, name) for name in
+                 ("tokenizer_config.json", "chat_template.jinja", "chat_template.json")]
+    for file in files:
+        if not os.path.isfile(file):
+            continue
+        if not file.endswith("tokenizer_config.json"):
+            return True
+        try:
+            with open(file, encoding="utf-8") as f:
+                if json.load(f).get("chat_template"):
+                    return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def chat_template_for(prediction: Prediction, endpoint_type: str) -> tuple[str, str]:
+    """``(template, why)``: CHAT_TEMPLATE, or the one the server applies: none for a
+    completions endpoint, the tokenizer's own (``hf``) when it has one, else none."""
+    if prediction.chat_template is not None:
+        return prediction.chat_template, "CHAT_TEMPLATE"
+    if endpoint_type != "chat":
+        return "none", f"ENDPOINT_TYPE={endpoint_type} sends no chat messages"
+    if prediction.tokenizer is not None and has_chat_template(prediction.tokenizer):
+        return "hf", "the tokenizer's own chat template"
+    return "none", "the tokenizer has no chat template"
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "PyTorch was not found" advice from transformers (a tokenizer needs no torch)
+    while check loads a chat template."""
+    name = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
+    """``check``'s prediction of the profiled run, or ``predicted_hit_rate: None`` and
+    the reason it cannot be made. Never raises for a prediction that fails."""
+    out: dict[str, Any] = {"predicted_hit_rate": None, "predicted_range": None}
+    if prediction.input_file is None:
+        out["prediction_unavailable"] = ("synthetic prompts: AIPerf makes them at run "
+                                         "time, so check has no file to read")
+        return out
+    if prediction.tokenizer is None:
+        out["prediction_unavailable"] = ("no tokenizer to count with: set TOKENIZER (a "
+                                         "folder, or a Hub id in the local cache)")
+        return out
+    template, why = chat_template_for(prediction, endpoint_type)
+    options: dict[str, Any] = {
+        "tokenizer": prediction.tokenizer, "chat_template": template,
+        "block_size": prediction.block_size, "requests": prediction.requests,
+        "warmup": prediction.warmup,
+    }
+    if prediction.system_prompt_file is not None:
+        options["system_prompt_file"] = prediction.system_prompt_file
+    out["predicted_with"] = {**options, "chat_template_from": why}
+    from . import pipeline
+
+    try:
+        with _quiet_transformers():
+            # use_manifest=False: the system prompt file is the one AIPerf is given.
+            summary = pipeline.check_file(prediction.input_file, use_manifest=False,
+                                          **options)
+    except PromptkitError as exc:
+        out["prediction_unavailable"] = f"check failed: {exc}"
+        return out
+    except Exception as exc:  # a run must not be lost to a failing prediction
+        out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
+        return out
+    rate = summary["hit_rate"]
+    out["predicted_hit_rate"] = rate
+    rate_range = summary.get("hit_rate_range")
+    out["predicted_range"] = list(rate_range) if rate_range is not None else None
+    out["predicted_hits"] = summary["hit_tokens"]
+    out["predicted_queries"] = summary["prompt_tokens"]
+    if "cross_conversation_hit_rate" in summary:
+        out["predicted_cross_conversation_hit_rate"] = summary["cross_conversation_hit_rate"]
+    out["predicted_with"]["block_size"] = summary.get("block_size", prediction.block_size)
+    return out
+
+
+def pct(rate: float) -> str:
+    return f"{100 * rate:.2f}%"
+
+
+def prediction_line(predicted: dict[str, Any]) -> str:
+    if predicted["predicted_hit_rate"] is None:
+        return f"no prediction of the prefix-cache hit rate: {predicted['prediction_unavailable']}"
+    used = predicted["predicted_with"]
+    low_high = predicted["predicted_range"]
+    shown = pct(predicted["predicted_hit_rate"])
+    if low_high is not None and low_high[0] != low_high[1]:
+        shown += f" (range {pct(low_high[0])} to {pct(low_high[1])})"
+    return (f"predicted prefix-cache hit rate {shown}: {predicted['predicted_hits']} of "
+            f"{predicted['predicted_queries']} prompt tokens (check: tokenizer "
+            f"{used['tokenizer']}, chat template {used['chat_template']}, block size "
+            f"{used['block_size']})")
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+def _series_total(metric: Any) -> float | None:
+    """The counter's increase over the phase, summed over its series (every endpoint
+    and label set); None when no series has one."""
+    totals = [s["stats"]["total"] for s in (metric or {}).get("series") or []
+              if isinstance(s, dict) and isinstance(s.get("stats"), dict)
+              and isinstance(s["stats"].get("total"), int | float)]
+    return float(sum(totals)) if totals else None
+
+
+def _counters(metrics: Any) -> tuple[str, str, str, float, float] | None:
+    """``(engine, hits name, queries name, hits, queries)`` of the first engine whose
+    two prefix-cache counters ``metrics`` holds."""
+    if not isinstance(metrics, dict):
+        return None
+    for engine, (hits_name, queries_name) in CACHE_COUNTERS.items():
+        hits = _series_total(metrics.get(hits_name))
+        queries = _series_total(metrics.get(queries_name))
+        if hits is not None and queries is not None:
+            return engine, hits_name, queries_name, hits, queries
+    return None
+
+
+def measure(artifact_dir: Path) -> dict[str, Any]:
+    """What the server counted during the profiling phase, from AIPerf's export of its
+    ``/metrics`` scrape: hits, queries (prompt tokens), their ratio and the source;
+    the warmup phase's counts too when AIPerf exported them."""
+    path = artifact_dir / SERVER_METRICS_FILE
+    out: dict[str, Any] = {"measured_hit_rate": None, "measured_hits": None,
+                           "measured_queries": None}
+    if not path.is_file():
+        out["source"] = (f"{path}: missing (AIPerf writes it when it scraped the server's "
+                         "/metrics: server metrics on, no --no-server-metrics)")
+        return out
+    try:
+        export = json.loads(path.read_text(encoding="utf-8"))
+        found = _counters(export.get("metrics"))
+        warmup = _counters(export.get("warmup_metrics"))
+    except (OSError, ValueError, AttributeError) as exc:
+        out["source"] = f"{path}: unreadable ({exc})"
+        return out
+    if found is None:
+        names = " or ".join(f"{h} / {q}" for h, q in CACHE_COUNTERS.values())
+        out["source"] = (f"{path}: no prefix-cache counters ({names}); the server does not "
+                         "export them, or its prefix caching is off")
+        return out
+    engine, hits_name, queries_name, hits, queries = found
+    out.update({"measured_hits": int(hits), "measured_queries": int(queries),
+                "measured_engine": engine,
+                "source": f"{path}: {hits_name} / {queries_name}, profiling phase"})
+    if queries > 0:
+        out["measured_hit_rate"] = round(min(hits, queries) / queries, 6)
+    else:
+        out["source"] += " (no prompt tokens counted: no rate)"
+    if warmup is not None:
+        out["measured_warmup_hits"], out["measured_warmup_queries"] = map(int, warmup[3:])
+    return out
+
+
+#: Why a measurement may differ from the prediction when a warmup ran (measured with
+#: AIPerf 0.13: its warmup and profiling windows overlap, and the first profiled
+#: request can be counted in the warmup phase or in neither).
+BOUNDARY = ("AIPerf's export counting a request at the warmup/profiling boundary in the "
+            "other phase (WARMUP_REQUEST_COUNT={warmup})")
+
+
+def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str | None,
+                    warmup: int = 0) -> str:
+    """One line: the measured rate against the prediction, and what a difference means."""
+    predicted, measured = record["predicted_hit_rate"], record["measured_hit_rate"]
+    if measured is None:
+        if predicted is None:
+            return (f"prefix cache: neither predicted ({record['prediction_unavailable']}) "
+                    f"nor measured ({record['source']})")
+        return f"prefix cache: predicted {pct(predicted)}; not measured: {record['source']}"
+    served = (f"the server hit {pct(measured)} ({record['measured_hits']} of "
+              f"{record['measured_queries']} prompt tokens)")
+    if predicted is None:
+        return (f"prefix cache: {served}; no prediction to compare "
+                f"({record['prediction_unavailable']})")
+    low, high = record["predicted_range"] or (predicted, predicted)
+    expected = pct(predicted) if low == high else f"{pct(low)} to {pct(high)}"
+    boundary = [BOUNDARY.format(warmup=warmup)] if warmup else []
+    template = (f"a chat template the tokenizer does not match (check used {chat_template}; "
+                "set CHAT_TEMPLATE)")
+    if measured > high + RATE_EPSILON:
+        causes = []
+        if reset_mode == "none":
+            causes.append("the cache was not cleared before the run (RESET_CACHE=none) "
+                          "and held earlier prompts")
+        causes += ["warmup requests counted in the profiling window", *boundary,
+                   "another client sending to the same server", template]
+        return (f"prefix cache: {served}, more than the {expected} predicted: a flattered "
+                f"run; possible causes: {'; '.join(causes)}")
+    if measured < low - RATE_EPSILON:
+        causes = ["evictions (a cache smaller than the run needs)", "requests with shared "
+                  "prefixes in flight together (CONCURRENCY above 1)", *boundary, template]
+        return (f"prefix cache: {served}, less than the {expected} predicted; possible "
+                f"causes: {'; '.join(causes)}")
+    line = f"prefix cache: {served}, as predicted ({expected})"
+    if record.get("predicted_queries") not in (None, record["measured_queries"]):
+        line += (f"; but the server counted {record['measured_queries']} prompt tokens "
+                 f"where check counted {record['predicted_queries']}: "
+                 + "; or ".join([*boundary, "its tokenizer or chat template differs from the "
+                                 "one check used"]))
+    return line
+
+
+# ---------------------------------------------------------------- the command
+
+
+def aiperf_program(settings: Mapping[str, str]) -> list[str]:
+    configured = setting(settings, "AIPERF")
+    if configured:
+        return shlex.split(configured)
+    if shutil.which("aiperf"):
+        return ["aiperf"]
+    return [sys.executable, "-m", "aiperf"]
+
+
+def default_artifact_dir(model: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") or "model"
+    return os.path.join("artifacts", f"{safe}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    """The last value of ``--name VALUE`` or ``--name=VALUE`` in ``args``."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value
+
+
+@dataclass
+class Plan:
+    command: list[str]
+    artifact_dir: Path
+    condition: dict[str, Any]
+    reset_mode: str
+    reset_hook: str | None
+    url: str
+    reset_timeout: float
+    prediction: Prediction
+    endpoint_type: str
+    max_hit_rate: float | None
+
+
+def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
+    """Check the settings and the input file; the command and the run's condition."""
+    model = setting(settings, "MODEL")
+    if not model:
+        raise SettingError("MODEL is not set (in .env or the environment)")
+    url = setting(settings, "URL") or ""
+    endpoint_type = setting(settings, "ENDPOINT_TYPE") or "chat"
+    streaming = flag(settings, "STREAMING")
+    concurrency = count(settings, "CONCURRENCY", 1)
+    requests = count(settings, "REQUEST_COUNT", 1)
+    warmup = count(settings, "WARMUP_REQUEST_COUNT", 0) or 0
+    allow_repeats = allow_repeats or flag(settings, "ALLOW_REPEATS")
+    reset_mode, reset_hook = parse_reset(setting(settings, "RESET_CACHE") or "none")
+    extra = extra_input_args(parse_extra_inputs(setting(settings, "EXTRA_INPUTS")))
+    try:
+        reset_timeout = float(setting(settings, "RESET_TIMEOUT") or "")
+    except ValueError:
+        raise SettingError("RESET_TIMEOUT: not a number of seconds") from None
+    tokenizer = setting(settings, "TOKENIZER")
+    if tokenizer and os.path.exists(tokenizer):
+        tokenizer = os.path.abspath(tokenizer)  # AIPerf takes a relative one for a Hub id
+    artifact_dir = setting(settings, "ARTIFACT_DIR") or default_artifact_dir(model)
+    try:
+        more = shlex.split(setting(settings, "AIPERF_ARGS") or "")
+    except ValueError as exc:
+        raise SettingError(f"AIPERF_ARGS: {exc}") from None
+    from .check import TEMPLATES
+
+    chat_template = setting(settings, "CHAT_TEMPLATE")
+    if chat_template is not None and chat_template not in TEMPLATES:
+        raise SettingError(f"CHAT_TEMPLATE={chat_template!r}: one of {', '.join(TEMPLATES)}")
+    block_size = count(settings, "BLOCK_SIZE", 1)
+    max_hit_rate = fraction(settings, "MAX_HIT_RATE")
+    if max_hit_rate is not None and "--no-server-metrics" in more:
+        raise SettingError("MAX_HIT_RATE needs the server's counters, which AIPerf does not "
+                           "collect with --no-server-metrics (in AIPERF_ARGS)")
+
+    condition: dict[str, Any] = {"reset_cache": reset_mode}
+    input_file = setting(settings, "INPUT_FILE")
+    dataset_args: list[str] = []
+    predicted_file: str | None = None
+    if input_file and os.path.isfile(input_file):
+        dataset = load_dataset(input_file)
+        for message in dataset.warnings:
+            warn(message)
+        if requests is None:
+            requests = dataset.distinct_records - warmup
+            if requests < 1:
+                raise PromptkitError(
+                    f"WARMUP_REQUEST_COUNT ({warmup}) leaves none of the "
+                    f"{dataset.distinct_records} distinct records of {dataset.path} "
+                    "for the profiled run; set REQUEST_COUNT")
+            note(f"REQUEST_COUNT unset: {requests} (the file's {dataset.distinct_records} "
+                 f"distinct records less {warmup} warmup)")
+        total = warmup + requests
+        repeats = total > dataset.distinct_records
+        if repeats and not allow_repeats:
+            raise PromptkitError(
+                f"WARMUP_REQUEST_COUNT + REQUEST_COUNT = {warmup} + {requests} = {total} "
+                f"requests, but {dataset.path} has only {dataset.distinct_records} distinct "
+                "records: AIPerf would wrap around and resend prompts that hit the prefix "
+                "cache. Lower the counts, make more records (promptkit nonce --copies N), "
+                "or pass --allow-repeats (ALLOW_REPEATS=true)")
+        if repeats:
+            warn(f"{total} requests from {dataset.distinct_records} distinct records: "
+                 f"{total - dataset.distinct_records} resend a prompt and may hit the "
+                 "prefix cache (--allow-repeats)")
+        dataset_args = dataset.args
+        predicted_file = dataset.path
+        condition["dataset"] = {
+            "input_file": dataset.path,
+            "custom_dataset_type": dataset.custom_dataset_type,
+            "from": dataset.source,
+            "distinct_records": dataset.distinct_records,
+            "repeats": repeats,
+        }
+    else:
+        if input_file:
+            warn(f"INPUT_FILE={input_file}: no such file; using AIPerf's synthetic prompts")
+        warn("synthetic mode: AIPerf's synthetic prompts are much alike, so the server's "
+             "prefix cache may serve parts of them and flatter the results; use a "
+             "nonce'd file (promptkit nonce) for a cold-cache run")
+        condition["dataset"] = {"synthetic": True}
+
+    command = [
+        *aiperf_program(settings), "profile",
+        "--model", model,
+        "--url", url,
+        "--endpoint-type", endpoint_type,
+    ]
+    if streaming:
+        command.append("--streaming")
+    command += dataset_args
+    command += ["--concurrency", str(concurrency)]
+    if requests is not None:
+        command += ["--request-count", str(requests)]
+    if warmup:
+        command += ["--warmup-request-count", str(warmup)]  # AIPerf rejects 0
+    if tokenizer:
+        command += ["--tokenizer", tokenizer]
+    command += ["--artifact-dir", artifact_dir]
+    command += extra
+    if reset_mode == "aiperf":
+        command.append("--reset-kv-cache")
+    command += more
+    condition.update({"warmup_request_count": warmup, "request_count": requests,
+                      "concurrency": concurrency, "url": url, "model": model})
+    system_prompt_file = option_value(command, "--system-prompt-file")
+    prediction = Prediction(
+        input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
+        chat_template=chat_template, block_size=block_size, requests=requests,
+        warmup=warmup,
+        system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None)
+    return Plan(command, Path(artifact_dir), condition, reset_mode, reset_hook, url,
+                reset_timeout, prediction, endpoint_type, max_hit_rate)
+
+
+def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
+    """Predict, clear the cache, run AIPerf, measure; the exit code."""
+    condition = dict(the_plan.condition)
+    predicted = predict(the_plan.prediction, the_plan.endpoint_type)
+    (note if predicted["predicted_hit_rate"] is not None else warn)(prediction_line(predicted))
+    limit = the_plan.max_hit_rate
+    if (limit is not None and predicted["predicted_hit_rate"] is not None
+            and predicted["predicted_hit_rate"] > limit + RATE_EPSILON):
+        warn(f"the predicted hit rate is already above MAX_HIT_RATE={limit:g}")
+    prefix_cache: dict[str, Any] = {
+        **predicted, "measured_hit_rate": None, "measured_hits": None,
+        "measured_queries": None, "source": "not measured yet: AIPerf is running",
+        "max_hit_rate": limit,
+    }
+    mode = the_plan.reset_mode
+    if mode in ("vllm", "sglang", "command"):
+        condition.update(reset_cache(mode, the_plan.reset_hook, the_plan.url,
+                                     the_plan.reset_timeout))
+        note(f"prefix cache cleared: {condition['action']}")
+    elif mode == "aiperf":
+        condition.update({
+            "at": now_utc(),
+            "action": f"aiperf --reset-kv-cache: AIPerf POSTs its reset path "
+                      f"(default {origin(the_plan.url)}/reset_prefix_cache) before it starts; "
+                      "a failed reset fails the run",
+        })
+    else:
+        condition.update({"at": now_utc(), "action": "none: the server's prefix cache was "
+                          "not cleared and may hold prompts of earlier runs"})
+    condition["aiperf_command"] = redacted(the_plan.command)
+    condition["prefix_cache"] = prefix_cache
+    the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
+    record = the_plan.artifact_dir / CONDITION_FILE
+    write_json(record, condition)
+    env = {**exports, **os.environ}
+    proc = subprocess.Popen(the_plan.command, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # AIPerf got the same SIGINT: let it shut down
+        code = proc.wait()
+    condition["aiperf_exit_code"] = code
+    condition["finished"] = now_utc()
+    prefix_cache.update(measure(the_plan.artifact_dir))
+    measured = prefix_cache["measured_hit_rate"]
+    above = limit is not None and measured is not None and measured > limit + RATE_EPSILON
+    prefix_cache["above_max_hit_rate"] = above if limit is not None else None
+    write_json(record, condition)
+    template = (predicted.get("predicted_with") or {}).get("chat_template")
+    note(comparison_line(prefix_cache, mode, template,
+                         the_plan.prediction.warmup))
+    if limit is not None and measured is None:
+        warn(f"MAX_HIT_RATE={limit:g} not checked: nothing measured ({prefix_cache['source']})")
+    if above and code == 0 and measured is not None and limit is not None:
+        note(f"the measured hit rate {pct(measured)} is above MAX_HIT_RATE={limit:g} "
+             f"({pct(limit)}): exit {EXIT_ABOVE_MAX_HIT_RATE}")
+        return EXIT_ABOVE_MAX_HIT_RATE
+    return code
+
+
+def dry_run(the_plan: Plan) -> str:
+    """What ``--dry-run`` shows: the prediction and the cache reset on stderr; the
+    command, returned as one shell-quoted line. Nothing is written or sent."""
+    predicted = predict(the_plan.prediction, the_plan.endpoint_type)
+    (note if predicted["predicted_hit_rate"] is not None else warn)(prediction_line(predicted))
+    if the_plan.reset_mode in ("vllm", "sglang", "command"):
+        action = (f"POST {origin(the_plan.url)}{RESET_PATHS[the_plan.reset_mode]}"
+                  if the_plan.reset_hook is None else f"command: {the_plan.reset_hook}")
+        note(f"dry run: would clear the prefix cache first: {action}")
+    return shlex.join(the_plan.command)
+
+
+def bench(env_file: str | None = None, *, dry: bool = False, allow_repeats: bool = False,
+          environ: Mapping[str, str] | None = None) -> int:
+    """The whole of ``promptkit bench``: the exit code of the run (``--dry-run``: the
+    command is printed on stdout, 0). Raises :class:`SettingError` for a bad setting
+    (exit 2) and :class:`~promptkit.errors.PromptkitError` when the runner stops
+    (exit 1)."""
+    settings, exports = load_settings(env_file, os.environ if environ is None else environ)
+    the_plan = plan(settings, allow_repeats)
+    if dry:
+        print(dry_run(the_plan), flush=True)
+        return 0
+    return execute(the_plan, exports)
+
+
+__all__ = ["EXIT_ABOVE_MAX_HIT_RATE", "SETTINGS", "SettingError", "bench", "measure", "plan",
+           "predict"]
