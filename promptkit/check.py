@@ -34,6 +34,8 @@ PREFIX_WINDOW = 256
 HASH_BLOCK_SIZE = 512
 TEXT_BLOCK_SIZE = 16
 _PROBE = "\u2063PROMPTKIT_PROBE\u2063"
+#: Candidate reply stand-ins: a word a token, repeated.
+_FILLER_UNITS = (" the", " and", " of", " a", " to", " x", "x", " ")
 
 
 class CheckError(PromptkitError):
@@ -143,18 +145,17 @@ class Prompts:
         return [("system", self.system_prompt), *chat]
 
     def filler(self, n: int) -> str:
-        """A text of exactly ``n`` tokens on its own (the stand-in for a reply)."""
+        """A text of exactly ``n`` tokens on its own (the stand-in for a reply): a common
+        word repeated, the first one the tokenizer keeps one token a repetition."""
         if n not in self._fillers:
             assert self.tokenizer is not None
-            words = n
-            text = ""
-            for _ in range(8):  # a word a token, nearly always; adjust when merges occur
-                text = ("x" + " x" * (words - 1)) if words > 0 else ""
-                got = len(self.tokenizer.encode(text))
-                if got == n:
+            for unit in _FILLER_UNITS:
+                if len(self.tokenizer.encode(unit * n)) == n:
+                    self._fillers[n] = unit * n
                     break
-                words += n - got
-            self._fillers[n] = text
+            else:
+                raise CheckError(f"no stand-in text of {n} tokens for a reply under this "
+                                 "tokenizer")
         return self._fillers[n]
 
     def tokens(self, chats: list[Chat]) -> list[list[int]]:
