@@ -117,6 +117,10 @@ def base_settings(server: OpenAIServer, tokenizer: Path, artifacts: Path) -> dic
 def runner_env(tmpdir: Path, **overrides: str) -> dict[str, str]:
     """AIPerf's test environment with none of the runner's settings, plus ``overrides``."""
     env = {k: v for k, v in aiperf_env(tmpdir).items() if k not in bench.SETTINGS}
+    # AIPerf waits 5 s before it stops its server-metrics service, and keeps scraping
+    # 2 s after profiling: a local server needs less (1 s is its least delay).
+    env.update({"AIPERF_SERVER_METRICS_SHUTDOWN_DELAY": "1",
+                "AIPERF_SERVER_METRICS_COLLECTION_FLUSH_PERIOD": "0.5"})
     env.update(overrides)
     return env
 
@@ -377,15 +381,6 @@ def test_shared_prefixes_above_max_hit_rate_exit_3(
         "(5.00%): exit 3")
     assert ("promptkit: warning: the predicted hit rate is already above MAX_HIT_RATE=0.05"
             in result.stderr.splitlines())
-
-    # The same run under a limit it meets: AIPerf's exit code, 0.
-    cache_server.reset_cache()
-    again = tmp_path / "again"
-    env_file = write_env(tmp_path / ".env", **base_settings(cache_server, tokenizer_dir, again),
-                         INPUT_FILE=path, RESET_CACHE="vllm", MAX_HIT_RATE="0.9")
-    result = run_bench(tmp_path, aiperf_tmpdir, env_file)
-    assert result.returncode == 0, explain(result, cache_server, again)
-    assert condition(again)["prefix_cache"]["above_max_hit_rate"] is False
 
 
 def test_a_cache_not_cleared_flatters_the_run_and_says_so(
