@@ -11,14 +11,21 @@ Quick start (installs, builds the model, serves on http://127.0.0.1:8000)::
 
     python scripts/vllm_cpu.py serve
 
-then, in another shell::
+then, in another shell (the model folder is also the tokenizer folder; cap the
+replies, or the random model writes until --max-model-len)::
 
     aiperf profile --model tiny-llama --url http://127.0.0.1:8000 --endpoint-type chat \\
         --input-file FILE --custom-dataset-type single_turn --request-count 128 \\
-        --concurrency 1 --tokenizer ~/.cache/promptkit/tiny-llama
+        --concurrency 1 --tokenizer ~/.cache/promptkit/tiny-llama \\
+        --extra-inputs max_completion_tokens:8 --extra-inputs ignore_eos:true
     curl -s http://127.0.0.1:8000/metrics | grep prefix_cache_
     promptkit check FILE --tokenizer ~/.cache/promptkit/tiny-llama --chat-template hf \\
         --block-size 32 --requests 128
+
+``curl -X POST http://127.0.0.1:8000/reset_prefix_cache`` empties the cache between
+runs. For eviction, serve with ``--num-gpu-blocks 64`` and give ``check`` the
+same ``--num-gpu-blocks 64`` (with the files' ``output_length`` set: generated
+tokens take blocks too).
 
 Subcommands:
 
@@ -283,7 +290,8 @@ def serve(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         log(str(error))
         return 1
-    log(f"ready in {time.monotonic() - started:.0f} s")
+    log(f"ready in {time.monotonic() - started:.0f} s; model name {SERVED_NAME!r}, "
+        f"tokenizer folder (for aiperf and promptkit --tokenizer) {model}")
     print(f"http://127.0.0.1:{args.port}", flush=True)
     if args.detach:
         log(f"serving in the background: process group {proc.pid} "
@@ -300,8 +308,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    sub = parser.add_subparsers(dest="command", required=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=False,
+                                metavar="{install,model,serve}")
 
     p = sub.add_parser("install", help="create the vLLM CPU virtualenv (idempotent)")
     p.add_argument("--venv", type=Path, default=default_venv())
@@ -315,16 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="serve a model with prefix caching on 127.0.0.1")
     p.add_argument("--model", type=Path, default=None,
                    help=f"model folder (default: build {DEFAULT_MODEL})")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000)")
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV cache blocks (--num-gpu-blocks-override)")
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--max-model-len", type=int, default=4096,
+                   help="longest prompt + reply, tokens (default: 4096)")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="tokens a KV block, a multiple of 32 on CPU (default: 32)")
     p.add_argument("--detach", action="store_true",
                    help="return once ready; leave the server running")
     p.add_argument("--venv", type=Path, default=default_venv())
 
-    p = sub.add_parser("_model")  # internal: runs inside the vLLM venv
+    p = sub.add_parser("_model")  # internal: runs inside the vLLM venv (not listed)
     p.add_argument("dir", type=Path)
     p.add_argument("--tokenizer", type=Path, default=None)
 

