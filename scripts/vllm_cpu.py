@@ -277,12 +277,20 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
     proc.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(args: argparse.Namespace) -> int:
     venv = install(args.venv)
     model = args.model if args.model is not None else build_model(DEFAULT_MODEL, None, venv)
     model = model.expanduser().absolute()
     logfile = model.parent / f"vllm-{args.port}.log"
     log(f"starting vLLM on 127.0.0.1:{args.port} (log: {logfile}); about 80 s on 2 cores")
+    # Ctrl-C or a plain kill of this script stops the server's whole process group,
+    # while it starts or serves (even where SIGINT was ignored when the script started).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
         proc = start(venv, model, args.port, logfile, block_size=args.block_size,
@@ -290,6 +298,9 @@ def serve(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         log(str(error))
         return 1
+    except KeyboardInterrupt:  # start() has stopped the server
+        log("interrupted")
+        return 130
     log(f"ready in {time.monotonic() - started:.0f} s; model name {SERVED_NAME!r}, "
         f"tokenizer folder (for aiperf and promptkit --tokenizer) {model}")
     print(f"http://127.0.0.1:{args.port}", flush=True)
@@ -301,7 +312,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         proc.wait()
     except KeyboardInterrupt:
-        pass
+        log("stopping")
     finally:
         stop(proc)
     return 0 if proc.returncode in (0, -signal.SIGTERM) else 1
