@@ -274,7 +274,7 @@ class OpenAIServer:
 
     def start(self) -> OpenAIServer:
         handler = type("_BoundHandler", (_Handler,), {"server_app": self})
-        self._httpd = ThreadingHTTPServer((HOST, 0), handler)
+        self._httpd = _HTTPServer((HOST, 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -504,6 +504,17 @@ def _error(status: int, message: str) -> Response:
         status=status,
         body={"error": {"message": message, "type": "invalid_request_error", "code": status}},
     )
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Quiet about clients that hang up (AIPerf ends its /metrics scrapes so when it
+    stops); any other error in a handler is still printed."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
