@@ -408,6 +408,20 @@ class Dataset:
     distinct_records: int
     source: str  # "manifest" or "detected"
     warnings: list[str] = field(default_factory=list)
+    #: multi_turn: the turns of the distinct conversations, which AIPerf sends one
+    #: request each and counts so for --request-count and --warmup-request-count.
+    distinct_turns: int | None = None
+
+    @property
+    def distinct_requests(self) -> int:
+        """The requests AIPerf can send from the file before it resends a prompt."""
+        return self.distinct_records if self.distinct_turns is None else self.distinct_turns
+
+    def describe(self) -> str:
+        if self.distinct_turns is None:
+            return f"{self.distinct_records} distinct records"
+        return (f"{self.distinct_turns} distinct requests (the turns of "
+                f"{self.distinct_records} distinct conversations)")
 
 
 def _manifest_args(args: list[str], input_file: str) -> list[str]:
@@ -436,33 +450,30 @@ def _manifest_args(args: list[str], input_file: str) -> list[str]:
     return ["--input-file", input_file, *out]
 
 
-def scan_file(path: str) -> tuple[str, int]:
-    """``(AIPerf's --custom-dataset-type, distinct prompts)`` of a file without a
-    manifest: its format detected as every promptkit command detects it, every record
-    read (a bad one is ``FILE:LINE: problem``), distinct prompts counted as a manifest
-    counts them."""
-    from array import array
-
-    import numpy as np
-
+def scan_file(path: str) -> tuple[str, int, int]:
+    """``(AIPerf's --custom-dataset-type, distinct prompts, their turns)`` of a file:
+    its format detected as every promptkit command detects it, every record read (a
+    bad one is ``FILE:LINE: problem``), distinct prompts counted as a manifest counts
+    them, and the turns of the distinct ones (a multi_turn conversation has several)."""
     from .streams import Source, prompt_key
 
     source = Source(path)
+    turns: dict[int, int] = {}
     try:
         fmt = source.format
         if fmt.aiperf_type is None:
             raise PromptkitError(f"{source.name}: AIPerf does not load {fmt.name} files; "
                                  f"convert first: promptkit pipe read {path} write --to "
                                  "single_turn OUT")
-        keys = array("q", (prompt_key(record) for record in source.records()))
+        for record in source.records():
+            turns[prompt_key(record)] = len(record.messages) or 1
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
         source.close()
-    if not keys:
+    if not turns:
         raise PromptkitError(f"{source.name}: empty file: no records")
-    distinct = np.unique(np.frombuffer(keys, dtype=np.int64)).size
-    return fmt.aiperf_type, int(distinct)
+    return fmt.aiperf_type, len(turns), sum(turns.values())
 
 
 def load_dataset(path: str) -> Dataset:
@@ -480,13 +491,17 @@ def load_dataset(path: str) -> Dataset:
             raise PromptkitError(
                 f"{path}: {aiperf.get('note') or 'AIPerf does not load this format'}")
         else:
-            return Dataset(path, aiperf["custom_dataset_type"],
-                           _manifest_args(list(aiperf.get("args", [])), path),
-                           int(aiperf["distinct_records"]), "manifest")
-    aiperf_type, distinct = scan_file(path)
+            dataset = Dataset(path, aiperf["custom_dataset_type"],
+                              _manifest_args(list(aiperf.get("args", [])), path),
+                              int(aiperf["distinct_records"]), "manifest")
+            if dataset.custom_dataset_type == "multi_turn":  # the manifest counts records
+                dataset.distinct_turns = scan_file(path)[2]
+            return dataset
+    aiperf_type, distinct, turns = scan_file(path)
     return Dataset(path, aiperf_type,
                    ["--input-file", path, "--custom-dataset-type", aiperf_type],
-                   distinct, "detected", warnings)
+                   distinct, "detected", warnings,
+                   turns if aiperf_type == "multi_turn" else None)
 
 
 # ---------------------------------------------------------------- the cache reset
@@ -956,27 +971,31 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         for message in dataset.warnings:
             warn(message)
         if requests is None:
-            requests = dataset.distinct_records - warmup
+            requests = dataset.distinct_requests - warmup
             if requests < 1:
                 raise PromptkitError(
                     f"WARMUP_REQUEST_COUNT ({warmup}) leaves none of the "
-                    f"{dataset.distinct_records} distinct records of {dataset.path} "
-                    "for the profiled run; set REQUEST_COUNT")
-            note(f"REQUEST_COUNT unset: {requests} (the file's {dataset.distinct_records} "
-                 f"distinct records less {warmup} warmup)")
+                    f"{dataset.describe()} of {dataset.path} for the profiled run; set "
+                    "REQUEST_COUNT")
+            note(f"REQUEST_COUNT unset: {requests} (the file's {dataset.describe()} less "
+                 f"{warmup} warmup)")
         total = warmup + requests
-        repeats = total > dataset.distinct_records
+        repeats = total > dataset.distinct_requests
         if repeats and not allow_repeats:
             raise PromptkitError(
                 f"WARMUP_REQUEST_COUNT + REQUEST_COUNT = {warmup} + {requests} = {total} "
-                f"requests, but {dataset.path} has only {dataset.distinct_records} distinct "
-                "records: AIPerf would wrap around and resend prompts that hit the prefix "
-                "cache. Lower the counts, make more records (promptkit nonce --copies N), "
-                "or pass --allow-repeats (ALLOW_REPEATS=true)")
+                f"requests, but {dataset.path} has only {dataset.describe()}: AIPerf would "
+                "wrap around and resend prompts that hit the prefix cache. Lower the counts, "
+                "make more records (promptkit nonce --copies N), or pass --allow-repeats "
+                "(ALLOW_REPEATS=true)")
         if repeats:
-            warn(f"{total} requests from {dataset.distinct_records} distinct records: "
-                 f"{total - dataset.distinct_records} resend a prompt and may hit the "
+            warn(f"{total} requests from {dataset.describe()}: "
+                 f"{total - dataset.distinct_requests} resend a prompt and may hit the "
                  "prefix cache (--allow-repeats)")
+        if dataset.distinct_turns is not None and warmup > 1:
+            warn("multi_turn with a warmup: AIPerf 0.13 was seen to skip a conversation "
+                 "after a warmup of 2 or more requests (and so to wrap around sooner); "
+                 "the prediction assumes the conversations follow in file order")
         dataset_args = dataset.args
         predicted_file = dataset.path
         condition["dataset"] = {
@@ -986,6 +1005,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
             "distinct_records": dataset.distinct_records,
             "repeats": repeats,
         }
+        if dataset.distinct_turns is not None:
+            condition["dataset"]["distinct_turns"] = dataset.distinct_turns
     else:
         if input_file:
             warn(f"INPUT_FILE={input_file}: no such file; using AIPerf's synthetic prompts")

@@ -465,6 +465,69 @@ def test_sglang_counters_are_read_too(
     assert block["measured_hit_rate"] == block["predicted_hit_rate"] == rate(hits, queries)
 
 
+def conversations(path: Path, tokenizer: Path) -> Path:
+    """4 multi_turn conversations of 3 turns, each turn's output_length the test
+    server's reply in tokens (AIPerf sends the reply back in the next turn)."""
+    from openai_server import COMPLETION
+    from tokenizers import Tokenizer
+
+    reply = len(Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+                .encode(COMPLETION, add_special_tokens=False).ids)
+    with path.open("w", encoding="utf-8") as f:
+        for s in range(4):
+            turns = [{"text": f"session {s} turn {t}: the quick brown fox jumps over the "
+                              "lazy dog. ", "output_length": reply} for t in range(3)]
+            f.write(json.dumps({"session_id": f"s{s}", "turns": turns}) + "\n")
+    return path
+
+
+def test_multi_turn_requests_are_turns_and_the_range_is_compared(
+    tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
+) -> None:
+    """AIPerf sends a conversation one request a turn and counts turns: 4 conversations
+    of 3 turns are 12 requests, none repeated. check predicts a range (the replies'
+    re-tokenization is unknown); the server's hits lie in it, on the same prompt
+    tokens, and the line says so."""
+    path = conversations(tmp_path / "mt.jsonl", tokenizer_dir)
+    artifacts = tmp_path / "artifacts"
+    env_file = write_env(tmp_path / ".env", **base_settings(cache_server, tokenizer_dir, artifacts),
+                         INPUT_FILE=path, RESET_CACHE="vllm")
+    result = run_bench(tmp_path, aiperf_tmpdir, env_file)
+    why = explain(result, cache_server, artifacts)
+    assert result.returncode == 0, why
+    assert ("promptkit: REQUEST_COUNT unset: 12 (the file's 12 distinct requests (the turns "
+            "of 4 distinct conversations) less 0 warmup)") in result.stderr.splitlines()
+    assert "warning" not in result.stderr, why
+    sent = [(len(b["messages"]), b["messages"][-1]["content"][:16])
+            for b in cache_server.chat_requests()]
+    assert sent == [(2 * t + 1, f"session {s} turn {t}") for s in range(4) for t in range(3)]
+    cond = condition(artifacts)
+    assert (cond["dataset"]["distinct_records"], cond["dataset"]["distinct_turns"]) == (4, 12)
+    hits, queries = served(cache_server.cache_records())
+    block = cond["prefix_cache"]
+    assert (block["measured_hits"], block["measured_queries"]) == (hits, queries)
+    assert block["predicted_queries"] == queries
+    low, high = block["predicted_range"]
+    assert low < high and low <= rate(hits, queries) <= high, (block, hits, queries)
+    assert comparison(result.stderr) == (
+        f"promptkit: prefix cache: the server hit {pct(hits, queries)} ({hits} of {queries} "
+        f"prompt tokens), as predicted ({100 * low:.2f}% to {100 * high:.2f}%)")
+
+    # 2 warmup + 11 > 12 turns: stopped; 2 + 10 runs, with a word on AIPerf's warmup.
+    env_file = write_env(tmp_path / ".env", **base_settings(cache_server, tokenizer_dir, artifacts),
+                         INPUT_FILE=path, WARMUP_REQUEST_COUNT=2, REQUEST_COUNT=11)
+    stopped = run_bench(tmp_path, aiperf_tmpdir, env_file, "--dry-run")
+    assert stopped.returncode == 1 and "has only 12 distinct requests" in stopped.stderr
+    env_file = write_env(tmp_path / ".env", **base_settings(cache_server, tokenizer_dir, artifacts),
+                         INPUT_FILE=path, WARMUP_REQUEST_COUNT=2, REQUEST_COUNT=10)
+    dry = run_bench(tmp_path, aiperf_tmpdir, env_file, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert ("promptkit: warning: multi_turn with a warmup: AIPerf 0.13 was seen to skip a "
+            "conversation after a warmup of 2 or more requests (and so to wrap around "
+            "sooner); the prediction assumes the conversations follow in file order"
+            ) in dry.stderr.splitlines()
+
+
 def test_synthetic_mode_warns_and_runs_with_no_prediction(
     tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
 ) -> None:
