@@ -19,8 +19,9 @@ What it does, in order:
    by promptkit) supplies ``--custom-dataset-type``, a ``--system-prompt-file``
    and the number of distinct records; without a manifest (or with one that no
    longer matches the file's sha256) the format is detected as every promptkit
-   command detects it and the distinct prompts are counted. When
-   ``WARMUP_REQUEST_COUNT + REQUEST_COUNT`` exceeds the distinct records, AIPerf
+   command detects it and the distinct prompts are counted (a ``multi_turn``
+   conversation holds one request a turn, as AIPerf counts ``--request-count``).
+   When ``WARMUP_REQUEST_COUNT + REQUEST_COUNT`` exceeds those requests, AIPerf
    would wrap around the file and resend prompts that hit the prefix cache: the
    runner stops (exit 1) unless ``--allow-repeats`` or ``ALLOW_REPEATS=true``.
    ``INPUT_FILE`` unset or missing: AIPerf's synthetic prompts, with a warning
@@ -57,8 +58,9 @@ What it does, in order:
 Exit codes: AIPerf's own after a run; 1 when the runner stops (prompts would
 repeat, the cache reset failed, the input file is not loadable); 2 for a bad
 setting; 3 when AIPerf succeeded but the measured hit rate is above
-``MAX_HIT_RATE`` (a fraction, 0 to 1). Messages go to stderr, one line each,
-prefixed ``promptkit:``; stdout carries only the ``--dry-run`` command.
+``MAX_HIT_RATE`` (a fraction, 0 to 1; with nothing measured it only warns).
+The runner's messages go to stderr, one line each, prefixed ``promptkit:``;
+stdout carries the ``--dry-run`` command, or AIPerf's own output during a run.
 """
 
 from __future__ import annotations
