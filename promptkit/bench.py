@@ -1095,7 +1095,9 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
     prefix_cache.update(measure(the_plan.artifact_dir))
     measured = prefix_cache["measured_hit_rate"]
     above = limit is not None and measured is not None and measured > limit + RATE_EPSILON
-    prefix_cache["above_max_hit_rate"] = above if limit is not None else None
+    # None: no limit, or nothing measured to hold to it.
+    prefix_cache["above_max_hit_rate"] = (None if limit is None or measured is None
+                                          else above)
     write_json(record, condition)
     template = (predicted.get("predicted_with") or {}).get("chat_template")
     note(comparison_line(prefix_cache, mode, template,
