@@ -386,7 +386,15 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
             "beyond that AIPerf wraps around the file and the repeats hit the prefix cache."
         ),
     }
-    if aiperf_type is None:
+    if aiperf_type == "multi_turn":
+        section["note"] = (
+            f"{distinct} distinct conversations. AIPerf sends one request a turn and counts "
+            "turns in --request-count, each turn with the conversation's history (the "
+            "server's replies too): later turns hit the earlier ones, as 'promptkit check' "
+            "predicts. Beyond one pass over the file's turns, warmup included, AIPerf wraps "
+            "around and repeats whole conversations, which hit the prefix cache."
+        )
+    elif aiperf_type is None:
         section["note"] = (
             f"AIPerf does not load {fmt} files; convert with "
             "'promptkit pipe read FILE write --to single_turn OUT' (or multi_turn)."
