@@ -78,7 +78,7 @@ CASES = [
     ("nonce-start-mooncake", ("nonce", "--to", "mooncake_trace", "--seed", "2"), 128, 0),
     ("nonce-salt-mooncake", ("nonce", "--at", "salt", "--to", "mooncake_trace", "--seed", "3"),
      128, 0),
-    ("nonce-wraparound-200-of-128", ("nonce", "--at", "user", "--seed", "4"), 200, 0),
+    ("nonce-wraparound-200-of-128", ("nonce", "--seed", "4"), 200, 0),
     ("prefix-test-warmup", None, 112, 16),
 ]
 
