@@ -106,7 +106,9 @@ class Prompts:
         salt = _salt(record.extra)
         if record.layout != "multi_turn":
             chat = [(m.role or "user", _text(m.content)) for m in record.messages]
-            return [_Turn(self._with_system(chat), salt, record.output_length)]
+            reply = (record.output_length if record.output_length is not None
+                     else self.reply_tokens)
+            return [_Turn(self._with_system(chat), salt, reply)]
         messages = list(record.messages)
         system = None
         head = messages[0]
@@ -302,7 +304,7 @@ class CheckOptions:
     warmup: int = 0
     num_gpu_blocks: int | None = None  # vLLM's block pool, instead of capacity_tokens
     system_prompt: str | None = None  # what AIPerf's --system-prompt(-file) adds
-    reply_tokens: int | None = None  # replies' length where a turn has no output_length
+    reply_tokens: int | None = None  # tokens generated where a request has no output_length
 
 
 @dataclass
@@ -501,7 +503,8 @@ class Setup:
                                      lineno=record.lineno)
         salt = _salt(record.extra)
         request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt,
-                           record.output_length)
+                           record.output_length if record.output_length is not None
+                           else self.options.reply_tokens)
         lead = array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
         return _Unit(None, [request]), lead
 

@@ -518,8 +518,9 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "--system-prompt-file) [default: the one the file's manifest "
                           "names]."),
         click.option("--reply-tokens", type=click.IntRange(min=1), metavar="N",
-                     help="Tokens of each server reply AIPerf sends back in a conversation's "
-                          "history, for turns without output_length."),
+                     help="Tokens the server generates for a request without output_length: "
+                          "a reply AIPerf sends back in a conversation's history, and blocks "
+                          "that take cache room."),
         click.option("--max-total-hit-rate", type=click.FloatRange(0, 1), metavar="X",
                      help="Fail when the predicted total hit rate (within conversations "
                           "too; the top of its range) is above X."),

@@ -260,3 +260,21 @@ def test_num_gpu_blocks_is_vllms_pool_instead_of_a_token_capacity(tmp_path, run)
     assert both.exit_code == 2 and "not both" in both.stderr
     sglang = run("check", source, "--num-gpu-blocks", "7", "--engine", "sglang")
     assert sglang.exit_code == 2 and "--engine vllm" in sglang.stderr
+
+
+def test_reply_tokens_stand_for_a_missing_output_length(tmp_path, run):
+    """Generated tokens take blocks of vLLM's pool: --reply-tokens says how many where the
+    records do not."""
+    rows = [{"input_length": 100, "hash_ids": [i, i + 1]} for i in (0, 10, 0)]
+    bare = write_jsonl(tmp_path / "bare.jsonl", rows)
+    given = write_jsonl(tmp_path / "given.jsonl", [{**r, "output_length": 300} for r in rows])
+
+    def hits(path, *args):
+        result = run("check", path, "--block-size", "64", "--num-gpu-blocks", "8", "--json",
+                     *args)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["hit_tokens"]
+
+    assert hits(bare) == 64  # 7 blocks of room: the third request finds the first's
+    assert hits(given) == 0  # 300 generated tokens: a request holds 7 blocks, all there are
+    assert hits(bare, "--reply-tokens", "300") == hits(given)
