@@ -109,6 +109,8 @@ SETTINGS: dict[str, str | None] = {
     "RESET_TIMEOUT": "30",          # seconds for the reset request or hook
     "CHAT_TEMPLATE": None,          # check's template (default: hf if the tokenizer has one)
     "BLOCK_SIZE": None,             # check's block size (default 16; hash-id traces 512)
+    "NUM_GPU_BLOCKS": None,         # check --num-gpu-blocks: the server's KV cache blocks
+    "REPLY_TOKENS": None,           # check --reply-tokens: replies' length without output_length
     "MAX_HIT_RATE": None,           # exit 3 when the measured hit rate is above it
 }
 
@@ -601,6 +603,8 @@ class Prediction:
     requests: int | None
     warmup: int
     system_prompt_file: str | None
+    num_gpu_blocks: int | None = None
+    reply_tokens: int | None = None
 
 
 def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
@@ -691,8 +695,9 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         "block_size": prediction.block_size, "requests": prediction.requests,
         "warmup": prediction.warmup,
     }
-    if prediction.system_prompt_file is not None:
-        options["system_prompt_file"] = prediction.system_prompt_file
+    for key in ("system_prompt_file", "num_gpu_blocks", "reply_tokens"):
+        if getattr(prediction, key) is not None:
+            options[key] = getattr(prediction, key)
     out["predicted_with"] = {**options, "chat_template_from": why}
     from . import pipeline
 
@@ -959,6 +964,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     if chat_template is not None and chat_template not in TEMPLATES:
         raise SettingError(f"CHAT_TEMPLATE={chat_template!r}: one of {', '.join(TEMPLATES)}")
     block_size = count(settings, "BLOCK_SIZE", 1)
+    num_gpu_blocks = count(settings, "NUM_GPU_BLOCKS", 2)
+    reply_tokens = count(settings, "REPLY_TOKENS", 1)
     max_hit_rate = fraction(settings, "MAX_HIT_RATE")
     if max_hit_rate is not None and "--no-server-metrics" in more:
         raise SettingError("MAX_HIT_RATE needs the server's counters, which AIPerf does not "
@@ -1045,7 +1052,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
         chat_template=chat_template, block_size=block_size, requests=requests,
         warmup=warmup,
-        system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None)
+        system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None,
+        num_gpu_blocks=num_gpu_blocks, reply_tokens=reply_tokens)
     return Plan(command, Path(artifact_dir), condition, reset_mode, reset_hook, url,
                 reset_timeout, prediction, endpoint_type, max_hit_rate)
 

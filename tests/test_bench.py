@@ -527,6 +527,29 @@ def test_multi_turn_requests_are_turns_and_the_range_is_compared(
             ) in dry.stderr.splitlines()
 
 
+def test_reply_tokens_give_turns_without_output_length_a_prediction(
+    tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
+) -> None:
+    path = conversations(tmp_path / "mt.jsonl", tokenizer_dir)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        for turn in row["turns"]:
+            del turn["output_length"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    artifacts = tmp_path / "artifacts"
+    settings = {**base_settings(cache_server, tokenizer_dir, artifacts), "INPUT_FILE": path}
+    without = run_bench(tmp_path, aiperf_tmpdir, write_env(tmp_path / ".env", **settings),
+                        "--dry-run")
+    assert without.returncode == 0, without.stderr
+    assert "no prediction of the prefix-cache hit rate" in without.stderr
+    assert "give --reply-tokens N" in without.stderr
+    given = run_bench(tmp_path, aiperf_tmpdir,
+                      write_env(tmp_path / ".env", **settings, REPLY_TOKENS=6), "--dry-run")
+    assert given.returncode == 0, given.stderr
+    assert "promptkit: predicted prefix-cache hit rate " in given.stderr
+    assert " (range " in given.stderr  # the replies' blocks may or may not hit
+
+
 def test_synthetic_mode_warns_and_runs_with_no_prediction(
     tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
 ) -> None:
@@ -760,6 +783,8 @@ def test_env_example_documents_every_setting_and_dry_runs(
 @pytest.mark.parametrize(("settings", "message"), [
     ({"CHAT_TEMPLATE": "jinja"}, f"CHAT_TEMPLATE='jinja': one of {', '.join(TEMPLATES)}"),
     ({"BLOCK_SIZE": "0"}, "BLOCK_SIZE='0': not a whole number >= 1"),
+    ({"NUM_GPU_BLOCKS": "1"}, "NUM_GPU_BLOCKS='1': not a whole number >= 2"),
+    ({"REPLY_TOKENS": "many"}, "REPLY_TOKENS='many': not a whole number >= 1"),
     ({"MAX_HIT_RATE": "5%"}, "MAX_HIT_RATE='5%': not a fraction from 0 to 1 (0.05 is 5%)"),
     ({"MAX_HIT_RATE": "1.5"}, "MAX_HIT_RATE='1.5': not a fraction from 0 to 1 (0.05 is 5%)"),
     ({"MAX_HIT_RATE": "0.1", "AIPERF_ARGS": "--no-server-metrics"},
