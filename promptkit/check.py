@@ -1,11 +1,18 @@
 """Predict the prefix-cache hit rate a file will cause, before anyone spends GPU time.
 
-The records are replayed in the order a benchmark client sends them (warmup
-first, wrapping around the file as AIPerf does when it runs out) through a
-simulation of the server's prefix cache (:mod:`promptkit.cache`). What is
-simulated is what the server sees: the tokens of the rendered chat template
-(``--chat-template``), or the raw texts, under ``--tokenizer``. Hash-id traces
-are checked on their ids, one id a block.
+The records become the requests AIPerf sends, in its order (warmup first,
+wrapping around the file when it runs out; lines sharing a session in a row),
+and those are replayed through a simulation of the server's prefix cache
+(:mod:`promptkit.cache`, behind :class:`Engine`). What is simulated is what the
+server sees: the tokens of the rendered chat template (``--chat-template``), or
+the raw texts, under ``--tokenizer``, with the system prompt AIPerf adds
+(``--system-prompt-file``). A ``multi_turn`` conversation is one request a
+turn, each with the history: earlier turns and, after each, the server's reply
+(as long as its ``output_length``). A reply's text is unknown: the point
+prediction takes it to come back as generated, the low end of the range takes
+none of its blocks to hit. Hits within a conversation (its own history) are
+reported apart from hits across conversations. Hash-id traces are checked on
+their ids, one id a block.
 
 The report also says how many tokens the chat template puts before the first
 content, and whether those alone fill a block: then every request hits that
@@ -89,8 +96,10 @@ class Prompts:
     each, as token ids."""
 
     def __init__(self, tokenizer: Tokenizer | None, template: str, tokenizer_spec: str | None,
-                 system_prompt: str | None = None, reply_tokens: int | None = None):
+                 system_prompt: str | None = None, reply_tokens: int | None = None,
+                 sends_extra: bool = True):
         self.tokenizer = tokenizer
+        self.sends_extra = sends_extra
         self.template = template
         self.system_prompt = system_prompt
         self.reply_tokens = reply_tokens
@@ -103,7 +112,7 @@ class Prompts:
         """The requests AIPerf sends for ``record``: one with its messages verbatim, or,
         for a ``multi_turn`` conversation, one a turn carrying the history (every
         earlier turn and a reply of the server's length after each)."""
-        salt = _salt(record.extra)
+        salt = _salt(record.extra) if self.sends_extra else None
         if record.layout != "multi_turn":
             chat = [(m.role or "user", _text(m.content)) for m in record.messages]
             reply = (record.output_length if record.output_length is not None
@@ -124,8 +133,8 @@ class Prompts:
             if reply is None and i == 0:
                 reply = record.output_length
             reply = reply if isinstance(reply, int) else self.reply_tokens
-            out.append(_Turn(self._with_system(list(history)),
-                             _salt(extra if isinstance(extra, dict) else None) or salt, reply))
+            own = _salt(extra) if self.sends_extra and isinstance(extra, dict) else None
+            out.append(_Turn(self._with_system(list(history)), own or salt, reply))
             if i + 1 < len(messages):
                 if reply is None:
                     raise InvalidRecordError(
@@ -304,6 +313,7 @@ class CheckOptions:
     warmup: int = 0
     num_gpu_blocks: int | None = None  # vLLM's block pool, instead of capacity_tokens
     system_prompt: str | None = None  # what AIPerf's --system-prompt(-file) adds
+    sends_extra: bool = True  # False: AIPerf drops the records' extra (cache_salt), as for openai
     reply_tokens: int | None = None  # tokens generated where a request has no output_length
 
 
@@ -326,6 +336,7 @@ class _Unit:
 
     session: Any
     requests: list[_Request]
+    salt_not_sent: bool = False  # it has a cache_salt AIPerf does not send
 
 
 @dataclass
@@ -337,6 +348,7 @@ class Report:
     hash_ids: bool = False
     header_tokens: int | None = None
     salted: int = 0  # records with a cache_salt
+    salts_not_sent: int = 0  # records whose cache_salt AIPerf does not send
     hits: array = field(default_factory=lambda: array("q"))
     hits_low: array = field(default_factory=lambda: array("q"))
     within: array = field(default_factory=lambda: array("q"))
@@ -408,6 +420,13 @@ class Report:
             "records_sharing_one": sum(shared),
             "records_per_shared_block": [n for _, n in self.prefixes.most_common(10) if n > 1],
         }
+        if self.salts_not_sent:
+            out["salts_not_sent"] = self.salts_not_sent
+            out["warning_salts"] = (
+                f"{self.salts_not_sent} records have a cache_salt that AIPerf does not send "
+                "from this format (it loads OpenAI lines as mooncake_trace and sends only "
+                "'messages' and 'tools'): predicted without it; write the file --to "
+                "mooncake_trace, single_turn or multi_turn to send it")
         if self.header_tokens is not None:
             fills = self.header_tokens >= self.block_size
             out["template_header_tokens"] = self.header_tokens
@@ -468,7 +487,8 @@ class Setup:
                 raise CheckError("text records need --tokenizer (what the server tokenizes "
                                  "with)")
             self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec,
-                                   options.system_prompt, options.reply_tokens)
+                                   options.system_prompt, options.reply_tokens,
+                                   options.sends_extra)
             self.report.header_tokens = (self.prompts.header_tokens(first)
                                          if options.chat_template != "none" else 0)
         self.engine = self._engine()  # keys only: the replay makes its own caches
@@ -483,12 +503,20 @@ class Setup:
         for batch in _batches(iter(records)):
             if self.prompts is None:
                 for record in batch:
-                    yield self._ids_entry(record)
+                    yield self._unsent(record, *self._ids_entry(record))
                 continue
             turns = [self.prompts.turns(record) for record in _texts_only(batch)]
             tokens = iter(self.prompts.tokens([t.chat for ts in turns for t in ts]))
             for record, its_turns in zip(batch, turns, strict=True):
-                yield self._text_entry(record, its_turns, [next(tokens) for _ in its_turns])
+                yield self._unsent(record, *self._text_entry(
+                    record, its_turns, [next(tokens) for _ in its_turns]))
+
+    def _unsent(self, record: Record, unit: _Unit, lead: bytes) -> tuple[_Unit, bytes]:
+        if not self.options.sends_extra:
+            unit.salt_not_sent = _salt(record.extra) is not None or any(
+                isinstance(m.fields.get("extra"), dict) and _salt(m.fields["extra"])
+                for m in record.messages)
+        return unit, lead
 
     def entry_list(self, records: Iterable[Record]) -> list[tuple[_Unit, bytes]]:
         """:meth:`entries` of a worker process's chunk, as a list to send back."""
@@ -501,7 +529,7 @@ class Setup:
         if record.hash_ids is None or record.input_length is None:
             raise InvalidRecordError("a record with no text and no hash ids",
                                      lineno=record.lineno)
-        salt = _salt(record.extra)
+        salt = _salt(record.extra) if self.options.sends_extra else None
         request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt,
                            record.output_length if record.output_length is not None
                            else self.options.reply_tokens)
@@ -538,6 +566,7 @@ class Setup:
         for index, (entry, lead) in enumerate(pairs):
             report.records += 1
             report.salted += entry.requests[0].salt is not None
+            report.salts_not_sent += entry.salt_not_sent
             report.first_difference.append(_first_difference(earlier, lead, unit))
             report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
             requests = sessions.setdefault(

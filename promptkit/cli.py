@@ -642,8 +642,9 @@ def print_check(s: dict[str, Any]) -> None:
         flag, value = applied["applied"]
         shown = value if flag.endswith("-file") else f"({len(value)} characters)"
         click.echo(f"  AIPerf arguments       {flag} {shown} (from the {applied['source']})")
-    if "warning" in s:
-        click.echo(f"promptkit: warning: {s['warning']}", err=True)
+    for key in ("warning", "warning_salts"):
+        if key in s:
+            click.echo(f"promptkit: warning: {s[key]}", err=True)
     if applied.get("note"):
         click.echo(f"promptkit: note: {applied['note']}", err=True)
 

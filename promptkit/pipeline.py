@@ -580,6 +580,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
     options["system_prompt"] = applied.pop("system_prompt")
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
+    # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
+    options["sends_extra"] = source.format.name != "openai"
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     try:
         if (workers is not None and isinstance(source, Source)

@@ -215,3 +215,26 @@ def test_a_salted_hash_id_trace_with_a_capacity(tmp_path, run, engine, hit):
     assert report["hit_tokens"] == hit  # only the third request, the first one's salt
     tight = check_json(run, source, "--engine", engine, "--capacity-tokens", "1024")
     assert tight["hit_tokens"] == 0  # two ids of room: "b" pushed "a" out
+
+
+def test_a_salt_aiperf_does_not_send_is_not_counted(tmp_path, run):
+    """AIPerf loads OpenAI chat lines as mooncake_trace and sends only their messages: a
+    cache_salt on such a line never reaches the server."""
+    rows = [{"messages": [{"role": "user", "content": "the same question " * 20}],
+             "cache_salt": f"s{i}"} for i in range(3)]
+    openai = write_jsonl(tmp_path / "chat.jsonl", rows)
+    result = run("check", openai, "--tokenizer", "cl100k_base", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["input"]["format"] == "openai"
+    assert report["salts_not_sent"] == 3
+    assert report["requests_with_hits"] == 2  # as if unsalted: the repeats hit
+    assert "AIPerf does not send from this format" in report["warning_salts"]
+    text = run("check", openai, "--tokenizer", "cl100k_base")
+    assert ("promptkit: warning: 3 records have a cache_salt that AIPerf does not send from "
+            "this format") in text.stderr
+    trace = tmp_path / "trace.jsonl"
+    assert run("pipe", "read", openai, "write", "--to", "mooncake_trace",
+               trace).exit_code == 0
+    sent = check_json(run, trace, "--tokenizer", "cl100k_base")
+    assert sent["hit_tokens"] == 0 and "salts_not_sent" not in sent
