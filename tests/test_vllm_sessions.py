@@ -21,6 +21,7 @@ range ``check`` gives.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -157,3 +158,35 @@ def test_a_system_prompt_file_joins_a_files_own_system_message(vllm_server: Vllm
                                    extra_args=["--system-prompt-file", str(system)])
     assert (hits, queries) == (report["hit_tokens"], report["prompt_tokens"]), report
     assert hits > 0  # the nonce comes after the shared system text
+
+
+def test_bench_predicts_and_reads_back_what_vllm_measured(vllm_server: VllmServer,
+                                                          tmp_path: Path) -> None:
+    """promptkit bench, as a user runs it: check's prediction before the run, vLLM's own
+    counters (as AIPerf exported them) after it, both in cache_condition.json."""
+    path = tmp_path / "padded.jsonl"
+    promptkit("pad", Path(__file__).resolve().parents[1] / "prompts" / "chat.jsonl.example",
+              path, "--tokens", "256", "--tokenizer", vllm_server.tokenizer, "--groups", "2",
+              "--seed", "5")
+    artifacts = tmp_path / "artifacts"
+    settings = {"MODEL": "tiny-llama", "URL": vllm_server.url, "TOKENIZER": vllm_server.tokenizer,
+                "INPUT_FILE": path, "REQUEST_COUNT": 6, "RESET_CACHE": "vllm",
+                "CHAT_TEMPLATE": "hf", "BLOCK_SIZE": vllm_server.block_size,
+                "ARTIFACT_DIR": artifacts, "AIPERF": f"{sys.executable} -m aiperf",
+                "AIPERF_ARGS": "--ui none --no-gpu-telemetry",
+                "EXTRA_INPUTS": "ignore_eos:true,max_completion_tokens:2",
+                "MAX_HIT_RATE": "0.2"}
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
+    before = vllm_server.counters()
+    result = subprocess.run([sys.executable, "-m", "promptkit", "bench", "--env-file",
+                             env_file], capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k not in settings})
+    after = vllm_server.counters()
+    block = json.loads((artifacts / "cache_condition.json").read_text())["prefix_cache"]
+    hits, queries = after.hits - before.hits, after.queries - before.queries
+    assert (block["measured_hits"], block["measured_queries"]) == (hits, queries), block
+    assert (block["predicted_hits"], block["predicted_queries"]) == (hits, queries), block
+    assert block["measured_hit_rate"] > 0.2
+    assert result.returncode == 3, result.stderr  # above MAX_HIT_RATE
+    assert "as predicted" in result.stderr, result.stderr
