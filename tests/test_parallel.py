@@ -135,3 +135,21 @@ def test_check_reports_the_same_for_every_worker_count(small_chunks, tmp_path, r
         reports.append(json.loads(result.stdout))
     assert reports[0] == reports[1] == reports[2]
     assert reports[0]["records"] == 340 and reports[0]["hit_tokens"] > 0
+
+
+def test_check_of_conversations_is_the_same_for_every_worker_count(small_chunks, tmp_path,
+                                                                   run):
+    rows = [{"session_id": f"s{i}", "turns": [
+        {"text": f"conversation {i % 25} turn {t}: " + "more words " * (i % 7),
+         "output_length": 5 + i % 3} for t in range(3)]} for i in range(150)]
+    source = write_jsonl(tmp_path / "mt.jsonl", rows)
+    reports = []
+    for workers in ("1", "2", "4"):
+        result = run("check", source, "--tokenizer", "cl100k_base", "--block-size", "4",
+                     "--workers", workers, "--json")
+        assert result.exit_code == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["requests"] == 450
+    assert reports[0]["cross_conversation_hit_tokens"] > 0  # conversations repeat
+    assert reports[0]["within_conversation_hit_tokens"] > 0
