@@ -441,9 +441,9 @@ def _manifest_args(args: list[str], input_file: str) -> list[str]:
             i += 2
             continue
         if arg == "--system-prompt-file" and value is not None:
-            beside = os.path.join(os.path.dirname(input_file), os.path.basename(value))
-            found = next((p for p in (value, beside) if os.path.isfile(p)), None)
+            found = manifest.named_file(value, input_file)
             if found is None:
+                beside = os.path.join(os.path.dirname(input_file), os.path.basename(value))
                 raise PromptkitError(f"{input_file}: the manifest's --system-prompt-file "
                                      f"{value} is missing (looked here and at {beside})")
             out += [arg, os.path.abspath(found)]

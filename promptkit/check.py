@@ -253,7 +253,6 @@ class Engine:
         if num_gpu_blocks is not None and (name != "vllm" or capacity_tokens is not None):
             raise CheckError("--num-gpu-blocks is vLLM's block count: give it for --engine "
                              "vllm, instead of --capacity-tokens")
-        self.name = name
         self.block_size = block_size
         self.hash_ids = hash_ids
         self.bounded = capacity_tokens is not None
@@ -468,9 +467,6 @@ class Setup:
 
     def __init__(self, first: Record, options: CheckOptions, tokenizer: Tokenizer | None,
                  tokenizer_spec: str | None):
-        if options.engine not in ENGINES:
-            raise CheckError(f"unknown engine {options.engine!r}; choose from "
-                             f"{', '.join(ENGINES)}")
         if options.block_size is not None and options.block_size < 1:
             raise CheckError(f"block size must be at least 1, not {options.block_size}")
         self.options = options

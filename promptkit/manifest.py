@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,6 +28,13 @@ def default_path(output: str) -> str:
 
 def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def named_file(value: str, described: str) -> str | None:
+    """A file a manifest names (a ``--system-prompt-file``): as written, else next to
+    the file the manifest describes (a folder copied elsewhere); ``None`` if neither."""
+    beside = os.path.join(os.path.dirname(described), os.path.basename(value))
+    return next((p for p in (value, beside) if os.path.isfile(p)), None)
 
 
 def file_facts(path: str) -> tuple[str, int]:

@@ -613,10 +613,6 @@ def check_file(input_path: str, *, from_format: str | None = None,
             **report.summary(), "aiperf_args": applied}
 
 
-#: AIPerf arguments that change what a request sends, and so what ``check`` predicts.
-_SYSTEM_ARGS = ("--system-prompt-file", "--system-prompt")
-
-
 def aiperf_arguments(input_path: str, system_prompt_file: str | None,
                      use_manifest: bool = True) -> dict[str, Any]:
     """The AIPerf arguments ``check`` applies to a file: ``applied`` (the arguments),
@@ -645,16 +641,10 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
         if flag == "--system-prompt":
             out.update(applied=[flag, value], source="manifest", system_prompt=value)
         elif flag == "--system-prompt-file":
-            found = _beside(str(value), input_path)
+            found = manifest.named_file(str(value), input_path) or str(value)
             out.update(applied=[flag, found], source="manifest",
                        system_prompt=_read_prompt(found, f"{path}: --system-prompt-file"))
     return out
-
-
-def _beside(value: str, input_path: str) -> str:
-    """A path a manifest names: as written, or else next to the file it describes."""
-    beside = os.path.join(os.path.dirname(input_path), os.path.basename(value))
-    return value if os.path.isfile(value) or not os.path.isfile(beside) else beside
 
 
 def _read_prompt(path: str, what: str) -> str:
