@@ -5,8 +5,9 @@ Usage::
 
     python scripts/compare_mooncake.py [FOLDER]
 
-FOLDER holds ``*_trace.jsonl`` (default: ../shared/data/mooncake beside the
-repository). For each trace it prints the request count, average input and
+FOLDER holds ``*_trace.jsonl`` or ``*_trace.jsonl.gz`` (default: the traces
+this repository ships in ``data/mooncake``; gzipped ones are unpacked to a
+temporary folder first). For each trace it prints the request count, average input and
 output tokens, ``check``'s hit rate (vLLM rules, 512-token blocks, unbounded
 cache), two other ways of counting on the same file (hit blocks over all
 blocks; hit tokens without the never-the-last-token rule), and the paper's
@@ -16,10 +17,13 @@ same file (reading and parsing it: the baseline), each the median of 3 runs.
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,11 +60,17 @@ def timed(args: list[str]) -> float:
 
 
 def main() -> None:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "mooncake"
+    default = Path(__file__).resolve().parents[1] / "data" / "mooncake"
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else default
+    unpacked = Path(tempfile.mkdtemp(prefix="mooncake-"))
     traces = sorted(folder.glob("*_trace.jsonl"))
+    for packed in sorted(folder.glob("*_trace.jsonl.gz")):
+        path = unpacked / packed.name.removesuffix(".gz")
+        with gzip.open(packed, "rb") as f, path.open("wb") as out:
+            shutil.copyfileobj(f, out)
+        traces.append(path)
     if not traces:
-        sys.exit(f"no *_trace.jsonl in {folder}")
+        sys.exit(f"no *_trace.jsonl or *_trace.jsonl.gz in {folder}")
     print("| trace | requests | avg input | avg output | check | blocks | no last-token "
           "rule | paper |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -81,6 +91,7 @@ def main() -> None:
     print("\n| trace | `stats` s (baseline) | `check` s | check / stats |\n|---|---:|---:|---:|")
     for name, stats_s, check_s in timing:
         print(f"| {name} | {stats_s:.2f} | {check_s:.2f} | {check_s / stats_s:.2f} |")
+    shutil.rmtree(unpacked)
 
 
 if __name__ == "__main__":

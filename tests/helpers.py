@@ -1,14 +1,17 @@
-"""Helpers the tests share: JSONL files in and out, the Mooncake sample traces."""
+"""Helpers the tests share: JSONL files in and out, the Mooncake traces."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
-SHARED_MOONCAKE = ROOT.parent / "shared" / "data" / "mooncake"
+MOONCAKE = ROOT / "data" / "mooncake"
+_UNPACKED: dict[str, Path] = {}
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -21,6 +24,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def mooncake_trace(name: str) -> Path:
-    """A Mooncake trace: the full copy in ../shared when present, else the sample in tests/data."""
-    full = SHARED_MOONCAKE / f"{name}_trace.jsonl"
-    return full if full.exists() else DATA / f"mooncake_{name}_head.jsonl"
+    """A Mooncake trace the repository ships (``data/mooncake``), unpacked once a session."""
+    if name not in _UNPACKED:
+        path = Path(tempfile.mkdtemp(prefix="mooncake-")) / f"{name}_trace.jsonl"
+        with gzip.open(MOONCAKE / f"{name}_trace.jsonl.gz", "rb") as f, path.open("wb") as out:
+            shutil.copyfileobj(f, out)
+        _UNPACKED[name] = path
+    return _UNPACKED[name]
