@@ -38,7 +38,7 @@ def promptkit(*args: str | Path | int) -> None:
 
 def check(server: VllmServer, path: Path, *args: str, requests: int,
           warmup: int = 0) -> dict[str, Any]:
-    """``promptkit check --json`` as the issue states it, for ``server``'s setup."""
+    """``promptkit check --json`` for ``server``'s setup (tokenizer, hf template, block)."""
     out = subprocess.run(
         [sys.executable, "-m", "promptkit", "check", str(path), "--json",
          "--tokenizer", str(server.tokenizer), "--chat-template", "hf",
