@@ -191,14 +191,16 @@ def boundary_variants(records: list[CacheRecord], warmup: int) -> dict[tuple[int
     how many of the first profiled requests it left out: the exact ones (0), or less
     the first k requests, which AIPerf 0.13 can count in the warmup phase or in
     neither (its two windows overlap: measured, 1 request in 3 of 5 runs here, up to
-    9 on vLLM); -1: with the last warmup request counted in the profiling phase."""
+    9 on vLLM); -j: with the last j warmup requests counted in the profiling phase (all
+    of a 2-request warmup, seen once in a clean-clone run)."""
     hits, queries = served(records[warmup:])
-    last = records[warmup - 1]
-    variants = {(hits + last.cached_tokens, queries + last.prompt_tokens): -1}
+    variants: dict[tuple[int, int], int] = {}
     for k, record in enumerate([None, *records[warmup:]]):
         if record is not None:
             hits, queries = hits - record.cached_tokens, queries - record.prompt_tokens
         variants.setdefault((hits, queries), k)
+    for j in range(1, warmup + 1):
+        variants.setdefault(served(records[warmup - j:]), -j)
     return variants
 
 
