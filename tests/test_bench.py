@@ -732,8 +732,9 @@ def test_dry_run_prints_the_exact_command_and_touches_nothing(
 
 def test_the_old_script_is_the_same_command(tmp_path: Path, aiperf_tmpdir: Path) -> None:
     """``python scripts/run_aiperf.py`` is ``promptkit bench``: same output, same codes."""
+    # A fixed ARTIFACT_DIR: the default one is named by the second it is made in.
     env_file = write_env(tmp_path / ".env", MODEL="m", URL="http://127.0.0.1:9",
-                         REQUEST_COUNT=2)
+                         REQUEST_COUNT=2, ARTIFACT_DIR=tmp_path / "artifacts")
     new = run_bench(tmp_path, aiperf_tmpdir, env_file, "--dry-run")
     old = run_bench(tmp_path, aiperf_tmpdir, env_file, "--dry-run", program=(str(WRAPPER),))
     assert (old.returncode, old.stdout, old.stderr) == (new.returncode, new.stdout, new.stderr)
