@@ -63,6 +63,12 @@ SAMPLES = {
                                        {"from": "gpt", "value": "A", "weight": 0}]},
     ],
     "prompt": [{"prompt": "Once upon a time"}, {"prompt": "P", "id": 3, "output_length": 9}],
+    "alpaca": [  # Stanford alpaca and LLaMA-Factory's alpaca_en_demo.json shapes
+        {"instruction": "Give three tips for staying healthy.", "input": "",
+         "output": "1. Eat a balanced diet."},
+        {"instruction": "Translate.", "input": "", "output": "Bonjour", "system": "Be brief.",
+         "history": [["Hi", "Hello"]], "id": 4},
+    ],
 }
 
 

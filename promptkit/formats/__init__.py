@@ -47,6 +47,8 @@ FORMATS: dict[str, Format] = {
                "ShareGPT: {\"conversations\": [{\"from\": \"human\", \"value\": ...}]}", True),
         Format("prompt", chat.parse_prompt, chat.dump_prompt, None,
                "Plain prompt JSONL: {\"prompt\": ...}", False),
+        Format("alpaca", chat.parse_alpaca, chat.dump_alpaca, None,
+               "Alpaca: {\"instruction\": ..., \"input\": ..., \"output\": ...}", True),
     )
 }
 
@@ -74,6 +76,8 @@ def detect(obj: dict[str, Any]) -> str:
         return "multi_turn"
     if "conversations" in obj:
         return "sharegpt"
+    if "instruction" in obj:
+        return "alpaca"
     if any(k in obj for k in _MOONCAKE_KEYS):
         return "mooncake_trace"
     if "messages" in obj:

@@ -7,6 +7,10 @@
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``.
   Roles are written back as ShareGPT names (human, gpt, system).
 - ``prompt``: ``{"prompt": "..."}``, one plain prompt a line.
+- ``alpaca``: ``{"instruction": ..., "input": ..., "output": ..., "system": ...,
+  "history": [[prompt, reply], ...]}`` (Stanford alpaca, LLaMA-Factory): a recorded
+  conversation whose last user message is the instruction (and the input after a
+  blank line) and whose last reply is ``output``.
 """
 
 from __future__ import annotations
@@ -130,3 +134,75 @@ def dump_prompt(record: Record) -> dict[str, Any]:
     if not isinstance(message.content, str) or message.fields:
         raise no_place("prompt", "structured message content")
     return _free_form(record, {"prompt": message.content}, "prompt")
+
+
+# ---------------------------------------------------------------- alpaca
+
+_ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
+
+
+def parse_alpaca(obj: dict[str, Any]) -> Record:
+    def text(key: str) -> str | None:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad(f"'{key}' must be a string, not {type(value).__name__}")
+        return value or None
+
+    instruction = obj.get("instruction")
+    if not isinstance(instruction, str):
+        raise bad("'instruction' must be a string")
+    messages = []
+    system = text("system")
+    if system is not None:
+        messages.append(Message("system", system))
+    history = obj.get("history")
+    if history is not None:
+        if not isinstance(history, list) or not all(
+                isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(t, str) for t in pair) for pair in history):
+            raise bad("'history' must be a list of [prompt, reply] string pairs")
+        for prompt, reply in history:
+            messages += [Message("user", prompt), Message("assistant", reply)]
+    extra_input = text("input")
+    messages.append(Message("user", f"{instruction}\n\n{extra_input}" if extra_input
+                            else instruction))
+    output = text("output")
+    if output is not None:
+        messages.append(Message("assistant", output))
+    return _free_form_record({k: v for k, v in obj.items() if k not in _ALPACA_KEYS},
+                             "instruction", messages, "alpaca")
+
+
+def dump_alpaca(record: Record) -> dict[str, Any]:
+    """The instruction is the last user message as it is now (an input read in is part
+    of it); earlier exchanges become ``history``."""
+    require_text(record, "alpaca")
+    messages = list(record.messages)
+    out: dict[str, Any] = {}
+    if messages[0].role == "system":
+        out["system"] = _plain(messages.pop(0), "alpaca")
+    output = None
+    if len(messages) > 1 and messages[-1].role == "assistant":
+        output = _plain(messages.pop(), "alpaca")
+    if not messages or messages[-1].role not in USER_ROLES:
+        raise no_place("alpaca", "a conversation that does not end with a user message")
+    out["instruction"] = _plain(messages.pop(), "alpaca")
+    out["input"] = ""
+    if output is not None:
+        out["output"] = output
+    history = []
+    for i in range(0, len(messages), 2):
+        pair = messages[i:i + 2]
+        if len(pair) != 2 or pair[0].role not in USER_ROLES or pair[1].role != "assistant":
+            raise no_place("alpaca", "a conversation that does not alternate user and "
+                           "assistant", "write it --to sharegpt or openai")
+        history.append([_plain(pair[0], "alpaca"), _plain(pair[1], "alpaca")])
+    if history:
+        out["history"] = history
+    return _free_form(record, out, "alpaca")
+
+
+def _plain(message: Message, fmt: str) -> str:
+    if not isinstance(message.content, str) or message.fields:
+        raise no_place(fmt, f"structured content in a {message.role or 'user'} message")
+    return message.content

@@ -14,7 +14,7 @@ way (a conversion never drops data; the error says so).
 
 Reading a dataset maps its columns by name (:func:`find_mapping`): promptkit's
 own columns; OpenAI ``messages``; ShareGPT ``conversations``; alpaca
-``instruction``/``input``; or one text column (``prompt``, ``text``,
+``instruction``/``input``/``output`` (a recorded reply); or one text column (``prompt``, ``text``,
 ``question``); or the columns a user names.
 """
 
@@ -33,6 +33,10 @@ from .aiperf import parse_messages
 #: The columns of a written table, in order.
 COLUMNS = ("messages", "session_id", "timestamp", "delay", "output_length", "input_length",
            "hash_ids", "extra")
+
+#: The columns of an alpaca dataset (Stanford alpaca, LLaMA-Factory), read as
+#: :func:`promptkit.formats.chat.parse_alpaca` reads a line.
+ALPACA_COLUMNS = ("instruction", "input", "output", "system", "history")
 
 #: Text columns tried in turn when no mapping is given.
 TEXT_COLUMNS = ("prompt", "text", "question")
@@ -101,7 +105,7 @@ class Mapping:
         if self.layout == "promptkit":
             return list(COLUMNS)
         if self.layout == "alpaca":
-            return ["instruction", "input"]
+            return list(ALPACA_COLUMNS)
         return [c for c in (self.messages, self.text, self.system, self.output_length) if c]
 
 
@@ -156,12 +160,14 @@ def from_row(row: dict[str, Any], mapping: Mapping) -> Record:
         except InvalidRecordError as exc:
             raise InvalidRecordError(f"column 'conversations': {exc.problem}") from None
     elif mapping.layout == "alpaca":
-        instruction = _text(row, "instruction")
-        extra_input = row.get("input")
-        if extra_input is not None and not isinstance(extra_input, str):
-            raise InvalidRecordError(f"column 'input' is {_kind(extra_input)}, not text")
-        text = f"{instruction}\n\n{extra_input}" if extra_input else instruction
-        messages = [Message("user", text)]
+        from .chat import parse_alpaca
+
+        _text(row, "instruction")
+        alpaca = {k: row[k] for k in ALPACA_COLUMNS if row.get(k) is not None}
+        try:
+            messages = parse_alpaca(alpaca).messages
+        except InvalidRecordError as exc:
+            raise InvalidRecordError(f"alpaca columns: {exc.problem}") from None
     else:
         assert mapping.text is not None
         messages = [Message("user", _text(row, mapping.text))]
