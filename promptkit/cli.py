@@ -214,6 +214,14 @@ def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
     if result["skipped"]["count"]:
         click.echo(f"promptkit: skipped {result['skipped']['count']} invalid records "
                    f"(first: line {result['skipped']['lines'][0]})", err=True)
+    for step in result["steps"]:
+        info = step.get("info", {})
+        if step["op"] == "turns":
+            line = (f"promptkit: turns: {info['requests']} requests from "
+                    f"{info['conversations_read']} conversations")
+            if info["dropped"]:
+                line += "; " + ", ".join(f"{n} {why}" for why, n in info["dropped"].items())
+            click.echo(line, err=True)
     for warning in result["warnings"]:
         click.echo(f"promptkit: warning: {warning}", err=True)
 
@@ -487,6 +495,68 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
                    to_format=to_format, skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers,
                    dataset=with_seed(dataset, step.params["seed"]))
+
+
+def turns_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    from .turns import MODES
+
+    bound = functools.partial(click.option, type=click.IntRange(min=1), metavar="N")
+    for decorator in reversed([
+        click.option("--mode", type=click.Choice(MODES), default="first", show_default=True,
+                     help="first: one request a conversation, its first user message; each: "
+                          "an AIPerf multi_turn session, a turn a user message; history: one "
+                          "request, the whole conversation up to its last user message."),
+        click.option("--tokenizer", required=True, metavar="T",
+                     help="Each request's output_length is its recorded reply's tokens "
+                          "under T (see 'stats')."),
+        bound("--min-prompt-tokens", help="Leave out requests with fewer prompt tokens."),
+        bound("--max-prompt-tokens", help="Leave out requests with more prompt tokens."),
+        bound("--min-output-tokens", help="Leave out requests whose reply had fewer tokens."),
+        bound("--max-output-tokens", help="Leave out requests whose reply had more tokens."),
+        bound("--max-turns", help="Keep the first N exchanges of a conversation."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def turns_step(*, tokenizer: str, **params: Any) -> Step:
+    from .tokenizers import cached_tokenizer
+
+    cached_tokenizer(tokenizer)  # a bad name fails here, before anything is read
+    for low, high in (("min_prompt_tokens", "max_prompt_tokens"),
+                      ("min_output_tokens", "max_output_tokens")):
+        if params[low] is not None and params[high] is not None and params[low] > params[high]:
+            raise click.UsageError(f"--{low.replace('_', '-')} is above "
+                                   f"--{high.replace('_', '-')}")
+    return Step("turns", {"tokenizer": tokenizer, **params})
+
+
+@cli.command()
+@io_options
+@turns_options
+@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@report
+def turns(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
+          skip_invalid: bool, manifest_path: str | None, workers: int | None,
+          dataset: dict[str, Any], seed: int | None, **options: Any) -> None:
+    """Make benchmark requests of recorded conversations (ShareGPT, alpaca, chat logs).
+
+    Each request asks for as many tokens as the recorded reply had (output_length);
+    the server makes its own replies. Replies before the first user message are
+    dropped and conversations with no user message skipped, counted in the manifest.
+    The output is mooncake_trace (multi_turn for --mode each) unless --to says otherwise.
+
+    \b
+    Examples:
+      promptkit turns sharegpt.json requests.jsonl --tokenizer cl100k_base
+      promptkit turns sharegpt.json sessions.jsonl --mode each --max-turns 4 --tokenizer T
+      promptkit turns chats.jsonl long.jsonl --mode history --max-prompt-tokens 8192 --tokenizer T
+    """
+    step = turns_step(**options)
+    run_and_report(input_path, output_path, [step], from_format=from_format,
+                   to_format=to_format, skip_invalid=skip_invalid,
+                   manifest_path=manifest_path, workers=workers,
+                   dataset=with_seed(dataset, seed))
 
 
 def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -905,6 +975,14 @@ def publish_command(input_path: str, out_dir: str, from_format: str | None, to_f
     if result["skipped"]["count"]:
         click.echo(f"promptkit: skipped {result['skipped']['count']} invalid records "
                    f"(first: line {result['skipped']['lines'][0]})", err=True)
+    for step in result["steps"]:
+        info = step.get("info", {})
+        if step["op"] == "turns":
+            line = (f"promptkit: turns: {info['requests']} requests from "
+                    f"{info['conversations_read']} conversations")
+            if info["dropped"]:
+                line += "; " + ", ".join(f"{n} {why}" for why, n in info["dropped"].items())
+            click.echo(line, err=True)
     for warning in result["warnings"]:
         click.echo(f"promptkit: warning: {warning}", err=True)
     if repo_id is not None:
@@ -987,6 +1065,14 @@ def pipe_pad(**options: Any) -> PendingStep:
 def pipe_fit(**options: Any) -> Step:
     """Make every user text exactly N tokens (same options as 'promptkit fit')."""
     return fit_step(**options)
+
+
+@pipe.command("turns")
+@turns_options
+@report
+def pipe_turns(**options: Any) -> Step:
+    """Make benchmark requests of recorded conversations (options as 'promptkit turns')."""
+    return turns_step(**options)
 
 
 @pipe.command("check")

@@ -27,6 +27,7 @@ from .records import Record
 from .stats import Tap
 from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
 from .tokenizers import cached_tokenizer
+from .turns import DEFAULT_OUTPUT, TurnsState, make_requests
 
 Operation = Callable[..., Iterator[Record]]
 
@@ -42,9 +43,9 @@ class NoState:
 
 #: Every operation a manifest step can name, by name, and the state it keeps.
 OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records,
-                                    "hash_trace": hash_trace_records}
+                                    "hash_trace": hash_trace_records, "turns": make_requests}
 STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState,
-                                        "hash_trace": NoState}
+                                        "hash_trace": NoState, "turns": TurnsState}
 #: Stages that see every record in order, so a run with one stays in one process.
 ORDERED = frozenset({"check", "hash_trace"})
 
@@ -90,8 +91,12 @@ class Step:
     #: operation remembered of every record (a parallel run's chunks merge into it).
     #: A state's ``report()`` joins ``info``; its ``skipped`` joins the manifest's.
     state: Any = field(default=None, repr=False, compare=False)
+    #: The output format the step's records are made for, when no ``--to`` names one.
+    output_format: str | None = None
 
     def __post_init__(self) -> None:
+        if self.op == "turns":
+            self.output_format = DEFAULT_OUTPUT[self.params["mode"]]
         if self.op == "hash_trace" and not self.aiperf_args:
             # AIPerf makes a prompt of block_size tokens a hash id; it assumes 512.
             self.aiperf_args = ["--prompt-input-tokens-block-size",
@@ -182,7 +187,9 @@ def run(
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
         in_format = source.format
-        out_format = get_format(to_format or source.default_output)
+        made_for = [step.output_format for step in steps if step.output_format]
+        out_format = get_format(to_format or (made_for[-1] if made_for else None)
+                                or source.default_output)
         sink = open_sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
@@ -393,6 +400,13 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
             "server's replies too): later turns hit the earlier ones, as 'promptkit check' "
             "predicts. Beyond one pass over the file's turns, warmup included, AIPerf wraps "
             "around and repeats whole conversations, which hit the prefix cache."
+        )
+    elif aiperf_type is None and fmt in ("sharegpt", "alpaca"):
+        section["note"] = (
+            f"AIPerf does not load {fmt} files, and their recorded replies are not requests: "
+            "'promptkit turns FILE OUT --mode first --tokenizer T' makes one request a "
+            "conversation with the first reply's length as output_length (--mode each: an "
+            "AIPerf multi_turn session a conversation; --mode history: the whole history)."
         )
     elif aiperf_type is None:
         section["note"] = (

@@ -101,11 +101,18 @@ def _text_fields(message: Message, fmt: str) -> dict[str, Any]:
     return {"texts": texts}
 
 
+#: The hint for a conversation with recorded replies, which AIPerf's formats do not send.
+TURNS_HINT = ("it holds recorded replies: 'promptkit turns IN OUT --mode first|each|history "
+              "--tokenizer T' makes requests of it")
+
+
 def _one_message(record: Record, fmt: str) -> Message:
     require_text(record, fmt)
     if len(record.messages) != 1:
         hint = "write it --to multi_turn, openai or mooncake_trace"
-        if any(m.role == "system" for m in record.messages):
+        if any(m.role == "assistant" for m in record.messages):
+            hint = TURNS_HINT
+        elif any(m.role == "system" for m in record.messages):
             hint = "it has a system message; " + hint
         raise no_place(fmt, f"a conversation of {len(record.messages)} messages", hint)
     message = record.messages[0]
@@ -217,7 +224,7 @@ def dump_multi_turn(record: Record) -> dict[str, Any]:
             raise no_place(
                 "multi_turn", f"a recorded {message.role} message",
                 "AIPerf sends every turn as a request and generates the replies itself; "
-                "write it --to mooncake_trace or openai to keep the history verbatim",
+                + TURNS_HINT,
             )
         turn: dict[str, Any] = {}
         if message.role is not None:
@@ -332,6 +339,8 @@ def parse_mooncake(obj: dict[str, Any]) -> Record:
         record.messages = [Message(None, text)]
     elif mode == "messages":
         record.messages = parse_messages(get("messages"))
+        if "tools" in record.fields:  # AIPerf sends them with the messages: a body field
+            record.extra = {"tools": record.fields.pop("tools"), **(record.extra or {})}
     else:
         payload = get("payload")
         if not isinstance(payload, dict) or not payload:
@@ -375,11 +384,16 @@ def dump_mooncake(record: Record) -> dict[str, Any]:
             out["text_input"] = only.content
         else:
             out["messages"] = dump_messages(record.messages)
+    extra = None if in_payload else record.extra
+    if extra is not None and isinstance(extra.get("tools"), list) and "messages" in out:
+        # AIPerf's own place for tools, which it checks and sends with the messages.
+        out["tools"] = extra["tools"]
+        extra = {k: v for k, v in extra.items() if k != "tools"} or None
     if record.output_length is not None:
         out["output_length"] = record.output_length
     if record.hash_ids is not None:
         out["hash_ids"] = record.hash_ids
-    if record.extra is not None and not in_payload:
-        out["extra"] = record.extra
+    if extra is not None:
+        out["extra"] = extra
     _add_fields(out, record.fields, "mooncake_trace")
     return out

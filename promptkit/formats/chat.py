@@ -15,7 +15,11 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from ..records import USER_ROLES, Message, Record
 from ._schema import bad, check_turn_fields, no_place, refuse, require_text
@@ -56,20 +60,88 @@ _TO = {"user": "human", "assistant": "gpt"}
 
 
 def parse_sharegpt(obj: dict[str, Any]) -> Record:
+    """ShareGPT as FastChat and LLaMA-Factory write it. LLaMA-Factory's tool-call turns
+    become OpenAI messages: ``function_call`` an assistant message with ``tool_calls``,
+    ``observation`` a ``tool`` message answering it; its ``tools`` (a JSON string of
+    bare function schemas) the request's ``tools`` list, and its ``system`` key a
+    leading system message. The record's layout notes each, to write them back."""
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise bad("'conversations' must be a non-empty list")
+    flags = []
     messages = []
+    system = obj.get("system")
+    if isinstance(system, str) and system:
+        messages.append(Message("system", system))
+        flags.append("system-key")
+    pending: list[str] = []  # ids of tool calls not answered yet
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("from"), str):
             raise bad(f"conversation turn {i} must be an object with a string 'from'")
         value = turn.get("value")
         if not isinstance(value, str):
             raise bad(f"conversation turn {i}: 'value' must be a string")
-        role = _FROM.get(turn["from"], turn["from"])
         fields = {k: v for k, v in turn.items() if k not in ("from", "value")}
-        messages.append(Message(role, value, fields))
-    return _free_form_record(obj, "conversations", messages, "sharegpt")
+        if turn["from"] == "function_call":
+            calls = _tool_calls(value, i)
+            pending = [call["id"] for call in calls]
+            messages.append(Message("assistant", None, {"tool_calls": calls, **fields}))
+        elif turn["from"] == "observation":
+            call_id = pending.pop(0) if pending else f"call_{i}"
+            messages.append(Message("tool", value, {"tool_call_id": call_id, **fields}))
+        else:
+            messages.append(Message(_FROM.get(turn["from"], turn["from"]), value, fields))
+    taken = ("tools", "system") if "system-key" in flags else ("tools",)
+    rest = {k: v for k, v in obj.items() if k not in taken}
+    record = _free_form_record(rest, "conversations", messages, "sharegpt")
+    if "tools" in obj:
+        tools, tool_flags = _tools(obj["tools"])
+        flags += tool_flags
+        if tools:
+            record.extra = {**(record.extra or {}), "tools": tools}
+    if flags:
+        record.layout = "sharegpt:" + ",".join(flags)
+    return record
+
+
+def _tool_calls(value: str, turn: int) -> list[dict[str, Any]]:
+    """The OpenAI ``tool_calls`` of a ``function_call`` value: ``{"name", "arguments"}``
+    (or a list of them), arguments an object or a JSON string."""
+    try:
+        calls = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        calls = None
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for k, call in enumerate(calls):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise bad(f"conversation turn {turn}: a function_call value must be JSON of "
+                      '{"name": ..., "arguments": ...}')
+        arguments = call.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        out.append({"id": f"call_{turn}_{k}", "type": "function",
+                    "function": {"name": call["name"], "arguments": arguments}})
+    return out
+
+
+def _tools(value: Any) -> tuple[list[Any], list[str]]:
+    """``tools`` as the list of OpenAI tools a request carries, and how it was written."""
+    flags = []
+    if isinstance(value, str):
+        flags.append("tools-string")
+        if not value.strip():
+            return [], flags
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise bad("'tools' is a string but not JSON") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise bad("'tools' must be a list of tool objects (or a JSON string of one)")
+    if value and all("type" not in t for t in value):  # bare function schemas
+        flags.append("tools-bare")
+        value = [{"type": "function", "function": t} for t in value]
+    return value, flags
 
 
 _FREE_ATTRS = ("session_id", "timestamp", "delay", "output_length", "extra")
@@ -101,8 +173,20 @@ def _free_form(record: Record, out: dict[str, Any], fmt: str) -> dict[str, Any]:
 
 def dump_sharegpt(record: Record) -> dict[str, Any]:
     require_text(record, "sharegpt")
+    flags = set((record.layout or "").partition(":")[2].split(","))
+    messages = list(record.messages)
+    out: dict[str, Any] = {}
+    if "system-key" in flags and messages[0].role == "system":
+        out["system"] = _plain(messages.pop(0), "sharegpt")
     turns = []
-    for m in record.messages:
+    for m in messages:
+        fields = dict(m.fields)
+        if m.role == "assistant" and "tool_calls" in fields:
+            turns.append({"from": "function_call",
+                          "value": _call_value(fields.pop("tool_calls")), **fields})
+            continue
+        if m.role == "tool":
+            fields.pop("tool_call_id", None)
         content = chat_content(m.content)
         if isinstance(content, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
@@ -110,9 +194,26 @@ def dump_sharegpt(record: Record) -> dict[str, Any]:
             content = "".join(p["text"] for p in content)
         if content is None:
             raise no_place("sharegpt", f"a {m.role} message without content")
-        role = m.role or "user"
-        turns.append({"from": _TO.get(role, role), "value": content, **m.fields})
-    return _free_form(record, {"conversations": turns}, "sharegpt")
+        role = "observation" if m.role == "tool" else m.role or "user"
+        turns.append({"from": _TO.get(role, role), "value": content, **fields})
+    out["conversations"] = turns
+    extra = dict(record.extra or {})
+    tools = extra.pop("tools", None)
+    if tools is not None:
+        if "tools-bare" in flags:
+            tools = [t["function"] if t.get("type") == "function" else t for t in tools]
+        out["tools"] = json.dumps(tools, ensure_ascii=False) if "tools-string" in flags else tools
+    return _free_form(replace(record, extra=extra or None), out, "sharegpt")
+
+
+def _call_value(calls: Any) -> str:
+    """A ``function_call`` value of OpenAI ``tool_calls``, as LLaMA-Factory writes it."""
+    try:
+        values = [{"name": c["function"]["name"],
+                   "arguments": json.loads(c["function"]["arguments"])} for c in calls]
+    except (KeyError, TypeError, ValueError):
+        raise no_place("sharegpt", "a tool call that is not a function call") from None
+    return json.dumps(values[0] if len(values) == 1 else values, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- prompt

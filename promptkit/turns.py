@@ -1,0 +1,217 @@
+"""Recorded conversations into benchmark requests (``promptkit turns``).
+
+A recorded conversation (ShareGPT, alpaca, OpenAI messages with replies) holds the
+replies a model once gave. A benchmark sends the prompts and lets the server make
+its own replies, asking for as many tokens as the recorded reply had:
+
+- ``first``: one request a conversation, the first user message (after any leading
+  system message), ``output_length`` = tokens of the reply that followed it. This is
+  what vLLM's and SGLang's benchmark scripts do with ShareGPT.
+- ``each``: one AIPerf ``multi_turn`` session a conversation, a turn per user
+  message, each turn's ``output_length`` = tokens of the reply that followed it; the
+  recorded replies (and tool calls and results) are dropped: the server makes its own.
+- ``history``: one request a conversation, everything up to the last user message
+  as context (recorded replies kept there), ``output_length`` = tokens of the last
+  reply.
+
+Rules, the same in every mode: replies before the first user message are dropped;
+a conversation with no user message, or whose first user message has no reply, is
+skipped; a conversation ends before a user message with no reply (and, with the
+token bounds, before the first request outside them). Token counts are the raw
+texts' under the tokenizer (no chat template, as ``stats`` counts); a tool call
+counts as its compact ``{"name", "arguments"}`` JSON. Everything skipped or cut is counted
+by reason in the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .records import USER_ROLES, Message, Record, content_texts
+from .tokenizers import cached_tokenizer
+
+MODES = ("first", "each", "history")
+#: The output format each mode's records are meant for (``--to`` overrides it).
+DEFAULT_OUTPUT = {"first": "mooncake_trace", "each": "multi_turn", "history": "mooncake_trace"}
+#: Roles of recorded replies besides ``assistant`` (ShareGPT dumps name the model).
+REPLY_ROLES = frozenset({"assistant", "gpt", "chatgpt", "bing", "model", "bard"})
+
+
+@dataclass
+class TurnsState:
+    """What a ``turns`` run counts, for the manifest: conversations in and out,
+    requests made, and what was skipped or cut, by reason."""
+
+    conversations: int = 0
+    requests: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def overlaps(self, later: TurnsState) -> bool:
+        return False
+
+    def update(self, later: TurnsState) -> None:
+        self.conversations += later.conversations
+        self.requests += later.requests
+        self.dropped.update(later.dropped)
+
+    def report(self) -> dict[str, Any]:
+        return {"conversations_read": self.conversations, "requests": self.requests,
+                "dropped": dict(sorted(self.dropped.items()))}
+
+
+@dataclass
+class _Exchange:
+    user: Message
+    replies: list[Message]  # the reply: assistant messages, tool calls and results
+    prompt_tokens: int = 0
+    reply_tokens: int = 0
+
+
+def make_requests(records: Iterable[Record], *, mode: str, tokenizer: str,
+                  min_prompt_tokens: int | None = None, max_prompt_tokens: int | None = None,
+                  min_output_tokens: int | None = None, max_output_tokens: int | None = None,
+                  max_turns: int | None = None, state: TurnsState | None = None
+                  ) -> Iterator[Record]:
+    """The requests of each recorded conversation (see the module's rules)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    state = TurnsState() if state is None else state
+    encode = cached_tokenizer(tokenizer).encode
+
+    def tokens(messages: Iterable[Message]) -> int:
+        return sum(len(encode(text)) for m in messages for text in _texts(m))
+
+    def outside(exchange: _Exchange) -> str | None:
+        """Why a request is outside the bounds, or None."""
+        for value, low, high, what in (
+                (exchange.prompt_tokens, min_prompt_tokens, max_prompt_tokens, "prompt"),
+                (exchange.reply_tokens, min_output_tokens, max_output_tokens, "output")):
+            if low is not None and value < low:
+                return f"{what} tokens below --min-{what}-tokens"
+            if high is not None and value > high:
+                return f"{what} tokens above --max-{what}-tokens"
+        return None
+
+    dropped = state.dropped
+    for record in records:
+        state.conversations += 1
+        system, exchanges, problems = _exchanges(record.messages)
+        dropped.update(problems)
+        if not exchanges:
+            continue
+        if mode == "first":
+            del exchanges[1:]
+        elif max_turns is not None and len(exchanges) > max_turns:
+            dropped["dropped: turns beyond --max-turns"] += len(exchanges) - max_turns
+            del exchanges[max_turns:]
+        if mode == "history":  # one request: the last exchange, with all before it
+            last = exchanges[-1]
+            last.prompt_tokens = tokens(
+                [*system, *(m for e in exchanges[:-1] for m in (e.user, *e.replies)), last.user])
+            last.reply_tokens = tokens(_reply(last.replies))
+            reason = outside(last)
+            if reason is not None:
+                dropped[f"skipped: {reason}"] += 1
+                continue
+        else:  # each request: its user message after all that was sent before
+            sent = tokens(system)
+            kept = 0
+            for exchange in exchanges:
+                exchange.prompt_tokens = sent + tokens([exchange.user])
+                exchange.reply_tokens = tokens(_reply(exchange.replies))
+                reason = outside(exchange)
+                if reason is not None:
+                    dropped[f"{'cut' if kept else 'skipped'}: {reason}"] += 1
+                    break
+                sent = exchange.prompt_tokens + exchange.reply_tokens
+                kept += 1
+            if kept == 0:
+                continue
+            del exchanges[kept:]
+        state.requests += len(exchanges) if mode == "each" else 1
+        yield _request(record, system, exchanges, mode)
+
+
+def _texts(message: Message) -> list[str]:
+    texts = content_texts(message.content)
+    for call in message.fields.get("tool_calls") or ():
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            texts.append(_call_text(call["function"]))
+    return texts
+
+
+def _call_text(function: dict[str, Any]) -> str:
+    """A tool call as the model writes it: ``{"name": ..., "arguments": {...}}``."""
+    arguments: Any = function.get("arguments")
+    if isinstance(arguments, str):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            arguments = orjson.loads(arguments)
+    return orjson.dumps({"name": function.get("name"), "arguments": arguments}).decode()
+
+
+def _reply(replies: list[Message]) -> list[Message]:
+    """What the model generated of a reply: its first assistant message."""
+    return [next(m for m in replies if m.role in REPLY_ROLES)]
+
+
+def _exchanges(messages: list[Message]) -> tuple[list[Message], list[_Exchange], list[str]]:
+    """``(leading system messages, exchanges, problems)``: each user message with the
+    messages that answer it, up to the first user message left unanswered."""
+    system = []
+    i = 0
+    while i < len(messages) and messages[i].role == "system":
+        system.append(messages[i])
+        i += 1
+    start = i
+    while i < len(messages) and messages[i].role not in USER_ROLES:
+        i += 1
+    if i == len(messages):
+        return system, [], ["skipped: no user message"]
+    problems = ["dropped: replies before the first user message"] if i > start else []
+    exchanges: list[_Exchange] = []
+    while i < len(messages):
+        user = messages[i]
+        i += 1
+        replies = []
+        while i < len(messages) and messages[i].role not in USER_ROLES:
+            replies.append(messages[i])
+            i += 1
+        if not any(m.role in REPLY_ROLES for m in replies):
+            problems.append("cut: a user message with no reply" if exchanges
+                            else "skipped: the first user message has no reply")
+            break
+        exchanges.append(_Exchange(user, replies))
+    return system, exchanges, problems
+
+
+def _request(record: Record, system: list[Message], exchanges: list[_Exchange],
+             mode: str) -> Record:
+    """The record sent for a conversation's kept exchanges."""
+    keep: dict[str, Any] = {
+        "fields": dict(record.fields), "extra": record.extra, "lineno": record.lineno,
+        "index": record.index, "session_id": record.session_id,
+        "timestamp": record.timestamp, "delay": record.delay}
+    if mode == "each":
+        turns = [Message(m.role, m.content, dict(m.fields)) for m in system]
+        for exchange in exchanges:
+            user = exchange.user
+            turns.append(Message(user.role or "user", user.content,
+                                 {**user.fields, "output_length": exchange.reply_tokens}))
+        return Record(messages=turns, layout="multi_turn", **keep)
+    last = exchanges[-1]
+    context = [_as_sent(m) for e in exchanges[:-1] for m in (e.user, *e.replies)]
+    return Record(messages=[*system, *context, last.user], output_length=last.reply_tokens,
+                  **keep)
+
+
+def _as_sent(message: Message) -> Message:
+    """A recorded reply under the role a chat server accepts for it."""
+    if message.role in REPLY_ROLES and message.role != "assistant":
+        return Message("assistant", message.content, message.fields)
+    return message
