@@ -227,22 +227,26 @@ def aiperf_profile_command(server: VllmServer, input_file: Path, *, requests: in
 
 
 def run_profile(server: VllmServer, input_file: Path, *, requests: int, warmup: int = 0,
-                extra_args: list[str] | None = None, output_tokens: int = 2,
-                reset: bool = True) -> tuple[int, int, Path]:
+                extra_args: list[str] | None = None, output_tokens: int | None = 2,
+                generated: int | None = None, reset: bool = True) -> tuple[int, int, Path]:
     """Send ``input_file`` to ``server`` with the real ``aiperf profile``; return the
     server's (hit tokens, prompt tokens, artifacts folder) for the run.
 
     The prefix cache is cleared first (unless ``reset=False``). Every request
     generates exactly ``output_tokens`` tokens (``max_completion_tokens`` with
-    ``ignore_eos``; checked against the server's counter). AIPerf's files go
-    to a fresh folder under the system temp dir (kept on failure)."""
+    ``ignore_eos``; checked against the server's counter); with ``output_tokens``
+    None, each request asks for its own ``output_length`` (from the file), and the
+    server's count must be ``generated``. AIPerf's files go to a fresh folder under
+    the system temp dir (kept on failure)."""
     work = Path(tempfile.mkdtemp(prefix="aiperf-vllm-"))
     artifacts, logs, tmpdir = work / "artifacts", work / "logs", work / "tmp"
     logs.mkdir()
     tmpdir.mkdir()
-    args = ["--extra-inputs", "ignore_eos:true",
-            "--extra-inputs", f"max_completion_tokens:{output_tokens}",
-            *(extra_args or [])]
+    args = ["--extra-inputs", "ignore_eos:true"]
+    if output_tokens is not None:
+        args += ["--extra-inputs", f"max_completion_tokens:{output_tokens}"]
+        generated = (warmup + requests) * output_tokens
+    args += extra_args or []
     command = aiperf_profile_command(server, Path(input_file).resolve(), requests=requests,
                                      warmup=warmup, artifacts=artifacts, extra_args=args)
     if reset:
@@ -269,7 +273,8 @@ def run_profile(server: VllmServer, input_file: Path, *, requests: int, warmup: 
     assert returncode == 0, explain()
     sent = warmup + requests
     assert after.finished - before.finished == sent, explain()
-    assert after.generated - before.generated == sent * output_tokens, explain()
+    if generated is not None:
+        assert after.generated - before.generated == generated, explain()
     print(f"aiperf profile {Path(input_file).name} ({sent} requests) took {elapsed:.1f}s",
           file=sys.stderr)
     shutil.rmtree(tmpdir, ignore_errors=True)
