@@ -97,10 +97,18 @@ class Step:
     def __post_init__(self) -> None:
         if self.op == "turns":
             self.output_format = DEFAULT_OUTPUT[self.params["mode"]]
+            self.check = self._some_requests
         if self.op == "hash_trace" and not self.aiperf_args:
             # AIPerf makes a prompt of block_size tokens a hash id; it assumes 512.
             self.aiperf_args = ["--prompt-input-tokens-block-size",
                                 str(self.params.get("block_size", 512))]
+
+    def _some_requests(self, records_read: int) -> None:
+        """A ``turns`` run that made no request has found no recorded conversation."""
+        if records_read and not self.state.requests:
+            reasons = ", ".join(f"{n} {why}" for why, n in self.state.dropped.items())
+            raise PromptkitError(f"turns: no requests from {records_read} records ({reasons}); "
+                                 "nothing written")
 
     def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
         """The operation over ``records``; ``state`` carries what it remembers across

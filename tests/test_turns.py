@@ -260,3 +260,28 @@ def test_pipe_stage_and_rebuild(run, tmp_path):
     again = tmp_path / "again.jsonl"
     assert run("rebuild", f"{out}.manifest.json", again).exit_code == 0
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_a_file_of_plain_prompts_makes_no_requests_and_says_why(run, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "just a prompt"}, {"text": "two"}])
+    out = tmp_path / "out.jsonl"
+    result = run("turns", source, out, "--tokenizer", "cl100k_base")
+    assert result.exit_code == 1
+    assert "no requests from 2 records" in result.stderr
+    assert "the first user message has no reply" in result.stderr
+    assert not out.exists()
+
+
+def test_openai_request_fields_land_where_aiperf_sends_them(run, tmp_path):
+    """An OpenAI chat log line written as mooncake_trace: tools in AIPerf's own field,
+    the other request fields in extra, which AIPerf merges into the body."""
+    line = {"messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [{"type": "function", "function": TOOLS[0]}], "max_tokens": 64,
+            "temperature": 0}
+    source = write_jsonl(tmp_path / "in.jsonl", [line])
+    out = tmp_path / "out.jsonl"
+    assert run("pipe", "read", source, "write", "--to", "mooncake_trace", out).exit_code == 0
+    [row] = read_jsonl(out)
+    strict(MooncakeTrace, row)
+    assert row["tools"] == line["tools"]
+    assert row["extra"] == {"max_tokens": 64, "temperature": 0}
