@@ -285,3 +285,20 @@ def test_openai_request_fields_land_where_aiperf_sends_them(run, tmp_path):
     strict(MooncakeTrace, row)
     assert row["tools"] == line["tools"]
     assert row["extra"] == {"max_tokens": 64, "temperature": 0}
+
+
+@pytest.mark.parametrize("mode", ["first", "each"])
+def test_workers_give_the_same_requests_and_counts(mode, small_chunks, tmp_path, run):
+    rows = [{**row, "id": f"{row['id']}-{i}"} for i in range(40) for row in SHAREGPT]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    results = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}.jsonl"
+        result = run("turns", source, out, "--mode", mode, "--tokenizer", "cl100k_base",
+                     "--workers", str(workers))
+        assert result.exit_code == 0, result.stderr
+        manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+        results.append((out.read_bytes(), manifest["steps"][0]["info"]))
+    assert results[0] == results[1]
+    assert results[0][1]["conversations_read"] == 160
+    assert small_chunks == [2]
