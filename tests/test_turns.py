@@ -193,12 +193,22 @@ def test_tool_calls_become_openai_messages_and_tools_a_list(run, tmp_path):
                            "tool_call_id": tool_call["id"]}
 
 
+SAMPLE = Path(__file__).resolve().parents[1] / "prompts" / "toolcall-sample.json"
+
+
 def test_tool_call_sharegpt_reads_back_as_it_was(run, tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", TOOL_CALLS)
+    rows = TOOL_CALLS + json.loads(SAMPLE.read_text(encoding="utf-8"))
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "same.jsonl"
     result = run("pipe", "read", source, "write", out)
     assert result.exit_code == 0, result.stderr
-    assert read_jsonl(out) == TOOL_CALLS
+    assert read_jsonl(out) == rows
+    trace = tmp_path / "trace.jsonl"
+    assert run("pipe", "read", source, "write", "--to", "mooncake_trace", trace).exit_code == 0
+    written = read_jsonl(trace)
+    for row in written:
+        strict(MooncakeTrace, row)
+    assert "tools" not in written[-1]  # "tools": "[]" sends none (AIPerf refuses [])
 
 
 def test_turns_of_tool_calls(run, tmp_path, cl100k):

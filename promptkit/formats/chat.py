@@ -131,14 +131,16 @@ def _tools(value: Any) -> tuple[list[Any], list[str]]:
     if isinstance(value, str):
         flags.append("tools-string")
         if not value.strip():
-            return [], flags
+            return [], [*flags, "tools-empty"]
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
             raise bad("'tools' is a string but not JSON") from None
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise bad("'tools' must be a list of tool objects (or a JSON string of one)")
-    if value and all("type" not in t for t in value):  # bare function schemas
+    if not value:  # nothing to send (AIPerf refuses an empty list): noted, to write back
+        return [], [*flags, "tools-empty"]
+    if all("type" not in t for t in value):  # bare function schemas
         flags.append("tools-bare")
         value = [{"type": "function", "function": t} for t in value]
     return value, flags
@@ -199,6 +201,8 @@ def dump_sharegpt(record: Record) -> dict[str, Any]:
     out["conversations"] = turns
     extra = dict(record.extra or {})
     tools = extra.pop("tools", None)
+    if tools is None and "tools-empty" in flags:
+        tools = []
     if tools is not None:
         if "tools-bare" in flags:
             tools = [t["function"] if t.get("type") == "function" else t for t in tools]
