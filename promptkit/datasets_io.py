@@ -13,11 +13,13 @@ Dataset scripts (remote code) are never run: ``datasets`` no longer runs them.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,6 +95,7 @@ class DatasetSource:
         self.name = path if self.options.split is None else f"{path}[{self.split}]"
         self.revision: str | None = None
         self._parquet_files: list[str] = []  # the data files of a repository folder
+        self._done = False  # every row read
         self._rows = self._open()
         try:
             first = next(self._rows, None)
@@ -122,7 +125,15 @@ class DatasetSource:
         return out
 
     def close(self) -> None:
-        pass
+        """Stop reading. A streamed CSV whose reading stopped before its end (an error,
+        ``--limit``) holds its open file in a reference cycle inside ``datasets``, whose
+        reader never closes it: collect it now, so the file is closed here."""
+        close = getattr(self._rows, "close", None)
+        if close is not None and not self._done:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)  # datasets' unclosed file
+                close()
+                gc.collect()
 
     # ------------------------------------------------------------ opening
 
@@ -233,6 +244,7 @@ class DatasetSource:
                 try:
                     row = next(rows)
                 except StopIteration:
+                    self._done = True
                     return
                 except Exception as exc:
                     raise PromptkitError(f"{self.name}:{row_no + 1}: {_one_line(exc)}") from None
