@@ -77,11 +77,13 @@ workers_option = click.option(
 
 #: Options of a Hugging Face dataset input, passed on as one ``dataset`` dict.
 DATASET_KEYS = ("config", "split", "revision", "text_column", "system_column",
-                "messages_column", "output_length_column", "limit", "shuffle")
+                "messages_column", "output_length_column", "input_length_column",
+                "timestamp_column", "timestamp_unit", "limit", "shuffle")
 
 
 def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options for reading a Hugging Face dataset, gathered into ``dataset=``."""
+    """Options for reading a Hugging Face dataset, gathered into ``dataset=``. The column
+    options also read a JSONL input by columns instead of by its line format."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -95,13 +97,22 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--revision", metavar="REV",
                      help="Dataset input: a branch, tag or commit of a hub dataset."),
         click.option("--text-column", metavar="COL",
-                     help="Dataset input: the column holding the prompt text."),
+                     help="Dataset or JSONL input: the column holding the prompt text."),
         click.option("--system-column", metavar="COL",
-                     help="Dataset input: a column holding a system prompt."),
+                     help="Dataset or JSONL input: a column holding a system prompt."),
         click.option("--messages-column", metavar="COL",
-                     help="Dataset input: a column of OpenAI chat messages."),
+                     help="Dataset or JSONL input: a column of OpenAI chat messages."),
         click.option("--output-length-column", metavar="COL",
-                     help="Dataset input: a column of output lengths (tokens)."),
+                     help="Dataset or JSONL input: a column of output lengths (tokens)."),
+        click.option("--input-length-column", metavar="COL",
+                     help="Dataset or JSONL input: a column of input lengths (tokens), for a "
+                          "trace without text (written as mooncake_trace)."),
+        click.option("--timestamp-column", metavar="COL",
+                     help="Dataset or JSONL input: a column of request times (ISO 8601 "
+                          "date-times or numbers), written as milliseconds from the first "
+                          "record's."),
+        click.option("--timestamp-unit", type=click.Choice(["s", "ms", "us", "ns"]),
+                     help="The unit of numeric timestamps [default: ms; s for BurstGPT]."),
         click.option("--limit", type=click.IntRange(min=1), metavar="N",
                      help="Dataset input: read the first N rows (after --shuffle)."),
         click.option("--shuffle", is_flag=True,

@@ -28,7 +28,7 @@ import orjson
 
 from .errors import InvalidRecordError, PromptkitError
 from .formats import FORMATS, Format
-from .formats.table import Mapping, arrow_schema, find_mapping, from_row
+from .formats.table import Mapping, Timeline, arrow_schema, find_mapping, from_row
 from .records import Record
 from .streams import Encoder, Written, refuse_overwrite
 
@@ -55,11 +55,29 @@ class DatasetOptions:
     system_column: str | None = None
     messages_column: str | None = None
     output_length_column: str | None = None
+    input_length_column: str | None = None
+    timestamp_column: str | None = None
+    timestamp_unit: str | None = None
     limit: int | None = None
     shuffle_seed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def columns(self) -> dict[str, Any]:
+        """The column mapping options, as :func:`find_mapping` takes them."""
+        return {key.removesuffix("_column"): getattr(self, key) for key in COLUMN_OPTIONS}
+
+
+#: The options that map columns to records (the others choose the rows).
+COLUMN_OPTIONS = ("text_column", "system_column", "messages_column", "output_length_column",
+                  "input_length_column", "timestamp_column", "timestamp_unit")
+
+
+def default_output(mapping: Mapping) -> str:
+    """The format records of ``mapping`` are written in when no --to is given: openai,
+    which holds every record with text; mooncake_trace for a trace of lengths."""
+    return "mooncake_trace" if mapping.layout == "lengths" else "openai"
 
 
 def is_dataset(path: str) -> bool:
@@ -79,8 +97,6 @@ class DatasetSource:
     """Records of a Hugging Face dataset, with the same surface as ``streams.Source``."""
 
     format = DATASET_FORMAT
-    #: Written when no --to is given: it holds every record a dataset can give.
-    default_output = "openai"
 
     def __init__(self, path: str, options: DatasetOptions | None = None, *,
                  skip_invalid: bool = False):
@@ -104,13 +120,14 @@ class DatasetSource:
         if first is None:
             raise PromptkitError(f"{self.name}: empty dataset: no records")
         self._first = first
-        o = self.options
         try:
-            self.mapping: Mapping = find_mapping(
-                list(first), text=o.text_column, system=o.system_column,
-                messages=o.messages_column, output_length=o.output_length_column)
+            self.mapping: Mapping = find_mapping(list(first), **self.options.columns())
         except PromptkitError as exc:
             raise PromptkitError(f"{self.name}: {exc}") from None
+
+    @property
+    def default_output(self) -> str:
+        return default_output(self.mapping)
 
     @property
     def records_read(self) -> int:
@@ -235,6 +252,7 @@ class DatasetSource:
         rows = self._rows
         first: dict[str, Any] | None = self._first
         mapping = self.mapping
+        clock = Timeline(mapping.timestamp_unit) if mapping.timestamp_unit else None
         update = self.sha256.update
         row_no = 0
         while True:
@@ -251,7 +269,7 @@ class DatasetSource:
             row_no += 1
             update(orjson.dumps(row, default=repr, option=orjson.OPT_APPEND_NEWLINE))
             try:
-                record = from_row(row, mapping)
+                record = from_row(row, mapping, clock)
             except InvalidRecordError as exc:
                 error = InvalidRecordError(exc.problem, self.name, row_no)
                 if not self.skip_invalid:

@@ -12,10 +12,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import __version__, files, manifest, parallel
-from .datasets_io import DatasetOptions, DatasetSource, TableSink, is_dataset
+from .columns import ColumnSource
+from .datasets_io import COLUMN_OPTIONS, DatasetOptions, DatasetSource, TableSink, is_dataset
 from .errors import InvalidRecordError, PromptkitError
 from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
@@ -207,7 +208,7 @@ def run(
             if manifest_path not in (None, STDIO):
                 refuse_overwrite(manifest_path, [input_path])
                 files.writable(manifest_path)
-            if (isinstance(source, Source) and isinstance(sink, Sink)
+            if (by_lines(source) and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
                 source.close()
@@ -215,7 +216,7 @@ def run(
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
                     facts = parallel.run_file(input_path, job, sink, workers, bar)
-            elif (len(steps) == 1 and steps[0].op == "hash_trace" and isinstance(source, Source)
+            elif (len(steps) == 1 and steps[0].op == "hash_trace" and by_lines(source)
                   and parallel.can_run_parallel(input_path, workers)):
                 facts = _hash_trace_in_workers(source, input_path, steps[0], sink, workers,
                                                skip_invalid)
@@ -231,6 +232,7 @@ def run(
                        "records": facts.records_read, "sha256": facts.sha256.hexdigest()}]
             if isinstance(source, DatasetSource):
                 inputs[0]["path"] = source.path
+            if isinstance(source, DatasetSource | ColumnSource):
                 inputs[0]["dataset"] = source.describe()
             result = describe(inputs, facts.skipped, sink, steps, argv)
             sink.commit()
@@ -282,14 +284,28 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
 
 def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool = False,
                 dataset: dict[str, Any] | None = None) -> Source | DatasetSource:
-    """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin)."""
+    """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin), read
+    by its line format or, given column options, by columns (:mod:`promptkit.columns`)."""
     if path != STDIO and from_format is None and is_dataset(path):
         return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
-    if dataset:
-        option = "--" + next(iter(dataset)).replace("_", "-")
+    rows = {k: v for k, v in (dataset or {}).items() if k not in COLUMN_OPTIONS}
+    if rows:
+        option = "--" + next(iter(rows)).replace("_", "-")
         raise PromptkitError(f"{display_name(path)}: a JSONL input; {option} is for datasets "
                              "(parquet, dataset folders, hf:OWNER/NAME)")
+    if dataset:
+        if from_format is not None:
+            option = "--" + next(iter(dataset)).replace("_", "-")
+            raise PromptkitError(f"{display_name(path)}: --from {from_format} reads lines as "
+                                 f"that format; {option} maps them by columns: give one")
+        return ColumnSource(path, DatasetOptions(**dataset), skip_invalid=skip_invalid)
     return Source(path, from_format, skip_invalid=skip_invalid)
+
+
+def by_lines(source: Source | DatasetSource) -> TypeGuard[Source]:
+    """Whether ``source`` is JSONL of a line format, whose chunks worker processes can
+    read on their own (one read by columns carries its timestamps from line to line)."""
+    return isinstance(source, Source) and not isinstance(source, ColumnSource)
 
 
 def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
@@ -539,7 +555,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     loaded = load_tokenizer(tokenizer) if tokenizer else None
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
-        if (workers is not None and isinstance(source, Source)
+        if (workers is not None and by_lines(source)
                 and parallel.can_run_parallel(input_path, workers)):
             collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid, workers)
         else:
@@ -556,7 +572,8 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     return {
         "input": {"path": source.name, "format": source.format.name,
                   "sha256": source.sha256.hexdigest(),
-                  **({"dataset": source.describe()} if isinstance(source, DatasetSource)
+                  **({"dataset": source.describe()}
+                     if isinstance(source, DatasetSource | ColumnSource)
                      else {})},
         "tokenizer": tokenizer,
         "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
@@ -606,7 +623,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     options["sends_extra"] = source.format.name != "openai"
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     try:
-        if (workers is not None and isinstance(source, Source)
+        if (workers is not None and by_lines(source)
                 and parallel.can_run_parallel(input_path, workers)):
             report = _check_in_workers(source, input_path, CheckOptions(**options), loaded,
                                        tokenizer, skip_invalid, workers)

@@ -89,7 +89,7 @@ def detect(obj: dict[str, Any]) -> str:
     keys = ", ".join(sorted(obj)) or "none"
     raise InvalidRecordError(
         f"cannot tell the format from the keys ({keys}); name it with --from "
-        f"({', '.join(FORMATS)})"
+        f"({', '.join(FORMATS)}), or map its keys with --text-column or --input-length-column"
     )
 
 

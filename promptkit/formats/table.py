@@ -14,13 +14,21 @@ way (a conversion never drops data; the error says so).
 
 Reading a dataset maps its columns by name (:func:`find_mapping`): promptkit's
 own columns; OpenAI ``messages``; ShareGPT ``conversations``; alpaca
-``instruction``/``input``/``output`` (a recorded reply); or one text column (``prompt``, ``text``,
-``question``); or the columns a user names.
+``instruction``/``input``/``output`` (a recorded reply); or one text column (``prompt``,
+``text``, ``question``); a request trace of lengths only (the Azure LLM inference
+traces, BurstGPT: :data:`TRACE_COLUMNS`); or the columns a user names.
+
+A trace's timestamps (:class:`Timeline`) become what AIPerf takes: integer
+milliseconds from the first record's, in time order.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -40,6 +48,20 @@ ALPACA_COLUMNS = ("instruction", "input", "output", "system", "history")
 
 #: Text columns tried in turn when no mapping is given.
 TEXT_COLUMNS = ("prompt", "text", "question")
+
+#: Request traces of lengths only, recognised by their columns: input length, output
+#: length, timestamp, and the unit of a numeric timestamp.
+TRACE_COLUMNS = (
+    # Azure LLM inference traces 2023 and 2024 (github.com/Azure/AzurePublicDataset):
+    # TIMESTAMP is a date-time, e.g. 2023-11-16 18:15:46.6805900.
+    ("ContextTokens", "GeneratedTokens", "TIMESTAMP", "ms"),
+    # BurstGPT (github.com/HPMLL/BurstGPT): Timestamp is seconds from the trace's start.
+    ("Request tokens", "Response tokens", "Timestamp", "s"),
+)
+
+#: Units a numeric timestamp can be in, as milliseconds.
+TIME_UNITS = {"s": Decimal(1000), "ms": Decimal(1), "us": Decimal("0.001"),
+              "ns": Decimal("0.000001")}
 
 
 def arrow_schema() -> Any:
@@ -92,11 +114,15 @@ def _number(value: Any) -> Any:
 class Mapping:
     """Which dataset columns make a record (recorded in the manifest)."""
 
-    layout: str  # promptkit, messages, conversations, alpaca or text
+    layout: str  # promptkit, messages, conversations, alpaca, text or lengths
     text: str | None = None
     system: str | None = None
     messages: str | None = None
     output_length: str | None = None
+    input_length: str | None = None
+    timestamp: str | None = None
+    #: The unit of numeric timestamps (date-times need none).
+    timestamp_unit: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -104,50 +130,93 @@ class Mapping:
     def columns(self) -> list[str]:
         if self.layout == "promptkit":
             return list(COLUMNS)
+        named: tuple[str | None, ...] = (self.messages, self.text, self.system,
+                                         self.input_length, self.output_length, self.timestamp)
         if self.layout == "alpaca":
-            return list(ALPACA_COLUMNS)
-        return [c for c in (self.messages, self.text, self.system, self.output_length) if c]
+            named = (*ALPACA_COLUMNS, *named[2:])
+        return list(dict.fromkeys(c for c in named if c))
 
 
 def find_mapping(columns: list[str], *, text: str | None = None, system: str | None = None,
-                 messages: str | None = None, output_length: str | None = None) -> Mapping:
+                 messages: str | None = None, output_length: str | None = None,
+                 input_length: str | None = None, timestamp: str | None = None,
+                 timestamp_unit: str | None = None) -> Mapping:
     """The mapping of a dataset with ``columns``; raises naming them when none fits."""
-    for name in (text, system, messages, output_length):
+    for name in (text, system, messages, output_length, input_length, timestamp):
         if name is not None and name not in columns:
             raise PromptkitError(f"no column {name!r}; the columns are {', '.join(columns)}")
     if text is not None and messages is not None:
         raise PromptkitError("give --text-column or --messages-column, not both")
+    if input_length is not None and (text, messages, system) != (None, None, None):
+        raise PromptkitError("a record has a text or an input length, not both: give "
+                             "--input-length-column without --text-column, --messages-column "
+                             "and --system-column")
+    if timestamp_unit is not None and timestamp_unit not in TIME_UNITS:
+        raise PromptkitError(f"unknown timestamp unit {timestamp_unit!r}; the units are "
+                             f"{', '.join(TIME_UNITS)}")
+    mapping = _mapping(columns, text=text, system=system, messages=messages,
+                       output_length=output_length, input_length=input_length,
+                       timestamp=timestamp)
+    if mapping.timestamp is None:
+        if timestamp_unit is not None:
+            raise PromptkitError("--timestamp-unit: no timestamp column; name it with "
+                                 "--timestamp-column")
+        return mapping
+    unit = timestamp_unit or mapping.timestamp_unit or "ms"  # a detected trace knows its own
+    return Mapping(**{**asdict(mapping), "timestamp_unit": unit})
+
+
+def _mapping(columns: list[str], *, text: str | None, system: str | None, messages: str | None,
+             output_length: str | None, input_length: str | None,
+             timestamp: str | None) -> Mapping:
+    timed = {"output_length": output_length, "timestamp": timestamp}
     if messages is not None:
-        return Mapping("messages", system=system, messages=messages, output_length=output_length)
+        return Mapping("messages", system=system, messages=messages, **timed)
     if text is not None:
-        return Mapping("text", text=text, system=system, output_length=output_length)
-    if set(COLUMNS) <= set(columns) and system is None and output_length is None:
+        return Mapping("text", text=text, system=system, **timed)
+    if input_length is not None:
+        return Mapping("lengths", input_length=input_length, **timed)
+    if set(COLUMNS) <= set(columns) and (system, output_length, timestamp) == (None,) * 3:
         return Mapping("promptkit")
     if "messages" in columns:
-        return Mapping("messages", system=system, messages="messages",
-                       output_length=output_length)
+        return Mapping("messages", system=system, messages="messages", **timed)
     if "conversations" in columns:
-        return Mapping("conversations", system=system, messages="conversations",
-                       output_length=output_length)
+        return Mapping("conversations", system=system, messages="conversations", **timed)
     if "instruction" in columns:
-        return Mapping("alpaca", text="instruction", system=system, output_length=output_length)
+        return Mapping("alpaca", text="instruction", system=system, **timed)
     for name in TEXT_COLUMNS:
         if name in columns:
-            return Mapping("text", text=name, system=system, output_length=output_length)
+            return Mapping("text", text=name, system=system, **timed)
+    if system is None:
+        for given, made, clock, unit in TRACE_COLUMNS:
+            if given in columns and made in columns:
+                if timestamp is None and clock in columns:
+                    return Mapping("lengths", input_length=given,
+                                   output_length=output_length or made, timestamp=clock,
+                                   timestamp_unit=unit)
+                return Mapping("lengths", input_length=given,
+                               output_length=output_length or made, timestamp=timestamp)
     raise PromptkitError(
         f"cannot tell which column holds the prompt; the columns are {', '.join(columns)}: "
-        "name it with --text-column or --messages-column"
+        "name it with --text-column or --messages-column (or --input-length-column for a "
+        "trace of lengths only)"
     )
 
 
-def from_row(row: dict[str, Any], mapping: Mapping) -> Record:
-    """The record of one dataset row (raises InvalidRecordError naming the column)."""
+def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = None) -> Record:
+    """The record of one dataset row (raises InvalidRecordError naming the column).
+
+    A mapping with a timestamp column needs the ``clock`` of the rows read before
+    (see :class:`Timeline`); it is advanced only when the row makes a record.
+    """
     if mapping.layout == "promptkit":
         return _from_own_row(row)
-    if mapping.layout == "messages":
+    if mapping.layout == "lengths":
+        messages = []
+    elif mapping.layout == "messages":
         assert mapping.messages is not None
         try:
-            messages = parse_messages(row[mapping.messages])
+            messages = parse_messages(row.get(mapping.messages))
         except InvalidRecordError as exc:
             raise InvalidRecordError(f"column {mapping.messages!r}: {exc.problem}") from None
         for message in messages:  # a table has every key in every row: drop the empty ones
@@ -156,7 +225,7 @@ def from_row(row: dict[str, Any], mapping: Mapping) -> Record:
         from .chat import parse_sharegpt
 
         try:
-            messages = parse_sharegpt({"conversations": row["conversations"]}).messages
+            messages = parse_sharegpt({"conversations": row.get("conversations")}).messages
         except InvalidRecordError as exc:
             raise InvalidRecordError(f"column 'conversations': {exc.problem}") from None
     elif mapping.layout == "alpaca":
@@ -174,14 +243,119 @@ def from_row(row: dict[str, Any], mapping: Mapping) -> Record:
     if mapping.system is not None:
         messages.insert(0, Message("system", _text(row, mapping.system)))
     record = Record(messages=messages)
-    if mapping.output_length is not None:
-        value = row[mapping.output_length]
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidRecordError(
-                    f"column {mapping.output_length!r} is {value!r}, not a positive integer")
-            record.output_length = value
+    if mapping.input_length is not None:
+        record.input_length = _length(row, mapping.input_length)
+    output = mapping.output_length
+    # A trace of lengths states every output length; a dataset of texts may leave some out.
+    if output is not None and (mapping.layout == "lengths" or not _missing(row.get(output))):
+        record.output_length = _length(row, output)
+    if mapping.timestamp is not None:
+        if clock is None:
+            raise PromptkitError("a trace's timestamps are made relative to its first record, "
+                                 "read in order: read it with the promptkit command line")
+        record.timestamp = clock.place(row.get(mapping.timestamp), mapping.timestamp)
     return record
+
+
+def _missing(value: Any) -> bool:
+    """An empty cell: null, or the NaN a CSV reader puts in a number column."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _length(row: dict[str, Any], column: str) -> int:
+    """A token count: a positive integer (``12``, ``12.0`` or ``"12"``)."""
+    value = row.get(column)
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and (whole := _INTEGER.fullmatch(value.strip())):
+        number = int(whole[1])
+    if number is not None and number >= 1:
+        return number
+    raise InvalidRecordError(f"column {column!r} is {_shown(value)}, not a positive integer")
+
+
+_INTEGER = re.compile(r"\+?(\d+)(?:\.0*)?")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Timeline:
+    """A trace's timestamps as AIPerf schedules them: integer milliseconds from the first
+    record's, rounded half up, in time order.
+
+    A timestamp is a date-time (an ISO 8601 string, with any number of fractional
+    digits; without a zone it is taken as UTC) or a number in ``unit``. A record
+    earlier than the one before it is an error, as is a date-time in a trace of
+    numbers (or the reverse).
+    """
+
+    def __init__(self, unit: str = "ms"):
+        self.factor = TIME_UNITS[unit]
+        self.origin: Decimal | None = None
+        self.last: Decimal | None = None
+        self.last_value: Any = None
+        self.dated: bool | None = None
+
+    def place(self, value: Any, column: str) -> int:
+        moment, dated = self._moment(value, column)
+        if self.dated is not None and dated != self.dated:
+            kinds = ("a date-time", "a number") if dated else ("a number", "a date-time")
+            raise InvalidRecordError(f"column {column!r} is {value!r}, {kinds[0]}, but the "
+                                     f"first record's is {kinds[1]}")
+        if self.last is not None and moment < self.last:
+            raise InvalidRecordError(
+                f"column {column!r} is {_shown(value)}, earlier than the record before it "
+                f"({_shown(self.last_value)}); a trace must be in time order")
+        origin = moment if self.origin is None else self.origin
+        try:
+            offset = int((moment - origin).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        except InvalidOperation:  # beyond Decimal's 28 digits: no trace is that long
+            raise InvalidRecordError(f"column {column!r} is {_shown(value)}, too far from the "
+                                     "first record's") from None
+        self.origin, self.dated = origin, dated
+        self.last, self.last_value = moment, value
+        return offset
+
+    def _moment(self, value: Any, column: str) -> tuple[Decimal, bool]:
+        """The time of ``value`` in milliseconds (since the epoch for a date-time), and
+        whether it is a date-time."""
+        if isinstance(value, datetime):
+            return _milliseconds(value), True
+        if isinstance(value, str):
+            text = value.strip()
+            if _NUMBER.fullmatch(text):
+                return Decimal(text) * self.factor, False
+            try:
+                return _milliseconds(datetime.fromisoformat(text)), True
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return Decimal(value) * self.factor, False
+        elif isinstance(value, float) and math.isfinite(value):
+            return Decimal(repr(value)) * self.factor, False
+        raise InvalidRecordError(f"column {column!r} is {_shown(value)}, not a time (an ISO "
+                                 "8601 date-time or a number)")
+
+
+def _milliseconds(moment: datetime) -> Decimal:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return Decimal((moment - _EPOCH) // timedelta(microseconds=1)) / 1000
+
+
+def _shown(value: Any) -> str:
+    """A cell's value in a message (a CSV number column with an empty cell is read as
+    floats: 12.0 is shown as the 12 the file has)."""
+    if _missing(value):
+        return "empty (null)"
+    if isinstance(value, datetime):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return repr(int(value))
+    return repr(value)
 
 
 def _from_own_row(row: dict[str, Any]) -> Record:
