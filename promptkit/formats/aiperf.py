@@ -190,14 +190,19 @@ def dump_random_pool(record: Record) -> dict[str, Any]:
 # ---------------------------------------------------------------- multi_turn
 
 def parse_multi_turn(obj: dict[str, Any]) -> Record:
+    """A conversation. A turn that is a plain string is a user turn with that text, as
+    in MT-bench question files (``{"question_id": 81, "turns": ["...", "..."]}``)."""
     turns = obj.get("turns")
     if not isinstance(turns, list) or not turns:
         raise bad("'turns' must be a non-empty list")
     check_type(obj, "session_id", str, "a string")
     messages = []
     for i, turn in enumerate(turns):
+        if isinstance(turn, str):
+            messages.append(Message(None, turn))  # written back as {"text": ...}
+            continue
         if not isinstance(turn, dict):
-            raise bad(f"turn {i} must be an object")
+            raise bad(f"turn {i} must be an object or a string")
         try:
             content, _ = _turn_content(turn)
             check_turn_fields(turn)
