@@ -368,12 +368,16 @@ def refuse_overwrite(path: str, inputs: Iterable[str]) -> None:
 
 
 def prompt_key(record: Record) -> int:
-    """A 64-bit key of what the server sees first: the prompt, hash ids and salt."""
+    """A 64-bit key of what the server sees first: the prompt, hash ids and salt (a
+    record with only an input length is a prompt of its own)."""
     extra = record.extra
     salt = extra.get("cache_salt") if extra else None
     messages = record.messages
     if len(messages) == 1 and messages[0].content.__class__ is str:
         return hash((messages[0].role, messages[0].content, salt))
+    if not messages and not record.hash_ids:
+        # Only a length: AIPerf makes a prompt of random tokens for each such record.
+        return hash(("synthetic", record.index if record.index is not None else id(record)))
     parts: list[Any] = [record.input_length, salt]
     if record.hash_ids:
         parts.append(tuple(record.hash_ids))

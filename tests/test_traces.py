@@ -115,6 +115,19 @@ def test_a_published_trace_becomes_a_mooncake_trace_as_it_is(name, text, written
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_records_of_equal_lengths_are_distinct_prompts(tmp_path, run):
+    # AIPerf makes a prompt of random tokens for each record with only an input length,
+    # so each is a prompt of its own until AIPerf wraps around the file.
+    trace = tmp_path / "trace.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     + "".join(f"2023-11-16 18:15:4{i}.0000000,100,10\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", trace, "write", out)
+    assert result.exit_code == 0, result.stderr
+    assert "wrote 5 records (5 distinct) as mooncake_trace" in result.stderr
+    assert manifest_of(out)["aiperf"]["distinct_records"] == 5
+
+
 def test_a_trace_of_lengths_is_written_as_mooncake_trace_unless_told(tmp_path, run):
     trace = tmp_path / "BurstGPT_1.csv"
     trace.write_text(BURSTGPT)
@@ -343,3 +356,17 @@ def test_a_refused_timestamp_leaves_the_clock_as_it_was():
         clock.place(5, "t")
     assert clock.place(10, "t") == 0  # compared with the last record kept, 10
     assert clock.place(12, "t") == 2
+
+
+def test_dataset_map_refuses_a_trace_s_timestamps_and_takes_its_lengths():
+    from promptkit import DatasetMap, Step, nonce_params
+    from promptkit.errors import PromptkitError
+
+    batch = {"TIMESTAMP": ["2023-11-16 18:15:46.6805900"], "ContextTokens": [374],
+             "GeneratedTokens": [44]}
+    with pytest.raises(PromptkitError, match="read it with the promptkit command line"):
+        DatasetMap([Step("nonce", nonce_params(seed=1))])(batch, [0])
+    untimed = {k: v for k, v in batch.items() if k != "TIMESTAMP"}
+    rows = DatasetMap([Step("nonce", nonce_params(seed=1))])(untimed, [0])
+    assert rows["input_length"] == [374] and rows["output_length"] == [44]
+    assert rows["timestamp"] == [None] and len(rows["hash_ids"][0]) == 1
