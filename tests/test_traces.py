@@ -324,6 +324,9 @@ def test_timestamps_are_milliseconds_from_the_first_rounded_half_up():
     assert times(["2023-11-16 18:15:46.6805900", "2023-11-16 18:15:46.6810900",
                   "2023-11-16 18:15:46.6815899"]) == [0, 1, 1]
     assert times(["2024-05-12T00:00:00Z", "2024-05-12 02:00:00.0005+02:00"]) == [0, 1]
+    # Every fractional digit counts: 0.4993 ms is 0, though 6 digits would make it 0.500.
+    assert times(["2023-11-16 18:15:46.0000009", "2023-11-16 18:15:46.0005002",
+                  "2023-11-16 18:15:46.00150000001Z"]) == [0, 0, 1]
     assert times([1000, 1000, 1000.5, 2000.49]) == [0, 0, 1, 1000]  # 0.5 ms rounds up
     assert times([5, "45", 118.25], "s") == [0, 40000, 113250]
     assert times([10**15, 10**15 + 1500], "us") == [0, 2]

@@ -279,6 +279,7 @@ def _length(row: dict[str, Any], column: str) -> int:
 
 _INTEGER = re.compile(r"\+?(\d+)(?:\.0*)?")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_FRACTION = re.compile(r"(.*\d\d:\d\d:\d\d)[.,](\d+)(\D.*)?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -328,8 +329,12 @@ class Timeline:
             text = value.strip()
             if _NUMBER.fullmatch(text):
                 return Decimal(text) * self.factor, False
+            # datetime keeps 6 fractional digits: the fraction is added exactly instead.
+            parts = _FRACTION.fullmatch(text)
+            fraction = Decimal(f"0.{parts[2]}") * 1000 if parts else Decimal(0)
             try:
-                return _milliseconds(datetime.fromisoformat(text)), True
+                moment = datetime.fromisoformat(parts[1] + (parts[3] or "") if parts else text)
+                return _milliseconds(moment) + fraction, True
             except ValueError:
                 pass
         elif isinstance(value, int) and not isinstance(value, bool):
