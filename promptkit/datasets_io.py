@@ -146,7 +146,7 @@ class DatasetSource:
         ``--limit``) holds its open file in a reference cycle inside ``datasets``, whose
         reader never closes it: collect it now, so the file is closed here."""
         close = getattr(self._rows, "close", None)
-        if close is not None and not self._done:
+        if close is not None and (not self._done or self.options.limit is not None):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ResourceWarning)  # datasets' unclosed file
                 close()

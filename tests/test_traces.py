@@ -373,3 +373,18 @@ def test_dataset_map_refuses_a_trace_s_timestamps_and_takes_its_lengths():
     rows = DatasetMap([Step("nonce", nonce_params(seed=1))])(untimed, [0])
     assert rows["input_length"] == [374] and rows["output_length"] == [44]
     assert rows["timestamp"] == [None] and len(rows["hash_ids"][0]) == 1
+
+
+@pytest.mark.parametrize("args", [["--limit", "2"], []])
+def test_a_csv_read_in_part_is_closed_at_once(args, tmp_path, run):
+    import gc
+    import warnings
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(AZURE_2023 if args else AZURE_2023 + "2023-11-16 18:15:52.0,-1,5\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        result = run("pipe", "read", *args, trace, "write", tmp_path / "out.jsonl")
+        gc.collect()
+    assert result.exit_code == (0 if args else 1), result.stderr
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
