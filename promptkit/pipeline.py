@@ -51,13 +51,17 @@ ORDERED = frozenset({"check", "hash_trace"})
 
 
 def _snapshot(record: Record) -> Record:
-    """A copy of what a check needs, safe from later stages changing the record."""
+    """A copy of what a check needs, safe from later stages changing the record: the
+    messages (with each turn's own fields: output_length, extra), the session, the reply
+    length and the layout (a multi_turn conversation is a request a turn)."""
     from .records import Message
 
-    return Record(messages=[Message(m.role, m.content) for m in record.messages],
+    return Record(messages=[Message(m.role, m.content, dict(m.fields))
+                            for m in record.messages],
+                  session_id=record.session_id, output_length=record.output_length,
                   extra=dict(record.extra) if record.extra else None,
                   input_length=record.input_length, hash_ids=record.hash_ids,
-                  lineno=record.lineno)
+                  layout=record.layout, lineno=record.lineno)
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
