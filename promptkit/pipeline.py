@@ -16,12 +16,12 @@ from typing import Any
 
 from . import __version__, files, manifest, parallel
 from .datasets_io import DatasetOptions, DatasetSource, TableSink, is_dataset
-from .errors import InvalidRecordError, PromptkitError
+from .errors import InvalidRecordError, PromptkitError, Skipping
 from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
 from .hashtrace import hash_trace_records
 from .nonce import NonceState, add_nonces
-from .pad import pad_records
+from .pad import PadState, pad_records
 from .progress import Progress
 from .records import Record
 from .stats import Tap
@@ -31,20 +31,21 @@ from .turns import DEFAULT_OUTPUT, TurnsState, make_requests
 
 Operation = Callable[..., Iterator[Record]]
 
-class NoState:
-    """The state of an operation that remembers nothing across records."""
+class NoState(Skipping):
+    """The state of an operation that remembers nothing across records but the records
+    it left out (``--skip-invalid``)."""
 
     def overlaps(self, later: NoState) -> bool:
         return False
 
     def update(self, later: NoState) -> None:
-        pass
+        self.skipped += later.skipped
 
 
 #: Every operation a manifest step can name, by name, and the state it keeps.
 OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records,
                                     "hash_trace": hash_trace_records, "turns": make_requests}
-STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState,
+STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": PadState, "fit": NoState,
                                         "hash_trace": NoState, "turns": TurnsState}
 #: Stages that see every record in order, so a run with one stays in one process.
 ORDERED = frozenset({"check", "hash_trace"})
@@ -88,8 +89,9 @@ class Step:
     aiperf_args: list[str] = field(default_factory=list)
     #: Called with the number of records read, before anything is written.
     check: Callable[[int], None] | None = None
-    #: Set by :func:`run` for ``--skip-invalid``; a state with ``skip_invalid`` and
-    #: ``skipped`` then leaves out records its operation rejects (nonce --keep-tokens).
+    #: Set by :func:`run` for ``--skip-invalid``: every state is a
+    #: :class:`~promptkit.errors.Skipping`, which then leaves out the records its
+    #: operation rejects and lists them (``"LINE: OP: problem"``) for the manifest.
     skip_invalid: bool = False
     #: The state :meth:`new_state` last made in this process: after a run, what the
     #: operation remembered of every record (a parallel run's chunks merge into it).
@@ -143,18 +145,24 @@ class Step:
                 yield record
 
         yield from tee()
+        # The records are written as they pass: one the check cannot send is left out of
+        # the prediction only (listed in the summary's "skipped").
+        skipping = Skipping(self.skip_invalid, self.op)
         report = check_records(seen, options=CheckOptions(**params),
                                tokenizer=cached_tokenizer(spec) if spec else None,
-                               tokenizer_spec=spec)
+                               tokenizer_spec=spec, skipping=skipping)
         self.info["summary"] = summary = report.summary()
+        if skipping.skipped:
+            summary["skipped"] = manifest.skipped_section(skipping.skipped)
         problem = hit_rate_problem(summary, limit, total_limit)
         if problem is not None:  # before anything is written
             raise PromptkitError(f"{problem}; nothing written")
 
     def new_state(self) -> Any:
         self.state = STATES[self.op]()
-        if hasattr(self.state, "skip_invalid"):
+        if isinstance(self.state, Skipping):  # (turns drops records by design, not as errors)
             self.state.skip_invalid = self.skip_invalid
+            self.state.op = self.op
         return self.state
 
     def as_dict(self) -> dict[str, Any]:
@@ -314,11 +322,11 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
     numbering = HashIds()
 
     def records() -> Iterator[Record]:
-        for part, read, skipped in parallel.map_records(
-                path, hashed_list, (step.params,), workers, facts.sha256,
+        for (part, rejected), read, skipped in parallel.map_records(
+                path, hashed_list, (step.params, skip_invalid), workers, facts.sha256,
                 fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
             facts.records_read += read
-            facts.skipped += skipped
+            facts.skipped += skipped + rejected
             for record, digests in part:
                 record.hash_ids = numbering.number(digests)
                 yield record
@@ -367,7 +375,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             "sha256": sink.sha256.hexdigest(),
         },
         "steps": [step.as_dict() for step in steps],
-        "skipped": {"count": len(skipped), "lines": skipped[:100]},
+        "skipped": manifest.skipped_section(skipped),
         "side_outputs": [
             {"path": path, "sha256": manifest.text_sha256(text)}
             for step in steps for path, text in step.side_files.items()
@@ -563,7 +571,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                   **({"dataset": source.describe()} if isinstance(source, DatasetSource)
                      else {})},
         "tokenizer": tokenizer,
-        "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
+        "skipped": manifest.skipped_section(source.skipped),
         **collected.summary(),
     }
 
@@ -609,14 +617,16 @@ def check_file(input_path: str, *, from_format: str | None = None,
     # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
     options["sends_extra"] = source.format.name != "openai"
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
+    skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
         if (workers is not None and isinstance(source, Source)
                 and parallel.can_run_parallel(input_path, workers)):
             report = _check_in_workers(source, input_path, CheckOptions(**options), loaded,
-                                       tokenizer, skip_invalid, workers)
+                                       tokenizer, skipping, workers)
         else:
             report = check_records(source.records(), options=CheckOptions(**options),
-                                   tokenizer=loaded, tokenizer_spec=tokenizer)
+                                   tokenizer=loaded, tokenizer_spec=tokenizer,
+                                   skipping=skipping)
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
@@ -635,7 +645,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
+            "skipped": manifest.skipped_section(
+                sorted(source.skipped + skipping.skipped, key=_line_of)),
             **report.summary(), "aiperf_args": applied}
 
 
@@ -703,7 +714,7 @@ def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_inv
 
 
 def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
-                      spec: str | None, skip_invalid: bool, workers: int) -> Any:
+                      spec: str | None, skipping: Skipping, workers: int) -> Any:
     """``check`` of a large file: workers tokenize and hash chunks; the cache is
     simulated here, in file order (the same report as one process)."""
     from .check import Setup
@@ -712,16 +723,18 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
     source.close()
     if first is None:
         raise PromptkitError(f"{source.name}: empty file: no records")
-    setup = Setup(first, options, tokenizer, spec)
+    setup = Setup(first, options, tokenizer, spec, Skipping(skipping.skip_invalid, skipping.op))
     source.sha256 = hashlib.sha256()
     source.count = 0
+    source.skipped = []  # the chunks read the whole file again
 
     def pairs() -> Iterator[Any]:
-        for part, read, skipped in parallel.map_records(
+        for (part, rejected), read, skipped in parallel.map_records(
                 path, setup.entry_list, (), workers, source.sha256,
-                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
+                fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid):
             source.count += read
             source.skipped += skipped
+            skipping.skipped += rejected
             yield from part
 
     return setup.replay(pairs())

@@ -191,6 +191,7 @@ def test_own_prompts_from_stdin_are_listed_in_token_stats(tmp_path, run):
                  "--manifest", tmp_path / "m.json", input=source.read_text())
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((tmp_path / "m.json").read_text())
-    assert "info" not in manifest["steps"][0]
+    info = manifest["steps"][0]["info"]  # no groups: the prompts were not known before
+    assert info == {"own_system_prompts": {"records": 3, "distinct": 1}}
     [prompt] = manifest["token_stats"]["system_prompts"]["most_shared"]
     assert prompt["records"] == 3 and prompt["tokens"] == 30
