@@ -382,7 +382,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
         ],
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
                                  [arg for step in steps for arg in step.aiperf_args]),
-        "warnings": warnings_for(steps, out_format.name),
+        "warnings": warnings_for(steps, out_format.name, inputs),
         **token_section(sink),
     }
 
@@ -441,7 +441,14 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
     return section
 
 
-def warnings_for(steps: list[Step], out_format: str) -> list[str]:
+#: Nonce positions that put the nonce into a record's own system message, when it has one.
+_INTO_SYSTEM = ("start", "system", "every-turn")
+
+
+def warnings_for(steps: list[Step], out_format: str,
+                 inputs: list[dict[str, Any]] | None = None) -> list[str]:
+    """What the manifest (and stderr) warns of: files AIPerf will not send as written,
+    and padding that shares nothing."""
     warnings = []
     for step in steps:
         if step.op == "nonce" and step.params.get("at") == "salt" and out_format in (
@@ -451,7 +458,46 @@ def warnings_for(steps: list[Step], out_format: str) -> list[str]:
                 f"cache_salt is written into {out_format} lines, but AIPerf does not send it "
                 "from this format; write --to single_turn, multi_turn or mooncake_trace"
             )
+    for i, step in enumerate(steps):
+        if isinstance(step.state, PadState) and step.state.nearly_all_distinct():
+            warnings.append(_pad_warning(step.state, steps[:i], (inputs or [{}])[0]))
     return warnings
+
+
+def _pad_warning(state: PadState, earlier: list[Step], read: dict[str, Any]) -> str:
+    records, distinct = state.own_prompts()
+    text = (f"pad: the records' own system prompts are nearly all distinct ({distinct} "
+            f"distinct in {records} records), so the padded prompts are too and hardly any "
+            "request shares one with another")
+    nonces = [s.params.get("at") for s in earlier if s.op == "nonce"]
+    source = "an earlier stage of this pipe, 'nonce --at AT',"
+    if not nonces:
+        made = _made_by(read)
+        if made is not None:
+            nonces = [s.get("params", {}).get("at") for s in made.get("steps", [])
+                      if isinstance(s, dict) and s.get("op") == "nonce"]
+            source = f"{made['path']} says the input was made by 'nonce --at AT', which"
+    at = next((a for a in nonces if a in _INTO_SYSTEM), None)
+    if at is not None:
+        text += (f"; {source.replace('--at AT', f'--at {at}')} put a nonce into each "
+                 "record's own system prompt: pad first, then 'nonce --at user', which keeps "
+                 "the padded prompt shared and every user turn unique")
+    return text
+
+
+def _made_by(read: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest beside an input file (``IN.manifest.json``) with ``path`` added, when
+    the bytes read (``read``: the run's account of its input) are the ones it describes."""
+    path = read.get("path")
+    if not path or path == display_name(STDIO) or "dataset" in read:
+        return None
+    found = manifest.default_path(path)
+    try:
+        recorded = manifest.read(found)
+        matches = recorded["output"]["sha256"] == read.get("sha256")
+    except (PromptkitError, KeyError, TypeError):
+        return None
+    return {**recorded, "path": found} if matches else None
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
