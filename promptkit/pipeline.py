@@ -382,7 +382,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
         ],
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
                                  [arg for step in steps for arg in step.aiperf_args]),
-        "warnings": warnings_for(steps, out_format.name, inputs),
+        "warnings": warnings_for(steps, out_format.name, inputs, sink),
         **token_section(sink),
     }
 
@@ -441,19 +441,23 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
     return section
 
 
+#: The fields of an OpenAI chat line that AIPerf (loading it as mooncake_trace) sends.
+SENT_FROM_OPENAI = frozenset({"messages", "tools"})
 #: Nonce positions that put the nonce into a record's own system message, when it has one.
 _INTO_SYSTEM = ("start", "system", "every-turn")
 
 
-def warnings_for(steps: list[Step], out_format: str,
-                 inputs: list[dict[str, Any]] | None = None) -> list[str]:
+def warnings_for(steps: list[Step], out_format: str, inputs: list[dict[str, Any]] | None = None,
+                 sink: Sink | TableSink | None = None) -> list[str]:
     """What the manifest (and stderr) warns of: files AIPerf will not send as written,
     and padding that shares nothing."""
     warnings = []
+    salted = False
     for step in steps:
         if step.op == "nonce" and step.params.get("at") == "salt" and out_format in (
             "openai", "sharegpt", "prompt"
         ):
+            salted = True
             warnings.append(
                 f"cache_salt is written into {out_format} lines, but AIPerf does not send it "
                 "from this format; write --to single_turn, multi_turn or mooncake_trace"
@@ -461,7 +465,30 @@ def warnings_for(steps: list[Step], out_format: str,
     for i, step in enumerate(steps):
         if isinstance(step.state, PadState) and step.state.nearly_all_distinct():
             warnings.append(_pad_warning(step.state, steps[:i], (inputs or [{}])[0]))
+    fields = sink.encoder.fields if sink is not None else None
+    if fields and out_format == "openai":
+        unsent = sorted(fields - SENT_FROM_OPENAI - ({"cache_salt"} if salted else set()))
+        if unsent:
+            warnings.append(_unsent_warning(unsent))
     return warnings
+
+
+def _unsent_warning(fields: list[str]) -> str:
+    names = ", ".join(f"'{name}'" for name in fields)
+    many = len(fields) > 1
+    them, gets = ("them", "gets none of them") if many else ("it", "never gets it")
+    text = (f"request field{'s' if many else ''} {names} {'are' if many else 'is'} written "
+            "into openai lines, but AIPerf loads them as mooncake_trace and sends only "
+            f"'messages' and 'tools': the server {gets}; write --to mooncake_trace (or "
+            f"single_turn, multi_turn) to carry {them} in 'extra', which AIPerf merges into "
+            "every request body")
+    options = {"model": "--model", "stream": "--streaming"}
+    overriding = [name for name in options if name in fields]
+    if overriding:
+        text += (" (there " + " and ".join(f"'{name}'" for name in overriding)
+                 + " would override AIPerf's "
+                 + " and ".join(options[name] for name in overriding) + ")")
+    return text
 
 
 def _pad_warning(state: PadState, earlier: list[Step], read: dict[str, Any]) -> str:
