@@ -442,11 +442,17 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
         dataset: dict[str, Any], **options: Any) -> None:
     """Give records a shared system prompt of exactly N tokens under a tokenizer.
 
+    Pad before a nonce: then 'nonce --at user' keeps the padded prompt shared (a nonce
+    at the start is part of each record's own system prompt; pad warns when those are
+    nearly all distinct).
+
     \b
     Examples:
       promptkit pad in.jsonl out.jsonl --tokens 2048 --tokenizer cl100k_base \\
           --system-prompt "You are a helpful assistant." --groups 4
       promptkit pad chat.jsonl out.jsonl --tokens 1024 --tokenizer ./tok_dir
+      promptkit pipe read chat.jsonl pad --tokens 1024 --tokenizer cl100k_base \\
+          nonce --at user write out.jsonl
     """
     dataset = with_seed(dataset, options["seed"])
     step = pad_step(input_path, output_path, from_format, dataset=dataset, **options)

@@ -212,10 +212,13 @@ def add_nonces(
     over its message texts, as ``stats`` counts them) go into ``state.tokens_before``.
     With ``keep_tokens`` too, the nonce's tokens are taken back out of the end of the
     last user message's last text (a nonce at its start stays whole), cut as ``fit``
-    cuts, so the record has exactly as many tokens as before. A record whose last user
-    text cannot give them up without losing all of its own text is an
-    :class:`InvalidRecordError` (or, with ``state.skip_invalid``, left out and listed in
-    ``state.skipped``). A ``cache_salt`` or a fresh hash id costs no prompt tokens.
+    cuts, so the record has exactly as many tokens as before. A ``cache_salt`` or a fresh
+    hash id costs no prompt tokens.
+
+    A record the nonce cannot go into (no user message for ``at="user"``, a hash-id
+    record for ``user`` or ``system``, a last user text too short to give up the nonce's
+    tokens) is an :class:`InvalidRecordError`, or, with ``state.skip_invalid``, left out
+    with all its copies and listed in ``state.skipped``.
 
     Records are modified in place (copies beyond the first are new records).
     """
