@@ -333,3 +333,17 @@ def test_the_operations_raise_or_skip_in_the_python_api():
     skipping = Skipping(skip_invalid=True, op="fit")
     fitted = list(fit_records(records(), tokens=8, tokenizer="cl100k_base", state=skipping))
     assert [r.lineno for r in fitted] == [2] and skipping.skipped == [f"1: {NO_USER_TEXT}"]
+
+
+def test_a_published_card_gives_the_reasons(tmp_path, run):
+    source = tmp_path / "chat.jsonl"
+    source.write_text("\n".join(mixed_rows()) + "\n")
+    nonced = tmp_path / "nonced.jsonl"
+    result = run("nonce", source, nonced, "--at", "user", "--seed", "1", "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    folder = tmp_path / "published"
+    result = run("publish", nonced, folder)
+    assert result.exit_code == 0, result.stderr
+    card = (folder / "README.md").read_text()
+    assert (f"- skipped: 21 invalid records (15 for {NO_USER}; 6 for invalid JSON: unexpected "
+            "end of data)") in card
