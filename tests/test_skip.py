@@ -306,12 +306,16 @@ def test_a_check_stage_leaves_what_it_cannot_send_out_of_its_prediction(tmp_path
     assert summary["skipped"]["by_reason"] == {CHECK_REASON: 10}
 
 
-def test_stats_counts_skipped_lines_by_reason(tmp_path, run):
+def test_stats_counts_skipped_lines_by_reason(small_chunks, tmp_path, run):
     source = tmp_path / "chat.jsonl"
     source.write_text("\n".join(mixed_rows()) + "\n")
-    result = run("stats", source, "--skip-invalid", "--json")
-    assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summaries = []
+    for workers in ("1", "2"):
+        result = run("stats", source, "--skip-invalid", "--json", "--workers", workers)
+        assert result.exit_code == 0, result.stderr
+        summaries.append(json.loads(result.stdout))
+    assert summaries[0] == summaries[1]
+    summary = summaries[0]
     assert summary["records"] == 144
     assert summary["skipped"]["by_reason"] == {"invalid JSON: unexpected end of data": 6}
     assert result.stderr == ("promptkit: skipped 6 invalid records (first: line 25); "
