@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import SglangCache, VllmCache
-from .errors import InvalidRecordError, PromptkitError
+from .errors import InvalidRecordError, PromptkitError, Skipping
 from .records import Record, content_texts
 from .tokenizers import Tokenizer
 
@@ -108,10 +108,11 @@ class Prompts:
         if template == "hf":
             self.hf_template = _hf_chat_template(tokenizer_spec)
 
-    def turns(self, record: Record) -> list[_Turn]:
+    def turns(self, record: Record, limit: int | None = None) -> list[_Turn]:
         """The requests AIPerf sends for ``record``: one with its messages verbatim, or,
         for a ``multi_turn`` conversation, one a turn carrying the history (every
-        earlier turn and a reply of the server's length after each)."""
+        earlier turn and a reply of the server's length after each); the first
+        ``limit`` of them when given."""
         salt = _salt(record.extra) if self.sends_extra else None
         if record.layout != "multi_turn":
             chat = [(m.role or "user", _text(m.content)) for m in record.messages]
@@ -135,6 +136,8 @@ class Prompts:
             reply = reply if isinstance(reply, int) else self.reply_tokens
             own = _salt(extra) if self.sends_extra and isinstance(extra, dict) else None
             out.append(_Turn(self._with_system(list(history)), own or salt, reply))
+            if len(out) == limit:
+                break
             if i + 1 < len(messages):
                 if reply is None:
                     raise InvalidRecordError(
@@ -188,7 +191,7 @@ class Prompts:
         there is none)."""
         if self.tokenizer is None:
             return 0
-        roles = [role for role, _ in self.turns(record)[0].chat] or ["user"]
+        roles = [role for role, _ in self.turns(record, limit=1)[0].chat] or ["user"]
         chat = [(roles[0], _PROBE)] + [(role, "x") for role in roles[1:]]
         if self.hf_template is not None:
             text = str(self.hf_template.apply_chat_template(
@@ -451,13 +454,19 @@ def _figures(values: Any) -> dict[str, Any]:
 
 def check_records(records: Iterable[Record], *, options: CheckOptions,
                   tokenizer: Tokenizer | None = None,
-                  tokenizer_spec: str | None = None) -> Report:
-    """Replay ``records`` through the simulated cache; the report of the profiled run."""
+                  tokenizer_spec: str | None = None,
+                  skipping: Skipping | None = None) -> Report:
+    """Replay ``records`` through the simulated cache; the report of the profiled run.
+
+    A record that cannot be sent as it is (no text; a hash-id record among text
+    records; a conversation whose replies have no length) is an
+    :class:`InvalidRecordError`, or left out of the prediction and listed in
+    ``skipping`` when it skips."""
     iterator = iter(records)
     first = next(iterator, None)
     if first is None:
         raise CheckError("no records to check")
-    setup = Setup(first, options, tokenizer, tokenizer_spec)
+    setup = Setup(first, options, tokenizer, tokenizer_spec, skipping)
     return setup.replay(setup.entries(_chain(first, iterator)))
 
 
@@ -466,7 +475,8 @@ class Setup:
     block size, the tokenizer and template, and an empty report."""
 
     def __init__(self, first: Record, options: CheckOptions, tokenizer: Tokenizer | None,
-                 tokenizer_spec: str | None):
+                 tokenizer_spec: str | None, skipping: Skipping | None = None):
+        self.skipping = skipping if skipping is not None else Skipping()
         if options.block_size is not None and options.block_size < 1:
             raise CheckError(f"block size must be at least 1, not {options.block_size}")
         self.options = options
@@ -496,16 +506,37 @@ class Setup:
     def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Unit, bytes]]:
         """What each record is to the cache, and its leading tokens (the part of a check
         that needs no order: worker processes can do it chunk by chunk)."""
+        reject = self.skipping.reject
         for batch in _batches(iter(records)):
             if self.prompts is None:
                 for record in batch:
-                    yield self._unsent(record, *self._ids_entry(record))
+                    try:
+                        entry = self._ids_entry(record)
+                    except InvalidRecordError as exc:
+                        reject(exc)
+                        continue
+                    yield self._unsent(record, *entry)
                 continue
-            turns = [self.prompts.turns(record) for record in _texts_only(batch)]
+            kept, turns = [], []
+            for record in batch:
+                try:
+                    if not record.messages:
+                        raise InvalidRecordError("a hash-id record after text records",
+                                                 lineno=record.lineno)
+                    turns.append(self.prompts.turns(record))
+                except InvalidRecordError as exc:
+                    reject(exc)
+                    continue
+                kept.append(record)
             tokens = iter(self.prompts.tokens([t.chat for ts in turns for t in ts]))
-            for record, its_turns in zip(batch, turns, strict=True):
-                yield self._unsent(record, *self._text_entry(
-                    record, its_turns, [next(tokens) for _ in its_turns]))
+            for record, its_turns in zip(kept, turns, strict=True):
+                its_tokens = [next(tokens) for _ in its_turns]
+                try:
+                    entry = self._text_entry(record, its_turns, its_tokens)
+                except InvalidRecordError as exc:
+                    reject(exc)
+                    continue
+                yield self._unsent(record, *entry)
 
     def _unsent(self, record: Record, unit: _Unit, lead: bytes) -> tuple[_Unit, bytes]:
         if not self.options.sends_extra:
@@ -514,9 +545,12 @@ class Setup:
                 for m in record.messages)
         return unit, lead
 
-    def entry_list(self, records: Iterable[Record]) -> list[tuple[_Unit, bytes]]:
-        """:meth:`entries` of a worker process's chunk, as a list to send back."""
-        return list(self.entries(records))
+    def entry_list(self, records: Iterable[Record]
+                   ) -> tuple[list[tuple[_Unit, bytes]], list[str]]:
+        """:meth:`entries` of a worker process's chunk, as a list to send back with the
+        lines it skipped."""
+        self.skipping.skipped = []
+        return list(self.entries(records)), self.skipping.skipped
 
     def _ids_entry(self, record: Record) -> tuple[_Unit, bytes]:
         if record.messages:
@@ -615,14 +649,6 @@ def _batches(records: Iterator[Record], size: int = 1024) -> Iterator[list[Recor
             batch = []
     if batch:
         yield batch
-
-
-def _texts_only(batch: list[Record]) -> list[Record]:
-    for record in batch:
-        if not record.messages:
-            raise InvalidRecordError("a hash-id record after text records",
-                                     lineno=record.lineno)
-    return batch
 
 
 def _first_difference(earlier: list[bytes], lead: bytes, unit: int) -> int:

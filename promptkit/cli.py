@@ -68,6 +68,9 @@ class PromptkitGroup(click.Group):
 
 # ---------------------------------------------------------------- shared option bundles
 
+SKIP_HELP = ("Skip bad records (unreadable, or ones a step or the output format cannot "
+             "take) instead of stopping; the manifest lists them and counts them by reason.")
+
 
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
@@ -141,8 +144,7 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Input format (default: detected from the first record)."),
         click.option("--to", "to_format", type=OUTPUT_CHOICE,
                      help="Output format (default: the input format; openai for a dataset)."),
-        click.option("--skip-invalid", is_flag=True,
-                     help="Skip bad records (counted in the manifest) instead of stopping."),
+        click.option("--skip-invalid", is_flag=True, help=SKIP_HELP),
         click.option("--manifest", "manifest_path", metavar="PATH",
                      help="Where to write the manifest, - for stdout (default: "
                           "OUT.manifest.json; none when OUT is stdout unless given)."),
@@ -222,9 +224,12 @@ def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
     if manifest_path:
         line += f"; manifest {manifest_path}"
     click.echo(line, err=True)
-    if result["skipped"]["count"]:
-        click.echo(f"promptkit: skipped {result['skipped']['count']} invalid records "
-                   f"(first: line {result['skipped']['lines'][0]})", err=True)
+    report_skipped(result["skipped"])
+    report_steps(result)
+
+
+def report_steps(result: dict[str, Any]) -> None:
+    """What the steps of a run say on stderr: what turns made, and the warnings."""
     for step in result["steps"]:
         info = step.get("info", {})
         if step["op"] == "turns":
@@ -235,6 +240,17 @@ def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
             click.echo(line, err=True)
     for warning in result["warnings"]:
         click.echo(f"promptkit: warning: {warning}", err=True)
+
+
+def report_skipped(skipped: dict[str, Any]) -> None:
+    """One line on stderr: how many records were skipped, the first one's line and the
+    commonest reason (the manifest has them all, by reason)."""
+    if not skipped["count"]:
+        return
+    reason, count = next(iter(skipped["by_reason"].items()))
+    first = skipped["lines"][0].split(":", 1)[0]
+    click.echo(f"promptkit: skipped {skipped['count']} invalid records (first: line {first}); "
+               f"commonest reason ({count}): {reason}", err=True)
 
 
 def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
@@ -309,7 +325,8 @@ tokenizer_option = click.option(
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for a large JSONL file (a chunk each, merged in order); "
                    "the figures are the same for every value.")
-@click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad records instead of stopping; the report counts them by reason.")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
 @click.option("--plot", metavar="FILE.png",
               help="Also draw the prompt-length histogram, shared prefix marked "
@@ -335,6 +352,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
                                      threads=threads, skip_invalid=skip_invalid)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        report_skipped(summary["skipped"])
         return
     click.echo(f"{summary['input']['path']} ({summary['input']['format']})")
     for key in ("records", "conversations", "turns"):
@@ -350,8 +368,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
     for prompt in shared["most_shared"][:5]:
         size = f", {prompt['tokens']} tokens" if prompt["tokens"] is not None else ""
         click.echo(f"    {prompt['records']} records{size}: {prompt['starts']!r}")
-    if summary["skipped"]["count"]:
-        click.echo(f"promptkit: skipped {summary['skipped']['count']} invalid records", err=True)
+    report_skipped(summary["skipped"])
 
 
 def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -441,11 +458,17 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
         dataset: dict[str, Any], **options: Any) -> None:
     """Give records a shared system prompt of exactly N tokens under a tokenizer.
 
+    Pad before a nonce: then 'nonce --at user' keeps the padded prompt shared (a nonce
+    at the start is part of each record's own system prompt; pad warns when those are
+    nearly all distinct).
+
     \b
     Examples:
       promptkit pad in.jsonl out.jsonl --tokens 2048 --tokenizer cl100k_base \\
           --system-prompt "You are a helpful assistant." --groups 4
       promptkit pad chat.jsonl out.jsonl --tokens 1024 --tokenizer ./tok_dir
+      promptkit pipe read chat.jsonl pad --tokens 1024 --tokenizer cl100k_base \\
+          nonce --at user write out.jsonl
     """
     dataset = with_seed(dataset, options["seed"])
     step = pad_step(input_path, output_path, from_format, dataset=dataset, **options)
@@ -652,7 +675,8 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @click.option("--per-request", metavar="PATH",
               help="Also write a JSONL line a profiled request: its record, prompt and hit "
                    "tokens, and where that record first differs from all before it.")
-@click.option("--skip-invalid", is_flag=True, help="Skip bad records instead of stopping.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad records instead of stopping; the report counts them by reason.")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes that tokenize a large JSONL file, a chunk each (the cache is "
@@ -684,6 +708,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
         click.echo(json.dumps(summary, indent=2))
     else:
         print_check(summary)
+    report_skipped(summary["skipped"])
     problem = pipeline.hit_rate_problem(summary, max_hit_rate, max_total_hit_rate)
     if problem is not None:
         raise UserError(f"{summary['input']['path']}: {problem}")
@@ -744,8 +769,7 @@ def print_check(s: dict[str, Any]) -> None:
 @workers_option
 @click.option("--from", "from_format", type=FORMAT_CHOICE,
               help="Input format (default: detected from the first record).")
-@click.option("--skip-invalid", is_flag=True,
-              help="Skip bad records (counted in the manifest) instead of stopping.")
+@click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
 @click.option("--manifest", "manifest_path", metavar="PATH",
               help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
@@ -941,8 +965,7 @@ def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Then upload OUT_DIR to this Hugging Face dataset repository (created if "
                    "missing), with the token of HF_TOKEN or 'hf auth login'.")
 @click.option("--private", is_flag=True, help="With --push: create the repository private.")
-@click.option("--skip-invalid", is_flag=True,
-              help="Skip bad records (counted in the manifest) instead of stopping.")
+@click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
 @workers_option
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @dataset_options
@@ -983,19 +1006,8 @@ def publish_command(input_path: str, out_dir: str, from_format: str | None, to_f
                f"{len(shards)} parquet shard{'s' if len(shards) > 1 else ''}, "
                f"{publish.AIPERF_FILE} ({out['format']}), "
                f"README.md, {publish.MANIFEST_FILE}", err=True)
-    if result["skipped"]["count"]:
-        click.echo(f"promptkit: skipped {result['skipped']['count']} invalid records "
-                   f"(first: line {result['skipped']['lines'][0]})", err=True)
-    for step in result["steps"]:
-        info = step.get("info", {})
-        if step["op"] == "turns":
-            line = (f"promptkit: turns: {info['requests']} requests from "
-                    f"{info['conversations_read']} conversations")
-            if info["dropped"]:
-                line += "; " + ", ".join(f"{n} {why}" for why, n in info["dropped"].items())
-            click.echo(line, err=True)
-    for warning in result["warnings"]:
-        click.echo(f"promptkit: warning: {warning}", err=True)
+    report_skipped(result["skipped"])
+    report_steps(result)
     if repo_id is not None:
         url = publish.push(out_dir, repo_id, private=private)
         click.echo(f"promptkit: pushed {out_dir} to {url}", err=True)
@@ -1036,8 +1048,7 @@ def pipe() -> None:
 @pipe.command("read")
 @click.option("--from", "from_format", type=FORMAT_CHOICE,
               help="Input format (default: detected from the first record).")
-@click.option("--skip-invalid", is_flag=True,
-              help="Skip bad records (counted in the manifest) instead of stopping.")
+@click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
 @workers_option
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @dataset_options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -43,3 +44,40 @@ class ConversionError(InvalidRecordError):
 
 class ManifestError(PromptkitError):
     """A manifest is missing, unreadable, or does not match its file."""
+
+
+class Skipping:
+    """What an operation does with a record it cannot take: raise its
+    :class:`InvalidRecordError` (the default), or, with ``skip_invalid`` (``--skip-invalid``),
+    leave the record out and list it in ``skipped`` as ``"LINE: OP: problem"``.
+
+    Every operation's state is one (see :mod:`promptkit.pipeline`), so a chunked or
+    parallel run merges the skipped lines of its chunks as it merges the rest.
+    """
+
+    def __init__(self, skip_invalid: bool = False, op: str = "") -> None:
+        self.skip_invalid = skip_invalid
+        self.op = op
+        self.skipped: list[str] = []
+
+    def reject(self, exc: InvalidRecordError) -> None:
+        """Raise ``exc``, or note the record it names as skipped."""
+        if not self.skip_invalid:
+            raise exc
+        self.skipped.append(f"{exc.lineno}: {self.op}: {exc.problem}" if self.op
+                            else f"{exc.lineno}: {exc.problem}")
+
+
+#: What differs from record to record in a problem's text: a JSON error's position, numbers.
+_POSITION = re.compile(r":? line \d+ column \d+ \(char \d+\)")
+_NUMBER = re.compile(r"\d+")
+
+
+def skip_reason(skipped: str) -> str:
+    """The reason a skipped line (``"LINE: problem"``) is counted under: its problem
+    without what is particular to the record (a JSON error's position, numbers, which
+    become ``N``), so records with the same problem share one reason."""
+    head, _, problem = skipped.partition(": ")
+    if not head.isdigit() and head != "None":
+        problem = skipped
+    return _NUMBER.sub("N", _POSITION.sub("", problem))

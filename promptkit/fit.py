@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import InvalidRecordError, PromptkitError
+from .errors import InvalidRecordError, PromptkitError, Skipping
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Record
 from .tokenizers import Tokenizer, cached_tokenizer
@@ -128,26 +128,38 @@ def fit_records(
 
     A message whose content is a list of parts must hold exactly one text part,
     which is the one fitted. Records without text (``input_length``/``hash_ids``
-    only) are an error: AIPerf makes the text of those itself.
+    only) are an error: AIPerf makes the text of those itself. A record that cannot be
+    fitted is an :class:`InvalidRecordError`, or, when ``state`` (a
+    :class:`~promptkit.errors.Skipping`) skips invalid records, left out and listed there.
     """
     encoder = cached_tokenizer(tokenizer)
+    skipping = state if state is not None else Skipping()
     for position, record in enumerate(records, start=first_index):
         index = record.index if record.index is not None else position
-        target = target_of(record, index, tokens, seed)
-        users = [m for m in record.messages if m.role in USER_ROLES]
-        if not users:
-            raise InvalidRecordError(
-                "no user text to fit" if record.messages else
-                "a record with only input_length/hash_ids has no text to fit",
-                lineno=record.lineno)
-        for turn, message in enumerate(users):
-            draw = hashlib.blake2b(f"{seed}:{index}:{turn}".encode(), digest_size=8).digest()
-            words = filler_words(int.from_bytes(draw), filler_file)
-            try:
-                message.content = _fit_content(message.content, target, encoder, words)
-            except PadError as exc:
-                raise InvalidRecordError(str(exc), lineno=record.lineno) from None
+        try:
+            _fit_record(record, index, tokens, seed, encoder, filler_file)
+        except InvalidRecordError as exc:
+            skipping.reject(exc)
+            continue
         yield record
+
+
+def _fit_record(record: Record, index: int, tokens: int | list[int] | str, seed: int,
+                encoder: Tokenizer, filler_file: str | None) -> None:
+    target = target_of(record, index, tokens, seed)
+    users = [m for m in record.messages if m.role in USER_ROLES]
+    if not users:
+        raise InvalidRecordError(
+            "no user text to fit" if record.messages else
+            "a record with only input_length/hash_ids has no text to fit",
+            lineno=record.lineno)
+    for turn, message in enumerate(users):
+        draw = hashlib.blake2b(f"{seed}:{index}:{turn}".encode(), digest_size=8).digest()
+        words = filler_words(int.from_bytes(draw), filler_file)
+        try:
+            message.content = _fit_content(message.content, target, encoder, words)
+        except PadError as exc:
+            raise InvalidRecordError(str(exc), lineno=record.lineno) from None
 
 
 def _fit_content(content: Any, target: int, tokenizer: Tokenizer, words: Iterator[str]) -> Any:

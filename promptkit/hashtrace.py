@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import InvalidRecordError
+from .errors import InvalidRecordError, Skipping
 from .records import Record, message_texts
 from .tokenizers import cached_tokenizer
 
@@ -71,17 +71,20 @@ def hash_trace_records(
         raise ValueError("block size must be at least 1")
     numbering = HashIds()
     for record, digests in hashed_records(records, tokenizer=tokenizer, block_size=block_size,
-                                          rate=rate, threads=threads, first_index=first_index):
+                                          rate=rate, threads=threads, first_index=first_index,
+                                          skipping=state):
         record.hash_ids = numbering.number(digests)
         yield record
 
 
 def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int,
-                   rate: float | None, threads: int | None = None, first_index: int = 0
-                   ) -> Iterator[tuple[Record, bytes]]:
+                   rate: float | None, threads: int | None = None, first_index: int = 0,
+                   skipping: Skipping | None = None) -> Iterator[tuple[Record, bytes]]:
     """Each record's hash-id record (ids not yet numbered) and its block digests: the
-    work that needs no order, so worker processes can do it chunk by chunk."""
+    work that needs no order, so worker processes can do it chunk by chunk. A record
+    with no text is an error, or left out and listed in ``skipping`` when it skips."""
     encoder = cached_tokenizer(tokenizer)
+    skipping = skipping if skipping is not None else Skipping()
     batch: list[Record] = []
     position = first_index
 
@@ -93,7 +96,9 @@ def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int
             index = record.index if record.index is not None else position
             position += 1
             if not tokens:
-                raise InvalidRecordError("a record with no text to hash", lineno=record.lineno)
+                skipping.reject(InvalidRecordError("a record with no text to hash",
+                                                   lineno=record.lineno))
+                continue
             salt = (record.extra or {}).get("cache_salt")
             timestamp = record.timestamp
             if timestamp is None and rate is not None:
@@ -111,8 +116,9 @@ def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int
 
     for record in records:
         if not record.messages:
-            raise InvalidRecordError("a record with no text (already a hash-id record?)",
-                                     lineno=record.lineno)
+            skipping.reject(InvalidRecordError(
+                "a record with no text (already a hash-id record?)", lineno=record.lineno))
+            continue
         batch.append(record)
         if len(batch) == BATCH:
             yield from flush()
@@ -121,10 +127,11 @@ def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int
         yield from flush()
 
 
-def hashed_list(records: Iterable[Record], params: dict[str, Any]
-                ) -> list[tuple[Record, bytes]]:
+def hashed_list(records: Iterable[Record], params: dict[str, Any], skip_invalid: bool = False
+                ) -> tuple[list[tuple[Record, bytes]], list[str]]:
     """:func:`hashed_records` of a worker process's chunk, with a hash-trace step's
-    parameters, in one thread, as a list to send back."""
+    parameters, in one thread, as a list to send back with the lines it skipped."""
+    skipping = Skipping(skip_invalid, "hash_trace")
     return list(hashed_records(records, tokenizer=params["tokenizer"],
                                block_size=params["block_size"], rate=params.get("rate"),
-                               threads=1))
+                               threads=1, skipping=skipping)), skipping.skipped

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import ManifestError
+from .errors import ManifestError, skip_reason
 from .files import write_text
 
 SCHEMA = "promptkit.manifest/1"
@@ -54,6 +54,17 @@ def file_facts(path: str) -> tuple[str, int]:
     if tail.strip():
         records += 1
     return digest.hexdigest(), records
+
+
+def skipped_section(lines: list[str], limit: int = 100) -> dict[str, Any]:
+    """The ``skipped`` section of a manifest (or report): how many records were left
+    out, how many for each reason (commonest first), and the first ``limit`` lines."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        reason = skip_reason(line)
+        counts[reason] = counts.get(reason, 0) + 1
+    by_reason = dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return {"count": len(lines), "by_reason": by_reason, "lines": lines[:limit]}
 
 
 def write(path: str, manifest: dict[str, Any]) -> None:

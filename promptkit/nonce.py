@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import InvalidRecordError
+from .errors import InvalidRecordError, Skipping
 from .fit import _prefix_end
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Message, Record, content_texts, message_texts, prepend_text
@@ -119,11 +119,13 @@ class NonceMaker:
 
 
 @dataclass
-class NonceState:
+class NonceState(Skipping):
     """What a nonce run remembers across records: the conversations already begun.
 
     Only records with a ``session_id`` touch it. Runs over chunks of a file in
     parallel each start with an empty state, and their states are merged in order.
+    A record left out (``skip_invalid``) begins no conversation: a later line of it
+    is then its first, and gets the nonce.
     """
 
     started: set[str] = field(default_factory=set)  # sessions whose first line was seen
@@ -133,10 +135,12 @@ class NonceState:
     #: entry a record passed on: the manifest's figures from before the step).
     tokenizer: str | None = None
     tokens_before: array = field(default_factory=lambda: array("I"))
-    #: ``--skip-invalid`` (set by the pipeline): a record too short to give up the nonce's
-    #: tokens is left out and listed in ``skipped`` (``"LINE: problem"``), not an error.
+    #: ``--skip-invalid`` (set by the pipeline): a record the nonce cannot go into (no user
+    #: message for ``--at user``, too short to give up the nonce's tokens) is left out and
+    #: listed in ``skipped`` (``"LINE: problem"``), not an error (see :class:`Skipping`).
     skip_invalid: bool = False
     skipped: list[str] = field(default_factory=list)
+    op: str = ""
 
     def overlaps(self, later: NonceState) -> bool:
         """Whether ``later`` (a chunk run on its own) continued a session begun here."""
@@ -149,6 +153,14 @@ class NonceState:
         self.tokenizer = self.tokenizer or later.tokenizer
         self.tokens_before.extend(later.tokens_before)
         self.skipped += later.skipped
+
+    def forget(self, sessions: Iterable[str | None]) -> None:
+        """Undo the conversations a record left out had begun."""
+        for session in sessions:
+            if session is not None:
+                self.started.discard(session)
+                self.user_done.discard(session)
+                self.salts.pop(session, None)
 
     def report(self) -> dict[str, Any]:
         """What the manifest records beside the step's parameters: with a tokenizer, the
@@ -200,10 +212,13 @@ def add_nonces(
     over its message texts, as ``stats`` counts them) go into ``state.tokens_before``.
     With ``keep_tokens`` too, the nonce's tokens are taken back out of the end of the
     last user message's last text (a nonce at its start stays whole), cut as ``fit``
-    cuts, so the record has exactly as many tokens as before. A record whose last user
-    text cannot give them up without losing all of its own text is an
-    :class:`InvalidRecordError` (or, with ``state.skip_invalid``, left out and listed in
-    ``state.skipped``). A ``cache_salt`` or a fresh hash id costs no prompt tokens.
+    cuts, so the record has exactly as many tokens as before. A ``cache_salt`` or a fresh
+    hash id costs no prompt tokens.
+
+    A record the nonce cannot go into (no user message for ``at="user"``, a hash-id
+    record for ``user`` or ``system``, a last user text too short to give up the nonce's
+    tokens) is an :class:`InvalidRecordError`, or, with ``state.skip_invalid``, left out
+    with all its copies and listed in ``state.skipped``.
 
     Records are modified in place (copies beyond the first are new records).
     """
@@ -245,16 +260,14 @@ def _nonced(
                        time_step_us=time_step_us)
     before, _, after = template.partition("{nonce}")
     make = maker.make
-    started, user_done, salts = state.started, state.user_done, state.salts
+    started = state.started
 
     if copies == 1 and at == "start":  # the common case, kept lean
         for position, record in enumerate(records, start=first_index):
             session = record.session_id
-            if session is not None:
-                if session in started:
-                    yield record
-                    continue
-                started.add(session)
+            if session is not None and session in started:
+                yield record
+                continue
             index = record.index if record.index is not None else position
             if record.messages:
                 message = record.messages[0]
@@ -264,7 +277,13 @@ def _nonced(
                     nonce + content if content.__class__ is str else prepend_text(content, nonce)
                 )
             else:
-                _nonce_hash_ids(record, maker, index, at)
+                try:
+                    _nonce_hash_ids(record, maker, index, at)
+                except InvalidRecordError as exc:
+                    state.reject(exc)
+                    continue
+            if session is not None:
+                started.add(session)
             yield record
         return
 
@@ -272,52 +291,67 @@ def _nonced(
         base = source.index if source.index is not None else position
         # Copies are taken before the first one is changed.
         batch = [source, *(copy_record(source) for _ in range(copies - 1))]
-        for c, record in enumerate(batch):
-            index = base * copies + c
-            if copies > 1:
-                record.index = index
-            if c and record.session_id is not None:
-                record.session_id = f"{record.session_id}#{c}"
-            session = record.session_id
-            continuing = session is not None and session in started
-            if session is not None:
-                started.add(session)
+        begins = source.session_id is not None and source.session_id not in started
+        try:
+            _nonce_copies(batch, base, copies, at, make, before, after, maker, state)
+        except InvalidRecordError as exc:  # none of its copies is written
+            if begins:
+                state.forget({source.session_id, *(r.session_id for r in batch)})
+            state.reject(exc)
+            continue
+        yield from batch
 
-            if at == "salt":  # one salt a conversation: its lines may reuse each other's cache
-                if session is None:
-                    salt = make(index)
-                elif continuing:
-                    salt = salts[session]
-                else:
-                    salt = salts[session] = make(index)
-                record.extra = {**(record.extra or {}), "cache_salt": salt}
-            elif not record.messages:
-                _nonce_hash_ids(record, maker, index, at)
-            elif at == "start":
-                if not continuing:
-                    message = record.messages[0]
-                    message.content = prepend_text(message.content, before + make(index) + after)
-            elif at == "every-turn":
-                for i, message in enumerate(record.messages):
-                    if i == 0 or message.role in USER_ROLES:
-                        message.content = prepend_text(
-                            message.content, before + make(index, i) + after
-                        )
-            elif at == "user":
-                if session is None or session not in user_done:
-                    target = _first_user(record, required=not continuing)
-                    if target is not None:
-                        target.content = prepend_text(target.content, before + make(index) + after)
-                        if session is not None:
-                            user_done.add(session)
-            elif not continuing:  # system
-                nonce = before + make(index) + after
-                head = record.messages[0]
-                if head.role == "system":
-                    head.content = prepend_text(head.content, nonce)
-                else:
-                    record.messages.insert(0, Message("system", nonce.rstrip()))
-            yield record
+
+def _nonce_copies(batch: list[Record], base: int, copies: int, at: str,
+                  make: Callable[..., str], before: str, after: str, maker: NonceMaker,
+                  state: NonceState) -> None:
+    """Put the nonces into the copies of one record (all of them, or raise)."""
+    started, user_done, salts = state.started, state.user_done, state.salts
+    for c, record in enumerate(batch):
+        index = base * copies + c
+        if copies > 1:
+            record.index = index
+        if c and record.session_id is not None:
+            record.session_id = f"{record.session_id}#{c}"
+        session = record.session_id
+        continuing = session is not None and session in started
+        if session is not None:
+            started.add(session)
+
+        if at == "salt":  # one salt a conversation: its lines may reuse each other's cache
+            if session is None:
+                salt = make(index)
+            elif continuing:
+                salt = salts[session]
+            else:
+                salt = salts[session] = make(index)
+            record.extra = {**(record.extra or {}), "cache_salt": salt}
+        elif not record.messages:
+            _nonce_hash_ids(record, maker, index, at)
+        elif at == "start":
+            if not continuing:
+                message = record.messages[0]
+                message.content = prepend_text(message.content, before + make(index) + after)
+        elif at == "every-turn":
+            for i, message in enumerate(record.messages):
+                if i == 0 or message.role in USER_ROLES:
+                    message.content = prepend_text(
+                        message.content, before + make(index, i) + after
+                    )
+        elif at == "user":
+            if session is None or session not in user_done:
+                target = _first_user(record, required=not continuing)
+                if target is not None:
+                    target.content = prepend_text(target.content, before + make(index) + after)
+                    if session is not None:
+                        user_done.add(session)
+        elif not continuing:  # system
+            nonce = before + make(index) + after
+            head = record.messages[0]
+            if head.role == "system":
+                head.content = prepend_text(head.content, nonce)
+            else:
+                record.messages.insert(0, Message("system", nonce.rstrip()))
 
 
 def _counted(records: Iterable[Record], tokenizer: str, keep_tokens: bool, first_index: int,
@@ -341,6 +375,8 @@ def _counted(records: Iterable[Record], tokenizer: str, keep_tokens: bool, first
         base = record.index if record.index is not None else position
         user = _last_user(record)
         own = _last_text(user.content) if user is not None else None
+        session = record.session_id
+        begins = session is not None and session not in state.started
         batch = list(_nonced([record], first_index=position, state=state, **options))
         if keep_tokens:
             try:
@@ -350,9 +386,9 @@ def _counted(records: Iterable[Record], tokenizer: str, keep_tokens: bool, first
                     _give_back(out, tokens, own, count, encoder,
                                filler_words(int.from_bytes(draw)))
             except InvalidRecordError as exc:
-                if not state.skip_invalid:
-                    raise
-                state.skipped.append(f"{exc.lineno}: {exc.problem}")
+                if begins:
+                    state.forget({session, *(out.session_id for out in batch)})
+                state.reject(exc)
                 continue
         for out in batch:
             state.tokens_before.append(tokens)

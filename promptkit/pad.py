@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import InvalidRecordError, PromptkitError
+from .errors import InvalidRecordError, PromptkitError, Skipping
 from .records import Message, Record, first_text, prepend_text
 from .tokenizers import Tokenizer, cached_tokenizer
 
@@ -224,52 +225,115 @@ def pad_records(
     records as they are (the prompt goes to a file AIPerf reads).
     """
     spec = PadSpec(tokens, tokenizer, groups, seed, system_prompt, filler_file)
+    state = state if state is not None else PadState()
     for position, record in enumerate(records, start=first_index):
         if into == "file":
             yield record
             continue
-        if not record.messages:
-            raise InvalidRecordError("a record with only input_length/hash_ids has no text "
-                                     "to pad", lineno=record.lineno)
         index = record.index if record.index is not None else position
-        group = group_of(record, index, groups, group_by)
-        head = record.messages[0]
-        own = head.role == "system"
-        if system_prompt is None:
-            if not own:
-                raise InvalidRecordError(
-                    "no system message to pad; give --system-prompt or --system-prompt-file",
-                    lineno=record.lineno)
-            base = first_text(head.content) or ""
-        else:
-            if own:
-                raise InvalidRecordError(
-                    "the record has a system message of its own; leave out --system-prompt "
-                    "to pad it", lineno=record.lineno)
-            base = system_prompt
-        prompt = padded(spec, base, group)
-        if into == "text":
-            if own:
-                record.messages.pop(0)
-                if not record.messages:
-                    raise InvalidRecordError("no message after the system message",
-                                             lineno=record.lineno)
-            target = record.messages[0]
-            target.content = prepend_text(target.content, prompt + SEPARATOR)
-        elif own:
-            head.content = prompt
-        else:
-            record.messages.insert(0, Message("system", prompt))
+        try:
+            _pad_record(record, spec, into, group_of(record, index, groups, group_by), state)
+        except InvalidRecordError as exc:
+            state.reject(exc)
+            continue
         yield record
 
 
+def _pad_record(record: Record, spec: PadSpec, into: str, group: int, state: PadState) -> None:
+    if not record.messages:
+        raise InvalidRecordError("a record with only input_length/hash_ids has no text "
+                                 "to pad", lineno=record.lineno)
+    head = record.messages[0]
+    own = head.role == "system"
+    if spec.system_prompt is None:
+        if not own:
+            raise InvalidRecordError(
+                "no system message to pad; give --system-prompt or --system-prompt-file",
+                lineno=record.lineno)
+        base = first_text(head.content) or ""
+        try:
+            prompt = padded(spec, base, group)
+        except PadError as exc:  # this record's own prompt
+            raise InvalidRecordError(f"its system message: {exc}", lineno=record.lineno
+                                     ) from None
+        state.own.append(hash(base))
+    else:
+        if own:
+            raise InvalidRecordError(
+                "the record has a system message of its own; leave out --system-prompt "
+                "to pad it", lineno=record.lineno)
+        prompt = padded(spec, spec.system_prompt, group)
+    if into == "text":
+        if own:
+            if len(record.messages) == 1:
+                raise InvalidRecordError("no message after the system message",
+                                         lineno=record.lineno)
+            record.messages.pop(0)
+        target = record.messages[0]
+        target.content = prepend_text(target.content, prompt + SEPARATOR)
+    elif own:
+        head.content = prompt
+    else:
+        record.messages.insert(0, Message("system", prompt))
+
+
+#: ``pad`` warns when the records' own system prompts are nearly all distinct: more than
+#: this many distinct prompts, and more than half as many as the records padded.
+DISTINCT_PROMPTS_WARNING = 16
+
+
+class PadState(Skipping):
+    """What a pad run notes across records: the records it left out (see
+    :class:`~promptkit.errors.Skipping`) and a 64-bit hash of each record's own system
+    prompt, to tell whether those are shared at all."""
+
+    def __init__(self, skip_invalid: bool = False, op: str = "") -> None:
+        super().__init__(skip_invalid, op)
+        self.own = array("q")
+
+    def overlaps(self, later: PadState) -> bool:
+        return False
+
+    def update(self, later: PadState) -> None:
+        self.skipped += later.skipped
+        self.own.extend(later.own)
+
+    def own_prompts(self) -> tuple[int, int]:
+        """``(records, distinct prompts)`` of the records padded from their own prompt."""
+        if not self.own:
+            return 0, 0
+        import numpy as np
+
+        keys = np.frombuffer(self.own, dtype=np.int64).copy()
+        keys.sort()
+        return len(keys), int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
+
+    def nearly_all_distinct(self) -> bool:
+        """Whether the own prompts are nearly all distinct (so padding shares nothing)."""
+        records, distinct = self.own_prompts()
+        return distinct > DISTINCT_PROMPTS_WARNING and 2 * distinct > records
+
+    def report(self) -> dict[str, Any]:
+        records, distinct = self.own_prompts()
+        if not records:
+            return {}
+        return {"own_system_prompts": {"records": records, "distinct": distinct}}
+
+
 def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]:
-    """Token count and sha256 of each group's prompt, for the manifest."""
+    """Token count and sha256 of each group's prompt, for the manifest. Records' own
+    prompts (no ``spec.system_prompt``) that cannot be padded are left out: the run
+    names their records (or skips them)."""
     tokenizer = cached_tokenizer(spec.tokenizer)
     out = []
     for base in bases:
         for group in range(spec.groups):
-            prompt = padded(spec, base, group)
+            try:
+                prompt = padded(spec, base, group)
+            except PadError:
+                if spec.system_prompt is not None:
+                    raise
+                continue
             out.append({
                 "group": group,
                 "tokens": len(tokenizer.encode(prompt)),

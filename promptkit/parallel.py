@@ -69,6 +69,7 @@ class ChunkResult:
     keys: bytes
     states: list[Any] = field(default_factory=list)
     stats: Any = None  # token statistics of what was written (a stats.Stats), if counted
+    fields: set[str] | None = None  # the top-level fields of OpenAI lines written
 
 
 _job: Job | None = None
@@ -137,7 +138,7 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
         raise (exc.located(job.name) if exc.path is None else exc) from None
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                        encoder.keys.tobytes(), states,
-                       encoder.tap.stats if encoder.tap is not None else None)
+                       encoder.tap.stats if encoder.tap is not None else None, encoder.fields)
 
 
 def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_invalid: bool
@@ -250,6 +251,8 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
             sink.encoder.count += result.written
             if result.stats is not None and sink.encoder.tap is not None:
                 sink.encoder.tap.stats.merge(result.stats)
+            if result.fields and sink.encoder.fields is not None:
+                sink.encoder.fields |= result.fields
             facts.records_read += result.read
             facts.skipped += result.skipped
             if progress is not None:

@@ -17,12 +17,12 @@ from typing import Any, TypeGuard
 from . import __version__, files, manifest, parallel
 from .columns import ColumnSource
 from .datasets_io import COLUMN_OPTIONS, DatasetOptions, DatasetSource, TableSink, is_dataset
-from .errors import InvalidRecordError, PromptkitError
+from .errors import InvalidRecordError, PromptkitError, Skipping
 from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
 from .hashtrace import hash_trace_records
 from .nonce import NonceState, add_nonces
-from .pad import pad_records
+from .pad import PadState, pad_records
 from .progress import Progress
 from .records import Record
 from .stats import Tap
@@ -32,33 +32,38 @@ from .turns import DEFAULT_OUTPUT, TurnsState, make_requests
 
 Operation = Callable[..., Iterator[Record]]
 
-class NoState:
-    """The state of an operation that remembers nothing across records."""
+class NoState(Skipping):
+    """The state of an operation that remembers nothing across records but the records
+    it left out (``--skip-invalid``)."""
 
     def overlaps(self, later: NoState) -> bool:
         return False
 
     def update(self, later: NoState) -> None:
-        pass
+        self.skipped += later.skipped
 
 
 #: Every operation a manifest step can name, by name, and the state it keeps.
 OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records,
                                     "hash_trace": hash_trace_records, "turns": make_requests}
-STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": NoState, "fit": NoState,
+STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": PadState, "fit": NoState,
                                         "hash_trace": NoState, "turns": TurnsState}
 #: Stages that see every record in order, so a run with one stays in one process.
 ORDERED = frozenset({"check", "hash_trace"})
 
 
 def _snapshot(record: Record) -> Record:
-    """A copy of what a check needs, safe from later stages changing the record."""
+    """A copy of what a check needs, safe from later stages changing the record: the
+    messages (with each turn's own fields: output_length, extra), the session, the reply
+    length and the layout (a multi_turn conversation is a request a turn)."""
     from .records import Message
 
-    return Record(messages=[Message(m.role, m.content) for m in record.messages],
+    return Record(messages=[Message(m.role, m.content, dict(m.fields))
+                            for m in record.messages],
+                  session_id=record.session_id, output_length=record.output_length,
                   extra=dict(record.extra) if record.extra else None,
                   input_length=record.input_length, hash_ids=record.hash_ids,
-                  lineno=record.lineno)
+                  layout=record.layout, lineno=record.lineno)
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -85,8 +90,9 @@ class Step:
     aiperf_args: list[str] = field(default_factory=list)
     #: Called with the number of records read, before anything is written.
     check: Callable[[int], None] | None = None
-    #: Set by :func:`run` for ``--skip-invalid``; a state with ``skip_invalid`` and
-    #: ``skipped`` then leaves out records its operation rejects (nonce --keep-tokens).
+    #: Set by :func:`run` for ``--skip-invalid``: every state is a
+    #: :class:`~promptkit.errors.Skipping`, which then leaves out the records its
+    #: operation rejects and lists them (``"LINE: OP: problem"``) for the manifest.
     skip_invalid: bool = False
     #: The state :meth:`new_state` last made in this process: after a run, what the
     #: operation remembered of every record (a parallel run's chunks merge into it).
@@ -140,18 +146,24 @@ class Step:
                 yield record
 
         yield from tee()
+        # The records are written as they pass: one the check cannot send is left out of
+        # the prediction only (listed in the summary's "skipped").
+        skipping = Skipping(self.skip_invalid, self.op)
         report = check_records(seen, options=CheckOptions(**params),
                                tokenizer=cached_tokenizer(spec) if spec else None,
-                               tokenizer_spec=spec)
+                               tokenizer_spec=spec, skipping=skipping)
         self.info["summary"] = summary = report.summary()
+        if skipping.skipped:
+            summary["skipped"] = manifest.skipped_section(skipping.skipped)
         problem = hit_rate_problem(summary, limit, total_limit)
         if problem is not None:  # before anything is written
             raise PromptkitError(f"{problem}; nothing written")
 
     def new_state(self) -> Any:
         self.state = STATES[self.op]()
-        if hasattr(self.state, "skip_invalid"):
+        if isinstance(self.state, Skipping):  # (turns drops records by design, not as errors)
             self.state.skip_invalid = self.skip_invalid
+            self.state.op = self.op
         return self.state
 
     def as_dict(self) -> dict[str, Any]:
@@ -326,11 +338,11 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
     numbering = HashIds()
 
     def records() -> Iterator[Record]:
-        for part, read, skipped in parallel.map_records(
-                path, hashed_list, (step.params,), workers, facts.sha256,
+        for (part, rejected), read, skipped in parallel.map_records(
+                path, hashed_list, (step.params, skip_invalid), workers, facts.sha256,
                 fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
             facts.records_read += read
-            facts.skipped += skipped
+            facts.skipped += skipped + rejected
             for record, digests in part:
                 record.hash_ids = numbering.number(digests)
                 yield record
@@ -379,14 +391,14 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             "sha256": sink.sha256.hexdigest(),
         },
         "steps": [step.as_dict() for step in steps],
-        "skipped": {"count": len(skipped), "lines": skipped[:100]},
+        "skipped": manifest.skipped_section(skipped),
         "side_outputs": [
             {"path": path, "sha256": manifest.text_sha256(text)}
             for step in steps for path, text in step.side_files.items()
         ],
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
                                  [arg for step in steps for arg in step.aiperf_args]),
-        "warnings": warnings_for(steps, out_format.name),
+        "warnings": warnings_for(steps, out_format.name, inputs, sink),
         **token_section(sink),
     }
 
@@ -445,17 +457,90 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
     return section
 
 
-def warnings_for(steps: list[Step], out_format: str) -> list[str]:
+#: The fields of an OpenAI chat line that AIPerf (loading it as mooncake_trace) sends.
+SENT_FROM_OPENAI = frozenset({"messages", "tools"})
+#: Nonce positions that put the nonce into a record's own system message, when it has one.
+_INTO_SYSTEM = ("start", "system", "every-turn")
+
+
+def warnings_for(steps: list[Step], out_format: str, inputs: list[dict[str, Any]] | None = None,
+                 sink: Sink | TableSink | None = None) -> list[str]:
+    """What the manifest (and stderr) warns of: files AIPerf will not send as written,
+    and padding that shares nothing."""
     warnings = []
+    salted = False
     for step in steps:
         if step.op == "nonce" and step.params.get("at") == "salt" and out_format in (
             "openai", "sharegpt", "prompt"
         ):
+            salted = True
             warnings.append(
                 f"cache_salt is written into {out_format} lines, but AIPerf does not send it "
                 "from this format; write --to single_turn, multi_turn or mooncake_trace"
             )
+    for i, step in enumerate(steps):
+        if isinstance(step.state, PadState) and step.state.nearly_all_distinct():
+            warnings.append(_pad_warning(step.state, steps[:i], (inputs or [{}])[0]))
+    fields = sink.encoder.fields if sink is not None else None
+    if fields and out_format == "openai":
+        unsent = sorted(fields - SENT_FROM_OPENAI - ({"cache_salt"} if salted else set()))
+        if unsent:
+            warnings.append(_unsent_warning(unsent))
     return warnings
+
+
+def _unsent_warning(fields: list[str]) -> str:
+    names = ", ".join(f"'{name}'" for name in fields)
+    many = len(fields) > 1
+    them, gets = ("them", "gets none of them") if many else ("it", "never gets it")
+    text = (f"request field{'s' if many else ''} {names} {'are' if many else 'is'} written "
+            "into openai lines, but AIPerf loads them as mooncake_trace and sends only "
+            f"'messages' and 'tools': the server {gets}; write --to mooncake_trace (or "
+            f"single_turn, multi_turn) to carry {them} in 'extra', which AIPerf merges into "
+            "every request body")
+    options = {"model": "--model", "stream": "--streaming"}
+    overriding = [name for name in options if name in fields]
+    if overriding:
+        text += (" (there " + " and ".join(f"'{name}'" for name in overriding)
+                 + " would override AIPerf's "
+                 + " and ".join(options[name] for name in overriding) + ")")
+    return text
+
+
+def _pad_warning(state: PadState, earlier: list[Step], read: dict[str, Any]) -> str:
+    records, distinct = state.own_prompts()
+    text = (f"pad: the records' own system prompts are nearly all distinct ({distinct} "
+            f"distinct in {records} records), so the padded prompts are too and hardly any "
+            "request shares one with another")
+    nonces = [s.params.get("at") for s in earlier if s.op == "nonce"]
+    source = "an earlier stage of this pipe, 'nonce --at AT',"
+    if not nonces:
+        made = _made_by(read)
+        if made is not None:
+            nonces = [s.get("params", {}).get("at") for s in made.get("steps", [])
+                      if isinstance(s, dict) and s.get("op") == "nonce"]
+            source = f"{made['path']} says the input was made by 'nonce --at AT', which"
+    at = next((a for a in nonces if a in _INTO_SYSTEM), None)
+    if at is not None:
+        text += (f"; {source.replace('--at AT', f'--at {at}')} put a nonce into each "
+                 "record's own system prompt: pad first, then 'nonce --at user', which keeps "
+                 "the padded prompt shared and every user turn unique")
+    return text
+
+
+def _made_by(read: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest beside an input file (``IN.manifest.json``) with ``path`` added, when
+    the bytes read (``read``: the run's account of its input) are the ones it describes."""
+    path = read.get("path")
+    if not path or path == display_name(STDIO) or "dataset" in read:
+        return None
+    found = manifest.default_path(path)
+    try:
+        recorded = manifest.read(found)
+        matches = recorded["output"]["sha256"] == read.get("sha256")
+    except (PromptkitError, KeyError, TypeError):
+        return None
+    return {**recorded, "path": found} if matches else None
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
@@ -576,7 +661,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                      if isinstance(source, DatasetSource | ColumnSource)
                      else {})},
         "tokenizer": tokenizer,
-        "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
+        "skipped": manifest.skipped_section(source.skipped),
         **collected.summary(),
     }
 
@@ -622,14 +707,16 @@ def check_file(input_path: str, *, from_format: str | None = None,
     # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
     options["sends_extra"] = source.format.name != "openai"
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
+    skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
         if (workers is not None and by_lines(source)
                 and parallel.can_run_parallel(input_path, workers)):
             report = _check_in_workers(source, input_path, CheckOptions(**options), loaded,
-                                       tokenizer, skip_invalid, workers)
+                                       tokenizer, skipping, workers)
         else:
             report = check_records(source.records(), options=CheckOptions(**options),
-                                   tokenizer=loaded, tokenizer_spec=tokenizer)
+                                   tokenizer=loaded, tokenizer_spec=tokenizer,
+                                   skipping=skipping)
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
@@ -648,7 +735,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": {"count": len(source.skipped), "lines": source.skipped[:100]},
+            "skipped": manifest.skipped_section(
+                sorted(source.skipped + skipping.skipped, key=_line_of)),
             **report.summary(), "aiperf_args": applied}
 
 
@@ -716,7 +804,7 @@ def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_inv
 
 
 def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
-                      spec: str | None, skip_invalid: bool, workers: int) -> Any:
+                      spec: str | None, skipping: Skipping, workers: int) -> Any:
     """``check`` of a large file: workers tokenize and hash chunks; the cache is
     simulated here, in file order (the same report as one process)."""
     from .check import Setup
@@ -725,16 +813,18 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
     source.close()
     if first is None:
         raise PromptkitError(f"{source.name}: empty file: no records")
-    setup = Setup(first, options, tokenizer, spec)
+    setup = Setup(first, options, tokenizer, spec, Skipping(skipping.skip_invalid, skipping.op))
     source.sha256 = hashlib.sha256()
     source.count = 0
+    source.skipped = []  # the chunks read the whole file again
 
     def pairs() -> Iterator[Any]:
-        for part, read, skipped in parallel.map_records(
+        for (part, rejected), read, skipped in parallel.map_records(
                 path, setup.entry_list, (), workers, source.sha256,
-                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
+                fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid):
             source.count += read
             source.skipped += skipped
+            skipping.skipped += rejected
             yield from part
 
     return setup.replay(pairs())

@@ -544,7 +544,10 @@ def _describe_run(made: dict[str, Any]) -> list[str]:
     lines.append(f"- output: `{out['path']}` ({out['format']}, {out['records']} records, "
                  f"sha256 `{out['sha256']}`)")
     if made.get("skipped", {}).get("count"):
-        lines.append(f"- skipped: {made['skipped']['count']} invalid records")
+        reasons = "; ".join(f"{count} for {reason}" for reason, count
+                            in made["skipped"].get("by_reason", {}).items())
+        lines.append(f"- skipped: {made['skipped']['count']} invalid records"
+                     + (f" ({reasons})" if reasons else ""))
     stats = made.get("token_stats")
     if stats:
         tokens = stats.get("prompt_tokens") or {}

@@ -234,6 +234,9 @@ class Encoder:
         self.tap: Tap | None = None
         #: Yield each record's dict, not its JSONL line (a table sink writes the rows).
         self.as_rows = False
+        #: OpenAI lines: every top-level field written, since AIPerf sends only some
+        #: (``messages`` and ``tools``); the manifest names the others.
+        self.fields: set[str] | None = set() if fmt.name == "openai" else None
 
     def encode_all(self, records: Iterable[Record]) -> Iterator[Any]:
         """The JSONL line of each record (records the format cannot hold: error or skip);
@@ -244,9 +247,13 @@ class Encoder:
         keep_key = self.keys.append
         tap = self.tap
         as_rows = self.as_rows
+        fields = self.fields
         for record in records:
             try:
-                data = dump(record) if as_rows else dumps(dump(record), option=newline)
+                obj = dump(record)
+                if fields is not None:
+                    fields.update(obj)
+                data = obj if as_rows else dumps(obj, option=newline)
             except InvalidRecordError as exc:
                 problem = f"cannot write as {self.format.name}: {exc.problem}"
                 if not self.skip_invalid:

@@ -238,3 +238,23 @@ def test_a_salt_aiperf_does_not_send_is_not_counted(tmp_path, run):
                trace).exit_code == 0
     sent = check_json(run, trace, "--tokenizer", "cl100k_base")
     assert sent["hit_tokens"] == 0 and "salts_not_sent" not in sent
+
+
+@pytest.mark.parametrize("fmt", ["multi_turn", "single_turn"])
+def test_a_pipe_check_stage_predicts_what_check_predicts_of_the_written_file(fmt, tmp_path,
+                                                                              run):
+    """The stage sees the records as the file holds them: conversations a request a turn,
+    each turn's reply length, lines of a session in a row."""
+    source = multi_turn(tmp_path / "mt.jsonl", 6)
+    if fmt == "single_turn":  # the same turns as lines sharing a session_id
+        source = write_jsonl(tmp_path / "st.jsonl", [
+            {**turn, "session_id": f"s{i}"} for i in range(6) for turn in conversation(i)])
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", source, "check", "--tokenizer", "cl100k_base", "write", out)
+    assert result.exit_code == 0, result.stderr
+    staged = json.loads(Path(f"{out}.manifest.json").read_text())["steps"][0]["info"]["summary"]
+    report = check_json(run, out, "--tokenizer", "cl100k_base")
+    assert staged["requests"] == report["requests"] == 18
+    for key in ("hit_tokens", "prompt_tokens", "within_conversation_hit_tokens",
+                "conversations", "hit_rate_range"):
+        assert staged[key] == report[key], key

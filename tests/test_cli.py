@@ -249,7 +249,10 @@ def test_skip_invalid_skips_and_counts(tmp_path, run):
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     assert manifest["skipped"]["count"] == 2
     assert [x.split(":")[0] for x in manifest["skipped"]["lines"]] == ["2", "3"]
-    assert "skipped 2 invalid records (first: line 2: invalid JSON" in result.stderr
+    assert manifest["skipped"]["by_reason"] == {
+        "invalid JSON: invalid literal": 1, "single_turn: 'text' must be a string, not int": 1}
+    assert ("skipped 2 invalid records (first: line 2); commonest reason (1): invalid JSON: "
+            "invalid literal\n") in result.stderr
 
 
 def test_a_record_the_position_cannot_take_names_its_line(tmp_path, run):

@@ -191,6 +191,107 @@ def test_own_prompts_from_stdin_are_listed_in_token_stats(tmp_path, run):
                  "--manifest", tmp_path / "m.json", input=source.read_text())
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((tmp_path / "m.json").read_text())
-    assert "info" not in manifest["steps"][0]
+    info = manifest["steps"][0]["info"]  # no groups: the prompts were not known before
+    assert info == {"own_system_prompts": {"records": 3, "distinct": 1}}
     [prompt] = manifest["token_stats"]["system_prompts"]["most_shared"]
     assert prompt["records"] == 3 and prompt["tokens"] == 30
+
+
+# ---------------------------------------------------------------- padding that shares nothing
+
+
+def support_chats(n: int) -> list[dict]:
+    """Chat requests as a support bot logs them: one system prompt, a question each."""
+    return [{"messages": [
+        {"role": "system", "content": "You are a support agent for Acme Cloud. Answer "
+                                      "briefly and politely."},
+        {"role": "user", "content": f"My VM vm-{i:04d} does not boot after the last "
+                                    "update. What should I do?"}]} for i in range(n)]
+
+
+TRAP = ("pad: the records' own system prompts are nearly all distinct (200 distinct in 200 "
+        "records), so the padded prompts are too and hardly any request shares one with "
+        "another")
+ADVICE = ("put a nonce into each record's own system prompt: pad first, then 'nonce --at "
+          "user', which keeps the padded prompt shared and every user turn unique")
+PAD = ["--tokens", "48", "--tokenizer", "cl100k_base", "--seed", "2"]
+
+
+def distinct_system_prompts(run, path: Path) -> int:
+    result = run("stats", path, "--json")
+    assert result.exit_code == 0, result.stderr
+    return int(json.loads(result.stdout)["system_prompts"]["distinct"])
+
+
+def test_nonce_then_pad_warns_and_says_to_pad_first(tmp_path, run):
+    source = write_jsonl(tmp_path / "chats.jsonl", support_chats(200))
+    nonced = tmp_path / "nonced.jsonl"
+    assert run("nonce", source, nonced, "--seed", "1").exit_code == 0
+    padded = tmp_path / "padded.jsonl"
+    result = run("pad", nonced, padded, *PAD)
+    assert result.exit_code == 0, result.stderr
+    assert distinct_system_prompts(run, padded) == 200  # the trap: 200 "shared" prompts
+    manifest = json.loads(Path(f"{padded}.manifest.json").read_text())
+    assert manifest["warnings"] == [
+        f"{TRAP}; {nonced}.manifest.json says the input was made by 'nonce --at start', "
+        f"which {ADVICE}"]
+    assert f"promptkit: warning: {manifest['warnings'][0]}\n" in result.stderr
+    assert manifest["steps"][0]["info"]["own_system_prompts"] == {"records": 200,
+                                                                  "distinct": 200}
+
+    padded_first = tmp_path / "padded-first.jsonl"  # the advice, followed
+    assert run("pad", source, padded_first, *PAD).exit_code == 0
+    done = tmp_path / "done.jsonl"
+    result = run("nonce", padded_first, done, "--at", "user", "--seed", "1")
+    assert result.exit_code == 0 and "warning" not in result.stderr
+    assert json.loads(Path(f"{padded_first}.manifest.json").read_text())["warnings"] == []
+    assert distinct_system_prompts(run, done) == 1
+    assert len({r["messages"][1]["content"] for r in read_jsonl(done)}) == 200
+
+
+def test_the_same_warning_in_a_pipe_and_for_every_number_of_workers(small_chunks, tmp_path,
+                                                                     run):
+    source = write_jsonl(tmp_path / "chats.jsonl", support_chats(200))
+    warnings = set()
+    for workers in ("1", "2", "4"):
+        out = tmp_path / f"out{workers}.jsonl"
+        result = run("pipe", "read", "--workers", workers, source, "nonce", "--at", "system",
+                     "--seed", "1", "pad", *PAD, "write", out)
+        assert result.exit_code == 0, result.stderr
+        warnings.add(tuple(json.loads(Path(f"{out}.manifest.json").read_text())["warnings"]))
+    assert small_chunks == [2, 4]
+    assert warnings == {(f"{TRAP}; an earlier stage of this pipe, 'nonce --at system', "
+                         f"{ADVICE}",)}
+
+
+def test_without_a_matching_manifest_the_warning_gives_no_advice(tmp_path, run):
+    source = write_jsonl(tmp_path / "chats.jsonl", support_chats(200))
+    nonced = tmp_path / "nonced.jsonl"
+    assert run("nonce", source, nonced, "--seed", "1").exit_code == 0
+    with nonced.open("a") as f:  # changed since: its manifest no longer describes it
+        f.write(json.dumps(support_chats(1)[0]) + "\n")
+    result = run("pad", nonced, tmp_path / "padded.jsonl", *PAD)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("promptkit: warning: ") == 1
+    assert ("pad: the records' own system prompts are nearly all distinct (201 distinct in "
+            "201 records), so the padded prompts are too and hardly any request shares one "
+            "with another\n") in result.stderr
+
+
+@pytest.mark.parametrize(("prompts", "warns"), [
+    (["same"] * 200, False),
+    ([f"p{i}" for i in range(16)], False),  # few: a small file of its own prompts
+    ([f"p{i}" for i in range(17)], True),
+    ([f"p{i % 17}" for i in range(34)], False),  # each shared by two records
+    ([f"p{i % 17}" for i in range(33)], True),
+])
+def test_the_warning_rule(prompts, warns):
+    """More than 16 distinct prompts, and more than half as many as the records."""
+    from promptkit.pad import PadState, pad_records
+    from promptkit.records import Message, Record
+
+    state = PadState()
+    records = [Record(messages=[Message("system", p), Message("user", "q")]) for p in prompts]
+    assert len(list(pad_records(records, tokens=12, tokenizer="cl100k_base",
+                                state=state))) == len(prompts)
+    assert state.nearly_all_distinct() is warns
