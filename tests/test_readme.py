@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:
+    """Every line of the ``sh`` blocks, and the commands of the datasets table."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
-    return [line for block in blocks for line in block.splitlines() if line.strip()]
+    table = re.findall(r"^\|.*\| `(promptkit [^`]+)` \|$", text, flags=re.M)
+    return [line for block in blocks for line in block.splitlines() if line.strip()] + table
+
+
+def test_the_datasets_table_is_run():
+    table = [c for c in readme_commands() if "sharegpt-sample.json sharegpt.jsonl" in c]
+    assert len(table) == 1
 
 
 def test_the_readme_shows_commands():
