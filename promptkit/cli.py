@@ -143,7 +143,8 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--from", "from_format", type=FORMAT_CHOICE,
                      help="Input format (default: detected from the first record)."),
         click.option("--to", "to_format", type=OUTPUT_CHOICE,
-                     help="Output format (default: the input format; openai for a dataset)."),
+                     help="Output format (default: the input format; mooncake_trace for a "
+                          "dataset). OUT.jsonl.gz, .zst, .bz2, .xz: compressed."),
         click.option("--skip-invalid", is_flag=True, help=SKIP_HELP),
         click.option("--manifest", "manifest_path", metavar="PATH",
                      help="Where to write the manifest, - for stdout (default: "
@@ -916,8 +917,13 @@ def rebuild(manifest_path: str, output_path: str, input_path: str | None,
     result = pipeline.rebuild(manifest_path, output_path, input_path=input_path,
                               argv=PromptkitGroup.argv, workers=workers)
     summarize(result, manifest.default_path(output_path) if output_path != "-" else None)
-    click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
-               err=True)
+    if result["output"]["sha256"] == manifest.read(manifest_path)["output"]["sha256"]:
+        click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
+                   err=True)
+    else:
+        click.echo(f"promptkit: {output_path} holds the same lines as the file the manifest "
+                   "describes, compressed to other bytes (another zlib or zstd version)",
+                   err=True)
 
 
 @cli.command("formats")
@@ -931,8 +937,9 @@ def list_formats() -> None:
     for fmt in [*FORMATS.values(), *TABLE_FORMATS.values()]:
         loads = f"aiperf --custom-dataset-type {fmt.aiperf_type}" if fmt.aiperf_type else "-"
         click.echo(f"{fmt.name:15} {fmt.description}  [{loads}]")
-    click.echo("Any Hugging Face dataset reads too: hf:OWNER/NAME, a dataset folder, or "
-               "parquet, arrow, CSV or JSON-array files.")
+    click.echo("Line formats read from JSON lines or a JSON array, plain or compressed "
+               "(gzip, zstd, bz2, xz). Any Hugging Face dataset reads too: hf:OWNER/NAME, a "
+               "dataset folder, or parquet, arrow or CSV files.")
 
 
 def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -1055,7 +1062,8 @@ def pipe() -> None:
 @click.argument("path", metavar="IN")
 def pipe_read(path: str, from_format: str | None, skip_invalid: bool,
               workers: int | None, seed: int | None, dataset: dict[str, Any]) -> ReadStage:
-    """Read records from IN (a JSONL file, - for stdin, or a Hugging Face dataset)."""
+    """Read records from IN (JSONL or a JSON array, compressed or not; - for stdin; or a
+    Hugging Face dataset)."""
     return ReadStage(path, from_format, skip_invalid, workers, with_seed(dataset, seed))
 
 
@@ -1114,12 +1122,12 @@ def pipe_check(max_hit_rate: float | None, **options: Any) -> Step:
 
 @pipe.command("write")
 @click.option("--to", "to_format", type=OUTPUT_CHOICE,
-              help="Output format (default: the input format).")
+              help="Output format (default: the input format; mooncake_trace for a dataset).")
 @click.option("--manifest", "manifest_path", metavar="PATH",
               help="Where to write the manifest (default: OUT.manifest.json).")
 @click.argument("path", metavar="OUT")
 def pipe_write(path: str, to_format: str | None, manifest_path: str | None) -> WriteStage:
-    """Write records to OUT (a JSONL file, or - for stdout)."""
+    """Write records to OUT (a JSONL file, OUT.jsonl.gz compressed, or - for stdout)."""
     return WriteStage(path, to_format, manifest_path)
 
 

@@ -12,7 +12,6 @@ relative to its first record and checked to be in time order.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from .errors import InvalidRecordError, PromptkitError
 from .formats import FORMATS, Format
 from .formats.table import Mapping, Timeline, find_mapping, from_row
 from .records import Record
-from .streams import Source, load_line
+from .streams import Source
 
 #: What a manifest names as the format of JSON lines read by columns.
 COLUMNS_FORMAT = Format("jsonl", FORMATS["openai"].parse, FORMATS["openai"].dump, None,
@@ -69,17 +68,13 @@ class ColumnSource(Source):
         mapping = self.mapping
         assert mapping is not None
         clock = Timeline(mapping.timestamp_unit) if mapping.timestamp_unit else None
-        for first, lines in itertools.chain(self._read_ahead, self._batches):
-            for lineno, line in enumerate(lines, start=first):
-                try:
-                    row = load_line(line, self.name, lineno)
-                    if row is None:
-                        continue
-                    record = from_row(row, mapping, clock)
-                except InvalidRecordError as exc:
-                    self._skip_or_raise(InvalidRecordError(exc.problem, self.name, lineno))
-                    continue
-                record.lineno = lineno
-                record.index = lineno - 1
-                self.count += 1
-                yield record
+        for lineno, row in self.objects():
+            try:
+                record = from_row(row, mapping, clock)
+            except InvalidRecordError as exc:
+                self._skip_or_raise(InvalidRecordError(exc.problem, self.name, lineno))
+                continue
+            record.lineno = lineno
+            record.index = lineno - 1
+            self.count += 1
+            yield record

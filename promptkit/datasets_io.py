@@ -2,9 +2,11 @@
 
 :class:`DatasetSource` reads ``hf:OWNER/NAME`` (through ``datasets`` and its local
 cache), a ``save_to_disk`` folder, a dataset repository folder, or parquet /
-arrow / CSV / JSON-array files, row by row (streaming, or memory-mapped Arrow):
-memory stays flat however large the dataset. Columns become records by
-:func:`promptkit.formats.table.find_mapping`.
+arrow / CSV files, row by row (streaming, or memory-mapped Arrow): memory stays
+flat however large the dataset. Columns become records by
+:func:`promptkit.formats.table.find_mapping`; the columns it does not use are
+kept as the records' fields. (A JSON array is read like JSON lines, by
+``streams.Source``, unless dataset options ask for ``datasets``.)
 
 :class:`TableSink` writes records as a parquet file or a ``save_to_disk`` folder
 (:data:`promptkit.formats.table.COLUMNS`), atomically like the JSONL sink.
@@ -75,22 +77,28 @@ COLUMN_OPTIONS = ("text_column", "system_column", "messages_column", "output_len
 
 
 def default_output(mapping: Mapping) -> str:
-    """The format records of ``mapping`` are written in when no --to is given: openai,
-    which holds every record with text; mooncake_trace for a trace of lengths."""
-    return "mooncake_trace" if mapping.layout == "lengths" else "openai"
+    """The format records of ``mapping`` are written in when no --to is given:
+    mooncake_trace, which holds any conversation, a trace of lengths, and the columns the
+    mapping does not use (kept as fields; AIPerf loads it as it is, where openai would
+    send every field to the server)."""
+    return "mooncake_trace"
 
 
 def is_dataset(path: str) -> bool:
-    """Whether ``path`` is read through ``datasets`` (else it is JSONL)."""
+    """Whether ``path`` is read through ``datasets`` (else it is JSONL, or a JSON array
+    read as JSONL is: see :class:`promptkit.streams.Source`)."""
     if path.startswith("hf:") or os.path.isdir(path):
         return True
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in BUILDERS:
-        return True
-    if suffix == ".json" and os.path.isfile(path):
+    return os.path.splitext(path)[1].lower() in BUILDERS
+
+
+def is_json_array(path: str) -> bool:
+    """Whether the file at ``path`` (plain) holds a JSON array, by its first bytes."""
+    try:
         with open(path, "rb") as f:
-            return f.read(64).lstrip().startswith(b"[")  # a JSON array, not JSON lines
-    return False
+            return f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"[")
+    except OSError:
+        return False
 
 
 class DatasetSource:

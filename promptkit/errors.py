@@ -38,6 +38,10 @@ class InvalidRecordError(PromptkitError):
         return InvalidRecordError(self.problem, path, self.lineno)
 
 
+class FormatUnknownError(InvalidRecordError):
+    """A file's first records fit no format (their keys are no format's)."""
+
+
 class ConversionError(InvalidRecordError):
     """A record cannot be written in the target format without losing data."""
 

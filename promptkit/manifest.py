@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import ManifestError, skip_reason
+from .errors import ManifestError, PromptkitError, skip_reason
 from .files import write_text
 
 SCHEMA = "promptkit.manifest/1"
@@ -38,19 +38,22 @@ def named_file(value: str, described: str) -> str | None:
 
 
 def file_facts(path: str) -> tuple[str, int]:
-    """``(sha256, records)`` of a JSONL file: its bytes' hash and its non-blank lines."""
+    """``(sha256, records)`` of a JSONL file: its bytes' hash and its non-blank lines
+    (the decompressed lines of a compressed file)."""
+    from .compression import read_file
+
     digest = hashlib.sha256()
     records = 0
     tail = b""
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                lines = (tail + chunk).split(b"\n")
-                tail = lines.pop()
-                records += sum(1 for line in lines if line.strip())
+        for chunk in read_file(path, digest.update):
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            records += sum(1 for line in lines if line.strip())
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
+    except PromptkitError as exc:  # corrupt or truncated compressed data
+        raise ManifestError(str(exc)) from None
     if tail.strip():
         records += 1
     return digest.hexdigest(), records

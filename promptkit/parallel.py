@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import compression
 from .errors import InvalidRecordError
 from .formats import get_format
 from .records import Record
-from .streams import Counter, Encoder, Sink, parse_lines
+from .streams import BOM, Counter, Encoder, Sink, parse_lines
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.
@@ -34,6 +35,8 @@ def default_workers() -> int:
 
 
 def can_run_parallel(path: str, workers: int) -> bool:
+    """Whether ``path`` is a large regular file of plain JSON lines, which splits at line
+    ends (a compressed file or a JSON array does not: it is read in one process)."""
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return False
     try:
@@ -42,7 +45,12 @@ def can_run_parallel(path: str, workers: int) -> bool:
         return False
     import stat as st
 
-    return st.S_ISREG(stat.st_mode) and stat.st_size >= MIN_PARALLEL_BYTES
+    if not st.S_ISREG(stat.st_mode) or stat.st_size < MIN_PARALLEL_BYTES:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return compression.sniff(head) is None and not head.removeprefix(BOM).lstrip().startswith(
+        b"[")
 
 
 @dataclass
@@ -169,6 +177,7 @@ def chunks(path: str, digest: Any) -> Any:
     lineno = 1
     offset = 0  # of the first byte not yet handed out
     kept = 0  # bytes at the start of the buffer not yet handed out
+    first = True
     with open(path, "rb") as f:
         while True:
             got = f.readinto(view[kept:])
@@ -176,6 +185,11 @@ def chunks(path: str, digest: Any) -> Any:
                 break
             digest.update(view[kept:kept + got])
             filled = kept + got
+            if first and buffer.startswith(BOM):  # hashed, never parsed
+                buffer[:filled - len(BOM)] = buffer[len(BOM):filled]
+                offset = len(BOM)
+                filled -= len(BOM)
+            first = False
             cut = buffer.rfind(b"\n", 0, filled) + 1
             if cut == 0 and filled == len(buffer):  # a line longer than the buffer
                 view.release()

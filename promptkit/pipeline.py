@@ -14,10 +14,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from . import __version__, files, manifest, parallel
+from . import __version__, compression, files, manifest, parallel
 from .columns import ColumnSource
-from .datasets_io import COLUMN_OPTIONS, DatasetOptions, DatasetSource, TableSink, is_dataset
-from .errors import InvalidRecordError, PromptkitError, Skipping
+from .datasets_io import (
+    COLUMN_OPTIONS,
+    DatasetOptions,
+    DatasetSource,
+    TableSink,
+    is_dataset,
+    is_json_array,
+)
+from .errors import FormatUnknownError, InvalidRecordError, PromptkitError, Skipping
 from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
 from .hashtrace import hash_trace_records
@@ -296,22 +303,33 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
 
 def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool = False,
                 dataset: dict[str, Any] | None = None) -> Source | DatasetSource:
-    """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin), read
-    by its line format or, given column options, by columns (:mod:`promptkit.columns`)."""
-    if path != STDIO and from_format is None and is_dataset(path):
+    """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin; a JSON
+    array is read as its lines would be), read by its line format or, given column
+    options, by columns (:mod:`promptkit.columns`). A JSON array file is read through
+    ``datasets`` when options that choose rows are given (``--limit``, ``--shuffle``), and
+    by columns when its objects fit no line format (as a parquet file's columns are)."""
+    local = path != STDIO and from_format is None
+    if local and is_dataset(path):
         return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
     rows = {k: v for k, v in (dataset or {}).items() if k not in COLUMN_OPTIONS}
+    if rows and local and is_json_array(path):
+        return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
     if rows:
         option = "--" + next(iter(rows)).replace("_", "-")
         raise PromptkitError(f"{display_name(path)}: a JSONL input; {option} is for datasets "
-                             "(parquet, dataset folders, hf:OWNER/NAME)")
+                             "(parquet, dataset folders, JSON arrays, hf:OWNER/NAME)")
     if dataset:
         if from_format is not None:
             option = "--" + next(iter(dataset)).replace("_", "-")
             raise PromptkitError(f"{display_name(path)}: --from {from_format} reads lines as "
                                  f"that format; {option} maps them by columns: give one")
         return ColumnSource(path, DatasetOptions(**dataset), skip_invalid=skip_invalid)
-    return Source(path, from_format, skip_invalid=skip_invalid)
+    try:
+        return Source(path, from_format, skip_invalid=skip_invalid)
+    except FormatUnknownError:
+        if not (local and is_json_array(path)):
+            raise
+    return ColumnSource(path, DatasetOptions(), skip_invalid=skip_invalid)
 
 
 def by_lines(source: Source | DatasetSource) -> TypeGuard[Source]:
@@ -389,6 +407,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             "format": out_format.name,
             "records": sink.records_written,
             "sha256": sink.sha256.hexdigest(),
+            **compressed_output(sink),
         },
         "steps": [step.as_dict() for step in steps],
         "skipped": manifest.skipped_section(skipped),
@@ -397,10 +416,21 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             for step in steps for path, text in step.side_files.items()
         ],
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
-                                 [arg for step in steps for arg in step.aiperf_args]),
+                                 [arg for step in steps for arg in step.aiperf_args],
+                                 getattr(sink, "compression", None)),
         "warnings": warnings_for(steps, out_format.name, inputs, sink),
         **token_section(sink),
     }
+
+
+def compressed_output(sink: Sink | TableSink) -> dict[str, Any]:
+    """A compressed output's codec and the sha256 of the lines in it (which ``rebuild``
+    compares when another zlib or zstd compressed the same lines differently)."""
+    codec = getattr(sink, "compression", None)
+    if codec is None:
+        return {}
+    assert isinstance(sink, Sink) and sink.content_sha256 is not None
+    return {"compression": codec, "content_sha256": sink.content_sha256.hexdigest()}
 
 
 def token_section(sink: Sink | TableSink) -> dict[str, Any]:
@@ -418,8 +448,12 @@ def _line_of(skipped: str) -> int:
 
 
 def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
-                   extra_args: list[str] | None = None) -> dict[str, Any]:
-    args = ["--input-file", path, "--custom-dataset-type", aiperf_type] if aiperf_type else []
+                   extra_args: list[str] | None = None,
+                   codec: str | None = None) -> dict[str, Any]:
+    # AIPerf reads gzip by its first bytes, except in random_pool; nothing else compressed.
+    unreadable = codec is not None and (codec != "gzip" or aiperf_type == "random_pool")
+    loaded = compression.strip_suffix(path) if unreadable else path
+    args = ["--input-file", loaded, "--custom-dataset-type", aiperf_type] if aiperf_type else []
     section: dict[str, Any] = {
         "custom_dataset_type": aiperf_type,
         "args": args + (extra_args or []),
@@ -453,6 +487,12 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
         section["note"] += (
             " AIPerf reads OpenAI chat lines as mooncake_trace and sends only 'messages'"
             " and 'tools' of each line."
+        )
+    if unreadable and aiperf_type:
+        assert codec is not None
+        section["note"] += (
+            f" AIPerf does not read {codec}-compressed {aiperf_type} files: decompress it "
+            f"first ({compression.CODECS[codec].unpack} {path}), then load {loaded}."
         )
     return section
 
@@ -554,7 +594,11 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
         result = _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
                         workers)
     want = recorded["output"]["sha256"]
-    if result["output"]["sha256"] != want:
+    # A compressed file: the same lines, compressed by another zlib or zstd, may differ
+    # in bytes; the lines are what was made.
+    lines = recorded["output"].get("content_sha256")
+    same_lines = lines is not None and result["output"].get("content_sha256") == lines
+    if result["output"]["sha256"] != want and not same_lines:
         raise PromptkitError(
             f"{output_path}: rebuilt file differs from the manifest "
             f"(sha256 {result['output']['sha256']}, manifest says {want})"

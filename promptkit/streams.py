@@ -10,17 +10,24 @@
 
 from __future__ import annotations
 
+import codecs
+import datetime
+import enum
 import hashlib
 import itertools
+import json
+import math
 import os
 import sys
 import tempfile
+import uuid
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import put_in_place
 from .formats import Format, detect_many, get_format
@@ -33,6 +40,8 @@ CHUNK = 1 << 20
 #: Records read ahead to detect a file's format.
 DETECT_RECORDS = 64
 STDIO = "-"
+#: The UTF-8 byte order mark some editors put first (Notepad, PowerShell).
+BOM = b"\xef\xbb\xbf"
 
 
 class Counter:
@@ -46,7 +55,13 @@ def display_name(path: str) -> str:
 
 
 class Source(Counter):
-    """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes."""
+    """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes.
+
+    The bytes may be compressed (gzip, zstd, bz2, xz: told by their first bytes),
+    start with a UTF-8 byte order mark, or hold one JSON array of objects instead of
+    JSON lines: each item is then a record, numbered as a line would be. The sha256
+    is that of the bytes as read.
+    """
 
     def __init__(self, path: str, fmt: str | None = None, *, skip_invalid: bool = False):
         self.path = path
@@ -58,6 +73,10 @@ class Source(Counter):
         self.before_read: Callable[[], None] | None = None
         #: Called with the bytes of each chunk read and the records so far (progress).
         self.on_read: Callable[[int, int], None] | None = None
+        #: The codec the bytes are compressed with (None: plain).
+        self.compression: str | None = None
+        #: ``lines`` (JSON lines) or ``array`` (one JSON array of objects).
+        self.layout = "lines"
         if path == STDIO:
             self._stream: IO[bytes] = sys.stdin.buffer
         else:
@@ -69,9 +88,17 @@ class Source(Counter):
                 raise PromptkitError(f"{path}: is a directory, not a JSONL file") from None
             except OSError as exc:
                 raise PromptkitError(f"{path}: {exc.strerror}") from None
-        self._batches = self._iter_batches()
-        self._read_ahead: list[tuple[int, list[bytes]]] = []
+        #: What was read to detect the format, to be parsed again in order: batches
+        #: ``(first line number, lines)``, or ``(item number, value)`` of an array.
+        self._read_ahead: list[Any] = []
         try:
+            first, chunks = _first_byte(self._content())
+            self._items: Iterator[Any]
+            if first == b"[":
+                self.layout = "array"
+                self._items = array_items(chunks, self.name)
+            else:
+                self._items = _line_batches(chunks)
             self._head = self._first_objects()
             self.format: Format = get_format(fmt) if fmt else self._detect()
         except BaseException:
@@ -87,34 +114,55 @@ class Source(Counter):
         if self.path != STDIO:
             self._stream.close()
 
-    def _iter_batches(self) -> Iterator[tuple[int, list[bytes]]]:
-        """``(first line number, lines)`` of each chunk read, whole lines only."""
+    def _raw(self) -> Iterator[bytes]:
+        """The bytes as read (hashed), in large chunks (``read1``: a pipe's records
+        flow on as soon as they arrive)."""
         read = getattr(self._stream, "read1", self._stream.read)
-        lineno = 1
-        tail = b""
+        update = self.sha256.update
         while True:
             if self.before_read is not None:
                 self.before_read()
             chunk = read(CHUNK)
             if not chunk:
-                break
-            self.sha256.update(chunk)
+                return
+            update(chunk)
             if self.on_read is not None:
                 self.on_read(len(chunk), self.count)
-            lines = chunk.split(b"\n")
-            lines[0] = tail + lines[0]
-            tail = lines.pop()
-            if lines:
-                yield lineno, lines
-                lineno += len(lines)
-        if tail:
-            yield lineno, [tail]
+            yield chunk
+
+    def _content(self) -> Iterator[bytes]:
+        """The text's bytes: decompressed when the first bytes name a codec, without a
+        leading byte order mark."""
+        raw = self._raw()
+        head = b""
+        for chunk in raw:
+            head += chunk
+            if len(head) >= compression.MAGIC_BYTES:
+                break
+        self.compression = compression.sniff(head)
+        chunks = _chained(head, raw)
+        if self.compression is not None:
+            chunks = compression.decompress(chunks, self.compression, self.name)
+        return _without_bom(chunks)
 
     def _first_objects(self) -> list[dict[str, Any]]:
         """The first records (up to ``DETECT_RECORDS`` of those already read), to detect
-        the format. The batches read for it are kept, to be parsed again in order."""
+        the format. What was read for it is kept, to be parsed again in order."""
         head: list[dict[str, Any]] = []
-        for first, lines in self._batches:
+        if self.layout == "array":
+            for item in self._items:
+                self._read_ahead.append(item)
+                number, obj = item
+                if obj.__class__ is not dict:
+                    if not self.skip_invalid:
+                        raise InvalidRecordError(
+                            f"expected a JSON object, got {type(obj).__name__}", self.name, number)
+                    continue  # counted when the records are parsed
+                head.append(obj)
+                if len(head) == DETECT_RECORDS:
+                    break
+            return head
+        for first, lines in self._items:
             self._read_ahead.append((first, lines))
             for lineno, line in enumerate(lines, start=first):
                 try:
@@ -137,9 +185,11 @@ class Source(Counter):
         try:
             return get_format(detect_many(self._head))
         except InvalidRecordError as exc:
-            raise InvalidRecordError(exc.problem, self.name, self._first_lineno()) from None
+            raise type(exc)(exc.problem, self.name, self._first_lineno()) from None
 
     def _first_lineno(self) -> int:
+        if self.layout == "array":
+            return next((n for n, obj in self._read_ahead if obj.__class__ is dict), 1)
         for first, lines in self._read_ahead:
             for lineno, line in enumerate(lines, start=first):
                 if line.strip():
@@ -155,12 +205,196 @@ class Source(Counter):
         """The records, in file order. Raises on the first bad line unless skipping."""
         if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
-        batches = itertools.chain(self._read_ahead, self._batches)
-        return parse_lines(batches, self.format, self.name, self._skip_or_raise, self)
+        items = itertools.chain(self._read_ahead, self._items)
+        if self.layout == "array":
+            return parse_objects(items, self.format, self.name, self._skip_or_raise, self)
+        return parse_lines(items, self.format, self.name, self._skip_or_raise, self)
 
     @property
     def records_read(self) -> int:
         return self.count
+
+    def objects(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(line number, object)`` of each line (or array item), in order, every integer
+        exact; blank lines left out, a line that is no JSON object raised or skipped."""
+        items = itertools.chain(self._read_ahead, self._items)
+        if self.layout == "array":
+            for number, obj in items:
+                if obj.__class__ is dict:
+                    yield number, obj
+                else:
+                    self._skip_or_raise(InvalidRecordError(
+                        f"expected a JSON object, got {type(obj).__name__}", self.name, number))
+            return
+        for first, lines in items:
+            for lineno, line in enumerate(lines, start=first):
+                try:
+                    obj = load_line(line, self.name, lineno)
+                except InvalidRecordError as exc:
+                    self._skip_or_raise(exc)
+                    continue
+                if obj is not None:
+                    yield lineno, exact_loads(line) if beyond_64_bits(obj) else obj
+
+
+def _chained(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest
+
+
+def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The bytes without a leading UTF-8 byte order mark (Notepad, PowerShell)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(BOM):
+            break
+    if head.startswith(BOM):
+        head = head[len(BOM):]
+    if head:
+        yield head
+    yield from chunks
+
+
+def _first_byte(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """The first byte that is not white space (``b""`` if none), and all the chunks."""
+    seen = []
+    first = b""
+    for chunk in chunks:
+        seen.append(chunk)
+        text = chunk.lstrip()
+        if text:
+            first = text[:1]
+            break
+    return first, itertools.chain(seen, chunks)
+
+
+def _line_batches(chunks: Iterable[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first line number, lines)`` of each chunk, whole lines only."""
+    lineno = 1
+    tail = b""
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        lines[0] = tail + lines[0]
+        tail = lines.pop()
+        if lines:
+            yield lineno, lines
+            lineno += len(lines)
+    if tail:
+        yield lineno, [tail]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+#: The standard library's parser: exact for integers beyond 64 bits (orjson reads them as
+#: floats), and as strict as orjson about what is JSON.
+_EXACT = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
+def exact_loads(line: bytes) -> Any:
+    """A line's JSON value with every integer exact (slower than orjson)."""
+    return _EXACT.decode(line.decode("utf-8"))
+
+
+def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]:
+    """``(item number, value)`` of each item of the JSON array in ``chunks``, read a
+    piece at a time (flat memory), with the standard library's C scanner (exact for
+    integers beyond 64 bits). Syntax errors name the item being read."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    scan = _EXACT.raw_decode
+    text = ""
+    pos = 0
+    ended = False
+    broken = False  # the text ends early at bytes that are not UTF-8
+    number = 0  # items read
+
+    def more(least: int = 1) -> None:
+        """Read on until at least ``least`` characters are there after ``pos``."""
+        nonlocal text, pos, ended, broken
+        parts = [text[pos:]]
+        have = len(parts[0])
+        while have < least and not ended:
+            chunk = next(chunks, None)
+            held = decoder.getstate()[0]
+            try:
+                part = decoder.decode(chunk if chunk is not None else b"", final=chunk is None)
+            except UnicodeDecodeError as exc:  # the text up to it; the item there fails
+                part = (held + (chunk or b""))[:exc.start].decode("utf-8")
+                broken = True
+                chunk = None
+            ended = chunk is None
+            parts.append(part)
+            have += len(part)
+        text = "".join(parts)
+        pos = 0
+
+    def ends_early(problem: str) -> InvalidRecordError:
+        return InvalidRecordError("invalid UTF-8" if broken else problem, name, number + 1)
+
+    def skip_space() -> str:
+        """The next character that is not white space ("" at the end)."""
+        nonlocal pos
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(text):
+                return text[pos]
+            if ended:
+                return ""
+            more()
+
+    skip_space()
+    pos += 1  # the opening bracket: the caller saw it
+    after_item = False
+    empty = True
+    while True:
+        char = skip_space()
+        if not char:
+            raise ends_early("the JSON array is not closed (a truncated file?)")
+        if after_item:
+            if char == ",":
+                pos += 1
+                after_item = False
+                continue
+            if char != "]":
+                raise InvalidRecordError(f"invalid JSON: expected ',' or ']' after item {number}",
+                                         name, number + 1)
+        if char == "]" and (after_item or empty):
+            pos += 1
+            break
+        try:
+            value, end = scan(text, pos)
+        except json.JSONDecodeError as exc:
+            cut = exc.pos >= len(text.rstrip()) - 16 or exc.msg.startswith("Unterminated")
+            if cut and not ended:
+                more(2 * (len(text) - pos) + 1)  # the item goes on: read twice as much
+                continue
+            if cut and exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated"):
+                raise ends_early("the JSON array ends inside this item (a truncated "
+                                 "file?)") from None
+            raise ends_early(f"invalid JSON: {exc.msg}") from None
+        except ValueError as exc:  # NaN, Infinity, 1e400
+            raise InvalidRecordError(f"invalid JSON: {exc}", name, number + 1) from None
+        if end == len(text) and not ended:  # a number may go on in the next chunk
+            more(2 * (len(text) - pos) + 1)
+            continue
+        pos = end
+        number += 1
+        after_item = True
+        empty = False
+        yield number, value
+    if skip_space() or broken:
+        raise ends_early("more data after the end of the JSON array")
 
 
 def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
@@ -203,6 +437,8 @@ def parse_lines(
                 if obj.__class__ is not dict:
                     load_line(line, name, lineno)  # raises the right message
                 record = parse(obj)
+                if lost_digits(record):  # orjson read an integer beyond 64 bits as a float
+                    record = parse(exact_loads(line))
             except orjson.JSONDecodeError:
                 try:
                     load_line(line, name, lineno)  # None (a blank line) or raises
@@ -210,15 +446,86 @@ def parse_lines(
                     on_invalid(exc)
                 continue
             except InvalidRecordError as exc:
-                on_invalid(
-                    InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
-                    if exc.lineno is None else exc
-                )
-                continue
+                if exc.lineno is not None or not beyond_64_bits(obj):
+                    on_invalid(
+                        InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
+                        if exc.lineno is None else exc
+                    )
+                    continue
+                try:  # e.g. hash ids beyond 64 bits, read as floats: read them exactly
+                    record = parse(exact_loads(line))
+                except InvalidRecordError as again:
+                    on_invalid(InvalidRecordError(f"{fmt.name}: {again.problem}", name, lineno))
+                    continue
             record.lineno = lineno
             record.index = lineno - 1
             counter.count += 1
             yield record
+
+
+def parse_objects(
+    items: Iterable[tuple[int, Any]],
+    fmt: Format,
+    name: str,
+    on_invalid: Callable[[InvalidRecordError], None],
+    counter: Counter,
+) -> Iterator[Record]:
+    """Records of ``(item number, value)`` pairs (the items of a JSON array), as
+    :func:`parse_lines` makes them of lines: the item number stands for the line."""
+    parse = fmt.parse
+    for number, obj in items:
+        try:
+            if obj.__class__ is not dict:
+                raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}",
+                                         name, number)
+            record = parse(obj)
+        except InvalidRecordError as exc:
+            on_invalid(
+                InvalidRecordError(f"{fmt.name}: {exc.problem}", name, number)
+                if exc.lineno is None else exc
+            )
+            continue
+        record.lineno = number
+        record.index = number - 1
+        counter.count += 1
+        yield record
+
+
+#: orjson reads an integer beyond 64 bits as a float at least this large (in magnitude).
+_BIG = 2.0 ** 63
+
+
+def beyond_64_bits(value: Any) -> bool:
+    """Whether ``value`` holds a float as large as one orjson makes of an integer beyond
+    64 bits (so the line must be read again, exactly)."""
+    kind = value.__class__
+    if kind is float:
+        return bool(value >= _BIG or value <= -_BIG)
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    for item in value:
+        kind = item.__class__
+        if kind is not str and kind is not int and beyond_64_bits(item):
+            return True
+    return False
+
+
+def lost_digits(record: Record) -> bool:
+    """Whether a record's numbers may hold an integer beyond 64 bits that orjson read as a
+    float: in the fields it keeps as they are (unknown fields, extra, message fields,
+    content parts) or its times. Cheap for a record that has none of them."""
+    if record.fields and beyond_64_bits(record.fields):
+        return True
+    if record.extra and beyond_64_bits(record.extra):
+        return True
+    for message in record.messages:
+        if message.fields and beyond_64_bits(message.fields):
+            return True
+        if message.content.__class__ is list and beyond_64_bits(message.content):
+            return True
+    return beyond_64_bits(record.timestamp) or beyond_64_bits(record.delay)
 
 
 class Encoder:
@@ -260,8 +567,11 @@ class Encoder:
                     raise InvalidRecordError(problem, None, record.lineno) from None
                 self.skipped.append(f"{record.lineno}: {problem}")
                 continue
-            except TypeError as exc:  # e.g. an integer beyond 64 bits
-                raise InvalidRecordError(f"cannot encode: {exc}", None, record.lineno) from None
+            except TypeError as exc:  # an integer beyond 64 bits, or a value JSON cannot hold
+                if as_rows:
+                    raise InvalidRecordError(f"cannot encode: {exc}", None,
+                                             record.lineno) from None
+                data = dumps_exact(dump(record), record.lineno)
             keep_key(prompt_key(record))
             self.count += 1
             if tap is not None:
@@ -269,6 +579,64 @@ class Encoder:
             yield data
         if tap is not None:
             tap.finish()
+
+
+_MARK = "\x00promptkit-int-{}\x00"
+_MARKED = b'"\\u0000promptkit-int-%d\\u0000"'  # the marker as orjson writes it
+_INT_RANGE = range(-(2 ** 63), 2 ** 64)  # what orjson writes
+
+
+def dumps_exact(obj: Any, lineno: int | None = None) -> bytes:
+    """A JSON line of ``obj`` exactly as orjson writes it, integers beyond 64 bits
+    included (orjson refuses them): each goes in where orjson wrote a marker string.
+    A value JSON cannot hold raises, naming its field."""
+    ints: list[int] = []
+    marked = _mark_ints(obj, ints)
+    try:
+        data = orjson.dumps(marked, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError as exc:
+        found = _not_json(obj)
+        problem = f"field {found[0]!r} holds {found[1]}, which JSON cannot" if found else exc
+        raise InvalidRecordError(f"cannot encode: {problem}", None, lineno) from None
+    for i, value in enumerate(ints):
+        token = _MARKED % i
+        if data.count(token) != 1:  # the data holds the marker itself: write it the slow way
+            return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        data = data.replace(token, str(value).encode())
+    return data
+
+
+def _mark_ints(value: Any, ints: list[int]) -> Any:
+    kind = value.__class__
+    if kind is int:
+        if value in _INT_RANGE:
+            return value
+        ints.append(value)
+        return _MARK.format(len(ints) - 1)
+    if kind is dict:
+        return {key: _mark_ints(item, ints) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [_mark_ints(item, ints) for item in value]
+    return value
+
+
+def _not_json(value: Any, path: str = "") -> tuple[str, str] | None:
+    """``(field, type)`` of the first value in ``value`` that is not JSON, if any."""
+    kind = value.__class__
+    if kind is dict:
+        for key, item in value.items():
+            found = _not_json(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif kind is list or kind is tuple:
+        for i, item in enumerate(value):
+            found = _not_json(item, f"{path}[{i}]")
+            if found:
+                return found
+    elif not isinstance(value, str | int | float | type(None) | datetime.date | datetime.time
+                        | uuid.UUID | enum.Enum):
+        return path or "(the record)", type(value).__name__
+    return None
 
 
 class Written:
@@ -300,7 +668,12 @@ class Written:
 
 
 class Sink(Written):
-    """Writes records in one format to a path (atomically) or stdout, hashing the bytes."""
+    """Writes records in one format to a path (atomically) or stdout, hashing the bytes.
+
+    A path ending in ``.gz``, ``.zst``, ``.bz2`` or ``.xz`` is written compressed,
+    deterministically; ``sha256`` is then that of the compressed file and
+    ``content_sha256`` that of the lines in it.
+    """
 
     def __init__(self, path: str, fmt: Format, *, skip_invalid: bool = False,
                  inputs: Iterable[str] = ()):
@@ -309,6 +682,10 @@ class Sink(Written):
         self.format = fmt
         self.encoder = Encoder(fmt, skip_invalid=skip_invalid)
         self.sha256 = hashlib.sha256()
+        #: The codec the output is compressed with (by its name), or None.
+        self.compression = compression.by_suffix(path) if path != STDIO else None
+        self.content_sha256 = hashlib.sha256() if self.compression else None
+        self._compressor: compression.Compressor | None = None
         self._parts: list[bytes] = []
         self._size = 0
         self._tmp: str | None = None
@@ -323,6 +700,9 @@ class Sink(Written):
                 prefix=f".{os.path.basename(path)}.", suffix=".promptkit-tmp", dir=folder
             )
             self._stream = os.fdopen(fd, "wb")
+            if self.compression is not None:
+                self._compressor = compression.Compressor(self.compression, self._stream,
+                                                          self.sha256)
 
     def write_all(self, records: Iterable[Record]) -> None:
         parts = self._parts
@@ -330,23 +710,38 @@ class Sink(Written):
             parts.append(data)
             self._size += len(data)
             if self._size >= CHUNK:
-                self.flush()
+                self._drain()
 
     def write_bytes(self, data: bytes | memoryview) -> None:
         """Write already-encoded lines (from a worker), in order."""
-        self.flush()
-        self.sha256.update(data)
-        self._stream.write(data)
+        self._drain()
+        self._emit(data)
 
-    def flush(self) -> None:
+    def _emit(self, data: bytes | memoryview) -> None:
+        if self._compressor is None:
+            self.sha256.update(data)
+            self._stream.write(data)
+        else:
+            assert self.content_sha256 is not None
+            self.content_sha256.update(data)
+            self._compressor.write(data)
+
+    def _drain(self) -> None:
         if self._parts:
             data = b"".join(self._parts)
             self._parts.clear()
             self._size = 0
-            self.sha256.update(data)
-            self._stream.write(data)
+            self._emit(data)
+
+    def flush(self) -> None:
+        """Write out what is buffered (stdout: now). A compressed file is finished here:
+        called once everything is written, before the manifest takes its sha256."""
+        self._drain()
         if self.path == STDIO:
             self._stream.flush()
+        elif self._compressor is not None:
+            self._compressor.finish()
+            self._compressor = None
 
     def commit(self) -> None:
         self.flush()
@@ -391,5 +786,11 @@ def prompt_key(record: Record) -> int:
     for m in messages:
         content = m.content
         parts.append(m.role)
-        parts.append(content if isinstance(content, str) else orjson.dumps(content))
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            try:
+                parts.append(orjson.dumps(content))
+            except TypeError:  # an integer beyond 64 bits
+                parts.append(dumps_exact(content))
     return hash(tuple(parts))

@@ -69,22 +69,57 @@ def source_of(kind: str, folder: Path) -> tuple[str, list[str]]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["parquet", "csv", "json-array", "arrow", "save_to_disk",
-                                  "dataset_dict", "repo_folder"])
+@pytest.mark.parametrize("kind", ["parquet", "csv", "arrow", "save_to_disk", "dataset_dict",
+                                  "repo_folder"])
 def test_every_dataset_source_reads_the_same_records(kind, tmp_path, run):
     path, options = source_of(kind, tmp_path)
     out = tmp_path / "out.jsonl"
     result = run("nonce", path, out, "--seed", "3", *options)
     assert result.exit_code == 0, result.stderr
     assert [t.split("\n", 1)[1] for t in texts(out)] == [r["prompt"] for r in ROWS]
+    # The column the mapping does not use is kept, as a JSONL line's unknown field is.
+    assert [row["n"] for row in read_jsonl(out)] == [r["n"] for r in ROWS]
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     [source] = manifest["inputs"]
     assert source["format"] == "dataset" and source["records"] == 12
     assert source["dataset"]["mapping"] == {"layout": "text", "text": "prompt"}
-    assert manifest["output"]["format"] == "openai"  # the default for a dataset
+    # The default for a dataset: it holds any conversation and keeps unknown fields.
+    assert manifest["output"]["format"] == "mooncake_trace"
     again = tmp_path / "again.jsonl"
     assert run("rebuild", f"{out}.manifest.json", again).exit_code == 0
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_a_column_that_has_no_place_in_the_output_format_is_refused(tmp_path, run):
+    path, _ = source_of("parquet", tmp_path)
+    for fmt, name in (("openai", "out.jsonl"), ("parquet", "out.parquet")):
+        result = run("nonce", path, tmp_path / name, "--to", fmt)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"{path}:1: cannot write as {fmt}: {fmt} has no place "
+                                        "for field 'n'")
+        assert not (tmp_path / name).exists()
+
+
+def test_a_json_array_reads_as_its_lines_and_dataset_options_read_it_as_a_dataset(tmp_path,
+                                                                                    run):
+    path, _ = source_of("json-array", tmp_path)
+    out = tmp_path / "out.jsonl"
+    assert run("nonce", path, out, "--seed", "3").exit_code == 0
+    written = read_jsonl(out)  # every field kept, each prompt nonce'd
+    assert [row["prompt"].split("\n", 1)[1] for row in written] == [r["prompt"] for r in ROWS]
+    assert [{**row, "prompt": r["prompt"]} for row, r in zip(written, ROWS, strict=True)] == ROWS
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["inputs"][0]["format"] == manifest["output"]["format"] == "prompt"
+    limited = tmp_path / "limited.jsonl"
+    assert run("nonce", path, limited, "--seed", "3", "--limit", "5").exit_code == 0
+    manifest = json.loads(Path(f"{limited}.manifest.json").read_text())
+    assert manifest["inputs"][0]["format"] == "dataset"
+    assert [row["messages"][0]["content"] for row in read_jsonl(limited)] == texts_of(out)[:5]
+    assert [row["n"] for row in read_jsonl(limited)] == [1, 2, 3, 4, 5]
+
+
+def texts_of(path: Path) -> list[str]:
+    return [row["prompt"] for row in read_jsonl(path)]
 
 
 @pytest.mark.parametrize(("row", "args", "messages"), [
@@ -114,9 +149,13 @@ def test_columns_are_recognised_or_named(row, args, messages, tmp_path, run):
     out = tmp_path / "out.jsonl"
     result = run("pipe", "read", *args, path, "write", out)
     assert result.exit_code == 0, result.stderr
+    used = {"messages", "conversations", "instruction", "input", "output", "system",
+            "history", "question", "text", "body", "persona", "chat"}
     for written in read_jsonl(out):
         assert [(m["role"], m["content"]) for m in written["messages"]] == messages
-        assert set(written) == {"messages"}
+        # Every column the mapping does not use is kept, as it is.
+        assert written == {"messages": written["messages"],
+                           **{k: v for k, v in row.items() if k not in used}}
 
 
 def test_output_length_column_and_single_turn(tmp_path, run):
@@ -149,8 +188,8 @@ def test_limit_and_shuffle_are_reproducible(tmp_path, run):
 
 
 def test_a_broken_data_file_is_one_line(tmp_path, run):
-    path = tmp_path / "d.json"
-    path.write_text('[{"prompt": "p0"}, {broken')
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,n\n"p0,1\n')
     result = run("nonce", path, tmp_path / "out.jsonl")
     assert result.exit_code == 1
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"{path}: ")
@@ -184,8 +223,8 @@ def test_content_parts_cannot_be_written_as_a_table(tmp_path, run):
 
 
 def test_dataset_map_with_two_processes_equals_the_cli(tmp_path, run):
-    path = tmp_path / "d.parquet"
-    datasets.Dataset.from_list(ROWS * 20).to_parquet(path)
+    path = tmp_path / "d.parquet"  # promptkit's parquet has no place for other columns
+    datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in ROWS] * 20).to_parquet(path)
     out = tmp_path / "cli.parquet"
     assert run("nonce", path, out, "--to", "parquet", "--seed", "9").exit_code == 0
     cli_rows = datasets.load_dataset("parquet", data_files=str(out), split="train").to_list()

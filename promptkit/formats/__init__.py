@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidRecordError
+from ..errors import FormatUnknownError, InvalidRecordError
 from ..records import Record
 from . import aiperf, chat, table
 
@@ -87,7 +87,7 @@ def detect(obj: dict[str, Any]) -> str:
     if "text" in obj or "texts" in obj:
         return "single_turn"
     keys = ", ".join(sorted(obj)) or "none"
-    raise InvalidRecordError(
+    raise FormatUnknownError(
         f"cannot tell the format from the keys ({keys}); name it with --from "
         f"({', '.join(FORMATS)}), or map its keys with --text-column or --input-length-column"
     )

@@ -24,6 +24,7 @@ milliseconds from the first record's, in time order.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -210,7 +211,9 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
     (see :class:`Timeline`); it is advanced only when the row makes a record.
     """
     if mapping.layout == "promptkit":
-        return _from_own_row(row)
+        own = _from_own_row(row)
+        own.fields = _unused(row, mapping)
+        return own
     if mapping.layout == "lengths":
         messages = []
     elif mapping.layout == "messages":
@@ -228,6 +231,8 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
             messages = parse_sharegpt({"conversations": row.get("conversations")}).messages
         except InvalidRecordError as exc:
             raise InvalidRecordError(f"column 'conversations': {exc.problem}") from None
+        for message in messages:  # a table has every key in every row: drop the empty ones
+            message.fields = {k: v for k, v in message.fields.items() if v is not None}
     elif mapping.layout == "alpaca":
         from .chat import parse_alpaca
 
@@ -254,7 +259,21 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
             raise PromptkitError("a trace's timestamps are made relative to its first record, "
                                  "read in order: read it with the promptkit command line")
         record.timestamp = clock.place(row.get(mapping.timestamp), mapping.timestamp)
+    record.fields = _unused(row, mapping)
     return record
+
+
+def _unused(row: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
+    """The row's columns the mapping does not use, kept as the record's fields (written
+    back, or refused by a format with no place for them, as a JSONL line's are). A table
+    has every column in every row: empty values (null, a CSV's NaN) are left out."""
+    used = _used_columns(mapping)
+    return {k: v for k, v in row.items() if k not in used and not _missing(v)}
+
+
+@functools.lru_cache(maxsize=16)
+def _used_columns(mapping: Mapping) -> frozenset[str]:
+    return frozenset(mapping.columns())
 
 
 def _missing(value: Any) -> bool:
