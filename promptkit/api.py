@@ -43,7 +43,9 @@ class DatasetMap:
     promptkit's table columns. Operations are index-addressed, so any
     ``num_proc`` gives the rows the sequential CLI writes. One limit: lines of a
     conversation that continue across batches (``session_id`` with ``nonce --at
-    user``/``every-turn``) need the CLI, which carries that state in order.
+    user``/``every-turn``) need the CLI, which carries that state in order. A
+    column the mapping does not use has no place in promptkit's columns: a row
+    with a value in one raises, naming it (``dataset.select_columns`` first).
 
     ``columns`` are the dataset options of the CLI (``text_column``,
     ``system_column``, ``messages_column``, ``output_length_column``)::

@@ -253,6 +253,8 @@ def run(
                 inputs[0]["path"] = source.path
             if isinstance(source, DatasetSource | ColumnSource):
                 inputs[0]["dataset"] = source.describe()
+            else:
+                inputs[0].update(source.shape())
             result = describe(inputs, facts.skipped, sink, steps, argv)
             sink.commit()
         except BaseException:

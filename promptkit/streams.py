@@ -110,6 +110,13 @@ class Source(Counter):
         """The output format when none is named: the input's own."""
         return self.format.name
 
+    def shape(self) -> dict[str, str]:
+        """For the manifest: how the bytes held the records, where not plain JSON lines."""
+        out = {"compression": self.compression} if self.compression else {}
+        if self.layout == "array":
+            out["layout"] = "json-array"
+        return out
+
     def close(self) -> None:
         if self.path != STDIO:
             self._stream.close()

@@ -1,24 +1,48 @@
 #!/usr/bin/env python3
-"""Memory of reading a Hugging Face dataset: flat as the dataset grows?
+"""Memory and speed of reading datasets as users bring them: flat as the file grows?
 
 Usage::
 
-    python scripts/bench_datasets.py [--rows N] [--factor F]
+    python scripts/bench_datasets.py [--rows N] [--factor F] [--rounds R]
+                                     [--skip-memory] [--skip-split]
 
-Writes two parquet datasets of N and F*N rows (default 100,000 and 4x; ~1 KB of
-text a row, several row groups), then runs ``promptkit nonce DATA OUT.jsonl``
-on each in a fresh process and reports its peak RSS (``ru_maxrss``) and rows/s.
-The ratio of the two peaks is the figure: about 1.0 means memory does not grow
-with the dataset (rows stream through); F would mean it is all held in memory.
-Always exits 0: it is a report.
+Writes the same ShareGPT-shaped records (an ``id`` and 2-6 turns of 30-200 words,
+as in ShareGPT_V3_unfiltered_cleaned_split.json), N and F*N of them (default
+10,000 and 10x), as
+
+- JSON lines (the baseline),
+- a JSON array, indented as ShareGPT and LLaMA-Factory ship theirs,
+- gzip-compressed JSON lines,
+- a parquet file (several row groups),
+
+then runs ``promptkit nonce IN OUT.jsonl --seed 1 --workers 1`` on each in a fresh
+process and reports its peak RSS (``ru_maxrss`` of the whole process) and rows/s.
+It also runs the JSON array through ``datasets``, the way promptkit read JSON
+arrays before (``--limit`` sends a JSON array there), for comparison.
+
+The figures: for each kind, the peak at F*N over the peak at N (about 1.0 = flat,
+memory does not grow with the file; F = everything held); and the JSON array's
+peak and speed over the JSON lines' at F*N, in the same run.
+
+Then, unless ``--skip-split``, how a compressed file is best run with two workers:
+as it is (one process: a compressed file cannot be split at line ends), or
+decompressed to a temporary file first and split (the time to decompress
+included); the plain file with two workers, and with one, are the bounds.
+
+Every output of the same records is checked to be the same bytes. Always exits 0:
+it is a report.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
+import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,59 +51,160 @@ import time
 WORDS = (
     "the", "model", "server", "cache", "token", "prefix", "request", "latency", "batch",
     "queue", "memory", "throughput", "decode", "prefill", "kernel", "tensor", "block",
+    "café", "東京", "naïve",
 )
 
 
-def make(path: str, rows: int) -> None:
+def records(rows: int) -> list[dict]:
+    rng = random.Random(rows)
+    out = []
+    for i in range(rows):
+        turns = [{"from": "human" if t % 2 == 0 else "gpt",
+                  "value": " ".join(rng.choices(WORDS, k=rng.randint(30, 200)))}
+                 for t in range(rng.randint(2, 6))]
+        out.append({"id": f"{rng.getrandbits(40):010x}_{i % 7}", "conversations": turns})
+    return out
+
+
+def make(folder: str, rows: int) -> dict[str, str]:
+    """The files of ``rows`` records: kind -> path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rng = random.Random(rows)
-    schema = pa.schema([("prompt", pa.string()), ("id", pa.int64())])
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, rows, 10_000):
-            n = min(10_000, rows - start)
-            texts = [" ".join(rng.choices(WORDS, k=150)) for _ in range(n)]
-            writer.write_table(pa.table({"prompt": texts, "id": list(range(start, start + n))},
-                                        schema=schema))
+    data = records(rows)
+    paths = {kind: os.path.join(folder, f"d{rows}.{ext}") for kind, ext in (
+        ("jsonl", "jsonl"), ("json-array", "json"), ("jsonl.gz", "jsonl.gz"),
+        ("parquet", "parquet"))}
+    with open(paths["jsonl"], "w", encoding="utf-8") as f:
+        for row in data:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(paths["json-array"], "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+    with open(paths["jsonl"], "rb") as f, gzip.open(paths["jsonl.gz"], "wb") as out:
+        shutil.copyfileobj(f, out)
+    table = pa.Table.from_pylist(data)
+    pq.write_table(table, paths["parquet"], row_group_size=2000)
+    return paths
 
 
-def run(data: str, out: str) -> tuple[float, float]:
-    """(peak RSS in MiB, seconds) of one promptkit run in a fresh process."""
+def run(argv: list[str]) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of one command in a fresh process."""
     code = ("import resource, subprocess, sys; "
             "r = subprocess.run(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
             "sys.exit(r.returncode)")
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "promptkit",
-                           "nonce", data, out, "--seed", "1"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(argv)}\n{done.stderr}")
     return int(done.stdout.split()[-1]) / 1024, seconds
+
+
+def nonce(path: str, out: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "promptkit", "nonce", path, out, "--seed", "1", *extra]
+
+
+def digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def memory(folder: str, sizes: list[int]) -> None:
+    kinds = ["jsonl", "json-array", "jsonl.gz", "parquet", "json-array via datasets"]
+    results: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for rows in sizes:
+        paths = make(folder, rows)
+        outputs = {}
+        for kind in kinds:
+            path = paths[kind.split(" ")[0]]
+            out = os.path.join(folder, f"out-{rows}-{kind.replace(' ', '-')}.jsonl")
+            extra = ["--workers", "1"]
+            if kind.endswith("via datasets"):
+                extra = ["--limit", str(rows)]  # a dataset option: read through datasets
+            peak, seconds = run(nonce(path, out, *extra))
+            results[kind, rows] = (os.path.getsize(path) / 2**20, peak, rows / seconds)
+            outputs[kind] = out
+        # The same records give the same bytes, whatever they came in (the dataset paths
+        # write mooncake_trace, the line paths the input's sharegpt).
+        assert len({digest(outputs[k]) for k in ("jsonl", "json-array", "jsonl.gz")}) == 1
+        assert digest(outputs["parquet"]) == digest(outputs["json-array via datasets"])
+        for path in paths.values():
+            os.unlink(path)
+    print("| input | rows | MiB on disk | peak RSS MiB | rows/s |")
+    print("|---|---:|---:|---:|---:|")
+    for kind in kinds:
+        for rows in sizes:
+            size, peak, rate = results[kind, rows]
+            print(f"| {kind} | {rows:,} | {size:.1f} | {peak:.0f} | {rate:,.0f} |")
+    small, large = sizes
+    print(f"\nPeak RSS at {large // small}x the rows over the peak at 1x "
+          "(1.0 = flat; the factor = everything held):")
+    for kind in kinds:
+        print(f"- {kind}: {results[kind, large][1] / results[kind, small][1]:.2f}")
+    array, lines = results["json-array", large], results["jsonl", large]
+    print(f"\nAt {large:,} rows, the JSON array over the same records as JSON lines: "
+          f"peak RSS {array[1] / lines[1]:.2f}x, speed {array[2] / lines[2]:.2f}x; "
+          f"gzip-compressed JSON lines: peak {results['jsonl.gz', large][1] / lines[1]:.2f}x, "
+          f"speed {results['jsonl.gz', large][2] / lines[2]:.2f}x")
+
+
+def split(folder: str, rows: int, rounds: int) -> None:
+    """Two workers on a compressed file: as it is, or decompressed first and split."""
+    paths = make(folder, rows)
+    plain, packed = paths["jsonl"], paths["jsonl.gz"]
+    unpacked = os.path.join(folder, "unpacked.jsonl")
+    unpack = [sys.executable, "-c", "import gzip, shutil, sys; "
+              "shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], 'wb'), 1 << 20)",
+              packed, unpacked]
+    times: dict[str, list[float]] = {"plain": [], "plain, --workers 1": [], "as it is": [],
+                                     "decompress, split": []}
+    outs = {}
+    for _ in range(rounds):
+        for kind in times:
+            out = os.path.join(folder, f"split-{kind.replace(' ', '').replace(',', '-')}.jsonl")
+            started = time.perf_counter()
+            if kind.startswith("plain"):
+                workers = "1" if kind.endswith("1") else "2"
+                subprocess.run(nonce(plain, out, "--workers", workers), check=True,
+                               capture_output=True)
+            elif kind == "as it is":
+                subprocess.run(nonce(packed, out, "--workers", "2"), check=True,
+                               capture_output=True)
+            else:
+                subprocess.run(unpack, check=True)
+                subprocess.run(nonce(unpacked, out, "--workers", "2"), check=True,
+                               capture_output=True)
+                os.unlink(unpacked)
+            times[kind].append(time.perf_counter() - started)
+            outs[kind] = digest(out)
+    assert len(set(outs.values())) == 1
+    size = os.path.getsize(plain) / 2**20
+    print(f"\n{rows:,} records ({size:.0f} MiB of JSON lines, "
+          f"{os.path.getsize(packed) / 2**20:.0f} MiB gzipped), --workers 2 unless said, "
+          f"median of {rounds} (wall s):\n")
+    print("| run | wall s | over the plain file |")
+    print("|---|---:|---:|")
+    base = sorted(times["plain"])[rounds // 2]
+    for kind, values in times.items():
+        median = sorted(values)[rounds // 2]
+        print(f"| {kind} | {median:.2f} | {median / base:.2f}x |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the split timing")
+    parser.add_argument("--skip-split", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with tempfile.TemporaryDirectory() as folder:
-        results = []
-        for rows in (args.rows, args.rows * args.factor):
-            data = os.path.join(folder, f"d{rows}.parquet")
-            make(data, rows)
-            size = os.path.getsize(data) / 2**20
-            peak, seconds = run(data, os.path.join(folder, f"out{rows}.jsonl"))
-            results.append((rows, size, peak, seconds))
-            os.unlink(data)
-        print("| rows | parquet MiB | peak RSS MiB | rows/s |")
-        print("|---:|---:|---:|---:|")
-        for rows, size, peak, seconds in results:
-            print(f"| {rows:,} | {size:.0f} | {peak:.0f} | {rows / seconds:,.0f} |")
-        ratio = results[1][2] / results[0][2]
-        print(f"\nPeak RSS ratio ({args.factor}x the rows): {ratio:.2f} "
-              f"(1.0 = flat; {args.factor} = everything in memory)")
+        if not args.skip_memory:
+            memory(folder, [args.rows, args.rows * args.factor])
+        if not args.skip_split:
+            split(folder, args.rows * args.factor, args.rounds)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ def test_a_compressed_file_reads_as_its_lines_whatever_its_name(kind, name, tmp_
     [source] = manifest_of(got)["inputs"]
     assert source["sha256"] == sha256(packed)  # the bytes read, as they are on disk
     assert source["records"] == 3000 and source["format"] == "mooncake_trace"
+    assert source["compression"] == kind.split("-")[0]
 
 
 def test_the_shipped_gzipped_mooncake_trace_reads_as_it_is(run):
@@ -184,16 +185,21 @@ def test_a_compressed_file_runs_in_one_process_with_workers(tmp_path, run, small
 
 
 @pytest.mark.parametrize("kind", ["gzip", "zstd", "bz2", "xz"])
-@pytest.mark.parametrize("fault", ["truncated", "corrupt"])
+@pytest.mark.parametrize("fault", ["truncated", "corrupt", "damaged"])
 def test_a_truncated_or_corrupt_compressed_file_is_one_line_and_writes_nothing(
         kind, fault, tmp_path, run):
     packed = compressed(trace_lines(), kind)
     if fault == "truncated":  # an interrupted download
         data = packed[:len(packed) // 2]
         problem = f"truncated {kind} file: it ends before the compressed data does"
-    else:  # one byte damaged near the end, where each codec keeps its check value
+    elif fault == "corrupt":  # one byte damaged near the end, where the check value is
         data = packed[:-6] + bytes([packed[-6] ^ 0xFF]) + packed[-5:]
         problem = f"corrupt {kind} data ("
+    else:  # damaged inside: a codec may decode garbage before its check fails
+        middle = len(packed) // 2
+        data = packed[:middle] + bytes(b ^ 0x55 for b in packed[middle:middle + 64]) + (
+            packed[middle + 64:])
+        problem = ""
     path = tmp_path / "trace.jsonl.x"
     path.write_bytes(data)
     out = tmp_path / "out.jsonl"
@@ -201,7 +207,7 @@ def test_a_truncated_or_corrupt_compressed_file_is_one_line_and_writes_nothing(
     result = run("nonce", path, out)
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"{path}: {problem}"), line
+    assert line.startswith(f"{path}:{' ' if problem else ''}{problem}"), line
     assert out.read_text() == "an earlier file\n"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "trace.jsonl.x"]
 
@@ -268,6 +274,8 @@ def test_a_json_array_gives_the_bytes_its_lines_give_and_keeps_every_field(name,
         manifest = manifest_of(got)
         assert manifest["inputs"][0]["sha256"] == sha256(path)
         assert manifest["inputs"][0]["format"] == manifest_of(want)["inputs"][0]["format"]
+        assert manifest["inputs"][0]["layout"] == "json-array"
+    assert "layout" not in manifest_of(want)["inputs"][0]
 
 
 def test_llama_factory_arrays_are_detected_as_their_formats(tmp_path, run):
