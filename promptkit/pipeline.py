@@ -319,7 +319,7 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     if rows:
         option = "--" + next(iter(rows)).replace("_", "-")
         raise PromptkitError(f"{display_name(path)}: a JSONL input; {option} is for datasets "
-                             "(parquet, dataset folders, JSON arrays, hf:OWNER/NAME)")
+                             "(parquet, dataset folders, hf:OWNER/NAME)")
     if dataset:
         if from_format is not None:
             option = "--" + next(iter(dataset)).replace("_", "-")

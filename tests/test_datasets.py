@@ -337,27 +337,26 @@ def test_rebuild_reads_a_hub_dataset_at_the_commit_it_was_read_at():
     assert _same_rows({"options": {"split": "test"}}) == {"split": "test"}
 
 
-def test_a_tool_call_dataset_keeps_its_columns_and_leaves_out_empty_values(tmp_path, run):
-    """glaive_toolcall_en_demo's shape as parquet: a conversation, a JSON string of tools,
-    an id; the turns' struct has every key in every turn (weight: null in most)."""
-    tools = json.dumps([{"name": "get_weather", "parameters": {"type": "object"}}])
+def test_a_sharegpt_dataset_keeps_its_columns_and_leaves_out_empty_values(tmp_path, run):
+    """ShareGPT's shape as parquet, with an id, a source and per-turn weights (as some
+    ShareGPT derivatives have): the turns' struct has every key in every turn."""
     rows = [
-        {"id": "a1", "tools": tools, "conversations": [
+        {"id": "a1", "source": "sharegpt", "conversations": [
             {"from": "human", "value": "Weather in Paris?", "weight": None},
-            {"from": "function_call", "value": '{"name": "get_weather"}', "weight": 1.0},
-            {"from": "observation", "value": '{"temperature": 18}', "weight": None},
-            {"from": "gpt", "value": "18 degrees.", "weight": 0.0}]},
-        {"id": "a2", "tools": None, "conversations": [
+            {"from": "gpt", "value": "18 degrees.", "weight": 1.0},
+            {"from": "human", "value": "And tomorrow?", "weight": None},
+            {"from": "gpt", "value": "Rain.", "weight": 0.0}]},
+        {"id": "a2", "source": None, "conversations": [
             {"from": "human", "value": "Hi", "weight": None},
             {"from": "gpt", "value": "Hello", "weight": None}]},
     ]
-    path = tmp_path / "glaive.parquet"
+    path = tmp_path / "sharegpt.parquet"
     datasets.Dataset.from_list(rows).to_parquet(path)
     out = tmp_path / "out.jsonl"
     result = run("pipe", "read", path, "write", out)
     assert result.exit_code == 0, result.stderr
     first, second = read_jsonl(out)
-    assert first["id"] == "a1" and first["tools"] == tools
+    assert first["id"] == "a1" and first["source"] == "sharegpt"
     assert [m.get("weight") for m in first["messages"]] == [None, 1.0, None, 0.0]
     assert [set(m) for m in first["messages"]] == [
         {"role", "content"}, {"role", "content", "weight"}, {"role", "content"},

@@ -51,10 +51,13 @@ BURSTGPT = """Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Ty
 45,ChatGPT,1087,230,1317,Conversation log
 118,GPT-4,417,276,693,API log
 """
-BURSTGPT_WRITTEN = [
-    {"timestamp": 0, "input_length": 472, "output_length": 18},
-    {"timestamp": 40000, "input_length": 1087, "output_length": 230},
-    {"timestamp": 113000, "input_length": 417, "output_length": 276},
+BURSTGPT_WRITTEN = [  # the columns the mapping does not use are kept, as fields
+    {"timestamp": 0, "input_length": 472, "output_length": 18, "Model": "ChatGPT",
+     "Total tokens": 490, "Log Type": "Conversation log"},
+    {"timestamp": 40000, "input_length": 1087, "output_length": 230, "Model": "ChatGPT",
+     "Total tokens": 1317, "Log Type": "Conversation log"},
+    {"timestamp": 113000, "input_length": 417, "output_length": 276, "Model": "GPT-4",
+     "Total tokens": 693, "Log Type": "API log"},
 ]
 
 JSONL_TRACE = [
@@ -64,20 +67,23 @@ JSONL_TRACE = [
 ]
 JSONL_OPTIONS = ["--input-length-column", "input_tokens", "--output-length-column",
                  "output_tokens", "--timestamp-column", "timestamp"]
-JSONL_WRITTEN = [
-    {"timestamp": 0, "input_length": 120, "output_length": 30},
-    {"timestamp": 250, "input_length": 80, "output_length": 12},
-    {"timestamp": 3000, "input_length": 64, "output_length": 7},
+JSONL_WRITTEN = [  # other keys ("user") are kept, as fields
+    {"timestamp": 0, "input_length": 120, "output_length": 30, "user": "a"},
+    {"timestamp": 250, "input_length": 80, "output_length": 12, "user": "b"},
+    {"timestamp": 3000, "input_length": 64, "output_length": 7, "user": "a"},
 ]
 
 
 def strictly_mooncake(path: Path) -> list[dict]:
-    """The lines of ``path``, each valid for AIPerf's MooncakeTrace model with no field
-    AIPerf does not know (they would be ignored, or land in the request)."""
+    """The lines of ``path``, each valid for AIPerf's MooncakeTrace model. Columns the
+    mapping does not use ride along as fields AIPerf keeps aside (``model_extra``) and
+    never sends; nothing lands in a request (``extra``)."""
     rows = read_jsonl(path)
     for row in rows:
         model = MooncakeTrace.model_validate(row)
-        assert not model.model_extra, row
+        assert model.extra is None, row
+        assert set(model.model_extra or {}) <= set(row) - {"timestamp", "input_length",
+                                                         "output_length", "hash_ids"}
         assert isinstance(row["timestamp"], int)
     return rows
 
@@ -157,7 +163,7 @@ def test_a_jsonl_trace_is_mapped_by_the_column_options(tmp_path, run):
     out = tmp_path / "out.jsonl"
     result = run("pipe", "read", *JSONL_OPTIONS, trace, "write", out)
     assert result.exit_code == 0, result.stderr
-    assert strictly_mooncake(out) == JSONL_WRITTEN  # other keys ("user") are not mapped
+    assert strictly_mooncake(out) == JSONL_WRITTEN  # other keys ("user") are kept
     [source] = manifest_of(out)["inputs"]
     assert source["format"] == "jsonl"
     assert source["dataset"] == {
