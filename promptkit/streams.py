@@ -532,7 +532,11 @@ def lost_digits(record: Record) -> bool:
             return True
         if message.content.__class__ is list and beyond_64_bits(message.content):
             return True
-    return beyond_64_bits(record.timestamp) or beyond_64_bits(record.delay)
+    when = record.timestamp
+    if when.__class__ is float and (when >= _BIG or when <= -_BIG):
+        return True
+    when = record.delay
+    return when.__class__ is float and (when >= _BIG or when <= -_BIG)
 
 
 class Encoder:
