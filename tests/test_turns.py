@@ -312,3 +312,25 @@ def test_workers_give_the_same_requests_and_counts(mode, small_chunks, tmp_path,
     assert results[0] == results[1]
     assert results[0][1]["conversations_read"] == 160
     assert small_chunks == [2]
+
+
+@pytest.mark.parametrize("name", ["sharegpt-sample.json", "toolcall-sample.json"])
+def test_published_json_arrays_give_the_requests_of_their_lines(name, run, tmp_path):
+    """The shipped samples are JSON arrays, as ShareGPT and LLaMA-Factory publish them:
+    every field is kept (ids, tools, the system key), as from the same records as JSONL."""
+    array = SAMPLE.with_name(name)
+    lines = write_jsonl(tmp_path / "lines.jsonl", json.loads(array.read_text(encoding="utf-8")))
+    outputs = []
+    for source in (array, lines):
+        out = tmp_path / f"{source.stem}.out.jsonl"
+        result = run("turns", source, out, "--mode", "history", "--tokenizer", "cl100k_base")
+        assert result.exit_code == 0, result.stderr
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    rows = [json.loads(line) for line in outputs[0].splitlines()]
+    for row in rows:
+        strict(MooncakeTrace, row, kept={"id"})
+    if name == "toolcall-sample.json":
+        assert rows[0]["messages"][0]["role"] == "system" and "tools" in rows[0]
+    else:
+        assert all("id" in row for row in rows)
