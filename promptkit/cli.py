@@ -17,6 +17,7 @@ import click
 
 from . import __version__, manifest, pipeline
 from .errors import PromptkitError
+from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
 from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
 from .pipeline import Step
@@ -48,6 +49,8 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except PromptkitError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:  # a system error no layer below named: path and reason
+            raise UserError(str(os_error(exc))) from None
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__

@@ -15,6 +15,7 @@ Dataset scripts (remote code) are never run: ``datasets`` no longer runs them.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import itertools
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 
 from .errors import InvalidRecordError, PromptkitError
+from .files import fsync_folder, os_error, remove_quietly
 from .formats import FORMATS, Format
 from .formats.table import Mapping, Timeline, arrow_schema, find_mapping, from_row
 from .records import Record
@@ -374,6 +376,14 @@ class TableSink(Written):
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise PromptkitError(f"{path}: folder {folder} does not exist")
+        if fmt.name == "parquet" and os.path.isdir(path):
+            raise PromptkitError(f"{path}: is a folder")
+        if fmt.name == "hf-dir" and os.path.exists(path):
+            if not os.path.isdir(path):
+                raise PromptkitError(f"{path}: exists and is not a folder")
+            if os.listdir(path) and not is_saved_dataset(path):
+                raise PromptkitError(f"{path}: a folder that is not a saved dataset; "
+                                     "promptkit replaces only those")
         self.path = path
         self.name = path
         self.format = fmt
@@ -381,18 +391,28 @@ class TableSink(Written):
         self.encoder = Encoder(fmt, skip_invalid=skip_invalid)  # rows, keys, counts, tap
         self.encoder.as_rows = True
         self.sha256 = hashlib.sha256()
-        self._scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.",
-                                         suffix=".promptkit-tmp", dir=folder)
+        try:
+            self._scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.",
+                                             suffix=".promptkit-tmp", dir=folder)
+        except OSError as exc:
+            raise os_error(exc, path) from None
         self._parquet = os.path.join(self._scratch, "data.parquet")
         self._schema = arrow_schema()
-        self._writer = pq.ParquetWriter(self._parquet, self._schema)
+        try:
+            self._writer = pq.ParquetWriter(self._parquet, self._schema)
+        except OSError as exc:
+            remove_quietly(self._scratch)
+            raise os_error(exc, path) from None
         self._rows: list[dict[str, Any]] = []
 
     def write_all(self, records: Iterable[Record]) -> None:
-        for row in self.encoder.encode_all(records):
-            self._rows.append(row)
-            if len(self._rows) >= ROW_GROUP:
-                self._write_rows()
+        try:
+            for row in self.encoder.encode_all(records):
+                self._rows.append(row)
+                if len(self._rows) >= ROW_GROUP:
+                    self._write_rows()
+        except OSError as exc:  # pyarrow's IO errors are OSErrors: no space left
+            raise os_error(exc, self.path) from None
 
     def _write_rows(self) -> None:
         import pyarrow as pa
@@ -403,6 +423,15 @@ class TableSink(Written):
 
     def flush(self) -> None:
         """Finish the file (called once, before the manifest is made)."""
+        try:
+            self._flush()
+        except OSError as exc:
+            raise os_error(exc, self.path) from None
+
+    def finish(self) -> None:
+        self.flush()
+
+    def _flush(self) -> None:
         if self._writer is None:
             return
         self._write_rows()
@@ -427,19 +456,48 @@ class TableSink(Written):
         self.flush()
         made = self._parquet if self.format.name == "parquet" else os.path.join(
             self._scratch, "dataset")
-        if os.path.isdir(self.path) and self.format.name == "hf-dir":
-            old = f"{self._scratch}/old"
-            os.replace(self.path, old)
-            os.replace(made, self.path)
-        else:
-            os.replace(made, self.path)
+        try:
+            if self.format.name == "parquet":
+                _fsync_file(made)
+            else:
+                for name in os.listdir(made):
+                    _fsync_file(os.path.join(made, name))
+            if os.path.isdir(self.path) and self.format.name == "hf-dir":
+                old = f"{self._scratch}/old"
+                os.replace(self.path, old)
+                try:
+                    os.replace(made, self.path)
+                except OSError:
+                    os.replace(old, self.path)
+                    raise
+            else:
+                os.replace(made, self.path)
+        except OSError as exc:
+            raise os_error(exc, self.path) from None
+        fsync_folder(os.path.dirname(os.path.abspath(self.path)))
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def abort(self) -> None:
+        """Remove the scratch folder; never raises (an error is already on its way)."""
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(Exception):
+                self._writer.close()
             self._writer = None
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def is_saved_dataset(path: str) -> bool:
+    """Whether ``path`` is a folder ``save_to_disk`` wrote (as ``--to hf-dir`` does)."""
+    return all(os.path.isfile(os.path.join(path, name))
+               for name in ("dataset_info.json", "state.json"))
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def table_facts(path: str, fmt: str) -> tuple[str, int]:

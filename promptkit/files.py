@@ -1,36 +1,156 @@
-"""Writing files atomically: a temporary file beside the target, renamed into place.
+"""Writing files: one discipline for every file promptkit writes.
 
-A leaf module (errors only). A failed or interrupted write leaves no partial file
-and never damages the file it was to replace.
+A leaf module (errors only). Every output (a sink's OUT, its manifest, side files
+such as ``OUT.system.txt``, ``--per-request``, plots, publish folders) is written
+to a temporary file in the target's own folder, flushed to disk (``fsync``) and
+renamed into place only when everything a run writes is finished:
+
+- the paths a run writes (OUT, its manifest, its side files) are checked before
+  any work: each in an existing folder, none a folder, none the input, no two the
+  same path;
+- :class:`Lock` makes a second run writing the same OUT at the same time stop at
+  once, with one line;
+- :meth:`Outputs.commit` puts them in place in an order that never shows a new
+  OUT beside an old manifest: the old manifest is moved aside first (to a hidden
+  temporary name, put back if OUT cannot be renamed), then OUT and the side files
+  are renamed, then the manifest. A crash (power loss, ``kill -9``) between two
+  renames leaves the old OUT or the new one *without* a manifest (``verify`` then
+  says so), never OUT beside a manifest of another run;
+- a failed write removes its temporary files and never raises over the error that
+  stopped it; every ``OSError`` becomes one line naming the path and the reason
+  (:func:`os_error`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterable
+from typing import Any
 
 from .errors import PromptkitError
 
+STDIO = "-"
+#: The suffix of every temporary file or folder promptkit writes beside a target.
+TMP_SUFFIX = ".promptkit-tmp"
+LOCK_SUFFIX = ".promptkit-lock"
+
+
+def os_error(exc: OSError, path: str | None = None) -> PromptkitError:
+    """One line for an ``OSError``: the path (``path``, else the one the error names)
+    and what the errno means (``No space left on device``)."""
+    name = path or exc.filename or "promptkit"
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    return PromptkitError(f"{name}: {reason}")
+
 
 def writable(path: str) -> None:
-    """Raise one line unless ``path`` can be written: its folder must exist. Checked
-    before a run starts, so a bad side-file path costs nothing and leaves nothing."""
+    """Raise one line unless ``path`` can be written: its folder must exist and it
+    must not be a folder. Checked before a run starts, so a bad path costs nothing
+    and leaves nothing."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PromptkitError(f"{path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise PromptkitError(f"{path}: is a folder")
 
 
-def write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
-    writable(path)
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file (existing or not)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_clashes(targets: list[tuple[str, str]], inputs: Iterable[str] = ()) -> None:
+    """Raise one line if two of ``targets`` (``(path, what it is)``) are the same path,
+    or one of them is an input: a run writes each file once and reads none it writes."""
+    paths = [(p, what) for p, what in targets if p != STDIO]
+    for i, (path, what) in enumerate(paths):
+        for source in inputs:
+            if source != STDIO and os.path.exists(source) and same_file(path, source):
+                raise PromptkitError(f"{path}: refusing to overwrite the input file"
+                                     if what == "OUT" else
+                                     f"{path}: {what} would overwrite the input file")
+        for other, other_what in paths[:i]:
+            if same_file(path, other):
+                raise PromptkitError(f"{path}: {other_what} and {what} are the same file; "
+                                     "name another")
+
+
+def fsync_folder(folder: str) -> None:
+    """Make the renames in ``folder`` durable (best effort: not every system can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str | None) -> None:
+    """Remove a temporary file or folder; never raise (it runs while another error is
+    on its way to the user, which must not be replaced by this one)."""
+    if path is None:
+        return
+    import shutil
+
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def temporary(path: str, suffix: str = TMP_SUFFIX) -> tuple[int, str]:
+    """``mkstemp`` beside ``path``; an ``OSError`` (read-only folder, no permission)
+    becomes one line naming ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        return tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
+                                dir=folder)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+
+
+def stage_text(path: str, text: str) -> str:
+    """Write ``text`` to a temporary file beside ``path``, flushed to disk; return its
+    name (rename it with :func:`put_in_place`). Nothing is left on failure."""
+    writable(path)
+    fd, tmp = temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise os_error(exc, path) from None
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically (temporary file, fsync, then rename)."""
+    tmp = stage_text(path, text)
+    try:
         put_in_place(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        remove_quietly(tmp)
         raise
 
 
@@ -39,5 +159,131 @@ def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
     file would have (``mkstemp`` makes 0600), so an atomic write looks like any other."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, mode & ~umask)
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, mode & ~umask)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+class Lock:
+    """An exclusive lock on writing ``path``: ``flock`` on a hidden lock file beside it
+    (``.NAME.promptkit-lock``), removed when released. A second writer of the same
+    path fails at once with one line instead of racing the first."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        self.lock_path = os.path.join(folder, f".{os.path.basename(path)}{LOCK_SUFFIX}")
+        self._fd: int | None = None
+
+    def acquire(self) -> Lock:
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise os_error(exc, self.path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise PromptkitError(f"{self.path}: another promptkit run is writing "
+                                         "it; try again when it is done") from None
+                raise os_error(exc, self.path) from None
+            # The holder before us may have removed the file it locked: lock the one
+            # that is there now.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return self
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock_path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> Lock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class Outputs:
+    """The files one run writes beside OUT: its manifest and side files, staged as
+    temporary files and put in place with OUT (see the module's guarantee).
+
+    Made before any work: it checks the paths and takes the lock on OUT.
+    """
+
+    def __init__(self, output: str, manifest: str | None, side_files: Iterable[str] = (),
+                 inputs: Iterable[str] = ()) -> None:
+        self.output = output
+        self.manifest = manifest
+        self.side_files = list(side_files)
+        targets = [(output, "OUT"), *((p, "a side file") for p in self.side_files)]
+        if manifest is not None:
+            targets.append((manifest, "the manifest"))
+        if output != STDIO and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            writable(output)  # its folder does not exist: say so of OUT first
+        refuse_clashes(targets, inputs)
+        for path, _ in targets:
+            if path == STDIO:
+                continue
+            if path != output:
+                writable(path)  # OUT is checked by its sink, which knows its format
+        self._staged: list[tuple[str, str]] = []
+        lock_on = output if output != STDIO else manifest
+        self._lock = Lock(lock_on).acquire() if lock_on not in (None, STDIO) else None
+
+    def stage(self, path: str, text: str) -> None:
+        """Write a side file's text (or the manifest's) to its temporary file now."""
+        self._staged.append((stage_text(path, text), path))
+
+    def commit(self, put_output: Any) -> None:
+        """Put everything in place: the old manifest goes first, then ``put_output()``
+        renames OUT, then the side files, then the manifest."""
+        manifest_tmp = [tmp for tmp, path in self._staged if path == self.manifest]
+        old = None
+        if manifest_tmp and self.manifest is not None and os.path.lexists(self.manifest):
+            # Aside, not deleted: put back if OUT cannot be renamed.
+            old = f"{manifest_tmp[0]}.old"
+            try:
+                os.replace(self.manifest, old)
+            except OSError as exc:
+                raise os_error(exc, self.manifest) from None
+        try:
+            put_output()
+        except BaseException:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.replace(old, self.manifest)  # type: ignore[arg-type]
+            raise
+        remove_quietly(old)
+        for tmp, path in self._staged:
+            if path != self.manifest:
+                put_in_place(tmp, path)
+        for tmp in manifest_tmp:
+            put_in_place(tmp, self.manifest)  # type: ignore[arg-type]
+        self._staged = []
+
+    def abort(self) -> None:
+        """Remove every staged file; never raises."""
+        for tmp, _ in self._staged:
+            remove_quietly(tmp)
+        self._staged = []
+
+    def release(self) -> None:
+        self.abort()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -70,9 +70,14 @@ def skipped_section(lines: list[str], limit: int = 100) -> dict[str, Any]:
     return {"count": len(lines), "by_reason": by_reason, "lines": lines[:limit]}
 
 
+def dumps(manifest: dict[str, Any]) -> str:
+    """A manifest's text, as it is written."""
+    return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+
+
 def write(path: str, manifest: dict[str, Any]) -> None:
     """Write a manifest atomically (temporary file, then rename); ``-`` is stdout."""
-    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    text = dumps(manifest)
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

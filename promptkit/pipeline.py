@@ -33,7 +33,7 @@ from .pad import PadState, pad_records
 from .progress import Progress
 from .records import Record
 from .stats import Tap
-from .streams import STDIO, Sink, Source, display_name, refuse_overwrite
+from .streams import STDIO, Sink, Source, display_name
 from .tokenizers import cached_tokenizer
 from .turns import DEFAULT_OUTPUT, TurnsState, make_requests
 
@@ -194,6 +194,7 @@ def run(
     workers: int | None = None,
     dataset: dict[str, Any] | None = None,
     progress: bool = False,
+    accept: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
 
@@ -205,13 +206,32 @@ def run(
     Large regular files are processed by ``workers`` processes (default: one per
     CPU, up to 4); the output is the same bytes for every number of workers.
     On any error nothing is written: no output file, no manifest, and an existing
-    output stays untouched.
+    output stays untouched. ``accept(manifest)``, when given, may raise to refuse the
+    result before anything is put in place. OUT, its manifest and side files are put
+    in place together (see :mod:`promptkit.files`), under a lock on OUT.
     """
     workers = parallel.default_workers() if workers is None else workers
     for step in steps:
         step.skip_invalid = skip_invalid
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
+    outputs = files.Outputs(output_path, manifest_path,
+                            [path for step in steps for path in step.side_files],
+                            inputs=[input_path])
+    try:
+        return _run(outputs, input_path, output_path, steps, from_format=from_format,
+                    to_format=to_format, skip_invalid=skip_invalid,
+                    manifest_path=manifest_path, argv=argv, workers=workers,
+                    dataset=dataset, progress=progress, accept=accept)
+    finally:
+        outputs.release()
+
+
+def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[Step], *,
+         from_format: str | None, to_format: str | None, skip_invalid: bool,
+         manifest_path: str | None, argv: list[str] | None, workers: int,
+         dataset: dict[str, Any] | None, progress: bool,
+         accept: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
         in_format = source.format
@@ -224,9 +244,6 @@ def run(
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         bar = Progress(input_path, enabled=progress)
         try:
-            if manifest_path not in (None, STDIO):
-                refuse_overwrite(manifest_path, [input_path])
-                files.writable(manifest_path)
             if (by_lines(source) and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
@@ -256,7 +273,9 @@ def run(
             else:
                 inputs[0].update(source.shape())
             result = describe(inputs, facts.skipped, sink, steps, argv)
-            sink.commit()
+            if accept is not None:
+                accept(result)
+            _put_in_place(outputs, sink, steps, manifest_path, result)
         except BaseException:
             sink.abort()
             raise
@@ -264,42 +283,60 @@ def run(
             bar.close()
     finally:
         source.close()
-    for step in steps:
-        for path, text in step.side_files.items():
-            files.write_text(path, text)
-    if manifest_path is not None:
-        manifest.write(manifest_path, result)
+    if manifest_path == STDIO:
+        manifest.write(STDIO, result)
     return result
 
 
+def _put_in_place(outputs: files.Outputs, sink: Sink | TableSink, steps: list[Step],
+                  manifest_path: str | None, result: dict[str, Any]) -> None:
+    """Finish OUT, stage its side files and manifest, and rename them all into place
+    (an error before the renames leaves everything as it was)."""
+    try:
+        sink.finish()
+        for step in steps:
+            for path, text in step.side_files.items():
+                outputs.stage(path, text)
+        if manifest_path not in (None, STDIO):
+            outputs.stage(manifest_path, manifest.dumps(result))
+        outputs.commit(sink.commit)
+    except BaseException:
+        outputs.abort()
+        raise
+
+
 def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: str,
-             manifest_path: str | None = None, argv: list[str] | None = None
-             ) -> dict[str, Any]:
+             manifest_path: str | None = None, argv: list[str] | None = None,
+             accept: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Write the records generator ``name`` makes from ``params`` (see
-    :mod:`promptkit.synth`); return the manifest, also written to ``manifest_path``."""
+    :mod:`promptkit.synth`); return the manifest, also written to ``manifest_path``
+    (as :func:`run` writes them)."""
     from .synth import GENERATORS
 
     make, info = GENERATORS[name]
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
     generator = {"name": name, "params": params, "info": info(params)}
-    sink = Sink(output_path, get_format(to_format))
-    tokenizer = params.get("tokenizer")
-    if tokenizer is not None:
-        sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
+    outputs = files.Outputs(output_path, manifest_path)
     try:
-        if manifest_path not in (None, STDIO):
-            refuse_overwrite(manifest_path, [])
-            files.writable(manifest_path)
-        sink.write_all(make(**params))
-        sink.flush()
-        result = describe([], [], sink, [], argv, generator)
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
-    if manifest_path is not None:
-        manifest.write(manifest_path, result)
+        sink = Sink(output_path, get_format(to_format))
+        tokenizer = params.get("tokenizer")
+        if tokenizer is not None:
+            sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
+        try:
+            sink.write_all(make(**params))
+            sink.flush()
+            result = describe([], [], sink, [], argv, generator)
+            if accept is not None:
+                accept(result)
+            _put_in_place(outputs, sink, [], manifest_path, result)
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        outputs.release()
+    if manifest_path == STDIO:
+        manifest.write(STDIO, result)
     return result
 
 
@@ -590,26 +627,30 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
     """Re-make a file from its manifest and input; raise if the bytes differ."""
     recorded = manifest.read(manifest_path)
     own_manifest = None if output_path == STDIO else manifest.default_path(output_path)
+
+    def same_file(result: dict[str, Any]) -> None:
+        """Refuse a differing result before it is put in place: no OUT, no manifest."""
+        want = recorded["output"]["sha256"]
+        # A compressed file: the same lines, compressed by another zlib or zstd, may
+        # differ in bytes; the lines are what was made.
+        lines = recorded["output"].get("content_sha256")
+        same_lines = lines is not None and result["output"].get("content_sha256") == lines
+        if result["output"]["sha256"] != want and not same_lines:
+            raise PromptkitError(
+                f"{output_path}: rebuilt file differs from the manifest "
+                f"(sha256 {result['output']['sha256']}, manifest says {want}); not written"
+            )
+
     if "generator" in recorded:
-        result = _regenerate(manifest_path, recorded, output_path, own_manifest, argv)
-    else:
-        result = _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
-                        workers)
-    want = recorded["output"]["sha256"]
-    # A compressed file: the same lines, compressed by another zlib or zstd, may differ
-    # in bytes; the lines are what was made.
-    lines = recorded["output"].get("content_sha256")
-    same_lines = lines is not None and result["output"].get("content_sha256") == lines
-    if result["output"]["sha256"] != want and not same_lines:
-        raise PromptkitError(
-            f"{output_path}: rebuilt file differs from the manifest "
-            f"(sha256 {result['output']['sha256']}, manifest says {want})"
-        )
-    return result
+        return _regenerate(manifest_path, recorded, output_path, own_manifest, argv,
+                           same_file)
+    return _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
+                  workers, same_file)
 
 
 def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
-                own_manifest: str | None, argv: list[str] | None) -> dict[str, Any]:
+                own_manifest: str | None, argv: list[str] | None,
+                accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     from .synth import GENERATORS
 
     generator = recorded["generator"]
@@ -617,7 +658,7 @@ def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
         raise PromptkitError(f"{manifest_path}: unknown generator {generator.get('name')!r}")
     return generate(generator["name"], generator["params"], output_path,
                     to_format=recorded["output"]["format"], manifest_path=own_manifest,
-                    argv=argv)
+                    argv=argv, accept=accept)
 
 
 def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -633,7 +674,7 @@ def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
            own_manifest: str | None, input_path: str | None, argv: list[str] | None,
-           workers: int | None) -> dict[str, Any]:
+           workers: int | None, accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     inputs = recorded["inputs"]
     if len(inputs) != 1:
         raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
@@ -655,6 +696,7 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         manifest_path=own_manifest,
         argv=argv,
         workers=workers,
+        accept=accept,
     )
 
 

@@ -35,7 +35,7 @@ import orjson
 
 from . import __version__, manifest, pipeline
 from .errors import InvalidRecordError, PromptkitError
-from .files import write_text
+from .files import Lock, fsync_folder, os_error, write_text
 from .formats import FORMATS
 from .formats.table import COLUMNS, arrow_schema, to_row
 from .records import Record
@@ -113,9 +113,25 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
         raise PromptkitError(f"--license {license!r}: not a Hugging Face license id "
                              "(e.g. apache-2.0, mit, cc-by-4.0, other, unknown)")
     target = _check_target(input_path, out_dir, overwrite)
+    with Lock(target):
+        return _publish_locked(target, input_path, out_dir, from_format=from_format,
+                               to_format=to_format, skip_invalid=skip_invalid,
+                               workers=workers, dataset=dataset, license=license,
+                               max_shard_size=max_shard_size, pretty_name=pretty_name,
+                               repo_id=repo_id, overwrite=overwrite, argv=argv)
+
+
+def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: str | None,
+                    to_format: str, skip_invalid: bool, workers: int | None,
+                    dataset: dict[str, Any] | None, license: str, max_shard_size: int,
+                    pretty_name: str | None, repo_id: str | None, overwrite: bool,
+                    argv: list[str] | None) -> dict[str, Any]:
     parent = os.path.dirname(target)
-    build = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".promptkit-tmp",
-                             dir=parent)
+    try:
+        build = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.",
+                                 suffix=".promptkit-tmp", dir=parent)
+    except OSError as exc:
+        raise os_error(exc, out_dir) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -127,6 +143,9 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
                         or os.path.basename(target), repo_id=repo_id, argv=argv)
         _check_target(input_path, out_dir, overwrite)  # still free to take
         _put_in_place(build, target)
+    except OSError as exc:  # no space left while building: name OUT_DIR, not the build
+        shutil.rmtree(build, ignore_errors=True)
+        raise os_error(exc, out_dir) from None
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -147,12 +166,24 @@ def _check_target(input_path: str, out_dir: str, overwrite: bool) -> str:
         if os.listdir(target) and not overwrite:
             raise PromptkitError(f"{out_dir}: exists and is not empty; "
                                  "--overwrite replaces it")
+        if os.listdir(target) and not is_publish_folder(target):
+            raise PromptkitError(f"{out_dir}: not a folder 'publish' made (no "
+                                 f"{MANIFEST_FILE}); --overwrite replaces only those")
     if input_path != STDIO and not input_path.startswith("hf:") and os.path.exists(input_path):
         source = os.path.realpath(input_path)
         if os.path.commonpath([source, os.path.realpath(target)]) == os.path.realpath(target):
             raise PromptkitError(f"{out_dir}: holds the input {input_path}; "
                                  "publish to another folder")
     return target
+
+
+def is_publish_folder(folder: str) -> bool:
+    """Whether ``folder`` is one :func:`publish` made: its manifest is a promptkit
+    manifest with a ``published`` section."""
+    try:
+        return "published" in manifest.read(os.path.join(folder, MANIFEST_FILE))
+    except PromptkitError:
+        return False
 
 
 def _put_in_place(build: str, target: str) -> None:
@@ -167,6 +198,7 @@ def _put_in_place(build: str, target: str) -> None:
     except BaseException:
         os.replace(old, target)
         raise
+    fsync_folder(os.path.dirname(target))
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import datetime
 import enum
 import hashlib
@@ -19,7 +20,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import uuid
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +29,7 @@ import orjson
 
 from . import compression
 from .errors import InvalidRecordError, PromptkitError
-from .files import put_in_place
+from .files import os_error, put_in_place, remove_quietly, temporary, writable
 from .formats import Format, detect_many, get_format
 from .records import Record
 
@@ -704,12 +704,8 @@ class Sink(Written):
             self._stream: IO[bytes] = sys.stdout.buffer
         else:
             refuse_overwrite(path, inputs)
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise PromptkitError(f"{path}: folder {folder} does not exist")
-            fd, self._tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(path)}.", suffix=".promptkit-tmp", dir=folder
-            )
+            writable(path)
+            fd, self._tmp = temporary(path)
             self._stream = os.fdopen(fd, "wb")
             if self.compression is not None:
                 self._compressor = compression.Compressor(self.compression, self._stream,
@@ -729,13 +725,16 @@ class Sink(Written):
         self._emit(data)
 
     def _emit(self, data: bytes | memoryview) -> None:
-        if self._compressor is None:
-            self.sha256.update(data)
-            self._stream.write(data)
-        else:
-            assert self.content_sha256 is not None
-            self.content_sha256.update(data)
-            self._compressor.write(data)
+        try:
+            if self._compressor is None:
+                self.sha256.update(data)
+                self._stream.write(data)
+            else:
+                assert self.content_sha256 is not None
+                self.content_sha256.update(data)
+                self._compressor.write(data)
+        except OSError as exc:  # no space left, a file too large
+            raise os_error(exc, self.name) from None
 
     def _drain(self) -> None:
         if self._parts:
@@ -748,26 +747,42 @@ class Sink(Written):
         """Write out what is buffered (stdout: now). A compressed file is finished here:
         called once everything is written, before the manifest takes its sha256."""
         self._drain()
-        if self.path == STDIO:
+        try:
+            if self.path == STDIO:
+                self._stream.flush()
+            elif self._compressor is not None:
+                self._compressor.finish()
+                self._compressor = None
+        except OSError as exc:
+            raise os_error(exc, self.name) from None
+
+    def finish(self) -> None:
+        """Write everything out and flush it to disk; the file is then complete in its
+        temporary place, ready for :meth:`commit` to rename it."""
+        self.flush()
+        if self._tmp is None or self._stream.closed:
+            return
+        try:
             self._stream.flush()
-        elif self._compressor is not None:
-            self._compressor.finish()
-            self._compressor = None
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+        except OSError as exc:
+            raise os_error(exc, self.path) from None
 
     def commit(self) -> None:
-        self.flush()
+        self.finish()
         if self._tmp is None:
             return
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
         put_in_place(self._tmp, self.path)
         self._tmp = None
 
     def abort(self) -> None:
+        """Remove the temporary file; never raises (an error is already on its way)."""
         if self._tmp is not None:
-            self._stream.close()
-            os.unlink(self._tmp)
+            # The buffer may not be writable (no space left): there is nothing to keep.
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            remove_quietly(self._tmp)
             self._tmp = None
 
 
