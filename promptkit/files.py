@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -43,7 +44,11 @@ def os_error(exc: OSError, path: str | None = None) -> PromptkitError:
     """One line for an ``OSError``: the path (``path``, else the one the error names)
     and what the errno means (``No space left on device``)."""
     name = path or exc.filename or "promptkit"
-    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    code = exc.errno
+    if not code:  # pyarrow's IO errors carry it in their text: "[errno 28] No space ..."
+        found = re.search(r"\[errno (\d+)\]", str(exc))
+        code = int(found.group(1)) if found else None
+    reason = os.strerror(code) if code else (exc.strerror or str(exc))
     return PromptkitError(f"{name}: {reason}")
 
 
@@ -161,6 +166,12 @@ def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
     os.umask(umask)
     try:
         os.chmod(tmp, mode & ~umask)
+        if not os.path.isdir(tmp):  # on disk before it has its name
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         raise os_error(exc, path) from None

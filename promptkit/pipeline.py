@@ -789,6 +789,9 @@ def check_file(input_path: str, *, from_format: str | None = None,
     for path in (per_request, plot):
         if path is not None:
             files.writable(path)
+    files.refuse_clashes([(path, what) for path, what in ((per_request, "--per-request"),
+                                                          (plot, "--plot")) if path],
+                         [input_path])
     applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
     options["system_prompt"] = applied.pop("system_prompt")
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)

@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import PromptkitError
-from .files import put_in_place, writable
+from .files import os_error, put_in_place, remove_quietly, temporary, writable
 
 INSTALL = "--plot needs matplotlib: pip install 'promptkit[plot]'"
 
@@ -34,15 +33,16 @@ def _pyplot() -> Any:
 def _save(fig: Any, path: str) -> None:
     """Write the PNG atomically: a temporary file beside ``path``, then a rename."""
     writable(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png",
-                               dir=folder)
+    fd, tmp = temporary(path, suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110)
         put_in_place(tmp, path)
+    except OSError as exc:  # no space left
+        remove_quietly(tmp)
+        raise os_error(exc, path) from None
     except BaseException:
-        os.unlink(tmp)
+        remove_quietly(tmp)
         raise
 
 

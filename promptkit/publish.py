@@ -146,6 +146,11 @@ def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: 
     except OSError as exc:  # no space left while building: name OUT_DIR, not the build
         shutil.rmtree(build, ignore_errors=True)
         raise os_error(exc, out_dir) from None
+    except PromptkitError as exc:
+        shutil.rmtree(build, ignore_errors=True)
+        if type(exc) is PromptkitError and build in str(exc):  # a file of the build: name
+            raise PromptkitError(str(exc).replace(build, out_dir.rstrip("/"))) from None
+        raise
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise

@@ -311,8 +311,10 @@ def test_an_interrupted_run_leaves_no_partial_output(sig, tmp_path):
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     if sig == signal.SIGINT:  # cleaned up on the way out
         assert leftovers == ["out.jsonl"]
-    else:  # nothing can run after SIGKILL: a hidden temporary file may stay, never OUT
-        assert all(name == "out.jsonl" or name.endswith(".promptkit-tmp") for name in leftovers)
+    else:  # nothing can run after SIGKILL: a hidden temporary file (and the empty lock
+        # file, which the next run takes over) may stay, never OUT
+        assert all(name == "out.jsonl" or name.endswith((".promptkit-tmp", ".promptkit-lock"))
+                   for name in leftovers)
     assert not (tmp_path / "out.jsonl.manifest.json").exists()
 
 

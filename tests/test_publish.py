@@ -229,9 +229,19 @@ def test_a_non_empty_out_dir_is_refused_unless_overwrite(tmp_path, run):
     assert result.exit_code == 1
     assert result.stderr.strip() == f"{out}: exists and is not empty; --overwrite replaces it"
     assert folder_files(out) == {"keep.txt": b"mine"}
+    # --overwrite replaces only a folder 'publish' made, never someone's other folder.
     result = run("publish", PROMPTS / "trace.jsonl.example", out, "--overwrite")
+    assert result.exit_code == 1
+    assert result.stderr == (f"{out}: not a folder 'publish' made (no "
+                             "aiperf/prompts.jsonl.manifest.json); --overwrite replaces only "
+                             "those\n")
+    assert folder_files(out) == {"keep.txt": b"mine"}
+    published = tmp_path / "again"
+    assert run("publish", PROMPTS / "trace.jsonl.example", published).exit_code == 0
+    (published / "keep.txt").write_text("mine")
+    result = run("publish", PROMPTS / "trace.jsonl.example", published, "--overwrite")
     assert result.exit_code == 0, result.stderr
-    assert "keep.txt" not in folder_files(out)
+    assert "keep.txt" not in folder_files(published)
     assert no_leftovers(tmp_path)
 
 
@@ -239,13 +249,13 @@ def test_a_failure_after_the_jsonl_leaves_nothing_behind(tmp_path, run):
     # A field the table has no column for: the JSONL is written, the shards fail.
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, {"text": "b", "id": 7}])
     out = tmp_path / "published"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert run("publish", PROMPTS / "trace.jsonl.example", out).exit_code == 0
+    before = folder_files(out)
     result = run("publish", source, out, "--overwrite")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"{source}: record 2: ") and "'id'" in result.stderr
-    assert folder_files(out) == {"keep.txt": b"mine"}
+    assert folder_files(out) == before
     assert no_leftovers(tmp_path)
     assert run("publish", source, tmp_path / "new").exit_code == 1
     assert not (tmp_path / "new").exists() and no_leftovers(tmp_path)
