@@ -142,6 +142,13 @@ def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: 
                         pretty_name=pretty_name or (repo_id or "").rpartition("/")[2]
                         or os.path.basename(target), repo_id=repo_id, argv=argv)
         _check_target(input_path, out_dir, overwrite)  # still free to take
+        for root, _, names in os.walk(build):  # every file on disk before the rename
+            for name in names:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         _put_in_place(build, target)
     except OSError as exc:  # no space left while building: name OUT_DIR, not the build
         shutil.rmtree(build, ignore_errors=True)
