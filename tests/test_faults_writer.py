@@ -1,7 +1,8 @@
 """Faults while writing: every output lands whole, with its manifest, or not at all.
 
 Each fault is made for real, in real ``promptkit`` processes: a folder on a tmpfs
-mounted read-only, a tmpfs too small for the output (``No space left on device``),
+mounted read-only, a tmpfs too small for the output (``No space left on device``), a file-size
+limit (``File too large``),
 a folder the process may not write (root's permission override dropped with
 ``setpriv``), two processes writing the same OUT at once. These need root (to
 mount) as the test machines run; without it they fail and say why.
@@ -109,6 +110,15 @@ def test_a_side_file_and_the_manifest_the_same_path_is_refused(tmp_path, small):
     assert sorted(listing(tmp_path)) == ["small.jsonl"]
 
 
+def test_other_commands_refuse_the_same_paths(tmp_path, small):
+    out = tmp_path / "t.jsonl"
+    result = promptkit("synth", "prefix-test", out, "--groups", "2", "--manifest", out)
+    assert one_line(result) == f"{out}: OUT and the manifest are the same file; name another"
+    result = promptkit("check", small, "--tokenizer", "cl100k_base", "--per-request", small)
+    assert one_line(result) == f"{small}: --per-request would overwrite the input file"
+    assert sorted(listing(tmp_path)) == ["small.jsonl"]
+
+
 def test_out_a_folder_is_refused_before_any_work(tmp_path, small):
     out = tmp_path / "d"
     out.mkdir()
@@ -185,6 +195,17 @@ def test_no_space_for_out_leaves_nothing_and_the_old_pair_untouched(mount, small
         assert one_line(result) == f"{out}: No space left on device", args
         assert listing(folder) == before, args  # no temporary file, no lock file stays
     assert promptkit("verify", out).returncode == 0
+
+
+def test_a_file_too_large_is_one_line(tmp_path, big):
+    """A file-size limit (``prlimit --fsize``): writing past it fails with EFBIG."""
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n")
+    limit = ["prlimit", f"--fsize={64 * 1024}"]
+    result = promptkit("nonce", big, out, prefix=limit)
+    assert one_line(result) == f"{out}: File too large"
+    assert sorted(listing(tmp_path)) == ["big.jsonl", "o.jsonl"]
+    assert out.read_text() == "old\n"
 
 
 def test_no_space_for_the_manifest_leaves_the_old_pair(mount, small):
