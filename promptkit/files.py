@@ -237,10 +237,14 @@ class Outputs:
     """
 
     def __init__(self, output: str, manifest: str | None, side_files: Iterable[str] = (),
-                 inputs: Iterable[str] = ()) -> None:
+                 inputs: Iterable[str] = (), stale: Iterable[str] = ()) -> None:
         self.output = output
         self.manifest = manifest
         self.side_files = list(side_files)
+        #: Files that describe the old OUT and would not describe the new one (its
+        #: manifest at the default path when this run's goes elsewhere): removed with it.
+        self.stale = [p for p in stale if p not in (manifest, STDIO)
+                      and not any(same_file(p, i) for i in inputs if i != STDIO)]
         targets = [(output, "OUT"), *((p, "a side file") for p in self.side_files)]
         if manifest is not None:
             targets.append((manifest, "the manifest"))
@@ -264,22 +268,27 @@ class Outputs:
         """Put everything in place: the old manifest goes first, then ``put_output()``
         renames OUT, then the side files, then the manifest."""
         manifest_tmp = [tmp for tmp, path in self._staged if path == self.manifest]
-        old = None
-        if manifest_tmp and self.manifest is not None and os.path.lexists(self.manifest):
-            # Aside, not deleted: put back if OUT cannot be renamed.
-            old = f"{manifest_tmp[0]}.old"
-            try:
-                os.replace(self.manifest, old)
-            except OSError as exc:
-                raise os_error(exc, self.manifest) from None
+        described = [*([self.manifest] if manifest_tmp else []), *self.stale]
+        aside: list[tuple[str, str]] = []
         try:
+            for path in described:  # aside, not deleted: put back if OUT cannot be renamed
+                if path is not None and os.path.isfile(path):
+                    fd, old = temporary(path, ".old" + TMP_SUFFIX)
+                    os.close(fd)
+                    try:
+                        os.replace(path, old)
+                    except OSError as exc:
+                        remove_quietly(old)
+                        raise os_error(exc, path) from None
+                    aside.append((old, path))
             put_output()
         except BaseException:
-            if old is not None:
+            for old, path in aside:
                 with contextlib.suppress(OSError):
-                    os.replace(old, self.manifest)  # type: ignore[arg-type]
+                    os.replace(old, path)
             raise
-        remove_quietly(old)
+        for old, _ in aside:
+            remove_quietly(old)
         for tmp, path in self._staged:
             if path != self.manifest:
                 put_in_place(tmp, path)

@@ -217,7 +217,7 @@ def run(
         raise PromptkitError("the output and the manifest cannot both go to stdout")
     outputs = files.Outputs(output_path, manifest_path,
                             [path for step in steps for path in step.side_files],
-                            inputs=[input_path])
+                            inputs=[input_path], stale=_stale(output_path))
     try:
         return _run(outputs, input_path, output_path, steps, from_format=from_format,
                     to_format=to_format, skip_invalid=skip_invalid,
@@ -288,6 +288,12 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
     return result
 
 
+def _stale(output_path: str) -> list[str]:
+    """OUT's manifest at its default path, which an OUT written with its manifest
+    elsewhere (or none) would leave describing a file that is gone."""
+    return [] if output_path == STDIO else [manifest.default_path(output_path)]
+
+
 def _put_in_place(outputs: files.Outputs, sink: Sink | TableSink, steps: list[Step],
                   manifest_path: str | None, result: dict[str, Any]) -> None:
     """Finish OUT, stage its side files and manifest, and rename them all into place
@@ -317,7 +323,7 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
     generator = {"name": name, "params": params, "info": info(params)}
-    outputs = files.Outputs(output_path, manifest_path)
+    outputs = files.Outputs(output_path, manifest_path, stale=_stale(output_path))
     try:
         sink = Sink(output_path, get_format(to_format))
         tokenizer = params.get("tokenizer")
@@ -725,6 +731,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
 
     if plot is not None:
         files.writable(plot)
+        files.refuse_clashes([(plot, "--plot")], [input_path])
     loaded = load_tokenizer(tokenizer) if tokenizer else None
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
