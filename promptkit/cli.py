@@ -970,7 +970,8 @@ def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               metavar="SIZE",
               callback=shard_size,
               help="Largest parquet shard: bytes, or 200KB, 500MB, 1GB, 64MiB ...")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT_DIR if it is not empty (only a folder publish made).")
 @click.option("--push", "repo_id", metavar="REPO_ID",
               help="Then upload OUT_DIR to this Hugging Face dataset repository (created if "
                    "missing), with the token of HF_TOKEN or 'hf auth login'.")
