@@ -675,3 +675,105 @@ def _common_bytes(a: bytes, b: bytes) -> int:
         else:
             high = middle
     return low
+
+
+# ---------------------------------------------------------------- check as a step
+
+
+def make_step(params: Any, where: Any = None) -> Any:
+    """The ``check`` step of ``params`` (a ``pipe`` stage): every parameter checked, the
+    tokenizer loaded and the system prompt file read before anything is read."""
+    from .steps import Step, checked, integer, number, one_of, text, tokenizer_loads
+
+    checked("check", params, {
+        "tokenizer": text(), "chat_template": one_of(TEMPLATES), "engine": one_of(ENGINES),
+        "block_size": integer(1), "capacity_tokens": integer(1), "num_gpu_blocks": integer(2),
+        "requests": integer(1), "warmup": integer(0, optional=False),
+        "reply_tokens": integer(1), "system_prompt_file": text(),
+        "max_hit_rate": number(0, 1), "max_total_hit_rate": number(0, 1)})
+    if params.get("num_gpu_blocks") is not None:
+        if params.get("capacity_tokens") is not None:
+            raise PromptkitError("check: give capacity_tokens or num_gpu_blocks, not both")
+        if params.get("engine", "vllm") != "vllm":
+            raise PromptkitError("check: num_gpu_blocks is vLLM's block count (engine vllm)")
+    tokenizer_loads(params.get("tokenizer"))
+    if params.get("system_prompt_file") is not None:
+        read_prompt(params["system_prompt_file"], "--system-prompt-file")
+    return Step("check", params)
+
+
+def check_step(step: Any, records: Iterable[Record]) -> Iterator[Record]:
+    """Pass the records on; at the end, put the predicted cache hits in ``step.info``."""
+    from .manifest import skipped_section
+    from .tokenizers import cached_tokenizer
+
+    params = dict(step.params)
+    spec = params.pop("tokenizer", None)
+    limit = params.pop("max_hit_rate", None)
+    total_limit = params.pop("max_total_hit_rate", None)
+    prompt_file = params.pop("system_prompt_file", None)
+    if prompt_file is not None:
+        params["system_prompt"] = read_prompt(prompt_file, "--system-prompt-file")
+    seen: list[Record] = []
+
+    def tee() -> Iterator[Record]:
+        for record in records:
+            seen.append(_snapshot(record))
+            yield record
+
+    yield from tee()
+    # The records are written as they pass: one the check cannot send is left out of
+    # the prediction only (listed in the summary's "skipped").
+    skipping = Skipping(step.skip_invalid, step.op)
+    report = check_records(seen, options=CheckOptions(**params),
+                           tokenizer=cached_tokenizer(spec) if spec else None,
+                           tokenizer_spec=spec, skipping=skipping)
+    step.info["summary"] = summary = report.summary()
+    if skipping.skipped:
+        summary["skipped"] = skipped_section(skipping.skipped)
+    problem = hit_rate_problem(summary, limit, total_limit)
+    if problem is not None:  # before anything is written
+        raise PromptkitError(f"{problem}; nothing written")
+
+
+def _snapshot(record: Record) -> Record:
+    """A copy of what a check needs, safe from later stages changing the record: the
+    messages (with each turn's own fields: output_length, extra), the session, the reply
+    length and the layout (a multi_turn conversation is a request a turn)."""
+    from .records import Message
+
+    return Record(messages=[Message(m.role, m.content, dict(m.fields))
+                            for m in record.messages],
+                  session_id=record.session_id, output_length=record.output_length,
+                  extra=dict(record.extra) if record.extra else None,
+                  input_length=record.input_length, hash_ids=record.hash_ids,
+                  layout=record.layout, lineno=record.lineno)
+
+
+def hit_rate_problem(summary: dict[str, Any], max_hit_rate: float | None,
+                     max_total_hit_rate: float | None) -> str | None:
+    """What a ``check`` report breaks of its guards: ``--max-hit-rate`` on the hits
+    across conversations (what a nonce must remove), ``--max-total-hit-rate`` on all
+    hits (the top of the predicted range); ``None`` when it breaks none."""
+    cross = summary["cross_conversation_hit_rate"]
+    if max_hit_rate is not None and cross > max_hit_rate:
+        return (f"predicted hit rate across conversations {cross:.2%} is above "
+                f"--max-hit-rate {max_hit_rate:.2%}")
+    total = summary["hit_rate_range"][1]
+    if max_total_hit_rate is not None and total > max_total_hit_rate:
+        return (f"predicted total hit rate {total:.2%} is above --max-total-hit-rate "
+                f"{max_total_hit_rate:.2%}")
+    return None
+
+
+def read_prompt(path: str, what: str) -> str:
+    """The text of a system prompt file; a missing, unreadable or empty one raises."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptkitError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
+                             ) from None
+    if not text.strip():
+        raise PromptkitError(f"{what} {path}: empty (AIPerf refuses an empty system prompt)")
+    return text

@@ -193,19 +193,14 @@ def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
                start_time: str | None, time_step_us: int, copies: int,
                tokenizer: str | None = None, keep_tokens: bool = False) -> Step:
+    """The nonce options as a step (made, its parameters checked, by ``nonce.make_step``
+    when the run starts)."""
     template = template.replace("\\n", "\n").replace("\\t", "\t")
     if "{nonce}" not in template:
         raise click.BadParameter("must contain {nonce}", param_hint="--template")
     if keep_tokens and tokenizer is None:
         raise click.UsageError("--keep-tokens needs --tokenizer (the tokens it keeps are "
                                "counted under it)")
-    if tokenizer is not None:
-        from .tokenizers import cached_tokenizer
-
-        try:
-            cached_tokenizer(tokenizer)  # a bad name fails here, before anything is read
-        except PromptkitError as exc:
-            raise UserError(str(exc)) from None
     if start_time is not None:
         from .nonce import parse_time
 
@@ -401,12 +396,11 @@ def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def pad_step(input_path: str, output_path: str, from_format: str | None, *,
-             dataset: dict[str, Any] | None = None, tokens: str,
-             tokenizer: str, system_prompt: str | None, system_prompt_file: str | None,
-             filler_file: str | None, groups: int, group_by: str | None, into: str,
-             seed: int | None) -> Step:
-    from . import pad
+def pad_step(*, tokens: str, tokenizer: str, system_prompt: str | None,
+             system_prompt_file: str | None, filler_file: str | None, groups: int,
+             group_by: str | None, into: str, seed: int | None) -> Step:
+    """The pad options as a step (made by ``pad.make_step`` for the run's input and output
+    when the run starts: the groups' prompts, ``OUT.system.txt`` for ``--into file``)."""
     from .nonce import new_seed
 
     try:
@@ -423,34 +417,13 @@ def pad_step(input_path: str, output_path: str, from_format: str | None, *,
                 system_prompt = f.read()
         except OSError as exc:
             raise PromptkitError(f"{system_prompt_file}: {exc.strerror}") from None
-    if into == "file" and (system_prompt is None or groups != 1 or output_path == "-"):
+    if into == "file" and (system_prompt is None or groups != 1):
         raise click.UsageError("--into file needs --system-prompt(-file), one group and an "
                                "OUT file")
-    seed = new_seed() if seed is None else seed
-    params = {"tokens": n, "tokenizer": tokenizer, "groups": groups, "seed": seed,
-              "system_prompt": system_prompt, "filler_file": filler_file, "into": into,
-              "group_by": group_by}
-    spec = pad.PadSpec(n, tokenizer, groups, seed, system_prompt, filler_file)
-    if system_prompt is not None:
-        bases = [system_prompt]
-    elif input_path != "-":  # a first pass finds the records' own system prompts
-        bases = pipeline.system_prompts(input_path, from_format, dataset)
-    else:
-        bases = []
-    # From stdin the records' own prompts are not known before the run: the
-    # manifest's token_stats lists the written ones (token count and sha256).
-    step = Step("pad", params, info={"groups": pad.describe_groups(spec, bases)} if bases else {})
-    if into == "file":
-        path = f"{output_path}.system.txt"
-        step.side_files[path] = pad.padded(spec, system_prompt or "", 0)
-        step.aiperf_args += ["--system-prompt-file", path]
-
-    def enough_records(count: int) -> None:
-        if groups > count:
-            raise PromptkitError(f"--groups {groups} is more than the {count} records")
-
-    step.check = enough_records
-    return step
+    return Step("pad", {"tokens": n, "tokenizer": tokenizer, "groups": groups,
+                        "seed": new_seed() if seed is None else seed,
+                        "system_prompt": system_prompt, "filler_file": filler_file,
+                        "into": into, "group_by": group_by})
 
 
 @cli.command()
@@ -474,8 +447,11 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
       promptkit pipe read chat.jsonl pad --tokens 1024 --tokenizer cl100k_base \\
           nonce --at user write out.jsonl
     """
-    dataset = with_seed(dataset, options["seed"])
-    step = pad_step(input_path, output_path, from_format, dataset=dataset, **options)
+    step = pad_step(**options)
+    if step.params["into"] == "file" and output_path == "-":
+        raise click.UsageError("--into file needs --system-prompt(-file), one group and an "
+                               "OUT file")
+    dataset = with_seed(dataset, step.params["seed"])
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers, dataset=dataset)
@@ -499,16 +475,11 @@ def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def fit_step(*, tokens: str, tokenizer: str, filler_file: str | None,
              seed: int | None) -> Step:
+    """The fit options as a step (made by ``fit.make_step`` when the run starts)."""
     from .fit import parse_tokens
     from .nonce import new_seed
-    from .pad import filler_words
-    from .tokenizers import cached_tokenizer
 
-    target = parse_tokens(tokens)
-    cached_tokenizer(tokenizer)  # a bad name fails here, before anything is read
-    if filler_file is not None:
-        next(filler_words(0, filler_file))
-    return Step("fit", {"tokens": target, "tokenizer": tokenizer,
+    return Step("fit", {"tokens": parse_tokens(tokens), "tokenizer": tokenizer,
                         "seed": new_seed() if seed is None else seed,
                         "filler_file": filler_file})
 
@@ -558,9 +529,7 @@ def turns_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def turns_step(*, tokenizer: str, **params: Any) -> Step:
-    from .tokenizers import cached_tokenizer
-
-    cached_tokenizer(tokenizer)  # a bad name fails here, before anything is read
+    """The turns options as a step (made by ``turns.make_step`` when the run starts)."""
     for low, high in (("min_prompt_tokens", "max_prompt_tokens"),
                       ("min_output_tokens", "max_output_tokens")):
         if params[low] is not None and params[high] is not None and params[low] > params[high]:
@@ -713,7 +682,9 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     else:
         print_check(summary)
     report_skipped(summary["skipped"])
-    problem = pipeline.hit_rate_problem(summary, max_hit_rate, max_total_hit_rate)
+    from .check import hit_rate_problem
+
+    problem = hit_rate_problem(summary, max_hit_rate, max_total_hit_rate)
     if problem is not None:
         raise UserError(f"{summary['input']['path']}: {problem}")
 
@@ -790,9 +761,6 @@ def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: in
       promptkit hash-trace prompts/chat.jsonl.example trace.jsonl --tokenizer cl100k_base
       promptkit hash-trace prod.jsonl trace.jsonl --tokenizer ./tok_dir --block-size 64 --rate 2
     """
-    from .tokenizers import cached_tokenizer
-
-    cached_tokenizer(tokenizer)  # a bad name fails before anything is read
     step = Step("hash_trace", {"tokenizer": tokenizer, "block_size": block_size, "rate": rate,
                                "threads": threads})
     run_and_report(input_path, output_path, [step], from_format=from_format,
@@ -860,12 +828,7 @@ def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: i
     """
     from . import synth as generators
     from .nonce import new_seed
-    from .pad import filler_words
-    from .tokenizers import cached_tokenizer
 
-    cached_tokenizer(tokenizer)  # a bad name fails here, before anything is written
-    if filler_file is not None:
-        next(filler_words(0, filler_file))
     params = {
         "groups": groups, "group_size": group_size,
         "system_tokens": generators.DEFAULT_SYSTEM_TOKENS if system_tokens is None
@@ -877,6 +840,7 @@ def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: i
         "order": order, "output_tokens": output_tokens,
         "into": "system" if FORMATS[to_format].holds_system else "text",
     }
+    params = generators.checked_params("prefix-test", params)  # before anything is written
     if manifest_path is None and output_path != "-":
         manifest_path = manifest.default_path(output_path)
     result = pipeline.generate("prefix-test", params, output_path, to_format=to_format,
@@ -1078,19 +1042,12 @@ def pipe_nonce(**options: Any) -> Step:
     return nonce_step(**options)
 
 
-@dataclass
-class PendingStep:
-    """A stage that needs the pipe's input and output paths to become a Step."""
-
-    make: Callable[[ReadStage, WriteStage], Step]
-
-
 @pipe.command("pad")
 @pad_options
-def pipe_pad(**options: Any) -> PendingStep:
+@report
+def pipe_pad(**options: Any) -> Step:
     """Give records a shared system prompt of exactly N tokens (options as 'promptkit pad')."""
-    return PendingStep(lambda read, write: pad_step(read.path, write.path, read.from_format,
-                                                    dataset=read.dataset, **options))
+    return pad_step(**options)
 
 
 @pipe.command("fit")
@@ -1143,7 +1100,7 @@ def run_pipe(stages: list[Any]) -> None:
     if not isinstance(stages[-1], WriteStage):
         raise click.UsageError("a pipe ends with 'write OUT'")
     read, write = stages[0], stages[-1]
-    middle = [s.make(read, write) if isinstance(s, PendingStep) else s for s in stages[1:-1]]
+    middle = stages[1:-1]
     if any(not isinstance(stage, Step) for stage in middle):
         raise click.UsageError("a pipe has one 'read' first and one 'write' last")
     run_and_report(read.path, write.path, middle,

@@ -176,3 +176,30 @@ def _fit_content(content: Any, target: int, tokenizer: Tokenizer, words: Iterato
     else:
         parts[texts[0]] = {**part, "text": fit_text(part["text"], target, tokenizer, words)}
     return parts
+
+
+def make_step(params: Any, where: Any = None) -> Any:
+    """The ``fit`` step of ``params`` (an unseeded one given a seed), every parameter
+    checked, the tokenizer loaded and the filler file read before anything is read."""
+    from .nonce import new_seed
+    from .steps import Param, Step, checked, filler_readable, integer, text, tokenizer_loads
+
+    def target(value: Any) -> bool:
+        if isinstance(value, str):
+            return value.isidentifier()
+        if isinstance(value, list):
+            return (len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in value) and 1 <= value[0] <= value[1])
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    checked("fit", params, {
+        "tokens": Param(target, "a positive integer, a range [LOW, HIGH] or a column name",
+                        required=True),
+        "tokenizer": text(optional=False, required=True), "seed": integer(),
+        "filler_file": text(), "first_index": integer(0, optional=False)})
+    params = dict(params)
+    if params.get("seed") is None:
+        params["seed"] = new_seed()
+    tokenizer_loads(params["tokenizer"])
+    filler_readable(params.get("filler_file"))
+    return Step("fit", params)

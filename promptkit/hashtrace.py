@@ -135,3 +135,18 @@ def hashed_list(records: Iterable[Record], params: dict[str, Any], skip_invalid:
     return list(hashed_records(records, tokenizer=params["tokenizer"],
                                block_size=params["block_size"], rate=params.get("rate"),
                                threads=1, skipping=skipping)), skipping.skipped
+
+
+def make_step(params: Any, where: Any = None) -> Any:
+    """The ``hash_trace`` step of ``params``, the tokenizer loaded before anything is
+    read; AIPerf is told the block size (a hash id is a prompt of that many tokens)."""
+    from .steps import Step, checked, integer, number, text, tokenizer_loads
+
+    checked("hash_trace", params, {
+        "tokenizer": text(optional=False, required=True),
+        "block_size": integer(1, optional=False), "rate": number(0, low_open=True),
+        "threads": integer(1), "first_index": integer(0, optional=False)})
+    tokenizer_loads(params["tokenizer"])
+    # AIPerf makes a prompt of block_size tokens a hash id; it assumes 512.
+    return Step("hash_trace", params, aiperf_args=[
+        "--prompt-input-tokens-block-size", str(params.get("block_size", 512))])

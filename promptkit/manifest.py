@@ -99,7 +99,98 @@ def read(path: str) -> dict[str, Any]:
         raise ManifestError(f"{path}: not a valid manifest: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ManifestError(f"{path}: not a promptkit manifest (schema {SCHEMA!r} expected)")
+    problem = malformed(manifest)
+    if problem is not None:
+        raise ManifestError(f"{path}: not a valid manifest: {problem}")
     return manifest
+
+
+def _hex64(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+#: What each field ``verify`` and ``rebuild`` read must be: a test, and what it wants.
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "path": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "format": (lambda v: isinstance(v, str), "a format name"),
+    "records": (_count, "a record count"),
+    "sha256": (_hex64, "a sha256 (64 hex digits)"),
+}
+
+
+def _file_problem(name: str, entry: Any, optional: dict[str, tuple[Callable[[Any], bool], str]]
+                  ) -> str | None:
+    if not isinstance(entry, dict):
+        return f"{name} is {entry!r}, not an object"
+    for key, (ok, wants) in _FIELDS.items():
+        if key not in entry:
+            return f"{name}.{key} is missing"
+        if not ok(entry[key]):
+            return f"{name}.{key} is {entry[key]!r}, not {wants}"
+    for key, (ok, wants) in optional.items():
+        if key in entry and not ok(entry[key]):
+            return f"{name}.{key} is {entry[key]!r}, not {wants}"
+    return None
+
+
+def malformed(manifest: dict[str, Any]) -> str | None:
+    """The first field of a manifest (of schema :data:`SCHEMA`) that is missing or of the
+    wrong kind, as ``field.path is VALUE, not WHAT``; ``None`` when it is well formed.
+
+    Checked: what ``verify`` and ``rebuild`` read (the output's and inputs' path, format,
+    records and sha256; each step's ``op`` and ``params``; ``skipped.count``; the AIPerf
+    ``args``; a generator's ``name`` and ``params``). Each step's parameters are checked
+    by its operation when ``rebuild`` makes the step (see :mod:`promptkit.steps`)."""
+    from .steps import OPS
+
+    is_dict = (lambda v: isinstance(v, dict), "an object")
+    problem = _file_problem("output", manifest.get("output"), {
+        "compression": (lambda v: isinstance(v, str), "a codec name"),
+        "content_sha256": (_hex64, "a sha256 (64 hex digits)")})
+    if problem is not None:
+        return problem
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, list):
+        return f"inputs is {inputs!r}, not a list"
+    for i, entry in enumerate(inputs):
+        problem = _file_problem(f"inputs[{i}]", entry, {"dataset": is_dict})
+        if problem is not None:
+            return problem
+        dataset = entry.get("dataset")
+        if dataset is not None and not isinstance(dataset.get("options"), dict):
+            return f"inputs[{i}].dataset.options is {dataset.get('options')!r}, not an object"
+    steps = manifest.get("steps")
+    if not isinstance(steps, list):
+        return f"steps is {steps!r}, not a list"
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            return f"steps[{i}] is {step!r}, not an object"
+        if step.get("op") not in OPS:
+            return f"steps[{i}].op is {step.get('op')!r}, not one of {', '.join(OPS)}"
+        if not isinstance(step.get("params"), dict):
+            return f"steps[{i}].params is {step.get('params')!r}, not an object"
+    skipped = manifest.get("skipped")
+    if not isinstance(skipped, dict) or not _count(skipped.get("count")):
+        count = skipped.get("count") if isinstance(skipped, dict) else skipped
+        return f"skipped.count is {count!r}, not a record count"
+    aiperf = manifest.get("aiperf", {})
+    args = aiperf.get("args", []) if isinstance(aiperf, dict) else None
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return f"aiperf.args is {args!r}, not a list of strings"
+    generator = manifest.get("generator")
+    if generator is not None:
+        if not isinstance(generator, dict):
+            return f"generator is {generator!r}, not an object"
+        if not isinstance(generator.get("name"), str):
+            return f"generator.name is {generator.get('name')!r}, not a generator name"
+        if not isinstance(generator.get("params"), dict):
+            return f"generator.params is {generator.get('params')!r}, not an object"
+    return None
 
 
 def verify(path: str, manifest_path: str | None = None,

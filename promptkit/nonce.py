@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import InvalidRecordError, Skipping
+from .errors import InvalidRecordError, PromptkitError, Skipping
 from .fit import _prefix_end
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Message, Record, content_texts, message_texts, prepend_text
@@ -533,3 +533,29 @@ def nonce_params(**params: Any) -> dict[str, Any]:
     if full["kind"] == "timestamp" and full["start_time"] is None:
         full["start_time"] = now_iso()
     return full
+
+
+def make_step(params: Any, where: Any = None) -> Any:
+    """The ``nonce`` step of ``params`` (defaults filled in, an unseeded one given a
+    seed), every parameter checked and the tokenizer loaded before anything is read."""
+    from .steps import Step, checked, flag, integer, one_of, text, tokenizer_loads
+
+    checked("nonce", params, {
+        "kind": one_of(KINDS), "seed": integer(), "at": one_of(POSITIONS),
+        "template": text(optional=False), "length": integer(1, optional=False),
+        "start_time": text(), "time_step_us": integer(1, optional=False),
+        "copies": integer(1, optional=False), "first_index": integer(0, optional=False),
+        "tokenizer": text(), "keep_tokens": flag()})
+    full = nonce_params(**params)
+    if "{nonce}" not in full["template"]:
+        raise PromptkitError(f"nonce: template {full['template']!r} does not contain {{nonce}}")
+    if full.get("keep_tokens") and full.get("tokenizer") is None:
+        raise PromptkitError("nonce: keep_tokens needs a tokenizer (the tokens it keeps are "
+                             "counted under it)")
+    if full["start_time"] is not None:
+        try:
+            parse_time(full["start_time"])
+        except ValueError as exc:
+            raise PromptkitError(f"nonce: start_time: {exc}") from None
+    tokenizer_loads(full.get("tokenizer"))
+    return Step("nonce", full)

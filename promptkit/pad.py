@@ -341,3 +341,59 @@ def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]
                 "starts": prompt[:40],
             })
     return out
+
+
+INTO = ("system", "text", "file")
+
+
+def make_step(params: Any, where: Any = None) -> Any:
+    """The ``pad`` step of ``params`` for a run from ``where.input`` to ``where.output``
+    (a :class:`~promptkit.steps.Where`): each group's prompt described in ``info``
+    (the records' own system prompts found by a first pass over a file input), and
+    for ``into="file"`` the prompt as ``OUT.system.txt`` with the AIPerf argument that
+    sends it."""
+    from .nonce import new_seed
+    from .steps import Step, Where, checked, filler_readable, integer, one_of, text
+
+    where = where or Where()
+    checked("pad", params, {
+        "tokens": integer(1, optional=False, required=True),
+        "tokenizer": text(optional=False, required=True), "groups": integer(1, optional=False),
+        "seed": integer(), "system_prompt": text(), "filler_file": text(),
+        "into": one_of(INTO), "group_by": text()})
+    defaults = {"tokens": None, "tokenizer": None, "groups": 1, "seed": None,
+                "system_prompt": None, "filler_file": None, "into": "system", "group_by": None}
+    params = {name: params.get(name, value) for name, value in defaults.items()}
+    if params["seed"] is None:
+        params["seed"] = new_seed()
+    tokens, groups, system_prompt = params["tokens"], params["groups"], params["system_prompt"]
+    if params["into"] == "file" and (system_prompt is None or groups != 1
+                                     or where.output in (None, "-")):
+        raise PromptkitError("pad: into 'file' needs a system_prompt, one group and an "
+                             "output file")
+    cached_tokenizer(params["tokenizer"])  # a bad name fails here, before anything is read
+    filler_readable(params["filler_file"])
+    spec = PadSpec(tokens, params["tokenizer"], groups, params["seed"], system_prompt,
+                   params["filler_file"])
+    if system_prompt is not None:
+        bases = [system_prompt]
+    elif where.input not in (None, "-"):  # a first pass finds the records' own system prompts
+        from .pipeline import system_prompts
+
+        bases = system_prompts(where.input, where.from_format, where.dataset)
+    else:
+        bases = []
+    # From stdin the records' own prompts are not known before the run: the
+    # manifest's token_stats lists the written ones (token count and sha256).
+    step = Step("pad", params, info={"groups": describe_groups(spec, bases)} if bases else {})
+    if params["into"] == "file":
+        path = f"{where.output}.system.txt"
+        step.side_files[path] = padded(spec, system_prompt or "", 0)
+        step.aiperf_args += ["--system-prompt-file", path]
+
+    def enough_records(count: int) -> None:
+        if groups > count:
+            raise PromptkitError(f"--groups {groups} is more than the {count} records")
+
+    step.check = enough_records
+    return step

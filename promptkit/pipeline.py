@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from . import __version__, compression, files, manifest, parallel
@@ -25,52 +24,14 @@ from .datasets_io import (
     is_json_array,
 )
 from .errors import FormatUnknownError, InvalidRecordError, PromptkitError, Skipping
-from .fit import fit_records
 from .formats import TABLE_FORMATS, get_format
-from .hashtrace import hash_trace_records
-from .nonce import NonceState, add_nonces
-from .pad import PadState, pad_records
+from .pad import PadState
 from .progress import Progress
 from .records import Record
 from .stats import Tap
+from .steps import ORDERED, STATEFUL, Step, Where, make
 from .streams import STDIO, Sink, Source, display_name
 from .tokenizers import cached_tokenizer
-from .turns import DEFAULT_OUTPUT, TurnsState, make_requests
-
-Operation = Callable[..., Iterator[Record]]
-
-class NoState(Skipping):
-    """The state of an operation that remembers nothing across records but the records
-    it left out (``--skip-invalid``)."""
-
-    def overlaps(self, later: NoState) -> bool:
-        return False
-
-    def update(self, later: NoState) -> None:
-        self.skipped += later.skipped
-
-
-#: Every operation a manifest step can name, by name, and the state it keeps.
-OPERATIONS: dict[str, Operation] = {"nonce": add_nonces, "pad": pad_records, "fit": fit_records,
-                                    "hash_trace": hash_trace_records, "turns": make_requests}
-STATES: dict[str, Callable[[], Any]] = {"nonce": NonceState, "pad": PadState, "fit": NoState,
-                                        "hash_trace": NoState, "turns": TurnsState}
-#: Stages that see every record in order, so a run with one stays in one process.
-ORDERED = frozenset({"check", "hash_trace"})
-
-
-def _snapshot(record: Record) -> Record:
-    """A copy of what a check needs, safe from later stages changing the record: the
-    messages (with each turn's own fields: output_length, extra), the session, the reply
-    length and the layout (a multi_turn conversation is a request a turn)."""
-    from .records import Message
-
-    return Record(messages=[Message(m.role, m.content, dict(m.fields))
-                            for m in record.messages],
-                  session_id=record.session_id, output_length=record.output_length,
-                  extra=dict(record.extra) if record.extra else None,
-                  input_length=record.input_length, hash_ids=record.hash_ids,
-                  layout=record.layout, lineno=record.lineno)
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -78,107 +39,6 @@ def counting_tokenizer(steps: list[Step]) -> str | None:
     step's that names one (``None``: no token statistics)."""
     named = [s.params["tokenizer"] for s in steps if s.params.get("tokenizer")]
     return named[-1] if named else None
-
-
-@dataclass
-class Step:
-    """One operation with all its parameters (as recorded in the manifest).
-
-    ``info`` is written to the manifest beside the parameters (what the step made,
-    e.g. each padded prompt's token count and sha256); ``side_files`` are written
-    next to the output on success (path -> text); ``aiperf_args`` join the
-    manifest's AIPerf arguments.
-    """
-
-    op: str
-    params: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    side_files: dict[str, str] = field(default_factory=dict)
-    aiperf_args: list[str] = field(default_factory=list)
-    #: Called with the number of records read, before anything is written.
-    check: Callable[[int], None] | None = None
-    #: Set by :func:`run` for ``--skip-invalid``: every state is a
-    #: :class:`~promptkit.errors.Skipping`, which then leaves out the records its
-    #: operation rejects and lists them (``"LINE: OP: problem"``) for the manifest.
-    skip_invalid: bool = False
-    #: The state :meth:`new_state` last made in this process: after a run, what the
-    #: operation remembered of every record (a parallel run's chunks merge into it).
-    #: A state's ``report()`` joins ``info``; its ``skipped`` joins the manifest's.
-    state: Any = field(default=None, repr=False, compare=False)
-    #: The output format the step's records are made for, when no ``--to`` names one.
-    output_format: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.op == "turns":
-            self.output_format = DEFAULT_OUTPUT[self.params["mode"]]
-            self.check = self._some_requests
-        if self.op == "hash_trace" and not self.aiperf_args:
-            # AIPerf makes a prompt of block_size tokens a hash id; it assumes 512.
-            self.aiperf_args = ["--prompt-input-tokens-block-size",
-                                str(self.params.get("block_size", 512))]
-
-    def _some_requests(self, records_read: int) -> None:
-        """A ``turns`` run that made no request has found no recorded conversation."""
-        if records_read and not self.state.requests:
-            reasons = ", ".join(f"{n} {why}" for why, n in self.state.dropped.items())
-            raise PromptkitError(f"turns: no requests from {records_read} records ({reasons}); "
-                                 "nothing written")
-
-    def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
-        """The operation over ``records``; ``state`` carries what it remembers across
-        records (see :class:`~promptkit.nonce.NonceState`), for runs in chunks."""
-        if self.op == "check":
-            return self._check(records)
-        if state is None:
-            return OPERATIONS[self.op](records, **self.params)
-        return OPERATIONS[self.op](records, **self.params, state=state)
-
-    def _check(self, records: Iterable[Record]) -> Iterator[Record]:
-        """Pass the records on; at the end, put the predicted cache hits in ``info``."""
-        from .check import CheckOptions, check_records
-        from .tokenizers import cached_tokenizer
-
-        params = dict(self.params)
-        spec = params.pop("tokenizer", None)
-        limit = params.pop("max_hit_rate", None)
-        total_limit = params.pop("max_total_hit_rate", None)
-        prompt_file = params.pop("system_prompt_file", None)
-        if prompt_file is not None:
-            params["system_prompt"] = _read_prompt(prompt_file, "--system-prompt-file")
-        seen: list[Record] = []
-
-        def tee() -> Iterator[Record]:
-            for record in records:
-                seen.append(_snapshot(record))
-                yield record
-
-        yield from tee()
-        # The records are written as they pass: one the check cannot send is left out of
-        # the prediction only (listed in the summary's "skipped").
-        skipping = Skipping(self.skip_invalid, self.op)
-        report = check_records(seen, options=CheckOptions(**params),
-                               tokenizer=cached_tokenizer(spec) if spec else None,
-                               tokenizer_spec=spec, skipping=skipping)
-        self.info["summary"] = summary = report.summary()
-        if skipping.skipped:
-            summary["skipped"] = manifest.skipped_section(skipping.skipped)
-        problem = hit_rate_problem(summary, limit, total_limit)
-        if problem is not None:  # before anything is written
-            raise PromptkitError(f"{problem}; nothing written")
-
-    def new_state(self) -> Any:
-        self.state = STATES[self.op]()
-        if isinstance(self.state, Skipping):  # (turns drops records by design, not as errors)
-            self.state.skip_invalid = self.skip_invalid
-            self.state.op = self.op
-        return self.state
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"op": self.op, "params": self.params}
-        info = {**self.info, **(self.state.report() if hasattr(self.state, "report") else {})}
-        if info:
-            out["info"] = info
-        return out
 
 
 def run(
@@ -209,8 +69,12 @@ def run(
     output stays untouched. ``accept(manifest)``, when given, may raise to refuse the
     result before anything is put in place. OUT, its manifest and side files are put
     in place together (see :mod:`promptkit.files`), under a lock on OUT.
+    A step not yet made (``Step(op, params)``) is made here for this input and output,
+    as the command line makes it (see :mod:`promptkit.steps`).
     """
     workers = parallel.default_workers() if workers is None else workers
+    where = Where(input_path, output_path, from_format, dataset)
+    steps = [step if step.made else make(step.op, step.params, where) for step in steps]
     for step in steps:
         step.skip_invalid = skip_invalid
     if manifest_path == STDIO and output_path == STDIO:
@@ -424,7 +288,7 @@ def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
         source.before_read = sink.flush
     records: Iterable[Record] = source.records()
     for step in steps:
-        records = step.apply(records, step.new_state() if step.op in STATES else None)
+        records = step.apply(records, step.new_state() if step.op in STATEFUL else None)
     try:
         sink.write_all(records)
     except InvalidRecordError as exc:
@@ -629,23 +493,28 @@ def _made_by(read: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
-            argv: list[str] | None = None, workers: int | None = None) -> dict[str, Any]:
-    """Re-make a file from its manifest and input; raise if the bytes differ."""
+            argv: list[str] | None = None, workers: int | None = None,
+            allow_paths: bool = False) -> dict[str, Any]:
+    """Re-make a file from its manifest and input; raise if the bytes differ.
+
+    A manifest is another person's input: one that names files outside its own folder
+    (an input, a filler or system prompt file; a ``hf:`` input, which is a download) is
+    refused, naming them, before anything is read, unless ``allow_paths`` (the input:
+    ``input_path``, which replaces the one the manifest names)."""
     recorded = manifest.read(manifest_path)
+    outside = paths_outside(manifest_path, recorded, input_path)
+    if outside and not allow_paths:
+        named = ", ".join(f"{what} {path}" for what, path in outside)
+        raise PromptkitError(f"{manifest_path}: names files outside its folder, not read: "
+                             f"{named} (--allow-paths reads them; --input PATH gives the "
+                             "input)")
     own_manifest = None if output_path == STDIO else manifest.default_path(output_path)
 
     def same_file(result: dict[str, Any]) -> None:
         """Refuse a differing result before it is put in place: no OUT, no manifest."""
-        want = recorded["output"]["sha256"]
-        # A compressed file: the same lines, compressed by another zlib or zstd, may
-        # differ in bytes; the lines are what was made.
-        lines = recorded["output"].get("content_sha256")
-        same_lines = lines is not None and result["output"].get("content_sha256") == lines
-        if result["output"]["sha256"] != want and not same_lines:
-            raise PromptkitError(
-                f"{output_path}: rebuilt file differs from the manifest "
-                f"(sha256 {result['output']['sha256']}, manifest says {want}); not written"
-            )
+        problem = rebuilt_problem(recorded, result)
+        if problem is not None:
+            raise PromptkitError(f"{output_path}: {problem}; not written")
 
     if "generator" in recorded:
         return _regenerate(manifest_path, recorded, output_path, own_manifest, argv,
@@ -654,15 +523,84 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
                   workers, same_file)
 
 
+def rebuilt_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """How a rebuilt file (its manifest ``result``) differs from the one ``recorded``
+    describes: its bytes, its side files or its AIPerf arguments (paths of its own files
+    aside: a rebuilt file has its own name); ``None`` when it is the same."""
+    want = recorded["output"]["sha256"]
+    # A compressed file: the same lines, compressed by another zlib or zstd, may differ
+    # in bytes; the lines are what was made.
+    lines = recorded["output"].get("content_sha256")
+    same_lines = lines is not None and result["output"].get("content_sha256") == lines
+    if result["output"]["sha256"] != want and not same_lines:
+        return (f"rebuilt file differs from the manifest "
+                f"(sha256 {result['output']['sha256']}, manifest says {want})")
+    for what, made, described in (
+            ("side files", _side_sha256s(result), _side_sha256s(recorded)),
+            ("AIPerf arguments", _args_shape(result), _args_shape(recorded))):
+        if made != described:
+            return f"rebuilt {what} differ from the manifest ({made}, manifest says {described})"
+    return None
+
+
+#: AIPerf arguments whose value is a path of this run's own files.
+_PATH_ARGS = frozenset({"--input-file", "--system-prompt-file"})
+
+
+def _args_shape(described: dict[str, Any]) -> list[str]:
+    """A manifest's AIPerf arguments with the paths of its own files left out (a rebuilt
+    file has its own name)."""
+    args = described.get("aiperf", {}).get("args", [])
+    return [a if i == 0 or args[i - 1] not in _PATH_ARGS else "PATH" for i, a in enumerate(args)]
+
+
+def _side_sha256s(described: dict[str, Any]) -> list[str]:
+    return [str(side.get("sha256")) for side in described.get("side_outputs", [])
+            if isinstance(side, dict)]
+
+
+def paths_outside(manifest_path: str, recorded: dict[str, Any],
+                  input_path: str | None = None) -> list[tuple[str, str]]:
+    """The files ``rebuild`` would read that are outside the manifest's own folder, as
+    ``(field, path)``: the input (unless ``input_path`` replaces it; a ``hf:`` input is a
+    download), and every file a step's or the generator's parameters name. A path is
+    taken as ``rebuild`` reads it (relative to the working folder), links resolved."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(manifest_path)))
+    named: list[tuple[str, str]] = []
+    if input_path is None:
+        named += [(f"inputs[{i}].path", entry["path"])
+                  for i, entry in enumerate(recorded["inputs"])
+                  if entry["path"] != display_name(STDIO)]
+    described = [(f"steps[{i}].params", step["params"])
+                 for i, step in enumerate(recorded["steps"])]
+    if "generator" in recorded:
+        described.append(("generator.params", recorded["generator"]["params"]))
+    for where, params in described:
+        named += [(f"{where}.{key}", params[key]) for key in ("filler_file", "system_prompt_file")
+                  if isinstance(params.get(key), str)]
+
+    def inside(path: str) -> bool:
+        if path.startswith("hf:"):
+            return False
+        real = os.path.realpath(path)
+        return os.path.commonpath([real, folder]) == folder
+
+    return [(what, path) for what, path in named if not inside(path)]
+
+
 def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
                 own_manifest: str | None, argv: list[str] | None,
                 accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from .synth import GENERATORS
+    from .synth import GENERATORS, checked_params
 
     generator = recorded["generator"]
-    if generator.get("name") not in GENERATORS:
-        raise PromptkitError(f"{manifest_path}: unknown generator {generator.get('name')!r}")
-    return generate(generator["name"], generator["params"], output_path,
+    if generator["name"] not in GENERATORS:
+        raise PromptkitError(f"{manifest_path}: unknown generator {generator['name']!r}")
+    try:
+        params = checked_params(generator["name"], generator["params"])
+    except PromptkitError as exc:
+        raise PromptkitError(f"{manifest_path}: generator.params: {exc}") from None
+    return generate(generator["name"], params, output_path,
                     to_format=recorded["output"]["format"], manifest_path=own_manifest,
                     argv=argv, accept=accept)
 
@@ -681,22 +619,35 @@ def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
 def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
            own_manifest: str | None, input_path: str | None, argv: list[str] | None,
            workers: int | None, accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    from dataclasses import fields
+
     inputs = recorded["inputs"]
     if len(inputs) != 1:
         raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
     source = input_path or inputs[0]["path"]
     if source == display_name(STDIO):
         raise PromptkitError(f"{manifest_path}: the input was stdin; name it with --input")
-    for step in recorded["steps"]:
-        if step["op"] not in OPERATIONS and step["op"] not in ORDERED:
-            raise PromptkitError(f"{manifest_path}: unknown operation {step['op']!r}")
     dataset = inputs[0].get("dataset")
+    options = _same_rows(dataset)
+    known = {f.name for f in fields(DatasetOptions)}
+    for key in options or {}:
+        if key not in known:
+            raise PromptkitError(f"{manifest_path}: inputs[0].dataset.options: unknown "
+                                 f"option {key!r}")
+    from_format = None if dataset is not None else inputs[0]["format"]
+    where = Where(source, output_path, from_format, options)
+    steps = []
+    for i, step in enumerate(recorded["steps"]):
+        try:
+            steps.append(make(step["op"], step["params"], where))
+        except PromptkitError as exc:
+            raise PromptkitError(f"{manifest_path}: steps[{i}]: {exc}") from None
     return run(
         source,
         output_path,
-        [Step(s["op"], s["params"]) for s in recorded["steps"]],
-        from_format=None if dataset is not None else inputs[0]["format"],
-        dataset=_same_rows(dataset),
+        steps,
+        from_format=from_format,
+        dataset=options,
         to_format=recorded["output"]["format"],
         skip_invalid=recorded["skipped"]["count"] > 0,
         manifest_path=own_manifest,
@@ -759,22 +710,6 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
         "skipped": manifest.skipped_section(source.skipped),
         **collected.summary(),
     }
-
-
-def hit_rate_problem(summary: dict[str, Any], max_hit_rate: float | None,
-                     max_total_hit_rate: float | None) -> str | None:
-    """What a ``check`` report breaks of its guards: ``--max-hit-rate`` on the hits
-    across conversations (what a nonce must remove), ``--max-total-hit-rate`` on all
-    hits (the top of the predicted range); ``None`` when it breaks none."""
-    cross = summary["cross_conversation_hit_rate"]
-    if max_hit_rate is not None and cross > max_hit_rate:
-        return (f"predicted hit rate across conversations {cross:.2%} is above "
-                f"--max-hit-rate {max_hit_rate:.2%}")
-    total = summary["hit_rate_range"][1]
-    if max_total_hit_rate is not None and total > max_total_hit_rate:
-        return (f"predicted total hit rate {total:.2%} is above --max-total-hit-rate "
-                f"{max_total_hit_rate:.2%}")
-    return None
 
 
 def check_file(input_path: str, *, from_format: str | None = None,
@@ -843,10 +778,13 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
     """The AIPerf arguments ``check`` applies to a file: ``applied`` (the arguments),
     ``source`` (``option``, ``manifest`` or ``None``), ``system_prompt`` (its text), and
     ``note`` when a manifest beside the file was not used."""
+    from . import check
+
     out: dict[str, Any] = {"applied": [], "source": None, "system_prompt": None}
     if system_prompt_file is not None:
         out.update(applied=["--system-prompt-file", system_prompt_file], source="option",
-                   system_prompt=_read_prompt(system_prompt_file, "--system-prompt-file"))
+                   system_prompt=check.read_prompt(system_prompt_file,
+                                                   "--system-prompt-file"))
         return out
     path = manifest.default_path(input_path)
     if not use_manifest or input_path == STDIO or is_dataset(input_path):
@@ -868,20 +806,9 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
         elif flag == "--system-prompt-file":
             found = manifest.named_file(str(value), input_path) or str(value)
             out.update(applied=[flag, found], source="manifest",
-                       system_prompt=_read_prompt(found, f"{path}: --system-prompt-file"))
+                       system_prompt=check.read_prompt(found,
+                                                       f"{path}: --system-prompt-file"))
     return out
-
-
-def _read_prompt(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptkitError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
-                             ) from None
-    if not text.strip():
-        raise PromptkitError(f"{what} {path}: empty (AIPerf refuses an empty system prompt)")
-    return text
 
 
 def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,

@@ -88,3 +88,21 @@ def prefix_test_info(params: dict[str, Any]) -> dict[str, Any]:
 GENERATORS: dict[str, tuple[Callable[..., Iterator[Record]], Callable[..., dict[str, Any]]]] = {
     "prefix-test": (prefix_test, prefix_test_info),
 }
+
+
+def checked_params(name: str, params: Any) -> dict[str, Any]:
+    """A generator's parameters (as a manifest records them), each checked; a wrong one
+    raises naming it, before anything is made."""
+    from .steps import checked, filler_readable, integer, one_of, text, tokenizer_loads
+
+    checked(name, params, {
+        "groups": integer(1, optional=False, required=True),
+        "group_size": integer(1, optional=False, required=True),
+        "system_tokens": integer(1, optional=False, required=True),
+        "tokenizer": text(optional=False, required=True),
+        "system_prompt": text(optional=False, required=True), "filler_file": text(),
+        "seed": integer(optional=False, required=True), "order": one_of(ORDERS),
+        "output_tokens": integer(1), "into": one_of(("system", "text"))})
+    tokenizer_loads(params["tokenizer"])
+    filler_readable(params.get("filler_file"))
+    return dict(params)

@@ -215,3 +215,34 @@ def _as_sent(message: Message) -> Message:
     if message.role in REPLY_ROLES and message.role != "assistant":
         return Message("assistant", message.content, message.fields)
     return message
+
+
+def make_step(params: Any, where: Any = None) -> Any:
+    """The ``turns`` step of ``params``: every parameter checked and the tokenizer loaded
+    before anything is read; its records are made for the mode's format, and a run that
+    makes no request at all fails (no recorded conversation in the input)."""
+    from .errors import PromptkitError
+    from .steps import Step, checked, integer, one_of, text, tokenizer_loads
+
+    bounds = ("min_prompt_tokens", "max_prompt_tokens", "min_output_tokens",
+              "max_output_tokens", "max_turns")
+    checked("turns", params, {"mode": one_of(MODES, required=True),
+                              "tokenizer": text(optional=False, required=True),
+                              **{name: integer(1) for name in bounds}})
+    for low, high in (("min_prompt_tokens", "max_prompt_tokens"),
+                      ("min_output_tokens", "max_output_tokens")):
+        if params.get(low) is not None and params.get(high) is not None \
+                and params[low] > params[high]:
+            raise PromptkitError(f"turns: {low} is above {high}")
+    tokenizer_loads(params["tokenizer"])
+    step = Step("turns", params, output_format=DEFAULT_OUTPUT[params["mode"]])
+
+    def some_requests(records_read: int) -> None:
+        """A run that made no request has found no recorded conversation."""
+        if records_read and not step.state.requests:
+            reasons = ", ".join(f"{n} {why}" for why, n in step.state.dropped.items())
+            raise PromptkitError(f"turns: no requests from {records_read} records ({reasons}); "
+                                 "nothing written")
+
+    step.check = some_requests
+    return step
