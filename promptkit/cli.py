@@ -871,18 +871,27 @@ def verify(path: str, manifest_path: str | None) -> None:
 @click.argument("output_path", metavar="OUT")
 @click.option("--input", "input_path", metavar="PATH",
               help="The input file (default: the path recorded in the manifest).")
+@click.option("--allow-paths", is_flag=True,
+              help="Read the files the manifest names outside its own folder (its input, "
+                   "filler and system prompt files) and download an hf: input; without it "
+                   "rebuild lists them and stops.")
 @workers_option
 @report
-def rebuild(manifest_path: str, output_path: str, input_path: str | None,
+def rebuild(manifest_path: str, output_path: str, input_path: str | None, allow_paths: bool,
             workers: int | None) -> None:
     """Re-make a file from its manifest and input, byte for byte; exit 1 if it differs.
 
+    A manifest may come from someone else: rebuild reads no file it names outside
+    the manifest's folder unless --allow-paths (or --input PATH for the input).
+
     \b
-    Example:
+    Examples:
       promptkit rebuild out.jsonl.manifest.json again.jsonl
+      promptkit rebuild downloaded.manifest.json again.jsonl --input my-copy.jsonl
     """
     result = pipeline.rebuild(manifest_path, output_path, input_path=input_path,
-                              argv=PromptkitGroup.argv, workers=workers)
+                              argv=PromptkitGroup.argv, workers=workers,
+                              allow_paths=allow_paths)
     summarize(result, manifest.default_path(output_path) if output_path != "-" else None)
     if result["output"]["sha256"] == manifest.read(manifest_path)["output"]["sha256"]:
         click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
