@@ -9,8 +9,8 @@ from typing import Any
 from .errors import InvalidRecordError
 from .formats import get_format
 from .formats.table import COLUMNS, find_mapping, from_row, to_row
-from .pipeline import Step
 from .records import Record
+from .steps import Step, make
 from .streams import Sink, Source
 
 
@@ -56,7 +56,9 @@ class DatasetMap:
     """
 
     def __init__(self, steps: list[Step], **columns: str | None):
-        self.steps = steps
+        # Made as the CLI makes them (parameters checked; a step that needs the output
+        # file, such as pad's into="file", is refused here).
+        self.steps = [step if step.made else make(step.op, step.params) for step in steps]
         self.columns = {k.removesuffix("_column"): v for k, v in columns.items()}
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:

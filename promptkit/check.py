@@ -32,6 +32,7 @@ from typing import Any
 from .cache import SglangCache, VllmCache
 from .errors import InvalidRecordError, PromptkitError, Skipping
 from .records import Record, content_texts
+from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
 from .tokenizers import Tokenizer
 
 ENGINES = ("vllm", "sglang")
@@ -680,11 +681,9 @@ def _common_bytes(a: bytes, b: bytes) -> int:
 # ---------------------------------------------------------------- check as a step
 
 
-def make_step(params: Any, where: Any = None) -> Any:
+def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``check`` step of ``params`` (a ``pipe`` stage): every parameter checked, the
     tokenizer loaded and the system prompt file read before anything is read."""
-    from .steps import Step, checked, integer, number, one_of, text, tokenizer_loads
-
     checked("check", params, {
         "tokenizer": text(), "chat_template": one_of(TEMPLATES), "engine": one_of(ENGINES),
         "block_size": integer(1), "capacity_tokens": integer(1), "num_gpu_blocks": integer(2),

@@ -20,7 +20,6 @@ from .errors import PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
 from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
-from .pipeline import Step
 from .publish import (
     AIPERF_FORMATS,
     DEFAULT_FORMAT,
@@ -28,6 +27,7 @@ from .publish import (
     DEFAULT_SHARD_SIZE,
     parse_size,
 )
+from .steps import Step
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
 #: Output formats: every line format, and tables (parquet, a save_to_disk folder).

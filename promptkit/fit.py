@@ -20,6 +20,7 @@ from typing import Any
 from .errors import InvalidRecordError, PromptkitError, Skipping
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Record
+from .steps import Param, Step, Where, checked, filler_readable, integer, text, tokenizer_loads
 from .tokenizers import Tokenizer, cached_tokenizer
 
 #: Record attributes a column target may name (others come from fields, then extra).
@@ -178,11 +179,10 @@ def _fit_content(content: Any, target: int, tokenizer: Tokenizer, words: Iterato
     return parts
 
 
-def make_step(params: Any, where: Any = None) -> Any:
+def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``fit`` step of ``params`` (an unseeded one given a seed), every parameter
     checked, the tokenizer loaded and the filler file read before anything is read."""
     from .nonce import new_seed
-    from .steps import Param, Step, checked, filler_readable, integer, text, tokenizer_loads
 
     def target(value: Any) -> bool:
         if isinstance(value, str):

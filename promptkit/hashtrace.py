@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import InvalidRecordError, Skipping
 from .records import Record, message_texts
+from .steps import Step, Where, checked, integer, number, text, tokenizer_loads
 from .tokenizers import cached_tokenizer
 
 BATCH = 1024
@@ -137,11 +138,9 @@ def hashed_list(records: Iterable[Record], params: dict[str, Any], skip_invalid:
                                threads=1, skipping=skipping)), skipping.skipped
 
 
-def make_step(params: Any, where: Any = None) -> Any:
+def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``hash_trace`` step of ``params``, the tokenizer loaded before anything is
     read; AIPerf is told the block size (a hash id is a prompt of that many tokens)."""
-    from .steps import Step, checked, integer, number, text, tokenizer_loads
-
     checked("hash_trace", params, {
         "tokenizer": text(optional=False, required=True),
         "block_size": integer(1, optional=False), "rate": number(0, low_open=True),

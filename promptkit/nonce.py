@@ -27,6 +27,7 @@ from .fit import _prefix_end
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Message, Record, content_texts, message_texts, prepend_text
 from .stats import Stats
+from .steps import Step, Where, checked, flag, integer, one_of, text, tokenizer_loads
 from .tokenizers import Tokenizer, cached_tokenizer
 
 KINDS = ("uuid", "timestamp", "random")
@@ -535,11 +536,9 @@ def nonce_params(**params: Any) -> dict[str, Any]:
     return full
 
 
-def make_step(params: Any, where: Any = None) -> Any:
+def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``nonce`` step of ``params`` (defaults filled in, an unseeded one given a
     seed), every parameter checked and the tokenizer loaded before anything is read."""
-    from .steps import Step, checked, flag, integer, one_of, text, tokenizer_loads
-
     checked("nonce", params, {
         "kind": one_of(KINDS), "seed": integer(), "at": one_of(POSITIONS),
         "template": text(optional=False), "length": integer(1, optional=False),

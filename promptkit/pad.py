@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import InvalidRecordError, PromptkitError, Skipping
 from .records import Message, Record, first_text, prepend_text
+from .steps import Step, Where, checked, filler_readable, integer, one_of, text
 from .tokenizers import Tokenizer, cached_tokenizer
 
 SEPARATOR = "\n\n"
@@ -346,24 +347,23 @@ def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]
 INTO = ("system", "text", "file")
 
 
-def make_step(params: Any, where: Any = None) -> Any:
+def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``pad`` step of ``params`` for a run from ``where.input`` to ``where.output``
     (a :class:`~promptkit.steps.Where`): each group's prompt described in ``info``
     (the records' own system prompts found by a first pass over a file input), and
     for ``into="file"`` the prompt as ``OUT.system.txt`` with the AIPerf argument that
     sends it."""
     from .nonce import new_seed
-    from .steps import Step, Where, checked, filler_readable, integer, one_of, text
 
     where = where or Where()
     checked("pad", params, {
         "tokens": integer(1, optional=False, required=True),
         "tokenizer": text(optional=False, required=True), "groups": integer(1, optional=False),
         "seed": integer(), "system_prompt": text(), "filler_file": text(),
-        "into": one_of(INTO), "group_by": text()})
+        "into": one_of(INTO), "group_by": text(), "first_index": integer(0, optional=False)})
     defaults = {"tokens": None, "tokenizer": None, "groups": 1, "seed": None,
                 "system_prompt": None, "filler_file": None, "into": "system", "group_by": None}
-    params = {name: params.get(name, value) for name, value in defaults.items()}
+    params = {**{name: params.get(name, value) for name, value in defaults.items()}, **params}
     if params["seed"] is None:
         params["seed"] = new_seed()
     tokens, groups, system_prompt = params["tokens"], params["groups"], params["system_prompt"]

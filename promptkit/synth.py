@@ -19,6 +19,7 @@ from typing import Any
 
 from .pad import SEPARATOR, PadSpec, describe_groups, faker_words, padded
 from .records import Message, Record
+from .steps import checked, filler_readable, integer, one_of, text, tokenizer_loads
 
 ECHO = "Please echo the following word: {word}"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Follow the user's instruction exactly."
@@ -93,8 +94,6 @@ GENERATORS: dict[str, tuple[Callable[..., Iterator[Record]], Callable[..., dict[
 def checked_params(name: str, params: Any) -> dict[str, Any]:
     """A generator's parameters (as a manifest records them), each checked; a wrong one
     raises naming it, before anything is made."""
-    from .steps import checked, filler_readable, integer, one_of, text, tokenizer_loads
-
     checked(name, params, {
         "groups": integer(1, optional=False, required=True),
         "group_size": integer(1, optional=False, required=True),

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from .records import USER_ROLES, Message, Record, content_texts
+from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
 from .tokenizers import cached_tokenizer
 
 MODES = ("first", "each", "history")
@@ -217,12 +218,11 @@ def _as_sent(message: Message) -> Message:
     return message
 
 
-def make_step(params: Any, where: Any = None) -> Any:
+def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``turns`` step of ``params``: every parameter checked and the tokenizer loaded
     before anything is read; its records are made for the mode's format, and a run that
     makes no request at all fails (no recorded conversation in the input)."""
     from .errors import PromptkitError
-    from .steps import Step, checked, integer, one_of, text, tokenizer_loads
 
     bounds = ("min_prompt_tokens", "max_prompt_tokens", "min_output_tokens",
               "max_output_tokens", "max_turns")
