@@ -279,3 +279,16 @@ def test_rebuild_names_the_bad_step_parameter(name, change, says, tmp_path, run)
     assert line.startswith(f"{manifest}: {says}"), line
     assert not again.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith("again")]
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda m: m["side_outputs"][0].update(sha256="0" * 64), "rebuilt side files differ"),
+    (lambda m: m["aiperf"].update(args=m["aiperf"]["args"][:-2]),
+     "rebuilt AIPerf arguments differ"),
+])
+def test_rebuild_fails_when_side_files_or_aiperf_arguments_differ(change, says, tmp_path, run):
+    manifest = crafted(tmp_path, "pad-into-file", change)
+    result = run("rebuild", manifest, tmp_path / "again.jsonl")
+    assert result.exit_code == 1
+    assert one_line(result.stderr).startswith(f"{tmp_path / 'again.jsonl'}: {says} from the "
+                                              "manifest")
