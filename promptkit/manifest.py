@@ -97,6 +97,10 @@ def read(path: str) -> dict[str, Any]:
         raise ManifestError(f"{path}: no such manifest") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a valid manifest: {exc}") from None
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    if isinstance(schema, str) and schema.startswith("promptkit.manifest/") and schema != SCHEMA:
+        raise ManifestError(f"{path}: schema {schema!r}: this promptkit reads {SCHEMA!r} "
+                            "(another promptkit version wrote it)")
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ManifestError(f"{path}: not a promptkit manifest (schema {SCHEMA!r} expected)")
     problem = malformed(manifest)

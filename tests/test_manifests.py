@@ -248,6 +248,15 @@ def test_verify_and_rebuild_name_the_bad_field(change, says, tmp_path, run):
     assert not (tmp_path / "again.jsonl").exists()
 
 
+def test_a_manifest_of_another_schema_version_says_so(tmp_path, run):
+    manifest = crafted(tmp_path, "nonce", lambda m: m.update(schema="promptkit.manifest/2"))
+    result = run("verify", tmp_path / "out.jsonl", "--manifest", manifest)
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == (
+        f"{manifest}: schema 'promptkit.manifest/2': this promptkit reads "
+        "'promptkit.manifest/1' (another promptkit version wrote it)")
+
+
 @pytest.mark.parametrize(("name", "change", "says"), [
     ("pipe", lambda m: m["steps"][2]["params"].update(per_request="x.jsonl"),
      "steps[2]: check: unknown parameter 'per_request'"),
