@@ -18,8 +18,9 @@ from .fit import fit_records  # noqa: E402
 from .formats import FORMATS, detect  # noqa: E402
 from .nonce import add_nonces, nonce_params  # noqa: E402
 from .pad import pad_records  # noqa: E402
-from .pipeline import Step, run  # noqa: E402
+from .pipeline import run  # noqa: E402
 from .records import Message, Record  # noqa: E402
+from .steps import Step  # noqa: E402
 
 __all__ = [
     "DatasetMap",

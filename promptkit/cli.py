@@ -860,7 +860,9 @@ def verify(path: str, manifest_path: str | None) -> None:
     Example:
       promptkit verify out.jsonl
     """
-    problems = pipeline.verify_output(path, manifest_path)
+    from .provenance import verify_output
+
+    problems = verify_output(path, manifest_path)
     if problems:
         raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
     click.echo(f"{path}: OK, matches {manifest_path or manifest.default_path(path)}")
@@ -889,7 +891,9 @@ def rebuild(manifest_path: str, output_path: str, input_path: str | None, allow_
       promptkit rebuild out.jsonl.manifest.json again.jsonl
       promptkit rebuild downloaded.manifest.json again.jsonl --input my-copy.jsonl
     """
-    result = pipeline.rebuild(manifest_path, output_path, input_path=input_path,
+    from .reproduce import rebuild as rebuild_file
+
+    result = rebuild_file(manifest_path, output_path, input_path=input_path,
                               argv=PromptkitGroup.argv, workers=workers,
                               allow_paths=allow_paths)
     summarize(result, manifest.default_path(output_path) if output_path != "-" else None)

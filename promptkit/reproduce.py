@@ -1,0 +1,187 @@
+"""Re-make a file from its manifest, byte for byte, and refuse what a manifest must not
+make a rebuild do.
+
+A manifest is another person's input: it is checked when read
+(:func:`promptkit.manifest.read`), each step's parameters by the operation's own
+``make_step``, and no file it names outside its own folder is read unless allowed.
+The rebuilt file must match the manifest: its bytes (or, compressed, its lines), its
+side files and its AIPerf arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from . import manifest
+from .datasets_io import DatasetOptions
+from .errors import PromptkitError
+from .pipeline import generate, run
+from .steps import Where, make
+from .streams import STDIO, display_name
+
+
+def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
+            argv: list[str] | None = None, workers: int | None = None,
+            allow_paths: bool = False) -> dict[str, Any]:
+    """Re-make a file from its manifest and input; raise if the bytes differ.
+
+    A manifest is another person's input: one that names files outside its own folder
+    (an input, a filler or system prompt file; a ``hf:`` input, which is a download) is
+    refused, naming them, before anything is read, unless ``allow_paths`` (the input:
+    ``input_path``, which replaces the one the manifest names)."""
+    recorded = manifest.read(manifest_path)
+    outside = paths_outside(manifest_path, recorded, input_path)
+    if outside and not allow_paths:
+        named = ", ".join(f"{what} {path}" for what, path in outside)
+        raise PromptkitError(f"{manifest_path}: names files outside its folder, not read: "
+                             f"{named} (--allow-paths reads them; --input PATH gives the "
+                             "input)")
+    own_manifest = None if output_path == STDIO else manifest.default_path(output_path)
+
+    def same_file(result: dict[str, Any]) -> None:
+        """Refuse a differing result before it is put in place: no OUT, no manifest."""
+        problem = rebuilt_problem(recorded, result)
+        if problem is not None:
+            raise PromptkitError(f"{output_path}: {problem}; not written")
+
+    if "generator" in recorded:
+        return _regenerate(manifest_path, recorded, output_path, own_manifest, argv,
+                           same_file)
+    return _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
+                  workers, same_file)
+
+
+def rebuilt_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """How a rebuilt file (its manifest ``result``) differs from the one ``recorded``
+    describes: its bytes, its side files or its AIPerf arguments (paths of its own files
+    aside: a rebuilt file has its own name); ``None`` when it is the same."""
+    want = recorded["output"]["sha256"]
+    # A compressed file: the same lines, compressed by another zlib or zstd, may differ
+    # in bytes; the lines are what was made.
+    lines = recorded["output"].get("content_sha256")
+    same_lines = lines is not None and result["output"].get("content_sha256") == lines
+    if result["output"]["sha256"] != want and not same_lines:
+        return (f"rebuilt file differs from the manifest "
+                f"(sha256 {result['output']['sha256']}, manifest says {want})")
+    for what, made, described in (
+            ("side files", _side_sha256s(result), _side_sha256s(recorded)),
+            ("AIPerf arguments", _args_shape(result), _args_shape(recorded))):
+        if made != described:
+            return f"rebuilt {what} differ from the manifest ({made}, manifest says {described})"
+    return None
+
+
+#: AIPerf arguments whose value is a path of this run's own files.
+_PATH_ARGS = frozenset({"--input-file", "--system-prompt-file"})
+
+
+def _args_shape(described: dict[str, Any]) -> list[str]:
+    """A manifest's AIPerf arguments with the paths of its own files left out (a rebuilt
+    file has its own name)."""
+    args = described.get("aiperf", {}).get("args", [])
+    return [a if i == 0 or args[i - 1] not in _PATH_ARGS else "PATH" for i, a in enumerate(args)]
+
+
+def _side_sha256s(described: dict[str, Any]) -> list[str]:
+    return [str(side.get("sha256")) for side in described.get("side_outputs", [])
+            if isinstance(side, dict)]
+
+
+def paths_outside(manifest_path: str, recorded: dict[str, Any],
+                  input_path: str | None = None) -> list[tuple[str, str]]:
+    """The files ``rebuild`` would read that are outside the manifest's own folder, as
+    ``(field, path)``: the input (unless ``input_path`` replaces it; a ``hf:`` input is a
+    download), and every file a step's or the generator's parameters name. A path is
+    taken as ``rebuild`` reads it (relative to the working folder), links resolved."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(manifest_path)))
+    named: list[tuple[str, str]] = []
+    if input_path is None:
+        named += [(f"inputs[{i}].path", entry["path"])
+                  for i, entry in enumerate(recorded["inputs"])
+                  if entry["path"] != display_name(STDIO)]
+    described = [(f"steps[{i}].params", step["params"])
+                 for i, step in enumerate(recorded["steps"])]
+    if "generator" in recorded:
+        described.append(("generator.params", recorded["generator"]["params"]))
+    for where, params in described:
+        named += [(f"{where}.{key}", params[key]) for key in ("filler_file", "system_prompt_file")
+                  if isinstance(params.get(key), str)]
+
+    def inside(path: str) -> bool:
+        if path.startswith("hf:"):
+            return False
+        real = os.path.realpath(path)
+        return os.path.commonpath([real, folder]) == folder
+
+    return [(what, path) for what, path in named if not inside(path)]
+
+
+def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
+                own_manifest: str | None, argv: list[str] | None,
+                accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    from .synth import GENERATORS, checked_params
+
+    generator = recorded["generator"]
+    if generator["name"] not in GENERATORS:
+        raise PromptkitError(f"{manifest_path}: unknown generator {generator['name']!r}")
+    try:
+        params = checked_params(generator["name"], generator["params"])
+    except PromptkitError as exc:
+        raise PromptkitError(f"{manifest_path}: generator.params: {exc}") from None
+    return generate(generator["name"], params, output_path,
+                    to_format=recorded["output"]["format"], manifest_path=own_manifest,
+                    argv=argv, accept=accept)
+
+
+def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Dataset options that read the rows a manifest describes: a hub dataset at the
+    commit it was read at, not wherever its branch points now."""
+    if dataset is None:
+        return None
+    options = dict(dataset["options"])
+    if dataset.get("revision"):
+        options["revision"] = dataset["revision"]
+    return options
+
+
+def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
+           own_manifest: str | None, input_path: str | None, argv: list[str] | None,
+           workers: int | None, accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    from dataclasses import fields
+
+    inputs = recorded["inputs"]
+    if len(inputs) != 1:
+        raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
+    source = input_path or inputs[0]["path"]
+    if source == display_name(STDIO):
+        raise PromptkitError(f"{manifest_path}: the input was stdin; name it with --input")
+    dataset = inputs[0].get("dataset")
+    options = _same_rows(dataset)
+    known = {f.name for f in fields(DatasetOptions)}
+    for key in options or {}:
+        if key not in known:
+            raise PromptkitError(f"{manifest_path}: inputs[0].dataset.options: unknown "
+                                 f"option {key!r}")
+    from_format = None if dataset is not None else inputs[0]["format"]
+    where = Where(source, output_path, from_format, options)
+    steps = []
+    for i, step in enumerate(recorded["steps"]):
+        try:
+            steps.append(make(step["op"], step["params"], where))
+        except PromptkitError as exc:
+            raise PromptkitError(f"{manifest_path}: steps[{i}]: {exc}") from None
+    return run(
+        source,
+        output_path,
+        steps,
+        from_format=from_format,
+        dataset=options,
+        to_format=recorded["output"]["format"],
+        skip_invalid=recorded["skipped"]["count"] > 0,
+        manifest_path=own_manifest,
+        argv=argv,
+        workers=workers,
+        accept=accept,
+    )
