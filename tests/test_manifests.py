@@ -301,3 +301,4 @@ def test_rebuild_fails_when_side_files_or_aiperf_arguments_differ(change, says, 
     assert result.exit_code == 1
     assert one_line(result.stderr).startswith(f"{tmp_path / 'again.jsonl'}: {says} from the "
                                               "manifest")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("again")]  # nothing put in place
