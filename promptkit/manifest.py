@@ -32,9 +32,18 @@ def now_utc() -> str:
 
 def named_file(value: str, described: str) -> str | None:
     """A file a manifest names (a ``--system-prompt-file``): as written, else next to
-    the file the manifest describes (a folder copied elsewhere); ``None`` if neither."""
+    the file the manifest describes (a folder copied elsewhere); ``None`` if neither.
+
+    A manifest may come from someone else: only a file in the described file's own
+    folder counts (links resolved), never one elsewhere it names (``pad --into file``
+    writes its file there)."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(described)))
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
     beside = os.path.join(os.path.dirname(described), os.path.basename(value))
-    return next((p for p in (value, beside) if os.path.isfile(p)), None)
+    return next((p for p in (value, beside) if os.path.isfile(p) and inside(p)), None)
 
 
 def file_facts(path: str) -> tuple[str, int]:

@@ -429,7 +429,13 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
         if flag == "--system-prompt":
             out.update(applied=[flag, value], source="manifest", system_prompt=value)
         elif flag == "--system-prompt-file":
-            found = manifest.named_file(str(value), input_path) or str(value)
+            found = manifest.named_file(str(value), input_path)
+            if found is None:
+                raise PromptkitError(
+                    f"{path}: --system-prompt-file {value}: no such file in "
+                    f"{os.path.dirname(input_path) or '.'} (a manifest's files are read "
+                    "from its file's folder only); give --system-prompt-file or "
+                    "--no-manifest")
             out.update(applied=[flag, found], source="manifest",
                        system_prompt=check.read_prompt(found,
                                                        f"{path}: --system-prompt-file"))

@@ -302,3 +302,18 @@ def test_rebuild_fails_when_side_files_or_aiperf_arguments_differ(change, says, 
     assert one_line(result.stderr).startswith(f"{tmp_path / 'again.jsonl'}: {says} from the "
                                               "manifest")
     assert not [p for p in os.listdir(tmp_path) if p.startswith("again")]  # nothing put in place
+
+
+def test_check_reads_no_system_prompt_file_a_manifest_names_elsewhere(tmp_path, run):
+    out = made(tmp_path, "pad-into-file", run)
+    recorded = Path(f"{out}.manifest.json")
+    manifest = json.loads(recorded.read_text())
+    manifest["aiperf"]["args"][-1] = OUTSIDE
+    recorded.write_text(json.dumps(manifest))
+    result = run("check", out, "--tokenizer", "cl100k_base")
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == (
+        f"{recorded}: --system-prompt-file {OUTSIDE}: no such file in {tmp_path} (a "
+        "manifest's files are read from its file's folder only); give --system-prompt-file "
+        "or --no-manifest")
+    assert run("check", out, "--tokenizer", "cl100k_base", "--no-manifest").exit_code == 0
