@@ -377,10 +377,8 @@ def make_step(params: Any, where: Where | None = None) -> Step:
                    params["filler_file"])
     if system_prompt is not None:
         bases = [system_prompt]
-    elif where.input not in (None, "-"):  # a first pass finds the records' own system prompts
-        from .pipeline import system_prompts
-
-        bases = system_prompts(where.input, where.from_format, where.dataset)
+    elif where.input not in (None, "-") and where.system_prompts is not None:
+        bases = where.system_prompts()  # a first pass finds the records' own prompts
     else:
         bases = []
     # From stdin the records' own prompts are not known before the run: the

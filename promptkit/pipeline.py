@@ -42,6 +42,14 @@ def counting_tokenizer(steps: list[Step]) -> str | None:
     return named[-1] if named else None
 
 
+def where_of(input_path: str, output_path: str, from_format: str | None = None,
+             dataset: dict[str, Any] | None = None) -> Where:
+    """What the steps of a run from ``input_path`` to ``output_path`` are made for (see
+    :func:`promptkit.steps.make`), with the first pass ``pad`` makes over the input."""
+    return Where(input_path, output_path, from_format, dataset,
+                 system_prompts=lambda: system_prompts(input_path, from_format, dataset))
+
+
 def run(
     input_path: str,
     output_path: str,
@@ -74,7 +82,7 @@ def run(
     as the command line makes it (see :mod:`promptkit.steps`).
     """
     workers = parallel.default_workers() if workers is None else workers
-    where = Where(input_path, output_path, from_format, dataset)
+    where = where_of(input_path, output_path, from_format, dataset)
     steps = [step if step.made else make(step.op, step.params, where) for step in steps]
     for step in steps:
         step.skip_invalid = skip_invalid

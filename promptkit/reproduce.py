@@ -17,8 +17,8 @@ from typing import Any
 from . import manifest
 from .datasets_io import DatasetOptions
 from .errors import PromptkitError
-from .pipeline import generate, run
-from .steps import Where, make
+from .pipeline import generate, run, where_of
+from .steps import make
 from .streams import STDIO, display_name
 
 
@@ -165,7 +165,7 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
             raise PromptkitError(f"{manifest_path}: inputs[0].dataset.options: unknown "
                                  f"option {key!r}")
     from_format = None if dataset is not None else inputs[0]["format"]
-    where = Where(source, output_path, from_format, options)
+    where = where_of(source, output_path, from_format, options)
     steps = []
     for i, step in enumerate(recorded["steps"]):
         try:

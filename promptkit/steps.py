@@ -58,6 +58,9 @@ class Where:
     output: str | None = None
     from_format: str | None = None
     dataset: dict[str, Any] | None = None
+    #: The distinct system prompts that begin the input's records, by a first pass over
+    #: it (given by :mod:`promptkit.pipeline`, which reads inputs); ``None``: unknown.
+    system_prompts: Callable[[], list[str]] | None = field(default=None, compare=False)
 
 
 def make(op: str, params: Any, where: Where | None = None) -> Step:

@@ -93,6 +93,8 @@ def test_rebuild_makes_every_step_as_the_command_did(name, tmp_path, run):
     second = json.loads(Path(f"{again}.manifest.json").read_text())
     for key in ("steps", "warnings", "token_stats", "skipped"):
         assert second.get(key) == first.get(key), key
+    if name.startswith("pad"):  # each group's prompt, from the base or a first pass
+        assert second["steps"][0]["info"]["groups"]
     assert path_free(second["aiperf"]["args"]) == path_free(first["aiperf"]["args"])
     assert [s["sha256"] for s in second["side_outputs"]] == [
         s["sha256"] for s in first["side_outputs"]]
