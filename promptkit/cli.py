@@ -1116,6 +1116,8 @@ def run_pipe(stages: list[Any]) -> None:
     middle = stages[1:-1]
     if any(not isinstance(stage, Step) for stage in middle):
         raise click.UsageError("a pipe has one 'read' first and one 'write' last")
+    if write.path == "-" and any(s.op == "pad" and s.params["into"] == "file" for s in middle):
+        raise click.UsageError("pad --into file needs an OUT file (it writes OUT.system.txt)")
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,

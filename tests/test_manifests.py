@@ -319,3 +319,12 @@ def test_check_reads_no_system_prompt_file_a_manifest_names_elsewhere(tmp_path, 
         "manifest's files are read from its file's folder only); give --system-prompt-file "
         "or --no-manifest")
     assert run("check", out, "--tokenizer", "cl100k_base", "--no-manifest").exit_code == 0
+
+
+def test_pad_into_file_needs_an_out_file_in_a_pipe_too(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    result = run("pipe", "read", source, "pad", "--tokens", "64", "--tokenizer", "cl100k_base",
+                 "--system-prompt", "Be brief.", "--into", "file", "write", "-")
+    assert result.exit_code == 2
+    assert "pad --into file needs an OUT file" in result.stderr
+    assert result.stdout == ""
