@@ -24,8 +24,9 @@ What it does, in order:
    When ``WARMUP_REQUEST_COUNT + REQUEST_COUNT`` exceeds those requests, AIPerf
    would wrap around the file and resend prompts that hit the prefix cache: the
    runner stops (exit 1) unless ``--allow-repeats`` or ``ALLOW_REPEATS=true``.
-   ``INPUT_FILE`` unset or missing: AIPerf's synthetic prompts, with a warning
-   (they are alike, so prefix caching may flatter the results).
+   ``INPUT_FILE`` unset (or empty): AIPerf's synthetic prompts, with a warning
+   (they are alike, so prefix caching may flatter the results). ``INPUT_FILE``
+   set to a path that is missing, a folder or unreadable stops the runner (exit 1).
 2. Predicts the run's prefix-cache hit rate with ``check``, in-process: the same
    file, request and warmup counts and system prompt file, under ``TOKENIZER``
    (a folder, ``hf:ID`` from the local Hugging Face cache for a Hub id, the
@@ -40,7 +41,10 @@ What it does, in order:
    was done, when, the response status, the run's shape, the prediction and,
    after the run, AIPerf's exit code.
 4. Runs ``aiperf profile`` (``--dry-run``: prints the exact command instead, one
-   shell-quoted line on stdout, and runs nothing).
+   shell-quoted line on stdout, and runs nothing). Secrets (``--api-key``, secret
+   headers such as ``Authorization``, ``*_TOKEN`` / ``*KEY*`` values, bearer tokens,
+   URL passwords) are shown as ``***`` in everything the runner prints and writes;
+   AIPerf gets the real values.
 5. Reads what the server counted during the profiling phase from AIPerf's
    ``ARTIFACT_DIR/server_metrics_export.json`` (AIPerf scrapes the server's
    ``/metrics`` unless ``--no-server-metrics``): vLLM's
@@ -210,7 +214,7 @@ def load_settings(env_file: str | None,
     for key in SETTINGS:
         if key in environ:
             if key in from_file and from_file[key] != environ[key]:
-                shown = "" if key == "AIPERF_ARGS" else f" ({environ[key]!r})"  # an API key?
+                shown = "" if key == "AIPERF_ARGS" else f" ({shown_setting(key, environ[key])!r})"
                 note(f"{key} from the environment{shown} overrides {path}")
             settings[key] = environ[key]
         elif key in from_file:
@@ -258,6 +262,63 @@ def fraction(settings: Mapping[str, str], key: str) -> float | None:
     if not 0 <= number <= 1:
         raise SettingError(f"{key}={value!r}: not a fraction from 0 to 1 (0.05 is 5%)")
     return number
+
+
+#: The most seconds RESET_TIMEOUT may give (a day): more does not fit a socket timeout.
+MAX_SECONDS = 86400.0
+
+
+def seconds(settings: Mapping[str, str], key: str) -> float:
+    value = setting(settings, key) or ""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number <= MAX_SECONDS:  # NaN, inf and 1e400 (inf) fail this too
+        raise SettingError(f"{key}={value!r}: not a number of seconds above 0 and at most "
+                           f"{MAX_SECONDS:g}")
+    return number
+
+
+def base_url(value: str) -> str:
+    """The server's base URL as given, once it is known to be one: http(s), a host,
+    a port that is a number from 1 to 65535 (``http://`` is assumed without a scheme)."""
+    shown = redact_text(value)
+    try:
+        parts = urlsplit(value if "://" in value else f"http://{value}")
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError as exc:
+        raise SettingError(f"URL={shown!r}: not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise SettingError(f"URL={shown!r}: not an http:// or https:// URL")
+    if not parts.hostname:
+        raise SettingError(f"URL={shown!r}: no host")
+    if port == 0:
+        raise SettingError(f"URL={shown!r}: port 0 is not a server's port")
+    return value
+
+
+def readable_file(path: str) -> str:
+    """INPUT_FILE once it is known to be a file this process can read (else exit 1:
+    synthetic prompts are for INPUT_FILE unset, never a stand-in for a bad path)."""
+    if os.path.isdir(path):
+        raise PromptkitError(f"INPUT_FILE={path}: a folder, not a prompt file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise PromptkitError(f"INPUT_FILE={path}: {exc.strerror.lower()}; unset INPUT_FILE "
+                             "for AIPerf's synthetic prompts") from None
+    return path
+
+
+def shown_setting(key: str, value: str) -> str:
+    """A setting's value as the runner prints it: secrets hidden."""
+    if key in ("AIPERF", "RESET_CACHE"):
+        return redacted_shell(value)
+    if key == "EXTRA_INPUTS":
+        return redacted(["--extra-inputs", value])[1] if value.strip() else value
+    return redact_text(value)
 
 
 # ---------------------------------------------------------------- EXTRA_INPUTS
@@ -540,7 +601,8 @@ def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[s
     record: dict[str, Any] = {"at": now_utc()}
     if mode in RESET_PATHS:
         target = origin(url) + RESET_PATHS[mode]
-        record["action"] = f"POST {target}"
+        shown = redact_text(target)
+        record["action"] = f"POST {shown}"
         request = urllib.request.Request(target, data=b"", method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -549,38 +611,127 @@ def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[s
         except urllib.error.HTTPError as exc:
             hint = (" (vLLM serves it only with VLLM_SERVER_DEV_MODE=1)"
                     if mode == "vllm" and exc.code == 404 else "")
-            raise PromptkitError(f"RESET_CACHE={mode}: POST {target} answered {exc.code} "
+            raise PromptkitError(f"RESET_CACHE={mode}: POST {shown} answered {exc.code} "
                                  f"{exc.reason}{hint}; not running the benchmark") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise PromptkitError(f"RESET_CACHE={mode}: POST {target} failed: {reason}; "
+            raise PromptkitError(f"RESET_CACHE={mode}: POST {shown} failed: {reason}; "
                                  "not running the benchmark") from None
     else:
         assert mode == "command" and hook is not None
-        record["action"] = f"command: {hook}"
+        shown = redacted_shell(hook)
+        record["action"] = f"command: {shown}"
         try:
             done = subprocess.run(hook, shell=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise PromptkitError(f"RESET_CACHE hook timed out after {timeout:g}s "
-                                 f"(RESET_TIMEOUT): {hook}") from None
+                                 f"(RESET_TIMEOUT): {shown}") from None
         record["exit_code"] = done.returncode
         if done.returncode != 0:
-            raise PromptkitError(f"RESET_CACHE hook exited {done.returncode}: {hook}; "
+            raise PromptkitError(f"RESET_CACHE hook exited {done.returncode}: {shown}; "
                                  "not running the benchmark")
     record["seconds"] = round(time.monotonic() - started, 3)
     return record
 
 
+#: Name parts that make an option, header or request field a secret (``--api-key``,
+#: ``Authorization``, ``x-api-key``, ``client_secret``, ``--hf-token``).
+_SECRET_PART = re.compile(r"(?i)(?:^|[-_.\s])(?:auth|authorization|api[-_]?key|key|token|"
+                          r"secret|password|passwd|cookie|credentials?|signature)"
+                          r"(?:$|[-_.\s])")
+#: ... and a variable (``HF_TOKEN``, ``OPENAI_API_KEY``, ``MYKEY``; not ``TOKENIZER``).
+_SECRET_VARIABLE = re.compile(r"(?i)key|secret|passw|credential|auth|token(?:$|_)")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\"]+")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
+_ASSIGNMENT_WORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
+HIDDEN = "***"
+#: AIPerf's options that take ``Name:Value`` headers (several after one flag).
+HEADER_OPTIONS = ("--header", "-H")
+
+
+def secret_name(name: str) -> bool:
+    """Whether an option, header or request field of this name holds a secret."""
+    return bool(_SECRET_PART.search(name.strip().lstrip("-")))
+
+
+def secret_variable(name: str) -> bool:
+    """Whether an environment variable of this name holds a secret."""
+    return bool(_SECRET_VARIABLE.search(name))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with bearer tokens and URL passwords hidden."""
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}:{HIDDEN}@", text)
+    return _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{HIDDEN}", text)
+
+
+def _redact_pairs(value: str, separator: str = ":") -> str:
+    """A ``Name:Value`` header or ``key:value`` field, or a JSON object of them."""
+    if value.lstrip().startswith("{"):
+        try:
+            pairs = json.loads(value)
+        except ValueError:
+            return HIDDEN
+        if not isinstance(pairs, dict):
+            return HIDDEN
+        return json.dumps({k: HIDDEN if secret_name(str(k)) else v
+                           for k, v in pairs.items()}, ensure_ascii=False)
+    name, sep, rest = value.partition(separator)
+    if sep and secret_name(name):
+        return f"{name}{sep}{rest[:len(rest) - len(rest.lstrip())]}{HIDDEN}"
+    return redact_text(value)
+
+
 def redacted(command: list[str]) -> list[str]:
-    """The command with the value of ``--api-key`` hidden, for the record on disk."""
+    """The command with its secrets hidden, for what the runner prints and writes: the
+    value of an option named for one (``--api-key``, ``--hf-token``), of a secret
+    header (``--header "Authorization: Bearer ..."``, ``-H x-api-key:...``) or request
+    field (``--extra-inputs api_key:...``), a ``NAME=value`` word whose variable is one
+    (``HF_TOKEN=...``), bearer tokens and URL passwords anywhere. The command run
+    keeps the real values."""
     out: list[str] = []
+    expect: str | None = None  # "header" (one or more), "field" or "secret" comes next
     for arg in command:
-        if out and out[-1] == "--api-key":
-            arg = "***"
-        elif arg.startswith("--api-key="):
-            arg = "--api-key=***"
-        out.append(arg)
+        if expect == "header" and not arg.startswith("-"):
+            out.append(_redact_pairs(arg))
+            continue  # --header takes several values
+        if expect in ("field", "secret"):
+            out.append(_redact_pairs(arg) if expect == "field" else HIDDEN)
+            expect = None
+            continue
+        expect = None
+        name, eq, value = arg.partition("=")
+        assignment = _ASSIGNMENT_WORD.fullmatch(arg)
+        if arg in HEADER_OPTIONS:
+            expect = "header"
+        elif arg == "--extra-inputs":
+            expect = "field"
+        elif arg.startswith("--") and not eq and secret_name(arg):
+            expect = "secret"
+        elif arg.startswith("--") and eq:
+            if name in HEADER_OPTIONS or name == "--extra-inputs":
+                arg = f"{name}={_redact_pairs(value)}"
+            elif secret_name(name):
+                arg = f"{name}={HIDDEN}"
+        elif assignment is not None and secret_variable(assignment.group(1)):
+            arg = f"{assignment.group(1)}={HIDDEN}"
+        out.append(redact_text(arg))
     return out
+
+
+def redacted_shell(text: str) -> str:
+    """A shell command line (a ``RESET_CACHE=command:`` hook) with its secrets hidden."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return redact_text(text)
+    shown = text
+    for word, hidden in zip(words, redacted(words), strict=True):
+        if word != hidden:
+            if word not in shown:  # quoted with escapes: show it as the shell reads it
+                return shlex.join(redacted(words))
+            shown = shown.replace(word, hidden)
+    return redact_text(shown)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -937,7 +1088,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     model = setting(settings, "MODEL")
     if not model:
         raise SettingError("MODEL is not set (in .env or the environment)")
-    url = setting(settings, "URL") or ""
+    url = base_url(setting(settings, "URL") or "")
     endpoint_type = setting(settings, "ENDPOINT_TYPE") or "chat"
     streaming = flag(settings, "STREAMING")
     concurrency = count(settings, "CONCURRENCY", 1)
@@ -946,10 +1097,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     allow_repeats = allow_repeats or flag(settings, "ALLOW_REPEATS")
     reset_mode, reset_hook = parse_reset(setting(settings, "RESET_CACHE") or "none")
     extra = extra_input_args(parse_extra_inputs(setting(settings, "EXTRA_INPUTS")))
-    try:
-        reset_timeout = float(setting(settings, "RESET_TIMEOUT") or "")
-    except ValueError:
-        raise SettingError("RESET_TIMEOUT: not a number of seconds") from None
+    reset_timeout = seconds(settings, "RESET_TIMEOUT")
     tokenizer = setting(settings, "TOKENIZER")
     if tokenizer and os.path.exists(tokenizer):
         tokenizer = os.path.abspath(tokenizer)  # AIPerf takes a relative one for a Hub id
@@ -975,8 +1123,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     input_file = setting(settings, "INPUT_FILE")
     dataset_args: list[str] = []
     predicted_file: str | None = None
-    if input_file and os.path.isfile(input_file):
-        dataset = load_dataset(input_file)
+    if input_file:
+        dataset = load_dataset(readable_file(input_file))
         for message in dataset.warnings:
             warn(message)
         if requests is None:
@@ -1017,8 +1165,6 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         if dataset.distinct_turns is not None:
             condition["dataset"]["distinct_turns"] = dataset.distinct_turns
     else:
-        if input_file:
-            warn(f"INPUT_FILE={input_file}: no such file; using AIPerf's synthetic prompts")
         warn("synthetic mode: AIPerf's synthetic prompts are much alike, so the server's "
              "prefix cache may serve parts of them and flatter the results; use a "
              "nonce'd file (promptkit nonce) for a cold-cache run")
@@ -1046,7 +1192,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         command.append("--reset-kv-cache")
     command += more
     condition.update({"warmup_request_count": warmup, "request_count": requests,
-                      "concurrency": concurrency, "url": url, "model": model})
+                      "concurrency": concurrency, "url": redact_text(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
     prediction = Prediction(
         input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
@@ -1081,13 +1227,14 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
         condition.update({
             "at": now_utc(),
             "action": f"aiperf --reset-kv-cache: AIPerf POSTs its reset path "
-                      f"(default {origin(the_plan.url)}/reset_prefix_cache) before it starts; "
+                      f"(default {redact_text(origin(the_plan.url))}/reset_prefix_cache) "
+                      "before it starts; "
                       "a failed reset fails the run",
         })
     else:
         condition.update({"at": now_utc(), "action": "none: the server's prefix cache was "
                           "not cleared and may hold prompts of earlier runs"})
-    condition["aiperf_command"] = redacted(the_plan.command)
+    condition["aiperf_command"] = redacted(the_plan.command)  # the real one runs
     condition["prefix_cache"] = prefix_cache
     the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
     record = the_plan.artifact_dir / CONDITION_FILE
@@ -1125,10 +1272,12 @@ def dry_run(the_plan: Plan) -> str:
     predicted = predict(the_plan.prediction, the_plan.endpoint_type)
     (note if predicted["predicted_hit_rate"] is not None else warn)(prediction_line(predicted))
     if the_plan.reset_mode in ("vllm", "sglang", "command"):
-        action = (f"POST {origin(the_plan.url)}{RESET_PATHS[the_plan.reset_mode]}"
-                  if the_plan.reset_hook is None else f"command: {the_plan.reset_hook}")
+        action = (f"POST {redact_text(origin(the_plan.url))}"
+                  f"{RESET_PATHS[the_plan.reset_mode]}"
+                  if the_plan.reset_hook is None
+                  else f"command: {redacted_shell(the_plan.reset_hook)}")
         note(f"dry run: would clear the prefix cache first: {action}")
-    return shlex.join(the_plan.command)
+    return shlex.join(redacted(the_plan.command))
 
 
 def bench(env_file: str | None = None, *, dry: bool = False, allow_repeats: bool = False,

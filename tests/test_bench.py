@@ -555,14 +555,14 @@ def test_reply_tokens_give_turns_without_output_length_a_prediction(
 def test_synthetic_mode_warns_and_runs_with_no_prediction(
     tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
 ) -> None:
-    """INPUT_FILE names a missing file: AIPerf's synthetic prompts, three warnings (the
-    last: no prediction); RESET_CACHE=sglang posts /flush_cache first. The prediction
+    """INPUT_FILE unset: AIPerf's synthetic prompts, two warnings (the second: no
+    prediction); RESET_CACHE=sglang posts /flush_cache first. The prediction
     is recorded as null with its reason; the measurement is still made."""
     artifacts = tmp_path / "artifacts"
     settings = base_settings(cache_server, tokenizer_dir, artifacts)
     settings["AIPERF_ARGS"] += " --synthetic-input-tokens-mean 64 --output-tokens-mean 8"
     env_file = write_env(tmp_path / ".env", **settings, REQUEST_COUNT=3,
-                         INPUT_FILE="missing.jsonl", RESET_CACHE="sglang")
+                         RESET_CACHE="sglang")
     result = run_bench(tmp_path, aiperf_tmpdir, env_file)
     why = explain(result, cache_server, artifacts)
     assert result.returncode == 0, why
@@ -570,8 +570,6 @@ def test_synthetic_mode_warns_and_runs_with_no_prediction(
     warnings = [line for line in result.stderr.splitlines()
                 if line.startswith("promptkit: warning:")]
     assert warnings == [
-        "promptkit: warning: INPUT_FILE=missing.jsonl: no such file; using AIPerf's "
-        "synthetic prompts",
         "promptkit: warning: synthetic mode: AIPerf's synthetic prompts are much alike, so "
         "the server's prefix cache may serve parts of them and flatter the results; use a "
         "nonce'd file (promptkit nonce) for a cold-cache run",
@@ -777,10 +775,17 @@ def test_env_example_documents_every_setting_and_dry_runs(
         assert f"\n{key}=" in text or f"\n#{key}=" in text, key
     assert "promptkit bench --dry-run" in text and "python scripts/run_aiperf.py --" not in text
     result = run_bench(tmp_path, aiperf_tmpdir, ROOT / ".env.example", "--dry-run")
+    assert (result.returncode, result.stdout) == (1, "")  # INPUT_FILE=bench.jsonl is missing
+    assert result.stderr.splitlines()[-1] == (
+        "promptkit: INPUT_FILE=bench.jsonl: no such file or directory; unset INPUT_FILE for "
+        "AIPerf's synthetic prompts")
+    promptkit("nonce", EXAMPLE, "bench.jsonl", "--copies", "8", "--seed", "7", cwd=tmp_path)
+    result = run_bench(tmp_path, aiperf_tmpdir, ROOT / ".env.example", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert " profile --model meta-llama/Llama-3.1-8B-Instruct " in result.stdout
+    assert f"--input-file {tmp_path / 'bench.jsonl'} " in result.stdout
     assert "--extra-inputs ignore_eos:true" in result.stdout
-    assert "synthetic mode" in result.stderr  # bench.jsonl is not in tmp_path
+    assert "synthetic mode" not in result.stderr
 
 
 @pytest.mark.parametrize(("settings", "message"), [

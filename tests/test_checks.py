@@ -1,0 +1,161 @@
+"""Bad settings, bad records and bad options: each is one line and the right exit code.
+
+``promptkit bench`` runs as a user runs it (``python -m promptkit bench``, a
+subprocess, none of the runner's settings inherited from the developer's
+environment); the data commands through Click's runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptkit import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "prompts" / "trace.jsonl.example"
+
+
+def run_bench(cwd: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in bench.SETTINGS}
+    env.update(settings)
+    return subprocess.run([sys.executable, "-m", "promptkit", "bench", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------- bench settings
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("URL", "http://[::1", "URL='http://[::1': not a URL (Invalid IPv6 URL)"),
+    ("URL", "http://127.0.0.1:abc", "URL='http://127.0.0.1:abc': not a URL (Port could not "
+     "be cast to integer value as 'abc')"),
+    ("URL", "http://127.0.0.1:70000", "URL='http://127.0.0.1:70000': not a URL (Port out "
+     "of range 0-65535)"),
+    ("URL", "ftp://host", "URL='ftp://host': not an http:// or https:// URL"),
+    ("URL", "http://", "URL='http://': no host"),
+    ("URL", "http://user:hunter22@[::1", "URL='http://user:***@[::1': not a URL (Invalid "
+     "IPv6 URL)"),
+    *[("RESET_TIMEOUT", value, f"RESET_TIMEOUT='{value}': not a number of seconds above 0 "
+       "and at most 86400") for value in ("-1", "0", "nan", "inf", "1e400", "soon", "1e9")],
+])
+def test_a_bad_setting_exits_2_with_one_line(tmp_path: Path, key: str, value: str,
+                                             message: str) -> None:
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", REQUEST_COUNT="2",
+                       RESET_CACHE="vllm", **{key: value})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert last_line(result) == f"promptkit: {message}"
+    assert "hunter22" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "https://host.example/v2",
+                                 "localhost:8000", "http://[::1]:8000"])
+def test_good_urls_pass(tmp_path: Path, url: str) -> None:
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", REQUEST_COUNT="2", URL=url,
+                       RESET_TIMEOUT="0.5")
+    assert result.returncode == 0, result.stderr
+    assert f" --url {shlex.quote(url)} " in result.stdout
+
+
+def test_input_file_that_is_no_file_stops_the_run(tmp_path: Path) -> None:
+    """Synthetic prompts only when INPUT_FILE is unset: a folder or a missing path is
+    an error (exit 1), never a silent switch to another workload."""
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", INPUT_FILE=str(folder))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert last_line(result) == f"promptkit: INPUT_FILE={folder}: a folder, not a prompt file"
+    assert "synthetic" not in result.stderr
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", INPUT_FILE="bench.jsonl")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert last_line(result) == ("promptkit: INPUT_FILE=bench.jsonl: no such file or "
+                                 "directory; unset INPUT_FILE for AIPerf's synthetic prompts")
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "gone.jsonl")
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", INPUT_FILE=str(dangling))
+    assert result.returncode == 1 and "no such file" in last_line(result)
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", REQUEST_COUNT="2", INPUT_FILE="")
+    assert result.returncode == 0, result.stderr
+    assert "synthetic mode" in result.stderr
+
+
+SECRETS = ("sk-live-1", "sk-live-2", "tok-abc", "bearer-xyz", "hunter22", "hf_secret",
+           "field-secret")
+
+
+def test_secrets_are_hidden_in_what_is_printed_and_written_but_passed_to_aiperf(
+        tmp_path: Path) -> None:
+    """The AIPerf command is a program that records the arguments it gets: the real
+    secrets; the dry-run line, the messages and cache_condition.json hold ***."""
+    got = tmp_path / "argv.json"
+    program = (f"{shlex.quote(sys.executable)} -c 'import json, sys; "
+               f"json.dump(sys.argv[1:], open({json.dumps(str(got))}, \"w\"))'")
+    args = ('--api-key sk-live-1 --api-key=sk-live-2 --header "Authorization: Bearer '
+            'bearer-xyz" X-Trace:7 -H x-api-key:tok-abc --ui none')
+    hook = f"HF_TOKEN=hf_secret {shlex.quote(sys.executable)} -c pass"
+    settings = dict(MODEL="m", REQUEST_COUNT="2", URL="http://user:hunter22@127.0.0.1:9",
+                    AIPERF=program, AIPERF_ARGS=args, RESET_CACHE=f"command:{hook}",
+                    EXTRA_INPUTS='{"api_key": "field-secret", "top_k": 5}',
+                    ARTIFACT_DIR=str(tmp_path / "artifacts"))
+    dry = run_bench(tmp_path, "--dry-run", **settings)
+    assert dry.returncode == 0, dry.stderr
+    shown = shlex.split(dry.stdout)
+    assert shown[shown.index("--url") + 1] == "http://user:***@127.0.0.1:9"
+    assert shown[shown.index("--header"):shown.index("--ui")] == [
+        "--header", "Authorization: ***", "X-Trace:7", "-H", "x-api-key:***"]
+    assert shown[shown.index("--api-key"):][:3] == ["--api-key", "***", "--api-key=***"]
+    extra = shown.index("--extra-inputs")
+    assert shown[extra:extra + 4] == ["--extra-inputs", "api_key:***", "--extra-inputs",
+                                      "top_k:5"]
+    assert "HF_TOKEN=***" in dry.stderr
+    for secret in SECRETS:
+        assert secret not in dry.stdout + dry.stderr, secret
+    assert not got.exists()
+
+    run = run_bench(tmp_path, **settings)
+    assert run.returncode == 0, run.stderr
+    passed = json.loads(got.read_text(encoding="utf-8"))
+    assert passed[passed.index("--url") + 1] == "http://user:hunter22@127.0.0.1:9"
+    assert passed[passed.index("--header"):passed.index("--ui")] == [
+        "--header", "Authorization: Bearer bearer-xyz", "X-Trace:7", "-H", "x-api-key:tok-abc"]
+    assert passed[
+        passed.index("--api-key"):][:3] == ["--api-key", "sk-live-1", "--api-key=sk-live-2"]
+    assert "api_key:field-secret" in passed
+    written = (tmp_path / "artifacts" / bench.CONDITION_FILE).read_text(encoding="utf-8")
+    condition = json.loads(written)
+    assert condition["aiperf_command"] == shown
+    assert condition["url"] == "http://user:***@127.0.0.1:9"
+    assert condition["action"].startswith("command: HF_TOKEN=*** ")
+    for secret in SECRETS:
+        assert secret not in written + run.stdout + run.stderr, secret
+
+
+def test_an_overriding_setting_is_shown_without_its_secret(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("MODEL=m\nURL=http://localhost:8000\n", encoding="utf-8")
+    result = run_bench(tmp_path, "--dry-run", REQUEST_COUNT="2",
+                       URL="http://admin:hunter22@localhost:8001")
+    assert result.returncode == 0, result.stderr
+    assert ("promptkit: URL from the environment ('http://admin:***@localhost:8001') "
+            "overrides .env") in result.stderr
+    assert "hunter22" not in result.stdout + result.stderr
+
+
+def test_redaction_leaves_other_arguments_alone() -> None:
+    command = ["aiperf", "profile", "--tokenizer", "t", "--prompt-input-tokens-block-size",
+               "64", "--reset-kv-cache", "--output-tokens-mean", "8", "--extra-inputs",
+               "max_tokens:8", "--header", "X-Request-Id:1"]
+    assert bench.redacted(command) == command
+    assert bench.redacted(["--hf-token", "x", "--token=y", "MY_KEY=z", "TOKENIZER=t"]) == [
+        "--hf-token", "***", "--token=***", "MY_KEY=***", "TOKENIZER=t"]
