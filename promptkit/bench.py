@@ -307,8 +307,9 @@ def readable_file(path: str) -> str:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise PromptkitError(f"INPUT_FILE={path}: {exc.strerror.lower()}; unset INPUT_FILE "
-                             "for AIPerf's synthetic prompts") from None
+        why = (exc.strerror or str(exc)).lower()
+        raise PromptkitError(f"INPUT_FILE={path}: {why}; unset INPUT_FILE for AIPerf's "
+                             "synthetic prompts") from None
     return path
 
 
