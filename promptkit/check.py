@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import SglangCache, VllmCache
-from .errors import InvalidRecordError, PromptkitError, Skipping
+from .errors import InvalidRecordError, OptionNeededError, PromptkitError, Skipping
 from .records import Record, content_texts
 from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
 from .tokenizers import Tokenizer
@@ -491,8 +491,10 @@ class Setup:
                              "trace (its prompts are made up at run time)")
         if not self.hash_ids:
             if tokenizer is None:
-                raise CheckError("text records need --tokenizer (what the server tokenizes "
-                                 "with)")
+                raise OptionNeededError(
+                    "text records need --tokenizer (what the server tokenizes with): a "
+                    "tiktoken encoding (cl100k_base), a tokenizer folder or tokenizer.json "
+                    "file, or hf:OWNER/NAME from the local Hugging Face cache")
             self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec,
                                    options.system_prompt, options.reply_tokens,
                                    options.sends_extra)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__, manifest, pipeline
-from .errors import PromptkitError
+from .errors import OptionNeededError, PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
 from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
@@ -47,6 +47,8 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except OptionNeededError as exc:
+            raise click.UsageError(str(exc)) from None
         except PromptkitError as exc:
             raise UserError(str(exc)) from None
         except OSError as exc:  # a system error no layer below named: path and reason
@@ -67,6 +69,28 @@ class PromptkitGroup(click.Group):
     def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         PromptkitGroup.argv = ["promptkit", *(sys.argv[1:] if args is None else args)]
         return super().main(args, *pargs, **kwargs)
+
+
+# ---------------------------------------------------------------- option types
+
+
+class FitTokens(click.ParamType):
+    """``fit --tokens``: a number, a range ``LOW,HIGH`` or a column name (checked here,
+    passed on as given)."""
+
+    name = "N|LOW,HIGH|COLUMN"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        from .fit import parse_tokens
+
+        try:
+            parse_tokens(str(value))
+        except PromptkitError as exc:
+            self.fail(f"{str(exc).removeprefix('--tokens: ')} (it takes a whole number "
+                      "N >= 1, a range LOW,HIGH with 1 <= LOW <= HIGH, or a column name)",
+                      param, ctx)
+        return str(value)
 
 
 # ---------------------------------------------------------------- shared option bundles
@@ -373,6 +397,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
 def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--tokens", "tokens", required=True, metavar="N",
+                     type=click.IntRange(min=1),
                      help="Exact length of the shared system prompt, in tokens."),
         click.option("--tokenizer", required=True, metavar="T",
                      help="The tokenizer the length is exact under (see 'stats')."),
@@ -459,7 +484,7 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
 
 def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
-        click.option("--tokens", required=True, metavar="N|LOW,HIGH|COLUMN",
+        click.option("--tokens", required=True, metavar="N|LOW,HIGH|COLUMN", type=FitTokens(),
                      help="Exact tokens of each user text: a number, a uniform range drawn "
                           "per record (seeded), or a column holding each record's own."),
         click.option("--tokenizer", required=True, metavar="T",
@@ -577,7 +602,7 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "Hugging Face tokenizer's own (hf)."),
         click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
                      help="vllm: full blocks, chained hashes; sglang: token-level radix."),
-        click.option("--block-size", type=int, metavar="N",
+        click.option("--block-size", type=click.IntRange(min=1), metavar="N",
                      help="Tokens a block [default: 16; 512 for hash-id traces]."),
         click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Cache size in tokens, LRU eviction (default: unbounded)."),

@@ -46,6 +46,11 @@ class ConversionError(InvalidRecordError):
     """A record cannot be written in the target format without losing data."""
 
 
+class OptionNeededError(PromptkitError):
+    """An option the input turned out to need (known once its first record is read):
+    a usage error, exit 2, as a bad option is."""
+
+
 class ManifestError(PromptkitError):
     """A manifest is missing, unreadable, or does not match its file."""
 

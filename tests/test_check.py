@@ -172,8 +172,6 @@ def test_check_as_a_chain_stage_goes_into_the_manifest(tmp_path, run, single_tur
 
 
 @pytest.mark.parametrize(("rows", "args", "problem"), [
-    ([{"text": "a"}], ["--block-size", "0"], "--block-size: 0 is below 1"),
-    ([{"text": "a"}], [], "text records need --tokenizer"),
     ([{"input_length": 5}], [], ":1: a record with no text and no hash ids"),
     ([{"text": "a"}], ["--tokenizer", "cl100k_base", "--chat-template", "hf"],
      "--chat-template hf needs a Hugging Face tokenizer"),

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_jsonl
 
 from promptkit import bench
 
@@ -159,3 +160,60 @@ def test_redaction_leaves_other_arguments_alone() -> None:
     assert bench.redacted(command) == command
     assert bench.redacted(["--hf-token", "x", "--token=y", "MY_KEY=z", "TOKENIZER=t"]) == [
         "--hf-token", "***", "--token=***", "MY_KEY=***", "TOKENIZER=t"]
+
+
+# ---------------------------------------------------------------- usage errors: exit 2
+
+FIT_ACCEPTS = ("(it takes a whole number N >= 1, a range LOW,HIGH with 1 <= LOW <= HIGH, or "
+               "a column name)")
+
+NEEDS_TOKENIZER = ("text records need --tokenizer (what the server tokenizes with): a "
+                   "tiktoken encoding (cl100k_base), a tokenizer folder or tokenizer.json "
+                   "file, or hf:OWNER/NAME from the local Hugging Face cache")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["fit", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "1024,128"],
+     f"Invalid value for '--tokens': '1024,128' needs 1 <= LOW <= HIGH {FIT_ACCEPTS}"),
+    (["fit", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "0"],
+     f"Invalid value for '--tokens': '0' is not a positive integer {FIT_ACCEPTS}"),
+    (["fit", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "2 tokens"],
+     "Invalid value for '--tokens': '2 tokens' is not a number, a range LOW,HIGH or a "
+     f"column {FIT_ACCEPTS}"),
+    (["fit", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "1,2,3"],
+     "Invalid value for '--tokens': '1,2,3' is not a range LOW,HIGH of positive integers "
+     f"{FIT_ACCEPTS}"),
+    (["pipe", "read", "IN", "fit", "--tokenizer", "cl100k_base", "--tokens", "9,3", "write",
+      "OUT"], f"Invalid value for '--tokens': '9,3' needs 1 <= LOW <= HIGH {FIT_ACCEPTS}"),
+    (["pad", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "abc"],
+     "Invalid value for '--tokens': 'abc' is not a valid integer range."),
+    (["pad", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "0"],
+     "Invalid value for '--tokens': 0 is not in the range x>=1."),
+    (["check", "IN", "--tokenizer", "cl100k_base", "--block-size", "0"],
+     "Invalid value for '--block-size': 0 is not in the range x>=1."),
+    (["hash-trace", "IN", "OUT", "--tokenizer", "cl100k_base", "--block-size", "0"],
+     "Invalid value for '--block-size': 0 is not in the range x>=1."),
+    (["check", "IN"], NEEDS_TOKENIZER),
+    (["check", "IN", "--workers", "2"], NEEDS_TOKENIZER),
+    (["pipe", "read", "IN", "check", "write", "OUT"], NEEDS_TOKENIZER),
+])
+def test_bad_options_are_usage_errors_exit_2(tmp_path: Path, run, args: list[str],
+                                             message: str) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": f"prompt {i}"} for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    given = [str(source) if a == "IN" else str(out) if a == "OUT" else a for a in args]
+    result = run(*given)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"Error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_fit_column_is_still_taken(tmp_path: Path, run) -> None:
+    """A --tokens that names a column passes the option check; a record without it is
+    bad input, one line naming it (exit 1)."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "a", "n": 3}, {"text": "b"}])
+    result = run("fit", source, tmp_path / "out.jsonl", "--tokenizer", "cl100k_base",
+                 "--tokens", "n")
+    assert result.exit_code == 1
+    assert result.stderr == f"{source}:2: no 'n' to take the token count from\n"

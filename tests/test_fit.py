@@ -141,9 +141,6 @@ def test_fit_then_nonce_and_rebuild(tmp_path, run, cl100k):
 
 
 @pytest.mark.parametrize(("rows_", "args", "problem"), [
-    ([{"text": "a"}], ["--tokens", "0"], "--tokens: '0' is not a positive integer"),
-    ([{"text": "a"}], ["--tokens", "9,3"], "--tokens: '9,3' needs 1 <= LOW <= HIGH"),
-    ([{"text": "a"}], ["--tokens", "2 tokens"], "is not a number, a range LOW,HIGH or a column"),
     ([{"text": "a"}], ["--tokens", "n"], ":1: no 'n' to take the token count from"),
     ([{"text": "a", "n": "x"}], ["--tokens", "n"], ":1: 'n' is 'x', not a positive integer"),
     ([{"text": "a"}, {"input_length": 5, "hash_ids": [1]}], ["--tokens", "4", "--from",
