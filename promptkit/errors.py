@@ -78,7 +78,7 @@ class Skipping:
 
 
 #: What differs from record to record in a problem's text: a JSON error's position, numbers.
-_POSITION = re.compile(r":? line \d+ column \d+ \(char \d+\)")
+_POSITION = re.compile(r":? line \d+ column \d+ \(char \d+\)| at column \d+(?: \(.*\))?$")
 _NUMBER = re.compile(r"\d+")
 
 

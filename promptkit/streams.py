@@ -404,6 +404,16 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         raise ends_early("more data after the end of the JSON array")
 
 
+def json_problem(exc: orjson.JSONDecodeError, line: bytes) -> str:
+    """orjson's error without its own position text (``line 1 column 11 (char 10)``:
+    one line is all it saw): the column in characters, and the character there."""
+    if exc.msg == "unexpected end of data":  # its column is the line's end
+        return exc.msg
+    text = line.decode("utf-8", "replace")
+    shown = f" ({text[exc.pos]!r})" if 0 <= exc.pos < len(text) else ""
+    return f"{exc.msg} at column {exc.pos + 1}{shown}"
+
+
 def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
     """The JSON object of one line (None for a blank line)."""
     try:
@@ -414,7 +424,8 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
         problem = str(exc)
         if "UTF-8" in problem or "utf-8" in problem:
             raise InvalidRecordError("invalid UTF-8", name, lineno) from None
-        raise InvalidRecordError(f"invalid JSON: {problem}", name, lineno) from None
+        raise InvalidRecordError(f"invalid JSON: {json_problem(exc, line)}", name,
+                                 lineno) from None
     if obj.__class__ is not dict:
         raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}", name, lineno)
     return obj

@@ -217,3 +217,25 @@ def test_a_fit_column_is_still_taken(tmp_path: Path, run) -> None:
                  "--tokens", "n")
     assert result.exit_code == 1
     assert result.stderr == f"{source}:2: no 'n' to take the token count from\n"
+
+
+# ---------------------------------------------------------------- JSON error positions
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_json_error_names_file_line_and_column_only(tmp_path: Path, run,
+                                                      workers: str) -> None:
+    """orjson sees one line at a time: its "line 1" would contradict the file's line."""
+    path = tmp_path / "x.jsonl"
+    good = b'{"text": "prompt"}\n'
+    path.write_bytes(good * 50000 + '{"é": 1,, }\n'.encode() + good)
+    result = run("stats", path, "--workers", workers)
+    assert result.exit_code == 1
+    assert result.stderr == (f"{path}:50001: invalid JSON: unexpected character at column 9 "
+                             "(',')\n")
+    path.write_bytes(good + b'{"text": tru}\n')
+    result = run("stats", path)
+    assert result.stderr == f"{path}:2: invalid JSON: invalid literal at column 10 ('t')\n"
+    path.write_bytes(good + b'{"text": "a"\n')
+    result = run("stats", path)
+    assert result.stderr == f"{path}:2: invalid JSON: unexpected end of data\n"
