@@ -31,6 +31,7 @@ from typing import Any
 
 from .cache import SglangCache, VllmCache
 from .errors import InvalidRecordError, OptionNeededError, PromptkitError, Skipping
+from .formats.aiperf import blocks_problem
 from .records import Record, content_texts
 from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
 from .tokenizers import Tokenizer
@@ -562,6 +563,9 @@ class Setup:
         if record.hash_ids is None or record.input_length is None:
             raise InvalidRecordError("a record with no text and no hash ids",
                                      lineno=record.lineno)
+        problem = blocks_problem(record.hash_ids, record.input_length, self.block_size)
+        if problem is not None:
+            raise InvalidRecordError(problem, lineno=record.lineno)
         salt = _salt(record.extra) if self.options.sends_extra else None
         request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt,
                            record.output_length if record.output_length is not None

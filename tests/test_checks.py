@@ -239,3 +239,63 @@ def test_a_json_error_names_file_line_and_column_only(tmp_path: Path, run,
     path.write_bytes(good + b'{"text": "a"\n')
     result = run("stats", path)
     assert result.stderr == f"{path}:2: invalid JSON: unexpected end of data\n"
+
+
+# ---------------------------------------------------------------- hash-id records
+
+GOOD_IDS = {"input_length": 700, "hash_ids": [7, 8]}
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"input_length": 5, "hash_ids": []}',
+     "mooncake_trace: 'hash_ids' is empty: give one id a block of the prompt, or leave it out"),
+    ('{"input_length": 5, "hash_ids": [1, -2]}',
+     "mooncake_trace: 'hash_ids' holds -2: ids are whole numbers from 0 to 2^63-1"),
+    ('{"input_length": 5, "hash_ids": [9223372036854775808]}',
+     "mooncake_trace: 'hash_ids' holds 9223372036854775808: ids are whole numbers from 0 to "
+     "2^63-1"),
+    ('{"input_length": 5, "hash_ids": [18446744073709551616]}',
+     "mooncake_trace: 'hash_ids' holds 18446744073709551616: ids are whole numbers from 0 to "
+     "2^63-1"),
+    ('{"input_length": 2, "hash_ids": [1, 2, 3]}',
+     "mooncake_trace: 3 hash ids for input_length 2: more blocks than tokens"),
+])
+@pytest.mark.parametrize("command", [["check", "IN"], ["publish", "IN", "OUT"],
+                                     ["nonce", "IN", "OUT"], ["stats", "IN"]])
+def test_bad_hash_ids_are_one_line_naming_file_and_line(tmp_path: Path, run, line: str,
+                                                        problem: str,
+                                                        command: list[str]) -> None:
+    source = tmp_path / "trace.jsonl"
+    source.write_text(json.dumps(GOOD_IDS) + "\n" + line + "\n", encoding="utf-8")
+    out = tmp_path / ("published" if command[0] == "publish" else "out.jsonl")
+    result = run(*[str(source) if a == "IN" else str(out) if a == "OUT" else a
+                   for a in command])
+    assert result.exit_code == 1
+    assert result.stderr == f"{source}:2: {problem}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.jsonl"]
+
+
+def test_more_hash_ids_than_the_block_size_allows(tmp_path: Path, run) -> None:
+    """n ids are n blocks, the last partial: input_length must be above (n - 1) blocks,
+    at check's block size (512 for hash ids unless --block-size says otherwise)."""
+    source = tmp_path / "trace.jsonl"
+    rows = [GOOD_IDS, {"input_length": 1024, "hash_ids": [7, 8, 9]},
+            {"input_length": 1025, "hash_ids": [7, 8, 9]}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run("check", source)
+    assert result.exit_code == 1
+    assert result.stderr == (f"{source}:2: 3 hash ids for input_length 1024: at block size "
+                             "512 that length is at most 2 blocks\n")
+    result = run("check", source, "--block-size", "256", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["requests"] == 3
+    result = run("check", source, "--block-size", "1024")
+    assert result.stderr == (f"{source}:1: 2 hash ids for input_length 700: at block size "
+                             "1024 that length is at most 1 block\n")
+    result = run("check", source, "--skip-invalid", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests"] == 2
+    assert report["skipped"]["lines"] == [
+        "2: check: 3 hash ids for input_length 1024: at block size 512 that length is at "
+        "most 2 blocks"]

@@ -304,6 +304,35 @@ def dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
+#: Hash ids are int64 (AIPerf, Parquet, check's arrays): from 0 to this, inclusive.
+MAX_HASH_ID = 2 ** 63 - 1
+
+
+def check_hash_ids(hash_ids: list[int], input_length: int) -> None:
+    """The checks a list of integer hash ids gets whatever the block size: not empty,
+    each from 0 to 2^63-1, no more ids than tokens."""
+    if not hash_ids:
+        raise bad("'hash_ids' is empty: give one id a block of the prompt, or leave it out")
+    low, high = min(hash_ids), max(hash_ids)
+    if low < 0 or high > MAX_HASH_ID:
+        raise bad(f"'hash_ids' holds {low if low < 0 else high}: ids are whole numbers from "
+                  "0 to 2^63-1")
+    if len(hash_ids) > input_length:
+        raise bad(f"{len(hash_ids)} hash ids for input_length {input_length}: more blocks "
+                  "than tokens")
+
+
+def blocks_problem(hash_ids: list[int], input_length: int, block_size: int) -> str | None:
+    """Why a hash-id record does not fit the block size (None when it does): ``n`` ids
+    are ``n`` blocks, the last one partial, so ``input_length`` must be more than
+    ``(n - 1) * block_size`` tokens."""
+    most = -(-input_length // block_size)
+    if len(hash_ids) <= most:
+        return None
+    return (f"{len(hash_ids)} hash ids for input_length {input_length}: at block size "
+            f"{block_size} that length is at most {most} block{'s' * (most != 1)}")
+
+
 def parse_mooncake(obj: dict[str, Any]) -> Record:
     modes = [k for k in ("input_length", "text_input", "messages", "payload") if k in obj]
     if len(modes) != 1:
@@ -335,6 +364,8 @@ def parse_mooncake(obj: dict[str, Any]) -> Record:
             or not all(isinstance(h, int) and not isinstance(h, bool) for h in hash_ids)
         ):
             raise bad("'hash_ids' must be a list of integers")
+        if hash_ids is not None:
+            check_hash_ids(hash_ids, length)
         record.input_length = length
         record.hash_ids = hash_ids
     elif mode == "text_input":
