@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import uuid
 from array import array
@@ -414,6 +415,63 @@ def json_problem(exc: orjson.JSONDecodeError, line: bytes) -> str:
     return f"{exc.msg} at column {exc.pos + 1}{shown}"
 
 
+class _Duplicate(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
+    """``object_pairs_hook`` that stops at a key an object holds twice."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen.add(key)
+
+
+def _keys(value: Any) -> int:
+    """The keys of every object in a parsed JSON value."""
+    if value.__class__ is dict:
+        return len(value) + sum(_keys(v) for v in value.values()
+                                if v.__class__ is dict or v.__class__ is list)
+    return sum(_keys(v) for v in value if v.__class__ is dict or v.__class__ is list)
+
+
+#: A key's quote, white space, its colon: where ``":`` does not count every key.
+_SPACED_COLON = re.compile(rb'"\s+:')
+
+
+def duplicate_key(line: bytes, obj: dict[str, Any]) -> str | None:
+    """A key some object of ``line`` holds twice (orjson keeps the last silently), or
+    None. ``obj`` is the line as orjson read it, so it holds each key once.
+
+    Every key is followed by exactly one colon outside strings, so the colons of the
+    line are at least its keys as written: when they are as many as ``obj`` holds,
+    no key is written twice. That is one ``bytes.count`` for a record with no colon
+    in its texts; a colon in a text costs a count of the keys ``obj`` holds, then of
+    ``":``; only a line those cannot clear (a ``":`` in a text, a key spaced from its
+    colon) is parsed again, by the standard library, to name the key."""
+    colons = line.count(b":")
+    if colons == len(obj):
+        return None
+    keys = _keys(obj)
+    if colons == keys or (line.count(b'":') == keys and _SPACED_COLON.search(line) is None):
+        return None
+    try:
+        json.loads(line, object_pairs_hook=_unique_pairs)
+    except _Duplicate as exc:
+        return exc.key
+    except ValueError:  # what the standard library reads otherwise than orjson
+        return None
+    return None
+
+
+def _duplicate_error(key: str, name: str, lineno: int) -> InvalidRecordError:
+    return InvalidRecordError(f"invalid JSON: the key {json.dumps(key, ensure_ascii=False)} "
+                              "appears twice in one object (readers keep one or the other)",
+                              name, lineno)
+
+
 def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
     """The JSON object of one line (None for a blank line)."""
     try:
@@ -428,6 +486,9 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
                                  lineno) from None
     if obj.__class__ is not dict:
         raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}", name, lineno)
+    key = duplicate_key(line, obj)
+    if key is not None:
+        raise _duplicate_error(key, name, lineno)
     return obj
 
 
@@ -452,7 +513,8 @@ def parse_lines(
             lineno += 1
             try:
                 obj = loads(line)
-                if obj.__class__ is not dict:
+                if obj.__class__ is not dict or (line.count(b":") != len(obj)
+                                                 and duplicate_key(line, obj) is not None):
                     load_line(line, name, lineno)  # raises the right message
                 record = parse(obj)
                 if lost_digits(record):  # orjson read an integer beyond 64 bits as a float

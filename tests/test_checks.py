@@ -299,3 +299,46 @@ def test_more_hash_ids_than_the_block_size_allows(tmp_path: Path, run) -> None:
     assert report["skipped"]["lines"] == [
         "2: check: 3 hash ids for input_length 1024: at block size 512 that length is at "
         "most 2 blocks"]
+
+
+# ---------------------------------------------------------------- duplicate keys
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ('{"text": "a", "text": "b"}', "text"),
+    ('{"text": "Q: a", "text": "b"}', "text"),  # a colon in a text
+    ('{"text" : "a", "text": "b"}', "text"),  # a key spaced from its colon
+    ('{"text": "say \\"x\\": 1", "output_length": 2, "output_length": 3}', "output_length"),
+    ('{"messages": [{"role": "user", "content": "a", "content": "b"}]}', "content"),
+    ('{"text": "a", "extra": {"cache_salt": "s", "cache_salt": "t"}}', "cache_salt"),
+    ('{"text": "a", "extra": {"k": {"n": 1, "n": 2}}}', "n"),
+    ('{"text": "a", "\\u00e9": 1, "é": 2}', "é"),  # the same key, written two ways
+])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_key_twice_in_an_object_is_bad_input(tmp_path: Path, run, line: str, key: str,
+                                               workers: str) -> None:
+    source = tmp_path / "in.jsonl"
+    good = '{"text": "fine: \\"ok\\": yes"}\n'
+    source.write_text(good * 3 + line + "\n" + good, encoding="utf-8")
+    result = run("nonce", source, tmp_path / "out.jsonl", "--workers", workers)
+    assert result.exit_code == 1
+    assert result.stderr == (f'{source}:4: invalid JSON: the key "{key}" appears twice in '
+                             "one object (readers keep one or the other)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    result = run("nonce", source, tmp_path / "out.jsonl", "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    assert len((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+
+
+@pytest.mark.parametrize("line", [
+    '{"text": "a: b", "session_id": "s:1"}',
+    '{"text": "{\\"a\\": 1, \\"a\\": 2}"}',  # a duplicate inside a text is text
+    '{"text" : "spaced", "output_length" :\t3}',
+    '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},'
+    ' {"role": "user", "content": "c"}]}',
+])
+def test_keys_that_only_look_alike_are_fine(tmp_path: Path, run, line: str) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(line + "\n", encoding="utf-8")
+    result = run("stats", source)
+    assert result.exit_code == 0, result.stderr
