@@ -437,25 +437,23 @@ def _keys(value: Any) -> int:
     return sum(_keys(v) for v in value if v.__class__ is dict or v.__class__ is list)
 
 
-#: A key's quote, white space, its colon: where ``":`` does not count every key.
-_SPACED_COLON = re.compile(rb'"\s+:')
+#: A quote, white space, a colon: every key ends so (and a few texts hold it too).
+KEY_ENDS = re.compile(rb'"\s*:').findall
 
 
-def duplicate_key(line: bytes, obj: dict[str, Any]) -> str | None:
+def duplicate_key(line: bytes, obj: dict[str, Any], ends: int | None = None) -> str | None:
     """A key some object of ``line`` holds twice (orjson keeps the last silently), or
-    None. ``obj`` is the line as orjson read it, so it holds each key once.
+    None. ``obj`` is the line as orjson read it, so it holds each key once; ``ends``
+    is ``len(KEY_ENDS(line))`` when the caller has it.
 
-    Every key is followed by exactly one colon outside strings, so the colons of the
-    line are at least its keys as written: when they are as many as ``obj`` holds,
-    no key is written twice. That is one ``bytes.count`` for a record with no colon
-    in its texts; a colon in a text costs a count of the keys ``obj`` holds, then of
-    ``":``; only a line those cannot clear (a ``":`` in a text, a key spaced from its
-    colon) is parsed again, by the standard library, to name the key."""
-    colons = line.count(b":")
-    if colons == len(obj):
-        return None
-    keys = _keys(obj)
-    if colons == keys or (line.count(b'":') == keys and _SPACED_COLON.search(line) is None):
+    Every key written ends with a quote, white space and a colon, so those endings
+    are at least the keys written: when they are as many as ``obj`` holds, no key is
+    written twice. That is one regex scan of the line (scripts/bench_json_keys.py
+    measures it); only a line it cannot clear (a text that holds ``":``) is parsed
+    again, by the standard library, to name the key."""
+    if ends is None:
+        ends = len(KEY_ENDS(line))
+    if ends == len(obj) or ends == _keys(obj):
         return None
     try:
         json.loads(line, object_pairs_hook=_unique_pairs)
@@ -507,14 +505,17 @@ def parse_lines(
     """
     parse = fmt.parse
     loads = orjson.loads
+    key_ends = KEY_ENDS
     for first, lines in batches:
         lineno = first - 1
         for line in lines:
             lineno += 1
             try:
                 obj = loads(line)
-                if obj.__class__ is not dict or (line.count(b":") != len(obj)
-                                                 and duplicate_key(line, obj) is not None):
+                if obj.__class__ is not dict:
+                    load_line(line, name, lineno)  # raises the right message
+                ends = len(key_ends(line))
+                if ends != len(obj) and duplicate_key(line, obj, ends) is not None:
                     load_line(line, name, lineno)  # raises the right message
                 record = parse(obj)
                 if lost_digits(record):  # orjson read an integer beyond 64 bits as a float
