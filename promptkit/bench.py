@@ -1048,7 +1048,10 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
 def aiperf_program(settings: Mapping[str, str]) -> list[str]:
     configured = setting(settings, "AIPERF")
     if configured:
-        return shlex.split(configured)
+        try:
+            return shlex.split(configured)
+        except ValueError as exc:
+            raise SettingError(f"AIPERF: {exc}") from None
     if shutil.which("aiperf"):
         return ["aiperf"]
     return [sys.executable, "-m", "aiperf"]
@@ -1103,6 +1106,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     if tokenizer and os.path.exists(tokenizer):
         tokenizer = os.path.abspath(tokenizer)  # AIPerf takes a relative one for a Hub id
     artifact_dir = setting(settings, "ARTIFACT_DIR") or default_artifact_dir(model)
+    if os.path.exists(artifact_dir) and not os.path.isdir(artifact_dir):
+        raise SettingError(f"ARTIFACT_DIR={artifact_dir}: a file, not a folder")
     try:
         more = shlex.split(setting(settings, "AIPERF_ARGS") or "")
     except ValueError as exc:
@@ -1237,7 +1242,11 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
                           "not cleared and may hold prompts of earlier runs"})
     condition["aiperf_command"] = redacted(the_plan.command)  # the real one runs
     condition["prefix_cache"] = prefix_cache
-    the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PromptkitError(f"ARTIFACT_DIR={the_plan.artifact_dir}: "
+                             f"{(exc.strerror or str(exc)).lower()}") from None
     record = the_plan.artifact_dir / CONDITION_FILE
     write_json(record, condition)
     env = {**exports, **os.environ}

@@ -61,6 +61,21 @@ def test_a_bad_setting_exits_2_with_one_line(tmp_path: Path, key: str, value: st
     assert "hunter22" not in result.stderr
 
 
+def test_settings_that_cannot_be_used_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    for key, value, message in [
+        ("AIPERF", 'aiperf "x', "AIPERF: No closing quotation"),
+        ("ARTIFACT_DIR", "afile", "ARTIFACT_DIR=afile: a file, not a folder"),
+    ]:
+        result = run_bench(tmp_path, "--dry-run", MODEL="m", REQUEST_COUNT="2", **{key: value})
+        assert (result.returncode, result.stdout) == (2, "")
+        assert last_line(result) == f"promptkit: {message}"
+    result = run_bench(tmp_path, MODEL="m", REQUEST_COUNT="2", AIPERF="true",
+                       ARTIFACT_DIR="afile/run")  # found only when it is made: exit 1
+    assert (result.returncode, result.stdout) == (1, "")
+    assert last_line(result) == "promptkit: ARTIFACT_DIR=afile/run: not a directory"
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "https://host.example/v2",
                                  "localhost:8000", "http://[::1]:8000"])
 def test_good_urls_pass(tmp_path: Path, url: str) -> None:
