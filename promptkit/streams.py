@@ -396,6 +396,13 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         if end == len(text) and not ended:  # a number may go on in the next chunk
             more(2 * (len(text) - pos) + 1)
             continue
+        if value.__class__ is dict:
+            ends = len(_TEXT_KEY_ENDS(text, pos, end))
+            if ends != len(value) and ends != _keys(value):
+                try:
+                    json.loads(text[pos:end], object_pairs_hook=_unique_pairs)
+                except _Duplicate as exc:
+                    raise _duplicate_error(exc.key, name, number + 1) from None
         pos = end
         number += 1
         after_item = True
@@ -439,6 +446,9 @@ def _keys(value: Any) -> int:
 
 #: A quote, white space, a colon: every key ends so (and a few texts hold it too).
 KEY_ENDS = re.compile(rb'"\s*:').findall
+
+
+_TEXT_KEY_ENDS = re.compile(r'"\s*:').findall
 
 
 def duplicate_key(line: bytes, obj: dict[str, Any], ends: int | None = None) -> str | None:

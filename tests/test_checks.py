@@ -357,3 +357,18 @@ def test_keys_that_only_look_alike_are_fine(tmp_path: Path, run, line: str) -> N
     source.write_text(line + "\n", encoding="utf-8")
     result = run("stats", source)
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_key_twice_in_a_json_array_item_names_the_item(tmp_path: Path, run) -> None:
+    """A JSON array file: the item number stands for the line, as in every message."""
+    source = tmp_path / "in.json"
+    source.write_text('[{"text": "a: \\"b\\": c"},\n {"text": "x", "text": "y"},\n'
+                      ' {"text": "z"}]\n', encoding="utf-8")
+    result = run("stats", source)
+    assert result.exit_code == 1
+    assert result.stderr == (f'{source}:2: invalid JSON: the key "text" appears twice in '
+                             "one object (readers keep one or the other)\n")
+    source.write_text('[{"text": "a: \\"b\\": c", "extra": {"k": 1}},\n {"text": "z"}]\n',
+                      encoding="utf-8")
+    result = run("stats", source)
+    assert result.exit_code == 0, result.stderr
