@@ -757,6 +757,7 @@ class Prediction:
     system_prompt_file: str | None
     num_gpu_blocks: int | None = None
     reply_tokens: int | None = None
+    hash_block_size: int | None = None  # AIPerf's --prompt-input-tokens-block-size
 
 
 def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
@@ -847,7 +848,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         "block_size": prediction.block_size, "requests": prediction.requests,
         "warmup": prediction.warmup,
     }
-    for key in ("system_prompt_file", "num_gpu_blocks", "reply_tokens"):
+    for key in ("system_prompt_file", "num_gpu_blocks", "reply_tokens", "hash_block_size"):
         if getattr(prediction, key) is not None:
             options[key] = getattr(prediction, key)
     out["predicted_with"] = {**options, "chat_template_from": why}
@@ -1200,12 +1201,17 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     condition.update({"warmup_request_count": warmup, "request_count": requests,
                       "concurrency": concurrency, "url": redact_text(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
+    from .pipeline import HASH_BLOCK_FLAGS
+
+    hash_block = [v for v in (option_value(command, flag) for flag in HASH_BLOCK_FLAGS)
+                  if v is not None and v.isdigit() and int(v) >= 1]
     prediction = Prediction(
         input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
         chat_template=chat_template, block_size=block_size, requests=requests,
         warmup=warmup,
         system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None,
-        num_gpu_blocks=num_gpu_blocks, reply_tokens=reply_tokens)
+        num_gpu_blocks=num_gpu_blocks, reply_tokens=reply_tokens,
+        hash_block_size=int(hash_block[-1]) if hash_block else None)
     return Plan(command, Path(artifact_dir), condition, reset_mode, reset_hook, url,
                 reset_timeout, prediction, endpoint_type, max_hit_rate)
 

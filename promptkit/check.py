@@ -319,6 +319,9 @@ class CheckOptions:
     system_prompt: str | None = None  # what AIPerf's --system-prompt(-file) adds
     sends_extra: bool = True  # False: AIPerf drops the records' extra (cache_salt), as for openai
     reply_tokens: int | None = None  # tokens generated where a request has no output_length
+    #: A hash-id trace's tokens an id when block_size is not given: AIPerf's
+    #: --prompt-input-tokens-block-size (from the file's manifest), else 512.
+    hash_block_size: int | None = None
 
 
 @dataclass
@@ -484,7 +487,7 @@ class Setup:
         self.options = options
         self.hash_ids = not first.messages
         self.block_size = options.block_size or (
-            HASH_BLOCK_SIZE if self.hash_ids else TEXT_BLOCK_SIZE)
+            (options.hash_block_size or HASH_BLOCK_SIZE) if self.hash_ids else TEXT_BLOCK_SIZE)
         self.report = Report(options, self.block_size, hash_ids=self.hash_ids)
         self.prompts: Prompts | None = None
         if self.hash_ids and options.system_prompt is not None:

@@ -603,7 +603,8 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
                      help="vllm: full blocks, chained hashes; sglang: token-level radix."),
         click.option("--block-size", type=click.IntRange(min=1), metavar="N",
-                     help="Tokens a block [default: 16; 512 for hash-id traces]."),
+                     help="Tokens a block [default: 16; for hash-id traces the manifest's AIPerf "
+                          "--prompt-input-tokens-block-size, else 512]."),
         click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Cache size in tokens, LRU eviction (default: unbounded)."),
         click.option("--num-gpu-blocks", type=click.IntRange(min=2), metavar="N",

@@ -369,6 +369,9 @@ def check_file(input_path: str, *, from_format: str | None = None,
                          [input_path])
     applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
     options["system_prompt"] = applied.pop("system_prompt")
+    hash_block_size = applied.pop("hash_block_size", None)
+    if hash_block_size is not None and options.get("hash_block_size") is None:
+        options["hash_block_size"] = hash_block_size
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
     options["sends_extra"] = source.format.name != "openai"
@@ -406,6 +409,11 @@ def check_file(input_path: str, *, from_format: str | None = None,
             **report.summary(), "aiperf_args": applied}
 
 
+#: AIPerf's names for the tokens a hash id stands for.
+HASH_BLOCK_FLAGS = ("--prompt-input-tokens-block-size", "--synthetic-input-tokens-block-size",
+                    "--isl-block-size")
+
+
 def aiperf_arguments(input_path: str, system_prompt_file: str | None,
                      use_manifest: bool = True) -> dict[str, Any]:
     """The AIPerf arguments ``check`` applies to a file: ``applied`` (the arguments),
@@ -434,7 +442,9 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
         return out
     args = recorded.get("aiperf", {}).get("args", [])
     for flag, value in zip(args, args[1:], strict=False):
-        if flag == "--system-prompt":
+        if flag in HASH_BLOCK_FLAGS and str(value).isdigit() and int(value) >= 1:
+            out["hash_block_size"] = int(value)
+        elif flag == "--system-prompt":
             out.update(applied=[flag, value], source="manifest", system_prompt=value)
         elif flag == "--system-prompt-file":
             found = manifest.named_file(str(value), input_path)

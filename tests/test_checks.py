@@ -372,3 +372,46 @@ def test_a_key_twice_in_a_json_array_item_names_the_item(tmp_path: Path, run) ->
                       encoding="utf-8")
     result = run("stats", source)
     assert result.exit_code == 0, result.stderr
+
+
+def test_check_takes_the_block_size_of_a_hash_trace_from_its_manifest(tmp_path: Path,
+                                                                      run) -> None:
+    """hash-trace --block-size 16 records AIPerf's --prompt-input-tokens-block-size 16 in
+    the manifest: check reads the ids at 16 tokens each, as AIPerf will."""
+    trace = tmp_path / "trace.jsonl"
+    made = run("hash-trace", ROOT / "prompts" / "chat.jsonl.example", trace, "--tokenizer",
+               "cl100k_base", "--block-size", "16")
+    assert made.exit_code == 0, made.stderr
+    result = run("check", trace, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["block_size"] == 16
+    first = json.loads(trace.read_text(encoding="utf-8").splitlines()[0])
+    assert len(first["hash_ids"]) > 1
+    result = run("check", trace, "--no-manifest")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"{trace}:1: {len(first['hash_ids'])} hash ids for input_length "
+        f"{first['input_length']}: at block size 512 that length is at most 1 block\n")
+    result = run("check", trace, "--block-size", "8", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["block_size"] == 8
+
+
+def test_bench_predicts_a_hash_trace_at_its_aiperf_block_size(tmp_path: Path, run) -> None:
+    """The manifest's --prompt-input-tokens-block-size goes to AIPerf and to the
+    prediction alike."""
+    from tokenizer_dir import build_tokenizer_dir
+
+    tokenizer = build_tokenizer_dir(tmp_path / "tok")
+    trace = tmp_path / "trace.jsonl"
+    made = run("hash-trace", ROOT / "prompts" / "chat.jsonl.example", trace, "--tokenizer",
+               tokenizer, "--block-size", "16")
+    assert made.exit_code == 0, made.stderr
+    result = run_bench(tmp_path, "--dry-run", MODEL="m", INPUT_FILE=str(trace),
+                       TOKENIZER=str(tokenizer))
+    assert result.returncode == 0, result.stderr
+    assert " --prompt-input-tokens-block-size 16 " in result.stdout
+    assert "block size 16)" in result.stderr
+    summary = run("check", trace, "--json")
+    rate = json.loads(summary.stdout)["hit_rate"]
+    assert f"predicted prefix-cache hit rate {100 * rate:.2f}%" in result.stderr
