@@ -76,6 +76,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -1259,7 +1260,12 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
     proc = subprocess.Popen(the_plan.command, env=env)
     try:
         code = proc.wait()
-    except KeyboardInterrupt:  # AIPerf got the same SIGINT: let it shut down
+    except KeyboardInterrupt as exc:
+        # A Ctrl-C reached AIPerf too: let it shut down. SIGTERM and SIGHUP (timeout, a
+        # CI cancel) came to promptkit alone: pass them on, then wait.
+        signum = getattr(exc, "signum", signal.SIGINT)
+        if signum != signal.SIGINT:
+            proc.send_signal(signum)
         code = proc.wait()
     condition["aiperf_exit_code"] = code
     condition["finished"] = now_utc()

@@ -15,10 +15,11 @@ from typing import Any
 
 import click
 
-from . import __version__, manifest, pipeline
+from . import __version__, interrupts, manifest, pipeline
 from .errors import OptionNeededError, PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
+from .interrupts import Interrupted
 from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
 from .publish import (
     AIPERF_FORMATS,
@@ -69,6 +70,13 @@ class PromptkitGroup(click.Group):
     def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         PromptkitGroup.argv = ["promptkit", *(sys.argv[1:] if args is None else args)]
         return super().main(args, *pargs, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Interrupted as exc:  # cleaned up on the way here: one line, 128 + signal
+            interrupts.report(exc)
+            sys.exit(exc.exit_code)
 
 
 # ---------------------------------------------------------------- option types
@@ -1151,9 +1159,11 @@ def run_pipe(stages: list[Any]) -> None:
 
 
 def main() -> None:
-    """Console entry point: restore default SIGPIPE so '| head' ends quietly."""
+    """Console entry point: restore default SIGPIPE so '| head' ends quietly; end on
+    SIGINT, SIGTERM and SIGHUP as on an error (nothing left behind)."""
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    interrupts.install()
     cli(prog_name="promptkit")
 
 

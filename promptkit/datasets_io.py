@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from . import leftovers
 from .errors import InvalidRecordError, PromptkitError
 from .files import fsync_folder, os_error, remove_quietly
 from .formats import FORMATS, Format
@@ -392,10 +393,11 @@ class TableSink(Written):
         self.encoder.as_rows = True
         self.sha256 = hashlib.sha256()
         try:
-            self._scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.",
-                                             suffix=".promptkit-tmp", dir=folder)
+            self._scratch = tempfile.mkdtemp(prefix=leftovers.temp_prefix(path),
+                                             suffix=leftovers.TEMP_SUFFIX, dir=folder)
         except OSError as exc:
             raise os_error(exc, path) from None
+        leftovers.claim(self._scratch)
         self._parquet = os.path.join(self._scratch, "data.parquet")
         self._schema = arrow_schema()
         try:

@@ -1,9 +1,9 @@
 """Writing files: one discipline for every file promptkit writes.
 
-A leaf module (errors only). Every output (a sink's OUT, its manifest, side files
-such as ``OUT.system.txt``, ``--per-request``, plots, publish folders) is written
-to a temporary file in the target's own folder, flushed to disk (``fsync``) and
-renamed into place only when everything a run writes is finished:
+A leaf module (errors and :mod:`promptkit.leftovers` only). Every output (a sink's
+OUT, its manifest, side files such as ``OUT.system.txt``, ``--per-request``, plots,
+publish folders) is written to a temporary file in the target's own folder,
+flushed to disk (``fsync``) and renamed into place only when everything a run writes is finished:
 
 - the paths a run writes (OUT, its manifest, its side files) are checked before
   any work: each in an existing folder, none a folder, none the input, no two the
@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from . import leftovers
 from .errors import PromptkitError
 
 STDIO = "-"
@@ -124,10 +125,12 @@ def temporary(path: str, suffix: str = TMP_SUFFIX) -> tuple[int, str]:
     becomes one line naming ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        return tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
-                                dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=leftovers.temp_prefix(path), suffix=suffix,
+                                   dir=folder)
     except OSError as exc:
         raise os_error(exc, path) from None
+    leftovers.claim(tmp, fd)  # locked while in use: a later run's sweep leaves it
+    return fd, tmp
 
 
 def stage_text(path: str, text: str) -> str:

@@ -10,6 +10,7 @@ redone in order, in the main process, with the state of everything before it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compression
+from . import compression, interrupts
 from .errors import InvalidRecordError
 from .formats import get_format
 from .records import Record
@@ -85,6 +86,7 @@ _job: Job | None = None
 
 def _init(job: Job) -> None:
     global _job
+    interrupts.worker_started()
     _job = job
     keep_freed_memory()
 
@@ -244,7 +246,10 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     context = multiprocessing.get_context("fork")
     out = _Relay()
-    with context.Pool(workers, initializer=_init, initargs=(job,)) as pool:
+    with contextlib.ExitStack() as stack:
+        with interrupts.pool_starting():  # ended (by the stack) even if interrupted at once
+            pool = stack.enter_context(context.Pool(workers, initializer=_init,
+                                                    initargs=(job,)))
         pending: deque[tuple[int, int, int, Any]] = deque()
 
         def finish() -> None:
@@ -289,6 +294,7 @@ _mapper: tuple[str, Any, tuple[Any, ...], tuple[str, str, bool]] | None = None
 
 def _init_map(path: str, fn: Any, args: tuple[Any, ...], reading: tuple[str, str, bool]) -> None:
     global _mapper
+    interrupts.worker_started()
     _mapper = (path, fn, args, reading)
     keep_freed_memory()
 
@@ -309,8 +315,11 @@ def map_records(path: str, fn: Any, args: tuple[Any, ...], workers: int, digest:
     processes: ``(result, records read, skipped lines)`` of each chunk, in file order
     (``digest`` hashes the file)."""
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_init_map,
-                      initargs=(path, fn, args, (fmt, name, skip_invalid))) as pool:
+    with contextlib.ExitStack() as stack:
+        with interrupts.pool_starting():
+            pool = stack.enter_context(context.Pool(
+                workers, initializer=_init_map, initargs=(path, fn, args, (fmt, name,
+                                                                           skip_invalid))))
         pending: deque[Any] = deque()
         for offset, size, lineno in chunks(path, digest):
             pending.append(pool.apply_async(_map_work, (offset, size, lineno)))

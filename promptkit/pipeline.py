@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeGuard
 
-from . import files, manifest, parallel
+from . import files, leftovers, manifest, parallel
 from .columns import ColumnSource
 from .datasets_io import (
     COLUMN_OPTIONS,
@@ -121,7 +120,7 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                     and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
                 source.close()
-                with tempfile.TemporaryDirectory(prefix="promptkit-") as scratch:
+                with leftovers.scratch_folder() as scratch:
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
                     facts = parallel.run_file(input_path, job, sink, workers, bar)
@@ -198,6 +197,8 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     generator = {"name": name, "params": params, "info": info(params)}
     outputs = files.Outputs(output_path, manifest_path, stale=_stale(output_path))
     try:
+        if output_path != STDIO:
+            leftovers.sweep_for(output_path)  # what runs killed before this one left
         sink = Sink(output_path, get_format(to_format))
         tokenizer = params.get("tokenizer")
         if tokenizer is not None:
@@ -258,6 +259,8 @@ def by_lines(source: Source | DatasetSource) -> TypeGuard[Source]:
 
 def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
               inputs: list[str] | None = None) -> Sink | TableSink:
+    if path != STDIO:
+        leftovers.sweep_for(path)  # what runs killed before this one left
     if fmt.name in TABLE_FORMATS:
         return TableSink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
     return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])

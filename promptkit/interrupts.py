@@ -1,0 +1,131 @@
+"""Ending on SIGINT, SIGTERM and SIGHUP as cleanly as on an error, and workers that end
+with the process that started them.
+
+A leaf module (standard library only).
+
+- :func:`install` (the command line only) turns SIGTERM and SIGHUP, like SIGINT, into
+  :class:`Interrupted`, a ``KeyboardInterrupt``: it unwinds the run through the same
+  ``except``/``finally`` blocks an error does, so temporary files and scratch chunks
+  are removed and worker pools ended. Further signals are then ignored, so that
+  cleaning up is not itself interrupted. ``timeout`` and CI cancellation send SIGTERM;
+  a closed terminal sends SIGHUP.
+- :func:`pool_starting` and :func:`worker_started` bracket the start of worker
+  processes: workers ignore SIGINT (a Ctrl-C reaches the whole process group; the
+  parent ends them), die on SIGTERM without a traceback, and die with their parent
+  even when it is killed with SIGKILL (``PR_SET_PDEATHSIG`` on Linux, else a thread
+  that watches the parent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+#: The signals that end a run cleanly (those the platform has).
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal; ``exit_code`` is the shell's 128 + its number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _stop(signum: int, frame: Any) -> None:
+    for each in SIGNALS:  # clean up undisturbed; SIGKILL still ends it
+        signal.signal(each, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Raise :class:`Interrupted` on SIGINT, SIGTERM and SIGHUP (in the main thread).
+
+    A signal already ignored when the process started (``nohup`` ignores SIGHUP, a
+    shell's background job SIGINT) stays ignored.
+    """
+    for each in SIGNALS:
+        if signal.getsignal(each) is not signal.SIG_IGN:
+            signal.signal(each, _stop)
+
+
+# ---------------------------------------------------------------- worker processes
+
+#: The pid of the process that starts workers (read in the forked worker).
+_parent: int | None = None
+
+
+@contextlib.contextmanager
+def pool_starting() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while worker processes are forked.
+
+    A worker then cannot die of a Ctrl-C (with a traceback) before
+    :func:`worker_started` sets it to ignore one; the parent gets what was held as
+    soon as the workers are started. Threads started here (a pool's) keep the
+    signals held, so signals reach the main thread, which handles them.
+    """
+    global _parent
+    _parent = os.getpid()
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def worker_started() -> None:
+    """In a worker, first thing: ignore SIGINT, die quietly of SIGTERM and SIGHUP, and
+    die with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for each in SIGNALS:
+        if each != signal.SIGINT:
+            signal.signal(each, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    parent = _parent if _parent is not None else os.getppid()
+    if not _die_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                         name="promptkit-parent-watch").start()
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to send this process SIGKILL when its parent ends (True if it will)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        return bool(libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    """End this process once ``parent`` is no longer its parent (where prctl is not
+    there)."""
+    stop = threading.Event()
+    while not stop.wait(every):
+        if os.getppid() != parent:
+            os._exit(1)
