@@ -1,13 +1,14 @@
 """Ending on SIGINT, SIGTERM and SIGHUP as cleanly as on an error, and workers that end
 with the process that started them.
 
-A leaf module (standard library only).
+A leaf module (the standard library and :mod:`promptkit.leftovers`).
 
 - :func:`install` (the command line only) turns SIGTERM and SIGHUP, like SIGINT, into
   :class:`Interrupted`, a ``KeyboardInterrupt``: it unwinds the run through the same
   ``except``/``finally`` blocks an error does, so temporary files and scratch chunks
   are removed and worker pools ended. Further signals are then ignored, so that
-  cleaning up is not itself interrupted. ``timeout`` and CI cancellation send SIGTERM;
+  cleaning up is not itself interrupted; a run that has not ended ``GRACE`` seconds
+  later removes what it was writing and exits at once. ``timeout`` and CI cancellation send SIGTERM;
   a closed terminal sends SIGHUP.
 - :func:`pool_starting` and :func:`worker_started` bracket the start of worker
   processes: workers ignore SIGINT (a Ctrl-C reaches the whole process group; the
@@ -23,8 +24,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
+
+from . import leftovers
 
 #: The signals that end a run cleanly (those the platform has).
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
@@ -47,10 +51,45 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: Seconds the run has to clean up and end after a signal, before it is ended at once.
+GRACE = 3.0
+_reported = False
+
+
+def message(signum: int) -> str:
+    return (f"promptkit: interrupted ({signal.Signals(signum).name}); "
+            "unfinished output removed")
+
+
+def report(exc: Interrupted) -> None:
+    """Print the one line an interrupted run ends with."""
+    global _reported
+    if not _reported:
+        _reported = True
+        print(message(exc.signum), file=sys.stderr, flush=True)
+
+
 def _stop(signum: int, frame: Any) -> None:
     for each in SIGNALS:  # clean up undisturbed; SIGKILL still ends it
         signal.signal(each, signal.SIG_IGN)
+    threading.Thread(target=_deadline, args=(signum,), daemon=True,
+                     name="promptkit-deadline").start()
     raise Interrupted(signum)
+
+
+def _deadline(signum: int) -> None:
+    """End the process if it has not ended ``GRACE`` seconds after the signal.
+
+    An exception raised at an arbitrary point can leave a library's threads waiting
+    for each other (measured: tiktoken's thread pool, joined during the unwinding,
+    never ends). Then remove what this process was writing and exit at once.
+    """
+    time.sleep(GRACE)
+    leftovers.remove_mine()
+    if not _reported:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(2, (message(signum) + "\n").encode())
+    os._exit(128 + signum)
 
 
 def install() -> None:

@@ -65,10 +65,34 @@ def scratch_folder() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix=scratch_prefix()) as folder:
         fd = os.open(folder, os.O_RDONLY)
         try:
-            lock(fd)
+            claim(folder, fd)
             yield folder
         finally:
             os.close(fd)
+
+
+#: What this process made and has not finished with, for :func:`remove_mine`.
+_mine: set[str] = set()
+
+
+def claim(path: str, fd: int | None = None) -> None:
+    """Note ``path`` as this process's temporary file or folder (locked, given its
+    open ``fd``), to be removed by :func:`remove_mine` if it is still there."""
+    _mine.add(path)
+    if fd is not None:
+        lock(fd)
+
+
+def remove_mine() -> None:
+    """Remove what this process claimed and has not renamed or removed (a last resort
+    when the process must end at once)."""
+    for path in list(_mine):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        _mine.discard(path)
 
 
 def lock(fd: int) -> None:
