@@ -69,6 +69,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def hear_sigint() -> None:
+    """Let the run hear SIGINT even if this drill was started where it is ignored (a
+    shell's background job): an ignored signal stays ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def session_alive(sid: int) -> list[int]:
     """Living (not zombie) processes whose process group is ``sid``."""
     alive = []
@@ -132,19 +138,25 @@ def main() -> int:
     failures: list[str] = []
     outcome: Counter[tuple[str, int, str]] = Counter()
     orphan_wait = 0.0
+    ending: list[float] = []  # seconds from the signal to the run's exit
+    began = time.monotonic()
     for trial in range(1, args.trials + 1):
         workers = rng.choice((1, 2))
         signum = rng.choice(SIGNALS)
         name = signal.Signals(signum).name
         delay = rng.uniform(0, took[workers])
         proc = subprocess.Popen(command(workers, 1, out), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=hear_sigint)
         time.sleep(delay)
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)
         else:
             os.kill(proc.pid, signum)
+        signalled = time.monotonic()
         _, err_bytes = proc.communicate()
+        if proc.returncode != 0:
+            ending.append(time.monotonic() - signalled)
         err = err_bytes.decode(errors="replace")
         code = proc.returncode
         problems = []
@@ -200,7 +212,12 @@ def main() -> int:
     print("\nsummary (signal, workers, outcome: trials):")
     for (name, workers, kind), n in sorted(outcome.items()):
         print(f"  {name:7s} {workers} {kind:15s} {n}")
+    if ending:
+        ending.sort()
+        print(f"signal to exit: median {ending[len(ending) // 2]:.2f} s, "
+              f"slowest {ending[-1]:.2f} s")
     print(f"slowest end of a run's processes after it exited: {orphan_wait:.2f} s")
+    print(f"drill took {time.monotonic() - began:.0f} s")
     print(f"{args.trials} trials, {len(failures)} failed")
     for failure in failures:
         print("  " + failure)

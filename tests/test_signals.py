@@ -36,6 +36,12 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def hear_sigint() -> None:
+    """In the child: hear SIGINT even if pytest runs where it is ignored (a shell's
+    background job), since an ignored signal stays ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def processes() -> list[tuple[int, int, int, str]]:
     """``(pid, parent pid, process group, state)`` of every process."""
     out = []
@@ -83,7 +89,7 @@ class Run:
             [sys.executable, "-m", "promptkit", "nonce", "--tokenizer", "cl100k_base",
              "--seed", "1", str(source), str(self.out), "--workers", str(workers)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=hear_sigint)
         self.workers: set[int] = set()
         mid_run = until(lambda: self.writing(workers))
         assert mid_run, self.proc.communicate()
@@ -212,3 +218,27 @@ def test_sweep_removes_a_dead_owners_files_only(tmp_path):
                                       str(tmp_path / names["dead folder"])])
     assert sorted(os.listdir(tmp_path)) == sorted(
         names[k] for k in ("live", "elsewhere", "locked", "unnamed"))
+
+
+def test_sigterm_ends_stats_and_its_workers(big_input, tmp_path):
+    """Commands that only read (stats, check) run workers too: they end with the run."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "TIKTOKEN_CACHE_DIR": str(tmp_path / "tk")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "promptkit", "stats", "--tokenizer", "cl100k_base",
+         str(big_input), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    workers: set[int] = set()
+
+    def started() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        workers.update(pid for pid, ppid, _, _ in processes() if ppid == proc.pid)
+        return len(workers) == 2
+
+    assert until(started)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err.decode()) == (
+        143, b"", "promptkit: interrupted (SIGTERM); unfinished output removed\n")
+    assert until(lambda: not living(workers), timeout=5)
+    assert sorted(os.listdir(tmp_path)) == ["tk"]
