@@ -154,7 +154,8 @@ def test_sigkill_leaves_no_worker_and_the_next_run_removes_its_files(
     assert until(lambda: not living(group=run.proc.pid), timeout=5)
     assert run.out.read_bytes() == OLD
     beside, scratch = run.left()
-    assert len(beside) == 1 and beside[0].endswith(".promptkit-tmp")
+    # The temporary output and the (no longer held) lock on writing OUT.
+    assert [name.rsplit(".", 1)[1] for name in beside] == ["promptkit-tmp", "promptkit-lock"]
     assert len(scratch) == (1 if workers > 1 else 0)
 
     small = tmp_path / "small.jsonl"
@@ -197,6 +198,7 @@ def test_sweep_removes_a_dead_owners_files_only(tmp_path):
         "locked": f".d.jsonl.pk{host}-{dead}-xyz789{leftovers.TEMP_SUFFIX}",
         "unnamed": f".e.jsonl.abc123{leftovers.TEMP_SUFFIX}",  # an older promptkit's
         "dead folder": f".f.parquet.pk{host}-{dead}-abc123{leftovers.TEMP_SUFFIX}",
+        "free lock": ".g.jsonl.promptkit-lock",  # a killed run's lock on writing OUT
     }
     for key, name in names.items():
         if key.endswith("folder"):
@@ -214,8 +216,8 @@ def test_sweep_removes_a_dead_owners_files_only(tmp_path):
         removed = leftovers.sweep_beside(str(tmp_path / "out.jsonl"))
     finally:
         holder.communicate("")
-    assert sorted(removed) == sorted([str(tmp_path / names["dead"]),
-                                      str(tmp_path / names["dead folder"])])
+    assert sorted(removed) == sorted(str(tmp_path / names[k])
+                                     for k in ("dead", "dead folder", "free lock"))
     assert sorted(os.listdir(tmp_path)) == sorted(
         names[k] for k in ("live", "elsewhere", "locked", "unnamed"))
 
