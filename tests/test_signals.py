@@ -158,24 +158,24 @@ def test_sigkill_leaves_no_worker_and_the_next_run_removes_its_files(
     assert [name.rsplit(".", 1)[1] for name in beside] == ["promptkit-tmp", "promptkit-lock"]
     assert len(scratch) == (1 if workers > 1 else 0)
 
-    small = tmp_path / "small.jsonl"
-    small.write_text('{"text": "hello"}\n')
-    nxt = subprocess.run([sys.executable, "-m", "promptkit", "nonce", str(small),
-                          str(run.folder / "other.jsonl")],
-                         capture_output=True, env=run.env)
-    assert nxt.returncode == 0, nxt.stderr
+    another_run(run, tmp_path)
     assert run.left() == (["other.jsonl", "other.jsonl.manifest.json"], [])
     assert run.out.read_bytes() == OLD
 
 
-def test_a_run_leaves_the_files_of_a_live_run_alone(big_input, tmp_path):
-    run = Run(tmp_path, big_input, 2)
+def another_run(run: Run, tmp_path: Path) -> None:
+    """A small run into the same folder and TMPDIR as ``run`` (which sweeps leftovers)."""
     small = tmp_path / "small.jsonl"
     small.write_text('{"text": "hello"}\n')
     nxt = subprocess.run([sys.executable, "-m", "promptkit", "nonce", str(small),
                           str(run.folder / "other.jsonl")],
                          capture_output=True, env=run.env)
     assert nxt.returncode == 0, nxt.stderr
+
+
+def test_a_run_leaves_the_files_of_a_live_run_alone(big_input, tmp_path):
+    run = Run(tmp_path, big_input, 2)
+    another_run(run, tmp_path)
     out, err = run.proc.communicate(timeout=120)
     assert run.proc.returncode == 0, err
     assert run.out.read_bytes() != OLD
