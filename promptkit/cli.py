@@ -361,7 +361,7 @@ tokenizer_option = click.option(
 @click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
 @click.option("--plot", metavar="FILE.png",
               help="Also draw the prompt-length histogram, shared prefix marked "
-                   "(needs promptkit[plot] and --tokenizer).")
+                   "(needs matplotlib and --tokenizer).")
 @dataset_options
 @report
 def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_json: bool,
@@ -678,7 +678,7 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
               help="Do not apply the AIPerf arguments of IN.manifest.json.")
 @click.option("--plot", metavar="FILE.png",
               help="Also draw hit tokens per request and the cumulative hit rate "
-                   "(needs promptkit[plot]).")
+                   "(needs matplotlib).")
 @click.option("--per-request", metavar="PATH",
               help="Also write a JSONL line a profiled request: its record, prompt and hit "
                    "tokens, and where that record first differs from all before it.")

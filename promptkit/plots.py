@@ -1,4 +1,4 @@
-"""Pictures of a check and of statistics, as PNG files (optional: ``promptkit[plot]``).
+"""Pictures of a check and of statistics, as PNG files (optional: matplotlib, the ``plot`` extra).
 
 - :func:`check_plot`: hit tokens of each request over request order, and the
   cumulative hit rate, so caching that is off, on, or creeping in through
@@ -16,7 +16,8 @@ from typing import Any
 from .errors import PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
 
-INSTALL = "--plot needs matplotlib: pip install 'promptkit[plot]'"
+INSTALL = ("--plot needs matplotlib: pip install matplotlib (or pip install '.[plot]' "
+           "in the promptkit folder)")
 
 
 def _pyplot() -> Any:

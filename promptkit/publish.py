@@ -515,7 +515,7 @@ def card_body(result: dict[str, Any], files: list[dict[str, Any]], pretty_name: 
         f"# {pretty_name}",
         "",
         f"{out['records']} prompts for LLM serving benchmarks ({aiperf['distinct_records']} "
-        f"distinct), published with [promptkit](https://pypi.org/project/promptkit/) "
+        f"distinct), published with promptkit "
         f"{__version__} on {result['created']}.",
         "",
         "## Use",

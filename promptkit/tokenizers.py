@@ -136,7 +136,7 @@ def _from_hf_cache(repo_id: str, name: str) -> Tokenizer:
     if not isinstance(found, str):
         raise TokenizerError(
             f"{name}: tokenizer.json is not in the local Hugging Face cache; download it "
-            f"while online (huggingface-cli download {repo_id} tokenizer.json) or give "
+            f"while online (hf download {repo_id} tokenizer.json) or give "
             "the folder that holds it"
         )
     return _from_file(found, name)

@@ -4,11 +4,11 @@ English and Japanese guides are kept in step (same sections, same commands)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import example_clone
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,16 +60,19 @@ def test_the_readme_links_both_guides():
     assert "(docs/guide.ja.md)" in readme
 
 
+#: The examples run so far in the module's workdir.
+RAN: set[str] = set()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("guide")
-    shutil.copytree(ROOT / "prompts", folder / "prompts")
-    return folder
+    return example_clone.make(tmp_path_factory.mktemp("guide"))
 
 
 def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # 'promptkit' as the console script next to this interpreter, the rest as written.
     script = Path(sys.executable).with_name("promptkit")
+    RAN.add(command)
     return subprocess.run(
         command.replace("promptkit ", f"{script} "),
         shell=True,
@@ -90,3 +93,13 @@ def test_guide_command_runs_as_shown(command, workdir):
         assert "is above --max-hit-rate" in guarded.stderr
     result = run(command, workdir)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_examples_leave_git_status_clean(workdir):
+    """The guide's examples, run at the top of a clone, add nothing to ``git status``
+    (those not run yet in this session run here first, in the guide's order)."""
+    for command in commands(GUIDE):
+        if command not in RAN:
+            run(command, workdir)  # a guard shown failing exits 0 through its "||"
+    assert len(list(workdir.glob("*.manifest.json"))) >= 10  # the examples did write
+    assert example_clone.untracked(workdir) == []

@@ -39,5 +39,7 @@ def test_without_matplotlib_the_option_says_how_to_install(tmp_path, run, single
     result = run("check", single_turn, "--tokenizer", "cl100k_base", "--plot",
                  tmp_path / "c.png")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "--plot needs matplotlib: pip install 'promptkit[plot]'"
+    # The install line works from a clone: the PyPI name promptkit is another project.
+    assert "pip install matplotlib" in result.stderr
+    assert "promptkit[plot]" not in result.stderr
     assert list(tmp_path.glob("*.png")) == []

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import example_clone
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +30,28 @@ def test_the_readme_shows_commands():
     assert len(readme_commands()) >= 10
 
 
+#: The examples run so far in the module's workdir.
+RAN: set[str] = set()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("readme")
-    shutil.copytree(ROOT / "prompts", folder / "prompts")
-    return folder
+    return example_clone.make(tmp_path_factory.mktemp("readme"))
 
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs_as_shown(command, workdir):
     assert command.startswith("promptkit ")
+    result = run(command, workdir)
+    assert result.returncode == 0, result.stderr
+
+
+def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # 'promptkit' as the console script next to this interpreter, the rest as written.
     script = Path(sys.executable).with_name("promptkit")
-    result = subprocess.run(command.replace("promptkit ", f"{script} "), shell=True,
-                            cwd=workdir, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    RAN.add(command)
+    return subprocess.run(command.replace("promptkit ", f"{script} "), shell=True, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_readme_python_examples_run(workdir, monkeypatch):
@@ -67,3 +74,29 @@ def test_readme_python_examples_run(workdir, monkeypatch):
                     "parquet", "--seed", "7"], cwd=workdir, check=True, capture_output=True)
     from_cli = datasets.load_dataset("parquet", data_files=str(cli), split="train")
     assert mapped.to_list() == from_cli.to_list()
+
+
+def test_the_examples_leave_git_status_clean(workdir):
+    """A user who runs the README's examples at the top of a clone sees no new files
+    in ``git status`` (the examples not run yet in this session run here first)."""
+    for command in readme_commands():
+        if command not in RAN:
+            assert run(command, workdir).returncode == 0, command
+    assert len(list(workdir.glob("*.manifest.json"))) >= 10  # the examples did write
+    assert example_clone.untracked(workdir) == []
+
+
+#: Phrases a user's copy must not contain: paths only this project's machines have,
+#: the PyPI name ``promptkit`` (an unrelated package there), the retired CLI name.
+FORBIDDEN = ("shared/data", "pypi.org/project/promptkit", "install 'promptkit[",
+             "install promptkit", "huggingface-cli", "this session", "the issue's")
+
+
+@pytest.mark.parametrize("path", sorted(
+    p.relative_to(ROOT).as_posix()
+    for pattern in ("README.md", "docs/*.md", "data/*/README.md", "scripts/*.py",
+                    "promptkit/*.py", ".env.example")
+    for p in ROOT.glob(pattern)))
+def test_what_users_read_points_at_what_they_have(path):
+    text = (ROOT / path).read_text(encoding="utf-8").lower()
+    assert [phrase for phrase in FORBIDDEN if phrase in text] == []
