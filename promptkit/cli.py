@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from . import __version__, interrupts, manifest, pipeline
+from .cli_help import DATASET, INPUT, OUTPUT, SectionedGroup, shared
 from .errors import OptionNeededError, PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
@@ -36,10 +37,10 @@ OUTPUT_CHOICE = click.Choice([*FORMATS, *TABLE_FORMATS])
 
 
 class UserError(click.ClickException):
-    """A data error: shown as the bare ``FILE:LINE: problem`` line, exit 1."""
+    """A data error: one line, ``promptkit: FILE:LINE: problem``, exit 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(self.format_message(), err=True)
+        click.echo(f"promptkit: {self.format_message()}", err=True)
 
 
 def report(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,8 +61,10 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class PromptkitGroup(click.Group):
+class PromptkitGroup(SectionedGroup):
     """The root group: remembers the arguments it was called with, for manifests."""
+
+    group_class = SectionedGroup
 
     argv: list[str] = []
     #: ``promptkit --quiet``: no progress bar.
@@ -107,8 +110,8 @@ SKIP_HELP = ("Skip bad records (unreadable, or ones a step or the output format 
              "take) instead of stopping; the manifest lists them and counts them by reason.")
 
 
-workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), default=None,
+workers_option = shared(
+    INPUT, "--workers", type=click.IntRange(min=1), default=None,
     help="Processes for large input files (default: one per CPU, up to 4). "
          "The output is the same bytes for every value.")
 
@@ -130,32 +133,34 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, **kwargs)
 
     for decorator in reversed([
-        click.option("--config", metavar="NAME", help="Dataset input: the configuration."),
-        click.option("--split", metavar="NAME", help="Dataset input: the split [default: train]."),
-        click.option("--revision", metavar="REV",
-                     help="Dataset input: a branch, tag or commit of a hub dataset."),
-        click.option("--text-column", metavar="COL",
-                     help="Dataset or JSONL input: the column holding the prompt text."),
-        click.option("--system-column", metavar="COL",
-                     help="Dataset or JSONL input: a column holding a system prompt."),
-        click.option("--messages-column", metavar="COL",
-                     help="Dataset or JSONL input: a column of OpenAI chat messages."),
-        click.option("--output-length-column", metavar="COL",
-                     help="Dataset or JSONL input: a column of output lengths (tokens)."),
-        click.option("--input-length-column", metavar="COL",
-                     help="Dataset or JSONL input: a column of input lengths (tokens), for a "
-                          "trace without text (written as mooncake_trace)."),
-        click.option("--timestamp-column", metavar="COL",
-                     help="Dataset or JSONL input: a column of request times (ISO 8601 "
-                          "date-times or numbers), written as milliseconds from the first "
-                          "record's."),
-        click.option("--timestamp-unit", type=click.Choice(["s", "ms", "us", "ns"]),
-                     help="The unit of numeric timestamps [default: ms; s for BurstGPT]."),
-        click.option("--limit", type=click.IntRange(min=1), metavar="N",
-                     help="Dataset input: read the first N rows (after --shuffle)."),
-        click.option("--shuffle", is_flag=True,
-                     help="Dataset input: shuffle the rows with --seed (a dataset on disk "
-                          "exactly; a streamed one in a 10,000-row buffer)."),
+        shared(DATASET, "--config", metavar="NAME", help="Dataset input: the configuration."),
+        shared(DATASET, "--split", metavar="NAME",
+               help="Dataset input: the split [default: train]."),
+        shared(DATASET, "--revision", metavar="REV",
+               help="Dataset input: a branch, tag or commit of a hub dataset."),
+        shared(DATASET, "--text-column", metavar="COL",
+               help="Dataset or JSONL input: the column holding the prompt text."),
+        shared(DATASET, "--system-column", metavar="COL",
+               help="Dataset or JSONL input: a column holding a system prompt."),
+        shared(DATASET, "--messages-column", metavar="COL",
+               help="Dataset or JSONL input: a column of OpenAI chat messages."),
+        shared(DATASET, "--output-length-column", metavar="COL",
+               help="Dataset or JSONL input: a column of output lengths (tokens)."),
+        shared(DATASET, "--input-length-column", metavar="COL",
+               help="Dataset or JSONL input: a column of input lengths (tokens), for a "
+                    "trace without text (written as mooncake_trace)."),
+        shared(DATASET, "--timestamp-column", metavar="COL",
+               help="Dataset or JSONL input: a column of request times (ISO 8601 "
+                    "date-times or numbers), written as milliseconds from the first "
+                    "record's."),
+        shared(DATASET, "--timestamp-unit", type=click.Choice(["s", "ms", "us", "ns"]),
+               help="The unit of numeric timestamps [default: ms; s for BurstGPT]."),
+        shared(INPUT, "--limit", type=click.IntRange(min=1),
+               help="Read only the first N records of the input (of a dataset: after "
+                    "--shuffle)."),
+        shared(INPUT, "--shuffle", is_flag=True,
+               help="Dataset input: shuffle the rows with --seed (a dataset on disk "
+                    "exactly; a streamed one in a 10,000-row buffer)."),
     ]):
         wrapper = decorator(wrapper)
     return wrapper
@@ -175,15 +180,15 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.argument("input_path", metavar="IN"),
         click.argument("output_path", metavar="OUT"),
-        click.option("--from", "from_format", type=FORMAT_CHOICE,
-                     help="Input format (default: detected from the first record)."),
-        click.option("--to", "to_format", type=OUTPUT_CHOICE,
-                     help="Output format (default: the input format; mooncake_trace for a "
-                          "dataset). OUT.jsonl.gz, .zst, .bz2, .xz: compressed."),
-        click.option("--skip-invalid", is_flag=True, help=SKIP_HELP),
-        click.option("--manifest", "manifest_path", metavar="PATH",
-                     help="Where to write the manifest, - for stdout (default: "
-                          "OUT.manifest.json; none when OUT is stdout unless given)."),
+        shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
+               help="Input format (default: detected from the first record)."),
+        shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE,
+               help="Output format (default: the input format; mooncake_trace for a "
+                    "dataset). OUT.jsonl.gz, .zst, .bz2, .xz: compressed."),
+        shared(INPUT, "--skip-invalid", is_flag=True, help=SKIP_HELP),
+        shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
+               help="Where to write the manifest, - for stdout (default: "
+                    "OUT.manifest.json; none when OUT is stdout unless given)."),
         workers_option,
     ]):
         func = decorator(func)
@@ -200,7 +205,7 @@ def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--at", type=click.Choice(POSITIONS), default="start", show_default=True,
                      help="Where the nonce goes: start of the conversation, the system "
                           "message, the first user message, every turn, or a cache_salt."),
-        click.option("--template", default="{nonce}\\n", show_default=True,
+        click.option("--template", default="{nonce}\\n", show_default=True, metavar="TEXT",
                      help="Text put before the content; {nonce} is replaced by the nonce."),
         click.option("--length", type=click.IntRange(min=1), default=DEFAULT_RANDOM_LENGTH,
                      show_default=True, help="Characters of a random nonce."),
@@ -303,7 +308,7 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
 
 
 @click.group(cls=PromptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="promptkit")
+@click.version_option(__version__, "-V", "--version", prog_name="promptkit")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bar (shown on stderr for file inputs when it is a terminal).")
 def cli(quiet: bool) -> None:
@@ -348,17 +353,17 @@ tokenizer_option = click.option(
 @cli.command()
 @click.argument("input_path", metavar="IN")
 @tokenizer_option
-@click.option("--from", "from_format", type=FORMAT_CHOICE,
-              help="Input format (default: detected from the first record).")
+@shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
+        help="Input format (default: detected from the first record).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for batch tokenization (default: one per CPU).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes for a large JSONL file (a chunk each, merged in order); "
+@shared(INPUT, "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+        help="Processes for a large JSONL file (a chunk each, merged in order); "
                    "the figures are the same for every value.")
-@click.option("--skip-invalid", is_flag=True,
-              help="Skip bad records instead of stopping; the report counts them by reason.")
-@click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
+@shared(INPUT, "--skip-invalid", is_flag=True,
+        help="Skip bad records instead of stopping; the report counts them by reason.")
+@shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random).")
 @click.option("--plot", metavar="FILE.png",
               help="Also draw the prompt-length histogram, shared prefix marked "
                    "(needs matplotlib and --tokenizer).")
@@ -574,7 +579,7 @@ def turns_step(*, tokenizer: str, **params: Any) -> Step:
 @cli.command()
 @io_options
 @turns_options
-@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @report
 def turns(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
           skip_invalid: bool, manifest_path: str | None, workers: int | None,
@@ -619,11 +624,11 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="vLLM's KV cache blocks, as its log says ('GPU KV cache size' / "
                           "--num-gpu-blocks-override): its block pool, replayed exactly at "
                           "concurrency 1."),
-        click.option("--requests", type=click.IntRange(min=1), metavar="R",
+        click.option("--requests", type=click.IntRange(min=1), 
                      help="Profiled requests (default: one per record); more than the "
                           "records wraps around the file, as AIPerf does."),
         click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
-                     metavar="W", help="Warmup requests sent first, from the same records."),
+                     help="Warmup requests sent first, from the same records."),
         click.option("--system-prompt-file", metavar="PATH",
                      help="The file AIPerf sends as a system message on every request (its "
                           "--system-prompt-file) [default: the one the file's manifest "
@@ -668,8 +673,8 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @cli.command()
 @click.argument("input_path", metavar="IN")
 @check_options
-@click.option("--from", "from_format", type=FORMAT_CHOICE,
-              help="Input format (default: detected from the first record).")
+@shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
+        help="Input format (default: detected from the first record).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-hit-rate", type=click.FloatRange(0, 1), metavar="X",
               help="Exit 1 when the predicted hit rate across conversations (what a nonce "
@@ -682,11 +687,11 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @click.option("--per-request", metavar="PATH",
               help="Also write a JSONL line a profiled request: its record, prompt and hit "
                    "tokens, and where that record first differs from all before it.")
-@click.option("--skip-invalid", is_flag=True,
-              help="Skip bad records instead of stopping; the report counts them by reason.")
-@click.option("--seed", type=int, help="Seed of --shuffle (default: random).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes that tokenize a large JSONL file, a chunk each (the cache is "
+@shared(INPUT, "--skip-invalid", is_flag=True,
+        help="Skip bad records instead of stopping; the report counts them by reason.")
+@shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random).")
+@shared(INPUT, "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+        help="Processes that tokenize a large JSONL file, a chunk each (the cache is "
                    "simulated in order: the same report for every value).")
 @dataset_options
 @report
@@ -771,17 +776,17 @@ def print_check(s: dict[str, Any]) -> None:
               help="The tokenizer the blocks are counted under (see 'stats').")
 @click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
               metavar="N", help="Tokens a block (one hash id each; the last may be partial).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="R",
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="Requests a second, for timestamps where records have none.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for batch tokenization in one process (default: one per CPU).")
 @workers_option
-@click.option("--from", "from_format", type=FORMAT_CHOICE,
-              help="Input format (default: detected from the first record).")
-@click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
-@click.option("--manifest", "manifest_path", metavar="PATH",
-              help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
-@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
+        help="Input format (default: detected from the first record).")
+@shared(INPUT, "--skip-invalid", is_flag=True, help=SKIP_HELP)
+@shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
+        help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
+@shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @dataset_options
 @report
 def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: int,
@@ -836,14 +841,14 @@ def synth() -> None:
                    "requests in a row.")
 @click.option("--output-tokens", type=click.IntRange(min=1), metavar="N",
               help="output_length of every request (default: none; the echo is short).")
-@click.option("--to", "to_format", type=OUTPUT_CHOICE, default="mooncake_trace",
-              show_default=True,
+@shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE, default="mooncake_trace",
+        show_default=True,
               help="Output format. Formats without a system message get the prompt, a "
                    "blank line and the task as one text.")
 @click.option("--seed", type=int, help="Seed of the filler and the words (default: random, "
                                        "recorded).")
-@click.option("--manifest", "manifest_path", metavar="PATH",
-              help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
+@shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
+        help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
 @report
 def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: int | None,
                 tokenizer: str, system_prompt: str | None, filler_file: str | None,
@@ -966,10 +971,10 @@ def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @cli.command("publish")
 @click.argument("input_path", metavar="IN")
 @click.argument("out_dir", metavar="OUT_DIR")
-@click.option("--from", "from_format", type=FORMAT_CHOICE,
-              help="Input format (default: detected from the first record).")
-@click.option("--to", "to_format", default=DEFAULT_FORMAT, show_default=True,
-              type=click.Choice(AIPERF_FORMATS),
+@shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
+        help="Input format (default: detected from the first record).")
+@shared(OUTPUT, "--to", "to_format", default=DEFAULT_FORMAT, show_default=True,
+        type=click.Choice(AIPERF_FORMATS),
               help="Format of aiperf/prompts.jsonl (mooncake_trace holds every record).")
 @click.option("--license", "license_id", default=DEFAULT_LICENSE, show_default=True,
               metavar="ID",
@@ -987,9 +992,9 @@ def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Then upload OUT_DIR to this Hugging Face dataset repository (created if "
                    "missing), with the token of HF_TOKEN or 'hf auth login'.")
 @click.option("--private", is_flag=True, help="With --push: create the repository private.")
-@click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
+@shared(INPUT, "--skip-invalid", is_flag=True, help=SKIP_HELP)
 @workers_option
-@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @dataset_options
 @report
 def publish_command(input_path: str, out_dir: str, from_format: str | None, to_format: str,
@@ -1068,11 +1073,11 @@ def pipe() -> None:
 
 
 @pipe.command("read")
-@click.option("--from", "from_format", type=FORMAT_CHOICE,
-              help="Input format (default: detected from the first record).")
-@click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
+@shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
+        help="Input format (default: detected from the first record).")
+@shared(INPUT, "--skip-invalid", is_flag=True, help=SKIP_HELP)
 @workers_option
-@click.option("--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @dataset_options
 @click.argument("path", metavar="IN")
 def pipe_read(path: str, from_format: str | None, skip_invalid: bool,
@@ -1129,10 +1134,10 @@ def pipe_check(max_hit_rate: float | None, **options: Any) -> Step:
 
 
 @pipe.command("write")
-@click.option("--to", "to_format", type=OUTPUT_CHOICE,
-              help="Output format (default: the input format; mooncake_trace for a dataset).")
-@click.option("--manifest", "manifest_path", metavar="PATH",
-              help="Where to write the manifest (default: OUT.manifest.json).")
+@shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE,
+        help="Output format (default: the input format; mooncake_trace for a dataset).")
+@shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
+        help="Where to write the manifest (default: OUT.manifest.json).")
 @click.argument("path", metavar="OUT")
 def pipe_write(path: str, to_format: str | None, manifest_path: str | None) -> WriteStage:
     """Write records to OUT (a JSONL file, OUT.jsonl.gz compressed, or - for stdout)."""
