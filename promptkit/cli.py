@@ -1,6 +1,6 @@
 """The command line: parse options, call the pipeline, print, map errors to exit codes.
 
-Errors a user can cause print one line, ``FILE:LINE: problem``, and exit 1; bad
+Errors a user can cause print one line, ``promptkit: FILE:LINE: problem``, and exit 1; bad
 option combinations are usage errors (exit 2). Data goes to stdout only.
 """
 

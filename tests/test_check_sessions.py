@@ -72,7 +72,8 @@ def test_the_reply_length_comes_from_the_option_when_turns_have_none(tmp_path, r
     source = multi_turn(tmp_path / "mt.jsonl", 2, output_length=None)
     result = run("check", source, "--tokenizer", "cl100k_base")
     assert result.exit_code == 1
-    assert result.stderr == (f"{source}:1: turn 1 has no output_length: the server's reply, "
+    assert result.stderr == ("promptkit: "
+                             f"{source}:1: turn 1 has no output_length: the server's reply, "
                              "which AIPerf sends in the next turn's history, has unknown "
                              "length; give --reply-tokens N (the replies' length)\n")
     given = check_json(run, source, "--tokenizer", "cl100k_base", "--reply-tokens", "20")
@@ -188,7 +189,7 @@ def test_guards_on_the_rate_across_conversations_and_the_total(tmp_path, run):
     assert fine.exit_code == 0, fine.stderr
     total = run("check", source, "--tokenizer", "cl100k_base", "--max-total-hit-rate", "0.1")
     assert total.exit_code == 1
-    assert total.stderr.startswith(f"{source}: predicted total hit rate ")
+    assert total.stderr.startswith(f"promptkit: {source}: predicted total hit rate ")
     assert total.stderr.endswith(" is above --max-total-hit-rate 10.00%\n")
 
 

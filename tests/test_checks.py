@@ -231,7 +231,7 @@ def test_a_fit_column_is_still_taken(tmp_path: Path, run) -> None:
     result = run("fit", source, tmp_path / "out.jsonl", "--tokenizer", "cl100k_base",
                  "--tokens", "n")
     assert result.exit_code == 1
-    assert result.stderr == f"{source}:2: no 'n' to take the token count from\n"
+    assert result.stderr == f"promptkit: {source}:2: no 'n' to take the token count from\n"
 
 
 # ---------------------------------------------------------------- JSON error positions
@@ -246,14 +246,16 @@ def test_a_json_error_names_file_line_and_column_only(tmp_path: Path, run,
     path.write_bytes(good * 50000 + '{"é": 1,, }\n'.encode() + good)
     result = run("stats", path, "--workers", workers)
     assert result.exit_code == 1
-    assert result.stderr == (f"{path}:50001: invalid JSON: unexpected character at column 9 "
+    assert result.stderr == ("promptkit: "
+                             f"{path}:50001: invalid JSON: unexpected character at column 9 "
                              "(',')\n")
     path.write_bytes(good + b'{"text": tru}\n')
     result = run("stats", path)
-    assert result.stderr == f"{path}:2: invalid JSON: invalid literal at column 10 ('t')\n"
+    assert result.stderr == ("promptkit: "
+                             f"{path}:2: invalid JSON: invalid literal at column 10 ('t')\n")
     path.write_bytes(good + b'{"text": "a"\n')
     result = run("stats", path)
-    assert result.stderr == f"{path}:2: invalid JSON: unexpected end of data\n"
+    assert result.stderr == f"promptkit: {path}:2: invalid JSON: unexpected end of data\n"
 
 
 # ---------------------------------------------------------------- hash-id records
@@ -286,7 +288,7 @@ def test_bad_hash_ids_are_one_line_naming_file_and_line(tmp_path: Path, run, lin
     result = run(*[str(source) if a == "IN" else str(out) if a == "OUT" else a
                    for a in command])
     assert result.exit_code == 1
-    assert result.stderr == f"{source}:2: {problem}\n"
+    assert result.stderr == f"promptkit: {source}:2: {problem}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.jsonl"]
 
 
@@ -299,13 +301,15 @@ def test_more_hash_ids_than_the_block_size_allows(tmp_path: Path, run) -> None:
     source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     result = run("check", source)
     assert result.exit_code == 1
-    assert result.stderr == (f"{source}:2: 3 hash ids for input_length 1024: at block size "
+    assert result.stderr == ("promptkit: "
+                             f"{source}:2: 3 hash ids for input_length 1024: at block size "
                              "512 that length is at most 2 blocks\n")
     result = run("check", source, "--block-size", "256", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["requests"] == 3
     result = run("check", source, "--block-size", "1024")
-    assert result.stderr == (f"{source}:1: 2 hash ids for input_length 700: at block size "
+    assert result.stderr == ("promptkit: "
+                             f"{source}:1: 2 hash ids for input_length 700: at block size "
                              "1024 that length is at most 1 block\n")
     result = run("check", source, "--skip-invalid", "--json")
     assert result.exit_code == 0, result.stderr
@@ -337,7 +341,8 @@ def test_a_key_twice_in_an_object_is_bad_input(tmp_path: Path, run, line: str, k
     source.write_text(good * 3 + line + "\n" + good, encoding="utf-8")
     result = run("nonce", source, tmp_path / "out.jsonl", "--workers", workers)
     assert result.exit_code == 1
-    assert result.stderr == (f'{source}:4: invalid JSON: the key "{key}" appears twice in '
+    assert result.stderr == ('promptkit: '
+                             f'{source}:4: invalid JSON: the key "{key}" appears twice in '
                              "one object (readers keep one or the other)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
     result = run("nonce", source, tmp_path / "out.jsonl", "--skip-invalid")
@@ -366,7 +371,8 @@ def test_a_key_twice_in_a_json_array_item_names_the_item(tmp_path: Path, run) ->
                       ' {"text": "z"}]\n', encoding="utf-8")
     result = run("stats", source)
     assert result.exit_code == 1
-    assert result.stderr == (f'{source}:2: invalid JSON: the key "text" appears twice in '
+    assert result.stderr == ('promptkit: '
+                             f'{source}:2: invalid JSON: the key "text" appears twice in '
                              "one object (readers keep one or the other)\n")
     source.write_text('[{"text": "a: \\"b\\": c", "extra": {"k": 1}},\n {"text": "z"}]\n',
                       encoding="utf-8")
@@ -390,7 +396,7 @@ def test_check_takes_the_block_size_of_a_hash_trace_from_its_manifest(tmp_path: 
     result = run("check", trace, "--no-manifest")
     assert result.exit_code == 1
     assert result.stderr == (
-        f"{trace}:1: {len(first['hash_ids'])} hash ids for input_length "
+        f"promptkit: {trace}:1: {len(first['hash_ids'])} hash ids for input_length "
         f"{first['input_length']}: at block size 512 that length is at most 1 block\n")
     result = run("check", trace, "--block-size", "8", "--json")
     assert result.exit_code == 0, result.stderr

@@ -20,9 +20,11 @@ PROMPTKIT = [sys.executable, "-m", "promptkit"]
 
 
 def one_line(stderr: str) -> str:
+    """The one line of an error, after its ``promptkit: `` prefix."""
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr
-    return lines[0]
+    assert lines[0].startswith("promptkit: "), lines[0]
+    return lines[0].removeprefix("promptkit: ")
 
 
 def test_nonce_writes_output_and_manifest(single_turn, tmp_path, run):
@@ -434,6 +436,7 @@ def test_a_side_file_in_a_missing_folder_is_one_line_and_nothing_is_written(
     result = run(*[a.format(src=single_turn, tmp=tmp_path) for a in args])
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith("/nowhere/") and line.endswith("folder /nowhere does not exist")
+    assert line.startswith("promptkit: /nowhere/")
+    assert line.endswith("folder /nowhere does not exist")
     assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before

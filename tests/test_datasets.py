@@ -95,7 +95,8 @@ def test_a_column_that_has_no_place_in_the_output_format_is_refused(tmp_path, ru
     for fmt, name in (("openai", "out.jsonl"), ("parquet", "out.parquet")):
         result = run("nonce", path, tmp_path / name, "--to", fmt)
         assert result.exit_code == 1
-        assert result.stderr.startswith(f"{path}:1: cannot write as {fmt}: {fmt} has no place "
+        assert result.stderr.startswith("promptkit: "
+                                        f"{path}:1: cannot write as {fmt}: {fmt} has no place "
                                         "for field 'n'")
         assert not (tmp_path / name).exists()
 
@@ -192,7 +193,7 @@ def test_a_broken_data_file_is_one_line(tmp_path, run):
     path.write_text('prompt,n\n"p0,1\n')
     result = run("nonce", path, tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"{path}: ")
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"promptkit: {path}: ")
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -217,7 +218,8 @@ def test_content_parts_cannot_be_written_as_a_table(tmp_path, run):
     source = write_jsonl(tmp_path / "in.jsonl", [{"texts": ["a", "b"]}])
     result = run("nonce", source, tmp_path / "out.parquet", "--to", "parquet")
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"{source}:1: cannot write as parquet: parquet has no "
+    assert result.stderr.strip() == ("promptkit: "
+                                     f"{source}:1: cannot write as parquet: parquet has no "
                                      "place for content parts (only text content)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
@@ -325,7 +327,7 @@ def test_a_bad_config_names_the_dataset(tmp_path, run):
     path, _ = source_of("repo_folder", tmp_path)
     result = run("stats", path, "--config", "nope")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{path}: ") and "nope" in result.stderr
+    assert result.stderr.startswith(f"promptkit: {path}: ") and "nope" in result.stderr
     assert len(result.stderr.splitlines()) == 1
 
 

@@ -36,7 +36,8 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
-    return result.stderr.rstrip("\n")
+    assert result.stderr.startswith("promptkit: "), result.stderr
+    return result.stderr.rstrip("\n").removeprefix("promptkit: ")
 
 
 def listing(folder: Path) -> dict[str, bytes]:
@@ -284,7 +285,8 @@ def test_many_runs_at_once_leave_out_and_manifest_of_one_run(tmp_path, small):
     """Without the lock, about one round in five left OUT of one run beside the manifest
     of another (measured: 4 of 20)."""
     out = tmp_path / "o.jsonl"
-    lock_line = f"{out}: another promptkit run is writing it; try again when it is done\n"
+    lock_line = (f"promptkit: {out}: another promptkit run is writing it; try again when it "
+                 "is done\n")
     for round_ in range(12):
         runs = [subprocess.Popen([*PROMPTKIT, "nonce", str(small), str(out), "--seed",
                                   str(10 * round_ + i)],

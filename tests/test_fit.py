@@ -165,5 +165,5 @@ def test_a_pipe_stage_error_is_one_line_too(tmp_path, run, single_turn):
     result = run("pipe", "read", single_turn, "fit", "--tokens", "5", "--tokenizer", "nope",
                  "write", tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert result.stderr.startswith("unknown tokenizer 'nope'")
+    assert result.stderr.startswith("promptkit: unknown tokenizer 'nope'")
     assert len(result.stderr.splitlines()) == 1

@@ -195,7 +195,7 @@ def test_failed_conversion_names_file_and_line_and_writes_nothing(tmp_path, run)
     out = tmp_path / "out.jsonl"
     result = run("pipe", "read", source, "write", "--to", "single_turn", out)
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{source}:2: cannot write as single_turn: ")
+    assert result.stderr.startswith(f"promptkit: {source}:2: cannot write as single_turn: ")
     assert len(result.stderr.splitlines()) == 1
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [source]

@@ -242,7 +242,7 @@ def test_a_byte_order_mark_is_only_skipped_first(tmp_path, run):
     path.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
     result = run("nonce", path, tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{path}:2: invalid JSON")
+    assert result.stderr.startswith(f"promptkit: {path}:2: invalid JSON")
 
 
 # ---------------------------------------------------------------- JSON arrays
@@ -308,7 +308,7 @@ def test_a_bad_json_array_is_one_line_naming_the_item(text, line, problem, tmp_p
     out = tmp_path / "out.jsonl"
     result = run("nonce", path, out)
     assert result.exit_code == 1
-    assert result.stderr == f"{path}:{line}: {problem}\n"
+    assert result.stderr == f"promptkit: {path}:{line}: {problem}\n"
     assert not out.exists()
 
 

@@ -235,7 +235,7 @@ def test_a_record_too_short_names_its_line_or_is_skipped(tmp_path, run):
     result = run("nonce", source, out, "--tokenizer", "cl100k_base", "--keep-tokens")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
-    assert result.stderr.startswith(f"{source}:4: too short to give up ")
+    assert result.stderr.startswith(f"promptkit: {source}:4: too short to give up ")
     assert not out.exists()
 
     result = run("nonce", source, out, "--tokenizer", "cl100k_base", "--keep-tokens",
@@ -274,7 +274,7 @@ def test_an_unknown_tokenizer_is_one_line(single_turn, tmp_path, run):
                   "write", tmp_path / "o.jsonl"]):
         result = run(*args)
         assert result.exit_code == 1
-        assert result.stderr.startswith("unknown tokenizer 'nope'")
+        assert result.stderr.startswith("promptkit: unknown tokenizer 'nope'")
         assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -23,9 +23,11 @@ LONG = [{"text": f"Tell me about item {i}, please. " + "Give every detail you kn
 
 
 def one_line(stderr: str) -> str:
+    """The one line of an error, after its ``promptkit: `` prefix."""
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr
-    return lines[0]
+    assert lines[0].startswith("promptkit: "), lines[0]
+    return lines[0].removeprefix("promptkit: ")
 
 
 def path_free(args: list[str]) -> list[str]:

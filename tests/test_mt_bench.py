@@ -101,6 +101,6 @@ def test_a_turn_neither_text_nor_object_is_one_line(tmp_path, run):
         QUESTIONS[0], {"question_id": 82, "category": "writing", "turns": ["fine", 7]}])
     result = run("pipe", "read", source, "write", tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert result.stderr == (f"{source}:2: multi_turn: turn 1 must be an object or a "
+    assert result.stderr == (f"promptkit: {source}:2: multi_turn: turn 1 must be an object or a "
                              "string\n")
     assert not (tmp_path / "out.jsonl").exists()

@@ -64,7 +64,7 @@ def test_workers_report_the_first_bad_line(small_chunks, tmp_path, run):
         result = run("nonce", source, tmp_path / "out.jsonl", "--workers", workers)
         assert result.exit_code == 1
         messages.add(result.stderr)
-    assert messages == {f"{source}:322: single_turn: 'text' must be a string, not int\n"}
+    assert messages == {f"promptkit: {source}:322: single_turn: 'text' must be a string, not int\n"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 

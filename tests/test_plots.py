@@ -29,7 +29,7 @@ def test_check_and_stats_draw_png_files(tmp_path, run, single_turn):
 def test_stats_plot_needs_token_counts(tmp_path, run, single_turn):
     result = run("stats", single_turn, "--plot", tmp_path / "s.png")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "--plot needs prompt token counts: give --tokenizer"
+    assert result.stderr.strip() == "promptkit: --plot needs prompt token counts: give --tokenizer"
     assert not (tmp_path / "s.png").exists()
 
 
@@ -40,6 +40,7 @@ def test_without_matplotlib_the_option_says_how_to_install(tmp_path, run, single
                  tmp_path / "c.png")
     assert result.exit_code == 1
     # The install line works from a clone: the PyPI name promptkit is another project.
+    assert result.stderr.startswith("promptkit: --plot needs matplotlib")
     assert "pip install matplotlib" in result.stderr
     assert "promptkit[plot]" not in result.stderr
     assert list(tmp_path.glob("*.png")) == []

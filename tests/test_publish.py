@@ -227,12 +227,13 @@ def test_a_non_empty_out_dir_is_refused_unless_overwrite(tmp_path, run):
     (out / "keep.txt").write_text("mine")
     result = run("publish", PROMPTS / "trace.jsonl.example", out)
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"{out}: exists and is not empty; --overwrite replaces it"
+    assert result.stderr.strip() == ("promptkit: "
+                                     f"{out}: exists and is not empty; --overwrite replaces it")
     assert folder_files(out) == {"keep.txt": b"mine"}
     # --overwrite replaces only a folder 'publish' made, never someone's other folder.
     result = run("publish", PROMPTS / "trace.jsonl.example", out, "--overwrite")
     assert result.exit_code == 1
-    assert result.stderr == (f"{out}: not a folder 'publish' made (no "
+    assert result.stderr == (f"promptkit: {out}: not a folder 'publish' made (no "
                              "aiperf/prompts.jsonl.manifest.json); --overwrite replaces only "
                              "those\n")
     assert folder_files(out) == {"keep.txt": b"mine"}
@@ -254,7 +255,7 @@ def test_a_failure_after_the_jsonl_leaves_nothing_behind(tmp_path, run):
     result = run("publish", source, out, "--overwrite")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"{source}: record 2: ") and "'id'" in result.stderr
+    assert result.stderr.startswith(f"promptkit: {source}: record 2: ") and "'id'" in result.stderr
     assert folder_files(out) == before
     assert no_leftovers(tmp_path)
     assert run("publish", source, tmp_path / "new").exit_code == 1
@@ -401,7 +402,7 @@ def test_push_with_a_refused_token(tmp_path):
                             "--push", "me/p"], tmp_path, hub.url)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(
-        f"--push me/p: {hub.url} refused the token (HTTP 401); the dataset stays in")
+        f"promptkit: --push me/p: {hub.url} refused the token (HTTP 401); the dataset stays in")
     assert TOKEN not in result.stderr + result.stdout
 
 
@@ -409,6 +410,6 @@ def test_push_without_a_token_fails_before_anything_is_made(tmp_path, hub):
     result = promptkit(["publish", PROMPTS / "trace.jsonl.example", tmp_path / "out",
                         "--push", "me/p"], tmp_path, hub.url, token=None)
     assert result.returncode == 1
-    assert result.stderr == ("--push: no Hugging Face token: set HF_TOKEN or run "
+    assert result.stderr == ("promptkit: --push: no Hugging Face token: set HF_TOKEN or run "
                              "'hf auth login'\n")
     assert not (tmp_path / "out").exists() and hub.requests == []

@@ -72,7 +72,7 @@ def test_nonce_at_user_on_records_without_a_user_message(converted, tmp_path, ru
     out = tmp_path / "out.jsonl"
     result = run("nonce", converted, out, "--at", "user", "--seed", "1")
     assert result.exit_code == 1
-    assert result.stderr == (f"{converted}:2: no user message to put the nonce in "
+    assert result.stderr == (f"promptkit: {converted}:2: no user message to put the nonce in "
                              "(use --at start)\n")
     assert not out.exists()
 
@@ -94,7 +94,7 @@ def test_fit_on_records_without_user_text(converted, tmp_path, run):
     args = ["--tokens", "24", "--tokenizer", "cl100k_base", "--seed", "2"]
     result = run("fit", converted, out, *args)
     assert result.exit_code == 1
-    assert result.stderr == f"{converted}:2: no user text to fit\n"
+    assert result.stderr == f"promptkit: {converted}:2: no user text to fit\n"
     result = run("fit", converted, out, *args, "--skip-invalid")
     assert result.exit_code == 0, result.stderr
     assert len(read_jsonl(out)) == 6
@@ -109,7 +109,8 @@ def test_pad_on_records_with_a_system_message_of_their_own(converted, tmp_path, 
             "You answer questions about Python.", "--seed", "3"]
     result = run("pad", converted, out, *args)
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{converted}:4: the record has a system message of its own")
+    assert result.stderr.startswith("promptkit: "
+                                    f"{converted}:4: the record has a system message of its own")
     result = run("pad", converted, out, *args, "--skip-invalid")
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(out)
@@ -126,7 +127,8 @@ def test_pad_names_the_line_of_an_own_prompt_longer_than_the_target(tmp_path, ru
     args = ["--tokens", "20", "--tokenizer", "cl100k_base", "--seed", "4"]
     result = run("pad", source, out, *args)
     assert result.exit_code == 1
-    assert result.stderr == (f"{source}:3: its system message: the base text is 49 tokens, "
+    assert result.stderr == ("promptkit: "
+                             f"{source}:3: its system message: the base text is 49 tokens, "
                              "more than the target 20\n")
     assert not out.exists()
     result = run("pad", source, out, *args, "--skip-invalid")
@@ -234,7 +236,8 @@ def test_hash_trace_skips_records_without_text(small_chunks, tmp_path, run):
     source = write_jsonl(tmp_path / "trace.jsonl", rows)
     result = run("hash-trace", source, tmp_path / "x.jsonl", "--tokenizer", "cl100k_base")
     assert result.exit_code == 1
-    assert result.stderr == f"{source}:5: a record with no text (already a hash-id record?)\n"
+    assert result.stderr == ("promptkit: "
+                             f"{source}:5: a record with no text (already a hash-id record?)\n")
     seen = set()
     for workers in ("1", "2"):
         out = tmp_path / f"hashed{workers}.jsonl"
@@ -276,7 +279,7 @@ def test_check_skips_what_it_cannot_send_for_every_number_of_workers(
     source = conversations(tmp_path)
     result = run("check", source, "--tokenizer", "cl100k_base")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{source}:1: invalid JSON")
+    assert result.stderr.startswith(f"promptkit: {source}:1: invalid JSON")
     reports = []
     for workers in ("1", "2", "4"):
         result = run("check", source, "--tokenizer", "cl100k_base", "--skip-invalid",

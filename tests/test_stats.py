@@ -76,4 +76,4 @@ def test_unknown_tokenizer_is_one_line_exit_1(single_turn, run):
     result = run("stats", single_turn, "--tokenizer", "nope")
     assert result.exit_code == 1
     assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith("unknown tokenizer 'nope'")
+    assert result.stderr.startswith("promptkit: unknown tokenizer 'nope'")

@@ -151,7 +151,8 @@ def test_formats_with_text_refuse_a_trace_of_lengths_in_one_line(fmt, tmp_path, 
     out.write_text("precious\n")
     result = run("pipe", "read", trace, "write", "--to", fmt, out)
     assert result.exit_code == 1
-    assert result.stderr == (f"{trace}:1: cannot write as {fmt}: record has no text (only "
+    assert result.stderr == ("promptkit: "
+                             f"{trace}:1: cannot write as {fmt}: record has no text (only "
                              f"input_length/hash_ids); {fmt} cannot hold it, only "
                              "mooncake_trace can\n")
     assert out.read_text() == "precious\n"
@@ -192,7 +193,7 @@ def test_without_options_a_jsonl_trace_is_an_error_that_names_the_options(tmp_pa
     trace = write_jsonl(tmp_path / "trace.jsonl", JSONL_TRACE)
     result = run("pipe", "read", trace, "write", tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{trace}:1: cannot tell the format from the keys")
+    assert result.stderr.startswith(f"promptkit: {trace}:1: cannot tell the format from the keys")
     assert result.stderr.rstrip().endswith("or map its keys with --text-column or "
                                            "--input-length-column")
 
@@ -265,7 +266,7 @@ def test_a_bad_value_is_one_line_naming_file_row_and_column(case, tmp_path, run)
     out.write_text("precious\n")
     result = run("pipe", "read", trace, "write", out)
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"{trace}:2: column {column!r} {problem}")
+    assert result.stderr.startswith(f"promptkit: {trace}:2: column {column!r} {problem}")
     assert len(result.stderr.splitlines()) == 1
     assert out.read_text() == "precious\n"
 
@@ -281,7 +282,8 @@ def test_a_bad_jsonl_value_names_the_line(tmp_path, run):
         JSONL_TRACE[0], {"timestamp": 27100, "input_tokens": "many", "output_tokens": 3}])
     result = run("pipe", "read", *JSONL_OPTIONS, trace, "write", tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert result.stderr == (f"{trace}:2: column 'input_tokens' is 'many', not a positive "
+    assert result.stderr == ("promptkit: "
+                             f"{trace}:2: column 'input_tokens' is 'many', not a positive "
                              "integer\n")
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -304,7 +306,7 @@ def test_options_that_do_not_fit_are_one_line(args, problem, tmp_path, run):
     trace = write_jsonl(tmp_path / "trace.jsonl", JSONL_TRACE)
     result = run("pipe", "read", *args, trace, "write", tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert result.stderr == f"{trace}: {problem}\n"
+    assert result.stderr == f"promptkit: {trace}: {problem}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.jsonl"]
 
 
