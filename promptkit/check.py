@@ -215,8 +215,8 @@ def _hf_chat_template(spec: str | None) -> Any:
     import os
 
     if spec is None or not (os.path.isdir(spec) or spec.startswith("hf:")):
-        raise CheckError("--chat-template hf needs a Hugging Face tokenizer (a folder or "
-                         "hf:OWNER/NAME) with a chat template")
+        raise OptionNeededError("--chat-template hf needs a Hugging Face tokenizer (a folder "
+                                "or hf:OWNER/NAME) with a chat template")
     try:
         from transformers import AutoTokenizer
     except ImportError:

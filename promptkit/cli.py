@@ -17,7 +17,8 @@ import click
 
 from . import __version__, interrupts, manifest, pipeline
 from .cli_help import DATASET, INPUT, OUTPUT, SectionedGroup, shared
-from .errors import OptionNeededError, PromptkitError
+from .counts import counted, plural
+from .errors import BadOptionError, PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
 from .interrupts import Interrupted
@@ -49,7 +50,7 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except OptionNeededError as exc:
+        except BadOptionError as exc:
             raise click.UsageError(str(exc)) from None
         except PromptkitError as exc:
             raise UserError(str(exc)) from None
@@ -254,7 +255,7 @@ def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
 
 def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
     out = result["output"]
-    line = (f"promptkit: wrote {out['records']} records "
+    line = (f"promptkit: wrote {counted(out['records'], 'record')} "
             f"({result['aiperf']['distinct_records']} distinct) as {out['format']} "
             f"to {out['path']}")
     if manifest_path:
@@ -269,8 +270,8 @@ def report_steps(result: dict[str, Any]) -> None:
     for step in result["steps"]:
         info = step.get("info", {})
         if step["op"] == "turns":
-            line = (f"promptkit: turns: {info['requests']} requests from "
-                    f"{info['conversations_read']} conversations")
+            line = (f"promptkit: turns: {counted(info['requests'], 'request')} from "
+                    f"{counted(info['conversations_read'], 'conversation')}")
             if info["dropped"]:
                 line += "; " + ", ".join(f"{n} {why}" for why, n in info["dropped"].items())
             click.echo(line, err=True)
@@ -285,7 +286,8 @@ def report_skipped(skipped: dict[str, Any]) -> None:
         return
     reason, count = next(iter(skipped["by_reason"].items()))
     first = skipped["lines"][0].split(":", 1)[0]
-    click.echo(f"promptkit: skipped {skipped['count']} invalid records (first: line {first}); "
+    click.echo(f"promptkit: skipped {skipped['count']} invalid "
+               f"{plural(skipped['count'], 'record')} (first: line {first}); "
                f"commonest reason ({count}): {reason}", err=True)
 
 
@@ -382,6 +384,8 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
     """
     import json
 
+    if plot is not None and tokenizer is None:
+        raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
     summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
                                      dataset=with_seed(dataset, seed), plot=plot,
                                      workers=workers,
@@ -1028,9 +1032,9 @@ def publish_command(input_path: str, out_dir: str, from_format: str | None, to_f
         repo_id=repo_id, overwrite=overwrite, argv=PromptkitGroup.argv)
     shards = [f for f in result["published"]["files"] if f["path"].startswith("data/")]
     out = result["output"]
-    click.echo(f"promptkit: published {out['records']} records "
+    click.echo(f"promptkit: published {counted(out['records'], 'record')} "
                f"({result['aiperf']['distinct_records']} distinct) to {out_dir}: "
-               f"{len(shards)} parquet shard{'s' if len(shards) > 1 else ''}, "
+               f"{counted(len(shards), 'parquet shard')}, "
                f"{publish.AIPERF_FILE} ({out['format']}), "
                f"README.md, {publish.MANIFEST_FILE}", err=True)
     report_skipped(result["skipped"])
@@ -1147,16 +1151,24 @@ def pipe_write(path: str, to_format: str | None, manifest_path: str | None) -> W
 @pipe.result_callback()
 @report
 def run_pipe(stages: list[Any]) -> None:
+    reads = [f"'read {s.path}'" for s in stages if isinstance(s, ReadStage)]
+    writes = [f"'write {s.path}'" for s in stages if isinstance(s, WriteStage)]
     if not stages or not isinstance(stages[0], ReadStage):
-        raise click.UsageError("a pipe starts with 'read IN'")
+        raise click.UsageError("a pipe starts with 'read IN'" + (
+            f"; {reads[0]} comes after another stage" if reads else ""))
     if not isinstance(stages[-1], WriteStage):
-        raise click.UsageError("a pipe ends with 'write OUT'")
+        raise click.UsageError("a pipe ends with 'write OUT'" + (
+            f"; {writes[-1]} is not last" if writes else
+            f": nothing writes the records of {reads[0]}"))
     read, write = stages[0], stages[-1]
     middle = stages[1:-1]
     if any(not isinstance(stage, Step) for stage in middle):
-        raise click.UsageError("a pipe has one 'read' first and one 'write' last")
+        raise click.UsageError(f"a pipe has one 'read' first and one 'write' last, not "
+                               f"{' and '.join(reads + writes)}")
     if write.path == "-" and any(s.op == "pad" and s.params["into"] == "file" for s in middle):
-        raise click.UsageError("pad --into file needs an OUT file (it writes OUT.system.txt)")
+        raise click.UsageError("pad --into file writes OUT.system.txt beside OUT, and "
+                               "'write -' is stdout: write to a file (write out.jsonl "
+                               "writes out.jsonl.system.txt)")
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,

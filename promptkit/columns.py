@@ -38,6 +38,7 @@ class ColumnSource(Source):
         self.options = options
         self.mapping: Mapping | None = None
         super().__init__(path, None, skip_invalid=skip_invalid)
+        self.limit = options.limit
 
     def _detect(self) -> Format:
         if not self._head:
@@ -46,7 +47,7 @@ class ColumnSource(Source):
         try:
             self.mapping = find_mapping(columns, **self.options.columns())
         except PromptkitError as exc:
-            raise PromptkitError(f"{self.name}: {exc}") from None
+            raise type(exc)(f"{self.name}: {exc}") from None
         return COLUMNS_FORMAT
 
     @property
@@ -62,7 +63,7 @@ class ColumnSource(Source):
     def records(self) -> Iterator[Record]:
         if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
-        return self._records()
+        return self.limited(self._records())
 
     def _records(self) -> Iterator[Record]:
         mapping = self.mapping

@@ -134,7 +134,7 @@ class DatasetSource:
         try:
             self.mapping: Mapping = find_mapping(list(first), **self.options.columns())
         except PromptkitError as exc:
-            raise PromptkitError(f"{self.name}: {exc}") from None
+            raise type(exc)(f"{self.name}: {exc}") from None
 
     @property
     def default_output(self) -> str:

@@ -1,5 +1,5 @@
 """Every error a user can cause, in one place. The CLI turns each into one line: exit
-code 1, or 2 for what is a usage error (``OptionNeededError``, ``SettingError``)."""
+code 1, or 2 for what is a usage error (``BadOptionError``, ``SettingError``)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,12 @@ class ConversionError(InvalidRecordError):
     """A record cannot be written in the target format without losing data."""
 
 
-class OptionNeededError(PromptkitError):
+class BadOptionError(PromptkitError):
+    """Options that do not go together, or do not fit the input (found below the command
+    line): a usage error, exit 2, as a bad option is."""
+
+
+class OptionNeededError(BadOptionError):
     """An option the input turned out to need (known once its first record is read):
     a usage error, exit 2, as a bad option is."""
 

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import InvalidRecordError, PromptkitError, Skipping
+from .errors import InvalidRecordError, OptionNeededError, PromptkitError, Skipping
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Record
 from .steps import Param, Step, Where, checked, filler_readable, integer, text, tokenizer_loads
@@ -47,6 +47,15 @@ def parse_tokens(spec: str) -> int | list[int] | str:
     return spec
 
 
+def _column_of(record: Record, column: str) -> Any:
+    """The value of ``column`` in ``record`` (an attribute, a field, or in extra)."""
+    if column in _ATTRS:
+        return getattr(record, column)
+    if column in record.fields:
+        return record.fields[column]
+    return (record.extra or {}).get(column)
+
+
 def target_of(record: Record, index: int, tokens: int | list[int] | str, seed: int) -> int:
     """The token count ``record`` is fitted to."""
     if isinstance(tokens, int):
@@ -55,12 +64,7 @@ def target_of(record: Record, index: int, tokens: int | list[int] | str, seed: i
         low, high = tokens
         draw = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
         return low + int.from_bytes(draw) % (high - low + 1)
-    if tokens in _ATTRS:
-        value = getattr(record, tokens)
-    elif tokens in record.fields:
-        value = record.fields[tokens]
-    else:
-        value = (record.extra or {}).get(tokens)
+    value = _column_of(record, tokens)
     if value is None:
         raise InvalidRecordError(f"no {tokens!r} to take the token count from",
                                  lineno=record.lineno)
@@ -137,6 +141,12 @@ def fit_records(
     skipping = state if state is not None else Skipping()
     for position, record in enumerate(records, start=first_index):
         index = record.index if record.index is not None else position
+        if (isinstance(tokens, str) and index == 0 and not skipping.skip_invalid
+                and _column_of(record, tokens) is None):
+            raise OptionNeededError(
+                f"--tokens {tokens}: the first record has no column {tokens!r}; --tokens "
+                "takes a number N, a range LOW,HIGH or the name of a column holding each "
+                "record's own count")
         try:
             _fit_record(record, index, tokens, seed, encoder, filler_file)
         except InvalidRecordError as exc:

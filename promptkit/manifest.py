@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from .counts import counted
 from .errors import ManifestError, PromptkitError, skip_reason
 from .files import write_text
 
@@ -171,7 +172,9 @@ def malformed(manifest: dict[str, Any]) -> str | None:
     if not isinstance(inputs, list):
         return f"inputs is {inputs!r}, not a list"
     for i, entry in enumerate(inputs):
-        problem = _file_problem(f"inputs[{i}]", entry, {"dataset": is_dict})
+        problem = _file_problem(f"inputs[{i}]", entry, {
+            "dataset": is_dict,
+            "limit": (lambda v: _count(v) and v >= 1, "a record count of at least 1")})
         if problem is not None:
             return problem
         dataset = entry.get("dataset")
@@ -223,5 +226,5 @@ def verify(path: str, manifest_path: str | None = None,
     if sha256 != expected["sha256"]:
         problems.append(f"sha256 is {sha256}, manifest says {expected['sha256']}")
     if records != expected["records"]:
-        problems.append(f"{records} records, manifest says {expected['records']}")
+        problems.append(f"{counted(records, 'record')}, manifest says {expected['records']}")
     return problems

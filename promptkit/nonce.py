@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, Skipping
 from .fit import _prefix_end
 from .pad import PadError, exact_text, filler_words
@@ -416,7 +417,7 @@ def _give_back(record: Record, tokens: int, own: str | None, count: Callable[[st
     user = _last_user(record)
     text = _last_text(user.content) if user is not None else None
     if user is None or text is None:
-        raise InvalidRecordError(f"no user text to give up {give} tokens for the nonce "
+        raise InvalidRecordError(f"no user text to give up {counted(give, 'token')} for the nonce "
                                  "(--keep-tokens)", lineno=record.lineno)
     own = own or ""
     kept = len(text) - len(own) if text.endswith(own) else len(text)  # the nonce stays whole
@@ -429,7 +430,7 @@ def _give_back(record: Record, tokens: int, own: str | None, count: Callable[[st
             cut = exact_text(text[:end], target, encoder, words, separator="")
     if cut is None:
         raise InvalidRecordError(
-            f"too short to give up {give} tokens for the nonce (its last user text has "
+            f"too short to give up {counted(give, 'token')} for the nonce (its last user text has "
             f"{count(own)}; --keep-tokens)", lineno=record.lineno)
     user.content = _with_last_text(user.content, cut)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from .counts import counted
 from .errors import InvalidRecordError, PadError, PromptkitError, Skipping
 from .records import Message, Record, first_text, prepend_text
 from .steps import Step, Where, checked, filler_readable, integer, one_of, text
@@ -388,7 +389,8 @@ def make_step(params: Any, where: Where | None = None) -> Step:
 
     def enough_records(count: int) -> None:
         if groups > count:
-            raise PromptkitError(f"--groups {groups} is more than the {count} records")
+            raise PromptkitError(f"--groups {groups} is more than the "
+                                 f"{counted(count, 'record')}")
 
     step.check = enough_records
     return step

@@ -22,7 +22,13 @@ from .datasets_io import (
     is_dataset,
     is_json_array,
 )
-from .errors import FormatUnknownError, InvalidRecordError, PromptkitError, Skipping
+from .errors import (
+    BadOptionError,
+    FormatUnknownError,
+    InvalidRecordError,
+    PromptkitError,
+    Skipping,
+)
 from .formats import TABLE_FORMATS, get_format
 from .progress import Progress
 from .provenance import _line_of, describe
@@ -226,35 +232,47 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     array is read as its lines would be), read by its line format or, given column
     options, by columns (:mod:`promptkit.columns`). A JSON array file is read through
     ``datasets`` when options that choose rows are given (``--limit``, ``--shuffle``), and
-    by columns when its objects fit no line format (as a parquet file's columns are)."""
+    by columns when its objects fit no line format (as a parquet file's columns are).
+
+    ``limit`` (``--limit``) reads the first records of any input: a dataset's rows (after
+    a shuffle), or the first records of JSON lines or an array, plain, compressed or
+    stdin (read in one process; the sha256 is still that of the whole input)."""
     local = path != STDIO and from_format is None
     if local and is_dataset(path):
         return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
-    rows = {k: v for k, v in (dataset or {}).items() if k not in COLUMN_OPTIONS}
+    dataset = dict(dataset or {})
+    rows = {k: v for k, v in dataset.items() if k not in COLUMN_OPTIONS and k != "limit"}
     if rows and local and is_json_array(path):
-        return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
+        return DatasetSource(path, DatasetOptions(**dataset), skip_invalid=skip_invalid)
     if rows:
-        option = "--" + next(iter(rows)).replace("_", "-")
-        raise PromptkitError(f"{display_name(path)}: a JSONL input; {option} is for datasets "
+        option = "--" + next(iter(rows)).replace("_", "-").removesuffix("-seed")
+        raise BadOptionError(f"{display_name(path)}: a JSONL input; {option} is for datasets "
                              "(parquet, dataset folders, hf:OWNER/NAME)")
+    limit = dataset.pop("limit", None)
+    source: Source
     if dataset:
         if from_format is not None:
             option = "--" + next(iter(dataset)).replace("_", "-")
-            raise PromptkitError(f"{display_name(path)}: --from {from_format} reads lines as "
+            raise BadOptionError(f"{display_name(path)}: --from {from_format} reads lines as "
                                  f"that format; {option} maps them by columns: give one")
-        return ColumnSource(path, DatasetOptions(**dataset), skip_invalid=skip_invalid)
-    try:
-        return Source(path, from_format, skip_invalid=skip_invalid)
-    except FormatUnknownError:
-        if not (local and is_json_array(path)):
-            raise
-    return ColumnSource(path, DatasetOptions(), skip_invalid=skip_invalid)
+        source = ColumnSource(path, DatasetOptions(**dataset, limit=limit),
+                              skip_invalid=skip_invalid)
+    else:
+        try:
+            source = Source(path, from_format, skip_invalid=skip_invalid)
+        except FormatUnknownError:
+            if not (local and is_json_array(path)):
+                raise
+            source = ColumnSource(path, DatasetOptions(limit=limit), skip_invalid=skip_invalid)
+    source.limit = limit
+    return source
 
 
 def by_lines(source: Source | DatasetSource) -> TypeGuard[Source]:
     """Whether ``source`` is JSONL of a line format, whose chunks worker processes can
     read on their own (one read by columns carries its timestamps from line to line)."""
-    return isinstance(source, Source) and not isinstance(source, ColumnSource)
+    return (isinstance(source, Source) and not isinstance(source, ColumnSource)
+            and source.limit is None)
 
 
 def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from . import __version__, compression, manifest
+from .counts import counted
 from .datasets_io import TableSink
 from .errors import PromptkitError
 from .formats import TABLE_FORMATS
@@ -94,7 +95,7 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
         "args": args + (extra_args or []),
         "distinct_records": distinct,
         "note": (
-            f"At most {distinct} requests, warmup included, never repeat a prompt: "
+            f"At most {counted(distinct, 'request')}, warmup included, never repeat a prompt: "
             "beyond that AIPerf wraps around the file and the repeats hit the prefix cache."
         ),
     }

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from . import __version__, manifest, pipeline
-from .errors import InvalidRecordError, PromptkitError
+from .errors import BadOptionError, InvalidRecordError, PromptkitError
 from .files import Lock, fsync_folder, os_error, write_text
 from .formats import FORMATS
 from .formats.table import COLUMNS, arrow_schema, to_row
@@ -110,7 +110,7 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
         raise PromptkitError(f"{to_format}: AIPerf does not load this format; "
                              f"publish as one of {', '.join(AIPERF_FORMATS)}")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license):
-        raise PromptkitError(f"--license {license!r}: not a Hugging Face license id "
+        raise BadOptionError(f"--license {license!r}: not a Hugging Face license id "
                              "(e.g. apache-2.0, mit, cc-by-4.0, other, unknown)")
     target = _check_target(input_path, out_dir, overwrite)
     with Lock(target):

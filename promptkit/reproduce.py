@@ -16,7 +16,7 @@ from typing import Any
 
 from . import manifest
 from .datasets_io import DatasetOptions
-from .errors import PromptkitError
+from .errors import OptionNeededError, PromptkitError
 from .pipeline import generate, run, where_of
 from .steps import make
 from .streams import STDIO, display_name
@@ -156,9 +156,11 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
     source = input_path or inputs[0]["path"]
     if source == display_name(STDIO):
-        raise PromptkitError(f"{manifest_path}: the input was stdin; name it with --input")
+        raise OptionNeededError(f"{manifest_path}: the input was stdin; name it with --input")
     dataset = inputs[0].get("dataset")
     options = _same_rows(dataset)
+    if dataset is None and inputs[0].get("limit") is not None:
+        options = {"limit": inputs[0]["limit"]}
     known = {f.name for f in fields(DatasetOptions)}
     for key in options or {}:
         if key not in known:

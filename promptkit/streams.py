@@ -56,6 +56,9 @@ def display_name(path: str) -> str:
 
 
 class Source(Counter):
+    #: ``--limit``: read only the first this many records (None: all of them).
+    limit: int | None = None
+
     """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes.
 
     The bytes may be compressed (gzip, zstd, bz2, xz: told by their first bytes),
@@ -113,9 +116,11 @@ class Source(Counter):
 
     def shape(self) -> dict[str, str]:
         """For the manifest: how the bytes held the records, where not plain JSON lines."""
-        out = {"compression": self.compression} if self.compression else {}
+        out: dict[str, Any] = {"compression": self.compression} if self.compression else {}
         if self.layout == "array":
             out["layout"] = "json-array"
+        if self.limit is not None:
+            out["limit"] = self.limit
         return out
 
     def close(self) -> None:
@@ -215,8 +220,29 @@ class Source(Counter):
             raise PromptkitError(f"{self.name}: empty file: no records")
         items = itertools.chain(self._read_ahead, self._items)
         if self.layout == "array":
-            return parse_objects(items, self.format, self.name, self._skip_or_raise, self)
-        return parse_lines(items, self.format, self.name, self._skip_or_raise, self)
+            records = parse_objects(items, self.format, self.name, self._skip_or_raise, self)
+        else:
+            records = parse_lines(items, self.format, self.name, self._skip_or_raise, self)
+        return self.limited(records)
+
+    def limited(self, records: Iterator[Record]) -> Iterator[Record]:
+        """``records``, up to :attr:`limit` of them; the rest of the input is then read
+        only into the sha256 (which stays that of the whole input)."""
+        if self.limit is None:
+            return records
+        return self._first(records, self.limit)
+
+    def _first(self, records: Iterator[Record], limit: int) -> Iterator[Record]:
+        if self.count < limit:
+            for record in records:
+                yield record
+                if self.count >= limit:
+                    break
+        read = getattr(self._stream, "read1", self._stream.read)
+        while chunk := read(CHUNK):
+            self.sha256.update(chunk)
+            if self.on_read is not None:
+                self.on_read(len(chunk), self.count)
 
     @property
     def records_read(self) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from .counts import counted
 from .records import USER_ROLES, Message, Record, content_texts
 from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
 from .tokenizers import cached_tokenizer
@@ -241,7 +242,8 @@ def make_step(params: Any, where: Where | None = None) -> Step:
         """A run that made no request has found no recorded conversation."""
         if records_read and not step.state.requests:
             reasons = ", ".join(f"{n} {why}" for why, n in step.state.dropped.items())
-            raise PromptkitError(f"turns: no requests from {records_read} records ({reasons}); "
+            raise PromptkitError(f"turns: no requests from {counted(records_read, 'record')} "
+                                 f"({reasons}); "
                                  "nothing written")
 
     step.check = some_requests

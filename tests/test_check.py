@@ -171,16 +171,22 @@ def test_check_as_a_chain_stage_goes_into_the_manifest(tmp_path, run, single_tur
     assert again.read_bytes() == out.read_bytes()
 
 
-@pytest.mark.parametrize(("rows", "args", "problem"), [
-    ([{"input_length": 5}], [], ":1: a record with no text and no hash ids"),
-    ([{"text": "a"}], ["--tokenizer", "cl100k_base", "--chat-template", "hf"],
+@pytest.mark.parametrize(("rows", "args", "code", "problem"), [
+    ([{"input_length": 5}], [], 1, ":1: a record with no text and no hash ids"),
+    ([{"text": "a"}], ["--tokenizer", "cl100k_base", "--chat-template", "hf"], 2,
      "--chat-template hf needs a Hugging Face tokenizer"),
 ])
-def test_bad_check_input_is_one_line_exit_1(rows, args, problem, tmp_path, run):
+def test_bad_check_input_is_one_line_exit_1(rows, args, code, problem, tmp_path, run):
+    """Bad input: one line, exit 1; options that do not go together: a usage error, 2."""
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     result = run("check", source, *args)
-    assert result.exit_code == 1, result.stderr
-    assert len(result.stderr.splitlines()) == 1 and problem in result.stderr, result.stderr
+    assert result.exit_code == code, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert problem in error, result.stderr
+    if code == 1:
+        assert len(result.stderr.splitlines()) == 1 and error.startswith("promptkit: ")
+    else:
+        assert error.startswith("Error: ")
 
 
 def test_the_tokenizer_own_chat_template(tmp_path, run, tokenizers):

@@ -306,8 +306,6 @@ def bad_sources(folder: Path) -> dict[str, tuple[str, list[str], str]]:
         "no split": (str(folder / "dd"), ["--split", "validation"],
                      "no split 'validation'; the splits are train"),
         "no such file": (str(folder / "nowhere.parquet"), [], "no such file"),
-        "option on jsonl": (str(write_jsonl(folder / "x.jsonl", [{"text": "a"}])),
-                            ["--split", "test"], "a JSONL input; --split is for datasets"),
     }
 
 
@@ -319,8 +317,18 @@ def test_bad_datasets_are_one_line_exit_1_nothing_written(tmp_path, run):
         assert result.exit_code == 1, (case, result.stderr)
         assert len(result.stderr.splitlines()) == 1, (case, result.stderr)
         assert problem in result.stderr, (case, result.stderr)
-        assert result.stderr.startswith(path), (case, result.stderr)
+        assert result.stderr.startswith(f"promptkit: {path}"), (case, result.stderr)
         assert not out.exists(), case
+
+
+def test_a_dataset_option_on_jsonl_is_a_usage_error(tmp_path, run):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
+    result = run("nonce", path, tmp_path / "out.jsonl", "--split", "test")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: {path}: a JSONL input; --split is for datasets (parquet, dataset folders, "
+        "hf:OWNER/NAME)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
 
 
 def test_a_bad_config_names_the_dataset(tmp_path, run):

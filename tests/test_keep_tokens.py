@@ -241,7 +241,7 @@ def test_a_record_too_short_names_its_line_or_is_skipped(tmp_path, run):
     result = run("nonce", source, out, "--tokenizer", "cl100k_base", "--keep-tokens",
                  "--skip-invalid", "--seed", "3")
     assert result.exit_code == 0, result.stderr
-    assert ("skipped 1 invalid records (first: line 4); commonest reason (1): nonce: too short "
+    assert ("skipped 1 invalid record (first: line 4); commonest reason (1): nonce: too short "
             "to give up N tokens for the nonce (its last user text has N; --keep-tokens)"
             ) in result.stderr
     assert [r["output_length"] for r in read_jsonl(out)] == [10, 11, 12, 14, 15]

@@ -328,5 +328,6 @@ def test_pad_into_file_needs_an_out_file_in_a_pipe_too(tmp_path, run):
     result = run("pipe", "read", source, "pad", "--tokens", "64", "--tokenizer", "cl100k_base",
                  "--system-prompt", "Be brief.", "--into", "file", "write", "-")
     assert result.exit_code == 2
-    assert "pad --into file needs an OUT file" in result.stderr
+    assert ("pad --into file writes OUT.system.txt beside OUT, and 'write -' is stdout"
+            in result.stderr)
     assert result.stdout == ""

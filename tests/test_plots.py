@@ -28,8 +28,9 @@ def test_check_and_stats_draw_png_files(tmp_path, run, single_turn):
 
 def test_stats_plot_needs_token_counts(tmp_path, run, single_turn):
     result = run("stats", single_turn, "--plot", tmp_path / "s.png")
-    assert result.exit_code == 1
-    assert result.stderr.strip() == "promptkit: --plot needs prompt token counts: give --tokenizer"
+    assert result.exit_code == 2  # a usage error, found before anything is read
+    assert result.stderr.splitlines()[-1] == ("Error: --plot draws prompt token counts: it "
+                                              "needs --tokenizer")
     assert not (tmp_path / "s.png").exists()
 
 

@@ -288,25 +288,30 @@ def test_a_bad_jsonl_value_names_the_line(tmp_path, run):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize(("args", "problem"), [
-    (["--from", "single_turn", "--input-length-column", "input_tokens"],
+@pytest.mark.parametrize(("args", "code", "problem"), [
+    (["--from", "single_turn", "--input-length-column", "input_tokens"], 2,
      "--from single_turn reads lines as that format; --input-length-column maps them by "
      "columns: give one"),
-    (["--input-length-column", "input_tokens", "--text-column", "user"],
+    (["--input-length-column", "input_tokens", "--text-column", "user"], 2,
      "a record has a text or an input length, not both: give --input-length-column without "
      "--text-column, --messages-column and --system-column"),
-    (["--input-length-column", "input_tokens", "--timestamp-unit", "s"],
+    (["--input-length-column", "input_tokens", "--timestamp-unit", "s"], 2,
      "--timestamp-unit: no timestamp column; name it with --timestamp-column"),
-    (["--input-length-column", "tokens"], "no column 'tokens'; the columns are timestamp, "
-                                          "input_tokens, output_tokens, user"),
-    (["--split", "test", "--input-length-column", "input_tokens"],
+    (["--input-length-column", "tokens"], 1, "no column 'tokens'; the columns are "
+                                             "timestamp, input_tokens, output_tokens, user"),
+    (["--split", "test", "--input-length-column", "input_tokens"], 2,
      "a JSONL input; --split is for datasets (parquet, dataset folders, hf:OWNER/NAME)"),
 ])
-def test_options_that_do_not_fit_are_one_line(args, problem, tmp_path, run):
+def test_options_that_do_not_fit_are_one_line(args, code, problem, tmp_path, run):
+    """Options that do not go together are usage errors (exit 2, Click's usage lines
+    and one error line); a column the file lacks is bad input (exit 1, one line)."""
     trace = write_jsonl(tmp_path / "trace.jsonl", JSONL_TRACE)
     result = run("pipe", "read", *args, trace, "write", tmp_path / "out.jsonl")
-    assert result.exit_code == 1
-    assert result.stderr == f"promptkit: {trace}: {problem}\n"
+    assert result.exit_code == code
+    if code == 1:
+        assert result.stderr == f"promptkit: {trace}: {problem}\n"
+    else:
+        assert result.stderr.splitlines()[-1] == f"Error: {trace}: {problem}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.jsonl"]
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidRecordError, PromptkitError
+from ..errors import BadOptionError, InvalidRecordError, PromptkitError
 from ..records import Message, Record
 from ._schema import no_place
 from .aiperf import parse_messages
@@ -147,9 +147,9 @@ def find_mapping(columns: list[str], *, text: str | None = None, system: str | N
         if name is not None and name not in columns:
             raise PromptkitError(f"no column {name!r}; the columns are {', '.join(columns)}")
     if text is not None and messages is not None:
-        raise PromptkitError("give --text-column or --messages-column, not both")
+        raise BadOptionError("give --text-column or --messages-column, not both")
     if input_length is not None and (text, messages, system) != (None, None, None):
-        raise PromptkitError("a record has a text or an input length, not both: give "
+        raise BadOptionError("a record has a text or an input length, not both: give "
                              "--input-length-column without --text-column, --messages-column "
                              "and --system-column")
     if timestamp_unit is not None and timestamp_unit not in TIME_UNITS:
@@ -160,7 +160,7 @@ def find_mapping(columns: list[str], *, text: str | None = None, system: str | N
                        timestamp=timestamp)
     if mapping.timestamp is None:
         if timestamp_unit is not None:
-            raise PromptkitError("--timestamp-unit: no timestamp column; name it with "
+            raise BadOptionError("--timestamp-unit: no timestamp column; name it with "
                                  "--timestamp-column")
         return mapping
     unit = timestamp_unit or mapping.timestamp_unit or "ms"  # a detected trace knows its own
