@@ -111,12 +111,16 @@ def test_a_json_array_reads_as_its_lines_and_dataset_options_read_it_as_a_datase
     assert [{**row, "prompt": r["prompt"]} for row, r in zip(written, ROWS, strict=True)] == ROWS
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     assert manifest["inputs"][0]["format"] == manifest["output"]["format"] == "prompt"
-    limited = tmp_path / "limited.jsonl"
+    limited = tmp_path / "limited.jsonl"  # --limit reads the first records, as lines
     assert run("nonce", path, limited, "--seed", "3", "--limit", "5").exit_code == 0
     manifest = json.loads(Path(f"{limited}.manifest.json").read_text())
+    assert manifest["inputs"][0]["format"] == "prompt" and manifest["inputs"][0]["limit"] == 5
+    assert limited.read_text().splitlines() == out.read_text().splitlines()[:5]
+    shuffled = tmp_path / "shuffled.jsonl"  # --shuffle reads it as a dataset
+    assert run("nonce", path, shuffled, "--seed", "3", "--shuffle").exit_code == 0
+    manifest = json.loads(Path(f"{shuffled}.manifest.json").read_text())
     assert manifest["inputs"][0]["format"] == "dataset"
-    assert [row["messages"][0]["content"] for row in read_jsonl(limited)] == texts_of(out)[:5]
-    assert [row["n"] for row in read_jsonl(limited)] == [1, 2, 3, 4, 5]
+    assert sorted(row["n"] for row in read_jsonl(shuffled)) == [r["n"] for r in ROWS]
 
 
 def texts_of(path: Path) -> list[str]:
@@ -274,8 +278,8 @@ def test_a_cached_hub_dataset_reads_offline_and_an_uncached_one_is_one_line(tmp_
                              env=env, capture_output=True, text=True)
     assert missing.returncode == 1
     [line] = missing.stderr.splitlines()
-    assert line.startswith("hf:someone/absent: not in the local cache and the Hugging Face Hub "
-                           "cannot be reached")
+    assert line.startswith("promptkit: hf:someone/absent: not in the local cache and the "
+                           "Hugging Face Hub cannot be reached")
     assert not (tmp_path / "x.jsonl").exists()
 
 
