@@ -121,7 +121,8 @@ def all_commands(group: click.Group, prefix: str = "promptkit"
 
 
 def _context(name: str, command: click.Command) -> click.Context:
-    return click.Context(command, info_name=name, terminal_width=88, max_content_width=88)
+    return click.Context(command, info_name=name, terminal_width=88, max_content_width=88,
+                         help_option_names=["-h", "--help"])
 
 
 def _cell(text: str) -> str:
