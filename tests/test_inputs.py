@@ -207,7 +207,7 @@ def test_a_truncated_or_corrupt_compressed_file_is_one_line_and_writes_nothing(
     result = run("nonce", path, out)
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"{path}:{' ' if problem else ''}{problem}"), line
+    assert line.startswith(f"promptkit: {path}:{' ' if problem else ''}{problem}"), line
     assert out.read_text() == "an earlier file\n"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "trace.jsonl.x"]
 
@@ -437,7 +437,7 @@ def test_a_damaged_compressed_output_fails_verify_in_one_line(tmp_path, run, sin
     result = run("verify", out)
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"{out}: truncated gzip file")
+    assert line.startswith(f"promptkit: {out}: truncated gzip file")
 
 
 def test_aiperf_loads_a_gzipped_output_and_is_told_to_unpack_the_others(tmp_path, run):

@@ -389,7 +389,7 @@ def test_push_to_an_unreachable_hub_is_one_line_and_keeps_the_folder(tmp_path):
                        tmp_path, f"http://127.0.0.1:{port}")
     assert result.returncode == 1
     error = result.stderr.splitlines()[-1]
-    assert error.startswith(f"--push me/p: cannot reach http://127.0.0.1:{port}")
+    assert error.startswith(f"promptkit: --push me/p: cannot reach http://127.0.0.1:{port}")
     assert f"the dataset stays in {out}" in error
     assert result.stderr.count("\n") == 2  # the 'published' line, then the error
     assert (out / "README.md").is_file() and (out / "aiperf" / "prompts.jsonl").is_file()
