@@ -32,7 +32,7 @@ from typing import Any
 from .cache import SglangCache, VllmCache
 from .errors import CheckError, InvalidRecordError, OptionNeededError, PromptkitError, Skipping
 from .formats.aiperf import blocks_problem
-from .records import Record, content_texts
+from .records import Message, Record, content_texts
 from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
 from .tokenizers import Tokenizer
 
@@ -53,7 +53,8 @@ _FILLER_UNITS = (" the", " and", " of", " a", " to", " x", "x", " ")
 
 def render(messages: list[tuple[str, str]], template: str) -> str:
     """The text a built-in chat template makes of ``(role, text)`` messages, with the
-    generation prompt at the end (as servers render a chat request)."""
+    generation prompt at the end (as servers render a chat request); for ``none``, the
+    texts one after another (:meth:`Prompts.tokens` tokenizes them one at a time)."""
     if template == "none":
         return "".join(text for _, text in messages)
     if template == "llama3.1":
@@ -78,6 +79,23 @@ def render(messages: list[tuple[str, str]], template: str) -> str:
 
 
 Chat = list[tuple[str, str]]
+
+
+def hoisted_system(record: Record) -> bool:
+    """Whether AIPerf sends a ``multi_turn`` conversation's first message as the system
+    prompt of every turn rather than as a turn of its own."""
+    messages = record.messages
+    return (record.layout == "multi_turn" and len(messages) > 1
+            and messages[0].role == "system"
+            and not {"timestamp", "delay", "output_length", "extra"} & messages[0].fields.keys())
+
+
+def requests_of(record: Record) -> int:
+    """How many requests AIPerf sends for ``record`` in one pass over the file: one a
+    turn of a ``multi_turn`` conversation, else one."""
+    if record.layout != "multi_turn":
+        return 1
+    return max(len(record.messages) - hoisted_system(record), 1)
 
 
 @dataclass
@@ -114,20 +132,16 @@ class Prompts:
         ``limit`` of them when given."""
         salt = _salt(record.extra) if self.sends_extra else None
         if record.layout != "multi_turn":
-            chat = [(m.role or "user", _text(m.content)) for m in record.messages]
             reply = (record.output_length if record.output_length is not None
                      else self.reply_tokens)
-            return [_Turn(self._with_system(chat), salt, reply)]
+            return [_Turn(self._with_system(self.chat(record.messages)), salt, reply)]
         messages = list(record.messages)
-        system = None
-        head = messages[0]
-        if (len(messages) > 1 and head.role == "system"
-                and not {"timestamp", "delay", "output_length", "extra"} & head.fields.keys()):
-            system, messages = _text(head.content), messages[1:]  # AIPerf hoists it
+        history: Chat = []
+        if hoisted_system(record):  # AIPerf sends it as every turn's system prompt
+            history, messages = self.chat(messages[:1]), messages[1:]
         out: list[_Turn] = []
-        history: Chat = [] if system is None else [("system", system)]
         for i, message in enumerate(messages):
-            history.append((message.role or "user", _text(message.content)))
+            history += self.chat([message])
             extra = message.fields.get("extra")
             reply = message.fields.get("output_length")
             if reply is None and i == 0:
@@ -145,6 +159,15 @@ class Prompts:
                         "--reply-tokens N (the replies' length)", lineno=record.lineno)
                 history.append(("assistant", self.filler(reply)))
         return out
+
+    def chat(self, messages: Iterable[Message]) -> Chat:
+        """``(role, text)`` pairs of messages as the server reads them: a content's text
+        parts joined by newlines under a template; under ``none``, every text a pair
+        of its own (tokenized on its own)."""
+        if self.template == "none":
+            return [(m.role or "user", text) for m in messages
+                    for text in content_texts(m.content)]
+        return [(m.role or "user", _text(m.content)) for m in messages]
 
     def _with_system(self, chat: Chat) -> Chat:
         """AIPerf's ``--system-prompt-file``: a system message first, or joined to the
@@ -182,6 +205,9 @@ class Prompts:
                     add_generation_prompt=True)
                 out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
             return out
+        if self.template == "none":  # each text on its own, the tokens one after another
+            encoded = iter(self.tokenizer.encode_batch([t for chat in chats for _, t in chat]))
+            return [[i for _ in chat for i in next(encoded)] for chat in chats]
         return self.tokenizer.encode_batch([render(chat, self.template) for chat in chats])
 
     def header_tokens(self, record: Record) -> int:
@@ -362,6 +388,14 @@ class Report:
     first_difference: array = field(default_factory=lambda: array("q"))
     prefixes: Counter[bytes] = field(default_factory=Counter)
     replies_known: bool = True  # every reply a later turn sends back has known tokens
+    one_pass: int = 0  # the requests one pass over the file sends
+
+    def repeating(self) -> int:
+        """Profiled requests that send a prompt already sent: AIPerf wraps around the
+        file once warmup and profiled requests outnumber one pass over it (warmup takes
+        the first ones)."""
+        sent = self.options.warmup + len(self.hits)
+        return max(0, sent - max(self.options.warmup, self.one_pass))
 
     def per_request(self) -> Iterator[dict[str, Any]]:
         """One row a profiled request: which record (1-based) and turn it sent, its
@@ -401,6 +435,8 @@ class Report:
             "conversations": self.conversations,
             "requests": len(hits),
             "warmup": self.options.warmup,
+            "requests_per_pass": self.one_pass,
+            "requests_repeating_a_prompt": self.repeating(),
             "prompt_tokens": prompt_tokens,
             "hit_tokens": hit_tokens,
             "hit_rate": rate(hit_tokens),
@@ -424,6 +460,9 @@ class Report:
             "records_sharing_one": sum(shared),
             "records_per_shared_block": [n for _, n in self.prefixes.most_common(10) if n > 1],
         }
+        if self.repeating():
+            copies = -(-(self.options.warmup + len(hits)) // self.one_pass)
+            out["copies_for_distinct_prompts"] = copies
         if self.salts_not_sent:
             out["salts_not_sent"] = self.salts_not_sent
             out["warning_salts"] = (
@@ -613,6 +652,7 @@ class Setup:
         flat = [(s, item) for s, items in enumerate(sessions.values()) for item in items]
         if not flat:
             raise CheckError("no records to check")
+        report.one_pass = len(flat)
         any_reply = any(r.reply is not None for _, (_, _, r) in flat)
         together = any(len(items) > 1 for items in sessions.values())
         report.replies_known = all(r.reply is not None or not r.reply_tokens
@@ -745,8 +785,6 @@ def _snapshot(record: Record) -> Record:
     """A copy of what a check needs, safe from later stages changing the record: the
     messages (with each turn's own fields: output_length, extra), the session, the reply
     length and the layout (a multi_turn conversation is a request a turn)."""
-    from .records import Message
-
     return Record(messages=[Message(m.role, m.content, dict(m.fields))
                             for m in record.messages],
                   session_id=record.session_id, output_length=record.output_length,

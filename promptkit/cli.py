@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from . import __version__, interrupts, manifest, pipeline
+from .check import TEMPLATES
 from .cli_help import DATASET, INPUT, OUTPUT, SectionedGroup, shared
 from .counts import counted, plural
 from .errors import BadOptionError, PromptkitError
@@ -261,6 +262,12 @@ def summarize(result: dict[str, Any], manifest_path: str | None) -> None:
     if manifest_path:
         line += f"; manifest {manifest_path}"
     click.echo(line, err=True)
+    args = result["aiperf"]["args"]
+    for side in result.get("side_outputs", []):
+        flag = next((a for a, v in zip(args, args[1:], strict=False) if v == side["path"]),
+                    None)
+        click.echo(f"promptkit: wrote {side['path']}"
+                   + (f" (AIPerf: {flag} {side['path']})" if flag else ""), err=True)
     report_skipped(result["skipped"])
     report_steps(result)
 
@@ -357,6 +364,9 @@ tokenizer_option = click.option(
 @tokenizer_option
 @shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
         help="Input format (default: detected from the first record).")
+@click.option("--chat-template", type=click.Choice(TEMPLATES), default="none", show_default=True,
+              help="Count prompt tokens under this template, as 'check' does (none: each "
+                   "text on its own, nothing added).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for batch tokenization (default: one per CPU).")
@@ -371,10 +381,15 @@ tokenizer_option = click.option(
                    "(needs matplotlib and --tokenizer).")
 @dataset_options
 @report
-def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_json: bool,
-          threads: int | None, workers: int, skip_invalid: bool, seed: int | None,
-          plot: str | None, dataset: dict[str, Any]) -> None:
+def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_template: str,
+          as_json: bool, threads: int | None, workers: int, skip_invalid: bool,
+          seed: int | None, plot: str | None, dataset: dict[str, Any]) -> None:
     """Count records, conversations, turns and prompt tokens; show shared prompts.
+
+    Requests are what AIPerf sends in one pass over the file (one a record, one a
+    multi_turn turn); turns are user messages. A record's prompt tokens are those of
+    the prompt its messages make under --chat-template, as 'check' counts them (a
+    multi_turn conversation: its turns, without the server's replies).
 
     \b
     Examples:
@@ -386,29 +401,49 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, as_js
 
     if plot is not None and tokenizer is None:
         raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
+    if chat_template != "none" and tokenizer is None:
+        raise click.UsageError("--chat-template needs --tokenizer")
     summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
                                      dataset=with_seed(dataset, seed), plot=plot,
-                                     workers=workers,
+                                     workers=workers, chat_template=chat_template,
                                      threads=threads, skip_invalid=skip_invalid)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
-        report_skipped(summary["skipped"])
-        return
+    else:
+        print_stats(summary)
+    for warning in summary["warnings"]:
+        click.echo(f"promptkit: warning: {warning}", err=True)
+    report_wrote(summary["wrote"])
+    report_skipped(summary["skipped"])
+
+
+def report_wrote(paths: list[str]) -> None:
+    for path in paths:
+        if path != "-":
+            click.echo(f"promptkit: wrote {path}", err=True)
+
+
+def print_stats(summary: dict[str, Any]) -> None:
     click.echo(f"{summary['input']['path']} ({summary['input']['format']})")
-    for key in ("records", "conversations", "turns"):
+    for key in ("records", "conversations", "requests", "turns"):
         click.echo(f"  {key:22} {summary[key]}")
     tokens = summary.get("prompt_tokens")
     if tokens:
         figures = "  ".join(f"{k} {v}" for k, v in tokens.items())
-        click.echo(f"  {'prompt tokens':22} {figures}  ({tokenizer})")
-        click.echo(f"  {'distinct first tokens':22} {summary['distinct_first_tokens']}")
+        stated = summary.get("prompt_tokens_stated", 0)
+        tokenized = (f"{summary['tokenizer']}, template {summary['chat_template']}"
+                     if stated < summary["records"] and summary["tokenizer"] else None)
+        source = ("input_length" if not tokenized else f"{tokenized}; {stated} records' "
+                  "input_length" if stated else tokenized)
+        click.echo(f"  {'prompt tokens':22} {figures}  ({source})")
+        if "distinct_first_tokens" in summary:
+            click.echo(f"  {'distinct first tokens':22} {summary['distinct_first_tokens']}")
     shared = summary["system_prompts"]
     click.echo(f"  {'system prompts':22} {shared['distinct']} distinct, "
                f"in {shared['records_with_one']} records")
     for prompt in shared["most_shared"][:5]:
         size = f", {prompt['tokens']} tokens" if prompt["tokens"] is not None else ""
         click.echo(f"    {prompt['records']} records{size}: {prompt['starts']!r}")
-    report_skipped(summary["skipped"])
 
 
 def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -615,8 +650,9 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
         tokenizer_option,
         click.option("--chat-template", type=click.Choice(TEMPLATES), default="none",
                      show_default=True,
-                     help="What the server renders: raw texts, a built-in template, or the "
-                          "Hugging Face tokenizer's own (hf)."),
+                     help="What the server renders: raw texts (none: each tokenized on its "
+                          "own, as 'stats' counts), a built-in template, or the Hugging Face "
+                          "tokenizer's own (hf)."),
         click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
                      help="vllm: full blocks, chained hashes; sglang: token-level radix."),
         click.option("--block-size", type=click.IntRange(min=1), metavar="N",
@@ -628,9 +664,10 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="vLLM's KV cache blocks, as its log says ('GPU KV cache size' / "
                           "--num-gpu-blocks-override): its block pool, replayed exactly at "
                           "concurrency 1."),
-        click.option("--requests", type=click.IntRange(min=1), 
-                     help="Profiled requests (default: one per record); more than the "
-                          "records wraps around the file, as AIPerf does."),
+        click.option("--requests", type=click.IntRange(min=1),
+                     help="Profiled requests (default: one pass over the file); beyond it "
+                          "AIPerf wraps around the file and repeats prompts: the report "
+                          "counts them."),
         click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Warmup requests sent first, from the same records."),
         click.option("--system-prompt-file", metavar="PATH",
@@ -724,6 +761,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
         click.echo(json.dumps(summary, indent=2))
     else:
         print_check(summary)
+    report_wrote(summary["wrote"])
     report_skipped(summary["skipped"])
     from .check import hit_rate_problem
 
@@ -747,6 +785,12 @@ def print_check(s: dict[str, Any]) -> None:
                    f"them {s['within_conversation_hit_rate']:.2%} (history sent again)")
     click.echo(f"  requests               {s['requests']} (+{s['warmup']} warmup) from "
                f"{s['records']} records, {s['conversations']} conversations")
+    if s.get("requests_repeating_a_prompt"):
+        size = (f"a {s['records']}-record file" if s["requests_per_pass"] == s["records"]
+                else f"a {s['records']}-record file of {s['requests_per_pass']} requests")
+        click.echo(f"  repeats                {s['requests_repeating_a_prompt']} of them repeat "
+                   f"a prompt: AIPerf wraps around {size}; use nonce --copies "
+                   f"{s['copies_for_distinct_prompts']} for distinct prompts")
     click.echo(f"  prompt tokens          {s['prompt_tokens']}, of which hits {s['hit_tokens']}")
     per = s["hit_tokens_per_request"]
     click.echo("  hit tokens a request   " + "  ".join(f"{k} {v}" for k, v in per.items())

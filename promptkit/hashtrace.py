@@ -91,8 +91,12 @@ def hashed_records(records: Iterable[Record], *, tokenizer: str, block_size: int
 
     def flush() -> Iterator[tuple[Record, bytes]]:
         nonlocal position
-        texts = ["".join(message_texts(r)) for r in batch]
-        encoded = encoder.encode_batch(texts, threads) if threads else encoder.encode_batch(texts)
+        # each text on its own, the tokens one after another (as check and stats count)
+        parts = [message_texts(r) for r in batch]
+        texts = [text for texts in parts for text in texts]
+        flat = iter(encoder.encode_batch(texts, threads) if threads
+                    else encoder.encode_batch(texts))
+        encoded = [[i for _ in texts for i in next(flat)] for texts in parts]
         for record, tokens in zip(batch, encoded, strict=True):
             index = record.index if record.index is not None else position
             position += 1

@@ -329,11 +329,22 @@ def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
 def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
                   skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
-                  plot: str | None = None, workers: int | None = None) -> dict[str, Any]:
-    """The statistics of a file (token figures with a tokenizer), as a dict."""
+                  plot: str | None = None, workers: int | None = None,
+                  chat_template: str = "none") -> dict[str, Any]:
+    """The statistics of a file (token figures with a tokenizer, under
+    ``chat_template`` as ``check`` counts them), as a dict; ``warnings`` says what the
+    figures leave out, ``wrote`` the files written (``plot``)."""
     from . import stats
+    from .check import TEMPLATES
+    from .counts import counted, plural
     from .tokenizers import load_tokenizer
 
+    if chat_template not in TEMPLATES:
+        raise PromptkitError(f"unknown chat template {chat_template!r}; choose from "
+                             f"{', '.join(TEMPLATES)}")
+    if chat_template != "none" and tokenizer is None:
+        raise PromptkitError("--chat-template needs --tokenizer (the template's tokens are "
+                             "counted under it)")
     if plot is not None:
         files.writable(plot)
         files.refuse_clashes([(plot, "--plot")], [input_path])
@@ -342,11 +353,32 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     try:
         if (workers is not None and by_lines(source)
                 and parallel.can_run_parallel(input_path, workers)):
-            collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid, workers)
+            collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid, workers,
+                                          chat_template)
         else:
-            collected = stats.collect(source.records(), loaded, threads=threads)
+            collected = stats.collect(source.records(), loaded, threads=threads,
+                                      chat_template=chat_template, tokenizer_spec=tokenizer)
     finally:
         source.close()
+    summary = collected.summary()
+    warnings = []
+    if collected.no_text:
+        lines = ", ".join(map(str, collected.no_text_lines))
+        more = ", ..." if collected.no_text > len(collected.no_text_lines) else ""
+        found = (counted(collected.no_text, "record") if collected.no_text == collected.records
+                 else f"{collected.no_text} of {counted(collected.records, 'record')}")
+        fmt = source.format.name
+        message = (f"no prompt text found in {found} ({plural(collected.no_text, 'line')} "
+                   f"{lines}{more}), read as {fmt}: their messages hold no text (empty, media only, or the text under a key "
+                   f"{fmt} does not read: give --from FORMAT or --text-column KEY)")
+        if tokenizer is not None and not collected.tokens:
+            raise PromptkitError(f"{source.name}: {message}")
+        warnings.append(message + ("; left out of the token figures" if collected.tokens
+                                   else ""))
+    if tokenizer is not None and collected.stated == collected.records:
+        warnings.append(f"--tokenizer {tokenizer} was not used: the trace states each "
+                        "record's prompt tokens (input_length)")
+    wrote = []
     if plot is not None:
         from .plots import stats_plot
 
@@ -354,6 +386,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
         prefix = max(shared, key=lambda p: p.count).tokens if shared else None
         stats_plot(plot, collected.tokens, prefix, f"{source.name}: prompt lengths"
                    + (f" ({tokenizer})" if tokenizer else ""))
+        wrote.append(plot)
     return {
         "input": {"path": source.name, "format": source.format.name,
                   "sha256": source.sha256.hexdigest(),
@@ -361,8 +394,11 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                      if isinstance(source, DatasetSource | ColumnSource)
                      else {})},
         "tokenizer": tokenizer,
+        **({"chat_template": chat_template} if tokenizer is not None else {}),
         "skipped": manifest.skipped_section(source.skipped),
-        **collected.summary(),
+        **summary,
+        "warnings": warnings,
+        "wrote": wrote,
     }
 
 
@@ -411,23 +447,26 @@ def check_file(input_path: str, *, from_format: str | None = None,
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
         source.close()
+    wrote = []
     if plot is not None:
         from .plots import check_plot
 
         check_plot(plot, report.hits, report.lengths, f"{source.name}: predicted prefix-cache "
                    f"hits ({report.options.engine}, block {report.block_size})")
+        wrote.append(plot)
     if per_request is not None:
         import orjson
 
         files.write_text(per_request, "".join(
             orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE).decode()
             for row in report.per_request()))
+        wrote.append(per_request)
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
             "skipped": manifest.skipped_section(
                 sorted(source.skipped + skipping.skipped, key=_line_of)),
-            **report.summary(), "aiperf_args": applied}
+            **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
 #: AIPerf's names for the tokens a hash id stands for.
@@ -482,7 +521,7 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
 
 
 def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,
-                      workers: int) -> Any:
+                      workers: int, chat_template: str = "none") -> Any:
     """Statistics of a large file, a chunk a worker process, merged in file order."""
     from .stats import Stats, stats_of
 
@@ -490,7 +529,7 @@ def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_inv
     source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
     total = Stats()
     for part, read, skipped in parallel.map_records(
-            path, stats_of, (tokenizer,), workers, source.sha256,
+            path, stats_of, (tokenizer, chat_template), workers, source.sha256,
             fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
         total.merge(part)
         source.count += read

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import Record, first_text, message_texts
+from .records import USER_ROLES, Record, first_text, message_texts
 from .tokenizers import Tokenizer
 
 BATCH = 4096
@@ -28,13 +28,25 @@ class SharedPrompt:
     tokens: int | None = None
 
 
+#: Lines of records with no prompt text kept to name in a message.
+NO_TEXT_LINES = 5
+
+
 @dataclass
 class Stats:
     records: int = 0
+    #: What AIPerf sends in one pass over the file: one a record, one a multi_turn turn.
+    requests: int = 0
+    #: User messages (a multi_turn turn; a hash-id record is one).
     turns: int = 0
     sessions: set[str] = field(default_factory=set)
     unsessioned: int = 0
     tokens: array = field(default_factory=lambda: array("I"))
+    #: Records whose token count is their own ``input_length`` (a hash-id trace).
+    stated: int = 0
+    #: Records with messages but no text in them, and the first of their lines.
+    no_text: int = 0
+    no_text_lines: list[int] = field(default_factory=list)
     #: By the sha256 of the prompt's text.
     system_prompts: dict[str, SharedPrompt] = field(default_factory=dict)
     first_tokens: set[int] = field(default_factory=set)
@@ -42,10 +54,14 @@ class Stats:
     def merge(self, later: Stats) -> None:
         """Add the statistics of records that came after these."""
         self.records += later.records
+        self.requests += later.requests
         self.turns += later.turns
         self.sessions |= later.sessions
         self.unsessioned += later.unsessioned
         self.tokens.extend(later.tokens)
+        self.stated += later.stated
+        self.no_text += later.no_text
+        self.no_text_lines = (self.no_text_lines + later.no_text_lines)[:NO_TEXT_LINES]
         self.first_tokens |= later.first_tokens
         for key, shared in later.system_prompts.items():
             mine = self.system_prompts.get(key)
@@ -60,6 +76,7 @@ class Stats:
         out: dict[str, Any] = {
             "records": self.records,
             "conversations": len(self.sessions) + self.unsessioned,
+            "requests": self.requests,
             "turns": self.turns,
         }
         if self.tokens:
@@ -76,7 +93,12 @@ class Stats:
                 "p99": int(p99),
                 "max": int(counts.max()),
             }
-            out["distinct_first_tokens"] = len(self.first_tokens)
+            if len(self.tokens) > self.stated:  # some were tokenized
+                out["distinct_first_tokens"] = len(self.first_tokens)
+        if self.stated:
+            out["prompt_tokens_stated"] = self.stated
+        if self.no_text:
+            out["no_prompt_text"] = {"records": self.no_text, "lines": self.no_text_lines}
         shared = sorted(self.system_prompts.items(), key=lambda item: -item[1].count)
         out["system_prompts"] = {
             "distinct": len(shared),
@@ -90,9 +112,12 @@ class Stats:
 
 
 def collect(records: Iterable[Record], tokenizer: Tokenizer | None = None, *,
-            threads: int | None = None, batch: int = BATCH) -> Stats:
-    """The statistics of ``records`` (token figures only with a tokenizer)."""
-    tap = Tap(tokenizer, threads=threads, batch=batch)
+            threads: int | None = None, batch: int = BATCH, chat_template: str = "none",
+            tokenizer_spec: str | None = None) -> Stats:
+    """The statistics of ``records`` (token figures only with a tokenizer, or where a
+    hash-id record states its length)."""
+    tap = Tap(tokenizer, threads=threads, batch=batch, chat_template=chat_template,
+              tokenizer_spec=tokenizer_spec)
     for record in records:
         tap.add(record)
     return tap.finish()
@@ -100,21 +125,40 @@ def collect(records: Iterable[Record], tokenizer: Tokenizer | None = None, *,
 
 class Tap:
     """Counts records one at a time (e.g. as a writer writes them), tokenizing them
-    in batches. A record must not change after it is added."""
+    in batches. A record must not change after it is added.
+
+    A record's prompt tokens are those of the one prompt its messages make under
+    ``chat_template``, as ``check`` makes it (``none``: every text tokenized on its
+    own, the tokens one after another); a multi_turn conversation counts its turns as
+    one prompt, without the server's replies."""
 
     def __init__(self, tokenizer: Tokenizer | None, *, threads: int | None = None,
-                 batch: int = BATCH):
+                 batch: int = BATCH, chat_template: str = "none",
+                 tokenizer_spec: str | None = None):
         self.stats = Stats()
         self.tokenizer = tokenizer
         self.threads = threads or os.cpu_count() or 1
         self.batch = batch
         self.pending: list[Record] = []
+        self.prompts: Any = None
+        if tokenizer is not None and chat_template != "none":
+            from .check import Prompts
+
+            self.prompts = Prompts(tokenizer, chat_template, tokenizer_spec)
 
     def add(self, record: Record) -> None:
         _count(self.stats, record)
+        if not record.messages:
+            if record.input_length is not None:  # a hash-id trace states it
+                self.stats.tokens.append(record.input_length)
+                self.stats.stated += 1
+            return
+        if not any(message_texts(record)):
+            self.stats.no_text += 1
+            if len(self.stats.no_text_lines) < NO_TEXT_LINES and record.lineno is not None:
+                self.stats.no_text_lines.append(record.lineno)
+            return
         if self.tokenizer is None:
-            if not record.messages and record.input_length is not None:
-                self.stats.tokens.append(record.input_length)  # a hash-id trace states it
             return
         self.pending.append(record)
         if len(self.pending) >= self.batch:
@@ -124,16 +168,20 @@ class Tap:
         """Tokenize what is pending; return the statistics so far."""
         if self.pending:
             assert self.tokenizer is not None
-            _tokenize(self.stats, self.pending, self.tokenizer, self.threads)
+            _tokenize(self.stats, self.pending, self.tokenizer, self.threads, self.prompts)
             self.pending = []
         return self.stats
 
 
 def _count(stats: Stats, record: Record) -> None:
+    from .check import requests_of
+
     stats.records += 1
-    stats.turns += len(record.messages)
-    if record.session_id is None:
-        stats.unsessioned += 1
+    stats.requests += requests_of(record)
+    stats.turns += (sum(m.role in USER_ROLES for m in record.messages) if record.messages
+                    else 1)
+    if record.session_id is None or record.layout == "multi_turn":
+        stats.unsessioned += 1  # a multi_turn line is a conversation of its own
     else:
         stats.sessions.add(record.session_id)
     if record.messages and record.messages[0].role == "system":
@@ -146,34 +194,51 @@ def _count(stats: Stats, record: Record) -> None:
             shared.count += 1
 
 
-def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads: int) -> None:
+#: Characters of a record's first text tokenized for its first token.
+FIRST_TOKEN_CHARS = 256
+
+
+def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads: int,
+              prompts: Any = None) -> None:
+    """Each record's prompt tokens (``prompts``: a :class:`~promptkit.check.Prompts`
+    rendering a chat template; else every text on its own), its first token (that of
+    its first text) and the tokens of each system prompt not counted yet (on its own)."""
     texts: list[str] = []
-    spans: list[tuple[int, int]] = []
+    spans: list[tuple[int, int]] = []  # where a record's texts are in ``texts``
+    firsts: list[int] = []  # where its first text is
+    systems: dict[str, int] = {}  # a system prompt not counted yet: where its text is
     for record in records:
         parts = message_texts(record)
-        spans.append((len(texts), len(parts)))
-        texts.extend(parts)
-    encoded = tokenizer.encode_batch(texts, threads) if texts else []
-    for record, (start, n) in zip(records, spans, strict=True):
-        if not record.messages:
-            stats.tokens.append(record.input_length or 0)
-            continue
-        ids = encoded[start:start + n]
-        stats.tokens.append(sum(len(x) for x in ids))
-        first = next((x[0] for x in ids if x), None)
-        if first is not None:
-            stats.first_tokens.add(first)
+        lead = next(i for i, t in enumerate(parts) if t)
+        if prompts is None:
+            spans.append((len(texts), len(parts)))
+            firsts.append(len(texts) + lead)
+            texts.extend(parts)
+        else:  # its first token only: the start of its first text is enough
+            firsts.append(len(texts))
+            texts.append(parts[lead][:FIRST_TOKEN_CHARS])
         head = record.messages[0]
         if head.role == "system":
-            shared = stats.system_prompts[
-                hashlib.sha256((first_text(head.content) or "").encode()).hexdigest()]
-            if shared.tokens is None:
-                shared.tokens = len(encoded[start]) if n else 0
+            system = first_text(head.content) or ""
+            key = hashlib.sha256(system.encode()).hexdigest()
+            if stats.system_prompts[key].tokens is None and key not in systems:
+                systems[key] = len(texts)
+                texts.append(system)
+    encoded = tokenizer.encode_batch(texts, threads)
+    if prompts is not None:
+        rendered = prompts.tokens([prompts.chat(r.messages) for r in records])
+        stats.tokens.extend(len(ids) for ids in rendered)
+    else:
+        stats.tokens.extend(sum(len(x) for x in encoded[start:start + n]) for start, n in spans)
+    stats.first_tokens.update(encoded[at][0] for at in firsts if encoded[at])
+    for key, at in systems.items():
+        stats.system_prompts[key].tokens = len(encoded[at])
 
 
-
-def stats_of(records: Iterable[Record], tokenizer: str | None) -> Stats:
+def stats_of(records: Iterable[Record], tokenizer: str | None,
+             chat_template: str = "none") -> Stats:
     """The statistics of ``records`` in one thread (a worker process's share)."""
     from .tokenizers import cached_tokenizer
 
-    return collect(records, cached_tokenizer(tokenizer) if tokenizer else None, threads=1)
+    return collect(records, cached_tokenizer(tokenizer) if tokenizer else None, threads=1,
+                   chat_template=chat_template, tokenizer_spec=tokenizer)

@@ -47,9 +47,10 @@ top-level ``cache_salt`` in the first block's hash, never the last token)::
         server.counters()        # (hits, queries) since start, as GET /metrics says
 
 A chat request's prompt tokens are ``tokenizer.encode(text,
-add_special_tokens=False).ids`` where ``text`` is the concatenation, with
-nothing in between, of its messages' text contents (every role; for list
-content, the text parts in order): what a server sees with no chat template.
+add_special_tokens=False).ids`` of each of its messages' text contents (every
+role; for list content, each text part), in order, the ids one after another
+with nothing in between: what a server sees with no chat template (a real
+template separates messages, so no token spans two of them).
 ``usage`` then reports that length as ``prompt_tokens`` and the hits as
 ``prompt_tokens_details.cached_tokens``, as vLLM does (in the non-streaming
 body and in the streamed usage-only chunk). This is an implementation of its
@@ -322,7 +323,8 @@ class OpenAIServer:
     # -- prefix cache --------------------------------------------------------
 
     def prompt_token_ids(self, body: dict[str, Any]) -> list[int]:
-        """The prompt tokens the cache sees: the concatenated texts, encoded.
+        """The prompt tokens the cache sees: each text encoded on its own, the ids one
+        after another.
 
         A completions ``prompt`` given as token ids is taken as it is.
         """
@@ -332,8 +334,8 @@ class OpenAIServer:
         is_ids = isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
         if "messages" not in body and prompt and is_ids:
             return list(prompt)
-        text = "".join(_prompt_parts(body))
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return [i for part in _prompt_parts(body)
+                for i in self.tokenizer.encode(part, add_special_tokens=False).ids]
 
     def cache_records(self, path: str | None = None) -> list[CacheRecord]:
         """What the prefix cache saw, one record per generation request, in order."""

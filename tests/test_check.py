@@ -282,3 +282,79 @@ def test_reply_tokens_stand_for_a_missing_output_length(tmp_path, run):
     assert hits(bare) == 64  # 7 blocks of room: the third request finds the first's
     assert hits(given) == 0  # 300 generated tokens: a request holds 7 blocks, all there are
     assert hits(bare, "--reply-tokens", "300") == hits(given)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "prompts"
+
+
+def _repeats_in(rows: list[dict]) -> int:
+    """Profiled requests (no warmup) that send a (record, turn) an earlier one sent."""
+    seen: set[tuple[int, int]] = set()
+    repeats = 0
+    for row in rows:
+        key = (row["record"], row["turn"])
+        repeats += key in seen
+        seen.add(key)
+    return repeats
+
+
+@pytest.mark.parametrize(("name", "requests"), [("trace.jsonl.example", 60),
+                                                ("conversations.jsonl.example", 50)])
+def test_check_says_how_many_requests_wrap_around(tmp_path, run, name, requests):
+    path = EXAMPLES / name
+    records = len(read_jsonl(path))
+    rows_path = tmp_path / "rows.jsonl"
+    result = run("check", path, "--tokenizer", "cl100k_base", "--requests", requests,
+                 "--per-request", rows_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    rows = read_jsonl(rows_path)
+    one_pass = len({(row["record"], row["turn"]) for row in rows})
+    assert summary["requests_per_pass"] == one_pass
+    repeats = _repeats_in(rows)
+    assert repeats == requests - one_pass > 0
+    assert summary["requests_repeating_a_prompt"] == repeats
+    copies = -(-requests // one_pass)
+    assert summary["copies_for_distinct_prompts"] == copies
+    text = run("check", path, "--tokenizer", "cl100k_base", "--requests", requests).stdout
+    size = (f"a {records}-record file;" if one_pass == records
+            else f"a {records}-record file of {one_pass} requests;")
+    assert (f"{repeats} of them repeat a prompt: AIPerf wraps around {size} use nonce "
+            f"--copies {copies} for distinct prompts") in text
+    # nonce --copies as suggested: the same run repeats nothing
+    nonced = tmp_path / "nonced.jsonl"
+    assert run("nonce", path, nonced, "--copies", copies, "--seed", "3").exit_code == 0
+    again = json.loads(run("check", nonced, "--tokenizer", "cl100k_base", "--requests",
+                           requests, "--json").stdout)
+    assert again["requests_repeating_a_prompt"] == 0
+    assert "copies_for_distinct_prompts" not in again
+
+
+def test_warmup_takes_the_first_requests_of_the_pass(run):
+    path = EXAMPLES / "trace.jsonl.example"
+    records = len(read_jsonl(path))
+
+    def check(warmup: int, requests: int) -> dict:
+        result = run("check", path, "--tokenizer", "cl100k_base", "--warmup", warmup,
+                     "--requests", requests, "--json")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert check(5, records - 5)["requests_repeating_a_prompt"] == 0  # one pass exactly
+    assert check(5, records)["requests_repeating_a_prompt"] == 5
+    # warmup beyond the file: every profiled request repeats one warmup sent
+    late = check(records + 3, 7)
+    assert late["requests_repeating_a_prompt"] == 7
+    assert late["copies_for_distinct_prompts"] == -(-(records + 10) // records)
+    text = run("check", path, "--tokenizer", "cl100k_base").stdout
+    assert "repeat a prompt" not in text
+
+
+def test_a_pipe_check_puts_the_repeats_in_the_manifest(tmp_path, run):
+    path = EXAMPLES / "trace.jsonl.example"
+    out = tmp_path / "out.jsonl"
+    assert run("pipe", "read", path, "check", "--tokenizer", "cl100k_base", "--requests", "45",
+               "write", out).exit_code == 0
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    summary = manifest["steps"][0]["info"]["summary"]
+    assert summary["requests_repeating_a_prompt"] == 45 - len(read_jsonl(path))

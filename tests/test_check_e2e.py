@@ -125,8 +125,10 @@ def test_server_cache_hits_only_the_leading_run_of_blocks(cache_server: OpenAISe
     assert chat(cache_server, longer)["prompt_tokens_details"]["cached_tokens"] == 48
 
 
-def test_server_cache_tokenizes_the_concatenated_messages(cache_server: OpenAIServer) -> None:
-    """System and user texts (and list content parts) joined with nothing between them."""
+def test_server_cache_tokenizes_the_messages_one_after_another(
+    cache_server: OpenAIServer,
+) -> None:
+    """System and user texts (and list content parts) one after another, nothing between."""
     system, user = words("the", 20), words("and", 20)
     usage = post(cache_server, {"messages": [{"role": "system", "content": system},
                                              {"role": "user", "content": user}]})["usage"]

@@ -106,8 +106,12 @@ def test_single_turn_into_text_and_into_file(tmp_path, run, cl100k, single_turn)
         prompt, _, rest = row["text"].rpartition("\n\n")
         assert rest == original["text"] and len(cl100k.encode_ordinary(prompt)) == 40
     file_out = tmp_path / "file.jsonl"
-    assert run("pad", single_turn, file_out, "--tokens", "40", "--tokenizer", "cl100k_base",
-               "--system-prompt", "Shared.", "--into", "file").exit_code == 0
+    result = run("pad", single_turn, file_out, "--tokens", "40", "--tokenizer", "cl100k_base",
+                 "--system-prompt", "Shared.", "--into", "file")
+    assert result.exit_code == 0
+    assert result.stderr.splitlines()[1:] == [  # after the line naming OUT and its manifest
+        f"promptkit: wrote {file_out}.system.txt (AIPerf: --system-prompt-file "
+        f"{file_out}.system.txt)"]
     assert read_jsonl(file_out) == read_jsonl(single_turn)
     system = Path(f"{file_out}.system.txt").read_text()
     assert len(cl100k.encode_ordinary(system)) == 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from helpers import write_jsonl
@@ -13,10 +14,13 @@ def test_check_and_stats_draw_png_files(tmp_path, run, single_turn):
     out = tmp_path / "n.jsonl"
     assert run("nonce", single_turn, out, "--seed", "1").exit_code == 0
     picture = tmp_path / "check.png"
+    rows = tmp_path / "rows.jsonl"
     result = run("check", out, "--tokenizer", "cl100k_base", "--requests", "12",
-                 "--plot", picture)
+                 "--plot", picture, "--per-request", rows)
     assert result.exit_code == 0, result.stderr
     assert picture.read_bytes().startswith(PNG) and picture.stat().st_size > 10_000
+    assert result.stderr.splitlines() == [f"promptkit: wrote {picture}",
+                                          f"promptkit: wrote {rows}"]
     chat = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "system", "content": "Shared."},
                       {"role": "user", "content": "q" * (i + 1)}]} for i in range(9)])
@@ -24,6 +28,11 @@ def test_check_and_stats_draw_png_files(tmp_path, run, single_turn):
     result = run("stats", chat, "--tokenizer", "cl100k_base", "--plot", histogram)
     assert result.exit_code == 0, result.stderr
     assert histogram.read_bytes().startswith(PNG)
+    assert result.stderr.splitlines() == [f"promptkit: wrote {histogram}"]
+    result = run("stats", chat, "--tokenizer", "cl100k_base", "--plot", histogram, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["wrote"] == [str(histogram)]
+    assert result.stderr.splitlines() == [f"promptkit: wrote {histogram}"]
 
 
 def test_stats_plot_needs_token_counts(tmp_path, run, single_turn):
