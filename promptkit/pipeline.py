@@ -369,8 +369,9 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                  else f"{collected.no_text} of {counted(collected.records, 'record')}")
         fmt = source.format.name
         message = (f"no prompt text found in {found} ({plural(collected.no_text, 'line')} "
-                   f"{lines}{more}), read as {fmt}: their messages hold no text (empty, media only, or the text under a key "
-                   f"{fmt} does not read: give --from FORMAT or --text-column KEY)")
+                   f"{lines}{more}), read as {fmt}: their messages hold no text (empty, "
+                   f"media only, or the text under a key {fmt} does not read: give --from "
+                   "FORMAT or --text-column KEY)")
         if tokenizer is not None and not collected.tokens:
             raise PromptkitError(f"{source.name}: {message}")
         warnings.append(message + ("; left out of the token figures" if collected.tokens
