@@ -788,20 +788,21 @@ def print_check(s: dict[str, Any]) -> None:
     if s.get("requests_repeating_a_prompt"):
         size = (f"a {s['records']}-record file" if s["requests_per_pass"] == s["records"]
                 else f"a {s['records']}-record file of {s['requests_per_pass']} requests")
-        click.echo(f"  repeats                {s['requests_repeating_a_prompt']} of them repeat "
-                   f"a prompt: AIPerf wraps around {size}; use nonce --copies "
+        repeating = s["requests_repeating_a_prompt"]
+        click.echo(f"  repeated prompts       {counted(repeating, 'request')} resend a prompt: "
+                   f"AIPerf wraps around {size}; use nonce --copies "
                    f"{s['copies_for_distinct_prompts']} for distinct prompts")
     click.echo(f"  prompt tokens          {s['prompt_tokens']}, of which hits {s['hit_tokens']}")
     per = s["hit_tokens_per_request"]
     click.echo("  hit tokens a request   " + "  ".join(f"{k} {v}" for k, v in per.items())
-               + f"  ({s['requests_with_hits']} requests hit)")
+               + f"  ({counted(s['requests_with_hits'], 'request')} hit)")
     for key in ("first_differing_token", "first_differing_block"):
         if key in s:
             figures = "  ".join(f"{k} {v}" for k, v in s[key].items() if k != "window")
             click.echo(f"  {key.replace('_', ' '):22} {figures}")
     first = s["first_block"]
     click.echo(f"  first blocks           {first['distinct']} distinct; the most shared is in "
-               f"{first['shared_by_most']} records")
+               f"{counted(first['shared_by_most'], 'record')}")
     if s.get("template_header_tokens"):
         click.echo(f"  template header        {s['template_header_tokens']} tokens before "
                    "the first content")

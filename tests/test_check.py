@@ -319,7 +319,7 @@ def test_check_says_how_many_requests_wrap_around(tmp_path, run, name, requests)
     text = run("check", path, "--tokenizer", "cl100k_base", "--requests", requests).stdout
     size = (f"a {records}-record file;" if one_pass == records
             else f"a {records}-record file of {one_pass} requests;")
-    assert (f"{repeats} of them repeat a prompt: AIPerf wraps around {size} use nonce "
+    assert (f"{repeats} requests resend a prompt: AIPerf wraps around {size} use nonce "
             f"--copies {copies} for distinct prompts") in text
     # nonce --copies as suggested: the same run repeats nothing
     nonced = tmp_path / "nonced.jsonl"
