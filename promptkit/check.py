@@ -244,10 +244,11 @@ def _hf_chat_template(spec: str | None) -> Any:
         raise OptionNeededError("--chat-template hf needs a Hugging Face tokenizer (a folder "
                                 "or hf:OWNER/NAME) with a chat template")
     try:
+        import jinja2  # noqa: F401  (transformers renders chat templates with it)
         from transformers import AutoTokenizer
     except ImportError:
-        raise CheckError("--chat-template hf needs transformers: pip install transformers"
-                         ) from None
+        raise CheckError("--chat-template hf needs transformers and jinja2: pip install "
+                         "transformers jinja2") from None
     name = spec[3:] if spec.startswith("hf:") else spec
     try:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=True)

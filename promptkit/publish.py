@@ -662,8 +662,21 @@ def push(out_dir: str, repo_id: str, *, private: bool = False) -> str:
     return str(commit.commit_url)
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The connection errors of the HTTP client huggingface_hub uses: httpx2 from
+    huggingface_hub 2, httpx before (only one of them may be installed)."""
+    import importlib
+
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
 def _hub_problem(exc: Exception, endpoint: str) -> str:
-    import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
@@ -672,7 +685,7 @@ def _hub_problem(exc: Exception, endpoint: str) -> str:
             return f"{endpoint} refused the token (HTTP 401)"
         detail = _one_line(exc.server_message or "") or _one_line(str(exc))
         return f"{endpoint} answered HTTP {status}: {detail}"
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, _transport_errors()):
         return f"cannot reach {endpoint} ({_one_line(str(exc)) or type(exc).__name__})"
     return _one_line(str(exc)) or type(exc).__name__
 

@@ -21,7 +21,9 @@ multi_turn cases a turn's ``output_length`` (20). A random-weight model's
 free replies are byte-level token salad that re-tokenizes into other tokens;
 the "whole-word replies" cases hold the model to whole-word tokens (vLLM's
 ``allowed_token_ids``), as a trained model's text re-tokenizes as generated.
-Takes about 10 minutes on 2 cores once vLLM is installed.
+Takes about 10 minutes on 2 cores once vLLM is installed. AIPerf is bench's:
+``AIPERF`` from the environment, else ``aiperf`` on PATH (install it with
+``pip install aiperf``, ideally into a virtualenv of its own, as the tests do).
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def run_case(row: dict, url: str, tokenizer: Path, work: Path) -> dict:
     env = {"MODEL": vllm_cpu.SERVED_NAME, "URL": url, "TOKENIZER": str(tokenizer),
            "INPUT_FILE": str(row["file"]), "REQUEST_COUNT": str(row["requests"]),
            "RESET_CACHE": "vllm", "CHAT_TEMPLATE": "hf", "BLOCK_SIZE": "32",
-           "ARTIFACT_DIR": str(artifacts), "AIPERF": f"{sys.executable} -m aiperf",
+           "ARTIFACT_DIR": str(artifacts),
            "ALLOW_REPEATS": "true",  # some cases repeat prompts on purpose
            "AIPERF_ARGS": QUIET, **row["settings"]}
     env_file = work / "case.env"

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -117,35 +118,52 @@ def venv_python(venv: Path) -> Path:
 
 def install(venv: Path) -> Path:
     """Make ``venv`` hold vLLM's CPU build (idempotent); return it."""
+    return install_venv(
+        venv, PACKAGES, remove=BREAKING,
+        # The check that matters: transformers and vllm import beside this torch.
+        check="import transformers.models.llama, vllm.entrypoints",
+        size="a few GB; takes minutes the first time")
+
+
+def install_venv(venv: Path, packages: list[str], *, remove: list[str] | None = None,
+                 check: str, size: str) -> Path:
+    """Make ``venv`` a virtualenv holding ``packages`` (less ``remove``), where the
+    Python statement ``check`` runs; return it. Idempotent: a marker file records a
+    complete install (with the seconds it took), so a second call returns at once.
+    A lock file beside the venv makes concurrent callers wait for one install. The
+    tests use it for AIPerf too (``tests/aiperf_tool.py``)."""
     venv = venv.expanduser().absolute()
     marker = venv / MARKER
     if marker.exists():
         return venv
-    started = time.monotonic()
-    python = venv_python(venv)
-    if not python.exists():
-        log(f"creating virtualenv {venv}")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    logfile = venv / "promptkit-install.log"
-    log(f"pip install {' '.join(PACKAGES)} (a few GB; takes minutes the first time; "
-        f"log: {logfile})")
-    with logfile.open("ab") as out:
-        for command in (
-            [str(python), "-m", "pip", "install", *PACKAGES],
-            [str(python), "-m", "pip", "uninstall", "--yes", *BREAKING],
-            # The check that matters: transformers and vllm import beside this torch.
-            [str(python), "-c", "import transformers.models.llama, vllm.entrypoints"],
-        ):
-            out.write(f"$ {' '.join(command)}\n".encode())
-            out.flush()
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
-            if code:
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():  # another process installed it while this one waited
+            return venv
+        started = time.monotonic()
+        python = venv_python(venv)
+        if not python.exists():
+            log(f"creating virtualenv {venv}")
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        logfile = venv / "promptkit-install.log"
+        log(f"pip install {' '.join(packages)} ({size}; log: {logfile})")
+        commands = [[str(python), "-m", "pip", "install", *packages]]
+        if remove:
+            commands.append([str(python), "-m", "pip", "uninstall", "--yes", *remove])
+        commands.append([str(python), "-c", check])
+        with logfile.open("ab") as out:
+            for command in commands:
+                out.write(f"$ {' '.join(command)}\n".encode())
                 out.flush()
-                log(tail(logfile))
-                raise subprocess.CalledProcessError(code, command)
-    marker.write_text(json.dumps({"packages": PACKAGES, "removed": BREAKING,
-                                  "seconds": round(time.monotonic() - started, 1)}) + "\n")
-    log(f"installed in {time.monotonic() - started:.0f} s")
+                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+                if code:
+                    out.flush()
+                    log(tail(logfile))
+                    raise subprocess.CalledProcessError(code, command)
+        marker.write_text(json.dumps({"packages": packages, "removed": remove or [],
+                                      "seconds": round(time.monotonic() - started, 1)}) + "\n")
+        log(f"installed in {time.monotonic() - started:.0f} s")
     return venv
 
 

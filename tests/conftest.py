@@ -1,4 +1,5 @@
-"""Shared fixtures: a CLI runner that reads like the README, sample files, cl100k_base."""
+"""Shared fixtures: a CLI runner that reads like the README, sample files, cl100k_base;
+the real engines (vLLM; AIPerf, in its own virtualenv: tests/aiperf_tool.py)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,10 @@ def vllm_small_server(tmp_path_factory):
     with serve(tmp_path_factory.mktemp("vllm-small"), num_gpu_blocks=64,
                max_model_len=1024) as server:
         yield server
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """End the AIPerf worker process, if a test started one (tests/aiperf_tool.py)."""
+    import aiperf_tool
+
+    aiperf_tool.close()

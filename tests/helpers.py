@@ -1,12 +1,15 @@
-"""Helpers the tests share: JSONL files in and out, the Mooncake traces."""
+"""Helpers the tests share: JSONL files in and out, the Mooncake traces, the scripts."""
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +34,16 @@ def mooncake_trace(name: str) -> Path:
             shutil.copyfileobj(f, out)
         _UNPACKED[name] = path
     return _UNPACKED[name]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` as a module, loaded once a session (the scripts are not a
+    package)."""
+    key = f"promptkit_scripts_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "scripts" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]

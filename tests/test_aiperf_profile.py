@@ -1,7 +1,8 @@
 """End to end: the real ``aiperf profile`` sends exactly the prompts of promptkit files.
 
 ``promptkit nonce`` turns the shipped example into a single_turn file; the
-manifest's AIPerf arguments load it into the real AIPerf CLI (a subprocess), which
+manifest's AIPerf arguments load it into the real AIPerf CLI (a subprocess: the
+``aiperf`` of its own virtualenv, ``tests/aiperf_tool.py``), which
 sends it to a real OpenAI-compatible HTTP server on 127.0.0.1 (standard
 library, ``tests/openai_server.py``). The server records every request body;
 the test asserts that the chat requests carry the file's ``text`` values,
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiperf_tool
 import pytest
 from openai_server import OpenAIServer
 from tokenizer_dir import build_tokenizer_dir
@@ -64,7 +66,7 @@ def aiperf_command(
     *, url: str, input_file: Path, count: int, tokenizer: Path, artifacts: Path, streaming: bool
 ) -> list[str]:
     command = [
-        sys.executable, "-m", "aiperf", "profile",
+        str(aiperf_tool.executable()), "profile",
         "--model", "test-model",
         "--url", url,
         "--endpoint-type", "chat",

@@ -2,7 +2,8 @@
 the predicted and the measured prefix-cache hit rate side by side.
 
 The command runs as a user runs it (``python -m promptkit bench --env-file ...``,
-a subprocess) and starts the real AIPerf (0.13, ``python -m aiperf``), which sends
+a subprocess) and starts the real AIPerf (0.13, the ``aiperf`` of its own
+virtualenv, ``tests/aiperf_tool.py``, given as ``AIPERF``), which sends
 its requests to the local OpenAI-compatible server (``tests/openai_server.py``,
 with its vLLM-rule prefix cache, the ``/reset_prefix_cache`` and ``/flush_cache``
 endpoints, and ``GET /metrics`` counters of the tokens its cache served). The
@@ -29,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiperf_tool
 import pytest
 import test_aiperf_profile
 from openai_server import CacheRecord, OpenAIServer
@@ -106,7 +108,7 @@ def base_settings(server: OpenAIServer, tokenizer: Path, artifacts: Path) -> dic
         "CONCURRENCY": 1,
         "TOKENIZER": tokenizer,
         "ARTIFACT_DIR": artifacts,
-        "AIPERF": f"{sys.executable} -m aiperf",
+        "AIPERF": shlex.quote(str(aiperf_tool.executable())),
         "AIPERF_ARGS": QUIET_AIPERF,
         # The test server tokenizes the messages' texts with no chat template.
         "CHAT_TEMPLATE": "none",
@@ -271,7 +273,8 @@ def test_a_nonced_file_is_sent_exactly_after_the_cache_is_cleared(
     assert cond["dataset"] == {"input_file": str(path), "custom_dataset_type": "single_turn",
                                "from": "manifest", "distinct_records": 20, "repeats": False}
     assert (cond["warmup_request_count"], cond["request_count"]) == (2, 18)
-    assert cond["aiperf_command"][3:] == [
+    assert cond["aiperf_command"] == [
+        str(aiperf_tool.executable()),
         "profile", "--model", "test-model", "--url", cache_server.url,
         "--endpoint-type", "chat", "--streaming",
         "--input-file", str(path), "--custom-dataset-type", "single_turn",

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aiperf.dataset.loader.models import MultiTurn
-from aiperf.dataset.loader.multi_turn import MultiTurnDatasetLoader
+import aiperf_tool
 from helpers import read_jsonl, write_jsonl
 
 QUESTIONS = [
@@ -44,21 +43,21 @@ def test_a_question_file_becomes_a_multi_turn_file_aiperf_loads(tmp_path, run):
     rows = read_jsonl(out)
     assert rows == [{"turns": [{"text": text} for text in q["turns"]],
                      **{k: q[k] for k in KEPT if k in q}} for q in QUESTIONS]
-    for row, question in zip(rows, QUESTIONS, strict=True):
-        model = MultiTurn.model_validate(row)
+    models = aiperf_tool.validate("MultiTurn", rows)
+    for model, question in zip(models, QUESTIONS, strict=True):
         # Nothing lands inside a turn, where AIPerf builds the request from its fields;
         # the only fields AIPerf does not document are the question's own, at the top.
+        assert len(model.turns) == len(question["turns"])
         assert all(not turn.model_extra for turn in model.turns)
         assert model.model_extra == {k: question[k] for k in KEPT if k in question}
-        assert model.session_id is None  # AIPerf names the conversations itself
+        assert model.values["session_id"] is None  # AIPerf names the conversations itself
 
-    loader = MultiTurnDatasetLoader(filename=str(out))
-    conversations = loader.convert_to_conversations(loader.load_dataset())
-    assert [[t.texts[0].contents for t in c.turns] for c in conversations] == [
+    conversations = aiperf_tool.conversations("multi_turn", out)
+    assert [[t["texts"][0]["contents"] for t in c["turns"]] for c in conversations] == [
         [[text] for text in q["turns"]] for q in QUESTIONS]
-    assert all(t.role is None and t.max_tokens is None and t.extra_body is None
-               for c in conversations for t in c.turns)
-    dumped = json.dumps([c.model_dump(mode="json") for c in conversations])
+    assert all(t["role"] is None and t["max_tokens"] is None and t["extra_body"] is None
+               for c in conversations for t in c["turns"])
+    dumped = json.dumps(conversations)
     assert "writing" not in dumped and "pi/3" not in dumped  # the kept fields are not sent
 
 
@@ -93,7 +92,7 @@ def test_a_nonce_goes_before_the_first_question_of_each_conversation(tmp_path, r
         nonce, text = row["turns"][0]["text"].split("\n", 1)
         assert len(nonce) == 36 and text == question["turns"][0]
         assert row["turns"][1] == {"text": question["turns"][1]}
-        MultiTurn.model_validate(row)
+    aiperf_tool.validate("MultiTurn", read_jsonl(out))
 
 
 def test_a_turn_neither_text_nor_object_is_one_line(tmp_path, run):

@@ -161,7 +161,7 @@ def test_bad_pad_input_is_one_line_exit_1_nothing_written(args, problem, tmp_pat
 
 @pytest.mark.parametrize("fmt", ["openai", "sharegpt", "multi_turn", "mooncake_trace"])
 def test_formats_with_messages_get_a_system_message(fmt, tmp_path, run, cl100k):
-    from aiperf.dataset.loader.models import MooncakeTrace, MultiTurn
+    import aiperf_tool
 
     from promptkit.api import read_records
 
@@ -177,9 +177,8 @@ def test_formats_with_messages_get_a_system_message(fmt, tmp_path, run, cl100k):
         assert len(cl100k.encode_ordinary(record.messages[0].content)) == 77
         assert record.messages[1].content == f"question {i}"
     if fmt in ("multi_turn", "mooncake_trace"):
-        model = MultiTurn if fmt == "multi_turn" else MooncakeTrace
-        for row in read_jsonl(out):
-            model.model_validate(row)
+        model = "MultiTurn" if fmt == "multi_turn" else "MooncakeTrace"
+        aiperf_tool.validate(model, read_jsonl(out))
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     groups = {g["sha256"] for g in manifest["steps"][0]["info"]["groups"]}
     written = manifest["token_stats"]["system_prompts"]["most_shared"]

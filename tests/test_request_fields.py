@@ -46,43 +46,15 @@ UNSENT = ("request fields 'max_tokens', 'model', 'temperature', 'tool_choice' ar
 @pytest.fixture(scope="module")
 def aiperf_bodies(tmp_path_factory) -> Callable[[Path, str], list[dict[str, Any]]]:
     """The chat request bodies AIPerf 0.13 makes of a file: its own loader for the
-    dataset type, then its chat endpoint's payload for each turn."""
-    from aiperf.common import random_generator as rng
-    from aiperf.common.enums import CreditPhase
-    from aiperf.common.models.model_endpoint_info import ModelEndpointInfo
-    from aiperf.common.models.record_models import RequestInfo
-    from aiperf.common.tokenizer import Tokenizer
-    from aiperf.dataset.generator.prompt import PromptGenerator
-    from aiperf.dataset.loader.mooncake_trace import MooncakeTraceDatasetLoader
-    from aiperf.dataset.loader.multi_turn import MultiTurnDatasetLoader
-    from aiperf.dataset.loader.single_turn import SingleTurnDatasetLoader
-    from aiperf.endpoints.openai_chat import ChatEndpoint
+    dataset type, then its chat endpoint's payload for each turn (in AIPerf's own
+    virtualenv: ``tests/aiperf_tool.py``)."""
+    import aiperf_tool
     from tokenizer_dir import build_tokenizer_dir
 
-    tokenizer = Tokenizer.from_pretrained(str(build_tokenizer_dir(
-        tmp_path_factory.mktemp("tok") / "bpe")))
+    tokenizer = build_tokenizer_dir(tmp_path_factory.mktemp("tok") / "bpe")
 
     def bodies(path: Path, kind: str) -> list[dict[str, Any]]:
-        rng.init(7)
-        try:
-            if kind == "mooncake_trace":
-                loader: Any = MooncakeTraceDatasetLoader(
-                    filename=str(path), prompt_generator=PromptGenerator(
-                        prompts=None, prefix_prompts=None, tokenizer=tokenizer))
-            else:
-                cls = {"single_turn": SingleTurnDatasetLoader,
-                       "multi_turn": MultiTurnDatasetLoader}[kind]
-                loader = cls(filename=str(path))
-            conversations = loader.convert_to_conversations(loader.load_dataset())
-            endpoint_info = ModelEndpointInfo.from_run(loader.run)
-            endpoint = ChatEndpoint(model_endpoint=endpoint_info)
-            return [endpoint.format_payload(RequestInfo(
-                credit_num=0, credit_phase=CreditPhase.PROFILING,
-                conversation_id=conversation.session_id, turn_index=i, x_request_id="r",
-                x_correlation_id="c", model_endpoint=endpoint_info, turns=[turn]))
-                for conversation in conversations for i, turn in enumerate(conversation.turns)]
-        finally:
-            rng.reset()
+        return aiperf_tool.request_bodies(kind, path, tokenizer)
 
     return bodies
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiperf.dataset.loader.models import MooncakeTrace, MultiTurn, SingleTurn
+from aiperf_tool import strict
 from helpers import read_jsonl, write_jsonl
 
 SHAREGPT = [
@@ -69,17 +69,6 @@ TOOL_CALLS = [  # LLaMA-Factory's glaive_toolcall_en_demo shape
 ]
 
 
-def strict(model: Any, row: dict[str, Any], kept: set[str] = frozenset()) -> None:
-    """``row`` validates with AIPerf's ``model`` and holds no field AIPerf does not
-    document, except the input's own fields named in ``kept`` (promptkit keeps those)."""
-    model.model_validate(row)
-    unknown = set(row) - set(model.model_fields) - kept
-    assert not unknown, f"fields AIPerf does not know: {unknown}"
-    if model is MultiTurn:
-        for turn in row["turns"]:
-            strict(SingleTurn, turn)
-
-
 def tokens(cl100k: Any, text: str) -> int:
     return len(cl100k.encode(text))
 
@@ -103,8 +92,7 @@ def test_first_mode_is_the_first_prompt_with_its_reply_length(run, tmp_path, cl1
         ([{"role": "user", "content": prompt}], tokens(cl100k, reply))
         for prompt, reply in expected]
     assert [r["id"] for r in rows] == ["QWJhYvA_0", "i6IyJda_0", "bqZdfqw_0"]
-    for row in rows:
-        strict(MooncakeTrace, row, kept={"id"})
+    strict("MooncakeTrace", rows, kept={"id"})
     info = manifest["steps"][0]["info"]
     assert info["conversations_read"] == 4 and info["requests"] == 3
     assert info["dropped"] == {"dropped: replies before the first user message": 1,
@@ -122,8 +110,7 @@ def test_each_mode_is_a_multi_turn_session_per_conversation(run, tmp_path, cl100
          "output_length": tokens(cl100k, first[i + 1]["value"])} for i in (0, 2, 4)]
     # The unanswered last question is not a turn: nobody knows its reply's length.
     assert [len(r["turns"]) for r in rows] == [3, 1, 1]
-    for row in rows:
-        strict(MultiTurn, row, kept={"id"})
+    strict("MultiTurn", rows, kept={"id"})
     assert manifest["steps"][0]["info"]["requests"] == 5
 
 
@@ -134,8 +121,7 @@ def test_history_mode_keeps_the_recorded_replies_as_context(run, tmp_path, cl100
     assert rows[0]["messages"] == [{"role": roles[t["from"]], "content": t["value"]}
                                    for t in first[:5]]
     assert rows[0]["output_length"] == tokens(cl100k, first[5]["value"])
-    for row in rows:
-        strict(MooncakeTrace, row, kept={"id"})
+    strict("MooncakeTrace", rows, kept={"id"})
 
 
 def test_bounds_and_max_turns_cut_or_skip_and_are_counted(run, tmp_path, cl100k):
@@ -178,7 +164,7 @@ def test_tool_calls_become_openai_messages_and_tools_a_list(run, tmp_path):
     result = run("nonce", source, out, "--seed", "1", "--to", "mooncake_trace")
     assert result.exit_code == 0, result.stderr
     [row] = read_jsonl(out)
-    strict(MooncakeTrace, row)
+    strict("MooncakeTrace", [row])
     assert row["tools"] == [{"type": "function", "function": tool} for tool in TOOLS]
     messages = row["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user",
@@ -206,15 +192,14 @@ def test_tool_call_sharegpt_reads_back_as_it_was(run, tmp_path):
     trace = tmp_path / "trace.jsonl"
     assert run("pipe", "read", source, "write", "--to", "mooncake_trace", trace).exit_code == 0
     written = read_jsonl(trace)
-    for row in written:
-        strict(MooncakeTrace, row)
+    strict("MooncakeTrace", written)
     assert "tools" not in written[-1]  # "tools": "[]" sends none (AIPerf refuses [])
 
 
 def test_turns_of_tool_calls(run, tmp_path, cl100k):
     rows, _ = run_turns(run, tmp_path, TOOL_CALLS, "--mode", "history")
     [row] = rows
-    strict(MooncakeTrace, row)
+    strict("MooncakeTrace", [row])
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user"]
     # The reply to the last user message is the model's tool call.
     call = {"name": "generate_password", "arguments": {"length": 12}}
@@ -222,7 +207,7 @@ def test_turns_of_tool_calls(run, tmp_path, cl100k):
     assert row["tools"] == [{"type": "function", "function": tool} for tool in TOOLS]
 
     rows, _ = run_turns(run, tmp_path, TOOL_CALLS, "--mode", "each", name="each.jsonl")
-    strict(MultiTurn, rows[0])
+    strict("MultiTurn", rows[:1])
     assert [t.get("role") for t in rows[0]["turns"]] == ["system", "user", "user"]
     assert all(t["extra"]["tools"] == row["tools"] for t in rows[0]["turns"])
 
@@ -238,8 +223,7 @@ def test_alpaca_rows_are_prompts_with_their_output_length(run, tmp_path, cl100k)
          "output_length": tokens(cl100k, alpaca[0]["output"])},
         {"role": "user", "text": "Translate to French.\n\nThe server is ready.",
          "output_length": tokens(cl100k, alpaca[1]["output"])}]
-    for row in rows:
-        strict(SingleTurn, row)
+    strict("SingleTurn", rows)
 
 
 @pytest.mark.parametrize("fmt", ["single_turn", "multi_turn"])
@@ -292,7 +276,7 @@ def test_openai_request_fields_land_where_aiperf_sends_them(run, tmp_path):
     out = tmp_path / "out.jsonl"
     assert run("pipe", "read", source, "write", "--to", "mooncake_trace", out).exit_code == 0
     [row] = read_jsonl(out)
-    strict(MooncakeTrace, row)
+    strict("MooncakeTrace", [row])
     assert row["tools"] == line["tools"]
     assert row["extra"] == {"max_tokens": 64, "temperature": 0}
 
@@ -328,8 +312,7 @@ def test_published_json_arrays_give_the_requests_of_their_lines(name, run, tmp_p
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     rows = [json.loads(line) for line in outputs[0].splitlines()]
-    for row in rows:
-        strict(MooncakeTrace, row, kept={"id"})
+    strict("MooncakeTrace", rows, kept={"id"})
     if name == "toolcall-sample.json":
         assert rows[0]["messages"][0]["role"] == "system" and "tools" in rows[0]
     else:

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiperf_tool
 from vllm_engine import VllmServer, run_profile
 
 from promptkit.tokenizers import load_tokenizer
@@ -172,7 +173,7 @@ def test_bench_predicts_and_reads_back_what_vllm_measured(vllm_server: VllmServe
     settings = {"MODEL": "tiny-llama", "URL": vllm_server.url, "TOKENIZER": vllm_server.tokenizer,
                 "INPUT_FILE": path, "REQUEST_COUNT": 6, "RESET_CACHE": "vllm",
                 "CHAT_TEMPLATE": "hf", "BLOCK_SIZE": vllm_server.block_size,
-                "ARTIFACT_DIR": artifacts, "AIPERF": f"{sys.executable} -m aiperf",
+                "ARTIFACT_DIR": artifacts, "AIPERF": aiperf_tool.executable(),
                 "AIPERF_ARGS": "--ui none --no-gpu-telemetry",
                 "EXTRA_INPUTS": "ignore_eos:true,max_completion_tokens:2",
                 "MAX_HIT_RATE": "0.2"}

@@ -40,7 +40,6 @@ torch locally, a server start-up about 50-80 s on 2 cores.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -54,10 +53,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import NoReturn
 
+import aiperf_tool
 import pytest
+from helpers import load_script
 from test_aiperf_profile import (
     AIPERF_TIMEOUT_S,
     aiperf_env,
@@ -71,15 +71,7 @@ SERVED_NAME = "tiny-llama"
 BLOCK_SIZE = 32
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vllm_cpu", ROOT / "scripts" / "vllm_cpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vllm_cpu = _load_script()
+vllm_cpu = load_script("vllm_cpu")
 
 
 @dataclass
@@ -207,7 +199,7 @@ def aiperf_profile_command(server: VllmServer, input_file: Path, *, requests: in
     loader = (json.loads(manifest.read_text(encoding="utf-8"))["aiperf"]["args"]
               if manifest.exists() else [])
     command = [
-        sys.executable, "-m", "aiperf", "profile",
+        str(aiperf_tool.executable()), "profile",
         "--model", SERVED_NAME,
         "--url", server.url,
         "--endpoint-type", "chat",
