@@ -513,8 +513,9 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as exc:
         if not line.strip():
             return None
-        problem = str(exc)
-        if "UTF-8" in problem or "utf-8" in problem:
+        try:  # orjson's words differ by version: ask the codec
+            line.decode("utf-8")
+        except UnicodeDecodeError:
             raise InvalidRecordError("invalid UTF-8", name, lineno) from None
         raise InvalidRecordError(f"invalid JSON: {json_problem(exc, line)}", name,
                                  lineno) from None

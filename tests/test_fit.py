@@ -141,7 +141,8 @@ def test_fit_then_nonce_and_rebuild(tmp_path, run, cl100k):
 
 
 @pytest.mark.parametrize(("rows_", "args", "problem"), [
-    ([{"text": "a"}], ["--tokens", "n"], ":1: no 'n' to take the token count from"),
+    ([{"text": "a", "n": 3}, {"text": "b"}], ["--tokens", "n"],
+     ":2: no 'n' to take the token count from"),
     ([{"text": "a", "n": "x"}], ["--tokens", "n"], ":1: 'n' is 'x', not a positive integer"),
     ([{"text": "a"}, {"input_length": 5, "hash_ids": [1]}], ["--tokens", "4", "--from",
      "mooncake_trace"], ":1: mooncake_trace:"),
