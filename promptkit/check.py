@@ -32,6 +32,7 @@ from typing import Any
 from .cache import SglangCache, VllmCache
 from .errors import CheckError, InvalidRecordError, OptionNeededError, PromptkitError, Skipping
 from .formats.aiperf import blocks_problem
+from .progress import tracked
 from .records import Message, Record, content_texts
 from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
 from .tokenizers import Tokenizer
@@ -661,7 +662,7 @@ class Setup:
         point, low, own = self._engine(), self._engine(), self._engine()
         own_session: Any = None
         total = options.warmup + (len(flat) if options.requests is None else options.requests)
-        for n in range(total):
+        for n in tracked(range(total), "simulating the cache", unit="requests"):
             session, (record, turn, r) = flat[n % len(flat)]
             hit = point.request(r.key, r.length, r.salt, r.reply_tokens, r.reply)
             hit_low = (low.request(r.key, r.length, r.salt, r.reply_tokens) if any_reply
@@ -771,7 +772,7 @@ def check_step(step: Any, records: Iterable[Record]) -> Iterator[Record]:
     # The records are written as they pass: one the check cannot send is left out of
     # the prediction only (listed in the summary's "skipped").
     skipping = Skipping(step.skip_invalid, step.op)
-    report = check_records(seen, options=CheckOptions(**params),
+    report = check_records(tracked(seen, "checking"), options=CheckOptions(**params),
                            tokenizer=cached_tokenizer(spec) if spec else None,
                            tokenizer_spec=spec, skipping=skipping)
     step.info["summary"] = summary = report.summary()

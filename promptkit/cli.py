@@ -756,7 +756,8 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
                                   skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
                                   per_request=per_request, plot=plot, workers=workers,
-                                  use_manifest=use_manifest, **params)
+                                  use_manifest=use_manifest,
+                                  progress=not PromptkitGroup.quiet, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

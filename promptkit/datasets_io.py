@@ -123,6 +123,7 @@ class DatasetSource:
         self.revision: str | None = None
         self._parquet_files: list[str] = []  # the data files of a repository folder
         self._done = False  # every row read
+        self._expected: int | None = None  # the rows there are, when known (progress)
         self._rows = self._open()
         try:
             first = next(self._rows, None)
@@ -143,6 +144,10 @@ class DatasetSource:
     @property
     def records_read(self) -> int:
         return self.count
+
+    def expected_records(self) -> int | None:
+        """For progress: the rows the dataset holds, when its files or metadata say."""
+        return self._expected
 
     def describe(self) -> dict[str, Any]:
         """The manifest's account of the input, beyond path, records and sha256."""
@@ -175,6 +180,9 @@ class DatasetSource:
                 raise PromptkitError(f"{self.path}: no such file")
             else:
                 dataset = None  # read with pyarrow alone
+            self._expected = _rows_in(self.path, dataset, self._parquet_files)
+            if self._expected is not None and o.limit is not None:
+                self._expected = min(self._expected, o.limit)
             if o.shuffle_seed is None:
                 batches = _local_batches(self.path, dataset, self._parquet_files)
                 if batches is not None:  # Arrow batches straight from the files: flat memory
@@ -291,6 +299,26 @@ class DatasetSource:
             record.index = row_no - 1
             self.count += 1
             yield record
+
+
+def _rows_in(path: str, dataset: Any, parquet_files: list[str]) -> int | None:
+    """The rows of a dataset as its files' metadata or ``datasets``' info tell them
+    (nothing is read but parquet footers), for progress; ``None`` when unknown."""
+    try:
+        if dataset is None or parquet_files:
+            files = parquet_files or [path]
+            if all(f.lower().endswith(".parquet") for f in files):
+                import pyarrow.parquet as pq
+
+                return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            return None
+        if hasattr(dataset, "num_rows"):  # loaded (save_to_disk, or from the cache)
+            return int(dataset.num_rows)
+        splits = getattr(dataset.info, "splits", None) or {}
+        split = splits.get(dataset.split) if getattr(dataset, "split", None) else None
+        return int(split.num_examples) if split and split.num_examples else None
+    except Exception:  # metadata that cannot be read: the rows are read anyway
+        return None
 
 
 def _local_batches(path: str, dataset: Any, parquet_files: list[str]) -> Iterator[Any] | None:

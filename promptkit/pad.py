@@ -21,6 +21,7 @@ from typing import Any
 
 from .counts import counted
 from .errors import InvalidRecordError, PadError, PromptkitError, Skipping
+from .progress import Progress
 from .records import Message, Record, first_text, prepend_text
 from .steps import Step, Where, checked, filler_readable, integer, one_of, text
 from .tokenizers import Tokenizer, cached_tokenizer
@@ -325,20 +326,24 @@ def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]
     names their records (or skips them)."""
     tokenizer = cached_tokenizer(spec.tokenizer)
     out = []
-    for base in bases:
-        for group in range(spec.groups):
-            try:
-                prompt = padded(spec, base, group)
-            except PadError:
-                if spec.system_prompt is not None:
-                    raise
-                continue
-            out.append({
-                "group": group,
-                "tokens": len(tokenizer.encode(prompt)),
-                "sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-                "starts": prompt[:40],
-            })
+    with Progress("padding system prompts", total=len(bases) * spec.groups,
+                  unit="prompts") as progress:
+        for base in bases:
+            for group in range(spec.groups):
+                try:
+                    prompt = padded(spec, base, group)
+                except PadError:
+                    if spec.system_prompt is not None:
+                        raise
+                    continue
+                finally:
+                    progress.advance()
+                out.append({
+                    "group": group,
+                    "tokens": len(tokenizer.encode(prompt)),
+                    "sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+                    "starts": prompt[:40],
+                })
     return out
 
 

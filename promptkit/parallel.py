@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compression, interrupts
+from . import compression, interrupts, progress
 from .errors import InvalidRecordError
 from .formats import get_format
 from .records import Record
@@ -236,6 +236,13 @@ class InputFacts:
     records_read: int = 0
     skipped: list[str] = field(default_factory=list)
     sha256: Any = field(default_factory=hashlib.sha256)
+    #: The bytes of the input whose chunks are done (for progress: what is left).
+    bytes_done: int = 0
+
+    def expected_records(self, size: int) -> int | None:
+        """For progress: the records in a file of ``size`` bytes, estimated from the
+        chunks done so far."""
+        return round(self.records_read * size / self.bytes_done) if self.bytes_done else None
 
 
 @contextlib.contextmanager
@@ -250,7 +257,7 @@ def worker_pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> It
     (:mod:`promptkit.interrupts`) ends such a wait.
     """
     context = multiprocessing.get_context("fork")
-    with interrupts.pool_starting():
+    with interrupts.pool_starting(), progress.paused():
         pool = context.Pool(workers, initializer=initializer, initargs=initargs)
     try:
         yield pool
@@ -263,10 +270,11 @@ def worker_pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> It
 
 
 def run_file(path: str, job: Job, sink: Sink, workers: int,
-             progress: Any = None) -> InputFacts:
-    """Process ``path`` with ``workers`` processes, writing to ``sink`` in input order
-    (``progress``: a :class:`~promptkit.progress.Progress` told of each chunk done)."""
-    facts = InputFacts()
+             facts: InputFacts | None = None) -> InputFacts:
+    """Process ``path`` with ``workers`` processes, writing to ``sink`` in input order;
+    the facts of the input (``facts``, when given, counted as each chunk is done, for
+    progress) are returned."""
+    facts = facts if facts is not None else InputFacts()
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     out = _Relay()
     with worker_pool(workers, _init, (job,)) as pool:
@@ -294,8 +302,7 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
                 sink.encoder.fields |= result.fields
             facts.records_read += result.read
             facts.skipped += result.skipped
-            if progress is not None:
-                progress.advance(size, facts.records_read)
+            facts.bytes_done += size
 
         for offset, size, lineno in chunks(path, facts.sha256):
             future = pool.apply_async(_work, (offset, size, lineno))
@@ -330,16 +337,25 @@ def _map_work(offset: int, size: int, first_lineno: int) -> tuple[Any, int, list
 
 
 def map_records(path: str, fn: Any, args: tuple[Any, ...], workers: int, digest: Any, *,
-                fmt: str, name: str, skip_invalid: bool) -> Iterator[tuple[Any, int, list[str]]]:
+                fmt: str, name: str, skip_invalid: bool, done: InputFacts | None = None
+                ) -> Iterator[tuple[Any, int, list[str]]]:
     """``fn(records, *args)`` of the records of each chunk of ``path``, in ``workers``
     processes: ``(result, records read, skipped lines)`` of each chunk, in file order
-    (``digest`` hashes the file)."""
+    (``digest`` hashes the file; ``done.bytes_done``, when given, counts the bytes of
+    the chunks yielded, for progress)."""
     reading = (fmt, name, skip_invalid)
+    done = done if done is not None else InputFacts()
     with worker_pool(workers, _init_map, (path, fn, args, reading)) as pool:
-        pending: deque[Any] = deque()
+        pending: deque[tuple[int, Any]] = deque()
         for offset, size, lineno in chunks(path, digest):
-            pending.append(pool.apply_async(_map_work, (offset, size, lineno)))
+            pending.append((size, pool.apply_async(_map_work, (offset, size, lineno))))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+                size, future = pending.popleft()
+                result = future.get()
+                done.bytes_done += size
+                yield result
         while pending:
-            yield pending.popleft().get()
+            size, future = pending.popleft()
+            result = future.get()
+            done.bytes_done += size
+            yield result

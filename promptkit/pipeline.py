@@ -31,6 +31,7 @@ from .errors import (
 )
 from .formats import TABLE_FORMATS, get_format
 from .progress import Progress
+from .progress import wanted as progress_wanted
 from .provenance import _line_of, describe
 from .provenance import verify_output as verify_output  # (publish checks its file)
 from .records import Record
@@ -48,11 +49,44 @@ def counting_tokenizer(steps: list[Step]) -> str | None:
 
 
 def where_of(input_path: str, output_path: str, from_format: str | None = None,
-             dataset: dict[str, Any] | None = None) -> Where:
+             dataset: dict[str, Any] | None = None,
+             counted: dict[str, int] | None = None) -> Where:
     """What the steps of a run from ``input_path`` to ``output_path`` are made for (see
-    :func:`promptkit.steps.make`), with the first pass ``pad`` makes over the input."""
+    :func:`promptkit.steps.make`), with the first pass ``pad`` makes over the input
+    (the records it read go into ``counted["records"]``, for the next pass's progress)."""
     return Where(input_path, output_path, from_format, dataset,
-                 system_prompts=lambda: system_prompts(input_path, from_format, dataset))
+                 system_prompts=lambda: system_prompts(input_path, from_format, dataset,
+                                                       counted=counted))
+
+
+#: What each operation's pass is called on the progress line (``check`` only looks at the
+#: records as they pass, and shows its own pass once they all have).
+PASS_LABELS = {"nonce": "adding nonces", "pad": "padding", "fit": "fitting",
+               "turns": "making requests", "hash_trace": "hashing blocks", "check": ""}
+
+
+def pass_label(steps: list[Step]) -> str:
+    """The progress line's label of a run of ``steps``: what they do, in order."""
+    labels = [label for label in dict.fromkeys(PASS_LABELS.get(step.op, step.op)
+                                               for step in steps) if label]
+    return ", ".join(labels) if labels else "copying"
+
+
+def source_progress(label: str, source: Any, *, total: int | None = None) -> Progress:
+    """The progress of a pass reading ``source`` in this process: its records read, of
+    ``total`` or the source's own estimate. None shown for stdin (whose records may be
+    typed at the terminal the line would be drawn on)."""
+    expected = getattr(source, "expected_records", None)
+    return Progress(label, lambda: source.count,
+                    total=total if total is not None else expected,
+                    enabled=getattr(source, "path", None) != STDIO)
+
+
+def file_progress(label: str, path: str, facts: parallel.InputFacts) -> Progress:
+    """The progress of a pass over ``path`` in worker processes, chunk by chunk."""
+    size = os.path.getsize(path)
+    return Progress(label, lambda: facts.records_read,
+                    total=lambda: facts.expected_records(size))
 
 
 def run(
@@ -87,8 +121,12 @@ def run(
     as the command line makes it (see :mod:`promptkit.steps`).
     """
     workers = parallel.default_workers() if workers is None else workers
-    where = where_of(input_path, output_path, from_format, dataset)
-    steps = [step if step.made else make(step.op, step.params, where) for step in steps]
+    counted: dict[str, int] = {}
+    where = where_of(input_path, output_path, from_format, dataset, counted)
+    # Not over records written to the terminal the progress line would be drawn on.
+    shown = progress and not (output_path == STDIO and _stdout_is_terminal())
+    with progress_wanted(shown):
+        steps = [step if step.made else make(step.op, step.params, where) for step in steps]
     for step in steps:
         step.skip_invalid = skip_invalid
     if manifest_path == STDIO and output_path == STDIO:
@@ -97,19 +135,29 @@ def run(
                             [path for step in steps for path in step.side_files],
                             inputs=[input_path], stale=_stale(output_path))
     try:
-        return _run(outputs, input_path, output_path, steps, from_format=from_format,
-                    to_format=to_format, skip_invalid=skip_invalid,
-                    manifest_path=manifest_path, argv=argv, workers=workers,
-                    dataset=dataset, progress=progress, accept=accept)
+        with progress_wanted(shown):
+            return _run(outputs, input_path, output_path, steps, from_format=from_format,
+                        to_format=to_format, skip_invalid=skip_invalid,
+                        manifest_path=manifest_path, argv=argv, workers=workers,
+                        dataset=dataset, records=counted.get("records"), accept=accept)
     finally:
         outputs.release()
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(1)
+    except OSError:
+        return False
 
 
 def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[Step], *,
          from_format: str | None, to_format: str | None, skip_invalid: bool,
          manifest_path: str | None, argv: list[str] | None, workers: int,
-         dataset: dict[str, Any] | None, progress: bool,
+         dataset: dict[str, Any] | None, records: int | None,
          accept: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """:func:`run` once its steps are made (``records``: the input's records, when a
+    first pass counted them)."""
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     try:
         in_format = source.format
@@ -120,24 +168,25 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
-        bar = Progress(input_path, enabled=progress)
+        label = pass_label(steps)
         try:
             if (by_lines(source) and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and parallel.can_run_parallel(input_path, workers)):
                 source.close()
-                with leftovers.scratch_folder() as scratch:
+                facts = parallel.InputFacts()
+                with leftovers.scratch_folder() as scratch, \
+                        file_progress(label, input_path, facts):
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
-                    facts = parallel.run_file(input_path, job, sink, workers, bar)
+                    parallel.run_file(input_path, job, sink, workers, facts)
             elif (len(steps) == 1 and steps[0].op == "hash_trace" and by_lines(source)
                   and parallel.can_run_parallel(input_path, workers)):
                 facts = _hash_trace_in_workers(source, input_path, steps[0], sink, workers,
-                                               skip_invalid)
+                                               skip_invalid, label)
             else:
-                if isinstance(source, Source):
-                    source.on_read = bar.advance
-                facts = _run_here(source, sink, steps)
+                with source_progress(label, source, total=records):
+                    facts = _run_here(source, sink, steps)
             for step in steps:
                 if step.check is not None:
                     step.check(facts.records_read)
@@ -157,8 +206,6 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         except BaseException:
             sink.abort()
             raise
-        finally:
-            bar.close()
     finally:
         source.close()
     if manifest_path == STDIO:
@@ -285,7 +332,8 @@ def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
 
 
 def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | TableSink,
-                           workers: int, skip_invalid: bool) -> parallel.InputFacts:
+                           workers: int, skip_invalid: bool, label: str
+                           ) -> parallel.InputFacts:
     """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
     numbered here, in file order (so the bytes are those of one process)."""
     from .hashtrace import HashIds, hashed_list
@@ -297,7 +345,8 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
     def records() -> Iterator[Record]:
         for (part, rejected), read, skipped in parallel.map_records(
                 path, hashed_list, (step.params, skip_invalid), workers, facts.sha256,
-                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
+                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid,
+                done=facts):
             facts.records_read += read
             facts.skipped += skipped + rejected
             for record, digests in part:
@@ -305,7 +354,8 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
                 yield record
 
     try:
-        sink.write_all(records())
+        with file_progress(label, path, facts):
+            sink.write_all(records())
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     return facts
@@ -330,10 +380,11 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
                   skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
                   plot: str | None = None, workers: int | None = None,
-                  chat_template: str = "none") -> dict[str, Any]:
+                  chat_template: str = "none", progress: bool = False) -> dict[str, Any]:
     """The statistics of a file (token figures with a tokenizer, under
     ``chat_template`` as ``check`` counts them), as a dict; ``warnings`` says what the
-    figures leave out, ``wrote`` the files written (``plot``)."""
+    figures leave out, ``wrote`` the files written (``plot``). ``progress`` shows the
+    pass's progress on stderr when it is a terminal."""
     from . import stats
     from .check import TEMPLATES
     from .counts import counted, plural
@@ -350,14 +401,18 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
         files.refuse_clashes([(plot, "--plot")], [input_path])
     loaded = load_tokenizer(tokenizer) if tokenizer else None
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
+    label = "counting tokens" if tokenizer else "counting"
     try:
-        if (workers is not None and by_lines(source)
-                and parallel.can_run_parallel(input_path, workers)):
-            collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid, workers,
-                                          chat_template)
-        else:
-            collected = stats.collect(source.records(), loaded, threads=threads,
-                                      chat_template=chat_template, tokenizer_spec=tokenizer)
+        with progress_wanted(progress):
+            if (workers is not None and by_lines(source)
+                    and parallel.can_run_parallel(input_path, workers)):
+                collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid,
+                                              workers, chat_template, label)
+            else:
+                with source_progress(label, source):
+                    collected = stats.collect(source.records(), loaded, threads=threads,
+                                              chat_template=chat_template,
+                                              tokenizer_spec=tokenizer)
     finally:
         source.close()
     summary = collected.summary()
@@ -408,14 +463,15 @@ def check_file(input_path: str, *, from_format: str | None = None,
                dataset: dict[str, Any] | None = None, per_request: str | None = None,
                plot: str | None = None, workers: int | None = None,
                system_prompt_file: str | None = None, use_manifest: bool = True,
-               **options: Any) -> dict[str, Any]:
+               progress: bool = False, **options: Any) -> dict[str, Any]:
     """The predicted prefix-cache hits of sending a file's records (see
     :mod:`promptkit.check`), as a dict; ``per_request`` names a JSONL file to get one
     line a profiled request.
 
     What AIPerf adds to every request is applied: ``system_prompt_file`` (its
     ``--system-prompt-file``), or else the AIPerf arguments of the file's own manifest
-    (``IN.manifest.json``) when it matches the file and ``use_manifest`` is true."""
+    (``IN.manifest.json``) when it matches the file and ``use_manifest`` is true.
+    ``progress`` shows the pass's progress on stderr when it is a terminal."""
     from .check import CheckOptions, check_records
     from .tokenizers import cached_tokenizer
 
@@ -436,14 +492,16 @@ def check_file(input_path: str, *, from_format: str | None = None,
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
-        if (workers is not None and by_lines(source)
-                and parallel.can_run_parallel(input_path, workers)):
-            report = _check_in_workers(source, input_path, CheckOptions(**options), loaded,
-                                       tokenizer, skipping, workers)
-        else:
-            report = check_records(source.records(), options=CheckOptions(**options),
-                                   tokenizer=loaded, tokenizer_spec=tokenizer,
-                                   skipping=skipping)
+        with progress_wanted(progress):
+            if (workers is not None and by_lines(source)
+                    and parallel.can_run_parallel(input_path, workers)):
+                report = _check_in_workers(source, input_path, CheckOptions(**options),
+                                           loaded, tokenizer, skipping, workers)
+            else:
+                with source_progress("checking", source):
+                    report = check_records(source.records(), options=CheckOptions(**options),
+                                           tokenizer=loaded, tokenizer_spec=tokenizer,
+                                           skipping=skipping)
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
@@ -522,19 +580,24 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
 
 
 def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,
-                      workers: int, chat_template: str = "none") -> Any:
+                      workers: int, chat_template: str = "none", label: str = "counting"
+                      ) -> Any:
     """Statistics of a large file, a chunk a worker process, merged in file order."""
     from .stats import Stats, stats_of
 
     source.close()
     source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
     total = Stats()
-    for part, read, skipped in parallel.map_records(
-            path, stats_of, (tokenizer, chat_template), workers, source.sha256,
-            fmt=source.format.name, name=source.name, skip_invalid=skip_invalid):
-        total.merge(part)
-        source.count += read
-        source.skipped += skipped
+    done = parallel.InputFacts()
+    with file_progress(label, path, done):
+        for part, read, skipped in parallel.map_records(
+                path, stats_of, (tokenizer, chat_template), workers, source.sha256,
+                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid,
+                done=done):
+            total.merge(part)
+            source.count += read
+            done.records_read = source.count
+            source.skipped += skipped
     return total
 
 
@@ -553,29 +616,39 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
     source.count = 0
     source.skipped = []  # the chunks read the whole file again
 
+    done = parallel.InputFacts()
+
     def pairs() -> Iterator[Any]:
         for (part, rejected), read, skipped in parallel.map_records(
                 path, setup.entry_list, (), workers, source.sha256,
-                fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid):
+                fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid,
+                done=done):
             source.count += read
+            done.records_read = source.count
             source.skipped += skipped
             skipping.skipped += rejected
             yield from part
 
-    return setup.replay(pairs())
+    with file_progress("checking", path, done):
+        return setup.replay(pairs())
 
 
 def system_prompts(input_path: str, from_format: str | None = None,
-                   dataset: dict[str, Any] | None = None) -> list[str]:
-    """The distinct system prompts that begin the records of a file, in order."""
+                   dataset: dict[str, Any] | None = None,
+                   counted: dict[str, int] | None = None) -> list[str]:
+    """The distinct system prompts that begin the records of a file, in order (the
+    records read go into ``counted["records"]`` when given)."""
     from .records import first_text
 
     seen: dict[str, None] = {}
     source = open_source(input_path, from_format, skip_invalid=True, dataset=dataset)
     try:
-        for record in source.records():
-            if record.messages and record.messages[0].role == "system":
-                seen.setdefault(first_text(record.messages[0].content) or "", None)
+        with source_progress("collecting system prompts", source):
+            for record in source.records():
+                if record.messages and record.messages[0].role == "system":
+                    seen.setdefault(first_text(record.messages[0].content) or "", None)
+        if counted is not None:
+            counted["records"] = source.count
     finally:
         source.close()
     return list(seen)

@@ -75,8 +75,10 @@ class Source(Counter):
         self.count = 0  # records read
         self.skipped: list[str] = []  # "LINE: problem" of each skipped line
         self.before_read: Callable[[], None] | None = None
-        #: Called with the bytes of each chunk read and the records so far (progress).
-        self.on_read: Callable[[int, int], None] | None = None
+        #: For progress: the bytes read, the lines split off them, and whether all is read.
+        self.bytes_read = 0
+        self.lines_read = 0
+        self.at_end = False
         #: The codec the bytes are compressed with (None: plain).
         self.compression: str | None = None
         #: ``lines`` (JSON lines) or ``array`` (one JSON array of objects).
@@ -102,7 +104,7 @@ class Source(Counter):
                 self.layout = "array"
                 self._items = array_items(chunks, self.name)
             else:
-                self._items = _line_batches(chunks)
+                self._items = self._counted(_line_batches(chunks))
             self._head = self._first_objects()
             self.format: Format = get_format(fmt) if fmt else self._detect()
         except BaseException:
@@ -127,6 +129,32 @@ class Source(Counter):
         if self.path != STDIO:
             self._stream.close()
 
+    def expected_records(self) -> int | None:
+        """For progress: how many records the input holds, estimated from the lines in
+        the bytes read so far and the file's size (exact but for blank and bad lines
+        once everything is read); ``None`` for stdin and JSON arrays."""
+        if self.layout != "lines":
+            return None
+        if self.at_end:
+            expected: int | None = self.lines_read
+        elif self.path == STDIO or not self.bytes_read:
+            expected = None
+        else:
+            try:
+                size = os.fstat(self._stream.fileno()).st_size
+            except (OSError, ValueError):
+                return None
+            expected = round(self.lines_read * size / self.bytes_read) if size else None
+        if self.limit is not None:  # (--limit N: the first N records)
+            return self.limit if expected is None else min(expected, self.limit)
+        return expected
+
+    def _counted(self, batches: Iterator[tuple[int, list[bytes]]]
+                 ) -> Iterator[tuple[int, list[bytes]]]:
+        for batch in batches:
+            self.lines_read += len(batch[1])
+            yield batch
+
     def _raw(self) -> Iterator[bytes]:
         """The bytes as read (hashed), in large chunks (``read1``: a pipe's records
         flow on as soon as they arrive)."""
@@ -137,10 +165,10 @@ class Source(Counter):
                 self.before_read()
             chunk = read(CHUNK)
             if not chunk:
+                self.at_end = True
                 return
             update(chunk)
-            if self.on_read is not None:
-                self.on_read(len(chunk), self.count)
+            self.bytes_read += len(chunk)
             yield chunk
 
     def _content(self) -> Iterator[bytes]:
@@ -241,8 +269,7 @@ class Source(Counter):
         read = getattr(self._stream, "read1", self._stream.read)
         while chunk := read(CHUNK):
             self.sha256.update(chunk)
-            if self.on_read is not None:
-                self.on_read(len(chunk), self.count)
+            self.bytes_read += len(chunk)
 
     @property
     def records_read(self) -> int:
