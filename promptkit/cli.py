@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import __version__, interrupts, manifest, pipeline
+from . import __version__, interrupts, manifest, pipeline, progress
 from .check import TEMPLATES
 from .cli_help import DATASET, INPUT, OUTPUT, SectionedGroup, shared
 from .counts import counted, plural
@@ -319,7 +319,8 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
 @click.group(cls=PromptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="promptkit")
 @click.option("-q", "--quiet", is_flag=True,
-              help="No progress bar (shown on stderr for file inputs when it is a terminal).")
+              help="No progress (shown on stderr when it is a terminal: each pass over the "
+                   "input, its records counted).")
 def cli(quiet: bool) -> None:
     """Prepare prompt datasets for LLM serving benchmarks.
 
@@ -328,6 +329,7 @@ def cli(quiet: bool) -> None:
       promptkit nonce prompts/trace.jsonl.example out.jsonl --seed 7
     """
     PromptkitGroup.quiet = quiet
+    progress.want(not quiet)
 
 
 @cli.command()
@@ -756,8 +758,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
                                   skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
                                   per_request=per_request, plot=plot, workers=workers,
-                                  use_manifest=use_manifest,
-                                  progress=not PromptkitGroup.quiet, **params)
+                                  use_manifest=use_manifest, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

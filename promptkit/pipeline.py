@@ -31,6 +31,7 @@ from .errors import (
 )
 from .formats import TABLE_FORMATS, get_format
 from .progress import Progress
+from .progress import is_wanted as progress_is_wanted
 from .progress import wanted as progress_wanted
 from .provenance import _line_of, describe
 from .provenance import verify_output as verify_output  # (publish checks its file)
@@ -101,15 +102,16 @@ def run(
     argv: list[str] | None = None,
     workers: int | None = None,
     dataset: dict[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     accept: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
 
     ``input_path`` is a JSONL file (or ``-``) or a Hugging Face dataset (see
     :mod:`promptkit.datasets_io`), read with the ``dataset`` options
-    (:class:`~promptkit.datasets_io.DatasetOptions` fields). ``progress`` shows a
-    progress bar on stderr when it is a terminal.
+    (:class:`~promptkit.datasets_io.DatasetOptions` fields). ``progress`` shows each
+    pass's progress on stderr when it is a terminal (default: as
+    :func:`promptkit.progress.want` said; off unless told).
 
     Large regular files are processed by ``workers`` processes (default: one per
     CPU, up to 4); the output is the same bytes for every number of workers.
@@ -124,7 +126,8 @@ def run(
     counted: dict[str, int] = {}
     where = where_of(input_path, output_path, from_format, dataset, counted)
     # Not over records written to the terminal the progress line would be drawn on.
-    shown = progress and not (output_path == STDIO and _stdout_is_terminal())
+    shown = ((progress_is_wanted() if progress is None else progress)
+             and not (output_path == STDIO and _stdout_is_terminal()))
     with progress_wanted(shown):
         steps = [step if step.made else make(step.op, step.params, where) for step in steps]
     for step in steps:
@@ -380,7 +383,8 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
                   skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
                   plot: str | None = None, workers: int | None = None,
-                  chat_template: str = "none", progress: bool = False) -> dict[str, Any]:
+                  chat_template: str = "none", progress: bool | None = None
+                  ) -> dict[str, Any]:
     """The statistics of a file (token figures with a tokenizer, under
     ``chat_template`` as ``check`` counts them), as a dict; ``warnings`` says what the
     figures leave out, ``wrote`` the files written (``plot``). ``progress`` shows the
@@ -403,7 +407,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     label = "counting tokens" if tokenizer else "counting"
     try:
-        with progress_wanted(progress):
+        with progress_wanted(progress_is_wanted() if progress is None else progress):
             if (workers is not None and by_lines(source)
                     and parallel.can_run_parallel(input_path, workers)):
                 collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid,
@@ -463,7 +467,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                dataset: dict[str, Any] | None = None, per_request: str | None = None,
                plot: str | None = None, workers: int | None = None,
                system_prompt_file: str | None = None, use_manifest: bool = True,
-               progress: bool = False, **options: Any) -> dict[str, Any]:
+               progress: bool | None = None, **options: Any) -> dict[str, Any]:
     """The predicted prefix-cache hits of sending a file's records (see
     :mod:`promptkit.check`), as a dict; ``per_request`` names a JSONL file to get one
     line a profiled request.
@@ -492,7 +496,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
-        with progress_wanted(progress):
+        with progress_wanted(progress_is_wanted() if progress is None else progress):
             if (workers is not None and by_lines(source)
                     and parallel.can_run_parallel(input_path, workers)):
                 report = _check_in_workers(source, input_path, CheckOptions(**options),

@@ -45,6 +45,13 @@ def wanted(flag: bool = True) -> Iterator[None]:
         _wanted = before
 
 
+def want(flag: bool) -> None:
+    """Show (or not) the progress of every pass from now on (the command line: unless
+    ``--quiet``)."""
+    global _wanted
+    _wanted = flag
+
+
 def is_wanted() -> bool:
     return _wanted
 
