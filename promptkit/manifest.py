@@ -51,15 +51,17 @@ def file_facts(path: str) -> tuple[str, int]:
     """``(sha256, records)`` of a JSONL file: its bytes' hash and its non-blank lines
     (the decompressed lines of a compressed file)."""
     from .compression import read_file
+    from .progress import Progress
 
     digest = hashlib.sha256()
     records = 0
     tail = b""
     try:
-        for chunk in read_file(path, digest.update):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            records += sum(1 for line in lines if line.strip())
+        with Progress("hashing", lambda: records):
+            for chunk in read_file(path, digest.update):
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                records += sum(1 for line in lines if line.strip())
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
     except PromptkitError as exc:  # corrupt or truncated compressed data

@@ -30,7 +30,7 @@ from .errors import (
     Skipping,
 )
 from .formats import TABLE_FORMATS, get_format
-from .progress import Progress
+from .progress import Progress, tracked
 from .progress import is_wanted as progress_is_wanted
 from .progress import wanted as progress_wanted
 from .provenance import _line_of, describe
@@ -260,7 +260,10 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         try:
-            sink.write_all(make(**params))
+            # Not over records written to the terminal the progress line would be drawn on.
+            with progress_wanted(progress_is_wanted() and not (
+                    output_path == STDIO and _stdout_is_terminal())):
+                sink.write_all(tracked(make(**params), "generating"))
             sink.flush()
             result = describe([], [], sink, [], argv, generator)
             if accept is not None:

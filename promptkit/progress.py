@@ -19,7 +19,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -196,10 +196,13 @@ def _width() -> int:
     return columns or shutil.get_terminal_size().columns
 
 
-def tracked(items: Sequence[T], label: str, *, unit: str = "records") -> Iterator[T]:
-    """The items, in order, the pass over them shown as :class:`Progress` (ended when
-    the loop ends, however it ends)."""
-    with Progress(label, total=len(items), unit=unit) as progress:
+def tracked(items: Iterable[T], label: str, *, total: int | None = None,
+            unit: str = "records") -> Iterator[T]:
+    """The items, in order, the pass over them shown as :class:`Progress` (of ``total``,
+    or of ``len(items)`` when they have one), ended when the loop ends, however it ends."""
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    with Progress(label, total=total, unit=unit) as progress:
         for item in items:
             yield item
             progress.done += 1

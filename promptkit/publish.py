@@ -420,13 +420,15 @@ def _write_shards(jsonl: str, fmt: str, folder: str, limit: int, display: str
     """The records of the written JSONL as parquet shards, in order, a row group at a
     time; returns the shards (path, sha256, bytes, records) and the rows' Arrow size."""
     from .api import read_records
+    from .progress import tracked
 
     shards = _Shards(folder, limit)
     group_bytes = max(1, min(limit // 8, ROW_GROUP_BYTES))
     rows: list[dict[str, Any]] = []
     estimated = 0
     try:
-        for number, record in enumerate(read_records(jsonl, fmt), start=1):
+        for number, record in enumerate(tracked(read_records(jsonl, fmt),
+                                                "writing parquet shards"), start=1):
             try:
                 row = to_row(_as_table_record(record, fmt), "a published dataset")
             except InvalidRecordError as exc:

@@ -159,7 +159,11 @@ def texts(path: Path, records: int, seed: int = 2) -> Path:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("progress")
-    return {"chats": chats(folder / "chats.jsonl", 3000, prompts=300),
+    nonced = folder / "nonced.jsonl"  # with its manifest, for verify
+    made = piped("nonce", texts(folder / "plain.jsonl", 3000), nonced, "--seed", "1",
+                 cwd=folder)
+    assert made.returncode == 0, made.stderr
+    return {"nonced": nonced, "chats": chats(folder / "chats.jsonl", 3000, prompts=300),
             "texts": texts(folder / "texts.jsonl", 3000),
             "conversations": conversations(folder / "conversations.jsonl", 3000)}
 
@@ -185,7 +189,7 @@ def test_pad_shows_its_collecting_pass_then_prompts_then_records_while_running(
 
 
 def test_a_slow_pass_counts_up_record_by_record_not_at_the_end(files, tmp_path):
-    term = on_terminal("fit", files["texts"], tmp_path / "out.jsonl", "--tokens", "1500",
+    term = on_terminal("fit", files["texts"], tmp_path / "out.jsonl", "--tokens", "800",
                        "--tokenizer", "cl100k_base", "--seed", "1", "--workers", "1",
                        cwd=tmp_path)
     assert term.returncode == 0, term.text
@@ -198,17 +202,13 @@ def test_a_slow_pass_counts_up_record_by_record_not_at_the_end(files, tmp_path):
 def test_worker_processes_report_each_chunk_as_it_is_done(files, tmp_path):
     small = ("from promptkit import parallel\n"
              "parallel.CHUNK_BYTES = 64 << 10\nparallel.MIN_PARALLEL_BYTES = 0")
-    term = on_terminal("fit", files["texts"], tmp_path / "out.jsonl", "--tokens", "1500",
+    term = on_terminal("fit", files["texts"], tmp_path / "out.jsonl", "--tokens", "800",
                        "--tokenizer", "cl100k_base", "--seed", "1", "--workers", "2",
                        cwd=tmp_path, prelude=small)
     assert term.returncode == 0, term.text
     counts = counted_while_running(term.updates, "fitting")
     assert len({n for n in counts if n < 3000}) >= 2, counts  # chunk after chunk
     assert [u.n for u in term.updates if u.label == "fitting"][-1] == 3000
-    same = piped("fit", files["texts"], tmp_path / "one.jsonl", "--tokens", "1500",
-                 "--tokenizer", "cl100k_base", "--seed", "1", "--workers", "1", cwd=tmp_path)
-    assert same.returncode == 0
-    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize(("args", "passes"), [
@@ -222,16 +222,23 @@ def test_worker_processes_report_each_chunk_as_it_is_done(files, tmp_path):
     (["pipe", "read", "{chats}", "nonce", "--seed", "1", "fit", "--tokens", "300",
       "--tokenizer", "cl100k_base", "check", "--tokenizer", "cl100k_base", "write", "{out}"],
      ["adding nonces, fitting", "checking", "simulating the cache"]),
+    (["synth", "prefix-test", "{out}", "--groups", "10", "--group-size", "300",
+      "--system-tokens", "200", "--tokenizer", "cl100k_base", "--seed", "1"],
+     ["padding system prompts", "generating"]),
+    (["publish", "{texts}", "{folder}"], ["copying", "writing parquet shards"]),
+    (["verify", "{nonced}"], ["hashing"]),
 ])
 def test_each_command_shows_its_passes(files, tmp_path, args, passes):
-    args = [a.format(out=tmp_path / "out.jsonl", **files) for a in args]
+    args = [a.format(out=tmp_path / "out.jsonl", folder=tmp_path / "published", **files)
+            for a in args]
     term = on_terminal(*args, cwd=tmp_path, stdout=tmp_path / "stdout")
     assert term.returncode == 0, term.text
     assert labels_in_order(term.updates) == passes
     for label in passes:
         assert counted_while_running(term.updates, label), label
     # stdout holds what it holds without a terminal, and no progress.
-    plain = piped(*[a.replace("out.jsonl", "plain.jsonl") for a in args], cwd=tmp_path)
+    plain = piped(*[a.replace("out.jsonl", "plain.jsonl").replace("published", "plain")
+                    for a in args], cwd=tmp_path)
     assert plain.returncode == 0
     assert (tmp_path / "stdout").read_bytes() == plain.stdout
 
