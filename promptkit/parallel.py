@@ -87,6 +87,7 @@ _job: Job | None = None
 def _init(job: Job) -> None:
     global _job
     interrupts.worker_started()
+    progress.want(False)  # the parent shows the chunks done
     _job = job
     keep_freed_memory()
 
@@ -322,6 +323,7 @@ _mapper: tuple[str, Any, tuple[Any, ...], tuple[str, str, bool]] | None = None
 def _init_map(path: str, fn: Any, args: tuple[Any, ...], reading: tuple[str, str, bool]) -> None:
     global _mapper
     interrupts.worker_started()
+    progress.want(False)  # the parent shows the chunks done
     _mapper = (path, fn, args, reading)
     keep_freed_memory()
 
