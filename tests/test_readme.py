@@ -100,3 +100,17 @@ FORBIDDEN = ("shared/data", "pypi.org/project/promptkit", "install 'promptkit[",
 def test_what_users_read_points_at_what_they_have(path):
     text = (ROOT / path).read_text(encoding="utf-8").lower()
     assert [phrase for phrase in FORBIDDEN if phrase in text] == []
+
+
+def test_the_quick_start_is_two_commands_and_ci_runs_the_second():
+    """Setup is two commands: install and run the main job, install and run the tests;
+    ``.ci/run`` runs the second one, nothing more."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", quick, flags=re.S)
+    commands = [line for block in blocks[:2] for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert commands[0].startswith("pip install . && promptkit ")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == commands[1]
