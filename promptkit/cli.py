@@ -118,6 +118,21 @@ workers_option = shared(
          "The output is the same bytes for every value.")
 
 
+ray_option = shared(
+    INPUT, "--ray", "ray_address", metavar="ADDRESS",
+    help="Run on a Ray cluster: local (a private one on this machine), auto (the one this "
+         "machine belongs to), ray://HOST:PORT or HOST:PORT. OUT is then a folder of parts "
+         "(part-00000.jsonl ...) and OUT/manifest.json; the parts in order are the bytes "
+         "written without --ray.")
+
+
+def refuse_ray(command: str, ray_address: str | None) -> None:
+    """Commands whose global parts do not run on Ray yet: --ray is a usage error."""
+    if ray_address is not None:
+        raise click.UsageError(f"--ray: {command} does not run on Ray in this version; "
+                               "run it without --ray")
+
+
 #: Options of a Hugging Face dataset input, passed on as one ``dataset`` dict.
 DATASET_KEYS = ("config", "split", "revision", "text_column", "system_column",
                 "messages_column", "output_length_column", "input_length_column",
@@ -192,6 +207,7 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
                help="Where to write the manifest, - for stdout (default: "
                     "OUT.manifest.json; none when OUT is stdout unless given)."),
         workers_option,
+        ray_option,
     ]):
         func = decorator(func)
     return dataset_options(func)
@@ -301,7 +317,13 @@ def report_skipped(skipped: dict[str, Any]) -> None:
 def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
                    from_format: str | None, to_format: str | None, skip_invalid: bool,
                    manifest_path: str | None, workers: int | None,
-                   dataset: dict[str, Any] | None = None) -> None:
+                   dataset: dict[str, Any] | None = None,
+                   ray_address: str | None = None) -> None:
+    if ray_address is not None:
+        ray_and_report(input_path, output_path, steps, from_format=from_format,
+                       to_format=to_format, skip_invalid=skip_invalid,
+                       manifest_path=manifest_path, dataset=dataset, ray_address=ray_address)
+        return
     if manifest_path is None and output_path != "-":
         manifest_path = manifest.default_path(output_path)
     result = pipeline.run(
@@ -311,6 +333,30 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
         dataset=dataset, progress=not PromptkitGroup.quiet,
     )
     summarize(result, manifest_path)
+
+
+def ray_and_report(input_path: str, output_path: str, steps: list[Step], *,
+                   from_format: str | None, to_format: str | None, skip_invalid: bool,
+                   manifest_path: str | None, dataset: dict[str, Any] | None,
+                   ray_address: str) -> None:
+    """``--ray``: the steps on a Ray cluster, OUT a folder of parts with its manifest."""
+    from . import ray as on_ray
+
+    on_ray.check_address(ray_address)
+    if manifest_path is not None:
+        raise click.UsageError("--ray writes its manifest into OUT (OUT/manifest.json): "
+                               "--manifest is not taken with it")
+    on_ray.require()
+    from .ray.run import MANIFEST, run_folder
+
+    result = run_folder(input_path, output_path, steps, address=ray_address,
+                        from_format=from_format, to_format=to_format,
+                        skip_invalid=skip_invalid, argv=PromptkitGroup.argv, dataset=dataset)
+    summarize(result, f"{output_path}/{MANIFEST}")
+    parts = result["output"]["parts"]
+    click.echo(f"promptkit: {counted(len(parts), 'part')} from "
+               f"{counted(result['ray']['chunks'], 'chunk')} on "
+               f"{counted(result['ray']['nodes'], 'Ray node')}", err=True)
 
 
 # ---------------------------------------------------------------- commands
@@ -338,7 +384,7 @@ def cli(quiet: bool) -> None:
 @report
 def nonce(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
           skip_invalid: bool, manifest_path: str | None, workers: int | None,
-          dataset: dict[str, Any], **options: Any) -> None:
+          dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
     """Put a unique nonce at the start of every prompt, so no request hits the prefix cache.
 
     \b
@@ -352,7 +398,7 @@ def nonce(input_path: str, output_path: str, from_format: str | None, to_format:
     run_and_report(input_path, output_path, [step],
                    from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers,
-                   dataset=with_seed(dataset, step.params["seed"]))
+                   dataset=with_seed(dataset, step.params["seed"]), ray_address=ray_address)
 
 
 tokenizer_option = click.option(
@@ -381,11 +427,13 @@ tokenizer_option = click.option(
 @click.option("--plot", metavar="FILE.png",
               help="Also draw the prompt-length histogram, shared prefix marked "
                    "(needs matplotlib and --tokenizer).")
+@ray_option
 @dataset_options
 @report
 def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_template: str,
           as_json: bool, threads: int | None, workers: int, skip_invalid: bool,
-          seed: int | None, plot: str | None, dataset: dict[str, Any]) -> None:
+          seed: int | None, plot: str | None, ray_address: str | None,
+          dataset: dict[str, Any]) -> None:
     """Count records, conversations, turns and prompt tokens; show shared prompts.
 
     Requests are what AIPerf sends in one pass over the file (one a record, one a
@@ -401,6 +449,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     """
     import json
 
+    refuse_ray("stats", ray_address)
     if plot is not None and tokenizer is None:
         raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
     if chat_template != "none" and tokenizer is None:
@@ -511,7 +560,7 @@ def pad_step(*, tokens: str, tokenizer: str, system_prompt: str | None,
 @report
 def pad(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
         skip_invalid: bool, manifest_path: str | None, workers: int | None,
-        dataset: dict[str, Any], **options: Any) -> None:
+        dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
     """Give records a shared system prompt of exactly N tokens under a tokenizer.
 
     Pad before a nonce: then 'nonce --at user' keeps the padded prompt shared (a nonce
@@ -533,7 +582,8 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
     dataset = with_seed(dataset, step.params["seed"])
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers, dataset=dataset)
+                   manifest_path=manifest_path, workers=workers, dataset=dataset,
+                   ray_address=ray_address)
 
 
 def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -569,7 +619,7 @@ def fit_step(*, tokens: str, tokenizer: str, filler_file: str | None,
 @report
 def fit(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
         skip_invalid: bool, manifest_path: str | None, workers: int | None,
-        dataset: dict[str, Any], **options: Any) -> None:
+        dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
     """Make every user text exactly N tokens under a tokenizer (cut, or filled out).
 
     \b
@@ -582,7 +632,7 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers,
-                   dataset=with_seed(dataset, step.params["seed"]))
+                   dataset=with_seed(dataset, step.params["seed"]), ray_address=ray_address)
 
 
 def turns_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -624,7 +674,8 @@ def turns_step(*, tokenizer: str, **params: Any) -> Step:
 @report
 def turns(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
           skip_invalid: bool, manifest_path: str | None, workers: int | None,
-          dataset: dict[str, Any], seed: int | None, **options: Any) -> None:
+          dataset: dict[str, Any], seed: int | None, ray_address: str | None,
+          **options: Any) -> None:
     """Make benchmark requests of recorded conversations (ShareGPT, alpaca, chat logs).
 
     Each request asks for as many tokens as the recorded reply had (output_length);
@@ -642,7 +693,7 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers,
-                   dataset=with_seed(dataset, seed))
+                   dataset=with_seed(dataset, seed), ray_address=ray_address)
 
 
 def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -736,12 +787,13 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @shared(INPUT, "--workers", type=click.IntRange(min=1), default=1, show_default=True,
         help="Processes that tokenize a large JSONL file, a chunk each (the cache is "
                    "simulated in order: the same report for every value).")
+@ray_option
 @dataset_options
 @report
 def check(input_path: str, from_format: str | None, as_json: bool,
           max_hit_rate: float | None, use_manifest: bool, plot: str | None,
           per_request: str | None, skip_invalid: bool, seed: int | None, workers: int,
-          dataset: dict[str, Any], **options: Any) -> None:
+          ray_address: str | None, dataset: dict[str, Any], **options: Any) -> None:
     """Predict the prefix-cache hit rate a benchmark run of a file will see.
 
     \b
@@ -752,6 +804,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     """
     import json
 
+    refuse_ray("check", ray_address)
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
     max_total_hit_rate = params.pop("max_total_hit_rate", None)
@@ -838,12 +891,13 @@ def print_check(s: dict[str, Any]) -> None:
 @shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
         help="Where to write the manifest, - for stdout (default: OUT.manifest.json).")
 @shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
+@ray_option
 @dataset_options
 @report
 def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: int,
                rate: float | None, threads: int | None, workers: int | None,
                from_format: str | None, skip_invalid: bool, manifest_path: str | None,
-               seed: int | None, dataset: dict[str, Any]) -> None:
+               seed: int | None, ray_address: str | None, dataset: dict[str, Any]) -> None:
     """Turn text records into a mooncake_trace of hash ids: the prefix sharing, no text.
 
     \b
@@ -851,6 +905,7 @@ def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: in
       promptkit hash-trace prompts/chat.jsonl.example trace.jsonl --tokenizer cl100k_base
       promptkit hash-trace prod.jsonl trace.jsonl --tokenizer ./tok_dir --block-size 64 --rate 2
     """
+    refuse_ray("hash-trace", ray_address)
     step = Step("hash_trace", {"tokenizer": tokenizer, "block_size": block_size, "rate": rate,
                                "threads": threads})
     run_and_report(input_path, output_path, [step], from_format=from_format,
@@ -946,12 +1001,25 @@ def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: i
 def verify(path: str, manifest_path: str | None) -> None:
     """Check a file against its manifest (sha256 and record count); exit 1 if it differs.
 
+    A folder of parts (written with --ray) is checked part by part against
+    FOLDER/manifest.json, and the parts together.
+
     \b
     Example:
       promptkit verify out.jsonl
     """
+    import os
+
     from .provenance import verify_output
 
+    if os.path.isdir(path):
+        from .ray.run import MANIFEST, verify_folder
+
+        problems = verify_folder(path, manifest_path)
+        if problems:
+            raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
+        click.echo(f"{path}: OK, matches {manifest_path or os.path.join(path, MANIFEST)}")
+        return
     problems = verify_output(path, manifest_path)
     if problems:
         raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
@@ -968,9 +1036,13 @@ def verify(path: str, manifest_path: str | None) -> None:
                    "filler and system prompt files) and download an hf: input; without it "
                    "rebuild lists them and stops.")
 @workers_option
+@shared(INPUT, "--ray", "ray_address", metavar="ADDRESS",
+        help="A folder of parts (made with --ray): rebuild it on this Ray cluster (local, "
+             "auto, ray://HOST:PORT, HOST:PORT); without it, on this machine, cut into the "
+             "same parts.")
 @report
 def rebuild(manifest_path: str, output_path: str, input_path: str | None, allow_paths: bool,
-            workers: int | None) -> None:
+            workers: int | None, ray_address: str | None) -> None:
     """Re-make a file from its manifest and input, byte for byte; exit 1 if it differs.
 
     A manifest may come from someone else: rebuild reads no file it names outside
@@ -985,8 +1057,10 @@ def rebuild(manifest_path: str, output_path: str, input_path: str | None, allow_
 
     result = rebuild_file(manifest_path, output_path, input_path=input_path,
                               argv=PromptkitGroup.argv, workers=workers,
-                              allow_paths=allow_paths)
-    summarize(result, manifest.default_path(output_path) if output_path != "-" else None)
+                              allow_paths=allow_paths, ray_address=ray_address)
+    parts = "parts" in result["output"]
+    summarize(result, f"{output_path}/manifest.json" if parts else
+              manifest.default_path(output_path) if output_path != "-" else None)
     if result["output"]["sha256"] == manifest.read(manifest_path)["output"]["sha256"]:
         click.echo(f"promptkit: {output_path} is identical to the file the manifest describes",
                    err=True)
@@ -1101,6 +1175,7 @@ class ReadStage:
     skip_invalid: bool
     workers: int | None
     dataset: dict[str, Any]
+    ray_address: str | None = None
 
 
 @dataclass
@@ -1128,14 +1203,18 @@ def pipe() -> None:
         help="Input format (default: detected from the first record).")
 @shared(INPUT, "--skip-invalid", is_flag=True, help=SKIP_HELP)
 @workers_option
+@ray_option
 @shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @dataset_options
 @click.argument("path", metavar="IN")
 def pipe_read(path: str, from_format: str | None, skip_invalid: bool,
-              workers: int | None, seed: int | None, dataset: dict[str, Any]) -> ReadStage:
+              workers: int | None, ray_address: str | None, seed: int | None,
+              dataset: dict[str, Any]) -> ReadStage:
     """Read records from IN (JSONL or a JSON array, compressed or not; - for stdin; or a
-    Hugging Face dataset)."""
-    return ReadStage(path, from_format, skip_invalid, workers, with_seed(dataset, seed))
+    Hugging Face dataset); with --ray, the pipe runs on a Ray cluster and OUT is a folder
+    of parts."""
+    return ReadStage(path, from_format, skip_invalid, workers, with_seed(dataset, seed),
+                     ray_address)
 
 
 @pipe.command("nonce")
@@ -1219,7 +1298,7 @@ def run_pipe(stages: list[Any]) -> None:
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,
-                   workers=read.workers, dataset=read.dataset)
+                   workers=read.workers, dataset=read.dataset, ray_address=read.ray_address)
 
 
 def main() -> None:

@@ -256,7 +256,10 @@ def _pad_record(record: Record, spec: PadSpec, into: str, group: int, state: Pad
         except PadError as exc:  # this record's own prompt
             raise InvalidRecordError(f"its system message: {exc}", lineno=record.lineno
                                      ) from None
-        state.own.append(hash(base))
+        # A hash every process agrees on (str's hash() differs from process to process),
+        # so chunks' states from workers on other machines merge.
+        state.own.append(int.from_bytes(hashlib.blake2b(base.encode(), digest_size=8).digest(),
+                                        "little", signed=True))
     else:
         if own:
             raise InvalidRecordError(

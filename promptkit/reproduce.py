@@ -24,13 +24,17 @@ from .streams import STDIO, display_name
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
             argv: list[str] | None = None, workers: int | None = None,
-            allow_paths: bool = False) -> dict[str, Any]:
+            allow_paths: bool = False, ray_address: str | None = None) -> dict[str, Any]:
     """Re-make a file from its manifest and input; raise if the bytes differ.
 
     A manifest is another person's input: one that names files outside its own folder
     (an input, a filler or system prompt file; a ``hf:`` input, which is a download) is
     refused, naming them, before anything is read, unless ``allow_paths`` (the input:
-    ``input_path``, which replaces the one the manifest names)."""
+    ``input_path``, which replaces the one the manifest names).
+
+    A folder of parts (made with ``--ray``) is rebuilt as a folder of the same parts: on
+    the Ray cluster at ``ray_address`` when given (cut into chunks of the recorded size),
+    else on this machine, the output cut where the recorded parts end."""
     recorded = manifest.read(manifest_path)
     outside = paths_outside(manifest_path, recorded, input_path)
     if outside and not allow_paths:
@@ -49,8 +53,13 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
     if "generator" in recorded:
         return _regenerate(manifest_path, recorded, output_path, own_manifest, argv,
                            same_file)
+    if "parts" in recorded["output"]:
+        own_manifest = None
+    elif ray_address is not None:
+        raise PromptkitError(f"{manifest_path}: describes one file, not a folder of parts: "
+                             "rebuild it without --ray")
     return _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
-                  workers, same_file)
+                  workers, same_file, ray_address)
 
 
 def rebuilt_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | None:
@@ -148,7 +157,8 @@ def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
            own_manifest: str | None, input_path: str | None, argv: list[str] | None,
-           workers: int | None, accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+           workers: int | None, accept: Callable[[dict[str, Any]], None],
+           ray_address: str | None = None) -> dict[str, Any]:
     from dataclasses import fields
 
     inputs = recorded["inputs"]
@@ -174,6 +184,12 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
             steps.append(make(step["op"], step["params"], where))
         except PromptkitError as exc:
             raise PromptkitError(f"{manifest_path}: steps[{i}]: {exc}") from None
+    if "parts" in recorded["output"]:
+        from .ray.run import rebuild_parts
+
+        return rebuild_parts(recorded, source, output_path, steps, from_format=from_format,
+                             skip_invalid=recorded["skipped"]["count"] > 0, argv=argv,
+                             workers=workers, accept=accept, ray_address=ray_address)
     return run(
         source,
         output_path,

@@ -1,0 +1,133 @@
+"""promptkit on a Ray cluster: the same steps, the same bytes, on many machines.
+
+- :func:`connect` joins (or starts) a cluster for one run;
+- :func:`apply` puts promptkit steps inside a user's own Ray Data pipeline;
+- :func:`promptkit.ray.run.run` is ``--ray`` on the command line: the input cut into
+  line-aligned chunks, each chunk a Ray Data task that writes its own part file
+  (``OUT/part-00000.jsonl`` ...), one manifest covering them (``OUT/manifest.json``).
+
+Ray is an optional extra (``pip install 'promptkit[ray]'``); nothing here imports it
+before it is needed, and :func:`require` says in one line how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import PromptkitError
+from ..steps import Step
+
+__all__ = ["INSTALL", "address_kind", "apply", "connect", "require"]
+
+INSTALL = ("--ray needs Ray: pip install '.[ray]' (from the promptkit folder) or "
+           "pip install 'ray[data]'")
+
+
+def require() -> Any:
+    """The ``ray`` module, or one line saying how to install it (a PromptkitError)."""
+    try:
+        ray = importlib.import_module("ray")
+        importlib.import_module("ray.data")
+    except ImportError:
+        raise PromptkitError(INSTALL) from None
+    return ray
+
+
+def address_kind(address: str) -> str:
+    """What the manifest records of an address: its kind, never the host or a token
+    (``local``, ``auto``, ``ray://`` or ``host:port``)."""
+    if address in ("local", "auto"):
+        return address
+    return "ray://" if address.startswith("ray://") else "host:port"
+
+
+def check_address(address: str) -> str:
+    """``address`` when it is one ``connect`` takes, else a usage error naming it."""
+    from ..errors import BadOptionError
+
+    ok = address in ("local", "auto") or (
+        address.removeprefix("ray://").rpartition(":")[2].isdigit()
+        and address.removeprefix("ray://").rpartition(":")[0] != "")
+    if not ok:
+        raise BadOptionError(f"--ray: {address!r} is not local, auto, ray://HOST:PORT or "
+                             "HOST:PORT")
+    return address
+
+
+@contextlib.contextmanager
+def connect(address: str) -> Iterator[Any]:
+    """A connection to a Ray cluster for the time of a run, yielding the ``ray`` module.
+
+    ``local`` starts a private cluster on this machine (shut down at the end), ``auto``
+    joins the one this machine is part of (``ray start``, ``ray job submit``),
+    ``ray://HOST:PORT`` connects through Ray Client, ``HOST:PORT`` joins a head node.
+    Ray's own logs and progress bars are kept off stderr (promptkit's messages are one
+    line each). A cluster promptkit did not start is left running."""
+    ray = require()
+    check_address(address)
+    if ray.is_initialized():  # the caller's own connection (the Python API): used as it is
+        _quiet(ray)
+        yield ray
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                              "configure_logging": True}
+    if address == "local":
+        kwargs["include_dashboard"] = False
+    else:
+        kwargs["address"] = address
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # ConnectionError, RuntimeError, auth errors: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PromptkitError(f"--ray {address}: cannot connect: {first}") from None
+    try:
+        _quiet(ray)
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _quiet(ray: Any) -> None:
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    with contextlib.suppress(AttributeError):
+        context.print_on_execution_start = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def apply(ds: Any, steps: Sequence[Step], *, from_format: str | None = None,
+          to_format: str | None = None) -> Any:
+    """``ds`` (a ``ray.data.Dataset`` of records) with ``steps`` applied, as a Dataset.
+
+    Rows are records in a line format's fields (an OpenAI chat line, a mooncake_trace
+    line ...; the format is detected from the first row unless ``from_format``), with an
+    ``index`` column (what nonces and sampled lengths are addressed by) or without one:
+    then each row's position in ``ds`` is its index. Rows come out in ``to_format``
+    (default: the input's), each with its ``index``; ``copies`` of a nonce step are rows
+    of their own. Steps are made (``promptkit.steps.make``) when not made yet.
+
+    Lines sharing a ``session_id`` keep the first line's nonce only within one block of
+    ``ds``: give such rows in one block (or run the file with ``--ray``, which carries
+    conversations across chunks)."""
+    require()
+    from ..steps import ORDERED, make
+    from . import rows
+
+    made = [step if step.made else make(step.op, step.params) for step in steps]
+    ordered = [step.op for step in made if step.op in ORDERED]
+    if ordered:
+        raise PromptkitError(f"promptkit.ray.apply: {ordered[0]} sees every record in order; "
+                             "run it on the whole file ('promptkit check', 'hash-trace')")
+    fmt = from_format or rows.detect(ds)
+    if "index" not in ds.schema().names:
+        ds = rows.with_index(ds)
+    return ds.map_batches(rows.apply_batch, batch_format="pyarrow",
+                          fn_kwargs={"steps": made, "in_format": fmt,
+                                     "out_format": to_format or fmt})

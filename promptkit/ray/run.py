@@ -1,0 +1,607 @@
+"""``--ray``: record-wise steps over a file on a Ray cluster, written as a folder of parts.
+
+The plan, every pass but the last bookkeeping on the cluster:
+
+1. **Chunks.** The file is cut at every ``chunk_bytes`` (``PROMPTKIT_RAY_CHUNK_BYTES``,
+   a tuning knob, default 64 MiB); a Ray Data task per cut moves it to the next line
+   end and counts the lines before it (per-chunk counts), and the driver adds them up
+   into each chunk's first line number and index (offsets). A compressed file cannot
+   be cut at byte offsets: it is one chunk, read and decompressed streaming by one task.
+2. **Steps.** A Ray Data task per chunk reads its bytes, runs the steps (as
+   :func:`promptkit.parallel.process_chunk` does for ``--workers``) and writes its own
+   part, ``part-NNNNN.jsonl``, to a staging folder beside OUT. The driver gets only
+   small facts of each chunk: records read and written, skipped lines, the part's
+   sha256 and size, the distinct prompt keys, token statistics, and the steps' states
+   (the conversations a chunk saw).
+3. **Conversations across chunks.** Lines sharing a ``session_id`` keep the first
+   line's nonce. A chunk that continued a conversation begun in an earlier chunk is
+   run again, as a task, with the state of everything before it (in order: a second
+   pass over those chunks only).
+4. **Manifest.** The driver streams the parts once for the sha256 of their
+   concatenation (the bytes the same command writes without ``--ray``), writes
+   ``manifest.json`` into the staging folder and renames the folder into place: the
+   parts and their manifest appear together, or not at all.
+
+A task is a plain Ray task: when a worker dies, Ray runs it again, and the part it
+writes (to a temporary name, renamed) is the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .. import compression, files, leftovers, manifest
+from ..errors import InvalidRecordError, PromptkitError
+from ..formats import TABLE_FORMATS, get_format
+from ..parallel import Job, process_chunk
+from ..steps import ORDERED, Step
+from ..streams import BOM, STDIO, Encoder, Source, Written
+from . import address_kind, connect
+
+#: The manifest of a part folder, inside it (so the folder is one unit: renamed into
+#: place whole, copied or uploaded whole).
+MANIFEST = "manifest.json"
+PART = "part-{:05d}.jsonl"
+DEFAULT_CHUNK_BYTES = 64 << 20
+#: Read this many bytes at a time when looking for a line end or counting lines.
+_READ = 1 << 20
+
+
+def chunk_bytes() -> int:
+    """Bytes a chunk (and so a task, and a part) holds at most, about: the
+    ``PROMPTKIT_RAY_CHUNK_BYTES`` environment variable, else 64 MiB."""
+    value = os.environ.get("PROMPTKIT_RAY_CHUNK_BYTES", "")
+    if not value:
+        return DEFAULT_CHUNK_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise PromptkitError(f"PROMPTKIT_RAY_CHUNK_BYTES={value}: not a positive number of "
+                             "bytes")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One task's share of the input: ``size`` bytes of ``path`` from ``offset``
+    (``size`` -1: the whole file, decompressed), whose first line is ``first_lineno``
+    of that file and whose first record has index ``first_index`` in the stream."""
+
+    number: int
+    path: str
+    offset: int
+    size: int
+    first_lineno: int
+    first_index: int
+
+
+# ---------------------------------------------------------------- tasks (on the cluster)
+
+
+def _line_start(f: Any, at: int, size: int) -> int:
+    """Where the first line starting at or after byte ``at`` begins (``size``: none)."""
+    if at == 0:
+        return len(BOM) if os.pread(f.fileno(), len(BOM), 0) == BOM else 0
+    position = at - 1  # a line begins at ``at`` when the byte before it ends one
+    while position < size:
+        block = os.pread(f.fileno(), _READ, position)
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(block)
+    return size
+
+
+def _bounds(row: dict[str, Any]) -> dict[str, Any]:
+    """A cut's line-aligned start and end, and the lines between (a Ray Data task)."""
+    path, size = row["path"], row["file_size"]
+    with open(path, "rb") as f:
+        start = _line_start(f, row["start"], size)
+        end = _line_start(f, row["end"], size) if row["end"] < size else size
+        lines = 0
+        position = start
+        while position < end:
+            block = os.pread(f.fileno(), min(_READ, end - position), position)
+            if not block:
+                break
+            lines += block.count(b"\n")
+            position += len(block)
+    return {"number": row["number"], "offset": start, "size": max(0, end - start),
+            "lines": lines}
+
+
+@dataclass
+class TaskSettings:
+    """What every chunk's task needs, sent with each task."""
+
+    job: Job
+    staging: str
+    #: Seconds each task waits before it starts (tests of a worker killed mid-job).
+    delay: float = 0.0
+
+
+def _part(settings: TaskSettings, number: int) -> str:
+    return os.path.join(settings.staging, PART.format(number))
+
+
+def _write_part(path: str, data: bytes) -> str:
+    """Write a part under a temporary name and rename it (a task run again by Ray
+    writes the same bytes over it); its sha256."""
+    tmp = f"{path}.{os.getpid()}{files.TMP_SUFFIX}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _facts(number: int, result: Any, sha256: str, size: int) -> dict[str, Any]:
+    import numpy as np
+
+    keys = np.unique(np.frombuffer(result.keys, dtype=np.int64))
+    return {"number": number, "read": result.read, "written": result.written,
+            "skipped": pickle.dumps(result.skipped), "sha256": sha256, "bytes": size,
+            "keys": keys.tobytes(), "states": pickle.dumps(result.states),
+            "stats": pickle.dumps(result.stats), "fields": pickle.dumps(result.fields)}
+
+
+def process(row: dict[str, Any], settings: TaskSettings,
+            states: list[Any] | None = None) -> dict[str, Any]:
+    """Run the steps over one chunk and write its part (a Ray Data task, or a Ray task
+    redoing a chunk with ``states``, the steps' states of everything before it)."""
+    from .. import progress
+
+    progress.want(False)
+    if settings.delay:
+        time.sleep(settings.delay)
+    chunk = Chunk(int(row["number"]), str(row["path"]), int(row["offset"]), int(row["size"]),
+                  int(row["first_lineno"]), int(row["first_index"]))
+    job = settings.job
+    if chunk.size < 0:
+        return _process_stream(chunk, settings, states)
+    with open(chunk.path, "rb") as f:
+        data = os.pread(f.fileno(), chunk.size, chunk.offset)
+    result = process_chunk(job, data, chunk.first_lineno, states)
+    assert isinstance(result.data, bytes)
+    sha256 = _write_part(_part(settings, chunk.number), result.data)
+    return _facts(chunk.number, result, sha256, len(result.data))
+
+
+def _process_stream(chunk: Chunk, settings: TaskSettings,
+                    states: list[Any] | None) -> dict[str, Any]:
+    """A compressed file: read, decompressed, streaming, by this one task."""
+    from ..parallel import ChunkResult
+
+    job = settings.job
+    source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
+    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
+    if job.tokenizer is not None:
+        from ..stats import Tap
+        from ..tokenizers import cached_tokenizer
+
+        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
+    states = states if states is not None else [step.new_state() for step in job.steps]
+    records: Any = source.records()
+    for step, state in zip(job.steps, states, strict=True):
+        records = step.apply(records, state)
+    path = _part(settings, chunk.number)
+    tmp = f"{path}.{os.getpid()}{files.TMP_SUFFIX}"
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            for line in encoder.encode_all(records):
+                digest.update(line)
+                size += len(line)
+                f.write(line)
+    except InvalidRecordError as exc:
+        raise (exc.located(job.name) if exc.path is None else exc) from None
+    finally:
+        source.close()
+    os.replace(tmp, path)
+    result = ChunkResult(b"", source.records_read, encoder.count,
+                         source.skipped + encoder.skipped, encoder.keys.tobytes(), states,
+                         encoder.tap.stats if encoder.tap is not None else None,
+                         encoder.fields)
+    facts = _facts(chunk.number, result, digest.hexdigest(), size)
+    facts["input_sha256"] = source.sha256.hexdigest()
+    return facts
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class PartsOutput(Written):
+    """What the parts hold, together, as :func:`promptkit.provenance.describe` reads a
+    sink: records written, distinct prompts, the concatenation's sha256, token figures."""
+
+    compression = None
+    content_sha256 = None
+
+    def __init__(self, path: str, fmt: Any, tokenizer: str | None) -> None:
+        self.name = path
+        self.path = path
+        self.format = fmt
+        self.encoder = Encoder(fmt)
+        self.sha256 = hashlib.sha256()
+        if tokenizer is not None:
+            from ..stats import Tap
+            from ..tokenizers import cached_tokenizer
+
+            self.encoder.tap = Tap(cached_tokenizer(tokenizer))
+
+
+def check_output(output_path: str, input_path: str) -> None:
+    """OUT of a ``--ray`` run: a folder of parts; refused before any work when it is
+    stdin/stdout, the input, a file, or a folder promptkit did not make."""
+    if output_path == STDIO:
+        raise PromptkitError("--ray writes a folder of parts: name OUT (a folder), not -")
+    files.refuse_clashes([(output_path, "OUT")], [input_path])
+    folder = os.path.dirname(os.path.abspath(output_path))
+    if not os.path.isdir(folder):
+        raise PromptkitError(f"{output_path}: folder {folder} does not exist")
+    if os.path.lexists(output_path):
+        if not os.path.isdir(output_path):
+            raise PromptkitError(f"{output_path}: exists and is not a folder (--ray writes a "
+                                 "folder of parts)")
+        if os.listdir(output_path) and not os.path.isfile(
+                os.path.join(output_path, MANIFEST)):
+            raise PromptkitError(f"{output_path}: a folder that is not empty and holds no "
+                                 f"{MANIFEST}: not replaced")
+
+
+def check_input(input_path: str, dataset: dict[str, Any] | None) -> None:
+    """The inputs ``--ray`` reads: a JSONL file (plain or compressed)."""
+    if input_path == STDIO:
+        raise PromptkitError("--ray reads a file its tasks can open: name IN, not stdin")
+    if dataset:
+        option = "--" + next(iter(dataset)).replace("_", "-")
+        raise PromptkitError(f"--ray reads JSONL files by their line format; {option} is not "
+                             "taken with it")
+    if not os.path.isfile(input_path):
+        raise PromptkitError(f"{input_path}: no such file" if not os.path.exists(input_path)
+                             else f"{input_path}: not a file")
+
+
+def plan(ray: Any, path: str, size: int, step: int, compressed: bool) -> list[Chunk]:
+    """The chunks of ``path``: cut every ``step`` bytes, each cut moved to a line end and
+    its lines counted by a Ray Data task; first line numbers and indexes added up here."""
+    if compressed or size == 0:
+        return [Chunk(0, path, 0, -1 if compressed else 0, 1, 0)]
+    cuts = list(range(0, size, step))
+    rows = [{"number": i, "path": path, "file_size": size, "start": start,
+             "end": min(start + step, size)} for i, start in enumerate(cuts)]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(_bounds)
+    bounds = sorted(ds.take_all(), key=lambda r: r["number"])
+    chunks: list[Chunk] = []
+    lineno = 1
+    for bound in bounds:
+        if bound["size"]:
+            chunks.append(Chunk(len(chunks), path, bound["offset"], bound["size"], lineno,
+                                lineno - 1))
+        lineno += bound["lines"]
+    return chunks
+
+
+def _hash_file(path: str, out: dict[str, Any]) -> None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(_READ):
+                digest.update(block)
+        out["sha256"] = digest
+    except OSError as exc:
+        out["error"] = exc
+
+
+def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
+        in_format: str, out_format: str, name: str, skip_invalid: bool, tokenizer: str | None,
+        chunk_size: int | None = None) -> tuple[PartsOutput, dict[str, Any], str, dict[str, Any]]:
+    """Run ``steps`` over ``input_path`` on the cluster at ``address``, writing the parts
+    into a staging folder beside ``output_path``. Returns the parts' account, the input's
+    facts (``records``, ``skipped``, ``sha256``), the staging folder (the caller writes
+    the manifest into it and renames it into place, or removes it) and the Ray
+    settings for the manifest."""
+    if any(step.op in ORDERED for step in steps):
+        raise PromptkitError("--ray runs record-wise steps (nonce, pad, fit, turns); "
+                             f"{next(s.op for s in steps if s.op in ORDERED)} is not one")
+    step_bytes = chunk_size or chunk_bytes()
+    size = os.path.getsize(input_path)
+    with open(input_path, "rb") as f:
+        compressed = compression.sniff(f.read(4096)) is not None
+    folder = os.path.dirname(os.path.abspath(output_path))
+    try:
+        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
+                                   suffix=files.TMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise files.os_error(exc, output_path) from None
+    leftovers.claim(staging)
+    try:
+        job = Job(os.path.abspath(input_path), staging, in_format, out_format, steps,
+                  skip_invalid, name, tokenizer)
+        settings = TaskSettings(job, staging,
+                                float(os.environ.get("PROMPTKIT_RAY_TEST_DELAY", "0") or 0))
+        hashed: dict[str, Any] = {}
+        hasher = threading.Thread(target=_hash_file, args=(input_path, hashed), daemon=True)
+        with connect(address) as ray:
+            if not compressed:
+                hasher.start()  # the input's sha256, streamed here while the tasks run
+            chunks = plan(ray, job.path, size, step_bytes, compressed)
+            rows = [vars(chunk) for chunk in chunks]
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+            ds = ds.map(process, fn_kwargs={"settings": settings}, num_cpus=1)
+            facts = sorted(ds.take_all(), key=lambda r: r["number"])
+            redone = _carry_conversations(ray, steps, chunks, facts, settings)
+            nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+            version = ray.__version__
+        if compressed:
+            input_sha256 = facts[0]["input_sha256"]
+        else:
+            hasher.join()
+            if "error" in hashed:
+                raise files.os_error(hashed["error"], input_path)
+            input_sha256 = hashed["sha256"].hexdigest()
+        out = PartsOutput(output_path, get_format(out_format), tokenizer)
+        read, skipped, parts = 0, [], []
+        for fact in facts:
+            read += fact["read"]
+            skipped += pickle.loads(fact["skipped"])
+            out.encoder.keys.frombytes(fact["keys"])
+            out.encoder.count += fact["written"]
+            stats = pickle.loads(fact["stats"])
+            if stats is not None and out.encoder.tap is not None:
+                out.encoder.tap.stats.merge(stats)
+            fields = pickle.loads(fact["fields"])
+            if fields and out.encoder.fields is not None:
+                out.encoder.fields |= fields
+            parts.append({"path": PART.format(fact["number"]), "records": fact["written"],
+                          "bytes": fact["bytes"], "sha256": fact["sha256"]})
+        _hash_parts(staging, parts, out.sha256)
+        ray_info = {"address": address_kind(address), "nodes": nodes, "ray_version": version,
+                    "chunk_bytes": step_bytes, "chunks": len(chunks),
+                    "chunks_redone": redone}
+        inputs = {"records": read, "skipped": skipped, "sha256": input_sha256,
+                  "parts": parts}
+        return out, inputs, staging, ray_info
+    except BaseException:
+        files.remove_quietly(staging)
+        raise
+
+
+def _carry_conversations(ray: Any, steps: list[Step], chunks: list[Chunk],
+                         facts: list[dict[str, Any]], settings: TaskSettings) -> int:
+    """Merge the chunks' states in order (each step's ``state`` ends as that of the whole
+    run); a chunk that continued a conversation begun earlier is run again by a task with
+    the state before it, its part rewritten. Returns how many were."""
+    states = [step.new_state() for step in steps]
+    again = ray.remote(max_retries=-1)(process)
+    redone = 0
+    for i, fact in enumerate(facts):
+        later = pickle.loads(fact["states"])
+        if any(s.overlaps(r) for s, r in zip(states, later, strict=True)):
+            fact = facts[i] = ray.get(again.remote(vars(chunks[i]), settings, states))
+            states = pickle.loads(fact["states"])
+            redone += 1
+        else:
+            for state, other in zip(states, later, strict=True):
+                state.update(other)
+    for step, state in zip(steps, states, strict=True):
+        step.state = state
+    return redone
+
+
+def _hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
+    """Stream the parts in order into ``digest`` (their concatenation), checking each
+    against the sha256 its task reported."""
+    for part in parts:
+        own = hashlib.sha256()
+        with open(os.path.join(folder, part["path"]), "rb") as f:
+            while block := f.read(_READ):
+                own.update(block)
+                digest.update(block)
+        if own.hexdigest() != part["sha256"]:
+            raise PromptkitError(f"{part['path']}: its bytes changed after its task wrote them")
+
+
+def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
+    """Write the manifest into the staging folder and rename the folder to OUT (an
+    earlier part folder there is replaced; nothing is left on failure)."""
+    manifest.write(os.path.join(staging, MANIFEST), result)
+    old = None
+    if os.path.isdir(output_path):
+        old = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
+                               suffix=files.TMP_SUFFIX,
+                               dir=os.path.dirname(os.path.abspath(output_path)))
+        os.rmdir(old)
+        os.replace(output_path, old)
+    try:
+        files.put_in_place(staging, output_path, 0o777)
+    except BaseException:
+        if old is not None:
+            os.replace(old, output_path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def table_refused(out_format: str) -> None:
+    if out_format in TABLE_FORMATS:
+        raise PromptkitError(f"--ray writes JSONL parts; --to {out_format} is not one")
+
+
+def run_folder(input_path: str, output_path: str, steps: list[Step], *, address: str,
+               from_format: str | None = None, to_format: str | None = None,
+               skip_invalid: bool = False, argv: list[str] | None = None,
+               dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
+               accept: Any = None) -> dict[str, Any]:
+    """:func:`promptkit.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
+    concatenation is the bytes ``run`` writes, with ``OUT/manifest.json``; the manifest
+    is returned. ``accept(manifest)`` may refuse the result before it is put in place."""
+    from ..pipeline import counting_tokenizer, where_of
+    from ..provenance import describe
+    from ..steps import make
+
+    check_input(input_path, dataset)
+    check_output(output_path, input_path)
+    # pad's first pass (the records' own system prompts) streams the file here.
+    where = where_of(input_path, output_path, from_format)
+    steps = [step if step.made else make(step.op, step.params, where) for step in steps]
+    for step in steps:
+        step.skip_invalid = skip_invalid
+        if step.side_files:
+            raise PromptkitError(f"--ray writes a folder of parts; {step.op} writes "
+                                 f"{next(iter(step.side_files))} beside OUT: run it without "
+                                 "--ray")
+    source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    try:
+        in_format = source.format
+        made_for = [step.output_format for step in steps if step.output_format]
+        out_name = to_format or (made_for[-1] if made_for else None) or source.default_output
+        shape = source.shape()
+        name = source.name
+    finally:
+        source.close()
+    table_refused(out_name)
+    if shape.get("layout"):
+        raise PromptkitError(f"{input_path}: a JSON array: --ray reads JSON lines")
+    tokenizer = counting_tokenizer(steps)
+    with files.Lock(output_path):
+        out, facts, staging, ray_info = run(
+            input_path, output_path, steps, address=address, in_format=in_format.name,
+            out_format=out_name, name=name, skip_invalid=skip_invalid, tokenizer=tokenizer,
+            chunk_size=chunk_size)
+        try:
+            for step in steps:
+                if step.check is not None:
+                    step.check(facts["records"])
+            inputs = [{"path": name, "format": in_format.name, "records": facts["records"],
+                       "sha256": facts["sha256"], **shape}]
+            result = describe(inputs, facts["skipped"], out, steps, argv)  # type: ignore[arg-type]
+            result["output"]["parts"] = facts["parts"]
+            result["ray"] = ray_info
+            result["aiperf"]["note"] += (
+                f" {output_path} is a folder of parts: AIPerf loads one file, their "
+                f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
+            if accept is not None:
+                accept(result)
+            put_folder(staging, output_path, result)
+        except BaseException:
+            files.remove_quietly(staging)
+            raise
+    return result
+
+
+def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
+    """The differences between a part folder and its manifest (``OUT/manifest.json``):
+    each part's sha256 and records, no part missing or extra, and the sha256 and records
+    of their concatenation."""
+    recorded = manifest.read(manifest_path or os.path.join(path, MANIFEST))
+    parts = recorded["output"].get("parts")
+    if not isinstance(parts, list):
+        return [f"{path} is a folder, and its manifest describes one file, not parts"]
+    problems = []
+    found = sorted(name for name in os.listdir(path)
+                   if name.startswith("part-") and name.endswith(".jsonl"))
+    named = [part.get("path") for part in parts if isinstance(part, dict)]
+    extra = sorted(set(found) - set(named))
+    if extra:
+        problems.append(f"{', '.join(extra)} not in the manifest")
+    whole = hashlib.sha256()
+    records = 0
+    for part in parts:
+        name = part.get("path") if isinstance(part, dict) else None
+        if not isinstance(name, str) or os.path.basename(name) != name:
+            problems.append(f"output.parts: {part!r} is not a part of this folder")
+            continue
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            problems.append(f"{name} is missing")
+            continue
+        own = hashlib.sha256()
+        lines = 0
+        with open(file, "rb") as f:
+            while block := f.read(_READ):
+                own.update(block)
+                whole.update(block)
+                lines += block.count(b"\n")
+        records += lines
+        if own.hexdigest() != part.get("sha256"):
+            problems.append(f"{name}: sha256 is {own.hexdigest()}, manifest says "
+                            f"{part.get('sha256')}")
+        if lines != part.get("records"):
+            problems.append(f"{name}: {lines} records, manifest says {part.get('records')}")
+    if not problems and whole.hexdigest() != recorded["output"]["sha256"]:
+        problems.append(f"the parts together: sha256 is {whole.hexdigest()}, manifest says "
+                        f"{recorded['output']['sha256']}")
+    if not problems and records != recorded["output"]["records"]:
+        problems.append(f"the parts together: {records} records, manifest says "
+                        f"{recorded['output']['records']}")
+    return problems
+
+
+def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
+                  steps: list[Step], *, from_format: str | None, skip_invalid: bool,
+                  argv: list[str] | None, workers: int | None, accept: Any,
+                  ray_address: str | None) -> dict[str, Any]:
+    """Re-make a folder of parts a manifest describes: with ``ray_address`` on that
+    cluster, in chunks of the recorded size; else here (:func:`promptkit.pipeline.run`,
+    one file) cut where the recorded parts end. ``accept`` sees the new manifest first."""
+    parts = recorded["output"]["parts"]
+    to_format = recorded["output"]["format"]
+    if ray_address is not None:
+        from . import check_address, require
+
+        check_address(ray_address)
+        require()
+        chunk_size = recorded.get("ray", {}).get("chunk_bytes")
+        return run_folder(input_path, output_path, steps, address=ray_address,
+                          from_format=from_format, to_format=to_format,
+                          skip_invalid=skip_invalid, argv=argv,
+                          chunk_size=chunk_size if isinstance(chunk_size, int) else None,
+                          accept=accept)
+    from ..pipeline import run as run_here
+
+    check_output(output_path, input_path)
+    folder = os.path.dirname(os.path.abspath(output_path))
+    with files.Lock(output_path):
+        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
+                                   suffix=files.TMP_SUFFIX, dir=folder)
+        leftovers.claim(staging)
+        try:
+            whole = os.path.join(staging, "whole.jsonl")
+            result = run_here(input_path, whole, steps, from_format=from_format,
+                              to_format=to_format, skip_invalid=skip_invalid, argv=argv,
+                              workers=workers, accept=accept)
+            made = []
+            with open(whole, "rb") as f:
+                for part in parts:
+                    size = part.get("bytes") if isinstance(part, dict) else None
+                    if not isinstance(size, int) or not isinstance(part.get("path"), str):
+                        raise PromptkitError(f"output.parts: {part!r} has no path and bytes")
+                    data = f.read(size)
+                    sha256 = _write_part(os.path.join(staging, os.path.basename(part["path"])),
+                                         data)
+                    made.append({"path": os.path.basename(part["path"]),
+                                 "records": data.count(b"\n"), "bytes": len(data),
+                                 "sha256": sha256})
+                if f.read(1):
+                    raise PromptkitError("the rebuilt output is longer than the recorded parts")
+            os.unlink(whole)
+            result["output"]["path"] = output_path
+            result["output"]["parts"] = made
+            result["aiperf"] = recorded.get("aiperf", result["aiperf"])
+            result["rebuilt"] = "on one machine, cut where the recorded parts end"
+            put_folder(staging, output_path, result)
+        except BaseException:
+            files.remove_quietly(staging)
+            raise
+    return result
+
+
+__all__ = ["MANIFEST", "Chunk", "chunk_bytes", "plan", "process", "rebuild_parts", "run",
+           "run_folder", "verify_folder"]

@@ -1,0 +1,255 @@
+"""``--ray`` on a real two-node Ray cluster on this machine (tests/ray_cluster.py): the
+parts in order are the bytes the same command writes without ``--ray``; verify and
+rebuild of part folders; a worker killed mid-job; ``promptkit.ray.apply``; Ray missing.
+
+One cluster for the whole file; inputs cut into many chunks by a small
+``PROMPTKIT_RAY_CHUNK_BYTES``."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from ray_cluster import local_cluster
+
+from promptkit.cli import cli
+
+CHUNK = 3000
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A test cluster on one machine, its nodes and drivers without token authentication.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        with local_cluster((1, 1)) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory) -> Path:
+    """OpenAI chat lines, each with a system prompt (three distinct), some sharing a
+    conversation whose lines lie 40 lines apart (so across chunks), a blank line."""
+    path = tmp_path_factory.mktemp("in") / "chat.jsonl"
+    lines = []
+    for i in range(300):
+        messages = [{"role": "system", "content": f"You are helper number {i % 3}."}]
+        words = " ".join(f"w{(i * 7 + k) % 97}" for k in range(5 + i % 23))
+        messages.append({"role": "user", "content": f"Question {i}: {words}"})
+        row: dict = {"messages": messages}
+        if i % 10 == 0:
+            row["session_id"] = f"conv-{i % 40}"
+        lines.append(json.dumps(row))
+        if i == 150:
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 10 * CHUNK
+    return path
+
+
+def invoke(*args: str | Path, env: dict[str, str] | None = None):
+    runner = CliRunner()
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False,
+                         env={"PROMPTKIT_RAY_CHUNK_BYTES": str(CHUNK), **(env or {})})
+
+
+def parts(folder: Path) -> bytes:
+    names = sorted(p.name for p in folder.iterdir() if p.name.startswith("part-"))
+    assert names == [f"part-{i:05d}.jsonl" for i in range(len(names))]
+    return b"".join((folder / name).read_bytes() for name in names)
+
+
+def same_as_local(cluster, tmp_path: Path, command: list[str | Path], infile: Path,
+                  tail: list[str]) -> dict:
+    """Run ``command IN OUT tail`` without and with ``--ray``: the parts in order are the
+    bytes of the file; returns the part folder's manifest."""
+    plain = tmp_path / "plain.jsonl"
+    result = invoke(*command, infile, plain, *tail)
+    assert result.exit_code == 0, result.stderr
+    folder = tmp_path / "parts"
+    result = invoke(*command, infile, folder, *tail, "--ray", cluster.address)
+    assert result.exit_code == 0, result.stderr
+    assert parts(folder) == plain.read_bytes()
+    made = json.loads((folder / "manifest.json").read_text())
+    local = json.loads((tmp_path / "plain.jsonl.manifest.json").read_text())
+    assert made["output"]["sha256"] == local["output"]["sha256"]
+    assert made["output"]["records"] == local["output"]["records"]
+    assert made["inputs"][0]["sha256"] == local["inputs"][0]["sha256"]
+    assert made["inputs"][0]["records"] == local["inputs"][0]["records"]
+    assert made["aiperf"]["distinct_records"] == local["aiperf"]["distinct_records"]
+    assert made["steps"] == local["steps"]
+    assert made.get("token_stats") == local.get("token_stats")
+    assert made["ray"]["nodes"] == 2 and made["ray"]["address"] == "host:port"
+    assert made["ray"]["chunks"] >= 8 and len(made["output"]["parts"]) == made["ray"]["chunks"]
+    assert "promptkit: wrote" in result.stderr and "on 2 Ray nodes" in result.stderr
+    return made
+
+
+@pytest.mark.parametrize("options", [
+    ["--kind", "uuid"],
+    ["--kind", "timestamp", "--start-time", "2026-01-01T00:00:00Z", "--at", "user"],
+    ["--kind", "random", "--at", "system"],
+    ["--copies", "3", "--at", "salt"],
+])
+def test_nonce_parts_are_the_bytes_of_one_run(cluster, chat, tmp_path, options):
+    made = same_as_local(cluster, tmp_path, ["nonce"], chat, ["--seed", "7", *options])
+    # Conversations continue across chunks: those chunks were run again, in order.
+    assert made["ray"]["chunks_redone"] >= 1
+
+
+def test_fit_and_pad(cluster, chat, tmp_path):
+    same_as_local(cluster, tmp_path / "fit", ["fit"], chat,
+                  ["--tokens", "20,60", "--tokenizer", "cl100k_base", "--seed", "3"])
+    made = same_as_local(cluster, tmp_path / "pad", ["pad"], chat,
+                         ["--tokens", "64", "--tokenizer", "cl100k_base", "--groups", "2",
+                          "--seed", "5"])
+    assert len(made["steps"][0]["info"]["groups"]) == 2 * 3  # two groups of three prompts
+
+
+@pytest.fixture
+def tmp_path(tmp_path):  # the subfolders same_as_local writes into
+    for name in ("fit", "pad"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+def test_pipe_and_compressed_input(cluster, chat, tmp_path):
+    plain = tmp_path / "plain.jsonl"
+    folder = tmp_path / "parts"
+    chain = ["nonce", "--seed", "1", "--at", "user", "fit", "--tokens", "40",
+             "--tokenizer", "cl100k_base", "--seed", "2"]
+    assert invoke("pipe", "read", chat, *chain, "write", plain).exit_code == 0
+    result = invoke("pipe", "read", "--ray", cluster.address, chat, *chain, "write", folder)
+    assert result.exit_code == 0, result.stderr
+    assert parts(folder) == plain.read_bytes()
+    # A gzip file cannot be cut at byte offsets: one task reads it, streaming.
+    packed = tmp_path / "chat.jsonl.gz"
+    packed.write_bytes(gzip.compress(chat.read_bytes()))
+    one = tmp_path / "one"
+    result = invoke("nonce", packed, one, "--seed", "9", "--ray", cluster.address)
+    assert result.exit_code == 0, result.stderr
+    assert invoke("nonce", chat, tmp_path / "p.jsonl", "--seed", "9").exit_code == 0
+    assert parts(one) == (tmp_path / "p.jsonl").read_bytes()
+    made = json.loads((one / "manifest.json").read_text())
+    assert made["inputs"][0]["compression"] == "gzip"
+    assert made["inputs"][0]["sha256"] == __import__("hashlib").sha256(
+        packed.read_bytes()).hexdigest()
+
+
+def test_verify_and_rebuild_a_part_folder(cluster, chat, tmp_path):
+    folder = tmp_path / "parts"
+    assert invoke("nonce", chat, folder, "--seed", "4", "--ray", cluster.address).exit_code == 0
+    result = invoke("verify", folder)
+    assert result.exit_code == 0 and result.stdout.startswith(f"{folder}: OK")
+    # Rebuilt on one machine, cut where the recorded parts end; and on the cluster.
+    for out, extra in ((tmp_path / "here", []), (tmp_path / "there", ["--ray", cluster.address])):
+        result = invoke("rebuild", folder / "manifest.json", out, "--input", chat, *extra)
+        assert result.exit_code == 0, result.stderr
+        assert "identical" in result.stderr
+        assert sorted(os.listdir(out)) == sorted(os.listdir(folder))
+        for part in folder.glob("part-*.jsonl"):
+            assert (out / part.name).read_bytes() == part.read_bytes()
+        assert invoke("verify", out).exit_code == 0
+    # A changed part and an extra one are told apart, by name.
+    (folder / "part-00002.jsonl").write_bytes(b"{}\n" + (folder / "part-00002.jsonl").read_bytes())
+    (folder / "part-99999.jsonl").write_bytes(b"")
+    result = invoke("verify", folder)
+    assert result.exit_code == 1
+    assert "part-00002.jsonl: sha256 is" in result.stderr
+    assert "part-99999.jsonl not in the manifest" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_worker_killed_mid_job(cluster, chat, tmp_path):
+    """SIGKILL a Ray worker running a chunk: Ray runs the task again; same bytes."""
+    plain = tmp_path / "plain.jsonl"
+    assert invoke("nonce", chat, plain, "--seed", "11").exit_code == 0
+    folder = tmp_path / "parts"
+    env = {**os.environ, "PROMPTKIT_RAY_CHUNK_BYTES": str(CHUNK),
+           "PROMPTKIT_RAY_TEST_DELAY": "0.5"}
+    script = Path(sys.executable).with_name("promptkit")
+    job = subprocess.Popen([str(script), "nonce", str(chat), str(folder), "--seed", "11",
+                            "--ray", cluster.address], env=env, stderr=subprocess.PIPE)
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline and job.poll() is None:
+        for pid in cluster.worker_pids():
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                name = f.read()
+            if b"Map" in name or b"process" in name:  # a worker running a chunk's task
+                os.kill(pid, signal.SIGKILL)
+                killed = name
+                break
+        time.sleep(0.05)
+    _, err = job.communicate(timeout=180)
+    assert killed is not None, "no task was running to kill"
+    assert job.returncode == 0, err.decode()
+    assert parts(folder) == plain.read_bytes()
+
+
+def test_ray_local(chat, tmp_path):
+    plain = tmp_path / "plain.jsonl"
+    assert invoke("nonce", chat, plain, "--seed", "8").exit_code == 0
+    result = invoke("nonce", chat, tmp_path / "parts", "--seed", "8", "--ray", "local")
+    assert result.exit_code == 0, result.stderr
+    assert parts(tmp_path / "parts") == plain.read_bytes()
+    made = json.loads((tmp_path / "parts" / "manifest.json").read_text())
+    assert made["ray"]["address"] == "local"
+
+
+def salt_of(row: dict) -> str:
+    return row.get("cache_salt") or (row.get("extra") or {})["cache_salt"]
+
+
+def test_apply_in_a_users_own_pipeline(cluster, chat, tmp_path):
+    import ray
+
+    from promptkit import ray as pk_ray
+    from promptkit.steps import Step
+
+    plain = tmp_path / "plain.jsonl"
+    assert invoke("nonce", chat, plain, "--seed", "5", "--at", "salt").exit_code == 0
+    rows = [json.loads(line) for line in chat.read_text().splitlines() if line]
+    expected = [json.loads(line) for line in plain.read_text().splitlines()]
+    with pk_ray.connect(cluster.address):
+        # Indexes of the lines, as the file has them (a blank line at 151).
+        indexed = [{**row, "index": i + (i > 150)} for i, row in enumerate(rows)]
+        # No session_id here: conversations are carried across blocks only by --ray.
+        plain_rows = [{k: v for k, v in r.items() if k != "session_id"} for r in indexed]
+        ds = ray.data.from_items(plain_rows, override_num_blocks=6)
+        out = pk_ray.apply(ds, [Step("nonce", {"seed": 5, "at": "salt"})]).take_all()
+        salts = {row["index"]: salt_of(row) for row in out}
+        for row, want in zip(indexed, expected, strict=True):
+            if "session_id" not in row:
+                assert salts[row["index"]] == salt_of(want)
+        # Without an index column, each row's position is its index.
+        ds = ray.data.from_items([{"messages": r["messages"]} for r in rows[:40]],
+                                 override_num_blocks=4)
+        out = pk_ray.apply(ds, [Step("nonce", {"seed": 5})]).take_all()
+        assert sorted(row["index"] for row in out) == list(range(40))
+
+
+def test_without_ray_one_line(chat, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = invoke("nonce", chat, tmp_path / "parts", "--ray", "local")
+    assert result.exit_code == 1
+    assert result.stderr == ("promptkit: --ray needs Ray: pip install '.[ray]' (from the "
+                             "promptkit folder) or pip install 'ray[data]'\n")
+    assert not (tmp_path / "parts").exists()
+
+
+def test_refusals(chat, tmp_path):
+    result = invoke("check", chat, "--ray", "local")
+    assert result.exit_code == 2 and "check does not run on Ray" in result.stderr
+    result = invoke("nonce", chat, tmp_path / "x", "--ray", "nowhere")
+    assert result.exit_code == 2 and "not local, auto" in result.stderr
+    result = invoke("nonce", chat, "-", "--ray", "local")
+    assert result.exit_code == 1 and "name OUT (a folder)" in result.stderr
