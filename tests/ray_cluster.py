@@ -5,6 +5,10 @@ one with its own ``--num-cpus``, its own free ports and a temporary folder of it
 own, so two test runs on one machine do not meet. Each ``ray start --block`` runs in
 a session of its own; stopping the cluster kills every process of those sessions
 (``ray stop`` would stop every Ray process on the machine, other runs' included).
+
+Token authentication is off for the cluster and, while it runs, for drivers in this
+process (``RAY_AUTH_MODE=disabled``): a ``~/.ray/auth_token`` left by an earlier
+local Ray would otherwise keep the second node from joining.
 """
 
 from __future__ import annotations
@@ -46,8 +50,18 @@ class LocalCluster:
     address: str = ""
     folder: str = ""
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _auth_before: str | None = None
 
     def start(self, timeout: float = 60) -> LocalCluster:
+        self._auth_before = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> LocalCluster:
         # A short folder: Ray's socket paths live under it (at most 107 bytes).
         self.folder = tempfile.mkdtemp(prefix="pkray-", dir="/tmp")
         port = free_port()
@@ -110,6 +124,10 @@ class LocalCluster:
             p.wait()
         self.nodes.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._auth_before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = self._auth_before
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -27,11 +27,8 @@ CHUNK = 3000
 
 @pytest.fixture(scope="module")
 def cluster():
-    # A test cluster on one machine, its nodes and drivers without token authentication.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        with local_cluster((1, 1)) as c:
-            yield c
+    with local_cluster((1, 1)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
