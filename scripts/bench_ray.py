@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Benchmark ``promptkit nonce`` on one machine against ``--ray``, in one run.
+
+Usage::
+
+    python scripts/bench_ray.py [--records N] [--repeat R] [--workdir DIR]
+
+What it does:
+
+1. Generates the deterministic single_turn file of ``scripts/bench_nonce.py``
+   (N records, default 1,000,000, about 1 KiB each) and its first N/4 records.
+2. Starts a two-node Ray cluster on this machine (``ray start --head`` and
+   ``ray start --address=...``, one CPU each: ``tests/ray_cluster.py``).
+3. Runs, alternately for R rounds (default 3):
+   - ``single``: ``promptkit nonce IN OUT --seed 7`` (default ``--workers``);
+   - ``local``: the same with ``--ray local`` (a private local cluster that the
+     command starts and stops, its start-up included);
+   - ``2 nodes``: the same with ``--ray ADDRESS`` of the two-node cluster;
+   - ``2 nodes N/4``: the N/4 file on the two nodes, for the driver's memory.
+4. Checks that every ``--ray`` run's parts, concatenated, are byte-identical to
+   the single-machine output (sha256), and prints a Markdown table: medians,
+   each ``--ray`` mode's time as a ratio of the single-machine time, and the
+   driver's peak RSS (the ``promptkit`` process's own ``ru_maxrss``; with
+   ``--ray local`` the Ray processes the driver starts count too) at N/4 and N.
+
+Ratios, not seconds, are the figures to compare: the modes run alternately on the
+same machine. On one machine every mode shares the same cores; the point of the
+two-node figure is the cost Ray adds (tasks, parts, the driver's bookkeeping), which
+``docs/scale.md`` uses to project larger clusters. Always exits 0: a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SEED = 7
+
+
+def load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_nonce = load(HERE / "bench_nonce.py", "bench_nonce")
+log = bench_nonce.log
+
+
+def digest_of(path: str) -> str:
+    """sha256 of a file, or of a part folder's parts concatenated in order."""
+    h = hashlib.sha256()
+    files = ([path] if os.path.isfile(path) else
+             sorted(str(p) for p in Path(path).glob("part-*.jsonl")))
+    for name in files:
+        with open(name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    for name in (path, path + ".manifest.json"):
+        if os.path.isfile(name):
+            os.remove(name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", help="kept if given (default: a temporary folder)")
+    args = parser.parse_args()
+    if args.records < 4 or args.repeat < 1:
+        parser.error("--records must be at least 4 and --repeat at least 1")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-ray-")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        return bench(workdir, args.records, args.repeat,
+                     shlex.join([sys.executable, *sys.argv]))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench(workdir: str, records: int, repeat: int, command: str) -> int:
+    quarter = records // 4
+    src = os.path.join(workdir, f"single_turn_{records}.jsonl")
+    src_q = os.path.join(workdir, f"single_turn_{quarter}.jsonl")
+    launcher = bench_nonce.Launcher()
+    log(f"generating {records} records in {workdir}")
+    subprocess.run([sys.executable, str(HERE / "bench_nonce.py"), "--records", str(records),
+                    "--generate-only", src, src_q], check=True)
+    size = os.path.getsize(src)
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from ray_cluster import LocalCluster
+
+    cluster = LocalCluster((1, 1)).start()
+    log(f"two-node cluster at {cluster.address}")
+
+    def nonce(inp: str, out: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "promptkit", "nonce", inp, out, "--seed", str(SEED),
+                *extra]
+
+    single_out = os.path.join(workdir, "single.jsonl")
+    modes = {
+        "single": (src, single_out, ()),
+        "local": (src, os.path.join(workdir, "local-out"), ("--ray", "local")),
+        "2 nodes": (src, os.path.join(workdir, "nodes-out"), ("--ray", cluster.address)),
+        "2 nodes N/4": (src_q, os.path.join(workdir, "nodes-q-out"),
+                        ("--ray", cluster.address)),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    problems: list[str] = []
+    reference = ""
+    try:
+        for r in range(1, repeat + 1):
+            for name, (inp, out, extra) in modes.items():
+                log_path = os.path.join(workdir, "run.log")
+                result = launcher.run(nonce(inp, out, *extra), log_path)
+                runs[name].append(result)
+                log(f"round {r}/{repeat} {name:12}: {result['wall']:7.2f} s wall, "
+                    f"{result['cpu']:7.2f} s cpu (driver), peak {result['peak_mib']:.0f} MiB")
+                if result["rc"] != 0:
+                    problems.append(f"{name} exited {result['rc']}: "
+                                    f"{Path(log_path).read_text(errors='replace')[-1500:]}")
+                elif inp == src:
+                    digest = digest_of(out)
+                    if name == "single":
+                        reference = reference or digest
+                    if digest != reference:
+                        problems.append(f"{name} round {r}: sha256 {digest} differs from the "
+                                        f"single-machine output's {reference}")
+                if name != "single":
+                    remove(out)
+            remove(single_out)
+    finally:
+        cluster.stop()
+        launcher.close()
+
+    def median(name: str) -> float:
+        return statistics.median(x["wall"] for x in runs[name])
+
+    def peak(name: str) -> float:
+        return max(x["peak_mib"] for x in runs[name])
+
+    base = median("single")
+    print(f"## nonce on one machine and with --ray ({records:,} records, "
+          f"{size / 2**20:.0f} MiB)")
+    print()
+    print(f"Command: `{command}`")
+    print()
+    print(f"Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
+          f"{repeat} rounds, modes alternating")
+    print()
+    print("| mode | wall median (s) | time / single-machine time | driver peak RSS (MiB) |")
+    print("|---|---:|---:|---:|")
+    for name in ("single", "local", "2 nodes"):
+        print(f"| {name} | {median(name):.2f} | {median(name) / base:.2f} | "
+              f"{peak(name):.0f} |")
+    print(f"| 2 nodes, N/4 records | {median('2 nodes N/4'):.2f} | | "
+          f"{peak('2 nodes N/4'):.0f} |")
+    print()
+    growth = peak("2 nodes") / peak("2 nodes N/4") if peak("2 nodes N/4") else float("inf")
+    print(f"Driver peak RSS on two nodes, N over N/4: {growth:.2f}x. Records a second on "
+          f"two nodes: {records / median('2 nodes'):,.0f} "
+          f"({records / median('2 nodes') / 2:,.0f} a CPU); on one machine "
+          f"{records / base:,.0f}.")
+    print()
+    if problems:
+        print("PROBLEMS:")
+        for p in problems:
+            print(f"- {p}")
+    else:
+        print("Every --ray run's parts, concatenated, were byte-identical to the "
+              "single-machine output.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
