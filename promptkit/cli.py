@@ -308,9 +308,10 @@ def report_skipped(skipped: dict[str, Any]) -> None:
     if not skipped["count"]:
         return
     reason, count = next(iter(skipped["by_reason"].items()))
-    first = skipped["lines"][0].split(":", 1)[0]
+    first = skipped["lines"][0].split(": ", 1)[0]  # LINE, or SHARD:LINE of many files
     click.echo(f"promptkit: skipped {skipped['count']} invalid "
-               f"{plural(skipped['count'], 'record')} (first: line {first}); "
+               f"{plural(skipped['count'], 'record')} (first: "
+               f"{'line ' if first.isdigit() else ''}{first}); "
                f"commonest reason ({count}): {reason}", err=True)
 
 

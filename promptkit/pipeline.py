@@ -36,6 +36,7 @@ from .progress import wanted as progress_wanted
 from .provenance import _line_of, describe
 from .provenance import verify_output as verify_output  # (publish checks its file)
 from .records import Record
+from .shards import ShardedSource, expand, is_many
 from .stats import Tap
 from .steps import ORDERED, STATEFUL, Step, Where, make
 from .streams import STDIO, Sink, Source, display_name
@@ -136,7 +137,7 @@ def run(
         raise PromptkitError("the output and the manifest cannot both go to stdout")
     outputs = files.Outputs(output_path, manifest_path,
                             [path for step in steps for path in step.side_files],
-                            inputs=[input_path], stale=_stale(output_path))
+                            inputs=input_files(input_path), stale=_stale(output_path))
     try:
         with progress_wanted(shown):
             return _run(outputs, input_path, output_path, steps, from_format=from_format,
@@ -145,6 +146,35 @@ def run(
                         dataset=dataset, records=counted.get("records"), accept=accept)
     finally:
         outputs.release()
+
+
+def input_files(input_path: str) -> list[str]:
+    """The files an input reads: its shards when it names many (see
+    :mod:`promptkit.shards`; none when it matches none: opening it says so), else itself."""
+    if not is_many(input_path):
+        return [input_path]
+    try:
+        return expand(input_path)
+    except PromptkitError:
+        return []
+
+
+def located(exc: InvalidRecordError, source: Any) -> InvalidRecordError:
+    """An error raised without a file (by a step or the writer), naming the input's file
+    and line: the shard and its own line when the input is many files."""
+    if exc.path is not None:
+        return exc
+    if isinstance(source, ShardedSource):
+        return source.located(exc)
+    return exc.located(source.name)
+
+
+def named_lines(skipped: list[str], source: Any) -> list[str]:
+    """Skipped records (``LINE: problem``, sorted) as the manifest lists them: by their
+    shard and its own line (``SHARD:LINE: problem``) when the input is many files."""
+    if isinstance(source, ShardedSource):
+        return [source.name_line(line) for line in skipped]
+    return skipped
 
 
 def _stdout_is_terminal() -> bool:
@@ -167,7 +197,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         made_for = [step.output_format for step in steps if step.output_format]
         out_format = get_format(to_format or (made_for[-1] if made_for else None)
                                 or source.default_output)
-        sink = open_sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
+        sink = open_sink(output_path, out_format, skip_invalid=skip_invalid,
+                         inputs=input_files(input_path))
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
@@ -198,11 +229,13 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                        "records": facts.records_read, "sha256": facts.sha256.hexdigest()}]
             if isinstance(source, DatasetSource):
                 inputs[0]["path"] = source.path
-            if isinstance(source, DatasetSource | ColumnSource):
+            if isinstance(source, DatasetSource | ColumnSource) or (
+                    isinstance(source, ShardedSource) and source.kind == "parquet"):
                 inputs[0]["dataset"] = source.describe()
-            else:
+            if not isinstance(source, DatasetSource | ColumnSource):
                 inputs[0].update(source.shape())
-            result = describe(inputs, facts.skipped, sink, steps, argv)
+            result = describe(inputs, facts.skipped, sink, steps, argv,
+                              name_lines=lambda lines: named_lines(lines, source))
             if accept is not None:
                 accept(result)
             _put_in_place(outputs, sink, steps, manifest_path, result)
@@ -280,7 +313,7 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
 
 
 def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool = False,
-                dataset: dict[str, Any] | None = None) -> Source | DatasetSource:
+                dataset: dict[str, Any] | None = None) -> Source | DatasetSource | ShardedSource:
     """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin; a JSON
     array is read as its lines would be), read by its line format or, given column
     options, by columns (:mod:`promptkit.columns`). A JSON array file is read through
@@ -290,6 +323,8 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     ``limit`` (``--limit``) reads the first records of any input: a dataset's rows (after
     a shuffle), or the first records of JSON lines or an array, plain, compressed or
     stdin (read in one process; the sha256 is still that of the whole input)."""
+    if path != STDIO and is_many(path):
+        return ShardedSource(path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     local = path != STDIO and from_format is None
     if local and is_dataset(path):
         return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
@@ -321,7 +356,7 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     return source
 
 
-def by_lines(source: Source | DatasetSource) -> TypeGuard[Source]:
+def by_lines(source: Source | DatasetSource | ShardedSource) -> TypeGuard[Source]:
     """Whether ``source`` is JSONL of a line format, whose chunks worker processes can
     read on their own (one read by columns carries its timestamps from line to line)."""
     return (isinstance(source, Source) and not isinstance(source, ColumnSource)
@@ -363,11 +398,11 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
         with file_progress(label, path, facts):
             sink.write_all(records())
     except InvalidRecordError as exc:
-        raise (exc.located(source.name) if exc.path is None else exc) from None
+        raise located(exc, source) from None
     return facts
 
 
-def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
+def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | TableSink,
               steps: list[Step]) -> parallel.InputFacts:
     """The whole chain in this process, streaming (and flushing as input arrives)."""
     if sink.path == STDIO and isinstance(source, Source):
@@ -378,7 +413,7 @@ def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
     try:
         sink.write_all(records)
     except InvalidRecordError as exc:
-        raise (exc.located(source.name) if exc.path is None else exc) from None
+        raise located(exc, source) from None
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
 
 
@@ -425,7 +460,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     summary = collected.summary()
     warnings = []
     if collected.no_text:
-        lines = ", ".join(map(str, collected.no_text_lines))
+        lines = ", ".join(named_lines([str(n) for n in collected.no_text_lines], source))
         more = ", ..." if collected.no_text > len(collected.no_text_lines) else ""
         found = (counted(collected.no_text, "record") if collected.no_text == collected.records
                  else f"{collected.no_text} of {counted(collected.records, 'record')}")
@@ -455,10 +490,11 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                   "sha256": source.sha256.hexdigest(),
                   **({"dataset": source.describe()}
                      if isinstance(source, DatasetSource | ColumnSource)
+                     or (isinstance(source, ShardedSource) and source.kind == "parquet")
                      else {})},
         "tokenizer": tokenizer,
         **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": manifest.skipped_section(source.skipped),
+        "skipped": manifest.skipped_section(named_lines(source.skipped, source)),
         **summary,
         "warnings": warnings,
         "wrote": wrote,
@@ -510,7 +546,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                                            tokenizer=loaded, tokenizer_spec=tokenizer,
                                            skipping=skipping)
     except InvalidRecordError as exc:
-        raise (exc.located(source.name) if exc.path is None else exc) from None
+        raise located(exc, source) from None
     finally:
         source.close()
     wrote = []
@@ -530,8 +566,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": manifest.skipped_section(
-                sorted(source.skipped + skipping.skipped, key=_line_of)),
+            "skipped": manifest.skipped_section(named_lines(
+                sorted(source.skipped + skipping.skipped, key=_line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
@@ -554,7 +590,8 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
                                                    "--system-prompt-file"))
         return out
     path = manifest.default_path(input_path)
-    if not use_manifest or input_path == STDIO or is_dataset(input_path):
+    if (not use_manifest or input_path == STDIO or is_many(input_path)
+            or is_dataset(input_path)):
         return out
     try:
         recorded = manifest.read(path)
