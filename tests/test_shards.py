@@ -276,3 +276,13 @@ def test_limit_reads_the_first_records_of_the_stream_and_hashes_every_shard(stre
     assert (tmp_path / "many.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     listed = json.loads((tmp_path / "many.jsonl.manifest.json").read_text())["inputs"][0]
     assert len(listed["shards"]) == 10 and listed["limit"] == 12
+
+
+def test_the_shipped_shards_are_the_example_trace_cut_in_three(tmp_path, run):
+    root = Path(__file__).resolve().parent.parent / "prompts"
+    parts = sorted((root / "shards").glob("part-*.jsonl"))
+    assert len(parts) == 3
+    assert b"".join(p.read_bytes() for p in parts) == (root / "trace.jsonl.example").read_bytes()
+    for name, path in (("one", root / "trace.jsonl.example"), ("many", root / "shards")):
+        assert run("nonce", path, tmp_path / f"{name}.jsonl", "--seed", "7").exit_code == 0
+    assert (tmp_path / "many.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
