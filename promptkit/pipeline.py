@@ -84,9 +84,20 @@ def source_progress(label: str, source: Any, *, total: int | None = None) -> Pro
                     enabled=getattr(source, "path", None) != STDIO)
 
 
-def file_progress(label: str, path: str, facts: parallel.InputFacts) -> Progress:
-    """The progress of a pass over ``path`` in worker processes, chunk by chunk."""
-    size = os.path.getsize(path)
+def chunked_files(source: Any, input_path: str) -> str | list[str] | None:
+    """What worker processes may read chunk by chunk (if large enough): a JSONL file of a
+    line format, or the shards of many JSONL files; ``None`` for other inputs."""
+    if by_lines(source):
+        return input_path
+    if isinstance(source, ShardedSource) and source.kind == "jsonl" and source.limit is None:
+        return source.paths
+    return None
+
+
+def file_progress(label: str, path: str | list[str], facts: parallel.InputFacts) -> Progress:
+    """The progress of a pass over ``path`` (or shards) in worker processes, chunk by
+    chunk."""
+    size = sum(os.path.getsize(p) for p in ([path] if isinstance(path, str) else path))
     return Progress(label, lambda: facts.records_read,
                     total=lambda: facts.expected_records(size))
 
@@ -203,20 +214,22 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         label = pass_label(steps)
+        chunked = chunked_files(source, input_path)
         try:
-            if (by_lines(source) and isinstance(sink, Sink)
+            if (chunked is not None and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
-                    and parallel.can_run_parallel(input_path, workers)):
+                    and parallel.can_run_parallel(chunked, workers)):
                 source.close()
                 facts = parallel.InputFacts()
                 with leftovers.scratch_folder() as scratch, \
-                        file_progress(label, input_path, facts):
+                        file_progress(label, chunked, facts):
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
-                    parallel.run_file(input_path, job, sink, workers, facts)
-            elif (len(steps) == 1 and steps[0].op == "hash_trace" and by_lines(source)
-                  and parallel.can_run_parallel(input_path, workers)):
-                facts = _hash_trace_in_workers(source, input_path, steps[0], sink, workers,
+                    parallel.run_file(chunked, job, sink, workers, facts)
+                _read_in_workers(source, facts)
+            elif (len(steps) == 1 and steps[0].op == "hash_trace" and chunked is not None
+                  and parallel.can_run_parallel(chunked, workers)):
+                facts = _hash_trace_in_workers(source, chunked, steps[0], sink, workers,
                                                skip_invalid, label)
             else:
                 with source_progress(label, source, total=records):
@@ -226,7 +239,9 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                     step.check(facts.records_read)
             sink.flush()
             inputs = [{"path": source.name, "format": in_format.name,
-                       "records": facts.records_read, "sha256": facts.sha256.hexdigest()}]
+                       "records": facts.records_read,
+                       "sha256": (source.sha256 if isinstance(source, ShardedSource)
+                                  else facts.sha256).hexdigest()}]
             if isinstance(source, DatasetSource):
                 inputs[0]["path"] = source.path
             if isinstance(source, DatasetSource | ColumnSource) or (
@@ -372,8 +387,8 @@ def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
     return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
 
 
-def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | TableSink,
-                           workers: int, skip_invalid: bool, label: str
+def _hash_trace_in_workers(source: Any, path: str | list[str], step: Step,
+                           sink: Sink | TableSink, workers: int, skip_invalid: bool, label: str
                            ) -> parallel.InputFacts:
     """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
     numbered here, in file order (so the bytes are those of one process)."""
@@ -398,8 +413,29 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
         with file_progress(label, path, facts):
             sink.write_all(records())
     except InvalidRecordError as exc:
+        _read_in_workers(source, facts)  # the shards chunked so far: to name the line
         raise located(exc, source) from None
+    _read_in_workers(source, facts)
     return facts
+
+
+def _for_workers(source: Any) -> Any:
+    """Ready ``source`` to be read again by worker processes (it read the first records,
+    to detect the format): nothing counted; the digest the chunks hash one file into."""
+    source.close()
+    if isinstance(source, ShardedSource):
+        source.read_in_workers([], [])
+        return hashlib.sha256()  # each shard is hashed on its own (InputFacts.shards)
+    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+    source.count = 0
+    source.skipped = []
+    return source.sha256
+
+
+def _read_in_workers(source: Any, facts: parallel.InputFacts) -> None:
+    """Many files read by workers: the source takes their account (sha256s, lines)."""
+    if isinstance(source, ShardedSource) and facts.shards is not None:
+        source.read_in_workers(facts.shards, facts.shard_lines)
 
 
 def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | TableSink,
@@ -446,9 +482,10 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     label = "counting tokens" if tokenizer else "counting"
     try:
         with progress_wanted(progress_is_wanted() if progress is None else progress):
-            if (workers is not None and by_lines(source)
-                    and parallel.can_run_parallel(input_path, workers)):
-                collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid,
+            chunked = chunked_files(source, input_path)
+            if (workers is not None and chunked is not None
+                    and parallel.can_run_parallel(chunked, workers)):
+                collected = _stats_in_workers(source, chunked, tokenizer, skip_invalid,
                                               workers, chat_template, label)
             else:
                 with source_progress(label, source):
@@ -536,9 +573,10 @@ def check_file(input_path: str, *, from_format: str | None = None,
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
         with progress_wanted(progress_is_wanted() if progress is None else progress):
-            if (workers is not None and by_lines(source)
-                    and parallel.can_run_parallel(input_path, workers)):
-                report = _check_in_workers(source, input_path, CheckOptions(**options),
+            chunked = chunked_files(source, input_path)
+            if (workers is not None and chunked is not None
+                    and parallel.can_run_parallel(chunked, workers)):
+                report = _check_in_workers(source, chunked, CheckOptions(**options),
                                            loaded, tokenizer, skipping, workers)
             else:
                 with source_progress("checking", source):
@@ -623,48 +661,46 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
     return out
 
 
-def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,
-                      workers: int, chat_template: str = "none", label: str = "counting"
-                      ) -> Any:
-    """Statistics of a large file, a chunk a worker process, merged in file order."""
+def _stats_in_workers(source: Any, path: str | list[str], tokenizer: str | None,
+                      skip_invalid: bool, workers: int, chat_template: str = "none",
+                      label: str = "counting") -> Any:
+    """Statistics of a large file (or many), a chunk a worker process, merged in order."""
     from .stats import Stats, stats_of
 
-    source.close()
-    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+    digest = _for_workers(source)
     total = Stats()
     done = parallel.InputFacts()
     with file_progress(label, path, done):
         for part, read, skipped in parallel.map_records(
-                path, stats_of, (tokenizer, chat_template), workers, source.sha256,
+                path, stats_of, (tokenizer, chat_template), workers, digest,
                 fmt=source.format.name, name=source.name, skip_invalid=skip_invalid,
                 done=done):
             total.merge(part)
             source.count += read
             done.records_read = source.count
             source.skipped += skipped
+    _read_in_workers(source, done)
     return total
 
 
-def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
+def _check_in_workers(source: Any, path: str | list[str], options: Any, tokenizer: Any,
                       spec: str | None, skipping: Skipping, workers: int) -> Any:
     """``check`` of a large file: workers tokenize and hash chunks; the cache is
     simulated here, in file order (the same report as one process)."""
     from .check import Setup
 
     first = next(source.records(), None)  # from the lines already read to detect the format
-    source.close()
     if first is None:
+        source.close()
         raise PromptkitError(f"{source.name}: empty file: no records")
     setup = Setup(first, options, tokenizer, spec, Skipping(skipping.skip_invalid, skipping.op))
-    source.sha256 = hashlib.sha256()
-    source.count = 0
-    source.skipped = []  # the chunks read the whole file again
+    digest = _for_workers(source)  # the chunks read the whole input again
 
     done = parallel.InputFacts()
 
     def pairs() -> Iterator[Any]:
         for (part, rejected), read, skipped in parallel.map_records(
-                path, setup.entry_list, (), workers, source.sha256,
+                path, setup.entry_list, (), workers, digest,
                 fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid,
                 done=done):
             source.count += read
@@ -674,7 +710,9 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
             yield from part
 
     with file_progress("checking", path, done):
-        return setup.replay(pairs())
+        report = setup.replay(pairs())
+    _read_in_workers(source, done)
+    return report
 
 
 def system_prompts(input_path: str, from_format: str | None = None,

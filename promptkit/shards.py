@@ -210,6 +210,8 @@ class ShardedSource:
                 if self.kind == "parquet":
                     self.mapping = sub.mapping
                 break
+            for _ in sub.records(allow_empty=True):  # none: its bad lines are noted
+                pass
             self._finish_current()
         if self.format is None:
             raise PromptkitError(f"{spec}: empty input: no records in "
@@ -315,6 +317,10 @@ class ShardedSource:
     def count(self) -> int:
         return self._count_done + (self._current.count if self._current is not None else 0)
 
+    @count.setter
+    def count(self, value: int) -> None:
+        self._count_done = value - (self._current.count if self._current is not None else 0)
+
     @property
     def records_read(self) -> int:
         return self.count
@@ -325,6 +331,11 @@ class ShardedSource:
         if current is None:
             return list(self._skipped_done)
         return self._skipped_done + self._global(current.skipped, current.base)
+
+    @skipped.setter
+    def skipped(self, value: list[str]) -> None:
+        """(Only once no shard is open: see :meth:`read_in_workers`.)"""
+        self._skipped_done = list(value)
 
     @property
     def sha256(self) -> _Combined:
@@ -389,11 +400,28 @@ class ShardedSource:
                 break
         self._drain()
 
+    def read_in_workers(self, described: list[dict[str, Any]], lines: list[int]) -> None:
+        """Take the account of the shards as worker processes read them, chunk by chunk
+        (see :func:`promptkit.parallel.pieces`): each one's path, sha256 and size, and
+        its lines (for :meth:`locate`)."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        if not described:  # about to be read so: nothing read yet
+            self._count_done = 0
+            self._skipped_done = []
+        self._done = list(described)
+        # The shard after the last one counted (still being read, if any) starts at the end.
+        self._bases = offsets(lines) + [sum(lines)]
+        self._next = len(self.paths)
+
     # ------------------------------------------------------------ places and names
 
     def locate(self, place: int) -> tuple[str, int]:
         """The shard and its own line (or row) of a place in the stream."""
-        i = max(0, bisect.bisect_right(self._bases, place - 1) - 1)
+        if not self._bases:
+            return self.paths[0], place
+        i = min(max(0, bisect.bisect_right(self._bases, place - 1) - 1), len(self.paths) - 1)
         return self.paths[i], place - self._bases[i]
 
     def located(self, exc: InvalidRecordError) -> InvalidRecordError:

@@ -99,10 +99,53 @@ def test_many_files_give_the_bytes_of_their_concatenation(command, workers, stre
     result = run(command, parts, many, *args)
     assert result.exit_code == 0, result.stderr
     assert many.read_bytes() == one.read_bytes()
-    assert small_chunks == ([2] if workers == "2" else [])  # the whole file ran in workers
+    # The whole file ran in workers; the shards, one gzipped, in one process.
+    assert small_chunks == ([2] if workers == "2" else [])
     glob = tmp_path / "glob.jsonl"
     assert run(command, f"{parts}/part-*.jsonl*", glob, *args).exit_code == 0
     assert glob.read_bytes() == one.read_bytes()
+    # Plain shards run in workers too, chunk by chunk, each chunk at its place.
+    plain = plain_copy(parts, tmp_path / "plain")
+    again = tmp_path / "plain.jsonl"
+    result = run(command, plain, again, *args)
+    assert result.exit_code == 0, result.stderr
+    assert again.read_bytes() == one.read_bytes()
+    assert small_chunks == ([2, 2] if workers == "2" else [])
+    manifest = json.loads(Path(f"{again}.manifest.json").read_text())["inputs"][0]
+    assert [s["sha256"] for s in manifest["shards"]] == [
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(plain.iterdir())]
+    assert manifest["sha256"] == shards.combined_sha256(
+        [s["sha256"] for s in manifest["shards"]])
+
+
+def plain_copy(parts: Path, folder: Path) -> Path:
+    """The shards with the gzipped one decompressed."""
+    folder.mkdir()
+    for path in parts.iterdir():
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data, path = gzip.decompress(data), path.with_suffix("")
+        (folder / path.name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bad_lines_in_workers_name_the_shard(workers, stream, tmp_path, run, small_chunks):
+    _, parts = stream
+    plain = plain_copy(parts, tmp_path / "plain")
+    bad = plain / "part-00009.jsonl"  # lines 52..59 of the stream
+    lines = bad.read_text().splitlines()
+    lines[2] = "{not json"
+    bad.write_text("".join(line + "\n" for line in lines))
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", plain, out, "--seed", "1", "--workers", workers)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"promptkit: {bad}:3: invalid JSON")
+    result = run("nonce", plain, out, "--seed", "1", "--workers", workers, "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    skipped = json.loads(Path(f"{out}.manifest.json").read_text())["skipped"]["lines"]
+    assert [line.split(": ", 1)[0] for line in skipped] == [f"{bad}:3"]
+    assert small_chunks == ([2, 2] if workers == "2" else [])
 
 
 def test_a_continued_session_keeps_its_nonce_across_shards(stream, tmp_path, run):
@@ -125,8 +168,23 @@ def test_a_continued_session_keeps_its_nonce_across_shards(stream, tmp_path, run
     assert continued == 14  # 19 lines of 5 sessions
 
 
-def test_hash_trace_stats_check_and_turns_are_the_same(stream, tmp_path, run):
+@pytest.mark.parametrize("plain", [False, True])
+def test_hash_trace_stats_check_and_turns_are_the_same(plain, stream, tmp_path, run,
+                                                       small_chunks, monkeypatch):
+    """(Plain shards: hash-trace, stats and check read them in worker processes.)"""
+    from promptkit import parallel
+
     whole, parts = stream
+    if plain:
+        parts = plain_copy(parts, tmp_path / "plain")
+    mapped: list[str] = []
+    real = parallel.map_records
+
+    def spy(path, *args, **kwargs):
+        mapped.append("many" if isinstance(path, list) else "one")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(parallel, "map_records", spy)
     for name, path in (("one", whole), ("many", parts)):
         result = run("hash-trace", path, tmp_path / f"{name}.trace.jsonl",
                      "--tokenizer", "cl100k_base", "--block-size", "8")
@@ -135,10 +193,16 @@ def test_hash_trace_stats_check_and_turns_are_the_same(stream, tmp_path, run):
         (tmp_path / "one.trace.jsonl").read_bytes()
     for command in (["stats", "--tokenizer", "cl100k_base"],
                     ["check", "--tokenizer", "cl100k_base", "--block-size", "8"]):
-        one = json.loads(run(*command, whole, "--json").stdout)
-        many = json.loads(run(*command, parts, "--json").stdout)
-        assert one.pop("input")["path"] == str(whole) and many.pop("input")["path"] == str(parts)
+        one = json.loads(run(*command, whole, "--json", "--workers", "2").stdout)
+        many = json.loads(run(*command, parts, "--json", "--workers", "2").stdout)
+        assert one.pop("input")["path"] == str(whole)
+        read = many.pop("input")
+        assert read["path"] == str(parts)
+        assert read["sha256"] == shards.combined_sha256(
+            [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(parts.iterdir())])
         assert many == one
+    # hash-trace, stats, check: the file in workers, and the shards when all are plain.
+    assert mapped == (["one", "many"] * 3 if plain else ["one"] * 3)
     # Conversations (sharegpt) split over shards make the same requests.
     rows = [json.dumps({"id": f"c{i}", "conversations": [
         {"from": "human", "value": f"Question {i} " + "more " * i},
@@ -209,14 +273,17 @@ def test_errors_name_the_shard_and_its_own_line(stream, tmp_path, run):
                                     "mooncake_trace: 'messages' must be a non-empty list": 1}
 
 
-def test_an_error_raised_by_a_step_names_the_shard(tmp_path, run):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_error_raised_by_a_step_names_the_shard(workers, tmp_path, run, small_chunks):
     parts = tmp_path / "parts"
-    split(['{"messages": [{"role": "user", "content": "fine"}]}'] * 3
-          + ['{"messages": [{"role": "assistant", "content": "no user"}]}'], parts, [0, 2, 4])
+    fine = '{"messages": [{"role": "user", "content": "fine"}]}'
+    split([fine] * 300 + ['{"messages": [{"role": "assistant", "content": "no user"}]}'],
+          parts, [0, 200, 301])
     result = run("fit", parts, tmp_path / "out.jsonl", "--tokens", "5",
-                 "--tokenizer", "cl100k_base")
+                 "--tokenizer", "cl100k_base", "--workers", workers)
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"promptkit: {parts}/part-00001.jsonl:2: ")
+    assert result.stderr.startswith(f"promptkit: {parts}/part-00001.jsonl:101: ")
+    assert small_chunks == ([2] if workers == "2" else [])
 
 
 @pytest.mark.parametrize("case", ["empty folder", "no match", "mixed", "csv"])
