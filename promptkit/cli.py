@@ -308,9 +308,10 @@ def report_skipped(skipped: dict[str, Any]) -> None:
     if not skipped["count"]:
         return
     reason, count = next(iter(skipped["by_reason"].items()))
-    first = skipped["lines"][0].split(":", 1)[0]
+    first = skipped["lines"][0].split(": ", 1)[0]  # LINE, or SHARD:LINE of many files
     click.echo(f"promptkit: skipped {skipped['count']} invalid "
-               f"{plural(skipped['count'], 'record')} (first: line {first}); "
+               f"{plural(skipped['count'], 'record')} (first: "
+               f"{'line ' if first.isdigit() else ''}{first}); "
                f"commonest reason ({count}): {reason}", err=True)
 
 
@@ -370,9 +371,14 @@ def ray_and_report(input_path: str, output_path: str, steps: list[Step], *,
 def cli(quiet: bool) -> None:
     """Prepare prompt datasets for LLM serving benchmarks.
 
+    IN, every command's input, is a file (JSON lines or a JSON array, compressed or
+    not; parquet), - for stdin, a Hugging Face dataset, or many files read as one
+    stream in sorted path order: a folder or a quoted glob of JSONL or parquet shards.
+
     \b
     Example:
       promptkit nonce prompts/trace.jsonl.example out.jsonl --seed 7
+      promptkit stats 'logs/*.jsonl.gz'
     """
     PromptkitGroup.quiet = quiet
     progress.want(not quiet)
@@ -1210,9 +1216,9 @@ def pipe() -> None:
 def pipe_read(path: str, from_format: str | None, skip_invalid: bool,
               workers: int | None, ray_address: str | None, seed: int | None,
               dataset: dict[str, Any]) -> ReadStage:
-    """Read records from IN (JSONL or a JSON array, compressed or not; - for stdin; or a
-    Hugging Face dataset); with --ray, the pipe runs on a Ray cluster and OUT is a folder
-    of parts."""
+    """Read records from IN (JSONL or a JSON array, compressed or not; - for stdin; a
+    Hugging Face dataset; or a folder or quoted glob of JSONL or parquet shards); with
+    --ray, the pipe runs on a Ray cluster and OUT is a folder of parts."""
     return ReadStage(path, from_format, skip_invalid, workers, with_seed(dataset, seed),
                      ray_address)
 

@@ -60,7 +60,7 @@ class ColumnSource(Source):
         assert self.mapping is not None
         return {"options": self.options.as_dict(), "mapping": self.mapping.as_dict()}
 
-    def records(self) -> Iterator[Record]:
+    def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
         if not self._head:
             raise PromptkitError(f"{self.name}: empty file: no records")
         return self.limited(self._records())

@@ -108,6 +108,9 @@ class DatasetSource:
     """Records of a Hugging Face dataset, with the same surface as ``streams.Source``."""
 
     format = DATASET_FORMAT
+    #: The rows in the stream before this file's (one shard of many, see
+    #: :mod:`promptkit.shards`): added to each record's line number and index.
+    base = 0
 
     def __init__(self, path: str, options: DatasetOptions | None = None, *,
                  skip_invalid: bool = False):
@@ -267,7 +270,9 @@ class DatasetSource:
 
     # ------------------------------------------------------------ reading
 
-    def records(self) -> Iterator[Record]:
+    def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
+        """The records, in row order (``allow_empty``: as ``streams.Source`` takes it; a
+        dataset with no rows is refused when opened)."""
         rows = self._rows
         first: dict[str, Any] | None = self._first
         mapping = self.mapping
@@ -295,8 +300,8 @@ class DatasetSource:
                     raise error from None
                 self.skipped.append(f"{row_no}: {exc.problem}")
                 continue
-            record.lineno = row_no
-            record.index = row_no - 1
+            record.lineno = row_no + self.base
+            record.index = row_no + self.base - 1
             self.count += 1
             yield record
 

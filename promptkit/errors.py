@@ -109,6 +109,7 @@ def skip_reason(skipped: str) -> str:
     without what is particular to the record (a JSON error's position, numbers, which
     become ``N``), so records with the same problem share one reason."""
     head, _, problem = skipped.partition(": ")
-    if not head.isdigit() and head != "None":
+    # ``SHARD:LINE: problem`` when the input is many files (see promptkit.shards).
+    if not head.isdigit() and head != "None" and not head.rpartition(":")[2].isdigit():
         problem = skipped
     return _NUMBER.sub("N", _POSITION.sub("", problem))

@@ -182,6 +182,17 @@ def malformed(manifest: dict[str, Any]) -> str | None:
         dataset = entry.get("dataset")
         if dataset is not None and not isinstance(dataset.get("options"), dict):
             return f"inputs[{i}].dataset.options is {dataset.get('options')!r}, not an object"
+        shards = entry.get("shards")  # an input of many files (promptkit.shards)
+        if shards is not None and not isinstance(shards, list):
+            return f"inputs[{i}].shards is {shards!r}, not a list"
+        for j, shard in enumerate(shards or []):
+            name = f"inputs[{i}].shards[{j}]"
+            if not isinstance(shard, dict):
+                return f"{name} is {shard!r}, not an object"
+            for key, (ok, wants) in (("path", _FIELDS["path"]), ("sha256", _FIELDS["sha256"]),
+                                     ("size", (_count, "a size in bytes"))):
+                if not ok(shard.get(key)):
+                    return f"{name}.{key} is {shard.get(key)!r}, not {wants}"
     steps = manifest.get("steps")
     if not isinstance(steps, list):
         return f"steps is {steps!r}, not a list"

@@ -35,23 +35,34 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def can_run_parallel(path: str, workers: int) -> bool:
+def can_run_parallel(path: str | list[str], workers: int) -> bool:
     """Whether ``path`` is a large regular file of plain JSON lines, which splits at line
-    ends (a compressed file or a JSON array does not: it is read in one process)."""
+    ends (a compressed file or a JSON array does not: it is read in one process); or,
+    given the shards of many files (see :mod:`promptkit.shards`), whether every one is
+    plain JSON lines and together they are large."""
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return False
+    paths = [path] if isinstance(path, str) else path
+    sizes = [_plain_size(p) for p in paths]
+    return all(size is not None for size in sizes) and sum(
+        size or 0 for size in sizes) >= MIN_PARALLEL_BYTES
+
+
+def _plain_size(path: str) -> int | None:
+    """The size of a regular file of plain JSON lines (``None``: another kind of file)."""
     try:
         stat = os.stat(path)
     except OSError:
-        return False
+        return None
     import stat as st
 
-    if not st.S_ISREG(stat.st_mode) or stat.st_size < MIN_PARALLEL_BYTES:
-        return False
+    if not st.S_ISREG(stat.st_mode):
+        return None
     with open(path, "rb") as f:
         head = f.read(4096)
-    return compression.sniff(head) is None and not head.removeprefix(BOM).lstrip().startswith(
+    plain = compression.sniff(head) is None and not head.removeprefix(BOM).lstrip().startswith(
         b"[")
+    return stat.st_size if plain else None
 
 
 @dataclass
@@ -114,12 +125,13 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 64 << 20)
 
 
-def _work(offset: int, size: int, first_lineno: int) -> ChunkResult:
-    """Process the chunk at ``offset`` (read here: only its place crosses processes)."""
+def _work(path: str, offset: int, size: int, first_lineno: int, base: int) -> ChunkResult:
+    """Process the chunk of ``path`` at ``offset`` (read here: only its place crosses
+    processes); ``base``: the places in the stream before ``path`` (one shard of many)."""
     assert _job is not None
-    with open(_job.path, "rb") as f:
+    with open(path, "rb") as f:
         chunk = os.pread(f.fileno(), size, offset)
-    result = process_chunk(_job, chunk, first_lineno)
+    result = process_chunk(_job, chunk, first_lineno, base=base, path=path)
     # Passing megabytes back through the pool's pipe costs more than a file does.
     fd, scratch = tempfile.mkstemp(dir=_job.scratch)
     with os.fdopen(fd, "wb") as f:
@@ -129,8 +141,13 @@ def _work(offset: int, size: int, first_lineno: int) -> ChunkResult:
 
 
 def process_chunk(job: Job, chunk: bytes, first_lineno: int,
-                  states: list[Any] | None = None) -> ChunkResult:
-    """Parse, transform and encode the lines of one chunk (states: fresh unless given)."""
+                  states: list[Any] | None = None, *, base: int = 0,
+                  path: str | None = None) -> ChunkResult:
+    """Parse, transform and encode the lines of one chunk (states: fresh unless given).
+
+    ``path``, ``base``: the shard the chunk is of, and the places in the stream before it,
+    when the input is many files (errors name the shard and its own line)."""
+    name = job.name if path is None or path == job.path else path
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
     if job.tokenizer is not None:
         from .stats import Tap
@@ -139,38 +156,43 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     if states is None:
         states = [step.new_state() for step in job.steps]
-    records, read, skipped = chunk_records(chunk, first_lineno, job.in_format, job.name,
-                                           job.skip_invalid)
+    records, read, skipped = chunk_records(chunk, first_lineno, job.in_format, name,
+                                           job.skip_invalid, base)
     for step, state in zip(job.steps, states, strict=True):
         records = step.apply(records, state)
     try:
         data = b"".join(encoder.encode_all(records))
     except InvalidRecordError as exc:
-        raise (exc.located(job.name) if exc.path is None else exc) from None
+        if exc.path is not None:
+            raise
+        lineno = exc.lineno - base if exc.lineno is not None else None
+        raise InvalidRecordError(exc.problem, name, lineno) from None
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                        encoder.keys.tobytes(), states,
                        encoder.tap.stats if encoder.tap is not None else None, encoder.fields)
 
 
-def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_invalid: bool
-                  ) -> tuple[Iterator[Record], Counter, list[str]]:
+def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_invalid: bool,
+                  base: int = 0) -> tuple[Iterator[Record], Counter, list[str]]:
     """The records of one chunk of whole lines (parsed as they are taken), a counter of
-    those read, and the skipped lines (``LINE: problem``) when skipping."""
+    those read, and the skipped lines (``PLACE: problem``, their place in the stream:
+    ``base`` plus the line) when skipping."""
     skipped: list[str] = []
 
     def on_invalid(exc: InvalidRecordError) -> None:
         if not skip_invalid:
             raise exc
-        skipped.append(f"{exc.lineno}: {exc.problem}")
+        skipped.append(f"{(exc.lineno or 0) + base}: {exc.problem}")
 
     read = Counter()
     records = parse_lines([(first_lineno, chunk.split(b"\n"))], get_format(fmt), name,
-                          on_invalid, read)
+                          on_invalid, read, base)
     return records, read, skipped
 
 
-def chunks(path: str, digest: Any) -> Any:
-    """``(offset, size, first line number)`` of runs of whole lines, hashing the file.
+def chunks(path: str, digest: Any, lines: list[int] | None = None) -> Any:
+    """``(offset, size, first line number)`` of runs of whole lines, hashing the file
+    (``lines``, when given, gets the file's line count once all is read).
 
     Reads into one reused buffer: fresh megabyte-sized buffers would cost a page
     fault for every 4 KiB, every time.
@@ -208,6 +230,34 @@ def chunks(path: str, digest: Any) -> Any:
             buffer[:kept] = buffer[cut:filled]
     if kept:
         yield offset, kept, lineno
+    if lines is not None:
+        lines.append(lineno - 1 + (kept > 0))
+
+
+def pieces(files: str | list[str], facts: InputFacts, digest: Any = None
+           ) -> Iterator[tuple[str, int, int, int, int]]:
+    """``(path, offset, size, first line number, base)`` of the runs of whole lines of one
+    file or, given a list, of the shards of many files in order (see
+    :mod:`promptkit.shards`; ``base``: the lines of the shards before, and each shard's
+    path, sha256 and size go into ``facts.shards``). The bytes are hashed into
+    ``digest`` (default ``facts.sha256``) for one file."""
+    if isinstance(files, str):
+        for offset, size, lineno in chunks(files, digest if digest is not None
+                                           else facts.sha256):
+            yield files, offset, size, lineno, 0
+        return
+    base = 0
+    facts.shards = []
+    facts.shard_lines = []
+    for path in files:
+        digest = hashlib.sha256()
+        lines: list[int] = []
+        for offset, size, lineno in chunks(path, digest, lines):
+            yield path, offset, size, lineno, base
+        facts.shards.append({"path": path, "sha256": digest.hexdigest(),
+                             "size": os.path.getsize(path)})
+        facts.shard_lines.append(lines[0])
+        base += lines[0]
 
 
 class _Relay:
@@ -239,6 +289,10 @@ class InputFacts:
     sha256: Any = field(default_factory=hashlib.sha256)
     #: The bytes of the input whose chunks are done (for progress: what is left).
     bytes_done: int = 0
+    #: Many files as one input: each shard's path, sha256 and size, and its lines (see
+    #: :func:`pieces`).
+    shards: list[dict[str, Any]] | None = None
+    shard_lines: list[int] = field(default_factory=list)
 
     def expected_records(self, size: int) -> int | None:
         """For progress: the records in a file of ``size`` bytes, estimated from the
@@ -270,24 +324,24 @@ def worker_pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> It
         pool.join()
 
 
-def run_file(path: str, job: Job, sink: Sink, workers: int,
+def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
              facts: InputFacts | None = None) -> InputFacts:
-    """Process ``path`` with ``workers`` processes, writing to ``sink`` in input order;
-    the facts of the input (``facts``, when given, counted as each chunk is done, for
-    progress) are returned."""
+    """Process ``path`` (or the shards of many files, in order) with ``workers``
+    processes, writing to ``sink`` in input order; the facts of the input (``facts``,
+    when given, counted as each chunk is done, for progress) are returned."""
     facts = facts if facts is not None else InputFacts()
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     out = _Relay()
     with worker_pool(workers, _init, (job,)) as pool:
-        pending: deque[tuple[int, int, int, Any]] = deque()
+        pending: deque[tuple[str, int, int, int, int, Any]] = deque()
 
         def finish() -> None:
-            offset, size, lineno, future = pending.popleft()
+            file, offset, size, lineno, base, future = pending.popleft()
             result: ChunkResult = future.get()
             if any(s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
-                with open(path, "rb") as f:  # redo in order, with the history before it
+                with open(file, "rb") as f:  # redo in order, with the history before it
                     chunk = os.pread(f.fileno(), size, offset)
-                result = process_chunk(job, chunk, lineno, states)
+                result = process_chunk(job, chunk, lineno, states, base=base, path=file)
             else:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
@@ -305,9 +359,9 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
             facts.skipped += result.skipped
             facts.bytes_done += size
 
-        for offset, size, lineno in chunks(path, facts.sha256):
-            future = pool.apply_async(_work, (offset, size, lineno))
-            pending.append((offset, size, lineno, future))
+        for file, offset, size, lineno, base in pieces(path, facts):
+            future = pool.apply_async(_work, (file, offset, size, lineno, base))
+            pending.append((file, offset, size, lineno, base, future))
             if len(pending) >= 2 * workers:
                 finish()
         while pending:
@@ -317,10 +371,10 @@ def run_file(path: str, job: Job, sink: Sink, workers: int,
 
 # ---------------------------------------------------------------- any function, chunk by chunk
 
-_mapper: tuple[str, Any, tuple[Any, ...], tuple[str, str, bool]] | None = None
+_mapper: tuple[Any, Any, tuple[Any, ...], tuple[str, str, bool]] | None = None
 
 
-def _init_map(path: str, fn: Any, args: tuple[Any, ...], reading: tuple[str, str, bool]) -> None:
+def _init_map(path: Any, fn: Any, args: tuple[Any, ...], reading: tuple[str, str, bool]) -> None:
     global _mapper
     interrupts.worker_started()
     progress.want(False)  # the parent shows the chunks done
@@ -328,29 +382,40 @@ def _init_map(path: str, fn: Any, args: tuple[Any, ...], reading: tuple[str, str
     keep_freed_memory()
 
 
-def _map_work(offset: int, size: int, first_lineno: int) -> tuple[Any, int, list[str]]:
+def _map_work(path: str, offset: int, size: int, first_lineno: int, base: int
+              ) -> tuple[Any, int, list[str]]:
     assert _mapper is not None
-    path, fn, args, (fmt, name, skip_invalid) = _mapper
+    files, fn, args, (fmt, name, skip_invalid) = _mapper
+    shard = not isinstance(files, str)  # one of many files: errors name it
     with open(path, "rb") as f:
         chunk = os.pread(f.fileno(), size, offset)
-    records, read, skipped = chunk_records(chunk, first_lineno, fmt, name, skip_invalid)
-    result = fn(records, *args)
+    records, read, skipped = chunk_records(chunk, first_lineno, fmt, path if shard else name,
+                                           skip_invalid, base)
+    try:
+        result = fn(records, *args)
+    except InvalidRecordError as exc:
+        if not shard or exc.path is not None:
+            raise
+        raise InvalidRecordError(exc.problem, path, exc.lineno - base
+                                 if exc.lineno is not None else None) from None
     return result, read.count, skipped
 
 
-def map_records(path: str, fn: Any, args: tuple[Any, ...], workers: int, digest: Any, *,
-                fmt: str, name: str, skip_invalid: bool, done: InputFacts | None = None
-                ) -> Iterator[tuple[Any, int, list[str]]]:
-    """``fn(records, *args)`` of the records of each chunk of ``path``, in ``workers``
-    processes: ``(result, records read, skipped lines)`` of each chunk, in file order
-    (``digest`` hashes the file; ``done.bytes_done``, when given, counts the bytes of
-    the chunks yielded, for progress)."""
+def map_records(path: str | list[str], fn: Any, args: tuple[Any, ...], workers: int,
+                digest: Any, *, fmt: str, name: str, skip_invalid: bool,
+                done: InputFacts | None = None) -> Iterator[tuple[Any, int, list[str]]]:
+    """``fn(records, *args)`` of the records of each chunk of ``path`` (or of the shards
+    of many files, in order), in ``workers`` processes: ``(result, records read, skipped
+    lines)`` of each chunk, in file order (``digest`` hashes one file; shards go into
+    ``done.shards``; ``done.bytes_done``, when given, counts the bytes of the chunks
+    yielded, for progress)."""
     reading = (fmt, name, skip_invalid)
     done = done if done is not None else InputFacts()
     with worker_pool(workers, _init_map, (path, fn, args, reading)) as pool:
         pending: deque[tuple[int, Any]] = deque()
-        for offset, size, lineno in chunks(path, digest):
-            pending.append((size, pool.apply_async(_map_work, (offset, size, lineno))))
+        for file, offset, size, lineno, base in pieces(path, done, digest):
+            pending.append((size, pool.apply_async(_map_work,
+                                                   (file, offset, size, lineno, base))))
             if len(pending) >= 2 * workers:
                 size, future = pending.popleft()
                 result = future.get()

@@ -36,6 +36,7 @@ from .progress import wanted as progress_wanted
 from .provenance import _line_of, describe
 from .provenance import verify_output as verify_output  # (publish checks its file)
 from .records import Record
+from .shards import ShardedSource, expand, is_many
 from .stats import Tap
 from .steps import ORDERED, STATEFUL, Step, Where, make
 from .streams import STDIO, Sink, Source, display_name
@@ -83,9 +84,20 @@ def source_progress(label: str, source: Any, *, total: int | None = None) -> Pro
                     enabled=getattr(source, "path", None) != STDIO)
 
 
-def file_progress(label: str, path: str, facts: parallel.InputFacts) -> Progress:
-    """The progress of a pass over ``path`` in worker processes, chunk by chunk."""
-    size = os.path.getsize(path)
+def chunked_files(source: Any, input_path: str) -> str | list[str] | None:
+    """What worker processes may read chunk by chunk (if large enough): a JSONL file of a
+    line format, or the shards of many JSONL files; ``None`` for other inputs."""
+    if by_lines(source):
+        return input_path
+    if isinstance(source, ShardedSource) and source.kind == "jsonl" and source.limit is None:
+        return source.paths
+    return None
+
+
+def file_progress(label: str, path: str | list[str], facts: parallel.InputFacts) -> Progress:
+    """The progress of a pass over ``path`` (or shards) in worker processes, chunk by
+    chunk."""
+    size = sum(os.path.getsize(p) for p in ([path] if isinstance(path, str) else path))
     return Progress(label, lambda: facts.records_read,
                     total=lambda: facts.expected_records(size))
 
@@ -136,7 +148,7 @@ def run(
         raise PromptkitError("the output and the manifest cannot both go to stdout")
     outputs = files.Outputs(output_path, manifest_path,
                             [path for step in steps for path in step.side_files],
-                            inputs=[input_path], stale=_stale(output_path))
+                            inputs=input_files(input_path), stale=_stale(output_path))
     try:
         with progress_wanted(shown):
             return _run(outputs, input_path, output_path, steps, from_format=from_format,
@@ -145,6 +157,35 @@ def run(
                         dataset=dataset, records=counted.get("records"), accept=accept)
     finally:
         outputs.release()
+
+
+def input_files(input_path: str) -> list[str]:
+    """The files an input reads: its shards when it names many (see
+    :mod:`promptkit.shards`; none when it matches none: opening it says so), else itself."""
+    if not is_many(input_path):
+        return [input_path]
+    try:
+        return expand(input_path)
+    except PromptkitError:
+        return []
+
+
+def located(exc: InvalidRecordError, source: Any) -> InvalidRecordError:
+    """An error raised without a file (by a step or the writer), naming the input's file
+    and line: the shard and its own line when the input is many files."""
+    if exc.path is not None:
+        return exc
+    if isinstance(source, ShardedSource):
+        return source.located(exc)
+    return exc.located(source.name)
+
+
+def named_lines(skipped: list[str], source: Any) -> list[str]:
+    """Skipped records (``LINE: problem``, sorted) as the manifest lists them: by their
+    shard and its own line (``SHARD:LINE: problem``) when the input is many files."""
+    if isinstance(source, ShardedSource):
+        return [source.name_line(line) for line in skipped]
+    return skipped
 
 
 def _stdout_is_terminal() -> bool:
@@ -167,25 +208,28 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         made_for = [step.output_format for step in steps if step.output_format]
         out_format = get_format(to_format or (made_for[-1] if made_for else None)
                                 or source.default_output)
-        sink = open_sink(output_path, out_format, skip_invalid=skip_invalid, inputs=[input_path])
+        sink = open_sink(output_path, out_format, skip_invalid=skip_invalid,
+                         inputs=input_files(input_path))
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         label = pass_label(steps)
+        chunked = chunked_files(source, input_path)
         try:
-            if (by_lines(source) and isinstance(sink, Sink)
+            if (chunked is not None and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
-                    and parallel.can_run_parallel(input_path, workers)):
+                    and parallel.can_run_parallel(chunked, workers)):
                 source.close()
                 facts = parallel.InputFacts()
                 with leftovers.scratch_folder() as scratch, \
-                        file_progress(label, input_path, facts):
+                        file_progress(label, chunked, facts):
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer)
-                    parallel.run_file(input_path, job, sink, workers, facts)
-            elif (len(steps) == 1 and steps[0].op == "hash_trace" and by_lines(source)
-                  and parallel.can_run_parallel(input_path, workers)):
-                facts = _hash_trace_in_workers(source, input_path, steps[0], sink, workers,
+                    parallel.run_file(chunked, job, sink, workers, facts)
+                _read_in_workers(source, facts)
+            elif (len(steps) == 1 and steps[0].op == "hash_trace" and chunked is not None
+                  and parallel.can_run_parallel(chunked, workers)):
+                facts = _hash_trace_in_workers(source, chunked, steps[0], sink, workers,
                                                skip_invalid, label)
             else:
                 with source_progress(label, source, total=records):
@@ -195,14 +239,18 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                     step.check(facts.records_read)
             sink.flush()
             inputs = [{"path": source.name, "format": in_format.name,
-                       "records": facts.records_read, "sha256": facts.sha256.hexdigest()}]
+                       "records": facts.records_read,
+                       "sha256": (source.sha256 if isinstance(source, ShardedSource)
+                                  else facts.sha256).hexdigest()}]
             if isinstance(source, DatasetSource):
                 inputs[0]["path"] = source.path
-            if isinstance(source, DatasetSource | ColumnSource):
+            if isinstance(source, DatasetSource | ColumnSource) or (
+                    isinstance(source, ShardedSource) and source.kind == "parquet"):
                 inputs[0]["dataset"] = source.describe()
-            else:
+            if not isinstance(source, DatasetSource | ColumnSource):
                 inputs[0].update(source.shape())
-            result = describe(inputs, facts.skipped, sink, steps, argv)
+            result = describe(inputs, facts.skipped, sink, steps, argv,
+                              name_lines=lambda lines: named_lines(lines, source))
             if accept is not None:
                 accept(result)
             _put_in_place(outputs, sink, steps, manifest_path, result)
@@ -280,7 +328,7 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
 
 
 def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool = False,
-                dataset: dict[str, Any] | None = None) -> Source | DatasetSource:
+                dataset: dict[str, Any] | None = None) -> Source | DatasetSource | ShardedSource:
     """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin; a JSON
     array is read as its lines would be), read by its line format or, given column
     options, by columns (:mod:`promptkit.columns`). A JSON array file is read through
@@ -290,6 +338,8 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     ``limit`` (``--limit``) reads the first records of any input: a dataset's rows (after
     a shuffle), or the first records of JSON lines or an array, plain, compressed or
     stdin (read in one process; the sha256 is still that of the whole input)."""
+    if path != STDIO and is_many(path):
+        return ShardedSource(path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     local = path != STDIO and from_format is None
     if local and is_dataset(path):
         return DatasetSource(path, DatasetOptions(**(dataset or {})), skip_invalid=skip_invalid)
@@ -321,7 +371,7 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     return source
 
 
-def by_lines(source: Source | DatasetSource) -> TypeGuard[Source]:
+def by_lines(source: Source | DatasetSource | ShardedSource) -> TypeGuard[Source]:
     """Whether ``source`` is JSONL of a line format, whose chunks worker processes can
     read on their own (one read by columns carries its timestamps from line to line)."""
     return (isinstance(source, Source) and not isinstance(source, ColumnSource)
@@ -337,8 +387,8 @@ def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
     return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
 
 
-def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | TableSink,
-                           workers: int, skip_invalid: bool, label: str
+def _hash_trace_in_workers(source: Any, path: str | list[str], step: Step,
+                           sink: Sink | TableSink, workers: int, skip_invalid: bool, label: str
                            ) -> parallel.InputFacts:
     """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
     numbered here, in file order (so the bytes are those of one process)."""
@@ -363,11 +413,32 @@ def _hash_trace_in_workers(source: Source, path: str, step: Step, sink: Sink | T
         with file_progress(label, path, facts):
             sink.write_all(records())
     except InvalidRecordError as exc:
-        raise (exc.located(source.name) if exc.path is None else exc) from None
+        _read_in_workers(source, facts)  # the shards chunked so far: to name the line
+        raise located(exc, source) from None
+    _read_in_workers(source, facts)
     return facts
 
 
-def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
+def _for_workers(source: Any) -> Any:
+    """Ready ``source`` to be read again by worker processes (it read the first records,
+    to detect the format): nothing counted; the digest the chunks hash one file into."""
+    source.close()
+    if isinstance(source, ShardedSource):
+        source.read_in_workers([], [])
+        return hashlib.sha256()  # each shard is hashed on its own (InputFacts.shards)
+    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+    source.count = 0
+    source.skipped = []
+    return source.sha256
+
+
+def _read_in_workers(source: Any, facts: parallel.InputFacts) -> None:
+    """Many files read by workers: the source takes their account (sha256s, lines)."""
+    if isinstance(source, ShardedSource) and facts.shards is not None:
+        source.read_in_workers(facts.shards, facts.shard_lines)
+
+
+def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | TableSink,
               steps: list[Step]) -> parallel.InputFacts:
     """The whole chain in this process, streaming (and flushing as input arrives)."""
     if sink.path == STDIO and isinstance(source, Source):
@@ -378,7 +449,7 @@ def _run_here(source: Source | DatasetSource, sink: Sink | TableSink,
     try:
         sink.write_all(records)
     except InvalidRecordError as exc:
-        raise (exc.located(source.name) if exc.path is None else exc) from None
+        raise located(exc, source) from None
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
 
 
@@ -411,9 +482,10 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     label = "counting tokens" if tokenizer else "counting"
     try:
         with progress_wanted(progress_is_wanted() if progress is None else progress):
-            if (workers is not None and by_lines(source)
-                    and parallel.can_run_parallel(input_path, workers)):
-                collected = _stats_in_workers(source, input_path, tokenizer, skip_invalid,
+            chunked = chunked_files(source, input_path)
+            if (workers is not None and chunked is not None
+                    and parallel.can_run_parallel(chunked, workers)):
+                collected = _stats_in_workers(source, chunked, tokenizer, skip_invalid,
                                               workers, chat_template, label)
             else:
                 with source_progress(label, source):
@@ -425,7 +497,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     summary = collected.summary()
     warnings = []
     if collected.no_text:
-        lines = ", ".join(map(str, collected.no_text_lines))
+        lines = ", ".join(named_lines([str(n) for n in collected.no_text_lines], source))
         more = ", ..." if collected.no_text > len(collected.no_text_lines) else ""
         found = (counted(collected.no_text, "record") if collected.no_text == collected.records
                  else f"{collected.no_text} of {counted(collected.records, 'record')}")
@@ -455,10 +527,11 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                   "sha256": source.sha256.hexdigest(),
                   **({"dataset": source.describe()}
                      if isinstance(source, DatasetSource | ColumnSource)
+                     or (isinstance(source, ShardedSource) and source.kind == "parquet")
                      else {})},
         "tokenizer": tokenizer,
         **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": manifest.skipped_section(source.skipped),
+        "skipped": manifest.skipped_section(named_lines(source.skipped, source)),
         **summary,
         "warnings": warnings,
         "wrote": wrote,
@@ -500,9 +573,10 @@ def check_file(input_path: str, *, from_format: str | None = None,
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
         with progress_wanted(progress_is_wanted() if progress is None else progress):
-            if (workers is not None and by_lines(source)
-                    and parallel.can_run_parallel(input_path, workers)):
-                report = _check_in_workers(source, input_path, CheckOptions(**options),
+            chunked = chunked_files(source, input_path)
+            if (workers is not None and chunked is not None
+                    and parallel.can_run_parallel(chunked, workers)):
+                report = _check_in_workers(source, chunked, CheckOptions(**options),
                                            loaded, tokenizer, skipping, workers)
             else:
                 with source_progress("checking", source):
@@ -510,7 +584,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                                            tokenizer=loaded, tokenizer_spec=tokenizer,
                                            skipping=skipping)
     except InvalidRecordError as exc:
-        raise (exc.located(source.name) if exc.path is None else exc) from None
+        raise located(exc, source) from None
     finally:
         source.close()
     wrote = []
@@ -530,8 +604,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": manifest.skipped_section(
-                sorted(source.skipped + skipping.skipped, key=_line_of)),
+            "skipped": manifest.skipped_section(named_lines(
+                sorted(source.skipped + skipping.skipped, key=_line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
@@ -554,7 +628,8 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
                                                    "--system-prompt-file"))
         return out
     path = manifest.default_path(input_path)
-    if not use_manifest or input_path == STDIO or is_dataset(input_path):
+    if (not use_manifest or input_path == STDIO or is_many(input_path)
+            or is_dataset(input_path)):
         return out
     try:
         recorded = manifest.read(path)
@@ -586,48 +661,46 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
     return out
 
 
-def _stats_in_workers(source: Source, path: str, tokenizer: str | None, skip_invalid: bool,
-                      workers: int, chat_template: str = "none", label: str = "counting"
-                      ) -> Any:
-    """Statistics of a large file, a chunk a worker process, merged in file order."""
+def _stats_in_workers(source: Any, path: str | list[str], tokenizer: str | None,
+                      skip_invalid: bool, workers: int, chat_template: str = "none",
+                      label: str = "counting") -> Any:
+    """Statistics of a large file (or many), a chunk a worker process, merged in order."""
     from .stats import Stats, stats_of
 
-    source.close()
-    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+    digest = _for_workers(source)
     total = Stats()
     done = parallel.InputFacts()
     with file_progress(label, path, done):
         for part, read, skipped in parallel.map_records(
-                path, stats_of, (tokenizer, chat_template), workers, source.sha256,
+                path, stats_of, (tokenizer, chat_template), workers, digest,
                 fmt=source.format.name, name=source.name, skip_invalid=skip_invalid,
                 done=done):
             total.merge(part)
             source.count += read
             done.records_read = source.count
             source.skipped += skipped
+    _read_in_workers(source, done)
     return total
 
 
-def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
+def _check_in_workers(source: Any, path: str | list[str], options: Any, tokenizer: Any,
                       spec: str | None, skipping: Skipping, workers: int) -> Any:
     """``check`` of a large file: workers tokenize and hash chunks; the cache is
     simulated here, in file order (the same report as one process)."""
     from .check import Setup
 
     first = next(source.records(), None)  # from the lines already read to detect the format
-    source.close()
     if first is None:
+        source.close()
         raise PromptkitError(f"{source.name}: empty file: no records")
     setup = Setup(first, options, tokenizer, spec, Skipping(skipping.skip_invalid, skipping.op))
-    source.sha256 = hashlib.sha256()
-    source.count = 0
-    source.skipped = []  # the chunks read the whole file again
+    digest = _for_workers(source)  # the chunks read the whole input again
 
     done = parallel.InputFacts()
 
     def pairs() -> Iterator[Any]:
         for (part, rejected), read, skipped in parallel.map_records(
-                path, setup.entry_list, (), workers, source.sha256,
+                path, setup.entry_list, (), workers, digest,
                 fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid,
                 done=done):
             source.count += read
@@ -637,7 +710,9 @@ def _check_in_workers(source: Source, path: str, options: Any, tokenizer: Any,
             yield from part
 
     with file_progress("checking", path, done):
-        return setup.replay(pairs())
+        report = setup.replay(pairs())
+    _read_in_workers(source, done)
+    return report
 
 
 def system_prompts(input_path: str, from_format: str | None = None,

@@ -11,6 +11,7 @@ from its manifest is :mod:`promptkit.reproduce`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__, compression, manifest
@@ -25,11 +26,16 @@ from .streams import STDIO, Sink, display_name
 
 def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sink | TableSink,
              steps: list[Step], argv: list[str] | None,
-             generator: dict[str, Any] | None = None) -> dict[str, Any]:
+             generator: dict[str, Any] | None = None,
+             name_lines: Callable[[list[str]], list[str]] | None = None) -> dict[str, Any]:
+    """The manifest of a finished run. ``name_lines`` turns the skipped records' lines,
+    once sorted, into what the manifest lists (a sharded input's ``SHARD:LINE``)."""
     out_format = sink.format
     skipped = sorted(skipped_reading + sink.skipped
                      + [line for step in steps for line in getattr(step.state, "skipped", [])],
                      key=_line_of)
+    if name_lines is not None:
+        skipped = name_lines(skipped)
     distinct = sink.distinct_records()
     return {
         "schema": manifest.SCHEMA,

@@ -46,7 +46,7 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
 
     def same_file(result: dict[str, Any]) -> None:
         """Refuse a differing result before it is put in place: no OUT, no manifest."""
-        problem = rebuilt_problem(recorded, result)
+        problem = shards_problem(recorded, result) or rebuilt_problem(recorded, result)
         if problem is not None:
             raise PromptkitError(f"{output_path}: {problem}; not written")
 
@@ -82,6 +82,26 @@ def rebuilt_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | N
     return None
 
 
+def shards_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """How the shards a rebuild read (an input of many files, see
+    :mod:`promptkit.shards`) differ from those the manifest lists, by their sha256 in
+    order: the first that differs, named; ``None`` when they are the same (or the input
+    is one file)."""
+    listed = recorded["inputs"][0].get("shards") if recorded["inputs"] else None
+    if listed is None:
+        return None
+    read = result["inputs"][0].get("shards") or []
+    for i, (was, now) in enumerate(zip(listed, read, strict=False)):
+        if was["sha256"] != now["sha256"]:
+            return (f"input shard {now['path']} differs from the manifest's shard {i} "
+                    f"(sha256 {now['sha256']}, manifest says {was['sha256']} of {was['path']})")
+    if len(listed) != len(read):
+        extra = (f"; first not listed: {read[len(listed)]['path']}" if len(read) > len(listed)
+                 else f"; first missing: {listed[len(read)]['path']}")
+        return f"the input has {len(read)} shards, the manifest lists {len(listed)}{extra}"
+    return None
+
+
 #: AIPerf arguments whose value is a path of this run's own files.
 _PATH_ARGS = frozenset({"--input-file", "--system-prompt-file"})
 
@@ -110,6 +130,9 @@ def paths_outside(manifest_path: str, recorded: dict[str, Any],
         named += [(f"inputs[{i}].path", entry["path"])
                   for i, entry in enumerate(recorded["inputs"])
                   if entry["path"] != display_name(STDIO)]
+        named += [(f"inputs[{i}].shards[{j}].path", shard["path"])
+                  for i, entry in enumerate(recorded["inputs"])
+                  for j, shard in enumerate(entry.get("shards") or [])]
     described = [(f"steps[{i}].params", step["params"])
                  for i, step in enumerate(recorded["steps"])]
     if "generator" in recorded:

@@ -58,6 +58,9 @@ def display_name(path: str) -> str:
 class Source(Counter):
     #: ``--limit``: read only the first this many records (None: all of them).
     limit: int | None = None
+    #: The places in the stream before this file's first line (for a shard of many
+    #: files, see :mod:`promptkit.shards`): added to each record's line number and index.
+    base: int = 0
 
     """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes.
 
@@ -67,7 +70,9 @@ class Source(Counter):
     is that of the bytes as read.
     """
 
-    def __init__(self, path: str, fmt: str | None = None, *, skip_invalid: bool = False):
+    def __init__(self, path: str, fmt: str | None = None, *, skip_invalid: bool = False,
+                 allow_empty: bool = False):
+        """``allow_empty``: a file with no records is no error (one shard of many)."""
         self.path = path
         self.name = display_name(path)
         self.skip_invalid = skip_invalid
@@ -106,7 +111,10 @@ class Source(Counter):
             else:
                 self._items = self._counted(_line_batches(chunks))
             self._head = self._first_objects()
-            self.format: Format = get_format(fmt) if fmt else self._detect()
+            self.format: Format = (get_format(fmt) if fmt
+                                   # No records: any format reads none of them.
+                                   else get_format("openai") if allow_empty and not self._head
+                                   else self._detect())
         except BaseException:
             self.close()
             raise
@@ -242,15 +250,23 @@ class Source(Counter):
             raise exc
         self.skipped.append(f"{exc.lineno}: {exc.problem}")
 
-    def records(self) -> Iterator[Record]:
-        """The records, in file order. Raises on the first bad line unless skipping."""
-        if not self._head:
+    @property
+    def is_empty(self) -> bool:
+        """Whether the file holds no records (known once it is opened)."""
+        return not self._head
+
+    def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
+        """The records, in file order. Raises on the first bad line unless skipping, and
+        for a file with no records unless ``allow_empty``."""
+        if not self._head and not allow_empty:
             raise PromptkitError(f"{self.name}: empty file: no records")
         items = itertools.chain(self._read_ahead, self._items)
         if self.layout == "array":
-            records = parse_objects(items, self.format, self.name, self._skip_or_raise, self)
+            records = parse_objects(items, self.format, self.name, self._skip_or_raise, self,
+                                    self.base)
         else:
-            records = parse_lines(items, self.format, self.name, self._skip_or_raise, self)
+            records = parse_lines(items, self.format, self.name, self._skip_or_raise, self,
+                                  self.base)
         return self.limited(records)
 
     def limited(self, records: Iterator[Record]) -> Iterator[Record]:
@@ -266,6 +282,10 @@ class Source(Counter):
                 yield record
                 if self.count >= limit:
                     break
+        self.drain()
+
+    def drain(self) -> None:
+        """Read the rest of the bytes only into the sha256."""
         read = getattr(self._stream, "read1", self._stream.read)
         while chunk := read(CHUNK):
             self.sha256.update(chunk)
@@ -560,16 +580,22 @@ def parse_lines(
     name: str,
     on_invalid: Callable[[InvalidRecordError], None],
     counter: Counter,
+    base: int = 0,
 ) -> Iterator[Record]:
     """Records of batches of consecutive lines, ``(first line number, lines)``.
 
     Blank lines are skipped. A record's ``index`` is its line number less one, so
     a chunk of a file parsed on its own gets the same indices as the whole file
     read in order. Counts the records in ``counter.count``.
+
+    ``base``: the places in the stream before this file (one shard of many, see
+    :mod:`promptkit.shards`), added to each record's ``lineno`` and ``index``; errors
+    still name the file's own line.
     """
     parse = fmt.parse
     loads = orjson.loads
     key_ends = KEY_ENDS
+    shift = base - 1
     for first, lines in batches:
         lineno = first - 1
         for line in lines:
@@ -602,8 +628,8 @@ def parse_lines(
                 except InvalidRecordError as again:
                     on_invalid(InvalidRecordError(f"{fmt.name}: {again.problem}", name, lineno))
                     continue
-            record.lineno = lineno
-            record.index = lineno - 1
+            record.lineno = lineno + base
+            record.index = lineno + shift
             counter.count += 1
             yield record
 
@@ -614,6 +640,7 @@ def parse_objects(
     name: str,
     on_invalid: Callable[[InvalidRecordError], None],
     counter: Counter,
+    base: int = 0,
 ) -> Iterator[Record]:
     """Records of ``(item number, value)`` pairs (the items of a JSON array), as
     :func:`parse_lines` makes them of lines: the item number stands for the line."""
@@ -630,8 +657,8 @@ def parse_objects(
                 if exc.lineno is None else exc
             )
             continue
-        record.lineno = number
-        record.index = number - 1
+        record.lineno = number + base
+        record.index = number + base - 1
         counter.count += 1
         yield record
 
