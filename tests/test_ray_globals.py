@@ -29,17 +29,13 @@ BLOCKS = 8  # rows fed in at least this many blocks
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    # a token file another Ray run left in ~/.ray turns token auth on for a head but
-    # not for the nodes joining it: this private test cluster goes without
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_AUTH_MODE", "disabled")
-        with local_cluster((1, 1)) as c:
-            ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            try:
-                yield c
-            finally:
-                ray.shutdown()
+    with local_cluster((1, 1)) as c:
+        ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            yield c
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
