@@ -360,6 +360,39 @@ def ray_and_report(input_path: str, output_path: str, steps: list[Step], *,
                f"{counted(result['ray']['nodes'], 'Ray node')}", err=True)
 
 
+def ray_ready(ray_address: str, manifest_path: str | None = None,
+              dataset: dict[str, Any] | None = None) -> None:
+    """--ray's address, --manifest and dataset options checked, Ray importable."""
+    from . import ray as on_ray
+
+    on_ray.check_address(ray_address)
+    if manifest_path is not None:
+        raise click.UsageError("--ray writes its manifest into OUT (OUT/manifest.json): "
+                               "--manifest is not taken with it")
+    if dataset and any(value is not None and value is not False for value in dataset.values()):
+        option = "--" + next(k for k, v in dataset.items()
+                             if v is not None and v is not False).replace("_", "-")
+        raise click.UsageError(f"--ray reads JSONL files; {option} is not taken with it")
+    on_ray.require()
+
+
+def ray_hash_trace(input_path: str, output_path: str, step: Step, *, from_format: str | None,
+                   skip_invalid: bool, manifest_path: str | None, dataset: dict[str, Any],
+                   ray_address: str) -> None:
+    """``hash-trace --ray``: ids numbered by distributed shuffles, parts written by tasks."""
+    ray_ready(ray_address, manifest_path, dataset)
+    from .ray.commands import hash_trace_folder
+    from .ray.run import MANIFEST
+
+    result = hash_trace_folder(input_path, output_path, step, address=ray_address,
+                               from_format=from_format, skip_invalid=skip_invalid,
+                               argv=PromptkitGroup.argv)
+    summarize(result, f"{output_path}/{MANIFEST}")
+    click.echo(f"promptkit: {counted(len(result['output']['parts']), 'part')} from "
+               f"{counted(result['ray']['chunks'], 'chunk')} on "
+               f"{counted(result['ray']['nodes'], 'Ray node')}", err=True)
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -911,9 +944,13 @@ def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: in
       promptkit hash-trace prompts/chat.jsonl.example trace.jsonl --tokenizer cl100k_base
       promptkit hash-trace prod.jsonl trace.jsonl --tokenizer ./tok_dir --block-size 64 --rate 2
     """
-    refuse_ray("hash-trace", ray_address)
     step = Step("hash_trace", {"tokenizer": tokenizer, "block_size": block_size, "rate": rate,
                                "threads": threads})
+    if ray_address is not None:
+        ray_hash_trace(input_path, output_path, step, from_format=from_format,
+                       skip_invalid=skip_invalid, manifest_path=manifest_path,
+                       dataset=dataset, ray_address=ray_address)
+        return
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format="mooncake_trace", skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers,

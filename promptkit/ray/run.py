@@ -79,9 +79,17 @@ class Chunk:
     size: int
     first_lineno: int
     first_index: int
+    #: The places in the stream before ``path`` (one shard of many; 0 for one file).
+    base: int = 0
 
 
 # ---------------------------------------------------------------- tasks (on the cluster)
+
+
+def chunk_of(row: dict[str, Any]) -> Chunk:
+    """The :class:`Chunk` a row of a Ray Data task describes."""
+    return Chunk(int(row["number"]), str(row["path"]), int(row["offset"]), int(row["size"]),
+                 int(row["first_lineno"]), int(row["first_index"]), int(row.get("base", 0)))
 
 
 def _line_start(f: Any, at: int, size: int) -> int:
@@ -159,14 +167,14 @@ def process(row: dict[str, Any], settings: TaskSettings,
     progress.want(False)
     if settings.delay:
         time.sleep(settings.delay)
-    chunk = Chunk(int(row["number"]), str(row["path"]), int(row["offset"]), int(row["size"]),
-                  int(row["first_lineno"]), int(row["first_index"]))
+    chunk = chunk_of(row)
     job = settings.job
     if chunk.size < 0:
         return _process_stream(chunk, settings, states)
     with open(chunk.path, "rb") as f:
         data = os.pread(f.fileno(), chunk.size, chunk.offset)
-    result = process_chunk(job, data, chunk.first_lineno, states)
+    result = process_chunk(job, data, chunk.first_lineno, states, base=chunk.base,
+                           path=chunk.path)
     assert isinstance(result.data, bytes)
     sha256 = _write_part(_part(settings, chunk.number), result.data)
     return _facts(chunk.number, result, sha256, len(result.data))
@@ -179,6 +187,7 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
 
     job = settings.job
     source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
+    source.base = chunk.base
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
     if job.tokenizer is not None:
         from ..stats import Tap

@@ -1,0 +1,247 @@
+"""``hash-trace``, ``check`` and ``stats`` with ``--ray``: chunks of records become rows in
+Ray tasks (:mod:`promptkit.ray.globals`' row builders), the global parts run as
+distributed Ray Data operations, and ``hash-trace``'s parts are written by tasks. The
+driver holds small facts a chunk (records read, skipped lines, a part's sha256), never
+every record or block."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from .. import files, leftovers
+from ..errors import InvalidRecordError, PromptkitError, Skipping
+from ..formats import get_format
+from ..parallel import chunk_records
+from ..records import Record
+from ..steps import Step
+from ..streams import Encoder, Source
+from . import address_kind, connect
+from .inputs import Planned, paths_of, plan_input
+from .run import (
+    PART,
+    PartsOutput,
+    _hash_parts,
+    _write_part,
+    check_output,
+    chunk_bytes,
+    chunk_of,
+    put_folder,
+)
+
+
+def _open(input_path: str, from_format: str | None, skip_invalid: bool) -> tuple[Any, Any]:
+    """The input's format and its first record (read here: a few lines)."""
+    _, many = paths_of(input_path)
+    if many:
+        from ..shards import ShardedSource
+
+        source: Any = ShardedSource(input_path, from_format, skip_invalid=skip_invalid)
+    else:
+        source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    try:
+        if source.layout != "lines":
+            raise PromptkitError(f"{input_path}: a JSON array: --ray reads JSON lines")
+        first = next(iter(source.records()), None)
+        return source.format, first
+    finally:
+        source.close()
+
+
+def _records(row: dict[str, Any], fmt: str, skip_invalid: bool
+             ) -> tuple[Any, Any, list[str], Any]:
+    """A chunk's records, a function giving how many were read, the skipped lines (filled
+    as the records are taken, ``PLACE: problem``) and a closer."""
+    chunk = chunk_of(row)
+    name = row["name"]
+    if chunk.size < 0:
+        source = Source(chunk.path, fmt, skip_invalid=skip_invalid)
+        source.name = name
+        source.base = chunk.base
+        skipped: list[str] = []
+
+        def taken() -> Any:
+            yield from source.records()
+            skipped.extend(f"{int(h) + chunk.base}:{rest}" if h.isdigit() else line
+                           for line in source.skipped for h, _, rest in [line.partition(":")])
+
+        return taken(), lambda: source.records_read, skipped, source.close
+    with open(chunk.path, "rb") as f:
+        data = os.pread(f.fileno(), chunk.size, chunk.offset)
+    records, read, skipped = chunk_records(data, chunk.first_lineno, fmt, name, skip_invalid,
+                                           chunk.base)
+    return records, lambda: read.count, skipped, lambda: None
+
+
+def _located(exc: InvalidRecordError, row: dict[str, Any]) -> InvalidRecordError:
+    if exc.path is not None:
+        return exc
+    lineno = exc.lineno - int(row.get("base", 0)) if exc.lineno is not None else None
+    return InvalidRecordError(exc.problem, row["name"], lineno)
+
+
+def _rows(planned: Planned, input_path: str) -> list[dict[str, Any]]:
+    names = {os.path.abspath(s["path"]): s["path"] for s in planned.shards or []}
+    return [{**vars(chunk), "name": names.get(chunk.path, input_path)}
+            for chunk in planned.chunks]
+
+
+def _setup_ray(ray: Any) -> tuple[int, str]:
+    return sum(1 for node in ray.nodes() if node.get("Alive")), ray.__version__
+
+
+# ---------------------------------------------------------------- hash-trace
+
+
+def _hash_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, params: dict[str, Any]
+                ) -> dict[str, Any]:
+    """A chunk's hash-trace rows (a Ray task): each record's block digests and its
+    hash-id record, pickled together, with the chunk's records read and skipped."""
+    from ..hashtrace import DIGEST, hashed_records
+
+    records, read, skipped, close = _records(row, fmt, skip_invalid)
+    skipping = Skipping(skip_invalid, "hash_trace")
+    out = []
+    try:
+        for record, digests in hashed_records(
+                records, tokenizer=params["tokenizer"], block_size=params["block_size"],
+                rate=params.get("rate"), threads=1, skipping=skipping):
+            out.append((record.index, [digests[i:i + DIGEST]
+                                       for i in range(0, len(digests), DIGEST)],
+                        pickle.dumps(record)))
+    except InvalidRecordError as exc:
+        raise _located(exc, row) from None
+    finally:
+        close()
+    return {"number": row["number"], "read": read(),
+            "skipped": pickle.dumps(skipped + skipping.skipped), "rows": pickle.dumps(out)}
+
+
+def _unpack_hash(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"number": row["number"], "index": index, "blocks": blocks, "record": record}
+            for index, blocks, record in pickle.loads(row["rows"])]
+
+
+def _write_hash_part(t: Any, staging: str) -> Any:
+    """One chunk's part (a Ray Data task): its records with their ids, in order."""
+    import pyarrow as pa
+
+    number = int(t.column("number")[0].as_py())
+    is_record = np.asarray(t.column("record").is_valid())
+    ids = dict(zip(t.column("index").filter(pa.array(~is_record)).to_pylist(),
+                   t.column("hash_ids").filter(pa.array(~is_record)).to_pylist(), strict=True))
+    mine = t.filter(pa.array(is_record)).sort_by("index")
+    encoder = Encoder(get_format("mooncake_trace"))
+
+    def records() -> Any:
+        for index, blob in zip(mine.column("index").to_pylist(),
+                               mine.column("record").to_pylist(), strict=True):
+            record: Record = pickle.loads(blob)
+            record.hash_ids = ids[index]
+            yield record
+
+    data = b"".join(encoder.encode_all(records()))
+    sha256 = _write_part(os.path.join(staging, PART.format(number)), data)
+    return pa.table({"number": [number], "written": [encoder.count], "bytes": [len(data)],
+                     "sha256": [sha256], "keys": [np.unique(encoder.keys).tobytes()]})
+
+
+def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address: str,
+                      from_format: str | None, skip_invalid: bool, argv: list[str] | None,
+                      chunk_size: int | None = None) -> dict[str, Any]:
+    """``hash-trace`` on a Ray cluster: OUT a folder of parts (their concatenation the bytes
+    of the run without ``--ray``) and ``OUT/manifest.json``; the manifest is returned."""
+    import pyarrow as pa
+
+    from ..provenance import describe
+    from ..steps import make
+    from .globals import _conform, number_blocks
+
+    check_output(output_path, input_path)
+    step = step if step.made else make(step.op, step.params)
+    step.skip_invalid = skip_invalid
+    fmt, _ = _open(input_path, from_format, skip_invalid)
+    step_bytes = chunk_size or chunk_bytes()
+    folder = os.path.dirname(os.path.abspath(output_path))
+    with files.Lock(output_path):
+        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
+                                   suffix=files.TMP_SUFFIX, dir=folder)
+        leftovers.claim(staging)
+        try:
+            with connect(address) as ray:
+                planned = plan_input(ray, input_path, step_bytes)
+                rows = _rows(planned, input_path)
+                firsts = np.array([c.first_index for c in planned.chunks], dtype=np.int64)
+                facts_ds = (ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+                            .map(_hash_chunk, fn_kwargs={"fmt": fmt.name,
+                                                         "skip_invalid": skip_invalid,
+                                                         "params": step.params}, num_cpus=1)
+                            .materialize())
+                hashed = facts_ds.flat_map(_unpack_hash).materialize()
+                ids = number_blocks(hashed)
+                fields = [("number", pa.int64()), ("index", pa.int64()),
+                          ("record", pa.binary()), ("hash_ids", pa.list_(pa.int64()))]
+
+                def numbered(t: Any) -> Any:
+                    index = np.asarray(t.column("index").to_numpy(), dtype=np.int64)
+                    chunk = np.searchsorted(firsts, index, side="right") - 1
+                    return _conform(t.append_column("number", pa.array(chunk)), fields)
+
+                both = (hashed.select_columns(["number", "index", "record"])
+                        .map_batches(lambda t: _conform(t, fields), batch_format="pyarrow")
+                        .union(ids.map_batches(numbered, batch_format="pyarrow")))
+                written = {row["number"]: row for row in both.groupby("number").map_groups(
+                    _write_hash_part, batch_format="pyarrow",
+                    fn_kwargs={"staging": staging}).take_all()}
+                facts = sorted(facts_ds.select_columns(["number", "read", "skipped"])
+                               .take_all(), key=lambda r: r["number"])
+                nodes, version = _setup_ray(ray)
+            out = PartsOutput(output_path, get_format("mooncake_trace"), None)
+            read, skipped, parts = 0, [], []
+            for fact in facts:
+                number = fact["number"]
+                read += fact["read"]
+                skipped += pickle.loads(fact["skipped"])
+                part = written.get(number)
+                if part is None:  # a chunk with no records: an empty part
+                    part = {"written": 0, "bytes": 0, "keys": b"",
+                            "sha256": _write_part(os.path.join(staging, PART.format(number)),
+                                                  b"")}
+                out.encoder.keys.frombytes(part["keys"])
+                out.encoder.count += part["written"]
+                parts.append({"path": PART.format(number), "records": part["written"],
+                              "bytes": part["bytes"], "sha256": part["sha256"]})
+            _hash_parts(staging, parts, out.sha256)
+            inputs = [{"path": input_path, "format": fmt.name, "records": read,
+                       "sha256": planned.sha256, **_shape(input_path, planned)}]
+            result = describe(inputs, skipped, out, [step], argv,  # type: ignore[arg-type]
+                              name_lines=lambda lines: [planned.locate(x) for x in lines])
+            result["output"]["parts"] = parts
+            result["ray"] = {"address": address_kind(address), "nodes": nodes,
+                             "ray_version": version, "chunk_bytes": step_bytes,
+                             "chunks": len(planned.chunks), "chunks_redone": 0}
+            result["aiperf"]["note"] += (
+                f" {output_path} is a folder of parts: AIPerf loads one file, their "
+                f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
+            put_folder(staging, output_path, result)
+        except BaseException:
+            files.remove_quietly(staging)
+            raise
+    return result
+
+
+def _shape(input_path: str, planned: Planned) -> dict[str, Any]:
+    if planned.shards is not None:
+        return {"shards": planned.shards}
+    source = Source(input_path)
+    try:
+        return dict(source.shape())
+    finally:
+        source.close()
+
+
+__all__ = ["hash_trace_folder"]

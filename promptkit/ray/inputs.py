@@ -1,0 +1,121 @@
+"""The input of a ``--ray`` run as chunks: one JSONL file, or many shards read as one stream.
+
+Every pass that reads the bytes runs as Ray tasks; the driver only adds numbers up:
+
+- a task a file: its sha256 and size, whether it is compressed and, for many shards,
+  its places in the stream (:func:`promptkit.shards.positions`);
+- the driver: each shard's first place (:func:`promptkit.shards.offsets`), the input's
+  sha256 (:func:`promptkit.shards.combined_sha256` for many);
+- :func:`promptkit.ray.run.plan` cuts each plain file at line ends (tasks count the
+  lines of each cut); a compressed file is one chunk, read by one task.
+
+Each chunk carries ``base``, the places in the stream before its shard, so a record's
+index is ``base`` plus its line less one, and errors name the shard and its own line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import compression, shards
+from ..errors import PromptkitError
+from ..streams import STDIO
+from .run import Chunk, _bounds
+
+
+@dataclass
+class Planned:
+    """The chunks of an input and what the manifest says of it."""
+
+    name: str
+    chunks: list[Chunk]
+    sha256: str
+    #: Many shards: each ``{"path", "sha256", "size"}`` (``compression`` if any).
+    shards: list[dict[str, Any]] | None = None
+    #: Many shards: each shard's first place in the stream.
+    bases: list[int] = field(default_factory=list)
+
+    def locate(self, line: str) -> str:
+        """A skipped line ``PLACE: problem`` as ``SHARD:LINE: problem`` (many shards)."""
+        if not self.shards:
+            return line
+        head, sep, rest = line.partition(":")
+        if not head.isdigit():
+            return line
+        place = int(head)
+        import bisect
+
+        i = max(0, bisect.bisect_right(self.bases, place - 1) - 1)
+        return f"{self.shards[i]['path']}:{place - self.bases[i]}{sep}{rest}"
+
+
+def paths_of(input_path: str) -> tuple[list[str], bool]:
+    """The files ``--ray`` reads (many: a folder or glob of JSONL shards), refusing stdin,
+    parquet shards and what is not a file."""
+    if input_path == STDIO:
+        raise PromptkitError("--ray reads files its tasks can open: name IN, not stdin")
+    if shards.is_many(input_path):
+        paths = shards.expand(input_path)
+        if shards.kind_of(paths) != "jsonl":
+            raise PromptkitError(f"{input_path}: --ray reads JSONL shards; parquet shards "
+                                 "run without --ray")
+        return paths, True
+    if not os.path.isfile(input_path):
+        raise PromptkitError(f"{input_path}: no such file" if not os.path.exists(input_path)
+                             else f"{input_path}: not a file")
+    return [input_path], False
+
+
+def _file_facts(row: dict[str, Any]) -> dict[str, Any]:
+    """A file's sha256, size, codec and (``count``) places in the stream: a Ray task."""
+    path = row["path"]
+    with open(path, "rb") as f:
+        codec = compression.sniff(f.read(4096))
+    sha256, size = shards.file_sha256(path)
+    return {"i": row["i"], "sha256": sha256, "size": size, "compression": codec or "",
+            "lines": shards.positions(path) if row["count"] else 0}
+
+
+def plan_input(ray: Any, input_path: str, step: int) -> Planned:
+    """The chunks of ``input_path`` (one file, or many shards), planned on the cluster."""
+    paths, many = paths_of(input_path)
+    rows = [{"i": i, "path": os.path.abspath(p), "count": many} for i, p in enumerate(paths)]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(_file_facts)
+    facts = sorted(ds.take_all(), key=lambda r: r["i"])
+    bases = shards.offsets([f["lines"] for f in facts]) if many else [0]
+    cuts = [{"number": 0, "shard": i, "path": row["path"], "file_size": fact["size"],
+             "start": start, "end": min(start + step, fact["size"])}
+            for i, (row, fact) in enumerate(zip(rows, facts, strict=True))
+            if not fact["compression"] for start in range(0, fact["size"], step)]
+    for number, cut in enumerate(cuts):
+        cut["number"] = number
+    found: list[dict[str, Any]] = []
+    if cuts:  # every plain file's cuts moved to line ends and counted, in one job
+        found = sorted(ray.data.from_items(cuts, override_num_blocks=len(cuts))
+                       .map(_bounds).take_all(), key=lambda r: r["number"])
+    chunks: list[Chunk] = []
+    for i, (row, fact, base) in enumerate(zip(rows, facts, bases, strict=True)):
+        if fact["compression"]:
+            chunks.append(Chunk(len(chunks), str(row["path"]), 0, -1, 1, base, base))
+            continue
+        lineno = 1
+        for bound in (b for b, cut in zip(found, cuts, strict=True) if cut["shard"] == i):
+            if bound["size"]:
+                chunks.append(Chunk(len(chunks), str(row["path"]), bound["offset"], bound["size"],
+                                    lineno, base + lineno - 1, base))
+            lineno += bound["lines"]
+    if not many:
+        return Planned(input_path, chunks, facts[0]["sha256"])
+    described = []
+    for path, fact in zip(paths, facts, strict=True):
+        entry: dict[str, Any] = {"path": path, "sha256": fact["sha256"], "size": fact["size"]}
+        if fact["compression"]:
+            entry["compression"] = fact["compression"]
+        described.append(entry)
+    return Planned(input_path, chunks, shards.combined_sha256([f["sha256"] for f in facts]),
+                   described, bases)
+
+
+__all__ = ["Planned", "paths_of", "plan_input"]
