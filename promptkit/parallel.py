@@ -24,7 +24,7 @@ from . import compression, interrupts, progress
 from .errors import InvalidRecordError
 from .formats import get_format
 from .records import Record
-from .streams import BOM, Counter, Encoder, Sink, parse_lines
+from .streams import BOM, Counter, Encoder, Sink, parse_lines, stable_prompt_key
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.
@@ -78,6 +78,9 @@ class Job:
     name: str
     #: The tokenizer the written records are counted under, if any.
     tokenizer: str | None = None
+    #: Key prompts the same in every process (chunks run in processes that are not
+    #: forks of one: Ray), for the distinct count.
+    stable_keys: bool = False
 
 
 @dataclass
@@ -148,7 +151,8 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     ``path``, ``base``: the shard the chunk is of, and the places in the stream before it,
     when the input is many files (errors name the shard and its own line)."""
     name = job.name if path is None or path == job.path else path
-    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
+    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
+                      key=stable_prompt_key if job.stable_keys else None)
     if job.tokenizer is not None:
         from .stats import Tap
         from .tokenizers import cached_tokenizer

@@ -707,8 +707,11 @@ def lost_digits(record: Record) -> bool:
 class Encoder:
     """Turns records into JSONL bytes of one format, keeping a key of each prompt."""
 
-    def __init__(self, fmt: Format, *, skip_invalid: bool = False):
+    def __init__(self, fmt: Format, *, skip_invalid: bool = False,
+                 key: Callable[[Record], int] | None = None):
         self.format = fmt
+        #: The key of a record's prompt, for the distinct count (default: prompt_key).
+        self.key = key or prompt_key
         self.skip_invalid = skip_invalid
         self.skipped: list[str] = []
         self.keys = array("q")  # one 64-bit hash of each record's prompt
@@ -728,6 +731,7 @@ class Encoder:
         dumps = orjson.dumps
         newline = orjson.OPT_APPEND_NEWLINE
         keep_key = self.keys.append
+        key = self.key
         tap = self.tap
         as_rows = self.as_rows
         fields = self.fields
@@ -748,7 +752,7 @@ class Encoder:
                     raise InvalidRecordError(f"cannot encode: {exc}", None,
                                              record.lineno) from None
                 data = dumps_exact(dump(record), record.lineno)
-            keep_key(prompt_key(record))
+            keep_key(key(record))
             self.count += 1
             if tap is not None:
                 tap.add(record)
@@ -962,15 +966,31 @@ def refuse_overwrite(path: str, inputs: Iterable[str]) -> None:
 
 def prompt_key(record: Record) -> int:
     """A 64-bit key of what the server sees first: the prompt, hash ids and salt (a
-    record with only an input length is a prompt of its own)."""
+    record with only an input length is a prompt of its own).
+
+    Python's hash of a string is salted per process: keys agree within a process and
+    its forks (``--workers``), not across processes started apart (Ray workers: those
+    use :func:`stable_prompt_key`)."""
+    return hash(_key_parts(record))
+
+
+def stable_prompt_key(record: Record) -> int:
+    """:func:`prompt_key`'s key made the same in every process (blake2b of the parts'
+    repr, 64 bits): for distinct counts merged from processes that are not forks of
+    one another."""
+    digest = hashlib.blake2b(repr(_key_parts(record)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _key_parts(record: Record) -> tuple[Any, ...]:
     extra = record.extra
     salt = extra.get("cache_salt") if extra else None
     messages = record.messages
     if len(messages) == 1 and messages[0].content.__class__ is str:
-        return hash((messages[0].role, messages[0].content, salt))
+        return (messages[0].role, messages[0].content, salt)
     if not messages and not record.hash_ids:
         # Only a length: AIPerf makes a prompt of random tokens for each such record.
-        return hash(("synthetic", record.index if record.index is not None else id(record)))
+        return ("synthetic", record.index if record.index is not None else id(record))
     parts: list[Any] = [record.input_length, salt]
     if record.hash_ids:
         parts.append(tuple(record.hash_ids))
@@ -984,4 +1004,4 @@ def prompt_key(record: Record) -> int:
                 parts.append(orjson.dumps(content))
             except TypeError:  # an integer beyond 64 bits
                 parts.append(dumps_exact(content))
-    return hash(tuple(parts))
+    return tuple(parts)

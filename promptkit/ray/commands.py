@@ -19,7 +19,7 @@ from ..formats import get_format
 from ..parallel import chunk_records
 from ..records import Record
 from ..steps import Step
-from ..streams import Encoder, Source
+from ..streams import Encoder, Source, stable_prompt_key
 from . import address_kind, connect
 from .inputs import Planned, paths_of, plan_input
 from .run import (
@@ -135,7 +135,7 @@ def _write_hash_part(t: Any, staging: str) -> Any:
     ids = dict(zip(t.column("index").filter(pa.array(~is_record)).to_pylist(),
                    t.column("hash_ids").filter(pa.array(~is_record)).to_pylist(), strict=True))
     mine = t.filter(pa.array(is_record)).sort_by("index")
-    encoder = Encoder(get_format("mooncake_trace"))
+    encoder = Encoder(get_format("mooncake_trace"), key=stable_prompt_key)
 
     def records() -> Any:
         for index, blob in zip(mine.column("index").to_pylist(),

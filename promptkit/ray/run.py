@@ -43,7 +43,7 @@ from ..errors import InvalidRecordError, PromptkitError
 from ..formats import TABLE_FORMATS, get_format
 from ..parallel import Job, process_chunk
 from ..steps import ORDERED, Step
-from ..streams import BOM, STDIO, Encoder, Source, Written
+from ..streams import BOM, STDIO, Encoder, Source, Written, stable_prompt_key
 from . import address_kind, connect
 
 #: The manifest of a part folder, inside it (so the folder is one unit: renamed into
@@ -188,7 +188,8 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
     job = settings.job
     source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
     source.base = chunk.base
-    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid)
+    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
+                      key=stable_prompt_key)
     if job.tokenizer is not None:
         from ..stats import Tap
         from ..tokenizers import cached_tokenizer
@@ -332,7 +333,7 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
     leftovers.claim(staging)
     try:
         job = Job(os.path.abspath(input_path), staging, in_format, out_format, steps,
-                  skip_invalid, name, tokenizer)
+                  skip_invalid, name, tokenizer, stable_keys=True)
         settings = TaskSettings(job, staging,
                                 float(os.environ.get("PROMPTKIT_RAY_TEST_DELAY", "0") or 0))
         hashed: dict[str, Any] = {}
