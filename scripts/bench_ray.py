@@ -22,6 +22,12 @@ What it does:
    each ``--ray`` mode's time as a ratio of the single-machine time, and the
    driver's peak RSS (the ``promptkit`` process's own ``ru_maxrss``; with
    ``--ray local`` the Ray processes the driver starts count too) at N/4 and N.
+5. The shuffle cost: ``hash-trace``'s numbering of blocks by first appearance
+   (``promptkit.ray.globals.number_blocks``: shuffles by block key and by record)
+   on the two nodes, against :class:`promptkit.hashtrace.HashIds` numbering the
+   same blocks in one process, on synthetic rows (``--shuffle-records`` records of
+   16 blocks, each block's key drawn so that leading blocks are often shared): the
+   ids must be equal; the table gives blocks a second for both.
 
 Ratios, not seconds, are the figures to compare: the modes run alternately on the
 same machine. On one machine every mode shares the same cores; the point of the
@@ -42,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,20 +95,71 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", help="kept if given (default: a temporary folder)")
+    parser.add_argument("--shuffle-records", type=int, default=200_000,
+                        help="records of the numbering (shuffle) measurement; 0: none")
     args = parser.parse_args()
     if args.records < 4 or args.repeat < 1:
         parser.error("--records must be at least 4 and --repeat at least 1")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-ray-")
     os.makedirs(workdir, exist_ok=True)
     try:
-        return bench(workdir, args.records, args.repeat,
+        return bench(workdir, args.records, args.repeat, args.shuffle_records,
                      shlex.join([sys.executable, *sys.argv]))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def bench(workdir: str, records: int, repeat: int, command: str) -> int:
+def synthetic_blocks(records: int, per_record: int = 16, seed: int = SEED) -> list[bytes]:
+    """Each record's chained block digests (16 bytes each, concatenated): a record
+    shares its first k blocks with an earlier one for a random k, like prompts that
+    share a system prompt and differ after it."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    for i in range(records):
+        shared = rng.randrange(per_record + 1) if out else 0
+        lead = out[rng.randrange(len(out))][:16 * shared] if shared else b""
+        fresh = b"".join(hashlib.blake2b(f"{i}:{k}".encode(), digest_size=16).digest()
+                         for k in range(shared, per_record))
+        out.append(lead + fresh)
+    return out
+
+
+def shuffle_bench(address: str, records: int) -> dict[str, Any]:
+    """Number synthetic blocks on one process and on the cluster; times and agreement."""
+    import pyarrow as pa
+    import ray
+
+    from promptkit.hashtrace import DIGEST, HashIds
+    from promptkit.ray.globals import number_blocks
+
+    digests = synthetic_blocks(records)
+    start = time.perf_counter()
+    numbering = HashIds()
+    local = [numbering.number(d) for d in digests]
+    one = time.perf_counter() - start
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        blocks = [[d[i:i + DIGEST] for i in range(0, len(d), DIGEST)] for d in digests]
+        table = pa.table({"index": pa.array(range(records), pa.int64()),
+                          "blocks": pa.array(blocks, pa.list_(pa.binary(DIGEST)))})
+        ds = ray.data.from_arrow(table).repartition(8).materialize()
+        start = time.perf_counter()
+        rows = number_blocks(ds).take_all()
+        two = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    ids = {row["index"]: list(row["hash_ids"]) for row in rows}
+    same = all(ids[i] == local[i] for i in range(records))
+    return {"blocks": sum(len(d) for d in digests) // DIGEST, "one": one, "two": two,
+            "same": same, "distinct": len(numbering.ids)}
+
+
+def bench(workdir: str, records: int, repeat: int, shuffle_records: int,
+          command: str) -> int:
     quarter = records // 4
     src = os.path.join(workdir, f"single_turn_{records}.jsonl")
     src_q = os.path.join(workdir, f"single_turn_{quarter}.jsonl")
@@ -153,6 +211,7 @@ def bench(workdir: str, records: int, repeat: int, command: str) -> int:
                 if name != "single":
                     remove(out)
             remove(single_out)
+        shuffle = shuffle_bench(cluster.address, shuffle_records) if shuffle_records else None
     finally:
         cluster.stop()
         launcher.close()
@@ -187,6 +246,17 @@ def bench(workdir: str, records: int, repeat: int, command: str) -> int:
           f"({records / median('2 nodes') / 2:,.0f} a CPU); on one machine "
           f"{records / base:,.0f}.")
     print()
+    if shuffle is not None:
+        blocks = shuffle["blocks"]
+        print(f"Numbering {blocks:,} blocks ({shuffle_records:,} records of 16, "
+              f"{shuffle['distinct']:,} distinct) by first appearance: one process "
+              f"{shuffle['one']:.2f} s ({blocks / shuffle['one']:,.0f} blocks/s), two nodes "
+              f"{shuffle['two']:.2f} s ({blocks / shuffle['two']:,.0f} blocks/s, "
+              f"{shuffle['two'] / shuffle['one']:.1f}x the time); ids "
+              f"{'equal' if shuffle['same'] else 'DIFFERENT'}.")
+        print()
+        if not shuffle["same"]:
+            problems.append("the distributed numbering gave other ids than HashIds")
     if problems:
         print("PROBLEMS:")
         for p in problems:
