@@ -336,6 +336,29 @@ def test_apply_in_a_users_own_pipeline(cluster, chat, tmp_path):
         assert sorted(row["index"] for row in out) == list(range(40))
 
 
+def test_the_readme_ray_example(cluster, tmp_path):
+    """The README's ``promptkit.ray.apply`` example, as written, on the cluster (joined
+    through RAY_ADDRESS): each row gets the salt the CLI gives its line."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+              if "promptkit.ray" in b]
+    code += "\nprint(json.dumps(nonced))\n"
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    plain = tmp_path / "plain.jsonl"
+    example = root / "prompts" / "chat.jsonl.example"
+    assert invoke("nonce", example, plain, "--seed", "7", "--at", "salt").exit_code == 0
+    want = [json.loads(line) for line in plain.read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(len(want))) and len(want) > 3
+    assert [salt_of(row) for row in rows] == [salt_of(row) for row in want]
+
+
 def test_without_ray_one_line(chat, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     result = invoke("nonce", chat, tmp_path / "parts", "--ray", "local")
