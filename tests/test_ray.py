@@ -192,6 +192,108 @@ def test_a_worker_killed_mid_job(cluster, chat, tmp_path):
     assert parts(folder) == plain.read_bytes()
 
 
+# ---------------------------------------------------------------- many shards
+
+
+@pytest.fixture(scope="module")
+def shards(chat, tmp_path_factory) -> Path:
+    """The chat lines, with repeated prompts, cut into 9 uneven shards of a folder: one
+    gzipped, one ending without a newline, conversations running across shards."""
+    lines = chat.read_text().splitlines()
+    lines += lines[20:60]  # the same prompts again (some of their conversations too)
+    folder = tmp_path_factory.mktemp("shards") / "logs"
+    folder.mkdir()
+    cuts = [0, 7, 61, 62, 130, 171, 230, 231, 290, len(lines)]
+    for n, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        text = "\n".join(lines[a:b]) + ("" if n == 5 else "\n")
+        if n == 4:
+            (folder / f"{n:02d}.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+        else:
+            (folder / f"{n:02d}.jsonl").write_text(text)
+    return folder
+
+
+def same_as_local_shards(cluster, tmp_path: Path, command: list[str | Path], infile: Path,
+                         tail: list[str], *, before: list[str] | None = None) -> dict:
+    """``command IN OUT tail`` over many shards, without and with ``--ray`` (``before``:
+    ``pipe`` takes ``read IN ... write OUT``): the same bytes and the same manifest."""
+    plain, folder = tmp_path / "plain.jsonl", tmp_path / "parts"
+    if before is None:
+        here = [*command, infile, plain, *tail]
+        there = [*command, infile, folder, *tail, "--ray", cluster.address]
+    else:
+        here = [*command, "read", infile, *before, "write", plain]
+        there = [*command, "read", "--ray", cluster.address, infile, *before, "write", folder]
+    result = invoke(*here)
+    assert result.exit_code == 0, result.stderr
+    result = invoke(*there)
+    assert result.exit_code == 0, result.stderr
+    assert parts(folder) == plain.read_bytes()
+    made = json.loads((folder / "manifest.json").read_text())
+    local = json.loads((tmp_path / "plain.jsonl.manifest.json").read_text())
+    assert made["inputs"] == local["inputs"]
+    assert len(made["inputs"][0]["shards"]) == 9
+    for key in ("records", "sha256", "format"):
+        assert made["output"][key] == local["output"][key]
+    assert made["aiperf"]["distinct_records"] == local["aiperf"]["distinct_records"]
+    assert made["steps"] == local["steps"]
+    assert made.get("token_stats") == local.get("token_stats")
+    assert made["skipped"] == local["skipped"]
+    # Every plain shard's chunks, and the gzipped shard one task.
+    assert made["ray"]["chunks"] >= 9 and made["ray"]["nodes"] == 2
+    return made
+
+
+def test_shards_nonce(cluster, shards, tmp_path):
+    made = same_as_local_shards(cluster, tmp_path, ["nonce"], shards, ["--seed", "7"])
+    # Conversations continue across shards: those chunks were run again, in order.
+    assert made["ray"]["chunks_redone"] >= 1
+    # Prompts repeated in other shards (one nonce a conversation): counted once, as here.
+    assert made["aiperf"]["distinct_records"] < made["output"]["records"]
+    assert made["inputs"][0]["shards"][4]["compression"] == "gzip"
+    assert made["inputs"][0]["path"] == str(shards)
+
+
+def test_shards_fit_pad_pipe(cluster, shards, tmp_path):
+    same_as_local_shards(cluster, tmp_path / "fit", ["fit"], shards,
+                         ["--tokens", "20,60", "--tokenizer", "cl100k_base", "--seed", "3"])
+    same_as_local_shards(cluster, tmp_path / "pad", ["pad"], shards,
+                         ["--tokens", "64", "--tokenizer", "cl100k_base", "--groups", "2",
+                          "--seed", "5"])
+    (tmp_path / "pipe").mkdir()
+    same_as_local_shards(cluster, tmp_path / "pipe", ["pipe"], Path(f"{shards}/*.jsonl*"), [],
+                         before=["nonce", "--seed", "1", "--at", "user", "fit", "--tokens",
+                                 "40", "--tokenizer", "cl100k_base", "--seed", "2"])
+
+
+def test_shards_verify_rebuild_and_errors(cluster, shards, tmp_path):
+    folder = tmp_path / "parts"
+    result = invoke("nonce", shards, folder, "--seed", "4", "--ray", cluster.address)
+    assert result.exit_code == 0, result.stderr
+    result = invoke("verify", folder)
+    assert result.exit_code == 0 and result.stdout.startswith(f"{folder}: OK")
+    for out, extra in ((tmp_path / "here", []), (tmp_path / "there", ["--ray", cluster.address])):
+        result = invoke("rebuild", folder / "manifest.json", out, "--input", shards, *extra)
+        assert result.exit_code == 0, result.stderr
+        assert "identical" in result.stderr
+        assert sorted(os.listdir(out)) == sorted(os.listdir(folder))
+        for part in folder.glob("part-*.jsonl"):
+            assert (out / part.name).read_bytes() == part.read_bytes()
+    # A bad line in a shard: named by the shard and its own line, as without --ray.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for shard in sorted(shards.iterdir())[:3]:
+        (bad / shard.name).write_bytes(shard.read_bytes())
+    lines = (bad / "02.jsonl").read_text()  # one line: the third shard
+    (bad / "02.jsonl").write_text(lines + "{oops\n")
+    for extra in ([], ["--ray", cluster.address]):
+        out = tmp_path / ("bad-ray" if extra else "bad.jsonl")
+        result = invoke("nonce", bad, out, "--seed", "1", *extra)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"promptkit: {bad / '02.jsonl'}:2: "), result.stderr
+        assert not out.exists()
+
+
 def test_ray_local(chat, tmp_path):
     plain = tmp_path / "plain.jsonl"
     assert invoke("nonce", chat, plain, "--seed", "8").exit_code == 0
@@ -232,6 +334,29 @@ def test_apply_in_a_users_own_pipeline(cluster, chat, tmp_path):
                                  override_num_blocks=4)
         out = pk_ray.apply(ds, [Step("nonce", {"seed": 5})]).take_all()
         assert sorted(row["index"] for row in out) == list(range(40))
+
+
+def test_the_readme_ray_example(cluster, tmp_path):
+    """The README's ``promptkit.ray.apply`` example, as written, on the cluster (joined
+    through RAY_ADDRESS): each row gets the salt the CLI gives its line."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+              if "promptkit.ray" in b]
+    code += "\nprint(json.dumps(nonced))\n"
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    plain = tmp_path / "plain.jsonl"
+    example = root / "prompts" / "chat.jsonl.example"
+    assert invoke("nonce", example, plain, "--seed", "7", "--at", "salt").exit_code == 0
+    want = [json.loads(line) for line in plain.read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(len(want))) and len(want) > 3
+    assert [salt_of(row) for row in rows] == [salt_of(row) for row in want]
 
 
 def test_without_ray_one_line(chat, tmp_path, monkeypatch):

@@ -57,9 +57,11 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_readme_python_examples_run(workdir, monkeypatch):
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(workdir)
     for code in blocks:
+        if "promptkit.ray" in code:
+            continue  # on a Ray cluster: tests/test_ray.py runs it
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     lines = (workdir / "api-out.jsonl").read_text().splitlines()
     assert len(lines) == 20

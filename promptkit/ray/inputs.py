@@ -6,8 +6,13 @@ Every pass that reads the bytes runs as Ray tasks; the driver only adds numbers 
   its places in the stream (:func:`promptkit.shards.positions`);
 - the driver: each shard's first place (:func:`promptkit.shards.offsets`), the input's
   sha256 (:func:`promptkit.shards.combined_sha256` for many);
-- :func:`promptkit.ray.run.plan` cuts each plain file at line ends (tasks count the
-  lines of each cut); a compressed file is one chunk, read by one task.
+- a task a cut of ``step`` bytes of each plain file: the cut moved to a line end and
+  the lines before it counted; the driver adds them up into each chunk's first line
+  and index. A compressed file cannot be cut at byte offsets: it is one chunk, read
+  and decompressed streaming by one task.
+
+The driver never reads the input's bytes: the sha256 the manifest gives the input
+(:func:`promptkit.shards.combined_sha256` of the shards', for many) comes from tasks.
 
 Each chunk carries ``base``, the places in the stream before its shard, so a record's
 index is ``base`` plus its line less one, and errors name the shard and its own line.
@@ -21,9 +26,70 @@ from typing import Any
 
 from .. import compression, shards
 from ..errors import PromptkitError
-from ..streams import STDIO
-from .run import Chunk, _bounds
+from ..streams import BOM, STDIO
 
+#: Read this many bytes at a time when looking for a line end or counting lines.
+_READ = 1 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One task's share of the input: ``size`` bytes of ``path`` from ``offset``
+    (``size`` -1: the whole file, decompressed), whose first line is ``first_lineno``
+    of that file and whose first record has index ``first_index`` in the stream."""
+
+    number: int
+    path: str
+    offset: int
+    size: int
+    first_lineno: int
+    first_index: int
+    #: The places in the stream before ``path`` (one shard of many; 0 for one file).
+    base: int = 0
+    #: The shard as errors and skipped lines name it (one of many; "" for one file).
+    name: str = ""
+
+
+# ---------------------------------------------------------------- tasks (on the cluster)
+
+
+def chunk_of(row: dict[str, Any]) -> Chunk:
+    """The :class:`Chunk` a row of a Ray Data task describes."""
+    return Chunk(int(row["number"]), str(row["path"]), int(row["offset"]), int(row["size"]),
+                 int(row["first_lineno"]), int(row["first_index"]), int(row.get("base", 0)),
+                 str(row.get("name", "") or ""))
+
+
+def _line_start(f: Any, at: int, size: int) -> int:
+    """Where the first line starting at or after byte ``at`` begins (``size``: none)."""
+    if at == 0:
+        return len(BOM) if os.pread(f.fileno(), len(BOM), 0) == BOM else 0
+    position = at - 1  # a line begins at ``at`` when the byte before it ends one
+    while position < size:
+        block = os.pread(f.fileno(), _READ, position)
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(block)
+    return size
+
+
+def _bounds(row: dict[str, Any]) -> dict[str, Any]:
+    """A cut's line-aligned start and end, and the lines between (a Ray Data task)."""
+    path, size = row["path"], row["file_size"]
+    with open(path, "rb") as f:
+        start = _line_start(f, row["start"], size)
+        end = _line_start(f, row["end"], size) if row["end"] < size else size
+        lines = 0
+        position = start
+        while position < end:
+            block = os.pread(f.fileno(), min(_READ, end - position), position)
+            if not block:
+                break
+            lines += block.count(b"\n")
+            position += len(block)
+    return {"number": row["number"], "offset": start, "size": max(0, end - start),
+            "lines": lines}
 
 @dataclass
 class Planned:
@@ -97,14 +163,15 @@ def plan_input(ray: Any, input_path: str, step: int) -> Planned:
                        .map(_bounds).take_all(), key=lambda r: r["number"])
     chunks: list[Chunk] = []
     for i, (row, fact, base) in enumerate(zip(rows, facts, bases, strict=True)):
+        name = paths[i] if many else ""
         if fact["compression"]:
-            chunks.append(Chunk(len(chunks), str(row["path"]), 0, -1, 1, base, base))
+            chunks.append(Chunk(len(chunks), str(row["path"]), 0, -1, 1, base, base, name))
             continue
         lineno = 1
         for bound in (b for b, cut in zip(found, cuts, strict=True) if cut["shard"] == i):
             if bound["size"]:
                 chunks.append(Chunk(len(chunks), str(row["path"]), bound["offset"], bound["size"],
-                                    lineno, base + lineno - 1, base))
+                                    lineno, base + lineno - 1, base, name))
             lineno += bound["lines"]
     if not many:
         return Planned(input_path, chunks, facts[0]["sha256"])
@@ -118,4 +185,4 @@ def plan_input(ray: Any, input_path: str, step: int) -> Planned:
                    described, bases)
 
 
-__all__ = ["Planned", "paths_of", "plan_input"]
+__all__ = ["Chunk", "Planned", "chunk_of", "paths_of", "plan_input"]

@@ -1,12 +1,18 @@
-"""``--ray``: record-wise steps over a file on a Ray cluster, written as a folder of parts.
+"""``--ray``: record-wise steps over a file or many shards on a Ray cluster, written as a
+folder of parts.
 
 The plan, every pass but the last bookkeeping on the cluster:
 
-1. **Chunks.** The file is cut at every ``chunk_bytes`` (``PROMPTKIT_RAY_CHUNK_BYTES``,
-   a tuning knob, default 64 MiB); a Ray Data task per cut moves it to the next line
-   end and counts the lines before it (per-chunk counts), and the driver adds them up
-   into each chunk's first line number and index (offsets). A compressed file cannot
-   be cut at byte offsets: it is one chunk, read and decompressed streaming by one task.
+1. **Chunks** (:func:`promptkit.ray.inputs.plan_input`, the one planner of every
+   ``--ray`` command). The input is one JSONL file (plain or compressed) or a folder or
+   glob of JSONL shards read in sorted path order as one stream. Tasks hash each file
+   and, for shards, count its lines (its places in the stream); each plain file is cut
+   at every ``chunk_bytes`` (``PROMPTKIT_RAY_CHUNK_BYTES``, a tuning knob, default
+   64 MiB) and a task per cut moves it to the next line end and counts the lines before
+   it; the driver adds the counts up into each chunk's first line and index, and each
+   chunk carries its shard's ``base`` (the places before it). A compressed file (or
+   shard) cannot be cut at byte offsets: it is one chunk, read and decompressed
+   streaming by one task.
 2. **Steps.** A Ray Data task per chunk reads its bytes, runs the steps (as
    :func:`promptkit.parallel.process_chunk` does for ``--workers``) and writes its own
    part, ``part-NNNNN.jsonl``, to a staging folder beside OUT. The driver gets only
@@ -17,8 +23,12 @@ The plan, every pass but the last bookkeeping on the cluster:
    line's nonce. A chunk that continued a conversation begun in an earlier chunk is
    run again, as a task, with the state of everything before it (in order: a second
    pass over those chunks only).
-4. **Manifest.** The driver streams the parts once for the sha256 of their
-   concatenation (the bytes the same command writes without ``--ray``), writes
+4. **Manifest.** The input's sha256 (for shards, that of the shards' own, as without
+   ``--ray``) comes from the planning tasks: **the driver never reads the input's
+   bytes**, only its first lines (the format) and, for ``pad`` of the records' own
+   system prompts, the first pass that finds them. The driver streams the parts once
+   for the sha256 of their concatenation (the bytes the same command writes without
+   ``--ray``), writes
    ``manifest.json`` into the staging folder and renames the folder into place: the
    parts and their manifest appear together, or not at all.
 
@@ -33,26 +43,24 @@ import os
 import pickle
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import compression, files, leftovers, manifest
+from .. import files, leftovers, manifest
 from ..errors import InvalidRecordError, PromptkitError
 from ..formats import TABLE_FORMATS, get_format
 from ..parallel import Job, process_chunk
 from ..steps import ORDERED, Step
-from ..streams import BOM, STDIO, Encoder, Source, Written, stable_prompt_key
+from ..streams import STDIO, Encoder, Source, Written, stable_prompt_key
 from . import address_kind, connect
+from .inputs import _READ, Chunk, Planned, chunk_of, paths_of, plan_input
 
 #: The manifest of a part folder, inside it (so the folder is one unit: renamed into
 #: place whole, copied or uploaded whole).
 MANIFEST = "manifest.json"
 PART = "part-{:05d}.jsonl"
 DEFAULT_CHUNK_BYTES = 64 << 20
-#: Read this many bytes at a time when looking for a line end or counting lines.
-_READ = 1 << 20
 
 
 def chunk_bytes() -> int:
@@ -67,61 +75,7 @@ def chunk_bytes() -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """One task's share of the input: ``size`` bytes of ``path`` from ``offset``
-    (``size`` -1: the whole file, decompressed), whose first line is ``first_lineno``
-    of that file and whose first record has index ``first_index`` in the stream."""
-
-    number: int
-    path: str
-    offset: int
-    size: int
-    first_lineno: int
-    first_index: int
-    #: The places in the stream before ``path`` (one shard of many; 0 for one file).
-    base: int = 0
-
-
 # ---------------------------------------------------------------- tasks (on the cluster)
-
-
-def chunk_of(row: dict[str, Any]) -> Chunk:
-    """The :class:`Chunk` a row of a Ray Data task describes."""
-    return Chunk(int(row["number"]), str(row["path"]), int(row["offset"]), int(row["size"]),
-                 int(row["first_lineno"]), int(row["first_index"]), int(row.get("base", 0)))
-
-
-def _line_start(f: Any, at: int, size: int) -> int:
-    """Where the first line starting at or after byte ``at`` begins (``size``: none)."""
-    if at == 0:
-        return len(BOM) if os.pread(f.fileno(), len(BOM), 0) == BOM else 0
-    position = at - 1  # a line begins at ``at`` when the byte before it ends one
-    while position < size:
-        block = os.pread(f.fileno(), _READ, position)
-        found = block.find(b"\n")
-        if found >= 0:
-            return position + found + 1
-        position += len(block)
-    return size
-
-
-def _bounds(row: dict[str, Any]) -> dict[str, Any]:
-    """A cut's line-aligned start and end, and the lines between (a Ray Data task)."""
-    path, size = row["path"], row["file_size"]
-    with open(path, "rb") as f:
-        start = _line_start(f, row["start"], size)
-        end = _line_start(f, row["end"], size) if row["end"] < size else size
-        lines = 0
-        position = start
-        while position < end:
-            block = os.pread(f.fileno(), min(_READ, end - position), position)
-            if not block:
-                break
-            lines += block.count(b"\n")
-            position += len(block)
-    return {"number": row["number"], "offset": start, "size": max(0, end - start),
-            "lines": lines}
 
 
 @dataclass
@@ -155,7 +109,24 @@ def _facts(number: int, result: Any, sha256: str, size: int) -> dict[str, Any]:
     return {"number": number, "read": result.read, "written": result.written,
             "skipped": pickle.dumps(result.skipped), "sha256": sha256, "bytes": size,
             "keys": keys.tobytes(), "states": pickle.dumps(result.states),
-            "stats": pickle.dumps(result.stats), "fields": pickle.dumps(result.fields)}
+            "stats": pickle.dumps(result.stats), "fields": pickle.dumps(result.fields),
+            "error": b""}
+
+
+def _failed(number: int, exc: PromptkitError) -> dict[str, Any]:
+    """The facts of a chunk with a bad record: the error, raised by the driver when it is
+    the first in stream order (the one the run without ``--ray`` reports), as one line."""
+    empty = pickle.dumps(None)
+    return {"number": number, "read": 0, "written": 0, "skipped": pickle.dumps([]),
+            "sha256": "", "bytes": 0, "keys": b"", "states": empty, "stats": empty,
+            "fields": empty, "error": pickle.dumps(exc)}
+
+
+def raise_first_error(facts: list[dict[str, Any]]) -> None:
+    """Raise the error of the first chunk (in order) that had one."""
+    for fact in facts:
+        if fact["error"]:
+            raise pickle.loads(fact["error"])
 
 
 def process(row: dict[str, Any], settings: TaskSettings,
@@ -168,13 +139,21 @@ def process(row: dict[str, Any], settings: TaskSettings,
     if settings.delay:
         time.sleep(settings.delay)
     chunk = chunk_of(row)
+    try:
+        return _process(chunk, settings, states)
+    except PromptkitError as exc:  # Ray would wrap it in its own trace
+        return _failed(chunk.number, exc)
+
+
+def _process(chunk: Chunk, settings: TaskSettings, states: list[Any] | None
+             ) -> dict[str, Any]:
     job = settings.job
     if chunk.size < 0:
         return _process_stream(chunk, settings, states)
     with open(chunk.path, "rb") as f:
         data = os.pread(f.fileno(), chunk.size, chunk.offset)
     result = process_chunk(job, data, chunk.first_lineno, states, base=chunk.base,
-                           path=chunk.path)
+                           path=chunk.name or None)
     assert isinstance(result.data, bytes)
     sha256 = _write_part(_part(settings, chunk.number), result.data)
     return _facts(chunk.number, result, sha256, len(result.data))
@@ -187,6 +166,7 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
 
     job = settings.job
     source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
+    source.name = chunk.name or job.name
     source.base = chunk.base
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
                       key=stable_prompt_key)
@@ -214,13 +194,14 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
     finally:
         source.close()
     os.replace(tmp, path)
+    # The source's skipped lines are its own lines; the stream's places add ``base``.
+    skipped = [f"{int(head) + chunk.base}{sep}{rest}" if head.isdigit() else line
+               for line in source.skipped for head, sep, rest in [line.partition(":")]]
     result = ChunkResult(b"", source.records_read, encoder.count,
-                         source.skipped + encoder.skipped, encoder.keys.tobytes(), states,
+                         skipped + encoder.skipped, encoder.keys.tobytes(), states,
                          encoder.tap.stats if encoder.tap is not None else None,
                          encoder.fields)
-    facts = _facts(chunk.number, result, digest.hexdigest(), size)
-    facts["input_sha256"] = source.sha256.hexdigest()
-    return facts
+    return _facts(chunk.number, result, digest.hexdigest(), size)
 
 
 # ---------------------------------------------------------------- the driver
@@ -265,48 +246,14 @@ def check_output(output_path: str, input_path: str) -> None:
                                  f"{MANIFEST}: not replaced")
 
 
-def check_input(input_path: str, dataset: dict[str, Any] | None) -> None:
-    """The inputs ``--ray`` reads: a JSONL file (plain or compressed)."""
-    if input_path == STDIO:
-        raise PromptkitError("--ray reads a file its tasks can open: name IN, not stdin")
+def check_input(input_path: str, dataset: dict[str, Any] | None) -> bool:
+    """The inputs ``--ray`` reads: a JSONL file (plain or compressed), or a folder or glob
+    of JSONL shards (see :func:`promptkit.ray.inputs.paths_of`); whether it is many."""
     if dataset:
         option = "--" + next(iter(dataset)).replace("_", "-")
         raise PromptkitError(f"--ray reads JSONL files by their line format; {option} is not "
                              "taken with it")
-    if not os.path.isfile(input_path):
-        raise PromptkitError(f"{input_path}: no such file" if not os.path.exists(input_path)
-                             else f"{input_path}: not a file")
-
-
-def plan(ray: Any, path: str, size: int, step: int, compressed: bool) -> list[Chunk]:
-    """The chunks of ``path``: cut every ``step`` bytes, each cut moved to a line end and
-    its lines counted by a Ray Data task; first line numbers and indexes added up here."""
-    if compressed or size == 0:
-        return [Chunk(0, path, 0, -1 if compressed else 0, 1, 0)]
-    cuts = list(range(0, size, step))
-    rows = [{"number": i, "path": path, "file_size": size, "start": start,
-             "end": min(start + step, size)} for i, start in enumerate(cuts)]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(_bounds)
-    bounds = sorted(ds.take_all(), key=lambda r: r["number"])
-    chunks: list[Chunk] = []
-    lineno = 1
-    for bound in bounds:
-        if bound["size"]:
-            chunks.append(Chunk(len(chunks), path, bound["offset"], bound["size"], lineno,
-                                lineno - 1))
-        lineno += bound["lines"]
-    return chunks
-
-
-def _hash_file(path: str, out: dict[str, Any]) -> None:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(_READ):
-                digest.update(block)
-        out["sha256"] = digest
-    except OSError as exc:
-        out["error"] = exc
+    return paths_of(input_path)[1]
 
 
 def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
@@ -321,9 +268,6 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         raise PromptkitError("--ray runs record-wise steps (nonce, pad, fit, turns); "
                              f"{next(s.op for s in steps if s.op in ORDERED)} is not one")
     step_bytes = chunk_size or chunk_bytes()
-    size = os.path.getsize(input_path)
-    with open(input_path, "rb") as f:
-        compressed = compression.sniff(f.read(4096)) is not None
     folder = os.path.dirname(os.path.abspath(output_path))
     try:
         staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
@@ -336,26 +280,19 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
                   skip_invalid, name, tokenizer, stable_keys=True)
         settings = TaskSettings(job, staging,
                                 float(os.environ.get("PROMPTKIT_RAY_TEST_DELAY", "0") or 0))
-        hashed: dict[str, Any] = {}
-        hasher = threading.Thread(target=_hash_file, args=(input_path, hashed), daemon=True)
         with connect(address) as ray:
-            if not compressed:
-                hasher.start()  # the input's sha256, streamed here while the tasks run
-            chunks = plan(ray, job.path, size, step_bytes, compressed)
-            rows = [vars(chunk) for chunk in chunks]
-            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-            ds = ds.map(process, fn_kwargs={"settings": settings}, num_cpus=1)
-            facts = sorted(ds.take_all(), key=lambda r: r["number"])
+            planned = plan_input(ray, input_path, step_bytes)
+            chunks = planned.chunks
+            facts: list[dict[str, Any]] = []
+            if chunks:
+                rows = [vars(chunk) for chunk in chunks]
+                ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+                ds = ds.map(process, fn_kwargs={"settings": settings}, num_cpus=1)
+                facts = sorted(ds.take_all(), key=lambda r: r["number"])
+            raise_first_error(facts)
             redone = _carry_conversations(ray, steps, chunks, facts, settings)
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
             version = ray.__version__
-        if compressed:
-            input_sha256 = facts[0]["input_sha256"]
-        else:
-            hasher.join()
-            if "error" in hashed:
-                raise files.os_error(hashed["error"], input_path)
-            input_sha256 = hashed["sha256"].hexdigest()
         out = PartsOutput(output_path, get_format(out_format), tokenizer)
         read, skipped, parts = 0, [], []
         for fact in facts:
@@ -375,8 +312,8 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         ray_info = {"address": address_kind(address), "nodes": nodes, "ray_version": version,
                     "chunk_bytes": step_bytes, "chunks": len(chunks),
                     "chunks_redone": redone}
-        inputs = {"records": read, "skipped": skipped, "sha256": input_sha256,
-                  "parts": parts}
+        inputs = {"records": read, "skipped": skipped, "sha256": planned.sha256,
+                  "parts": parts, "planned": planned}
         return out, inputs, staging, ray_info
     except BaseException:
         files.remove_quietly(staging)
@@ -395,6 +332,7 @@ def _carry_conversations(ray: Any, steps: list[Step], chunks: list[Chunk],
         later = pickle.loads(fact["states"])
         if any(s.overlaps(r) for s, r in zip(states, later, strict=True)):
             fact = facts[i] = ray.get(again.remote(vars(chunks[i]), settings, states))
+            raise_first_error([fact])
             states = pickle.loads(fact["states"])
             redone += 1
         else:
@@ -456,9 +394,9 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
     from ..provenance import describe
     from ..steps import make
 
-    check_input(input_path, dataset)
+    many = check_input(input_path, dataset)
     check_output(output_path, input_path)
-    # pad's first pass (the records' own system prompts) streams the file here.
+    # pad's first pass (the records' own system prompts) streams the input here.
     where = where_of(input_path, output_path, from_format)
     steps = [step if step.made else make(step.op, step.params, where) for step in steps]
     for step in steps:
@@ -467,12 +405,18 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
             raise PromptkitError(f"--ray writes a folder of parts; {step.op} writes "
                                  f"{next(iter(step.side_files))} beside OUT: run it without "
                                  "--ray")
-    source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    source: Any
+    if many:  # the first shard with records gives the format (its first lines read here)
+        from ..shards import ShardedSource
+
+        source = ShardedSource(input_path, from_format, skip_invalid=skip_invalid)
+    else:
+        source = Source(input_path, from_format, skip_invalid=skip_invalid)
     try:
         in_format = source.format
         made_for = [step.output_format for step in steps if step.output_format]
         out_name = to_format or (made_for[-1] if made_for else None) or source.default_output
-        shape = source.shape()
+        shape = {} if many else source.shape()
         name = source.name
     finally:
         source.close()
@@ -489,9 +433,13 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
             for step in steps:
                 if step.check is not None:
                     step.check(facts["records"])
+            planned: Planned = facts["planned"]
+            if planned.shards is not None:
+                shape = {"shards": planned.shards}
             inputs = [{"path": name, "format": in_format.name, "records": facts["records"],
                        "sha256": facts["sha256"], **shape}]
-            result = describe(inputs, facts["skipped"], out, steps, argv)  # type: ignore[arg-type]
+            result = describe(inputs, facts["skipped"], out, steps, argv,  # type: ignore[arg-type]
+                              name_lines=lambda lines: [planned.locate(x) for x in lines])
             result["output"]["parts"] = facts["parts"]
             result["ray"] = ray_info
             result["aiperf"]["note"] += (
@@ -613,5 +561,5 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
     return result
 
 
-__all__ = ["MANIFEST", "Chunk", "chunk_bytes", "plan", "process", "rebuild_parts", "run",
+__all__ = ["MANIFEST", "Chunk", "chunk_bytes", "chunk_of", "process", "rebuild_parts", "run",
            "run_folder", "verify_folder"]
