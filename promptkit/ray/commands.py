@@ -23,6 +23,7 @@ from ..streams import Encoder, Source, stable_prompt_key
 from . import address_kind, connect
 from .inputs import Planned, paths_of, plan_input
 from .run import (
+    KEYS,
     PART,
     PartsOutput,
     _hash_parts,
@@ -30,7 +31,9 @@ from .run import (
     check_output,
     chunk_bytes,
     chunk_of,
+    distinct_keys,
     put_folder,
+    save_keys,
 )
 
 
@@ -146,8 +149,9 @@ def _write_hash_part(t: Any, staging: str) -> Any:
 
     data = b"".join(encoder.encode_all(records()))
     sha256 = _write_part(os.path.join(staging, PART.format(number)), data)
+    save_keys(staging, number, encoder.keys.tobytes())
     return pa.table({"number": [number], "written": [encoder.count], "bytes": [len(data)],
-                     "sha256": [sha256], "keys": [np.unique(encoder.keys).tobytes()]})
+                     "sha256": [sha256]})
 
 
 def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address: str,
@@ -200,7 +204,8 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                 facts = sorted(facts_ds.select_columns(["number", "read", "skipped"])
                                .take_all(), key=lambda r: r["number"])
                 nodes, version = _setup_ray(ray)
-            out = PartsOutput(output_path, get_format("mooncake_trace"), None)
+                distinct = distinct_keys(ray, os.path.join(staging, KEYS))
+            out = PartsOutput(output_path, get_format("mooncake_trace"), None, distinct)
             read, skipped, parts = 0, [], []
             for fact in facts:
                 number = fact["number"]
@@ -208,10 +213,9 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                 skipped += pickle.loads(fact["skipped"])
                 part = written.get(number)
                 if part is None:  # a chunk with no records: an empty part
-                    part = {"written": 0, "bytes": 0, "keys": b"",
+                    part = {"written": 0, "bytes": 0,
                             "sha256": _write_part(os.path.join(staging, PART.format(number)),
                                                   b"")}
-                out.encoder.keys.frombytes(part["keys"])
                 out.encoder.count += part["written"]
                 parts.append({"path": PART.format(number), "records": part["written"],
                               "bytes": part["bytes"], "sha256": part["sha256"]})

@@ -564,6 +564,13 @@ def _join_on_index(left: Dataset, right: Dataset, parts: int,
 # ---------------------------------------------------------------- histograms, stats
 
 
+def distinct_count(ds: Dataset, column: str, partitions: int | None = None) -> int:
+    """How many distinct values an integer column holds: a distributed group-by, the
+    driver getting one number."""
+    return int(ds.select_columns([column]).groupby(
+        column, num_partitions=_partitions(ds, partitions)).count().count())
+
+
 def histogram(ds: Dataset, column: str, partitions: int | None = None
               ) -> list[tuple[int, int]]:
     """``(value, count)`` of each distinct value of an integer column, sorted: a

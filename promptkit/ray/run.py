@@ -102,13 +102,34 @@ def _write_part(path: str, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _facts(number: int, result: Any, sha256: str, size: int) -> dict[str, Any]:
+#: A subfolder of the staging folder for the chunks' prompt keys (removed before the
+#: folder becomes OUT): counted distinct by a shuffle, never gathered on the driver.
+KEYS = ".keys"
+
+
+def save_keys(staging: str, number: int, keys: bytes) -> None:
+    """Keep chunk ``number``'s prompt keys (int64s) for :func:`distinct_keys`."""
     import numpy as np
 
-    keys = np.unique(np.frombuffer(result.keys, dtype=np.int64))
+    unique = np.unique(np.frombuffer(keys, dtype=np.int64))
+    folder = os.path.join(staging, KEYS)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"keys-{number:05d}.npy")
+    if unique.size:
+        tmp = f"{path}.{os.getpid()}{files.TMP_SUFFIX}"
+        with open(tmp, "wb") as f:
+            np.save(f, unique)
+        os.replace(tmp, path)
+    else:  # a chunk redone may now write none
+        files.remove_quietly(path)
+
+
+def _facts(number: int, result: Any, sha256: str, size: int, staging: str
+           ) -> dict[str, Any]:
+    save_keys(staging, number, result.keys)
     return {"number": number, "read": result.read, "written": result.written,
             "skipped": pickle.dumps(result.skipped), "sha256": sha256, "bytes": size,
-            "keys": keys.tobytes(), "states": pickle.dumps(result.states),
+            "states": pickle.dumps(result.states),
             "stats": pickle.dumps(result.stats), "fields": pickle.dumps(result.fields),
             "error": b""}
 
@@ -118,7 +139,7 @@ def _failed(number: int, exc: PromptkitError) -> dict[str, Any]:
     the first in stream order (the one the run without ``--ray`` reports), as one line."""
     empty = pickle.dumps(None)
     return {"number": number, "read": 0, "written": 0, "skipped": pickle.dumps([]),
-            "sha256": "", "bytes": 0, "keys": b"", "states": empty, "stats": empty,
+            "sha256": "", "bytes": 0, "states": empty, "stats": empty,
             "fields": empty, "error": pickle.dumps(exc)}
 
 
@@ -156,7 +177,7 @@ def _process(chunk: Chunk, settings: TaskSettings, states: list[Any] | None
                            path=chunk.name or None)
     assert isinstance(result.data, bytes)
     sha256 = _write_part(_part(settings, chunk.number), result.data)
-    return _facts(chunk.number, result, sha256, len(result.data))
+    return _facts(chunk.number, result, sha256, len(result.data), settings.staging)
 
 
 def _process_stream(chunk: Chunk, settings: TaskSettings,
@@ -201,7 +222,7 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
                          skipped + encoder.skipped, encoder.keys.tobytes(), states,
                          encoder.tap.stats if encoder.tap is not None else None,
                          encoder.fields)
-    return _facts(chunk.number, result, digest.hexdigest(), size)
+    return _facts(chunk.number, result, digest.hexdigest(), size, settings.staging)
 
 
 # ---------------------------------------------------------------- the driver
@@ -214,7 +235,8 @@ class PartsOutput(Written):
     compression = None
     content_sha256 = None
 
-    def __init__(self, path: str, fmt: Any, tokenizer: str | None) -> None:
+    def __init__(self, path: str, fmt: Any, tokenizer: str | None, distinct: int) -> None:
+        self.distinct = distinct
         self.name = path
         self.path = path
         self.format = fmt
@@ -225,6 +247,25 @@ class PartsOutput(Written):
             from ..tokenizers import cached_tokenizer
 
             self.encoder.tap = Tap(cached_tokenizer(tokenizer))
+
+    def distinct_records(self) -> int:
+        return self.distinct
+
+
+def distinct_keys(ray: Any, folder: str) -> int:
+    """How many distinct prompt keys the chunks wrote to ``folder`` (one ``.npy`` of
+    int64 keys a chunk), counted by a shuffle in the cluster; the folder is removed."""
+    import glob
+
+    from .globals import distinct_count
+
+    paths = sorted(glob.glob(os.path.join(glob.escape(folder), "keys-*.npy")))
+    try:
+        if not paths:
+            return 0
+        return distinct_count(ray.data.read_numpy(paths).materialize(), "data")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_output(output_path: str, input_path: str) -> None:
@@ -291,14 +332,14 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
                 facts = sorted(ds.take_all(), key=lambda r: r["number"])
             raise_first_error(facts)
             redone = _carry_conversations(ray, steps, chunks, facts, settings)
+            distinct = distinct_keys(ray, os.path.join(staging, KEYS))
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
             version = ray.__version__
-        out = PartsOutput(output_path, get_format(out_format), tokenizer)
+        out = PartsOutput(output_path, get_format(out_format), tokenizer, distinct)
         read, skipped, parts = 0, [], []
         for fact in facts:
             read += fact["read"]
             skipped += pickle.loads(fact["skipped"])
-            out.encoder.keys.frombytes(fact["keys"])
             out.encoder.count += fact["written"]
             stats = pickle.loads(fact["stats"])
             if stats is not None and out.encoder.tap is not None:
