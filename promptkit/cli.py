@@ -126,13 +126,6 @@ ray_option = shared(
          "written without --ray.")
 
 
-def refuse_ray(command: str, ray_address: str | None) -> None:
-    """Commands whose global parts do not run on Ray yet: --ray is a usage error."""
-    if ray_address is not None:
-        raise click.UsageError(f"--ray: {command} does not run on Ray in this version; "
-                               "run it without --ray")
-
-
 #: Options of a Hugging Face dataset input, passed on as one ``dataset`` dict.
 DATASET_KEYS = ("config", "split", "revision", "text_column", "system_column",
                 "messages_column", "output_length_column", "input_length_column",
@@ -488,15 +481,26 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     """
     import json
 
-    refuse_ray("stats", ray_address)
     if plot is not None and tokenizer is None:
         raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
     if chat_template != "none" and tokenizer is None:
         raise click.UsageError("--chat-template needs --tokenizer")
-    summary = pipeline.dataset_stats(input_path, from_format=from_format, tokenizer=tokenizer,
-                                     dataset=with_seed(dataset, seed), plot=plot,
-                                     workers=workers, chat_template=chat_template,
-                                     threads=threads, skip_invalid=skip_invalid)
+    if ray_address is not None:
+        if plot is not None:
+            raise click.UsageError("--plot draws every prompt's length on one machine: "
+                                   "run it without --ray")
+        ray_ready(ray_address, dataset=dataset)
+        from .ray.commands import stats_on_ray
+
+        summary = stats_on_ray(input_path, address=ray_address, from_format=from_format,
+                               tokenizer=tokenizer, skip_invalid=skip_invalid,
+                               chat_template=chat_template)
+    else:
+        summary = pipeline.dataset_stats(input_path, from_format=from_format,
+                                         tokenizer=tokenizer,
+                                         dataset=with_seed(dataset, seed), plot=plot,
+                                         workers=workers, chat_template=chat_template,
+                                         threads=threads, skip_invalid=skip_invalid)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
@@ -843,14 +847,21 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     """
     import json
 
-    refuse_ray("check", ray_address)
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
     max_total_hit_rate = params.pop("max_total_hit_rate", None)
-    summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
-                                  skip_invalid=skip_invalid, dataset=with_seed(dataset, seed),
-                                  per_request=per_request, plot=plot, workers=workers,
-                                  use_manifest=use_manifest, **params)
+    summary = None
+    if ray_address is not None:
+        summary = ray_check(input_path, from_format=from_format, tokenizer=tokenizer,
+                            skip_invalid=skip_invalid, use_manifest=use_manifest,
+                            plot=plot, per_request=per_request, dataset=dataset,
+                            ray_address=ray_address, **params)
+    if summary is None:
+        summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
+                                      skip_invalid=skip_invalid,
+                                      dataset=with_seed(dataset, seed),
+                                      per_request=per_request, plot=plot, workers=workers,
+                                      use_manifest=use_manifest, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -862,6 +873,27 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     problem = hit_rate_problem(summary, max_hit_rate, max_total_hit_rate)
     if problem is not None:
         raise UserError(f"{summary['input']['path']}: {problem}")
+
+
+def ray_check(input_path: str, *, plot: str | None, per_request: str | None,
+              dataset: dict[str, Any], ray_address: str, **params: Any
+              ) -> dict[str, Any] | None:
+    """``check --ray``: the report of an unbounded cache computed on the cluster, or
+    ``None`` (said on stderr, with why) when the check needs the requests in order and
+    runs on one node."""
+    for option, value in (("--plot", plot), ("--per-request", per_request)):
+        if value is not None:
+            raise click.UsageError(f"{option} writes every request's figures on one machine: "
+                                   "run it without --ray")
+    ray_ready(ray_address, dataset=dataset)
+    from .ray.commands import check_on_ray
+    from .ray.globals import NeedsSequence
+
+    try:
+        return check_on_ray(input_path, address=ray_address, **params)
+    except NeedsSequence as exc:
+        click.echo(f"promptkit: check: {exc}: ran on one node", err=True)
+        return None
 
 
 def print_check(s: dict[str, Any]) -> None:

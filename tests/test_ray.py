@@ -369,8 +369,8 @@ def test_without_ray_one_line(chat, tmp_path, monkeypatch):
 
 
 def test_refusals(chat, tmp_path):
-    result = invoke("check", chat, "--ray", "local")
-    assert result.exit_code == 2 and "check does not run on Ray" in result.stderr
+    result = invoke("check", chat, "--ray", "local", "--per-request", tmp_path / "r.jsonl")
+    assert result.exit_code == 2 and "run it without --ray" in result.stderr
     result = invoke("nonce", chat, tmp_path / "x", "--ray", "nowhere")
     assert result.exit_code == 2 and "not local, auto" in result.stderr
     result = invoke("nonce", chat, "-", "--ray", "local")

@@ -129,9 +129,13 @@ def _unpack_hash(row: dict[str, Any]) -> list[dict[str, Any]]:
             for index, blocks, record in pickle.loads(row["rows"])]
 
 
-def _write_hash_part(t: Any, staging: str) -> Any:
-    """One chunk's part (a Ray Data task): its records with their ids, in order."""
+def _write_hash_part(t: Any, staging: str, tokenizer: str) -> Any:
+    """One chunk's part (a Ray Data task): its records with their ids, in order, and
+    their token figures (a Tap, as the run without ``--ray`` counts what it writes)."""
     import pyarrow as pa
+
+    from ..stats import Tap
+    from ..tokenizers import cached_tokenizer
 
     number = int(t.column("number")[0].as_py())
     is_record = np.asarray(t.column("record").is_valid())
@@ -139,6 +143,7 @@ def _write_hash_part(t: Any, staging: str) -> Any:
                    t.column("hash_ids").filter(pa.array(~is_record)).to_pylist(), strict=True))
     mine = t.filter(pa.array(is_record)).sort_by("index")
     encoder = Encoder(get_format("mooncake_trace"), key=stable_prompt_key)
+    encoder.tap = Tap(cached_tokenizer(tokenizer), threads=1)
 
     def records() -> Any:
         for index, blob in zip(mine.column("index").to_pylist(),
@@ -151,7 +156,7 @@ def _write_hash_part(t: Any, staging: str) -> Any:
     sha256 = _write_part(os.path.join(staging, PART.format(number)), data)
     save_keys(staging, number, encoder.keys.tobytes())
     return pa.table({"number": [number], "written": [encoder.count], "bytes": [len(data)],
-                     "sha256": [sha256]})
+                     "sha256": [sha256], "stats": [pickle.dumps(encoder.tap.finish())]})
 
 
 def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address: str,
@@ -200,12 +205,14 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                         .union(ids.map_batches(numbered, batch_format="pyarrow")))
                 written = {row["number"]: row for row in both.groupby("number").map_groups(
                     _write_hash_part, batch_format="pyarrow",
-                    fn_kwargs={"staging": staging}).take_all()}
+                    fn_kwargs={"staging": staging,
+                               "tokenizer": step.params["tokenizer"]}).take_all()}
                 facts = sorted(facts_ds.select_columns(["number", "read", "skipped"])
                                .take_all(), key=lambda r: r["number"])
                 nodes, version = _setup_ray(ray)
                 distinct = distinct_keys(ray, os.path.join(staging, KEYS))
-            out = PartsOutput(output_path, get_format("mooncake_trace"), None, distinct)
+            out = PartsOutput(output_path, get_format("mooncake_trace"),
+                              step.params["tokenizer"], distinct)
             read, skipped, parts = 0, [], []
             for fact in facts:
                 number = fact["number"]
@@ -216,6 +223,8 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                     part = {"written": 0, "bytes": 0,
                             "sha256": _write_part(os.path.join(staging, PART.format(number)),
                                                   b"")}
+                if part.get("stats") and out.encoder.tap is not None:
+                    out.encoder.tap.stats.merge(pickle.loads(part["stats"]))
                 out.encoder.count += part["written"]
                 parts.append({"path": PART.format(number), "records": part["written"],
                               "bytes": part["bytes"], "sha256": part["sha256"]})
@@ -238,6 +247,179 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
     return result
 
 
+# ---------------------------------------------------------------- check, stats
+
+
+def _check_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, first: bytes,
+                 options: Any, tokenizer: str | None) -> dict[str, Any]:
+    """A chunk's check rows (a Ray task): the stream's first record makes the setup
+    (the tokenizer loaded here), :func:`~promptkit.ray.globals.check_rows` the rows."""
+    from ..tokenizers import cached_tokenizer
+    from .globals import check_rows, check_setup
+
+    records, read, skipped, close = _records(row, fmt, skip_invalid)
+    setup = check_setup(pickle.loads(first), options,
+                        cached_tokenizer(tokenizer) if tokenizer else None, tokenizer,
+                        skip_invalid)
+    try:
+        rows = list(check_rows(records, setup))
+    except InvalidRecordError as exc:
+        raise _located(exc, row) from None
+    finally:
+        close()
+    return {"number": row["number"], "read": read(),
+            "skipped": pickle.dumps(skipped + setup.skipping.skipped),
+            "rows": pickle.dumps(rows)}
+
+
+def _unpack(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pickle.loads(row["rows"]))
+
+
+def _facts(ds: Any) -> tuple[int, list[str]]:
+    """Records read and lines skipped, over the chunks in order."""
+    read, skipped = 0, []
+    for fact in sorted(ds.select_columns(["number", "read", "skipped"]).take_all(),
+                       key=lambda r: r["number"]):
+        read += fact["read"]
+        skipped += pickle.loads(fact["skipped"])
+    return read, skipped
+
+
+def _ray_section(ray: Any, address: str, step_bytes: int, planned: Planned) -> dict[str, Any]:
+    nodes, version = _setup_ray(ray)
+    return {"address": address_kind(address), "nodes": nodes, "ray_version": version,
+            "chunk_bytes": step_bytes, "chunks": len(planned.chunks)}
+
+
+def check_on_ray(input_path: str, *, address: str, from_format: str | None,
+                 tokenizer: str | None, skip_invalid: bool, use_manifest: bool = True,
+                 system_prompt_file: str | None = None, chunk_size: int | None = None,
+                 **options: Any) -> dict[str, Any]:
+    """``check``'s report for an unbounded cache, computed on a Ray cluster: tasks make
+    each chunk's rows, :func:`~promptkit.ray.globals.unbounded_check` the figures. Raises
+    :class:`~promptkit.ray.globals.NeedsSequence` when the check needs the requests in
+    order (the caller runs it on one node)."""
+    from ..check import CheckError, CheckOptions
+    from ..manifest import skipped_section
+    from ..pipeline import _line_of, aiperf_arguments
+    from ..tokenizers import cached_tokenizer
+    from .globals import NeedsSequence, check_setup, sequence_reason, unbounded_check
+
+    applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
+    options["system_prompt"] = applied.pop("system_prompt")
+    hash_block_size = applied.pop("hash_block_size", None)
+    if hash_block_size is not None and options.get("hash_block_size") is None:
+        options["hash_block_size"] = hash_block_size
+    fmt, first = _open(input_path, from_format, skip_invalid)
+    options["sends_extra"] = fmt.name != "openai"
+    check_options = CheckOptions(**options)
+    reason = sequence_reason(check_options)
+    if reason is not None:
+        raise NeedsSequence(reason)
+    if first is None:
+        raise PromptkitError(f"{input_path}: empty file: no records")
+    try:  # the driver's setup: the report's header, and the tokenizer checked here
+        setup = check_setup(first, check_options,
+                            cached_tokenizer(tokenizer) if tokenizer else None, tokenizer)
+    except CheckError as exc:
+        raise PromptkitError(f"{input_path}: {exc}") from None
+    step_bytes = chunk_size or chunk_bytes()
+    with connect(address) as ray:
+        planned = plan_input(ray, input_path, step_bytes)
+        rows = _rows(planned, input_path)
+        facts_ds = (ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+                    .map(_check_chunk, fn_kwargs={
+                        "fmt": fmt.name, "skip_invalid": skip_invalid,
+                        "first": pickle.dumps(first), "options": check_options,
+                        "tokenizer": tokenizer}, num_cpus=1)
+                    .materialize())
+        read, skipped = _facts(facts_ds)
+        summary = unbounded_check(facts_ds.flat_map(_unpack), setup)
+        ray_section = _ray_section(ray, address, step_bytes, planned)
+    skipped.sort(key=_line_of)
+    return {"input": {"path": input_path, "format": fmt.name, "sha256": planned.sha256},
+            "tokenizer": tokenizer,
+            "skipped": skipped_section([planned.locate(x) for x in skipped]),
+            **summary, "aiperf_args": applied, "wrote": [], "ray": ray_section}
+
+
+def _stats_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, tokenizer: str | None,
+                 chat_template: str) -> dict[str, Any]:
+    """A chunk's partial statistics (a Ray task), with its records read and skipped."""
+    from .globals import stats_rows
+
+    records, read, skipped, close = _records(row, fmt, skip_invalid)
+    try:
+        out = stats_rows(records, tokenizer=tokenizer, chat_template=chat_template,
+                         first_index=row["first_index"])
+    except InvalidRecordError as exc:
+        raise _located(exc, row) from None
+    finally:
+        close()
+    return {**out, "number": row["number"], "read": read(), "skipped": pickle.dumps(skipped)}
+
+
+def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
+                 tokenizer: str | None, skip_invalid: bool, chat_template: str = "none",
+                 chunk_size: int | None = None) -> dict[str, Any]:
+    """``stats``' figures computed on a Ray cluster: tasks count each chunk
+    (:func:`~promptkit.ray.globals.stats_rows`), :func:`~promptkit.ray.globals.merge_stats`
+    merges them; the report of :func:`promptkit.pipeline.dataset_stats`."""
+    from ..check import TEMPLATES
+    from ..counts import counted, plural
+    from ..manifest import skipped_section
+    from ..tokenizers import load_tokenizer
+    from .globals import merge_stats
+
+    if chat_template not in TEMPLATES:
+        raise PromptkitError(f"unknown chat template {chat_template!r}; choose from "
+                             f"{', '.join(TEMPLATES)}")
+    if chat_template != "none" and tokenizer is None:
+        raise PromptkitError("--chat-template needs --tokenizer (the template's tokens are "
+                             "counted under it)")
+    if tokenizer:
+        load_tokenizer(tokenizer)  # a bad tokenizer named here, before any task
+    fmt, _ = _open(input_path, from_format, skip_invalid)
+    step_bytes = chunk_size or chunk_bytes()
+    with connect(address) as ray:
+        planned = plan_input(ray, input_path, step_bytes)
+        rows = _rows(planned, input_path)
+        ds = (ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+              .map(_stats_chunk, fn_kwargs={"fmt": fmt.name, "skip_invalid": skip_invalid,
+                                            "tokenizer": tokenizer,
+                                            "chat_template": chat_template}, num_cpus=1)
+              .materialize())
+        _, skipped = _facts(ds)
+        summary = merge_stats(ds)
+        ray_section = _ray_section(ray, address, step_bytes, planned)
+    warnings = []
+    records = summary["records"]
+    no_text = summary.get("no_prompt_text", {}).get("records", 0)
+    has_tokens = "prompt_tokens" in summary
+    if no_text:
+        shown = summary["no_prompt_text"]["lines"]
+        lines = ", ".join(planned.locate(str(n)) for n in shown)
+        more = ", ..." if no_text > len(shown) else ""
+        found = (counted(no_text, "record") if no_text == records
+                 else f"{no_text} of {counted(records, 'record')}")
+        message = (f"no prompt text found in {found} ({plural(no_text, 'line')} "
+                   f"{lines}{more}), read as {fmt.name}: their messages hold no text (empty, "
+                   f"media only, or the text under a key {fmt.name} does not read: give "
+                   "--from FORMAT or --text-column KEY)")
+        if tokenizer is not None and not has_tokens:
+            raise PromptkitError(f"{input_path}: {message}")
+        warnings.append(message + ("; left out of the token figures" if has_tokens else ""))
+    if tokenizer is not None and summary.get("prompt_tokens_stated", 0) == records:
+        warnings.append(f"--tokenizer {tokenizer} was not used: the trace states each "
+                        "record's prompt tokens (input_length)")
+    return {"input": {"path": input_path, "format": fmt.name, "sha256": planned.sha256},
+            "tokenizer": tokenizer,
+            **({"chat_template": chat_template} if tokenizer is not None else {}),
+            "skipped": skipped_section([planned.locate(x) for x in skipped]),
+            **summary, "warnings": warnings, "wrote": [], "ray": ray_section}
+
+
 def _shape(input_path: str, planned: Planned) -> dict[str, Any]:
     if planned.shards is not None:
         return {"shards": planned.shards}
@@ -248,4 +430,4 @@ def _shape(input_path: str, planned: Planned) -> dict[str, Any]:
         source.close()
 
 
-__all__ = ["hash_trace_folder"]
+__all__ = ["check_on_ray", "hash_trace_folder", "stats_on_ray"]

@@ -503,7 +503,8 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
     unit = "block" if setup.hash_ids else "token"
     out[f"first_differing_{unit}"] = {**histogram_figures(diff_hist), "window": PREFIX_WINDOW}
     shares = prefixes.aggregate(Count(), Max("count()"))
-    shared = prefixes.filter(lambda row: row["count()"] > 1)
+    shared = prefixes.map_batches(  # (a pyarrow filter: Ray warns of a row-wise one)
+        lambda t: t.filter(pc.greater(t.column("count()"), 1)), batch_format="pyarrow")
     top = shared.sort("count()", descending=True).limit(10).take_all()
     out["first_block"] = {
         "distinct": shares["count()"],
@@ -654,7 +655,8 @@ def merge_stats(ds: Dataset, *, partitions: int | None = None) -> dict[str, Any]
         out["prompt_tokens_stated"] = stated
     no_text = int(totals["sum(no_text)"] or 0)
     if no_text:
-        lines = (base.filter(lambda row: row["no_text"] > 0)
+        lines = (base.map_batches(lambda t: t.filter(pc.greater(t.column("no_text"), 0)),
+                                  batch_format="pyarrow")
                  .select_columns(["first_index", "no_text_lines"])
                  .sort("first_index").limit(5).take_all())
         out["no_prompt_text"] = {"records": no_text, "lines": [
