@@ -453,6 +453,18 @@ def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | Table
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
 
 
+def check_stats_options(chat_template: str, tokenizer: str | None) -> None:
+    """``stats``' template options, as it checks them before reading (with ``--ray`` too)."""
+    from .check import TEMPLATES
+
+    if chat_template not in TEMPLATES:
+        raise PromptkitError(f"unknown chat template {chat_template!r}; choose from "
+                             f"{', '.join(TEMPLATES)}")
+    if chat_template != "none" and tokenizer is None:
+        raise PromptkitError("--chat-template needs --tokenizer (the template's tokens are "
+                             "counted under it)")
+
+
 def dataset_stats(input_path: str, *, from_format: str | None = None,
                   tokenizer: str | None = None, threads: int | None = None,
                   skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
@@ -464,16 +476,10 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     figures leave out, ``wrote`` the files written (``plot``). ``progress`` shows the
     pass's progress on stderr when it is a terminal."""
     from . import stats
-    from .check import TEMPLATES
     from .counts import counted, plural
     from .tokenizers import load_tokenizer
 
-    if chat_template not in TEMPLATES:
-        raise PromptkitError(f"unknown chat template {chat_template!r}; choose from "
-                             f"{', '.join(TEMPLATES)}")
-    if chat_template != "none" and tokenizer is None:
-        raise PromptkitError("--chat-template needs --tokenizer (the template's tokens are "
-                             "counted under it)")
+    check_stats_options(chat_template, tokenizer)
     if plot is not None:
         files.writable(plot)
         files.refuse_clashes([(plot, "--plot")], [input_path])

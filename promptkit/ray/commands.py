@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from typing import Any
 
 import numpy as np
 
-from .. import files, leftovers
+from .. import files
 from ..errors import InvalidRecordError, PromptkitError, Skipping
 from ..formats import get_format
 from ..parallel import chunk_records
@@ -32,6 +31,7 @@ from .run import (
     chunk_bytes,
     chunk_of,
     distinct_keys,
+    make_staging,
     put_folder,
     save_keys,
 )
@@ -175,11 +175,8 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
     step.skip_invalid = skip_invalid
     fmt, _ = _open(input_path, from_format, skip_invalid)
     step_bytes = chunk_size or chunk_bytes()
-    folder = os.path.dirname(os.path.abspath(output_path))
     with files.Lock(output_path):
-        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
-                                   suffix=files.TMP_SUFFIX, dir=folder)
-        leftovers.claim(staging)
+        staging = make_staging(output_path)
         try:
             with connect(address) as ray:
                 planned = plan_input(ray, input_path, step_bytes)
@@ -366,18 +363,13 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
     """``stats``' figures computed on a Ray cluster: tasks count each chunk
     (:func:`~promptkit.ray.globals.stats_rows`), :func:`~promptkit.ray.globals.merge_stats`
     merges them; the report of :func:`promptkit.pipeline.dataset_stats`."""
-    from ..check import TEMPLATES
     from ..counts import counted, plural
     from ..manifest import skipped_section
+    from ..pipeline import check_stats_options
     from ..tokenizers import load_tokenizer
     from .globals import merge_stats
 
-    if chat_template not in TEMPLATES:
-        raise PromptkitError(f"unknown chat template {chat_template!r}; choose from "
-                             f"{', '.join(TEMPLATES)}")
-    if chat_template != "none" and tokenizer is None:
-        raise PromptkitError("--chat-template needs --tokenizer (the template's tokens are "
-                             "counted under it)")
+    check_stats_options(chat_template, tokenizer)
     if tokenizer:
         load_tokenizer(tokenizer)  # a bad tokenizer named here, before any task
     fmt, _ = _open(input_path, from_format, skip_invalid)

@@ -287,6 +287,19 @@ def check_output(output_path: str, input_path: str) -> None:
                                  f"{MANIFEST}: not replaced")
 
 
+def make_staging(output_path: str) -> str:
+    """A temporary folder beside OUT for the parts, claimed by this process (a later run
+    sweeps it if this one dies)."""
+    try:
+        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
+                                   suffix=files.TMP_SUFFIX,
+                                   dir=os.path.dirname(os.path.abspath(output_path)))
+    except OSError as exc:
+        raise files.os_error(exc, output_path) from None
+    leftovers.claim(staging)
+    return staging
+
+
 def check_input(input_path: str, dataset: dict[str, Any] | None) -> bool:
     """The inputs ``--ray`` reads: a JSONL file (plain or compressed), or a folder or glob
     of JSONL shards (see :func:`promptkit.ray.inputs.paths_of`); whether it is many."""
@@ -309,13 +322,7 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         raise PromptkitError("--ray runs record-wise steps (nonce, pad, fit, turns); "
                              f"{next(s.op for s in steps if s.op in ORDERED)} is not one")
     step_bytes = chunk_size or chunk_bytes()
-    folder = os.path.dirname(os.path.abspath(output_path))
-    try:
-        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
-                                   suffix=files.TMP_SUFFIX, dir=folder)
-    except OSError as exc:
-        raise files.os_error(exc, output_path) from None
-    leftovers.claim(staging)
+    staging = make_staging(output_path)
     try:
         job = Job(os.path.abspath(input_path), staging, in_format, out_format, steps,
                   skip_invalid, name, tokenizer, stable_keys=True)
@@ -566,11 +573,8 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
     from ..pipeline import run as run_here
 
     check_output(output_path, input_path)
-    folder = os.path.dirname(os.path.abspath(output_path))
     with files.Lock(output_path):
-        staging = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
-                                   suffix=files.TMP_SUFFIX, dir=folder)
-        leftovers.claim(staging)
+        staging = make_staging(output_path)
         try:
             whole = os.path.join(staging, "whole.jsonl")
             result = run_here(input_path, whole, steps, from_format=from_format,
