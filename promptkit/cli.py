@@ -1068,6 +1068,18 @@ def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: i
     summarize(result, manifest_path)
 
 
+def _is_part_folder(manifest_path: str) -> bool:
+    """Whether a folder is one of parts (``--ray``), by its manifest: a saved dataset
+    (``--to hf-dir``) is a folder too, with its manifest beside it."""
+    import json
+
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            return "parts" in json.load(f).get("output", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @cli.command()
 @click.argument("path", metavar="FILE")
 @click.option("--manifest", "manifest_path", metavar="PATH",
@@ -1086,10 +1098,9 @@ def verify(path: str, manifest_path: str | None) -> None:
     import os
 
     from .provenance import verify_output
+    from .ray.run import MANIFEST, verify_folder
 
-    if os.path.isdir(path):
-        from .ray.run import MANIFEST, verify_folder
-
+    if os.path.isdir(path) and _is_part_folder(manifest_path or os.path.join(path, MANIFEST)):
         problems = verify_folder(path, manifest_path)
         if problems:
             raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
