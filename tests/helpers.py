@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -47,3 +48,30 @@ def load_script(name: str) -> ModuleType:
         sys.modules[key] = module
         spec.loader.exec_module(module)
     return sys.modules[key]
+
+
+def shared_prefix_texts(count: int, *, heads: int, head_prompts: int, share: float,
+                        repeats: float, seed: int = 15) -> list[str]:
+    """``count`` texts made of the repository's real prompts, with what makes prefix
+    caching and its global computations hard: ``heads`` long heads (``head_prompts``
+    prompts each) that a ``share`` of the texts start with, exact repeats of a head (a
+    ``repeats`` fraction: fewer distinct prompts than texts), a tenth under one block."""
+    rng = random.Random(seed)
+    prompts = ROOT / "prompts"
+    texts = [json.loads(x)["text"]
+             for x in (prompts / "trace.jsonl.example").read_text().splitlines()]
+    texts += [m["content"] for line in (prompts / "chat.jsonl.example").read_text().splitlines()
+              for m in json.loads(line)["messages"] if m["role"] == "user"]
+    shared = [" ".join(rng.sample(texts, head_prompts)) for _ in range(heads)]
+    out = []
+    for _ in range(count):
+        kind = rng.random()
+        if kind < share:
+            out.append(rng.choice(shared) + " " + rng.choice(texts))
+        elif kind < share + repeats:
+            out.append(rng.choice(shared))
+        elif kind < share + repeats + 0.1:
+            out.append(rng.choice(texts)[:rng.randint(1, 12)])
+        else:
+            out.append(rng.choice(texts))
+    return out

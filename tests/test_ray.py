@@ -8,6 +8,7 @@ One cluster for the whole file; inputs cut into many chunks by a small
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import signal
@@ -137,24 +138,29 @@ def test_pipe_and_compressed_input(cluster, chat, tmp_path):
     assert parts(one) == (tmp_path / "p.jsonl").read_bytes()
     made = json.loads((one / "manifest.json").read_text())
     assert made["inputs"][0]["compression"] == "gzip"
-    assert made["inputs"][0]["sha256"] == __import__("hashlib").sha256(
+    assert made["inputs"][0]["sha256"] == hashlib.sha256(
         packed.read_bytes()).hexdigest()
 
 
-def test_verify_and_rebuild_a_part_folder(cluster, chat, tmp_path):
-    folder = tmp_path / "parts"
-    assert invoke("nonce", chat, folder, "--seed", "4", "--ray", cluster.address).exit_code == 0
+def verified_and_rebuilt(cluster, folder: Path, source: Path, tmp_path: Path) -> None:
+    """``folder`` verifies, and rebuilds from ``source`` to the same parts both on one
+    machine (cut where the recorded parts end) and on the cluster."""
     result = invoke("verify", folder)
     assert result.exit_code == 0 and result.stdout.startswith(f"{folder}: OK")
-    # Rebuilt on one machine, cut where the recorded parts end; and on the cluster.
     for out, extra in ((tmp_path / "here", []), (tmp_path / "there", ["--ray", cluster.address])):
-        result = invoke("rebuild", folder / "manifest.json", out, "--input", chat, *extra)
+        result = invoke("rebuild", folder / "manifest.json", out, "--input", source, *extra)
         assert result.exit_code == 0, result.stderr
         assert "identical" in result.stderr
         assert sorted(os.listdir(out)) == sorted(os.listdir(folder))
         for part in folder.glob("part-*.jsonl"):
             assert (out / part.name).read_bytes() == part.read_bytes()
         assert invoke("verify", out).exit_code == 0
+
+
+def test_verify_and_rebuild_a_part_folder(cluster, chat, tmp_path):
+    folder = tmp_path / "parts"
+    assert invoke("nonce", chat, folder, "--seed", "4", "--ray", cluster.address).exit_code == 0
+    verified_and_rebuilt(cluster, folder, chat, tmp_path)
     # A changed part and an extra one are told apart, by name.
     (folder / "part-00002.jsonl").write_bytes(b"{}\n" + (folder / "part-00002.jsonl").read_bytes())
     (folder / "part-99999.jsonl").write_bytes(b"")
@@ -270,15 +276,7 @@ def test_shards_verify_rebuild_and_errors(cluster, shards, tmp_path):
     folder = tmp_path / "parts"
     result = invoke("nonce", shards, folder, "--seed", "4", "--ray", cluster.address)
     assert result.exit_code == 0, result.stderr
-    result = invoke("verify", folder)
-    assert result.exit_code == 0 and result.stdout.startswith(f"{folder}: OK")
-    for out, extra in ((tmp_path / "here", []), (tmp_path / "there", ["--ray", cluster.address])):
-        result = invoke("rebuild", folder / "manifest.json", out, "--input", shards, *extra)
-        assert result.exit_code == 0, result.stderr
-        assert "identical" in result.stderr
-        assert sorted(os.listdir(out)) == sorted(os.listdir(folder))
-        for part in folder.glob("part-*.jsonl"):
-            assert (out / part.name).read_bytes() == part.read_bytes()
+    verified_and_rebuilt(cluster, folder, shards, tmp_path)
     # A bad line in a shard: named by the shard and its own line, as without --ray.
     bad = tmp_path / "bad"
     bad.mkdir()

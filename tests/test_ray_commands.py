@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import shared_prefix_texts
 from ray_cluster import local_cluster
 
 from promptkit.cli import cli
 
 pytest.importorskip("ray")
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 CHUNK = 1500
 SHARDS = 9
 
@@ -34,23 +33,9 @@ def cluster() -> Iterator[Any]:
 def corpus_lines() -> list[str]:
     """Text records from the repository's prompts: shared heads, exact repeats (so
     fewer distinct prompts than records), cache salts, records under one block."""
-    rng = random.Random(15)
-    texts = [json.loads(x)["text"]
-             for x in (PROMPTS / "trace.jsonl.example").read_text().splitlines()]
-    texts += [m["content"] for line in (PROMPTS / "chat.jsonl.example").read_text().splitlines()
-              for m in json.loads(line)["messages"] if m["role"] == "user"]
-    heads = [" ".join(rng.sample(texts, 3)) for _ in range(3)]
+    texts = shared_prefix_texts(120, heads=3, head_prompts=3, share=0.4, repeats=0.2)
     lines = []
-    for i in range(120):
-        kind = rng.random()
-        if kind < 0.4:
-            text = rng.choice(heads) + " " + rng.choice(texts)
-        elif kind < 0.6:
-            text = rng.choice(heads)  # an exact repeat
-        elif kind < 0.7:
-            text = rng.choice(texts)[:rng.randint(1, 12)]
-        else:
-            text = rng.choice(texts)
+    for i, text in enumerate(texts):
         line: dict[str, Any] = {"text": text}
         if i % 9 == 4:
             line["extra"] = {"cache_salt": f"s{i % 2}"}

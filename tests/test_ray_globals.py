@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import shared_prefix_texts
 from ray_cluster import local_cluster
 
 from promptkit.api import read_records
@@ -44,27 +45,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     parts hard: many records sharing long prefixes (several system prompts, exact
     repeats), cache salts, one huge record, short records under one block."""
     rng = random.Random(15)
-    trace = (PROMPTS / "trace.jsonl.example").read_text().splitlines()
-    texts = [json.loads(x)["text"] for x in trace]
-    texts += [m["content"] for line in (PROMPTS / "chat.jsonl.example").read_text().splitlines()
-              for m in json.loads(line)["messages"] if m["role"] == "user"]
-    heads = [" ".join(rng.sample(texts, 6)) for _ in range(4)]
+    texts = shared_prefix_texts(160, heads=4, head_prompts=6, share=0.5, repeats=0.1)
     lines = []
-    for _ in range(160):
-        kind = rng.random()
-        if kind < 0.5:
-            text = rng.choice(heads) + " " + rng.choice(texts)
-        elif kind < 0.6:
-            text = rng.choice(heads)  # an exact repeat
-        elif kind < 0.7:
-            text = rng.choice(texts)[:rng.randint(1, 12)]  # less than a block
-        else:
-            text = rng.choice(texts)
+    for text in texts:
         line: dict[str, Any] = {"text": text}
         if rng.random() < 0.15:
             line["extra"] = {"cache_salt": f"s{rng.randint(1, 3)}"}
         lines.append(line)
-    lines.insert(70, {"text": " ".join(texts * 40)})  # one huge record
+    lines.insert(70, {"text": " ".join(texts * 4)})  # one huge record
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
