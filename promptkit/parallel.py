@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,15 @@ from . import compression, interrupts, progress
 from .errors import InvalidRecordError
 from .formats import get_format
 from .records import Record
-from .streams import BOM, Counter, Encoder, Sink, parse_lines, stable_prompt_key
+from .streams import (
+    BOM,
+    Counter,
+    Encoder,
+    Sink,
+    parse_lines,
+    stable_key,
+    stable_prompt_key,
+)
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.
@@ -42,10 +50,19 @@ def can_run_parallel(path: str | list[str], workers: int) -> bool:
     plain JSON lines and together they are large."""
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return False
-    paths = [path] if isinstance(path, str) else path
-    sizes = [_plain_size(p) for p in paths]
-    return all(size is not None for size in sizes) and sum(
-        size or 0 for size in sizes) >= MIN_PARALLEL_BYTES
+    sizes = _plain_sizes(path)
+    return sizes is not None and sum(sizes) >= MIN_PARALLEL_BYTES
+
+
+def plain_files(path: str | list[str]) -> bool:
+    """Whether ``path`` (or every shard of many files) is a regular file of plain JSON
+    lines, read chunk by chunk (in this process with one worker)."""
+    return _plain_sizes(path) is not None
+
+
+def _plain_sizes(path: str | list[str]) -> list[int] | None:
+    sizes = [_plain_size(p) for p in ([path] if isinstance(path, str) else path)]
+    return None if None in sizes else sizes  # type: ignore[return-value]
 
 
 def _plain_size(path: str) -> int | None:
@@ -81,6 +98,9 @@ class Job:
     #: Key prompts the same in every process (chunks run in processes that are not
     #: forks of one: Ray), for the distinct count.
     stable_keys: bool = False
+    #: The nonce parameters the splice writer takes lines with (see
+    #: :mod:`promptkit.splice`), or None: every line is encoded from its record.
+    splice: dict[str, Any] | None = None
 
 
 @dataclass
@@ -160,12 +180,16 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     if states is None:
         states = [step.new_state() for step in job.steps]
-    records, read, skipped = chunk_records(chunk, first_lineno, job.in_format, name,
-                                           job.skip_invalid, base)
-    for step, state in zip(job.steps, states, strict=True):
-        records = step.apply(records, state)
     try:
-        data = b"".join(encoder.encode_all(records))
+        if job.splice is not None:
+            data, read, skipped = _spliced(job, chunk, first_lineno, states[0], encoder, name,
+                                           base)
+        else:
+            records, read, skipped = chunk_records(chunk, first_lineno, job.in_format, name,
+                                                   job.skip_invalid, base)
+            for step, state in zip(job.steps, states, strict=True):
+                records = step.apply(records, state)
+            data = b"".join(encoder.encode_all(records))
     except InvalidRecordError as exc:
         if exc.path is not None:
             raise
@@ -174,6 +198,75 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                        encoder.keys.tobytes(), states,
                        encoder.tap.stats if encoder.tap is not None else None, encoder.fields)
+
+
+def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Encoder,
+             name: str, base: int) -> tuple[bytes, Counter, list[str]]:
+    """The output of one chunk of a nonce run by the splice writer (see
+    :mod:`promptkit.splice`): the chunk's bytes with each nonce inserted, and each line
+    the splicer does not take (or a bad one) the usual way, in its place."""
+    from .splice import Splicer
+
+    (step,) = job.steps
+    splice = Splicer(job.splice or {}, state,
+                     stable_key if job.stable_keys else hash).splice
+    fmt = get_format(job.in_format)
+    skipped: list[str] = []
+
+    def on_invalid(exc: InvalidRecordError) -> None:
+        if not job.skip_invalid:
+            raise exc
+        skipped.append(f"{(exc.lineno or 0) + base}: {exc.problem}")
+
+    read = Counter()
+    view = memoryview(chunk)
+    parts: list[Any] = []
+    keep_key = encoder.keys.append
+    done = 0  # the chunk's bytes before this are in parts
+    start = 0  # where the line begins in the chunk
+    lineno = first_lineno
+    index = first_lineno - 1 + base
+    for line in chunk.split(b"\n"):
+        end = start + len(line)
+        spliced = splice(line, index) if line else None
+        if spliced is None:  # the usual way, or a blank line
+            parts.append(view[done:start])
+            records = parse_lines([(lineno, [line])], fmt, name, on_invalid, read, base)
+            parts.extend(encoder.encode_all(step.apply(records, state)))
+            done = min(end + 1, len(chunk))
+        else:
+            where, inserted, key = spliced
+            if inserted:
+                parts.append(view[done:start + where])
+                parts.append(inserted)
+                done = start + where
+            if line[-1] == 0x0D:  # a carriage return ends the line: drop it
+                parts.append(view[done:end - 1])
+                done = end
+            if end == len(chunk):  # the file's last line has no newline
+                parts.append(view[done:end])
+                parts.append(b"\n")
+                done = end
+            keep_key(key)
+            read.count += 1
+            encoder.count += 1
+        start = end + 1
+        lineno += 1
+        index += 1
+    parts.append(view[done:])
+    return b"".join(parts), read, skipped
+
+
+def spliced_batches(job: Job, batches: Iterable[tuple[int, list[bytes]]],
+                    states: list[Any] | None = None, *, base: int = 0,
+                    path: str | None = None) -> Iterator[ChunkResult]:
+    """The results of a nonce run by the splice writer over batches of lines
+    ``(first line number, lines)`` (a stream: stdin, a compressed file), in order, each
+    batch a chunk; ``states`` carry on from batch to batch."""
+    states = states if states is not None else [step.new_state() for step in job.steps]
+    for first, lines in batches:
+        lines.append(b"")
+        yield process_chunk(job, b"\n".join(lines), first, states, base=base, path=path)
 
 
 def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_invalid: bool,
@@ -335,6 +428,13 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
     when given, counted as each chunk is done, for progress) are returned."""
     facts = facts if facts is not None else InputFacts()
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
+    if workers < 2:  # chunk by chunk in this process (the splice writer reads so)
+        with open_chunks() as read:
+            for file, offset, size, lineno, base in pieces(path, facts):
+                absorb(process_chunk(job, read(file, offset, size), lineno, states, base=base,
+                                     path=file), sink, facts)
+                facts.bytes_done += size
+        return facts
     out = _Relay()
     with worker_pool(workers, _init, (job,)) as pool:
         pending: deque[tuple[str, int, int, int, int, Any]] = deque()
@@ -349,18 +449,7 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
             else:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
-            if isinstance(result.data, str):
-                out.copy_from(result.data, sink)
-            else:
-                sink.write_bytes(result.data)
-            sink.encoder.keys.frombytes(result.keys)
-            sink.encoder.count += result.written
-            if result.stats is not None and sink.encoder.tap is not None:
-                sink.encoder.tap.stats.merge(result.stats)
-            if result.fields and sink.encoder.fields is not None:
-                sink.encoder.fields |= result.fields
-            facts.records_read += result.read
-            facts.skipped += result.skipped
+            absorb(result, sink, facts, out)
             facts.bytes_done += size
 
         for file, offset, size, lineno, base in pieces(path, facts):
@@ -371,6 +460,44 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
         while pending:
             finish()
     return facts
+
+
+def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: _Relay | None = None
+           ) -> None:
+    """Write a chunk's output into ``sink`` (from its scratch file, through ``relay``) and
+    take its account: records read, written and skipped, keys, token figures."""
+    if isinstance(result.data, str):
+        (relay or _Relay()).copy_from(result.data, sink)
+    else:
+        sink.write_bytes(result.data)
+    sink.encoder.keys.frombytes(result.keys)
+    sink.encoder.count += result.written
+    if result.stats is not None and sink.encoder.tap is not None:
+        sink.encoder.tap.stats.merge(result.stats)
+    if result.fields and sink.encoder.fields is not None:
+        sink.encoder.fields |= result.fields
+    facts.records_read += result.read
+    facts.skipped += result.skipped
+
+
+@contextlib.contextmanager
+def open_chunks() -> Iterator[Any]:
+    """``read(path, offset, size)``: the bytes of a chunk, each file opened once."""
+    opened: dict[str, Any] = {}
+
+    def read(path: str, offset: int, size: int) -> bytes:
+        if path not in opened:
+            for f in opened.values():
+                f.close()
+            opened.clear()
+            opened[path] = open(path, "rb")  # noqa: SIM115 (closed below)
+        return os.pread(opened[path].fileno(), size, offset)
+
+    try:
+        yield read
+    finally:
+        for f in opened.values():
+            f.close()
 
 
 # ---------------------------------------------------------------- any function, chunk by chunk

@@ -37,6 +37,9 @@ from .provenance import _line_of, describe
 from .provenance import verify_output as verify_output  # (publish checks its file)
 from .records import Record
 from .shards import ShardedSource, expand, is_many
+from .splice import ENCODE, WRITERS
+from .splice import WRITER as SPLICE
+from .splice import plan as splice_plan
 from .stats import Tap
 from .steps import ORDERED, STATEFUL, Step, Where, make
 from .streams import STDIO, Sink, Source, display_name
@@ -116,6 +119,7 @@ def run(
     dataset: dict[str, Any] | None = None,
     progress: bool | None = None,
     accept: Callable[[dict[str, Any]], None] | None = None,
+    writer: str | None = None,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
 
@@ -133,8 +137,14 @@ def run(
     in place together (see :mod:`promptkit.files`), under a lock on OUT.
     A step not yet made (``Step(op, params)``) is made here for this input and output,
     as the command line makes it (see :mod:`promptkit.steps`).
+
+    ``writer``: how lines are written (see :mod:`promptkit.splice`): ``encode`` encodes
+    every record again, as promptkit did before the splice writer (``rebuild`` of such
+    a file); by default a nonce run's lines keep their input bytes where they can.
     """
     workers = parallel.default_workers() if workers is None else workers
+    if writer not in (None, *WRITERS):
+        raise PromptkitError(f"unknown writer {writer!r} (one of {', '.join(WRITERS)})")
     counted: dict[str, int] = {}
     where = where_of(input_path, output_path, from_format, dataset, counted)
     # Not over records written to the terminal the progress line would be drawn on.
@@ -154,7 +164,8 @@ def run(
             return _run(outputs, input_path, output_path, steps, from_format=from_format,
                         to_format=to_format, skip_invalid=skip_invalid,
                         manifest_path=manifest_path, argv=argv, workers=workers,
-                        dataset=dataset, records=counted.get("records"), accept=accept)
+                        dataset=dataset, records=counted.get("records"), accept=accept,
+                        writer=writer)
     finally:
         outputs.release()
 
@@ -199,7 +210,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
          from_format: str | None, to_format: str | None, skip_invalid: bool,
          manifest_path: str | None, argv: list[str] | None, workers: int,
          dataset: dict[str, Any] | None, records: int | None,
-         accept: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+         accept: Callable[[dict[str, Any]], None] | None, writer: str | None = None
+         ) -> dict[str, Any]:
     """:func:`run` once its steps are made (``records``: the input's records, when a
     first pass counted them)."""
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
@@ -215,18 +227,34 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         label = pass_label(steps)
         chunked = chunked_files(source, input_path)
+        plain = chunked is not None and parallel.plain_files(chunked)
+        spliced = (splice_plan(steps, in_format.name, out_format.name)
+                   if writer != ENCODE and isinstance(sink, Sink) and (
+                       plain or by_lines(source) and source.layout == "lines")
+                   else None)
+        if spliced is not None:
+            sink.writer = SPLICE
         try:
             if (chunked is not None and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
-                    and parallel.can_run_parallel(chunked, workers)):
+                    and (parallel.can_run_parallel(chunked, workers)
+                         or spliced is not None and plain)):
                 source.close()
                 facts = parallel.InputFacts()
                 with leftovers.scratch_folder() as scratch, \
                         file_progress(label, chunked, facts):
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
-                                       steps, skip_invalid, source.name, tokenizer)
-                    parallel.run_file(chunked, job, sink, workers, facts)
+                                       steps, skip_invalid, source.name, tokenizer,
+                                       splice=spliced)
+                    parallel.run_file(chunked, job, sink, workers if parallel.can_run_parallel(
+                        chunked, workers) else 1, facts)
                 _read_in_workers(source, facts)
+            elif spliced is not None:  # stdin, a compressed file: its lines, in this process
+                assert isinstance(source, Source) and isinstance(sink, Sink)
+                job = parallel.Job(input_path, "", in_format.name, out_format.name, steps,
+                                   skip_invalid, source.name, splice=spliced)
+                with source_progress(label, source, total=records):
+                    facts = _splice_here(source, sink, job)
             elif (len(steps) == 1 and steps[0].op == "hash_trace" and chunked is not None
                   and parallel.can_run_parallel(chunked, workers)):
                 facts = _hash_trace_in_workers(source, chunked, steps[0], sink, workers,
@@ -436,6 +464,21 @@ def _read_in_workers(source: Any, facts: parallel.InputFacts) -> None:
     """Many files read by workers: the source takes their account (sha256s, lines)."""
     if isinstance(source, ShardedSource) and facts.shards is not None:
         source.read_in_workers(facts.shards, facts.shard_lines)
+
+
+def _splice_here(source: Source, sink: Sink, job: parallel.Job) -> parallel.InputFacts:
+    """A nonce run by the splice writer over a stream of lines (stdin, a compressed
+    file), in this process, a batch of lines at a time."""
+    if sink.path == STDIO:
+        source.before_read = sink.flush
+    facts = parallel.InputFacts(sha256=source.sha256)
+    try:
+        for result in parallel.spliced_batches(job, source.line_batches()):
+            parallel.absorb(result, sink, facts)
+            source.count = facts.records_read
+    except InvalidRecordError as exc:
+        raise located(exc, source) from None
+    return facts
 
 
 def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | TableSink,

@@ -50,6 +50,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             "records": sink.records_written,
             "sha256": sink.sha256.hexdigest(),
             **compressed_output(sink),
+            "writer": sink.writer,
         },
         "steps": [step.as_dict() for step in steps],
         "skipped": manifest.skipped_section(skipped),

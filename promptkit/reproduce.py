@@ -18,6 +18,7 @@ from . import manifest
 from .datasets_io import DatasetOptions
 from .errors import OptionNeededError, PromptkitError
 from .pipeline import generate, run, where_of
+from .splice import writer_of
 from .steps import make
 from .streams import STDIO, display_name
 
@@ -207,6 +208,10 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
             steps.append(make(step["op"], step["params"], where))
         except PromptkitError as exc:
             raise PromptkitError(f"{manifest_path}: steps[{i}]: {exc}") from None
+    try:
+        writer_of(recorded)
+    except PromptkitError as exc:
+        raise PromptkitError(f"{manifest_path}: {exc}") from None
     if "parts" in recorded["output"]:
         from .ray.run import rebuild_parts
 
@@ -225,4 +230,5 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         argv=argv,
         workers=workers,
         accept=accept,
+        writer=writer_of(recorded),
     )

@@ -250,6 +250,11 @@ class Source(Counter):
             raise exc
         self.skipped.append(f"{exc.lineno}: {exc.problem}")
 
+    def line_batches(self) -> Iterator[tuple[int, list[bytes]]]:
+        """``(first line number, lines)`` of the JSON lines, in order, unparsed (what was
+        read to detect the format first)."""
+        return itertools.chain(self._read_ahead, self._items)
+
     @property
     def is_empty(self) -> bool:
         """Whether the file holds no records (known once it is opened)."""
@@ -824,6 +829,9 @@ class Written:
     records skipped, distinct prompts."""
 
     encoder: Encoder
+    #: How the lines were written (see :mod:`promptkit.splice`): ``encode``, every record
+    #: encoded; ``splice/1``, lines that only gained a nonce keep their input bytes.
+    writer = "encode"
 
     @property
     def records_written(self) -> int:
@@ -978,7 +986,12 @@ def stable_prompt_key(record: Record) -> int:
     """:func:`prompt_key`'s key made the same in every process (blake2b of the parts'
     repr, 64 bits): for distinct counts merged from processes that are not forks of
     one another."""
-    digest = hashlib.blake2b(repr(_key_parts(record)).encode(), digest_size=8).digest()
+    return stable_key(_key_parts(record))
+
+
+def stable_key(parts: tuple[Any, ...]) -> int:
+    """The key of a prompt's parts (see :func:`stable_prompt_key`)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 

@@ -44,13 +44,17 @@ import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .. import files, leftovers, manifest
 from ..errors import InvalidRecordError, PromptkitError
 from ..formats import TABLE_FORMATS, get_format
-from ..parallel import Job, process_chunk
+from ..parallel import Job, process_chunk, spliced_batches
+from ..splice import ENCODE, writer_of
+from ..splice import WRITER as SPLICE
+from ..splice import plan as splice_plan
 from ..steps import ORDERED, Step
 from ..streams import STDIO, Encoder, Source, Written, stable_prompt_key
 from . import address_kind, connect
@@ -197,16 +201,20 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
 
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     states = states if states is not None else [step.new_state() for step in job.steps]
-    records: Any = source.records()
-    for step, state in zip(job.steps, states, strict=True):
-        records = step.apply(records, state)
     path = _part(settings, chunk.number)
     tmp = f"{path}.{os.getpid()}{files.TMP_SUFFIX}"
     digest = hashlib.sha256()
     size = 0
+    if job.splice is not None:
+        lines: Any = _spliced_stream(job, source, states, chunk.base, encoder)
+    else:
+        records: Any = source.records()
+        for step, state in zip(job.steps, states, strict=True):
+            records = step.apply(records, state)
+        lines = encoder.encode_all(records)
     try:
         with open(tmp, "wb") as f:
-            for line in encoder.encode_all(records):
+            for line in lines:
                 digest.update(line)
                 size += len(line)
                 f.write(line)
@@ -223,6 +231,21 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
                          encoder.tap.stats if encoder.tap is not None else None,
                          encoder.fields)
     return _facts(chunk.number, result, digest.hexdigest(), size, settings.staging)
+
+
+def _spliced_stream(job: Job, source: Source, states: list[Any], base: int,
+                    encoder: Encoder) -> Iterator[bytes]:
+    """The output of a stream (a compressed file) by the splice writer, a batch of lines
+    at a time; its account (records read and written, keys, lines skipped) goes into
+    ``source`` and ``encoder``, as when its records are encoded."""
+    for result in spliced_batches(job, source.line_batches(), states, base=base,
+                                  path=source.name):
+        source.count += result.read
+        encoder.count += result.written
+        encoder.keys.frombytes(result.keys)
+        encoder.skipped += result.skipped
+        assert isinstance(result.data, bytes)
+        yield result.data
 
 
 # ---------------------------------------------------------------- the driver
@@ -312,7 +335,8 @@ def check_input(input_path: str, dataset: dict[str, Any] | None) -> bool:
 
 def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         in_format: str, out_format: str, name: str, skip_invalid: bool, tokenizer: str | None,
-        chunk_size: int | None = None) -> tuple[PartsOutput, dict[str, Any], str, dict[str, Any]]:
+        chunk_size: int | None = None, writer: str | None = None
+        ) -> tuple[PartsOutput, dict[str, Any], str, dict[str, Any]]:
     """Run ``steps`` over ``input_path`` on the cluster at ``address``, writing the parts
     into a staging folder beside ``output_path``. Returns the parts' account, the input's
     facts (``records``, ``skipped``, ``sha256``), the staging folder (the caller writes
@@ -331,6 +355,11 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         with connect(address) as ray:
             planned = plan_input(ray, input_path, step_bytes)
             chunks = planned.chunks
+            # The splice writer takes what it takes without --ray: one file (compressed
+            # too), or shards that are all plain.
+            if writer != ENCODE and not any("compression" in shard
+                                            for shard in planned.shards or []):
+                job.splice = splice_plan(steps, in_format, out_format)
             facts: list[dict[str, Any]] = []
             if chunks:
                 rows = [vars(chunk) for chunk in chunks]
@@ -343,6 +372,8 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
             version = ray.__version__
         out = PartsOutput(output_path, get_format(out_format), tokenizer, distinct)
+        if job.splice is not None:
+            out.writer = SPLICE
         read, skipped, parts = 0, [], []
         for fact in facts:
             read += fact["read"]
@@ -434,10 +465,11 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                from_format: str | None = None, to_format: str | None = None,
                skip_invalid: bool = False, argv: list[str] | None = None,
                dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
-               accept: Any = None) -> dict[str, Any]:
+               accept: Any = None, writer: str | None = None) -> dict[str, Any]:
     """:func:`promptkit.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
     concatenation is the bytes ``run`` writes, with ``OUT/manifest.json``; the manifest
-    is returned. ``accept(manifest)`` may refuse the result before it is put in place."""
+    is returned. ``accept(manifest)`` may refuse the result before it is put in place;
+    ``writer``: as :func:`promptkit.pipeline.run` takes it."""
     from ..pipeline import counting_tokenizer, where_of
     from ..provenance import describe
     from ..steps import make
@@ -476,7 +508,7 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
         out, facts, staging, ray_info = run(
             input_path, output_path, steps, address=address, in_format=in_format.name,
             out_format=out_name, name=name, skip_invalid=skip_invalid, tokenizer=tokenizer,
-            chunk_size=chunk_size)
+            chunk_size=chunk_size, writer=writer)
         try:
             for step in steps:
                 if step.check is not None:
@@ -569,7 +601,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                           from_format=from_format, to_format=to_format,
                           skip_invalid=skip_invalid, argv=argv,
                           chunk_size=chunk_size if isinstance(chunk_size, int) else None,
-                          accept=accept)
+                          accept=accept, writer=writer_of(recorded))
     from ..pipeline import run as run_here
 
     check_output(output_path, input_path)
@@ -579,7 +611,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
             whole = os.path.join(staging, "whole.jsonl")
             result = run_here(input_path, whole, steps, from_format=from_format,
                               to_format=to_format, skip_invalid=skip_invalid, argv=argv,
-                              workers=workers, accept=accept)
+                              workers=workers, accept=accept, writer=writer_of(recorded))
             made = []
             with open(whole, "rb") as f:
                 for part in parts:

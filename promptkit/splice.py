@@ -1,0 +1,189 @@
+"""The splice writer: a record that only gains a nonce is written as its input line with
+the nonce inserted, not parsed into a record and encoded again.
+
+A nonce at the start of a text inserts bytes and changes nothing else, so the line
+can keep its own bytes: its key order, number spelling, escapes and unknown fields
+stay as they were, and the cost of building a record and serializing it is saved
+(most of a ``nonce`` run's time). The line is still parsed, checked as the format's
+reader checks it, and counted for the distinct-prompt count.
+
+The insertion point is found in the raw line and proven to be the right one, or the
+line goes the usual way (parsed into a record, the step applied, encoded; see
+:func:`splice_lines`). For an AIPerf ``single_turn`` line the text literal's opening
+quote must follow ``"text":`` (optional spaces after the colon) where
+
+- no backslash comes just before that first quote, so the quote is a string's start
+  (inside a string every quote is escaped; a bare ``text`` is no JSON), and the string
+  is the key ``text``;
+- everything before it holds exactly one ``{`` and no ``[``, ``]`` or ``}`` at all, not
+  even inside strings: so nothing nested was opened before it, and the key belongs to
+  the line's own object;
+- the line holds no key twice (checked as every reader here checks it).
+
+So the bytes inserted after that quote are the start of the value of the record's
+``text``, exactly. A record the slow path would write otherwise than its input
+(a field set to ``null``, which the writer leaves out; an integer beyond 64 bits) goes
+the usual way too.
+
+Which writer made a file is the manifest's ``output.writer``: ``splice/1`` (this one)
+or ``encode`` (every line encoded again: every file made before this writer existed,
+whose manifests name none). ``rebuild`` uses the writer the manifest names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .errors import PromptkitError
+from .formats.aiperf import parse_single_turn
+from .nonce import NonceMaker, NonceState
+from .streams import KEY_ENDS, beyond_64_bits, duplicate_key
+
+#: The writer that keeps input lines, in manifests; its rules are fixed for a version.
+WRITER = "splice/1"
+#: Every line encoded again from its record (every file made before ``splice/1``).
+ENCODE = "encode"
+WRITERS = (ENCODE, WRITER)
+#: Where a nonce is an insertion into a single_turn line's text.
+POSITIONS = frozenset({"start", "user", "system", "every-turn"})
+_FORMATS = frozenset({"single_turn"})
+_USER = frozenset({None, "user"})
+#: single_turn fields that are strings (checked inline; ``output_length`` too).
+_TEXTS = frozenset({"text", "role", "session_id"})
+
+
+def writer_of(recorded: dict[str, Any]) -> str:
+    """The writer a manifest says made its file: ``encode`` when it names none (it was
+    made before the splice writer); one this promptkit does not have is an error."""
+    writer = recorded["output"].get("writer", ENCODE)
+    if writer not in WRITERS:
+        raise PromptkitError(f"output.writer {writer!r}: this promptkit writes with "
+                             f"{', '.join(WRITERS)} (another promptkit version made the file)")
+    return str(writer)
+
+
+def plan(steps: list[Any], in_format: str, out_format: str) -> dict[str, Any] | None:
+    """The nonce parameters the splice writer can take a run's lines with, or ``None``
+    when the run is not one it takes (other steps, another format out than in, copies,
+    a salt, a tokenizer)."""
+    if len(steps) != 1 or steps[0].op != "nonce":
+        return None
+    params = steps[0].params
+    if (in_format != out_format or in_format not in _FORMATS or params["at"] not in POSITIONS
+            or params["copies"] != 1 or params.get("tokenizer") is not None):
+        return None
+    return params
+
+
+class Splicer:
+    """Puts nonces into lines (see the module's rules), with the state a nonce step keeps
+    (the conversations begun)."""
+
+    def __init__(self, params: dict[str, Any], state: NonceState,
+                 key: Callable[[tuple[Any, ...]], int]):
+        maker = NonceMaker(params["kind"], params["seed"], length=params["length"],
+                           start_time=params["start_time"], time_step_us=params["time_step_us"])
+        self.make = maker.make
+        before, _, after = params["template"].partition("{nonce}")
+        self.before, self.after = before, after
+        # The nonces themselves are ASCII letters, digits and ``-:.@``: no escapes.
+        self.escaped = (orjson.dumps(before)[1:-1], orjson.dumps(after)[1:-1])
+        self.at = params["at"]
+        self.state = state
+        self.key = key
+
+    def splice(self, line: bytes, index: int) -> tuple[int, bytes, int] | None:
+        """``(where, nonce, key)`` of one input line (record ``index``): the bytes to
+        insert at ``where`` in the line (``b""``: the line stays as it is) and the key of
+        the prompt then written; or ``None``: the line goes the usual way (the state is
+        then untouched)."""
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return None
+        if obj.__class__ is not dict:
+            return None
+        text = obj.get("text")
+        if text.__class__ is not str:
+            return None
+        for key, value in obj.items():  # the reader's checks, inline for the usual fields
+            kind = value.__class__
+            if key in _TEXTS:
+                if kind is not str:
+                    break
+            elif key != "output_length" or kind is not int or value <= 0:
+                break
+        else:
+            key = None
+        if key is not None and not _checked(obj):
+            return None
+        ends = len(KEY_ENDS(line))
+        if ends != len(obj) and duplicate_key(line, obj, ends) is not None:
+            return None
+        at = self.at
+        role = obj.get("role")
+        session = obj.get("session_id")
+        state = self.state
+        continuing = session is not None and session in state.started
+        if at == "start" or at == "system":
+            nonce = not continuing
+            if nonce and at == "system" and role != "system":
+                return None  # a system message is made: not an insertion
+        elif at == "user":
+            if session is not None and session in state.user_done:
+                nonce = False
+            elif role in _USER:
+                nonce = True
+            elif continuing:
+                nonce = False
+            else:
+                return None  # no user message: the usual way says so
+        else:  # every-turn
+            nonce = True
+        where = 0
+        inserted = b""
+        content = text
+        if nonce:
+            where = _text_start(line)
+            if where < 0:
+                return None
+            made = self.make(index)
+            before, after = self.escaped
+            inserted = b"".join((before, made.encode(), after))
+            content = self.before + made + self.after + text
+        if session is not None:
+            state.started.add(session)
+            if at == "user" and nonce:
+                state.user_done.add(session)
+        extra = obj.get("extra")
+        salt = extra.get("cache_salt") if extra.__class__ is dict else None
+        return where, inserted, self.key((role, content, salt))
+
+
+def _checked(obj: dict[str, Any]) -> bool:
+    """Whether a single_turn line's object passes the reader's checks, and the writer
+    would write it back as it is (no field set to null, which it leaves out; no integer
+    beyond 64 bits, which orjson read as a float)."""
+    if None in obj.values():
+        return False
+    try:
+        parse_single_turn(obj)
+    except Exception:  # noqa: BLE001 (the usual way says what is wrong)
+        return False
+    return not beyond_64_bits(obj)
+
+
+#: A single_turn line up to its text's opening quote, by the module's rules: one ``{``
+#: and no other brace or bracket before an unescaped ``"text":`` (spaces may follow).
+_TEXT_START = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"text": *"').match
+
+
+def _text_start(line: bytes) -> int:
+    """Where the value of a single_turn line's ``text`` begins (after its opening
+    quote), proven by the module's rules; -1 if not proven."""
+    found = _TEXT_START(line)
+    return found.end() if found is not None else -1
