@@ -208,7 +208,7 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     from .splice import Splicer
 
     (step,) = job.steps
-    splice = Splicer(job.splice or {}, state,
+    splice = Splicer(job.splice or {}, job.in_format, state,
                      stable_key if job.stable_keys else hash).splice
     fmt = get_format(job.in_format)
     skipped: list[str] = []
@@ -235,11 +235,11 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
             parts.extend(encoder.encode_all(step.apply(records, state)))
             done = min(end + 1, len(chunk))
         else:
-            where, inserted, key = spliced
-            if inserted:
-                parts.append(view[done:start + where])
-                parts.append(inserted)
-                done = start + where
+            cut, cut_end, new, key = spliced
+            if new:
+                parts.append(view[done:start + cut])
+                parts.append(new)
+                done = start + cut_end
             if line[-1] == 0x0D:  # a carriage return ends the line: drop it
                 parts.append(view[done:end - 1])
                 done = end
@@ -259,14 +259,24 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
 
 def spliced_batches(job: Job, batches: Iterable[tuple[int, list[bytes]]],
                     states: list[Any] | None = None, *, base: int = 0,
-                    path: str | None = None) -> Iterator[ChunkResult]:
+                    path: str | None = None, lines_left: Any = None) -> Iterator[ChunkResult]:
     """The results of a nonce run by the splice writer over batches of lines
     ``(first line number, lines)`` (a stream: stdin, a compressed file), in order, each
-    batch a chunk; ``states`` carry on from batch to batch."""
+    batch a chunk; ``states`` carry on from batch to batch. ``lines_left()``, when given,
+    is how many more records to read (``--limit``): a batch that may hold more is taken
+    a line at a time, up to the last one."""
     states = states if states is not None else [step.new_state() for step in job.steps]
     for first, lines in batches:
+        if lines_left is not None and lines_left() < len(lines):
+            for lineno, line in enumerate(lines, start=first):
+                if lines_left() <= 0:
+                    return
+                yield process_chunk(job, line + b"\n", lineno, states, base=base, path=path)
+            continue
         lines.append(b"")
         yield process_chunk(job, b"\n".join(lines), first, states, base=base, path=path)
+        if lines_left is not None and lines_left() <= 0:
+            return
 
 
 def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_invalid: bool,

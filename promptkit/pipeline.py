@@ -230,7 +230,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         plain = chunked is not None and parallel.plain_files(chunked)
         spliced = (splice_plan(steps, in_format.name, out_format.name)
                    if writer != ENCODE and isinstance(sink, Sink) and (
-                       plain or by_lines(source) and source.layout == "lines")
+                       plain or isinstance(source, Source) and not isinstance(
+                           source, ColumnSource) and source.layout == "lines")
                    else None)
         if spliced is not None:
             sink.writer = SPLICE
@@ -468,14 +469,19 @@ def _read_in_workers(source: Any, facts: parallel.InputFacts) -> None:
 
 def _splice_here(source: Source, sink: Sink, job: parallel.Job) -> parallel.InputFacts:
     """A nonce run by the splice writer over a stream of lines (stdin, a compressed
-    file), in this process, a batch of lines at a time."""
+    file, ``--limit``), in this process, a batch of lines at a time (near the limit, a
+    line at a time)."""
     if sink.path == STDIO:
         source.before_read = sink.flush
     facts = parallel.InputFacts(sha256=source.sha256)
+    limit = source.limit
     try:
-        for result in parallel.spliced_batches(job, source.line_batches()):
+        for result in parallel.spliced_batches(job, source.line_batches(), lines_left=(
+                None if limit is None else lambda: limit - facts.records_read)):
             parallel.absorb(result, sink, facts)
             source.count = facts.records_read
+        if limit is not None:
+            source.drain()
     except InvalidRecordError as exc:
         raise located(exc, source) from None
     return facts

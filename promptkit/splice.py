@@ -39,8 +39,8 @@ from typing import Any
 import orjson
 
 from .errors import PromptkitError
-from .formats.aiperf import parse_single_turn
-from .nonce import NonceMaker, NonceState
+from .formats.aiperf import parse_mooncake, parse_single_turn
+from .nonce import HASH_ID_BASE, NonceMaker, NonceState
 from .streams import KEY_ENDS, beyond_64_bits, duplicate_key
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.
@@ -50,7 +50,7 @@ ENCODE = "encode"
 WRITERS = (ENCODE, WRITER)
 #: Where a nonce is an insertion into a single_turn line's text.
 POSITIONS = frozenset({"start", "user", "system", "every-turn"})
-_FORMATS = frozenset({"single_turn"})
+_FORMATS = frozenset({"single_turn", "mooncake_trace"})
 _USER = frozenset({None, "user"})
 #: single_turn fields that are strings (checked inline; ``output_length`` too).
 _TEXTS = frozenset({"text", "role", "session_id"})
@@ -80,14 +80,15 @@ def plan(steps: list[Any], in_format: str, out_format: str) -> dict[str, Any] | 
 
 
 class Splicer:
-    """Puts nonces into lines (see the module's rules), with the state a nonce step keeps
-    (the conversations begun)."""
+    """Puts nonces into lines of one format (see the module's rules), with the state a
+    nonce step keeps (the conversations begun)."""
 
-    def __init__(self, params: dict[str, Any], state: NonceState,
+    def __init__(self, params: dict[str, Any], fmt: str, state: NonceState,
                  key: Callable[[tuple[Any, ...]], int]):
-        maker = NonceMaker(params["kind"], params["seed"], length=params["length"],
-                           start_time=params["start_time"], time_step_us=params["time_step_us"])
-        self.make = maker.make
+        self.maker = NonceMaker(params["kind"], params["seed"], length=params["length"],
+                                start_time=params["start_time"],
+                                time_step_us=params["time_step_us"])
+        self.make = self.maker.make
         before, _, after = params["template"].partition("{nonce}")
         self.before, self.after = before, after
         # The nonces themselves are ASCII letters, digits and ``-:.@``: no escapes.
@@ -95,40 +96,32 @@ class Splicer:
         self.at = params["at"]
         self.state = state
         self.key = key
+        self.read = self._single_turn if fmt == "single_turn" else self._mooncake
 
-    def splice(self, line: bytes, index: int) -> tuple[int, bytes, int] | None:
-        """``(where, nonce, key)`` of one input line (record ``index``): the bytes to
-        insert at ``where`` in the line (``b""``: the line stays as it is) and the key of
-        the prompt then written; or ``None``: the line goes the usual way (the state is
-        then untouched)."""
+    def splice(self, line: bytes, index: int) -> tuple[int, int, bytes, int] | None:
+        """``(start, end, new, key)`` of one input line (record ``index``): the bytes
+        ``new`` replace ``line[start:end]`` (a nonce: inserted, ``start == end``; no
+        ``new``: the line stays as it is), and the key of the prompt then written; or
+        ``None``: the line goes the usual way (the state is then untouched)."""
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             return None
         if obj.__class__ is not dict:
             return None
-        text = obj.get("text")
-        if text.__class__ is not str:
+        found = self.read(obj)
+        if found is None:
             return None
-        for key, value in obj.items():  # the reader's checks, inline for the usual fields
-            kind = value.__class__
-            if key in _TEXTS:
-                if kind is not str:
-                    break
-            elif key != "output_length" or kind is not int or value <= 0:
-                break
-        else:
-            key = None
-        if key is not None and not _checked(obj):
-            return None
+        role, text, locate = found
         ends = len(KEY_ENDS(line))
         if ends != len(obj) and duplicate_key(line, obj, ends) is not None:
             return None
         at = self.at
-        role = obj.get("role")
         session = obj.get("session_id")
         state = self.state
         continuing = session is not None and session in state.started
+        if text is None and at != "start" and at != "every-turn":
+            return None  # hash ids have no user or system message: the usual way says so
         if at == "start" or at == "system":
             nonce = not continuing
             if nonce and at == "system" and role != "system":
@@ -144,46 +137,88 @@ class Splicer:
                 return None  # no user message: the usual way says so
         else:  # every-turn
             nonce = True
-        where = 0
-        inserted = b""
-        content = text
-        if nonce:
-            where = _text_start(line)
-            if where < 0:
-                return None
-            made = self.make(index)
-            before, after = self.escaped
-            inserted = b"".join((before, made.encode(), after))
-            content = self.before + made + self.after + text
+        start = end = 0
+        new = b""
+        extra = obj.get("extra")
+        salt = extra.get("cache_salt") if extra.__class__ is dict else None
+        if text is None:  # a first hash id: a fresh one
+            ids = obj["hash_ids"]
+            if nonce:
+                found_id = locate(line)
+                if found_id is None or max(ids) >= HASH_ID_BASE:  # (the usual way refuses)
+                    return None
+                start, end = found_id.span(1)
+                fresh = self.maker.first_hash_id(index)
+                new = str(fresh).encode()
+                ids = [fresh, *ids[1:]]
+            key = self.key((obj["input_length"], salt, tuple(ids)))
+        else:
+            content = text
+            if nonce:
+                found_text = locate(line)
+                if found_text is None:
+                    return None
+                start = end = found_text.end()
+                made = self.make(index)
+                before, after = self.escaped
+                new = b"".join((before, made.encode(), after))
+                content = self.before + made + self.after + text
+            key = self.key((role, content, salt))
         if session is not None:
             state.started.add(session)
             if at == "user" and nonce:
                 state.user_done.add(session)
-        extra = obj.get("extra")
-        salt = extra.get("cache_salt") if extra.__class__ is dict else None
-        return where, inserted, self.key((role, content, salt))
+        return start, end, new, key
+
+    @staticmethod
+    def _single_turn(obj: dict[str, Any]) -> tuple[Any, str, Any] | None:
+        """``(role, text, how to find the text)`` of a single_turn line the writer would
+        write back as it is."""
+        text = obj.get("text")
+        if text.__class__ is not str:
+            return None
+        for key, value in obj.items():  # the reader's checks, inline for the usual fields
+            kind = value.__class__
+            if key in _TEXTS:
+                if kind is not str:
+                    break
+            elif key != "output_length" or kind is not int or value <= 0:
+                break
+        else:
+            return obj.get("role"), text, _TEXT_START
+        return (obj.get("role"), text, _TEXT_START) if _checked(obj, parse_single_turn) else None
+
+    @staticmethod
+    def _mooncake(obj: dict[str, Any]) -> tuple[Any, str | None, Any] | None:
+        """``(role, text_input, how to find it)`` of a mooncake_trace line with a text
+        (it has no role), ``(None, None, how to find the first id)`` of one with hash
+        ids, when the writer would write it back as it is."""
+        if not _checked(obj, parse_mooncake, "hash_ids"):
+            return None
+        text = obj.get("text_input")
+        if text.__class__ is str:
+            return None, text, _TEXT_INPUT
+        return (None, None, _FIRST_ID) if obj.get("hash_ids") else None
 
 
-def _checked(obj: dict[str, Any]) -> bool:
-    """Whether a single_turn line's object passes the reader's checks, and the writer
-    would write it back as it is (no field set to null, which it leaves out; no integer
-    beyond 64 bits, which orjson read as a float)."""
+def _checked(obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any],
+             ints: str | None = None) -> bool:
+    """Whether a line's object passes the reader's checks (``parse``), and the writer
+    would write it back as it is: no field set to null (which it leaves out), no integer
+    beyond 64 bits (which orjson read as a float; the field ``ints``, once checked, holds
+    only integers)."""
     if None in obj.values():
         return False
     try:
-        parse_single_turn(obj)
+        parse(obj)
     except Exception:  # noqa: BLE001 (the usual way says what is wrong)
         return False
-    return not beyond_64_bits(obj)
+    return not any(beyond_64_bits(value) for key, value in obj.items() if key != ints)
 
 
-#: A single_turn line up to its text's opening quote, by the module's rules: one ``{``
-#: and no other brace or bracket before an unescaped ``"text":`` (spaces may follow).
+#: A line up to the opening quote of its text (``text``; ``text_input``) or the first of
+#: its hash ids, by the module's rules: one ``{`` and no other brace or bracket before an
+#: unescaped key (spaces may follow the colon).
 _TEXT_START = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"text": *"').match
-
-
-def _text_start(line: bytes) -> int:
-    """Where the value of a single_turn line's ``text`` begins (after its opening
-    quote), proven by the module's rules; -1 if not proven."""
-    found = _TEXT_START(line)
-    return found.end() if found is not None else -1
+_TEXT_INPUT = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"text_input": *"').match
+_FIRST_ID = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"hash_ids": *\[ *(-?[0-9]+)').match
