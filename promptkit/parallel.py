@@ -273,8 +273,8 @@ def spliced_batches(job: Job, batches: Iterable[tuple[int, list[bytes]]],
                     return
                 yield process_chunk(job, line + b"\n", lineno, states, base=base, path=path)
             continue
-        lines.append(b"")
-        yield process_chunk(job, b"\n".join(lines), first, states, base=base, path=path)
+        yield process_chunk(job, b"\n".join([*lines, b""]), first, states, base=base,
+                            path=path)
         if lines_left is not None and lines_left() <= 0:
             return
 
