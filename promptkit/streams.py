@@ -855,6 +855,61 @@ class Written:
         return int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
 
 
+class Background:
+    """One thread that runs calls in order, so that hashing and writing large buffers
+    (which release the GIL) overlap the parsing on the caller's thread. The first error
+    a call raises is raised again to the caller (at its next :meth:`submit` or
+    :meth:`wait`); later calls are then not run."""
+
+    def __init__(self, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self._jobs: queue.Queue[tuple[Callable[[Any], None], Any] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._failed = False  # an error was raised: later calls are not run
+        self._thread = threading.Thread(target=self._run, name="promptkit-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    job[0](job[1])
+            except BaseException as exc:  # noqa: BLE001 (raised again on the caller's thread)
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._failed = True
+            raise error
+
+    def submit(self, call: Callable[[Any], None], data: Any) -> None:
+        """Run ``call(data)`` after the calls before it (``data`` must not change after)."""
+        self._raise()
+        if not self._failed:
+            self._jobs.put((call, data))
+
+    def wait(self) -> None:
+        """Wait until every call submitted has run."""
+        self._jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        """End the thread once the calls submitted have run (errors are dropped: the
+        caller is already failing, or has waited)."""
+        self._error = None
+        self._failed = True
+        self._jobs.put(None)
+        self._thread.join()
+
+
 class Sink(Written):
     """Writes records in one format to a path (atomically) or stdout, hashing the bytes.
 
@@ -874,6 +929,8 @@ class Sink(Written):
         self.compression = compression.by_suffix(path) if path != STDIO else None
         self.content_sha256 = hashlib.sha256() if self.compression else None
         self._compressor: compression.Compressor | None = None
+        #: Hashes and writes (compresses) what is emitted, for a file.
+        self._background: Background | None = None
         self._parts: list[bytes] = []
         self._size = 0
         self._tmp: str | None = None
@@ -884,6 +941,7 @@ class Sink(Written):
             writable(path)
             fd, self._tmp = temporary(path)
             self._stream = os.fdopen(fd, "wb")
+            self._background = Background()
             if self.compression is not None:
                 self._compressor = compression.Compressor(self.compression, self._stream,
                                                           self.sha256)
@@ -902,6 +960,14 @@ class Sink(Written):
         self._emit(data)
 
     def _emit(self, data: bytes | memoryview) -> None:
+        if self._background is not None:
+            # Off this thread, in order; a view may be of a buffer its owner reuses.
+            self._background.submit(self._emit_now,
+                                    bytes(data) if isinstance(data, memoryview) else data)
+        else:
+            self._emit_now(data)
+
+    def _emit_now(self, data: bytes | memoryview) -> None:
         try:
             if self._compressor is None:
                 self.sha256.update(data)
@@ -924,6 +990,8 @@ class Sink(Written):
         """Write out what is buffered (stdout: now). A compressed file is finished here:
         called once everything is written, before the manifest takes its sha256."""
         self._drain()
+        if self._background is not None:
+            self._background.wait()
         try:
             if self.path == STDIO:
                 self._stream.flush()
@@ -939,6 +1007,7 @@ class Sink(Written):
         self.flush()
         if self._tmp is None or self._stream.closed:
             return
+        self._stop()
         try:
             self._stream.flush()
             os.fsync(self._stream.fileno())
@@ -953,8 +1022,14 @@ class Sink(Written):
         put_in_place(self._tmp, self.path)
         self._tmp = None
 
+    def _stop(self) -> None:
+        if self._background is not None:
+            self._background.close()
+            self._background = None
+
     def abort(self) -> None:
         """Remove the temporary file; never raises (an error is already on its way)."""
+        self._stop()
         if self._tmp is not None:
             # The buffer may not be writable (no space left): there is nothing to keep.
             with contextlib.suppress(OSError):
