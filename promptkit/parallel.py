@@ -26,6 +26,7 @@ from .formats import get_format
 from .records import Record
 from .streams import (
     BOM,
+    Background,
     Counter,
     Encoder,
     Sink,
@@ -105,7 +106,9 @@ class Job:
 
 @dataclass
 class ChunkResult:
-    data: bytes | str  # the output lines, or the scratch file that holds them
+    #: The output lines; or where they are: the scratch file, or ``(slot, size)`` in
+    #: the shared memory of :class:`_Slots`.
+    data: bytes | str | tuple[int, int]
     read: int
     written: int
     skipped: list[str]
@@ -115,14 +118,32 @@ class ChunkResult:
     fields: set[str] | None = None  # the top-level fields of OpenAI lines written
 
 
+class _Slots:
+    """Shared memory a worker hands a chunk's output back in: one slot a chunk in
+    flight, mapped before the workers are forked, so each sees every slot. Copying the
+    output there costs a fraction of writing it to a file and reading it back (the
+    pages stay mapped from chunk to chunk); output too large for its slot goes by a
+    scratch file."""
+
+    def __init__(self, count: int, size: int) -> None:
+        import mmap
+
+        self.maps = [mmap.mmap(-1, size) for _ in range(count)]
+
+    def close(self) -> None:
+        for room in self.maps:
+            room.close()
+
+
 _job: Job | None = None
+_slots: _Slots | None = None
 
 
-def _init(job: Job) -> None:
-    global _job
+def _init(job: Job, slots: _Slots | None = None) -> None:
+    global _job, _slots
     interrupts.worker_started()
     progress.want(False)  # the parent shows the chunks done
-    _job = job
+    _job, _slots = job, slots
     keep_freed_memory()
 
 
@@ -148,17 +169,24 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 64 << 20)
 
 
-def _work(path: str, offset: int, size: int, first_lineno: int, base: int) -> ChunkResult:
+def _work(path: str, offset: int, size: int, first_lineno: int, base: int,
+          slot: int | None = None) -> ChunkResult:
     """Process the chunk of ``path`` at ``offset`` (read here: only its place crosses
-    processes); ``base``: the places in the stream before ``path`` (one shard of many)."""
+    processes); ``base``: the places in the stream before ``path`` (one shard of many).
+    The output goes back in shared memory (``slot``), or else by a scratch file."""
     assert _job is not None
     with open(path, "rb") as f:
         chunk = os.pread(f.fileno(), size, offset)
     result = process_chunk(_job, chunk, first_lineno, base=base, path=path)
+    assert isinstance(result.data, bytes)
+    if _slots is not None and slot is not None and len(result.data) <= len(_slots.maps[slot]):
+        _slots.maps[slot][:len(result.data)] = result.data
+        result.data = (slot, len(result.data))
+        return result
     # Passing megabytes back through the pool's pipe costs more than a file does.
     fd, scratch = tempfile.mkstemp(dir=_job.scratch)
     with os.fdopen(fd, "wb") as f:
-        f.write(result.data)  # type: ignore[arg-type]
+        f.write(result.data)
     result.data = scratch
     return result
 
@@ -341,17 +369,27 @@ def chunks(path: str, digest: Any, lines: list[int] | None = None) -> Any:
         lines.append(lineno - 1 + (kept > 0))
 
 
-def pieces(files: str | list[str], facts: InputFacts, digest: Any = None
-           ) -> Iterator[tuple[str, int, int, int, int]]:
+def pieces(files: str | list[str], facts: InputFacts, digest: Any = None, *,
+           background: bool = False) -> Iterator[tuple[str, int, int, int, int]]:
     """``(path, offset, size, first line number, base)`` of the runs of whole lines of one
     file or, given a list, of the shards of many files in order (see
     :mod:`promptkit.shards`; ``base``: the lines of the shards before, and each shard's
     path, sha256 and size go into ``facts.shards``). The bytes are hashed into
-    ``digest`` (default ``facts.sha256``) for one file."""
+    ``digest`` (default ``facts.sha256``) for one file; with ``background``, on a thread
+    of its own (while this one works on the chunks)."""
     if isinstance(files, str):
-        for offset, size, lineno in chunks(files, digest if digest is not None
-                                           else facts.sha256):
-            yield files, offset, size, lineno, 0
+        digest = digest if digest is not None else facts.sha256
+        if not background:
+            for offset, size, lineno in chunks(files, digest):
+                yield files, offset, size, lineno, 0
+            return
+        hashing = Background()
+        try:
+            for offset, size, lineno in chunks(files, _Submitted(hashing, digest.update)):
+                yield files, offset, size, lineno, 0
+            hashing.wait()
+        finally:
+            hashing.close()
         return
     base = 0
     facts.shards = []
@@ -365,6 +403,18 @@ def pieces(files: str | list[str], facts: InputFacts, digest: Any = None
                              "size": os.path.getsize(path)})
         facts.shard_lines.append(lines[0])
         base += lines[0]
+
+
+class _Submitted:
+    """A digest whose updates run on a :class:`Background` thread (a copy of each piece:
+    the caller reuses its buffer)."""
+
+    def __init__(self, background: Background, update: Any) -> None:
+        self.background = background
+        self._update = update
+
+    def update(self, data: Any) -> None:
+        self.background.submit(self._update, bytes(data))
 
 
 class _Relay:
@@ -384,7 +434,7 @@ class _Relay:
                 got += f.readinto(view[got:]) or 0
                 if not got:
                     break
-            sink.write_bytes(view[:got])
+            sink.write_now(view[:got])
             view.release()
         os.unlink(scratch)
 
@@ -440,13 +490,14 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     if workers < 2:  # chunk by chunk in this process (the splice writer reads so)
         with open_chunks() as read:
-            for file, offset, size, lineno, base in pieces(path, facts):
+            for file, offset, size, lineno, base in pieces(path, facts, background=True):
                 absorb(process_chunk(job, read(file, offset, size), lineno, states, base=base,
                                      path=file), sink, facts)
                 facts.bytes_done += size
         return facts
     out = _Relay()
-    with worker_pool(workers, _init, (job,)) as pool:
+    slots = _Slots(2 * workers, CHUNK_BYTES + CHUNK_BYTES // 2)
+    with contextlib.closing(slots), worker_pool(workers, _init, (job, slots)) as pool:
         pending: deque[tuple[str, int, int, int, int, Any]] = deque()
 
         def finish() -> None:
@@ -459,11 +510,14 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
             else:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
-            absorb(result, sink, facts, out)
+            absorb(result, sink, facts, out, slots)
             facts.bytes_done += size
 
-        for file, offset, size, lineno, base in pieces(path, facts):
-            future = pool.apply_async(_work, (file, offset, size, lineno, base))
+        # At most 2 * workers chunks are in flight: the one sent next takes the slot of
+        # the one just written.
+        for number, (file, offset, size, lineno, base) in enumerate(pieces(path, facts)):
+            future = pool.apply_async(_work, (file, offset, size, lineno, base,
+                                              number % (2 * workers)))
             pending.append((file, offset, size, lineno, base, future))
             if len(pending) >= 2 * workers:
                 finish()
@@ -472,12 +526,18 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
     return facts
 
 
-def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: _Relay | None = None
-           ) -> None:
-    """Write a chunk's output into ``sink`` (from its scratch file, through ``relay``) and
-    take its account: records read, written and skipped, keys, token figures."""
+def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: _Relay | None = None,
+           slots: _Slots | None = None) -> None:
+    """Write a chunk's output into ``sink`` (from its scratch file, through ``relay``; or
+    from its slot of ``slots``) and take its account: records read, written and skipped,
+    keys, token figures."""
     if isinstance(result.data, str):
         (relay or _Relay()).copy_from(result.data, sink)
+    elif isinstance(result.data, tuple):
+        assert slots is not None
+        slot, size = result.data
+        with memoryview(slots.maps[slot]) as view:
+            sink.write_now(view[:size])
     else:
         sink.write_bytes(result.data)
     sink.encoder.keys.frombytes(result.keys)

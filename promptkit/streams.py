@@ -959,6 +959,13 @@ class Sink(Written):
         self._drain()
         self._emit(data)
 
+    def write_now(self, data: bytes | memoryview) -> None:
+        """:meth:`write_bytes`, done before it returns (``data`` may change after)."""
+        self._drain()
+        if self._background is not None:
+            self._background.wait()
+        self._emit_now(data)
+
     def _emit(self, data: bytes | memoryview) -> None:
         if self._background is not None:
             # Off this thread, in order; a view may be of a buffer its owner reuses.
