@@ -236,8 +236,10 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     from .splice import Splicer
 
     (step,) = job.steps
-    splice = Splicer(job.splice or {}, job.in_format, state,
-                     stable_key if job.stable_keys else hash).splice
+    splicer = Splicer(job.splice or {}, job.in_format, state,
+                      stable_key if job.stable_keys else hash)
+    splice = splicer.splice
+    encoder.key = splicer.prompt_key  # the lines written the usual way: keyed alike
     fmt = get_format(job.in_format)
     skipped: list[str] = []
 

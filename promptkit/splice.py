@@ -41,7 +41,8 @@ import orjson
 from .errors import PromptkitError
 from .formats.aiperf import parse_mooncake, parse_single_turn
 from .nonce import HASH_ID_BASE, NonceMaker, NonceState
-from .streams import KEY_ENDS, beyond_64_bits, duplicate_key
+from .records import Record
+from .streams import KEY_ENDS, beyond_64_bits, duplicate_key, key_parts
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.
 WRITER = "splice/1"
@@ -97,6 +98,32 @@ class Splicer:
         self.state = state
         self.key = key
         self.read = self._single_turn if fmt == "single_turn" else self._mooncake
+        kind = {"uuid": "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                "random": f"[a-z2-7]{{{params['length']}}}",
+                "timestamp": r"[0-9]+@[0-9T:-]+\.[0-9]{6}Z"}[params["kind"]]
+        self._nonce_shape = re.compile(re.escape(before) + kind + re.escape(after)).match
+
+    def split(self, text: str) -> tuple[str, str]:
+        """A text as ``(its nonce, the rest)``: what leads it in the shape of this run's
+        nonces (template included), or ``""``. The nonces' shape has one extent (a fixed
+        length, or digits up to ``@``), so the split is a function of the text alone:
+        equal texts give equal pairs, and a nonce'd text gives the nonce put in it."""
+        found = self._nonce_shape(text)
+        if found is None:
+            return "", text
+        return text[:found.end()], text[found.end():]
+
+    def prompt_key(self, record: Record) -> int:
+        """The key of a record's prompt, for the distinct count of a run this writer
+        takes part in (every record of it, the ones written the usual way too): a text
+        is keyed as its :meth:`split`, so a nonce'd line's key needs no new string of
+        the nonce and its text together (most of the cost of a key, measured)."""
+        messages = record.messages
+        if len(messages) == 1 and messages[0].content.__class__ is str:
+            extra = record.extra
+            salt = extra.get("cache_salt") if extra else None
+            return self.key((messages[0].role, *self.split(messages[0].content), salt))
+        return self.key(key_parts(record))
 
     def splice(self, line: bytes, index: int) -> tuple[int, int, bytes, int] | None:
         """``(start, end, new, key)`` of one input line (record ``index``): the bytes
@@ -153,7 +180,6 @@ class Splicer:
                 ids = [fresh, *ids[1:]]
             key = self.key((obj["input_length"], salt, tuple(ids)))
         else:
-            content = text
             if nonce:
                 found_text = locate(line)
                 if found_text is None:
@@ -162,8 +188,9 @@ class Splicer:
                 made = self.make(index)
                 before, after = self.escaped
                 new = b"".join((before, made.encode(), after))
-                content = self.before + made + self.after + text
-            key = self.key((role, content, salt))
+                key = self.key((role, self.before + made + self.after, text, salt))
+            else:
+                key = self.key((role, *self.split(text), salt))
         if session is not None:
             state.started.add(session)
             if at == "user" and nonce:

@@ -1061,14 +1061,14 @@ def prompt_key(record: Record) -> int:
     Python's hash of a string is salted per process: keys agree within a process and
     its forks (``--workers``), not across processes started apart (Ray workers: those
     use :func:`stable_prompt_key`)."""
-    return hash(_key_parts(record))
+    return hash(key_parts(record))
 
 
 def stable_prompt_key(record: Record) -> int:
     """:func:`prompt_key`'s key made the same in every process (blake2b of the parts'
     repr, 64 bits): for distinct counts merged from processes that are not forks of
     one another."""
-    return stable_key(_key_parts(record))
+    return stable_key(key_parts(record))
 
 
 def stable_key(parts: tuple[Any, ...]) -> int:
@@ -1077,7 +1077,7 @@ def stable_key(parts: tuple[Any, ...]) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _key_parts(record: Record) -> tuple[Any, ...]:
+def key_parts(record: Record) -> tuple[Any, ...]:
     extra = record.extra
     salt = extra.get("cache_salt") if extra else None
     messages = record.messages
