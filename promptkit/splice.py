@@ -18,7 +18,10 @@ quote must follow ``"text":`` (optional spaces after the colon) where
 - everything before it holds exactly one ``{`` and no ``[``, ``]`` or ``}`` at all, not
   even inside strings: so nothing nested was opened before it, and the key belongs to
   the line's own object;
-- the line holds no key twice (checked as every reader here checks it).
+- the line holds no key twice (checked as every reader here checks it);
+- no carriage return comes before the line's last byte: JSON allows one as white space
+  between tokens, but AIPerf reads the file in text mode, where a lone carriage return
+  ends a line (the encoder writes none).
 
 So the bytes inserted after that quote are the start of the value of the record's
 ``text``, exactly. A record the slow path would write otherwise than its input
@@ -130,6 +133,9 @@ class Splicer:
         ``new`` replace ``line[start:end]`` (a nonce: inserted, ``start == end``; no
         ``new``: the line stays as it is), and the key of the prompt then written; or
         ``None``: the line goes the usual way (the state is then untouched)."""
+        cr = line.find(b"\r")
+        if cr != -1 and cr != len(line) - 1:
+            return None  # kept, it would end the line for AIPerf (see the module's rules)
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
