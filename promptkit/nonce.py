@@ -133,6 +133,9 @@ class NonceState(Skipping):
     started: set[str] = field(default_factory=set)  # sessions whose first line was seen
     user_done: set[str] = field(default_factory=set)  # sessions whose user turn has a nonce
     salts: dict[str, str] = field(default_factory=dict)
+    #: Sessions whose first line (as this state saw it) was left out: a chunk run on its
+    #: own may have left out a line that continued a conversation begun earlier.
+    left_out: set[str] = field(default_factory=set)
     #: With a tokenizer: its name, and each record's prompt tokens before its nonce (one
     #: entry a record passed on: the manifest's figures from before the step).
     tokenizer: str | None = None
@@ -145,8 +148,10 @@ class NonceState(Skipping):
     op: str = ""
 
     def overlaps(self, later: NonceState) -> bool:
-        """Whether ``later`` (a chunk run on its own) continued a session begun here."""
-        return not self.started.isdisjoint(later.started)
+        """Whether ``later`` (a chunk run on its own) continued a session begun here, or
+        left out a line that may have (one that continues a conversation is no error)."""
+        return not (self.started.isdisjoint(later.started)
+                    and self.started.isdisjoint(later.left_out))
 
     def update(self, later: NonceState) -> None:
         self.started |= later.started
@@ -160,6 +165,7 @@ class NonceState(Skipping):
         """Undo the conversations a record left out had begun."""
         for session in sessions:
             if session is not None:
+                self.left_out.add(session)
                 self.started.discard(session)
                 self.user_done.discard(session)
                 self.salts.pop(session, None)

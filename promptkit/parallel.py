@@ -239,6 +239,7 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     splicer = Splicer(job.splice or {}, job.in_format, state,
                       stable_key if job.stable_keys else hash)
     splice = splicer.splice
+    splicer.returns = b"\r" in chunk
     encoder.key = splicer.prompt_key  # the lines written the usual way: keyed alike
     fmt = get_format(job.in_format)
     skipped: list[str] = []
@@ -504,8 +505,12 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
 
         def finish() -> None:
             file, offset, size, lineno, base, future = pending.popleft()
-            result: ChunkResult = future.get()
-            if any(s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
+            try:
+                result: ChunkResult | None = future.get()
+            except InvalidRecordError:  # a line continuing a conversation begun earlier
+                result = None  # may be none: the chunk in order says (or raises it again)
+            if result is None or any(
+                    s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
                 with open(file, "rb") as f:  # redo in order, with the history before it
                     chunk = os.pread(f.fileno(), size, offset)
                 result = process_chunk(job, chunk, lineno, states, base=base, path=file)

@@ -587,12 +587,6 @@ def test_chunks_in_workers_write_what_the_encode_writer_writes(at, tmp_path, sma
         assert in_order.data == spliced.data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not the splice writer's: with either writer, a worker's chunk rejects the reply of a "
-    "conversation begun in an earlier chunk ('no user message', --at user) and forgets the "
-    "session (NonceState.forget), so NonceState.overlaps() does not see it and the chunk "
-    "is not done again in order; without --skip-invalid the worker's error ends the run "
-    "(parallel.run_file takes it before checking for overlaps)"))
 @pytest.mark.parametrize("writer", ["splice/1", "encode"])
 @pytest.mark.parametrize("skip_invalid", [False, True])
 def test_workers_continue_a_conversation_begun_in_an_earlier_chunk(writer, skip_invalid,

@@ -366,7 +366,6 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
                 ds = ray.data.from_items(rows, override_num_blocks=len(rows))
                 ds = ds.map(process, fn_kwargs={"settings": settings}, num_cpus=1)
                 facts = sorted(ds.take_all(), key=lambda r: r["number"])
-            raise_first_error(facts)
             redone = _carry_conversations(ray, steps, chunks, facts, settings)
             distinct = distinct_keys(ray, os.path.join(staging, KEYS))
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -402,14 +401,15 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
 def _carry_conversations(ray: Any, steps: list[Step], chunks: list[Chunk],
                          facts: list[dict[str, Any]], settings: TaskSettings) -> int:
     """Merge the chunks' states in order (each step's ``state`` ends as that of the whole
-    run); a chunk that continued a conversation begun earlier is run again by a task with
-    the state before it, its part rewritten. Returns how many were."""
+    run); a chunk that continued a conversation begun earlier, or failed (a line that
+    continues one may be no error), is run again by a task with the state before it, its
+    part rewritten (its error, if it has one still, raised). Returns how many were."""
     states = [step.new_state() for step in steps]
     again = ray.remote(max_retries=-1)(process)
     redone = 0
     for i, fact in enumerate(facts):
-        later = pickle.loads(fact["states"])
-        if any(s.overlaps(r) for s, r in zip(states, later, strict=True)):
+        later = None if fact["error"] else pickle.loads(fact["states"])
+        if later is None or any(s.overlaps(r) for s, r in zip(states, later, strict=True)):
             fact = facts[i] = ray.get(again.remote(vars(chunks[i]), settings, states))
             raise_first_error([fact])
             states = pickle.loads(fact["states"])
