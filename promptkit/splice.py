@@ -45,7 +45,7 @@ from .errors import PromptkitError
 from .formats.aiperf import parse_mooncake, parse_single_turn
 from .nonce import HASH_ID_BASE, NonceMaker, NonceState
 from .records import Record
-from .streams import KEY_ENDS, beyond_64_bits, duplicate_key, key_parts
+from .streams import KEY_ENDS, beyond_64_bits, duplicate_key, key_parts, salt_of
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.
 WRITER = "splice/1"
@@ -125,9 +125,8 @@ class Splicer:
         the nonce and its text together (most of the cost of a key, measured)."""
         messages = record.messages
         if len(messages) == 1 and messages[0].content.__class__ is str:
-            extra = record.extra
-            salt = extra.get("cache_salt") if extra else None
-            return self.key((messages[0].role, *self.split(messages[0].content), salt))
+            return self.key((messages[0].role, *self.split(messages[0].content),
+                             salt_of(record.extra)))
         return self.key(key_parts(record))
 
     def splice(self, line: bytes, index: int) -> tuple[int, int, bytes, int] | None:
@@ -176,7 +175,7 @@ class Splicer:
         start = end = 0
         new = b""
         extra = obj.get("extra")
-        salt = extra.get("cache_salt") if extra.__class__ is dict else None
+        salt = salt_of(extra) if extra.__class__ is dict else None
         if text is None:  # a first hash id: a fresh one
             ids = obj["hash_ids"]
             if nonce:

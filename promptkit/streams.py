@@ -1077,9 +1077,18 @@ def stable_key(parts: tuple[Any, ...]) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def salt_of(extra: dict[str, Any] | None) -> Any:
+    """A request's ``cache_salt``, for a key: as it is (a string, as servers take it), or
+    any other JSON value as its text (a list or an object cannot be hashed)."""
+    salt = extra.get("cache_salt") if extra else None
+    if salt is None or salt.__class__ is str:
+        return salt
+    return json.dumps(salt, sort_keys=True)
+
+
 def key_parts(record: Record) -> tuple[Any, ...]:
     extra = record.extra
-    salt = extra.get("cache_salt") if extra else None
+    salt = salt_of(extra)
     messages = record.messages
     if len(messages) == 1 and messages[0].content.__class__ is str:
         return (messages[0].role, messages[0].content, salt)

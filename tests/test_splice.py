@@ -744,3 +744,21 @@ def test_plain_json_dumps_lines_all_keep_their_bytes(tmp_path, run):
         where = before.index(b'"text": "') + len(b'"text": "')
         assert after[:where] == before[:where]
         assert after[where + 37:] == before[where:]  # a uuid and a space between
+
+
+def test_a_salt_that_is_no_string_is_keyed_by_its_json(tmp_path):
+    """A ``cache_salt`` list or object (servers want a string; the file is read as it is)
+    keys the distinct count by its JSON, the same for both writers, key order aside."""
+    rows = [{"text": "first", "session_id": "a"},  # nonce'd: a prompt of its own
+            # Later lines of the conversation keep their text: two of them are one prompt.
+            {"text": "same", "extra": {"cache_salt": {"b": 1, "a": 2}}, "session_id": "a"},
+            {"text": "same", "extra": {"cache_salt": {"a": 2, "b": 1}}, "session_id": "a"},
+            {"text": "same", "extra": {"cache_salt": ["a", 2]}, "session_id": "a"},
+            {"text": "same", "extra": {"cache_salt": "x"}, "session_id": "a"}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    spliced = run_writer(source, tmp_path / "spliced.jsonl", "splice/1")
+    encoded = run_writer(source, tmp_path / "encoded.jsonl", "encode")
+    assert spliced.error is None, spliced.error
+    assert_same(spliced, encoded)
+    assert spliced.manifest is not None
+    assert spliced.manifest["aiperf"]["distinct_records"] == 4
