@@ -189,10 +189,9 @@ class Splicer:
             key = self.key((obj["input_length"], salt, tuple(ids)))
         else:
             if nonce:
-                found_text = locate(line)
-                if found_text is None:
+                start = end = locate(line)
+                if start < 0:
                     return None
-                start = end = found_text.end()
                 made = self.make(index)
                 before, after = self.escaped
                 new = b"".join((before, made.encode(), after))
@@ -254,6 +253,24 @@ def _checked(obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any],
 #: A line up to the opening quote of its text (``text``; ``text_input``) or the first of
 #: its hash ids, by the module's rules: one ``{`` and no other brace or bracket before an
 #: unescaped key (spaces may follow the colon).
-_TEXT_START = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"text": *"').match
-_TEXT_INPUT = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"text_input": *"').match
+def _text_finder(key: bytes) -> Callable[[bytes], int]:
+    """Where the value of the string ``key`` begins in a line (after its opening quote),
+    by the module's rules; -1 if not proven. A line that begins with the key (the most
+    usual) is told by its first bytes."""
+    compact, spaced = b'{"%s":"' % key, b'{"%s": "' % key
+    match = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"%s": *"' % re.escape(key)).match
+
+    def find(line: bytes) -> int:
+        if line.startswith(compact):
+            return len(compact)
+        if line.startswith(spaced):
+            return len(spaced)
+        found = match(line)
+        return found.end() if found is not None else -1
+
+    return find
+
+
+_TEXT_START = _text_finder(b"text")
+_TEXT_INPUT = _text_finder(b"text_input")
 _FIRST_ID = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"hash_ids": *\[ *(-?[0-9]+)').match
