@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import write_jsonl
+from helpers import ROOT, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -762,3 +762,56 @@ def test_a_salt_that_is_no_string_is_keyed_by_its_json(tmp_path):
     assert_same(spliced, encoded)
     assert spliced.manifest is not None
     assert spliced.manifest["aiperf"]["distinct_records"] == 4
+
+
+# ---------------------------------------------------------------- mooncake_trace
+
+
+@pytest.mark.parametrize("at", ["start", "every-turn", "user"])
+def test_the_shipped_mooncake_traces_take_a_fresh_first_hash_id_in_place(at, tmp_path):
+    """The Mooncake conversation trace as shipped (gzipped, json.dumps spacing): every
+    line keeps its bytes but its first hash id, which is the one the encode writer
+    writes; --at user is refused the same way (hash ids have no user message)."""
+    source = ROOT / "data" / "mooncake" / "conversation_trace.jsonl.gz"
+    spliced, encoded = both(source, tmp_path, at=at)
+    if at == "user":
+        assert spliced.error is not None and "no user message" in spliced.error[1]
+        return
+    assert spliced.data is not None
+    before = gzip.decompress(source.read_bytes()).splitlines()
+    after = spliced.data.splitlines()
+    assert len(after) == len(before) > 10_000
+    for old, new in zip(before, after, strict=True):
+        head, _, rest = old.partition(b'"hash_ids": [')
+        assert new.startswith(head + b'"hash_ids": [')
+        fresh, _, tail = new[len(head) + 13:].partition(b",")
+        assert int(fresh) >= 1 << 52 and tail == rest.partition(b",")[2]
+
+
+def test_mooncake_lines_as_people_write_them(tmp_path):
+    """Hash ids and text_input lines in several spellings, sessions continuing: the two
+    writers agree; the lines the rules take keep their bytes."""
+    lines = [b'{"input_length":64,"hash_ids":[1,2,3,4]}',
+             b'{"session_id": "s", "input_length": 64, "hash_ids": [ 7 , 8 ]}',
+             b'{"session_id": "s", "input_length": 64, "hash_ids": [7, 8, 9]}',  # continues
+             b'{"hash_ids" : [5], "input_length": 16}',  # a space before the colon
+             b'{"extra": {"x": [1]}, "input_length": 16, "hash_ids": [5]}',  # nested first
+             b'{"input_length": 16, "hash_ids": []}',  # empty: refused either way
+             b'{"text_input": "Caf\\u00e9 \\"menu\\"", "output_length": 3}',
+             b'{"timestamp": 1.5e3, "text_input": "plain", "weird": [{"text_input": "x"}]}',
+             b'{"input_length": 16, "hash_ids": [4503599627370496]}']  # at 2^52: refused
+    source = tmp_path / "trace.jsonl"
+    source.write_bytes(b"".join(line + b"\n" for line in lines))
+    for at in ("start", "every-turn"):
+        spliced, _ = both(source, tmp_path, at=at, skip_invalid=True)
+        assert spliced.manifest is not None and spliced.data is not None
+        assert spliced.manifest["skipped"]["count"] == 2
+        out = spliced.data.splitlines()
+        assert out[0].startswith(b'{"input_length":64,"hash_ids":[')
+        assert out[0].endswith(b",2,3,4]}")
+        assert out[1].startswith(b'{"session_id": "s", "input_length": 64, "hash_ids": [ ')
+        assert out[5] == b'{"text_input": "' + out[5][16:54] + b'Caf\\u00e9 \\"menu\\"", ' \
+            b'"output_length": 3}'
+        assert out[6].startswith(b'{"timestamp": 1.5e3, "text_input": "')
+        if at == "start":
+            assert out[2] == lines[2]  # a conversation's later line keeps its hash ids
