@@ -260,6 +260,82 @@ def mib(value: float) -> str:
 # ---------------------------------------------------------------- main
 
 
+def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]:
+    """Where one process spends its time, per line: each stage of ``nonce`` timed on its
+    own over the first lines of ``path`` (CPU time, the least of 5 passes), in this
+    process (promptkit's own functions, so it imports promptkit)."""
+    import hashlib
+
+    import numpy as np
+    import orjson
+
+    from promptkit import parallel
+    from promptkit.nonce import NonceMaker, NonceState, nonce_params
+    from promptkit.splice import _TEXT_START, Splicer
+    from promptkit.steps import make
+    from promptkit.streams import KEY_ENDS
+
+    with open(path, "rb") as f:
+        data = b"".join(f.readline() for _ in range(lines_wanted))
+    lines = data.split(b"\n")[:-1]
+    n = len(lines)
+    objs = [orjson.loads(line) for line in lines]
+    params = nonce_params(seed=SEED)
+    maker = NonceMaker("uuid", SEED).make
+
+    def chunked(splice: bool) -> None:
+        step = make("nonce", {"seed": SEED})
+        job = parallel.Job(path, "", "single_turn", "single_turn", [step], False, path,
+                           splice=step.params if splice else None)
+        states = [step.new_state()]
+        start = 0
+        while start < len(data):  # chunks of whole lines, as a run cuts them
+            end = data.rfind(b"\n", start, start + (4 << 20)) + 1 or len(data)
+            parallel.process_chunk(job, data[start:end], 1, states)
+            start = end
+
+    def keys() -> None:  # read again: a str caches its hash (loads is taken off below)
+        for line in lines:
+            hash((None, "x", orjson.loads(line)["text"], None))
+
+    shuffled = np.random.default_rng(SEED).integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+
+    def spliced() -> None:
+        splice = Splicer(params, "single_turn", NonceState(), hash).splice
+        for i, line in enumerate(lines):
+            splice(line, i)
+
+    stages: list[tuple[str, Any]] = [
+        ("`orjson.loads` of the line", lambda: [orjson.loads(x) for x in lines]),
+        ("no key written twice (one regular expression)",
+         lambda: [len(KEY_ENDS(x)) for x in lines]),
+        ("the reader's checks of the fields",
+         lambda: [Splicer._single_turn(o) for o in objs]),
+        ("finding the text's first byte", lambda: [_TEXT_START(x) for x in lines]),
+        ("making the uuid nonce", lambda: [maker(i) for i in range(n)]),
+        ("the distinct-count key (hashing the text)", keys),  # less loads, below
+        ("all of the above, one line at a time (Splicer.splice)", spliced),
+        ("a whole chunk by the splice writer (the line's bytes kept)",
+         lambda: chunked(True)),
+        ("a whole chunk by the encode writer (each record encoded again)",
+         lambda: chunked(False)),
+        ("sha256 of the input line (the output's: as much again)",
+         lambda: hashlib.sha256(data).digest()),
+        ("the distinct count (sorting the keys)",
+         lambda: np.sort(shuffled)),
+    ]
+    out = []
+    for name, call in stages:
+        best = float("inf")
+        for _ in range(5):
+            start = time.process_time()
+            call()
+            best = min(best, time.process_time() - start)
+        out.append((name, best / n * 1e6))
+    out[5] = (out[5][0], out[5][1] - out[0][1])
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000,
@@ -417,6 +493,15 @@ def bench(workdir: str, records: int, quarter: int, repeat: int, command: str) -
         print(f"Input sha256 (from promptkit's manifest): {manifest['inputs'][0]['sha256']}; "
               f"distinct_records: {manifest['aiperf']['distinct_records']:,}; "
               f"promptkit output identical across rounds: {'yes' if len(digests) == 1 else 'no'}.")
+    print()
+    log("timing each stage in this process")
+    print(f"Where one process spends its time, per line (microseconds of CPU, the least of "
+          f"5 passes over the first {min(100_000, quarter):,} lines):")
+    print()
+    print("| stage | µs a line |")
+    print("|---|---:|")
+    for name, micros in breakdown(src_q, min(100_000, quarter)):
+        print(f"| {name} | {micros:.3f} |")
     print()
     for problem in problems:
         print(f"PROBLEM: {problem}")
