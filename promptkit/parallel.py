@@ -252,39 +252,44 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     read = Counter()
     view = memoryview(chunk)
     parts: list[Any] = []
+    add = parts.append
     keep_key = encoder.keys.append
+    returns = splicer.returns
+    size = len(chunk)
     done = 0  # the chunk's bytes before this are in parts
     start = 0  # where the line begins in the chunk
     lineno = first_lineno
     index = first_lineno - 1 + base
+    taken = 0  # lines the splicer took
     for line in chunk.split(b"\n"):
         end = start + len(line)
         spliced = splice(line, index) if line else None
         if spliced is None:  # the usual way, or a blank line
-            parts.append(view[done:start])
+            add(view[done:start])
             records = parse_lines([(lineno, [line])], fmt, name, on_invalid, read, base)
             parts.extend(encoder.encode_all(step.apply(records, state)))
-            done = min(end + 1, len(chunk))
+            done = min(end + 1, size)
         else:
             cut, cut_end, new, key = spliced
             if new:
-                parts.append(view[done:start + cut])
-                parts.append(new)
+                add(view[done:start + cut])
+                add(new)
                 done = start + cut_end
-            if line[-1] == 0x0D:  # a carriage return ends the line: drop it
-                parts.append(view[done:end - 1])
+            if returns and line[-1] == 0x0D:  # a carriage return ends the line: drop it
+                add(view[done:end - 1])
                 done = end
-            if end == len(chunk):  # the file's last line has no newline
-                parts.append(view[done:end])
-                parts.append(b"\n")
+            if end == size:  # the file's last line has no newline
+                add(view[done:end])
+                add(b"\n")
                 done = end
             keep_key(key)
-            read.count += 1
-            encoder.count += 1
+            taken += 1
         start = end + 1
         lineno += 1
         index += 1
-    parts.append(view[done:])
+    add(view[done:])
+    read.count += taken
+    encoder.count += taken
     return b"".join(parts), read, skipped
 
 

@@ -194,7 +194,7 @@ class Splicer:
                     return None
                 made = self.make(index)
                 before, after = self.escaped
-                new = b"".join((before, made.encode(), after))
+                new = before + made.encode() + after
                 key = self.key((role, self.before + made + self.after, text, salt))
             else:
                 key = self.key((role, *self.split(text), salt))
