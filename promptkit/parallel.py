@@ -497,6 +497,7 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
     facts = facts if facts is not None else InputFacts()
     states = [step.new_state() for step in job.steps]  # everything before the next chunk
     if workers < 2:  # chunk by chunk in this process (the splice writer reads so)
+        keep_freed_memory()  # chunks of megabytes, one after another, as in a worker
         with open_chunks() as read:
             for file, offset, size, lineno, base in pieces(path, facts, background=True):
                 absorb(process_chunk(job, read(file, offset, size), lineno, states, base=base,
