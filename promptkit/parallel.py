@@ -554,6 +554,7 @@ def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: _Relay | N
     else:
         sink.write_bytes(result.data)
     sink.encoder.keys.frombytes(result.keys)
+    sink.bound_keys()
     sink.encoder.count += result.written
     if result.stats is not None and sink.encoder.tap is not None:
         sink.encoder.tap.stats.merge(result.stats)

@@ -841,18 +841,85 @@ class Written:
     def skipped(self) -> list[str]:
         return self.encoder.skipped
 
-    def distinct_records(self) -> int:
-        """How many records have distinct prompts (hash of messages, ids and salt).
+    #: Keys of the records written beyond the last :data:`KEPT_KEYS` (see
+    #: :meth:`bound_keys`), or None.
+    _spilled: KeyBuckets | None = None
 
-        Keeps 8 bytes a record; sorted in place, so counting costs no more.
-        """
+    def bound_keys(self) -> None:
+        """Move the keys kept in memory to bucket files once they are many (8 bytes a
+        record would grow with the file: 800 MB for 100 million records)."""
+        keys = self.encoder.keys
+        if len(keys) >= KEPT_KEYS:
+            if self._spilled is None:
+                self._spilled = KeyBuckets(getattr(self, "path", STDIO))
+            self._spilled.add(keys)
+            del keys[:]
+
+    def distinct_records(self) -> int:
+        """How many records have distinct prompts (hash of messages, ids and salt):
+        the keys sorted and counted, bucket by bucket when they were moved to files."""
         import numpy as np
 
-        if not self.encoder.keys:
-            return 0
         keys = np.frombuffer(self.encoder.keys, dtype=np.int64)
-        keys.sort()
-        return int(1 + np.count_nonzero(keys[1:] != keys[:-1]))
+        if self._spilled is not None:
+            return self._spilled.count(keys)
+        return distinct_sorted(np.sort(keys))
+
+
+#: Keys of written records kept in memory before they go to bucket files (2 MiB).
+KEPT_KEYS = 1 << 18
+
+
+def distinct_sorted(keys: Any) -> int:
+    """How many distinct values a sorted numpy array holds."""
+    return int(len(keys) and 1 + (keys[1:] != keys[:-1]).sum())
+
+
+class KeyBuckets:
+    """Prompt keys in 64 unnamed temporary files (gone when closed, or when the process
+    ends however it ends), one for each value of a key's top 6 bits: a distinct count
+    then sorts one bucket at a time, so memory holds a 64th of the keys."""
+
+    BITS = 6
+
+    def __init__(self, beside: str) -> None:
+        import tempfile
+
+        folder = os.path.dirname(os.path.abspath(beside)) if beside != STDIO else None
+        try:
+            self.files = [tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (count closes)
+                          for _ in range(1 << self.BITS)]
+        except OSError:  # a folder one may not write temporary files in: the default one
+            self.files = [tempfile.TemporaryFile()  # noqa: SIM115 (count closes them)
+                          for _ in range(1 << self.BITS)]
+
+    def _split(self, keys: Any) -> list[Any]:
+        import numpy as np
+
+        values = np.frombuffer(keys, dtype=np.int64)
+        buckets = (values.view(np.uint64) >> np.uint64(64 - self.BITS)).astype(np.intp)
+        order = np.argsort(buckets, kind="stable")
+        ends = np.cumsum(np.bincount(buckets, minlength=1 << self.BITS))
+        ordered = values[order]
+        return np.split(ordered, ends[:-1])
+
+    def add(self, keys: Any) -> None:
+        for f, part in zip(self.files, self._split(keys), strict=True):
+            if len(part):
+                f.write(part.tobytes())
+
+    def count(self, rest: Any) -> int:
+        """The distinct keys in the files and in ``rest`` (the keys still in memory);
+        the files are closed."""
+        import numpy as np
+
+        total = 0
+        for f, part in zip(self.files, self._split(rest), strict=True):
+            f.seek(0)
+            keys = np.concatenate([np.frombuffer(f.read(), dtype=np.int64), part])
+            f.close()
+            total += distinct_sorted(np.sort(keys))
+        return total
 
 
 class Background:
@@ -987,6 +1054,7 @@ class Sink(Written):
             raise os_error(exc, self.name) from None
 
     def _drain(self) -> None:
+        self.bound_keys()
         if self._parts:
             data = b"".join(self._parts)
             self._parts.clear()

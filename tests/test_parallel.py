@@ -153,3 +153,48 @@ def test_check_of_conversations_is_the_same_for_every_worker_count(small_chunks,
     assert reports[0]["requests"] == 450
     assert reports[0]["cross_conversation_hit_tokens"] > 0  # conversations repeat
     assert reports[0]["within_conversation_hit_tokens"] > 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_keys_moved_to_bucket_files_count_the_same(workers, small_chunks, tmp_path, run,
+                                                  monkeypatch):
+    """Beyond a few keys in memory, the prompt keys go to bucket files; the distinct
+    count is the one made in memory: repeats across the moves, every bucket, --ray keys
+    aside (they are counted on the cluster)."""
+    from promptkit import streams
+
+    rows = [{"text": f"prompt {i % 700}", "session_id": f"s{i % 700}"} for i in range(3000)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    counts = []
+    real = streams.KeyBuckets.add
+    for kept in (1 << 30, 64):
+        monkeypatch.setattr(streams, "KEPT_KEYS", kept)
+        moved: list[int] = []
+        monkeypatch.setattr(streams.KeyBuckets, "add",
+                            lambda self, keys, moved=moved: moved.append(len(keys))
+                            or real(self, keys))
+        out = tmp_path / f"out-{kept}.jsonl"
+        result = run("nonce", source, out, "--seed", "1", "--workers", workers)
+        assert result.exit_code == 0, result.stderr
+        assert bool(moved) == (kept == 64)
+        counts.append(json.loads(Path(f"{out}.manifest.json").read_text())
+                      ["aiperf"]["distinct_records"])
+    # 700 conversations: each first line nonce'd (unique), each later line one of 700 prompts.
+    assert counts == [1400, 1400]
+
+
+def test_key_buckets_count_what_memory_counts(tmp_path):
+    import numpy as np
+
+    from promptkit.streams import KeyBuckets, distinct_sorted
+
+    rng = np.random.default_rng(5)
+    keys = rng.integers(-2**63, 2**63 - 1, 20_000, dtype=np.int64)
+    keys = np.concatenate([keys, keys[:5_000], [-2**63, 2**63 - 1, 0, -1] * 3])
+    rng.shuffle(keys)
+    buckets = KeyBuckets(str(tmp_path / "out.jsonl"))
+    for part in np.array_split(keys, 4)[:3]:
+        buckets.add(part.tobytes())
+    rest = np.array_split(keys, 4)[3]
+    assert buckets.count(rest) == len(np.unique(keys)) == distinct_sorted(np.sort(keys))
+    assert list(tmp_path.iterdir()) == []  # the bucket files have no names
