@@ -122,6 +122,92 @@ class NonceMaker:
         return HASH_ID_BASE + (offset + index) % HASH_ID_BASE
 
 
+class Sessions:
+    """A set of session ids whose memory stays small as it grows: the newest ids in a
+    set, the older ones as 16-byte blake2b digests in a sorted array (16 bytes a
+    conversation instead of about 100 for a string in a set; a file may begin millions).
+
+    Two ids with one digest would count as one conversation: for 128-bit digests that
+    is as likely as two different files with one sha256 half, which no manifest
+    guards against either."""
+
+    #: Ids kept as strings before the older ones become digests.
+    RECENT = 1 << 16
+
+    def __init__(self) -> None:
+        self.recent: set[str] = set()
+        self.old: Any = None  # a sorted numpy array of 16-byte digests, once there are any
+
+    @staticmethod
+    def _digests(ids: Iterable[str]) -> Any:
+        import numpy as np
+
+        return np.array([hashlib.blake2b(i.encode("utf-8", "surrogatepass"),
+                                         digest_size=16).digest() for i in ids], dtype="S16")
+
+    def _in_old(self, digests: Any) -> Any:
+        """Which of ``digests`` (an array) the older ids hold."""
+        import numpy as np
+
+        if self.old is None or not len(self.old) or not len(digests):
+            return np.zeros(len(digests), dtype=bool)
+        at = np.minimum(self.old.searchsorted(digests), len(self.old) - 1)
+        return self.old[at] == digests
+
+    def __contains__(self, session: object) -> bool:
+        if session in self.recent:
+            return True
+        if self.old is None or not isinstance(session, str):
+            return False
+        return bool(self._in_old(self._digests([session]))[0])
+
+    def __len__(self) -> int:
+        if self.old is None or not self.recent:
+            return len(self.recent) + (len(self.old) if self.old is not None else 0)
+        # An id may be in both (added again once older): count it once.
+        return len(self.old) + int((~self._in_old(self._digests(self.recent))).sum())
+
+    def add(self, session: str) -> None:
+        self.recent.add(session)
+        if len(self.recent) >= self.RECENT:
+            self._merge(self._digests(self.recent))
+            self.recent = set()
+
+    def _merge(self, digests: Any) -> None:
+        import numpy as np
+
+        self.old = np.union1d(self.old, digests) if self.old is not None else np.unique(digests)
+
+    def discard(self, session: str) -> None:
+        self.recent.discard(session)
+        if self.old is not None:
+            self.old = self.old[self.old != self._digests([session])[0]]
+
+    def isdisjoint(self, other: Iterable[str] | Sessions) -> bool:
+        if not isinstance(other, Sessions):
+            return not any(session in self for session in other)
+        if not self.recent.isdisjoint(other.recent):
+            return False
+        # Each side's strings against the other's digests, and digests against digests.
+        if self.old is not None and other.recent and self._in_old(
+                self._digests(other.recent)).any():
+            return False
+        if other.old is None:
+            return True
+        return not (self._in_old(other.old).any()
+                    or self.recent and other._in_old(self._digests(self.recent)).any())
+
+    def update(self, other: Sessions) -> None:
+        if other.old is not None:
+            self._merge(other.old)
+        for session in other.recent:
+            self.add(session)
+
+    def __ior__(self, other: Sessions) -> Sessions:
+        self.update(other)
+        return self
+
+
 @dataclass
 class NonceState(Skipping):
     """What a nonce run remembers across records: the conversations already begun.
@@ -132,8 +218,9 @@ class NonceState(Skipping):
     is then its first, and gets the nonce.
     """
 
-    started: set[str] = field(default_factory=set)  # sessions whose first line was seen
-    user_done: set[str] = field(default_factory=set)  # sessions whose user turn has a nonce
+    started: Sessions = field(default_factory=Sessions)  # sessions whose first line was seen
+    #: Sessions whose user turn has a nonce.
+    user_done: Sessions = field(default_factory=Sessions)
     salts: dict[str, str] = field(default_factory=dict)
     #: Sessions whose first line (as this state saw it) was left out: a chunk run on its
     #: own may have left out a line that continued a conversation begun earlier.

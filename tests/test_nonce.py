@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from helpers import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,3 +251,59 @@ def test_every_nonced_format_stays_loadable_by_aiperf():
             [done] = add_nonces([record], seed=4, at=at)
             written.append(FORMATS[fmt].dump(done))
         aiperf_tool.validate(model, written)
+
+
+def test_sessions_answer_as_a_set_of_strings_does(monkeypatch):
+    """Sessions (strings, then digests beyond a few) against a plain set, operation by
+    operation, on random ids that repeat."""
+    import random
+
+    from promptkit.nonce import Sessions
+
+    monkeypatch.setattr(Sessions, "RECENT", 5)
+    rng = random.Random(3)
+    ids = [f"s{i}" for i in range(40)] + ["ünï", "\udcff"]  # a lone surrogate too
+    one, two = Sessions(), Sessions()
+    set_one: set[str] = set()
+    set_two: set[str] = set()
+    for _ in range(3000):
+        which = rng.random()
+        session = rng.choice(ids)
+        ours, model = (one, set_one) if rng.random() < 0.5 else (two, set_two)
+        if which < 0.5:
+            ours.add(session)
+            model.add(session)
+        elif which < 0.6:
+            ours.discard(session)
+            model.discard(session)
+        elif which < 0.62:
+            one.update(two)
+            set_one |= set_two
+        assert (session in ours) == (session in model)
+        assert len(ours) == len(model)
+        assert one.isdisjoint(two) == set_one.isdisjoint(set_two)
+        assert two.isdisjoint(one) == set_two.isdisjoint(set_one)
+        picked = set(rng.sample(ids, 3))
+        assert one.isdisjoint(picked) == set_one.isdisjoint(picked)
+    assert one.old is not None and two.old is not None  # digests were made and used
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_many_conversations_give_the_bytes_a_small_memory_gives(workers, monkeypatch, tmp_path,
+                                                               run, small_chunks):
+    from promptkit.nonce import Sessions
+
+    rows = []
+    for i in range(400):  # conversations that go on over many chunks
+        rows.append({"text": f"turn of {i % 90}", "session_id": f"c{i % 90}", "role": "user"})
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    outs = []
+    for recent in (1 << 16, 3):
+        monkeypatch.setattr(Sessions, "RECENT", recent)
+        for at in ("start", "user"):
+            out = tmp_path / f"{recent}-{at}.jsonl"
+            result = run("nonce", source, out, "--seed", "2", "--at", at, "--workers", workers)
+            assert result.exit_code == 0, result.stderr
+            outs.append(out.read_bytes())
+    assert outs[:2] == outs[2:]
+    assert sum(line.count(b"-4") > 0 for line in outs[0].splitlines()) == 90
