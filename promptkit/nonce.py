@@ -132,7 +132,7 @@ class Sessions:
     guards against either."""
 
     #: Ids kept as strings before the older ones become digests.
-    RECENT = 1 << 16
+    RECENT = 1 << 14
 
     def __init__(self) -> None:
         self.recent: set[str] = set()
@@ -142,8 +142,10 @@ class Sessions:
     def _digests(ids: Iterable[str]) -> Any:
         import numpy as np
 
-        return np.array([hashlib.blake2b(i.encode("utf-8", "surrogatepass"),
-                                         digest_size=16).digest() for i in ids], dtype="S16")
+        packed = bytearray()
+        for i in ids:
+            packed += hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return np.frombuffer(bytes(packed), dtype="S16")
 
     def _in_old(self, digests: Any) -> Any:
         """Which of ``digests`` (an array) the older ids hold."""
@@ -174,9 +176,16 @@ class Sessions:
             self.recent = set()
 
     def _merge(self, digests: Any) -> None:
+        """Put ``digests`` among the older ones, sorted, each once: one new array (the
+        merge's only copy of the older ones)."""
         import numpy as np
 
-        self.old = np.union1d(self.old, digests) if self.old is not None else np.unique(digests)
+        new = np.unique(digests)
+        if self.old is None:
+            self.old = new
+            return
+        new = new[~self._in_old(new)]
+        self.old = np.insert(self.old, self.old.searchsorted(new), new)
 
     def discard(self, session: str) -> None:
         self.recent.discard(session)

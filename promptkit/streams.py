@@ -866,8 +866,8 @@ class Written:
         return distinct_sorted(np.sort(keys))
 
 
-#: Keys of written records kept in memory before they go to bucket files (2 MiB).
-KEPT_KEYS = 1 << 18
+#: Keys of written records kept in memory before they go to bucket files (512 KiB).
+KEPT_KEYS = 1 << 16
 
 
 def distinct_sorted(keys: Any) -> int:
@@ -928,7 +928,7 @@ class Background:
     a call raises is raised again to the caller (at its next :meth:`submit` or
     :meth:`wait`); later calls are then not run."""
 
-    def __init__(self, depth: int = 4) -> None:
+    def __init__(self, depth: int = 2) -> None:
         import queue
         import threading
 
