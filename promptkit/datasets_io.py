@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import itertools
 import os
 import shutil
 import tempfile
@@ -33,12 +32,15 @@ from . import leftovers
 from .errors import InvalidRecordError, PromptkitError
 from .files import fsync_folder, os_error, remove_quietly
 from .formats import FORMATS, Format
-from .formats.table import Mapping, Timeline, arrow_schema, find_mapping, from_row
+from .formats.table import Mapping, Timeline, arrow_schema, batch_records, find_mapping
 from .records import Record
 from .streams import Encoder, Written, refuse_overwrite
 
 #: File suffixes read through ``datasets``' packaged builders.
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv"}
+#: Rows in one Arrow batch read from a dataset (memory stays bounded by it; the output
+#: does not depend on it).
+BATCH_ROWS = 2048
 #: Rows in one written parquet row group.
 ROW_GROUP = 1000
 #: Rows kept in memory to shuffle a streamed dataset (a dataset on disk is shuffled whole).
@@ -117,7 +119,6 @@ class DatasetSource:
         self.path = path
         self.options = options or DatasetOptions()
         self.skip_invalid = skip_invalid
-        self.sha256 = hashlib.sha256()  # of the rows read, one orjson line each
         self.count = 0
         self.skipped: list[str] = []
         self.before_read = None
@@ -125,20 +126,39 @@ class DatasetSource:
         self.name = path if self.options.split is None else f"{path}[{self.split}]"
         self.revision: str | None = None
         self._parquet_files: list[str] = []  # the data files of a repository folder
+        #: The local files the rows are read from, which the input's sha256 is of; ``None``
+        #: for a hub dataset, whose rows are hashed as they are read.
+        self._data_files: list[str] | None = None
+        self._rows_digest = hashlib.sha256()  # of the rows read, one orjson line each (hub)
         self._done = False  # every row read
         self._expected: int | None = None  # the rows there are, when known (progress)
-        self._rows = self._open()
+        self._batches = self._open()
         try:
-            first = next(self._rows, None)
+            first = next((b for b in self._batches if b.num_rows), None)
         except Exception as exc:  # a data file datasets cannot parse
             raise PromptkitError(f"{self.name}: {_one_line(exc)}") from None
         if first is None:
             raise PromptkitError(f"{self.name}: empty dataset: no records")
-        self._first = first
+        self._first: Any = first
         try:
-            self.mapping: Mapping = find_mapping(list(first), **self.options.columns())
+            self.mapping: Mapping = find_mapping(list(first.column_names),
+                                                 **self.options.columns())
         except PromptkitError as exc:
             raise type(exc)(f"{self.name}: {exc}") from None
+
+    @property
+    def sha256(self) -> Any:
+        """The input's sha256 (an object with ``hexdigest()``): of its data files' bytes
+        (one file: the file's own sha256; more: the sha256 of their sha256s, one a line,
+        as for shards), or, for a hub dataset, of the rows read, one orjson line each."""
+        if self._data_files is None:
+            return self._rows_digest
+        return _FilesDigest(self._data_files)
+
+    @sha256.setter
+    def sha256(self, value: Any) -> None:
+        """(Reading again from the start hashes the rows again: see ``pipeline``.)"""
+        self._rows_digest = value
 
     @property
     def default_output(self) -> str:
@@ -152,10 +172,25 @@ class DatasetSource:
         """For progress: the rows the dataset holds, when its files or metadata say."""
         return self._expected
 
+    def data_size(self) -> int | None:
+        """The bytes of the local files the rows are read from (``None``: a hub dataset)."""
+        if self._data_files is None:
+            return None
+        return sum(os.path.getsize(f) for f in self._data_files)
+
     def describe(self) -> dict[str, Any]:
         """The manifest's account of the input, beyond path, records and sha256."""
-        out = {"options": self.options.as_dict(), "mapping": self.mapping.as_dict(),
-               "sha256_of": "the rows read, one orjson line each"}
+        out: dict[str, Any] = {"options": self.options.as_dict(),
+                               "mapping": self.mapping.as_dict()}
+        files = self._data_files
+        if files is None:
+            out["sha256_of"] = "the rows read, one orjson line each"
+        elif files == [self.path]:
+            out["sha256_of"] = "the file's bytes"
+        else:
+            out["sha256_of"] = ("its data files' bytes (combined: the sha256 of their "
+                                "sha256s, one a line)")
+            out["data_files"] = list(files)
         if self.revision:
             out["revision"] = self.revision
         return out
@@ -164,7 +199,7 @@ class DatasetSource:
         """Stop reading. A streamed CSV whose reading stopped before its end (an error,
         ``--limit``) holds its open file in a reference cycle inside ``datasets``, whose
         reader never closes it: collect it now, so the file is closed here."""
-        close = getattr(self._rows, "close", None)
+        close = getattr(self._batches, "close", None)
         if close is not None and (not self._done or self.options.limit is not None):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ResourceWarning)  # datasets' unclosed file
@@ -173,7 +208,9 @@ class DatasetSource:
 
     # ------------------------------------------------------------ opening
 
-    def _open(self) -> Iterator[dict[str, Any]]:
+    def _open(self) -> Iterator[Any]:
+        """The rows as Arrow batches (``RecordBatch`` or ``Table``), in order, ``--limit``
+        applied; reading errors are one line."""
         try:
             o = self.options
             plain_file = os.path.splitext(self.path)[1].lower() in (".parquet", ".arrow")
@@ -183,14 +220,15 @@ class DatasetSource:
                 raise PromptkitError(f"{self.path}: no such file")
             else:
                 dataset = None  # read with pyarrow alone
+            if plain_file:
+                self._data_files = [self.path]
             self._expected = _rows_in(self.path, dataset, self._parquet_files)
             if self._expected is not None and o.limit is not None:
                 self._expected = min(self._expected, o.limit)
             if o.shuffle_seed is None:
                 batches = _local_batches(self.path, dataset, self._parquet_files)
                 if batches is not None:  # Arrow batches straight from the files: flat memory
-                    rows = (row for batch in batches for row in batch.to_pylist())
-                    return itertools.islice(rows, o.limit) if o.limit is not None else rows
+                    return _first_rows(batches, o.limit)
             if o.shuffle_seed is not None:
                 if hasattr(dataset, "select"):  # on disk: shuffled whole
                     dataset = dataset.shuffle(seed=o.shuffle_seed)
@@ -202,7 +240,7 @@ class DatasetSource:
                     dataset = dataset.select(range(min(o.limit, len(dataset))))
                 else:
                     dataset = dataset.take(o.limit)
-            return iter(dataset)
+            return dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
         except PromptkitError:
             raise
         except Exception as exc:  # datasets raises many kinds; each is one line here
@@ -227,10 +265,11 @@ class DatasetSource:
                     if self.split not in loaded:
                         raise PromptkitError(f"{self.name}: no split {self.split!r}; the splits "
                                              f"are {', '.join(loaded)}")
-                    return loaded[self.split]
-                if o.split is not None and o.split != "train":
+                    loaded = loaded[self.split]
+                elif o.split is not None and o.split != "train":
                     raise PromptkitError(f"{self.name}: a save_to_disk folder of one split; "
                                          "leave out --split")
+                self._data_files = [f["filename"] for f in loaded.cache_files]
                 return loaded
             dataset = datasets.load_dataset(path, o.config, split=self.split,
                                             revision=o.revision, streaming=True)
@@ -238,10 +277,12 @@ class DatasetSource:
             files = (builder.config.data_files or {}).get(self.split)
             if builder.name == "parquet" and files:
                 self._parquet_files = list(files)
+            self._data_files = [str(f) for f in files or []]
             return dataset
         suffix = os.path.splitext(path)[1].lower()
         builder = BUILDERS.get(suffix, "json")
         kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        self._data_files = [path]
         return datasets.load_dataset(builder, data_files=path, split="train", streaming=True,
                                      **kwargs)
 
@@ -270,40 +311,93 @@ class DatasetSource:
 
     # ------------------------------------------------------------ reading
 
-    def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
-        """The records, in row order (``allow_empty``: as ``streams.Source`` takes it; a
-        dataset with no rows is refused when opened)."""
-        rows = self._rows
-        first: dict[str, Any] | None = self._first
-        mapping = self.mapping
-        clock = Timeline(mapping.timestamp_unit) if mapping.timestamp_unit else None
-        update = self.sha256.update
-        row_no = 0
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """``(row number of its first row, batch)`` of the rows, as Arrow batches in order
+        (row numbers from 1, in this dataset); a hub dataset's rows are hashed as they
+        pass. A batch that cannot be read is one line naming the row it would begin."""
+        batches = self._batches
+        first: Any = self._first
+        self._first = None
+        hashing = self._data_files is None
+        update = self._rows_digest.update
+        release = _memory_pool().release_unused
+        row_no = 1
         while True:
             if first is not None:
-                row, first = first, None
+                batch, first = first, None
             else:
+                release()  # (Arrow's allocator keeps what it freed: RSS grew with the file)
                 try:
-                    row = next(rows)
+                    batch = next(batches)
                 except StopIteration:
                     self._done = True
                     return
                 except Exception as exc:
-                    raise PromptkitError(f"{self.name}:{row_no + 1}: {_one_line(exc)}") from None
-            row_no += 1
-            update(orjson.dumps(row, default=repr, option=orjson.OPT_APPEND_NEWLINE))
-            try:
-                record = from_row(row, mapping, clock)
-            except InvalidRecordError as exc:
-                error = InvalidRecordError(exc.problem, self.name, row_no)
-                if not self.skip_invalid:
-                    raise error from None
-                self.skipped.append(f"{row_no}: {exc.problem}")
+                    raise PromptkitError(f"{self.name}:{row_no}: {_one_line(exc)}") from None
+            if not batch.num_rows:
                 continue
-            record.lineno = row_no + self.base
-            record.index = row_no + self.base - 1
-            self.count += 1
-            yield record
+            if hashing:
+                for row in batch.to_pylist():
+                    update(orjson.dumps(row, default=repr, option=orjson.OPT_APPEND_NEWLINE))
+            yield row_no, batch
+            row_no += batch.num_rows
+
+    def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
+        """The records, in row order (``allow_empty``: as ``streams.Source`` takes it; a
+        dataset with no rows is refused when opened)."""
+        mapping = self.mapping
+        clock = Timeline(mapping.timestamp_unit) if mapping.timestamp_unit else None
+        base = self.base
+        for first, batch in self.batches():
+            for row_no, made in enumerate(batch_records(batch, mapping, clock), start=first):
+                if made.__class__ is not Record:
+                    assert isinstance(made, InvalidRecordError)
+                    if not self.skip_invalid:
+                        raise InvalidRecordError(made.problem, self.name, row_no) from None
+                    self.skipped.append(f"{row_no}: {made.problem}")
+                    continue
+                assert isinstance(made, Record)
+                made.lineno = row_no + base
+                made.index = row_no + base - 1
+                self.count += 1
+                yield made
+
+
+class _FilesDigest:
+    """The sha256 of a dataset's data files (see :attr:`DatasetSource.sha256`), computed
+    when asked for."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+
+    def hexdigest(self) -> str:
+        from .shards import combined_sha256, file_sha256
+
+        digests = [file_sha256(f)[0] for f in self.files]
+        return digests[0] if len(digests) == 1 else combined_sha256(digests)
+
+
+def _memory_pool() -> Any:
+    import pyarrow as pa
+
+    return pa.default_memory_pool()
+
+
+def _first_rows(batches: Iterator[Any], limit: int | None) -> Iterator[Any]:
+    """The batches up to ``limit`` rows in all (the last one cut), or all of them."""
+    if limit is None:
+        yield from batches
+        return
+    left = limit
+    if left <= 0:
+        return
+    for batch in batches:
+        if batch.num_rows > left:
+            batch = batch.slice(0, left)
+        left -= batch.num_rows
+        yield batch
+        if left <= 0:
+            return
 
 
 def _rows_in(path: str, dataset: Any, parquet_files: list[str]) -> int | None:
@@ -354,7 +448,8 @@ def _local_batches(path: str, dataset: Any, parquet_files: list[str]) -> Iterato
     def batches() -> Iterator[Any]:
         for file in files:
             if kind == "parquet":
-                yield from pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=1000)
+                yield from pq.ParquetFile(file, pre_buffer=False).iter_batches(
+                    batch_size=BATCH_ROWS)
             else:
                 yield from _arrow_batches(file)
 

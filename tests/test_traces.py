@@ -9,6 +9,7 @@ date-time with 7 fractional digits and no zone; Azure 2024: 6 digits and
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def test_a_published_trace_becomes_a_mooncake_trace_as_it_is(name, text, written
     assert strictly_mooncake(out) == written
     [source] = manifest_of(out)["inputs"]
     assert source["dataset"] == {"options": {}, "mapping": mapping,
-                                 "sha256_of": "the rows read, one orjson line each"}
+                                 "sha256_of": "the file's bytes"}
+    assert source["sha256"] == hashlib.sha256(trace.read_bytes()).hexdigest()
     assert source["records"] == len(written)
     assert manifest_of(out)["aiperf"]["custom_dataset_type"] == "mooncake_trace"
     again = tmp_path / "again.jsonl"

@@ -25,8 +25,10 @@ milliseconds from the first record's, in time order.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -263,6 +265,78 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
     return record
 
 
+def batch_records(batch: Any, mapping: Mapping, clock: Timeline | None = None
+                  ) -> Iterator[Record | InvalidRecordError]:
+    """The record of each row of an Arrow batch (a ``RecordBatch`` or ``Table``), in
+    order, as :func:`from_row` makes it from the row; a row that makes none gives its
+    :class:`InvalidRecordError`, not raised (the reader names the row and may skip it).
+
+    A mapping of one text column is done column by column: each column becomes Python
+    values once, and a row's fields are zipped from the columns the mapping leaves (only
+    a column that can hold an empty value, a null or a float NaN, is looked at row by
+    row). Other layouts go row by row, through :func:`from_row`.
+    """
+    if mapping.layout != "text":
+        for row in batch.to_pylist():
+            try:
+                yield from_row(row, mapping, clock)
+            except InvalidRecordError as exc:
+                yield exc
+        return
+    if mapping.timestamp is not None and clock is None:
+        raise PromptkitError("a trace's timestamps are made relative to its first record, "
+                             "read in order: read it with the promptkit command line")
+    names = list(batch.column_names)
+    used = _used_columns(mapping)
+    values = {name: batch.column(i).to_pylist() for i, name in enumerate(names)
+              if name in used}
+    kept = [name for name in names if name not in used]
+    kept_columns = [batch.column(i) for i, name in enumerate(names) if name not in used]
+    may_miss = [name for name, column in zip(kept, kept_columns, strict=True)
+                if column.null_count or _floating(column.type)]
+    assert mapping.text is not None
+    text_column, texts = mapping.text, values[mapping.text]
+    systems = values[mapping.system] if mapping.system is not None else None
+    output = mapping.output_length
+    outputs = values[output] if output is not None else None
+    stamp = mapping.timestamp
+    stamps = values[stamp] if stamp is not None else None
+    rows = (zip(*(column.to_pylist() for column in kept_columns), strict=True) if kept
+            else itertools.repeat((), batch.num_rows))
+    for i, cells in enumerate(rows):
+        text = texts[i]
+        if not isinstance(text, str):
+            yield InvalidRecordError(f"column {text_column!r} is {_kind(text)}, not text")
+            continue
+        messages = [Message("user", text)]
+        record = Record(messages)
+        try:
+            if systems is not None:
+                assert mapping.system is not None
+                messages.insert(0, Message("system", _text_of(systems[i], mapping.system)))
+            if outputs is not None and not _missing(outputs[i]):
+                assert output is not None
+                record.output_length = _length_of(outputs[i], output)
+            if stamps is not None:
+                assert stamp is not None and clock is not None
+                record.timestamp = clock.place(stamps[i], stamp)
+        except InvalidRecordError as exc:
+            yield exc
+            continue
+        fields = dict(zip(kept, cells, strict=True))
+        for name in may_miss:
+            if _missing(fields[name]):
+                del fields[name]
+        record.fields = fields
+        yield record
+
+
+def _floating(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_floating(kind))
+
+
 def _unused(row: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
     """The row's columns the mapping does not use, kept as the record's fields (written
     back, or refused by a format with no place for them, as a JSONL line's are). A table
@@ -283,7 +357,11 @@ def _missing(value: Any) -> bool:
 
 def _length(row: dict[str, Any], column: str) -> int:
     """A token count: a positive integer (``12``, ``12.0`` or ``"12"``)."""
-    value = row.get(column)
+    return _length_of(row.get(column), column)
+
+
+def _length_of(value: Any, column: str) -> int:
+    """:func:`_length` of a cell's ``value``."""
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -397,7 +475,10 @@ def _from_own_row(row: dict[str, Any]) -> Record:
 
 
 def _text(row: dict[str, Any], column: str) -> str:
-    value = row.get(column)
+    return _text_of(row.get(column), column)
+
+
+def _text_of(value: Any, column: str) -> str:
     if not isinstance(value, str):
         raise InvalidRecordError(f"column {column!r} is {_kind(value)}, not text")
     return value
