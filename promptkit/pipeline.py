@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeGuard
 
-from . import files, leftovers, manifest, parallel
+from . import batches, files, leftovers, manifest, parallel
 from .columns import ColumnSource
 from .datasets_io import (
     COLUMN_OPTIONS,
@@ -260,6 +260,12 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                   and parallel.can_run_parallel(chunked, workers)):
                 facts = _hash_trace_in_workers(source, chunked, steps[0], sink, workers,
                                                skip_invalid, label)
+            elif batches.takes(source, sink, steps):  # a dataset: chunks of Arrow batches
+                assert isinstance(source, DatasetSource) and isinstance(sink, Sink)
+                with source_progress(label, source, total=records):
+                    facts = batches.run_dataset(source, sink, steps, out_format=out_format.name,
+                                                skip_invalid=skip_invalid, tokenizer=tokenizer,
+                                                workers=workers)
             else:
                 with source_progress(label, source, total=records):
                     facts = _run_here(source, sink, steps)

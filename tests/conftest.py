@@ -75,6 +75,30 @@ def small_chunks(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Datasets read in batches of a few rows, each batch a chunk of its own, and workers
+    even for small datasets, so tests see many batches and chunks in worker processes.
+
+    Returns the worker counts dataset runs actually ran with (a run in one process, chunk
+    by chunk, is not listed)."""
+    from promptkit import batches, datasets_io, parallel
+
+    monkeypatch.setattr(datasets_io, "BATCH_ROWS", 3)
+    monkeypatch.setattr(batches, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(batches, "MIN_PARALLEL_ROWS", 0)
+    calls: list[int] = []
+    real = batches._in_workers
+
+    def spy(source, sink, rows, workers, facts):
+        calls.append(workers)
+        return real(source, sink, rows, workers, facts)
+
+    monkeypatch.setattr(batches, "_in_workers", spy)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """A real vLLM engine (CPU build), prefix caching, block size 32, started once a

@@ -8,10 +8,26 @@ already have.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from helpers import read_jsonl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from promptkit import batches, parallel, shards
+from promptkit.errors import InvalidRecordError
+from promptkit.formats import get_format
+from promptkit.formats.table import find_mapping
+from promptkit.nonce import nonce_params
+from promptkit.steps import make
+from promptkit.streams import Encoder
 
 BEFORE = Path(__file__).parent / "data" / "before-arrow"
 MANIFESTS = sorted(p.name for p in BEFORE.glob("*.jsonl.manifest.json"))
@@ -33,8 +49,177 @@ def test_the_fixture_has_every_kind_of_run():
 
 @pytest.mark.parametrize("name", MANIFESTS)
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_manifest_made_before_rebuilds_the_same_bytes(name, workers, before, run):
+def test_a_manifest_made_before_rebuilds_the_same_bytes(name, workers, before, run,
+                                                         small_batches):
     made = name.removesuffix(".manifest.json")
     result = run("rebuild", name, "again.jsonl", "--workers", workers)
     assert result.exit_code == 0, result.stderr
     assert (before / "again.jsonl").read_bytes() == (before / made).read_bytes()
+    recorded = json.loads((before / name).read_text())
+    # Every dataset run but those that need each record in order ran in worker processes.
+    in_order = (recorded["inputs"][0]["dataset"]["mapping"].get("timestamp")
+                or recorded["steps"] and recorded["steps"][-1]["op"] == "check")
+    assert small_batches == ([] if workers == "1" or in_order else [2])
+
+
+# ---------------------------------------------------------------- the lane and the record way
+
+#: Columns a generated table may have beside its text column ``prompt``: name -> (Arrow
+#: type, values). Some names are keys the lane writes itself; some values JSON holds only
+#: another way (bytes, Decimal): the record way says what it makes of them.
+CELLS = {
+    "n": (pa.int64(), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
+    "u": (pa.uint64(), st.integers(0, 2**64 - 1)),
+    "score": (pa.float64(), st.one_of(st.none(), st.just(math.nan), st.floats())),
+    "note": (pa.string(), st.one_of(st.none(), st.text(max_size=12))),
+    "flag": (pa.bool_(), st.booleans()),
+    "tags": (pa.list_(pa.string()), st.lists(st.text(max_size=4), max_size=3)),
+    "meta": (pa.struct([("k", pa.int32()), ("s", pa.string())]),
+             st.one_of(st.none(), st.fixed_dictionaries({"k": st.integers(0, 9),
+                                                          "s": st.text(max_size=4)}))),
+    "blob": (pa.binary(), st.binary(max_size=4)),
+    "price": (pa.decimal128(6, 2), st.decimals(min_value=0, max_value=9999, places=2)),
+    "role": (pa.string(), st.just("user")),
+    "messages": (pa.string(), st.just("m")),
+}
+#: The columns the lane takes in each format: no key it writes itself, values orjson
+#: writes as they are.
+PLAIN = {"single_turn": ("n", "u", "score", "note", "flag", "tags", "meta", "messages"),
+         "mooncake_trace": ("n", "u", "score", "note", "flag", "tags", "meta", "role"),
+         "openai": ()}
+
+
+@st.composite
+def tables(draw):
+    rows = draw(st.integers(1, 12))
+    names = draw(st.lists(st.sampled_from(sorted(CELLS)), unique=True, max_size=4))
+    texts = st.text(max_size=30)  # quotes, backslashes, control characters, any script
+    prompt = draw(st.lists(st.one_of(texts, st.none()) if draw(st.booleans()) else texts,
+                           min_size=rows, max_size=rows))
+    columns = {"prompt": pa.array(prompt, pa.large_string() if draw(st.booleans())
+                                  else pa.string())}
+    for name in names:
+        kind, values = CELLS[name]
+        columns[name] = pa.array(draw(st.lists(values, min_size=rows, max_size=rows)), kind)
+    order = draw(st.permutations(list(columns)))
+    return pa.table({name: columns[name] for name in order})
+
+
+NONCES = st.one_of(st.none(), st.fixed_dictionaries({
+    "kind": st.sampled_from(["uuid", "timestamp", "random"]),
+    "at": st.sampled_from(["start", "user", "every-turn"]),
+    "template": st.sampled_from(["{nonce}\n", "[{nonce}] ", "\"{nonce}\"\\"]),
+    "length": st.integers(1, 20), "seed": st.integers(0, 2**63 - 1)}))
+
+
+def run_chunk(rows, table, first):
+    """``(data, read, written, skipped, keys, fields)`` of one chunk, or the error."""
+    try:
+        result = batches.process_rows(rows, table.to_batches(max_chunksize=5), first)
+    except InvalidRecordError as exc:
+        return str(exc)
+    return (result.data, result.read, result.written, result.skipped, result.keys,
+            result.fields)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(table=tables(), out=st.sampled_from(["single_turn", "mooncake_trace", "openai"]),
+       nonce=NONCES, first=st.integers(1, 10**6), skip_invalid=st.booleans())
+def test_the_lane_writes_what_the_records_would(table, out, nonce, first, skip_invalid):
+    mapping = find_mapping(table.column_names, text="prompt")
+    steps = [] if nonce is None else [make("nonce", nonce_params(
+        **nonce, start_time="2026-01-01T00:00:00Z"))]
+    job = parallel.Job("d.parquet", "", "dataset", out, steps, skip_invalid, "d.parquet")
+    lane = batches.Lane.for_run(mapping, steps, out, None)
+    assert lane is not None
+    fast = run_chunk(batches.RowsJob(job, mapping, lane), table, first)
+    slow = run_chunk(batches.RowsJob(job, mapping, None), table, first)
+    assert fast == slow
+    # The lane took the chunk when every value is one it writes as it is (else the test
+    # would hold for a lane that never takes one).
+    plain = (table.column("prompt").null_count == 0
+             and all(name in PLAIN[out] for name in table.column_names if name != "prompt"))
+    encoder = Encoder(get_format(out))
+    taken = lane.chunk(table.to_batches(max_chunksize=5), first - 1, encoder)
+    assert (taken is not None) == plain
+
+
+# ---------------------------------------------------------------- the command line
+
+def alpaca(path: Path, rows: int, *, nulls: tuple[int, ...] = ()) -> Path:
+    """An alpaca-shaped parquet file of ``rows`` rows, row groups of 40 (``nulls``: rows,
+    from 1, whose instruction is null)."""
+    table = pa.table({
+        "instruction": [None if i + 1 in nulls else f"Task {i}: say \"{i}\"\n\tnow é"
+                        for i in range(rows)],
+        "input": ["" if i % 3 else f"on item {i}" for i in range(rows)],
+        "output": [f"Done {i}." for i in range(rows)],
+    })
+    pq.write_table(table, path, row_group_size=40)
+    return path
+
+
+def without_run(manifest: dict) -> dict:
+    """A manifest without what differs from run to run of the same thing."""
+    return {k: v for k, v in manifest.items() if k not in ("created", "argv")}
+
+
+def test_every_worker_count_writes_the_same_bytes_and_manifest(tmp_path, run, small_batches):
+    source = alpaca(tmp_path / "big.parquet", 500, nulls=(7, 250))
+    made = {}
+    out = tmp_path / "out.jsonl"
+    for workers in ("1", "2", "3"):
+        result = run("nonce", source, out, "--to", "single_turn", "--seed", "5",
+                     "--text-column", "instruction", "--skip-invalid", "--workers", workers)
+        assert result.exit_code == 0, result.stderr
+        made[workers] = (out.read_bytes(),
+                         without_run(json.loads(Path(f"{out}.manifest.json").read_text())))
+        out.unlink()
+    assert small_batches == [2, 3]  # 500 rows in chunks of 3 rows, in worker processes
+    assert made["1"] == made["2"] == made["3"]
+    data, manifest = made["1"]
+    assert data.count(b"\n") == 498 and manifest["output"]["records"] == 498
+    assert manifest["skipped"]["lines"] == [
+        "7: column 'instruction' is empty (null), not text",
+        "250: column 'instruction' is empty (null), not text"]
+    assert manifest["aiperf"]["distinct_records"] == 498
+    [read] = manifest["inputs"]
+    assert read["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert read["dataset"]["sha256_of"] == "the file's bytes"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_row_in_a_later_chunk_is_one_line_naming_it(workers, tmp_path, run,
+                                                          small_batches):
+    source = alpaca(tmp_path / "bad.parquet", 300, nulls=(205,))
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--to", "single_turn", "--text-column", "instruction",
+                 "--workers", workers)
+    assert result.exit_code == 1
+    assert result.stderr == (f"promptkit: {source}:205: column 'instruction' is empty (null), "
+                             "not text\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
+    # A record the output format cannot hold: the row is named the same way.
+    result = run("nonce", source, out, "--to", "openai", "--text-column", "instruction",
+                 "--workers", workers)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"promptkit: {source}:1: cannot write as openai: openai has "
+                                    "no place for field 'input'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
+
+
+def test_a_saved_dataset_is_hashed_by_its_data_files(tmp_path, run, small_batches):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "k": i} for i in range(200)]
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(folder, num_shards=2)
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", folder, out, "--seed", "1", "--workers", "2")
+    assert result.exit_code == 0, result.stderr
+    [read] = json.loads(Path(f"{out}.manifest.json").read_text())["inputs"]
+    files = sorted(folder.glob("*.arrow"))
+    assert len(files) == 2 and read["dataset"]["data_files"] == [str(f) for f in files]
+    assert read["sha256"] == shards.combined_sha256(
+        [hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
+    assert [row["k"] for row in read_jsonl(out)] == list(range(200))

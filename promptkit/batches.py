@@ -1,0 +1,409 @@
+"""Dataset rows in Arrow batches through a run's steps, chunk by chunk, in order, in
+worker processes.
+
+A dataset source (:class:`~promptkit.datasets_io.DatasetSource`: parquet, Arrow,
+``save_to_disk`` folders, CSV, JSON arrays, hub datasets) hands its rows over as Arrow
+batches. Whole batches make a chunk (:data:`CHUNK_BYTES` of Arrow data); a worker
+process gets a chunk as Arrow IPC bytes with the number of its first row, maps its
+columns to records a batch at a time (:func:`promptkit.formats.table.batch_records`),
+applies the steps and encodes, as a chunk of JSON lines is processed
+(:mod:`promptkit.parallel`: the same pool, the same accounting, the same redo in order of
+a chunk that continued a conversation an earlier one began). Steps are index-addressed,
+so the output is the same bytes for every number of workers, and with one worker the
+chunks are processed in this process, one after another.
+
+Where a run allows it, a chunk skips the records altogether (:class:`Lane`): rows whose
+prompt is one text column, written as ``single_turn``, ``mooncake_trace`` or ``openai``
+with at most a nonce at the start of that text, become their output lines straight from
+the columns. The lines are the bytes the records would have been encoded to (a batch
+the lane cannot prove that for goes the record way: tested against it on generated
+tables).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from . import interrupts, leftovers, parallel, progress
+from .datasets_io import DatasetSource
+from .errors import InvalidRecordError
+from .formats import get_format
+from .formats.table import Mapping, _missing, batch_records
+from .nonce import NonceMaker
+from .records import Record
+from .steps import ORDERED, Step
+from .streams import Counter, Encoder, Sink, stable_key, stable_prompt_key
+
+#: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
+#: Small: the main process holds the chunks the workers have not finished.
+CHUNK_BYTES = 1 << 20
+#: A dataset runs in workers from this many rows (or, when the rows are not known
+#: beforehand, from ``parallel.MIN_PARALLEL_BYTES`` of data files).
+MIN_PARALLEL_ROWS = 50_000
+#: Output formats the lane writes, and the keys a row's own fields must not take there.
+_LANE_FORMATS = {"single_turn": frozenset({"role", "text"}),
+                 "mooncake_trace": frozenset({"messages"}),
+                 "openai": frozenset({"messages"})}
+#: Where a nonce goes into a record of one user message: before its text.
+_LANE_POSITIONS = frozenset({"start", "user", "every-turn"})
+
+
+@dataclass
+class RowsJob:
+    """Everything a worker needs to process a chunk of rows (sent once, at pool start)."""
+
+    job: parallel.Job
+    mapping: Mapping
+    #: How a chunk's lines are made from its columns, when the run allows it.
+    lane: Lane | None = None
+
+
+def takes(source: Any, sink: Any, steps: list[Step]) -> bool:
+    """Whether a run goes through here: a dataset written as JSON lines, by steps that
+    do not need every record in one process, from rows that do not carry a timeline
+    (a trace's timestamps are made relative to its first record, in order)."""
+    return (isinstance(source, DatasetSource) and isinstance(sink, Sink)
+            and not any(step.op in ORDERED for step in steps)
+            and source.mapping.timestamp is None)
+
+
+def run_dataset(source: DatasetSource, sink: Sink, steps: list[Step], *, out_format: str,
+                skip_invalid: bool, tokenizer: str | None, workers: int
+                ) -> parallel.InputFacts:
+    """Run ``steps`` over the rows of ``source`` into ``sink``, in ``workers`` processes
+    when the dataset is large enough (else in this one, chunk by chunk); the facts of
+    the input are returned (and ``source.count`` follows them, for progress)."""
+    job = parallel.Job(source.path, "", "dataset", out_format, steps, skip_invalid,
+                       source.name, tokenizer)
+    rows = RowsJob(job, source.mapping, Lane.for_run(source.mapping, steps, out_format,
+                                                     tokenizer))
+    facts = parallel.InputFacts(sha256=source.sha256)
+    if not _worth_workers(source, workers):
+        parallel.keep_freed_memory()  # (as workers do: freed chunks are reused, not faulted in)
+        states = [step.new_state() for step in steps]
+        for first, batches in chunks(source):
+            parallel.absorb(process_rows(rows, batches, first, states, base=source.base),
+                            sink, facts)
+            source.count = facts.records_read
+        return facts
+    with leftovers.scratch_folder() as scratch:
+        job.scratch = scratch
+        _in_workers(source, sink, rows, workers, facts)
+    return facts
+
+
+def _worth_workers(source: DatasetSource, workers: int) -> bool:
+    """Whether starting workers pays: two or more asked for, processes can be forked, and
+    the dataset has many rows (when its metadata does not say, large data files)."""
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    expected = source.expected_records()
+    if expected is not None:
+        return expected >= MIN_PARALLEL_ROWS
+    size = source.data_size()
+    return size is not None and size >= parallel.MIN_PARALLEL_BYTES
+
+
+def _in_workers(source: DatasetSource, sink: Sink, rows: RowsJob, workers: int,
+                facts: parallel.InputFacts) -> None:
+    states = [step.new_state() for step in rows.job.steps]  # everything before the next chunk
+    relay = parallel._Relay()
+    with parallel.worker_pool(workers, _init, (rows,)) as pool:
+        pending: deque[tuple[int, bytes, Any]] = deque()
+
+        def finish() -> None:
+            first, data, future = pending.popleft()
+            result: parallel.ChunkResult = future.get()
+            if any(s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
+                if isinstance(result.data, str):
+                    os.unlink(result.data)
+                result = process_rows(rows, data, first, states, base=source.base)
+            else:
+                for state, later in zip(states, result.states, strict=True):
+                    state.update(later)
+            parallel.absorb(result, sink, facts, relay)
+            source.count = facts.records_read
+
+        for first, batches in chunks(source):
+            data = pack(batches)
+            pending.append((first, data, pool.apply_async(_work, (data, first, source.base))))
+            if len(pending) >= 2 * workers:
+                finish()
+        while pending:
+            finish()
+
+
+def chunks(source: DatasetSource) -> Iterator[tuple[int, list[Any]]]:
+    """``(row number of its first row, batches)`` of runs of whole batches of about
+    :data:`CHUNK_BYTES` (a new schema begins a new chunk), in order."""
+    held: list[Any] = []
+    size = 0
+    first = 1
+    for row_no, batch in source.batches():
+        if held and (size >= CHUNK_BYTES or not batch.schema.equals(held[0].schema)):
+            yield first, held
+            held, size = [], 0
+        if not held:
+            first = row_no
+        held.append(batch)
+        size += batch.nbytes
+    if held:
+        yield first, held
+
+
+def pack(batches: list[Any]) -> bytes:
+    """The batches of a chunk as Arrow IPC stream bytes (a slice carries only its own
+    rows, where pickling it would carry the whole batch it was cut from)."""
+    import pyarrow as pa
+
+    out = pa.BufferOutputStream()
+    with pa.ipc.new_stream(out, batches[0].schema) as writer:
+        for batch in batches:
+            writer.write(batch)
+    return bytes(out.getvalue().to_pybytes())
+
+
+def unpack(data: bytes) -> list[Any]:
+    import pyarrow as pa
+
+    return list(pa.ipc.open_stream(pa.py_buffer(data)))
+
+
+_rows_job: RowsJob | None = None
+
+
+def _init(rows: RowsJob) -> None:
+    global _rows_job
+    interrupts.worker_started()
+    progress.want(False)  # the parent shows the chunks done
+    _rows_job = rows
+    parallel.keep_freed_memory()
+
+
+def _work(data: bytes, first: int, base: int) -> parallel.ChunkResult:
+    """Process one chunk of rows (its Arrow IPC bytes) in a worker; the output goes to a
+    scratch file (passing megabytes back through the pool's pipe costs more)."""
+    assert _rows_job is not None
+    result = process_rows(_rows_job, data, first, base=base)
+    fd, scratch = tempfile.mkstemp(dir=_rows_job.job.scratch)
+    with os.fdopen(fd, "wb") as f:
+        f.write(result.data)  # type: ignore[arg-type]
+    result.data = scratch
+    return result
+
+
+def process_rows(rows: RowsJob, batches: list[Any] | bytes, first: int,
+                 states: list[Any] | None = None, *, base: int = 0) -> parallel.ChunkResult:
+    """Map, transform and encode the rows of one chunk (``batches``, or their IPC bytes),
+    whose first row is row ``first`` of the dataset (``base``: the rows of the stream
+    before it, when the dataset is one shard of many); ``states``: fresh unless given."""
+    job = rows.job
+    if isinstance(batches, bytes):
+        batches = unpack(batches)
+    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
+                      key=stable_prompt_key if job.stable_keys else None)
+    if job.tokenizer is not None:
+        from .stats import Tap
+        from .tokenizers import cached_tokenizer
+
+        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
+    if states is None:
+        states = [step.new_state() for step in job.steps]
+    lines = rows.lane.chunk(batches, first + base - 1, encoder) if rows.lane else None
+    if lines is not None:
+        return parallel.ChunkResult(lines, encoder.count, encoder.count, [],
+                                    encoder.keys.tobytes(), states, None, encoder.fields)
+    skipped: list[str] = []
+    read = Counter()
+    records = _records(rows, batches, first, base, read, skipped)
+    try:
+        for step, state in zip(job.steps, states, strict=True):
+            records = step.apply(records, state)
+        data = b"".join(joined(encoder.encode_all(records)))
+    except InvalidRecordError as exc:
+        if exc.path is not None:
+            raise
+        lineno = exc.lineno - base if exc.lineno is not None else None
+        raise InvalidRecordError(exc.problem, job.name, lineno) from None
+    return parallel.ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
+                                encoder.keys.tobytes(), states,
+                                encoder.tap.stats if encoder.tap is not None else None,
+                                encoder.fields)
+
+
+#: Lines joined at a time: each line orjson makes holds a buffer of 4 KiB until joined.
+JOIN_LINES = 512
+
+
+def joined(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """``lines`` joined :data:`JOIN_LINES` at a time (a chunk's lines all held at once
+    would take 4 KiB each: 100 MiB for 25,000 short lines)."""
+    while group := list(itertools.islice(lines, JOIN_LINES)):
+        yield b"".join(group)
+
+
+def _records(rows: RowsJob, batches: list[Any], first: int, base: int,
+             read: Counter, skipped: list[str]) -> Iterator[Record]:
+    """The records of a chunk's batches (a row that makes none: an error naming it, or
+    skipped as ``ROW: problem``, the row of this dataset, as the source lists it)."""
+    job = rows.job
+    row_no = first
+    for batch in batches:
+        for made in batch_records(batch, rows.mapping):
+            if made.__class__ is not Record:
+                assert isinstance(made, InvalidRecordError)
+                if not job.skip_invalid:
+                    raise InvalidRecordError(made.problem, job.name, row_no)
+                skipped.append(f"{row_no}: {made.problem}")
+            else:
+                assert isinstance(made, Record)
+                made.lineno = row_no + base
+                made.index = row_no + base - 1
+                read.count += 1
+                yield made
+            row_no += 1
+
+
+class Lane:
+    """Output lines made straight from a chunk's columns, for runs whose records are one
+    user message of a text column with the other columns kept as fields, written as
+    ``single_turn``, ``mooncake_trace`` or ``openai`` with no step but a nonce at the
+    start of that text (one copy, no tokenizer).
+
+    Such a record is written as ``{"role": "user", "text": TEXT, FIELDS...}``
+    (single_turn) or ``{"messages": [{"role": "user", "content": TEXT}], FIELDS...}``,
+    its fields the row's other columns in order with empty values (null, a float NaN)
+    left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
+    the formats' ``dump`` and :func:`~promptkit.streams.prompt_key` make of it. A chunk
+    with anything else (a text column that is not all text, a column named as one of
+    those keys, a value JSON cannot hold as it is, any column for openai) goes the record
+    way, which writes it or names what is wrong.
+    """
+
+    def __init__(self, mapping: Mapping, out_format: str, nonce: dict[str, Any] | None,
+                 stable_keys: bool = False):
+        assert mapping.text is not None
+        self.text = mapping.text
+        self.format = out_format
+        self.taken = _LANE_FORMATS[out_format]
+        self.make: Any = None
+        self.before = self.after = ""
+        if nonce is not None:
+            self.make = NonceMaker(nonce["kind"], nonce["seed"], length=nonce["length"],
+                                   start_time=nonce["start_time"],
+                                   time_step_us=nonce["time_step_us"]).make
+            self.before, _, self.after = nonce["template"].partition("{nonce}")
+        self.key = stable_key if stable_keys else hash
+
+    @classmethod
+    def for_run(cls, mapping: Mapping, steps: list[Step], out_format: str,
+                tokenizer: str | None, stable_keys: bool = False) -> Lane | None:
+        """The lane of a run, or ``None`` when its records must be made."""
+        if (mapping.layout != "text" or out_format not in _LANE_FORMATS or tokenizer
+                or (mapping.system, mapping.output_length, mapping.input_length,
+                    mapping.timestamp) != (None, None, None, None)):
+            return None
+        if not steps:
+            return cls(mapping, out_format, None, stable_keys)
+        if len(steps) != 1 or steps[0].op != "nonce":
+            return None
+        params = steps[0].params
+        if (params["at"] not in _LANE_POSITIONS or params["copies"] != 1
+                or params.get("tokenizer") is not None or params.get("keep_tokens")):
+            return None
+        return cls(mapping, out_format, params, stable_keys)
+
+    def chunk(self, batches: list[Any], first_index: int, encoder: Encoder) -> bytes | None:
+        """The output lines of a chunk whose first record has index ``first_index``, its
+        keys and count put into ``encoder``; ``None`` (and ``encoder`` untouched) when a
+        batch of it is not one the lane takes."""
+        parts: list[bytes] = []
+        keys: list[int] = []
+        index = first_index
+        for batch in batches:
+            made = self.lines(batch, index, keys)
+            if made is None:
+                return None
+            parts.append(b"".join(made))  # (each line orjson made holds a 4 KiB buffer)
+            index += batch.num_rows
+        encoder.keys.extend(keys)
+        encoder.count += len(keys)
+        if encoder.fields is not None:
+            encoder.fields.add("messages")
+        return b"".join(parts)
+
+    def lines(self, batch: Any, first_index: int, keys: list[int]) -> list[bytes] | None:
+        """The lines of one batch (their keys appended to ``keys``), or ``None``."""
+        import pyarrow as pa
+
+        names = list(batch.column_names)
+        if names.count(self.text) != 1:
+            return None
+        column = batch.column(names.index(self.text))
+        kind = column.type
+        if column.null_count or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                                     or pa.types.is_string_view(kind)):
+            return None
+        kept = [(i, name) for i, name in enumerate(names) if name != self.text]
+        if any(name in self.taken for _, name in kept) or len({n for _, n in kept}) != len(kept):
+            return None
+        if kept and self.format == "openai":
+            return None
+        texts = column.to_pylist()
+        if self.make is not None:
+            make, before, after = self.make, self.before, self.after
+            texts = [before + make(i) + after + text
+                     for i, text in enumerate(texts, start=first_index)]
+        key = self.key
+        made_keys = [key(("user", text, None)) for text in texts]
+        columns = [batch.column(i) for i, _ in kept]
+        names_kept = tuple(name for _, name in kept)
+        may_miss = [name for name, column in zip(names_kept, columns, strict=True)
+                    if column.null_count or pa.types.is_floating(column.type)]
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
+        single = self.format == "single_turn"
+        try:
+            if not kept:
+                if single:
+                    out = [dumps({"role": "user", "text": text}, option=newline)
+                           for text in texts]
+                else:
+                    out = [dumps({"messages": [{"role": "user", "content": text}]},
+                                 option=newline) for text in texts]
+            else:
+                cells = zip(*(c.to_pylist() for c in columns), strict=True)
+                if single:
+                    keys_all = ("role", "text", *names_kept)
+                    rows = (dict(zip(keys_all, ("user", text, *row), strict=True))
+                            for text, row in zip(texts, cells, strict=True))
+                else:
+                    keys_all = ("messages", *names_kept)
+                    rows = (dict(zip(keys_all, ([{"role": "user", "content": text}], *row),
+                                     strict=True))
+                            for text, row in zip(texts, cells, strict=True))
+                if may_miss:
+                    rows = (_present(row, may_miss) for row in rows)
+                out = [dumps(row, option=newline) for row in rows]
+        except TypeError:  # a value orjson does not write as it is (the record way does)
+            return None
+        keys.extend(made_keys)
+        return out
+
+
+def _present(row: dict[str, Any], may_miss: list[str]) -> dict[str, Any]:
+    """``row`` without the empty values (null, a float NaN) of the columns that may
+    hold them, as a record's fields leave them out."""
+    for name in may_miss:
+        if _missing(row[name]):
+            del row[name]
+    return row
