@@ -22,6 +22,7 @@ tables).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -46,6 +47,9 @@ from .streams import Counter, Encoder, Sink, stable_key, stable_prompt_key
 #: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
 #: Small: the main process holds the chunks the workers have not finished.
 CHUNK_BYTES = 1 << 20
+#: The shared memory a worker hands a chunk's output back in (larger output goes by a
+#: scratch file).
+SLOT_BYTES = 4 << 20
 #: A dataset runs in workers from this many rows (or, when the rows are not known
 #: beforehand, from ``parallel.MIN_PARALLEL_BYTES`` of data files).
 MIN_PARALLEL_ROWS = 50_000
@@ -117,25 +121,34 @@ def _in_workers(source: DatasetSource, sink: Sink, rows: RowsJob, workers: int,
                 facts: parallel.InputFacts) -> None:
     states = [step.new_state() for step in rows.job.steps]  # everything before the next chunk
     relay = parallel._Relay()
-    with parallel.worker_pool(workers, _init, (rows,)) as pool:
+    slots = parallel._Slots(2 * workers, SLOT_BYTES)
+    with contextlib.closing(slots), parallel.worker_pool(workers, _init, (rows, slots)) as pool:
         pending: deque[tuple[int, bytes, Any]] = deque()
 
         def finish() -> None:
             first, data, future = pending.popleft()
-            result: parallel.ChunkResult = future.get()
-            if any(s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
-                if isinstance(result.data, str):
+            try:
+                result: parallel.ChunkResult | None = future.get()
+            except InvalidRecordError:  # a row continuing a conversation begun earlier
+                result = None  # may be none: the chunk in order says (or raises it again)
+            if result is None or any(
+                    s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
+                if result is not None and isinstance(result.data, str):
                     os.unlink(result.data)
+                # Done again in order, with the history before it.
                 result = process_rows(rows, data, first, states, base=source.base)
             else:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
-            parallel.absorb(result, sink, facts, relay)
+            parallel.absorb(result, sink, facts, relay, slots)
             source.count = facts.records_read
 
-        for first, batches in chunks(source):
+        # At most 2 * workers chunks are in flight: the one sent next takes the slot of
+        # the one just written.
+        for number, (first, batches) in enumerate(chunks(source)):
             data = pack(batches)
-            pending.append((first, data, pool.apply_async(_work, (data, first, source.base))))
+            pending.append((first, data, pool.apply_async(
+                _work, (data, first, source.base, number % (2 * workers)))))
             if len(pending) >= 2 * workers:
                 finish()
         while pending:
@@ -179,24 +192,31 @@ def unpack(data: bytes) -> list[Any]:
 
 
 _rows_job: RowsJob | None = None
+_slots: Any = None
 
 
-def _init(rows: RowsJob) -> None:
-    global _rows_job
+def _init(rows: RowsJob, slots: Any) -> None:
+    global _rows_job, _slots
     interrupts.worker_started()
     progress.want(False)  # the parent shows the chunks done
-    _rows_job = rows
+    _rows_job, _slots = rows, slots
     parallel.keep_freed_memory()
 
 
-def _work(data: bytes, first: int, base: int) -> parallel.ChunkResult:
-    """Process one chunk of rows (its Arrow IPC bytes) in a worker; the output goes to a
-    scratch file (passing megabytes back through the pool's pipe costs more)."""
+def _work(data: bytes, first: int, base: int, slot: int) -> parallel.ChunkResult:
+    """Process one chunk of rows (its Arrow IPC bytes) in a worker. The output goes back
+    in shared memory (``slot``), or, larger than a slot, by a scratch file."""
     assert _rows_job is not None
     result = process_rows(_rows_job, data, first, base=base)
+    assert isinstance(result.data, bytes)
+    room = _slots.maps[slot]
+    if len(result.data) <= len(room):
+        room[:len(result.data)] = result.data
+        result.data = (slot, len(result.data))
+        return result
     fd, scratch = tempfile.mkstemp(dir=_rows_job.job.scratch)
     with os.fdopen(fd, "wb") as f:
-        f.write(result.data)  # type: ignore[arg-type]
+        f.write(result.data)
     result.data = scratch
     return result
 

@@ -223,3 +223,37 @@ def test_a_saved_dataset_is_hashed_by_its_data_files(tmp_path, run, small_batche
     assert read["sha256"] == shards.combined_sha256(
         [hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
     assert [row["k"] for row in read_jsonl(out)] == list(range(200))
+
+
+def test_a_conversation_across_chunks_keeps_its_nonce_in_workers(tmp_path, run, small_batches):
+    """promptkit's own columns (a parquet it wrote): a conversation's later rows, in later
+    chunks, keep the nonce of its first; one with no user message of its own is no error
+    when the conversation has its nonce (a worker that saw only its chunk said it was: the
+    chunk is done again in order)."""
+    from promptkit.formats.table import COLUMNS, arrow_schema
+
+    def row(session, *messages):
+        return {**dict.fromkeys(COLUMNS), "session_id": session,
+                "messages": [{"role": role, "content": text} for role, text in messages]}
+
+    rows = []
+    for i in range(30):
+        rows.append(row(f"s{i % 4}", ("user", f"turn {i}")) if i < 4 or i % 5
+                    else row(f"s{i % 4}", ("assistant", f"reply {i}")))
+    source = tmp_path / "own.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), source)
+    made = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}.jsonl"
+        result = run("nonce", source, out, "--at", "user", "--to", "mooncake_trace",
+                     "--seed", "3", "--workers", workers)
+        assert result.exit_code == 0, result.stderr
+        made.append(out.read_bytes())
+    assert small_batches == [2]
+    assert made[0] == made[1]
+    written = read_jsonl(tmp_path / "w1.jsonl")
+    # Only each conversation's first row has a nonce (the rest continue it).
+    firsts = [w["messages"][0]["content"] for w in written[:4]]
+    assert all(len(text.split("\n", 1)[0]) == 36 for text in firsts)
+    assert [w["messages"][0]["content"] for w in written[4:]] == [
+        r["messages"][0]["content"] for r in rows[4:]]
