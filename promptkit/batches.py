@@ -71,21 +71,39 @@ class RowsJob:
     lane: Lane | None = None
 
 
+@dataclass
+class Chunk:
+    """A run of whole batches of one dataset (one shard of many): their data, the row
+    number of the first (from 1, in the dataset), and the dataset's name and ``base``
+    (the rows of the stream before it)."""
+
+    name: str
+    base: int
+    first: int
+    batches: list[Any] | bytes
+
+
 def takes(source: Any, sink: Any, steps: list[Step]) -> bool:
-    """Whether a run goes through here: a dataset written as JSON lines, by steps that
-    do not need every record in one process, from rows that do not carry a timeline
-    (a trace's timestamps are made relative to its first record, in order)."""
-    return (isinstance(source, DatasetSource) and isinstance(sink, Sink)
+    """Whether a run goes through here: a dataset (or parquet shards, with no ``--limit``)
+    written as JSON lines, by steps that do not need every record in one process, from
+    rows that do not carry a timeline (a trace's timestamps are made relative to its
+    first record, in order)."""
+    from .shards import ShardedSource
+
+    dataset = isinstance(source, DatasetSource) or (
+        isinstance(source, ShardedSource) and source.kind == "parquet" and source.limit is None)
+    return (dataset and isinstance(sink, Sink)
             and not any(step.op in ORDERED for step in steps)
             and source.mapping.timestamp is None)
 
 
-def run_dataset(source: DatasetSource, sink: Sink, steps: list[Step], *, out_format: str,
+def run_dataset(source: Any, sink: Sink, steps: list[Step], *, out_format: str,
                 skip_invalid: bool, tokenizer: str | None, workers: int
                 ) -> parallel.InputFacts:
-    """Run ``steps`` over the rows of ``source`` into ``sink``, in ``workers`` processes
-    when the dataset is large enough (else in this one, chunk by chunk); the facts of
-    the input are returned (and ``source.count`` follows them, for progress)."""
+    """Run ``steps`` over the rows of ``source`` (a dataset, or parquet shards: see
+    :func:`takes`) into ``sink``, in ``workers`` processes when it has many rows (else in
+    this one, chunk by chunk); the facts of the input are returned (and ``source.count``
+    follows them, for progress)."""
     job = parallel.Job(source.path, "", "dataset", out_format, steps, skip_invalid,
                        source.name, tokenizer)
     rows = RowsJob(job, source.mapping, Lane.for_run(source.mapping, steps, out_format,
@@ -94,9 +112,8 @@ def run_dataset(source: DatasetSource, sink: Sink, steps: list[Step], *, out_for
     if not _worth_workers(source, workers):
         parallel.keep_freed_memory()  # (as workers do: freed chunks are reused, not faulted in)
         states = [step.new_state() for step in steps]
-        for first, batches in chunks(source):
-            parallel.absorb(process_rows(rows, batches, first, states, base=source.base),
-                            sink, facts)
+        for chunk in chunks(source):
+            parallel.absorb(process_rows(rows, chunk, states), sink, facts)
             source.count = facts.records_read
         return facts
     with leftovers.scratch_folder() as scratch:
@@ -105,28 +122,28 @@ def run_dataset(source: DatasetSource, sink: Sink, steps: list[Step], *, out_for
     return facts
 
 
-def _worth_workers(source: DatasetSource, workers: int) -> bool:
+def _worth_workers(source: Any, workers: int) -> bool:
     """Whether starting workers pays: two or more asked for, processes can be forked, and
     the dataset has many rows (when its metadata does not say, large data files)."""
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return False
-    expected = source.expected_records()
+    expected = source.expected_rows()
     if expected is not None:
-        return expected >= MIN_PARALLEL_ROWS
+        return bool(expected >= MIN_PARALLEL_ROWS)
     size = source.data_size()
     return size is not None and size >= parallel.MIN_PARALLEL_BYTES
 
 
-def _in_workers(source: DatasetSource, sink: Sink, rows: RowsJob, workers: int,
+def _in_workers(source: Any, sink: Sink, rows: RowsJob, workers: int,
                 facts: parallel.InputFacts) -> None:
     states = [step.new_state() for step in rows.job.steps]  # everything before the next chunk
     relay = parallel._Relay()
     slots = parallel._Slots(2 * workers, SLOT_BYTES)
     with contextlib.closing(slots), parallel.worker_pool(workers, _init, (rows, slots)) as pool:
-        pending: deque[tuple[int, bytes, Any]] = deque()
+        pending: deque[tuple[Chunk, Any]] = deque()
 
         def finish() -> None:
-            first, data, future = pending.popleft()
+            chunk, future = pending.popleft()
             try:
                 result: parallel.ChunkResult | None = future.get()
             except InvalidRecordError:  # a row continuing a conversation begun earlier
@@ -136,7 +153,7 @@ def _in_workers(source: DatasetSource, sink: Sink, rows: RowsJob, workers: int,
                 if result is not None and isinstance(result.data, str):
                     os.unlink(result.data)
                 # Done again in order, with the history before it.
-                result = process_rows(rows, data, first, states, base=source.base)
+                result = process_rows(rows, chunk, states)
             else:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
@@ -145,32 +162,33 @@ def _in_workers(source: DatasetSource, sink: Sink, rows: RowsJob, workers: int,
 
         # At most 2 * workers chunks are in flight: the one sent next takes the slot of
         # the one just written.
-        for number, (first, batches) in enumerate(chunks(source)):
-            data = pack(batches)
-            pending.append((first, data, pool.apply_async(
-                _work, (data, first, source.base, number % (2 * workers)))))
+        for number, chunk in enumerate(chunks(source)):
+            assert isinstance(chunk.batches, list)
+            chunk.batches = pack(chunk.batches)
+            pending.append((chunk, pool.apply_async(_work, (chunk, number % (2 * workers)))))
             if len(pending) >= 2 * workers:
                 finish()
         while pending:
             finish()
 
 
-def chunks(source: DatasetSource) -> Iterator[tuple[int, list[Any]]]:
-    """``(row number of its first row, batches)`` of runs of whole batches of about
-    :data:`CHUNK_BYTES` (a new schema begins a new chunk), in order."""
+def chunks(source: Any) -> Iterator[Chunk]:
+    """Runs of whole batches of about :data:`CHUNK_BYTES` of one dataset (or shard; a new
+    schema begins a new chunk), in order."""
     held: list[Any] = []
     size = 0
-    first = 1
-    for row_no, batch in source.batches():
-        if held and (size >= CHUNK_BYTES or not batch.schema.equals(held[0].schema)):
-            yield first, held
+    chunk = Chunk("", 0, 1, held)
+    for name, base, row_no, batch in source.row_batches():
+        if held and (size >= CHUNK_BYTES or name != chunk.name or base != chunk.base
+                     or not batch.schema.equals(held[0].schema)):
+            yield chunk
             held, size = [], 0
         if not held:
-            first = row_no
+            chunk = Chunk(name, base, row_no, held)
         held.append(batch)
         size += batch.nbytes
     if held:
-        yield first, held
+        yield chunk
 
 
 def pack(batches: list[Any]) -> bytes:
@@ -203,11 +221,11 @@ def _init(rows: RowsJob, slots: Any) -> None:
     parallel.keep_freed_memory()
 
 
-def _work(data: bytes, first: int, base: int, slot: int) -> parallel.ChunkResult:
-    """Process one chunk of rows (its Arrow IPC bytes) in a worker. The output goes back
-    in shared memory (``slot``), or, larger than a slot, by a scratch file."""
+def _work(chunk: Chunk, slot: int) -> parallel.ChunkResult:
+    """Process one chunk of rows (its batches as Arrow IPC bytes) in a worker. The output
+    goes back in shared memory (``slot``), or, larger than a slot, by a scratch file."""
     assert _rows_job is not None
-    result = process_rows(_rows_job, data, first, base=base)
+    result = process_rows(_rows_job, chunk)
     assert isinstance(result.data, bytes)
     room = _slots.maps[slot]
     if len(result.data) <= len(room):
@@ -221,14 +239,14 @@ def _work(data: bytes, first: int, base: int, slot: int) -> parallel.ChunkResult
     return result
 
 
-def process_rows(rows: RowsJob, batches: list[Any] | bytes, first: int,
-                 states: list[Any] | None = None, *, base: int = 0) -> parallel.ChunkResult:
-    """Map, transform and encode the rows of one chunk (``batches``, or their IPC bytes),
-    whose first row is row ``first`` of the dataset (``base``: the rows of the stream
-    before it, when the dataset is one shard of many); ``states``: fresh unless given."""
+def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None
+                 ) -> parallel.ChunkResult:
+    """Map, transform and encode the rows of one chunk; ``states``: fresh unless given.
+    Rows left out (``--skip-invalid``) are listed by their place in the stream (the
+    dataset's row plus its ``base``), as every record and step names them."""
     job = rows.job
-    if isinstance(batches, bytes):
-        batches = unpack(batches)
+    batches = unpack(chunk.batches) if isinstance(chunk.batches, bytes) else chunk.batches
+    base = chunk.base
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
                       key=stable_prompt_key if job.stable_keys else None)
     if job.tokenizer is not None:
@@ -238,13 +256,14 @@ def process_rows(rows: RowsJob, batches: list[Any] | bytes, first: int,
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     if states is None:
         states = [step.new_state() for step in job.steps]
-    lines = rows.lane.chunk(batches, first + base - 1, encoder) if rows.lane else None
+    lines = (rows.lane.chunk(batches, chunk.first + base - 1, encoder) if rows.lane
+             else None)
     if lines is not None:
         return parallel.ChunkResult(lines, encoder.count, encoder.count, [],
                                     encoder.keys.tobytes(), states, None, encoder.fields)
     skipped: list[str] = []
     read = Counter()
-    records = _records(rows, batches, first, base, read, skipped)
+    records = _records(rows, batches, chunk, read, skipped)
     try:
         for step, state in zip(job.steps, states, strict=True):
             records = step.apply(records, state)
@@ -253,7 +272,7 @@ def process_rows(rows: RowsJob, batches: list[Any] | bytes, first: int,
         if exc.path is not None:
             raise
         lineno = exc.lineno - base if exc.lineno is not None else None
-        raise InvalidRecordError(exc.problem, job.name, lineno) from None
+        raise InvalidRecordError(exc.problem, chunk.name, lineno) from None
     return parallel.ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                                 encoder.keys.tobytes(), states,
                                 encoder.tap.stats if encoder.tap is not None else None,
@@ -271,19 +290,20 @@ def joined(lines: Iterator[bytes]) -> Iterator[bytes]:
         yield b"".join(group)
 
 
-def _records(rows: RowsJob, batches: list[Any], first: int, base: int,
-             read: Counter, skipped: list[str]) -> Iterator[Record]:
-    """The records of a chunk's batches (a row that makes none: an error naming it, or
-    skipped as ``ROW: problem``, the row of this dataset, as the source lists it)."""
+def _records(rows: RowsJob, batches: list[Any], chunk: Chunk, read: Counter,
+             skipped: list[str]) -> Iterator[Record]:
+    """The records of a chunk's batches (a row that makes none: an error naming the
+    dataset and its row, or skipped as ``PLACE: problem``)."""
     job = rows.job
-    row_no = first
+    row_no = chunk.first
+    base = chunk.base
     for batch in batches:
         for made in batch_records(batch, rows.mapping):
             if made.__class__ is not Record:
                 assert isinstance(made, InvalidRecordError)
                 if not job.skip_invalid:
-                    raise InvalidRecordError(made.problem, job.name, row_no)
-                skipped.append(f"{row_no}: {made.problem}")
+                    raise InvalidRecordError(made.problem, chunk.name, row_no)
+                skipped.append(f"{row_no + base}: {made.problem}")
             else:
                 assert isinstance(made, Record)
                 made.lineno = row_no + base

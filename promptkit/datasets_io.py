@@ -172,6 +172,11 @@ class DatasetSource:
         """For progress: the rows the dataset holds, when its files or metadata say."""
         return self._expected
 
+    def expected_rows(self) -> int | None:
+        """The rows the dataset holds (``--limit`` applied), when its files or metadata
+        say."""
+        return self._expected
+
     def data_size(self) -> int | None:
         """The bytes of the local files the rows are read from (``None``: a hub dataset)."""
         if self._data_files is None:
@@ -341,6 +346,12 @@ class DatasetSource:
                     update(orjson.dumps(row, default=repr, option=orjson.OPT_APPEND_NEWLINE))
             yield row_no, batch
             row_no += batch.num_rows
+
+    def row_batches(self) -> Iterator[tuple[str, int, int, Any]]:
+        """``(name, base, row number, batch)`` of :meth:`batches` (as for many shards:
+        see :meth:`promptkit.shards.ShardedSource.row_batches`)."""
+        for row_no, batch in self.batches():
+            yield self.name, self.base, row_no, batch
 
     def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
         """The records, in row order (``allow_empty``: as ``streams.Source`` takes it; a

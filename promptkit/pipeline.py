@@ -261,7 +261,7 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                 facts = _hash_trace_in_workers(source, chunked, steps[0], sink, workers,
                                                skip_invalid, label)
             elif batches.takes(source, sink, steps):  # a dataset: chunks of Arrow batches
-                assert isinstance(source, DatasetSource) and isinstance(sink, Sink)
+                assert isinstance(sink, Sink)
                 with source_progress(label, source, total=records):
                     facts = batches.run_dataset(source, sink, steps, out_format=out_format.name,
                                                 skip_invalid=skip_invalid, tokenizer=tokenizer,

@@ -393,6 +393,28 @@ class ShardedSource:
                 return
             self._open_next()
 
+    def row_batches(self) -> Iterator[tuple[str, int, int, Any]]:
+        """Parquet shards: ``(shard, base, row number in the shard, batch)`` of every row,
+        as Arrow batches in order (see :mod:`promptkit.batches`), each shard accounted
+        for once read (its sha256, size and rows), as :meth:`records` does."""
+        assert self.kind == "parquet"
+        while True:
+            sub = self._current
+            if sub is not None:
+                if not isinstance(sub, _NoRows):
+                    yield from sub.row_batches()
+                self._finish_current()
+            if self._next >= len(self.paths):
+                return
+            self._open_next()
+
+    def expected_rows(self) -> int | None:
+        """Parquet shards: the rows of every shard, from their footers."""
+        return sum(positions(p) for p in self.paths) if self.kind == "parquet" else None
+
+    def data_size(self) -> int:
+        return sum(self._sizes)
+
     def _first(self, records: Iterator[Record], limit: int) -> Iterator[Record]:
         for record in records:
             yield record

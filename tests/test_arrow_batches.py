@@ -115,7 +115,8 @@ NONCES = st.one_of(st.none(), st.fixed_dictionaries({
 def run_chunk(rows, table, first):
     """``(data, read, written, skipped, keys, fields)`` of one chunk, or the error."""
     try:
-        result = batches.process_rows(rows, table.to_batches(max_chunksize=5), first)
+        result = batches.process_rows(rows, batches.Chunk(
+            "d.parquet", 0, first, table.to_batches(max_chunksize=5)))
     except InvalidRecordError as exc:
         return str(exc)
     return (result.data, result.read, result.written, result.skipped, result.keys,
@@ -257,3 +258,37 @@ def test_a_conversation_across_chunks_keeps_its_nonce_in_workers(tmp_path, run, 
     assert all(len(text.split("\n", 1)[0]) == 36 for text in firsts)
     assert [w["messages"][0]["content"] for w in written[4:]] == [
         r["messages"][0]["content"] for r in rows[4:]]
+
+
+def test_parquet_shards_in_workers_are_one_table_and_name_their_own_rows(tmp_path, run,
+                                                                         small_batches):
+    texts = [None if i in (20, 31) else f"prompt {i} " + "word " * (i % 9) for i in range(40)]
+    pq.write_table(pa.table({"text": texts, "n": list(range(40))}), tmp_path / "all.parquet")
+    (tmp_path / "pq").mkdir()
+    cuts = [(0, 4), (4, 4), (4, 19), (19, 40)]  # one shard without rows
+    for k, (a, b) in enumerate(cuts):
+        pq.write_table(pa.table({"text": pa.array(texts[a:b], pa.string()),
+                                 "n": pa.array(range(a, b), pa.int64())}),
+                       tmp_path / "pq" / f"p{k}.parquet")
+    made = {}
+    for name, path in (("one", tmp_path / "all.parquet"), ("many", tmp_path / "pq")):
+        for workers in ("1", "2"):
+            out = tmp_path / f"{name}{workers}.jsonl"
+            result = run("nonce", path, out, "--seed", "2", "--skip-invalid", "--workers",
+                         workers)
+            assert result.exit_code == 0, result.stderr
+            made[name, workers] = out.read_bytes()
+    assert small_batches == [2, 2]
+    assert len(set(made.values())) == 1
+    listed = json.loads((tmp_path / "many2.jsonl.manifest.json").read_text())
+    assert listed["skipped"]["lines"] == [
+        f"{tmp_path}/pq/p3.parquet:2: column 'text' is empty (null), not text",
+        f"{tmp_path}/pq/p3.parquet:13: column 'text' is empty (null), not text"]
+    assert [s["path"] for s in listed["inputs"][0]["shards"]] == [
+        f"{tmp_path}/pq/p{k}.parquet" for k in range(4)]
+    assert listed["inputs"][0]["records"] == 38
+    result = run("nonce", tmp_path / "pq", tmp_path / "bad.jsonl", "--workers", "2")
+    assert result.exit_code == 1
+    assert result.stderr == (f"promptkit: {tmp_path}/pq/p3.parquet:2: column 'text' is empty "
+                             "(null), not text\n")
+    assert not (tmp_path / "bad.jsonl").exists()
