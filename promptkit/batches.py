@@ -47,8 +47,9 @@ from .streams import Counter, Encoder, Sink, stable_key, stable_prompt_key
 #: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
 #: Small: the main process holds the chunks the workers have not finished.
 CHUNK_BYTES = 1 << 20
-#: The shared memory a worker hands a chunk's output back in (larger output goes by a
-#: scratch file).
+#: The shared memory a chunk's rows go to a worker in (a larger chunk goes through the
+#: pool's pipe), and its output comes back in (a larger one by a scratch file).
+INPUT_SLOT_BYTES = 4 << 20
 SLOT_BYTES = 4 << 20
 #: A dataset runs in workers from this many rows (or, when the rows are not known
 #: beforehand, from ``parallel.MIN_PARALLEL_BYTES`` of data files).
@@ -80,7 +81,9 @@ class Chunk:
     name: str
     base: int
     first: int
-    batches: list[Any] | bytes
+    #: The batches; or, sent to a worker, their Arrow IPC stream: ``(slot, size)`` in the
+    #: shared memory of the input slots, or bytes when larger than a slot.
+    batches: list[Any] | bytes | tuple[int, int]
 
 
 def takes(source: Any, sink: Any, steps: list[Step]) -> bool:
@@ -138,8 +141,12 @@ def _in_workers(source: Any, sink: Sink, rows: RowsJob, workers: int,
                 facts: parallel.InputFacts) -> None:
     states = [step.new_state() for step in rows.job.steps]  # everything before the next chunk
     relay = parallel._Relay()
-    slots = parallel._Slots(2 * workers, SLOT_BYTES)
-    with contextlib.closing(slots), parallel.worker_pool(workers, _init, (rows, slots)) as pool:
+    # At most 2 * workers chunks are in flight: the one sent next takes the slots (its
+    # rows in, its lines out) of the one just written.
+    inputs = parallel._Slots(2 * workers, INPUT_SLOT_BYTES)
+    outputs = parallel._Slots(2 * workers, SLOT_BYTES)
+    with _closing(inputs), _closing(outputs), parallel.worker_pool(
+            workers, _init, (rows, inputs, outputs)) as pool:
         pending: deque[tuple[Chunk, Any]] = deque()
 
         def finish() -> None:
@@ -153,23 +160,34 @@ def _in_workers(source: Any, sink: Sink, rows: RowsJob, workers: int,
                 if result is not None and isinstance(result.data, str):
                     os.unlink(result.data)
                 # Done again in order, with the history before it.
-                result = process_rows(rows, chunk, states)
+                result = process_rows(rows, chunk, states, inputs)
             else:
                 for state, later in zip(states, result.states, strict=True):
                     state.update(later)
-            parallel.absorb(result, sink, facts, relay, slots)
+            parallel.absorb(result, sink, facts, relay, outputs)
             source.count = facts.records_read
 
-        # At most 2 * workers chunks are in flight: the one sent next takes the slot of
-        # the one just written.
         for number, chunk in enumerate(chunks(source)):
+            slot = number % (2 * workers)
             assert isinstance(chunk.batches, list)
-            chunk.batches = pack(chunk.batches)
-            pending.append((chunk, pool.apply_async(_work, (chunk, number % (2 * workers)))))
+            size = pack_into(chunk.batches, inputs.maps[slot])
+            chunk.batches = (slot, size) if size is not None else pack(chunk.batches)
+            pending.append((chunk, pool.apply_async(_work, (chunk, slot))))
             if len(pending) >= 2 * workers:
                 finish()
         while pending:
             finish()
+
+
+@contextlib.contextmanager
+def _closing(slots: Any) -> Iterator[Any]:
+    """Close shared memory slots on the way out; one still viewed by an Arrow buffer
+    (an error on its way holds it) is left to the process's end."""
+    try:
+        yield slots
+    finally:
+        with contextlib.suppress(BufferError):
+            slots.close()
 
 
 def chunks(source: Any) -> Iterator[Chunk]:
@@ -203,31 +221,60 @@ def pack(batches: list[Any]) -> bytes:
     return bytes(out.getvalue().to_pybytes())
 
 
-def unpack(data: bytes) -> list[Any]:
+def pack_into(batches: list[Any], room: Any) -> int | None:
+    """Write the batches of a chunk into ``room`` (shared memory) as an Arrow IPC stream:
+    its size, or ``None`` when it does not fit."""
     import pyarrow as pa
 
-    return list(pa.ipc.open_stream(pa.py_buffer(data)))
+    return _written(pa.FixedSizeBufferWriter(pa.py_buffer(room)), batches)
+
+
+def _written(out: Any, batches: list[Any]) -> int | None:
+    import pyarrow as pa
+
+    try:
+        with pa.ipc.new_stream(out, batches[0].schema) as writer:
+            for batch in batches:
+                writer.write(batch)
+    except (OSError, pa.ArrowInvalid):  # out of room
+        return None
+    return int(out.tell())
+
+
+def unpack(data: bytes | tuple[int, int], inputs: Any = None) -> list[Any]:
+    """The batches of a chunk from its IPC stream: bytes, or ``(slot, size)`` of
+    ``inputs`` (read in place)."""
+    import pyarrow as pa
+
+    if isinstance(data, tuple):
+        slot, size = data
+        buffer = pa.py_buffer(inputs.maps[slot]).slice(0, size)
+    else:
+        buffer = pa.py_buffer(data)
+    return list(pa.ipc.open_stream(buffer))
 
 
 _rows_job: RowsJob | None = None
-_slots: Any = None
+_inputs: Any = None
+_outputs: Any = None
 
 
-def _init(rows: RowsJob, slots: Any) -> None:
-    global _rows_job, _slots
+def _init(rows: RowsJob, inputs: Any, outputs: Any) -> None:
+    global _rows_job, _inputs, _outputs
     interrupts.worker_started()
     progress.want(False)  # the parent shows the chunks done
-    _rows_job, _slots = rows, slots
+    _rows_job, _inputs, _outputs = rows, inputs, outputs
     parallel.keep_freed_memory()
 
 
 def _work(chunk: Chunk, slot: int) -> parallel.ChunkResult:
-    """Process one chunk of rows (its batches as Arrow IPC bytes) in a worker. The output
-    goes back in shared memory (``slot``), or, larger than a slot, by a scratch file."""
+    """Process one chunk of rows (its batches as an Arrow IPC stream) in a worker. The
+    output goes back in shared memory (``slot``), or, larger than a slot, by a scratch
+    file."""
     assert _rows_job is not None
-    result = process_rows(_rows_job, chunk)
+    result = process_rows(_rows_job, chunk, None, _inputs)
     assert isinstance(result.data, bytes)
-    room = _slots.maps[slot]
+    room = _outputs.maps[slot]
     if len(result.data) <= len(room):
         room[:len(result.data)] = result.data
         result.data = (slot, len(result.data))
@@ -239,13 +286,15 @@ def _work(chunk: Chunk, slot: int) -> parallel.ChunkResult:
     return result
 
 
-def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None
-                 ) -> parallel.ChunkResult:
-    """Map, transform and encode the rows of one chunk; ``states``: fresh unless given.
-    Rows left out (``--skip-invalid``) are listed by their place in the stream (the
-    dataset's row plus its ``base``), as every record and step names them."""
+def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
+                 inputs: Any = None) -> parallel.ChunkResult:
+    """Map, transform and encode the rows of one chunk (its batches, or their IPC stream:
+    bytes, or in a slot of ``inputs``); ``states``: fresh unless given. Rows left out
+    (``--skip-invalid``) are listed by their place in the stream (the dataset's row plus
+    its ``base``), as every record and step names them."""
     job = rows.job
-    batches = unpack(chunk.batches) if isinstance(chunk.batches, bytes) else chunk.batches
+    batches = (chunk.batches if isinstance(chunk.batches, list)
+               else unpack(chunk.batches, inputs))
     base = chunk.base
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
                       key=stable_prompt_key if job.stable_keys else None)
@@ -335,12 +384,12 @@ class Lane:
         self.text = mapping.text
         self.format = out_format
         self.taken = _LANE_FORMATS[out_format]
-        self.make: Any = None
+        self.nonces: Any = None
         self.before = self.after = ""
         if nonce is not None:
-            self.make = NonceMaker(nonce["kind"], nonce["seed"], length=nonce["length"],
-                                   start_time=nonce["start_time"],
-                                   time_step_us=nonce["time_step_us"]).make
+            self.nonces = NonceMaker(nonce["kind"], nonce["seed"], length=nonce["length"],
+                                     start_time=nonce["start_time"],
+                                     time_step_us=nonce["time_step_us"]).make_many
             self.before, _, self.after = nonce["template"].partition("{nonce}")
         self.key = stable_key if stable_keys else hash
 
@@ -399,10 +448,10 @@ class Lane:
         if kept and self.format == "openai":
             return None
         texts = column.to_pylist()
-        if self.make is not None:
-            make, before, after = self.make, self.before, self.after
-            texts = [before + make(i) + after + text
-                     for i, text in enumerate(texts, start=first_index)]
+        if self.nonces is not None:
+            before, after = self.before, self.after
+            texts = [before + nonce + after + text for nonce, text
+                     in zip(self.nonces(first_index, len(texts)), texts, strict=True)]
         key = self.key
         made_keys = [key(("user", text, None)) for text in texts]
         columns = [batch.column(i) for i, _ in kept]

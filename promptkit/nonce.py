@@ -104,6 +104,32 @@ class NonceMaker:
         return (h[:8] + "-" + h[8:12] + "-4" + h[13:16] + "-" + _VARIANT[h[16]] + h[17:20] + "-"
                 + h[20:])
 
+    def make_many(self, first: int, count: int) -> list[str]:
+        """The nonces of indices ``first`` to ``first + count - 1``: what ``make`` gives
+        each, the uuid kind made a batch at a time (its hashes fed the same bytes, its
+        version and variant bits set and its hex digits placed for all at once: about
+        a third of the time)."""
+        if self.kind != "uuid" or count < 1:
+            return [self.make(i) for i in range(first, first + count)]
+        import numpy as np
+
+        start = hashlib.blake2b(self._prefix, digest_size=16)
+        digests = []
+        for index in range(first, first + count):
+            h = start.copy()
+            h.update(b"%d:0" % index)
+            digests.append(h.digest())
+        raw = np.frombuffer(b"".join(digests), np.uint8).reshape(count, 16).copy()
+        raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # the version digit: 4
+        raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # the variant digit: 8, 9, a or b
+        digits = np.frombuffer(raw.tobytes().hex().encode(), np.uint8).reshape(count, 32)
+        out = np.full((count, 36), ord("-"), np.uint8)
+        for to, of in ((0, 0), (9, 8), (14, 12), (19, 16), (24, 20)):
+            width = 12 if to == 24 else 8 if to == 0 else 4
+            out[:, to:to + width] = digits[:, of:of + width]
+        text = out.tobytes().decode("ascii")
+        return [text[i:i + 36] for i in range(0, 36 * count, 36)]
+
     def _random(self, index: int, sub: int = 0) -> str:
         raw = self._digest(index, sub, (self.length * 5 + 7) // 8)
         return b32encode(raw).decode("ascii").lower()[: self.length]

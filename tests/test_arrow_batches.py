@@ -25,7 +25,7 @@ from promptkit import batches, parallel, shards
 from promptkit.errors import InvalidRecordError
 from promptkit.formats import get_format
 from promptkit.formats.table import find_mapping
-from promptkit.nonce import nonce_params
+from promptkit.nonce import NonceMaker, nonce_params
 from promptkit.steps import make
 from promptkit.streams import Encoder
 
@@ -145,6 +145,14 @@ def test_the_lane_writes_what_the_records_would(table, out, nonce, first, skip_i
     assert (taken is not None) == plain
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**63 - 1), first=st.integers(0, 2**53),
+       count=st.integers(0, 300), kind=st.sampled_from(["uuid", "timestamp", "random"]))
+def test_nonces_made_a_batch_at_a_time_are_those_made_one_by_one(seed, first, count, kind):
+    maker = NonceMaker(kind, seed, length=11, start_time="2026-01-01T00:00:00Z")
+    assert maker.make_many(first, count) == [maker.make(i) for i in range(first, first + count)]
+
+
 # ---------------------------------------------------------------- the command line
 
 def alpaca(path: Path, rows: int, *, nulls: tuple[int, ...] = ()) -> Path:
@@ -165,7 +173,12 @@ def without_run(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in ("created", "argv")}
 
 
-def test_every_worker_count_writes_the_same_bytes_and_manifest(tmp_path, run, small_batches):
+@pytest.mark.parametrize("slot", [None, 64], ids=["slots", "no-room-in-slots"])
+def test_every_worker_count_writes_the_same_bytes_and_manifest(slot, tmp_path, run,
+                                                               small_batches, monkeypatch):
+    if slot is not None:  # every chunk's rows through the pool's pipe, its lines by a file
+        monkeypatch.setattr(batches, "INPUT_SLOT_BYTES", slot)
+        monkeypatch.setattr(batches, "SLOT_BYTES", slot)
     source = alpaca(tmp_path / "big.parquet", 500, nulls=(7, 250))
     made = {}
     out = tmp_path / "out.jsonl"
