@@ -14,6 +14,7 @@ import math
 import shutil
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -305,3 +306,39 @@ def test_parquet_shards_in_workers_are_one_table_and_name_their_own_rows(tmp_pat
     assert result.stderr == (f"promptkit: {tmp_path}/pq/p3.parquet:2: column 'text' is empty "
                              "(null), not text\n")
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_a_streamed_hub_dataset_is_read_in_batches_and_hashed_by_its_rows(tmp_path, run,
+                                                                         monkeypatch):
+    """The Hub is the one stand-in here (this machine cannot reach it): load_dataset of
+    the repository streams a local parquet file through the real ``datasets``, as the
+    Hub's parquet files stream, and its commit is a made-up one."""
+    import datasets
+
+    from promptkit import datasets_io
+
+    source = alpaca(tmp_path / "hub.parquet", 300, nulls=(11,))
+    real = datasets.load_dataset
+
+    def from_the_hub(path, *args, **kwargs):
+        if path != "someone/alpaca":
+            return real(path, *args, **kwargs)
+        assert kwargs["streaming"] is True
+        return real("parquet", data_files=str(source), split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", from_the_hub)
+    monkeypatch.setattr(datasets_io, "_commit_of", lambda repo, revision: "0123abc")
+    monkeypatch.setattr(datasets_io, "BATCH_ROWS", 7)
+    out, local = tmp_path / "out.jsonl", tmp_path / "local.jsonl"
+    for path, written in (("hf:someone/alpaca", out), (source, local)):
+        result = run("nonce", path, written, "--to", "single_turn", "--seed", "4",
+                     "--text-column", "instruction", "--skip-invalid")
+        assert result.exit_code == 0, result.stderr
+    assert out.read_bytes() == local.read_bytes()
+    [read] = json.loads(Path(f"{out}.manifest.json").read_text())["inputs"]
+    assert read["dataset"]["sha256_of"] == "the rows read, one orjson line each"
+    assert read["dataset"]["revision"] == "0123abc"
+    rows = pq.read_table(source).to_pylist()
+    assert read["sha256"] == hashlib.sha256(b"".join(
+        orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)).hexdigest()
+    assert read["records"] == 299
