@@ -2,15 +2,17 @@
 worker processes.
 
 A dataset source (:class:`~promptkit.datasets_io.DatasetSource`: parquet, Arrow,
-``save_to_disk`` folders, CSV, JSON arrays, hub datasets) hands its rows over as Arrow
-batches. Whole batches make a chunk (:data:`CHUNK_BYTES` of Arrow data); a worker
-process gets a chunk as Arrow IPC bytes with the number of its first row, maps its
-columns to records a batch at a time (:func:`promptkit.formats.table.batch_records`),
-applies the steps and encodes, as a chunk of JSON lines is processed
-(:mod:`promptkit.parallel`: the same pool, the same accounting, the same redo in order of
-a chunk that continued a conversation an earlier one began). Steps are index-addressed,
-so the output is the same bytes for every number of workers, and with one worker the
-chunks are processed in this process, one after another.
+``save_to_disk`` folders, CSV, JSON arrays, hub datasets; or parquet shards,
+:class:`~promptkit.shards.ShardedSource`) hands its rows over as Arrow batches. Whole
+batches make a chunk (:data:`CHUNK_BYTES` of Arrow data). This process reads the
+batches and writes each chunk as an Arrow IPC stream into shared memory; a worker reads
+it there in place, maps its columns to records a batch at a time
+(:func:`promptkit.formats.table.batch_records`), applies the steps and encodes, as a
+chunk of JSON lines is processed (:mod:`promptkit.parallel`: the same pool, the same
+accounting, the output back in shared memory, the same redo in order of a chunk that
+continued a conversation an earlier one began). Steps are index-addressed, so the
+output is the same bytes for every number of workers; with one worker the chunks are
+processed in this process, one after another.
 
 Where a run allows it, a chunk skips the records altogether (:class:`Lane`): rows whose
 prompt is one text column, written as ``single_turn``, ``mooncake_trace`` or ``openai``
@@ -434,13 +436,13 @@ class Lane:
         """The lines of one batch (their keys appended to ``keys``), or ``None``."""
         import pyarrow as pa
 
-        names = list(batch.column_names)
+        names = list(batch.schema.names)
         if names.count(self.text) != 1:
             return None
         column = batch.column(names.index(self.text))
         kind = column.type
         if column.null_count or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                                     or pa.types.is_string_view(kind)):
+                                     or str(kind) == "string_view"):
             return None
         kept = [(i, name) for i, name in enumerate(names) if name != self.text]
         if any(name in self.taken for _, name in kept) or len({n for _, n in kept}) != len(kept):
@@ -472,12 +474,12 @@ class Lane:
             else:
                 cells = zip(*(c.to_pylist() for c in columns), strict=True)
                 if single:
-                    keys_all = ("role", "text", *names_kept)
-                    rows = (dict(zip(keys_all, ("user", text, *row), strict=True))
+                    line_keys = ("role", "text", *names_kept)
+                    rows = (dict(zip(line_keys, ("user", text, *row), strict=True))
                             for text, row in zip(texts, cells, strict=True))
                 else:
-                    keys_all = ("messages", *names_kept)
-                    rows = (dict(zip(keys_all, ([{"role": "user", "content": text}], *row),
+                    line_keys = ("messages", *names_kept)
+                    rows = (dict(zip(line_keys, ([{"role": "user", "content": text}], *row),
                                      strict=True))
                             for text, row in zip(texts, cells, strict=True))
                 if may_miss:

@@ -144,7 +144,7 @@ class DatasetSource:
             raise PromptkitError(f"{self.name}: empty dataset: no records")
         self._first: Any = first
         try:
-            self.mapping: Mapping = find_mapping(list(first.column_names),
+            self.mapping: Mapping = find_mapping(list(first.schema.names),
                                                  **self.options.columns())
         except PromptkitError as exc:
             raise type(exc)(f"{self.name}: {exc}") from None

@@ -286,7 +286,7 @@ def batch_records(batch: Any, mapping: Mapping, clock: Timeline | None = None
     if mapping.timestamp is not None and clock is None:
         raise PromptkitError("a trace's timestamps are made relative to its first record, "
                              "read in order: read it with the promptkit command line")
-    names = list(batch.column_names)
+    names = list(batch.schema.names)
     used = _used_columns(mapping)
     values = {name: batch.column(i).to_pylist() for i, name in enumerate(names)
               if name in used}
