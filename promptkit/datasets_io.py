@@ -132,6 +132,7 @@ class DatasetSource:
         #: The local files the rows are read from, which the input's sha256 is of; ``None``
         #: for a hub dataset, whose rows are hashed as they are read.
         self._data_files: list[str] | None = None
+        self._files_digest: _FilesDigest | None = None
         self._rows_digest = hashlib.sha256()  # of the rows read, one orjson line each (hub)
         self._done = False  # every row read
         self._expected: int | None = None  # the rows there are, when known (progress)
@@ -156,12 +157,9 @@ class DatasetSource:
         as for shards), or, for a hub dataset, of the rows read, one orjson line each."""
         if self._data_files is None:
             return self._rows_digest
-        return _FilesDigest(self._data_files)
-
-    @sha256.setter
-    def sha256(self, value: Any) -> None:
-        """(Reading again from the start hashes the rows again: see ``pipeline``.)"""
-        self._rows_digest = value
+        if self._files_digest is None:
+            self._files_digest = _FilesDigest(self._data_files)
+        return self._files_digest
 
     @property
     def default_output(self) -> str:
@@ -198,7 +196,7 @@ class DatasetSource:
         else:
             out["sha256_of"] = ("its data files' bytes (combined: the sha256 of their "
                                 "sha256s, one a line)")
-            out["data_files"] = list(files)
+            out["data_files"] = [_named(f, self.path) for f in files]
         if self.revision:
             out["revision"] = self.revision
         return out
@@ -379,16 +377,28 @@ class DatasetSource:
 
 class _FilesDigest:
     """The sha256 of a dataset's data files (see :attr:`DatasetSource.sha256`), computed
-    when asked for."""
+    when first asked for."""
 
     def __init__(self, files: list[str]):
         self.files = files
+        self._hex: str | None = None
 
     def hexdigest(self) -> str:
         from .shards import combined_sha256, file_sha256
 
-        digests = [file_sha256(f)[0] for f in self.files]
-        return digests[0] if len(digests) == 1 else combined_sha256(digests)
+        if self._hex is None:
+            digests = [file_sha256(f)[0] for f in self.files]
+            self._hex = digests[0] if len(digests) == 1 else combined_sha256(digests)
+        return self._hex
+
+
+def _named(file: str, folder: str) -> str:
+    """A data file as the manifest names it: from the dataset's folder when inside it."""
+    if os.path.isdir(folder):
+        inside = os.path.relpath(os.path.realpath(file), os.path.realpath(folder))
+        if not inside.startswith(os.pardir):
+            return inside
+    return file
 
 
 def _memory_pool() -> Any:
