@@ -19,7 +19,8 @@ as in ShareGPT_V3_unfiltered_cleaned_split.json), N and F*N of them (default
 then runs ``promptkit nonce IN OUT.jsonl --seed 1 --workers 1`` on each in a fresh
 process and reports its peak RSS (``ru_maxrss`` of the whole process) and rows/s.
 It also runs the JSON array through ``datasets``, the way promptkit read JSON
-arrays before (``--limit`` sends a JSON array there), for comparison.
+arrays before (``--split train``, an option that chooses rows, sends a JSON array
+there), for comparison.
 
 The figures: for each kind, the peak at F*N over the peak at N (about 1.0 = flat,
 memory does not grow with the file; F = everything held); and the JSON array's
@@ -138,7 +139,7 @@ def memory(folder: str, sizes: list[int]) -> None:
             out = os.path.join(folder, f"out-{rows}-{kind.replace(' ', '-')}.jsonl")
             extra = ["--workers", "1"]
             if kind.endswith("via datasets"):
-                extra = ["--limit", str(rows)]  # a dataset option: read through datasets
+                extra = ["--split", "train"]  # a dataset option: read through datasets
             peak, seconds = run(nonce(path, out, *extra))
             results[kind, rows] = (os.path.getsize(path) / 2**20, peak, rows / seconds)
             outputs[kind] = out
