@@ -261,7 +261,9 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     lineno = first_lineno
     index = first_lineno - 1 + base
     taken = 0  # lines the splicer took
-    for line in chunk.split(b"\n"):
+    lines = chunk.split(b"\n")
+    splicer.ahead(index, len(lines))
+    for line in lines:
         end = start + len(line)
         spliced = splice(line, index) if line else None
         if spliced is None:  # the usual way, or a blank line

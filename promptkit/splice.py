@@ -103,10 +103,19 @@ class Splicer:
         self.read = self._single_turn if fmt == "single_turn" else self._mooncake
         #: Whether the lines may hold a carriage return (the caller knows it of a chunk).
         self.returns = True
+        #: The nonces of a run of indices made ahead (see :meth:`ahead`), and the first.
+        self._made: list[str] = []
+        self._first = 0
         kind = {"uuid": "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                 "random": f"[a-z2-7]{{{params['length']}}}",
                 "timestamp": r"[0-9]+@[0-9T:-]+\.[0-9]{6}Z"}[params["kind"]]
         self._nonce_shape = re.compile(re.escape(before) + kind + re.escape(after)).match
+
+    def ahead(self, first: int, count: int) -> None:
+        """Make the nonces of indices ``first`` to ``first + count - 1`` at once (a chunk's
+        lines: a uuid nonce made a batch at a time costs a third, measured)."""
+        self._made = self.maker.make_many(first, count)
+        self._first = first
 
     def split(self, text: str) -> tuple[str, str]:
         """A text as ``(its nonce, the rest)``: what leads it in the shape of this run's
@@ -192,7 +201,9 @@ class Splicer:
                 start = end = locate(line)
                 if start < 0:
                     return None
-                made = self.make(index)
+                at_made = index - self._first
+                made = (self._made[at_made] if 0 <= at_made < len(self._made)
+                        else self.make(index))
                 before, after = self.escaped
                 new = before + made.encode() + after
                 key = self.key((role, self.before + made + self.after, text, salt))
