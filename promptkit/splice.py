@@ -3,14 +3,17 @@ the nonce inserted, not parsed into a record and encoded again.
 
 A nonce at the start of a text inserts bytes and changes nothing else, so the line
 can keep its own bytes: its key order, number spelling, escapes and unknown fields
-stay as they were, and the cost of building a record and serializing it is saved
-(most of a ``nonce`` run's time). The line is still parsed, checked as the format's
-reader checks it, and counted for the distinct-prompt count.
+stay as they were, and the cost of building a record and encoding it again is saved
+(a quarter of a line's cost, measured: ``scripts/bench_nonce.py``). The line is still
+parsed, checked as the format's reader checks it, and counted for the
+distinct-prompt count.
 
 The insertion point is found in the raw line and proven to be the right one, or the
 line goes the usual way (parsed into a record, the step applied, encoded; see
-:func:`splice_lines`). For an AIPerf ``single_turn`` line the text literal's opening
-quote must follow ``"text":`` (optional spaces after the colon) where
+:func:`promptkit.parallel.process_chunk`). For an AIPerf ``single_turn`` line the text
+literal's opening quote must follow ``"text":`` (optional spaces after the colon; for
+a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
+``"hash_ids": [``, which a fresh one replaces) where
 
 - no backslash comes just before that first quote, so the quote is a string's start
   (inside a string every quote is escaped; a bare ``text`` is no JSON), and the string
