@@ -39,12 +39,11 @@ import orjson
 from . import interrupts, leftovers, parallel, progress
 from .datasets_io import DatasetSource
 from .errors import InvalidRecordError
-from .formats import get_format
 from .formats.table import Mapping, _missing, batch_records
 from .nonce import NonceMaker
 from .records import Record
 from .steps import ORDERED, Step
-from .streams import Counter, Encoder, Sink, stable_key, stable_prompt_key
+from .streams import Counter, Encoder, Sink, stable_key
 
 #: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
 #: Small: the main process holds the chunks the workers have not finished.
@@ -298,13 +297,7 @@ def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
     batches = (chunk.batches if isinstance(chunk.batches, list)
                else unpack(chunk.batches, inputs))
     base = chunk.base
-    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
-                      key=stable_prompt_key if job.stable_keys else None)
-    if job.tokenizer is not None:
-        from .stats import Tap
-        from .tokenizers import cached_tokenizer
-
-        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
+    encoder = parallel.job_encoder(job)
     if states is None:
         states = [step.new_state() for step in job.steps]
     lines = (rows.lane.chunk(batches, chunk.first + base - 1, encoder) if rows.lane

@@ -199,13 +199,7 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     ``path``, ``base``: the shard the chunk is of, and the places in the stream before it,
     when the input is many files (errors name the shard and its own line)."""
     name = job.name if path is None or path == job.path else path
-    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
-                      key=stable_prompt_key if job.stable_keys else None)
-    if job.tokenizer is not None:
-        from .stats import Tap
-        from .tokenizers import cached_tokenizer
-
-        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
+    encoder = job_encoder(job)
     if states is None:
         states = [step.new_state() for step in job.steps]
     try:
@@ -226,6 +220,19 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                        encoder.keys.tobytes(), states,
                        encoder.tap.stats if encoder.tap is not None else None, encoder.fields)
+
+
+def job_encoder(job: Job) -> Encoder:
+    """The encoder of a job's chunk: its output format, its keys (stable ones when the
+    chunks run in processes that are not forks of one), its token count."""
+    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
+                      key=stable_prompt_key if job.stable_keys else None)
+    if job.tokenizer is not None:
+        from .stats import Tap
+        from .tokenizers import cached_tokenizer
+
+        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
+    return encoder
 
 
 def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Encoder,

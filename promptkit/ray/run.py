@@ -51,12 +51,12 @@ from typing import Any
 from .. import files, leftovers, manifest
 from ..errors import InvalidRecordError, PromptkitError
 from ..formats import TABLE_FORMATS, get_format
-from ..parallel import Job, process_chunk, spliced_batches
+from ..parallel import Job, job_encoder, process_chunk, spliced_batches
 from ..splice import ENCODE, writer_of
 from ..splice import WRITER as SPLICE
 from ..splice import plan as splice_plan
 from ..steps import ORDERED, Step
-from ..streams import STDIO, Encoder, Source, Written, stable_prompt_key
+from ..streams import STDIO, Encoder, Source, Written
 from . import address_kind, connect
 from .inputs import _READ, Chunk, Planned, chunk_of, paths_of, plan_input
 
@@ -193,13 +193,7 @@ def _process_stream(chunk: Chunk, settings: TaskSettings,
     source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
     source.name = chunk.name or job.name
     source.base = chunk.base
-    encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
-                      key=stable_prompt_key)
-    if job.tokenizer is not None:
-        from ..stats import Tap
-        from ..tokenizers import cached_tokenizer
-
-        encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
+    encoder = job_encoder(job)  # (a Ray job's keys are stable ones)
     states = states if states is not None else [step.new_state() for step in job.steps]
     path = _part(settings, chunk.number)
     tmp = f"{path}.{os.getpid()}{files.TMP_SUFFIX}"
