@@ -69,10 +69,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hear_sigint() -> None:
-    """Let the run hear SIGINT even if this drill was started where it is ignored (a
-    shell's background job): an ignored signal stays ignored across exec."""
+def hear_signals() -> None:
+    """In the child: hear SIGINT and SIGHUP even if this runs where they are ignored (a
+    shell's background job ignores SIGINT, ``nohup`` SIGHUP), since an ignored signal
+    stays ignored across exec (and promptkit keeps it so, as it should)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def session_alive(sid: int) -> list[int]:
@@ -147,7 +149,7 @@ def main() -> int:
         delay = rng.uniform(0, took[workers])
         proc = subprocess.Popen(command(workers, 1, out), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=hear_sigint)
+                                preexec_fn=hear_signals)
         time.sleep(delay)
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)

@@ -36,10 +36,12 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def hear_sigint() -> None:
-    """In the child: hear SIGINT even if pytest runs where it is ignored (a shell's
-    background job), since an ignored signal stays ignored across exec."""
+def hear_signals() -> None:
+    """In the child: hear SIGINT and SIGHUP even if this runs where they are ignored (a
+    shell's background job ignores SIGINT, ``nohup`` SIGHUP), since an ignored signal
+    stays ignored across exec (and promptkit keeps it so, as it should)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def processes() -> list[tuple[int, int, int, str]]:
@@ -89,7 +91,7 @@ class Run:
             [sys.executable, "-m", "promptkit", "nonce", "--tokenizer", "cl100k_base",
              "--seed", "1", str(source), str(self.out), "--workers", str(workers)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-            start_new_session=True, preexec_fn=hear_sigint)
+            start_new_session=True, preexec_fn=hear_signals)
         self.workers: set[int] = set()
         mid_run = until(lambda: self.writing(workers))
         assert mid_run, self.proc.communicate()
