@@ -30,6 +30,7 @@ from .streams import (
     Counter,
     Encoder,
     Sink,
+    joined,
     parse_lines,
     stable_key,
     stable_prompt_key,
@@ -211,7 +212,7 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
                                                    job.skip_invalid, base)
             for step, state in zip(job.steps, states, strict=True):
                 records = step.apply(records, state)
-            data = b"".join(encoder.encode_all(records))
+            data = joined(encoder.encode_all(records))
     except InvalidRecordError as exc:
         if exc.path is not None:
             raise

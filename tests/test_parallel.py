@@ -198,3 +198,12 @@ def test_key_buckets_count_what_memory_counts(tmp_path):
     rest = np.array_split(keys, 4)[3]
     assert buckets.count(rest) == len(np.unique(keys)) == distinct_sorted(np.sort(keys))
     assert list(tmp_path.iterdir()) == []  # the bucket files have no names
+
+
+def test_lines_are_joined_a_few_hundred_at_a_time():
+    """What joined() gives is what one join gives, for every count around its groups."""
+    from promptkit.streams import JOINED, joined
+
+    for count in (0, 1, JOINED - 1, JOINED, JOINED + 1, 3 * JOINED + 7):
+        lines = [b"%d\n" % i for i in range(count)]
+        assert joined(iter(lines)) == b"".join(lines)

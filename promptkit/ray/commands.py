@@ -18,7 +18,7 @@ from ..formats import get_format
 from ..parallel import chunk_records
 from ..records import Record
 from ..steps import Step
-from ..streams import Encoder, Source, stable_prompt_key
+from ..streams import Encoder, Source, joined, stable_prompt_key
 from . import address_kind, connect
 from .inputs import Planned, paths_of, plan_input
 from .run import (
@@ -152,7 +152,7 @@ def _write_hash_part(t: Any, staging: str, tokenizer: str) -> Any:
             record.hash_ids = ids[index]
             yield record
 
-    data = b"".join(encoder.encode_all(records()))
+    data = joined(encoder.encode_all(records()))
     sha256 = _write_part(os.path.join(staging, PART.format(number)), data)
     save_keys(staging, number, encoder.keys.tobytes())
     return pa.table({"number": [number], "written": [encoder.count], "bytes": [len(data)],
