@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import orjson
@@ -351,19 +350,10 @@ def test_a_streamed_hub_dataset_is_read_in_batches_and_hashed_by_its_rows(tmp_pa
 def test_a_signal_ends_a_dataset_run_in_workers_with_nothing_left(signum, tmp_path):
     """As for JSON lines (tests/test_signals.py): a real run on parquet in two workers,
     signalled mid-run."""
-    from test_signals import OLD, Run, living, until
+    from test_signals import Run, ends_cleanly
 
     source = tmp_path / "big.parquet"
     line = " ".join(["the quick brown fox jumps over the lazy dog"] * 4)
     pq.write_table(pa.table({"prompt": [f"{i}: {line}" for i in range(300_000)]}), source,
                    row_group_size=50_000)
-    run = Run(tmp_path, source, 2)
-    time.sleep(0.2)  # well into the work
-    code, err = run.signal(signum)
-    name = signal.Signals(signum).name
-    assert (code, err) == (128 + signum,
-                           f"promptkit: interrupted ({name}); unfinished output removed\n")
-    assert run.out.read_bytes() == OLD
-    assert run.left() == ([], [])
-    assert until(lambda: not living(group=run.proc.pid), timeout=5)
-    assert not living(run.workers)
+    ends_cleanly(Run(tmp_path, source, 2), signum)

@@ -131,7 +131,12 @@ CLEAN = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 @pytest.mark.parametrize("signum", CLEAN, ids=lambda s: signal.Signals(s).name)
 def test_a_signal_ends_the_run_with_one_line_and_nothing_left(
         signum, workers, big_input, tmp_path):
-    run = Run(tmp_path, big_input, workers)
+    ends_cleanly(Run(tmp_path, big_input, workers), signum)
+
+
+def ends_cleanly(run: Run, signum: int) -> None:
+    """Signal ``run`` well into its work: one line, its exit code, the old OUT untouched,
+    nothing left in its folders, no process of it alive."""
     time.sleep(0.2)  # well into the work
     code, err = run.signal(signum)
     name = signal.Signals(signum).name

@@ -410,21 +410,17 @@ def test_text_null_is_the_same_error_either_way(tmp_path):
     assert "no 'text' or 'texts'" in error_of(spliced)
 
 
-def test_at_user_without_a_user_message_is_the_same_error_either_way(tmp_path):
+@pytest.mark.parametrize(("at", "roles", "problem"), [
+    ("user", ("user", "assistant"), "no user message to put the nonce in"),  # no user line
+    ("system", ("system", "user"), "has a system message"),  # a system message made
+])
+def test_a_line_the_position_cannot_take_is_the_same_error_either_way(at, roles, problem,
+                                                                     tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [
-        {"text": "a", "role": "user"}, {"text": "b", "role": "assistant"}])
-    spliced, _ = both(source, tmp_path, at="user")
-    assert "no user message to put the nonce in" in error_of(spliced)
-    spliced, _ = both(source, tmp_path, at="user", skip_invalid=True)
-    assert spliced.manifest is not None and spliced.manifest["output"]["records"] == 1
-
-
-def test_at_system_on_a_user_line_is_the_same_error_either_way(tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [
-        {"text": "a", "role": "system"}, {"text": "b", "role": "user"}])
-    spliced, _ = both(source, tmp_path, at="system")
-    assert "has a system message" in error_of(spliced)
-    spliced, _ = both(source, tmp_path, at="system", skip_invalid=True)
+        {"text": "a", "role": roles[0]}, {"text": "b", "role": roles[1]}])
+    spliced, _ = both(source, tmp_path, at=at)
+    assert problem in error_of(spliced)
+    spliced, _ = both(source, tmp_path, at=at, skip_invalid=True)
     assert spliced.manifest is not None and spliced.manifest["output"]["records"] == 1
 
 
