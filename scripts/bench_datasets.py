@@ -106,17 +106,9 @@ def make(folder: str, rows: int) -> dict[str, str]:
 
 
 def run(argv: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, seconds) of one command in a fresh process."""
-    code = ("import resource, subprocess, sys; "
-            "r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-            "sys.exit(r.returncode)")
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(argv)}\n{done.stderr}")
-    return int(done.stdout.split()[-1]) / 1024, seconds
+    """(peak RSS in MiB, seconds) of one command in a fresh process (see :func:`measure`)."""
+    wall, _, peak = measure(argv)
+    return peak, wall
 
 
 def nonce(path: str, out: str, *extra: str) -> list[str]:
