@@ -141,11 +141,11 @@ def _worth_workers(source: Any, workers: int) -> bool:
 def _in_workers(source: Any, sink: Sink, rows: RowsJob, workers: int,
                 facts: parallel.InputFacts) -> None:
     states = [step.new_state() for step in rows.job.steps]  # everything before the next chunk
-    relay = parallel._Relay()
+    relay = parallel.Relay()
     # At most 2 * workers chunks are in flight: the one sent next takes the slots (its
     # rows in, its lines out) of the one just written.
-    inputs = parallel._Slots(2 * workers, INPUT_SLOT_BYTES)
-    outputs = parallel._Slots(2 * workers, SLOT_BYTES)
+    inputs = parallel.Slots(2 * workers, INPUT_SLOT_BYTES)
+    outputs = parallel.Slots(2 * workers, SLOT_BYTES)
     with _closing(inputs), _closing(outputs), parallel.worker_pool(
             workers, _init, (rows, inputs, outputs)) as pool:
         pending: deque[tuple[Chunk, Any]] = deque()

@@ -108,7 +108,7 @@ class Job:
 @dataclass
 class ChunkResult:
     #: The output lines; or where they are: the scratch file, or ``(slot, size)`` in
-    #: the shared memory of :class:`_Slots`.
+    #: the shared memory of :class:`Slots`.
     data: bytes | str | tuple[int, int]
     read: int
     written: int
@@ -119,7 +119,7 @@ class ChunkResult:
     fields: set[str] | None = None  # the top-level fields of OpenAI lines written
 
 
-class _Slots:
+class Slots:
     """Shared memory a worker hands a chunk's output back in: one slot a chunk in
     flight, mapped before the workers are forked, so each sees every slot. Copying the
     output there costs a fraction of writing it to a file and reading it back (the
@@ -137,10 +137,10 @@ class _Slots:
 
 
 _job: Job | None = None
-_slots: _Slots | None = None
+_slots: Slots | None = None
 
 
-def _init(job: Job, slots: _Slots | None = None) -> None:
+def _init(job: Job, slots: Slots | None = None) -> None:
     global _job, _slots
     interrupts.worker_started()
     progress.want(False)  # the parent shows the chunks done
@@ -435,7 +435,7 @@ class _Submitted:
         self.background.submit(self._update, bytes(data))
 
 
-class _Relay:
+class Relay:
     """Moves a worker's scratch file into the sink through one reused buffer."""
 
     def __init__(self) -> None:
@@ -514,8 +514,8 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
                                      path=file), sink, facts)
                 facts.bytes_done += size
         return facts
-    out = _Relay()
-    slots = _Slots(2 * workers, CHUNK_BYTES + CHUNK_BYTES // 2)
+    out = Relay()
+    slots = Slots(2 * workers, CHUNK_BYTES + CHUNK_BYTES // 2)
     with contextlib.closing(slots), worker_pool(workers, _init, (job, slots)) as pool:
         pending: deque[tuple[str, int, int, int, int, Any]] = deque()
 
@@ -549,13 +549,13 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
     return facts
 
 
-def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: _Relay | None = None,
-           slots: _Slots | None = None) -> None:
+def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: Relay | None = None,
+           slots: Slots | None = None) -> None:
     """Write a chunk's output into ``sink`` (from its scratch file, through ``relay``; or
     from its slot of ``slots``) and take its account: records read, written and skipped,
     keys, token figures."""
     if isinstance(result.data, str):
-        (relay or _Relay()).copy_from(result.data, sink)
+        (relay or Relay()).copy_from(result.data, sink)
     elif isinstance(result.data, tuple):
         assert slots is not None
         slot, size = result.data
