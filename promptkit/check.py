@@ -31,113 +31,83 @@ from typing import Any
 
 from .cache import SglangCache, VllmCache
 from .errors import CheckError, InvalidRecordError, OptionNeededError, PromptkitError, Skipping
-from .formats.aiperf import blocks_problem
+from .formats.aiperf import blocks_problem, hoisted_system, sends_tools, turn_tools
 from .progress import tracked
 from .records import Message, Record, content_texts
 from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
+from .templates import (
+    PROBE,
+    TEMPLATES,
+    Conversation,
+    Renderer,
+    TemplateError,
+    Tools,
+    conversation,
+    request_tools,
+)
 from .tokenizers import Tokenizer
 
 ENGINES = ("vllm", "sglang")
-TEMPLATES = ("none", "llama3.1", "chatml", "qwen2.5", "hf")
 #: Leading tokens compared to find where a record first differs from all before it.
 PREFIX_WINDOW = 256
 HASH_BLOCK_SIZE = 512
 TEXT_BLOCK_SIZE = 16
-_PROBE = "\u2063PROMPTKIT_PROBE\u2063"
 #: Candidate reply stand-ins: a word a token, repeated.
 _FILLER_UNITS = (" the", " and", " of", " a", " to", " x", "x", " ")
 
 
 
-# ---------------------------------------------------------------- chat templates
-
-
-def render(messages: list[tuple[str, str]], template: str) -> str:
-    """The text a built-in chat template makes of ``(role, text)`` messages, with the
-    generation prompt at the end (as servers render a chat request); for ``none``, the
-    texts one after another (:meth:`Prompts.tokens` tokenizes them one at a time)."""
-    if template == "none":
-        return "".join(text for _, text in messages)
-    if template == "llama3.1":
-        system = ""
-        if messages and messages[0][0] == "system":
-            system, messages = messages[0][1], messages[1:]
-        out = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-               "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
-               f"{system}<|eot_id|>")
-        for role, text in messages:
-            out += f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>"
-        return out + "<|start_header_id|>assistant<|end_header_id|>\n\n"
-    if template in ("chatml", "qwen2.5"):
-        out = ""
-        if template == "qwen2.5" and (not messages or messages[0][0] != "system"):
-            out = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. "
-                   "You are a helpful assistant.<|im_end|>\n")
-        for role, text in messages:
-            out += f"<|im_start|>{role}\n{text}<|im_end|>\n"
-        return out + "<|im_start|>assistant\n"
-    raise CheckError(f"unknown chat template {template!r}; choose from {', '.join(TEMPLATES)}")
-
-
-Chat = list[tuple[str, str]]
-
-
-def hoisted_system(record: Record) -> bool:
-    """Whether AIPerf sends a ``multi_turn`` conversation's first message as the system
-    prompt of every turn rather than as a turn of its own."""
-    messages = record.messages
-    return (record.layout == "multi_turn" and len(messages) > 1
-            and messages[0].role == "system"
-            and not {"timestamp", "delay", "output_length", "extra"} & messages[0].fields.keys())
-
-
-def requests_of(record: Record) -> int:
-    """How many requests AIPerf sends for ``record`` in one pass over the file: one a
-    turn of a ``multi_turn`` conversation, else one."""
-    if record.layout != "multi_turn":
-        return 1
-    return max(len(record.messages) - hoisted_system(record), 1)
+# ---------------------------------------------------------------- requests
 
 
 @dataclass
 class _Turn:
-    """One request a benchmark client sends: the messages of its prompt, its salt and
-    how many tokens the server generates for it (``None``: not known)."""
+    """One request a benchmark client sends: the conversation of its prompt and the
+    tools it sends (``text``: the prompt its template renders; under ``none``, the
+    conversation's texts are tokenized one at a time), its salt and how many tokens the
+    server generates for it (``None``: not known)."""
 
-    chat: Chat
+    chat: Conversation
+    tools: Tools
     salt: str | None
     reply_tokens: int | None
+    text: str | None = None
 
 
 class Prompts:
     """Turns records into what the server's cache sees: the requests AIPerf sends for
-    each, as token ids."""
+    each, as token ids (rendered by :mod:`promptkit.templates`)."""
 
     def __init__(self, tokenizer: Tokenizer | None, template: str, tokenizer_spec: str | None,
                  system_prompt: str | None = None, reply_tokens: int | None = None,
                  sends_extra: bool = True):
+        if template not in TEMPLATES:
+            raise CheckError(f"unknown chat template {template!r}; choose from "
+                             f"{', '.join(TEMPLATES)}")
         self.tokenizer = tokenizer
         self.sends_extra = sends_extra
         self.template = template
         self.system_prompt = system_prompt
         self.reply_tokens = reply_tokens
-        self.hf_template: Any = None
         self._fillers: dict[int, str] = {}
-        if template == "hf":
-            self.hf_template = _hf_chat_template(tokenizer_spec)
+        self.renderer = (None if template == "none"
+                         else Renderer(template, tokenizer, tokenizer_spec))
 
     def turns(self, record: Record, limit: int | None = None) -> list[_Turn]:
         """The requests AIPerf sends for ``record``: one with its messages verbatim, or,
         for a ``multi_turn`` conversation, one a turn carrying the history (every
         earlier turn and a reply of the server's length after each); the first
-        ``limit`` of them when given."""
+        ``limit`` of them when given. Each is rendered here: a request the template
+        refuses raises (a :class:`~promptkit.templates.TemplateError` naming its line)."""
         salt = _salt(record.extra) if self.sends_extra else None
+        tools = turn_tools(record)
         if record.layout != "multi_turn":
             reply = (record.output_length if record.output_length is not None
                      else self.reply_tokens)
-            return [_Turn(self._with_system(self.chat(record.messages)), salt, reply)]
+            return [self._rendered(record, _Turn(self._with_system(self.chat(record.messages)),
+                                                 request_tools(tools), salt, reply))]
         messages = list(record.messages)
-        history: Chat = []
+        history: Conversation = []
         if hoisted_system(record):  # AIPerf sends it as every turn's system prompt
             history, messages = self.chat(messages[:1]), messages[1:]
         out: list[_Turn] = []
@@ -149,7 +119,9 @@ class Prompts:
                 reply = record.output_length
             reply = reply if isinstance(reply, int) else self.reply_tokens
             own = _salt(extra) if self.sends_extra and isinstance(extra, dict) else None
-            out.append(_Turn(self._with_system(list(history)), own or salt, reply))
+            out.append(self._rendered(record, _Turn(self._with_system(list(history)),
+                                                    request_tools(turn_tools(record, message)),
+                                                    own or salt, reply)))
             if len(out) == limit:
                 break
             if i + 1 < len(messages):
@@ -158,28 +130,35 @@ class Prompts:
                         f"turn {i + 1} has no output_length: the server's reply, which AIPerf "
                         "sends in the next turn's history, has unknown length; give "
                         "--reply-tokens N (the replies' length)", lineno=record.lineno)
-                history.append(("assistant", self.filler(reply)))
+                history.append({"role": "assistant", "content": self.filler(reply)})
         return out
 
-    def chat(self, messages: Iterable[Message]) -> Chat:
-        """``(role, text)`` pairs of messages as the server reads them: a content's text
-        parts joined by newlines under a template; under ``none``, every text a pair
-        of its own (tokenized on its own)."""
-        if self.template == "none":
-            return [(m.role or "user", text) for m in messages
-                    for text in content_texts(m.content)]
-        return [(m.role or "user", _text(m.content)) for m in messages]
+    def _rendered(self, record: Record, turn: _Turn) -> _Turn:
+        if self.renderer is not None:
+            try:
+                turn.text = self.renderer.text(turn.chat, turn.tools)
+            except TemplateError as exc:
+                raise TemplateError(exc.problem, lineno=record.lineno) from None
+        return turn
 
-    def _with_system(self, chat: Chat) -> Chat:
+    def chat(self, messages: Iterable[Message]) -> Conversation:
+        """Messages as the server reads them (:func:`promptkit.templates.conversation`);
+        under ``none``, every text a message of its own (tokenized on its own)."""
+        if self.template == "none":
+            return [{"role": m.role or "user", "content": text} for m in messages
+                    for text in content_texts(m.content)]
+        return conversation(messages)
+
+    def _with_system(self, chat: Conversation) -> Conversation:
         """AIPerf's ``--system-prompt-file``: a system message first, or joined to the
         start of the one there is."""
         if self.system_prompt is None:
             return chat
-        if chat and chat[0][0] == "system":
-            text = chat[0][1]
-            return [("system", f"{self.system_prompt}\n\n{text}" if text
-                     else self.system_prompt), *chat[1:]]
-        return [("system", self.system_prompt), *chat]
+        if chat and chat[0]["role"] == "system":
+            text = chat[0]["content"]
+            return [{**chat[0], "content": f"{self.system_prompt}\n\n{text}" if text
+                     else self.system_prompt}, *chat[1:]]
+        return [{"role": "system", "content": self.system_prompt}, *chat]
 
     def filler(self, n: int) -> str:
         """A text of exactly ``n`` tokens on its own (the stand-in for a reply): a common
@@ -195,71 +174,37 @@ class Prompts:
                                  "tokenizer")
         return self._fillers[n]
 
-    def tokens(self, chats: list[Chat]) -> list[list[int]]:
-        """The prompt tokens of each chat (tokenized as one batch, on threads)."""
+    def whole(self, record: Record) -> _Turn:
+        """One prompt of all of ``record``'s messages (a conversation's turns without the
+        server's replies: how ``stats`` counts a record), with its tools."""
+        return self._rendered(record, _Turn(self.chat(record.messages),
+                                            request_tools(turn_tools(record)), None, None))
+
+    def tokens(self, turns: list[_Turn]) -> list[list[int]]:
+        """The prompt tokens of each request (tokenized as one batch, on threads)."""
         assert self.tokenizer is not None
-        if self.hf_template is not None:
-            out = []
-            for chat in chats:
-                ids = self.hf_template.apply_chat_template(
-                    [{"role": r, "content": t} for r, t in chat], tokenize=True,
-                    add_generation_prompt=True)
-                out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-            return out
-        if self.template == "none":  # each text on its own, the tokens one after another
-            encoded = iter(self.tokenizer.encode_batch([t for chat in chats for _, t in chat]))
-            return [[i for _ in chat for i in next(encoded)] for chat in chats]
-        return self.tokenizer.encode_batch([render(chat, self.template) for chat in chats])
+        if self.renderer is None:  # each text on its own, the tokens one after another
+            encoded = iter(self.tokenizer.encode_batch(
+                [m["content"] for turn in turns for m in turn.chat]))
+            return [[i for _ in turn.chat for i in next(encoded)] for turn in turns]
+        return self.renderer.encode([turn.text or "" for turn in turns])
 
     def header_tokens(self, record: Record) -> int:
         """Tokens the template puts before the first content of ``record``'s first
-        request (the roles matter: Qwen2.5 adds its default system prompt only when
-        there is none)."""
-        if self.tokenizer is None:
+        request, its tools among them (the roles matter: Qwen2.5 adds its default system
+        prompt only when there is none)."""
+        if self.renderer is None:
             return 0
-        roles = [role for role, _ in self.turns(record, limit=1)[0].chat] or ["user"]
-        chat = [(roles[0], _PROBE)] + [(role, "x") for role in roles[1:]]
-        if self.hf_template is not None:
-            text = str(self.hf_template.apply_chat_template(
-                [{"role": r, "content": t} for r, t in chat], tokenize=False,
-                add_generation_prompt=True))
-        else:
-            text = render(chat, self.template)
-        return len(self.tokenizer.encode(text[:text.index(_PROBE)]))
-
-
-def _text(content: Any) -> str:
-    """A message content as the server reads it: text parts joined by newlines (vLLM)."""
-    return "\n".join(content_texts(content))
+        first = self.turns(record, limit=1)[0]
+        chat = [{"role": m["role"], "content": "x"} for m in first.chat] or [
+            {"role": "user", "content": "x"}]
+        chat[0]["content"] = PROBE
+        return self.renderer.tokens_before(chat, first.tools, PROBE) or 0
 
 
 def _salt(extra: dict[str, Any] | None) -> str | None:
     salt = (extra or {}).get("cache_salt")
     return None if salt is None else str(salt)
-
-
-def _hf_chat_template(spec: str | None) -> Any:
-    import os
-
-    if spec is None or not (os.path.isdir(spec) or spec.startswith("hf:")):
-        raise OptionNeededError("--chat-template hf needs a Hugging Face tokenizer (a folder "
-                                "or hf:OWNER/NAME) with a chat template")
-    try:
-        import jinja2  # noqa: F401  (transformers renders chat templates with it)
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise CheckError("--chat-template hf needs transformers and jinja2: pip install "
-                         "transformers jinja2") from None
-    name = spec[3:] if spec.startswith("hf:") else spec
-    try:
-        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
-    except Exception as exc:
-        raise CheckError(f"{spec}: cannot load it with transformers ({type(exc).__name__})"
-                         ) from None
-    if not getattr(tok, "chat_template", None):
-        raise CheckError(f"{spec}: the tokenizer has no chat template; choose a built-in "
-                         f"one with --chat-template ({', '.join(TEMPLATES[:-1])})")
-    return tok
 
 
 # ---------------------------------------------------------------- engines
@@ -369,6 +314,7 @@ class _Unit:
     session: Any
     requests: list[_Request]
     salt_not_sent: bool = False  # it has a cache_salt AIPerf does not send
+    tools: bool = False  # a request of it sends tools
 
 
 @dataclass
@@ -381,6 +327,7 @@ class Report:
     header_tokens: int | None = None
     salted: int = 0  # records with a cache_salt
     salts_not_sent: int = 0  # records whose cache_salt AIPerf does not send
+    tools: int = 0  # records a request of which sends tools
     hits: array = field(default_factory=lambda: array("q"))
     hits_low: array = field(default_factory=lambda: array("q"))
     within: array = field(default_factory=lambda: array("q"))
@@ -472,17 +419,40 @@ class Report:
                 "from this format (it loads OpenAI lines as mooncake_trace and sends only "
                 "'messages' and 'tools'): predicted without it; write the file --to "
                 "mooncake_trace, single_turn or multi_turn to send it")
-        if self.header_tokens is not None:
-            fills = self.header_tokens >= self.block_size
-            out["template_header_tokens"] = self.header_tokens
-            out["template_header_fills_a_block"] = fills
-            if fills and self.salted < self.records:
-                out["warning"] = (
-                    f"the chat template puts {self.header_tokens} shared tokens before the "
-                    f"first content, a full block of {self.block_size}: every request hits "
-                    "it whatever a text nonce does; use 'nonce --at salt' (cache_salt) or "
-                    "disable prefix caching on the server")
+        out.update(template_figures(self.header_tokens, self.block_size, self.salted,
+                                    self.records, self.tools, self.options.chat_template))
         return out
+
+
+def template_figures(header: int | None, block_size: int, salted: int, records: int,
+                     tools: int, template: str) -> dict[str, Any]:
+    """What a report says of the chat template: the tokens it puts before the first
+    content (the tools it renders there among them), whether they fill a block, and the
+    warnings: a block every request hits whatever a text nonce does; tools the check
+    cannot see under ``none``."""
+    out: dict[str, Any] = {}
+    if tools:
+        out["records_with_tools"] = tools
+        if template == "none":
+            out["warning_tools"] = (
+                f"{tools} records send tools, which the server renders through its chat "
+                "template, before the user's text; --chat-template none leaves them out of "
+                "the prediction: give the server's template (hf with its tokenizer folder, "
+                "or llama3.1, qwen2.5, chatml)")
+    if header is None:
+        return out
+    fills = header >= block_size
+    out["template_header_tokens"] = header
+    out["template_header_fills_a_block"] = fills
+    if fills and salted < records:
+        what = ("shared tokens" if not tools else
+                "tokens (the first record's tools among them, which requests sending the "
+                "same tools share)")
+        out["warning"] = (
+            f"the chat template puts {header} {what} before the first content, a full block "
+            f"of {block_size}: every request hits it whatever a text nonce does; use "
+            "'nonce --at salt' (cache_salt) or disable prefix caching on the server")
+    return out
 
 
 def _figures(values: Any) -> dict[str, Any]:
@@ -573,7 +543,7 @@ class Setup:
                     reject(exc)
                     continue
                 kept.append(record)
-            tokens = iter(self.prompts.tokens([t.chat for ts in turns for t in ts]))
+            tokens = iter(self.prompts.tokens([t for ts in turns for t in ts]))
             for record, its_turns in zip(kept, turns, strict=True):
                 its_tokens = [next(tokens) for _ in its_turns]
                 try:
@@ -584,6 +554,7 @@ class Setup:
                 yield self._unsent(record, *entry)
 
     def _unsent(self, record: Record, unit: _Unit, lead: bytes) -> tuple[_Unit, bytes]:
+        unit.tools = sends_tools(record)
         if not self.options.sends_extra:
             unit.salt_not_sent = _salt(record.extra) is not None or any(
                 isinstance(m.fields.get("extra"), dict) and _salt(m.fields["extra"])
@@ -645,6 +616,7 @@ class Setup:
             report.records += 1
             report.salted += entry.requests[0].salt is not None
             report.salts_not_sent += entry.salt_not_sent
+            report.tools += entry.tools
             report.first_difference.append(_first_difference(earlier, lead, unit))
             report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
             requests = sessions.setdefault(

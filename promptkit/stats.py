@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .formats.aiperf import requests_of
 from .records import USER_ROLES, Record, first_text, message_texts
 from .tokenizers import Tokenizer
 
@@ -176,8 +177,6 @@ class Tap:
 
 
 def _count(stats: Stats, record: Record) -> None:
-    from .check import requests_of
-
     stats.records += 1
     stats.requests += requests_of(record)
     stats.turns += (sum(m.role in USER_ROLES for m in record.messages) if record.messages
@@ -228,7 +227,7 @@ def _tokenize(stats: Stats, records: list[Record], tokenizer: Tokenizer, threads
                 texts.append(system)
     encoded = tokenizer.encode_batch(texts, threads)
     if prompts is not None:
-        rendered = prompts.tokens([prompts.chat(r.messages) for r in records])
+        rendered = prompts.tokens([prompts.whole(r) for r in records])
         stats.tokens.extend(len(ids) for ids in rendered)
     else:
         stats.tokens.extend(sum(len(x) for x in encoded[start:start + n]) for start, n in spans)

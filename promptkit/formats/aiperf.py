@@ -221,6 +221,56 @@ def parse_multi_turn(obj: dict[str, Any]) -> Record:
 _PER_TURN = ("timestamp", "delay", "output_length")
 
 
+def hoisted_system(record: Record) -> bool:
+    """Whether AIPerf sends a ``multi_turn`` conversation's first message as the system
+    prompt of every turn rather than as a turn of its own."""
+    messages = record.messages
+    return (record.layout == "multi_turn" and len(messages) > 1
+            and messages[0].role == "system"
+            and not {"timestamp", "delay", "output_length", "extra"} & messages[0].fields.keys())
+
+
+def turn_tools(record: Record, message: Message | None = None) -> Any:
+    """The ``tools`` AIPerf sends with a request of ``record`` (``None``: none): those of
+    the turn's own ``extra`` (``message``, a ``multi_turn`` turn), else the record's. Every
+    format sends them: ``extra`` is merged into the request body, and OpenAI lines and
+    ``mooncake_trace`` messages send their ``tools``."""
+    extra = message.fields.get("extra") if message is not None else None
+    if isinstance(extra, dict) and "tools" in extra:
+        return extra["tools"]
+    return record.extra.get("tools") if isinstance(record.extra, dict) else None
+
+
+def sends_tools(record: Record) -> bool:
+    """Whether a request of ``record`` sends tools (a turn of a conversation, any)."""
+    extra = record.extra
+    if extra is not None and extra.get("tools"):
+        return True
+    return record.layout == "multi_turn" and any(
+        isinstance(m.fields.get("extra"), dict) and m.fields["extra"].get("tools")
+        for m in record.messages)
+
+
+def first_request(record: Record) -> tuple[list[Message], Any]:
+    """The messages and tools of the first request AIPerf sends for ``record``: a
+    ``multi_turn`` conversation's first turn (after the system prompt it sends with
+    every turn), else all of the record's messages."""
+    messages = record.messages
+    if record.layout != "multi_turn" or not messages:
+        return messages, turn_tools(record)
+    first = messages[:2] if hoisted_system(record) else messages[:1]
+    return first, turn_tools(record, first[-1])
+
+
+def requests_of(record: Record) -> int:
+    """How many requests AIPerf sends for ``record`` in one pass over the file: one a
+    turn of a ``multi_turn`` conversation, else one."""
+    if record.layout != "multi_turn":
+        return 1
+    return max(len(record.messages) - hoisted_system(record), 1)
+
+
+
 def dump_multi_turn(record: Record) -> dict[str, Any]:
     require_text(record, "multi_turn")
     turns = []

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..check import PREFIX_WINDOW, CheckOptions, Setup, _Unit
+from ..check import PREFIX_WINDOW, CheckOptions, Setup, _Unit, template_figures
 from ..hashtrace import DIGEST, hashed_records
 from ..records import Record
 from ..stats import Stats, collect
@@ -118,7 +118,7 @@ def check_rows(records: Iterable[Record], setup: Setup) -> Iterator[dict[str, An
     tokens); ``lead``, chained digests of the first 1, 2 ... leading tokens (or ids,
     up to :data:`~promptkit.check.PREFIX_WINDOW`), whose earlier appearances give the
     first differing token; ``first``, the record's first block as ``check`` counts
-    shared first blocks; ``salted``, ``salt_not_sent``; ``single`` (false for a turn of
+    shared first blocks; ``salted``, ``salt_not_sent``, ``tools``; ``single`` (false for a turn of
     a session or a multi-turn conversation, which need the sequence).
     ``setup`` is :func:`check_setup`'s."""
     unit_bytes = 8 if setup.hash_ids else 4
@@ -131,7 +131,7 @@ def check_rows(records: Iterable[Record], setup: Setup) -> Iterator[dict[str, An
                "lead": _prefix_digests(lead, unit_bytes),
                "first": lead[:head],
                "salted": request.salt is not None,
-               "salt_not_sent": unit.salt_not_sent,
+               "salt_not_sent": unit.salt_not_sent, "tools": unit.tools,
                "single": unit.session is None and len(unit.requests) == 1}
 
 
@@ -446,11 +446,12 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
     block_size = setup.block_size
     runs = leading_seen(base, ["blocks", "lead"], partitions=parts)
     scalars = base.select_columns(["index", "length", "first", "salted", "salt_not_sent",
-                                   "single"])
+                                   "tools", "single"])
     per_record = _join_on_index(
         scalars, runs, parts,
         [("index", pa.int64()), ("length", pa.int64()), ("first", pa.binary()),
-         ("salted", pa.bool_()), ("salt_not_sent", pa.bool_()), ("single", pa.bool_())],
+         ("salted", pa.bool_()), ("salt_not_sent", pa.bool_()), ("tools", pa.bool_()),
+         ("single", pa.bool_())],
         [("index", pa.int64()), ("seen_blocks", pa.int64()), ("seen_lead", pa.int64())]
     ).materialize()
 
@@ -463,11 +464,13 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
                          "first_difference": t.column("seen_lead"),
                          "salted": pc.cast(t.column("salted"), pa.int64()),
                          "salt_not_sent": pc.cast(t.column("salt_not_sent"), pa.int64()),
+                         "tools": pc.cast(t.column("tools"), pa.int64()),
                          "multi": pc.cast(pc.invert(t.column("single")), pa.int64())})
 
     table = per_record.map_batches(figures, batch_format="pyarrow").materialize()
     totals = table.aggregate(Count(), Sum("length"), Sum("hits"), Sum("has_hit"),
-                             Sum("salted"), Sum("salt_not_sent"), Sum("multi"))
+                             Sum("salted"), Sum("salt_not_sent"), Sum("tools"),
+                             Sum("multi"))
     if totals["sum(multi)"]:
         raise NeedsSequence("sessions and conversations are sent in their own order")
     records = totals["count()"]
@@ -519,17 +522,8 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
         report = Report(options, block_size, records=records, salts_not_sent=salts_not_sent)
         out.update({k: v for k, v in report.summary().items()
                     if k in ("salts_not_sent", "warning_salts")})
-    header = setup.report.header_tokens
-    if header is not None:
-        fills = header >= block_size
-        out["template_header_tokens"] = header
-        out["template_header_fills_a_block"] = fills
-        if fills and salted < records:
-            out["warning"] = (
-                f"the chat template puts {header} shared tokens before the "
-                f"first content, a full block of {block_size}: every request hits "
-                "it whatever a text nonce does; use 'nonce --at salt' (cache_salt) or "
-                "disable prefix caching on the server")
+    out.update(template_figures(setup.report.header_tokens, block_size, salted, records,
+                                totals["sum(tools)"], options.chat_template))
     return out
 
 
