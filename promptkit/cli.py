@@ -23,7 +23,14 @@ from .errors import BadOptionError, PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
 from .interrupts import Interrupted
-from .nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US, KINDS, POSITIONS, nonce_params
+from .nonce import (
+    DEFAULT_RANDOM_LENGTH,
+    DEFAULT_TIME_STEP_US,
+    KINDS,
+    NONCE_TEMPLATES,
+    POSITIONS,
+    nonce_params,
+)
 from .publish import (
     AIPERF_FORMATS,
     DEFAULT_FORMAT,
@@ -233,6 +240,10 @@ def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--keep-tokens", is_flag=True,
                      help="With --tokenizer: take the nonce's tokens back out of the end of "
                           "the last user message, so every prompt keeps its token count."),
+        click.option("--chat-template", type=click.Choice(NONCE_TEMPLATES),
+                     help="With --tokenizer: count each prompt's tokens before its nonce as "
+                          "the server renders it (template header, tools), and warn when "
+                          "they fill a cache block."),
     ]):
         func = decorator(func)
     return func
@@ -240,7 +251,8 @@ def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
                start_time: str | None, time_step_us: int, copies: int,
-               tokenizer: str | None = None, keep_tokens: bool = False) -> Step:
+               tokenizer: str | None = None, keep_tokens: bool = False,
+               chat_template: str | None = None) -> Step:
     """The nonce options as a step (made, its parameters checked, by ``nonce.make_step``
     when the run starts)."""
     template = template.replace("\\n", "\n").replace("\\t", "\t")
@@ -249,6 +261,9 @@ def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
     if keep_tokens and tokenizer is None:
         raise click.UsageError("--keep-tokens needs --tokenizer (the tokens it keeps are "
                                "counted under it)")
+    if chat_template and tokenizer is None:
+        raise click.UsageError("--chat-template needs --tokenizer (the tokens before each "
+                               "nonce are counted under it)")
     if start_time is not None:
         from .nonce import parse_time
 
@@ -259,7 +274,7 @@ def nonce_step(kind: str, seed: int | None, at: str, template: str, length: int,
     return Step("nonce", nonce_params(
         kind=kind, seed=seed, at=at, template=template, length=length,
         start_time=start_time, time_step_us=time_step_us, copies=copies,
-        tokenizer=tokenizer, keep_tokens=keep_tokens,
+        tokenizer=tokenizer, keep_tokens=keep_tokens, chat_template=chat_template,
     ))
 
 
@@ -932,12 +947,16 @@ def print_check(s: dict[str, Any]) -> None:
     if s.get("template_header_tokens"):
         click.echo(f"  template header        {s['template_header_tokens']} tokens before "
                    "the first content")
+    if s.get("records_with_tools"):
+        click.echo(f"  tools                  {counted(s['records_with_tools'], 'record')} "
+                   "send tools" + (", rendered before the user's text"
+                                   if s["chat_template"] != "none" else ""))
     applied = s.get("aiperf_args", {})
     if applied.get("applied"):
         flag, value = applied["applied"]
         shown = value if flag.endswith("-file") else f"({len(value)} characters)"
         click.echo(f"  AIPerf arguments       {flag} {shown} (from the {applied['source']})")
-    for key in ("warning", "warning_salts"):
+    for key in ("warning", "warning_salts", "warning_tools"):
         if key in s:
             click.echo(f"promptkit: warning: {s[key]}", err=True)
     if applied.get("note"):

@@ -25,10 +25,20 @@ from typing import Any
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, Skipping
 from .fit import _prefix_end
+from .formats.aiperf import first_request, sends_tools
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Message, Record, content_texts, message_texts, prepend_text
 from .stats import Stats
 from .steps import Step, Where, checked, flag, integer, one_of, text, tokenizer_loads
+from .templates import (
+    PROBE,
+    TEMPLATES,
+    Renderer,
+    TemplateError,
+    conversation,
+    hf_template,
+    request_tools,
+)
 from .tokenizers import Tokenizer, cached_tokenizer
 
 KINDS = ("uuid", "timestamp", "random")
@@ -36,6 +46,11 @@ POSITIONS = ("start", "system", "user", "every-turn", "salt")
 DEFAULT_TEMPLATE = "{nonce}\n"
 DEFAULT_RANDOM_LENGTH = 16
 DEFAULT_TIME_STEP_US = 1000
+#: Tokens before a nonce that fill a cache block at vLLM's default block size: requests
+#: that share them share that block, whatever the nonce after them.
+BLOCK = 16
+#: Chat templates a nonce run can count the tokens before its nonces under.
+NONCE_TEMPLATES = TEMPLATES[1:]
 #: Fresh first hash ids start here: above every id a real trace uses (they are
 #: small, remapped integers) and below 2**53, so any JSON reader keeps them exact.
 HASH_ID_BASE = 1 << 52
@@ -264,6 +279,18 @@ class NonceState(Skipping):
     #: entry a record passed on: the manifest's figures from before the step).
     tokenizer: str | None = None
     tokens_before: array = field(default_factory=lambda: array("I"))
+    #: Records written that send tools, and of them those whose nonce went into a user
+    #: message's text: every common chat template renders the tools before it.
+    tools: int = 0
+    after_tools: int = 0
+    #: With a chat template: its name, each record's prompt tokens (its first request's,
+    #: rendered) before its nonce, the records the template refuses, and the tokens a
+    #: nonce at the start of a system message would have before it in a record that sends
+    #: tools (the fix a warning names, when it is one).
+    template: str | None = None
+    ahead: array = field(default_factory=lambda: array("I"))
+    refused: int = 0
+    system_ahead: int | None = None
     #: ``--skip-invalid`` (set by the pipeline): a record the nonce cannot go into (no user
     #: message for ``--at user``, too short to give up the nonce's tokens) is left out and
     #: listed in ``skipped`` (``"LINE: problem"``), not an error (see :class:`Skipping`).
@@ -283,6 +310,13 @@ class NonceState(Skipping):
         self.salts.update(later.salts)
         self.tokenizer = self.tokenizer or later.tokenizer
         self.tokens_before.extend(later.tokens_before)
+        self.tools += later.tools
+        self.after_tools += later.after_tools
+        self.template = self.template or later.template
+        self.ahead.extend(later.ahead)
+        self.refused += later.refused
+        if self.system_ahead is None:
+            self.system_ahead = later.system_ahead
         self.skipped += later.skipped
 
     def forget(self, sessions: Iterable[str | None]) -> None:
@@ -297,14 +331,56 @@ class NonceState(Skipping):
     def report(self) -> dict[str, Any]:
         """What the manifest records beside the step's parameters: with a tokenizer, the
         prompt-token figures of the records before their nonces (the output's
-        ``token_stats`` are the figures after)."""
+        ``token_stats`` are the figures after); the records that send tools, and where
+        their nonces went; with a chat template, the tokens before each nonce."""
+        out: dict[str, Any] = {}
+        if self.tools:
+            out["tools"] = {"records": self.tools, "nonce_after_tools": self.after_tools}
+        if self.template is not None:
+            figures = Stats(records=len(self.ahead), tokens=self.ahead).summary()
+            out["tokens_before_nonce"] = {
+                "chat_template": self.template, "records": len(self.ahead),
+                **({"tokens": figures["prompt_tokens"]} if "prompt_tokens" in figures else {}),
+                "records_with_a_block_before": sum(n >= BLOCK for n in self.ahead),
+                "block_size": BLOCK, "refused_by_the_template": self.refused}
         if self.tokenizer is None:
-            return {}
+            return out
         summary = Stats(records=len(self.tokens_before), tokens=self.tokens_before).summary()
         before = {"tokenizer": self.tokenizer, "records": summary["records"]}
         if "prompt_tokens" in summary:
             before["prompt_tokens"] = summary["prompt_tokens"]
-        return {"token_stats_before": before}
+        return {"token_stats_before": before, **out}
+
+    def warning(self, at: str) -> str | None:
+        """One line on nonces that come after tokens requests share (the tools, a
+        template's header), with the fix; ``None`` when none do."""
+        if self.template is not None:
+            full = sum(n >= BLOCK for n in self.ahead)
+            if not full:
+                return None
+            name = ("the tokenizer's own chat template" if self.template == "hf"
+                    else f"the {self.template} template")
+            why = ("its header and the tools it renders before the user's text" if self.tools
+                   else "its header")
+            text = (f"in {full} of {len(self.ahead)} records the nonce comes after at least one "
+                    f"full {BLOCK}-token cache block of the prompt {name} renders "
+                    f"({min(self.ahead)}-{max(self.ahead)} tokens before it: {why}); requests "
+                    "that share those tokens share those blocks (promptkit check predicts the "
+                    "hits); use --at salt (a cache_salt, which vLLM puts into the first "
+                    "block's hash)")
+            if at != "system" and self.system_ahead is not None and self.system_ahead < BLOCK:
+                text += (f", or --at system ({name} renders the system message first: "
+                         f"{self.system_ahead} tokens before the nonce)")
+            return text
+        if not self.after_tools:
+            return None
+        return (f"{self.after_tools} of {self.tools} records send tools and their nonce is in "
+                "a user message's text: chat templates render the tools before it (Qwen 2.5 "
+                "and Hermes in a system turn, Llama 3.1 inside the first user message), so "
+                "requests with the same tools share their first cache blocks whatever the "
+                "nonce; use --at salt (a cache_salt), or --at system for templates that render "
+                "the system message first (qwen2.5, llama3.1); give --tokenizer and "
+                "--chat-template to count the tokens before each nonce")
 
 
 def add_nonces(
@@ -321,6 +397,7 @@ def add_nonces(
     first_index: int = 0,
     tokenizer: str | None = None,
     keep_tokens: bool = False,
+    chat_template: str | None = None,
     state: NonceState | None = None,
 ) -> Iterator[Record]:
     """Give every record a unique nonce (``copies`` distinct nonce'd copies of each).
@@ -342,6 +419,11 @@ def add_nonces(
 
     With ``tokenizer``, each record's prompt tokens under it before the nonce (the sum
     over its message texts, as ``stats`` counts them) go into ``state.tokens_before``.
+    With ``chat_template`` too, the tokens of each record's first request, rendered as
+    the server renders it (tools included), that come before its nonce go into
+    ``state.ahead`` (see :meth:`NonceState.warning`). Whatever the options, the records
+    that send tools, and those whose nonce went into a user message's text (after the
+    tools, in every common template), are counted in ``state``.
     With ``keep_tokens`` too, the nonce's tokens are taken back out of the end of the
     last user message's last text (a nonce at its start stays whole), cut as ``fit``
     cuts, so the record has exactly as many tokens as before. A ``cache_salt`` or a fresh
@@ -354,8 +436,8 @@ def add_nonces(
 
     Records are modified in place (copies beyond the first are new records).
     """
-    if keep_tokens and tokenizer is None:
-        raise ValueError("keep_tokens needs a tokenizer")
+    if (keep_tokens or chat_template) and tokenizer is None:
+        raise ValueError("keep_tokens and chat_template need a tokenizer")
     state = state if state is not None else NonceState()
     options: dict[str, Any] = {
         "kind": kind, "seed": seed, "at": at, "template": template, "length": length,
@@ -364,7 +446,8 @@ def add_nonces(
     if tokenizer is None:
         yield from _nonced(records, first_index=first_index, state=state, **options)
     else:
-        yield from _counted(records, tokenizer, keep_tokens, first_index, state, options)
+        yield from _counted(records, tokenizer, keep_tokens, first_index, state, options,
+                            chat_template)
 
 
 def _nonced(
@@ -408,6 +491,10 @@ def _nonced(
                 message.content = (
                     nonce + content if content.__class__ is str else prepend_text(content, nonce)
                 )
+                if (record.extra is not None or record.layout == "multi_turn") \
+                        and sends_tools(record):
+                    state.tools += 1
+                    state.after_tools += message.role != "system"
             else:
                 try:
                     _nonce_hash_ids(record, maker, index, at)
@@ -449,6 +536,10 @@ def _nonce_copies(batch: list[Record], base: int, copies: int, at: str,
         continuing = session is not None and session in started
         if session is not None:
             started.add(session)
+        if record.messages and at != "salt" and sends_tools(record):
+            state.tools += 1
+            state.after_tools += not continuing and (
+                at == "user" or at != "system" and record.messages[0].role != "system")
 
         if at == "salt":  # one salt a conversation: its lines may reuse each other's cache
             if session is None:
@@ -487,12 +578,18 @@ def _nonce_copies(batch: list[Record], base: int, copies: int, at: str,
 
 
 def _counted(records: Iterable[Record], tokenizer: str, keep_tokens: bool, first_index: int,
-             state: NonceState, options: dict[str, Any]) -> Iterator[Record]:
+             state: NonceState, options: dict[str, Any],
+             chat_template: str | None = None) -> Iterator[Record]:
     """:func:`add_nonces` with a tokenizer: one record at a time (nonces are
-    index-addressed, so this gives the nonces of one run over all of them)."""
+    index-addressed, so this gives the nonces of one run over all of them); with a chat
+    template, each record's tokens before its nonce are counted too."""
     encoder = cached_tokenizer(tokenizer)
     state.tokenizer = encoder.name
     copies, seed = options["copies"], options["seed"]
+    renderer = Renderer(chat_template, encoder, tokenizer) if chat_template else None
+    state.template = chat_template
+    maker = NonceMaker(options["kind"], seed, length=options["length"],
+                       start_time=options["start_time"], time_step_us=options["time_step_us"])
     counts: dict[str, int] = {}  # a record's texts' tokens: most texts are the same after
 
     def count(text: str) -> int:
@@ -522,9 +619,34 @@ def _counted(records: Iterable[Record], tokenizer: str, keep_tokens: bool, first
                     state.forget({session, *(out.session_id for out in batch)})
                 state.reject(exc)
                 continue
-        for out in batch:
+        for c, out in enumerate(batch):
             state.tokens_before.append(tokens)
+            if renderer is not None and options["at"] != "salt" and out.messages:
+                _count_ahead(out, maker.make(base * copies + c), renderer, state)
             yield out
+
+
+def _count_ahead(record: Record, nonce: str, renderer: Renderer, state: NonceState) -> None:
+    """Count the tokens of ``record``'s first request, rendered, before its ``nonce`` (a
+    record whose first request does not hold it, a line continuing a conversation, is
+    not counted); and, once, those a nonce at the start of a system message would have
+    before it in a record that sends tools."""
+    messages, tools = first_request(record)
+    try:
+        sent = request_tools(tools)
+        ahead = renderer.tokens_before(conversation(messages), sent, nonce)
+        if ahead is None:
+            return
+        state.ahead.append(ahead)
+        if sent and state.system_ahead is None:
+            chat = conversation(messages)
+            if chat[0]["role"] == "system":
+                chat[0] = {**chat[0], "content": PROBE + chat[0]["content"]}
+            else:
+                chat.insert(0, {"role": "system", "content": PROBE})
+            state.system_ahead = renderer.tokens_before(chat, sent, PROBE)
+    except TemplateError:
+        state.refused += 1
 
 
 def _prompt_tokens(record: Record, count: Callable[[str], int]) -> int:
@@ -657,7 +779,8 @@ def nonce_params(**params: Any) -> dict[str, Any]:
         "time_step_us": DEFAULT_TIME_STEP_US, "copies": 1, "first_index": 0,
     }
     full.update(params)
-    for key in ("tokenizer", "keep_tokens"):  # only when used: plain runs keep their shape
+    for key in ("tokenizer", "keep_tokens", "chat_template"):  # only when used: plain
+        # runs keep their shape
         if not full.get(key, True):
             del full[key]
     if full.get("seed") is None:
@@ -675,17 +798,23 @@ def make_step(params: Any, where: Where | None = None) -> Step:
         "template": text(optional=False), "length": integer(1, optional=False),
         "start_time": text(), "time_step_us": integer(1, optional=False),
         "copies": integer(1, optional=False), "first_index": integer(0, optional=False),
-        "tokenizer": text(), "keep_tokens": flag()})
+        "tokenizer": text(), "keep_tokens": flag(),
+        "chat_template": one_of(NONCE_TEMPLATES, optional=True)})
     full = nonce_params(**params)
     if "{nonce}" not in full["template"]:
         raise PromptkitError(f"nonce: template {full['template']!r} does not contain {{nonce}}")
     if full.get("keep_tokens") and full.get("tokenizer") is None:
         raise PromptkitError("nonce: keep_tokens needs a tokenizer (the tokens it keeps are "
                              "counted under it)")
+    if full.get("chat_template") and full.get("tokenizer") is None:
+        raise PromptkitError("nonce: chat_template needs a tokenizer (the tokens before each "
+                             "nonce are counted under it)")
     if full["start_time"] is not None:
         try:
             parse_time(full["start_time"])
         except ValueError as exc:
             raise PromptkitError(f"nonce: start_time: {exc}") from None
     tokenizer_loads(full.get("tokenizer"))
+    if full.get("chat_template") == "hf":
+        hf_template(full["tokenizer"])
     return Step("nonce", full)

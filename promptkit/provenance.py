@@ -161,6 +161,11 @@ def warnings_for(steps: list[Step], out_format: str, inputs: list[dict[str, Any]
                 f"cache_salt is written into {out_format} lines, but AIPerf does not send it "
                 "from this format; write --to single_turn, multi_turn or mooncake_trace"
             )
+    for step in steps:
+        if step.op == "nonce" and hasattr(step.state, "warning"):
+            nonce_warning = step.state.warning(step.params.get("at", "start"))
+            if nonce_warning is not None:
+                warnings.append(nonce_warning)
     for i, step in enumerate(steps):
         if isinstance(step.state, PadState) and step.state.nearly_all_distinct():
             warnings.append(_pad_warning(step.state, steps[:i], (inputs or [{}])[0]))
