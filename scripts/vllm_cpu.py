@@ -173,13 +173,27 @@ def install_venv(venv: Path, packages: list[str], *, remove: list[str] | None = 
 def build_model(folder: Path, tokenizer: Path | None, venv: Path) -> Path:
     """Save the tiny model into ``folder`` using the venv's python; return the folder."""
     folder = folder.expanduser().absolute()
-    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists() and (
+            tokenizer is not None or _current_template(folder)):
         return folder
     command = [str(venv_python(venv)), str(Path(__file__).resolve()), "_model", str(folder)]
     if tokenizer is not None:
         command += ["--tokenizer", str(tokenizer.expanduser().absolute())]
     subprocess.run(command, check=True)
     return folder
+
+
+def _current_template(folder: Path) -> bool:
+    """Whether a model folder built with the default tokenizer has its current chat
+    template (a folder built by an earlier version is built again)."""
+    sys.path.insert(0, str(TESTS))
+    from tokenizer_dir import CHAT_TEMPLATE
+
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("chat_template") == CHAT_TEMPLATE)
 
 
 def _model_in_venv(folder: Path, tokenizer: Path | None) -> None:
@@ -222,6 +236,11 @@ def server_command(venv: Path, model: Path, port: int, *, block_size: int, max_m
         "--host", "127.0.0.1", "--port", str(port),
         "--enable-prefix-caching", "--block-size", str(block_size),
         "--max-model-len", str(max_model_len), "--dtype", "bfloat16",
+        # Requests with tools, as tool-calling workloads send them (without these vLLM
+        # answers 400 to tools with tool_choice "auto"), and a chat template a request
+        # may bring (/tokenize renders a real model family's template with it).
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--trust-request-chat-template",
     ]  # fmt: skip
     if num_gpu_blocks is not None:
         command += ["--num-gpu-blocks-override", str(num_gpu_blocks)]

@@ -31,12 +31,36 @@ SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN]
 
 VOCAB_SIZE = 600
 
-# A minimal chat template so ``--apply-chat-template`` style callers work too.
+# A small chat template that writes tools the way real model families do (Qwen 2.5,
+# Hermes): with ``tools``, a system turn holding the system message's text and then the
+# tool definitions, ahead of every other message; an assistant's tool calls as
+# <tool_call> blocks, tool results as <tool_response> blocks. A request without tools or
+# tool messages renders as ``<|role|>\ncontent\n`` a message.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{%- if tools %}"
+    "{{- '<|system|>\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{- messages[0]['content'] + '\n\n' }}"
+    "{%- endif %}"
+    "{{- 'You may call these functions:\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\n</tools>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'assistant' and message.tool_calls %}"
+    "{{- '<|assistant|>\n' + message['content'] }}"
+    "{%- for call in message.tool_calls %}"
+    "{{- '<tool_call>\n{\"name\": \"' + call.function.name + '\", \"arguments\": '"
+    " + (call.function.arguments | tojson) + '}\n</tool_call>\n' }}"
+    "{%- endfor %}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|tool|>\n<tool_response>\n' + message['content'] + '\n</tool_response>\n' }}"
+    "{%- else %}"
+    "{{- '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
 )
 
 # A few hundred words of plain English: enough for BPE to learn common merges.
