@@ -29,7 +29,8 @@ a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
 So the bytes inserted after that quote are the start of the value of the record's
 ``text``, exactly. A record the slow path would write otherwise than its input
 (a field set to ``null``, which the writer leaves out; an integer beyond 64 bits) goes
-the usual way too.
+the usual way too, and so does a line whose ``extra`` sends tools (the nonce step
+counts the records whose nonce comes after their tools).
 
 Which writer made a file is the manifest's ``output.writer``: ``splice/1`` (this one)
 or ``encode`` (every line encoded again: every file made before this writer existed,

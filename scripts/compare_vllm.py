@@ -16,6 +16,12 @@ the prefix cache. The truth is vLLM's own ``/metrics`` counters
 script before and after each run. Prints a Markdown table (and writes it to
 ``--out``): the prediction (hit and prompt tokens, rate, range) and vLLM's.
 
+Tool calls: 40 conversations in the shape of LLaMA-Factory's glaive demo
+(``tests/toolcall_data.py``), made into one request each by ``turns --mode
+first`` and nonce'd three ways, and 12 made into ``multi_turn`` sessions by
+``turns --mode each``; every request sends its tools, which the served
+template renders before the user's text.
+
 Replies: single-request cases generate 2 tokens (``max_completion_tokens``);
 multi_turn cases a turn's ``output_length`` (20). A random-weight model's
 free replies are byte-level token salad that re-tokenizes into other tokens;
@@ -113,6 +119,21 @@ def cases(work: Path, tokenizer: Path) -> list[dict]:
               "You are a careful assistant.", "--into", "file", "--seed", "3")
     mt = conversations(work / "conversations.jsonl")
     promptkit("nonce", mt, work / "mt-nonce.jsonl", "--seed", "1")
+    sys.path.insert(0, str(vllm_cpu.TESTS))
+    from toolcall_data import write_glaive
+
+    glaive = write_glaive(work / "glaive.json", 40, seed=1)
+    tools = work / "tools-first.jsonl"
+    promptkit("turns", glaive, tools, "--mode", "first", "--tokenizer", tok)
+    for name, args in (("nonce", ()), ("salt", ("--at", "salt")), ("system", ("--at", "system"))):
+        promptkit("nonce", tools, work / f"tools-{name}.jsonl", "--seed", "1", *args)
+    each = work / "tools-each.jsonl"
+    promptkit("turns", write_glaive(work / "glaive-each.json", 12, seed=2), each, "--mode",
+              "each", "--tokenizer", tok)
+    each_turns = sum(len([t for t in json.loads(line)["turns"] if "output_length" in t])
+                     for line in each.read_text(encoding="utf-8").splitlines())
+    own_lengths = {"EXTRA_INPUTS": json.dumps({"ignore_eos": True,
+                                               "allowed_token_ids": whole_word_ids(tokenizer)})}
     out = [
         ("`synth prefix-test`", pt, 128, short),
         ("same, `nonce --at user`", work / "pt-user.jsonl", 128, short),
@@ -127,6 +148,13 @@ def cases(work: Path, tokenizer: Path) -> list[dict]:
         ("multi_turn 20 x 3, whole-word replies", mt, 60, words),
         ("multi_turn after `nonce`, whole-word replies", work / "mt-nonce.jsonl", 60, words),
         ("multi_turn 20 x 3, free random replies", mt, 60, seeded),
+        ("glaive-shaped tool calls, `turns --mode first`", tools, 40, short),
+        ("same, `nonce` (at the user's text, after the tools)", work / "tools-nonce.jsonl", 40,
+         short),
+        ("same, `nonce --at salt`", work / "tools-salt.jsonl", 40, short),
+        ("same, `nonce --at system` (before the tools)", work / "tools-system.jsonl", 40, short),
+        ("glaive-shaped tool calls, `turns --mode each`, whole-word replies", each, each_turns,
+         own_lengths),
     ]
     rows = [{"name": n, "file": f, "requests": r, "settings": s, "server": "roomy"}
             for n, f, r, s in out]

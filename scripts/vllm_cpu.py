@@ -42,11 +42,17 @@ Subcommands:
     vocabulary = the tokenizer's, seed 0: the same weights every time) with
     the tokenizer folder into DIR (run under the venv's python, where torch
     and transformers live). The default tokenizer is the small byte-level BPE
-    the tests train (``tests/tokenizer_dir.py``). Prints DIR.
+    the tests train (``tests/tokenizer_dir.py``), whose chat template writes
+    tools as Qwen 2.5 does; a folder built with an earlier template is built
+    again. Prints DIR.
 
 ``serve [--model DIR] [--port P] [--num-gpu-blocks N] [--max-model-len L] [--block-size B]``
     Start ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 with
-    ``--enable-prefix-caching``, ``--dtype bfloat16`` and the environment
+    ``--enable-prefix-caching``, ``--dtype bfloat16``, tool calling
+    (``--enable-auto-tool-choice --tool-call-parser hermes``: without it vLLM
+    answers 400 to requests with tools), ``--trust-request-chat-template`` (a
+    request may bring its own chat template, as a test renders a real model
+    family's template with ``/tokenize``) and the environment
     ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB of KV cache) and
     ``VLLM_SERVER_DEV_MODE=1`` (enables ``POST /reset_prefix_cache``). Waits
     until ``/v1/models`` answers (about 80 s on 2 cores), prints the URL, and
