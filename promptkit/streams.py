@@ -31,7 +31,7 @@ import orjson
 from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
-from .formats import Format, detect_many, get_format
+from .formats import Format, detect_many, get_format, writer
 from .records import Record
 
 if TYPE_CHECKING:
@@ -732,7 +732,7 @@ class Encoder:
     def encode_all(self, records: Iterable[Record]) -> Iterator[Any]:
         """The JSONL line of each record (records the format cannot hold: error or skip);
         with ``as_rows``, the format's dict of each record instead (for table sinks)."""
-        dump = self.format.dump
+        dump = writer(self.format)
         dumps = orjson.dumps
         newline = orjson.OPT_APPEND_NEWLINE
         keep_key = self.keys.append

@@ -34,15 +34,13 @@ from typing import Any
 import orjson
 
 from .counts import counted
-from .records import USER_ROLES, Message, Record, content_texts
+from .records import REPLY_ROLES, USER_ROLES, Message, Record, content_texts
 from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
 from .tokenizers import cached_tokenizer
 
 MODES = ("first", "each", "history")
 #: The output format each mode's records are meant for (``--to`` overrides it).
 DEFAULT_OUTPUT = {"first": "mooncake_trace", "each": "multi_turn", "history": "mooncake_trace"}
-#: Roles of recorded replies besides ``assistant`` (ShareGPT dumps name the model).
-REPLY_ROLES = frozenset({"assistant", "gpt", "chatgpt", "bing", "model", "bard"})
 
 
 @dataclass

@@ -1,0 +1,244 @@
+"""Every line promptkit writes as an AIPerf type is one AIPerf 0.13 takes, and never an
+empty request: a record that would make another is a bad record (one line and exit 1,
+or skipped and counted with --skip-invalid), whichever writer would write it.
+
+The rules are held to AIPerf's own pydantic models (``tests/aiperf_tool.py``): for a
+few hundred lines of every shape the rules look at, each line promptkit would write
+is one the model validates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import aiperf_tool
+import pytest
+from helpers import read_jsonl, write_jsonl
+
+from promptkit.formats.accept import problem
+
+MODELS = {"single_turn": "SingleTurn", "multi_turn": "MultiTurn",
+          "random_pool": "RandomPool", "mooncake_trace": "MooncakeTrace"}
+
+# The values each field takes in the generated lines, the right ones first, then the
+# wrong ones a record can come with (empty texts, zero lengths, the wrong type, a
+# Bailian 'type'); a field is absent (None) or right four times in five.
+TURN_FIELDS = [
+    ("text", ["Hi", None], ["", 7]),
+    ("texts", [None, None, ["a", "b"], [{"name": "f", "contents": ["a"]}]],
+     [[], [""], ["a", ""], [{"name": "f", "contents": []}],
+      ["a", {"name": "f", "contents": ["b"]}]]),
+    ("image", [None, None, "/tmp/cat.png"], []),
+    ("output_length", [None, 1, 12], [0, -3, 2.5]),
+    ("type", [None, "single_turn"], ["text", "mooncake_trace"]),
+    ("timestamp", [None, 0, 5], []),
+    ("delay", [None, 0, 3], []),
+    ("session_id", [None, "s"], [4]),
+    ("role", [None, "user"], [1]),
+]
+MESSAGES = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+    [{"role": "user", "content": "Q"},
+     {"role": "assistant", "content": None,
+      "tool_calls": [{"id": "c", "type": "function",
+                      "function": {"name": "f", "arguments": "{}"}}]}],
+]
+BAD_MESSAGES = [
+    [{"role": "user", "content": ""}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": None}],
+    [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+    [],
+    [{"content": "no role"}],
+]
+#: A mooncake_trace line's input modes: one mostly, at times none, or two.
+MOONCAKE_MODES = [
+    ("input_length", [12], [0]),
+    ("text_input", ["Hi"], [""]),
+    ("messages", MESSAGES, BAD_MESSAGES),
+    ("payload", [{"prompt": "P"}], [{}, {"messages": [{"role": "user", "content": ""}]}]),
+]
+MOONCAKE_FIELDS = [
+    ("hash_ids", [None, None, [1, 2]], [[]]),
+    ("tools", [None, None, [{"type": "function"}]], [[]]),
+    ("output_length", [None, 1, 12], [0, -3, 2.5]),
+    ("type", [None, "mooncake_trace"], ["text", "single_turn"]),
+    ("session_id", [None, "s"], [4]),
+]
+
+
+def generated(rng: random.Random, fields: list[Any]) -> dict[str, Any]:
+    """A line of ``fields``: each absent or right four times in five."""
+    line = {}
+    for key, right, wrong in fields:
+        value = rng.choice(right if not wrong or rng.random() < 0.8 else wrong)
+        if value is not None:
+            line[key] = value
+    return line
+
+
+def lines_of(kind: str, rng: random.Random) -> list[dict[str, Any]]:
+    if kind == "mooncake_trace":
+        return [{**generated(rng, rng.sample(MOONCAKE_MODES, rng.choice([1] * 6 + [0, 2]))),
+                 **generated(rng, MOONCAKE_FIELDS)} for _ in range(800)]
+    turns = [generated(rng, TURN_FIELDS) for _ in range(800)]
+    if kind == "multi_turn":
+        return [{"turns": turns[i:i + rng.choice([0, 1, 1, 2])]} for i in range(0, 800, 2)]
+    if kind == "random_pool":
+        return [{k: v for k, v in line.items() if k in ("text", "texts", "image", "type")}
+                for line in turns]
+    return turns
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_every_line_the_rules_take_aiperf_takes(kind):
+    """No line passes promptkit's rules that AIPerf's model refuses; the lines AIPerf
+    takes and promptkit does not are empty requests (promptkit's stricter rule)."""
+    lines = lines_of(kind, random.Random(23))
+    answer = aiperf_tool.call("validate", model=MODELS[kind], rows=lines)["rows"]
+    taken = [problem(kind, line) is None for line in lines]
+    wrongly = [line for line, ok, got in zip(lines, taken, answer, strict=True)
+               if ok and "error" in got]
+    assert not wrongly, f"AIPerf's {MODELS[kind]} refuses lines promptkit writes: {wrongly[:3]}"
+    # The sample holds both kinds, or it proves nothing.
+    assert 20 < sum(taken) < len(lines) - 20
+    stricter = {problem(kind, line) for line, ok, got in zip(lines, taken, answer, strict=True)
+                if not ok and "error" not in got}
+    assert stricter and all("empty" in reason or "no turns" in reason or "whole number" in reason
+                            for reason in stricter), stricter
+
+
+# ---------------------------------------------------------------- the writers refuse them
+
+EMPTY_TEXT = [
+    {"text": "What is a prefix cache?", "session_id": "s1"},
+    {"text": "", "session_id": "s1"},  # continues s1: no nonce goes into it
+    {"text": "Name a prime."},
+]
+
+
+def test_an_empty_prompt_stops_the_run_naming_its_line(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", EMPTY_TEXT)
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", source, "write", "--to", "single_turn", out)
+    assert result.exit_code == 1
+    assert result.stderr == f"promptkit: {source}:2: cannot write as single_turn: 'text' is empty\n"
+    assert sorted(tmp_path.iterdir()) == [source]
+
+
+@pytest.mark.parametrize("chunks", ["one", "many"])
+def test_the_splice_writer_refuses_an_empty_prompt_it_does_not_fill(tmp_path, run, chunks,
+                                                                    request):
+    """A nonce fills an empty text (the line is spliced); an empty text that gains no
+    nonce (a conversation's later line) goes the usual way, which refuses it."""
+    if chunks == "many":
+        request.getfixturevalue("small_chunks")
+    rows = [{"text": f"Question {i} about caches?", "session_id": f"s{i}"} for i in range(60)]
+    rows[7] = {"text": "", "session_id": "new"}  # its first line: the nonce fills it
+    rows[30] = {"text": "", "session_id": "s29"}  # a later line of s29: left empty
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "3")
+    assert result.exit_code == 1
+    assert result.stderr == (f"promptkit: {source}:31: cannot write as single_turn: "
+                             "'text' is empty\n")
+    assert not out.exists()
+
+    result = run("nonce", source, out, "--seed", "3", "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    written = read_jsonl(out)
+    assert len(written) == 59
+    assert written[7]["text"].endswith("\n") and len(written[7]["text"]) == 37
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["output"]["writer"] == "splice/1"
+    assert manifest["skipped"]["by_reason"] == {"cannot write as single_turn: 'text' is empty": 1}
+    assert manifest["skipped"]["lines"] == ["31: cannot write as single_turn: 'text' is empty"]
+    aiperf_tool.strict("SingleTurn", written)
+
+
+def test_a_bailian_type_field_is_refused_in_a_mooncake_trace(tmp_path, run):
+    """Bailian traces carry 'type' (text, search, ...): AIPerf reads a line's 'type' as its
+    dataset type and refuses the whole file for it."""
+    rows = [{"chat_id": 1, "parent_chat_id": -1, "timestamp": 0.5, "input_length": 40,
+             "output_length": 8, "type": "text", "turn": 1, "hash_ids": [1, 2, 3]},
+            {"input_length": 20, "output_length": 4, "hash_ids": [4, 5]}]
+    source = write_jsonl(tmp_path / "trace.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "1", "--skip-invalid")
+    assert result.exit_code == 0, result.stderr
+    assert len(read_jsonl(out)) == 1
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    [reason] = manifest["skipped"]["by_reason"]
+    assert reason.startswith("cannot write as mooncake_trace: 'type' is 'text'")
+    answer = aiperf_tool.call("validate", model="MooncakeTrace", rows=rows[:1])["rows"]
+    assert "error" in answer[0]
+
+
+SENDABLE = [
+    {"messages": [{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": "What is vLLM?"}], "max_tokens": 9},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "Look"}]}],
+     "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    {"messages": [{"role": "user", "content": "Hello"}]},
+]
+UNSENDABLE = [  # each line: what is wrong with it
+    ({"messages": [{"role": "user", "content": ""}]}, "the last message (user) is empty"),
+    ({"messages": [{"role": "user", "content": "Q"}], "tools": []},
+     "'tools' is not a non-empty list"),
+    ({"messages": [{"role": "system", "content": "S"},
+                   {"role": "user", "content": [{"type": "text", "text": ""}]}]},
+     "the last message (user) is empty"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["single_turn", "multi_turn", "random_pool",
+                                 "mooncake_trace", "openai"])
+def test_every_output_format_holds_only_lines_aiperf_takes(tmp_path, run, fmt):
+    rows = SENDABLE + [row for row, _ in UNSENDABLE]
+    if fmt in ("single_turn", "random_pool"):  # one message a line
+        rows = [{"messages": [m for m in row["messages"] if m["role"] == "user"]}
+                for row in rows if "tools" not in row]
+    if fmt == "random_pool":
+        rows = [row for row in rows if "max_tokens" not in row]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", "--skip-invalid", source, "write", "--to", fmt, out)
+    assert result.exit_code == 0, result.stderr
+    written = read_jsonl(out)
+    skipped = json.loads(Path(f"{out}.manifest.json").read_text())["skipped"]
+    assert skipped["count"] == len(rows) - len(written) > 0
+    assert all("empty" in reason or "tools" in reason for reason in skipped["by_reason"])
+    model = MODELS.get(fmt, "MooncakeTrace")
+    aiperf_tool.validate(model, written)
+    # The lines left out are each one AIPerf refuses, or an empty request.
+    for reason in skipped["by_reason"]:
+        assert reason.startswith(f"cannot write as {fmt}: ")
+
+
+@pytest.mark.parametrize(("row", "reason"), UNSENDABLE)
+def test_an_openai_line_with_nothing_to_send_is_refused(tmp_path, run, row, reason):
+    source = write_jsonl(tmp_path / "in.jsonl", [SENDABLE[0], row])
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "2", "--at", "salt")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"promptkit: {source}:2: cannot write as openai: {reason}")
+    assert not out.exists()
+
+
+def test_the_shapes_generated_cover_every_rule():
+    """Each rule of promptkit.formats.accept is met by some generated line (else the
+    comparison with AIPerf above leaves it untested)."""
+    rng = random.Random(23)
+    reasons = {problem(kind, line) for kind in MODELS for line in lines_of(kind, rng)}
+    words = ["'text' is empty", "'texts' is empty", "'texts' holds an empty text",
+             "mixes strings and objects", "'contents'", "no text (nor", "'output_length'",
+             "'type' is", "both set", "no turns", "not exactly one of", "'hash_ids' with",
+             "'tools' with", "'tools' is not", "'input_length' is", "'text_input' is empty",
+             "the last message", "'payload'", "is not an object with a 'role'",
+             "'session_id' is int", "'role' is int"]
+    missing = [w for w in words if not any(r and w in r for r in reasons)]
+    assert not missing, missing
