@@ -199,6 +199,17 @@ def _messages(messages: Any, key: str) -> str | None:
     return None
 
 
+_TURN_FIELDS = frozenset({"text", "texts", *_MEDIA, "image_uuids", "role", "session_id",
+                          "timestamp", "delay", "output_length", "extra", "type"})
+#: The fields each type's model reads (it keeps a line's other fields aside, unread).
+FIELDS = {
+    "single_turn": _TURN_FIELDS,
+    "multi_turn": frozenset({"turns", "session_id", "type"}),
+    "random_pool": frozenset({"text", "texts", *_MEDIA, "type"}),
+    "mooncake_trace": frozenset({*_ORDER, "hash_ids", "tools", "output_length", "timestamp",
+                                 "delay", "session_id", "extra", "type"}),
+}
+
 _RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "single_turn": _single_turn,
     "multi_turn": _multi_turn,
