@@ -242,3 +242,51 @@ def test_the_shapes_generated_cover_every_rule():
              "'session_id' is int", "'role' is int"]
     missing = [w for w in words if not any(r and w in r for r in reasons)]
     assert not missing, missing
+
+
+# ---------------------------------------------------------------- a step that cannot run
+
+
+def test_pad_with_no_system_prompt_anywhere_stops_the_run(tmp_path, run):
+    """--skip-invalid skips bad records; a pad that has no system prompt to pad in any
+    record is no bad record but a step that cannot run: one line, exit 1, nothing
+    written."""
+    source = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "QWJhYvA_0", "conversations": [
+            {"from": "human", "value": "How does a prefix cache decide what to evict?"},
+            {"from": "gpt", "value": "Least recently used blocks go first."}]},
+        {"id": "i6IyJda_0", "conversations": [
+            {"from": "gpt", "value": "Hello! How can I help you today?"},
+            {"from": "human", "value": "What is 3+3?"}, {"from": "gpt", "value": "6"}]}])
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", "--skip-invalid", source, "turns", "--tokenizer",
+                 "cl100k_base", "pad", "--tokens", "256", "--tokenizer", "cl100k_base",
+                 "write", out)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"promptkit: {source}: no records to write (2 records read, 2 skipped; commonest "
+        "reason (2): pad: no system message to pad; give --system-prompt or "
+        "--system-prompt-file); nothing written\n")
+    assert sorted(tmp_path.iterdir()) == [source]
+
+
+@pytest.mark.parametrize("step", [["nonce", "--at", "user", "--seed", "1"],
+                                  ["fit", "--tokens", "64", "--tokenizer", "cl100k_base"],
+                                  ["hash-trace", "--tokenizer", "cl100k_base"]])
+def test_a_step_that_takes_no_record_stops_the_run(tmp_path, run, step):
+    """The same for every step: a trace of lengths has no user message for a nonce, no
+    text to fit or hash."""
+    source = write_jsonl(tmp_path / "trace.jsonl", [
+        {"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [0, 1]},
+        {"timestamp": 9, "input_length": 90, "output_length": 7, "hash_ids": [2]}])
+    out = tmp_path / "out.jsonl"
+    if step[0] == "hash-trace":
+        result = run("hash-trace", source, out, *step[1:], "--skip-invalid")
+    else:
+        result = run("pipe", "read", "--skip-invalid", source, *step, "write", out)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"promptkit: {source}: no records to write (2 records read, 2 skipped; commonest "
+        f"reason (2): {step[0].replace('-', '_')}: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert sorted(tmp_path.iterdir()) == [source]
