@@ -347,7 +347,7 @@ def _records(rows: RowsJob, batches: list[Any], chunk: Chunk, read: Counter,
         for made in batch_records(batch, rows.mapping):
             if made.__class__ is not Record:
                 assert isinstance(made, InvalidRecordError)
-                if not job.skip_invalid:
+                if not (job.skip_invalid or made.always_skipped):
                     raise InvalidRecordError(made.problem, chunk.name, row_no)
                 skipped.append(f"{row_no + base}: {made.problem}")
             else:

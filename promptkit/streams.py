@@ -246,7 +246,7 @@ class Source(Counter):
         return 1
 
     def _skip_or_raise(self, exc: InvalidRecordError) -> None:
-        if not self.skip_invalid:
+        if not (self.skip_invalid or exc.always_skipped):
             raise exc
         self.skipped.append(f"{exc.lineno}: {exc.problem}")
 
@@ -624,14 +624,14 @@ def parse_lines(
             except InvalidRecordError as exc:
                 if exc.lineno is not None or not beyond_64_bits(obj):
                     on_invalid(
-                        InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
+                        type(exc)(f"{fmt.name}: {exc.problem}", name, lineno)
                         if exc.lineno is None else exc
                     )
                     continue
                 try:  # e.g. hash ids beyond 64 bits, read as floats: read them exactly
                     record = parse(exact_loads(line))
                 except InvalidRecordError as again:
-                    on_invalid(InvalidRecordError(f"{fmt.name}: {again.problem}", name, lineno))
+                    on_invalid(type(again)(f"{fmt.name}: {again.problem}", name, lineno))
                     continue
             record.lineno = lineno + base
             record.index = lineno + shift
@@ -658,7 +658,7 @@ def parse_objects(
             record = parse(obj)
         except InvalidRecordError as exc:
             on_invalid(
-                InvalidRecordError(f"{fmt.name}: {exc.problem}", name, number)
+                type(exc)(f"{fmt.name}: {exc.problem}", name, number)
                 if exc.lineno is None else exc
             )
             continue

@@ -244,6 +244,129 @@ def test_the_shapes_generated_cover_every_rule():
     assert not missing, missing
 
 
+# ---------------------------------------------------------------- turns on real ShareGPT
+
+#: ShareGPT as the public dumps have it (a JSON array): a conversation that starts with
+#: the model's turn, empty human and gpt values, "conversations": [], a system turn
+#: (one of them empty), an unanswered last question, LLaMA-Factory's tool calls.
+WARTS = [
+    {"id": "QWJhYvA_0", "conversations": [
+        {"from": "gpt", "value": "Hello! How can I help you today?"},
+        {"from": "human", "value": "How does a prefix cache decide what to evict?"},
+        {"from": "gpt", "value": "Least recently used blocks go first."},
+        {"from": "human", "value": ""},
+        {"from": "gpt", "value": "Is there anything else?"},
+        {"from": "human", "value": "Thanks, that is all."},
+        {"from": "gpt", "value": "Glad to help."}]},
+    {"id": "wVf3yfE_0", "conversations": []},
+    {"id": "i6IyJda_0", "conversations": [
+        {"from": "human", "value": "What is 2+2?"},
+        {"from": "gpt", "value": ""},
+        {"from": "human", "value": "And 3+3?"},
+        {"from": "gpt", "value": "6"}]},
+    {"id": "bqZdfqw_0", "conversations": [
+        {"from": "system", "value": ""},
+        {"from": "human", "value": "Name a color."},
+        {"from": "gpt", "value": "Blue."}]},
+    {"id": "A5AbcES_0", "conversations": [
+        {"from": "system", "value": "Answer in one word."},
+        {"from": "human", "value": "Capital of France?"},
+        {"from": "gpt", "value": "Paris."},
+        {"from": "human", "value": "Of Italy?"}]},
+    {"id": "x0cmfWd_0", "conversations": [
+        {"from": "human", "value": ""},
+        {"from": "gpt", "value": ""}]},
+    {"conversations": [
+        {"from": "human", "value": "Hi, I need a new password. Can you generate one for me?"},
+        {"from": "gpt", "value": "Of course. How long would you like your password to be?"},
+        {"from": "human", "value": "I would like it to be 12 characters long."},
+        {"from": "function_call",
+         "value": "{\"name\": \"generate_password\", \"arguments\": {\"length\": 12}}"},
+        {"from": "observation", "value": "{\"password\": \"aBcD1234EfGh\"}"},
+        {"from": "gpt", "value": "Here is your new password: aBcD1234EfGh."}],
+     "system": "You are a helpful assistant with access to functions.",
+     "tools": json.dumps([{"name": "generate_password", "description": "Make a password",
+                           "parameters": {"type": "object", "properties": {
+                               "length": {"type": "integer"}}, "required": ["length"]}}])},
+    {"id": "Hy1GTzt_0", "conversations": [{"from": "gpt", "value": "I am here."}]},
+]
+WARTS_DROPPED = {
+    "cut: a user message with no reply": 1,
+    "dropped: empty system messages": 1,
+    "dropped: exchanges whose reply is empty": 1,
+    "dropped: exchanges whose user message is empty": 2,
+    "dropped: replies before the first user message": 1,
+    "skipped: every exchange empty": 1,
+    "skipped: no user message": 1,
+}
+EMPTY_CONVERSATION = "sharegpt: an empty conversation ('conversations' is [])"
+
+
+@pytest.mark.parametrize(("mode", "requests"), [("first", 5), ("each", 7), ("history", 5)])
+def test_turns_of_real_sharegpt_sends_only_what_aiperf_takes(tmp_path, run, mode, requests):
+    source = tmp_path / "sharegpt.json"
+    source.write_text(json.dumps(WARTS, indent=1), encoding="utf-8")
+    out = tmp_path / f"{mode}.jsonl"
+    result = run("turns", source, out, "--mode", mode, "--tokenizer", "cl100k_base")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    info = manifest["steps"][0]["info"]
+    assert info == {"conversations_read": 7, "requests": requests, "dropped": WARTS_DROPPED}
+    assert manifest["skipped"]["by_reason"] == {EMPTY_CONVERSATION: 1}
+    assert manifest["skipped"]["lines"] == [f"2: {EMPTY_CONVERSATION}"]
+    rows = read_jsonl(out)
+    assert len(rows) == 5
+    if mode == "each":
+        aiperf_tool.strict("MultiTurn", rows, kept={"id"})
+        # AIPerf's loader: a request a user turn, a leading system turn the system prompt
+        # (one with an 'extra', the tools, would be a request of its own).
+        sent = aiperf_tool.conversations("multi_turn", out)
+        assert [t["role"] for c in sent for t in c["turns"]] == ["user"] * requests
+        assert [c["system_message"] for c in sent].count(None) == 3
+        assert all(t["max_tokens"] >= 1 for c in sent for t in c["turns"])
+    else:
+        validated = aiperf_tool.strict("MooncakeTrace", rows, kept={"id"})
+        assert all(v.values["output_length"] >= 1 for v in validated)
+        assert all(row["messages"][-1]["role"] == "user" and row["messages"][-1]["content"]
+                   for row in rows)
+    assert not any(json.dumps(row).count('""') for row in rows)  # no empty text anywhere
+    checked = run("check", out, "--tokenizer", "cl100k_base")
+    assert checked.exit_code == 0, checked.stderr
+
+
+def test_a_sharegpt_file_of_empty_conversations_writes_nothing(tmp_path, run):
+    rows = [WARTS[1], WARTS[5], {"id": "e", "conversations": []}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = run("turns", source, out, "--tokenizer", "cl100k_base")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "promptkit: turns: no requests from 1 record (1 dropped: exchanges whose user "
+        "message is empty, 1 skipped: every exchange empty); nothing written\n")
+    assert sorted(tmp_path.iterdir()) == [source]
+    only_empty = write_jsonl(tmp_path / "empty.jsonl", [rows[0], rows[2]])
+    result = run("turns", only_empty, out, "--tokenizer", "cl100k_base")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"promptkit: {only_empty}: no records to write (0 records read, 2 skipped; "
+        f"commonest reason (2): {EMPTY_CONVERSATION}); nothing written\n")
+    assert not out.exists()
+
+
+def test_every_command_leaves_out_an_empty_conversation_and_counts_it(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", WARTS[:3])
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "4", "--to", "sharegpt")
+    assert result.exit_code == 0, result.stderr
+    assert [row["id"] for row in read_jsonl(out)] == ["QWJhYvA_0", "i6IyJda_0"]
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["skipped"]["lines"] == [f"2: {EMPTY_CONVERSATION}"]
+    assert f"commonest reason (1): {EMPTY_CONVERSATION}" in result.stderr
+    stats = run("stats", source, "--json")
+    assert stats.exit_code == 0, stats.stderr
+    assert json.loads(stats.stdout)["skipped"]["count"] == 1
+
+
 # ---------------------------------------------------------------- a step that cannot run
 
 
@@ -290,3 +413,22 @@ def test_a_step_that_takes_no_record_stops_the_run(tmp_path, run, step):
         f"reason (2): {step[0].replace('-', '_')}: ")
     assert len(result.stderr.splitlines()) == 1
     assert sorted(tmp_path.iterdir()) == [source]
+
+
+def test_a_leading_system_turn_stays_the_system_prompt_in_multi_turn(tmp_path, run):
+    """A line's request fields and timing go on the turns AIPerf sends: on a leading
+    system turn, AIPerf would send that turn as a request of its own."""
+    source = write_jsonl(tmp_path / "trace.jsonl", [
+        {"timestamp": 100, "messages": [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Why cache?"}],
+         "extra": {"temperature": 0}, "session_id": "a"}])
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", source, "write", "--to", "multi_turn", out)
+    assert result.exit_code == 0, result.stderr
+    [row] = read_jsonl(out)
+    assert row["turns"] == [{"role": "system", "text": "Be brief."},
+                            {"role": "user", "text": "Why cache?", "timestamp": 100,
+                             "extra": {"temperature": 0}}]
+    [sent] = aiperf_tool.conversations("multi_turn", out)
+    assert sent["system_message"] == "Be brief."
+    assert [(t["role"], t["timestamp"]) for t in sent["turns"]] == [("user", 100)]
