@@ -146,9 +146,9 @@ def _mooncake(obj: dict[str, Any]) -> str | None:
                 break
             mode = key
     if not mode:
-        found = [key for key in _ORDER if obj.get(key) is not None]
+        modes = [key for key in _ORDER if obj.get(key) is not None]
         return ("not exactly one of 'input_length', 'text_input', 'messages' or 'payload'"
-                + (f" (found {', '.join(found)})" if found else ""))
+                + (f" (found {', '.join(modes)})" if modes else ""))
     value = obj[mode]
     if obj.get("hash_ids") is not None and mode != "input_length":
         return f"'hash_ids' with '{mode}' (they go with 'input_length' only)"
