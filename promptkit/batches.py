@@ -39,6 +39,8 @@ import orjson
 from . import interrupts, leftovers, parallel, progress
 from .datasets_io import DatasetSource
 from .errors import InvalidRecordError
+from .formats import FORMATS
+from .formats.accept import FIELDS
 from .formats.table import Mapping, _missing, batch_records
 from .nonce import NonceMaker
 from .records import Record
@@ -345,7 +347,7 @@ def _records(rows: RowsJob, batches: list[Any], chunk: Chunk, read: Counter,
         for made in batch_records(batch, rows.mapping):
             if made.__class__ is not Record:
                 assert isinstance(made, InvalidRecordError)
-                if not job.skip_invalid:
+                if not (job.skip_invalid or made.always_skipped):
                     raise InvalidRecordError(made.problem, chunk.name, row_no)
                 skipped.append(f"{row_no + base}: {made.problem}")
             else:
@@ -368,9 +370,10 @@ class Lane:
     its fields the row's other columns in order with empty values (null, a float NaN)
     left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
     the formats' ``dump`` and :func:`~promptkit.streams.prompt_key` make of it. A chunk
-    with anything else (a text column that is not all text, a column named as one of
-    those keys, a value JSON cannot hold as it is, any column for openai) goes the record
-    way, which writes it or names what is wrong.
+    with anything else (a text column that is not all text, an empty text with no nonce,
+    a column named as one of those keys or as a field AIPerf reads, a value JSON cannot
+    hold as it is, any column for openai) goes the record way, which writes it or names
+    what is wrong.
     """
 
     def __init__(self, mapping: Mapping, out_format: str, nonce: dict[str, Any] | None,
@@ -378,7 +381,10 @@ class Lane:
         assert mapping.text is not None
         self.text = mapping.text
         self.format = out_format
-        self.taken = _LANE_FORMATS[out_format]
+        # A column of a field AIPerf reads goes the record way, which checks its value.
+        kind = FORMATS[out_format].aiperf_type
+        assert kind is not None
+        self.taken = _LANE_FORMATS[out_format] | FIELDS[kind]
         self.nonces: Any = None
         self.before = self.after = ""
         if nonce is not None:
@@ -443,6 +449,8 @@ class Lane:
         if kept and self.format == "openai":
             return None
         texts = column.to_pylist()
+        if self.nonces is None and "" in texts:
+            return None  # an empty prompt: the record way refuses it (or skips it)
         if self.nonces is not None:
             before, after = self.before, self.after
             texts = [before + nonce + after + text for nonce, text

@@ -73,7 +73,7 @@ class ColumnSource(Source):
             try:
                 record = from_row(row, mapping, clock)
             except InvalidRecordError as exc:
-                self._skip_or_raise(InvalidRecordError(exc.problem, self.name, lineno))
+                self._skip_or_raise(type(exc)(exc.problem, self.name, lineno))
                 continue
             record.lineno = lineno
             record.index = lineno - 1

@@ -364,7 +364,7 @@ class DatasetSource:
             for row_no, made in enumerate(batch_records(batch, mapping, clock), start=first):
                 if made.__class__ is not Record:
                     assert isinstance(made, InvalidRecordError)
-                    if not self.skip_invalid:
+                    if not (self.skip_invalid or made.always_skipped):
                         raise InvalidRecordError(made.problem, self.name, row_no) from None
                     self.skipped.append(f"{row_no}: {made.problem}")
                     continue

@@ -18,6 +18,9 @@ class InvalidRecordError(PromptkitError):
     manner of ``jsonlines.InvalidLineError``.
     """
 
+    #: Left out and counted even without ``--skip-invalid`` (see :class:`EmptyRecordError`).
+    always_skipped = False
+
     def __init__(self, message: str, path: str | None = None, lineno: int | None = None):
         self.problem = message
         self.path = path
@@ -36,7 +39,15 @@ class InvalidRecordError(PromptkitError):
 
     def located(self, path: str) -> InvalidRecordError:
         """The same error, naming ``path`` as the file (for errors raised without one)."""
-        return InvalidRecordError(self.problem, path, self.lineno)
+        return type(self)(self.problem, path, self.lineno)
+
+
+class EmptyRecordError(InvalidRecordError):
+    """A line that holds nothing to send (a ShareGPT conversation with no turns, which
+    real ShareGPT dumps have): every command leaves it out and counts it, as it leaves
+    out a blank line, with or without ``--skip-invalid``."""
+
+    always_skipped = True
 
 
 class FormatUnknownError(InvalidRecordError):
@@ -93,7 +104,7 @@ class Skipping:
 
     def reject(self, exc: InvalidRecordError) -> None:
         """Raise ``exc``, or note the record it names as skipped."""
-        if not self.skip_invalid:
+        if not (self.skip_invalid or exc.always_skipped):
             raise exc
         self.skipped.append(f"{exc.lineno}: {self.op}: {exc.problem}" if self.op
                             else f"{exc.lineno}: {exc.problem}")

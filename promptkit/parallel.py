@@ -253,7 +253,7 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     skipped: list[str] = []
 
     def on_invalid(exc: InvalidRecordError) -> None:
-        if not job.skip_invalid:
+        if not (job.skip_invalid or exc.always_skipped):
             raise exc
         skipped.append(f"{(exc.lineno or 0) + base}: {exc.problem}")
 
@@ -333,7 +333,7 @@ def chunk_records(chunk: bytes, first_lineno: int, fmt: str, name: str, skip_inv
     skipped: list[str] = []
 
     def on_invalid(exc: InvalidRecordError) -> None:
-        if not skip_invalid:
+        if not (skip_invalid or exc.always_skipped):
             raise exc
         skipped.append(f"{(exc.lineno or 0) + base}: {exc.problem}")
 

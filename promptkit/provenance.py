@@ -29,13 +29,19 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
              generator: dict[str, Any] | None = None,
              name_lines: Callable[[list[str]], list[str]] | None = None) -> dict[str, Any]:
     """The manifest of a finished run. ``name_lines`` turns the skipped records' lines,
-    once sorted, into what the manifest lists (a sharded input's ``SHARD:LINE``)."""
+    once sorted, into what the manifest lists (a sharded input's ``SHARD:LINE``).
+
+    A run that wrote no record is refused (a file with no request is no benchmark):
+    every record skipped says why; nothing is put in place."""
     out_format = sink.format
     skipped = sorted(skipped_reading + sink.skipped
                      + [line for step in steps for line in getattr(step.state, "skipped", [])],
                      key=_line_of)
     if name_lines is not None:
         skipped = name_lines(skipped)
+    if not sink.records_written:
+        raise PromptkitError(_nothing_written(inputs[0]["path"] if inputs else sink.name,
+                                              inputs[0]["records"] if inputs else 0, skipped))
     distinct = sink.distinct_records()
     return {
         "schema": manifest.SCHEMA,
@@ -64,6 +70,15 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
         "warnings": warnings_for(steps, out_format.name, inputs, sink),
         **token_section(sink),
     }
+
+
+def _nothing_written(name: str, read: int, skipped: list[str]) -> str:
+    """Why a run wrote no record: what it read, and the commonest reason it skipped them."""
+    text = f"{name}: no records to write ({counted(read, 'record')} read"
+    if skipped:
+        reason, count = next(iter(manifest.skipped_section(skipped)["by_reason"].items()))
+        text += f", {len(skipped)} skipped; commonest reason ({count}): {reason}"
+    return text + "); nothing written"
 
 
 def compressed_output(sink: Sink | TableSink) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from . import __version__, manifest, pipeline
 from .errors import BadOptionError, InvalidRecordError, PromptkitError
 from .files import Lock, fsync_folder, os_error, write_text
 from .formats import FORMATS
+from .formats.aiperf import first_request
 from .formats.table import COLUMNS, arrow_schema, to_row
 from .records import Record
 from .streams import STDIO
@@ -455,14 +456,15 @@ def _as_table_record(record: Record, fmt: str) -> Record:
     has columns for them. (Per-turn values that differ have no column: an error.)"""
     if fmt != "multi_turn" or not record.messages:
         return record
-    first = record.messages[0].fields
+    sent = record.messages[first_request(record.messages):]  # (a system prompt is no turn)
+    first = sent[0].fields
     for attr in ("timestamp", "delay", "output_length"):
         if attr in first and getattr(record, attr) is None:
             setattr(record, attr, first.pop(attr))
-    extras = [m.fields.get("extra") for m in record.messages]
+    extras = [m.fields.get("extra") for m in sent]
     if record.extra is None and extras[0] is not None and all(e == extras[0] for e in extras):
         record.extra = extras[0]
-        for message in record.messages:
+        for message in sent:
             del message.fields["extra"]
     return record
 

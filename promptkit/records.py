@@ -15,6 +15,8 @@ from typing import Any
 
 #: Roles that count as "the user" (``None`` is a turn with no role: servers treat it as user).
 USER_ROLES = frozenset({None, "user"})
+#: Roles of recorded replies: ``assistant``, and the model names ShareGPT dumps use.
+REPLY_ROLES = frozenset({"assistant", "gpt", "chatgpt", "bing", "model", "bard"})
 
 
 @dataclass(slots=True)
@@ -86,6 +88,33 @@ def content_texts(content: Any) -> list[str]:
 def message_texts(record: Record) -> list[str]:
     """Every text of a record's messages, in order (what promptkit counts tokens of)."""
     return [text for message in record.messages for text in content_texts(message.content)]
+
+
+def is_empty(content: Any) -> bool:
+    """Whether a message content holds nothing to send: ``None``, ``""``, no parts, or
+    only empty texts (a part that is no text, an image, is something)."""
+    if content is None or content.__class__ is str:
+        return not content
+    if not isinstance(content, list):
+        return False
+    for part in content:
+        if isinstance(part, str):
+            if part:
+                return False
+        elif isinstance(part, dict) and ("text" in part or part.get("type") == "text"):
+            if part.get("text"):
+                return False
+        elif isinstance(part, dict) and "contents" in part and "type" not in part:
+            if any(part["contents"] or ()):
+                return False
+        else:
+            return False
+    return True
+
+
+def ends_with_reply(record: Record) -> bool:
+    """Whether a record's last message is a recorded reply (what a model once answered)."""
+    return bool(record.messages) and record.messages[-1].role in REPLY_ROLES
 
 
 def first_text(content: Any) -> str | None:

@@ -24,7 +24,9 @@ a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
 - the line holds no key twice (checked as every reader here checks it);
 - no carriage return comes before the line's last byte: JSON allows one as white space
   between tokens, but AIPerf reads the file in text mode, where a lone carriage return
-  ends a line (the encoder writes none).
+  ends a line (the encoder writes none);
+- the line written is one AIPerf takes (:mod:`promptkit.formats.accept`): a line with an
+  empty text that gains no nonce goes the usual way, which refuses it (or skips it).
 
 So the bytes inserted after that quote are the start of the value of the record's
 ``text``, exactly. A record the slow path would write otherwise than its input
@@ -46,6 +48,7 @@ from typing import Any
 import orjson
 
 from .errors import PromptkitError
+from .formats.accept import problem
 from .formats.aiperf import parse_mooncake, parse_single_turn
 from .nonce import HASH_ID_BASE, NonceMaker, NonceState
 from .records import Record
@@ -188,6 +191,8 @@ class Splicer:
                 return None  # no user message: the usual way says so
         else:  # every-turn
             nonce = True
+        if not nonce and text == "":
+            return None  # an empty prompt: the usual way refuses it (or skips it)
         start = end = 0
         new = b""
         salt = salt_of(extra) if extra.__class__ is dict else None
@@ -237,14 +242,15 @@ class Splicer:
                 break
         else:
             return obj.get("role"), text, _TEXT_START
-        return (obj.get("role"), text, _TEXT_START) if _checked(obj, parse_single_turn) else None
+        return ((obj.get("role"), text, _TEXT_START)
+                if _checked(obj, parse_single_turn, "single_turn", "text") else None)
 
     @staticmethod
     def _mooncake(obj: dict[str, Any]) -> tuple[Any, str | None, Any] | None:
         """``(role, text_input, how to find it)`` of a mooncake_trace line with a text
         (it has no role), ``(None, None, how to find the first id)`` of one with hash
         ids, when the writer would write it back as it is."""
-        if not _checked(obj, parse_mooncake, "hash_ids"):
+        if not _checked(obj, parse_mooncake, "mooncake_trace", "text_input", "hash_ids"):
             return None
         text = obj.get("text_input")
         if text.__class__ is str:
@@ -252,19 +258,22 @@ class Splicer:
         return (None, None, _FIRST_ID) if obj.get("hash_ids") else None
 
 
-def _checked(obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any],
-             ints: str | None = None) -> bool:
+def _checked(obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any], kind: str,
+             text: str, ints: str | None = None) -> bool:
     """Whether a line's object passes the reader's checks (``parse``), and the writer
     would write it back as it is: no field set to null (which it leaves out), no integer
     beyond 64 bits (which orjson read as a float; the field ``ints``, once checked, holds
-    only integers)."""
+    only integers); and whether AIPerf takes it as ``kind``, its ``text`` aside (a nonce
+    fills an empty one: :meth:`Splicer.splice` looks at that)."""
     if None in obj.values():
         return False
     try:
         parse(obj)
     except Exception:  # noqa: BLE001 (the usual way says what is wrong)
         return False
-    return not any(beyond_64_bits(value) for key, value in obj.items() if key != ints)
+    if any(beyond_64_bits(value) for key, value in obj.items() if key != ints):
+        return False
+    return problem(kind, {**obj, text: "-"} if text in obj else obj) is None
 
 
 #: A line up to the opening quote of its text (``text``; ``text_input``) or the first of

@@ -31,7 +31,7 @@ import orjson
 from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
-from .formats import Format, detect_many, get_format
+from .formats import Format, detect_many, get_format, writer
 from .records import Record
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class Source(Counter):
         return 1
 
     def _skip_or_raise(self, exc: InvalidRecordError) -> None:
-        if not self.skip_invalid:
+        if not (self.skip_invalid or exc.always_skipped):
             raise exc
         self.skipped.append(f"{exc.lineno}: {exc.problem}")
 
@@ -624,14 +624,14 @@ def parse_lines(
             except InvalidRecordError as exc:
                 if exc.lineno is not None or not beyond_64_bits(obj):
                     on_invalid(
-                        InvalidRecordError(f"{fmt.name}: {exc.problem}", name, lineno)
+                        type(exc)(f"{fmt.name}: {exc.problem}", name, lineno)
                         if exc.lineno is None else exc
                     )
                     continue
                 try:  # e.g. hash ids beyond 64 bits, read as floats: read them exactly
                     record = parse(exact_loads(line))
                 except InvalidRecordError as again:
-                    on_invalid(InvalidRecordError(f"{fmt.name}: {again.problem}", name, lineno))
+                    on_invalid(type(again)(f"{fmt.name}: {again.problem}", name, lineno))
                     continue
             record.lineno = lineno + base
             record.index = lineno + shift
@@ -658,7 +658,7 @@ def parse_objects(
             record = parse(obj)
         except InvalidRecordError as exc:
             on_invalid(
-                InvalidRecordError(f"{fmt.name}: {exc.problem}", name, number)
+                type(exc)(f"{fmt.name}: {exc.problem}", name, number)
                 if exc.lineno is None else exc
             )
             continue
@@ -732,7 +732,7 @@ class Encoder:
     def encode_all(self, records: Iterable[Record]) -> Iterator[Any]:
         """The JSONL line of each record (records the format cannot hold: error or skip);
         with ``as_rows``, the format's dict of each record instead (for table sinks)."""
-        dump = self.format.dump
+        dump = writer(self.format)
         dumps = orjson.dumps
         newline = orjson.OPT_APPEND_NEWLINE
         keep_key = self.keys.append

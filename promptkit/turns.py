@@ -14,10 +14,12 @@ its own replies, asking for as many tokens as the recorded reply had:
   as context (recorded replies kept there), ``output_length`` = tokens of the last
   reply.
 
-Rules, the same in every mode: replies before the first user message are dropped;
-a conversation with no user message, or whose first user message has no reply, is
-skipped; a conversation ends before a user message with no reply (and, with the
-token bounds, before the first request outside them). Token counts are the raw
+Rules, the same in every mode: replies before the first user message are dropped,
+and empty system messages, and exchanges (a user message and its reply) whose user
+message or reply is empty; a conversation with no user message, whose first user
+message has no reply, or whose every exchange is empty, is skipped; a conversation
+ends before a user message with no reply (and, with the token bounds, before the
+first request outside them). Token counts are the raw
 texts' under the tokenizer (no chat template, as ``stats`` counts); a tool call
 counts as its compact ``{"name", "arguments"}`` JSON. Everything skipped or cut is counted
 by reason in the manifest.
@@ -34,15 +36,13 @@ from typing import Any
 import orjson
 
 from .counts import counted
-from .records import USER_ROLES, Message, Record, content_texts
+from .records import REPLY_ROLES, USER_ROLES, Message, Record, content_texts, is_empty
 from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
 from .tokenizers import cached_tokenizer
 
 MODES = ("first", "each", "history")
 #: The output format each mode's records are meant for (``--to`` overrides it).
 DEFAULT_OUTPUT = {"first": "mooncake_trace", "each": "multi_turn", "history": "mooncake_trace"}
-#: Roles of recorded replies besides ``assistant`` (ShareGPT dumps name the model).
-REPLY_ROLES = frozenset({"assistant", "gpt", "chatgpt", "bing", "model", "bard"})
 
 
 @dataclass
@@ -164,19 +164,26 @@ def _reply(replies: list[Message]) -> list[Message]:
 
 def _exchanges(messages: list[Message]) -> tuple[list[Message], list[_Exchange], list[str]]:
     """``(leading system messages, exchanges, problems)``: each user message with the
-    messages that answer it, up to the first user message left unanswered."""
+    messages that answer it, up to the first user message left unanswered; empty system
+    messages, and exchanges whose user message or reply is empty, left out."""
     system = []
+    problems = []
     i = 0
     while i < len(messages) and messages[i].role == "system":
-        system.append(messages[i])
+        if is_empty(messages[i].content):
+            problems.append("dropped: empty system messages")
+        else:
+            system.append(messages[i])
         i += 1
     start = i
     while i < len(messages) and messages[i].role not in USER_ROLES:
         i += 1
     if i == len(messages):
-        return system, [], ["skipped: no user message"]
-    problems = ["dropped: replies before the first user message"] if i > start else []
+        return system, [], [*problems, "skipped: no user message"]
+    if i > start:
+        problems.append("dropped: replies before the first user message")
     exchanges: list[_Exchange] = []
+    seen = False  # an exchange was read (kept or not)
     while i < len(messages):
         user = messages[i]
         i += 1
@@ -185,10 +192,19 @@ def _exchanges(messages: list[Message]) -> tuple[list[Message], list[_Exchange],
             replies.append(messages[i])
             i += 1
         if not any(m.role in REPLY_ROLES for m in replies):
-            problems.append("cut: a user message with no reply" if exchanges
+            problems.append("cut: a user message with no reply" if seen
                             else "skipped: the first user message has no reply")
             break
-        exchanges.append(_Exchange(user, replies))
+        seen = True
+        reply = _reply(replies)[0]
+        if is_empty(user.content):
+            problems.append("dropped: exchanges whose user message is empty")
+        elif is_empty(reply.content) and not reply.fields.get("tool_calls"):
+            problems.append("dropped: exchanges whose reply is empty")
+        else:
+            exchanges.append(_Exchange(user, replies))
+    if seen and not exchanges:
+        problems.append("skipped: every exchange empty")
     return system, exchanges, problems
 
 

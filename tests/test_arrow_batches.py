@@ -67,8 +67,9 @@ def test_a_manifest_made_before_rebuilds_the_same_bytes(name, workers, before, r
 # ---------------------------------------------------------------- the lane and the record way
 
 #: Columns a generated table may have beside its text column ``prompt``: name -> (Arrow
-#: type, values). Some names are keys the lane writes itself; some values JSON holds only
-#: another way (bytes, Decimal): the record way says what it makes of them.
+#: type, values). Some names are keys the lane writes itself, or AIPerf reads (``type``,
+#: which must name the file's own type); some values JSON holds only another way (bytes,
+#: Decimal): the record way says what it makes of them.
 CELLS = {
     "n": (pa.int64(), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
     "u": (pa.uint64(), st.integers(0, 2**64 - 1)),
@@ -83,6 +84,7 @@ CELLS = {
     "price": (pa.decimal128(6, 2), st.decimals(min_value=0, max_value=9999, places=2)),
     "role": (pa.string(), st.just("user")),
     "messages": (pa.string(), st.just("m")),
+    "type": (pa.string(), st.sampled_from(["text", "single_turn", "mooncake_trace"])),
 }
 #: The columns the lane takes in each format: no key it writes itself, values orjson
 #: writes as they are.
@@ -141,7 +143,8 @@ def test_the_lane_writes_what_the_records_would(table, out, nonce, first, skip_i
     # The lane took the chunk when every value is one it writes as it is (else the test
     # would hold for a lane that never takes one).
     plain = (table.column("prompt").null_count == 0
-             and all(name in PLAIN[out] for name in table.column_names if name != "prompt"))
+             and all(name in PLAIN[out] for name in table.column_names if name != "prompt")
+             and (nonce is not None or "" not in table.column("prompt").to_pylist()))
     encoder = Encoder(get_format(out))
     taken = lane.chunk(table.to_batches(max_chunksize=5), first - 1, encoder)
     assert (taken is not None) == plain

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FormatUnknownError, InvalidRecordError
+from ..errors import ConversionError, FormatUnknownError, InvalidRecordError
 from ..records import Record
-from . import aiperf, chat, table
+from . import accept, aiperf, chat, table
 
 
 @dataclass(frozen=True)
@@ -119,4 +119,26 @@ def get_format(name: str) -> Format:
         ) from None
 
 
-__all__ = ["FORMATS", "TABLE_FORMATS", "Format", "detect", "detect_many", "get_format"]
+def writer(fmt: Format) -> Callable[[Record], dict[str, Any]]:
+    """The object each record is written as in ``fmt``: the format's ``dump``, and for
+    an AIPerf type the line AIPerf takes (see :mod:`promptkit.formats.accept`); a record
+    that makes no such line raises :class:`ConversionError`, as one the format cannot
+    hold does."""
+    dump = fmt.dump
+    kind = fmt.aiperf_type
+    if kind is None:
+        return dump
+    check = accept.problem
+
+    def written(record: Record) -> dict[str, Any]:
+        obj = dump(record)
+        found = check(kind, obj)
+        if found is not None:
+            raise ConversionError(found)
+        return obj
+
+    return written
+
+
+__all__ = ["FORMATS", "TABLE_FORMATS", "Format", "detect", "detect_many", "get_format",
+           "writer"]

@@ -219,6 +219,16 @@ def parse_multi_turn(obj: dict[str, Any]) -> Record:
 
 
 _PER_TURN = ("timestamp", "delay", "output_length")
+#: What keeps AIPerf from taking a leading system turn as the conversation's system prompt.
+_UNHOISTED = frozenset({*_PER_TURN, "extra", *_MEDIA_KEYS})
+
+
+def first_request(messages: list[Message]) -> int:
+    """The turn of a ``multi_turn`` conversation AIPerf sends first: 1 when the first is
+    a system turn AIPerf sends as every turn's system prompt (one of text only, no
+    timing, length or ``extra``, before a turn of another role), else 0."""
+    return int(len(messages) > 1 and messages[0].role == "system"
+               and messages[1].role != "system" and not _UNHOISTED & messages[0].fields.keys())
 
 
 def hoisted_system(record: Record) -> bool:
@@ -272,7 +282,11 @@ def requests_of(record: Record) -> int:
 
 
 def dump_multi_turn(record: Record) -> dict[str, Any]:
+    """A conversation; the record's own timing and length go on the first turn AIPerf
+    sends, its ``extra`` (request-body fields) on every turn AIPerf sends, so a leading
+    system turn stays the system prompt, not a request of its own."""
     require_text(record, "multi_turn")
+    first = first_request(record.messages)
     turns = []
     for i, message in enumerate(record.messages):
         if message.role in ("assistant", "tool") and record.layout != "multi_turn":
@@ -286,14 +300,14 @@ def dump_multi_turn(record: Record) -> dict[str, Any]:
             turn["role"] = message.role
         turn.update(_text_fields(message, "multi_turn"))
         _add_fields(turn, message.fields, "multi_turn")
-        if i == 0:  # a one-line record's own timing applies to its (first) turn
+        if i == first:  # a one-line record's own timing applies to its (first) request
             for attr in _PER_TURN:
                 value = getattr(record, attr)
                 if value is not None:
                     if attr in turn:
-                        raise no_place("multi_turn", f"a second {attr!r} on turn 0")
+                        raise no_place("multi_turn", f"a second {attr!r} on turn {i}")
                     turn[attr] = value
-        if record.extra is not None:  # request-body fields apply to every request
+        if record.extra is not None and i >= first:  # request-body fields: every request
             turn["extra"] = {**turn.get("extra", {}), **record.extra}
         turns.append(turn)
     out: dict[str, Any] = {}

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import EmptyRecordError
 from ..records import USER_ROLES, Message, Record
 from ._schema import bad, check_turn_fields, no_place, refuse, require_text
 from .aiperf import chat_content, dump_messages, parse_messages
@@ -66,8 +67,10 @@ def parse_sharegpt(obj: dict[str, Any]) -> Record:
     bare function schemas) the request's ``tools`` list, and its ``system`` key a
     leading system message. The record's layout notes each, to write them back."""
     turns = obj.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise bad("'conversations' must be a non-empty list")
+    if not isinstance(turns, list):
+        raise bad("'conversations' must be a list")
+    if not turns:
+        raise EmptyRecordError("an empty conversation ('conversations' is [])")
     flags = []
     messages = []
     system = obj.get("system")

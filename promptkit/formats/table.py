@@ -232,7 +232,7 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
         try:
             messages = parse_sharegpt({"conversations": row.get("conversations")}).messages
         except InvalidRecordError as exc:
-            raise InvalidRecordError(f"column 'conversations': {exc.problem}") from None
+            raise type(exc)(f"column 'conversations': {exc.problem}") from None
         for message in messages:  # a table has every key in every row: drop the empty ones
             message.fields = {k: v for k, v in message.fields.items() if v is not None}
     elif mapping.layout == "alpaca":

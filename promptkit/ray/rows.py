@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidRecordError, PromptkitError
-from ..formats import detect_many, get_format
+from ..formats import detect_many, get_format, writer
 from ..records import Record
 from ..steps import Step
 
@@ -59,7 +59,7 @@ def apply_batch(batch: Any, steps: list[Step], in_format: str, out_format: str) 
     each with its ``index``."""
     import pyarrow as pa
 
-    parse, dump = get_format(in_format).parse, get_format(out_format).dump
+    parse, dump = get_format(in_format).parse, writer(get_format(out_format))
     records: list[Record] = []
     for row in batch.to_pylist():
         index = row.get("index")
