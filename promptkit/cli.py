@@ -710,6 +710,9 @@ def turns_options(func: Callable[..., Any]) -> Callable[..., Any]:
         bound("--min-output-tokens", help="Leave out requests whose reply had fewer tokens."),
         bound("--max-output-tokens", help="Leave out requests whose reply had more tokens."),
         bound("--max-turns", help="Keep the first N exchanges of a conversation."),
+        click.option("--chat-template", type=click.Choice(NONCE_TEMPLATES),
+                     help="Count the prompt bounds as the server sees a request: rendered "
+                          "through this template with its tools (default: the raw texts)."),
     ]):
         func = decorator(func)
     return func
@@ -722,6 +725,8 @@ def turns_step(*, tokenizer: str, **params: Any) -> Step:
         if params[low] is not None and params[high] is not None and params[low] > params[high]:
             raise click.UsageError(f"--{low.replace('_', '-')} is above "
                                    f"--{high.replace('_', '-')}")
+    if params.get("chat_template") is None:  # only when used: plain runs keep their shape
+        params.pop("chat_template", None)
     return Step("turns", {"tokenizer": tokenizer, **params})
 
 

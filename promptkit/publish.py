@@ -37,7 +37,7 @@ from . import __version__, manifest, pipeline
 from .errors import BadOptionError, InvalidRecordError, PromptkitError
 from .files import Lock, fsync_folder, os_error, write_text
 from .formats import FORMATS
-from .formats.aiperf import first_request
+from .formats.aiperf import first_turn
 from .formats.table import COLUMNS, arrow_schema, to_row
 from .records import Record
 from .streams import STDIO
@@ -456,7 +456,7 @@ def _as_table_record(record: Record, fmt: str) -> Record:
     has columns for them. (Per-turn values that differ have no column: an error.)"""
     if fmt != "multi_turn" or not record.messages:
         return record
-    sent = record.messages[first_request(record.messages):]  # (a system prompt is no turn)
+    sent = record.messages[first_turn(record.messages):]  # (a system prompt is no turn)
     first = sent[0].fields
     for attr in ("timestamp", "delay", "output_length"):
         if attr in first and getattr(record, attr) is None:

@@ -21,23 +21,27 @@ message has no reply, or whose every exchange is empty, is skipped; a conversati
 ends before a user message with no reply (and, with the token bounds, before the
 first request outside them). Token counts are the raw
 texts' under the tokenizer (no chat template, as ``stats`` counts); a tool call
-counts as its compact ``{"name", "arguments"}`` JSON. Everything skipped or cut is counted
-by reason in the manifest.
+counts as its compact ``{"name", "arguments"}`` JSON. With a chat template, the prompt
+bounds count a request as the server sees it: rendered through the template with the
+conversation's tools, an earlier turn's reply (``each``) as the recorded one (the server
+sends its own, as long). Everything skipped or cut is counted by reason in the manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from .counts import counted
+from .formats.aiperf import turn_tools
 from .records import REPLY_ROLES, USER_ROLES, Message, Record, content_texts, is_empty
 from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
+from .templates import TEMPLATES, Renderer, TemplateError, conversation, hf_template, request_tools
 from .tokenizers import cached_tokenizer
 
 MODES = ("first", "each", "history")
@@ -78,16 +82,26 @@ class _Exchange:
 def make_requests(records: Iterable[Record], *, mode: str, tokenizer: str,
                   min_prompt_tokens: int | None = None, max_prompt_tokens: int | None = None,
                   min_output_tokens: int | None = None, max_output_tokens: int | None = None,
-                  max_turns: int | None = None, state: TurnsState | None = None
-                  ) -> Iterator[Record]:
+                  max_turns: int | None = None, chat_template: str | None = None,
+                  state: TurnsState | None = None) -> Iterator[Record]:
     """The requests of each recorded conversation (see the module's rules)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     state = TurnsState() if state is None else state
-    encode = cached_tokenizer(tokenizer).encode
+    tok = cached_tokenizer(tokenizer)
+    encode = tok.encode
+    rendered = chat_template is not None and (min_prompt_tokens is not None
+                                              or max_prompt_tokens is not None)
+    renderer = Renderer(chat_template, tok, tokenizer) if rendered and chat_template else None
 
     def tokens(messages: Iterable[Message]) -> int:
         return sum(len(encode(text)) for m in messages for text in _texts(m))
+
+    def prompt(messages: list[Message], tools: Any) -> int:
+        """A request's prompt tokens: under the template, rendered with its tools."""
+        assert renderer is not None
+        text = renderer.text(conversation(_as_sent(m) for m in messages), request_tools(tools))
+        return len(renderer.encode([text])[0])
 
     def outside(exchange: _Exchange) -> str | None:
         """Why a request is outside the bounds, or None."""
@@ -112,32 +126,57 @@ def make_requests(records: Iterable[Record], *, mode: str, tokenizer: str,
         elif max_turns is not None and len(exchanges) > max_turns:
             dropped["dropped: turns beyond --max-turns"] += len(exchanges) - max_turns
             del exchanges[max_turns:]
-        if mode == "history":  # one request: the last exchange, with all before it
-            last = exchanges[-1]
-            last.prompt_tokens = tokens(
-                [*system, *(m for e in exchanges[:-1] for m in (e.user, *e.replies)), last.user])
-            last.reply_tokens = tokens(_reply(last.replies))
-            reason = outside(last)
-            if reason is not None:
-                dropped[f"skipped: {reason}"] += 1
-                continue
-        else:  # each request: its user message after all that was sent before
-            sent = tokens(system)
-            kept = 0
-            for exchange in exchanges:
-                exchange.prompt_tokens = sent + tokens([exchange.user])
-                exchange.reply_tokens = tokens(_reply(exchange.replies))
-                reason = outside(exchange)
-                if reason is not None:
-                    dropped[f"{'cut' if kept else 'skipped'}: {reason}"] += 1
-                    break
-                sent = exchange.prompt_tokens + exchange.reply_tokens
-                kept += 1
-            if kept == 0:
-                continue
-            del exchanges[kept:]
+        tools = turn_tools(record)
+        try:
+            kept = _kept(mode, system, exchanges, tools, tokens,
+                         prompt if renderer is not None else None, outside, dropped)
+        except TemplateError:
+            dropped["skipped: the chat template refuses it (the server would)"] += 1
+            continue
+        if kept == 0:
+            continue
+        del exchanges[kept:]
         state.requests += len(exchanges) if mode == "each" else 1
         yield _request(record, system, exchanges, mode)
+
+
+def _kept(mode: str, system: list[Message], exchanges: list[_Exchange], tools: Any,
+          tokens: Callable[[Iterable[Message]], int],
+          prompt: Callable[[list[Message], Any], int] | None,
+          outside: Callable[[_Exchange], str | None], dropped: Counter[str]) -> int:
+    """How many of a conversation's exchanges make requests within the bounds (``history``:
+    the last one, with all before it, or none), counting each request's prompt tokens
+    (``prompt``: rendered by the template; else the raw texts') and reply tokens."""
+    if mode == "history":  # one request: the last exchange, with all before it
+        last = exchanges[-1]
+        sent = [*system, *(m for e in exchanges[:-1] for m in (e.user, *e.replies)), last.user]
+        last.prompt_tokens = prompt(sent, tools) if prompt is not None else tokens(sent)
+        last.reply_tokens = tokens(_reply(last.replies))
+        reason = outside(last)
+        if reason is not None:
+            dropped[f"skipped: {reason}"] += 1
+            return 0
+        return len(exchanges)
+    # each request: its user message after all that was sent before
+    sent_tokens = tokens(system)
+    history = list(system)
+    kept = 0
+    for exchange in exchanges:
+        reply = _reply(exchange.replies)
+        if prompt is not None:
+            history.append(exchange.user)
+            exchange.prompt_tokens = prompt(history, tools)
+            history.append(Message("assistant", "\n".join(_texts(reply[0]))))
+        else:
+            exchange.prompt_tokens = sent_tokens + tokens([exchange.user])
+        exchange.reply_tokens = tokens(reply)
+        reason = outside(exchange)
+        if reason is not None:
+            dropped[f"{'cut' if kept else 'skipped'}: {reason}"] += 1
+            break
+        sent_tokens = exchange.prompt_tokens + exchange.reply_tokens
+        kept += 1
+    return kept
 
 
 def _texts(message: Message) -> list[str]:
@@ -245,6 +284,7 @@ def make_step(params: Any, where: Where | None = None) -> Step:
               "max_output_tokens", "max_turns")
     checked("turns", params, {"mode": one_of(MODES, required=True),
                               "tokenizer": text(optional=False, required=True),
+                              "chat_template": one_of(TEMPLATES[1:], optional=True),
                               **{name: integer(1) for name in bounds}})
     for low, high in (("min_prompt_tokens", "max_prompt_tokens"),
                       ("min_output_tokens", "max_output_tokens")):
@@ -252,6 +292,8 @@ def make_step(params: Any, where: Where | None = None) -> Step:
                 and params[low] > params[high]:
             raise PromptkitError(f"turns: {low} is above {high}")
     tokenizer_loads(params["tokenizer"])
+    if params.get("chat_template") == "hf":
+        hf_template(params["tokenizer"])
     step = Step("turns", params, output_format=DEFAULT_OUTPUT[params["mode"]])
 
     def some_requests(records_read: int) -> None:

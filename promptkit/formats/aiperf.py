@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import USER_ROLES, Message, Record
+from ..records import USER_ROLES, Message, Record, content_texts
 from ._schema import (
     bad,
     check_text_list,
@@ -223,21 +223,19 @@ _PER_TURN = ("timestamp", "delay", "output_length")
 _UNHOISTED = frozenset({*_PER_TURN, "extra", *_MEDIA_KEYS})
 
 
-def first_request(messages: list[Message]) -> int:
+def first_turn(messages: list[Message]) -> int:
     """The turn of a ``multi_turn`` conversation AIPerf sends first: 1 when the first is
-    a system turn AIPerf sends as every turn's system prompt (one of text only, no
-    timing, length or ``extra``, before a turn of another role), else 0."""
+    a system turn AIPerf sends as every turn's system prompt (text only and not empty,
+    no timing, length or ``extra``, before a turn of another role), else 0."""
     return int(len(messages) > 1 and messages[0].role == "system"
-               and messages[1].role != "system" and not _UNHOISTED & messages[0].fields.keys())
+               and messages[1].role != "system" and not _UNHOISTED & messages[0].fields.keys()
+               and any(content_texts(messages[0].content)))
 
 
 def hoisted_system(record: Record) -> bool:
     """Whether AIPerf sends a ``multi_turn`` conversation's first message as the system
     prompt of every turn rather than as a turn of its own."""
-    messages = record.messages
-    return (record.layout == "multi_turn" and len(messages) > 1
-            and messages[0].role == "system"
-            and not {"timestamp", "delay", "output_length", "extra"} & messages[0].fields.keys())
+    return record.layout == "multi_turn" and first_turn(record.messages) == 1
 
 
 def turn_tools(record: Record, message: Message | None = None) -> Any:
@@ -286,7 +284,7 @@ def dump_multi_turn(record: Record) -> dict[str, Any]:
     sends, its ``extra`` (request-body fields) on every turn AIPerf sends, so a leading
     system turn stays the system prompt, not a request of its own."""
     require_text(record, "multi_turn")
-    first = first_request(record.messages)
+    first = first_turn(record.messages)
     turns = []
     for i, message in enumerate(record.messages):
         if message.role in ("assistant", "tool") and record.layout != "multi_turn":
