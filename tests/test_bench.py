@@ -278,6 +278,7 @@ def test_a_nonced_file_is_sent_exactly_after_the_cache_is_cleared(
         "profile", "--model", "test-model", "--url", cache_server.url,
         "--endpoint-type", "chat", "--streaming",
         "--input-file", str(path), "--custom-dataset-type", "single_turn",
+        "--no-fixed-schedule",
         "--concurrency", "1", "--request-count", "18", "--warmup-request-count", "2",
         "--tokenizer", str(tokenizer_dir), "--artifact-dir", str(artifacts),
         *shlex.split(QUIET_AIPERF)]
@@ -710,7 +711,7 @@ def test_dry_run_prints_the_exact_command_and_touches_nothing(
         "aiperf", "profile", "--model", "org/model", "--url", "http://127.0.0.1:9",
         "--endpoint-type", "chat", "--streaming",
         "--input-file", str(path), "--custom-dataset-type", "single_turn",
-        "--system-prompt-file", f"{path}.system.txt",
+        "--system-prompt-file", f"{path}.system.txt", "--no-fixed-schedule",
         "--concurrency", "3", "--request-count", "12", "--warmup-request-count", "4",
         "--tokenizer", str(tmp_path / "tok"), "--artifact-dir", str(artifacts),
         "--extra-inputs", "ignore_eos:true", "--extra-inputs", "min_tokens:8",
@@ -722,6 +723,7 @@ def test_dry_run_prints_the_exact_command_and_touches_nothing(
     assert summary["hit_tokens"] > 0  # the system prompt is shared: a prediction with hits
     assert result.stderr.splitlines() == [
         f"promptkit: CONCURRENCY from the environment ('3') overrides {env_file}",
+        "promptkit: schedule: 12 requests in file order (--no-fixed-schedule)",
         f"promptkit: predicted prefix-cache hit rate {100 * summary['hit_rate']:.2f}%: "
         f"{summary['hit_tokens']} of {summary['prompt_tokens']} prompt tokens (check: "
         f"tokenizer {tmp_path / 'tok'}, chat template hf, block size 16)",

@@ -1,4 +1,4 @@
-"""AIPerf's fixed schedule, as ``check`` predicts it.
+"""AIPerf's fixed schedule, as ``check`` predicts it and ``bench`` runs it.
 
 AIPerf 0.13 replays a file on its fixed schedule by itself when it loads it as a
 trace (``mooncake_trace``; not ``single_turn``, ``multi_turn`` or
@@ -22,6 +22,9 @@ per-request prediction to what arrived.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,16 @@ import test_aiperf_profile
 from helpers import read_jsonl, write_jsonl
 from openai_server import OpenAIServer
 from test_aiperf_profile import aiperf_env, run_in_group, tail
+from test_bench import (
+    base_settings,
+    comparison,
+    condition,
+    explain,
+    rate,
+    run_bench,
+    served,
+    write_env,
+)
 from tokenizer_dir import build_tokenizer_dir
 
 aiperf_tmpdir = test_aiperf_profile.aiperf_tmpdir  # the shared AIPerf temp-folder fixture
@@ -216,3 +229,101 @@ def test_check_predicts_what_aiperf_sends(name, rows, kind, aiperf_args, check_a
         conversations.setdefault(row.get("session_id", i), []).append(text_of(row))
     assert sent[:warmup] == [text for texts in conversations.values() for text in texts][:warmup]
     assert sent[warmup:] == predicted_texts(run, path, tmp_path, *check_args)
+
+
+# -- bench ---------------------------------------------------------------------------
+
+
+def timed_trace(tmp_path: Path) -> Path:
+    """LINES as a nonce'd mooncake_trace (with its manifest)."""
+    made = mooncake(tmp_path / "made.jsonl", LINES)
+    path = tmp_path / "trace.jsonl"
+    subprocess.run([sys.executable, "-m", "promptkit", "nonce", made, path, "--seed", "7"],
+                   check=True, capture_output=True)
+    return path
+
+
+def dry_settings(tmp_path: Path, path: Path, **settings: Any) -> Path:
+    return write_env(tmp_path / ".env", MODEL="m", URL="http://127.0.0.1:9", INPUT_FILE=path,
+                     TOKENIZER=build_tokenizer_dir(tmp_path / "tok"), CHAT_TEMPLATE="none",
+                     ARTIFACT_DIR=tmp_path / "artifacts", AIPERF="aiperf", **settings)
+
+
+def test_bench_says_the_schedule_and_passes_it(tmp_path, aiperf_tmpdir):
+    path = timed_trace(tmp_path)
+    result = run_bench(tmp_path, aiperf_tmpdir, dry_settings(tmp_path, path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    args = shlex.split(result.stdout)
+    assert "--fixed-schedule" in args and "--request-count" not in args
+    assert (f"promptkit: schedule: fixed (--fixed-schedule): every line of {path} once, 4 "
+            "requests, the conversations in the order of their timestamps"
+            ) in result.stderr.splitlines()
+    assert "promptkit: predicted prefix-cache hit rate" in result.stderr
+
+    ignored = run_bench(tmp_path, aiperf_tmpdir,
+                        dry_settings(tmp_path, path, REQUEST_COUNT=2), "--dry-run")
+    assert (ignored.returncode, ignored.stdout) == (2, "")
+    assert ignored.stderr == (
+        f"promptkit: REQUEST_COUNT=2: AIPerf replays {path} on its fixed schedule, every line "
+        "once (4 requests), and ignores --request-count; unset REQUEST_COUNT, or set "
+        "FIXED_SCHEDULE=false for 2 requests in file order\n")
+
+    in_order = run_bench(tmp_path, aiperf_tmpdir, dry_settings(
+        tmp_path, path, REQUEST_COUNT=2, FIXED_SCHEDULE="false"), "--dry-run")
+    assert in_order.returncode == 0, in_order.stderr
+    args = shlex.split(in_order.stdout)
+    assert "--no-fixed-schedule" in args and args[args.index("--request-count") + 1] == "2"
+    assert ("promptkit: schedule: 2 requests in file order (--no-fixed-schedule), its "
+            "timestamps not used") in in_order.stderr.splitlines()
+
+    # AIPerf's own flag in AIPERF_ARGS is the choice (and is not given twice).
+    given = run_bench(tmp_path, aiperf_tmpdir, dry_settings(
+        tmp_path, path, REQUEST_COUNT=2, AIPERF_ARGS="--no-fixed-schedule"), "--dry-run")
+    assert given.returncode == 0, given.stderr
+    assert shlex.split(given.stdout).count("--no-fixed-schedule") == 1
+    clash = run_bench(tmp_path, aiperf_tmpdir, dry_settings(
+        tmp_path, path, FIXED_SCHEDULE="true", AIPERF_ARGS="--no-fixed-schedule"), "--dry-run")
+    assert (clash.returncode, clash.stderr) == (
+        2, "promptkit: FIXED_SCHEDULE=true and AIPERF_ARGS's --no-fixed-schedule disagree\n")
+
+
+def test_bench_refuses_what_aiperf_would_refuse_or_repeat(tmp_path, aiperf_tmpdir):
+    path = timed_trace(tmp_path)
+    warm = run_bench(tmp_path, aiperf_tmpdir,
+                     dry_settings(tmp_path, path, WARMUP_REQUEST_COUNT=1), "--dry-run")
+    assert warm.returncode == 1
+    assert warm.stderr == (
+        f"promptkit: 5 requests (1 warmup, then every line of {path} once on AIPerf's fixed "
+        "schedule), but it has only 4 distinct records: 1 request would resend a prompt that "
+        "hits the prefix cache. Set WARMUP_REQUEST_COUNT=0, make the lines distinct "
+        "(promptkit nonce), or pass --allow-repeats (ALLOW_REPEATS=true)\n")
+    untimed = single_turn(tmp_path / "untimed.jsonl", [{"text": "a"}, {"text": "b"}])
+    refused = run_bench(tmp_path, aiperf_tmpdir,
+                        dry_settings(tmp_path, untimed, FIXED_SCHEDULE="true"), "--dry-run")
+    assert (refused.returncode, refused.stderr) == (
+        2, f"promptkit: FIXED_SCHEDULE: the first line of {untimed} has no timestamp, which "
+           "AIPerf's fixed schedule needs (it refuses the run)\n")
+
+
+def test_bench_runs_a_timed_trace_on_its_schedule_as_predicted(tmp_path, aiperf_tmpdir):
+    """The real run: every line once in timestamp order, the hits exactly as predicted."""
+    path = timed_trace(tmp_path)
+    tokenizer = build_tokenizer_dir(tmp_path / "tok")
+    artifacts = tmp_path / "artifacts"
+    with OpenAIServer(model="test-model", tokenizer=tokenizer) as server:
+        env_file = write_env(tmp_path / ".env", **base_settings(server, tokenizer, artifacts),
+                             INPUT_FILE=path, RESET_CACHE="vllm")
+        result = run_bench(tmp_path, aiperf_tmpdir, env_file)
+        why = explain(result, server, artifacts)
+        sent = [body["messages"][-1]["content"] for body in server.chat_requests()]
+        records = server.cache_records()
+    assert result.returncode == 0, why
+    lines = read_jsonl(path)
+    assert sent == [lines[i]["text_input"] for i in (1, 2, 3, 0)], why
+    cond = condition(artifacts)
+    assert cond["fixed_schedule"] is True and "--fixed-schedule" in cond["aiperf_command"]
+    hits, queries = served(records)
+    block = cond["prefix_cache"]
+    assert (block["predicted_hits"], block["predicted_queries"]) == (hits, queries)
+    assert (block["measured_hits"], block["measured_queries"]) == (hits, queries)
+    assert comparison(result.stderr).endswith(f", as predicted ({100 * rate(hits, queries):.2f}%)")
