@@ -60,10 +60,16 @@ What it does, in order:
    "measured_hit_rate", "measured_hits", "measured_queries", "source", ...}``
    into ``cache_condition.json`` and prints one line comparing prediction and
    measurement, saying plainly when the server hit more than predicted (a
-   flattered run) and what may cause it. After a warmup, AIPerf 0.13's export
-   can leave the first profiled requests out of the profiling phase's counters
-   (its warmup and profiling windows overlap); when the measurement is exactly
-   the prediction less its first requests, the line says so.
+   flattered run) and what may cause it. Where the prompt tokens differ, the
+   server's count of each profiled request (its ``usage``, in AIPerf's
+   ``ARTIFACT_DIR/profile_export.jsonl``) against check's tells the first
+   requests of conversations (the tokenizer, chat template or tools differ)
+   from later turns only (the server's replies, sent back in the history, came
+   back as other tokens): ``"measured_turns"`` / ``"predicted_turns"``. After a
+   warmup, AIPerf 0.13's export can leave the first profiled requests out of
+   the profiling phase's counters (its warmup and profiling windows overlap);
+   when the measurement is exactly the prediction less its first requests, the
+   line says so.
 
 Exit codes: AIPerf's own after a run; 1 when the runner stops (prompts would
 repeat, the cache reset failed, the input file is not loadable); 2 for a bad
@@ -75,7 +81,6 @@ stdout carries the ``--dry-run`` command, or AIPerf's own output during a run.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -884,20 +889,23 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
     out["predicted_with"] = {**options, "chat_template_from": why}
     from . import pipeline
 
-    rows = None
-    if prediction.warmup:  # the first profiled requests' figures (see comparison_line)
-        fd, rows = tempfile.mkstemp(prefix=".promptkit-bench-", suffix=".jsonl")
-        os.close(fd)
+    # Every profiled request's figures: the first ones (see comparison_line), and the
+    # prompt tokens of conversations' first requests and later turns (turns_diagnosis).
+    fd, rows = tempfile.mkstemp(prefix=".promptkit-bench-", suffix=".jsonl")
+    os.close(fd)
     try:
         with _quiet_transformers():
             # use_manifest=False: the system prompt file is the one AIPerf is given.
             summary = pipeline.check_file(prediction.input_file, use_manifest=False,
                                           per_request=rows, **options)
-        if rows is not None:
-            with open(rows, encoding="utf-8") as f:
-                out["predicted_first_requests"] = [
-                    [row["prompt_tokens"], row["hit_tokens"]]
-                    for row in map(json.loads, itertools.islice(f, BOUNDARY_REQUESTS))]
+        turns = _turns()
+        with open(rows, encoding="utf-8") as f:
+            for n, row in enumerate(map(json.loads, f)):
+                if prediction.warmup and n < BOUNDARY_REQUESTS:
+                    out.setdefault("predicted_first_requests", []).append(
+                        [row["prompt_tokens"], row["hit_tokens"]])
+                _count_turn(turns, row["turn"] == 1, row["prompt_tokens"])
+        out["predicted_turns"] = turns
     except PromptkitError as exc:
         out["prediction_unavailable"] = f"check failed: {exc}"
         return out
@@ -905,8 +913,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
         return out
     finally:
-        if rows is not None:
-            os.unlink(rows)
+        os.unlink(rows)
     rate = summary["hit_rate"]
     out["predicted_hit_rate"] = rate
     rate_range = summary.get("hit_rate_range")
@@ -962,6 +969,47 @@ def _counters(metrics: Any) -> tuple[str, str, str, float, float] | None:
     return None
 
 
+#: AIPerf's record of every request, one JSON line each (its ``metadata``: phase,
+#: conversation, turn; its ``metrics``: the server's usage, among others).
+RECORDS_FILE = "profile_export.jsonl"
+#: The two kinds of request a difference in prompt tokens is put down to.
+FIRST, LATER = "first_requests", "later_turns"
+
+
+def _turns() -> dict[str, dict[str, int]]:
+    return {FIRST: {"requests": 0, "prompt_tokens": 0},
+            LATER: {"requests": 0, "prompt_tokens": 0}}
+
+
+def _count_turn(turns: dict[str, dict[str, int]], first: bool, prompt_tokens: int) -> None:
+    group = turns[FIRST if first else LATER]
+    group["requests"] += 1
+    group["prompt_tokens"] += prompt_tokens
+
+
+def measured_turns(artifact_dir: Path) -> dict[str, dict[str, int]] | None:
+    """The prompt tokens the server counted (its ``usage``) for the profiled requests,
+    as AIPerf recorded them one by one in ``profile_export.jsonl``: of the first
+    requests of conversations and of their later turns. ``None`` when the file is
+    missing or a profiled request has no count (no usage from the server, an error)."""
+    turns = _turns()
+    try:
+        with (artifact_dir / RECORDS_FILE).open(encoding="utf-8") as f:
+            for line in filter(str.strip, f):
+                row = json.loads(line)
+                meta = row["metadata"]
+                if meta.get("benchmark_phase") != "profiling":
+                    continue
+                tokens = (row.get("metrics") or {}).get("usage_prompt_tokens", {}).get("value")
+                turn = meta.get("turn_index")
+                if not isinstance(tokens, int) or not isinstance(turn, int):
+                    return None
+                _count_turn(turns, turn == 0, tokens)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return turns
+
+
 def measure(artifact_dir: Path) -> dict[str, Any]:
     """What the server counted during the profiling phase, from AIPerf's export of its
     ``/metrics`` scrape: hits, queries (prompt tokens), their ratio and the source.
@@ -969,7 +1017,8 @@ def measure(artifact_dir: Path) -> dict[str, Any]:
     the profiling phase; measured on vLLM, it counted several profiled requests.)"""
     path = artifact_dir / SERVER_METRICS_FILE
     out: dict[str, Any] = {"measured_hit_rate": None, "measured_hits": None,
-                           "measured_queries": None}
+                           "measured_queries": None,
+                           "measured_turns": measured_turns(artifact_dir)}
     if not path.is_file():
         out["source"] = (f"{path}: missing (AIPerf writes it when it scraped the server's "
                          "/metrics: server metrics on, no --no-server-metrics)")
@@ -1048,29 +1097,79 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
                 "which AIPerf's export counted outside the profiling phase (its warmup and "
                 f"profiling windows overlap); predicted with them: {expected}")
     boundary = [BOUNDARY.format(warmup=warmup)] if warmup else []
-    template = (f"a chat template the tokenizer does not match (check used {chat_template}; "
-                "set CHAT_TEMPLATE)")
+    # AIPerf's records of each request tell where the prompt tokens differ (why), or
+    # that they do not (""); without them (None) the tokenizer or template is a guess.
+    why = turns_diagnosis(record, chat_template)
+    guess = ([f"a chat template the tokenizer does not match (check used {chat_template}; "
+              "set CHAT_TEMPLATE)"] if why is None else [])
     if measured > high + RATE_EPSILON:
         causes = []
         if reset_mode == "none":
             causes.append("the cache was not cleared before the run (RESET_CACHE=none) "
                           "and held earlier prompts")
         causes += ["warmup requests counted in the profiling window", *boundary,
-                   "another client sending to the same server", template]
+                   "another client sending to the same server", *guess]
+        if why:
+            return (f"prefix cache: {served}, more than the {expected} predicted, on other "
+                    f"prompt tokens: {why}; other possible causes: {'; '.join(causes)}")
         return (f"prefix cache: {served}, more than the {expected} predicted: a flattered "
                 f"run; possible causes: {'; '.join(causes)}")
     if measured < low - RATE_EPSILON:
         causes = [*boundary, "evictions (a cache smaller than the run needs)", "requests "
-                  "with shared prefixes in flight together (CONCURRENCY above 1)", template]
+                  "with shared prefixes in flight together (CONCURRENCY above 1)", *guess]
+        if why:
+            return (f"prefix cache: {served}, less than the {expected} predicted, on other "
+                    f"prompt tokens: {why}; other possible causes: {'; '.join(causes)}")
         return (f"prefix cache: {served}, less than the {expected} predicted; possible "
                 f"causes: {'; '.join(causes)}")
     line = f"prefix cache: {served}, as predicted ({expected})"
-    if record.get("predicted_queries") not in (None, record["measured_queries"]):
+    if why:
+        line += f"; but {why}"
+    elif record.get("predicted_queries") not in (None, record["measured_queries"]):
         line += (f"; but the server counted {record['measured_queries']} prompt tokens "
-                 f"where check counted {record['predicted_queries']}: "
-                 + "; or ".join([*boundary, "its tokenizer or chat template differs from the "
-                                 "one check used"]))
+                 f"where check counted {record['predicted_queries']}: ")
+        if why is None:
+            line += "; or ".join([*boundary, "its tokenizer or chat template differs from "
+                                  "the one check used"])
+        else:
+            line += ("AIPerf's records of the profiled requests hold the prompt tokens check "
+                     "counted, so the server's counters took in other requests: "
+                     + "; or ".join([*boundary, "another client sending to the same server"]))
     return line
+
+
+def turns_diagnosis(record: dict[str, Any], chat_template: str | None) -> str | None:
+    """Where the prompt tokens differ from the prediction, from AIPerf's record of each
+    profiled request (the server's own count): in the first requests of conversations
+    (the tokenizer, chat template or tools) or only in their later turns (the server's
+    replies, sent back in the history). ``""``: as predicted in both; ``None``: no
+    records to tell."""
+    predicted, measured = record.get("predicted_turns"), record.get("measured_turns")
+    if not predicted or not measured:
+        return None
+    if predicted == measured:
+        return ""
+    first, later = measured[FIRST], measured[LATER]
+    counted = (predicted[FIRST]["requests"], predicted[LATER]["requests"])
+    if (first["requests"], later["requests"]) != counted:
+        return (f"AIPerf sent {first['requests']} first requests of conversations and "
+                f"{later['requests']} later turns where check predicted {counted[0]} and "
+                f"{counted[1]}: other requests than predicted")
+    expected = predicted[FIRST]["prompt_tokens"]
+    what = "the first requests of conversations" if later["requests"] else "the requests"
+    if first["prompt_tokens"] == expected:
+        return (f"{what} came to exactly the {expected} prompt tokens check counted, their "
+                f"later turns to {later['prompt_tokens']} where it counted "
+                f"{predicted[LATER]['prompt_tokens']}: the server's replies, sent back in the "
+                "history, are not the output_length tokens check counted (re-tokenized, or "
+                "shorter)")
+    why = (f"{what} came to {first['prompt_tokens']} prompt tokens where check counted "
+           f"{expected}: the server's tokenizer, chat template or tools differ from what "
+           f"check rendered (chat template {chat_template}; set TOKENIZER, CHAT_TEMPLATE)")
+    if later["prompt_tokens"] != predicted[LATER]["prompt_tokens"]:
+        why += (f", and their later turns to {later['prompt_tokens']} where it counted "
+                f"{predicted[LATER]['prompt_tokens']}")
+    return why
 
 
 # ---------------------------------------------------------------- the command
