@@ -848,7 +848,8 @@ def _snapshot(record: Record) -> Record:
     length and the layout (a multi_turn conversation is a request a turn)."""
     return Record(messages=[Message(m.role, m.content, dict(m.fields))
                             for m in record.messages],
-                  session_id=record.session_id, output_length=record.output_length,
+                  session_id=record.session_id, timestamp=record.timestamp,
+                  output_length=record.output_length,
                   extra=dict(record.extra) if record.extra else None,
                   input_length=record.input_length, hash_ids=record.hash_ids,
                   layout=record.layout, lineno=record.lineno)

@@ -770,7 +770,7 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="As AIPerf's options: every line once, conversations in the order "
                           "of their timestamps (no --requests), or the file in order "
                           "[default: as AIPerf decides: a fixed schedule for a mooncake_trace "
-                          "file whose first line has a timestamp]."),
+                          "IN whose first line has a timestamp; in a pipe, the file in order]."),
         click.option("--system-prompt-file", metavar="PATH",
                      help="The file AIPerf sends as a system message on every request (its "
                           "--system-prompt-file) [default: the one the file's manifest "

@@ -187,6 +187,24 @@ def test_a_run_aiperf_refuses_is_refused(tmp_path, run):
         "AIPerf's fixed schedule needs (it refuses the run)\n")
 
 
+def test_a_pipe_predicts_the_fixed_schedule_it_is_told_of(tmp_path, run):
+    """A pipe's check cannot see the format its output is written in: --fixed-schedule
+    tells it (the timestamps pass through to it)."""
+    path = mooncake(tmp_path / "trace.jsonl", LINES)
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", path, "check", "--tokenizer", "cl100k_base",
+                 "--fixed-schedule", "--warmup", "1", "write", out)
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text(encoding="utf-8"))
+    summary = next(step for step in manifest["steps"] if step["op"] == "check")["info"]["summary"]
+    assert summary["fixed_schedule"] is True
+    assert (summary["requests"], summary["requests_repeating_a_prompt"]) == (4, 1)
+    refused = run("pipe", "read", path, "check", "--tokenizer", "cl100k_base",
+                  "--fixed-schedule", "--requests", "2", "write", tmp_path / "out2.jsonl")
+    assert refused.exit_code == 2
+    assert not (tmp_path / "out2.jsonl").exists()
+
+
 # -- the real AIPerf -----------------------------------------------------------------
 
 
