@@ -24,6 +24,12 @@ What it does, in order:
    When ``WARMUP_REQUEST_COUNT + REQUEST_COUNT`` exceeds those requests, AIPerf
    would wrap around the file and resend prompts that hit the prefix cache: the
    runner stops (exit 1) unless ``--allow-repeats`` or ``ALLOW_REPEATS=true``.
+   The schedule is decided as AIPerf decides it (``FIXED_SCHEDULE`` or AIPerf's
+   flag in ``AIPERF_ARGS`` override): on its fixed schedule (a ``mooncake_trace``
+   whose first line has a timestamp) AIPerf sends every line once and ignores
+   ``--request-count``, so ``REQUEST_COUNT`` is refused (exit 2) and a warmup
+   counts as repeats. The runner says which schedule the run is on and passes
+   ``--fixed-schedule`` or ``--no-fixed-schedule`` either way.
    ``INPUT_FILE`` unset (or empty): AIPerf's synthetic prompts, with a warning
    (they are alike, so prefix caching may flatter the results). ``INPUT_FILE``
    set to a path that is missing, a folder or unreadable stops the runner (exit 1).
@@ -54,10 +60,16 @@ What it does, in order:
    "measured_hit_rate", "measured_hits", "measured_queries", "source", ...}``
    into ``cache_condition.json`` and prints one line comparing prediction and
    measurement, saying plainly when the server hit more than predicted (a
-   flattered run) and what may cause it. After a warmup, AIPerf 0.13's export
-   can leave the first profiled requests out of the profiling phase's counters
-   (its warmup and profiling windows overlap); when the measurement is exactly
-   the prediction less its first requests, the line says so.
+   flattered run) and what may cause it. Where the prompt tokens differ, the
+   server's count of each profiled request (its ``usage``, in AIPerf's
+   ``ARTIFACT_DIR/profile_export.jsonl``) against check's tells the first
+   requests of conversations (the tokenizer, chat template or tools differ)
+   from later turns only (the server's replies, sent back in the history, came
+   back as other tokens): ``"measured_turns"`` / ``"predicted_turns"``. After a
+   warmup, AIPerf 0.13's export can leave the first profiled requests out of
+   the profiling phase's counters (its warmup and profiling windows overlap);
+   when the measurement is exactly the prediction less its first requests, the
+   line says so.
 
 Exit codes: AIPerf's own after a run; 1 when the runner stops (prompts would
 repeat, the cache reset failed, the input file is not loadable); 2 for a bad
@@ -69,7 +81,6 @@ stdout carries the ``--dry-run`` command, or AIPerf's own output during a run.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -88,11 +99,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from . import manifest
+from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
+from .formats.aiperf import TRACE_TYPES, fixed_schedule
 
 #: Every setting the runner reads, with its default (None: not passed to AIPerf).
 SETTINGS: dict[str, str | None] = {
@@ -102,6 +115,7 @@ SETTINGS: dict[str, str | None] = {
     "STREAMING": "false",           # --streaming when true
     "CONCURRENCY": "1",             # --concurrency
     "REQUEST_COUNT": None,          # --request-count (file default: distinct - warmup)
+    "FIXED_SCHEDULE": None,         # true/false: --fixed-schedule/--no-fixed-schedule
     "WARMUP_REQUEST_COUNT": "0",    # --warmup-request-count when > 0
     "TOKENIZER": None,              # --tokenizer (a local folder is made absolute)
     "ARTIFACT_DIR": None,           # --artifact-dir (default: artifacts/MODEL-TIME)
@@ -475,6 +489,8 @@ class Dataset:
     #: multi_turn: the turns of the distinct conversations, which AIPerf sends one
     #: request each and counts so for --request-count and --warmup-request-count.
     distinct_turns: int | None = None
+    requests_per_pass: int = 0  # every line's requests (a multi_turn line: one a turn)
+    timed: bool = False  # its first line has a timestamp (a fixed schedule needs one)
 
     @property
     def distinct_requests(self) -> int:
@@ -514,15 +530,24 @@ def _manifest_args(args: list[str], input_file: str) -> list[str]:
     return ["--input-file", input_file, *out]
 
 
-def scan_file(path: str) -> tuple[str, int, int]:
-    """``(AIPerf's --custom-dataset-type, distinct prompts, their turns)`` of a file:
-    its format detected as every promptkit command detects it, every record read (a
-    bad one is ``FILE:LINE: problem``), distinct prompts counted as a manifest counts
-    them, and the turns of the distinct ones (a multi_turn conversation has several)."""
+class Scan(NamedTuple):
+    aiperf_type: str  # AIPerf's --custom-dataset-type
+    distinct: int  # distinct prompts, counted as a manifest counts them
+    distinct_turns: int  # the turns of the distinct ones (a conversation has several)
+    requests: int  # the requests of every line (one a turn)
+    timed: bool  # the first line has a timestamp
+
+
+def scan_file(path: str, *, first_only: bool = False) -> Scan:
+    """What AIPerf makes of a file: its format detected as every promptkit command
+    detects it, every record read (a bad one is ``FILE:LINE: problem``); with
+    ``first_only``, the first record only (the counts are then of it alone)."""
     from .streams import Source, prompt_key
 
     source = Source(path)
     turns: dict[int, int] = {}
+    requests = 0
+    timed = False
     try:
         fmt = source.format
         if fmt.aiperf_type is None:
@@ -530,14 +555,19 @@ def scan_file(path: str) -> tuple[str, int, int]:
                                  f"convert first: promptkit pipe read {path} write --to "
                                  "single_turn OUT")
         for record in source.records():
+            if not requests:
+                timed = record.timestamp is not None
             turns[prompt_key(record)] = len(record.messages) or 1
+            requests += len(record.messages) or 1
+            if first_only:
+                break
     except InvalidRecordError as exc:
         raise (exc.located(source.name) if exc.path is None else exc) from None
     finally:
         source.close()
     if not turns:
         raise PromptkitError(f"{source.name}: empty file: no records")
-    return fmt.aiperf_type, len(turns), sum(turns.values())
+    return Scan(fmt.aiperf_type, len(turns), sum(turns.values()), requests, timed)
 
 
 def load_dataset(path: str) -> Dataset:
@@ -558,14 +588,20 @@ def load_dataset(path: str) -> Dataset:
             dataset = Dataset(path, aiperf["custom_dataset_type"],
                               _manifest_args(list(aiperf.get("args", [])), path),
                               int(aiperf["distinct_records"]), "manifest")
-            if dataset.custom_dataset_type == "multi_turn":  # the manifest counts records
-                dataset.distinct_turns = scan_file(path)[2]
+            multi_turn = dataset.custom_dataset_type == "multi_turn"
+            scan = scan_file(path, first_only=not multi_turn)  # the manifest counts records
+            if multi_turn:
+                dataset.distinct_turns = scan.distinct_turns
+            dataset.requests_per_pass = (scan.requests if multi_turn
+                                         else int(made["output"]["records"]))
+            dataset.timed = scan.timed
             return dataset
-    aiperf_type, distinct, turns = scan_file(path)
-    return Dataset(path, aiperf_type,
-                   ["--input-file", path, "--custom-dataset-type", aiperf_type],
-                   distinct, "detected", warnings,
-                   turns if aiperf_type == "multi_turn" else None)
+    scan = scan_file(path)
+    return Dataset(path, scan.aiperf_type,
+                   ["--input-file", path, "--custom-dataset-type", scan.aiperf_type],
+                   scan.distinct, "detected", warnings,
+                   scan.distinct_turns if scan.aiperf_type == "multi_turn" else None,
+                   scan.requests, scan.timed)
 
 
 # ---------------------------------------------------------------- the cache reset
@@ -756,6 +792,7 @@ class Prediction:
     num_gpu_blocks: int | None = None
     reply_tokens: int | None = None
     hash_block_size: int | None = None  # AIPerf's --prompt-input-tokens-block-size
+    fixed_schedule: bool = False  # AIPerf replays the file on its fixed schedule
 
 
 def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
@@ -844,7 +881,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
     options: dict[str, Any] = {
         "tokenizer": prediction.tokenizer, "chat_template": template,
         "block_size": prediction.block_size, "requests": prediction.requests,
-        "warmup": prediction.warmup,
+        "warmup": prediction.warmup, "fixed_schedule": prediction.fixed_schedule,
     }
     for key in ("system_prompt_file", "num_gpu_blocks", "reply_tokens", "hash_block_size"):
         if getattr(prediction, key) is not None:
@@ -852,20 +889,23 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
     out["predicted_with"] = {**options, "chat_template_from": why}
     from . import pipeline
 
-    rows = None
-    if prediction.warmup:  # the first profiled requests' figures (see comparison_line)
-        fd, rows = tempfile.mkstemp(prefix=".promptkit-bench-", suffix=".jsonl")
-        os.close(fd)
+    # Every profiled request's figures: the first ones (see comparison_line), and the
+    # prompt tokens of conversations' first requests and later turns (turns_diagnosis).
+    fd, rows = tempfile.mkstemp(prefix=".promptkit-bench-", suffix=".jsonl")
+    os.close(fd)
     try:
         with _quiet_transformers():
             # use_manifest=False: the system prompt file is the one AIPerf is given.
             summary = pipeline.check_file(prediction.input_file, use_manifest=False,
                                           per_request=rows, **options)
-        if rows is not None:
-            with open(rows, encoding="utf-8") as f:
-                out["predicted_first_requests"] = [
-                    [row["prompt_tokens"], row["hit_tokens"]]
-                    for row in map(json.loads, itertools.islice(f, BOUNDARY_REQUESTS))]
+        turns = _turns()
+        with open(rows, encoding="utf-8") as f:
+            for n, row in enumerate(map(json.loads, f)):
+                if prediction.warmup and n < BOUNDARY_REQUESTS:
+                    out.setdefault("predicted_first_requests", []).append(
+                        [row["prompt_tokens"], row["hit_tokens"]])
+                _count_turn(turns, row["turn"] == 1, row["prompt_tokens"])
+        out["predicted_turns"] = turns
     except PromptkitError as exc:
         out["prediction_unavailable"] = f"check failed: {exc}"
         return out
@@ -873,8 +913,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
         return out
     finally:
-        if rows is not None:
-            os.unlink(rows)
+        os.unlink(rows)
     rate = summary["hit_rate"]
     out["predicted_hit_rate"] = rate
     rate_range = summary.get("hit_rate_range")
@@ -930,6 +969,47 @@ def _counters(metrics: Any) -> tuple[str, str, str, float, float] | None:
     return None
 
 
+#: AIPerf's record of every request, one JSON line each (its ``metadata``: phase,
+#: conversation, turn; its ``metrics``: the server's usage, among others).
+RECORDS_FILE = "profile_export.jsonl"
+#: The two kinds of request a difference in prompt tokens is put down to.
+FIRST, LATER = "first_requests", "later_turns"
+
+
+def _turns() -> dict[str, dict[str, int]]:
+    return {FIRST: {"requests": 0, "prompt_tokens": 0},
+            LATER: {"requests": 0, "prompt_tokens": 0}}
+
+
+def _count_turn(turns: dict[str, dict[str, int]], first: bool, prompt_tokens: int) -> None:
+    group = turns[FIRST if first else LATER]
+    group["requests"] += 1
+    group["prompt_tokens"] += prompt_tokens
+
+
+def measured_turns(artifact_dir: Path) -> dict[str, dict[str, int]] | None:
+    """The prompt tokens the server counted (its ``usage``) for the profiled requests,
+    as AIPerf recorded them one by one in ``profile_export.jsonl``: of the first
+    requests of conversations and of their later turns. ``None`` when the file is
+    missing or a profiled request has no count (no usage from the server, an error)."""
+    turns = _turns()
+    try:
+        with (artifact_dir / RECORDS_FILE).open(encoding="utf-8") as f:
+            for line in filter(str.strip, f):
+                row = json.loads(line)
+                meta = row["metadata"]
+                if meta.get("benchmark_phase") != "profiling":
+                    continue
+                tokens = (row.get("metrics") or {}).get("usage_prompt_tokens", {}).get("value")
+                turn = meta.get("turn_index")
+                if not isinstance(tokens, int) or not isinstance(turn, int):
+                    return None
+                _count_turn(turns, turn == 0, tokens)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return turns
+
+
 def measure(artifact_dir: Path) -> dict[str, Any]:
     """What the server counted during the profiling phase, from AIPerf's export of its
     ``/metrics`` scrape: hits, queries (prompt tokens), their ratio and the source.
@@ -937,7 +1017,8 @@ def measure(artifact_dir: Path) -> dict[str, Any]:
     the profiling phase; measured on vLLM, it counted several profiled requests.)"""
     path = artifact_dir / SERVER_METRICS_FILE
     out: dict[str, Any] = {"measured_hit_rate": None, "measured_hits": None,
-                           "measured_queries": None}
+                           "measured_queries": None,
+                           "measured_turns": measured_turns(artifact_dir)}
     if not path.is_file():
         out["source"] = (f"{path}: missing (AIPerf writes it when it scraped the server's "
                          "/metrics: server metrics on, no --no-server-metrics)")
@@ -1016,29 +1097,79 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
                 "which AIPerf's export counted outside the profiling phase (its warmup and "
                 f"profiling windows overlap); predicted with them: {expected}")
     boundary = [BOUNDARY.format(warmup=warmup)] if warmup else []
-    template = (f"a chat template the tokenizer does not match (check used {chat_template}; "
-                "set CHAT_TEMPLATE)")
+    # AIPerf's records of each request tell where the prompt tokens differ (why), or
+    # that they do not (""); without them (None) the tokenizer or template is a guess.
+    why = turns_diagnosis(record, chat_template)
+    guess = ([f"a chat template the tokenizer does not match (check used {chat_template}; "
+              "set CHAT_TEMPLATE)"] if why is None else [])
     if measured > high + RATE_EPSILON:
         causes = []
         if reset_mode == "none":
             causes.append("the cache was not cleared before the run (RESET_CACHE=none) "
                           "and held earlier prompts")
         causes += ["warmup requests counted in the profiling window", *boundary,
-                   "another client sending to the same server", template]
+                   "another client sending to the same server", *guess]
+        if why:
+            return (f"prefix cache: {served}, more than the {expected} predicted, on other "
+                    f"prompt tokens: {why}; other possible causes: {'; '.join(causes)}")
         return (f"prefix cache: {served}, more than the {expected} predicted: a flattered "
                 f"run; possible causes: {'; '.join(causes)}")
     if measured < low - RATE_EPSILON:
         causes = [*boundary, "evictions (a cache smaller than the run needs)", "requests "
-                  "with shared prefixes in flight together (CONCURRENCY above 1)", template]
+                  "with shared prefixes in flight together (CONCURRENCY above 1)", *guess]
+        if why:
+            return (f"prefix cache: {served}, less than the {expected} predicted, on other "
+                    f"prompt tokens: {why}; other possible causes: {'; '.join(causes)}")
         return (f"prefix cache: {served}, less than the {expected} predicted; possible "
                 f"causes: {'; '.join(causes)}")
     line = f"prefix cache: {served}, as predicted ({expected})"
-    if record.get("predicted_queries") not in (None, record["measured_queries"]):
+    if why:
+        line += f"; but {why}"
+    elif record.get("predicted_queries") not in (None, record["measured_queries"]):
         line += (f"; but the server counted {record['measured_queries']} prompt tokens "
-                 f"where check counted {record['predicted_queries']}: "
-                 + "; or ".join([*boundary, "its tokenizer or chat template differs from the "
-                                 "one check used"]))
+                 f"where check counted {record['predicted_queries']}: ")
+        if why is None:
+            line += "; or ".join([*boundary, "its tokenizer or chat template differs from "
+                                  "the one check used"])
+        else:
+            line += ("AIPerf's records of the profiled requests hold the prompt tokens check "
+                     "counted, so the server's counters took in other requests: "
+                     + "; or ".join([*boundary, "another client sending to the same server"]))
     return line
+
+
+def turns_diagnosis(record: dict[str, Any], chat_template: str | None) -> str | None:
+    """Where the prompt tokens differ from the prediction, from AIPerf's record of each
+    profiled request (the server's own count): in the first requests of conversations
+    (the tokenizer, chat template or tools) or only in their later turns (the server's
+    replies, sent back in the history). ``""``: as predicted in both; ``None``: no
+    records to tell."""
+    predicted, measured = record.get("predicted_turns"), record.get("measured_turns")
+    if not predicted or not measured:
+        return None
+    if predicted == measured:
+        return ""
+    first, later = measured[FIRST], measured[LATER]
+    counted = (predicted[FIRST]["requests"], predicted[LATER]["requests"])
+    if (first["requests"], later["requests"]) != counted:
+        return (f"AIPerf sent {first['requests']} first requests of conversations and "
+                f"{later['requests']} later turns where check predicted {counted[0]} and "
+                f"{counted[1]}: other requests than predicted")
+    expected = predicted[FIRST]["prompt_tokens"]
+    what = "the first requests of conversations" if later["requests"] else "the requests"
+    if first["prompt_tokens"] == expected:
+        return (f"{what} came to exactly the {expected} prompt tokens check counted, their "
+                f"later turns to {later['prompt_tokens']} where it counted "
+                f"{predicted[LATER]['prompt_tokens']}: the server's replies, sent back in the "
+                "history, are not the output_length tokens check counted (re-tokenized, or "
+                "shorter)")
+    why = (f"{what} came to {first['prompt_tokens']} prompt tokens where check counted "
+           f"{expected}: the server's tokenizer, chat template or tools differ from what "
+           f"check rendered (chat template {chat_template}; set TOKENIZER, CHAT_TEMPLATE)")
+    if later["prompt_tokens"] != predicted[LATER]["prompt_tokens"]:
+        why += (f", and their later turns to {later['prompt_tokens']} where it counted "
+                f"{predicted[LATER]['prompt_tokens']}")
+    return why
 
 
 # ---------------------------------------------------------------- the command
@@ -1070,6 +1201,46 @@ def option_value(args: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg[len(name) + 1:]
     return value
+
+
+SCHEDULE_FLAGS = {"--fixed-schedule": True, "--no-fixed-schedule": False}
+
+
+def schedule_asked(settings: Mapping[str, str], aiperf_args: list[str]) -> bool | None:
+    """FIXED_SCHEDULE, or AIPerf's own flag for it in AIPERF_ARGS: True (a fixed
+    schedule), False (none), ``None`` (unset: AIPerf's own choice)."""
+    asked = flag(settings, "FIXED_SCHEDULE") if setting(settings, "FIXED_SCHEDULE") else None
+    given = [SCHEDULE_FLAGS[arg] for arg in aiperf_args if arg in SCHEDULE_FLAGS]
+    if given and asked is not None and given[-1] != asked:
+        raise SettingError(f"FIXED_SCHEDULE={settings['FIXED_SCHEDULE']} and AIPERF_ARGS's "
+                           f"{'--fixed-schedule' if given[-1] else '--no-fixed-schedule'} "
+                           "disagree")
+    return given[-1] if given else asked
+
+
+def scheduled_requests(dataset: Dataset, requests: int | None) -> int:
+    """The requests AIPerf's fixed schedule sends of ``dataset``: every line once
+    (REQUEST_COUNT, which it ignores, is refused)."""
+    if not dataset.timed:
+        raise SettingError(f"FIXED_SCHEDULE: the first line of {dataset.path} has no "
+                           "timestamp, which AIPerf's fixed schedule needs (it refuses the run)")
+    if requests is not None:
+        raise SettingError(
+            f"REQUEST_COUNT={requests}: AIPerf replays {dataset.path} on its fixed schedule, "
+            f"every line once ({dataset.requests_per_pass} requests), and ignores "
+            "--request-count; unset REQUEST_COUNT, or set FIXED_SCHEDULE=false for "
+            f"{requests} requests in file order")
+    return dataset.requests_per_pass
+
+
+def schedule_line(dataset: Dataset, requests: int, fixed: bool) -> str:
+    """Which of AIPerf's schedules the run is on, in one line."""
+    if fixed:
+        return (f"schedule: fixed (--fixed-schedule): every line of {dataset.path} once, "
+                f"{requests} requests, the conversations in the order of their timestamps")
+    unused = (", its timestamps not used" if dataset.timed
+              and dataset.custom_dataset_type in TRACE_TYPES else "")
+    return (f"schedule: {requests} requests in file order (--no-fixed-schedule){unused}")
 
 
 @dataclass
@@ -1124,6 +1295,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         raise SettingError("MAX_HIT_RATE needs the server's counters, which AIPerf does not "
                            "collect with --no-server-metrics (in AIPERF_ARGS)")
 
+    asked = schedule_asked(settings, more)
+    fixed = False
     condition: dict[str, Any] = {"reset_cache": reset_mode}
     input_file = setting(settings, "INPUT_FILE")
     dataset_args: list[str] = []
@@ -1132,7 +1305,10 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         dataset = load_dataset(readable_file(input_file))
         for message in dataset.warnings:
             warn(message)
-        if requests is None:
+        fixed = fixed_schedule(dataset.custom_dataset_type, dataset.timed, asked)
+        if fixed:
+            requests = scheduled_requests(dataset, requests)
+        elif requests is None:
             requests = dataset.distinct_requests - warmup
             if requests < 1:
                 raise PromptkitError(
@@ -1143,6 +1319,14 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                  f"{warmup} warmup)")
         total = warmup + requests
         repeats = total > dataset.distinct_requests
+        if repeats and not allow_repeats and fixed:
+            raise PromptkitError(
+                f"{total} requests ({warmup} warmup, then every line of {dataset.path} once "
+                f"on AIPerf's fixed schedule), but it has only {dataset.describe()}: "
+                f"{counted(total - dataset.distinct_requests, 'request')} would resend a "
+                "prompt that hits the prefix cache. Set WARMUP_REQUEST_COUNT=0, make the "
+                "lines distinct "
+                "(promptkit nonce), or pass --allow-repeats (ALLOW_REPEATS=true)")
         if repeats and not allow_repeats:
             raise PromptkitError(
                 f"WARMUP_REQUEST_COUNT + REQUEST_COUNT = {warmup} + {requests} = {total} "
@@ -1158,7 +1342,10 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
             warn("multi_turn with a warmup: AIPerf 0.13 was seen to skip a conversation "
                  "after a warmup of 2 or more requests (and so to wrap around sooner); "
                  "the prediction assumes the conversations follow in file order")
+        note(schedule_line(dataset, requests, fixed))
         dataset_args = dataset.args
+        if not {"--fixed-schedule", "--no-fixed-schedule"} & set(more):
+            dataset_args = [*dataset_args, "--fixed-schedule" if fixed else "--no-fixed-schedule"]
         predicted_file = dataset.path
         condition["dataset"] = {
             "input_file": dataset.path,
@@ -1170,6 +1357,9 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         if dataset.distinct_turns is not None:
             condition["dataset"]["distinct_turns"] = dataset.distinct_turns
     else:
+        if asked:
+            raise SettingError("FIXED_SCHEDULE=true replays a file's timestamps: set "
+                               "INPUT_FILE (synthetic prompts have none)")
         warn("synthetic mode: AIPerf's synthetic prompts are much alike, so the server's "
              "prefix cache may serve parts of them and flatter the results; use a "
              "nonce'd file (promptkit nonce) for a cold-cache run")
@@ -1185,7 +1375,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         command.append("--streaming")
     command += dataset_args
     command += ["--concurrency", str(concurrency)]
-    if requests is not None:
+    if requests is not None and not fixed:  # (a fixed schedule ignores it)
         command += ["--request-count", str(requests)]
     if warmup:
         command += ["--warmup-request-count", str(warmup)]  # AIPerf rejects 0
@@ -1197,7 +1387,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         command.append("--reset-kv-cache")
     command += more
     condition.update({"warmup_request_count": warmup, "request_count": requests,
-                      "concurrency": concurrency, "url": redact_text(url), "model": model})
+                      "fixed_schedule": fixed, "concurrency": concurrency,
+                      "url": redact_text(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
     from .pipeline import HASH_BLOCK_FLAGS
 
@@ -1205,8 +1396,8 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                   if v is not None and v.isdigit() and int(v) >= 1]
     prediction = Prediction(
         input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
-        chat_template=chat_template, block_size=block_size, requests=requests,
-        warmup=warmup,
+        chat_template=chat_template, block_size=block_size,
+        requests=None if fixed else requests, warmup=warmup, fixed_schedule=fixed,
         system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None,
         num_gpu_blocks=num_gpu_blocks, reply_tokens=reply_tokens,
         hash_block_size=int(hash_block[-1]) if hash_block else None)

@@ -30,11 +30,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import SglangCache, VllmCache
-from .errors import CheckError, InvalidRecordError, OptionNeededError, PromptkitError, Skipping
-from .formats.aiperf import blocks_problem, hoisted_system, sends_tools, turn_tools
+from .errors import (
+    BadOptionError,
+    CheckError,
+    InvalidRecordError,
+    OptionNeededError,
+    PromptkitError,
+    Skipping,
+)
+from .formats.aiperf import (
+    blocks_problem,
+    fixed_schedule,
+    hoisted_system,
+    sends_tools,
+    turn_tools,
+)
 from .progress import tracked
 from .records import Message, Record, content_texts
-from .steps import Step, Where, checked, integer, number, one_of, text, tokenizer_loads
+from .steps import Step, Where, checked, flag, integer, number, one_of, text, tokenizer_loads
 from .templates import (
     PROBE,
     TEMPLATES,
@@ -292,6 +305,10 @@ class CheckOptions:
     #: A hash-id trace's tokens an id when block_size is not given: AIPerf's
     #: --prompt-input-tokens-block-size (from the file's manifest), else 512.
     hash_block_size: int | None = None
+    #: AIPerf's --fixed-schedule (True) or --no-fixed-schedule (False); None: its own
+    #: choice, a fixed schedule for a trace (``aiperf_type``) whose first line is timed.
+    fixed_schedule: bool | None = None
+    aiperf_type: str | None = None  # the --custom-dataset-type AIPerf loads the file as
 
 
 @dataclass
@@ -315,6 +332,8 @@ class _Unit:
     requests: list[_Request]
     salt_not_sent: bool = False  # it has a cache_salt AIPerf does not send
     tools: bool = False  # a request of it sends tools
+    timestamp: Any = None  # when its first request is sent (a fixed schedule's order)
+    lineno: int | None = None
 
 
 @dataclass
@@ -338,6 +357,7 @@ class Report:
     prefixes: Counter[bytes] = field(default_factory=Counter)
     replies_known: bool = True  # every reply a later turn sends back has known tokens
     one_pass: int = 0  # the requests one pass over the file sends
+    fixed_schedule: bool = False  # AIPerf replays the file on its fixed schedule
 
     def repeating(self) -> int:
         """Profiled requests that send a prompt already sent: AIPerf wraps around the
@@ -384,6 +404,7 @@ class Report:
             "conversations": self.conversations,
             "requests": len(hits),
             "warmup": self.options.warmup,
+            "fixed_schedule": self.fixed_schedule,
             "requests_per_pass": self.one_pass,
             "requests_repeating_a_prompt": self.repeating(),
             "prompt_tokens": prompt_tokens,
@@ -409,7 +430,7 @@ class Report:
             "records_sharing_one": sum(shared),
             "records_per_shared_block": [n for _, n in self.prefixes.most_common(10) if n > 1],
         }
-        if self.repeating():
+        if self.repeating() and not self.fixed_schedule:  # (a fixed schedule sends every line)
             copies = -(-(self.options.warmup + len(hits)) // self.one_pass)
             out["copies_for_distinct_prompts"] = copies
         if self.salts_not_sent:
@@ -497,6 +518,20 @@ class Setup:
         self.block_size = options.block_size or (
             (options.hash_block_size or HASH_BLOCK_SIZE) if self.hash_ids else TEXT_BLOCK_SIZE)
         self.report = Report(options, self.block_size, hash_ids=self.hash_ids)
+        self.fixed_schedule = fixed_schedule(options.aiperf_type, first.timestamp is not None,
+                                             options.fixed_schedule)
+        if self.fixed_schedule:
+            if first.timestamp is None:
+                raise InvalidRecordError(
+                    "--fixed-schedule: the first line has no timestamp, which AIPerf's fixed "
+                    "schedule needs (it refuses the run)", lineno=first.lineno)
+            if options.requests is not None:
+                raise BadOptionError(
+                    f"--requests {options.requests}: AIPerf replays this file on its fixed "
+                    "schedule (every line once, in timestamp order) and ignores "
+                    "--request-count; leave --requests out, or predict a run in file order "
+                    "with --no-fixed-schedule")
+        self.report.fixed_schedule = self.fixed_schedule
         self.prompts: Prompts | None = None
         if self.hash_ids and options.system_prompt is not None:
             raise CheckError("a system prompt AIPerf adds cannot be checked on a hash-id "
@@ -583,7 +618,7 @@ class Setup:
                            record.output_length if record.output_length is not None
                            else self.options.reply_tokens)
         lead = array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
-        return _Unit(None, [request]), lead
+        return _Unit(None, [request], timestamp=record.timestamp, lineno=record.lineno), lead
 
     def _text_entry(self, record: Record, turns: list[_Turn],
                     tokens: list[list[int]]) -> tuple[_Unit, bytes]:
@@ -603,13 +638,17 @@ class Setup:
         lead = array("I", tokens[0][:PREFIX_WINDOW]).tobytes()
         session = (None if record.layout == "multi_turn" or record.session_id is None
                    else ("session", record.session_id))
-        return _Unit(session, requests), lead
+        return (_Unit(session, requests, timestamp=record.timestamp, lineno=record.lineno),
+                lead)
 
     def replay(self, pairs: Iterable[tuple[_Unit, bytes]]) -> Report:
         """The records in order, then the run a client makes of them: sessions in the
-        order they first appear, each session's requests in a row, one at a time."""
+        order they first appear, each session's requests in a row, one at a time. On a
+        fixed schedule, the warmup goes so too, then every session once, in the order
+        of its first line's timestamp (as AIPerf 0.13 sends them at concurrency 1)."""
         report, options = self.report, self.options
         sessions: dict[Any, list[tuple[int, int, _Request]]] = {}
+        firsts: list[_Unit] = []  # each session's first record
         earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
         unit = 8 if self.hash_ids else 4
         for index, (entry, lead) in enumerate(pairs):
@@ -619,13 +658,18 @@ class Setup:
             report.tools += entry.tools
             report.first_difference.append(_first_difference(earlier, lead, unit))
             report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
-            requests = sessions.setdefault(
-                ("record", index) if entry.session is None else entry.session, [])
-            requests += [(index, turn, r) for turn, r in enumerate(entry.requests)]
+            key = ("record", index) if entry.session is None else entry.session
+            if key not in sessions:
+                sessions[key] = []
+                firsts.append(entry)
+            requests = sessions[key]
+            start = len(requests)  # a turn is counted in its conversation
+            requests += [(index, start + turn, r) for turn, r in enumerate(entry.requests)]
         report.conversations = len(sessions)
         flat = [(s, item) for s, items in enumerate(sessions.values()) for item in items]
         if not flat:
             raise CheckError("no records to check")
+        total, sent = self._sent(list(map(len, sessions.values())), firsts)
         report.one_pass = len(flat)
         any_reply = any(r.reply is not None for _, (_, _, r) in flat)
         together = any(len(items) > 1 for items in sessions.values())
@@ -633,15 +677,15 @@ class Setup:
                                    for items in sessions.values() for _, _, r in items[:-1])
         point, low, own = self._engine(), self._engine(), self._engine()
         own_session: Any = None
-        total = options.warmup + (len(flat) if options.requests is None else options.requests)
-        for n in tracked(range(total), "simulating the cache", unit="requests"):
-            session, (record, turn, r) = flat[n % len(flat)]
+        for n, (sent_in, i) in enumerate(tracked(sent, "simulating the cache", total=total,
+                                                 unit="requests")):
+            session, (record, turn, r) = flat[i]
             hit = point.request(r.key, r.length, r.salt, r.reply_tokens, r.reply)
             hit_low = (low.request(r.key, r.length, r.salt, r.reply_tokens) if any_reply
                        else hit)
             within = 0
             if together:  # what the session's own earlier requests alone would give
-                instance = (n // len(flat), session)
+                instance = (sent_in, session)
                 if instance != own_session:
                     own, own_session = self._engine(), instance
                 within = min(own.request(r.key, r.length, r.salt, r.reply_tokens, r.reply),
@@ -654,6 +698,27 @@ class Setup:
                 report.record_of.append(record)
                 report.turn_of.append(turn)
         return report
+
+    def _sent(self, sizes: list[int], firsts: list[_Unit]
+              ) -> tuple[int, Iterator[tuple[int, int]]]:
+        """How many requests are sent, and each one's ``(pass, position)`` in the
+        sessions' requests one after another (``sizes``: a session's requests)."""
+        options = self.options
+        one_pass = sum(sizes)
+        if not self.fixed_schedule:  # the file in order, wrapping around
+            total = options.warmup + (one_pass if options.requests is None
+                                      else options.requests)
+            return total, ((n // one_pass, n % one_pass) for n in range(total))
+        for unit in firsts:
+            if unit.timestamp is None:
+                raise InvalidRecordError(
+                    "no timestamp on the first line of a conversation: AIPerf's fixed "
+                    "schedule fails the run on it", lineno=unit.lineno)
+        starts = list(itertools.accumulate(sizes, initial=0))
+        by_time = sorted(range(len(sizes)), key=lambda s: firsts[s].timestamp)
+        warmup = ((n // one_pass, n % one_pass) for n in range(options.warmup))
+        scheduled = ((-1, i) for s in by_time for i in range(starts[s], starts[s + 1]))
+        return options.warmup + one_pass, itertools.chain(warmup, scheduled)
 
 
 def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
@@ -707,7 +772,7 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     checked("check", params, {
         "tokenizer": text(), "chat_template": one_of(TEMPLATES), "engine": one_of(ENGINES),
         "block_size": integer(1), "capacity_tokens": integer(1), "num_gpu_blocks": integer(2),
-        "requests": integer(1), "warmup": integer(0, optional=False),
+        "requests": integer(1), "warmup": integer(0, optional=False), "fixed_schedule": flag(),
         "reply_tokens": integer(1), "system_prompt_file": text(),
         "max_hit_rate": number(0, 1), "max_total_hit_rate": number(0, 1)})
     if params.get("num_gpu_blocks") is not None:
@@ -761,7 +826,8 @@ def _snapshot(record: Record) -> Record:
     length and the layout (a multi_turn conversation is a request a turn)."""
     return Record(messages=[Message(m.role, m.content, dict(m.fields))
                             for m in record.messages],
-                  session_id=record.session_id, output_length=record.output_length,
+                  session_id=record.session_id, timestamp=record.timestamp,
+                  output_length=record.output_length,
                   extra=dict(record.extra) if record.extra else None,
                   input_length=record.input_length, hash_ids=record.hash_ids,
                   layout=record.layout, lineno=record.lineno)

@@ -786,6 +786,11 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "counts them."),
         click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Warmup requests sent first, from the same records."),
+        click.option("--fixed-schedule/--no-fixed-schedule", default=None,
+                     help="As AIPerf's options: every line once, conversations in the order "
+                          "of their timestamps (no --requests), or the file in order "
+                          "[default: as AIPerf decides: a fixed schedule for a mooncake_trace "
+                          "IN whose first line has a timestamp; in a pipe, the file in order]."),
         click.option("--system-prompt-file", metavar="PATH",
                      help="The file AIPerf sends as a system message on every request (its "
                           "--system-prompt-file) [default: the one the file's manifest "
@@ -805,7 +810,7 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def check_params(tokenizer: str | None, chat_template: str, engine: str,
                  block_size: int | None, capacity_tokens: int | None,
                  num_gpu_blocks: int | None, requests: int | None, warmup: int,
-                 system_prompt_file: str | None,
+                 fixed_schedule: bool | None, system_prompt_file: str | None,
                  reply_tokens: int | None, max_total_hit_rate: float | None
                  ) -> dict[str, Any]:
     if block_size is not None and block_size < 1:
@@ -820,6 +825,7 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
         if engine != "vllm":
             raise click.UsageError("--num-gpu-blocks is vLLM's block count (--engine vllm)")
     for key, value in (("num_gpu_blocks", num_gpu_blocks),
+                       ("fixed_schedule", fixed_schedule),
                        ("system_prompt_file", system_prompt_file),
                        ("max_total_hit_rate", max_total_hit_rate)):
         if value is not None:
@@ -931,10 +937,16 @@ def print_check(s: dict[str, Any]) -> None:
                    f"them {s['within_conversation_hit_rate']:.2%} (history sent again)")
     click.echo(f"  requests               {s['requests']} (+{s['warmup']} warmup) from "
                f"{s['records']} records, {s['conversations']} conversations")
-    if s.get("requests_repeating_a_prompt"):
+    if s.get("fixed_schedule"):
+        click.echo("  schedule               AIPerf's fixed schedule: every line once, the "
+                   "conversations in the order of their timestamps")
+    repeating = s.get("requests_repeating_a_prompt")
+    if repeating and s.get("fixed_schedule"):
+        click.echo(f"  repeated prompts       {counted(repeating, 'request')} resend a warmup "
+                   "prompt: the fixed schedule sends every line after the warmup")
+    elif repeating:
         size = (f"a {s['records']}-record file" if s["requests_per_pass"] == s["records"]
                 else f"a {s['records']}-record file of {s['requests_per_pass']} requests")
-        repeating = s["requests_repeating_a_prompt"]
         click.echo(f"  repeated prompts       {counted(repeating, 'request')} resend a prompt: "
                    f"AIPerf wraps around {size}; use nonce --copies "
                    f"{s['copies_for_distinct_prompts']} for distinct prompts")

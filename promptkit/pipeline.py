@@ -630,6 +630,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
     # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
     options["sends_extra"] = source.format.name != "openai"
+    options["aiperf_type"] = source.format.aiperf_type  # (a trace may run on a fixed schedule)
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:

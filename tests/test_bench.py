@@ -278,6 +278,7 @@ def test_a_nonced_file_is_sent_exactly_after_the_cache_is_cleared(
         "profile", "--model", "test-model", "--url", cache_server.url,
         "--endpoint-type", "chat", "--streaming",
         "--input-file", str(path), "--custom-dataset-type", "single_turn",
+        "--no-fixed-schedule",
         "--concurrency", "1", "--request-count", "18", "--warmup-request-count", "2",
         "--tokenizer", str(tokenizer_dir), "--artifact-dir", str(artifacts),
         *shlex.split(QUIET_AIPERF)]
@@ -420,7 +421,8 @@ def test_a_cache_not_cleared_flatters_the_run_and_says_so(
 ) -> None:
     """RESET_CACHE=none, and the server already holds 3 of the file's prompts (an
     earlier run): it hits more than check predicted, and the runner says so, naming
-    the uncleared cache first."""
+    the uncleared cache first. Every request's prompt tokens were as predicted
+    (AIPerf's records of them say so): the chat template is no possible cause."""
     path = nonced(tmp_path)
     texts = read_texts(path)
     for text in texts[:3]:
@@ -442,8 +444,7 @@ def test_a_cache_not_cleared_flatters_the_run_and_says_so(
         "prompt tokens), more than the 0.00% predicted: a flattered run; possible causes: "
         "the cache was not cleared before the run (RESET_CACHE=none) and held earlier "
         "prompts; warmup requests counted in the profiling window; another client sending "
-        "to the same server; a chat template the tokenizer does not match (check used none; "
-        "set CHAT_TEMPLATE)")
+        "to the same server")
 
 
 def test_sglang_counters_are_read_too(
@@ -530,6 +531,78 @@ def test_multi_turn_requests_are_turns_and_the_range_is_compared(
             "conversation after a warmup of 2 or more requests (and so to wrap around "
             "sooner); the prediction assumes the conversations follow in file order"
             ) in dry.stderr.splitlines()
+
+
+def turn_tokens(records: list[CacheRecord], bodies: list[dict[str, Any]]
+                ) -> dict[str, dict[str, int]]:
+    """The prompt tokens the server counted for the first requests of conversations
+    (one message) and for later turns (their history too), from its own records."""
+    out = {"first_requests": {"requests": 0, "prompt_tokens": 0},
+           "later_turns": {"requests": 0, "prompt_tokens": 0}}
+    for record, body in zip(records, bodies, strict=True):
+        group = out["first_requests" if len(body["messages"]) == 1 else "later_turns"]
+        group["requests"] += 1
+        group["prompt_tokens"] += record.prompt_tokens
+    return out
+
+
+def test_replies_sent_back_are_told_from_the_first_requests(
+    tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
+) -> None:
+    """Turns whose output_length (3) is not the server's reply (7 tokens): every later
+    turn sends back more tokens than check counted. The first requests of the
+    conversations were exactly as predicted, and the line says so, putting the
+    difference down to the replies, not the tokenizer or template."""
+    path = conversations(tmp_path / "mt.jsonl", tokenizer_dir)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        for turn in row["turns"]:
+            turn["output_length"] = 3
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    artifacts = tmp_path / "artifacts"
+    env_file = write_env(tmp_path / ".env", **base_settings(cache_server, tokenizer_dir, artifacts),
+                         INPUT_FILE=path, RESET_CACHE="vllm")
+    result = run_bench(tmp_path, aiperf_tmpdir, env_file)
+    why = explain(result, cache_server, artifacts)
+    assert result.returncode == 0, why
+    truth = turn_tokens(cache_server.cache_records(), cache_server.chat_requests())
+    block = condition(artifacts)["prefix_cache"]
+    assert block["measured_turns"] == truth, why
+    predicted = block["predicted_turns"]
+    assert predicted["first_requests"] == truth["first_requests"]
+    assert (predicted["later_turns"]["requests"], truth["later_turns"]["requests"]) == (8, 8)
+    assert predicted["later_turns"]["prompt_tokens"] < truth["later_turns"]["prompt_tokens"]
+    assert (f"the first requests of conversations came to exactly the "
+            f"{truth['first_requests']['prompt_tokens']} prompt tokens check counted, their "
+            f"later turns to {truth['later_turns']['prompt_tokens']} where it counted "
+            f"{predicted['later_turns']['prompt_tokens']}: the server's replies, sent back in "
+            "the history, are not the output_length tokens check counted (re-tokenized, or "
+            "shorter)") in comparison(result.stderr), why
+    assert "chat template" not in comparison(result.stderr)
+
+
+def test_a_template_the_server_does_not_apply_is_found_in_the_first_requests(
+    tmp_path: Path, cache_server: OpenAIServer, aiperf_tmpdir: Path, tokenizer_dir: Path
+) -> None:
+    """check told to render chatml, for a server that renders none: every request
+    differs from its first token, and the line names the tokenizer or template."""
+    path = nonced(tmp_path)
+    artifacts = tmp_path / "artifacts"
+    settings = {**base_settings(cache_server, tokenizer_dir, artifacts), "CHAT_TEMPLATE": "chatml"}
+    env_file = write_env(tmp_path / ".env", **settings, INPUT_FILE=path, REQUEST_COUNT=6)
+    result = run_bench(tmp_path, aiperf_tmpdir, env_file)
+    why = explain(result, cache_server, artifacts)
+    assert result.returncode == 0, why
+    truth = turn_tokens(cache_server.cache_records(), cache_server.chat_requests())
+    block = condition(artifacts)["prefix_cache"]
+    assert block["measured_turns"] == truth, why
+    assert truth["later_turns"]["requests"] == 0
+    counted = block["predicted_turns"]["first_requests"]["prompt_tokens"]
+    assert counted > truth["first_requests"]["prompt_tokens"]  # chatml's markers
+    assert (f"the requests came to {truth['first_requests']['prompt_tokens']} prompt tokens "
+            f"where check counted {counted}: the server's tokenizer, chat template or tools "
+            "differ from what check rendered (chat template chatml; set TOKENIZER, "
+            "CHAT_TEMPLATE)") in comparison(result.stderr), why
 
 
 def test_reply_tokens_give_turns_without_output_length_a_prediction(
@@ -710,7 +783,7 @@ def test_dry_run_prints_the_exact_command_and_touches_nothing(
         "aiperf", "profile", "--model", "org/model", "--url", "http://127.0.0.1:9",
         "--endpoint-type", "chat", "--streaming",
         "--input-file", str(path), "--custom-dataset-type", "single_turn",
-        "--system-prompt-file", f"{path}.system.txt",
+        "--system-prompt-file", f"{path}.system.txt", "--no-fixed-schedule",
         "--concurrency", "3", "--request-count", "12", "--warmup-request-count", "4",
         "--tokenizer", str(tmp_path / "tok"), "--artifact-dir", str(artifacts),
         "--extra-inputs", "ignore_eos:true", "--extra-inputs", "min_tokens:8",
@@ -722,6 +795,7 @@ def test_dry_run_prints_the_exact_command_and_touches_nothing(
     assert summary["hit_tokens"] > 0  # the system prompt is shared: a prediction with hits
     assert result.stderr.splitlines() == [
         f"promptkit: CONCURRENCY from the environment ('3') overrides {env_file}",
+        "promptkit: schedule: 12 requests in file order (--no-fixed-schedule)",
         f"promptkit: predicted prefix-cache hit rate {100 * summary['hit_rate']:.2f}%: "
         f"{summary['hit_tokens']} of {summary['prompt_tokens']} prompt tokens (check: "
         f"tokenizer {tmp_path / 'tok'}, chat template hf, block size 16)",

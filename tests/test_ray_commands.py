@@ -153,6 +153,22 @@ def test_check_of_sessions_runs_on_one_node(cluster: Any, tmp_path: Path) -> Non
     assert report(on_ray) == plain
 
 
+def test_check_of_a_timed_trace_runs_on_one_node(cluster: Any, tmp_path: Path) -> None:
+    """AIPerf replays it on its fixed schedule, in timestamp order: a sequence."""
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps({"timestamp": (7 * i) % 30, "output_length": 4,
+                                        "text_input": f"Question {i % 7} " + "word " * i})
+                            + "\n" for i in range(30)))
+    args = ["check", path, "--tokenizer", "cl100k_base", "--json"]
+    plain = report(ok(*args))
+    assert plain["fixed_schedule"] is True
+    on_ray = ok(*args, "--ray", cluster.address)
+    assert on_ray.stderr == ("promptkit: check: AIPerf's fixed schedule sends the "
+                             "conversations in the order of their timestamps: ran on one "
+                             "node\n")
+    assert report(on_ray) == plain
+
+
 def test_stats(cluster: Any, corpus: Path) -> None:
     args = ["stats", corpus, "--tokenizer", "cl100k_base", "--json"]
     plain = report(ok(*args))

@@ -191,3 +191,43 @@ def test_bench_predicts_and_reads_back_what_vllm_measured(vllm_server: VllmServe
     assert block["measured_hit_rate"] > 0.2
     assert result.returncode == 3, result.stderr  # above MAX_HIT_RATE
     assert "as predicted" in result.stderr, result.stderr
+
+
+def test_bench_puts_a_difference_in_later_turns_down_to_the_replies(vllm_server: VllmServer,
+                                                                    tmp_path: Path) -> None:
+    """Free random replies come back as other tokens than generated: vLLM counts more
+    prompt tokens than check did, all of them in later turns. bench reads the server's
+    count of each request from AIPerf's records and says so: the first requests of the
+    conversations matched token for token, the replies made the difference."""
+    path = conversations(tmp_path / "mt.jsonl", n=4)
+    artifacts = tmp_path / "artifacts"
+    settings = {"MODEL": "tiny-llama", "URL": vllm_server.url, "TOKENIZER": vllm_server.tokenizer,
+                "INPUT_FILE": path, "RESET_CACHE": "vllm", "BLOCK_SIZE": vllm_server.block_size,
+                "ARTIFACT_DIR": artifacts, "AIPERF": aiperf_tool.executable(),
+                "AIPERF_ARGS": "--ui none --no-gpu-telemetry",
+                "EXTRA_INPUTS": "ignore_eos:true,seed:0"}
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
+    before = vllm_server.counters()
+    result = subprocess.run([sys.executable, "-m", "promptkit", "bench", "--env-file",
+                             env_file], capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k not in settings})
+    after = vllm_server.counters()
+    assert result.returncode == 0, result.stderr
+    block = json.loads((artifacts / "cache_condition.json").read_text())["prefix_cache"]
+    assert block["predicted_with"]["chat_template"] == "hf"  # the tokenizer's own
+    measured, predicted = block["measured_turns"], block["predicted_turns"]
+    # AIPerf's per-request records add up to vLLM's own counter of prompt tokens.
+    assert (measured["first_requests"]["prompt_tokens"] + measured["later_turns"]["prompt_tokens"]
+            == after.queries - before.queries == block["measured_queries"]), block
+    assert measured["first_requests"] == predicted["first_requests"] == {
+        "requests": 4, "prompt_tokens": measured["first_requests"]["prompt_tokens"]}
+    assert measured["later_turns"]["requests"] == predicted["later_turns"]["requests"] == 8
+    assert measured["later_turns"]["prompt_tokens"] != predicted["later_turns"]["prompt_tokens"]
+    line = next(line for line in result.stderr.splitlines() if "prefix cache:" in line)
+    assert (f"the first requests of conversations came to exactly the "
+            f"{predicted['first_requests']['prompt_tokens']} prompt tokens check counted, their "
+            f"later turns to {measured['later_turns']['prompt_tokens']} where it counted "
+            f"{predicted['later_turns']['prompt_tokens']}: the server's replies, sent back in "
+            "the history") in line, result.stderr
+    assert "tokenizer" not in line and "chat template" not in line, line

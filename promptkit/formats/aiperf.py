@@ -495,3 +495,22 @@ def dump_mooncake(record: Record) -> dict[str, Any]:
         out["extra"] = extra
     _add_fields(out, record.fields, "mooncake_trace")
     return out
+
+
+# ---------------------------------------------------------------- schedules
+
+#: The types AIPerf 0.13 replays on its fixed schedule by itself when the file's first
+#: line has a ``timestamp`` (its trace loaders' ``is_trace``; promptkit writes this one).
+TRACE_TYPES = frozenset({"mooncake_trace"})
+
+
+def fixed_schedule(aiperf_type: str | None, timed: bool, asked: bool | None = None) -> bool:
+    """Whether AIPerf 0.13 replays a file on its fixed schedule: every line once, the
+    conversations in the order of their first line's timestamp, ``--request-count``
+    ignored. ``asked`` is its ``--fixed-schedule`` (True) or ``--no-fixed-schedule``
+    (False); ``None`` is AIPerf's own choice: a trace type whose first line has a
+    timestamp (``timed``). (A fixed schedule without that timestamp is a run AIPerf
+    refuses.)"""
+    if asked is not None:
+        return asked
+    return aiperf_type in TRACE_TYPES and timed

@@ -310,6 +310,7 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
         options["hash_block_size"] = hash_block_size
     fmt, first = _open(input_path, from_format, skip_invalid)
     options["sends_extra"] = fmt.name != "openai"
+    options["aiperf_type"] = fmt.aiperf_type
     check_options = CheckOptions(**options)
     reason = sequence_reason(check_options)
     if reason is not None:
@@ -321,6 +322,11 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
                             cached_tokenizer(tokenizer) if tokenizer else None, tokenizer)
     except CheckError as exc:
         raise PromptkitError(f"{input_path}: {exc}") from None
+    except InvalidRecordError as exc:
+        raise exc.located(input_path) from None
+    if setup.fixed_schedule:
+        raise NeedsSequence("AIPerf's fixed schedule sends the conversations in the order "
+                            "of their timestamps")
     step_bytes = chunk_size or chunk_bytes()
     with connect(address) as ray:
         planned = plan_input(ray, input_path, step_bytes)
