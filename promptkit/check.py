@@ -202,17 +202,20 @@ class Prompts:
             return [[i for _ in turn.chat for i in next(encoded)] for turn in turns]
         return self.renderer.encode([turn.text or "" for turn in turns])
 
-    def header_tokens(self, record: Record) -> int:
+    def header_tokens(self, record: Record) -> tuple[int, bool]:
         """Tokens the template puts before the first content of ``record``'s first
-        request, its tools among them (the roles matter: Qwen2.5 adds its default system
-        prompt only when there is none)."""
+        request (the roles matter: Qwen2.5 adds its default system prompt only when
+        there is none), and whether its tools are among them (the template renders them
+        before that content)."""
         if self.renderer is None:
-            return 0
+            return 0, False
         first = self.turns(record, limit=1)[0]
         chat = [{"role": m["role"], "content": "x"} for m in first.chat] or [
             {"role": "user", "content": "x"}]
         chat[0]["content"] = PROBE
-        return self.renderer.tokens_before(chat, first.tools, PROBE) or 0
+        header = self.renderer.tokens_before(chat, first.tools, PROBE) or 0
+        bare = self.renderer.tokens_before(chat, None, PROBE) if first.tools else header
+        return header, header != bare
 
 
 def _salt(extra: dict[str, Any] | None) -> str | None:
@@ -344,6 +347,7 @@ class Report:
     conversations: int = 0
     hash_ids: bool = False
     header_tokens: int | None = None
+    header_tools: bool = False  # the first request's tools are among the header tokens
     salted: int = 0  # records with a cache_salt
     salts_not_sent: int = 0  # records whose cache_salt AIPerf does not send
     tools: int = 0  # records a request of which sends tools
@@ -441,12 +445,13 @@ class Report:
                 "'messages' and 'tools'): predicted without it; write the file --to "
                 "mooncake_trace, single_turn or multi_turn to send it")
         out.update(template_figures(self.header_tokens, self.block_size, self.salted,
-                                    self.records, self.tools, self.options.chat_template))
+                                    self.records, self.tools, self.options.chat_template,
+                                    self.header_tools))
         return out
 
 
 def template_figures(header: int | None, block_size: int, salted: int, records: int,
-                     tools: int, template: str) -> dict[str, Any]:
+                     tools: int, template: str, header_tools: bool = False) -> dict[str, Any]:
     """What a report says of the chat template: the tokens it puts before the first
     content (the tools it renders there among them), whether they fill a block, and the
     warnings: a block every request hits whatever a text nonce does; tools the check
@@ -466,13 +471,14 @@ def template_figures(header: int | None, block_size: int, salted: int, records: 
     out["template_header_tokens"] = header
     out["template_header_fills_a_block"] = fills
     if fills and salted < records:
-        what = ("shared tokens" if not tools else
-                "tokens (the first record's tools among them, which requests sending the "
-                "same tools share)")
+        which, who = (("shared tokens before the first content", "every request") if not
+                      header_tools else
+                      ("tokens before the first content of a request with the first record's "
+                       "tools", "every request sending the same tools"))
         out["warning"] = (
-            f"the chat template puts {header} {what} before the first content, a full block "
-            f"of {block_size}: every request hits it whatever a text nonce does; use "
-            "'nonce --at salt' (cache_salt) or disable prefix caching on the server")
+            f"the chat template puts {header} {which}, a full block of {block_size}: {who} "
+            "hits it whatever a text nonce does; use 'nonce --at salt' (cache_salt) or "
+            "disable prefix caching on the server")
     return out
 
 
@@ -545,8 +551,9 @@ class Setup:
             self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec,
                                    options.system_prompt, options.reply_tokens,
                                    options.sends_extra)
-            self.report.header_tokens = (self.prompts.header_tokens(first)
-                                         if options.chat_template != "none" else 0)
+            self.report.header_tokens, self.report.header_tools = (
+                self.prompts.header_tokens(first) if options.chat_template != "none"
+                else (0, False))
         self.engine = self._engine()  # keys only: the replay makes its own caches
 
     def _engine(self) -> Engine:

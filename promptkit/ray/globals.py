@@ -524,7 +524,8 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
         out.update({k: v for k, v in report.summary().items()
                     if k in ("salts_not_sent", "warning_salts")})
     out.update(template_figures(setup.report.header_tokens, block_size, salted, records,
-                                totals["sum(tools)"], options.chat_template))
+                                totals["sum(tools)"], options.chat_template,
+                                setup.report.header_tools))
     return out
 
 
