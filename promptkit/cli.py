@@ -734,8 +734,9 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
     """Make benchmark requests of recorded conversations (ShareGPT, alpaca, chat logs).
 
     Each request asks for as many tokens as the recorded reply had (output_length);
-    the server makes its own replies. Replies before the first user message are
-    dropped and conversations with no user message skipped, counted in the manifest.
+    the server makes its own replies. Replies before the first user message, and
+    exchanges whose user message or reply is empty, are dropped, and conversations
+    with no user message skipped, counted in the manifest.
     The output is mooncake_trace (multi_turn for --mode each) unless --to says otherwise.
 
     \b
