@@ -23,9 +23,11 @@ def read_records(path: str, fmt: str | None = None) -> Iterator[Record]:
         source.close()
 
 
-def write_records(path: str, records: Iterable[Record], fmt: str) -> int:
-    """Write records atomically in format ``fmt``; return how many were written."""
-    sink = Sink(path, get_format(fmt))
+def write_records(path: str, records: Iterable[Record], fmt: str, *,
+                  keep_replies: bool = False) -> int:
+    """Write records atomically in format ``fmt``; return how many were written.
+    ``keep_replies``: as the CLI's ``--keep-replies``."""
+    sink = Sink(path, get_format(fmt), keep_replies=keep_replies)
     try:
         sink.write_all(records)
         sink.commit()

@@ -111,7 +111,7 @@ def run_dataset(source: Any, sink: Sink, steps: list[Step], *, out_format: str,
     this one, chunk by chunk); the facts of the input are returned (and ``source.count``
     follows them, for progress)."""
     job = parallel.Job(source.path, "", "dataset", out_format, steps, skip_invalid,
-                       source.name, tokenizer)
+                       source.name, tokenizer, keep_replies=sink.encoder.keep_replies)
     rows = RowsJob(job, source.mapping, Lane.for_run(source.mapping, steps, out_format,
                                                      tokenizer))
     facts = parallel.InputFacts(sha256=source.sha256)

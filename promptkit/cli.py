@@ -115,6 +115,15 @@ class FitTokens(click.ParamType):
 
 # ---------------------------------------------------------------- shared option bundles
 
+TO_HELP = ("Output format (default: the input format when AIPerf loads it, else "
+           "mooncake_trace, single_turn for prompt lines; mooncake_trace for a dataset).")
+
+keep_replies_option = shared(
+    OUTPUT, "--keep-replies", is_flag=True,
+    help="Write a conversation that ends with a recorded reply as a request (mooncake_trace, "
+         "openai) as it is: AIPerf sends the reply as the end of the prompt. Refused "
+         "otherwise ('promptkit turns' makes requests of recorded conversations).")
+
 SKIP_HELP = ("Skip bad records (unreadable, or ones a step or the output format cannot "
              "take) instead of stopping; the manifest lists them and counts them by reason.")
 
@@ -199,9 +208,9 @@ def io_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("output_path", metavar="OUT"),
         shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
                help="Input format (default: detected from the first record)."),
-        shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE,
-               help="Output format (default: the input format; mooncake_trace for a "
-                    "dataset). OUT.jsonl.gz, .zst, .bz2, .xz: compressed."),
+        shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE, help=TO_HELP
+               + " OUT.jsonl.gz, .zst, .bz2, .xz: compressed."),
+        keep_replies_option,
         shared(INPUT, "--skip-invalid", is_flag=True, help=SKIP_HELP),
         shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
                help="Where to write the manifest, - for stdout (default: "
@@ -327,11 +336,12 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
                    from_format: str | None, to_format: str | None, skip_invalid: bool,
                    manifest_path: str | None, workers: int | None,
                    dataset: dict[str, Any] | None = None,
-                   ray_address: str | None = None) -> None:
+                   ray_address: str | None = None, keep_replies: bool = False) -> None:
     if ray_address is not None:
         ray_and_report(input_path, output_path, steps, from_format=from_format,
                        to_format=to_format, skip_invalid=skip_invalid,
-                       manifest_path=manifest_path, dataset=dataset, ray_address=ray_address)
+                       manifest_path=manifest_path, dataset=dataset, ray_address=ray_address,
+                       keep_replies=keep_replies)
         return
     if manifest_path is None and output_path != "-":
         manifest_path = manifest.default_path(output_path)
@@ -339,7 +349,7 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
         input_path, output_path, steps,
         from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
         manifest_path=manifest_path, argv=PromptkitGroup.argv, workers=workers,
-        dataset=dataset, progress=not PromptkitGroup.quiet,
+        dataset=dataset, progress=not PromptkitGroup.quiet, keep_replies=keep_replies,
     )
     summarize(result, manifest_path)
 
@@ -347,7 +357,7 @@ def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
 def ray_and_report(input_path: str, output_path: str, steps: list[Step], *,
                    from_format: str | None, to_format: str | None, skip_invalid: bool,
                    manifest_path: str | None, dataset: dict[str, Any] | None,
-                   ray_address: str) -> None:
+                   ray_address: str, keep_replies: bool = False) -> None:
     """``--ray``: the steps on a Ray cluster, OUT a folder of parts with its manifest."""
     from . import ray as on_ray
 
@@ -360,7 +370,8 @@ def ray_and_report(input_path: str, output_path: str, steps: list[Step], *,
 
     result = run_folder(input_path, output_path, steps, address=ray_address,
                         from_format=from_format, to_format=to_format,
-                        skip_invalid=skip_invalid, argv=PromptkitGroup.argv, dataset=dataset)
+                        skip_invalid=skip_invalid, argv=PromptkitGroup.argv, dataset=dataset,
+                        keep_replies=keep_replies)
     summarize(result, f"{output_path}/{MANIFEST}")
     parts = result["output"]["parts"]
     click.echo(f"promptkit: {counted(len(parts), 'part')} from "
@@ -430,8 +441,9 @@ def cli(quiet: bool) -> None:
 @nonce_options
 @report
 def nonce(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-          skip_invalid: bool, manifest_path: str | None, workers: int | None,
-          dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
+          keep_replies: bool, skip_invalid: bool, manifest_path: str | None,
+          workers: int | None, dataset: dict[str, Any], ray_address: str | None,
+          **options: Any) -> None:
     """Put a unique nonce at the start of every prompt, so no request hits the prefix cache.
 
     \b
@@ -444,7 +456,7 @@ def nonce(input_path: str, output_path: str, from_format: str | None, to_format:
     step = nonce_step(**options)
     run_and_report(input_path, output_path, [step],
                    from_format=from_format, to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers,
+                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
                    dataset=with_seed(dataset, step.params["seed"]), ray_address=ray_address)
 
 
@@ -617,7 +629,7 @@ def pad_step(*, tokens: str, tokenizer: str, system_prompt: str | None,
 @pad_options
 @report
 def pad(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-        skip_invalid: bool, manifest_path: str | None, workers: int | None,
+        keep_replies: bool, skip_invalid: bool, manifest_path: str | None, workers: int | None,
         dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
     """Give records a shared system prompt of exactly N tokens under a tokenizer.
 
@@ -641,7 +653,7 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
                    manifest_path=manifest_path, workers=workers, dataset=dataset,
-                   ray_address=ray_address)
+                   ray_address=ray_address, keep_replies=keep_replies)
 
 
 def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -676,7 +688,7 @@ def fit_step(*, tokens: str, tokenizer: str, filler_file: str | None,
 @fit_options
 @report
 def fit(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-        skip_invalid: bool, manifest_path: str | None, workers: int | None,
+        keep_replies: bool, skip_invalid: bool, manifest_path: str | None, workers: int | None,
         dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
     """Make every user text exactly N tokens under a tokenizer (cut, or filled out).
 
@@ -689,7 +701,7 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
     step = fit_step(**options)
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers,
+                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
                    dataset=with_seed(dataset, step.params["seed"]), ray_address=ray_address)
 
 
@@ -736,14 +748,15 @@ def turns_step(*, tokenizer: str, **params: Any) -> Step:
 @shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @report
 def turns(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-          skip_invalid: bool, manifest_path: str | None, workers: int | None,
-          dataset: dict[str, Any], seed: int | None, ray_address: str | None,
-          **options: Any) -> None:
+          keep_replies: bool, skip_invalid: bool, manifest_path: str | None,
+          workers: int | None, dataset: dict[str, Any], seed: int | None,
+          ray_address: str | None, **options: Any) -> None:
     """Make benchmark requests of recorded conversations (ShareGPT, alpaca, chat logs).
 
     Each request asks for as many tokens as the recorded reply had (output_length);
-    the server makes its own replies. Replies before the first user message are
-    dropped and conversations with no user message skipped, counted in the manifest.
+    the server makes its own replies. Replies before the first user message, and
+    exchanges whose user message or reply is empty, are dropped, and conversations
+    with no user message skipped, counted in the manifest.
     The output is mooncake_trace (multi_turn for --mode each) unless --to says otherwise.
 
     \b
@@ -755,7 +768,7 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
     step = turns_step(**options)
     run_and_report(input_path, output_path, [step], from_format=from_format,
                    to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers,
+                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
                    dataset=with_seed(dataset, seed), ray_address=ray_address)
 
 
@@ -1223,6 +1236,7 @@ def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @shared(OUTPUT, "--to", "to_format", default=DEFAULT_FORMAT, show_default=True,
         type=click.Choice(AIPERF_FORMATS),
               help="Format of aiperf/prompts.jsonl (mooncake_trace holds every record).")
+@keep_replies_option
 @click.option("--license", "license_id", default=DEFAULT_LICENSE, show_default=True,
               metavar="ID",
               help="The card's license: a Hugging Face license id (apache-2.0, mit, "
@@ -1245,9 +1259,10 @@ def shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @dataset_options
 @report
 def publish_command(input_path: str, out_dir: str, from_format: str | None, to_format: str,
-                    license_id: str, pretty_name: str | None, max_shard_size: int,
-                    overwrite: bool, repo_id: str | None, private: bool, skip_invalid: bool,
-                    workers: int | None, seed: int | None, dataset: dict[str, Any]) -> None:
+                    keep_replies: bool, license_id: str, pretty_name: str | None,
+                    max_shard_size: int, overwrite: bool, repo_id: str | None, private: bool,
+                    skip_invalid: bool, workers: int | None, seed: int | None,
+                    dataset: dict[str, Any]) -> None:
     """Make a folder that is a Hugging Face dataset repository; --push uploads it.
 
     OUT_DIR gets data/train-*.parquet (promptkit's columns, in order), a README.md
@@ -1272,7 +1287,8 @@ def publish_command(input_path: str, out_dir: str, from_format: str | None, to_f
         input_path, out_dir, from_format=from_format, to_format=to_format,
         skip_invalid=skip_invalid, workers=workers, dataset=with_seed(dataset, seed),
         license=license_id, max_shard_size=max_shard_size, pretty_name=pretty_name,
-        repo_id=repo_id, overwrite=overwrite, argv=PromptkitGroup.argv)
+        repo_id=repo_id, overwrite=overwrite, argv=PromptkitGroup.argv,
+        keep_replies=keep_replies)
     shards = [f for f in result["published"]["files"] if f["path"].startswith("data/")]
     out = result["output"]
     click.echo(f"promptkit: published {counted(out['records'], 'record')} "
@@ -1305,6 +1321,7 @@ class WriteStage:
     path: str
     to_format: str | None
     manifest_path: str | None
+    keep_replies: bool = False
 
 
 @cli.group(chain=True)
@@ -1386,14 +1403,15 @@ def pipe_check(max_hit_rate: float | None, **options: Any) -> Step:
 
 
 @pipe.command("write")
-@shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE,
-        help="Output format (default: the input format; mooncake_trace for a dataset).")
+@shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE, help=TO_HELP)
+@keep_replies_option
 @shared(OUTPUT, "--manifest", "manifest_path", metavar="PATH",
         help="Where to write the manifest (default: OUT.manifest.json).")
 @click.argument("path", metavar="OUT")
-def pipe_write(path: str, to_format: str | None, manifest_path: str | None) -> WriteStage:
+def pipe_write(path: str, to_format: str | None, keep_replies: bool,
+               manifest_path: str | None) -> WriteStage:
     """Write records to OUT (a JSONL file, OUT.jsonl.gz compressed, or - for stdout)."""
-    return WriteStage(path, to_format, manifest_path)
+    return WriteStage(path, to_format, manifest_path, keep_replies)
 
 
 @pipe.result_callback()
@@ -1420,7 +1438,8 @@ def run_pipe(stages: list[Any]) -> None:
     run_and_report(read.path, write.path, middle,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,
-                   workers=read.workers, dataset=read.dataset, ray_address=read.ray_address)
+                   workers=read.workers, dataset=read.dataset, ray_address=read.ray_address,
+                   keep_replies=write.keep_replies)
 
 
 def main() -> None:

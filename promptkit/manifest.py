@@ -82,6 +82,13 @@ def skipped_section(lines: list[str], limit: int = 100) -> dict[str, Any]:
     return {"count": len(lines), "by_reason": by_reason, "lines": lines[:limit]}
 
 
+def kept_replies(recorded: dict[str, Any]) -> bool:
+    """Whether the file a manifest describes was written with ``--keep-replies``: as its
+    ``output.keep_replies`` says, or, when it says nothing (a file made before promptkit
+    refused recorded replies in requests), yes: it was written as the records came."""
+    return bool(recorded["output"].get("keep_replies", True))
+
+
 def dumps(manifest: dict[str, Any]) -> str:
     """A manifest's text, as it is written."""
     return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
@@ -159,15 +166,17 @@ def malformed(manifest: dict[str, Any]) -> str | None:
     wrong kind, as ``field.path is VALUE, not WHAT``; ``None`` when it is well formed.
 
     Checked: what ``verify`` and ``rebuild`` read (the output's and inputs' path, format,
-    records and sha256; each step's ``op`` and ``params``; ``skipped.count``; the AIPerf
-    ``args``; a generator's ``name`` and ``params``). Each step's parameters are checked
-    by its operation when ``rebuild`` makes the step (see :mod:`promptkit.steps`)."""
+    records and sha256, and ``keep_replies``; each step's ``op`` and ``params``;
+    ``skipped.count``; the AIPerf ``args``; a generator's ``name`` and ``params``). Each
+    step's parameters are checked by its operation when ``rebuild`` makes the step (see
+    :mod:`promptkit.steps`)."""
     from .steps import OPS
 
     is_dict = (lambda v: isinstance(v, dict), "an object")
     problem = _file_problem("output", manifest.get("output"), {
         "compression": (lambda v: isinstance(v, str), "a codec name"),
-        "content_sha256": (_hex64, "a sha256 (64 hex digits)")})
+        "content_sha256": (_hex64, "a sha256 (64 hex digits)"),
+        "keep_replies": (lambda v: isinstance(v, bool), "true or false")})
     if problem is not None:
         return problem
     inputs = manifest.get("inputs")

@@ -103,6 +103,8 @@ class Job:
     #: The nonce parameters the splice writer takes lines with (see
     #: :mod:`promptkit.splice`), or None: every line is encoded from its record.
     splice: dict[str, Any] | None = None
+    #: Write conversations that end with a recorded reply as requests (``--keep-replies``).
+    keep_replies: bool = False
 
 
 @dataclass
@@ -227,7 +229,8 @@ def job_encoder(job: Job) -> Encoder:
     """The encoder of a job's chunk: its output format, its keys (stable ones when the
     chunks run in processes that are not forks of one), its token count."""
     encoder = Encoder(get_format(job.out_format), skip_invalid=job.skip_invalid,
-                      key=stable_prompt_key if job.stable_keys else None)
+                      key=stable_prompt_key if job.stable_keys else None,
+                      keep_replies=job.keep_replies)
     if job.tokenizer is not None:
         from .stats import Tap
         from .tokenizers import cached_tokenizer

@@ -120,6 +120,7 @@ def run(
     progress: bool | None = None,
     accept: Callable[[dict[str, Any]], None] | None = None,
     writer: str | None = None,
+    keep_replies: bool = False,
 ) -> dict[str, Any]:
     """Read, transform, write; return the manifest, also written to ``manifest_path``.
 
@@ -141,6 +142,9 @@ def run(
     ``writer``: how lines are written (see :mod:`promptkit.splice`): ``encode`` encodes
     every record again, as promptkit did before the splice writer (``rebuild`` of such
     a file); by default a nonce run's lines keep their input bytes where they can.
+
+    ``keep_replies`` (``--keep-replies``): write a conversation that ends with a recorded
+    reply as a request (mooncake_trace, openai) as it is, instead of refusing it.
     """
     workers = parallel.default_workers() if workers is None else workers
     if writer not in (None, *WRITERS):
@@ -165,7 +169,7 @@ def run(
                         to_format=to_format, skip_invalid=skip_invalid,
                         manifest_path=manifest_path, argv=argv, workers=workers,
                         dataset=dataset, records=counted.get("records"), accept=accept,
-                        writer=writer)
+                        writer=writer, keep_replies=keep_replies)
     finally:
         outputs.release()
 
@@ -210,8 +214,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
          from_format: str | None, to_format: str | None, skip_invalid: bool,
          manifest_path: str | None, argv: list[str] | None, workers: int,
          dataset: dict[str, Any] | None, records: int | None,
-         accept: Callable[[dict[str, Any]], None] | None, writer: str | None = None
-         ) -> dict[str, Any]:
+         accept: Callable[[dict[str, Any]], None] | None, writer: str | None = None,
+         keep_replies: bool = False) -> dict[str, Any]:
     """:func:`run` once its steps are made (``records``: the input's records, when a
     first pass counted them)."""
     source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
@@ -221,7 +225,7 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
         out_format = get_format(to_format or (made_for[-1] if made_for else None)
                                 or source.default_output)
         sink = open_sink(output_path, out_format, skip_invalid=skip_invalid,
-                         inputs=input_files(input_path))
+                         inputs=input_files(input_path), keep_replies=keep_replies)
         tokenizer = counting_tokenizer(steps)
         if tokenizer is not None:
             sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
@@ -246,14 +250,15 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                         file_progress(label, chunked, facts):
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
                                        steps, skip_invalid, source.name, tokenizer,
-                                       splice=spliced)
+                                       splice=spliced, keep_replies=keep_replies)
                     parallel.run_file(chunked, job, sink, workers if parallel.can_run_parallel(
                         chunked, workers) else 1, facts)
                 _read_in_workers(source, facts)
             elif spliced is not None:  # stdin, a compressed file: its lines, in this process
                 assert isinstance(source, Source) and isinstance(sink, Sink)
                 job = parallel.Job(input_path, "", in_format.name, out_format.name, steps,
-                                   skip_invalid, source.name, splice=spliced)
+                                   skip_invalid, source.name, splice=spliced,
+                                   keep_replies=keep_replies)
                 with source_progress(label, source, total=records):
                     facts = _splice_here(source, sink, job)
             elif (len(steps) == 1 and steps[0].op == "hash_trace" and chunked is not None
@@ -414,12 +419,13 @@ def by_lines(source: Source | DatasetSource | ShardedSource) -> TypeGuard[Source
 
 
 def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
-              inputs: list[str] | None = None) -> Sink | TableSink:
+              inputs: list[str] | None = None, keep_replies: bool = False) -> Sink | TableSink:
     if path != STDIO:
         leftovers.sweep_for(path)  # what runs killed before this one left
-    if fmt.name in TABLE_FORMATS:
+    if fmt.name in TABLE_FORMATS:  # (a table holds replies: keep_replies is for requests)
         return TableSink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
-    return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
+    return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [],
+                keep_replies=keep_replies)
 
 
 def _hash_trace_in_workers(source: Any, path: str | list[str], step: Step,

@@ -18,7 +18,7 @@ from . import __version__, compression, manifest
 from .counts import counted
 from .datasets_io import TableSink
 from .errors import PromptkitError
-from .formats import TABLE_FORMATS
+from .formats import FORMATS, TABLE_FORMATS, default_output
 from .pad import PadState
 from .steps import Step
 from .streams import STDIO, Sink, display_name
@@ -57,6 +57,9 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             "sha256": sink.sha256.hexdigest(),
             **compressed_output(sink),
             "writer": sink.writer,
+            # Recorded where it decides what is written (see promptkit.formats.writer).
+            **({"keep_replies": sink.encoder.keep_replies}
+               if out_format.aiperf_type == "mooncake_trace" else {}),
         },
         "steps": [step.as_dict() for step in steps],
         "skipped": manifest.skipped_section(skipped),
@@ -163,9 +166,20 @@ _INTO_SYSTEM = ("start", "system", "every-turn")
 
 def warnings_for(steps: list[Step], out_format: str, inputs: list[dict[str, Any]] | None = None,
                  sink: Sink | TableSink | None = None) -> list[str]:
-    """What the manifest (and stderr) warns of: files AIPerf will not send as written,
-    and padding that shares nothing."""
+    """What the manifest (and stderr) warns of: files AIPerf will not send as written
+    (or not load at all), and padding that shares nothing."""
     warnings = []
+    fmt = FORMATS.get(out_format)
+    if fmt is not None and fmt.aiperf_type is None:
+        warnings.append(f"AIPerf does not load {out_format} files: " + (
+            "'promptkit turns IN OUT --tokenizer T' makes requests of its conversations"
+            if out_format in ("sharegpt", "alpaca") else
+            f"write --to {default_output(out_format)} for one it loads"))
+    if (fmt is not None and fmt.aiperf_type == "mooncake_trace" and sink is not None
+            and sink.encoder.keep_replies):
+        warnings.append("--keep-replies: a conversation that ends with a recorded reply is "
+                        "written as it is, and AIPerf sends that reply as the end of the "
+                        "prompt: the server answers after the recorded answer")
     salted = False
     for step in steps:
         if step.op == "nonce" and step.params.get("at") == "salt" and out_format in (

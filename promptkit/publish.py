@@ -101,11 +101,13 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
             workers: int | None = None, dataset: dict[str, Any] | None = None,
             license: str = DEFAULT_LICENSE, max_shard_size: int = DEFAULT_SHARD_BYTES,
             pretty_name: str | None = None, repo_id: str | None = None,
-            overwrite: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
+            overwrite: bool = False, argv: list[str] | None = None,
+            keep_replies: bool = False) -> dict[str, Any]:
     """Make ``out_dir`` a dataset repository folder of the records of ``input_path``.
 
     Returns the manifest (also written to ``out_dir/aiperf/prompts.jsonl.manifest.json``).
-    ``repo_id`` (where it will be pushed) only names the dataset in the card.
+    ``repo_id`` (where it will be pushed) only names the dataset in the card;
+    ``keep_replies``: as :func:`promptkit.pipeline.run` takes it.
     """
     if to_format not in AIPERF_FORMATS:
         raise PromptkitError(f"{to_format}: AIPerf does not load this format; "
@@ -119,14 +121,15 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
                                to_format=to_format, skip_invalid=skip_invalid,
                                workers=workers, dataset=dataset, license=license,
                                max_shard_size=max_shard_size, pretty_name=pretty_name,
-                               repo_id=repo_id, overwrite=overwrite, argv=argv)
+                               repo_id=repo_id, overwrite=overwrite, argv=argv,
+                               keep_replies=keep_replies)
 
 
 def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: str | None,
                     to_format: str, skip_invalid: bool, workers: int | None,
                     dataset: dict[str, Any] | None, license: str, max_shard_size: int,
                     pretty_name: str | None, repo_id: str | None, overwrite: bool,
-                    argv: list[str] | None) -> dict[str, Any]:
+                    argv: list[str] | None, keep_replies: bool = False) -> dict[str, Any]:
     parent = os.path.dirname(target)
     try:
         build = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.",
@@ -141,7 +144,8 @@ def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: 
                         skip_invalid=skip_invalid, workers=workers, dataset=dataset,
                         license=license, max_shard_size=max_shard_size,
                         pretty_name=pretty_name or (repo_id or "").rpartition("/")[2]
-                        or os.path.basename(target), repo_id=repo_id, argv=argv)
+                        or os.path.basename(target), repo_id=repo_id, argv=argv,
+                        keep_replies=keep_replies)
         _check_target(input_path, out_dir, overwrite)  # still free to take
         for root, _, names in os.walk(build):  # every file on disk before the rename
             for name in names:
@@ -218,13 +222,13 @@ def _put_in_place(build: str, target: str) -> None:
 def _build(folder: str, input_path: str, *, from_format: str | None, to_format: str,
            skip_invalid: bool, workers: int | None, dataset: dict[str, Any] | None,
            license: str, max_shard_size: int, pretty_name: str, repo_id: str | None,
-           argv: list[str] | None) -> dict[str, Any]:
+           argv: list[str] | None, keep_replies: bool = False) -> dict[str, Any]:
     os.makedirs(os.path.join(folder, os.path.dirname(AIPERF_FILE)))
     os.makedirs(os.path.join(folder, DATA_DIR))
     jsonl = os.path.join(folder, AIPERF_FILE)
     result = pipeline.run(input_path, jsonl, [], from_format=from_format, to_format=to_format,
                           skip_invalid=skip_invalid, argv=argv, workers=workers,
-                          dataset=dataset)
+                          dataset=dataset, keep_replies=keep_replies)
     # The manifest names files by their place in the published folder.
     result["output"]["path"] = AIPERF_FILE
     aiperf = result["aiperf"]

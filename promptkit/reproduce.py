@@ -231,4 +231,5 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         workers=workers,
         accept=accept,
         writer=writer_of(recorded),
+        keep_replies=manifest.kept_replies(recorded),
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import compression
 from .errors import BadOptionError, InvalidRecordError, PromptkitError
+from .formats import default_output
 from .records import Record
 
 #: Names of JSONL shards in a folder (each may end in a codec's suffix, ``.jsonl.gz``).
@@ -343,7 +344,7 @@ class ShardedSource:
 
     @property
     def default_output(self) -> str:
-        return str(self.format.name if self.kind == "jsonl" else "mooncake_trace")
+        return default_output(self.format.name) if self.kind == "jsonl" else "mooncake_trace"
 
     def described(self) -> list[dict[str, Any]]:
         """The shards read so far, each ``{"path", "sha256", "size"}`` (and its

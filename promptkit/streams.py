@@ -31,7 +31,7 @@ import orjson
 from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
-from .formats import Format, detect_many, get_format, writer
+from .formats import Format, default_output, detect_many, get_format, writer
 from .records import Record
 
 if TYPE_CHECKING:
@@ -121,8 +121,8 @@ class Source(Counter):
 
     @property
     def default_output(self) -> str:
-        """The output format when none is named: the input's own."""
-        return self.format.name
+        """The output format when none is named: the input's own, if AIPerf loads it."""
+        return default_output(self.format.name)
 
     def shape(self) -> dict[str, str]:
         """For the manifest: how the bytes held the records, where not plain JSON lines."""
@@ -713,8 +713,10 @@ class Encoder:
     """Turns records into JSONL bytes of one format, keeping a key of each prompt."""
 
     def __init__(self, fmt: Format, *, skip_invalid: bool = False,
-                 key: Callable[[Record], int] | None = None):
+                 key: Callable[[Record], int] | None = None, keep_replies: bool = False):
         self.format = fmt
+        #: Write conversations that end with a recorded reply as requests (``--keep-replies``).
+        self.keep_replies = keep_replies
         #: The key of a record's prompt, for the distinct count (default: prompt_key).
         self.key = key or prompt_key
         self.skip_invalid = skip_invalid
@@ -732,7 +734,7 @@ class Encoder:
     def encode_all(self, records: Iterable[Record]) -> Iterator[Any]:
         """The JSONL line of each record (records the format cannot hold: error or skip);
         with ``as_rows``, the format's dict of each record instead (for table sinks)."""
-        dump = writer(self.format)
+        dump = writer(self.format, keep_replies=self.keep_replies)
         dumps = orjson.dumps
         newline = orjson.OPT_APPEND_NEWLINE
         keep_key = self.keys.append
@@ -1006,11 +1008,11 @@ class Sink(Written):
     """
 
     def __init__(self, path: str, fmt: Format, *, skip_invalid: bool = False,
-                 inputs: Iterable[str] = ()):
+                 inputs: Iterable[str] = (), keep_replies: bool = False):
         self.path = path
         self.name = "<stdout>" if path == STDIO else path
         self.format = fmt
-        self.encoder = Encoder(fmt, skip_invalid=skip_invalid)
+        self.encoder = Encoder(fmt, skip_invalid=skip_invalid, keep_replies=keep_replies)
         self.sha256 = hashlib.sha256()
         #: The codec the output is compressed with (by its name), or None.
         self.compression = compression.by_suffix(path) if path != STDIO else None

@@ -432,3 +432,115 @@ def test_a_leading_system_turn_stays_the_system_prompt_in_multi_turn(tmp_path, r
     [sent] = aiperf_tool.conversations("multi_turn", out)
     assert sent["system_message"] == "Be brief."
     assert [(t["role"], t["timestamp"]) for t in sent["turns"]] == [("user", 100)]
+
+
+# ---------------------------------------------------------------- no recorded answers unless asked
+
+#: LLaMA-Factory's alpaca_en_demo.json shape: a JSON array, each row's output the reply.
+ALPACA = [{"instruction": "Give three tips for staying healthy.", "input": "",
+           "output": "1. Eat a balanced diet.\n2. Exercise.\n3. Sleep well."},
+          {"instruction": "Translate to French.", "input": "Good morning",
+           "output": "Bonjour"}]
+#: An OpenAI fine-tuning file: every line ends with the answer.
+FINE_TUNING = [{"messages": [{"role": "system", "content": "You are terse."},
+                             {"role": "user", "content": "Capital of Japan?"},
+                             {"role": "assistant", "content": "Tokyo."}]},
+               {"messages": [{"role": "user", "content": "2+2?"},
+                             {"role": "assistant", "content": "4"}]}]
+REPLY = ("the conversation ends with a recorded reply (assistant), which AIPerf would send as "
+         "the prompt's end; it holds recorded replies: 'promptkit turns IN OUT --mode "
+         "first|each|history --tokenizer T' makes requests of it; or --keep-replies writes it "
+         "as it is, --to sharegpt as a dataset")
+
+
+def json_array(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("rows", "fmt"), [(ALPACA, "mooncake_trace"), (ALPACA, "openai"),
+                                           (WARTS[6:7], "mooncake_trace"),
+                                           (FINE_TUNING, "openai"),
+                                           (FINE_TUNING, "mooncake_trace")])
+def test_a_recorded_answer_is_not_written_as_a_request(tmp_path, run, rows, fmt):
+    source = json_array(tmp_path / "in.json", rows)
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "5", "--to", fmt)
+    assert result.exit_code == 1
+    assert result.stderr == f"promptkit: {source}:1: cannot write as {fmt}: {REPLY}\n"
+    assert sorted(tmp_path.iterdir()) == [source]
+
+
+def test_keep_replies_writes_them_says_so_and_rebuilds(tmp_path, run):
+    source = json_array(tmp_path / "alpaca.json", ALPACA)
+    out = tmp_path / "out.jsonl"
+    result = run("pipe", "read", source, "nonce", "--seed", "5", "write", "--keep-replies", out)
+    assert result.exit_code == 0, result.stderr
+    rows = read_jsonl(out)
+    assert [row["messages"][-1] for row in rows] == [
+        {"role": "assistant", "content": row["output"]} for row in ALPACA]
+    aiperf_tool.strict("MooncakeTrace", rows)
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["output"]["format"] == "mooncake_trace"
+    assert manifest["output"]["keep_replies"] is True
+    [warning] = manifest["warnings"]
+    assert warning.startswith("--keep-replies: a conversation that ends with a recorded reply")
+    assert f"promptkit: warning: {warning}\n" in result.stderr
+    again = tmp_path / "again.jsonl"
+    rebuilt = run("rebuild", f"{out}.manifest.json", again)
+    assert rebuilt.exit_code == 0, rebuilt.stderr
+    assert again.read_bytes() == out.read_bytes()
+    # The manifest is what decides: one that says false refuses them (a manifest that says
+    # nothing was made before they were refused: tests/test_arrow_batches.py rebuilds one).
+    manifest["output"]["keep_replies"] = False
+    Path(f"{out}.manifest.json").write_text(json.dumps(manifest))
+    refused = run("rebuild", f"{out}.manifest.json", tmp_path / "third.jsonl")
+    assert refused.exit_code == 1 and REPLY in refused.stderr
+
+
+def test_skip_invalid_leaves_out_the_conversations_that_end_with_a_reply(tmp_path, run):
+    rows = [*FINE_TUNING, {"messages": [{"role": "user", "content": "Name a prime."}]}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "5", "--skip-invalid", "--workers", "1")
+    assert result.exit_code == 0, result.stderr
+    assert [row["messages"][-1]["content"].split("\n")[-1] for row in read_jsonl(out)] == [
+        "Name a prime."]
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["skipped"]["by_reason"] == {f"cannot write as openai: {REPLY}": 2}
+    assert manifest["output"]["keep_replies"] is False
+
+
+# ---------------------------------------------------------------- the default output
+
+
+def test_a_dataset_is_written_as_a_format_aiperf_loads_by_default(tmp_path, run):
+    """LLaMA-Factory's glaive tool calls (a ShareGPT JSON array) were written as ShareGPT,
+    which AIPerf does not load, and only the manifest said so."""
+    source = json_array(tmp_path / "glaive_toolcall_en_demo.json", WARTS[6:7])
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "5")
+    assert result.exit_code == 1
+    assert result.stderr == f"promptkit: {source}:1: cannot write as mooncake_trace: {REPLY}\n"
+    result = run("nonce", source, out, "--seed", "5", "--to", "sharegpt")
+    assert result.exit_code == 0, result.stderr
+    warning = ("AIPerf does not load sharegpt files: 'promptkit turns IN OUT --tokenizer T' "
+               "makes requests of its conversations")
+    assert f"promptkit: warning: {warning}\n" in result.stderr
+    assert json.loads(Path(f"{out}.manifest.json").read_text())["warnings"] == [warning]
+
+
+def test_prompt_lines_are_written_as_single_turn_by_default(tmp_path, run):
+    source = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Why is the sky blue?",
+                                                       "id": 1}, {"prompt": "Name a prime."}])
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", source, out, "--seed", "5")
+    assert result.exit_code == 0, result.stderr
+    assert "single_turn" in result.stderr and "warning" not in result.stderr
+    rows = read_jsonl(out)
+    aiperf_tool.strict("SingleTurn", rows, kept={"id"})
+    assert [row["text"].split("\n")[1] for row in rows] == ["Why is the sky blue?",
+                                                            "Name a prime."]
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["output"]["format"] == manifest["aiperf"]["custom_dataset_type"] == (
+        "single_turn")

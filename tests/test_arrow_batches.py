@@ -265,7 +265,7 @@ def test_a_conversation_across_chunks_keeps_its_nonce_in_workers(tmp_path, run, 
     for workers in ("1", "2"):
         out = tmp_path / f"w{workers}.jsonl"
         result = run("nonce", source, out, "--at", "user", "--to", "mooncake_trace",
-                     "--seed", "3", "--workers", workers)
+                     "--seed", "3", "--workers", workers, "--keep-replies")
         assert result.exit_code == 0, result.stderr
         made.append(out.read_bytes())
     assert small_batches == [2]

@@ -105,14 +105,15 @@ def test_a_json_array_reads_as_its_lines_and_dataset_options_read_it_as_a_datase
                                                                                     run):
     path, _ = source_of("json-array", tmp_path)
     out = tmp_path / "out.jsonl"
-    assert run("nonce", path, out, "--seed", "3").exit_code == 0
+    assert run("nonce", path, out, "--seed", "3", "--to", "prompt").exit_code == 0
     written = read_jsonl(out)  # every field kept, each prompt nonce'd
     assert [row["prompt"].split("\n", 1)[1] for row in written] == [r["prompt"] for r in ROWS]
     assert [{**row, "prompt": r["prompt"]} for row, r in zip(written, ROWS, strict=True)] == ROWS
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     assert manifest["inputs"][0]["format"] == manifest["output"]["format"] == "prompt"
     limited = tmp_path / "limited.jsonl"  # --limit reads the first records, as lines
-    assert run("nonce", path, limited, "--seed", "3", "--limit", "5").exit_code == 0
+    assert run("nonce", path, limited, "--seed", "3", "--limit", "5", "--to",
+               "prompt").exit_code == 0
     manifest = json.loads(Path(f"{limited}.manifest.json").read_text())
     assert manifest["inputs"][0]["format"] == "prompt" and manifest["inputs"][0]["limit"] == 5
     assert limited.read_text().splitlines() == out.read_text().splitlines()[:5]
@@ -152,7 +153,7 @@ def test_columns_are_recognised_or_named(row, args, messages, tmp_path, run):
     path = tmp_path / "d.parquet"
     datasets.Dataset.from_list([row, row]).to_parquet(path)
     out = tmp_path / "out.jsonl"
-    result = run("pipe", "read", *args, path, "write", out)
+    result = run("pipe", "read", *args, path, "write", "--keep-replies", out)
     assert result.exit_code == 0, result.stderr
     used = {"messages", "conversations", "instruction", "input", "output", "system",
             "history", "question", "text", "body", "persona", "chat"}
@@ -367,7 +368,7 @@ def test_a_sharegpt_dataset_keeps_its_columns_and_leaves_out_empty_values(tmp_pa
     path = tmp_path / "sharegpt.parquet"
     datasets.Dataset.from_list(rows).to_parquet(path)
     out = tmp_path / "out.jsonl"
-    result = run("pipe", "read", path, "write", out)
+    result = run("pipe", "read", path, "write", "--keep-replies", out)
     assert result.exit_code == 0, result.stderr
     first, second = read_jsonl(out)
     assert first["id"] == "a1" and first["source"] == "sharegpt"

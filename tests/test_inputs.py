@@ -253,7 +253,8 @@ def test_a_json_array_gives_the_bytes_its_lines_give_and_keeps_every_field(name,
     rows = ARRAYS[name]
     lines = jsonl(tmp_path / f"{name}.jsonl", rows)
     want = tmp_path / "want.jsonl"
-    assert run("nonce", lines, want, "--seed", "4").exit_code == 0
+    same = ["--to", ARRAY_FORMATS[name]]  # datasets with replies, kept datasets
+    assert run("nonce", lines, want, "--seed", "4", *same).exit_code == 0
     written = read_jsonl(want)
     assert len(written) == len(rows)
     content = ("instruction", "input", "conversations")  # the nonce goes in there
@@ -268,7 +269,7 @@ def test_a_json_array_gives_the_bytes_its_lines_give_and_keeps_every_field(name,
     gzipped.write_bytes(gzip.compress(array.read_bytes()))
     for path in (array, named_jsonl, gzipped):
         got = tmp_path / "got.jsonl"
-        result = run("nonce", path, got, "--seed", "4")
+        result = run("nonce", path, got, "--seed", "4", *same)
         assert result.exit_code == 0, result.stderr
         assert got.read_bytes() == want.read_bytes(), path
         manifest = manifest_of(got)
@@ -278,9 +279,12 @@ def test_a_json_array_gives_the_bytes_its_lines_give_and_keeps_every_field(name,
     assert "layout" not in manifest_of(want)["inputs"][0]
 
 
+ARRAY_FORMATS = {"alpaca_en_demo": "alpaca", "glaive_toolcall_en_demo": "sharegpt",
+                 "ShareGPT_V3_unfiltered_cleaned_split": "sharegpt"}
+
+
 def test_llama_factory_arrays_are_detected_as_their_formats(tmp_path, run):
-    for name, fmt in (("alpaca_en_demo", "alpaca"), ("glaive_toolcall_en_demo", "sharegpt"),
-                      ("ShareGPT_V3_unfiltered_cleaned_split", "sharegpt")):
+    for name, fmt in ARRAY_FORMATS.items():
         path = json_array(tmp_path / f"{name}.json", ARRAYS[name])
         result = run("stats", path, "--json")
         assert result.exit_code == 0, result.stderr
@@ -336,9 +340,10 @@ def test_a_json_array_of_unknown_keys_is_read_as_a_dataset(tmp_path, run):
 def test_a_json_array_streams_from_stdin(tmp_path, run):
     array = json.dumps(SHAREGPT, indent=2).encode()
     lines = "".join(json.dumps(r) + "\n" for r in SHAREGPT).encode()
-    got = run("nonce", "-", "-", "--seed", "8", input=array)
+    got = run("nonce", "-", "-", "--seed", "8", "--to", "sharegpt", input=array)
     assert got.exit_code == 0, got.stderr
-    assert got.stdout_bytes == run("nonce", "-", "-", "--seed", "8", input=lines).stdout_bytes
+    assert got.stdout_bytes == run("nonce", "-", "-", "--seed", "8", "--to", "sharegpt",
+                                   input=lines).stdout_bytes
 
 
 # ---------------------------------------------------------------- integers beyond 64 bits

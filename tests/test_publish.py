@@ -175,7 +175,7 @@ def test_small_shards_stay_under_the_bound_and_keep_the_order(tmp_path, run):
 def test_a_dataset_input_with_dataset_options(tmp_path, run):
     out = tmp_path / "published"
     result = run("publish", PROMPTS / "alpaca-sample.parquet", out, "--limit", "5",
-                 "--shuffle", "--seed", "4", "--to", "openai")
+                 "--shuffle", "--seed", "4", "--to", "openai", "--keep-replies")
     assert result.exit_code == 0, result.stderr
     rows = load_rows(out, tmp_path / "cache")
     assert len(rows) == 5

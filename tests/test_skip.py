@@ -50,10 +50,11 @@ def sharegpt_rows() -> list[dict]:
 @pytest.fixture
 def converted(tmp_path, run) -> Path:
     """The ShareGPT rows converted to chat messages (mooncake_trace, which keeps their
-    ids) by promptkit itself."""
+    ids) by promptkit itself, their recorded replies kept (so are they below)."""
     source = write_jsonl(tmp_path / "sharegpt.jsonl", sharegpt_rows())
     out = tmp_path / "chat.jsonl"
-    result = run("pipe", "read", source, "write", "--to", "mooncake_trace", out)
+    result = run("pipe", "read", source, "write", "--to", "mooncake_trace", "--keep-replies",
+                 out)
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -70,13 +71,14 @@ def test_the_reason_leaves_out_what_is_particular_to_a_record():
 
 def test_nonce_at_user_on_records_without_a_user_message(converted, tmp_path, run):
     out = tmp_path / "out.jsonl"
-    result = run("nonce", converted, out, "--at", "user", "--seed", "1")
+    result = run("nonce", converted, out, "--at", "user", "--seed", "1", "--keep-replies")
     assert result.exit_code == 1
     assert result.stderr == (f"promptkit: {converted}:2: no user message to put the nonce in "
                              "(use --at start)\n")
     assert not out.exists()
 
-    result = run("nonce", converted, out, "--at", "user", "--seed", "1", "--skip-invalid")
+    result = run("nonce", converted, out, "--at", "user", "--seed", "1", "--skip-invalid",
+                 "--keep-replies")
     assert result.exit_code == 0, result.stderr
     assert [r["id"] for r in read_jsonl(out)] == [f"conv-{i}" for i in range(12) if i % 2 == 0]
     skipped = manifest_of(out)["skipped"]
@@ -91,7 +93,7 @@ def test_nonce_at_user_on_records_without_a_user_message(converted, tmp_path, ru
 
 def test_fit_on_records_without_user_text(converted, tmp_path, run):
     out = tmp_path / "out.jsonl"
-    args = ["--tokens", "24", "--tokenizer", "cl100k_base", "--seed", "2"]
+    args = ["--tokens", "24", "--tokenizer", "cl100k_base", "--seed", "2", "--keep-replies"]
     result = run("fit", converted, out, *args)
     assert result.exit_code == 1
     assert result.stderr == f"promptkit: {converted}:2: no user text to fit\n"
@@ -106,7 +108,7 @@ def test_fit_on_records_without_user_text(converted, tmp_path, run):
 def test_pad_on_records_with_a_system_message_of_their_own(converted, tmp_path, run):
     out = tmp_path / "out.jsonl"
     args = ["--tokens", "40", "--tokenizer", "cl100k_base", "--system-prompt",
-            "You answer questions about Python.", "--seed", "3"]
+            "You answer questions about Python.", "--seed", "3", "--keep-replies"]
     result = run("pad", converted, out, *args)
     assert result.exit_code == 1
     assert result.stderr.startswith("promptkit: "

@@ -161,7 +161,8 @@ def test_bounds_the_wrong_way_round_are_a_usage_error(run, tmp_path):
 def test_tool_calls_become_openai_messages_and_tools_a_list(run, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", TOOL_CALLS)
     out = tmp_path / "trace.jsonl"
-    result = run("nonce", source, out, "--seed", "1", "--to", "mooncake_trace")
+    result = run("nonce", source, out, "--seed", "1", "--to", "mooncake_trace",
+                 "--keep-replies")
     assert result.exit_code == 0, result.stderr
     [row] = read_jsonl(out)
     strict("MooncakeTrace", [row])
@@ -186,11 +187,12 @@ def test_tool_call_sharegpt_reads_back_as_it_was(run, tmp_path):
     rows = TOOL_CALLS + json.loads(SAMPLE.read_text(encoding="utf-8"))
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "same.jsonl"
-    result = run("pipe", "read", source, "write", out)
+    result = run("pipe", "read", source, "write", "--to", "sharegpt", out)
     assert result.exit_code == 0, result.stderr
     assert read_jsonl(out) == rows
     trace = tmp_path / "trace.jsonl"
-    assert run("pipe", "read", source, "write", "--to", "mooncake_trace", trace).exit_code == 0
+    assert run("pipe", "read", source, "write", "--to", "mooncake_trace", "--keep-replies",
+               trace).exit_code == 0
     written = read_jsonl(trace)
     strict("MooncakeTrace", written)
     assert "tools" not in written[-1]  # "tools": "[]" sends none (AIPerf refuses [])
@@ -240,7 +242,7 @@ def test_recorded_replies_written_to_aiperf_formats_point_at_turns(run, tmp_path
 
 def test_the_sharegpt_manifest_note_points_at_turns(run, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", SHAREGPT)
-    result = run("nonce", source, tmp_path / "out.jsonl", "--seed", "1")
+    result = run("nonce", source, tmp_path / "out.jsonl", "--seed", "1", "--to", "sharegpt")
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
     assert "promptkit turns" in manifest["aiperf"]["note"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConversionError, FormatUnknownError, InvalidRecordError
-from ..records import Record
+from ..records import Record, ends_with_reply
 from . import accept, aiperf, chat, table
 
 
@@ -119,18 +119,41 @@ def get_format(name: str) -> Format:
         ) from None
 
 
-def writer(fmt: Format) -> Callable[[Record], dict[str, Any]]:
+#: The output format of an input format AIPerf does not load, when no ``--to`` names one.
+AIPERF_OUTPUT = {"sharegpt": "mooncake_trace", "alpaca": "mooncake_trace",
+                 "prompt": "single_turn"}
+
+
+def default_output(name: str) -> str:
+    """The format records read as ``name`` are written in when no ``--to`` names one: the
+    input's own when AIPerf loads it, else one AIPerf loads (see :data:`AIPERF_OUTPUT`)."""
+    return AIPERF_OUTPUT.get(name, name)
+
+
+#: Why a conversation that ends with a recorded reply is not written as a request.
+REPLY_HINT = (f"{aiperf.TURNS_HINT}; or --keep-replies writes it as it is, --to sharegpt as "
+              "a dataset")
+
+
+def writer(fmt: Format, *, keep_replies: bool = False) -> Callable[[Record], dict[str, Any]]:
     """The object each record is written as in ``fmt``: the format's ``dump``, and for
     an AIPerf type the line AIPerf takes (see :mod:`promptkit.formats.accept`); a record
     that makes no such line raises :class:`ConversionError`, as one the format cannot
-    hold does."""
+    hold does. So does a conversation that ends with a recorded reply, in a format whose
+    messages AIPerf sends as they are (mooncake_trace, openai): the reply would be sent
+    as the prompt's end, unless ``keep_replies`` says that is meant."""
     dump = fmt.dump
     kind = fmt.aiperf_type
     if kind is None:
         return dump
     check = accept.problem
+    replies = kind == "mooncake_trace" and not keep_replies
 
     def written(record: Record) -> dict[str, Any]:
+        if replies and ends_with_reply(record):
+            raise ConversionError(f"the conversation ends with a recorded reply "
+                                  f"({record.messages[-1].role}), which AIPerf would send as "
+                                  f"the prompt's end; {REPLY_HINT}")
         obj = dump(record)
         found = check(kind, obj)
         if found is not None:
@@ -140,5 +163,5 @@ def writer(fmt: Format) -> Callable[[Record], dict[str, Any]]:
     return written
 
 
-__all__ = ["FORMATS", "TABLE_FORMATS", "Format", "detect", "detect_many", "get_format",
-           "writer"]
+__all__ = ["FORMATS", "TABLE_FORMATS", "Format", "default_output", "detect", "detect_many",
+           "get_format", "writer"]

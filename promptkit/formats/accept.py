@@ -109,10 +109,6 @@ def _texts(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def _single_turn(obj: dict[str, Any]) -> str | None:
-    return _turn(obj)
-
-
 def _multi_turn(obj: dict[str, Any]) -> str | None:
     turns = obj.get("turns")
     if not isinstance(turns, list) or not turns:
@@ -127,10 +123,6 @@ def _multi_turn(obj: dict[str, Any]) -> str | None:
         if found is not None:
             return f"turn {i}: {found}"
     return None
-
-
-def _random_pool(obj: dict[str, Any]) -> str | None:
-    return _texts(obj)
 
 
 _ORDER = ("input_length", "text_input", "messages", "payload")
@@ -211,8 +203,8 @@ FIELDS = {
 }
 
 _RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    "single_turn": _single_turn,
+    "single_turn": _turn,
     "multi_turn": _multi_turn,
-    "random_pool": _random_pool,
+    "random_pool": _texts,
     "mooncake_trace": _mooncake,
 }

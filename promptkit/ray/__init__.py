@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PromptkitError
+from ..formats import default_output
 from ..steps import Step
 
 __all__ = ["INSTALL", "address_kind", "apply", "connect", "require"]
@@ -103,15 +104,16 @@ def _quiet(ray: Any) -> None:
 
 
 def apply(ds: Any, steps: Sequence[Step], *, from_format: str | None = None,
-          to_format: str | None = None) -> Any:
+          to_format: str | None = None, keep_replies: bool = False) -> Any:
     """``ds`` (a ``ray.data.Dataset`` of records) with ``steps`` applied, as a Dataset.
 
     Rows are records in a line format's fields (an OpenAI chat line, a mooncake_trace
     line ...; the format is detected from the first row unless ``from_format``), with an
     ``index`` column (what nonces and sampled lengths are addressed by) or without one:
     then each row's position in ``ds`` is its index. Rows come out in ``to_format``
-    (default: the input's), each with its ``index``; ``copies`` of a nonce step are rows
-    of their own. Steps are made (``promptkit.steps.make``) when not made yet.
+    (default: the input's when AIPerf loads it, as the CLI's), each with its ``index``;
+    ``copies`` of a nonce step are rows of their own; ``keep_replies``: as the CLI's
+    ``--keep-replies``. Steps are made (``promptkit.steps.make``) when not made yet.
 
     Lines sharing a ``session_id`` keep the first line's nonce only within one block of
     ``ds``: give such rows in one block (or run the file with ``--ray``, which carries
@@ -130,4 +132,5 @@ def apply(ds: Any, steps: Sequence[Step], *, from_format: str | None = None,
         ds = rows.with_index(ds)
     return ds.map_batches(rows.apply_batch, batch_format="pyarrow",
                           fn_kwargs={"steps": made, "in_format": fmt,
-                                     "out_format": to_format or fmt})
+                                     "out_format": to_format or default_output(fmt),
+                                     "keep_replies": keep_replies})

@@ -54,12 +54,14 @@ def _numbered(batch: Any, first: int) -> Any:
                                                  type=pa.int64()))
 
 
-def apply_batch(batch: Any, steps: list[Step], in_format: str, out_format: str) -> Any:
+def apply_batch(batch: Any, steps: list[Step], in_format: str, out_format: str,
+                keep_replies: bool = False) -> Any:
     """The rows of ``batch`` through ``steps``: records in, the output format's rows out,
     each with its ``index``."""
     import pyarrow as pa
 
-    parse, dump = get_format(in_format).parse, writer(get_format(out_format))
+    parse = get_format(in_format).parse
+    dump = writer(get_format(out_format), keep_replies=keep_replies)
     records: list[Record] = []
     for row in batch.to_pylist():
         index = row.get("index")

@@ -329,7 +329,7 @@ def check_input(input_path: str, dataset: dict[str, Any] | None) -> bool:
 
 def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         in_format: str, out_format: str, name: str, skip_invalid: bool, tokenizer: str | None,
-        chunk_size: int | None = None, writer: str | None = None
+        chunk_size: int | None = None, writer: str | None = None, keep_replies: bool = False
         ) -> tuple[PartsOutput, dict[str, Any], str, dict[str, Any]]:
     """Run ``steps`` over ``input_path`` on the cluster at ``address``, writing the parts
     into a staging folder beside ``output_path``. Returns the parts' account, the input's
@@ -343,7 +343,7 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
     staging = make_staging(output_path)
     try:
         job = Job(os.path.abspath(input_path), staging, in_format, out_format, steps,
-                  skip_invalid, name, tokenizer, stable_keys=True)
+                  skip_invalid, name, tokenizer, stable_keys=True, keep_replies=keep_replies)
         settings = TaskSettings(job, staging,
                                 float(os.environ.get("PROMPTKIT_RAY_TEST_DELAY", "0") or 0))
         with connect(address) as ray:
@@ -365,6 +365,7 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
             version = ray.__version__
         out = PartsOutput(output_path, get_format(out_format), tokenizer, distinct)
+        out.encoder.keep_replies = keep_replies
         if job.splice is not None:
             out.writer = SPLICE
         read, skipped, parts = 0, [], []
@@ -459,11 +460,12 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                from_format: str | None = None, to_format: str | None = None,
                skip_invalid: bool = False, argv: list[str] | None = None,
                dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
-               accept: Any = None, writer: str | None = None) -> dict[str, Any]:
+               accept: Any = None, writer: str | None = None,
+               keep_replies: bool = False) -> dict[str, Any]:
     """:func:`promptkit.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
     concatenation is the bytes ``run`` writes, with ``OUT/manifest.json``; the manifest
     is returned. ``accept(manifest)`` may refuse the result before it is put in place;
-    ``writer``: as :func:`promptkit.pipeline.run` takes it."""
+    ``writer``, ``keep_replies``: as :func:`promptkit.pipeline.run` takes them."""
     from ..pipeline import counting_tokenizer, where_of
     from ..provenance import describe
     from ..steps import make
@@ -502,7 +504,7 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
         out, facts, staging, ray_info = run(
             input_path, output_path, steps, address=address, in_format=in_format.name,
             out_format=out_name, name=name, skip_invalid=skip_invalid, tokenizer=tokenizer,
-            chunk_size=chunk_size, writer=writer)
+            chunk_size=chunk_size, writer=writer, keep_replies=keep_replies)
         try:
             for step in steps:
                 if step.check is not None:
@@ -585,6 +587,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
     one file) cut where the recorded parts end. ``accept`` sees the new manifest first."""
     parts = recorded["output"]["parts"]
     to_format = recorded["output"]["format"]
+    keep_replies = manifest.kept_replies(recorded)
     if ray_address is not None:
         from . import check_address, require
 
@@ -595,7 +598,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                           from_format=from_format, to_format=to_format,
                           skip_invalid=skip_invalid, argv=argv,
                           chunk_size=chunk_size if isinstance(chunk_size, int) else None,
-                          accept=accept, writer=writer_of(recorded))
+                          accept=accept, writer=writer_of(recorded), keep_replies=keep_replies)
     from ..pipeline import run as run_here
 
     check_output(output_path, input_path)
@@ -605,7 +608,8 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
             whole = os.path.join(staging, "whole.jsonl")
             result = run_here(input_path, whole, steps, from_format=from_format,
                               to_format=to_format, skip_invalid=skip_invalid, argv=argv,
-                              workers=workers, accept=accept, writer=writer_of(recorded))
+                              workers=workers, accept=accept, writer=writer_of(recorded),
+                              keep_replies=keep_replies)
             made = []
             with open(whole, "rb") as f:
                 for part in parts:
