@@ -106,7 +106,8 @@ def test_prompt_tokens_are_the_servers_own(vllm_server: VllmServer, template: st
 
 
 @pytest.fixture(scope="module")
-def tool_files(vllm_server: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tool_files(vllm_server: VllmServer,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """40 glaive-shaped tool-call conversations made into one request each (``turns
     --mode first``), then nonce'd three ways."""
     work = tmp_path_factory.mktemp("tools")
