@@ -251,10 +251,7 @@ def _qwen(messages: Conversation, tools: Tools) -> str:
             out.append("<|im_start|>assistant")
             if message["content"]:
                 out.append("\n" + message["content"])
-            for call in message["tool_calls"]:
-                function = call["function"]
-                out.append('\n<tool_call>\n{"name": "' + function["name"] + '", "arguments": '
-                           + tojson(function["arguments"]) + "}\n</tool_call>")
+            out += [_tool_call(call) for call in message["tool_calls"]]
             out.append("<|im_end|>\n")
         elif role == "tool":
             if i == 0 or messages[i - 1]["role"] != "tool":
@@ -264,6 +261,13 @@ def _qwen(messages: Conversation, tools: Tools) -> str:
                 out.append("<|im_end|>\n")
     out.append("<|im_start|>assistant\n")
     return "".join(out)
+
+
+def _tool_call(call: dict[str, Any]) -> str:
+    """A tool call as Qwen 2.5 and Hermes write it in an assistant turn."""
+    function = call["function"]
+    return ('\n<tool_call>\n{"name": "' + function["name"] + '", "arguments": '
+            + tojson(function["arguments"]) + "}\n</tool_call>")
 
 
 def _chatml(messages: Conversation) -> str:
@@ -361,10 +365,7 @@ def _hermes(messages: Conversation, tools: list[dict[str, Any]]) -> str:
             out.append(f"<|im_start|>{role}\n{message['content']}<|im_end|>\n")
         elif role == "assistant":
             out.append("<|im_start|>assistant")
-            for call in message["tool_calls"]:
-                function = call["function"]
-                out.append('\n<tool_call>\n{"name": "' + function["name"] + '", "arguments": '
-                           + tojson(function["arguments"]) + "}\n</tool_call>")
+            out += [_tool_call(call) for call in message["tool_calls"]]
             out.append("<|im_end|>\n")
         elif role == "tool":
             if i > 0 and messages[i - 1]["role"] != "tool":

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiperf_tool
-from vllm_engine import VllmServer, run_profile
+from vllm_engine import Counters, VllmServer, run_profile
 
 from promptkit.tokenizers import load_tokenizer
 
@@ -161,6 +161,19 @@ def test_a_system_prompt_file_joins_a_files_own_system_message(vllm_server: Vllm
     assert hits > 0  # the nonce comes after the shared system text
 
 
+def bench(server: VllmServer, settings: dict[str, Any], tmp_path: Path
+          ) -> tuple[subprocess.CompletedProcess[str], Counters, Counters]:
+    """``promptkit bench`` with ``settings`` as its .env file (none of them from the
+    environment); its result and the server's counters before and after."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
+    before = server.counters()
+    result = subprocess.run([sys.executable, "-m", "promptkit", "bench", "--env-file",
+                             env_file], capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k not in settings})
+    return result, before, server.counters()
+
+
 def test_bench_predicts_and_reads_back_what_vllm_measured(vllm_server: VllmServer,
                                                           tmp_path: Path) -> None:
     """promptkit bench, as a user runs it: check's prediction before the run, vLLM's own
@@ -177,13 +190,7 @@ def test_bench_predicts_and_reads_back_what_vllm_measured(vllm_server: VllmServe
                 "AIPERF_ARGS": "--ui none --no-gpu-telemetry",
                 "EXTRA_INPUTS": "ignore_eos:true,max_completion_tokens:2",
                 "MAX_HIT_RATE": "0.2"}
-    env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
-    before = vllm_server.counters()
-    result = subprocess.run([sys.executable, "-m", "promptkit", "bench", "--env-file",
-                             env_file], capture_output=True, text=True, timeout=600,
-                            env={k: v for k, v in os.environ.items() if k not in settings})
-    after = vllm_server.counters()
+    result, before, after = bench(vllm_server, settings, tmp_path)
     block = json.loads((artifacts / "cache_condition.json").read_text())["prefix_cache"]
     hits, queries = after.hits - before.hits, after.queries - before.queries
     assert (block["measured_hits"], block["measured_queries"]) == (hits, queries), block
@@ -206,13 +213,7 @@ def test_bench_puts_a_difference_in_later_turns_down_to_the_replies(vllm_server:
                 "ARTIFACT_DIR": artifacts, "AIPERF": aiperf_tool.executable(),
                 "AIPERF_ARGS": "--ui none --no-gpu-telemetry",
                 "EXTRA_INPUTS": "ignore_eos:true,seed:0"}
-    env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
-    before = vllm_server.counters()
-    result = subprocess.run([sys.executable, "-m", "promptkit", "bench", "--env-file",
-                             env_file], capture_output=True, text=True, timeout=600,
-                            env={k: v for k, v in os.environ.items() if k not in settings})
-    after = vllm_server.counters()
+    result, before, after = bench(vllm_server, settings, tmp_path)
     assert result.returncode == 0, result.stderr
     block = json.loads((artifacts / "cache_condition.json").read_text())["prefix_cache"]
     assert block["predicted_with"]["chat_template"] == "hf"  # the tokenizer's own
