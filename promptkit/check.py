@@ -55,8 +55,8 @@ from .templates import (
     Renderer,
     TemplateError,
     Tools,
-    conversation,
     request_tools,
+    text_of,
 )
 from .tokenizers import Tokenizer
 
@@ -143,7 +143,7 @@ class Prompts:
                         f"turn {i + 1} has no output_length: the server's reply, which AIPerf "
                         "sends in the next turn's history, has unknown length; give "
                         "--reply-tokens N (the replies' length)", lineno=record.lineno)
-                history.append({"role": "assistant", "content": self.filler(reply)})
+                history.append({"role": "assistant", "content": self._content(self.filler(reply))})
         return out
 
     def _rendered(self, record: Record, turn: _Turn) -> _Turn:
@@ -160,7 +160,8 @@ class Prompts:
         if self.template == "none":
             return [{"role": m.role or "user", "content": text} for m in messages
                     for text in content_texts(m.content)]
-        return conversation(messages)
+        assert self.renderer is not None
+        return self.renderer.conversation(messages)
 
     def _with_system(self, chat: Conversation) -> Conversation:
         """AIPerf's ``--system-prompt-file``: a system message first, or joined to the
@@ -168,10 +169,13 @@ class Prompts:
         if self.system_prompt is None:
             return chat
         if chat and chat[0]["role"] == "system":
-            text = chat[0]["content"]
-            return [{**chat[0], "content": f"{self.system_prompt}\n\n{text}" if text
-                     else self.system_prompt}, *chat[1:]]
-        return [{"role": "system", "content": self.system_prompt}, *chat]
+            text = text_of(chat[0]["content"])
+            joined = f"{self.system_prompt}\n\n{text}" if text else self.system_prompt
+            return [{**chat[0], "content": self._content(joined)}, *chat[1:]]
+        return [{"role": "system", "content": self._content(self.system_prompt)}, *chat]
+
+    def _content(self, text: str) -> Any:
+        return self.renderer.content(text) if self.renderer is not None else text
 
     def filler(self, n: int) -> str:
         """A text of exactly ``n`` tokens on its own (the stand-in for a reply): a common
@@ -210,9 +214,9 @@ class Prompts:
         if self.renderer is None:
             return 0, False
         first = self.turns(record, limit=1)[0]
-        chat = [{"role": m["role"], "content": "x"} for m in first.chat] or [
-            {"role": "user", "content": "x"}]
-        chat[0]["content"] = PROBE
+        chat = [{"role": m["role"], "content": self._content("x")} for m in first.chat] or [
+            {"role": "user", "content": self._content("x")}]
+        chat[0]["content"] = self._content(PROBE)
         header = self.renderer.tokens_before(chat, first.tools, PROBE) or 0
         bare = self.renderer.tokens_before(chat, None, PROBE) if first.tools else header
         return header, header != bare

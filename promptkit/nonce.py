@@ -35,9 +35,9 @@ from .templates import (
     TEMPLATES,
     Renderer,
     TemplateError,
-    conversation,
     hf_template,
     request_tools,
+    text_of,
 )
 from .tokenizers import Tokenizer, cached_tokenizer
 
@@ -634,16 +634,17 @@ def _count_ahead(record: Record, nonce: str, renderer: Renderer, state: NonceSta
     messages, tools = first_request(record)
     try:
         sent = request_tools(tools)
-        ahead = renderer.tokens_before(conversation(messages), sent, nonce)
+        ahead = renderer.tokens_before(renderer.conversation(messages), sent, nonce)
         if ahead is None:
             return
         state.ahead.append(ahead)
         if sent and state.system_ahead is None:
-            chat = conversation(messages)
+            chat = renderer.conversation(messages)
             if chat[0]["role"] == "system":
-                chat[0] = {**chat[0], "content": PROBE + chat[0]["content"]}
+                chat[0] = {**chat[0],
+                           "content": renderer.content(PROBE + text_of(chat[0]["content"]))}
             else:
-                chat.insert(0, {"role": "system", "content": PROBE})
+                chat.insert(0, {"role": "system", "content": renderer.content(PROBE)})
             state.system_ahead = renderer.tokens_before(chat, sent, PROBE)
     except TemplateError:
         state.refused += 1

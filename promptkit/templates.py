@@ -9,8 +9,13 @@ value becomes ``{}``; an empty list is dropped), a tool result's text parts
 joined; and the request's ``tools`` as its request model writes them back
 (:func:`request_tools`: ``{"type": "function", "function": {"name",
 "description", "parameters"}}``, a missing description or parameters as
-``null``, unknown keys dropped). Then it renders the chat template with the
-conversation, the tools and the generation prompt, and tokenizes the text.
+``null``, unknown keys dropped). A template that loops over a message's content
+gets it as a list of text parts instead (vLLM's "openai" content format). Then it
+renders the chat template with the conversation, the tools and the generation
+prompt, and tokenizes the text. A request its request model refuses (a user, system
+or tool message whose content is null; a tool call without a string ``id``, ``type``
+``function`` or string ``arguments``; a tool whose description is not a string) is
+answered with an error: :class:`TemplateError` here.
 
 Templates put the tools **before** the first user message's text: Qwen 2.5 in
 its system turn after the system message's text, Llama 3.1 inside the first
@@ -65,6 +70,13 @@ class TemplateError(InvalidRecordError):
 # ---------------------------------------------------------------- the request as vLLM reads it
 
 
+def text_of(content: Any) -> str:
+    """The text of a conversation's content: a text, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part["text"] for part in content)
+
+
 def message_text(content: Any) -> str:
     """A message content as the server reads it: its non-empty text parts joined by
     newlines; no content is an empty text."""
@@ -73,18 +85,26 @@ def message_text(content: Any) -> str:
     return "\n".join(text for text in content_texts(content) if text)
 
 
-def conversation(messages: Iterable[Message]) -> Conversation:
+def conversation(messages: Iterable[Message], parts: bool = False) -> Conversation:
     """The conversation vLLM renders of ``messages`` (see the module's rules). A message
     with no role is a user message. A message the server refuses (no content on a
     message that is not the assistant's; a tool call without a string ``id``, ``type``
     ``function``, a string name and string ``arguments``) raises
-    :class:`TemplateError`."""
+    :class:`TemplateError`. With ``parts`` (a template that loops over a message's
+    content), a content is the list of its text parts, as vLLM hands it to such a
+    template (a tool result's still one text)."""
     out: Conversation = []
     for message in messages:
         role = message.role or "user"
         if message.content is None and role != "assistant":
             raise TemplateError(f"a {role} message with no content (the server refuses it)")
-        item: dict[str, Any] = {"role": role, "content": message_text(message.content)}
+        content: Any = message_text(message.content)
+        if parts:  # every text part, empty ones too; a tool result's joined
+            texts = ([] if message.content is None else [message.content]
+                     if isinstance(message.content, str) else content_texts(message.content))
+            content = ("\n".join(texts) if role == "tool"
+                       else [{"type": "text", "text": text} for text in texts])
+        item: dict[str, Any] = {"role": role, "content": content}
         fields = message.fields
         if role == "assistant" and fields.get("tool_calls") is not None:
             calls = _tool_calls(fields["tool_calls"])
@@ -387,8 +407,8 @@ def without_developer(messages: Conversation) -> Conversation:
     systems = [i for i, m in enumerate(messages) if m["role"] == "system"]
     if systems == [0]:
         return messages
-    merged = "\n\n".join(m["content"] for m in messages if m["role"] == "system"
-                          and m["content"])
+    merged = "\n\n".join(text for m in messages if m["role"] == "system"
+                          if (text := text_of(m["content"])))
     return [{"role": "system", "content": merged},
             *(m for m in messages if m["role"] != "system")]
 
@@ -420,6 +440,28 @@ def hf_template(spec: str | None) -> Any:
     return tok
 
 
+def loops_over_content(template: str) -> bool:
+    """Whether a chat template loops over a message's ``content`` (``{% for part in
+    message['content'] %}``), which makes vLLM hand it a content as a list of parts
+    (its "openai" content format) instead of one text."""
+    from jinja2 import nodes
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:  # (transformers' own environment: it knows the tags chat templates use)
+        tree = _compile_jinja_template(template).environment.parse(template)
+    except Exception:  # a template vLLM cannot parse either: it takes the string format
+        return False
+
+    def is_content(node: Any) -> bool:
+        while isinstance(node, nodes.Filter | nodes.Test) and node.node is not None:
+            node = node.node
+        return (isinstance(node, nodes.Getattr) and node.attr == "content"
+                or isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+                and node.arg.value == "content")
+
+    return any(is_content(loop.iter) for loop in tree.find_all(nodes.For))
+
+
 def render_hf(tok: Any, messages: Conversation, tools: Tools) -> str:
     """The text ``tok``'s own chat template makes, called as vLLM calls it."""
     try:
@@ -446,6 +488,16 @@ class Renderer:
         self.hf = hf_template(tokenizer_spec) if template == "hf" else None
         text = str(self.hf.chat_template) if self.hf is not None else ""
         self.knows_developer = '"developer"' in text or "'developer'" in text
+        #: The template loops over a message's content: vLLM gives it text parts.
+        self.parts = bool(text) and loops_over_content(text)
+
+    def conversation(self, messages: Iterable[Message]) -> Conversation:
+        """``messages`` as this template is given them (see :func:`conversation`)."""
+        return conversation(messages, parts=self.parts)
+
+    def content(self, text: str) -> Any:
+        """A message content of ``text`` as this template is given it."""
+        return [{"type": "text", "text": text}] if self.parts else text
 
     def text(self, messages: Conversation, tools: Tools) -> str:
         """The prompt text of a request (raises :class:`TemplateError` where the template

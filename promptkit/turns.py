@@ -41,7 +41,7 @@ from .counts import counted
 from .formats.aiperf import turn_tools
 from .records import REPLY_ROLES, USER_ROLES, Message, Record, content_texts, is_empty
 from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
-from .templates import TEMPLATES, Renderer, TemplateError, conversation, hf_template, request_tools
+from .templates import TEMPLATES, Renderer, TemplateError, hf_template, request_tools
 from .tokenizers import cached_tokenizer
 
 MODES = ("first", "each", "history")
@@ -100,7 +100,8 @@ def make_requests(records: Iterable[Record], *, mode: str, tokenizer: str,
     def prompt(messages: list[Message], tools: Any) -> int:
         """A request's prompt tokens: under the template, rendered with its tools."""
         assert renderer is not None
-        text = renderer.text(conversation(_as_sent(m) for m in messages), request_tools(tools))
+        text = renderer.text(renderer.conversation(_as_sent(m) for m in messages),
+                             request_tools(tools))
         return len(renderer.encode([text])[0])
 
     def outside(exchange: _Exchange) -> str | None:

@@ -233,3 +233,14 @@ def test_tools_as_the_server_writes_them_back() -> None:
                 [{"type": "code", "function": {"name": "f"}}]):
         with pytest.raises(TemplateError):
             request_tools(bad)
+
+
+def test_templates_that_loop_over_content_are_told_apart() -> None:
+    from promptkit.templates import loops_over_content
+
+    assert not loops_over_content(real("qwen2.5"))
+    assert not loops_over_content(real("llama3.1"))
+    assert loops_over_content("{% for m in messages %}{% for p in m['content'] %}"
+                              "{{ p['text'] }}{% endfor %}{% endfor %}")
+    assert loops_over_content("{% for m in messages %}{% for p in m.content | list %}"
+                              "{{ p.text }}{% endfor %}{% endfor %}")

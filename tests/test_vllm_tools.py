@@ -21,6 +21,7 @@ requests otherwise) and ``--trust-request-chat-template``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -38,7 +39,7 @@ from toolcall_data import write_glaive
 from vllm_engine import SERVED_NAME, VllmServer, run_profile
 
 from promptkit.formats.aiperf import parse_messages
-from promptkit.templates import Renderer, TemplateError, conversation, request_tools
+from promptkit.templates import Renderer, TemplateError, request_tools
 from promptkit.tokenizers import load_tokenizer
 
 #: Built-in template -> the real template vLLM is given for it (chat_templates.FILES).
@@ -67,7 +68,8 @@ def tokenize(server: VllmServer, body: dict[str, Any]) -> list[int] | None:
 def ours(renderer: Renderer, messages: list[dict[str, Any]],
          tools: list[dict[str, Any]] | None) -> list[int] | None:
     try:
-        text = renderer.text(conversation(parse_messages(messages)), request_tools(tools))
+        text = renderer.text(renderer.conversation(parse_messages(messages)),
+                             request_tools(tools))
     except TemplateError:
         return None
     return renderer.encode([text])[0]
@@ -101,6 +103,37 @@ def test_prompt_tokens_are_the_servers_own(vllm_server: VllmServer, template: st
         if template == "chatml" and got is not None:
             got = bos + got
         assert got == expected
+
+    same()
+
+
+#: A template that loops over a message's content, as multimodal-aware ones do: vLLM
+#: hands it the content as a list of text parts, which it writes apart.
+PARTS_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|' + message['role'] + '|>\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}{{- part['text'] + ' | ' }}{%- endfor %}"
+    "{%- endif %}{{- '\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}")
+
+
+def test_a_template_looping_over_content_gets_its_parts(vllm_server: VllmServer,
+                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "parts"
+    shutil.copytree(vllm_server.tokenizer, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = PARTS_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    renderer = Renderer("hf", load_tokenizer(str(folder)), str(folder))
+    assert renderer.parts
+
+    @settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(sent=shapes.messages())
+    def same(sent: list[dict[str, Any]]) -> None:
+        expected = tokenize(vllm_server, {"messages": sent, "add_generation_prompt": True,
+                                          "chat_template": PARTS_TEMPLATE})
+        assert ours(renderer, sent, None) == expected
 
     same()
 
