@@ -436,8 +436,10 @@ def add_nonces(
 
     Records are modified in place (copies beyond the first are new records).
     """
-    if (keep_tokens or chat_template) and tokenizer is None:
-        raise ValueError("keep_tokens and chat_template need a tokenizer")
+    if keep_tokens and tokenizer is None:
+        raise ValueError("keep_tokens needs a tokenizer")
+    if chat_template and tokenizer is None:
+        raise ValueError("chat_template needs a tokenizer")
     state = state if state is not None else NonceState()
     options: dict[str, Any] = {
         "kind": kind, "seed": seed, "at": at, "template": template, "length": length,
