@@ -49,7 +49,9 @@ class UserError(click.ClickException):
     """A data error: one line, ``promptkit: FILE:LINE: problem``, exit 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"promptkit: {self.format_message()}", err=True)
+        from .redact import redact_text
+
+        click.echo(f"promptkit: {redact_text(self.format_message())}", err=True)
 
 
 def report(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -1458,7 +1460,9 @@ class BenchStop(click.ClickException):
     """'promptkit bench' stops before running (``promptkit: ...``): exit 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"promptkit: {self.format_message()}", err=True)
+        from .redact import redact_text
+
+        click.echo(f"promptkit: {redact_text(self.format_message())}", err=True)
 
 
 class BenchSettingError(BenchStop):
