@@ -43,11 +43,18 @@ What it does, in order:
 3. ``RESET_CACHE``: clears the server's prefix cache right before AIPerf starts
    (``vllm``: ``POST /reset_prefix_cache``; ``sglang``: ``POST /flush_cache``;
    ``aiperf``: AIPerf's own ``--reset-kv-cache``; ``command:CMD``: a shell hook,
-   e.g. a server restart) and writes ``ARTIFACT_DIR/cache_condition.json``: what
-   was done, when, the response status, the run's shape, the prediction and,
-   after the run, AIPerf's exit code.
+   e.g. a server restart); ``ARTIFACT_DIR/cache_condition.json``, written after a
+   run AIPerf finished, records what was done, when, the response status, the
+   run's shape, the prediction and AIPerf's exit code.
 4. Runs ``aiperf profile`` (``--dry-run``: prints the exact command instead, one
-   shell-quoted line on stdout, and runs nothing). Secrets (the values of
+   shell-quoted line on stdout, and runs nothing), in a process group of its own
+   that ends with promptkit however promptkit ends (Linux's parent-death signal:
+   SIGKILL of promptkit ends AIPerf and its services too). From a terminal, AIPerf
+   gets its foreground (its dashboard reads the keyboard; Ctrl-C and Ctrl-Z reach
+   AIPerf). SIGINT, SIGTERM and SIGHUP sent to promptkit are passed on to AIPerf.
+   A run that did not finish (a signal to promptkit, AIPerf dead of one, or AIPerf
+   cancelling its run after a Ctrl-C) ends with one line, exit 128 + the signal,
+   and no comparison and no ``cache_condition.json``. Secrets (the values of
    ``--api-key`` and other options, headers, request fields and JSON keys named for
    a key or token, at any depth; ``*_TOKEN`` / ``*KEY*`` variables; a URL's whole
    user information; bearer tokens; curl's ``-u user:password``) are shown as
@@ -74,9 +81,10 @@ What it does, in order:
    line says so.
 
 Exit codes: AIPerf's own after a run; 1 when the runner stops (prompts would
-repeat, the cache reset failed, the input file is not loadable); 2 for a bad
-setting; 3 when AIPerf succeeded but the measured hit rate is above
-``MAX_HIT_RATE`` (a fraction, 0 to 1; with nothing measured it only warns).
+repeat, the cache reset failed, the input file is not loadable, AIPerf cannot be
+started); 2 for a bad setting; 3 when AIPerf succeeded but the measured hit rate is
+above ``MAX_HIT_RATE`` (a fraction, 0 to 1; with nothing measured it only warns);
+128 + n for a run that signal n stopped (130: Ctrl-C).
 The runner's messages go to stderr, one line each, prefixed ``promptkit:``;
 stdout carries the ``--dry-run`` command, or AIPerf's own output during a run.
 """
@@ -94,18 +102,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from . import manifest
+from . import interrupts, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
 from .formats.aiperf import TRACE_TYPES, fixed_schedule
@@ -1403,8 +1412,153 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                 reset_timeout, prediction, endpoint_type, max_hit_rate)
 
 
+# ---------------------------------------------------------------- running AIPerf
+
+#: Seconds AIPerf has to end after the first signal promptkit passes on to it (with
+#: SIGINT it cancels the run and writes what it has, in about a second), before SIGKILL.
+STOP_GRACE = 30.0
+#: AIPerf's note that its results are written; ``was_cancelled`` after a SIGINT.
+RESULTS_READY = ".aiperf_results_ready.json"
+
+
+def check_program(command: list[str]) -> None:
+    """AIPerf's program exists and can be run (else a bad setting, before any reset)."""
+    if shutil.which(command[0]) is None:
+        raise SettingError(f"AIPERF: {redacted(command[:1])[0]}: no such program, or not "
+                           "executable")
+
+
+def _foreground_terminal() -> int | None:
+    """stdin, when it is a terminal whose foreground is this process's group."""
+    try:
+        fd = sys.stdin.fileno()
+        return fd if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _hand_terminal(terminal: int, group: int) -> None:
+    """Make ``group`` the terminal's foreground (from the background too: SIGTTOU held)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(terminal, group)
+    except OSError:
+        pass  # the terminal is gone (a hangup)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _aiperf_preexec(terminal: int | None) -> Callable[[], None]:
+    """What AIPerf's process does before it is executed: a process group of its own (its
+    services join it), the terminal's foreground when promptkit had it (AIPerf's
+    dashboard reads the keyboard; Ctrl-C and Ctrl-Z reach AIPerf alone), and death
+    with promptkit (SIGKILL when promptkit ends, however it ends)."""
+    dies = interrupts.dies_with_this_process()
+
+    def preexec() -> None:
+        os.setpgid(0, 0)
+        if terminal is not None:
+            _hand_terminal(terminal, os.getpgrp())
+        dies()
+
+    return preexec
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _wait(proc: subprocess.Popen[bytes], terminal: int | None) -> int:
+    """AIPerf's exit code (negative: the signal it died of). Stopped at the terminal
+    (Ctrl-Z), it stops promptkit's job too: the shell gets the terminal back, and
+    ``fg`` resumes both."""
+    while True:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED if terminal is not None else 0)
+        if terminal is not None and os.WIFSTOPPED(status):
+            _hand_terminal(terminal, os.getpgrp())
+            _signal_group(os.getpgrp(), signal.SIGTSTP)  # stops here until fg
+            _hand_terminal(terminal, proc.pid)
+            _signal_group(proc.pid, signal.SIGCONT)
+            continue
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode
+
+
+def run_aiperf(command: list[str], env: Mapping[str, str]) -> tuple[int, int | None]:
+    """Run AIPerf: ``(its exit code, the signal promptkit got meanwhile or None)``.
+
+    AIPerf runs in a process group of its own and dies with promptkit, even with one
+    killed by SIGKILL (see :func:`_aiperf_preexec`). SIGINT, SIGTERM and SIGHUP sent
+    to promptkit are passed on to AIPerf's group (a second one, or ``STOP_GRACE``
+    seconds without an end, send SIGKILL), and promptkit waits for it to end."""
+    received: list[int] = []
+    sent: list[int] = []
+    proc: subprocess.Popen[bytes] | None = None
+    deadline: threading.Timer | None = None
+
+    def pass_on() -> None:
+        nonlocal deadline
+        while proc is not None and len(sent) < len(received):
+            sent.append(signal.SIGKILL if sent else received[0])
+            _signal_group(proc.pid, sent[-1])
+            if deadline is None:
+                deadline = threading.Timer(STOP_GRACE, _signal_group,
+                                           (proc.pid, signal.SIGKILL))
+                deadline.daemon = True
+                deadline.start()
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        pass_on()
+
+    main = threading.current_thread() is threading.main_thread()  # (signals: main only)
+    before = {each: signal.signal(each, stop) for each in interrupts.SIGNALS
+              if main and signal.getsignal(each) is not signal.SIG_IGN}
+    terminal = _foreground_terminal()
+    try:
+        try:
+            proc = subprocess.Popen(command, env=dict(env), preexec_fn=_aiperf_preexec(terminal))
+        except (OSError, subprocess.SubprocessError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise PromptkitError(f"AIPERF: {redacted(command[:1])[0]}: cannot start it: "
+                                 f"{why.lower()}") from None
+        pass_on()  # a signal that came while it started
+        return _wait(proc, terminal), received[0] if received else None
+    finally:
+        for each, handler in before.items():
+            signal.signal(each, handler)
+        if deadline is not None:
+            deadline.cancel()
+        if terminal is not None:
+            _hand_terminal(terminal, os.getpgrp())
+
+
+def unfinished_run(code: int, stopped_by: int | None, artifact_dir: Path,
+                   started: float) -> tuple[str, int] | None:
+    """Why the run did not finish, and promptkit's exit code (128 + the signal), or None
+    for a run AIPerf finished: promptkit got a signal, AIPerf died of one, or AIPerf
+    cancelled its run (a Ctrl-C at the terminal reaches AIPerf alone; it then writes
+    what it has and exits 0, saying ``was_cancelled``)."""
+    if stopped_by is not None:
+        return f"interrupted ({signal.Signals(stopped_by).name})", 128 + stopped_by
+    if code < 0:
+        return f"AIPerf died of {signal.Signals(-code).name}", 128 - code
+    ready = artifact_dir / RESULTS_READY
+    try:
+        cancelled = (ready.stat().st_mtime >= started - 1
+                     and json.loads(ready.read_text(encoding="utf-8")).get("was_cancelled"))
+    except (OSError, ValueError, AttributeError):
+        cancelled = False
+    if cancelled is True:
+        return "AIPerf cancelled its run (SIGINT)", 128 + signal.SIGINT
+    return None
+
+
 def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
-    """Predict, clear the cache, run AIPerf, measure; the exit code."""
+    """Predict, clear the cache, run AIPerf, measure; the exit code. A run that did not
+    finish (:func:`unfinished_run`) gets one line and exit 128 + the signal, and
+    neither the comparison nor the record (cache_condition.json)."""
     condition = dict(the_plan.condition)
     predicted = predict(the_plan.prediction, the_plan.endpoint_type)
     (note if predicted["predicted_hit_rate"] is not None else warn)(prediction_line(predicted))
@@ -1412,11 +1566,14 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
     if (limit is not None and predicted["predicted_hit_rate"] is not None
             and predicted["predicted_hit_rate"] > limit + RATE_EPSILON):
         warn(f"the predicted hit rate is already above MAX_HIT_RATE={limit:g}")
-    prefix_cache: dict[str, Any] = {
-        **predicted, "measured_hit_rate": None, "measured_hits": None,
-        "measured_queries": None, "source": "not measured yet: AIPerf is running",
-        "max_hit_rate": limit,
-    }
+    prefix_cache: dict[str, Any] = {**predicted, "max_hit_rate": limit}
+    check_program(the_plan.command)
+    try:
+        the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PromptkitError(f"ARTIFACT_DIR={the_plan.artifact_dir}: "
+                             f"{(exc.strerror or str(exc)).lower()}") from None
+    record = the_plan.artifact_dir / CONDITION_FILE
     mode = the_plan.reset_mode
     if mode in ("vllm", "sglang", "command"):
         condition.update(reset_cache(mode, the_plan.reset_hook, the_plan.url,
@@ -1435,24 +1592,13 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
                           "not cleared and may hold prompts of earlier runs"})
     condition["aiperf_command"] = redacted(the_plan.command)  # the real one runs
     condition["prefix_cache"] = prefix_cache
-    try:
-        the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PromptkitError(f"ARTIFACT_DIR={the_plan.artifact_dir}: "
-                             f"{(exc.strerror or str(exc)).lower()}") from None
-    record = the_plan.artifact_dir / CONDITION_FILE
-    write_json(record, condition)
-    env = {**exports, **os.environ}
-    proc = subprocess.Popen(the_plan.command, env=env)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt as exc:
-        # A Ctrl-C reached AIPerf too: let it shut down. SIGTERM and SIGHUP (timeout, a
-        # CI cancel) came to promptkit alone: pass them on, then wait.
-        signum = getattr(exc, "signum", signal.SIGINT)
-        if signum != signal.SIGINT:
-            proc.send_signal(signum)
-        code = proc.wait()
+    started = time.time()
+    code, stopped_by = run_aiperf(the_plan.command, {**exports, **os.environ})
+    unfinished = unfinished_run(code, stopped_by, the_plan.artifact_dir, started)
+    if unfinished is not None:
+        why, exit_code = unfinished
+        note(f"{why}: the run did not finish; no comparison, no {CONDITION_FILE}")
+        return exit_code
     condition["aiperf_exit_code"] = code
     condition["finished"] = now_utc()
     prefix_cache.update(measure(the_plan.artifact_dir))

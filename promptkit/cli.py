@@ -1487,7 +1487,8 @@ def bench_command(ctx: click.Context, env_file: str | None, dry_run: bool,
     """Run aiperf profile as .env says; predict, then measure, the prefix-cache hit rate.
 
     Exit code: AIPerf's; 1 when the runner stops; 2 for a bad setting; 3 when the
-    hit rate the server measured is above MAX_HIT_RATE.
+    hit rate the server measured is above MAX_HIT_RATE; 128 + n for a run that
+    signal n stopped (130: Ctrl-C), with no comparison and no cache_condition.json.
 
     \b
     Examples:
