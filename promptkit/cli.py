@@ -772,6 +772,21 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
                    dataset=with_seed(dataset, seed), ray_address=ray_address)
 
 
+class CacheBustChoice(click.ParamType):
+    """A ``--cache-bust`` mode, in promptkit's spelling or AIPerf's."""
+
+    name = "mode"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        from .cachebust import mode_of
+
+        try:
+            return mode_of(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
     from .check import ENGINES, TEMPLATES
 
@@ -808,6 +823,12 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="The file AIPerf sends as a system message on every request (its "
                           "--system-prompt-file) [default: the one the file's manifest "
                           "names]."),
+        click.option("--cache-bust", type=CacheBustChoice(), default="none",
+                     show_default=True, metavar="MODE",
+                     help="AIPerf's --cache-bust: where it puts its run-time marker (none, "
+                          "system-prefix, system-suffix, first-turn-prefix, "
+                          "first-turn-suffix, warmup-isolation-system, "
+                          "warmup-isolation-first-turn; AIPerf's underscores too)."),
         click.option("--reply-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Tokens the server generates for a request without output_length: "
                           "a reply AIPerf sends back in a conversation's history, and blocks "
@@ -824,8 +845,8 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
                  block_size: int | None, capacity_tokens: int | None,
                  num_gpu_blocks: int | None, requests: int | None, warmup: int,
                  fixed_schedule: bool | None, system_prompt_file: str | None,
-                 reply_tokens: int | None, max_total_hit_rate: float | None
-                 ) -> dict[str, Any]:
+                 reply_tokens: int | None, max_total_hit_rate: float | None,
+                 cache_bust: str = "none") -> dict[str, Any]:
     if block_size is not None and block_size < 1:
         raise PromptkitError(f"--block-size: {block_size} is below 1")
     params: dict[str, Any] = {
@@ -838,6 +859,7 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
         if engine != "vllm":
             raise click.UsageError("--num-gpu-blocks is vLLM's block count (--engine vllm)")
     for key, value in (("num_gpu_blocks", num_gpu_blocks),
+                       ("cache_bust", None if cache_bust == "none" else cache_bust),
                        ("fixed_schedule", fixed_schedule),
                        ("system_prompt_file", system_prompt_file),
                        ("max_total_hit_rate", max_total_hit_rate)):
