@@ -7,7 +7,8 @@ flushed to disk (``fsync``) and renamed into place only when everything a run wr
 
 - the paths a run writes (OUT, its manifest, its side files) are checked before
   any work: each in an existing folder, none a folder, none the input, no two the
-  same path;
+  same path, none a device, FIFO or socket (:func:`refuse_special`: a rename would
+  replace the device itself, ``/dev/null`` included; ``-`` is stdout);
 - :class:`Lock` makes a second run writing the same OUT at the same time stop at
   once, with one line;
 - :meth:`Outputs.commit` puts them in place in an order that never shows a new
@@ -28,6 +29,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -55,13 +57,33 @@ def os_error(exc: OSError, path: str | None = None) -> PromptkitError:
 
 def writable(path: str) -> None:
     """Raise one line unless ``path`` can be written: its folder must exist and it
-    must not be a folder. Checked before a run starts, so a bad path costs nothing
-    and leaves nothing."""
+    must be neither a folder nor a device, FIFO or socket. Checked before a run starts,
+    so a bad path costs nothing and leaves nothing."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PromptkitError(f"{path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise PromptkitError(f"{path}: is a folder")
+    refuse_special(path)
+
+
+#: What a path that is not a regular file or folder is, by its ``stat`` mode.
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def refuse_special(path: str) -> None:
+    """Raise one line if ``path`` (or what a link there points to) is a device, a FIFO
+    or a socket: promptkit writes a new file and renames it into place, which would
+    replace the device itself (as root, ``/dev/null``). Output to stdout is ``-``."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # not there (a dangling link too): nothing to replace
+        return
+    for test, what in _SPECIAL:
+        if test(mode):
+            raise PromptkitError(f"{path}: is {what}, not a regular file: promptkit writes "
+                                 "files and will not replace it (- writes to stdout)")
 
 
 def same_file(a: str, b: str) -> bool:
@@ -165,6 +187,7 @@ def write_text(path: str, text: str) -> None:
 def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
     """Rename a finished temporary file (or folder) to ``path``, with the mode a new
     file would have (``mkstemp`` makes 0600), so an atomic write looks like any other."""
+    refuse_special(path)  # (checked before the run; something may have taken its place)
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -259,6 +282,8 @@ class Outputs:
                 continue
             if path != output:
                 writable(path)  # OUT is checked by its sink, which knows its format
+            else:
+                refuse_special(path)  # before its lock file is made beside it
         self._staged: list[tuple[str, str]] = []
         lock_on = output if output != STDIO else manifest
         self._lock = Lock(lock_on).acquire() if lock_on not in (None, STDIO) else None
