@@ -1127,6 +1127,8 @@ def _is_part_folder(manifest_path: str) -> bool:
             return "parts" in json.load(f).get("output", {})
     except (OSError, ValueError, AttributeError):
         return False
+    except RecursionError:  # nested too deeply: reading it as the folder's says so
+        return True
 
 
 @cli.command()

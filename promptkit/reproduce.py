@@ -141,6 +141,10 @@ def paths_outside(manifest_path: str, recorded: dict[str, Any],
     for where, params in described:
         named += [(f"{where}.{key}", params[key]) for key in ("filler_file", "system_prompt_file")
                   if isinstance(params.get(key), str)]
+    for what, path in named:
+        if not manifest.is_path(path):
+            raise PromptkitError(f"{manifest_path}: not a valid manifest: {what} is {path!r}, "
+                                 "not a path")
 
     def inside(path: str) -> bool:
         if path.startswith("hf:"):
