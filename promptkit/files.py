@@ -72,18 +72,24 @@ _SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device
             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 
 
+def special_kind(path: str) -> str | None:
+    """What ``path`` (or what a link there points to) is when it is a device, a FIFO or a
+    socket (``"a FIFO"``); ``None`` for a file, a folder or nothing there."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # not there (a dangling link too)
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
 def refuse_special(path: str) -> None:
     """Raise one line if ``path`` (or what a link there points to) is a device, a FIFO
     or a socket: promptkit writes a new file and renames it into place, which would
     replace the device itself (as root, ``/dev/null``). Output to stdout is ``-``."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):  # not there (a dangling link too): nothing to replace
-        return
-    for test, what in _SPECIAL:
-        if test(mode):
-            raise PromptkitError(f"{path}: is {what}, not a regular file: promptkit writes "
-                                 "files and will not replace it (- writes to stdout)")
+    what = special_kind(path)
+    if what is not None:
+        raise PromptkitError(f"{path}: is {what}, not a regular file: promptkit writes "
+                             "files and will not replace it (- writes to stdout)")
 
 
 def same_file(a: str, b: str) -> bool:

@@ -296,6 +296,51 @@ def test_a_generator_parameter_left_out_is_its_default(tmp_path, run):
     assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()
 
 
+def part_folder(tmp_path: Path, run) -> Path:
+    """A folder of two parts and its manifest, as ``--ray`` writes them (made from one
+    run's output here, without a cluster)."""
+    import hashlib
+
+    out = made(tmp_path, "nonce", run)
+    recorded = json.loads(Path(f"{out}.manifest.json").read_text())
+    lines = out.read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    recorded["output"]["parts"] = []
+    for i, data in enumerate((b"".join(lines[:4]), b"".join(lines[4:]))):
+        (folder / f"part-{i:05d}.jsonl").write_bytes(data)
+        recorded["output"]["parts"].append({
+            "path": f"part-{i:05d}.jsonl", "records": data.count(b"\n"), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()})
+    (folder / "manifest.json").write_text(json.dumps(recorded))
+    result = run("verify", folder)
+    assert result.exit_code == 0, result.stderr
+    return folder
+
+
+@pytest.mark.parametrize(("link", "says"), [
+    ("out", "part-00000.jsonl is a link out of the folder: not read"),
+    ("nothing", "part-00000.jsonl is a link to nothing"),
+    ("inside", None),
+])
+def test_verify_reads_no_part_through_a_link_out_of_its_folder(link, says, tmp_path, run):
+    import hashlib
+
+    folder = part_folder(tmp_path, run)
+    part = folder / "part-00000.jsonl"
+    secret = (tmp_path / "secret.jsonl") if link != "inside" else folder / ".kept.jsonl"
+    secret.write_bytes(part.read_bytes() if link == "inside" else b"a private line\n")
+    part.unlink()
+    part.symlink_to(secret if link != "nothing" else tmp_path / "gone.jsonl")
+    result = run("verify", folder)
+    if says is None:
+        assert result.exit_code == 0, result.stderr
+        return
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == f"{folder}: does not match its manifest: {says}"
+    assert hashlib.sha256(secret.read_bytes()).hexdigest() not in result.stderr
+
+
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
