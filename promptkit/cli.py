@@ -62,6 +62,8 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(str(exc)) from None
         except PromptkitError as exc:
             raise UserError(str(exc)) from None
+        except BrokenPipeError:  # stdout's reader is gone: ended quietly by the group
+            raise
         except OSError as exc:  # a system error no layer below named: path and reason
             raise UserError(str(os_error(exc))) from None
 
@@ -89,6 +91,8 @@ class PromptkitGroup(SectionedGroup):
         except Interrupted as exc:  # cleaned up on the way here: one line, 128 + signal
             interrupts.report(exc)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:  # '| head' has read enough: cleaned up the same way
+            interrupts.stdout_closed()
 
 
 # ---------------------------------------------------------------- option types
@@ -1445,10 +1449,10 @@ def run_pipe(stages: list[Any]) -> None:
 
 
 def main() -> None:
-    """Console entry point: restore default SIGPIPE so '| head' ends quietly; end on
-    SIGINT, SIGTERM and SIGHUP as on an error (nothing left behind)."""
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    """Console entry point: end on SIGINT, SIGTERM and SIGHUP as on an error, and quietly
+    when stdout's reader is gone ('| head'), in both cases with nothing left behind."""
+    if hasattr(signal, "SIGPIPE"):  # a write to a closed pipe raises, and the run unwinds
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     interrupts.install()
     cli(prog_name="promptkit")
 

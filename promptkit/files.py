@@ -213,7 +213,11 @@ def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
 class Lock:
     """An exclusive lock on writing ``path``: ``flock`` on a hidden lock file beside it
     (``.NAME.promptkit-lock``), removed when released. A second writer of the same
-    path fails at once with one line instead of racing the first."""
+    path fails at once with one line instead of racing the first.
+
+    Every writer of a file or folder takes it first (:class:`Outputs`, ``publish``,
+    ``--ray``), so taking it is where what killed runs left beside ``path`` and in the
+    temp folder is removed (see :mod:`promptkit.leftovers`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -243,6 +247,13 @@ class Lock:
                 same = False
             if same:
                 self._fd = fd
+                # Removed by a run that must end at once (see promptkit.interrupts).
+                leftovers.claim(self.lock_path)
+                try:
+                    leftovers.sweep_for(self.path)
+                except BaseException:
+                    self.release()
+                    raise
                 return self
             os.close(fd)
 
@@ -251,6 +262,7 @@ class Lock:
             return
         with contextlib.suppress(OSError):
             os.unlink(self.lock_path)
+        leftovers.disclaim(self.lock_path)  # (another run may make one there next)
         os.close(self._fd)
         self._fd = None
 

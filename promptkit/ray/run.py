@@ -433,6 +433,9 @@ def _hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
 def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
     """Write the manifest into the staging folder and rename the folder to OUT (an
     earlier part folder there is replaced; nothing is left on failure)."""
+    for name in os.listdir(staging):  # a part a worker killed mid-write left (run again)
+        if name.endswith(files.TMP_SUFFIX):
+            files.remove_quietly(os.path.join(staging, name))
     manifest.write(os.path.join(staging, MANIFEST), result)
     old = None
     if os.path.isdir(output_path):
