@@ -512,6 +512,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     """
     import json
 
+    files_not_stdout(("--plot", plot))
     if plot is not None and tokenizer is None:
         raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
     if chat_template != "none" and tokenizer is None:
@@ -542,10 +543,17 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     report_skipped(summary["skipped"])
 
 
+def files_not_stdout(*options: tuple[str, str | None]) -> None:
+    """Refuse ``-`` for an option that names a file beside the report (``--plot``,
+    ``--per-request``): stdout carries the report."""
+    for option, value in options:
+        if value == "-":
+            raise click.UsageError(f"{option} -: stdout carries the report; name a file")
+
+
 def report_wrote(paths: list[str]) -> None:
     for path in paths:
-        if path != "-":
-            click.echo(f"promptkit: wrote {path}", err=True)
+        click.echo(f"promptkit: wrote {path}", err=True)
 
 
 def print_stats(summary: dict[str, Any]) -> None:
@@ -890,6 +898,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     """
     import json
 
+    files_not_stdout(("--plot", plot), ("--per-request", per_request))
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
     max_total_hit_rate = params.pop("max_total_hit_rate", None)

@@ -111,3 +111,19 @@ def test_dash_still_means_stdout(tmp_path, run):
     result = run("nonce", source, tmp_path / "out.jsonl", "--seed", "1", "--manifest", "-")
     assert result.exit_code == 0, result.stderr
     assert '"schema": "promptkit.manifest/1"' in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "IN", "--tokenizer", "cl100k_base", "--per-request", "-"],
+    ["check", "IN", "--tokenizer", "cl100k_base", "--plot", "-"],
+    ["stats", "IN", "--tokenizer", "cl100k_base", "--plot", "-"],
+])
+def test_a_file_beside_the_report_is_not_stdout(args, tmp_path, run, monkeypatch):
+    """stdout carries the report: ``-`` there would be a file named ``-``."""
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    monkeypatch.chdir(tmp_path)
+    result = run(*[source if a == "IN" else a for a in args])
+    assert result.exit_code == 2
+    option = args[-2]
+    assert f"{option} -: stdout carries the report; name a file" in result.stderr
+    assert not (tmp_path / "-").exists()
