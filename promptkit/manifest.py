@@ -189,9 +189,8 @@ def malformed(manifest: dict[str, Any]) -> str | None:
     records and sha256, and ``keep_replies``; the shards of an input and the parts of a
     folder; each step's ``op`` and ``params``; ``skipped.count``; the side outputs; the
     AIPerf ``args``; a generator's ``name`` and ``params``). A path holding NUL is no
-    path. Each
-    step's parameters are checked by its operation when ``rebuild`` makes the step (see
-    :mod:`promptkit.steps`)."""
+    path. Each step's parameters are checked by its operation when ``rebuild`` makes
+    the step (see :mod:`promptkit.steps`)."""
     from .steps import OPS
 
     is_dict = (lambda v: isinstance(v, dict), "an object")
