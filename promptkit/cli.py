@@ -62,6 +62,8 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(str(exc)) from None
         except PromptkitError as exc:
             raise UserError(str(exc)) from None
+        except BrokenPipeError:  # stdout's reader is gone: ended quietly by the group
+            raise
         except OSError as exc:  # a system error no layer below named: path and reason
             raise UserError(str(os_error(exc))) from None
 
@@ -89,6 +91,8 @@ class PromptkitGroup(SectionedGroup):
         except Interrupted as exc:  # cleaned up on the way here: one line, 128 + signal
             interrupts.report(exc)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:  # '| head' has read enough: cleaned up the same way
+            interrupts.stdout_closed()
 
 
 # ---------------------------------------------------------------- option types
@@ -508,6 +512,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     """
     import json
 
+    files_not_stdout(("--plot", plot))
     if plot is not None and tokenizer is None:
         raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
     if chat_template != "none" and tokenizer is None:
@@ -538,10 +543,17 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     report_skipped(summary["skipped"])
 
 
+def files_not_stdout(*options: tuple[str, str | None]) -> None:
+    """Refuse ``-`` for an option that names a file beside the report (``--plot``,
+    ``--per-request``): stdout carries the report."""
+    for option, value in options:
+        if value == "-":
+            raise click.UsageError(f"{option} -: stdout carries the report; name a file")
+
+
 def report_wrote(paths: list[str]) -> None:
     for path in paths:
-        if path != "-":
-            click.echo(f"promptkit: wrote {path}", err=True)
+        click.echo(f"promptkit: wrote {path}", err=True)
 
 
 def print_stats(summary: dict[str, Any]) -> None:
@@ -908,6 +920,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     """
     import json
 
+    files_not_stdout(("--plot", plot), ("--per-request", per_request))
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
     max_total_hit_rate = params.pop("max_total_hit_rate", None)
@@ -1149,6 +1162,8 @@ def _is_part_folder(manifest_path: str) -> bool:
             return "parts" in json.load(f).get("output", {})
     except (OSError, ValueError, AttributeError):
         return False
+    except RecursionError:  # nested too deeply: reading it as the folder's says so
+        return True
 
 
 @cli.command()
@@ -1465,10 +1480,10 @@ def run_pipe(stages: list[Any]) -> None:
 
 
 def main() -> None:
-    """Console entry point: restore default SIGPIPE so '| head' ends quietly; end on
-    SIGINT, SIGTERM and SIGHUP as on an error (nothing left behind)."""
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    """Console entry point: end on SIGINT, SIGTERM and SIGHUP as on an error, and quietly
+    when stdout's reader is gone ('| head'), in both cases with nothing left behind."""
+    if hasattr(signal, "SIGPIPE"):  # a write to a closed pipe raises, and the run unwinds
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     interrupts.install()
     cli(prog_name="promptkit")
 
