@@ -48,7 +48,8 @@ Then it drills ``promptkit bench`` (with the tests' helpers: the real AIPerf of
   128 + the signal (SIGKILL of bench: killed), one last line, no comparison, no
   ``cache_condition.json``, no process of the run's session alive 10 s later; and
   AIPerf that cannot start, a .env that is not UTF-8: one line;
-- ``--ray 127.0.0.1:1``: one line, within 30 s.
+- ``--ray`` where nothing listens, or a socket that never answers: one line, within
+  30 s.
 
 ``--section signals``, ``outputs`` or ``bench`` runs one of the three alone.
 
@@ -490,23 +491,36 @@ def bench_signals(work: Path, args: argparse.Namespace, failures: list[str]) -> 
 
 
 def ray_address(work: Path, failures: list[str]) -> None:
+    """``nonce --ray ADDRESS`` where no Ray cluster answers: nothing listening, and a
+    socket that takes connections and never says a word. One line, exit 1, within 30 s,
+    nothing written."""
+    import socket
+
     infile = work / "one.jsonl"
     infile.write_text('{"text": "a"}\n', encoding="utf-8")
-    began = time.monotonic()
-    try:
-        done = subprocess.run([*PROMPTKIT, "nonce", str(infile), str(work / "parts"),
-                               "--ray", "127.0.0.1:1"], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-        code, err = done.returncode, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, err = None, (exc.stderr or b"").decode(errors="replace")
-    took = time.monotonic() - began
-    ok = (code == 1 and err.count("\n") == 1 and took <= 30
-          and not (work / "parts").exists())
-    print(f"--ray 127.0.0.1:1: exit {code} after {took:.1f} s, {err.count(chr(10))} lines: "
-          f"{err.strip()[-200:]!r}: {'ok' if ok else 'FAIL'}", flush=True)
-    if not ok:
-        failures.append(f"--ray 127.0.0.1:1: exit {code} after {took:.1f} s: {err[-300:]!r}")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes connections; nobody reads or writes
+        port = silent.getsockname()[1]
+        for address in ("127.0.0.1:1", "ray://127.0.0.1:1", f"127.0.0.1:{port}"):
+            began = time.monotonic()
+            try:
+                done = subprocess.run(
+                    [*PROMPTKIT, "nonce", str(infile), str(work / "parts"), "--ray", address],
+                    capture_output=True, text=True, timeout=120,
+                    env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                code, err = done.returncode, done.stderr
+            except subprocess.TimeoutExpired as exc:
+                code, err = None, (exc.stderr or b"").decode(errors="replace")
+            took = time.monotonic() - began
+            lines = err.count("\n")
+            ok = (code == 1 and lines == 1 and took <= 30 and "Traceback" not in err
+                  and not (work / "parts").exists())
+            print(f"--ray {address}: exit {code} after {took:.1f} s, {lines} line(s): "
+                  f"{err.strip()[-200:]!r}: {'ok' if ok else 'FAIL'}", flush=True)
+            if not ok:
+                failures.append(f"--ray {address}: exit {code} after {took:.1f} s: "
+                                f"{err[-300:]!r}")
 
 
 # ---------------------------------------------------------------- hostile outputs
