@@ -432,7 +432,7 @@ def bench_signals(work: Path, args: argparse.Namespace, failures: list[str]) -> 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 _, err = proc.communicate()
-                problems.append("bench did not end in 90 s")
+                problems.append("bench, or a process holding its output, not ended in 90 s")
             ended = time.monotonic() - signalled
             gone = time.monotonic()
             while session_alive(proc.pid) and time.monotonic() - gone < 10:
@@ -507,7 +507,7 @@ def ray_address(work: Path, failures: list[str]) -> None:
             try:
                 done = subprocess.run(
                     [*PROMPTKIT, "nonce", str(infile), str(work / "parts"), "--ray", address],
-                    capture_output=True, text=True, timeout=120,
+                    capture_output=True, text=True, timeout=120, cwd=work,
                     env={**os.environ, "RAY_AUTH_MODE": "disabled"})
                 code, err = done.returncode, done.stderr
             except subprocess.TimeoutExpired as exc:
