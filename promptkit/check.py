@@ -38,6 +38,7 @@ from .errors import (
     PromptkitError,
     Skipping,
 )
+from .files import read_whole
 from .formats.aiperf import (
     blocks_problem,
     fixed_schedule,
@@ -863,11 +864,12 @@ def hit_rate_problem(summary: dict[str, Any], max_hit_rate: float | None,
 def read_prompt(path: str, what: str) -> str:
     """The text of a system prompt file; a missing, unreadable or empty one raises."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_whole(path, "system prompt file").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptkitError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
                              ) from None
+    except PromptkitError as exc:  # a device, or a file far larger than a prompt
+        raise PromptkitError(f"{what} {exc}") from None
     if not text.strip():
         raise PromptkitError(f"{what} {path}: empty (AIPerf refuses an empty system prompt)")
     return text

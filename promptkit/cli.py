@@ -610,11 +610,14 @@ def pad_step(*, tokens: str, tokenizer: str, system_prompt: str | None,
     if system_prompt is not None and system_prompt_file is not None:
         raise click.UsageError("give --system-prompt or --system-prompt-file, not both")
     if system_prompt_file is not None:
+        from .files import read_whole
+
         try:
-            with open(system_prompt_file, encoding="utf-8") as f:
-                system_prompt = f.read()
+            system_prompt = read_whole(system_prompt_file, "system prompt file").decode("utf-8")
         except OSError as exc:
             raise PromptkitError(f"{system_prompt_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PromptkitError(f"{system_prompt_file}: not UTF-8 text") from None
     if into == "file" and (system_prompt is None or groups != 1):
         raise click.UsageError("--into file needs --system-prompt(-file), one group and an "
                                "OUT file")
@@ -1122,10 +1125,11 @@ def _is_part_folder(manifest_path: str) -> bool:
     (``--to hf-dir``) is a folder too, with its manifest beside it."""
     import json
 
+    from .files import read_whole
+
     try:
-        with open(manifest_path, encoding="utf-8") as f:
-            return "parts" in json.load(f).get("output", {})
-    except (OSError, ValueError, AttributeError):
+        return "parts" in json.loads(read_whole(manifest_path, "manifest")).get("output", {})
+    except (OSError, ValueError, AttributeError, PromptkitError):
         return False
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .counts import counted
 from .errors import ManifestError, PromptkitError, skip_reason
-from .files import write_text
+from .files import read_whole, write_text
 
 SCHEMA = "promptkit.manifest/1"
 SUFFIX = ".manifest.json"
@@ -110,10 +110,13 @@ def text_sha256(text: str) -> str:
 
 def read(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(read_whole(path, "manifest"))
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such manifest") from None
+    except ManifestError:
+        raise
+    except PromptkitError as exc:  # a device, or a file far larger than a manifest
+        raise ManifestError(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a valid manifest: {exc}") from None
     schema = manifest.get("schema") if isinstance(manifest, dict) else None

@@ -21,6 +21,7 @@ from typing import Any
 
 from .counts import counted
 from .errors import InvalidRecordError, PadError, PromptkitError, Skipping
+from .files import read_whole
 from .progress import Progress
 from .records import Message, Record, first_text, prepend_text
 from .steps import Step, Where, checked, filler_readable, integer, one_of, text
@@ -57,8 +58,7 @@ def faker_words() -> tuple[str, ...]:
 @lru_cache(maxsize=8)
 def _file_words(filler_file: str) -> tuple[str, ...]:
     try:
-        with open(filler_file, encoding="utf-8") as f:
-            words = tuple(f.read().split())
+        words = tuple(read_whole(filler_file, "filler file").decode("utf-8").split())
     except OSError as exc:
         raise PadError(f"{filler_file}: {exc.strerror}") from None
     except UnicodeDecodeError:
