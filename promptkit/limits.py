@@ -15,8 +15,9 @@ MAX_COPIES = 1_000_000
 #: Records of a generated workload: groups, group size (``synth``).
 MAX_RECORDS = 100_000_000
 #: Bytes of one line (one record) of a JSONL file, or one item of a JSON array, once
-#: decompressed: a line is held whole to be parsed, so memory follows the longest line.
-MAX_LINE = 512 << 20
+#: decompressed: a line is held whole to be parsed, so memory follows the longest line
+#: (a model's whole context is a few megabytes of text).
+MAX_LINE = 400 << 20
 #: Bytes of a file read whole: a manifest, a filler or system prompt file, a .env file.
 MAX_WHOLE_FILE = 64 << 20
 #: Levels of arrays and objects inside one another in a record (a real one has a few;

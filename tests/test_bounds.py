@@ -86,3 +86,141 @@ def test_a_system_prompt_from_a_pipe_is_read(prompts, tmp_path, run):
     assert result.exit_code == 0, result.stderr
     first = json.loads(out.read_text().splitlines()[0])
     assert first["messages"][0]["content"].startswith("You are terse.")
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+RECORD = (json.dumps({"text": "the quick brown fox jumps over the lazy dog " * 45}) + "\n"
+          ).encode()
+
+
+def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
+    """A file of one compressed stream of ``body`` (each ``(bytes, times)``), written a
+    megabyte at a time: a few kilobytes that decompress to hundreds of megabytes."""
+    import bz2
+    import lzma
+    import zlib
+
+    import zstandard
+
+    compressor = {"zstd": lambda: zstandard.ZstdCompressor(level=3).compressobj(),
+                  "bz2": lambda: bz2.BZ2Compressor(9), "xz": lambda: lzma.LZMACompressor(),
+                  "gzip": lambda: zlib.compressobj(9, wbits=31)}[codec]()
+    with path.open("wb") as f:
+        for data, times in body:
+            for _ in range(times):
+                f.write(compressor.compress(data))
+        f.write(compressor.flush())
+    return path
+
+
+MB = 1 << 20
+RECORDS_MB = RECORD * (MB // len(RECORD))  # whole records, about a megabyte
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, tuple[Path, int]]:
+    """Bombs of each codec and their records: 300 MB of records (zstd, xz, gzip: the
+    whole of it, or over 400 MB a piece, from one 64 KiB piece of input), or two records
+    around 600 MB of blank lines (bz2: 242 bytes for 300 MB of them)."""
+    folder = tmp_path_factory.mktemp("bombs")
+    per_mb = MB // len(RECORD)
+    out = {codec: (bomb(folder / f"records.jsonl.{codec}", codec, [(RECORDS_MB, 300)]),
+                   300 * per_mb) for codec in ("zstd", "xz", "gzip")}
+    out["bz2"] = (bomb(folder / "blank.jsonl.bz2", "bz2",
+                       [(RECORD, 1), (b"\n" * MB, 600), (RECORD, 1)]), 2)
+    return out
+
+
+@pytest.mark.parametrize("codec", ["zstd", "bz2", "xz", "gzip"])
+def test_a_decompression_bomb_is_read_in_bounded_memory(codec, bombs):
+    path, records = bombs[codec]
+    assert path.stat().st_size < (2 * MB if codec == "gzip" else 64 << 10)
+    ran = run_limited("stats", path, "--json", memory=2 << 30, timeout=300)
+    assert ran.code == 0, ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["records"] == records
+    assert ran.peak_mb < PEAK_MB
+
+
+def test_a_bomb_nonced_with_two_workers_stays_bounded(bombs, tmp_path):
+    path, records = bombs["zstd"]
+    out = tmp_path / "out.jsonl"
+    ran = run_limited("nonce", path, out, "--workers", "2", "--seed", "1", memory=2 << 30,
+                      timeout=300)
+    assert ran.code == 0, ran.stderr[-2000:]
+    assert f"wrote {records} records" in ran.stderr
+    assert ran.peak_mb < PEAK_MB
+
+
+# ---------------------------------------------------------------- long lines
+
+
+def test_a_line_longer_than_the_bound_is_one_line_in_bounded_memory(tmp_path):
+    from promptkit import limits
+
+    path = bomb(tmp_path / "spaces.jsonl.zst", "zstd",
+                [(b'{"text": "x"}\n{"text": "', 1), (b" " * MB, (limits.MAX_LINE >> 20) + 8),
+                 (b'"}\n', 1)])
+    ran = run_limited("stats", path, memory=2 << 30, timeout=120)
+    assert ran.code == 1 and not ran.timed_out
+    assert one_line(ran.stderr) == (f"promptkit: {path}:2: a line longer than 400 MiB: no "
+                                    "record is that long (is it the right file?)")
+    assert ran.peak_mb < PEAK_MB
+
+
+def test_a_long_line_in_a_plain_file_read_by_workers_is_one_line(tmp_path):
+    from promptkit import limits
+
+    path = tmp_path / "long.jsonl"
+    with path.open("wb") as f:
+        f.write(RECORD * 64)
+        f.write(b'{"text": "')
+        for _ in range((limits.MAX_LINE >> 20) + 1):
+            f.write(b"a" * MB)
+        f.write(b'"}\n')
+    out = tmp_path / "out.jsonl"
+    ran = run_limited("nonce", path, out, "--workers", "2", memory=4 << 30, timeout=120)
+    assert ran.code == 1 and not ran.timed_out
+    assert one_line(ran.stderr) == (f"promptkit: {path}:65: a line longer than 400 MiB: no "
+                                    "record is that long (is it the right file?)")
+    assert not out.exists()
+
+
+def test_a_long_line_costs_what_as_many_short_lines_cost():
+    """A line that goes on over many chunks is joined once, not chunk by chunk (which
+    cost time quadratic in its length: a 200 MB line took 45 s, 400 MB did not end)."""
+    import time
+
+    from promptkit.streams import _line_batches
+
+    size, piece = 64 * MB, 64 << 10
+    long_line = b"a" * size + b"\n"
+    short_lines = (b"a" * 1023 + b"\n") * (size // 1024)
+
+    def seconds(data: bytes) -> float:
+        view = memoryview(data)
+        chunks = (bytes(view[i:i + piece]) for i in range(0, len(data), piece))
+        start = time.perf_counter()
+        lines = sum(len(batch) for _, batch in _line_batches(chunks, "f"))
+        took = time.perf_counter() - start
+        assert lines == data.count(b"\n")
+        return took
+
+    short = min(seconds(short_lines) for _ in range(3))
+    long = min(seconds(long_line) for _ in range(3))
+    assert long < 2 * short + 0.25, (long, short)
+
+
+def test_blank_lines_and_white_space_keep_their_line_numbers(tmp_path, run):
+    from promptkit import streams
+
+    lines = [b"\n" * 3, b'{"text": "a"}\n', b"   \n" * 2, b"\n" * (3 * streams.CHUNK),
+             b'  {"text": "b"}\n', b" " * streams.CHUNK + b"\n", b'{"text": oops}\n']
+    path = tmp_path / "blank.jsonl"
+    path.write_bytes(b" " * (2 * streams.CHUNK) + b"".join(lines))
+    result = run("stats", path)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"promptkit: {path}:{3 * streams.CHUNK + 9}: invalid JSON")
+    result = run("stats", path, "--skip-invalid", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["records"] == 2
