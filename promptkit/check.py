@@ -46,6 +46,7 @@ from .formats.aiperf import (
     sends_tools,
     turn_tools,
 )
+from .limits import MAX_RECORDS, MAX_TOKENS
 from .progress import tracked
 from .records import Message, Record, content_texts
 from .steps import Step, Where, checked, flag, integer, number, one_of, text, tokenizer_loads
@@ -783,9 +784,10 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     tokenizer loaded and the system prompt file read before anything is read."""
     checked("check", params, {
         "tokenizer": text(), "chat_template": one_of(TEMPLATES), "engine": one_of(ENGINES),
-        "block_size": integer(1), "capacity_tokens": integer(1), "num_gpu_blocks": integer(2),
-        "requests": integer(1), "warmup": integer(0, optional=False), "fixed_schedule": flag(),
-        "reply_tokens": integer(1), "system_prompt_file": text(),
+        "block_size": integer(1, MAX_TOKENS), "capacity_tokens": integer(1),
+        "num_gpu_blocks": integer(2), "requests": integer(1, MAX_RECORDS),
+        "warmup": integer(0, MAX_RECORDS, optional=False), "fixed_schedule": flag(),
+        "reply_tokens": integer(1, MAX_TOKENS), "system_prompt_file": text(),
         "max_hit_rate": number(0, 1), "max_total_hit_rate": number(0, 1)})
     if params.get("num_gpu_blocks") is not None:
         if params.get("capacity_tokens") is not None:

@@ -12,7 +12,13 @@ from __future__ import annotations
 MAX_TOKENS = 1 << 24
 #: Nonce'd copies of each record (``nonce --copies``).
 MAX_COPIES = 1_000_000
-#: Records of a generated workload: groups, group size (``synth``).
+#: Characters of a random nonce (``nonce --length``).
+MAX_NONCE_LENGTH = 1024
+#: Distinct padded prompts (``pad --groups``, ``synth --groups``): each is made, and
+#: listed in the manifest.
+MAX_GROUPS = 100_000
+#: Records a run makes or replays: a generated workload's, or the requests a ``check``
+#: replays (``--requests``, ``--warmup``).
 MAX_RECORDS = 100_000_000
 #: Bytes of one line (one record) of a JSONL file, or one item of a JSON array, once
 #: decompressed: a line is held whole to be parsed, so memory follows the longest line
@@ -23,8 +29,8 @@ MAX_WHOLE_FILE = 64 << 20
 #: Levels of arrays and objects inside one another in a record (a real one has a few;
 #: a tool's JSON schema a dozen or two).
 MAX_DEPTH = 100
-#: Worker processes and threads one run starts.
-MAX_WORKERS = 1024
+#: Worker processes, or threads, one run starts.
+MAX_WORKERS = 256
 
 
 def size_text(size: int) -> str:

@@ -224,3 +224,87 @@ def test_blank_lines_and_white_space_keep_their_line_numbers(tmp_path, run):
     result = run("stats", path, "--skip-invalid", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["records"] == 2
+
+
+# ---------------------------------------------------------------- numbers
+
+HUGE = str(2**64)
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["pad", "{in}", "{out}", "--tokens", HUGE, "--tokenizer", "cl100k_base", "--to", "openai",
+      "--system-prompt", "Hi."],
+     f"Invalid value for '--tokens': {HUGE} is not in the range 1<=x<=16777216."),
+    (["fit", "{in}", "{out}", "--tokens", HUGE, "--tokenizer", "cl100k_base"],
+     f"Invalid value for '--tokens': '{HUGE}' is more than 16,777,216 tokens"),
+    (["fit", "{in}", "{out}", "--tokens", f"8,{HUGE}", "--tokenizer", "cl100k_base"],
+     f"Invalid value for '--tokens': '8,{HUGE}' goes beyond 16,777,216 tokens"),
+    (["nonce", "{in}", "{out}", "--copies", HUGE],
+     f"Invalid value for '--copies': {HUGE} is not in the range 1<=x<=1000000."),
+    (["nonce", "{in}", "{out}", "--kind", "random", "--length", HUGE],
+     f"Invalid value for '--length': {HUGE} is not in the range 1<=x<=1024."),
+    (["synth", "prefix-test", "{out}", "--system-tokens", HUGE],
+     f"Invalid value for '--system-tokens': {HUGE} is not in the range 1<=x<=16777216."),
+    (["check", "{in}", "--tokenizer", "cl100k_base", "--requests", HUGE],
+     f"Invalid value for '--requests': {HUGE} is not in the range 1<=x<=100000000."),
+])
+def test_a_number_beyond_its_bound_is_a_usage_error(args, error, prompts, tmp_path):
+    out = tmp_path / "out.jsonl"
+    ran = run_limited(*(a.format(**{"in": prompts, "out": out}) for a in args), timeout=60)
+    assert ran.code == 2 and not ran.timed_out, ran.stderr[-2000:]
+    assert ran.stderr.splitlines()[-1].startswith(f"Error: {error}")
+    assert not out.exists()
+
+
+def test_synth_refuses_more_records_than_its_bound(tmp_path):
+    out = tmp_path / "out.jsonl"
+    ran = run_limited("synth", "prefix-test", out, "--groups", "100000", "--group-size",
+                      "100000", "--system-tokens", "16", timeout=60)
+    assert ran.code == 1 and not ran.timed_out
+    assert one_line(ran.stderr) == ("promptkit: prefix-test: 100,000 groups of 100,000 are "
+                                    "more than 100,000,000 records")
+    assert not out.exists()
+
+
+def crafted(manifest: Path, where: str, value) -> Path:
+    """``manifest`` with one parameter set to ``value``: ``steps.N.NAME`` or
+    ``generator.NAME``."""
+    made = json.loads(manifest.read_text())
+    *path, name = where.split(".")
+    node = made
+    for key in path:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node["params"][name] = value
+    manifest.write_text(json.dumps(made))
+    return manifest
+
+
+@pytest.mark.parametrize(("made", "where", "value", "problem"), [
+    (["pad", "{in}", "{out}", "--tokens", "40", "--tokenizer", "cl100k_base", "--to", "openai",
+      "--system-prompt", "Hi.", "--seed", "1"], "steps.0.tokens", 2**64,
+     f"steps[0]: pad: tokens is {2**64}, not an integer from 1 to 16,777,216"),
+    (["pad", "{in}", "{out}", "--tokens", "40", "--tokenizer", "cl100k_base", "--to", "openai",
+      "--system-prompt", "Hi.", "--seed", "1"], "steps.0.groups", 2**64,
+     f"steps[0]: pad: groups is {2**64}, not an integer from 1 to 100,000"),
+    (["fit", "{in}", "{out}", "--tokens", "40", "--tokenizer", "cl100k_base", "--seed", "1"],
+     "steps.0.tokens", [8, 2**64],
+     f"steps[0]: fit: tokens is [8, {2**64}], not an integer from 1 to 16,777,216, a range "
+     "[LOW, HIGH] within it or a column name"),
+    (["nonce", "{in}", "{out}", "--seed", "1"], "steps.0.copies", 2**64,
+     f"steps[0]: nonce: copies is {2**64}, not an integer from 1 to 1,000,000"),
+    (["synth", "prefix-test", "{out}", "--groups", "2", "--group-size", "2", "--system-tokens",
+      "16", "--seed", "1"], "generator.group_size", 2**64,
+     f"generator.params: prefix-test: group_size is {2**64}, not an integer from 1 to "
+     "100,000,000"),
+])
+def test_a_crafted_manifest_s_number_beyond_its_bound_is_one_line(made, where, value, problem,
+                                                                 prompts, tmp_path, run):
+    out = tmp_path / "out.jsonl"
+    result = run(*(a.format(**{"in": prompts, "out": out}) for a in made))
+    assert result.exit_code == 0, result.stderr
+    manifest = crafted(Path(f"{out}.manifest.json"), where, value)
+    again = tmp_path / "again.jsonl"
+    ran = run_limited("rebuild", manifest, again, timeout=60)
+    assert ran.code == 1 and not ran.timed_out
+    assert one_line(ran.stderr) == f"promptkit: {manifest}: {problem}"
+    assert not again.exists()
