@@ -91,6 +91,13 @@ class PromptkitGroup(SectionedGroup):
         PromptkitGroup.argv = ["promptkit", *(sys.argv[1:] if args is None else args)]
         return super().main(args, *pargs, **kwargs)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:  # (Click would call a signal there "Aborted!", exit 1)
+            return super().make_context(*args, **kwargs)
+        except Interrupted as exc:
+            interrupts.report(exc)
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -32,7 +32,7 @@ from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
 from .formats import Format, default_output, detect_many, get_format, writer
-from .limits import MAX_LINE, size_text
+from .limits import MAX_DEPTH, MAX_LINE, size_text
 from .records import Record
 
 if TYPE_CHECKING:
@@ -521,6 +521,8 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
             break
         try:
             value, end = scan(text, pos)
+        except RecursionError:  # (before MAX_DEPTH can be checked: the scanner recurses)
+            raise InvalidRecordError(TOO_DEEP, name, number + 1) from None
         except json.JSONDecodeError as exc:
             cut = exc.pos >= len(text.rstrip()) - 16 or exc.msg.startswith("Unterminated")
             if cut and not ended:
@@ -535,6 +537,9 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         if end == len(text) and not ended:  # a number may go on in the next chunk
             more(2 * (len(text) - pos) + 1)
             continue
+        if text.count("[", pos, end) + text.count("{", pos, end) > MAX_DEPTH \
+                and nested_deeper(value):
+            raise InvalidRecordError(TOO_DEEP, name, number + 1)
         if value.__class__ is dict:
             ends = len(_TEXT_KEY_ENDS(text, pos, end))
             if ends != len(value) and ends != _keys(value):
@@ -634,10 +639,38 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
                                  lineno) from None
     if obj.__class__ is not dict:
         raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}", name, lineno)
+    if too_deep(line, obj):
+        raise InvalidRecordError(TOO_DEEP, name, lineno)
     key = duplicate_key(line, obj)
     if key is not None:
         raise _duplicate_error(key, name, lineno)
     return obj
+
+
+#: The problem of a record nested deeper than :data:`~promptkit.limits.MAX_DEPTH`.
+TOO_DEEP = f"arrays and objects nested deeper than {MAX_DEPTH} levels"
+
+
+def too_deep(line: bytes, obj: Any) -> bool:
+    """Whether a line's value nests arrays and objects deeper than
+    :data:`~promptkit.limits.MAX_DEPTH` levels (its own object is level 1). Deeper records
+    are refused when read: what is done with a record (keys, integers, copies) walks it
+    level by level, and a thousand levels are a RecursionError. Two counts of the line's
+    brackets clear nearly every line; only one that holds as many is walked."""
+    return line.count(b"[") + line.count(b"{") > MAX_DEPTH and nested_deeper(obj)
+
+
+def nested_deeper(obj: Any) -> bool:
+    """Whether ``obj`` nests arrays and objects deeper than
+    :data:`~promptkit.limits.MAX_DEPTH` levels (walked a level at a time, not recursively)."""
+    level = [obj]
+    for _ in range(MAX_DEPTH):
+        level = [item for value in level
+                 for item in (value.values() if value.__class__ is dict else value)
+                 if item.__class__ is dict or item.__class__ is list]
+        if not level:
+            return False
+    return True
 
 
 def parse_lines(
@@ -670,6 +703,8 @@ def parse_lines(
                 obj = loads(line)
                 if obj.__class__ is not dict:
                     load_line(line, name, lineno)  # raises the right message
+                if too_deep(line, obj):
+                    raise InvalidRecordError(TOO_DEEP, name, lineno)
                 ends = len(key_ends(line))
                 if ends != len(obj) and duplicate_key(line, obj, ends) is not None:
                     load_line(line, name, lineno)  # raises the right message

@@ -308,3 +308,126 @@ def test_a_crafted_manifest_s_number_beyond_its_bound_is_one_line(made, where, v
     assert ran.code == 1 and not ran.timed_out
     assert one_line(ran.stderr) == f"promptkit: {manifest}: {problem}"
     assert not again.exists()
+
+
+# ---------------------------------------------------------------- tracebacks
+
+
+DEEP = 500  # past MAX_DEPTH (100); with a thousand, Python's own recursion limit
+
+
+def nested(depth: int, kind: str) -> str:
+    return ('{"a":' * depth + "1" + "}" * depth if kind == "objects"
+            else "[" * depth + "1" + "]" * depth)
+
+
+@pytest.mark.parametrize("kind", ["objects", "arrays"])
+@pytest.mark.parametrize("depth", [DEEP, 1000])
+@pytest.mark.parametrize("args", [["nonce", "{in}", "-"], ["nonce", "--at", "salt", "{in}", "-"],
+                                  ["stats", "{in}"],
+                                  ["turns", "--tokenizer", "cl100k_base", "{in}", "-"],
+                                  ["check", "--tokenizer", "cl100k_base", "{in}"]])
+def test_a_record_nested_too_deep_is_one_line(args, depth, kind, tmp_path, run):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}], "meta": '
+                    f"{nested(depth, kind)}}}\n")
+    result = run(*(a.format(**{"in": path}) for a in args))
+    assert result.exit_code == 1
+    assert result.stderr == (f"promptkit: {path}:1: arrays and objects nested deeper than 100 "
+                             "levels\n")
+
+
+def test_a_too_deep_record_is_skipped_with_skip_invalid(tmp_path, run):
+    path = tmp_path / "deep.jsonl"
+    path.write_text(f'{{"text": "a", "meta": {nested(DEEP, "objects")}}}\n{{"text": "b"}}\n')
+    result = run("nonce", "--skip-invalid", "--at", "salt", path, "-")
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["b"]
+
+
+@pytest.mark.parametrize("depth", [DEEP, 1000])
+def test_a_json_array_item_nested_too_deep_is_one_line(depth, tmp_path, run):
+    path = tmp_path / "deep.json"
+    path.write_text(f'[{{"text": "a"}}, {{"text": "b", "meta": {nested(depth, "arrays")}}}]')
+    result = run("stats", path)
+    assert result.exit_code == 1
+    assert result.stderr == (f"promptkit: {path}:2: arrays and objects nested deeper than 100 "
+                             "levels\n")
+
+
+def test_deep_but_not_too_deep_records_are_read(tmp_path, run):
+    path = tmp_path / "deep.jsonl"
+    path.write_text(f'{{"text": "a", "meta": {nested(98, "objects")}}}\n')
+    result = run("nonce", "--at", "salt", "--seed", "1", path, "-")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["meta"] == json.loads(nested(98, "objects"))
+
+
+@pytest.mark.parametrize(("line", "args", "problem"), [
+    ('{"input_length": 4294967296, "output_length": 5}', ["stats"],
+     "mooncake_trace: 'input_length' is 4294967296, more than 16,777,216 tokens"),
+    ('{"input_length": 9223372036854775808, "output_length": 5, "hash_ids": [1]}', ["check"],
+     "mooncake_trace: 'input_length' is 9223372036854775808, more than 16,777,216 tokens"),
+    ('{"input_length": 100, "output_length": 4294967296}', ["stats"],
+     "mooncake_trace: 'output_length' is 4294967296, more than 16,777,216 tokens"),
+])
+def test_a_length_beyond_any_model_is_one_line(line, args, problem, tmp_path, run):
+    path = tmp_path / "trace.jsonl"
+    path.write_text(line + "\n")
+    result = run(*args, path)
+    assert result.exit_code == 1
+    assert result.stderr == f"promptkit: {path}:1: {problem}\n"
+
+
+def test_a_truncated_parquet_shard_is_one_line(tmp_path, run):
+    import datasets
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    rows = [{"prompt": f"question {i} " * 20} for i in range(2000)]
+    datasets.Dataset.from_list(rows).to_parquet(folder / "a.parquet")
+    whole = (folder / "a.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(whole[:len(whole) // 2])
+    for args in (["stats", folder], ["nonce", folder, tmp_path / "out.jsonl"]):
+        result = run(*args)
+        assert result.exit_code == 1
+        assert result.stderr == (f"promptkit: {folder}/b.parquet: Parquet magic bytes not "
+                                 "found in footer. Either the file is corrupted or this is not "
+                                 "a parquet file.\n")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_ctrl_c_while_promptkit_starts_is_one_line(tmp_path):
+    """A Ctrl-C in the first moments (Python importing promptkit, then Click reading the
+    options) ends the run with its one line and 130, never a traceback. Only a signal
+    before promptkit's first line runs (Python's own start, its first hundredths of a
+    second: ``site``, finding the module) ends it as Python ends then, with no frame of
+    promptkit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import promptkit
+
+    package = os.path.dirname(promptkit.__file__)  # no frame of its code may show
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": f"prompt {i} " * 30}
+                                               for i in range(60_000)])
+    seen = []
+    for trial in range(24):
+        out = tmp_path / f"out{trial}.jsonl"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptkit", "nonce", str(path), str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(trial * 0.025)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        stderr = err.decode()
+        seen.append((trial * 0.025, proc.returncode))
+        python_starting = proc.returncode in (1, -signal.SIGINT) and package not in stderr
+        assert python_starting or (proc.returncode, stderr) == (
+            130, "promptkit: interrupted (SIGINT); unfinished output removed\n"), (
+            trial * 0.025, proc.returncode, stderr[-3000:])
+        assert not out.exists()
+    assert sum(code == 130 for _, code in seen) >= 12, seen
