@@ -90,7 +90,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -102,7 +101,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from . import manifest
+from . import leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
 from .formats.aiperf import TRACE_TYPES, fixed_schedule
@@ -116,6 +115,7 @@ SETTINGS: dict[str, str | None] = {
     "CONCURRENCY": "1",             # --concurrency
     "REQUEST_COUNT": None,          # --request-count (file default: distinct - warmup)
     "FIXED_SCHEDULE": None,         # true/false: --fixed-schedule/--no-fixed-schedule
+    "CACHE_BUST": None,             # AIPerf's --cache-bust mode (system-prefix, ...)
     "WARMUP_REQUEST_COUNT": "0",    # --warmup-request-count when > 0
     "TOKENIZER": None,              # --tokenizer (a local folder is made absolute)
     "ARTIFACT_DIR": None,           # --artifact-dir (default: artifacts/MODEL-TIME)
@@ -793,6 +793,7 @@ class Prediction:
     reply_tokens: int | None = None
     hash_block_size: int | None = None  # AIPerf's --prompt-input-tokens-block-size
     fixed_schedule: bool = False  # AIPerf replays the file on its fixed schedule
+    cache_bust: str = "none"  # AIPerf's --cache-bust (promptkit's spelling)
 
 
 def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
@@ -882,6 +883,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         "tokenizer": prediction.tokenizer, "chat_template": template,
         "block_size": prediction.block_size, "requests": prediction.requests,
         "warmup": prediction.warmup, "fixed_schedule": prediction.fixed_schedule,
+        "cache_bust": prediction.cache_bust,
     }
     for key in ("system_prompt_file", "num_gpu_blocks", "reply_tokens", "hash_block_size"):
         if getattr(prediction, key) is not None:
@@ -891,35 +893,41 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
 
     # Every profiled request's figures: the first ones (see comparison_line), and the
     # prompt tokens of conversations' first requests and later turns (turns_diagnosis).
-    fd, rows = tempfile.mkstemp(prefix=".promptkit-bench-", suffix=".jsonl")
-    os.close(fd)
-    try:
-        with _quiet_transformers():
-            # use_manifest=False: the system prompt file is the one AIPerf is given.
-            summary = pipeline.check_file(prediction.input_file, use_manifest=False,
-                                          per_request=rows, **options)
-        turns = _turns()
-        with open(rows, encoding="utf-8") as f:
-            for n, row in enumerate(map(json.loads, f)):
-                if prediction.warmup and n < BOUNDARY_REQUESTS:
-                    out.setdefault("predicted_first_requests", []).append(
-                        [row["prompt_tokens"], row["hit_tokens"]])
-                _count_turn(turns, row["turn"] == 1, row["prompt_tokens"])
-        out["predicted_turns"] = turns
-    except PromptkitError as exc:
-        out["prediction_unavailable"] = f"check failed: {exc}"
-        return out
-    except Exception as exc:  # a run must not be lost to a failing prediction
-        out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
-        return out
-    finally:
-        os.unlink(rows)
+    # (In a scratch folder of the temp folder: a later run removes it if this one is killed.)
+    with leftovers.scratch_folder() as scratch:
+        rows = os.path.join(scratch, "per-request.jsonl")
+        try:
+            with _quiet_transformers():
+                # use_manifest=False: the system prompt file is the one AIPerf is given.
+                summary = pipeline.check_file(prediction.input_file, use_manifest=False,
+                                              per_request=rows, **options)
+            turns = _turns()
+            with open(rows, encoding="utf-8") as f:
+                for n, row in enumerate(map(json.loads, f)):
+                    if prediction.warmup and n < BOUNDARY_REQUESTS:
+                        out.setdefault("predicted_first_requests", []).append(
+                            [row["prompt_tokens"], row["hit_tokens"]])
+                    _count_turn(turns, row["turn"] == 1, row["prompt_tokens"])
+            out["predicted_turns"] = turns
+        except PromptkitError as exc:
+            out["prediction_unavailable"] = f"check failed: {exc}"
+            return out
+        except Exception as exc:  # a run must not be lost to a failing prediction
+            out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
+            return out
     rate = summary["hit_rate"]
     out["predicted_hit_rate"] = rate
     rate_range = summary.get("hit_rate_range")
     out["predicted_range"] = list(rate_range) if rate_range is not None else None
     out["predicted_hits"] = summary["hit_tokens"]
     out["predicted_queries"] = summary["prompt_tokens"]
+    bust_range = summary.get("cache_bust", {}).get("prompt_tokens_range")
+    if bust_range is not None:  # markers of the run's own digest: a range of prompt tokens
+        out["predicted_queries_range"] = bust_range
+        low, high = out["predicted_range"] or (rate, rate)
+        queries = summary["prompt_tokens"]
+        out["predicted_range"] = [round(low * queries / bust_range[1], 6),
+                                  round(high * queries / max(bust_range[0], 1), 6)]
     if "cross_conversation_hit_rate" in summary:
         out["predicted_cross_conversation_hit_rate"] = summary["cross_conversation_hit_rate"]
     out["predicted_with"]["block_size"] = summary.get("block_size", prediction.block_size)
@@ -1099,7 +1107,8 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
     boundary = [BOUNDARY.format(warmup=warmup)] if warmup else []
     # AIPerf's records of each request tell where the prompt tokens differ (why), or
     # that they do not (""); without them (None) the tokenizer or template is a guess.
-    why = turns_diagnosis(record, chat_template)
+    why = (bust_diagnosis(record, chat_template) if record.get("predicted_queries_range")
+           else turns_diagnosis(record, chat_template))
     guess = ([f"a chat template the tokenizer does not match (check used {chat_template}; "
               "set CHAT_TEMPLATE)"] if why is None else [])
     if measured > high + RATE_EPSILON:
@@ -1125,7 +1134,12 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
     line = f"prefix cache: {served}, as predicted ({expected})"
     if why:
         line += f"; but {why}"
-    elif record.get("predicted_queries") not in (None, record["measured_queries"]):
+    elif record.get("predicted_queries_range") and why is not None:
+        low_q, high_q = record["predicted_queries_range"]
+        line += (f"; its prompt tokens inside the {low_q} to {high_q} check predicted with "
+                 "AIPerf's --cache-bust markers")
+    elif (record.get("predicted_queries") not in (None, record["measured_queries"])
+          and not record.get("predicted_queries_range")):
         line += (f"; but the server counted {record['measured_queries']} prompt tokens "
                  f"where check counted {record['predicted_queries']}: ")
         if why is None:
@@ -1136,6 +1150,19 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
                      "counted, so the server's counters took in other requests: "
                      + "; or ".join([*boundary, "another client sending to the same server"]))
     return line
+
+
+def bust_diagnosis(record: dict[str, Any], chat_template: str | None) -> str:
+    """With AIPerf's --cache-bust markers, whose digests are the run's own, the prompt
+    tokens are predicted as a range: ``""`` when the server's count is inside it."""
+    low, high = record["predicted_queries_range"]
+    measured = record["measured_queries"]
+    if low <= measured <= high:
+        return ""
+    return (f"the server counted {measured} prompt tokens, outside the {low} to {high} that "
+            f"check counted with AIPerf's --cache-bust markers: the server's tokenizer or "
+            f"chat template differs from what check rendered (chat template {chat_template}; "
+            "set TOKENIZER, CHAT_TEMPLATE), or another client sent to the same server")
 
 
 def turns_diagnosis(record: dict[str, Any], chat_template: str | None) -> str | None:
@@ -1204,6 +1231,27 @@ def option_value(args: list[str], name: str) -> str | None:
 
 
 SCHEDULE_FLAGS = {"--fixed-schedule": True, "--no-fixed-schedule": False}
+
+
+def cache_bust_asked(settings: Mapping[str, str], aiperf_args: list[str]) -> str:
+    """CACHE_BUST, or AIPerf's own ``--cache-bust`` in AIPERF_ARGS, as promptkit spells
+    the mode (``none`` when neither is set)."""
+    from . import cachebust
+
+    values = [("CACHE_BUST", setting(settings, "CACHE_BUST")),
+              ("AIPERF_ARGS's --cache-bust", option_value(aiperf_args, "--cache-bust"))]
+    modes: dict[str, str] = {}
+    for where, value in values:
+        if value is not None:
+            try:
+                modes[where] = cachebust.mode_of(value)
+            except ValueError:
+                raise SettingError(f"{where}={value!r}: one of "
+                                   f"{', '.join(cachebust.MODES)}") from None
+    if len(set(modes.values())) > 1:
+        raise SettingError(f"CACHE_BUST={settings['CACHE_BUST']} and AIPERF_ARGS's "
+                           f"--cache-bust {option_value(aiperf_args, '--cache-bust')} disagree")
+    return next(iter(modes.values()), "none")
 
 
 def schedule_asked(settings: Mapping[str, str], aiperf_args: list[str]) -> bool | None:
@@ -1296,6 +1344,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                            "collect with --no-server-metrics (in AIPERF_ARGS)")
 
     asked = schedule_asked(settings, more)
+    bust = cache_bust_asked(settings, more)
     fixed = False
     condition: dict[str, Any] = {"reset_cache": reset_mode}
     input_file = setting(settings, "INPUT_FILE")
@@ -1319,7 +1368,9 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                  f"{warmup} warmup)")
         total = warmup + requests
         repeats = total > dataset.distinct_requests
-        if repeats and not allow_repeats and fixed:
+        # AIPerf's marker before all of a request's text makes each pass new, as a nonce.
+        renewed = repeats and bust == "system-prefix"
+        if repeats and not (allow_repeats or renewed) and fixed:
             raise PromptkitError(
                 f"{total} requests ({warmup} warmup, then every line of {dataset.path} once "
                 f"on AIPerf's fixed schedule), but it has only {dataset.describe()}: "
@@ -1327,14 +1378,17 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                 "prompt that hits the prefix cache. Set WARMUP_REQUEST_COUNT=0, make the "
                 "lines distinct "
                 "(promptkit nonce), or pass --allow-repeats (ALLOW_REPEATS=true)")
-        if repeats and not allow_repeats:
+        if repeats and not (allow_repeats or renewed):
             raise PromptkitError(
                 f"WARMUP_REQUEST_COUNT + REQUEST_COUNT = {warmup} + {requests} = {total} "
                 f"requests, but {dataset.path} has only {dataset.describe()}: AIPerf would "
                 "wrap around and resend prompts that hit the prefix cache. Lower the counts, "
                 "make more records (promptkit nonce --copies N), or pass --allow-repeats "
                 "(ALLOW_REPEATS=true)")
-        if repeats:
+        if renewed:
+            note(f"{total} requests from {dataset.describe()}: AIPerf's --cache-bust "
+                 "system-prefix puts a new marker before each pass's prompts")
+        elif repeats:
             warn(f"{total} requests from {dataset.describe()}: "
                  f"{total - dataset.distinct_requests} resend a prompt and may hit the "
                  "prefix cache (--allow-repeats)")
@@ -1385,9 +1439,14 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     command += extra
     if reset_mode == "aiperf":
         command.append("--reset-kv-cache")
+    if bust != "none" and option_value(more, "--cache-bust") is None:
+        from .cachebust import aiperf_name
+
+        command += ["--cache-bust", aiperf_name(bust)]
     command += more
     condition.update({"warmup_request_count": warmup, "request_count": requests,
-                      "fixed_schedule": fixed, "concurrency": concurrency,
+                      "fixed_schedule": fixed, "cache_bust": bust,
+                      "concurrency": concurrency,
                       "url": redact_text(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
     from .pipeline import HASH_BLOCK_FLAGS
@@ -1398,6 +1457,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
         chat_template=chat_template, block_size=block_size,
         requests=None if fixed else requests, warmup=warmup, fixed_schedule=fixed,
+        cache_bust=bust,
         system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None,
         num_gpu_blocks=num_gpu_blocks, reply_tokens=reply_tokens,
         hash_block_size=int(hash_block[-1]) if hash_block else None)

@@ -11,6 +11,8 @@ the command line installs its handlers first thing (:mod:`promptkit.entry`).
   cleaning up is not itself interrupted; a run that has not ended ``GRACE`` seconds
   later removes what it was writing and exits at once. ``timeout`` and CI cancellation send SIGTERM;
   a closed terminal sends SIGHUP.
+- :func:`stdout_closed` ends a run whose stdout's reader has gone (``| head``) quietly,
+  once it has unwound the same way.
 - :func:`pool_starting` and :func:`worker_started` bracket the start of worker
   processes: workers ignore SIGINT (a Ctrl-C reaches the whole process group; the
   parent ends them), die on SIGTERM without a traceback, and die with their parent
@@ -30,7 +32,7 @@ import time
 TYPE_CHECKING = False  # (not typing's: see the module's first lines)
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
+    from typing import Any, NoReturn
 
 #: The signals that end a run cleanly (those the platform has).
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
@@ -96,6 +98,22 @@ def _deadline(signum: int) -> None:
     os._exit(128 + signum)
 
 
+#: SIGPIPE's number (13 on Linux): the exit code of a closed stdout is 128 + it.
+SIGPIPE = getattr(signal, "SIGPIPE", 13)
+
+
+def stdout_closed() -> NoReturn:
+    """End quietly once stdout's reader has gone (``promptkit ... | head``), after the run
+    has unwound as on an error (its temporary files and scratch folder removed): exit
+    128 + SIGPIPE, as a process SIGPIPE ends, with nothing on stderr. Stdout is pointed
+    at the null device first, so that flushing it at exit raises nothing more."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    sys.exit(128 + SIGPIPE)
+
+
 def install() -> None:
     """Raise :class:`Interrupted` on SIGINT, SIGTERM and SIGHUP (in the main thread).
 
@@ -141,6 +159,8 @@ def worker_started() -> None:
     for each in SIGNALS:
         if each != signal.SIGINT:
             signal.signal(each, signal.SIG_DFL)
+    if hasattr(signal, "SIGPIPE"):  # (the parent hears a closed stdout, not its workers)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     parent = _parent if _parent is not None else os.getppid()

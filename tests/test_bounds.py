@@ -53,7 +53,7 @@ def test_a_device_given_as_a_file_read_whole_is_one_line(args, what, prompts, tm
     ran = run_limited(*(a.format(**{"in": prompts, "out": out}) for a in args), timeout=60)
     assert ran.code == 1 and not ran.timed_out
     line = one_line(ran.stderr)
-    assert line.endswith(f"/dev/zero: a device, not a {what}"), line
+    assert line.endswith(f"/dev/zero: is a character device, not a {what}"), line
     assert ran.peak_mb < PEAK_MB
     assert not out.exists()
 
