@@ -25,14 +25,18 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from . import compression
 from .errors import InvalidRecordError, PromptkitError
-from .limits import MAX_LINE, size_text
+from .limits import MAX_CSV_ROW, size_text
 
 #: The suffixes of CSV files and the character between their fields.
 DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+#: Characters of text in one batch at most (fewer rows than ``batch_rows`` when they are
+#: long: memory follows the batch).
+BATCH_TEXT = 4 << 20
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -70,9 +74,10 @@ class CsvRows:
         self.skip_invalid = skip_invalid
         self.skipped = skipped
         self.batch_rows = batch_rows
-        csv.field_size_limit(MAX_LINE)  # (128 KiB by default: a long prompt is more)
+        csv.field_size_limit(MAX_CSV_ROW)  # (128 KiB by default: a long prompt is more)
         self._chunks = compression.read_file(path)
         self.row = 0  # rows read
+        self._fed = 0  # bytes of the row being read (see _lines)
         self._reader = csv.reader(self._lines(), delimiter=delimiter, strict=True)
         header = next(self._rows(), None)
         if header is None:
@@ -89,10 +94,12 @@ class CsvRows:
             close()
 
     def batches(self, *, typed: bool = True) -> Iterator[Numbered]:
-        """The rows as Arrow batches of up to ``batch_rows`` rows, in order; ``typed``:
+        """The rows as Arrow batches of up to ``batch_rows`` rows (and about
+        :data:`BATCH_TEXT` characters), in order; ``typed``:
         with number columns (see the module's rules), else every column text."""
         width = len(self.columns)
         held: list[list[str]] = []
+        size = 0  # characters held
         first = 1
         try:
             for cells in self._rows():
@@ -101,7 +108,7 @@ class CsvRows:
                     if len(cells) < width or any(cells[width:]):
                         if held:  # (before the row is counted skipped: in row order)
                             yield Numbered(first, _batch(self.columns, held, typed))
-                            held = []
+                            held, size = [], 0
                         self._bad(f"{len(cells)} fields, the header has {width}"
                                   + (" (a comma in a text that is not quoted?)"
                                      if len(cells) > width else ""))
@@ -109,9 +116,10 @@ class CsvRows:
                         continue
                     del cells[width:]  # empty fields after the last: a trailing comma
                 held.append(cells)
-                if len(held) == self.batch_rows:
+                size += sum(map(len, cells))
+                if len(held) == self.batch_rows or size >= BATCH_TEXT:
                     yield Numbered(first, _batch(self.columns, held, typed))
-                    held = []
+                    held, size = [], 0
                     first = self.row + 1
             if held:
                 yield Numbered(first, _batch(self.columns, held, typed))
@@ -128,6 +136,7 @@ class CsvRows:
         """The reader's rows, blank lines left out; its errors one line naming the row."""
         reader = self._reader
         while True:
+            self._fed = 0  # bytes of the row being read
             try:
                 cells = next(reader)
             except StopIteration:
@@ -139,9 +148,10 @@ class CsvRows:
 
     def _lines(self) -> Iterator[str]:
         """The text's lines, each with its end (the reader takes a quoted line end as part
-        of a cell), a byte order mark left out; a line longer than MAX_LINE, or bytes that
-        are not UTF-8, are one line naming the row being read (each line is decoded as
-        the reader takes it: a line end is never part of a UTF-8 character)."""
+        of a cell), a byte order mark left out. A row longer than MAX_CSV_ROW (one line,
+        or lines in a quoted cell), or bytes that are not UTF-8, are one line naming the
+        row being read (each line is decoded as the reader takes it: a line end is never
+        part of a UTF-8 character)."""
         held: list[bytes] = []
         size = 0
         start = True
@@ -153,17 +163,22 @@ class CsvRows:
                 lines[0] = b"".join(held)
                 held, size = [], 0
             for line in lines:
+                self._fed += len(line) + 1
+                if self._fed > MAX_CSV_ROW:
+                    self._too_long()
                 yield self._decoded(line + b"\n", start)
                 start = False
             held.append(tail)
             size += len(tail)
-            if size > MAX_LINE:
-                raise InvalidRecordError(
-                    f"a line longer than {size_text(MAX_LINE)}: no record is that long (is "
-                    "it the right file?)", self.name, self.row + 1)
+            if self._fed + size > MAX_CSV_ROW:
+                self._too_long()
         last = b"".join(held)
         if last:
             yield self._decoded(last, start)
+
+    def _too_long(self) -> NoReturn:
+        raise InvalidRecordError(f"a row longer than {size_text(MAX_CSV_ROW)}: no record is "
+                                 "that long (is it the right file?)", self.name, self.row + 1)
 
     def _decoded(self, line: bytes, start: bool) -> str:
         try:

@@ -24,6 +24,10 @@ MAX_RECORDS = 100_000_000
 #: decompressed: a line is held whole to be parsed, so memory follows the longest line
 #: (a model's whole context is a few megabytes of text).
 MAX_LINE = 400 << 20
+#: Bytes of one row of a CSV file (its fields together, quoted line ends and all): the
+#: reader holds a field as 4 bytes a character, so a CSV row is bounded lower than a
+#: JSON line (64 MiB of text: millions of tokens, over any model's context window).
+MAX_CSV_ROW = 64 << 20
 #: Bytes of a file read whole: a manifest, a filler or system prompt file, a .env file.
 MAX_WHOLE_FILE = 64 << 20
 #: Levels of arrays and objects inside one another in a record (a real one has a few;

@@ -190,3 +190,46 @@ def test_a_shuffled_csv_types_its_batches_as_an_unshuffled_one(tmp_path, run):
         i = int(r["messages"][0]["content"].split("\n")[1][1:])
         assert str(r["tag"]) == (str(i) if i < 2500 else "x")
         assert r.get("note") == (None if i < 2500 else "late")
+
+
+def zstd_bomb(path: Path, body: list[tuple[bytes, int]]) -> Path:
+    """A few kilobytes of zstd that decompress to ``body`` (each ``(bytes, times)``)."""
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    with path.open("wb") as f:
+        for data, times in body:
+            for _ in range(times):
+                f.write(compressor.compress(data))
+        f.write(compressor.flush())
+    return path
+
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    # A quote never closed: the reader held the cell's characters, 4 bytes each.
+    ([(b'prompt,n\nfirst,1\n"', 1), (b"a" * 1023 + b"\n", 70 * 1024), (b'",2\n', 1)],
+     "a row longer than 64 MiB"),
+    ([(b"prompt,n\nfirst,1\n", 1), (b"a" * MB, 500)], "a row longer than 64 MiB"),
+])
+def test_a_csv_row_beyond_its_bound_is_one_line_in_bounded_memory(body, problem, tmp_path):
+    from limited import run_limited
+
+    path = zstd_bomb(tmp_path / "bomb.csv.zst", body)
+    ran = run_limited("stats", path, memory=2 << 30, timeout=120)
+    assert ran.code == 1 and not ran.timed_out, ran.stderr[-2000:]
+    assert ran.stderr == (f"promptkit: {path}:2: {problem}: no record is that long (is it the "
+                          "right file?)\n")
+    assert ran.peak_mb < 500
+
+
+def test_a_csv_bomb_of_rows_is_read_in_bounded_memory(tmp_path):
+    from limited import run_limited
+
+    row = b"the quick brown fox " * 3200 + b",12\n"  # 64 KB a row
+    path = zstd_bomb(tmp_path / "rows.csv.zst", [(b"prompt,n\n", 1), (row, 6000)])
+    assert path.stat().st_size < 256 << 10
+    ran = run_limited("stats", path, "--json", memory=2 << 30, timeout=300)
+    assert ran.code == 0, ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["records"] == 6000
+    assert ran.peak_mb < 500
