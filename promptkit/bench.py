@@ -104,6 +104,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
+from .files import special_kind
 from .formats.aiperf import TRACE_TYPES, fixed_schedule
 
 #: Every setting the runner reads, with its default (None: not passed to AIPerf).
@@ -315,6 +316,9 @@ def readable_file(path: str) -> str:
     synthetic prompts are for INPUT_FILE unset, never a stand-in for a bad path)."""
     if os.path.isdir(path):
         raise PromptkitError(f"INPUT_FILE={path}: a folder, not a prompt file")
+    kind = special_kind(path)
+    if kind is not None:  # (/dev/zero has no end: read, it took all the memory there is)
+        raise PromptkitError(f"INPUT_FILE={path}: {kind}, not a prompt file")
     try:
         with open(path, "rb"):
             pass

@@ -58,6 +58,17 @@ def test_a_device_given_as_a_file_read_whole_is_one_line(args, what, prompts, tm
     assert not out.exists()
 
 
+def test_bench_s_input_file_that_is_a_device_is_one_line(tmp_path):
+    """INPUT_FILE=/dev/zero was scanned for its records until memory ran out."""
+    env = tmp_path / "zero.env"
+    env.write_text("MODEL=m\nURL=http://127.0.0.1:9\nINPUT_FILE=/dev/zero\n")
+    ran = run_limited("bench", "--dry-run", "--env-file", env, timeout=60, cwd=tmp_path)
+    assert ran.code == 1 and not ran.timed_out
+    assert one_line(ran.stderr) == ("promptkit: INPUT_FILE=/dev/zero: a character device, "
+                                    "not a prompt file")
+    assert ran.peak_mb < PEAK_MB
+
+
 def test_a_file_larger_than_any_system_prompt_is_refused(prompts, tmp_path, run):
     from promptkit import limits
 
