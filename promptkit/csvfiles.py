@@ -16,6 +16,9 @@ header (blank lines are not rows); an error names ``FILE:ROW``.
   decimal; an empty cell is null (no value). A column is a number column in a batch
   when every cell of it is, else every cell is its text, as written. Nothing else is
   read into a cell: ``NA``, ``None`` or ``nan`` are texts (a prompt may say so).
+- A row is at most :data:`~promptkit.limits.MAX_CSV_ROW` bytes (a quote never closed
+  makes the rest of the file one cell), a batch about :data:`BATCH_TEXT` characters:
+  memory follows them, not the file.
 - A header name left empty is ``Unnamed: I`` (the column's place from 0), a name
   written twice gets ``.1``, ``.2`` after it: what ``pandas`` names them.
 """
