@@ -629,6 +629,9 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("Not enough memory"):  # (under a memory limit: not bad JSON)
+            raise InvalidRecordError(f"not enough memory to parse a line of "
+                                     f"{size_text(len(line))}", name, lineno) from None
         if not line.strip():
             return None
         try:  # orjson's words differ by version: ask the codec

@@ -442,3 +442,15 @@ def test_a_ctrl_c_while_promptkit_starts_is_one_line(tmp_path):
             trial * 0.025, proc.returncode, stderr[-3000:])
         assert not out.exists()
     assert sum(code == 130 for _, code in seen) >= 12, seen
+
+
+def test_a_line_too_long_for_the_memory_there_is_says_so(tmp_path):
+    """Under a memory limit a long line (within MAX_LINE) may not fit orjson's buffer:
+    that is no bad JSON ("invalid JSON: Not enough memory ..." was)."""
+    words = b"the quick brown fox jumps over the lazy dog "
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b'{"text": "' + words * (100_000_000 // len(words)) + b'"}\n')
+    ran = run_limited("stats", path, memory=1 << 30, timeout=120)
+    assert ran.code == 1 and not ran.timed_out
+    assert one_line(ran.stderr) == (f"promptkit: {path}:1: not enough memory to parse a line "
+                                    f"of {path.stat().st_size - 1:,} bytes")
