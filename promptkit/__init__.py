@@ -6,21 +6,29 @@ The operations are generators over canonical records, usable as a Python API::
 
     records = read_records("in.jsonl")
     write_records("out.jsonl", add_nonces(records, kind="uuid", seed=7))
+
+The names below are imported when first used: ``import promptkit`` itself is quick,
+so the command line hears a Ctrl-C from its first moments (see :mod:`promptkit.entry`).
 """
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # (not typing's: importing typing takes the first moments too)
 __version__ = "0.1.0"
 
-from .api import DatasetMap, read_records, write_records  # noqa: E402
-from .errors import ConversionError, InvalidRecordError, ManifestError, PromptkitError  # noqa: E402
-from .fit import fit_records  # noqa: E402
-from .formats import FORMATS, detect  # noqa: E402
-from .nonce import add_nonces, nonce_params  # noqa: E402
-from .pad import pad_records  # noqa: E402
-from .pipeline import run  # noqa: E402
-from .records import Message, Record  # noqa: E402
-from .steps import Step  # noqa: E402
+#: Each public name and the module it comes from.
+_PUBLIC = {
+    "DatasetMap": "api", "read_records": "api", "write_records": "api",
+    "ConversionError": "errors", "InvalidRecordError": "errors", "ManifestError": "errors",
+    "PromptkitError": "errors",
+    "fit_records": "fit",
+    "FORMATS": "formats", "detect": "formats",
+    "add_nonces": "nonce", "nonce_params": "nonce",
+    "pad_records": "pad",
+    "run": "pipeline",
+    "Message": "records", "Record": "records",
+    "Step": "steps",
+}
 
 __all__ = [
     "DatasetMap",
@@ -42,3 +50,30 @@ __all__ = [
     "run",
     "write_records",
 ]
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .api import DatasetMap, read_records, write_records
+    from .errors import ConversionError, InvalidRecordError, ManifestError, PromptkitError
+    from .fit import fit_records
+    from .formats import FORMATS, detect
+    from .nonce import add_nonces, nonce_params
+    from .pad import pad_records
+    from .pipeline import run
+    from .records import Message, Record
+    from .steps import Step
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'promptkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # found at once from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

@@ -25,6 +25,7 @@ tables).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import multiprocessing
 import os
@@ -121,11 +122,18 @@ def run_dataset(source: Any, sink: Sink, steps: list[Step], *, out_format: str,
         for chunk in chunks(source):
             parallel.absorb(process_rows(rows, chunk, states), sink, facts)
             source.count = facts.records_read
-        return facts
-    with leftovers.scratch_folder() as scratch:
-        job.scratch = scratch
-        _in_workers(source, sink, rows, workers, facts)
+    else:
+        with leftovers.scratch_folder() as scratch:
+            job.scratch = scratch
+            _in_workers(source, sink, rows, workers, facts)
+    if source.skipped:  # rows the reader left out (a CSV row of other fields), in order
+        facts.skipped = list(heapq.merge(facts.skipped, source.skipped, key=_place))
     return facts
+
+
+def _place(skipped: str) -> int:
+    """The row number of a skipped row's line (``ROW: problem``)."""
+    return int(skipped.split(":", 1)[0])
 
 
 def _worth_workers(source: Any, workers: int) -> bool:
@@ -195,19 +203,21 @@ def _closing(slots: Any) -> Iterator[Any]:
 
 def chunks(source: Any) -> Iterator[Chunk]:
     """Runs of whole batches of about :data:`CHUNK_BYTES` of one dataset (or shard; a new
-    schema begins a new chunk), in order."""
+    schema begins a new chunk, as does a row after one left out), in order."""
     held: list[Any] = []
     size = 0
     chunk = Chunk("", 0, 1, held)
+    after = 1  # the number of the row after the chunk's last
     for name, base, row_no, batch in source.row_batches():
         if held and (size >= CHUNK_BYTES or name != chunk.name or base != chunk.base
-                     or not batch.schema.equals(held[0].schema)):
+                     or row_no != after or not batch.schema.equals(held[0].schema)):
             yield chunk
             held, size = [], 0
         if not held:
             chunk = Chunk(name, base, row_no, held)
         held.append(batch)
         size += batch.nbytes
+        after = row_no + batch.num_rows
     if held:
         yield chunk
 

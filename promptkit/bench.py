@@ -113,7 +113,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from . import interrupts, leftovers, manifest
+from . import files, interrupts, leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
 from .formats.aiperf import TRACE_TYPES, fixed_schedule
@@ -247,9 +247,13 @@ def parse_env(text: str, name: str = ".env") -> dict[str, str]:
 def read_env(path: Path) -> str:
     """The text of an env file (UTF-8, a BOM dropped); an error names the line and key."""
     try:
-        data = path.read_bytes()
+        data = files.read_whole(str(path), ".env file")
+    except FileNotFoundError:
+        raise SettingError(f"{path}: no such env file") from None
     except OSError as exc:
         raise SettingError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
+    except PromptkitError as exc:  # a device, or a file beyond the limit
+        raise SettingError(str(exc)) from None
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
@@ -287,10 +291,8 @@ def load_settings(env_file: str | None,
     """``(settings, exports)``: the runner's settings (environment over file) and the
     file's other keys, to add to AIPerf's environment."""
     path = Path(env_file) if env_file is not None else Path(".env")
-    if path.is_file():
+    if env_file is not None or path.is_file():
         from_file = parse_env(read_env(path), str(path))
-    elif env_file is not None:
-        raise SettingError(f"{env_file}: no such env file")
     else:
         from_file = {}
         note("no .env here: settings from the environment only")
@@ -395,6 +397,9 @@ def readable_file(path: str) -> str:
     synthetic prompts are for INPUT_FILE unset, never a stand-in for a bad path)."""
     if os.path.isdir(path):
         raise PromptkitError(f"INPUT_FILE={path}: a folder, not a prompt file")
+    kind = files.special_kind(path)
+    if kind is not None:  # (/dev/zero has no end: read, it took all the memory there is)
+        raise PromptkitError(f"INPUT_FILE={path}: {kind}, not a prompt file")
     try:
         with open(path, "rb"):
             pass
@@ -819,19 +824,19 @@ def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
 def has_chat_template(spec: str) -> bool:
     """Whether a Hugging Face tokenizer (a folder, its tokenizer.json, or ``hf:ID`` in
     the local cache) comes with a chat template."""
-    files: list[str] = []
+    candidates: list[str] = []
     if spec.startswith("hf:"):
         from huggingface_hub import try_to_load_from_cache
 
         for name in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
             found = try_to_load_from_cache(spec[3:], name)
             if isinstance(found, str):
-                files.append(found)
+                candidates.append(found)
     elif os.path.exists(spec):
         folder = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
-        files = [os.path.join(folder, name) for name in
+        candidates = [os.path.join(folder, name) for name in
                  ("tokenizer_config.json", "chat_template.jinja", "chat_template.json")]
-    for file in files:
+    for file in candidates:
         if not os.path.isfile(file):
             continue
         if not file.endswith("tokenizer_config.json"):

@@ -39,6 +39,7 @@ from .errors import (
     PromptkitError,
     Skipping,
 )
+from .files import read_whole
 from .formats.aiperf import (
     blocks_problem,
     fixed_schedule,
@@ -46,6 +47,7 @@ from .formats.aiperf import (
     sends_tools,
     turn_tools,
 )
+from .limits import MAX_RECORDS, MAX_TOKENS
 from .progress import tracked
 from .records import Message, Record, content_texts
 from .steps import Step, Where, checked, flag, integer, number, one_of, text, tokenizer_loads
@@ -918,10 +920,11 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     tokenizer loaded and the system prompt file read before anything is read."""
     checked("check", params, {
         "tokenizer": text(), "chat_template": one_of(TEMPLATES), "engine": one_of(ENGINES),
-        "block_size": integer(1), "capacity_tokens": integer(1), "num_gpu_blocks": integer(2),
-        "requests": integer(1), "warmup": integer(0, optional=False), "fixed_schedule": flag(),
+        "block_size": integer(1, MAX_TOKENS), "capacity_tokens": integer(1),
+        "num_gpu_blocks": integer(2), "requests": integer(1, MAX_RECORDS),
+        "warmup": integer(0, MAX_RECORDS, optional=False), "fixed_schedule": flag(),
         "cache_bust": one_of(cachebust.MODES),
-        "reply_tokens": integer(1), "system_prompt_file": text(),
+        "reply_tokens": integer(1, MAX_TOKENS), "system_prompt_file": text(),
         "max_hit_rate": number(0, 1), "max_total_hit_rate": number(0, 1)})
     if params.get("num_gpu_blocks") is not None:
         if params.get("capacity_tokens") is not None:
@@ -1000,11 +1003,12 @@ def hit_rate_problem(summary: dict[str, Any], max_hit_rate: float | None,
 def read_prompt(path: str, what: str) -> str:
     """The text of a system prompt file; a missing, unreadable or empty one raises."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_whole(path, "system prompt file").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptkitError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
                              ) from None
+    except PromptkitError as exc:  # a device, or a file far larger than a prompt
+        raise PromptkitError(f"{what} {exc}") from None
     if not text.strip():
         raise PromptkitError(f"{what} {path}: empty (AIPerf refuses an empty system prompt)")
     return text

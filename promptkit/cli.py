@@ -23,6 +23,14 @@ from .errors import BadOptionError, PromptkitError
 from .files import os_error
 from .formats import FORMATS, TABLE_FORMATS
 from .interrupts import Interrupted
+from .limits import (
+    MAX_COPIES,
+    MAX_GROUPS,
+    MAX_NONCE_LENGTH,
+    MAX_RECORDS,
+    MAX_TOKENS,
+    MAX_WORKERS,
+)
 from .nonce import (
     DEFAULT_RANDOM_LENGTH,
     DEFAULT_TIME_STEP_US,
@@ -87,6 +95,13 @@ class PromptkitGroup(SectionedGroup):
         PromptkitGroup.argv = ["promptkit", *(sys.argv[1:] if args is None else args)]
         return super().main(args, *pargs, **kwargs)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:  # (Click would call a signal there "Aborted!", exit 1)
+            return super().make_context(*args, **kwargs)
+        except Interrupted as exc:
+            interrupts.report(exc)
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -113,9 +128,9 @@ class FitTokens(click.ParamType):
         try:
             parse_tokens(str(value))
         except PromptkitError as exc:
-            self.fail(f"{str(exc).removeprefix('--tokens: ')} (it takes a whole number "
-                      "N >= 1, a range LOW,HIGH with 1 <= LOW <= HIGH, or a column name)",
-                      param, ctx)
+            self.fail(f"{str(exc).removeprefix('--tokens: ')} (it takes a whole number N "
+                      f"from 1 to {MAX_TOKENS:,}, a range LOW,HIGH with 1 <= LOW <= HIGH "
+                      "within it, or a column name)", param, ctx)
         return str(value)
 
 
@@ -135,7 +150,7 @@ SKIP_HELP = ("Skip bad records (unreadable, or ones a step or the output format 
 
 
 workers_option = shared(
-    INPUT, "--workers", type=click.IntRange(min=1), default=None,
+    INPUT, "--workers", type=click.IntRange(min=1, max=MAX_WORKERS), default=None,
     help="Processes for large input files (default: one per CPU, up to 4). "
          "The output is the same bytes for every value.")
 
@@ -240,13 +255,15 @@ def nonce_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "message, the first user message, every turn, or a cache_salt."),
         click.option("--template", default="{nonce}\\n", show_default=True, metavar="TEXT",
                      help="Text put before the content; {nonce} is replaced by the nonce."),
-        click.option("--length", type=click.IntRange(min=1), default=DEFAULT_RANDOM_LENGTH,
+        click.option("--length", type=click.IntRange(min=1, max=MAX_NONCE_LENGTH),
+                     default=DEFAULT_RANDOM_LENGTH,
                      show_default=True, help="Characters of a random nonce."),
         click.option("--start-time", metavar="ISO",
                      help="First timestamp of a timestamp nonce (default: now, UTC)."),
         click.option("--time-step-us", type=click.IntRange(min=1), default=DEFAULT_TIME_STEP_US,
                      show_default=True, help="Microseconds between records' timestamps."),
-        click.option("--copies", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("--copies", type=click.IntRange(min=1, max=MAX_COPIES), default=1,
+                     show_default=True,
                      help="Distinct nonce'd copies of each record, so long runs never "
                           "resend a prompt."),
         click.option("--tokenizer", metavar="T",
@@ -481,9 +498,10 @@ tokenizer_option = click.option(
               help="Count prompt tokens under this template, as 'check' does (none: each "
                    "text on its own, nothing added).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
-@click.option("--threads", type=click.IntRange(min=1),
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_WORKERS),
               help="Threads for batch tokenization (default: one per CPU).")
-@shared(INPUT, "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@shared(INPUT, "--workers", type=click.IntRange(min=1, max=MAX_WORKERS), default=1,
+        show_default=True,
         help="Processes for a large JSONL file (a chunk each, merged in order); "
                    "the figures are the same for every value.")
 @shared(INPUT, "--skip-invalid", is_flag=True,
@@ -584,7 +602,7 @@ def print_stats(summary: dict[str, Any]) -> None:
 def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--tokens", "tokens", required=True, metavar="N",
-                     type=click.IntRange(min=1),
+                     type=click.IntRange(min=1, max=MAX_TOKENS),
                      help="Exact length of the shared system prompt, in tokens."),
         click.option("--tokenizer", required=True, metavar="T",
                      help="The tokenizer the length is exact under (see 'stats')."),
@@ -593,7 +611,8 @@ def pad_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--system-prompt-file", metavar="PATH", help="Base text from a file."),
         click.option("--filler-file", metavar="PATH",
                      help="Filler words from a file (default: seeded faker English words)."),
-        click.option("--groups", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("--groups", type=click.IntRange(min=1, max=MAX_GROUPS), default=1,
+                     show_default=True,
                      help="Distinct shared prompts, differing at their first token."),
         click.option("--group-by", metavar="FIELD",
                      help="Records with the same value of FIELD share a group "
@@ -624,11 +643,14 @@ def pad_step(*, tokens: str, tokenizer: str, system_prompt: str | None,
     if system_prompt is not None and system_prompt_file is not None:
         raise click.UsageError("give --system-prompt or --system-prompt-file, not both")
     if system_prompt_file is not None:
+        from .files import read_whole
+
         try:
-            with open(system_prompt_file, encoding="utf-8") as f:
-                system_prompt = f.read()
+            system_prompt = read_whole(system_prompt_file, "system prompt file").decode("utf-8")
         except OSError as exc:
             raise PromptkitError(f"{system_prompt_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PromptkitError(f"{system_prompt_file}: not UTF-8 text") from None
     if into == "file" and (system_prompt is None or groups != 1):
         raise click.UsageError("--into file needs --system-prompt(-file), one group and an "
                                "OUT file")
@@ -722,7 +744,8 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
 def turns_options(func: Callable[..., Any]) -> Callable[..., Any]:
     from .turns import MODES
 
-    bound = functools.partial(click.option, type=click.IntRange(min=1), metavar="N")
+    bound = functools.partial(click.option, type=click.IntRange(min=1, max=MAX_TOKENS),
+                              metavar="N")
     for decorator in reversed([
         click.option("--mode", type=click.Choice(MODES), default="first", show_default=True,
                      help="first: one request a conversation, its first user message; each: "
@@ -813,7 +836,7 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "tokenizer's own (hf)."),
         click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
                      help="vllm: full blocks, chained hashes; sglang: token-level radix."),
-        click.option("--block-size", type=click.IntRange(min=1), metavar="N",
+        click.option("--block-size", type=click.IntRange(min=1, max=MAX_TOKENS), metavar="N",
                      help="Tokens a block [default: 16; for hash-id traces the manifest's AIPerf "
                           "--prompt-input-tokens-block-size, else 512]."),
         click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
@@ -822,11 +845,12 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="vLLM's KV cache blocks, as its log says ('GPU KV cache size' / "
                           "--num-gpu-blocks-override): its block pool, replayed exactly at "
                           "concurrency 1."),
-        click.option("--requests", type=click.IntRange(min=1),
+        click.option("--requests", type=click.IntRange(min=1, max=MAX_RECORDS),
                      help="Profiled requests (default: one pass over the file); beyond it "
                           "AIPerf wraps around the file and repeats prompts: the report "
                           "counts them."),
-        click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--warmup", type=click.IntRange(min=0, max=MAX_RECORDS), default=0,
+                     show_default=True,
                      help="Warmup requests sent first, from the same records."),
         click.option("--fixed-schedule/--no-fixed-schedule", default=None,
                      help="As AIPerf's options: every line once, conversations in the order "
@@ -843,7 +867,7 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "system-prefix, system-suffix, first-turn-prefix, "
                           "first-turn-suffix, warmup-isolation-system, "
                           "warmup-isolation-first-turn; AIPerf's underscores too)."),
-        click.option("--reply-tokens", type=click.IntRange(min=1), metavar="N",
+        click.option("--reply-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), metavar="N",
                      help="Tokens the server generates for a request without output_length: "
                           "a reply AIPerf sends back in a conversation's history, and blocks "
                           "that take cache room."),
@@ -902,7 +926,8 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
 @shared(INPUT, "--skip-invalid", is_flag=True,
         help="Skip bad records instead of stopping; the report counts them by reason.")
 @shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random).")
-@shared(INPUT, "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@shared(INPUT, "--workers", type=click.IntRange(min=1, max=MAX_WORKERS), default=1,
+        show_default=True,
         help="Processes that tokenize a large JSONL file, a chunk each (the cache is "
                    "simulated in order: the same report for every value).")
 @ray_option
@@ -1035,11 +1060,12 @@ def print_check(s: dict[str, Any]) -> None:
 @click.argument("output_path", metavar="OUT")
 @click.option("--tokenizer", required=True, metavar="T",
               help="The tokenizer the blocks are counted under (see 'stats').")
-@click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--block-size", type=click.IntRange(min=1, max=MAX_TOKENS), default=512,
+              show_default=True,
               metavar="N", help="Tokens a block (one hash id each; the last may be partial).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="Requests a second, for timestamps where records have none.")
-@click.option("--threads", type=click.IntRange(min=1),
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_WORKERS),
               help="Threads for batch tokenization in one process (default: one per CPU).")
 @workers_option
 @shared(INPUT, "--from", "from_format", type=FORMAT_CHOICE,
@@ -1087,12 +1113,15 @@ def synth() -> None:
 
 @synth.command("prefix-test")
 @click.argument("output_path", metavar="OUT")
-@click.option("--groups", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--groups", type=click.IntRange(min=1, max=MAX_GROUPS), default=16,
+              show_default=True,
               help="Groups: each shares one system prompt, differing from the others' "
                    "at the first token.")
-@click.option("--group-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--group-size", type=click.IntRange(min=1, max=MAX_RECORDS), default=8,
+              show_default=True,
               help="Requests in each group.")
-@click.option("--system-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--system-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), default=None,
+              metavar="N",
               help="Exact tokens of each shared system prompt under --tokenizer "
                    "[default: 320, about 2 KB of text].")
 @click.option("--tokenizer", default="cl100k_base", show_default=True, metavar="T",
@@ -1106,7 +1135,7 @@ def synth() -> None:
               show_default=True,
               help="Groups in turn (a hit needs all G prompts cached), or each group's "
                    "requests in a row.")
-@click.option("--output-tokens", type=click.IntRange(min=1), metavar="N",
+@click.option("--output-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), metavar="N",
               help="output_length of every request (default: none; the echo is short).")
 @shared(OUTPUT, "--to", "to_format", type=OUTPUT_CHOICE, default="mooncake_trace",
         show_default=True,
@@ -1159,10 +1188,11 @@ def _is_part_folder(manifest_path: str) -> bool:
     (``--to hf-dir``) is a folder too, with its manifest beside it."""
     import json
 
+    from .files import read_whole
+
     try:
-        with open(manifest_path, encoding="utf-8") as f:
-            return "parts" in json.load(f).get("output", {})
-    except (OSError, ValueError, AttributeError):
+        return "parts" in json.loads(read_whole(manifest_path, "manifest")).get("output", {})
+    except (OSError, ValueError, AttributeError, PromptkitError):
         return False
     except RecursionError:  # nested too deeply: reading it as the folder's says so
         return True

@@ -61,7 +61,7 @@ class ColumnSource(Source):
         return {"options": self.options.as_dict(), "mapping": self.mapping.as_dict()}
 
     def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
-        if not self._head:
+        if self.is_empty:
             raise PromptkitError(f"{self.name}: empty file: no records")
         return self.limited(self._records())
 

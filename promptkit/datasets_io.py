@@ -2,8 +2,9 @@
 
 :class:`DatasetSource` reads ``hf:OWNER/NAME`` (through ``datasets`` and its local
 cache), a ``save_to_disk`` folder, a dataset repository folder, or parquet /
-arrow / CSV files, row by row (streaming, or memory-mapped Arrow): memory stays
-flat however large the dataset. Columns become records by
+arrow / CSV files (CSV with promptkit's own strict reader, compressed or not: see
+:mod:`promptkit.csvfiles`), row by row (streaming, or memory-mapped Arrow): memory
+stays flat however large the dataset. Columns become records by
 :func:`promptkit.formats.table.find_mapping`; the columns it does not use are
 kept as the records' fields. (A JSON array is read like JSON lines, by
 ``streams.Source``, unless dataset options ask for ``datasets``.)
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 
 from . import leftovers
+from .csvfiles import CsvRows, Numbered, delimiter_of, typed
 from .errors import InvalidRecordError, PromptkitError
 from .files import fsync_folder, os_error, refuse_special, remove_quietly
 from .formats import FORMATS, Format
@@ -36,8 +38,9 @@ from .formats.table import Mapping, Timeline, arrow_schema, batch_records, find_
 from .records import Record
 from .streams import Encoder, Written, refuse_overwrite
 
-#: File suffixes read through ``datasets``' packaged builders.
-BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv"}
+#: File suffixes read through ``datasets``' packaged builders (when shuffled); CSV files
+#: are read by :mod:`promptkit.csvfiles`.
+BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 #: Rows in one Arrow batch read from a dataset (memory stays bounded by it; the output
 #: does not depend on it).
 BATCH_ROWS = 2048
@@ -93,11 +96,11 @@ def default_output(mapping: Mapping) -> str:
 
 
 def is_dataset(path: str) -> bool:
-    """Whether ``path`` is read through ``datasets`` (else it is JSONL, or a JSON array
-    read as JSONL is: see :class:`promptkit.streams.Source`)."""
+    """Whether ``path`` is read as a dataset (else it is JSONL, or a JSON array read as
+    JSONL is: see :class:`promptkit.streams.Source`): a CSV file compressed too."""
     if path.startswith("hf:") or os.path.isdir(path):
         return True
-    return os.path.splitext(path)[1].lower() in BUILDERS
+    return os.path.splitext(path)[1].lower() in BUILDERS or delimiter_of(path) is not None
 
 
 def is_json_array(path: str) -> bool:
@@ -136,17 +139,24 @@ class DatasetSource:
         self._rows_digest = hashlib.sha256()  # of the rows read, one orjson line each (hub)
         self._done = False  # every row read
         self._expected: int | None = None  # the rows there are, when known (progress)
+        self._csv: CsvRows | None = None  # a CSV file's rows
         self._batches = self._open()
         try:
-            first = next((b for b in self._batches if b.num_rows), None)
+            first = next((b for b in self._batches if _unnumbered(b).num_rows), None)
+        except PromptkitError:
+            self.close()
+            raise
         except Exception as exc:  # a data file datasets cannot parse
             raise PromptkitError(f"{self.name}: {_one_line(exc)}") from None
-        if first is None:
+        if first is None and self._csv is not None:  # a header and no rows
+            columns = self._csv.columns
+        elif first is None:
             raise PromptkitError(f"{self.name}: empty dataset: no records")
+        else:
+            columns = list(_unnumbered(first).schema.names)
         self._first: Any = first
         try:
-            self.mapping: Mapping = find_mapping(list(first.schema.names),
-                                                 **self.options.columns())
+            self.mapping: Mapping = find_mapping(columns, **self.options.columns())
         except PromptkitError as exc:
             raise type(exc)(f"{self.name}: {exc}") from None
 
@@ -202,9 +212,11 @@ class DatasetSource:
         return out
 
     def close(self) -> None:
-        """Stop reading. A streamed CSV whose reading stopped before its end (an error,
-        ``--limit``) holds its open file in a reference cycle inside ``datasets``, whose
-        reader never closes it: collect it now, so the file is closed here."""
+        """Stop reading. A streamed file whose reading stopped before its end (an error,
+        ``--limit``) may hold its open file in a reference cycle inside ``datasets``,
+        whose reader never closes it: collect it now, so the file is closed here."""
+        if self._csv is not None:
+            self._csv.close()
         close = getattr(self._batches, "close", None)
         if close is not None and (not self._done or self.options.limit is not None):
             with warnings.catch_warnings():
@@ -219,8 +231,20 @@ class DatasetSource:
         applied; reading errors are one line."""
         try:
             o = self.options
+            delimiter = None if self.path.startswith("hf:") else delimiter_of(self.path)
+            if delimiter is not None:
+                if not os.path.isfile(self.path):
+                    raise PromptkitError(f"{self.path}: no such file")
+                self._data_files = [self.path]
+                self._csv = CsvRows(self.path, self.name, delimiter,
+                                    skip_invalid=self.skip_invalid, skipped=self.skipped,
+                                    batch_rows=BATCH_ROWS)
+                if o.shuffle_seed is None:
+                    return _first_rows(self._csv.batches(), o.limit)
             plain_file = os.path.splitext(self.path)[1].lower() in (".parquet", ".arrow")
-            if not (plain_file and o.shuffle_seed is None):
+            if self._csv is not None:
+                dataset = _rows_dataset(self._csv)
+            elif not (plain_file and o.shuffle_seed is None):
                 dataset = self._load()
             elif not os.path.isfile(self.path):
                 raise PromptkitError(f"{self.path}: no such file")
@@ -246,7 +270,8 @@ class DatasetSource:
                     dataset = dataset.select(range(min(o.limit, len(dataset))))
                 else:
                     dataset = dataset.take(o.limit)
-            return dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
+            batches = dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
+            return map(typed, batches) if self._csv is not None else batches
         except PromptkitError:
             raise
         except Exception as exc:  # datasets raises many kinds; each is one line here
@@ -285,12 +310,9 @@ class DatasetSource:
                 self._parquet_files = list(files)
             self._data_files = [str(f) for f in files or []]
             return dataset
-        suffix = os.path.splitext(path)[1].lower()
-        builder = BUILDERS.get(suffix, "json")
-        kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        builder = BUILDERS.get(os.path.splitext(path)[1].lower(), "json")
         self._data_files = [path]
-        return datasets.load_dataset(builder, data_files=path, split="train", streaming=True,
-                                     **kwargs)
+        return datasets.load_dataset(builder, data_files=path, split="train", streaming=True)
 
     def _load_hub(self, repo_id: str) -> Any:
         """A hub dataset: streamed when the Hub answers, else from ``datasets``' cache."""
@@ -320,7 +342,8 @@ class DatasetSource:
     def batches(self) -> Iterator[tuple[int, Any]]:
         """``(row number of its first row, batch)`` of the rows, as Arrow batches in order
         (row numbers from 1, in this dataset); a hub dataset's rows are hashed as they
-        pass. A batch that cannot be read is one line naming the row it would begin."""
+        pass. A batch that cannot be read is one line naming the row it would begin. (A
+        CSV file's batches come numbered: a bad row left out keeps its number.)"""
         batches = self._batches
         first: Any = self._first
         self._first = None
@@ -338,8 +361,12 @@ class DatasetSource:
                 except StopIteration:
                     self._done = True
                     return
+                except PromptkitError:
+                    raise
                 except Exception as exc:
                     raise PromptkitError(f"{self.name}:{row_no}: {_one_line(exc)}") from None
+            if batch.__class__ is Numbered:
+                row_no, batch = batch
             if not batch.num_rows:
                 continue
             if hashing:
@@ -408,20 +435,44 @@ def _memory_pool() -> Any:
 
 
 def _first_rows(batches: Iterator[Any], limit: int | None) -> Iterator[Any]:
-    """The batches up to ``limit`` rows in all (the last one cut), or all of them."""
+    """The batches (or :class:`~promptkit.csvfiles.Numbered` batches) up to ``limit`` rows
+    in all (the last one cut), or all of them."""
     if limit is None:
         yield from batches
         return
     left = limit
     if left <= 0:
         return
-    for batch in batches:
+    for item in batches:
+        batch = _unnumbered(item)
         if batch.num_rows > left:
             batch = batch.slice(0, left)
+            item = Numbered(item.first, batch) if item.__class__ is Numbered else batch
         left -= batch.num_rows
-        yield batch
+        yield item
         if left <= 0:
             return
+
+
+def _unnumbered(item: Any) -> Any:
+    """The batch of a batch or of a :class:`~promptkit.csvfiles.Numbered` one."""
+    return item.batch if item.__class__ is Numbered else item
+
+
+def _rows_dataset(rows: CsvRows) -> Any:
+    """A CSV file's rows as a streamed ``datasets`` dataset, to be shuffled as one is:
+    its cells all texts (an empty one ``""``), typed afterwards by
+    :func:`~promptkit.csvfiles.typed` as an unshuffled batch is (a shuffle mixes rows of
+    every batch, and ``datasets`` wants one type a column); bad rows raised or left out
+    as they are read. (Made from its examples: ``IterableDataset.from_generator`` pickles
+    the generator to fingerprint it, and a file being read cannot be pickled.)"""
+    from datasets.iterable_dataset import ExamplesIterable, IterableDataset
+
+    def examples() -> Iterator[tuple[int, Any]]:
+        for first, batch in rows.batches(typed=False):
+            yield from enumerate(batch.to_pylist(), start=first)
+
+    return IterableDataset(ExamplesIterable(examples, {}))
 
 
 def _rows_in(path: str, dataset: Any, parquet_files: list[str]) -> int | None:

@@ -1,6 +1,8 @@
-"""Writing files: one discipline for every file promptkit writes.
+"""Writing files: one discipline for every file promptkit writes; and reading a file
+whole (:func:`read_whole`), with a bound.
 
-A leaf module (errors and :mod:`promptkit.leftovers` only). Every output (a sink's
+A leaf module (errors, :mod:`promptkit.limits` and :mod:`promptkit.leftovers` only).
+Every output (a sink's
 OUT, its manifest, side files such as ``OUT.system.txt``, ``--per-request``, plots,
 publish folders) is written to a temporary file in the target's own folder,
 flushed to disk (``fsync``) and renamed into place only when everything a run writes is finished:
@@ -36,6 +38,7 @@ from typing import Any
 
 from . import leftovers
 from .errors import PromptkitError
+from .limits import MAX_WHOLE_FILE, size_text
 
 STDIO = "-"
 #: The suffix of every temporary file or folder promptkit writes beside a target.
@@ -53,6 +56,27 @@ def os_error(exc: OSError, path: str | None = None) -> PromptkitError:
         code = int(found.group(1)) if found else None
     reason = os.strerror(code) if code else (exc.strerror or str(exc))
     return PromptkitError(f"{name}: {reason}")
+
+
+def read_whole(path: str, what: str, limit: int = MAX_WHOLE_FILE) -> bytes:
+    """The bytes of a file read whole (a manifest, a filler or system prompt file, a
+    .env file): at most ``limit`` of them, and never a device's (``/dev/zero`` has no
+    end; a tape's would be consumed). A pipe (``<(cmd)``) is read up to ``limit``.
+
+    ``what`` names the file's part (``manifest``, ``filler file``) in the one line
+    raised for a device or a file over the limit; an ``OSError`` (no such file, no
+    permission, a folder) is raised as ``open`` raises it, for the caller to word.
+    """
+    os.stat(path)  # (no such file: raised as open raises it)
+    kind = special_kind(path)
+    if kind is not None and kind != "a FIFO":
+        raise PromptkitError(f"{path}: is {kind}, not a {what}")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PromptkitError(f"{path}: over {size_text(limit)}, more than a {what} can be; "
+                             "is it the right file?")
+    return data
 
 
 def writable(path: str) -> None:

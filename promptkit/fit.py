@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import InvalidRecordError, OptionNeededError, PromptkitError, Skipping
+from .limits import MAX_TOKENS
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Record
 from .steps import Param, Step, Where, checked, filler_readable, integer, text, tokenizer_loads
@@ -37,10 +38,14 @@ def parse_tokens(spec: str) -> int | list[int] | str:
         low, high = (int(p) for p in parts)
         if low < 1 or high < low:
             raise PromptkitError(f"--tokens: {spec!r} needs 1 <= LOW <= HIGH")
+        if high > MAX_TOKENS:
+            raise PromptkitError(f"--tokens: {spec!r} goes beyond {MAX_TOKENS:,} tokens")
         return [low, high]
     if spec.lstrip("+-").isdigit():
         if int(spec) < 1:
             raise PromptkitError(f"--tokens: {spec!r} is not a positive integer")
+        if int(spec) > MAX_TOKENS:
+            raise PromptkitError(f"--tokens: {spec!r} is more than {MAX_TOKENS:,} tokens")
         return int(spec)
     if not spec.isidentifier():
         raise PromptkitError(f"--tokens: {spec!r} is not a number, a range LOW,HIGH or a column")
@@ -70,6 +75,9 @@ def target_of(record: Record, index: int, tokens: int | list[int] | str, seed: i
                                  lineno=record.lineno)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidRecordError(f"{tokens!r} is {value!r}, not a positive integer",
+                                 lineno=record.lineno)
+    if value > MAX_TOKENS:
+        raise InvalidRecordError(f"{tokens!r} is {value}, more than {MAX_TOKENS:,} tokens",
                                  lineno=record.lineno)
     return value
 
@@ -199,12 +207,13 @@ def make_step(params: Any, where: Where | None = None) -> Step:
             return value.isidentifier()
         if isinstance(value, list):
             return (len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                            for v in value) and 1 <= value[0] <= value[1])
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                                            for v in value)
+                    and 1 <= value[0] <= value[1] <= MAX_TOKENS)
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_TOKENS
 
     checked("fit", params, {
-        "tokens": Param(target, "a positive integer, a range [LOW, HIGH] or a column name",
-                        required=True),
+        "tokens": Param(target, f"an integer from 1 to {MAX_TOKENS:,}, a range [LOW, HIGH] "
+                                "within it or a column name", required=True),
         "tokenizer": text(optional=False, required=True), "seed": integer(),
         "filler_file": text(), "first_index": integer(0, optional=False)})
     params = dict(params)

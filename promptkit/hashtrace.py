@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import InvalidRecordError, Skipping
+from .limits import MAX_TOKENS, MAX_WORKERS
 from .records import Record, message_texts
 from .steps import Step, Where, checked, integer, number, text, tokenizer_loads
 from .tokenizers import cached_tokenizer
@@ -147,8 +148,8 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     read; AIPerf is told the block size (a hash id is a prompt of that many tokens)."""
     checked("hash_trace", params, {
         "tokenizer": text(optional=False, required=True),
-        "block_size": integer(1, optional=False), "rate": number(0, low_open=True),
-        "threads": integer(1), "first_index": integer(0, optional=False)})
+        "block_size": integer(1, MAX_TOKENS, optional=False), "rate": number(0, low_open=True),
+        "threads": integer(1, MAX_WORKERS), "first_index": integer(0, optional=False)})
     tokenizer_loads(params["tokenizer"])
     # AIPerf makes a prompt of block_size tokens a hash id; it assumes 512.
     return Step("hash_trace", params, aiperf_args=[

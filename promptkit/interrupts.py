@@ -1,7 +1,8 @@
 """Ending on SIGINT, SIGTERM and SIGHUP as cleanly as on an error, and workers that end
 with the process that started them.
 
-A leaf module (the standard library and :mod:`promptkit.leftovers`).
+A leaf module (the standard library and :mod:`promptkit.leftovers`), quick to import:
+the command line installs its handlers first thing (:mod:`promptkit.entry`).
 
 - :func:`install` (the command line only) turns SIGTERM and SIGHUP, like SIGINT, into
   :class:`Interrupted`, a ``KeyboardInterrupt``: it unwinds the run through the same
@@ -28,10 +29,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
 
-from . import leftovers
+TYPE_CHECKING = False  # (not typing's: see the module's first lines)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, NoReturn
 
 #: The signals that end a run cleanly (those the platform has).
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
@@ -87,6 +89,8 @@ def _deadline(signum: int) -> None:
     for each other (measured: tiktoken's thread pool, joined during the unwinding,
     never ends). Then remove what this process was writing and exit at once.
     """
+    from . import leftovers
+
     time.sleep(GRACE)
     leftovers.remove_mine()
     if not _reported:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .counts import counted
 from .errors import ManifestError, PromptkitError, skip_reason
-from .files import write_text
+from .files import read_whole, write_text
 
 SCHEMA = "promptkit.manifest/1"
 SUFFIX = ".manifest.json"
@@ -55,20 +55,26 @@ def file_facts(path: str) -> tuple[str, int]:
 
     digest = hashlib.sha256()
     records = 0
-    tail = b""
+    open_line = False  # the line not yet ended has more than white space
     try:
         with Progress("hashing", lambda: records):
             for chunk in read_file(path, digest.update):
-                lines = (tail + chunk).split(b"\n")
-                tail = lines.pop()
-                records += sum(1 for line in lines if line.strip())
+                lines = chunk.split(b"\n")  # lines[0] goes on the line not yet ended
+                if len(lines) == 1:
+                    open_line = open_line or _filled(lines[0])
+                    continue
+                records += (open_line or _filled(lines[0])) + sum(map(_filled, lines[1:-1]))
+                open_line = _filled(lines[-1])
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
     except PromptkitError as exc:  # corrupt or truncated compressed data
         raise ManifestError(str(exc)) from None
-    if tail.strip():
-        records += 1
-    return digest.hexdigest(), records
+    return digest.hexdigest(), records + open_line
+
+
+def _filled(line: bytes) -> bool:
+    """Whether a line (or part of one) holds more than white space."""
+    return bool(line) and not line.isspace()
 
 
 def skipped_section(lines: list[str], limit: int = 100) -> dict[str, Any]:
@@ -110,10 +116,13 @@ def text_sha256(text: str) -> str:
 
 def read(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(read_whole(path, "manifest"))
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such manifest") from None
+    except ManifestError:
+        raise
+    except PromptkitError as exc:  # a device, or a file far larger than a manifest
+        raise ManifestError(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a valid manifest: {exc}") from None
     except RecursionError:

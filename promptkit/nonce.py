@@ -26,6 +26,7 @@ from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, Skipping
 from .fit import _prefix_end
 from .formats.aiperf import first_request, sends_tools
+from .limits import MAX_COPIES, MAX_NONCE_LENGTH
 from .pad import PadError, exact_text, filler_words
 from .records import USER_ROLES, Message, Record, content_texts, message_texts, prepend_text
 from .stats import Stats
@@ -798,9 +799,10 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     seed), every parameter checked and the tokenizer loaded before anything is read."""
     checked("nonce", params, {
         "kind": one_of(KINDS), "seed": integer(), "at": one_of(POSITIONS),
-        "template": text(optional=False), "length": integer(1, optional=False),
+        "template": text(optional=False), "length": integer(1, MAX_NONCE_LENGTH, optional=False),
         "start_time": text(), "time_step_us": integer(1, optional=False),
-        "copies": integer(1, optional=False), "first_index": integer(0, optional=False),
+        "copies": integer(1, MAX_COPIES, optional=False),
+        "first_index": integer(0, optional=False),
         "tokenizer": text(), "keep_tokens": flag(),
         "chat_template": one_of(NONCE_TEMPLATES, optional=True)})
     full = nonce_params(**params)

@@ -21,6 +21,8 @@ from typing import Any
 
 from .counts import counted
 from .errors import InvalidRecordError, PadError, PromptkitError, Skipping
+from .files import read_whole
+from .limits import MAX_GROUPS, MAX_TOKENS
 from .progress import Progress
 from .records import Message, Record, first_text, prepend_text
 from .steps import Step, Where, checked, filler_readable, integer, one_of, text
@@ -57,8 +59,7 @@ def faker_words() -> tuple[str, ...]:
 @lru_cache(maxsize=8)
 def _file_words(filler_file: str) -> tuple[str, ...]:
     try:
-        with open(filler_file, encoding="utf-8") as f:
-            words = tuple(f.read().split())
+        words = tuple(read_whole(filler_file, "filler file").decode("utf-8").split())
     except OSError as exc:
         raise PadError(f"{filler_file}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -363,8 +364,9 @@ def make_step(params: Any, where: Where | None = None) -> Step:
 
     where = where or Where()
     checked("pad", params, {
-        "tokens": integer(1, optional=False, required=True),
-        "tokenizer": text(optional=False, required=True), "groups": integer(1, optional=False),
+        "tokens": integer(1, MAX_TOKENS, optional=False, required=True),
+        "tokenizer": text(optional=False, required=True),
+        "groups": integer(1, MAX_GROUPS, optional=False),
         "seed": integer(), "system_prompt": text(), "filler_file": text(),
         "into": one_of(INTO), "group_by": text(), "first_index": integer(0, optional=False)})
     defaults = {"tokens": None, "tokenizer": None, "groups": 1, "seed": None,

@@ -23,6 +23,7 @@ from typing import Any
 from . import compression, interrupts, progress
 from .errors import InvalidRecordError
 from .formats import get_format
+from .limits import MAX_LINE
 from .records import Record
 from .streams import (
     BOM,
@@ -31,6 +32,7 @@ from .streams import (
     Encoder,
     Sink,
     joined,
+    long_line,
     parse_lines,
     stable_key,
     stable_prompt_key,
@@ -373,8 +375,10 @@ def chunks(path: str, digest: Any, lines: list[int] | None = None) -> Any:
             first = False
             cut = buffer.rfind(b"\n", 0, filled) + 1
             if cut == 0 and filled == len(buffer):  # a line longer than the buffer
+                if filled > MAX_LINE:
+                    raise long_line(path, lineno)
                 view.release()
-                buffer.extend(bytes(len(buffer)))
+                buffer.extend(bytes(min(len(buffer), MAX_LINE + 1 - len(buffer))))
                 view = memoryview(buffer)
                 kept = filled
                 continue
@@ -383,7 +387,14 @@ def chunks(path: str, digest: Any, lines: list[int] | None = None) -> Any:
                 offset += cut
                 lineno += buffer.count(b"\n", 0, cut)
             kept = filled - cut
-            buffer[:kept] = buffer[cut:filled]
+            if len(buffer) > CHUNK_BYTES and kept < CHUNK_BYTES:  # after a long line
+                rest = buffer[cut:filled]
+                view.release()
+                buffer = bytearray(CHUNK_BYTES)
+                buffer[:kept] = rest
+                view = memoryview(buffer)
+            else:
+                buffer[:kept] = buffer[cut:filled]
     if kept:
         yield offset, kept, lineno
     if lines is not None:

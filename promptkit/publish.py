@@ -35,7 +35,7 @@ import orjson
 
 from . import __version__, leftovers, manifest, pipeline
 from .errors import BadOptionError, InvalidRecordError, PromptkitError
-from .files import Lock, fsync_folder, os_error, write_text
+from .files import Lock, fsync_folder, os_error, read_whole, write_text
 from .formats import FORMATS
 from .formats.aiperf import first_turn
 from .formats.table import COLUMNS, arrow_schema, to_row
@@ -350,8 +350,7 @@ def _side_files(history: list[dict[str, Any]], folder: str, warnings: list[str])
 
 
 def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    return read_whole(path, "side file").decode("utf-8")
 
 
 # ---------------------------------------------------------------- parquet shards

@@ -129,9 +129,15 @@ def positions(path: str) -> int:
     """The places a shard takes in the stream: a parquet file's rows, or a JSONL file's
     lines (decompressed; blank and bad lines count, a last line without a newline too)."""
     if path.lower().endswith(PARQUET_SUFFIX):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        from .datasets_io import _one_line
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (pa.ArrowException, OSError) as exc:  # a truncated file: no footer
+            raise PromptkitError(f"{path}: {_one_line(exc)}") from None
     lines = 0
     last = b"\n"
     for chunk in compression.read_file(path):

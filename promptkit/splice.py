@@ -52,7 +52,7 @@ from .formats.accept import problem
 from .formats.aiperf import parse_mooncake, parse_single_turn
 from .nonce import HASH_ID_BASE, NonceMaker, NonceState
 from .records import Record
-from .streams import KEY_ENDS, beyond_64_bits, duplicate_key, key_parts, salt_of
+from .streams import KEY_ENDS, beyond_64_bits, duplicate_key, key_parts, salt_of, too_deep
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.
 WRITER = "splice/1"
@@ -158,8 +158,8 @@ class Splicer:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             return None
-        if obj.__class__ is not dict:
-            return None
+        if obj.__class__ is not dict or too_deep(line, obj):
+            return None  # the usual way names what is wrong
         extra = obj.get("extra")
         if extra.__class__ is dict and "tools" in extra:
             return None  # the usual way counts the records that send tools

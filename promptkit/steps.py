@@ -149,10 +149,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def integer(low: int | None = None, *, optional: bool = True, required: bool = False) -> Param:
-    wants = "an integer" if low is None else f"an integer of at least {low}"
+def integer(low: int | None = None, high: int | None = None, *, optional: bool = True,
+            required: bool = False) -> Param:
+    wants = ("an integer" if low is None else f"an integer of at least {low}"
+             if high is None else f"an integer from {low} to {high:,}")
     return Param(lambda v: (v is None and optional)
-                 or (_is_int(v) and (low is None or v >= low)), wants, required)
+                 or (_is_int(v) and (low is None or v >= low) and (high is None or v <= high)),
+                 wants, required)
 
 
 def text(*, optional: bool = True, required: bool = False) -> Param:

@@ -32,6 +32,7 @@ from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
 from .formats import Format, default_output, detect_many, get_format, writer
+from .limits import MAX_DEPTH, MAX_LINE, size_text
 from .records import Record
 
 if TYPE_CHECKING:
@@ -103,18 +104,20 @@ class Source(Counter):
         #: ``(first line number, lines)``, or ``(item number, value)`` of an array.
         self._read_ahead: list[Any] = []
         try:
-            first, chunks = _first_byte(self._content())
+            first, chunks = _first_byte(self._content(), self.name)
             self._items: Iterator[Any]
             if first == b"[":
                 self.layout = "array"
                 self._items = array_items(chunks, self.name)
             else:
-                self._items = self._counted(_line_batches(chunks))
+                self._items = self._counted(_line_batches(chunks, self.name))
             self._head = self._first_objects()
             self.format: Format = (get_format(fmt) if fmt
                                    # No records: any format reads none of them.
                                    else get_format("openai") if allow_empty and not self._head
                                    else self._detect())
+            self._empty = not self._head
+            self._head = []  # parsed again, from what was read ahead: not held twice
         except BaseException:
             self.close()
             raise
@@ -136,6 +139,7 @@ class Source(Counter):
     def close(self) -> None:
         if self.path != STDIO:
             self._stream.close()
+        self._read_ahead = []  # (a line of hundreds of megabytes, held no longer)
 
     def expected_records(self) -> int | None:
         """For progress: how many records the input holds, estimated from the lines in
@@ -258,12 +262,12 @@ class Source(Counter):
     @property
     def is_empty(self) -> bool:
         """Whether the file holds no records (known once it is opened)."""
-        return not self._head
+        return self._empty
 
     def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
         """The records, in file order. Raises on the first bad line unless skipping, and
         for a file with no records unless ``allow_empty``."""
-        if not self._head and not allow_empty:
+        if self._empty and not allow_empty:
             raise PromptkitError(f"{self.name}: empty file: no records")
         items = itertools.chain(self._read_ahead, self._items)
         if self.layout == "array":
@@ -343,32 +347,83 @@ def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield from chunks
 
 
-def _first_byte(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
-    """The first byte that is not white space (``b""`` if none), and all the chunks."""
-    seen = []
+def _first_byte(chunks: Iterator[bytes], name: str) -> tuple[bytes, Iterator[bytes]]:
+    """The first byte that is not white space (``b""`` if none), and all the chunks.
+
+    The white space before it is kept as its newlines alone (blank lines: only their
+    count matters), however much of it there is.
+    """
+    seen: list[bytes] = []
+    held = 0  # bytes in seen: white space of the line the first byte is on
+    newlines = 0
     first = b""
     for chunk in chunks:
-        seen.append(chunk)
         text = chunk.lstrip()
         if text:
             first = text[:1]
+            seen.append(chunk)
             break
-    return first, itertools.chain(seen, chunks)
+        last = chunk.rfind(b"\n")
+        if last >= 0:
+            newlines += chunk.count(b"\n")
+            seen, held = [], 0
+            chunk = chunk[last + 1:]
+        seen.append(chunk)
+        held += len(chunk)
+        if held > MAX_LINE:
+            raise long_line(name, newlines + 1)
+    return first, itertools.chain(_blank_lines(newlines), seen, chunks)
 
 
-def _line_batches(chunks: Iterable[bytes]) -> Iterator[tuple[int, list[bytes]]]:
-    """``(first line number, lines)`` of each chunk, whole lines only."""
+def _blank_lines(count: int) -> Iterator[bytes]:
+    while count > 0:
+        yield b"\n" * min(count, CHUNK)
+        count -= CHUNK
+
+
+def long_line(name: str, lineno: int) -> InvalidRecordError:
+    return InvalidRecordError(f"a line longer than {size_text(MAX_LINE)}: no record is that long "
+                              "(is it the right file?)", name, lineno)
+
+
+def _line_batches(chunks: Iterable[bytes], name: str) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first line number, lines)`` of each chunk, whole lines only.
+
+    A line that goes on over many chunks is held as its parts and joined once, when it
+    ends: its cost is linear in its length, and a line longer than
+    :data:`~promptkit.limits.MAX_LINE` is an error. A chunk of white space alone (blank
+    lines, as a decompression bomb may hold billions of) only moves the line count on.
+    """
     lineno = 1
-    tail = b""
+    held: list[bytes] = []  # the parts of the line not yet ended
+    size = 0
     for chunk in chunks:
+        if b"\n" not in chunk:
+            held.append(chunk)
+            size += len(chunk)
+            if size > MAX_LINE:
+                raise long_line(name, lineno)
+            continue
+        if held and size + chunk.index(b"\n") > MAX_LINE:
+            raise long_line(name, lineno)
+        if chunk.isspace():
+            first = chunk.index(b"\n")
+            if held and not all(part.isspace() for part in held):
+                yield lineno, [b"".join(held) + chunk[:first]]
+            lineno += chunk.count(b"\n")
+            tail = chunk[chunk.rindex(b"\n") + 1:]
+            held, size = ([tail], len(tail)) if tail else ([], 0)
+            continue
         lines = chunk.split(b"\n")
-        lines[0] = tail + lines[0]
+        if held:
+            held.append(lines[0])
+            lines[0] = b"".join(held)
         tail = lines.pop()
-        if lines:
-            yield lineno, lines
-            lineno += len(lines)
-    if tail:
-        yield lineno, [tail]
+        held, size = ([tail], len(tail)) if tail else ([], 0)
+        yield lineno, lines
+        lineno += len(lines)
+    if held:
+        yield lineno, [b"".join(held)]
 
 
 def _no_constant(name: str) -> Any:
@@ -392,6 +447,9 @@ def exact_loads(line: bytes) -> Any:
     return _EXACT.decode(line.decode("utf-8"))
 
 
+_NOT_SPACE = re.compile(r"[^ \t\r\n]").search
+
+
 def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]:
     """``(item number, value)`` of each item of the JSON array in ``chunks``, read a
     piece at a time (flat memory), with the standard library's C scanner (exact for
@@ -407,6 +465,9 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
     def more(least: int = 1) -> None:
         """Read on until at least ``least`` characters are there after ``pos``."""
         nonlocal text, pos, ended, broken
+        if least > MAX_LINE:
+            raise InvalidRecordError(f"an item longer than {size_text(MAX_LINE)}: no record is "
+                                     "that long (is it the right file?)", name, number + 1)
         parts = [text[pos:]]
         have = len(parts[0])
         while have < least and not ended:
@@ -431,8 +492,8 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         """The next character that is not white space ("" at the end)."""
         nonlocal pos
         while True:
-            while pos < len(text) and text[pos] in " \t\r\n":
-                pos += 1
+            found = _NOT_SPACE(text, pos)
+            pos = found.start() if found else len(text)
             if pos < len(text):
                 return text[pos]
             if ended:
@@ -460,6 +521,8 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
             break
         try:
             value, end = scan(text, pos)
+        except RecursionError:  # (before MAX_DEPTH can be checked: the scanner recurses)
+            raise InvalidRecordError(TOO_DEEP, name, number + 1) from None
         except json.JSONDecodeError as exc:
             cut = exc.pos >= len(text.rstrip()) - 16 or exc.msg.startswith("Unterminated")
             if cut and not ended:
@@ -474,6 +537,9 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         if end == len(text) and not ended:  # a number may go on in the next chunk
             more(2 * (len(text) - pos) + 1)
             continue
+        if text.count("[", pos, end) + text.count("{", pos, end) > MAX_DEPTH \
+                and nested_deeper(value):
+            raise InvalidRecordError(TOO_DEEP, name, number + 1)
         if value.__class__ is dict:
             ends = len(_TEXT_KEY_ENDS(text, pos, end))
             if ends != len(value) and ends != _keys(value):
@@ -563,6 +629,9 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("Not enough memory"):  # (under a memory limit: not bad JSON)
+            raise InvalidRecordError(f"not enough memory to parse a line of "
+                                     f"{size_text(len(line))}", name, lineno) from None
         if not line.strip():
             return None
         try:  # orjson's words differ by version: ask the codec
@@ -573,10 +642,38 @@ def load_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
                                  lineno) from None
     if obj.__class__ is not dict:
         raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}", name, lineno)
+    if too_deep(line, obj):
+        raise InvalidRecordError(TOO_DEEP, name, lineno)
     key = duplicate_key(line, obj)
     if key is not None:
         raise _duplicate_error(key, name, lineno)
     return obj
+
+
+#: The problem of a record nested deeper than :data:`~promptkit.limits.MAX_DEPTH`.
+TOO_DEEP = f"arrays and objects nested deeper than {MAX_DEPTH} levels"
+
+
+def too_deep(line: bytes, obj: Any) -> bool:
+    """Whether a line's value nests arrays and objects deeper than
+    :data:`~promptkit.limits.MAX_DEPTH` levels (its own object is level 1). Deeper records
+    are refused when read: what is done with a record (keys, integers, copies) walks it
+    level by level, and a thousand levels are a RecursionError. Two counts of the line's
+    brackets clear nearly every line; only one that holds as many is walked."""
+    return line.count(b"[") + line.count(b"{") > MAX_DEPTH and nested_deeper(obj)
+
+
+def nested_deeper(obj: Any) -> bool:
+    """Whether ``obj`` nests arrays and objects deeper than
+    :data:`~promptkit.limits.MAX_DEPTH` levels (walked a level at a time, not recursively)."""
+    level = [obj]
+    for _ in range(MAX_DEPTH):
+        level = [item for value in level
+                 for item in (value.values() if value.__class__ is dict else value)
+                 if item.__class__ is dict or item.__class__ is list]
+        if not level:
+            return False
+    return True
 
 
 def parse_lines(
@@ -609,6 +706,8 @@ def parse_lines(
                 obj = loads(line)
                 if obj.__class__ is not dict:
                     load_line(line, name, lineno)  # raises the right message
+                if too_deep(line, obj):
+                    raise InvalidRecordError(TOO_DEEP, name, lineno)
                 ends = len(key_ends(line))
                 if ends != len(obj) and duplicate_key(line, obj, ends) is not None:
                     load_line(line, name, lineno)  # raises the right message

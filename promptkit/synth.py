@@ -18,6 +18,8 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .errors import PromptkitError
+from .limits import MAX_GROUPS, MAX_RECORDS, MAX_TOKENS
 from .pad import SEPARATOR, PadSpec, describe_groups, faker_words, padded
 from .records import Message, Record
 from .steps import checked, filler_readable, integer, one_of, text, tokenizer_loads
@@ -97,13 +99,16 @@ def checked_params(name: str, params: Any) -> dict[str, Any]:
     default of each one left out; a wrong one raises naming it, before anything is
     made."""
     checked(name, params, {
-        "groups": integer(1, optional=False, required=True),
-        "group_size": integer(1, optional=False, required=True),
-        "system_tokens": integer(1, optional=False, required=True),
+        "groups": integer(1, MAX_GROUPS, optional=False, required=True),
+        "group_size": integer(1, MAX_RECORDS, optional=False, required=True),
+        "system_tokens": integer(1, MAX_TOKENS, optional=False, required=True),
         "tokenizer": text(optional=False, required=True),
         "system_prompt": text(optional=False, required=True), "filler_file": text(),
         "seed": integer(optional=False, required=True), "order": one_of(ORDERS),
-        "output_tokens": integer(1), "into": one_of(("system", "text"))})
+        "output_tokens": integer(1, MAX_TOKENS), "into": one_of(("system", "text"))})
+    if params["groups"] * params["group_size"] > MAX_RECORDS:
+        raise PromptkitError(f"{name}: {params['groups']:,} groups of {params['group_size']:,} "
+                             f"are more than {MAX_RECORDS:,} records")
     tokenizer_loads(params["tokenizer"])
     filler_readable(params.get("filler_file"))
     defaults = {key: p.default for key, p in inspect.signature(prefix_test).parameters.items()}

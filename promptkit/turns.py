@@ -39,6 +39,7 @@ import orjson
 
 from .counts import counted
 from .formats.aiperf import turn_tools
+from .limits import MAX_TOKENS
 from .records import REPLY_ROLES, USER_ROLES, Message, Record, content_texts, is_empty
 from .steps import Step, Where, checked, integer, one_of, text, tokenizer_loads
 from .templates import TEMPLATES, Renderer, TemplateError, hf_template, request_tools
@@ -286,7 +287,7 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     checked("turns", params, {"mode": one_of(MODES, required=True),
                               "tokenizer": text(optional=False, required=True),
                               "chat_template": one_of(TEMPLATES[1:], optional=True),
-                              **{name: integer(1) for name in bounds}})
+                              **{name: integer(1, MAX_TOKENS) for name in bounds}})
     for low, high in (("min_prompt_tokens", "max_prompt_tokens"),
                       ("min_output_tokens", "max_output_tokens")):
         if params.get(low) is not None and params.get(high) is not None \

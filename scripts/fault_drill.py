@@ -53,6 +53,14 @@ Then it drills ``promptkit bench`` (with the tests' helpers: the real AIPerf of
 
 ``--section signals``, ``outputs`` or ``bench`` runs one of the three alone.
 
+Last, hostile sizes and shapes, under the same limit: decompression bombs (zstd, xz,
+gzip, bz2; JSON lines and CSV), ``/dev/zero`` and an 80 MB file read whole, numbers
+past their bounds (options and crafted manifests), inputs that gave tracebacks (lengths
+past 2**32 and 2**63, JSON 1,000 deep, a truncated parquet shard) and CSV shapes that
+gave wrong output; the peak memory of every bomb and device run is held under 500 MB
+(``wait4``). Then ``stats`` of one line of ``--long-mb`` MB (default 400) against as
+many bytes of short lines, under 8 GB: the time ratio.
+
 Prints one line a trial (and a case) and a summary; exits 1 if any check failed.
 Linux only (it reads /proc).
 """
@@ -61,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -70,6 +79,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -133,11 +143,15 @@ def main() -> int:
     parser.add_argument("--tokenizer", default="cl100k_base",
                         help="count tokens under it (slower runs); 'none' for none")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--section", choices=["all", "signals", "outputs", "bench"],
+    parser.add_argument("--section", choices=["all", "signals", "outputs", "bench", "bounds"],
                         default="all", help="the signal trials on nonce, the hostile outputs "
-                        "and manifests, the bench drill, or all three (the default)")
+                        "and manifests, the bench drill, hostile sizes and shapes, or all "
+                        "four (the default)")
     parser.add_argument("--bench-secrets", type=int, default=3,
                         help="random secrets put in every place (bench section)")
+    parser.add_argument("--long-mb", type=int, default=400,
+                        help="the long line timed against as many bytes of short lines "
+                        "(bounds section)")
     args = parser.parse_args()
     failures: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="pk-fault-drill-"))
@@ -149,6 +163,8 @@ def main() -> int:
             failures += outputs_drill(work)
         if args.section in ("all", "bench"):
             failures += bench_drill(work / "bench", args)
+        if args.section in ("all", "bounds"):
+            failures += bounds_drill(work, args.long_mb)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -537,6 +553,29 @@ NO_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
 SECRET = '{"text": "top secret, not to be read"}\n'
 
 
+def measured(command: list[str], cwd: Path, env: dict[str, str]
+             ) -> tuple[int, str, str, float, float]:
+    """Run ``command``: its exit code, stdout, stderr, peak resident memory in MB (its
+    largest process, ``wait4``: ``prlimit`` runs the command in its own process) and
+    seconds; killed after 300 s."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        timer = threading.Timer(300, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - start
+        out.seek(0)
+        err.seek(0)
+        return (proc.returncode, out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"), usage.ru_maxrss / 1024, seconds)
+
+
 def node_state(path: Path) -> tuple[int, int, int]:
     st = os.stat(path)
     return st.st_ino, st.st_mode, st.st_rdev
@@ -569,6 +608,7 @@ class OutputsTally:
         self.cases = 0
         self.counts: Counter[str] = Counter()
         self.failures: list[str] = []
+        self.peaks: list[tuple[str, float, float]] = []  # (case, MB, seconds) when bounded
 
     def env(self, tmp: Path, **more: str | None) -> dict[str, str]:
         env = {**os.environ, "TMPDIR": str(tmp),
@@ -578,23 +618,31 @@ class OutputsTally:
     def run(self, name: str, args: list[str | Path], folder: Path, *, code: int = 1,
             nodes: tuple[Path, ...] = (), new: set[str] | frozenset[str] = frozenset(),
             secret: str | None = None, prefix: list[str] | None = None,
-            env: dict[str, str | None] | None = None, then: set[str] | None = None) -> None:
+            env: dict[str, str | None] | None = None, then: set[str] | None = None,
+            max_mb: float | None = None) -> float:
         """``promptkit ARGS`` in ``folder`` with a private TMPDIR: exit ``code`` (1: with
         exactly one line on stderr), no traceback, every node in ``nodes`` the same node,
         nothing in ``folder`` but what was there (or ``then``) and ``new``, nothing in
-        TMPDIR, ``secret`` nowhere."""
+        TMPDIR, ``secret`` nowhere, a peak resident memory under ``max_mb`` (when given).
+        Returns the peak, in MB."""
         tmp = folder / ".drill-tmp"
         tmp.mkdir()
         before = {p: node_state(p) for p in nodes}
         listed = (set(os.listdir(folder)) - {tmp.name}) if then is None else then
-        done = subprocess.run([*(prefix or []), *LIMIT, *PROMPTKIT, *map(str, args)],
-                              cwd=folder, env=self.env(tmp, **(env or {})),
-                              capture_output=True, text=True, timeout=300)
-        problems = self.look(done.returncode, done.stdout, done.stderr, code, secret)
+        code_, stdout, stderr, peak, seconds = measured(
+            [*(prefix or []), *LIMIT, *PROMPTKIT, *map(str, args)], folder,
+            self.env(tmp, **(env or {})))
+        problems = self.look(code_, stdout, stderr, code, secret)
+        if max_mb is not None:
+            self.peaks.append((name, peak, seconds))
+            if peak >= max_mb:
+                self.counts[f"over {max_mb:.0f} MB"] += 1
+                problems.append(f"peak {peak:.0f} MB")
         if any(not os.path.lexists(p) or node_state(p) != state for p, state in before.items()):
             self.counts["replaced devices"] += 1
             problems.append("a node was replaced")
         self.finish(name, folder, tmp, listed | set(new), problems)
+        return peak
 
     def look(self, returncode: int, stdout: str, stderr: str, code: int,
              secret: str | None) -> list[str]:
@@ -815,6 +863,215 @@ def _closed_stdout(tally: OutputsTally, base: Path, big: Path, workers: str,
         problems.append(f"stderr: {err[-200:]!r}")
     tally.finish(" ".join(["nonce big -", *manifest, "--workers", workers, "| head -1"]), base,
                  tmp, listed, problems)
+
+
+# ---------------------------------------------------------------- hostile sizes and shapes
+
+#: The most memory a run on a bomb, a device or a bounded line may take.
+BOMB_MB = 500
+MB = 1 << 20
+
+
+def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
+    """A file of one compressed stream of ``body`` (each ``(bytes, times)``): a few
+    kilobytes that decompress to hundreds of megabytes."""
+    import bz2
+    import lzma
+    import zlib
+
+    import zstandard
+
+    compressor = {"zstd": lambda: zstandard.ZstdCompressor(level=3).compressobj(),
+                  "bz2": lambda: bz2.BZ2Compressor(9), "xz": lambda: lzma.LZMACompressor(),
+                  "gzip": lambda: zlib.compressobj(9, wbits=31)}[codec]()
+    with path.open("wb") as f:
+        for data, times in body:
+            for _ in range(times):
+                f.write(compressor.compress(data))
+        f.write(compressor.flush())
+    return path
+
+
+def bounds_drill(work: Path, long_mb: int) -> list[str]:
+    """Decompression bombs (JSON lines and CSV), devices and huge files read whole,
+    numbers past their bounds, inputs that once gave tracebacks and CSV shapes that once
+    gave wrong output, each under the memory limit, with every bomb's and device's peak
+    memory held under :data:`BOMB_MB`; then the time of one long line against as many
+    bytes of short lines. Prints a line a case, the peaks and the totals; returns the
+    failures."""
+    print(f"\nhostile sizes and shapes (each run under {' '.join(LIMIT)}; bombs and devices "
+          f"under {BOMB_MB} MB):", flush=True)
+    base = work / "bounds"
+    base.mkdir()
+    tally = OutputsTally(work)
+    record = (json.dumps({"text": "the quick brown fox jumps over the lazy dog " * 45}) + "\n"
+              ).encode()
+    records_mb = record * (MB // len(record))
+    for codec in ("zstd", "xz", "gzip"):
+        bomb(base / f"records.jsonl.{codec}", codec, [(records_mb, 300)])
+    bomb(base / "blank.jsonl.bz2", "bz2", [(record, 1), (b"\n" * MB, 600), (record, 1)])
+    bomb(base / "spaces.jsonl.zst", "zstd", [(b'{"text": "x"}\n{"text": "', 1),
+                                            (b" " * MB, 408), (b'"}\n', 1)])
+    row = b"the quick brown fox " * 3200 + b",12\n"
+    bomb(base / "rows.csv.zst", "zstd", [(b"prompt,n\n", 1), (row, 10_000)])
+    bomb(base / "quote.csv.zst", "zstd", [(b'prompt,n\nfirst,1\n"', 1),
+                                         (b"a" * 1023 + b"\n", 70 * 1024), (b'",2\n', 1)])
+    bomb(base / "noline.csv.zst", "zstd", [(b"prompt,n\nfirst,1\n", 1), (b"a" * MB, 500)])
+    (base / "in.jsonl").write_text("".join(
+        json.dumps({"text": f"Tell me about item {i}, please."}) + "\n" for i in range(20)))
+    with (base / "big-filler.txt").open("wb") as f:
+        for _ in range(80):
+            f.write(b"lorem ipsum " * (MB // 12))
+    (base / "zero.env").write_text("MODEL=m\nURL=http://127.0.0.1:9\nINPUT_FILE=/dev/zero\n")
+    setup = {"cwd": base, "env": tally.env(work / "tmp"), "check": True, "capture_output": True}
+    subprocess.run([*PROMPTKIT, "nonce", "in.jsonl", "made.jsonl", "--seed", "1"], **setup)
+    subprocess.run([*PROMPTKIT, "fit", "in.jsonl", "fit.jsonl", "--tokens", "40", "--tokenizer",
+                    "cl100k_base", "--seed", "1"], **setup)
+    tok = ["--tokenizer", "cl100k_base"]
+    pad = ["pad", "in.jsonl", "o.jsonl", "--tokens", "64", *tok, "--to", "openai"]
+    out_new = {"o.jsonl", "o.jsonl.manifest.json"}
+
+    def case(name: str, args: list[str], code: int = 1, bounded: bool = True,
+             new: set[str] | frozenset[str] = frozenset()) -> None:
+        tally.run(name, args, base, code=code, new=new, max_mb=BOMB_MB if bounded else None)
+        for made in new:
+            (base / made).unlink(missing_ok=True)
+
+    # Bombs: read through, or one line, in bounded memory.
+    for codec in ("zstd", "xz", "gzip"):
+        case(f"{codec} bomb (300 MB of records), stats", ["stats", f"records.jsonl.{codec}",
+                                                           "--json"], code=0)
+    case("zstd bomb, nonce --workers 2", ["nonce", "records.jsonl.zstd", "o.jsonl", "--workers",
+                                          "2", "--seed", "1"], code=0, new=out_new)
+    case("bz2 bomb (600 MB of blank lines), stats", ["stats", "blank.jsonl.bz2"], code=0)
+    case("zstd bomb, a line over 400 MiB", ["stats", "spaces.jsonl.zst"])
+    case("csv.zst bomb (640 MB of rows), stats", ["stats", "rows.csv.zst", "--json"], code=0)
+    case("csv.zst bomb, nonce", ["nonce", "rows.csv.zst", "o.jsonl", "--seed", "1"], code=0,
+         new=out_new)
+    case("csv.zst bomb, a quote never closed", ["stats", "quote.csv.zst"])
+    case("csv.zst bomb, no line end", ["stats", "noline.csv.zst"])
+    # Files read whole: a device, or a file past the bound.
+    case("verify --manifest /dev/zero", ["verify", "made.jsonl", "--manifest", "/dev/zero"])
+    case("rebuild /dev/zero", ["rebuild", "/dev/zero", "o.jsonl"])
+    case("pad --filler-file /dev/zero", [*pad, "--system-prompt", "Hi.", "--filler-file",
+                                         "/dev/zero"])
+    case("pad --system-prompt-file /dev/zero", [*pad, "--system-prompt-file", "/dev/zero"])
+    case("pad --filler-file of 80 MB", [*pad, "--system-prompt", "Hi.", "--filler-file",
+                                        "big-filler.txt"])
+    case("bench INPUT_FILE=/dev/zero", ["bench", "--dry-run", "--env-file", "zero.env"])
+    # Numbers past their bounds: a usage error (2), or one line from a crafted manifest.
+    huge = str(2**64)
+    case("fit --tokens 2**64", ["fit", "in.jsonl", "o.jsonl", "--tokens", huge, *tok], code=2)
+    case("pad --tokens 2**64", [*pad[:4], huge, *pad[5:], "--system-prompt", "Hi."], code=2)
+    case("nonce --copies 2**64", ["nonce", "in.jsonl", "o.jsonl", "--copies", huge], code=2)
+    fitted = json.loads((base / "fit.jsonl.manifest.json").read_text())
+    fitted["steps"][0]["params"]["tokens"] = 2**64
+    (base / "crafted.json").write_text(json.dumps(fitted))
+    case("rebuild, a manifest's fit tokens 2**64", ["rebuild", "crafted.json", "o.jsonl"])
+    copied = json.loads((base / "made.jsonl.manifest.json").read_text())
+    copied["steps"][0]["params"]["copies"] = 2**64
+    (base / "crafted.json").write_text(json.dumps(copied))
+    case("rebuild, a manifest's copies 2**64", ["rebuild", "crafted.json", "o.jsonl"])
+    # What gave tracebacks.
+    inputs = {
+        "wide.jsonl": '{"input_length": 4294967296, "output_length": 5}',
+        "wider.jsonl": '{"input_length": 9223372036854775808, "output_length": 5, '
+                       '"hash_ids": [1]}',
+        "deep.jsonl": '{"text": "hi", "meta": ' + "[" * 1000 + "]" * 1000 + "}",
+        "deep500.jsonl": '{"text": "hi", "meta": ' + '{"a":' * 500 + "1" + "}" * 500 + "}",
+    }
+    for name, line in inputs.items():
+        (base / name).write_text(line + "\n")
+    case("stats, input_length 2**32", ["stats", "wide.jsonl"], bounded=False)
+    case("check, input_length 2**63 with hash_ids", ["check", "wider.jsonl"], bounded=False)
+    for command in (["nonce", "deep.jsonl", "-"], ["stats", "deep.jsonl"],
+                    ["turns", *tok, "deep.jsonl", "-"]):
+        case(f"{command[0]}, JSON 1,000 deep", command, bounded=False)
+    case("nonce --at salt, JSON 500 deep", ["nonce", "--at", "salt", "deep500.jsonl", "-"],
+         bounded=False)
+    shards = base / "parquet"
+    shards.mkdir()
+    subprocess.run([*PROMPTKIT, "nonce", "in.jsonl", "parquet/a.parquet", "--to", "parquet",
+                    "--manifest", "a.manifest.json"], **setup)
+    (base / "a.manifest.json").unlink()
+    whole = (shards / "a.parquet").read_bytes()
+    (shards / "b.parquet").write_bytes(whole[:len(whole) // 2])
+    case("a truncated parquet shard", ["stats", "parquet"], bounded=False)
+    # CSV shapes that gave wrong output or many lines.
+    azure = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+    csvs = {
+        "shifted.csv": azure + "2023-11-16 18:15:46,5,38,1\n",
+        "big.csv": azure + "2023-11-16 18:15:47.0,3,1e308\n",
+        "trailing.csv": azure.replace("\n", ",\n").replace("GeneratedTokens,", "GeneratedTokens"),
+        "quote.csv": azure + '2023-11-16 18:15:47.0,"3,10\n',
+    }
+    for name, text in csvs.items():
+        (base / name).write_text(text)
+    (base / "trace.csv.gz").write_bytes(gzip.compress(azure.encode()))
+    case("CSV, a row of 4 fields under 3", ["pipe", "read", "shifted.csv", "write", "-"],
+         bounded=False)
+    case("CSV, a row of 4 fields, --skip-invalid", ["pipe", "read", "--skip-invalid",
+                                                    "shifted.csv", "write", "-"], code=0,
+         bounded=False)
+    case("CSV, a length of 1e308", ["pipe", "read", "big.csv", "write", "-"], bounded=False)
+    case("CSV, trailing commas", ["pipe", "read", "trailing.csv", "write", "-"], code=0,
+         bounded=False)
+    case("CSV, gzip", ["pipe", "read", "trace.csv.gz", "write", "-"], code=0, bounded=False)
+    case("CSV, a quote never closed", ["pipe", "read", "quote.csv", "write", "-"],
+         bounded=False)
+
+    print("peak memory (MB) and seconds of the bounded cases:")
+    for name, peak, seconds in tally.peaks:
+        print(f"  {peak:6.0f} MB {seconds:6.1f} s  {name}")
+    ratio = _long_line_ratio(tally, base, long_mb)
+    summary = ", ".join(f"{tally.counts[k]} {k}" for k in
+                        ("tracebacks", "leftovers", f"over {BOMB_MB} MB"))
+    print(f"{tally.cases} cases: {summary}; {len(tally.failures)} failed; long line / short "
+          f"lines: {ratio:.2f}x")
+    for failure in tally.failures:
+        print("  " + failure)
+    return tally.failures
+
+
+#: The long line's runs: parsing 400 MB of JSON at once takes more address space than
+#: :data:`LIMIT` (what ``scripts/bench_long_line.py`` gives it).
+LONG_LIMIT = ["prlimit", f"--as={8 << 30}"]
+
+
+def _long_line_ratio(tally: OutputsTally, base: Path, megabytes: int) -> float:
+    """``stats`` of one record of ``megabytes`` MB against as many bytes of records of
+    about a kilobyte (the best of two runs each, under :data:`LONG_LIMIT`): their time
+    ratio (a long line joined again chunk by chunk cost time quadratic in its length)."""
+    size = megabytes * 1_000_000
+    words = b"the quick brown fox jumps over the lazy dog "
+    long, short = base / "long.jsonl", base / "short.jsonl"
+    with long.open("wb") as f:
+        f.write(b'{"text": "')
+        for _ in range((size - 13) // len(words)):
+            f.write(words)
+        f.write(b'"}\n')
+    one = json.dumps({"text": (words * 22).decode()}).encode() + b"\n"
+    with short.open("wb") as f:
+        for _ in range(size // len(one)):
+            f.write(one)
+    seconds: dict[str, float] = {}
+    for path in (long, short):
+        best = []
+        for _ in range(2):
+            tmp = base / ".drill-tmp"
+            tmp.mkdir()
+            code, _, err, peak, took = measured([*LONG_LIMIT, *PROMPTKIT, "stats", path.name],
+                                                base, tally.env(tmp))
+            shutil.rmtree(tmp)
+            if code != 0 or "Traceback" in err:
+                tally.failures.append(f"stats {path.name}: exit {code}: {err.strip()[-200:]!r}")
+            best.append(took)
+        seconds[path.name] = min(best)
+        print(f"  stats {path.name} ({path.stat().st_size / 1e6:.0f} MB): {min(best):.1f} s, "
+              f"peak {peak:.0f} MB", flush=True)
+    long.unlink()
+    short.unlink()
+    return seconds["long.jsonl"] / seconds["short.jsonl"]
 
 
 if __name__ == "__main__":

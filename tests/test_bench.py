@@ -1016,3 +1016,11 @@ def test_the_record_on_disk_hides_an_api_key() -> None:
     assert bench.redacted(["aiperf", "profile", "--api-key", "sk-1", "--api-key=sk-2",
                            "--model", "m"]) == [
         "aiperf", "profile", "--api-key", "***", "--api-key=***", "--model", "m"]
+
+
+def test_an_env_file_that_is_a_device_is_one_line(tmp_path: Path, aiperf_tmpdir: Path) -> None:
+    """--env-file /dev/zero is refused as a device (exit 2), not read until memory runs
+    out nor called missing."""
+    result = run_bench(tmp_path, aiperf_tmpdir, Path("/dev/zero"), "--dry-run")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2, "", "promptkit: /dev/zero: is a character device, not a .env file\n")

@@ -180,8 +180,8 @@ def test_redaction_leaves_other_arguments_alone() -> None:
 
 # ---------------------------------------------------------------- usage errors: exit 2
 
-FIT_ACCEPTS = ("(it takes a whole number N >= 1, a range LOW,HIGH with 1 <= LOW <= HIGH, or "
-               "a column name)")
+FIT_ACCEPTS = ("(it takes a whole number N from 1 to 16,777,216, a range LOW,HIGH with "
+               "1 <= LOW <= HIGH within it, or a column name)")
 
 NEEDS_TOKENIZER = ("text records need --tokenizer (what the server tokenizes with): a "
                    "tiktoken encoding (cl100k_base), a tokenizer folder or tokenizer.json "
@@ -204,11 +204,11 @@ NEEDS_TOKENIZER = ("text records need --tokenizer (what the server tokenizes wit
     (["pad", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "abc"],
      "Invalid value for '--tokens': 'abc' is not a valid integer range."),
     (["pad", "IN", "OUT", "--tokenizer", "cl100k_base", "--tokens", "0"],
-     "Invalid value for '--tokens': 0 is not in the range x>=1."),
+     "Invalid value for '--tokens': 0 is not in the range 1<=x<=16777216."),
     (["check", "IN", "--tokenizer", "cl100k_base", "--block-size", "0"],
-     "Invalid value for '--block-size': 0 is not in the range x>=1."),
+     "Invalid value for '--block-size': 0 is not in the range 1<=x<=16777216."),
     (["hash-trace", "IN", "OUT", "--tokenizer", "cl100k_base", "--block-size", "0"],
-     "Invalid value for '--block-size': 0 is not in the range x>=1."),
+     "Invalid value for '--block-size': 0 is not in the range 1<=x<=16777216."),
     (["check", "IN"], NEEDS_TOKENIZER),
     (["check", "IN", "--workers", "2"], NEEDS_TOKENIZER),
     (["pipe", "read", "IN", "check", "write", "OUT"], NEEDS_TOKENIZER),

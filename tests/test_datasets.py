@@ -198,7 +198,7 @@ def test_a_broken_data_file_is_one_line(tmp_path, run):
     path.write_text('prompt,n\n"p0,1\n')
     result = run("nonce", path, tmp_path / "out.jsonl")
     assert result.exit_code == 1
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"promptkit: {path}: ")
+    assert result.stderr == f"promptkit: {path}:1: not CSV: unexpected end of data\n"
     assert not (tmp_path / "out.jsonl").exists()
 
 

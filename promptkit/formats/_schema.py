@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConversionError, InvalidRecordError
+from ..limits import MAX_TOKENS
 from ..records import Record
 
 NUMBER = (int, float)
@@ -66,5 +67,7 @@ def check_turn_fields(obj: dict[str, Any]) -> None:
     length = obj.get("output_length")
     if length is not None and length <= 0:
         raise bad("'output_length' must be positive")
+    if length is not None and length > MAX_TOKENS:
+        raise bad(f"'output_length' is {length}, more than {MAX_TOKENS:,} tokens")
     if obj.get("timestamp") and obj.get("delay"):
         raise bad("'timestamp' and 'delay' cannot both be set")

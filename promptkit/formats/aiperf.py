@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..limits import MAX_TOKENS
 from ..records import USER_ROLES, Message, Record, content_texts
 from ._schema import (
     bad,
@@ -421,6 +422,8 @@ def parse_mooncake(obj: dict[str, Any]) -> Record:
         length = get("input_length")
         if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
             raise bad("'input_length' must be a positive integer")
+        if length > MAX_TOKENS:
+            raise bad(f"'input_length' is {length}, more than {MAX_TOKENS:,} tokens")
         if hash_ids is not None and (
             not isinstance(hash_ids, list)
             or not all(isinstance(h, int) and not isinstance(h, bool) for h in hash_ids)

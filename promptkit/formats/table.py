@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadOptionError, InvalidRecordError, PromptkitError
+from ..limits import MAX_TOKENS
 from ..records import Message, Record
 from ._schema import no_place
 from .aiperf import parse_messages
@@ -361,17 +362,21 @@ def _length(row: dict[str, Any], column: str) -> int:
 
 
 def _length_of(value: Any, column: str) -> int:
-    """:func:`_length` of a cell's ``value``."""
-    number: int | None = None
+    """:func:`_length` of a cell's ``value``: at most :data:`~promptkit.limits.MAX_TOKENS`
+    (``1e308`` is no length, though a float of it is whole)."""
+    number: int | float | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, float) and value.is_integer():
-        number = int(value)
+        number = value if value > MAX_TOKENS else int(value)
     elif isinstance(value, str) and (whole := _INTEGER.fullmatch(value.strip())):
         number = int(whole[1])
-    if number is not None and number >= 1:
-        return number
-    raise InvalidRecordError(f"column {column!r} is {_shown(value)}, not a positive integer")
+    if number is None or number < 1:
+        raise InvalidRecordError(f"column {column!r} is {_shown(value)}, not a positive integer")
+    if number > MAX_TOKENS:
+        raise InvalidRecordError(f"column {column!r} is {number}, more than {MAX_TOKENS:,} "
+                                 "tokens")
+    return int(number)
 
 
 _INTEGER = re.compile(r"\+?(\d+)(?:\.0*)?")
@@ -467,11 +472,16 @@ def _from_own_row(row: dict[str, Any]) -> Record:
         session_id=row.get("session_id"),
         timestamp=_number(row.get("timestamp")),
         delay=_number(row.get("delay")),
-        output_length=row.get("output_length"),
-        input_length=row.get("input_length"),
+        output_length=_own_length(row, "output_length"),
+        input_length=_own_length(row, "input_length"),
         hash_ids=row.get("hash_ids"),
         extra=orjson.loads(extra) if extra is not None else None,
     )
+
+
+def _own_length(row: dict[str, Any], column: str) -> int | None:
+    value = row.get(column)
+    return None if value is None else _length_of(value, column)
 
 
 def _text(row: dict[str, Any], column: str) -> str:
