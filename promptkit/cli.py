@@ -785,8 +785,12 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
                      help="vllm: full blocks, chained hashes; sglang: token-level radix."),
         click.option("--block-size", type=click.IntRange(min=1), metavar="N",
-                     help="Tokens a block [default: 16; for hash-id traces the manifest's AIPerf "
-                          "--prompt-input-tokens-block-size, else 512]."),
+                     help="Tokens a block of the server's cache [default: 16; for hash-id "
+                          "traces the tokens a hash id stands for]."),
+        click.option("--hash-block-size", type=click.IntRange(min=1), metavar="N",
+                     help="Tokens AIPerf makes of a hash id (its --isl-block-size) [default: "
+                          "the manifest's, else 16 for bailian_trace, 512 for "
+                          "mooncake_trace]."),
         click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Cache size in tokens, LRU eviction (default: unbounded)."),
         click.option("--num-gpu-blocks", type=click.IntRange(min=2), metavar="N",
@@ -821,7 +825,8 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def check_params(tokenizer: str | None, chat_template: str, engine: str,
-                 block_size: int | None, capacity_tokens: int | None,
+                 block_size: int | None, hash_block_size: int | None,
+                 capacity_tokens: int | None,
                  num_gpu_blocks: int | None, requests: int | None, warmup: int,
                  fixed_schedule: bool | None, system_prompt_file: str | None,
                  reply_tokens: int | None, max_total_hit_rate: float | None
@@ -837,7 +842,7 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
             raise click.UsageError("give --capacity-tokens or --num-gpu-blocks, not both")
         if engine != "vllm":
             raise click.UsageError("--num-gpu-blocks is vLLM's block count (--engine vllm)")
-    for key, value in (("num_gpu_blocks", num_gpu_blocks),
+    for key, value in (("num_gpu_blocks", num_gpu_blocks), ("hash_block_size", hash_block_size),
                        ("fixed_schedule", fixed_schedule),
                        ("system_prompt_file", system_prompt_file),
                        ("max_total_hit_rate", max_total_hit_rate)):
@@ -986,7 +991,7 @@ def print_check(s: dict[str, Any]) -> None:
         flag, value = applied["applied"]
         shown = value if flag.endswith("-file") else f"({len(value)} characters)"
         click.echo(f"  AIPerf arguments       {flag} {shown} (from the {applied['source']})")
-    for key in ("warning", "warning_salts", "warning_tools"):
+    for key in ("warning", "warning_salts", "warning_tools", "warning_history"):
         if key in s:
             click.echo(f"promptkit: warning: {s[key]}", err=True)
     if applied.get("note"):

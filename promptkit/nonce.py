@@ -272,6 +272,8 @@ class NonceState(Skipping):
     #: Sessions whose user turn has a nonce.
     user_done: Sessions = field(default_factory=Sessions)
     salts: dict[str, str] = field(default_factory=dict)
+    #: A hash-id session's fresh first ids: (session, the first id it replaces) -> fresh.
+    first_ids: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Sessions whose first line (as this state saw it) was left out: a chunk run on its
     #: own may have left out a line that continued a conversation begun earlier.
     left_out: set[str] = field(default_factory=set)
@@ -308,6 +310,7 @@ class NonceState(Skipping):
         self.started |= later.started
         self.user_done |= later.user_done
         self.salts.update(later.salts)
+        self.first_ids.update(later.first_ids)
         self.tokenizer = self.tokenizer or later.tokenizer
         self.tokens_before.extend(later.tokens_before)
         self.tools += later.tools
@@ -327,6 +330,8 @@ class NonceState(Skipping):
                 self.started.discard(session)
                 self.user_done.discard(session)
                 self.salts.pop(session, None)
+                for key in [k for k in self.first_ids if k[0] == session]:
+                    del self.first_ids[key]
 
     def report(self) -> dict[str, Any]:
         """What the manifest records beside the step's parameters: with a tokenizer, the
@@ -410,8 +415,9 @@ def add_nonces(
     - ``at="salt"``: no text change; a unique ``cache_salt`` in the request ``extra``.
 
     Records without text (``input_length``/``hash_ids``) get a fresh, unique first
-    hash id instead. Records continuing a conversation (a later line with a
-    ``session_id`` seen before) keep the nonce of the conversation's first line.
+    hash id instead, one a session (see :func:`first_id`). Records continuing a
+    conversation (a later line with a ``session_id`` seen before) keep the nonce of the
+    conversation's first line.
     Record ``i`` (its ``index``, the line number less one for a file; else its
     position counted from ``first_index``) gets the nonces of indices
     ``i * copies + c``. So a shard of records gets the same nonces as a sequential
@@ -482,7 +488,7 @@ def _nonced(
     if copies == 1 and at == "start":  # the common case, kept lean
         for position, record in enumerate(records, start=first_index):
             session = record.session_id
-            if session is not None and session in started:
+            if session is not None and session in started and record.messages:
                 yield record
                 continue
             index = record.index if record.index is not None else position
@@ -499,7 +505,7 @@ def _nonced(
                     state.after_tools += message.role != "system"
             else:
                 try:
-                    _nonce_hash_ids(record, maker, index, at)
+                    _nonce_hash_ids(record, maker, index, at, state)
                 except InvalidRecordError as exc:
                     state.reject(exc)
                     continue
@@ -552,7 +558,7 @@ def _nonce_copies(batch: list[Record], base: int, copies: int, at: str,
                 salt = salts[session] = make(index)
             record.extra = {**(record.extra or {}), "cache_salt": salt}
         elif not record.messages:
-            _nonce_hash_ids(record, maker, index, at)
+            _nonce_hash_ids(record, maker, index, at, state)
         elif at == "start":
             if not continuing:
                 message = record.messages[0]
@@ -738,22 +744,38 @@ def _first_user(record: Record, *, required: bool) -> Message | None:
     return None
 
 
-def _nonce_hash_ids(record: Record, maker: NonceMaker, index: int, at: str) -> None:
+def _nonce_hash_ids(record: Record, maker: NonceMaker, index: int, at: str,
+                    state: NonceState) -> None:
     if at not in ("start", "every-turn"):
         raise InvalidRecordError(
             f"a record with only input_length/hash_ids has no {at} message; "
             "use --at start (a fresh first hash id) or --at salt",
             lineno=record.lineno,
         )
-    fresh = maker.first_hash_id(index)
     ids = record.hash_ids
     if not ids:
-        record.hash_ids = [fresh]  # AIPerf then synthesizes a unique first block
+        record.hash_ids = [maker.first_hash_id(index)]  # AIPerf then synthesizes a unique block
         return
     if max(ids) >= HASH_ID_BASE:
         raise InvalidRecordError(f"hash ids of {HASH_ID_BASE} or more are not supported",
                                  lineno=record.lineno)
-    record.hash_ids = [fresh, *ids[1:]]
+    record.hash_ids = [first_id(state, maker, record.session_id, ids[0], index), *ids[1:]]
+
+
+def first_id(state: NonceState, maker: NonceMaker, session: str | None, first: int,
+             index: int) -> int:
+    """The fresh first hash id of record ``index``, whose first id is ``first``: its own
+    (a record with no session), else its session's: every line of a session whose ids
+    begin with ``first`` gets the one made for the first of them, so the session's turns
+    still share their history's blocks, and no other session shares any (a line of it
+    beginning with another id gets another: a hash id is one block of one size)."""
+    if session is None:
+        return maker.first_hash_id(index)
+    key = (session, first)
+    fresh = state.first_ids.get(key)
+    if fresh is None:
+        fresh = state.first_ids[key] = maker.first_hash_id(index)
+    return fresh
 
 
 def copy_record(record: Record) -> Record:

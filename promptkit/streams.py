@@ -601,6 +601,7 @@ def parse_lines(
     loads = orjson.loads
     key_ends = KEY_ENDS
     shift = base - 1
+    link = fmt.linker() if fmt.linker is not None else None
     for first, lines in batches:
         lineno = first - 1
         for line in lines:
@@ -635,6 +636,12 @@ def parse_lines(
                     continue
             record.lineno = lineno + base
             record.index = lineno + shift
+            if link is not None:
+                try:
+                    link(record)
+                except InvalidRecordError as exc:
+                    on_invalid(type(exc)(f"{fmt.name}: {exc.problem}", name, lineno))
+                    continue
             counter.count += 1
             yield record
 
@@ -650,20 +657,23 @@ def parse_objects(
     """Records of ``(item number, value)`` pairs (the items of a JSON array), as
     :func:`parse_lines` makes them of lines: the item number stands for the line."""
     parse = fmt.parse
+    link = fmt.linker() if fmt.linker is not None else None
     for number, obj in items:
         try:
             if obj.__class__ is not dict:
                 raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}",
                                          name, number)
             record = parse(obj)
+            record.lineno = number + base
+            record.index = number + base - 1
+            if link is not None:
+                link(record)
         except InvalidRecordError as exc:
             on_invalid(
                 type(exc)(f"{fmt.name}: {exc.problem}", name, number)
                 if exc.lineno is None else exc
             )
             continue
-        record.lineno = number + base
-        record.index = number + base - 1
         counter.count += 1
         yield record
 
