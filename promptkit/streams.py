@@ -32,6 +32,7 @@ from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
 from .formats import Format, default_output, detect_many, get_format, writer
+from .formats.payloads import session_payloads
 from .records import Record
 
 if TYPE_CHECKING:
@@ -105,13 +106,22 @@ class Source(Counter):
         try:
             first, chunks = _first_byte(self._content())
             self._items: Iterator[Any]
-            if first == b"[":
+            document = False
+            if first == b"{":
+                document, chunks = _data_list(chunks)
+            if first == b"[" or document:
                 self.layout = "array"
-                self._items = array_items(chunks, self.name)
+                items = array_items(chunks, self.name, closing="}" if document else "")
+                self._items = inputs_json_items(items, self.name) if document else items
             else:
                 self._items = self._counted(_line_batches(chunks))
+            if fmt == "inputs_json" and not document:
+                raise PromptkitError(f"{self.name}: --from inputs_json: not an inputs.json "
+                                     'document ({"data": [{"session_id": ..., "payloads": '
+                                     "[...]}]}, as AIPerf writes it)")
             self._head = self._first_objects()
             self.format: Format = (get_format(fmt) if fmt
+                                   else get_format("inputs_json") if document
                                    # No records: any format reads none of them.
                                    else get_format("openai") if allow_empty and not self._head
                                    else self._detect())
@@ -343,6 +353,51 @@ def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield from chunks
 
 
+#: The start of an AIPerf ``inputs.json``: one object whose first key is ``data``, a list.
+_DATA_LIST = re.compile(rb'\s*\{\s*"data"\s*:\s*(?=\[)')
+
+
+def is_inputs_json(head: bytes) -> bool:
+    """Whether text beginning with ``head`` (its first 64 bytes, or all) is an AIPerf
+    ``inputs.json`` document."""
+    return _DATA_LIST.match(head) is not None
+
+
+def _data_list(chunks: Iterator[bytes]) -> tuple[bool, Iterator[bytes]]:
+    """Whether the text is an ``inputs.json`` document (see :data:`_DATA_LIST`); if so,
+    the chunks from the opening bracket of its ``data`` list, else all of them."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= 64:
+            break
+    found = _DATA_LIST.match(head)
+    if found is None:
+        return False, _chained(head, chunks)
+    return True, _chained(head[found.end():], chunks)
+
+
+def inputs_json_items(sessions: Iterator[tuple[int, Any]], name: str
+                      ) -> Iterator[tuple[int, Any]]:
+    """The request bodies of an ``inputs.json``'s sessions (``data``'s items), each as
+    ``{"session_id": ..., "payload": body}``, numbered one by one in the file's order."""
+    seen: set[str] = set()
+    number = 0
+    for at, item in sessions:
+        try:
+            bodies = session_payloads(item, at - 1)
+        except InvalidRecordError as exc:
+            raise InvalidRecordError(f"inputs_json: {exc.problem}", name, number + 1) from None
+        if bodies[0]["session_id"] in seen:
+            raise InvalidRecordError(
+                f"inputs_json: data[{at - 1}]: session_id {bodies[0]['session_id']!r} again "
+                "(AIPerf refuses the file)", name, number + 1)
+        seen.add(bodies[0]["session_id"])
+        for body in bodies:
+            number += 1
+            yield number, body
+
+
 def _first_byte(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
     """The first byte that is not white space (``b""`` if none), and all the chunks."""
     seen = []
@@ -392,10 +447,12 @@ def exact_loads(line: bytes) -> Any:
     return _EXACT.decode(line.decode("utf-8"))
 
 
-def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]:
+def array_items(chunks: Iterator[bytes], name: str, closing: str = ""
+                ) -> Iterator[tuple[int, Any]]:
     """``(item number, value)`` of each item of the JSON array in ``chunks``, read a
     piece at a time (flat memory), with the standard library's C scanner (exact for
-    integers beyond 64 bits). Syntax errors name the item being read."""
+    integers beyond 64 bits). Syntax errors name the item being read. ``closing``: what
+    closes the text after the array (the ``}`` of an object holding it)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     scan = _EXACT.raw_decode
     text = ""
@@ -486,8 +543,13 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         after_item = True
         empty = False
         yield number, value
+    for char in closing:
+        if skip_space() != char:
+            raise ends_early(f"expected {char!r} after the end of the JSON array")
+        pos += 1
     if skip_space() or broken:
-        raise ends_early("more data after the end of the JSON array")
+        raise ends_early("more data after the end of the JSON " + (
+            "document" if closing else "array"))
 
 
 def json_problem(exc: orjson.JSONDecodeError, line: bytes) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConversionError, FormatUnknownError, InvalidRecordError
 from ..records import Record, ends_with_reply
-from . import accept, aiperf, bailian, chat, table
+from . import accept, aiperf, bailian, chat, payloads, table
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,12 @@ FORMATS: dict[str, Format] = {
                dumper=bailian.Numbering),
         Format("openai", chat.parse_openai, chat.dump_openai, "mooncake_trace",
                "OpenAI chat JSONL: {\"messages\": [...], ...request fields}", True),
+        Format("raw_payload", payloads.parse_raw_payload, payloads.dump_raw_payload,
+               "raw_payload", "AIPerf raw_payload: a whole request body a line, sent as it "
+               "is (name it with --from raw_payload)", True),
+        Format("inputs_json", payloads.parse_inputs_json, payloads.dump_inputs_json,
+               "inputs_json", "AIPerf's inputs.json of a run: its request bodies by session "
+               "(read only; written as mooncake_trace payloads)", True),
         Format("sharegpt", chat.parse_sharegpt, chat.dump_sharegpt, None,
                "ShareGPT: {\"conversations\": [{\"from\": \"human\", \"value\": ...}]}", True),
         Format("prompt", chat.parse_prompt, chat.dump_prompt, None,
@@ -143,7 +149,7 @@ def get_format(name: str) -> Format:
 
 #: The output format of an input format AIPerf does not load, when no ``--to`` names one.
 AIPERF_OUTPUT = {"sharegpt": "mooncake_trace", "alpaca": "mooncake_trace",
-                 "prompt": "single_turn"}
+                 "prompt": "single_turn", "inputs_json": "mooncake_trace"}
 
 
 def default_output(name: str) -> str:
@@ -169,7 +175,7 @@ def writer(fmt: Format, *, keep_replies: bool = False) -> Callable[[Record], dic
     if kind is None:
         return dump
     check = accept.problem
-    replies = kind == "mooncake_trace" and not keep_replies
+    replies = kind in ("mooncake_trace", "raw_payload") and not keep_replies
 
     def written(record: Record) -> dict[str, Any]:
         if replies and ends_with_reply(record):

@@ -46,8 +46,8 @@ def problem(aiperf_type: str, obj: dict[str, Any]) -> str | None:
 
 
 #: Types whose lines AIPerf does not read a dataset type from: a Bailian line's ``type`` is
-#: its request type.
-_OWN_TYPE = frozenset({"bailian_trace"})
+#: its request type; a raw payload is sent as it is.
+_OWN_TYPE = frozenset({"bailian_trace", "raw_payload"})
 
 
 def _whole(value: Any) -> bool:
@@ -239,4 +239,5 @@ _RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "random_pool": _texts,
     "mooncake_trace": _mooncake,
     "bailian_trace": _bailian,
+    "raw_payload": lambda obj: _messages(obj.get("messages"), "messages"),
 }
