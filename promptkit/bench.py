@@ -90,7 +90,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -102,7 +101,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from . import manifest
+from . import leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
 from .formats.aiperf import TRACE_TYPES, fixed_schedule
@@ -891,29 +890,28 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
 
     # Every profiled request's figures: the first ones (see comparison_line), and the
     # prompt tokens of conversations' first requests and later turns (turns_diagnosis).
-    fd, rows = tempfile.mkstemp(prefix=".promptkit-bench-", suffix=".jsonl")
-    os.close(fd)
-    try:
-        with _quiet_transformers():
-            # use_manifest=False: the system prompt file is the one AIPerf is given.
-            summary = pipeline.check_file(prediction.input_file, use_manifest=False,
-                                          per_request=rows, **options)
-        turns = _turns()
-        with open(rows, encoding="utf-8") as f:
-            for n, row in enumerate(map(json.loads, f)):
-                if prediction.warmup and n < BOUNDARY_REQUESTS:
-                    out.setdefault("predicted_first_requests", []).append(
-                        [row["prompt_tokens"], row["hit_tokens"]])
-                _count_turn(turns, row["turn"] == 1, row["prompt_tokens"])
-        out["predicted_turns"] = turns
-    except PromptkitError as exc:
-        out["prediction_unavailable"] = f"check failed: {exc}"
-        return out
-    except Exception as exc:  # a run must not be lost to a failing prediction
-        out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
-        return out
-    finally:
-        os.unlink(rows)
+    # (In a scratch folder of the temp folder: a later run removes it if this one is killed.)
+    with leftovers.scratch_folder() as scratch:
+        rows = os.path.join(scratch, "per-request.jsonl")
+        try:
+            with _quiet_transformers():
+                # use_manifest=False: the system prompt file is the one AIPerf is given.
+                summary = pipeline.check_file(prediction.input_file, use_manifest=False,
+                                              per_request=rows, **options)
+            turns = _turns()
+            with open(rows, encoding="utf-8") as f:
+                for n, row in enumerate(map(json.loads, f)):
+                    if prediction.warmup and n < BOUNDARY_REQUESTS:
+                        out.setdefault("predicted_first_requests", []).append(
+                            [row["prompt_tokens"], row["hit_tokens"]])
+                    _count_turn(turns, row["turn"] == 1, row["prompt_tokens"])
+            out["predicted_turns"] = turns
+        except PromptkitError as exc:
+            out["prediction_unavailable"] = f"check failed: {exc}"
+            return out
+        except Exception as exc:  # a run must not be lost to a failing prediction
+            out["prediction_unavailable"] = f"check failed: {type(exc).__name__}: {exc}"
+            return out
     rate = summary["hit_rate"]
     out["predicted_hit_rate"] = rate
     rate_range = summary.get("hit_rate_range")

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import cachebust
 from .cache import Runs, SglangCache, VllmCache, mixed
 from .errors import (
     BadOptionError,
@@ -94,7 +95,7 @@ class Prompts:
 
     def __init__(self, tokenizer: Tokenizer | None, template: str, tokenizer_spec: str | None,
                  system_prompt: str | None = None, reply_tokens: int | None = None,
-                 sends_extra: bool = True):
+                 sends_extra: bool = True, cache_bust: str = "none"):
         if template not in TEMPLATES:
             raise CheckError(f"unknown chat template {template!r}; choose from "
                              f"{', '.join(TEMPLATES)}")
@@ -103,24 +104,31 @@ class Prompts:
         self.template = template
         self.system_prompt = system_prompt
         self.reply_tokens = reply_tokens
+        self.cache_bust = cache_bust
         self._fillers: dict[int, str] = {}
         self.renderer = (None if template == "none"
                          else Renderer(template, tokenizer, tokenizer_spec))
 
-    def turns(self, record: Record, limit: int | None = None) -> list[_Turn]:
+    def turns(self, record: Record, limit: int | None = None,
+              marker: str | None = None) -> list[_Turn]:
         """The requests AIPerf sends for ``record``: one with its messages verbatim, or,
         for a ``multi_turn`` conversation, one a turn carrying the history (every
         earlier turn and a reply of the server's length after each); the first
-        ``limit`` of them when given. Each is rendered here: a request the template
-        refuses raises (a :class:`~promptkit.templates.TemplateError` naming its line)."""
+        ``limit`` of them when given; with AIPerf's ``--cache-bust`` ``marker`` where
+        it puts it. Each is rendered here: a request the template refuses raises (a
+        :class:`~promptkit.templates.TemplateError` naming its line)."""
         salt = _salt(record.extra) if self.sends_extra else None
         tools = turn_tools(record)
+        messages, system = record.messages, self.system_prompt
+        if marker is not None:
+            messages, system = cachebust.bust(messages, self.cache_bust, marker, record.layout,
+                                              system)
         if record.layout != "multi_turn":
             reply = (record.output_length if record.output_length is not None
                      else self.reply_tokens)
-            return [self._rendered(record, _Turn(self._with_system(self.chat(record.messages)),
+            return [self._rendered(record, _Turn(self._with_system(self.chat(messages), system),
                                                  request_tools(tools), salt, reply))]
-        messages = list(record.messages)
+        messages = list(messages)
         history: Conversation = []
         if hoisted_system(record):  # AIPerf sends it as every turn's system prompt
             history, messages = self.chat(messages[:1]), messages[1:]
@@ -133,7 +141,7 @@ class Prompts:
                 reply = record.output_length
             reply = reply if isinstance(reply, int) else self.reply_tokens
             own = _salt(extra) if self.sends_extra and isinstance(extra, dict) else None
-            out.append(self._rendered(record, _Turn(self._with_system(list(history)),
+            out.append(self._rendered(record, _Turn(self._with_system(list(history), system),
                                                     request_tools(turn_tools(record, message)),
                                                     own or salt, reply)))
             if len(out) == limit:
@@ -164,16 +172,16 @@ class Prompts:
         assert self.renderer is not None
         return self.renderer.conversation(messages)
 
-    def _with_system(self, chat: Conversation) -> Conversation:
-        """AIPerf's ``--system-prompt-file``: a system message first, or joined to the
-        start of the one there is."""
-        if self.system_prompt is None:
+    def _with_system(self, chat: Conversation, system: str | None) -> Conversation:
+        """AIPerf's ``--system-prompt-file`` (``system``): a system message first, or
+        joined to the start of the one there is."""
+        if system is None:
             return chat
         if chat and chat[0]["role"] == "system":
             text = text_of(chat[0]["content"])
-            joined = f"{self.system_prompt}\n\n{text}" if text else self.system_prompt
+            joined = f"{system}\n\n{text}" if text else system
             return [{**chat[0], "content": self._content(joined)}, *chat[1:]]
-        return [{"role": "system", "content": self._content(self.system_prompt)}, *chat]
+        return [{"role": "system", "content": self._content(system)}, *chat]
 
     def _content(self, text: str) -> Any:
         return self.renderer.content(text) if self.renderer is not None else text
@@ -363,6 +371,13 @@ class Engine:
             return array("Q", self.vllm.block_hashes(prompt + generated, salt)[len(key):])
         return generated.tokens() if isinstance(generated, Runs) else array("I", generated)
 
+    def busted(self, key: Any, at: int, instance: Any) -> list[Any]:
+        """A key whose part from token ``at`` on is ``instance``'s own (what a
+        ``--cache-bust`` marker there does: every block from the one it starts in
+        differs from another instance's, and equals the same instance's)."""
+        start = at if self.sglang is not None else at // self.block_size
+        return [*key[:start], *((instance, k) for k in key[start:])]
+
     def request(self, key: Any, length: int, salt: str | None, reply_tokens: int | None,
                 reply: Any = None) -> int:
         """Send a prompt of ``length`` tokens; its hit tokens. The server then generates
@@ -399,6 +414,7 @@ class CheckOptions:
     #: choice, a fixed schedule for a trace (``aiperf_type``) whose first line is timed.
     fixed_schedule: bool | None = None
     aiperf_type: str | None = None  # the --custom-dataset-type AIPerf loads the file as
+    cache_bust: str = "none"  # AIPerf's --cache-bust (see promptkit.cachebust)
 
 
 @dataclass
@@ -411,6 +427,11 @@ class _Request:
     salt: str | None
     reply_tokens: int | None = None
     reply: Any = None
+    #: ``--cache-bust``: the tokens an instance of the request shares with every other
+    #: (its marker's digest comes next: from there its blocks are its own), and the
+    #: request as a warmup request sends it (warmup isolation's marker in it).
+    bust_at: int | None = None
+    warmup: _Request | None = None
     #: A hash-id record's own prompt tokens (its ``input_length``), where AIPerf sends
     #: it after earlier turns of its session (``None``: the prompt is its own).
     own: int | None = None
@@ -456,6 +477,8 @@ class Report:
     hash_ids: bool = False
     header_tokens: int | None = None
     header_tools: bool = False  # the first request's tools are among the header tokens
+    markers: cachebust.Markers | None = None  # --cache-bust's, when per instance with text
+    busted: int = 0  # profiled requests with a per-instance --cache-bust marker
     salted: int = 0  # records with a cache_salt
     salts_not_sent: int = 0  # records whose cache_salt AIPerf does not send
     tools: int = 0  # records a request of which sends tools
@@ -465,10 +488,15 @@ class Report:
     lengths: array = field(default_factory=lambda: array("q"))
     record_of: array = field(default_factory=lambda: array("q"))  # 0-based, a request
     turn_of: array = field(default_factory=lambda: array("q"))
+    #: The conversation instance of each profiled request: the run's conversations
+    #: numbered as they are sent (a conversation sent again is another).
+    instance_of: array = field(default_factory=lambda: array("q"))
     first_difference: array = field(default_factory=lambda: array("q"))
     prefixes: Counter[bytes] = field(default_factory=Counter)
     replies_known: bool = True  # every reply a later turn sends back has known tokens
     one_pass: int = 0  # the requests one pass over the file sends
+    repeats: int = 0  # profiled requests that send a request sent before
+    copies: int = 1  # the most times a request is sent (warmup and profiled)
     fixed_schedule: bool = False  # AIPerf replays the file on its fixed schedule
     id_block: int | None = None  # a hash-id trace's tokens an id
     #: Profiled requests of hash-id records sent after earlier turns of their session:
@@ -479,19 +507,20 @@ class Report:
 
     def repeating(self) -> int:
         """Profiled requests that send a prompt already sent: AIPerf wraps around the
-        file once warmup and profiled requests outnumber one pass over it (warmup takes
-        the first ones)."""
-        sent = self.options.warmup + len(self.hits)
-        return max(0, sent - max(self.options.warmup, self.one_pass))
+        file once warmup and profiled requests outnumber one pass over it."""
+        return self.repeats
 
     def per_request(self) -> Iterator[dict[str, Any]]:
-        """One row a profiled request: which record (1-based) and turn it sent, its
-        prompt and hit tokens (the low end of the range, and the part from its own
-        conversation), and where that record first differs from every earlier one."""
+        """One row a profiled request: which record (1-based) and turn it sent, which
+        of the run's conversations it is part of (1-based, warmup's counted; a
+        conversation sent again is another), its prompt and hit tokens (the low end of
+        the range, and the part from its own conversation), and where that record first
+        differs from every earlier one."""
         unit = "first_differing_block" if self.hash_ids else "first_differing_token"
         for i, (hit, length) in enumerate(zip(self.hits, self.lengths, strict=True)):
             record = self.record_of[i]
             row = {"request": i + 1, "record": record + 1, "turn": self.turn_of[i] + 1,
+                   "conversation": self.instance_of[i] + 1,
                    "prompt_tokens": length, "hit_tokens": hit, "hit_tokens_low": self.hits_low[i],
                    "hit_tokens_within_conversation": self.within[i],
                    unit: self.first_difference[record]}
@@ -551,8 +580,7 @@ class Report:
             "records_per_shared_block": [n for _, n in self.prefixes.most_common(10) if n > 1],
         }
         if self.repeating() and not self.fixed_schedule:  # (a fixed schedule sends every line)
-            copies = -(-(self.options.warmup + len(hits)) // self.one_pass)
-            out["copies_for_distinct_prompts"] = copies
+            out["copies_for_distinct_prompts"] = self.copies
         if self.with_history:
             out["requests_with_history"] = self.with_history
             out["warning_history"] = (
@@ -569,10 +597,33 @@ class Report:
                 "from this format (it loads OpenAI lines as mooncake_trace and sends only "
                 "'messages' and 'tools'): predicted without it; write the file --to "
                 "mooncake_trace, single_turn or multi_turn to send it")
+        mode = self.options.cache_bust
+        if mode != "none":
+            out["cache_bust"] = _cache_bust_figures(self, mode, prompt_tokens)
         out.update(template_figures(self.header_tokens, self.block_size, self.salted,
                                     self.records, self.tools, self.options.chat_template,
                                     self.header_tools))
         return out
+
+
+def _cache_bust_figures(report: Report, mode: str, prompt_tokens: int) -> dict[str, Any]:
+    """What a report says of AIPerf's ``--cache-bust``: the mode, the argument, and
+    with per-instance markers in text, their token counts (a marker's digest is the
+    run's own: the prompt tokens are predicted with AIPerf's estimate, and range as
+    256 sample digests do, and a token more either way a request, for a marker that
+    merges with the text beside it otherwise than the sample)."""
+    out: dict[str, Any] = {"mode": mode, "aiperf_args": ["--cache-bust",
+                                                         cachebust.aiperf_name(mode)]}
+    markers = report.markers
+    if markers is not None:
+        n = report.busted
+        out["marker_tokens"] = {"estimate": markers.estimate, "min": markers.low,
+                                "max": markers.high}
+        out["requests_with_a_marker"] = n
+        out["prompt_tokens_range"] = [
+            prompt_tokens - n * (markers.estimate - markers.low + 1),
+            prompt_tokens + n * (markers.high - markers.estimate + 1)]
+    return out
 
 
 def template_figures(header: int | None, block_size: int, salted: int, records: int,
@@ -690,10 +741,20 @@ class Setup:
                     "file, or hf:OWNER/NAME from the local Hugging Face cache")
             self.prompts = Prompts(tokenizer, options.chat_template, tokenizer_spec,
                                    options.system_prompt, options.reply_tokens,
-                                   options.sends_extra)
+                                   options.sends_extra, options.cache_bust)
             self.report.header_tokens, self.report.header_tools = (
                 self.prompts.header_tokens(first) if options.chat_template != "none"
                 else (0, False))
+        #: ``--cache-bust``: the markers sent in AIPerf's place (a per-instance mode with
+        #: text), and the marker warmup requests carry (warmup isolation, with a warmup).
+        self.markers: cachebust.Markers | None = None
+        self.warmup_marker: str | None = None
+        mode = options.cache_bust
+        if cachebust.per_instance(mode) and tokenizer is not None and not self.hash_ids:
+            self.markers = cachebust.markers(mode, tokenizer.encode)
+            self.report.markers = self.markers
+        elif cachebust.in_warmup(mode) and options.warmup:
+            self.warmup_marker = cachebust.WARMUP_MARKER
         self.engine = self._engine()  # keys only: the replay makes its own caches
 
     def _engine(self) -> Engine:
@@ -716,21 +777,35 @@ class Setup:
                 continue
             assert self.prompts is not None
             kept, turns = [], []
+            # The requests as sent: with --cache-bust, with its marker; to tell what two
+            # instances share, with another one; as warmup requests, with warmup's.
+            markers = self.markers
+            variants = ([markers.sample, markers.other] if markers is not None
+                        else [None, self.warmup_marker] if self.warmup_marker else [None])
             for record in batch:
                 try:
                     if not record.messages:
                         raise InvalidRecordError("a hash-id record after text records",
                                                  lineno=record.lineno)
-                    turns.append(self.prompts.turns(record))
+                    turns.append([self.prompts.turns(record, marker=m) for m in variants])
                 except InvalidRecordError as exc:
                     reject(exc)
                     continue
                 kept.append(record)
-            tokens = iter(self.prompts.tokens([t for ts in turns for t in ts]))
+            tokens = iter(self.prompts.tokens([t for ts in turns for v in ts for t in v]))
             for record, its_turns in zip(kept, turns, strict=True):
-                its_tokens = [next(tokens) for _ in its_turns]
+                its_tokens = [[next(tokens) for _ in v] for v in its_turns]
                 try:
-                    entry = self._text_entry(record, its_turns, its_tokens)
+                    entry = self._text_entry(record, its_turns[0], its_tokens[0])
+                    if markers is not None:
+                        for request, toks, other in zip(entry[0].requests, its_tokens[0],
+                                                        its_tokens[1], strict=True):
+                            request.bust_at = _common(toks, other)
+                    elif len(variants) > 1:
+                        warm = self._text_entry(record, its_turns[1], its_tokens[1])
+                        for request, warmup in zip(entry[0].requests, warm[0].requests,
+                                                   strict=True):
+                            request.warmup = warmup
                 except InvalidRecordError as exc:
                     reject(exc)
                     continue
@@ -775,8 +850,9 @@ class Setup:
         unit = _Unit(session, [], timestamp=record.timestamp, lineno=record.lineno, part=part)
         if session is None:
             assert self.ids is not None
-            unit.requests = self._requests([part.salt], [part.reply_tokens],
-                                           self.ids.tokens([part], None), record.lineno)
+            unit.requests = self._id_busted(
+                self._requests([part.salt], [part.reply_tokens], self.ids.tokens([part], None),
+                               record.lineno), part.length)
         return unit, array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
 
     def _text_entry(self, record: Record, turns: list[_Turn],
@@ -816,6 +892,26 @@ class Setup:
                                   self.ids.tokens(parts, session), units[0].lineno)
         for request, part in zip(requests[1:], parts[1:], strict=True):
             request.own = part.length
+        return self._id_busted(requests, parts[0].length)
+
+    def _id_busted(self, requests: list[_Request], first: int) -> list[_Request]:
+        """A hash-id conversation's requests with what ``--cache-bust`` does to them
+        (``first``: its first turn's prompt tokens). AIPerf's marker goes into the first
+        turn's text (a hash-id trace has no system message), which later turns send
+        again: at its start (after the template's tokens before it), or after it
+        (``*-suffix``). Its tokens are not counted: the prompts are AIPerf's own."""
+        mode = self.options.cache_bust
+        assert self.ids is not None
+        head = len(self.ids.pieces(1)[0])  # the template's tokens before the first turn
+        for request in requests:
+            if cachebust.per_instance(mode):
+                request.bust_at = head + (first if mode.endswith("suffix") else 0)
+            elif cachebust.in_warmup(mode) and self.options.warmup:
+                reply = (None if request.reply is None
+                         else self.engine.busted(request.reply, 0, "warmup"))
+                request.warmup = _Request(self.engine.busted(request.key, head, "warmup"),
+                                          request.length, request.salt, request.reply_tokens,
+                                          reply)
         return requests
 
     def replay(self, pairs: Iterable[tuple[_Unit, bytes]]) -> Report:
@@ -859,57 +955,106 @@ class Setup:
             raise CheckError("no records to check")
         total, sent = self._sent(list(map(len, sessions.values())), firsts)
         report.one_pass = len(flat)
+        report.copies = 1
         any_reply = any(r.reply is not None for _, (_, _, r) in flat)
         together = any(len(items) > 1 for items in sessions.values())
         report.replies_known = all(r.reply is not None or not r.reply_tokens
                                    for items in sessions.values() for _, _, r in items[:-1])
         point, low, own = self._engine(), self._engine(), self._engine()
         own_session: Any = None
-        for n, (sent_in, i) in enumerate(tracked(sent, "simulating the cache", total=total,
-                                                 unit="requests")):
+        times = Counter[int]()  # how often each request was sent
+        instances: dict[Any, int] = {}
+        for n, (instance, i) in enumerate(tracked(sent, "simulating the cache", total=total,
+                                                  unit="requests")):
             session, (record, turn, r) = flat[i]
+            times[i] += 1
+            if n >= options.warmup and times[i] > 1:
+                report.repeats += 1
+            r = self._as_sent(r, n < options.warmup, instance)
+            instances.setdefault(instance, len(instances))
             hit = point.request(r.key, r.length, r.salt, r.reply_tokens, r.reply)
             hit_low = (low.request(r.key, r.length, r.salt, r.reply_tokens) if any_reply
                        else hit)
             within = 0
             if together:  # what the session's own earlier requests alone would give
-                instance = (sent_in, session)
                 if instance != own_session:
                     own, own_session = self._engine(), instance
                 within = min(own.request(r.key, r.length, r.salt, r.reply_tokens, r.reply),
                              hit)
+            report.copies = max(report.copies, times[i])
             if n >= options.warmup:
                 if r.own is not None:
                     report.with_history += 1
                     report.own_tokens += r.own
                     report.history_tokens += r.length
+                report.busted += r.bust_at is not None
                 report.hits.append(hit)
                 report.hits_low.append(hit_low)
                 report.within.append(within)
                 report.lengths.append(r.length)
                 report.record_of.append(record)
                 report.turn_of.append(turn)
+                report.instance_of.append(instances.setdefault(instance, len(instances)))
         return report
 
+    def _as_sent(self, request: _Request, warmup: bool, instance: Any) -> _Request:
+        """A request as AIPerf sends it in the run: a warmup request with warmup
+        isolation's marker; with a per-instance ``--cache-bust`` marker, its own to the
+        conversation's instance (the pass over the file and the conversation)."""
+        if warmup and request.warmup is not None:
+            return request.warmup
+        if request.bust_at is None:
+            return request
+        reply = (None if request.reply is None
+                 else self.engine.busted(request.reply, 0, instance))
+        return _Request(self.engine.busted(request.key, request.bust_at, instance),
+                        request.length, request.salt, request.reply_tokens, reply,
+                        request.bust_at)
+
     def _sent(self, sizes: list[int], firsts: list[_Unit]
-              ) -> tuple[int, Iterator[tuple[int, int]]]:
-        """How many requests are sent, and each one's ``(pass, position)`` in the
-        sessions' requests one after another (``sizes``: a session's requests)."""
+              ) -> tuple[int, Iterator[tuple[Any, int]]]:
+        """How many requests are sent, and each one's ``(instance, position)``: the
+        conversation instance it belongs to (a conversation sent again is another) and
+        its place in the sessions' requests one after another (``sizes``: a session's
+        requests).
+
+        As AIPerf 0.13 draws conversations at concurrency 1: in order, wrapping
+        around, each one's requests in a row. The warmup draws the next conversation
+        as it starts one, unless that start was its last request; a conversation it
+        left unfinished is not continued: the profiled requests begin with the next
+        conversation it did not draw (measured with the real ``aiperf profile``: a
+        warmup of 2 over conversations of 2 turns sends the first, and profiling
+        begins with the third)."""
         options = self.options
         one_pass = sum(sizes)
+        starts = list(itertools.accumulate(sizes, initial=0))
+
+        def drawn(first: int, count: int) -> Iterator[tuple[Any, int]]:
+            """``count`` requests of the conversations drawn from the ``first`` on."""
+            draw = first
+            while count > 0:
+                s = draw % len(sizes)
+                for i in range(starts[s], min(starts[s + 1], starts[s] + count)):
+                    yield draw, i
+                count -= sizes[s]
+                draw += 1
+
+        warmup = list(drawn(0, options.warmup))
+        started = len({instance for instance, _ in warmup})
+        last_started = bool(warmup) and warmup[-1][1] in starts
+        first_profiled = started + (bool(warmup) and not last_started)
         if not self.fixed_schedule:  # the file in order, wrapping around
-            total = options.warmup + (one_pass if options.requests is None
-                                      else options.requests)
-            return total, ((n // one_pass, n % one_pass) for n in range(total))
+            requests = one_pass if options.requests is None else options.requests
+            return options.warmup + requests, itertools.chain(
+                warmup, drawn(first_profiled, requests))
         for unit in firsts:
             if unit.timestamp is None:
                 raise InvalidRecordError(
                     "no timestamp on the first line of a conversation: AIPerf's fixed "
                     "schedule fails the run on it", lineno=unit.lineno)
-        starts = list(itertools.accumulate(sizes, initial=0))
         by_time = sorted(range(len(sizes)), key=lambda s: firsts[s].timestamp)
-        warmup = ((n // one_pass, n % one_pass) for n in range(options.warmup))
-        scheduled = ((-1, i) for s in by_time for i in range(starts[s], starts[s + 1]))
+        scheduled = ((("schedule", s), i) for s in by_time
+                     for i in range(starts[s], starts[s + 1]))
         return options.warmup + one_pass, itertools.chain(warmup, scheduled)
 
 
@@ -927,6 +1072,12 @@ def _batches(records: Iterator[Record], size: int = 1024) -> Iterator[list[Recor
             batch = []
     if batch:
         yield batch
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def _first_difference(earlier: list[bytes], lead: bytes, unit: int) -> int:
@@ -966,6 +1117,7 @@ def make_step(params: Any, where: Where | None = None) -> Step:
         "block_size": integer(1), "hash_block_size": integer(1), "capacity_tokens": integer(1),
         "num_gpu_blocks": integer(2),
         "requests": integer(1), "warmup": integer(0, optional=False), "fixed_schedule": flag(),
+        "cache_bust": one_of(cachebust.MODES),
         "reply_tokens": integer(1), "system_prompt_file": text(),
         "max_hit_rate": number(0, 1), "max_total_hit_rate": number(0, 1)})
     if params.get("num_gpu_blocks") is not None:

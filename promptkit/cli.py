@@ -62,6 +62,8 @@ def report(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(str(exc)) from None
         except PromptkitError as exc:
             raise UserError(str(exc)) from None
+        except BrokenPipeError:  # stdout's reader is gone: ended quietly by the group
+            raise
         except OSError as exc:  # a system error no layer below named: path and reason
             raise UserError(str(os_error(exc))) from None
 
@@ -89,6 +91,8 @@ class PromptkitGroup(SectionedGroup):
         except Interrupted as exc:  # cleaned up on the way here: one line, 128 + signal
             interrupts.report(exc)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:  # '| head' has read enough: cleaned up the same way
+            interrupts.stdout_closed()
 
 
 # ---------------------------------------------------------------- option types
@@ -508,6 +512,7 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     """
     import json
 
+    files_not_stdout(("--plot", plot))
     if plot is not None and tokenizer is None:
         raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
     if chat_template != "none" and tokenizer is None:
@@ -538,10 +543,17 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     report_skipped(summary["skipped"])
 
 
+def files_not_stdout(*options: tuple[str, str | None]) -> None:
+    """Refuse ``-`` for an option that names a file beside the report (``--plot``,
+    ``--per-request``): stdout carries the report."""
+    for option, value in options:
+        if value == "-":
+            raise click.UsageError(f"{option} -: stdout carries the report; name a file")
+
+
 def report_wrote(paths: list[str]) -> None:
     for path in paths:
-        if path != "-":
-            click.echo(f"promptkit: wrote {path}", err=True)
+        click.echo(f"promptkit: wrote {path}", err=True)
 
 
 def print_stats(summary: dict[str, Any]) -> None:
@@ -772,6 +784,21 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
                    dataset=with_seed(dataset, seed), ray_address=ray_address)
 
 
+class CacheBustChoice(click.ParamType):
+    """A ``--cache-bust`` mode, in promptkit's spelling or AIPerf's."""
+
+    name = "mode"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        from .cachebust import mode_of
+
+        try:
+            return mode_of(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
     from .check import ENGINES, TEMPLATES
 
@@ -812,6 +839,12 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="The file AIPerf sends as a system message on every request (its "
                           "--system-prompt-file) [default: the one the file's manifest "
                           "names]."),
+        click.option("--cache-bust", type=CacheBustChoice(), default="none",
+                     show_default=True, metavar="MODE",
+                     help="AIPerf's --cache-bust: where it puts its run-time marker (none, "
+                          "system-prefix, system-suffix, first-turn-prefix, "
+                          "first-turn-suffix, warmup-isolation-system, "
+                          "warmup-isolation-first-turn; AIPerf's underscores too)."),
         click.option("--reply-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Tokens the server generates for a request without output_length: "
                           "a reply AIPerf sends back in a conversation's history, and blocks "
@@ -829,8 +862,8 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
                  capacity_tokens: int | None,
                  num_gpu_blocks: int | None, requests: int | None, warmup: int,
                  fixed_schedule: bool | None, system_prompt_file: str | None,
-                 reply_tokens: int | None, max_total_hit_rate: float | None
-                 ) -> dict[str, Any]:
+                 reply_tokens: int | None, max_total_hit_rate: float | None,
+                 cache_bust: str = "none") -> dict[str, Any]:
     if block_size is not None and block_size < 1:
         raise PromptkitError(f"--block-size: {block_size} is below 1")
     params: dict[str, Any] = {
@@ -843,6 +876,7 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
         if engine != "vllm":
             raise click.UsageError("--num-gpu-blocks is vLLM's block count (--engine vllm)")
     for key, value in (("num_gpu_blocks", num_gpu_blocks), ("hash_block_size", hash_block_size),
+                       ("cache_bust", None if cache_bust == "none" else cache_bust),
                        ("fixed_schedule", fixed_schedule),
                        ("system_prompt_file", system_prompt_file),
                        ("max_total_hit_rate", max_total_hit_rate)):
@@ -891,6 +925,7 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     """
     import json
 
+    files_not_stdout(("--plot", plot), ("--per-request", per_request))
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
     max_total_hit_rate = params.pop("max_total_hit_rate", None)
@@ -1132,6 +1167,8 @@ def _is_part_folder(manifest_path: str) -> bool:
             return "parts" in json.load(f).get("output", {})
     except (OSError, ValueError, AttributeError):
         return False
+    except RecursionError:  # nested too deeply: reading it as the folder's says so
+        return True
 
 
 @cli.command()
@@ -1448,10 +1485,10 @@ def run_pipe(stages: list[Any]) -> None:
 
 
 def main() -> None:
-    """Console entry point: restore default SIGPIPE so '| head' ends quietly; end on
-    SIGINT, SIGTERM and SIGHUP as on an error (nothing left behind)."""
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    """Console entry point: end on SIGINT, SIGTERM and SIGHUP as on an error, and quietly
+    when stdout's reader is gone ('| head'), in both cases with nothing left behind."""
+    if hasattr(signal, "SIGPIPE"):  # a write to a closed pipe raises, and the run unwinds
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     interrupts.install()
     cli(prog_name="promptkit")
 

@@ -30,7 +30,7 @@ import orjson
 
 from . import leftovers
 from .errors import InvalidRecordError, PromptkitError
-from .files import fsync_folder, os_error, remove_quietly
+from .files import fsync_folder, os_error, refuse_special, remove_quietly
 from .formats import FORMATS, Format
 from .formats.table import Mapping, Timeline, arrow_schema, batch_records, find_mapping
 from .records import Record
@@ -611,6 +611,7 @@ class TableSink(Written):
         self.flush()
         made = self._parquet if self.format.name == "parquet" else os.path.join(
             self._scratch, "dataset")
+        refuse_special(self.path)  # (as files.put_in_place does)
         try:
             if self.format.name == "parquet":
                 _fsync_file(made)

@@ -7,7 +7,8 @@ flushed to disk (``fsync``) and renamed into place only when everything a run wr
 
 - the paths a run writes (OUT, its manifest, its side files) are checked before
   any work: each in an existing folder, none a folder, none the input, no two the
-  same path;
+  same path, none a device, FIFO or socket (:func:`refuse_special`: a rename would
+  replace the device itself, ``/dev/null`` included; ``-`` is stdout);
 - :class:`Lock` makes a second run writing the same OUT at the same time stop at
   once, with one line;
 - :meth:`Outputs.commit` puts them in place in an order that never shows a new
@@ -28,6 +29,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -55,13 +57,39 @@ def os_error(exc: OSError, path: str | None = None) -> PromptkitError:
 
 def writable(path: str) -> None:
     """Raise one line unless ``path`` can be written: its folder must exist and it
-    must not be a folder. Checked before a run starts, so a bad path costs nothing
-    and leaves nothing."""
+    must be neither a folder nor a device, FIFO or socket. Checked before a run starts,
+    so a bad path costs nothing and leaves nothing."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PromptkitError(f"{path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise PromptkitError(f"{path}: is a folder")
+    refuse_special(path)
+
+
+#: What a path that is not a regular file or folder is, by its ``stat`` mode.
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path: str) -> str | None:
+    """What ``path`` (or what a link there points to) is when it is a device, a FIFO or a
+    socket (``"a FIFO"``); ``None`` for a file, a folder or nothing there."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # not there (a dangling link too)
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def refuse_special(path: str) -> None:
+    """Raise one line if ``path`` (or what a link there points to) is a device, a FIFO
+    or a socket: promptkit writes a new file and renames it into place, which would
+    replace the device itself (as root, ``/dev/null``). Output to stdout is ``-``."""
+    what = special_kind(path)
+    if what is not None:
+        raise PromptkitError(f"{path}: is {what}, not a regular file: promptkit writes "
+                             "files and will not replace it (- writes to stdout)")
 
 
 def same_file(a: str, b: str) -> bool:
@@ -165,6 +193,7 @@ def write_text(path: str, text: str) -> None:
 def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
     """Rename a finished temporary file (or folder) to ``path``, with the mode a new
     file would have (``mkstemp`` makes 0600), so an atomic write looks like any other."""
+    refuse_special(path)  # (checked before the run; something may have taken its place)
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -184,7 +213,11 @@ def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
 class Lock:
     """An exclusive lock on writing ``path``: ``flock`` on a hidden lock file beside it
     (``.NAME.promptkit-lock``), removed when released. A second writer of the same
-    path fails at once with one line instead of racing the first."""
+    path fails at once with one line instead of racing the first.
+
+    Every writer of a file or folder takes it first (:class:`Outputs`, ``publish``,
+    ``--ray``), so taking it is where what killed runs left beside ``path`` and in the
+    temp folder is removed (see :mod:`promptkit.leftovers`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -214,6 +247,13 @@ class Lock:
                 same = False
             if same:
                 self._fd = fd
+                # Removed by a run that must end at once (see promptkit.interrupts).
+                leftovers.claim(self.lock_path)
+                try:
+                    leftovers.sweep_for(self.path)
+                except BaseException:
+                    self.release()
+                    raise
                 return self
             os.close(fd)
 
@@ -222,6 +262,7 @@ class Lock:
             return
         with contextlib.suppress(OSError):
             os.unlink(self.lock_path)
+        leftovers.disclaim(self.lock_path)  # (another run may make one there next)
         os.close(self._fd)
         self._fd = None
 
@@ -259,6 +300,8 @@ class Outputs:
                 continue
             if path != output:
                 writable(path)  # OUT is checked by its sink, which knows its format
+            else:
+                refuse_special(path)  # before its lock file is made beside it
         self._staged: list[tuple[str, str]] = []
         lock_on = output if output != STDIO else manifest
         self._lock = Lock(lock_on).acquire() if lock_on not in (None, STDIO) else None

@@ -10,6 +10,8 @@ A leaf module (the standard library and :mod:`promptkit.leftovers`).
   cleaning up is not itself interrupted; a run that has not ended ``GRACE`` seconds
   later removes what it was writing and exits at once. ``timeout`` and CI cancellation send SIGTERM;
   a closed terminal sends SIGHUP.
+- :func:`stdout_closed` ends a run whose stdout's reader has gone (``| head``) quietly,
+  once it has unwound the same way.
 - :func:`pool_starting` and :func:`worker_started` bracket the start of worker
   processes: workers ignore SIGINT (a Ctrl-C reaches the whole process group; the
   parent ends them), die on SIGTERM without a traceback, and die with their parent
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from . import leftovers
 
@@ -92,6 +94,22 @@ def _deadline(signum: int) -> None:
     os._exit(128 + signum)
 
 
+#: SIGPIPE's number (13 on Linux): the exit code of a closed stdout is 128 + it.
+SIGPIPE = getattr(signal, "SIGPIPE", 13)
+
+
+def stdout_closed() -> NoReturn:
+    """End quietly once stdout's reader has gone (``promptkit ... | head``), after the run
+    has unwound as on an error (its temporary files and scratch folder removed): exit
+    128 + SIGPIPE, as a process SIGPIPE ends, with nothing on stderr. Stdout is pointed
+    at the null device first, so that flushing it at exit raises nothing more."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    sys.exit(128 + SIGPIPE)
+
+
 def install() -> None:
     """Raise :class:`Interrupted` on SIGINT, SIGTERM and SIGHUP (in the main thread).
 
@@ -137,6 +155,8 @@ def worker_started() -> None:
     for each in SIGNALS:
         if each != signal.SIGINT:
             signal.signal(each, signal.SIG_DFL)
+    if hasattr(signal, "SIGPIPE"):  # (the parent hears a closed stdout, not its workers)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     parent = _parent if _parent is not None else os.getppid()

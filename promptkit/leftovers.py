@@ -33,7 +33,9 @@ TEMP_SUFFIX = ".promptkit-tmp"
 #: The start of a scratch folder's name, in the temp folder.
 SCRATCH_PREFIX = "promptkit-"
 
-_TEMP = re.compile(r"\..+\.pk([0-9a-f]{6})-(\d+)-[^.]+" + re.escape(TEMP_SUFFIX))
+#: Temporary output beside OUT, ``.OUT.pk<host>-<pid>-<random>[.old].promptkit-tmp``
+#: (``.old``: an old manifest or folder moved aside while the new one is renamed).
+_TEMP = re.compile(r"\..+\.pk([0-9a-f]{6})-(\d+)-[^.]+(?:\.old)?" + re.escape(TEMP_SUFFIX))
 #: A lock file beside OUT (``files.Lock``): anyone's, removed when no one holds it.
 _LOCK = re.compile(r"\..+\.promptkit-lock")
 _SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"([0-9a-f]{6})-(\d+)-[^.]+")
@@ -81,6 +83,12 @@ def claim(path: str, fd: int | None = None) -> None:
     _mine.add(path)
     if fd is not None:
         lock(fd)
+
+
+def disclaim(path: str) -> None:
+    """No longer :func:`remove_mine`'s to remove (``path`` is released, and another process
+    may make a file of that name)."""
+    _mine.discard(path)
 
 
 def remove_mine() -> None:

@@ -116,6 +116,8 @@ def read(path: str) -> dict[str, Any]:
         raise ManifestError(f"{path}: no such manifest") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a valid manifest: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: not a valid manifest: JSON nested too deeply") from None
     schema = manifest.get("schema") if isinstance(manifest, dict) else None
     if isinstance(schema, str) and schema.startswith("promptkit.manifest/") and schema != SCHEMA:
         raise ManifestError(f"{path}: schema {schema!r}: this promptkit reads {SCHEMA!r} "
@@ -137,9 +139,14 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def is_path(value: Any) -> bool:
+    """Whether a manifest's value can name a file: a string, not empty, without NUL."""
+    return isinstance(value, str) and value != "" and "\x00" not in value
+
+
 #: What each field ``verify`` and ``rebuild`` read must be: a test, and what it wants.
 _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "path": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "path": (is_path, "a path"),
     "format": (lambda v: isinstance(v, str), "a format name"),
     "records": (_count, "a record count"),
     "sha256": (_hex64, "a sha256 (64 hex digits)"),
@@ -161,24 +168,47 @@ def _file_problem(name: str, entry: Any, optional: dict[str, tuple[Callable[[Any
     return None
 
 
+def _listed_problem(name: str, entry: Any,
+                    wanted: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...]
+                    ) -> str | None:
+    """The first of ``wanted`` fields of one entry of a list (a shard, a part, a side
+    file) that is missing or wrong, as :func:`malformed` says it."""
+    if not isinstance(entry, dict):
+        return f"{name} is {entry!r}, not an object"
+    for key, (ok, wants) in wanted:
+        if not ok(entry.get(key)):
+            return f"{name}.{key} is {entry.get(key)!r}, not {wants}"
+    return None
+
+
 def malformed(manifest: dict[str, Any]) -> str | None:
     """The first field of a manifest (of schema :data:`SCHEMA`) that is missing or of the
     wrong kind, as ``field.path is VALUE, not WHAT``; ``None`` when it is well formed.
 
     Checked: what ``verify`` and ``rebuild`` read (the output's and inputs' path, format,
-    records and sha256, and ``keep_replies``; each step's ``op`` and ``params``;
-    ``skipped.count``; the AIPerf ``args``; a generator's ``name`` and ``params``). Each
-    step's parameters are checked by its operation when ``rebuild`` makes the step (see
-    :mod:`promptkit.steps`)."""
+    records and sha256, and ``keep_replies``; the shards of an input and the parts of a
+    folder; each step's ``op`` and ``params``; ``skipped.count``; the side outputs; the
+    AIPerf ``args``; a generator's ``name`` and ``params``). A path holding NUL is no
+    path. Each step's parameters are checked by its operation when ``rebuild`` makes
+    the step (see :mod:`promptkit.steps`)."""
     from .steps import OPS
 
     is_dict = (lambda v: isinstance(v, dict), "an object")
     problem = _file_problem("output", manifest.get("output"), {
         "compression": (lambda v: isinstance(v, str), "a codec name"),
         "content_sha256": (_hex64, "a sha256 (64 hex digits)"),
-        "keep_replies": (lambda v: isinstance(v, bool), "true or false")})
+        "keep_replies": (lambda v: isinstance(v, bool), "true or false"),
+        "parts": (lambda v: isinstance(v, list), "a list")})
     if problem is not None:
         return problem
+    for j, part in enumerate(manifest["output"].get("parts") or []):  # a folder of parts
+        problem = _listed_problem(f"output.parts[{j}]", part, (
+            ("path", (lambda v: is_path(v) and os.path.basename(v) == v,
+                      "a file name in the folder")),
+            ("records", _FIELDS["records"]), ("bytes", (_count, "a size in bytes")),
+            ("sha256", _FIELDS["sha256"])))
+        if problem is not None:
+            return problem
     inputs = manifest.get("inputs")
     if not isinstance(inputs, list):
         return f"inputs is {inputs!r}, not a list"
@@ -195,13 +225,11 @@ def malformed(manifest: dict[str, Any]) -> str | None:
         if shards is not None and not isinstance(shards, list):
             return f"inputs[{i}].shards is {shards!r}, not a list"
         for j, shard in enumerate(shards or []):
-            name = f"inputs[{i}].shards[{j}]"
-            if not isinstance(shard, dict):
-                return f"{name} is {shard!r}, not an object"
-            for key, (ok, wants) in (("path", _FIELDS["path"]), ("sha256", _FIELDS["sha256"]),
-                                     ("size", (_count, "a size in bytes"))):
-                if not ok(shard.get(key)):
-                    return f"{name}.{key} is {shard.get(key)!r}, not {wants}"
+            problem = _listed_problem(f"inputs[{i}].shards[{j}]", shard, (
+                ("path", _FIELDS["path"]), ("sha256", _FIELDS["sha256"]),
+                ("size", (_count, "a size in bytes"))))
+            if problem is not None:
+                return problem
     steps = manifest.get("steps")
     if not isinstance(steps, list):
         return f"steps is {steps!r}, not a list"
@@ -220,8 +248,16 @@ def malformed(manifest: dict[str, Any]) -> str | None:
     args = aiperf.get("args", []) if isinstance(aiperf, dict) else None
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         return f"aiperf.args is {args!r}, not a list of strings"
-    generator = manifest.get("generator")
-    if generator is not None:
+    side_outputs = manifest.get("side_outputs", [])
+    if not isinstance(side_outputs, list):
+        return f"side_outputs is {side_outputs!r}, not a list"
+    for j, side in enumerate(side_outputs):
+        problem = _listed_problem(f"side_outputs[{j}]", side, (
+            ("path", _FIELDS["path"]), ("sha256", _FIELDS["sha256"])))
+        if problem is not None:
+            return problem
+    if "generator" in manifest:
+        generator = manifest["generator"]
         if not isinstance(generator, dict):
             return f"generator is {generator!r}, not an object"
         if not isinstance(generator.get("name"), str):

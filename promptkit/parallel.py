@@ -564,8 +564,10 @@ def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: Relay | No
     elif isinstance(result.data, tuple):
         assert slots is not None
         slot, size = result.data
-        with memoryview(slots.maps[slot]) as view:
-            sink.write_now(view[:size])
+        # Both views released here, even when the write fails: a view an error's traceback
+        # still held would keep the shared memory from closing.
+        with memoryview(slots.maps[slot]) as view, view[:size] as part:
+            sink.write_now(part)
     else:
         sink.write_bytes(result.data)
     sink.encoder.keys.frombytes(result.keys)

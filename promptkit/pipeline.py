@@ -230,21 +230,21 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                                 or source.default_output)
         sink = open_sink(output_path, out_format, skip_invalid=skip_invalid,
                          inputs=input_files(input_path), keep_replies=keep_replies)
-        tokenizer = counting_tokenizer(steps)
-        if tokenizer is not None:
-            sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
-        label = pass_label(steps)
-        # A format whose lines depend on the ones written before them: one pass, here.
-        chunked = None if out_format.linked else chunked_files(source, input_path)
-        plain = chunked is not None and parallel.plain_files(chunked)
-        spliced = (splice_plan(steps, in_format.name, out_format.name)
-                   if writer != ENCODE and isinstance(sink, Sink) and (
-                       plain or isinstance(source, Source) and not isinstance(
-                           source, ColumnSource) and source.layout == "lines")
-                   else None)
-        if spliced is not None:
-            sink.writer = SPLICE
-        try:
+        try:  # from here on, an error removes the sink's temporary file
+            tokenizer = counting_tokenizer(steps)
+            if tokenizer is not None:
+                sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
+            label = pass_label(steps)
+            # A format whose lines depend on the ones written before them: one pass, here.
+            chunked = None if out_format.linked else chunked_files(source, input_path)
+            plain = chunked is not None and parallel.plain_files(chunked)
+            spliced = (splice_plan(steps, in_format.name, out_format.name)
+                       if writer != ENCODE and isinstance(sink, Sink) and (
+                           plain or isinstance(source, Source) and not isinstance(
+                               source, ColumnSource) and source.layout == "lines")
+                       else None)
+            if spliced is not None:
+                sink.writer = SPLICE
             if (chunked is not None and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and (parallel.can_run_parallel(chunked, workers)
@@ -346,13 +346,11 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     generator = {"name": name, "params": params, "info": info(params)}
     outputs = files.Outputs(output_path, manifest_path, stale=_stale(output_path))
     try:
-        if output_path != STDIO:
-            leftovers.sweep_for(output_path)  # what runs killed before this one left
         sink = Sink(output_path, get_format(to_format))
-        tokenizer = params.get("tokenizer")
-        if tokenizer is not None:
-            sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
         try:
+            tokenizer = params.get("tokenizer")
+            if tokenizer is not None:
+                sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
             # Not over records written to the terminal the progress line would be drawn on.
             with progress_wanted(progress_is_wanted() and not (
                     output_path == STDIO and _stdout_is_terminal())):
@@ -425,8 +423,6 @@ def by_lines(source: Source | DatasetSource | ShardedSource) -> TypeGuard[Source
 
 def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
               inputs: list[str] | None = None, keep_replies: bool = False) -> Sink | TableSink:
-    if path != STDIO:
-        leftovers.sweep_for(path)  # what runs killed before this one left
     if fmt.name in TABLE_FORMATS:  # (a table holds replies: keep_replies is for requests)
         return TableSink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [])
     return Sink(path, fmt, skip_invalid=skip_invalid, inputs=inputs or [],
@@ -682,7 +678,6 @@ def check_file(input_path: str, *, from_format: str | None = None,
             "skipped": manifest.skipped_section(named_lines(
                 sorted(source.skipped + skipping.skipped, key=_line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
-
 
 
 

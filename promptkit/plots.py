@@ -34,7 +34,7 @@ def _pyplot() -> Any:
 def _save(fig: Any, path: str) -> None:
     """Write the PNG atomically: a temporary file beside ``path``, then a rename."""
     writable(path)
-    fd, tmp = temporary(path, suffix=".png")
+    fd, tmp = temporary(path)
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110)

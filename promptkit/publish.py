@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__, manifest, pipeline
+from . import __version__, leftovers, manifest, pipeline
 from .errors import BadOptionError, InvalidRecordError, PromptkitError
 from .files import Lock, fsync_folder, os_error, write_text
 from .formats import FORMATS
@@ -132,10 +132,11 @@ def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: 
                     argv: list[str] | None, keep_replies: bool = False) -> dict[str, Any]:
     parent = os.path.dirname(target)
     try:
-        build = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.",
-                                 suffix=".promptkit-tmp", dir=parent)
+        build = tempfile.mkdtemp(prefix=leftovers.temp_prefix(target),
+                                 suffix=leftovers.TEMP_SUFFIX, dir=parent)
     except OSError as exc:
         raise os_error(exc, out_dir) from None
+    leftovers.claim(build)  # a later run removes it if this one is killed
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -208,7 +209,7 @@ def _put_in_place(build: str, target: str) -> None:
     if not os.path.exists(target):
         os.replace(build, target)
         return
-    old = f"{build}.old"
+    old = build.removesuffix(leftovers.TEMP_SUFFIX) + ".old" + leftovers.TEMP_SUFFIX
     os.replace(target, old)
     try:
         os.replace(build, target)

@@ -18,6 +18,7 @@ from . import manifest
 from .datasets_io import DatasetOptions
 from .errors import OptionNeededError, PromptkitError
 from .pipeline import generate, run, where_of
+from .shards import expand, is_many, shard_name
 from .splice import writer_of
 from .steps import make
 from .streams import STDIO, display_name
@@ -103,6 +104,19 @@ def shards_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | No
     return None
 
 
+def unlisted_shard(recorded: dict[str, Any], source: str) -> str | None:
+    """The first shard of ``source`` (a folder or glob: see :mod:`promptkit.shards`) that
+    the manifest's input ``recorded`` does not list, by its name within the input; a
+    rebuild opens no file a manifest does not name (a file or link dropped among the
+    shards). ``None`` when every shard is listed or the input is not many files."""
+    listed = recorded.get("shards")
+    if listed is None or source == STDIO or not is_many(source):
+        return None
+    names = {shard_name(recorded["path"], shard["path"]) for shard in listed}
+    return next((path for path in expand(source) if shard_name(source, path) not in names),
+                None)
+
+
 #: AIPerf arguments whose value is a path of this run's own files.
 _PATH_ARGS = frozenset({"--input-file", "--system-prompt-file"})
 
@@ -141,6 +155,10 @@ def paths_outside(manifest_path: str, recorded: dict[str, Any],
     for where, params in described:
         named += [(f"{where}.{key}", params[key]) for key in ("filler_file", "system_prompt_file")
                   if isinstance(params.get(key), str)]
+    for what, path in named:
+        if not manifest.is_path(path):
+            raise PromptkitError(f"{manifest_path}: not a valid manifest: {what} is {path!r}, "
+                                 "not a path")
 
     def inside(path: str) -> bool:
         if path.startswith("hf:"):
@@ -200,6 +218,10 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         if key not in known:
             raise PromptkitError(f"{manifest_path}: inputs[0].dataset.options: unknown "
                                  f"option {key!r}")
+    unlisted = unlisted_shard(inputs[0], source)
+    if unlisted is not None:
+        raise PromptkitError(f"{manifest_path}: {unlisted} is not one of the input's shards "
+                             "the manifest lists: not read")
     from_format = None if dataset is not None else inputs[0]["format"]
     where = where_of(source, output_path, from_format, options)
     steps = []

@@ -13,6 +13,7 @@ on a cluster):
 - :func:`is_many` -- whether an input names many files (a folder of shards, a glob);
 - :func:`expand` -- the shards, sorted; one-line errors for no files or mixed kinds;
 - :func:`kind_of` -- ``"jsonl"`` or ``"parquet"``;
+- :func:`shard_name` -- a shard's name within its input, wherever the input is;
 - :func:`positions` -- the places one shard takes in the stream (lines, or rows);
 - :func:`offsets` -- each shard's first place, from the places of those before it;
 - :func:`combined_sha256` -- the input's sha256, from the shards' own;
@@ -30,6 +31,7 @@ from typing import Any
 
 from . import compression
 from .errors import BadOptionError, InvalidRecordError, PromptkitError
+from .files import special_kind
 from .formats import default_output
 from .records import Record
 
@@ -63,17 +65,18 @@ def expand(spec: str) -> list[str]:
     """The shards ``spec`` names, sorted by path: a folder's ``.jsonl``/``.ndjson``
     (compressed or not) and ``.parquet`` files (hidden files and ``_``-files left out), or
     the files a glob matches (``**`` matches folders at any depth). Raises one line for a
-    folder or glob with no such files and for shards of mixed kinds."""
+    folder or glob with no such files, for shards of mixed kinds, and for a shard that is
+    a link to nothing, a device, a FIFO or a socket."""
     if os.path.isdir(spec):
         names = _visible(spec)
-        paths = sorted(os.path.join(spec, name) for name in names if _kind_by_name(name)
-                       and os.path.isfile(os.path.join(spec, name)))
+        paths = sorted(_files([os.path.join(spec, name) for name in names
+                               if _kind_by_name(name)]))
         if not paths:
             what = "empty folder" if not names else "a folder with no shards"
             raise PromptkitError(f"{spec}: {what}: no .jsonl, .ndjson (compressed or not) "
                                  "or .parquet files")
     else:
-        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        paths = sorted(_files(glob.glob(spec, recursive=True)))
         if not paths:
             raise PromptkitError(f"{spec}: no files match")
         other = next((p for p in paths if _strip(p).endswith(_OTHER_TABLES)), None)
@@ -85,6 +88,30 @@ def expand(spec: str) -> list[str]:
     except PromptkitError as exc:
         raise PromptkitError(f"{spec}: {exc}") from None
     return paths
+
+
+def _files(paths: list[str]) -> list[str]:
+    """The files among ``paths`` (folders left out); a link to nothing, a device, a FIFO
+    or a socket raises one line: a shard that cannot be read is not left out unsaid."""
+    for path in paths:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise PromptkitError(f"{path}: a link to {os.readlink(path)}, which does not "
+                                 "exist")
+        what = special_kind(path)
+        if what is not None:
+            raise PromptkitError(f"{path}: is {what}, not a file of records")
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def shard_name(spec: str, path: str) -> str:
+    """A shard's name within the input ``spec`` names: its path from the folder, or from
+    a glob's folder (the part before its first wildcard), the same wherever the input
+    is."""
+    root = spec
+    if not os.path.isdir(spec):
+        while any(c in root for c in _MAGIC):
+            root = os.path.dirname(root)
+    return os.path.relpath(path, root or ".")
 
 
 def kind_of(paths: list[str]) -> str:

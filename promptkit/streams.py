@@ -1102,10 +1102,14 @@ class Sink(Written):
             writable(path)
             fd, self._tmp = temporary(path)
             self._stream = os.fdopen(fd, "wb")
-            self._background = Background()
-            if self.compression is not None:
-                self._compressor = compression.Compressor(self.compression, self._stream,
-                                                          self.sha256)
+            try:
+                self._background = Background()
+                if self.compression is not None:
+                    self._compressor = compression.Compressor(self.compression, self._stream,
+                                                              self.sha256)
+            except BaseException:  # (a signal, even): no one else knows of the file yet
+                self.abort()
+                raise
 
     def write_all(self, records: Iterable[Record]) -> None:
         parts = self._parts
@@ -1144,6 +1148,8 @@ class Sink(Written):
                 assert self.content_sha256 is not None
                 self.content_sha256.update(data)
                 self._compressor.write(data)
+        except BrokenPipeError:  # stdout's reader is gone ('| head'): the CLI ends quietly
+            raise
         except OSError as exc:  # no space left, a file too large
             raise os_error(exc, self.name) from None
 
@@ -1167,6 +1173,8 @@ class Sink(Written):
             elif self._compressor is not None:
                 self._compressor.finish()
                 self._compressor = None
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             raise os_error(exc, self.name) from None
 

@@ -13,6 +13,7 @@ re-make the file byte for byte.
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -92,8 +93,9 @@ GENERATORS: dict[str, tuple[Callable[..., Iterator[Record]], Callable[..., dict[
 
 
 def checked_params(name: str, params: Any) -> dict[str, Any]:
-    """A generator's parameters (as a manifest records them), each checked; a wrong one
-    raises naming it, before anything is made."""
+    """A generator's parameters (as a manifest records them), each checked, with the
+    default of each one left out; a wrong one raises naming it, before anything is
+    made."""
     checked(name, params, {
         "groups": integer(1, optional=False, required=True),
         "group_size": integer(1, optional=False, required=True),
@@ -104,4 +106,5 @@ def checked_params(name: str, params: Any) -> dict[str, Any]:
         "output_tokens": integer(1), "into": one_of(("system", "text"))})
     tokenizer_loads(params["tokenizer"])
     filler_readable(params.get("filler_file"))
-    return dict(params)
+    defaults = {key: p.default for key, p in inspect.signature(prefix_test).parameters.items()}
+    return {**defaults, **params}

@@ -91,8 +91,29 @@ def cached_tokenizer(spec: str) -> Tokenizer:
     return load_tokenizer(spec)
 
 
+def tiktoken_cache() -> None:
+    """Point tiktoken's cache of BPE files at the user's cache folder
+    (``$XDG_CACHE_HOME/tiktoken``, else ``~/.cache/tiktoken``) unless the environment
+    names one (``TIKTOKEN_CACHE_DIR``, ``DATA_GYM_CACHE_DIR``): tiktoken's own default is
+    the temp folder, which is no place to keep a cache, nor to leave files in. Where that
+    folder cannot be written, nothing is cached (tiktoken would fail on a cache it was
+    told to use)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ or "DATA_GYM_CACHE_DIR" in os.environ:
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "tiktoken")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        usable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    os.environ["TIKTOKEN_CACHE_DIR"] = folder if usable else ""
+
+
 def _tiktoken(name: str) -> Tokenizer:
     import tiktoken
+
+    tiktoken_cache()
 
     offline = OFFLINE_TIKTOKEN.get(name)
     if offline is not None:

@@ -24,8 +24,18 @@ as Ctrl-C does), SIGTERM, SIGHUP or SIGKILL (to the process alone, as ``kill``,
   next run (a small one into the same folder and TMPDIR) is done;
 - no process of the run's session is alive 5 s after the run ended.
 
-Prints one line a trial and a summary; exits 1 if any check failed. Linux only
-(it reads /proc).
+Then it runs the hostile cases of outputs, manifests and leftovers (each promptkit
+run under ``prlimit --as=4G``, with a private TMPDIR): a
+device (as root), FIFO, socket or link to a device given as OUT, ``--manifest``, a
+side file, ``--per-request`` or ``--plot``; a link dropped among an input's shards
+or a part folder's parts; manifests nested 100,000 deep or with null fields or NUL
+in a path; an unreadable shard; ``nonce big - | head -1``; tiktoken's cache; a run
+killed with SIGKILL in the middle of putting its files in place. It counts
+tracebacks, leftovers, replaced devices and a secret file's text or sha256 shown
+(``--trials 0 --size 1`` runs these alone).
+
+Prints one line a trial (and a case) and a summary; exits 1 if any check failed.
+Linux only (it reads /proc).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL]
 PROMPTKIT = [sys.executable, "-m", "promptkit"]
@@ -223,9 +234,304 @@ def main() -> int:
     print(f"{args.trials} trials, {len(failures)} failed")
     for failure in failures:
         print("  " + failure)
+    failures += outputs_drill(work)
     if not args.keep:
         shutil.rmtree(work)
     return 1 if failures else 0
+
+
+# ---------------------------------------------------------------- hostile outputs
+
+
+#: Hostile cases run under a memory limit (address space; Python with pyarrow and
+#: matplotlib loaded maps about 1.5 GB).
+LIMIT = ["prlimit", f"--as={4 << 30}"]
+#: What reading a file without root's permission override looks like.
+NO_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+               "--inh-caps=-dac_override,-dac_read_search"]
+#: A file outside the folders a run may read: a record, so reading it does not stop at
+#: its first character (its sha256 then shows in a report of differing shards).
+SECRET = '{"text": "top secret, not to be read"}\n'
+
+
+def node_state(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mode, st.st_rdev
+
+
+def make_node(path: Path, kind: str) -> Path:
+    """A real device (1,3: what /dev/null is), FIFO, socket, or link to a device."""
+    import socket
+    import stat
+
+    if kind in ("device", "link"):
+        target = path if kind == "device" else path.with_name(path.name + ".dev")
+        os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        if kind == "link":
+            path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    return path
+
+
+class OutputsTally:
+    """The cases of :func:`outputs_drill` and what went wrong in them."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.cases = 0
+        self.counts: Counter[str] = Counter()
+        self.failures: list[str] = []
+
+    def env(self, tmp: Path, **more: str | None) -> dict[str, str]:
+        env = {**os.environ, "TMPDIR": str(tmp),
+               "TIKTOKEN_CACHE_DIR": str(self.work / "tiktoken"), **more}
+        return {k: v for k, v in env.items() if v is not None}
+
+    def run(self, name: str, args: list[str | Path], folder: Path, *, code: int = 1,
+            nodes: tuple[Path, ...] = (), new: set[str] | frozenset[str] = frozenset(),
+            secret: str | None = None, prefix: list[str] | None = None,
+            env: dict[str, str | None] | None = None, then: set[str] | None = None) -> None:
+        """``promptkit ARGS`` in ``folder`` with a private TMPDIR: exit ``code`` (1: with
+        exactly one line on stderr), no traceback, every node in ``nodes`` the same node,
+        nothing in ``folder`` but what was there (or ``then``) and ``new``, nothing in
+        TMPDIR, ``secret`` nowhere."""
+        tmp = folder / ".drill-tmp"
+        tmp.mkdir()
+        before = {p: node_state(p) for p in nodes}
+        listed = (set(os.listdir(folder)) - {tmp.name}) if then is None else then
+        done = subprocess.run([*(prefix or []), *LIMIT, *PROMPTKIT, *map(str, args)],
+                              cwd=folder, env=self.env(tmp, **(env or {})),
+                              capture_output=True, text=True, timeout=300)
+        problems = self.look(done.returncode, done.stdout, done.stderr, code, secret)
+        if any(not os.path.lexists(p) or node_state(p) != state for p, state in before.items()):
+            self.counts["replaced devices"] += 1
+            problems.append("a node was replaced")
+        self.finish(name, folder, tmp, listed | set(new), problems)
+
+    def look(self, returncode: int, stdout: str, stderr: str, code: int,
+             secret: str | None) -> list[str]:
+        problems = []
+        if "Traceback" in stderr:
+            self.counts["tracebacks"] += 1
+            problems.append("traceback: " + stderr.strip().splitlines()[-1][:200])
+        elif returncode != code:
+            problems.append(f"exit {returncode}, not {code}: {stderr.strip()[-200:]!r}")
+        elif code == 1 and stderr.count("\n") != 1:
+            problems.append(f"not one line: {stderr!r}")
+        if secret is not None and ("top secret" in stdout + stderr
+                                   or hashlib.sha256(secret.encode()).hexdigest()
+                                   in stdout + stderr):
+            self.counts["secrets shown"] += 1
+            problems.append("the secret file's text or sha256 shown")
+        return problems
+
+    def finish(self, name: str, folder: Path, tmp: Path, expected: set[str],
+               problems: list[str]) -> None:
+        left = sorted(set(os.listdir(folder)) - expected - {tmp.name}) + [
+            f"TMPDIR/{p}" for p in sorted(os.listdir(tmp))]
+        if left:
+            self.counts["leftovers"] += 1
+            problems.append(f"left: {left}")
+        shutil.rmtree(tmp)
+        self.cases += 1
+        print(f"  {'ok  ' if not problems else 'FAIL'} {name}"
+              + (": " + "; ".join(problems) if problems else ""), flush=True)
+        if problems:
+            self.failures.append(f"{name}: {'; '.join(problems)}")
+
+
+def outputs_drill(work: Path) -> list[str]:
+    """Outputs that are devices, FIFOs or sockets; manifests that lead out of their folder
+    through links or hold what once gave tracebacks; runs that lose their reader, meet an
+    unreadable shard or are killed while putting files in place. Prints a line a case and
+    the totals; returns the failures."""
+    print("\nhostile outputs, manifests and leftovers (each run under "
+          f"{' '.join(LIMIT)}):", flush=True)
+    base = work / "outputs"
+    base.mkdir()
+    tally = OutputsTally(work)
+    texts = "".join(json.dumps({"text": f"Tell me about item {i}, please."}) + "\n"
+                    for i in range(20))
+    (base / "in.jsonl").write_text(texts)
+    setup = {"cwd": base, "env": tally.env(work / "tmp"), "check": True, "capture_output": True}
+    subprocess.run([*PROMPTKIT, "nonce", "in.jsonl", "made.jsonl", "--seed", "1"], **setup)
+    if os.geteuid() != 0:
+        print("  (not root: no device nodes, no unreadable shard)")
+    _device_cases(tally, base)
+    _link_cases(tally, base, texts)
+    _manifest_cases(tally, base)
+    _leftover_cases(tally, base, texts)
+    summary = ", ".join(f"{tally.counts[k]} {k}" for k in
+                        ("tracebacks", "leftovers", "replaced devices", "secrets shown"))
+    print(f"{tally.cases} cases: {summary}; {len(tally.failures)} failed")
+    for failure in tally.failures:
+        print("  " + failure)
+    return tally.failures
+
+
+def _device_cases(tally: OutputsTally, base: Path) -> None:
+    outputs = {
+        "OUT": ["nonce", "in.jsonl", "NODE"],
+        "OUT parquet": ["nonce", "in.jsonl", "NODE", "--to", "parquet"],
+        "--manifest": ["nonce", "in.jsonl", "o.jsonl", "--manifest", "NODE"],
+        "--manifest, OUT -": ["nonce", "in.jsonl", "-", "--manifest", "NODE"],
+        "side file": ["pad", "in.jsonl", "o.jsonl", "--tokens", "40", "--tokenizer",
+                      "cl100k_base", "--system-prompt", "Be brief.", "--into", "file"],
+        "--per-request": ["check", "in.jsonl", "--tokenizer", "cl100k_base", "--per-request",
+                          "NODE"],
+        "check --plot": ["check", "in.jsonl", "--tokenizer", "cl100k_base", "--plot", "NODE"],
+        "stats --plot": ["stats", "in.jsonl", "--tokenizer", "cl100k_base", "--plot", "NODE"],
+        "rebuild OUT": ["rebuild", "made.jsonl.manifest.json", "NODE"],
+        "synth OUT": ["synth", "prefix-test", "NODE", "--groups", "2", "--group-size", "2"],
+        "publish OUT_DIR": ["publish", "in.jsonl", "NODE"],
+    }
+    kinds = ["fifo", "socket"] + (["device", "link"] if os.geteuid() == 0 else [])
+    for kind in kinds:
+        for what, args in outputs.items():
+            node = base / ("o.jsonl.system.txt" if what == "side file" else f"node-{kind}")
+            make_node(node, kind)
+            tally.run(f"{kind} as {what}", [node.name if a == "NODE" else a for a in args],
+                      base, nodes=(node,), new={node.name, node.name + ".dev"})
+            node.unlink(missing_ok=True)
+            if kind == "link":
+                node.with_name(node.name + ".dev").unlink(missing_ok=True)
+
+
+def _link_cases(tally: OutputsTally, base: Path, texts: str) -> None:
+    secret = base.parent / "secret.txt"
+    secret.write_text(SECRET)
+    shards = base / "shards"
+    shards.mkdir()
+    for k in range(3):
+        (shards / f"part-{k}.jsonl").write_text(texts)
+    setup = {"cwd": base, "env": tally.env(base.parent / "tmp"), "check": True,
+             "capture_output": True}
+    subprocess.run([*PROMPTKIT, "nonce", "shards", "sharded.jsonl", "--seed", "1"], **setup)
+    (shards / "part-1b.jsonl").symlink_to(secret)
+    for extra in ([], ["--allow-paths"]):
+        tally.run(f"rebuild, a link out dropped among the shards {' '.join(extra)}".strip(),
+                  ["rebuild", "sharded.jsonl.manifest.json", "again.jsonl", *extra], base,
+                  secret=SECRET)
+    (shards / "part-1b.jsonl").unlink()
+    (shards / "part-1b.jsonl").symlink_to(base / "gone.jsonl")
+    tally.run("a dangling link among the shards", ["nonce", "shards", "o.jsonl"], base)
+    tally.run("a dangling link matched by a glob", ["nonce", "shards/*.jsonl", "o.jsonl"], base)
+    (shards / "part-1b.jsonl").unlink()
+    # A folder of parts as --ray writes it (made here from one run's output) whose part is
+    # a link out of the folder.
+    parts = base / "parts"
+    parts.mkdir()
+    recorded = json.loads((base / "made.jsonl.manifest.json").read_text())
+    data = (base / "made.jsonl").read_bytes()
+    (parts / "part-00000.jsonl").symlink_to(secret)
+    recorded["output"]["parts"] = [{"path": "part-00000.jsonl", "records": data.count(b"\n"),
+                                    "bytes": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest()}]
+    (parts / "manifest.json").write_text(json.dumps(recorded))
+    tally.run("verify a part folder whose part is a link out", ["verify", "parts"], base,
+              secret=SECRET)
+
+
+def _manifest_cases(tally: OutputsTally, base: Path) -> None:
+    recorded = json.loads((base / "made.jsonl.manifest.json").read_text())
+    deep = '{"schema": "promptkit.manifest/1", "steps": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    (base / "deep.json").write_text(deep)
+    tally.run("verify, a manifest nested 100,000 deep",
+              ["verify", "made.jsonl", "--manifest", "deep.json"], base)
+    tally.run("rebuild, a manifest nested 100,000 deep", ["rebuild", "deep.json", "a.jsonl"],
+              base)
+    (base / "in.jsonl.manifest.json").write_text(deep)
+    tally.run("check IN, a deep manifest beside it",
+              ["check", "in.jsonl", "--tokenizer", "cl100k_base"], base, code=0)
+    tally.run("publish IN, a deep manifest beside it", ["publish", "in.jsonl", "pub"], base,
+              code=0, new={"pub"})
+    shutil.rmtree(base / "pub", ignore_errors=True)
+    (base / "in.jsonl.manifest.json").unlink()
+    crafted: dict[str, Any] = {
+        "side_outputs null": {**recorded, "side_outputs": None},
+        "generator null": {**recorded, "generator": None},
+        "a NUL in the input's path": {**recorded, "inputs": [
+            {**recorded["inputs"][0], "path": "in\x00.jsonl"}]},
+        "a NUL in a filler file": {**recorded, "steps": [
+            {"op": "fit", "params": {"tokens": "20", "tokenizer": "cl100k_base",
+                                     "filler_file": "a\x00b"}}]},
+    }
+    for what, manifest in crafted.items():
+        (base / "crafted.json").write_text(json.dumps(manifest))
+        tally.run(f"rebuild, {what}", ["rebuild", "crafted.json", "a.jsonl"], base)
+    subprocess.run([*PROMPTKIT, "synth", "prefix-test", "synth.jsonl", "--groups", "2",
+                    "--group-size", "2", "--system-tokens", "40", "--seed", "5"], cwd=base,
+                   env=tally.env(base.parent / "tmp"), check=True, capture_output=True)
+    generated = json.loads((base / "synth.jsonl.manifest.json").read_text())
+    generated["generator"]["params"].pop("filler_file")
+    (base / "crafted.json").write_text(json.dumps(generated))
+    tally.run("rebuild, generator.params without filler_file",
+              ["rebuild", "crafted.json", "a.jsonl"], base, code=0,
+              new={"a.jsonl", "a.jsonl.manifest.json"})
+    for name in ("a.jsonl", "a.jsonl.manifest.json", "crafted.json"):
+        (base / name).unlink(missing_ok=True)
+
+
+def _leftover_cases(tally: OutputsTally, base: Path, texts: str) -> None:
+    if os.geteuid() == 0:
+        unreadable = base / "unreadable"
+        unreadable.mkdir()
+        for k in range(3):
+            (unreadable / f"part-{k}.jsonl").write_text(texts)
+        (unreadable / "part-1.jsonl").chmod(0)
+        for workers in ("1", "2"):
+            tally.run(f"an unreadable shard, {workers} worker(s)",
+                      ["nonce", "unreadable", "o.jsonl", "--workers", workers], base,
+                      prefix=NO_OVERRIDE)
+    big = base.parent / "big.jsonl"
+    make_input(big, 24)  # more than a pipe holds, and enough for workers
+    for workers in ("1", "2"):
+        for manifest in ([], ["--manifest", "m.json"]):
+            _closed_stdout(tally, base, big, workers, manifest)
+    tally.run("stats --tokenizer with tiktoken's cache not named", [
+        "stats", "in.jsonl", "--tokenizer", "cl100k_base"], base, code=0,
+        env={"TIKTOKEN_CACHE_DIR": None, "DATA_GYM_CACHE_DIR": None,
+             "XDG_CACHE_HOME": str(base.parent / "user-cache")})
+    # SIGKILL between moving the old manifest aside and renaming OUT; the next run into
+    # the folder removes what it left.
+    killed = base / "killed"
+    killed.mkdir()
+    out = killed / "o.jsonl"
+    subprocess.run([*PROMPTKIT, "nonce", "in.jsonl", out], cwd=base,
+                   env=tally.env(base.parent / "tmp"), check=True, capture_output=True)
+    program = (f"import os, signal\nfrom promptkit import files\n"
+               f"o = files.Outputs({str(out)!r}, {str(out) + '.manifest.json'!r})\n"
+               f"o.stage({str(out) + '.manifest.json'!r}, '{{}}')\n"
+               "o.commit(lambda: os.kill(os.getpid(), signal.SIGKILL))\n")
+    subprocess.run([sys.executable, "-c", program], env=tally.env(base.parent / "tmp"),
+                   capture_output=True)
+    tally.run("the run after one killed mid-commit", ["nonce", base / "in.jsonl", "next.jsonl"],
+              killed, code=0, then={"o.jsonl"}, new={"next.jsonl", "next.jsonl.manifest.json"})
+
+
+def _closed_stdout(tally: OutputsTally, base: Path, big: Path, workers: str,
+                   manifest: list[str]) -> None:
+    """``promptkit nonce big - | head -1``: 141, nothing on stderr, nothing left."""
+    tmp = base / ".drill-tmp"
+    tmp.mkdir()
+    listed = set(os.listdir(base)) - {tmp.name}
+    proc = subprocess.Popen([*LIMIT, *PROMPTKIT, "nonce", str(big), "-", "--workers", workers,
+                             *manifest], cwd=base, env=tally.env(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    problems = tally.look(proc.returncode, "", err.decode(errors="replace"), 141, None)
+    if err:
+        problems.append(f"stderr: {err[-200:]!r}")
+    tally.finish(" ".join(["nonce big -", *manifest, "--workers", workers, "| head -1"]), base,
+                 tmp, listed, problems)
 
 
 if __name__ == "__main__":

@@ -293,3 +293,33 @@ def test_a_chat_template_on_a_hash_id_trace_needs_the_tokenizer(run, tokenizer):
     templated = check_report(run, SAMPLE, "--chat-template", "hf", "--tokenizer", tokenizer)
     assert templated["template_header_tokens"] > 0
     assert templated["prompt_tokens"] > bare["prompt_tokens"]
+
+
+@pytest.mark.parametrize("mode", ["first-turn-prefix", "first-turn-suffix", "system-prefix"])
+def test_check_cache_bust_on_a_bailian_trace(run, mode):
+    """AIPerf's --cache-bust marker goes into a session's first turn (a hash-id trace has
+    no system message, so system-* modes put it there too), which later turns send again
+    in their history: from the marker on, a session's tokens are its own. Counted here
+    by tagging each token from the marker's place with its session (the reply too)."""
+    rows = sample_rows()
+    requests = aiperf_requests(rows)
+    first: dict[int, int] = {}
+    for session, tokens, _ in requests:
+        first.setdefault(session, len(tokens))  # its first request: its first turn alone
+    tagged = []
+    for session, tokens, reply in requests:
+        cut = first[session] if mode.endswith("suffix") else 0
+        tagged.append((session, tokens[:cut] + [(t, session) for t in tokens[cut:]],
+                       [(t, session) for t in reply]))
+    report = check_report(run, SAMPLE, "--cache-bust", mode)
+    hits, within, prompt = counted(tagged, BLOCK)
+    assert (report["hit_tokens"], report["within_conversation_hit_tokens"],
+            report["prompt_tokens"]) == (hits, within, prompt)
+    plain = check_report(run, SAMPLE)
+    assert report["within_conversation_hit_tokens"] == plain["within_conversation_hit_tokens"]
+    if mode.endswith("prefix"):
+        assert report["cross_conversation_hit_tokens"] == 0
+    else:  # the shared blocks before the marker still hit
+        assert 0 < report["cross_conversation_hit_tokens"] <= plain[
+            "cross_conversation_hit_tokens"]
+    assert report["cache_bust"]["aiperf_args"] == ["--cache-bust", mode.replace("-", "_")]

@@ -230,10 +230,10 @@ def test_per_request_lines(tmp_path, run):
     assert result.exit_code == 0, result.stderr
     row = {"turn": 1, "prompt_tokens": 1100, "hit_tokens": 1024, "hit_tokens_low": 1024,
            "hit_tokens_within_conversation": 0}
-    assert read_jsonl(lines) == [
-        {"request": 1, "record": 2, **row, "first_differing_block": 2},
-        {"request": 2, "record": 1, **row, "first_differing_block": 0},
-        {"request": 3, "record": 2, **row, "first_differing_block": 2},
+    assert read_jsonl(lines) == [  # (the warmup sent conversation 1: record 1)
+        {"request": 1, "record": 2, "conversation": 2, **row, "first_differing_block": 2},
+        {"request": 2, "record": 1, "conversation": 3, **row, "first_differing_block": 0},
+        {"request": 3, "record": 2, "conversation": 4, **row, "first_differing_block": 2},
     ]
 
 

@@ -240,6 +240,17 @@ def _del(*keys: str):
     (lambda m: m["steps"][0].update(params=[]), "steps[0].params is [], not an object"),
     (_del("skipped"), "skipped.count is None, not a record count"),
     (lambda m: m["aiperf"].update(args="--x"), "aiperf.args is '--x', not a list of strings"),
+    (lambda m: m.update(side_outputs=None), "side_outputs is None, not a list"),
+    (lambda m: m.update(side_outputs=[{"path": "x"}]),
+     "side_outputs[0].sha256 is None, not a sha256"),
+    (lambda m: m.update(generator=None), "generator is None, not an object"),
+    (lambda m: m["inputs"][0].update(path="in\x00.jsonl"),
+     "inputs[0].path is 'in\\x00.jsonl', not a path"),
+    (lambda m: m["output"].update(path="out\x00.jsonl"),
+     "output.path is 'out\\x00.jsonl', not a path"),
+    (lambda m: m["output"].update(parts=[{"path": "../x.jsonl", "records": 1, "bytes": 1,
+                                          "sha256": "0" * 64}]),
+     "output.parts[0].path is '../x.jsonl', not a file name in the folder"),
 ])
 def test_verify_and_rebuild_name_the_bad_field(change, says, tmp_path, run):
     manifest = crafted(tmp_path, "nonce", change)
@@ -250,6 +261,116 @@ def test_verify_and_rebuild_name_the_bad_field(change, says, tmp_path, run):
         assert result.exit_code == 1
         assert one_line(result.stderr).startswith(f"{manifest}: not a valid manifest: {says}")
     assert not (tmp_path / "again.jsonl").exists()
+
+
+@pytest.mark.parametrize(("name", "change", "field"), [
+    ("synth", lambda m: m["generator"]["params"].update(filler_file="a\x00b"),
+     "generator.params.filler_file"),
+    ("fit", lambda m: m["steps"][0]["params"].update(filler_file="a\x00b"),
+     "steps[0].params.filler_file"),
+])
+def test_a_path_holding_nul_is_no_path(name, change, field, tmp_path, run):
+    manifest = crafted(tmp_path, name, change)
+    result = run("rebuild", manifest, tmp_path / "again.jsonl")
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == (f"{manifest}: not a valid manifest: {field} is "
+                                       "'a\\x00b', not a path")
+
+
+def test_a_generator_parameter_left_out_is_its_default(tmp_path, run):
+    # Made with a filler file: without it, the same generator makes other prompts.
+    manifest = crafted(tmp_path, "synth", lambda m: m["generator"]["params"].pop("filler_file"))
+    result = run("rebuild", manifest, tmp_path / "again.jsonl")
+    assert result.exit_code == 1
+    assert one_line(result.stderr).startswith(f"{tmp_path / 'again.jsonl'}: rebuilt file "
+                                              "differs from the manifest")
+    # Made without one: the default is what it was made with.
+    out = tmp_path / "plain.jsonl"
+    assert run("synth", "prefix-test", out, "--groups", "2", "--group-size", "2",
+               "--system-tokens", "40", "--seed", "5").exit_code == 0
+    recorded = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert recorded["generator"]["params"].pop("filler_file") is None
+    manifest.write_text(json.dumps(recorded))
+    result = run("rebuild", manifest, tmp_path / "again.jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()
+
+
+def part_folder(tmp_path: Path, run) -> Path:
+    """A folder of two parts and its manifest, as ``--ray`` writes them (made from one
+    run's output here, without a cluster)."""
+    import hashlib
+
+    out = made(tmp_path, "nonce", run)
+    recorded = json.loads(Path(f"{out}.manifest.json").read_text())
+    lines = out.read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    recorded["output"]["parts"] = []
+    for i, data in enumerate((b"".join(lines[:4]), b"".join(lines[4:]))):
+        (folder / f"part-{i:05d}.jsonl").write_bytes(data)
+        recorded["output"]["parts"].append({
+            "path": f"part-{i:05d}.jsonl", "records": data.count(b"\n"), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()})
+    (folder / "manifest.json").write_text(json.dumps(recorded))
+    result = run("verify", folder)
+    assert result.exit_code == 0, result.stderr
+    return folder
+
+
+@pytest.mark.parametrize(("link", "says"), [
+    ("out", "part-00000.jsonl is a link out of the folder: not read"),
+    ("nothing", "part-00000.jsonl is a link to nothing"),
+    ("inside", None),
+])
+def test_verify_reads_no_part_through_a_link_out_of_its_folder(link, says, tmp_path, run):
+    import hashlib
+
+    folder = part_folder(tmp_path, run)
+    part = folder / "part-00000.jsonl"
+    secret = (tmp_path / "secret.jsonl") if link != "inside" else folder / ".kept.jsonl"
+    secret.write_bytes(part.read_bytes() if link == "inside" else b"a private line\n")
+    part.unlink()
+    part.symlink_to(secret if link != "nothing" else tmp_path / "gone.jsonl")
+    result = run("verify", folder)
+    if says is None:
+        assert result.exit_code == 0, result.stderr
+        return
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == f"{folder}: does not match its manifest: {says}"
+    assert hashlib.sha256(secret.read_bytes()).hexdigest() not in result.stderr
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_a_deeply_nested_manifest_is_one_line(tmp_path, run):
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    out = tmp_path / "out.jsonl"
+    assert run("nonce", source, out).exit_code == 0
+    deep = tmp_path / "deep.manifest.json"
+    deep.write_text('{"schema": "promptkit.manifest/1", "steps": ' + DEEP + "}")
+    said = f"{deep}: not a valid manifest: JSON nested too deeply"
+    for command in (("verify", out, "--manifest", deep), ("rebuild", deep, tmp_path / "a.jsonl")):
+        result = run(*command)
+        assert result.exit_code == 1
+        assert one_line(result.stderr) == said
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    shutil.copy(deep, parts / "manifest.json")
+    result = run("verify", parts)
+    assert result.exit_code == 1
+    assert one_line(result.stderr) == f"{parts / 'manifest.json'}: not a valid manifest: JSON " \
+        "nested too deeply"
+    # Beside an input, a manifest check and publish read for what made it: not used.
+    shutil.copy(deep, f"{source}.manifest.json")
+    result = run("check", source, "--tokenizer", "cl100k_base")
+    assert result.exit_code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    result = run("publish", source, tmp_path / "published")
+    assert result.exit_code == 0, result.stderr
+    assert f"{source}.manifest.json: not a valid manifest: JSON nested too deeply" in \
+        result.stderr
 
 
 def test_a_manifest_of_another_schema_version_says_so(tmp_path, run):

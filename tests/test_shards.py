@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -313,6 +314,67 @@ def test_inputs_that_name_no_shards_or_mixed_kinds_are_one_line(case, tmp_path, 
     assert result.stderr.startswith(f"promptkit: {expected}")
     assert len(result.stderr.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["folder", "glob"])
+@pytest.mark.parametrize("kind", ["dangling link", "fifo"])
+def test_a_shard_that_cannot_be_read_is_reported(kind, spec, stream, tmp_path, run):
+    _, parts = stream
+    bad = parts / "part-00004.jsonl"
+    bad.unlink()
+    if kind == "dangling link":
+        bad.symlink_to(tmp_path / "gone.jsonl")
+        expected = f"{bad}: a link to {tmp_path / 'gone.jsonl'}, which does not exist"
+    else:
+        os.mkfifo(bad)
+        expected = f"{bad}: is a FIFO, not a file of records"
+    out = tmp_path / "out.jsonl"
+    result = run("nonce", parts if spec == "folder" else f"{parts}/*.jsonl*", out)
+    assert result.exit_code == 1
+    assert result.stderr == f"promptkit: {expected}\n"
+    assert not out.exists()
+
+
+#: A file dropped among the shards: a record, so a rebuild that read it would go on and
+#: report its sha256 among the shards that differ.
+SECRET = '{"text": "top secret"}\n'
+
+
+@pytest.mark.parametrize("dropped", ["link out", "file"])
+def test_rebuild_opens_only_the_shards_the_manifest_lists(dropped, stream, tmp_path, run):
+    """A file dropped among the shards after the manifest was made, a link out of the
+    folder or a plain file, is not read: its content and sha256 appear nowhere."""
+    _, parts = stream
+    out = tmp_path / "out.jsonl"
+    assert run("nonce", parts, out, "--seed", "3").exit_code == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    extra = parts / "part-00004b.jsonl"  # sorts among the listed shards
+    if dropped == "link out":
+        extra.symlink_to(secret)
+    else:
+        extra.write_text(SECRET)
+    for args in ((), ("--allow-paths",)):
+        result = run("rebuild", f"{out}.manifest.json", tmp_path / "again.jsonl", *args)
+        assert result.exit_code == 1
+        assert result.stderr == (f"promptkit: {out}.manifest.json: {extra} is not one of the "
+                                 "input's shards the manifest lists: not read\n")
+        assert hashlib.sha256(SECRET.encode()).hexdigest() not in result.stderr
+        assert not (tmp_path / "again.jsonl").exists()
+    # A copy of the shards elsewhere, given with --input: the same names are the shards.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for shard in parts.iterdir():
+        if shard != extra:
+            (copy / shard.name).write_bytes(shard.read_bytes())
+    result = run("rebuild", f"{out}.manifest.json", tmp_path / "again.jsonl", "--input", copy)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()
+    (copy / extra.name).write_text(SECRET)
+    result = run("rebuild", f"{out}.manifest.json", tmp_path / "third.jsonl", "--input",
+                 f"{copy}/*.jsonl*")
+    assert result.exit_code == 1
+    assert f"{copy / extra.name} is not one of the input's shards" in result.stderr
 
 
 def test_parquet_shards_are_the_rows_of_one_table(tmp_path, run):

@@ -433,6 +433,9 @@ def _hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
 def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
     """Write the manifest into the staging folder and rename the folder to OUT (an
     earlier part folder there is replaced; nothing is left on failure)."""
+    for name in os.listdir(staging):  # a part a worker killed mid-write left (run again)
+        if name.endswith(files.TMP_SUFFIX):
+            files.remove_quietly(os.path.join(staging, name))
     manifest.write(os.path.join(staging, MANIFEST), result)
     old = None
     if os.path.isdir(output_path):
@@ -544,7 +547,8 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
 def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
     """The differences between a part folder and its manifest (``OUT/manifest.json``):
     each part's sha256 and records, no part missing or extra, and the sha256 and records
-    of their concatenation."""
+    of their concatenation. Only the parts the manifest lists are read, and none that is
+    a link out of the folder or not a file."""
     recorded = manifest.read(manifest_path or os.path.join(path, MANIFEST))
     parts = recorded["output"].get("parts")
     if not isinstance(parts, list):
@@ -552,20 +556,25 @@ def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
     problems = []
     found = sorted(name for name in os.listdir(path)
                    if name.startswith("part-") and name.endswith(".jsonl"))
-    named = [part.get("path") for part in parts if isinstance(part, dict)]
-    extra = sorted(set(found) - set(named))
+    extra = sorted(set(found) - {part["path"] for part in parts})
     if extra:
         problems.append(f"{', '.join(extra)} not in the manifest")
     whole = hashlib.sha256()
     records = 0
+    folder = os.path.realpath(path)
     for part in parts:
-        name = part.get("path") if isinstance(part, dict) else None
-        if not isinstance(name, str) or os.path.basename(name) != name:
-            problems.append(f"output.parts: {part!r} is not a part of this folder")
-            continue
+        name = part["path"]  # a file name (manifest.read checked it)
         file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            problems.append(f"{name} is missing")
+        if not os.path.exists(file):
+            problems.append(f"{name} is a link to nothing" if os.path.lexists(file)
+                            else f"{name} is missing")
+            continue
+        real = os.path.realpath(file)
+        if os.path.commonpath([real, folder]) != folder:
+            problems.append(f"{name} is a link out of the folder: not read")
+            continue
+        if not os.path.isfile(real):
+            problems.append(f"{name} is not a file: not read")
             continue
         own = hashlib.sha256()
         lines = 0
@@ -575,11 +584,11 @@ def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
                 whole.update(block)
                 lines += block.count(b"\n")
         records += lines
-        if own.hexdigest() != part.get("sha256"):
+        if own.hexdigest() != part["sha256"]:
             problems.append(f"{name}: sha256 is {own.hexdigest()}, manifest says "
-                            f"{part.get('sha256')}")
-        if lines != part.get("records"):
-            problems.append(f"{name}: {lines} records, manifest says {part.get('records')}")
+                            f"{part['sha256']}")
+        if lines != part["records"]:
+            problems.append(f"{name}: {lines} records, manifest says {part['records']}")
     if not problems and whole.hexdigest() != recorded["output"]["sha256"]:
         problems.append(f"the parts together: sha256 is {whole.hexdigest()}, manifest says "
                         f"{recorded['output']['sha256']}")
@@ -623,14 +632,10 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                               keep_replies=keep_replies)
             made = []
             with open(whole, "rb") as f:
-                for part in parts:
-                    size = part.get("bytes") if isinstance(part, dict) else None
-                    if not isinstance(size, int) or not isinstance(part.get("path"), str):
-                        raise PromptkitError(f"output.parts: {part!r} has no path and bytes")
-                    data = f.read(size)
-                    sha256 = _write_part(os.path.join(staging, os.path.basename(part["path"])),
-                                         data)
-                    made.append({"path": os.path.basename(part["path"]),
+                for part in parts:  # (manifest.read checked each one's name and bytes)
+                    data = f.read(part["bytes"])
+                    sha256 = _write_part(os.path.join(staging, part["path"]), data)
+                    made.append({"path": part["path"],
                                  "records": data.count(b"\n"), "bytes": len(data),
                                  "sha256": sha256})
                 if f.read(1):
