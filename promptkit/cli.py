@@ -40,7 +40,8 @@ from .publish import (
 )
 from .steps import Step
 
-FORMAT_CHOICE = click.Choice(list(FORMATS))
+#: Input formats: every line format of JSON lines.
+FORMAT_CHOICE = click.Choice([name for name, f in FORMATS.items() if f.encode is None])
 #: Output formats: every line format, and tables (parquet, a save_to_disk folder).
 OUTPUT_CHOICE = click.Choice([*FORMATS, *TABLE_FORMATS])
 

@@ -150,7 +150,8 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
                    extra_args: list[str] | None = None,
                    codec: str | None = None) -> dict[str, Any]:
     # AIPerf reads gzip by its first bytes, except in random_pool; nothing else compressed.
-    unreadable = codec is not None and (codec != "gzip" or aiperf_type == "random_pool")
+    unreadable = codec is not None and (codec != "gzip"
+                                        or aiperf_type in ("random_pool", "burst_gpt_trace"))
     loaded = compression.strip_suffix(path) if unreadable else path
     args = ["--input-file", loaded, "--custom-dataset-type", aiperf_type] if aiperf_type else []
     section: dict[str, Any] = {
@@ -162,7 +163,15 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
             "beyond that AIPerf wraps around the file and the repeats hit the prefix cache."
         ),
     }
-    if aiperf_type == "multi_turn":
+    if aiperf_type == "burst_gpt_trace":
+        # AIPerf replays a trace on its schedule by itself only when its first line is
+        # JSON with a timestamp: a CSV's is not.
+        section["args"] += ["--fixed-schedule"]
+        section["note"] = (
+            "AIPerf makes up a prompt of each row's length (no two alike) and sends each "
+            "row once, at its Timestamp (--fixed-schedule; without it, as fast as the "
+            "concurrency allows).")
+    elif aiperf_type == "multi_turn":
         section["note"] = (
             f"{distinct} distinct conversations. AIPerf sends one request a turn and counts "
             "turns in --request-count, each turn with the conversation's history (the "

@@ -814,12 +814,20 @@ class Encoder:
         tap = self.tap
         as_rows = self.as_rows
         fields = self.fields
+        encode, header = self.format.encode, self.format.header
+        data: Any
         for record in records:
             try:
                 obj = dump(record)
                 if fields is not None:
                     fields.update(obj)
-                data = obj if as_rows else dumps(obj, option=newline)
+                if as_rows:
+                    data = obj
+                elif encode is None:
+                    data = dumps(obj, option=newline)
+                else:
+                    data = encode(obj) if header is None else header(obj) + encode(obj)
+                    header = None
             except InvalidRecordError as exc:
                 problem = f"cannot write as {self.format.name}: {exc.problem}"
                 if not self.skip_invalid:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConversionError, FormatUnknownError, InvalidRecordError
 from ..records import Record, ends_with_reply
-from . import accept, aiperf, bailian, chat, payloads, table
+from . import accept, aiperf, bailian, burstgpt, chat, payloads, table
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,16 @@ class Format:
     #: A new ``dump`` for one file written in order, where one line depends on the lines
     #: written before it (``None``: ``dump`` writes each line on its own).
     dumper: Callable[[], Callable[[Record], dict[str, Any]]] | None = None
+    #: A format whose lines are not JSON: the bytes of a line of ``dump``'s dict, and
+    #: what goes before the first line (a CSV's header).
+    encode: Callable[[dict[str, Any]], bytes] | None = None
+    header: Callable[[dict[str, Any]], bytes] | None = None
 
     @property
     def linked(self) -> bool:
         """Whether a file of it is read (or written) in one pass, in one process: its
-        lines depend on the lines before them."""
-        return self.linker is not None or self.dumper is not None
+        lines depend on the lines before them (or on a header)."""
+        return self.linker is not None or self.dumper is not None or self.header is not None
 
 
 FORMATS: dict[str, Format] = {
@@ -61,6 +65,10 @@ FORMATS: dict[str, Format] = {
                "output_length, hash_ids of 16 tokens", False,
                hash_block_size=bailian.BLOCK_SIZE, linker=bailian.Chains,
                dumper=bailian.Numbering),
+        Format("burst_gpt_trace", burstgpt.parse_burst_gpt, burstgpt.dump_burst_gpt,
+               "burst_gpt_trace", "BurstGPT CSV: Timestamp (s), Request tokens, Response "
+               "tokens (--to only; a BurstGPT CSV reads by its columns)", False,
+               dumper=burstgpt.Rows, encode=burstgpt.encode_row, header=burstgpt.header),
         Format("openai", chat.parse_openai, chat.dump_openai, "mooncake_trace",
                "OpenAI chat JSONL: {\"messages\": [...], ...request fields}", True),
         Format("raw_payload", payloads.parse_raw_payload, payloads.dump_raw_payload,

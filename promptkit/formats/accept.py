@@ -219,6 +219,16 @@ def _bailian(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _burst_gpt(obj: dict[str, Any]) -> str | None:
+    timestamp = obj.get("Timestamp")
+    if timestamp.__class__ not in (int, float) or timestamp < 0:
+        return f"'Timestamp' is {timestamp!r}, not a number of seconds of at least 0"
+    for key in ("Request tokens", "Response tokens"):
+        if not _whole(obj.get(key)):
+            return f"'{key}' is {obj.get(key)!r}, not a whole number of at least 1"
+    return None
+
+
 _TURN_FIELDS = frozenset({"text", "texts", *_MEDIA, "image_uuids", "role", "session_id",
                           "timestamp", "delay", "output_length", "extra", "type"})
 #: The fields each type's model reads (it keeps a line's other fields aside, unread).
@@ -239,5 +249,6 @@ _RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "random_pool": _texts,
     "mooncake_trace": _mooncake,
     "bailian_trace": _bailian,
+    "burst_gpt_trace": _burst_gpt,
     "raw_payload": lambda obj: _messages(obj.get("messages"), "messages"),
 }
