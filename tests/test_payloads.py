@@ -165,3 +165,20 @@ def test_raw_payload_lines_keep_every_field_and_load_in_aiperf(tmp_path, run, to
     as_openai = report(run, source, "--tokenizer", tokenizer)
     assert "salts_not_sent" not in raw and as_openai["salts_not_sent"] == 1
     assert raw["requests"] == as_openai["requests"] == 4
+
+
+def test_a_salt_a_session_reaches_every_body_of_it(tmp_path, run, tokenizer, bodies):
+    """nonce --at salt: one cache_salt a session, in each of its bodies (sent with
+    them): no hit across sessions, the hits within them as before."""
+    source = inputs_json(tmp_path / "inputs.json", bodies)
+    out = tmp_path / "salted.jsonl"
+    result = run("nonce", source, out, "--seed", "3", "--at", "salt")
+    assert result.exit_code == 0, result.stderr
+    rows = read_jsonl(out)
+    aiperf_tool.strict("MooncakeTrace", rows)
+    salts = [r["payload"]["cache_salt"] for r in rows]
+    assert salts[0] == salts[1] != salts[2] == salts[3]
+    before = report(run, source, "--tokenizer", tokenizer)
+    after = report(run, out, "--tokenizer", tokenizer)
+    assert after["cross_conversation_hit_tokens"] == 0
+    assert after["within_conversation_hit_tokens"] == before["within_conversation_hit_tokens"] > 0
