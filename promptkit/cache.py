@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import struct
 from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -183,6 +184,10 @@ def mixed(x: int) -> int:
     return x ^ (x >> 31)
 
 
+#: A run of symbols in a block: its marker, seed, first token and count.
+_SYMBOL = struct.Struct(">BQII")
+
+
 class Runs:
     """A token sequence held as runs, for prompts whose tokens are known only as equal or
     not (a hash-id trace's): a run of symbols ``(seed, start, count)``, the tokens
@@ -198,6 +203,14 @@ class Runs:
         self.length = 0
         for run in runs:
             self._add(run)
+
+    @classmethod
+    def joined(cls, runs: list[tuple[Any, ...]], length: int) -> Runs:
+        """Runs of symbol runs none of which continues the one before (distinct seeds),
+        none empty, ``length`` tokens in all: taken as they are."""
+        out = cls()
+        out.runs, out.length = runs, length
+        return out
 
     def _add(self, run: tuple[Any, ...]) -> None:
         count = len(run[0]) if len(run) == 1 else run[2]
@@ -250,6 +263,7 @@ class Runs:
         hashes = []
         pieces: list[bytes] = []
         room = size  # tokens the current block still takes
+        blake2b, symbol = hashlib.blake2b, _SYMBOL.pack
         for run in self.runs:
             literal = len(run) == 1
             count = len(run[0]) if literal else run[2]
@@ -259,13 +273,11 @@ class Runs:
                 if literal:
                     pieces.append(b"\x02" + array("I", run[0][done:done + take]).tobytes())
                 else:
-                    pieces.append(b"\x01%b%b%b" % (run[0].to_bytes(8), (run[1] + done)
-                                                   .to_bytes(4), take.to_bytes(4)))
+                    pieces.append(symbol(1, run[0], run[1] + done, take))
                 done += take
                 room -= take
                 if not room:
-                    parent = hashlib.blake2b(parent + b"".join(pieces),
-                                             digest_size=8).digest()
+                    parent = blake2b(parent + b"".join(pieces), digest_size=8).digest()
                     hashes.append(int.from_bytes(parent))
                     pieces = []
                     room = size

@@ -269,7 +269,7 @@ class IdPrompts:
         tail = part.length - (len(ids) - 1) * size - last
         if tail > 0:
             runs.append((mixed(part.index ^ self._OWN), 0, tail))
-        return Runs(runs)
+        return Runs.joined(runs, part.length)
 
     def reply(self, session: Any, turn: int, length: int) -> Runs:
         """The tokens of the server's reply to a session's ``turn``."""
@@ -315,6 +315,9 @@ class IdPrompts:
                         lineno=part.lineno)
                 sent.append(self.reply(session, i - 1, before))
             sent.append(self.content(part))
+            if self.renderer is None:  # (no template: the contents one after another)
+                out.append(sent[0] if i == 0 else out[-1] + sent[-2] + sent[-1])
+                continue
             runs = []
             for piece, content in zip(self.pieces(i + 1), [*sent, None], strict=True):
                 runs += piece.runs if content is None else piece.runs + content.runs
