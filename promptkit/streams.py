@@ -363,13 +363,18 @@ def is_inputs_json(head: bytes) -> bool:
     return _DATA_LIST.match(head) is not None
 
 
+#: What text that may still become :data:`_DATA_LIST` begins with.
+_DATA_LIST_START = re.compile(rb'\s*\{\s*(?:"(?:d(?:a(?:t(?:a(?:"\s*(?::\s*)?)?)?)?)?)?)?\Z')
+
+
 def _data_list(chunks: Iterator[bytes]) -> tuple[bool, Iterator[bytes]]:
     """Whether the text is an ``inputs.json`` document (see :data:`_DATA_LIST`); if so,
-    the chunks from the opening bracket of its ``data`` list, else all of them."""
+    the chunks from the opening bracket of its ``data`` list, else all of them. Reads
+    only as far as it must to tell (a stream's first line is not waited for beyond)."""
     head = b""
     for chunk in chunks:
         head += chunk
-        if len(head) >= 64:
+        if _DATA_LIST.match(head) or not _DATA_LIST_START.match(head) or len(head) > 4096:
             break
     found = _DATA_LIST.match(head)
     if found is None:
