@@ -107,18 +107,28 @@ def test_nonce_remakes_an_inputs_json_as_payload_lines(tmp_path, run, tokenizer,
     assert report(run, out, "--tokenizer", tokenizer)["requests"] == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nonce leaves a session's later line as it is (right for a delta line that AIPerf "
-    "sends after the history), but a body or messages line is sent verbatim with the "
-    "whole history: it needs its session's nonce too, else it keeps the cross-session "
-    "prefix"))
-def test_every_body_of_a_session_gets_its_sessions_nonce(tmp_path, run, tokenizer, bodies):
+@pytest.mark.parametrize("at", ["start", "system", "user"])
+def test_every_body_of_a_session_gets_its_sessions_nonce(tmp_path, run, tokenizer, bodies,
+                                                         at):
+    """A body is sent as it is, its history included: each of a session's bodies gets
+    the nonce its first got, in the same place, so the hits within the session stay and
+    those across sessions go."""
     source = inputs_json(tmp_path / "inputs.json", bodies)
     out = tmp_path / "nonced.jsonl"
-    assert run("nonce", source, out, "--seed", "3", "--at", "system").exit_code == 0
-    firsts = [r["payload"]["messages"][0]["content"] for r in read_jsonl(out)]
-    assert firsts[0] == firsts[1] != firsts[2] == firsts[3]  # one nonce a session
-    assert report(run, out, "--tokenizer", tokenizer)["cross_conversation_hit_tokens"] == 0
+    result = run("nonce", source, out, "--seed", "3", "--at", at)
+    assert result.exit_code == 0, result.stderr
+    rows = read_jsonl(out)
+    place = 1 if at == "user" else 0
+    heads = [r["payload"]["messages"][place]["content"] for r in rows]
+    wheres = [b["messages"][place]["content"] for payloads in bodies for b in payloads]
+    nonces = [head[:len(head) - len(was)] for head, was in zip(heads, wheres, strict=True)]
+    assert all(head.endswith(was) for head, was in zip(heads, wheres, strict=True))
+    assert nonces[0] == nonces[1] != nonces[2] == nonces[3] and "" not in nonces
+    before = report(run, source, "--tokenizer", tokenizer)
+    after = report(run, out, "--tokenizer", tokenizer)
+    if at != "user":  # (a nonce in the user message leaves the system prompt shared)
+        assert after["cross_conversation_hit_tokens"] == 0
+    assert after["within_conversation_hit_tokens"] >= before["within_conversation_hit_tokens"]
 
 
 @pytest.mark.parametrize(("data", "problem"), [
