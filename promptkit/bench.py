@@ -104,7 +104,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
-from .formats.aiperf import TRACE_TYPES, fixed_schedule
+from .formats.aiperf import HASH_BLOCK_FLAGS, TRACE_TYPES, fixed_schedule
 
 #: Every setting the runner reads, with its default (None: not passed to AIPerf).
 SETTINGS: dict[str, str | None] = {
@@ -1388,8 +1388,6 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                       "fixed_schedule": fixed, "concurrency": concurrency,
                       "url": redact_text(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
-    from .pipeline import HASH_BLOCK_FLAGS
-
     hash_block = [v for v in (option_value(command, flag) for flag in HASH_BLOCK_FLAGS)
                   if v is not None and v.isdigit() and int(v) >= 1]
     prediction = Prediction(

@@ -30,7 +30,7 @@ from .errors import (
     Skipping,
 )
 from .formats import TABLE_FORMATS, get_format
-from .formats.aiperf import HASH_BLOCK_FLAGS
+from .formats.aiperf import block_size_in
 from .progress import Progress, tracked
 from .progress import is_wanted as progress_is_wanted
 from .progress import wanted as progress_wanted
@@ -709,10 +709,10 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
         out["note"] = f"{path} does not match the file ({problems[0]}): not applied"
         return out
     args = recorded.get("aiperf", {}).get("args", [])
+    if block_size_in(args) is not None:
+        out["hash_block_size"] = block_size_in(args)
     for flag, value in zip(args, args[1:], strict=False):
-        if flag in HASH_BLOCK_FLAGS and str(value).isdigit() and int(value) >= 1:
-            out["hash_block_size"] = int(value)
-        elif flag == "--system-prompt":
+        if flag == "--system-prompt":
             out.update(applied=[flag, value], source="manifest", system_prompt=value)
         elif flag == "--system-prompt-file":
             found = manifest.named_file(str(value), input_path)

@@ -20,7 +20,7 @@ from .counts import counted
 from .datasets_io import TableSink
 from .errors import PromptkitError
 from .formats import FORMATS, TABLE_FORMATS, default_output
-from .formats.aiperf import HASH_BLOCK_FLAGS
+from .formats.aiperf import HASH_BLOCK_FLAGS, block_size_in
 from .pad import PadState
 from .steps import Step
 from .streams import STDIO, Sink, display_name
@@ -92,10 +92,9 @@ def ids_block_size(read: dict[str, Any]) -> int | None:
         except (PromptkitError, KeyError, TypeError):
             made = {}
         if made.get("output", {}).get("sha256") == read.get("sha256"):
-            args = made.get("aiperf", {}).get("args", [])
-            for flag, value in zip(args, args[1:], strict=False):
-                if flag in HASH_BLOCK_FLAGS and str(value).isdigit() and int(value) >= 1:
-                    return int(value)
+            size = block_size_in(made.get("aiperf", {}).get("args", []))
+            if size is not None:
+                return size
     return fmt.hash_block_size
 
 

@@ -373,6 +373,14 @@ MOONCAKE_BLOCK_SIZE = 512
 HASH_BLOCK_FLAGS = ("--prompt-input-tokens-block-size", "--synthetic-input-tokens-block-size",
                     "--isl-block-size")
 
+def block_size_in(args: list[Any]) -> int | None:
+    """The tokens a hash id stands for that AIPerf arguments (a manifest's) give, if any."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in HASH_BLOCK_FLAGS and str(value).isdigit() and int(value) >= 1:
+            return int(value)
+    return None
+
+
 #: Hash ids are int64 (AIPerf, Parquet, check's arrays): from 0 to this, inclusive.
 MAX_HASH_ID = 2 ** 63 - 1
 
