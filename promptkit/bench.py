@@ -43,14 +43,23 @@ What it does, in order:
 3. ``RESET_CACHE``: clears the server's prefix cache right before AIPerf starts
    (``vllm``: ``POST /reset_prefix_cache``; ``sglang``: ``POST /flush_cache``;
    ``aiperf``: AIPerf's own ``--reset-kv-cache``; ``command:CMD``: a shell hook,
-   e.g. a server restart) and writes ``ARTIFACT_DIR/cache_condition.json``: what
-   was done, when, the response status, the run's shape, the prediction and,
-   after the run, AIPerf's exit code.
+   e.g. a server restart); ``ARTIFACT_DIR/cache_condition.json``, written after a
+   run AIPerf finished, records what was done, when, the response status, the
+   run's shape, the prediction and AIPerf's exit code.
 4. Runs ``aiperf profile`` (``--dry-run``: prints the exact command instead, one
-   shell-quoted line on stdout, and runs nothing). Secrets (``--api-key``, secret
-   headers such as ``Authorization``, ``*_TOKEN`` / ``*KEY*`` values, bearer tokens,
-   URL passwords) are shown as ``***`` in everything the runner prints and writes;
-   AIPerf gets the real values.
+   shell-quoted line on stdout, and runs nothing), in a process group of its own
+   that ends with promptkit however promptkit ends (Linux's parent-death signal:
+   SIGKILL of promptkit ends AIPerf and its services too). From a terminal, AIPerf
+   gets its foreground (its dashboard reads the keyboard; Ctrl-C and Ctrl-Z reach
+   AIPerf). SIGINT, SIGTERM and SIGHUP sent to promptkit are passed on to AIPerf.
+   A run that did not finish (a signal to promptkit, AIPerf dead of one, or AIPerf
+   cancelling its run after a Ctrl-C) ends with one line, exit 128 + the signal,
+   and no comparison and no ``cache_condition.json``. Secrets (the values of
+   ``--api-key`` and other options, headers, request fields and JSON keys named for
+   a key or token, at any depth; ``*_TOKEN`` / ``*KEY*`` variables; a URL's whole
+   user information; bearer tokens; curl's ``-u user:password``) are shown as
+   ``***`` in everything the runner prints and writes; an error in the .env file
+   names the file, line and key, never a value. AIPerf gets the real values.
 5. Reads what the server counted during the profiling phase from AIPerf's
    ``ARTIFACT_DIR/server_metrics_export.json`` (AIPerf scrapes the server's
    ``/metrics`` unless ``--no-server-metrics``): vLLM's
@@ -72,15 +81,17 @@ What it does, in order:
    line says so.
 
 Exit codes: AIPerf's own after a run; 1 when the runner stops (prompts would
-repeat, the cache reset failed, the input file is not loadable); 2 for a bad
-setting; 3 when AIPerf succeeded but the measured hit rate is above
-``MAX_HIT_RATE`` (a fraction, 0 to 1; with nothing measured it only warns).
+repeat, the cache reset failed, the input file is not loadable, AIPerf cannot be
+started); 2 for a bad setting; 3 when AIPerf succeeded but the measured hit rate is
+above ``MAX_HIT_RATE`` (a fraction, 0 to 1; with nothing measured it only warns);
+128 + n for a run that signal n stopped (130: Ctrl-C).
 The runner's messages go to stderr, one line each, prefixed ``promptkit:``;
 stdout carries the ``--dry-run`` command, or AIPerf's own output during a run.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -90,21 +101,32 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from . import leftovers, manifest
+from . import interrupts, leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
 from .formats.aiperf import HASH_BLOCK_FLAGS, TRACE_TYPES, fixed_schedule
+from .redact import (
+    HIDDEN,
+    redact_json,
+    redact_strings,
+    redact_text,
+    redact_url,
+    redacted,
+    redacted_shell,
+    secret_name,
+)
 
 #: Every setting the runner reads, with its default (None: not passed to AIPerf).
 SETTINGS: dict[str, str | None] = {
@@ -115,6 +137,7 @@ SETTINGS: dict[str, str | None] = {
     "CONCURRENCY": "1",             # --concurrency
     "REQUEST_COUNT": None,          # --request-count (file default: distinct - warmup)
     "FIXED_SCHEDULE": None,         # true/false: --fixed-schedule/--no-fixed-schedule
+    "CACHE_BUST": None,             # AIPerf's --cache-bust mode (system-prefix, ...)
     "WARMUP_REQUEST_COUNT": "0",    # --warmup-request-count when > 0
     "TOKENIZER": None,              # --tokenizer (a local folder is made absolute)
     "ARTIFACT_DIR": None,           # --artifact-dir (default: artifacts/MODEL-TIME)
@@ -153,7 +176,8 @@ RATE_EPSILON = 1e-6
 
 
 def note(message: str) -> None:
-    print(f"promptkit: {message}", file=sys.stderr, flush=True)
+    """One line on stderr (secrets hidden, whatever the message holds)."""
+    print(f"promptkit: {redact_text(message)}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
@@ -166,11 +190,44 @@ _ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
+#: The start of a line meant as ``KEY=VALUE`` (or ``KEY: VALUE``): its key and separator.
+_KEY_START = re.compile(r"\s*(?:(?:export|set)\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*([=:])")
+
+
+def shown_key(line: str) -> str | None:
+    """The key of a line meant as ``KEY=VALUE`` that an error may name: a name before
+    ``=`` or ``:`` written as env keys are, in capitals (letters, digits, ``_ . -``),
+    and not long with digits. A key in small letters, or a long one with digits, is
+    not told apart from a token pasted on a line of its own: not named. Nothing after
+    the key is ever shown."""
+    match = _KEY_START.match(line)
+    if match is None:
+        return None
+    key = match.group(1)
+    digits = any(c.isdigit() for c in key)
+    if key != key.upper() or len(key) > 40 or (digits and len(key) >= 12):
+        return None
+    return key
+
+
+def _not_key_value(line: str) -> str:
+    """Why ``line`` is not ``KEY=VALUE``, naming its key, never its value."""
+    what = "not a KEY=VALUE line"
+    match = _KEY_START.match(line)
+    key = shown_key(line)
+    if match is None or key is None:
+        return f"{what} (not shown: it may hold a secret)"
+    hint = ("'=' between the key and the value; " if match.group(2) == ":"
+            else "" if key.isidentifier() else "a key is letters, digits and _; ")
+    return f"{key}: {what} ({hint}the value is not shown)"
+
+
 def parse_env(text: str, name: str = ".env") -> dict[str, str]:
     """``KEY=VALUE`` lines: blank lines and ``#`` comments skipped, ``export``
     allowed, values optionally in single quotes (literal) or double quotes
     (``\\n``, ``\\t``, ``\\"``, ``\\\\`` escapes); an unquoted value ends at a ``#``
-    that follows whitespace. No variable expansion, no multi-line values."""
+    that follows whitespace. No variable expansion, no multi-line values. An error
+    names the file, the line and the key, never a value."""
     values: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -178,13 +235,29 @@ def parse_env(text: str, name: str = ".env") -> dict[str, str]:
             continue
         match = _ASSIGNMENT.fullmatch(line)
         if match is None:
-            raise SettingError(f"{name}:{lineno}: not a KEY=VALUE line: {stripped!r}")
+            raise SettingError(f"{name}:{lineno}: {_not_key_value(line)}")
         key, raw = match.groups()
         try:
             values[key] = _env_value(raw.strip())
         except ValueError as exc:
             raise SettingError(f"{name}:{lineno}: {key}: {exc}") from None
     return values
+
+
+def read_env(path: Path) -> str:
+    """The text of an env file (UTF-8, a BOM dropped); an error names the line and key."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        key = shown_key(data[start:exc.start].decode("utf-8", "replace").lstrip("\ufeff"))
+        raise SettingError(f"{path}:{lineno}: {f'{key}: ' if key else ''}not UTF-8 text "
+                           "(the value is not shown)") from None
 
 
 def _env_value(raw: str) -> str:
@@ -197,7 +270,7 @@ def _env_value(raw: str) -> str:
         if char == quote:
             rest = raw[i + 1:].strip()
             if rest and not rest.startswith("#"):
-                raise ValueError(f"text after the closing quote: {rest!r}")
+                raise ValueError("text after the closing quote (not shown)")
             return "".join(out)
         if char == "\\" and quote == '"' and i + 1 < len(raw):
             nxt = raw[i + 1]
@@ -215,7 +288,7 @@ def load_settings(env_file: str | None,
     file's other keys, to add to AIPerf's environment."""
     path = Path(env_file) if env_file is not None else Path(".env")
     if path.is_file():
-        from_file = parse_env(path.read_text(encoding="utf-8"), str(path))
+        from_file = parse_env(read_env(path), str(path))
     elif env_file is not None:
         raise SettingError(f"{env_file}: no such env file")
     else:
@@ -294,9 +367,17 @@ def seconds(settings: Mapping[str, str], key: str) -> float:
 def base_url(value: str) -> str:
     """The server's base URL as given, once it is known to be one: http(s), a host,
     a port that is a number from 1 to 65535 (``http://`` is assumed without a scheme)."""
-    shown = redact_text(value)
+    shown = redact_url(value)
+    full = value if "://" in value else f"http://{value}"
+    # An @ after the first / ? or #: a password holding one of them ends the host part
+    # early, so what follows the last @ is not the host (said without the parse's own
+    # words, which would quote part of the password as a port).
+    rest = full.partition("://")[2]
+    if rest.rfind("@") > len(re.split(r"[/?#]", rest, maxsplit=1)[0]):
+        raise SettingError(f"URL={shown!r}: an @ after a / ? or #: write a user or password's "
+                           "/ ? # as %2F %3F %23 (an @ in the path as %40)")
     try:
-        parts = urlsplit(value if "://" in value else f"http://{value}")
+        parts = urlsplit(full)
         port = parts.port  # ValueError: not a number, or out of range
     except ValueError as exc:
         raise SettingError(f"URL={shown!r}: not a URL ({exc})") from None
@@ -326,10 +407,19 @@ def readable_file(path: str) -> str:
 
 def shown_setting(key: str, value: str) -> str:
     """A setting's value as the runner prints it: secrets hidden."""
-    if key in ("AIPERF", "RESET_CACHE"):
+    if key == "RESET_CACHE":
+        prefix, colon, hook = value.partition(":")
+        return prefix + colon + redacted_shell(hook) if colon else redacted_shell(value)
+    if key == "AIPERF":
         return redacted_shell(value)
     if key == "EXTRA_INPUTS":
-        return redacted(["--extra-inputs", value])[1] if value.strip() else value
+        try:
+            pairs = parse_extra_inputs(value)
+        except SettingError:
+            return HIDDEN
+        return json.dumps(redact_json(dict(pairs)), ensure_ascii=False) if pairs else value
+    if key == "URL":
+        return redact_url(value)
     return redact_text(value)
 
 
@@ -394,13 +484,16 @@ def parse_extra_inputs(text: str | None) -> list[tuple[str, Any]]:
             raise SettingError("EXTRA_INPUTS: not a JSON object")
         return list(obj.items())
     pairs: list[tuple[str, Any]] = []
-    for item in split_items(text):
+    for number, item in enumerate(split_items(text), start=1):
         if not item.strip():
             continue
         key, sep, value = item.partition(":")
         key = key.strip()
-        if not sep or not key:
-            raise SettingError(f"EXTRA_INPUTS: {item.strip()!r} is not key:value")
+        if not sep or not key or "=" in key:  # api_key=S:T is api_key=... too
+            # Not shown: a comma in a secret value makes its second half an item.
+            hint = "':' between the key and the value, " if "=" in item else ""
+            raise SettingError(f"EXTRA_INPUTS: item {number} is not key:value ({hint}"
+                               "not shown: it may hold a secret)")
         if key in dict(pairs):
             raise SettingError(f"EXTRA_INPUTS: {key!r} given twice")
         pairs.append((key, json_value(value.strip())))
@@ -453,7 +546,7 @@ def extra_input_args(pairs: list[tuple[str, Any]]) -> list[str]:
     args: list[str] = []
     for key, value in pairs:
         if isinstance(value, str) and not _same(aiperf_coerce(value), value):
-            shown = json.dumps(value, ensure_ascii=False)
+            shown = HIDDEN if secret_name(key) else json.dumps(value, ensure_ascii=False)
             raise SettingError(
                 f"EXTRA_INPUTS: {key}: the string {shown} would not reach the "
                 "server as a string: AIPerf 0.13 turns string values that look like "
@@ -612,6 +705,18 @@ def origin(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
 
 
+def with_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``(url, headers)`` for urllib, which takes no user information in a URL: the URL
+    without it, and its user and password as basic authentication (as curl sends them)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, {}
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
+
+
 def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -626,7 +731,8 @@ def parse_reset(value: str) -> tuple[str, str | None]:
         return "command", command
     if low in ("none", "vllm", "sglang", "aiperf"):
         return low, None
-    raise SettingError(f"RESET_CACHE={value!r}: one of none, vllm, sglang, aiperf, command:CMD")
+    raise SettingError(f"RESET_CACHE={redacted_shell(value)!r}: one of none, vllm, sglang, "
+                       "aiperf, command:CMD")
 
 
 def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[str, Any]:
@@ -635,9 +741,10 @@ def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[s
     record: dict[str, Any] = {"at": now_utc()}
     if mode in RESET_PATHS:
         target = origin(url) + RESET_PATHS[mode]
-        shown = redact_text(target)
+        shown = redact_url(target)
         record["action"] = f"POST {shown}"
-        request = urllib.request.Request(target, data=b"", method="POST")
+        plain, headers = with_credentials(target)
+        request = urllib.request.Request(plain, data=b"", headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 record["status"] = response.status
@@ -647,8 +754,8 @@ def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[s
                     if mode == "vllm" and exc.code == 404 else "")
             raise PromptkitError(f"RESET_CACHE={mode}: POST {shown} answered {exc.code} "
                                  f"{exc.reason}{hint}; not running the benchmark") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = redact_text(str(getattr(exc, "reason", exc)))
             raise PromptkitError(f"RESET_CACHE={mode}: POST {shown} failed: {reason}; "
                                  "not running the benchmark") from None
     else:
@@ -668,110 +775,11 @@ def reset_cache(mode: str, hook: str | None, url: str, timeout: float) -> dict[s
     return record
 
 
-#: Name parts that make an option, header or request field a secret (``--api-key``,
-#: ``Authorization``, ``x-api-key``, ``client_secret``, ``--hf-token``).
-_SECRET_PART = re.compile(r"(?i)(?:^|[-_.\s])(?:auth|authorization|api[-_]?key|key|token|"
-                          r"secret|password|passwd|cookie|credentials?|signature)"
-                          r"(?:$|[-_.\s])")
-#: ... and a variable (``HF_TOKEN``, ``OPENAI_API_KEY``, ``MYKEY``; not ``TOKENIZER``).
-_SECRET_VARIABLE = re.compile(r"(?i)key|secret|passw|credential|auth|token(?:$|_)")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\"]+")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
-_ASSIGNMENT_WORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
-HIDDEN = "***"
-#: AIPerf's options that take ``Name:Value`` headers (several after one flag).
-HEADER_OPTIONS = ("--header", "-H")
-
-
-def secret_name(name: str) -> bool:
-    """Whether an option, header or request field of this name holds a secret."""
-    return bool(_SECRET_PART.search(name.strip().lstrip("-")))
-
-
-def secret_variable(name: str) -> bool:
-    """Whether an environment variable of this name holds a secret."""
-    return bool(_SECRET_VARIABLE.search(name))
-
-
-def redact_text(text: str) -> str:
-    """``text`` with bearer tokens and URL passwords hidden."""
-    text = _USERINFO.sub(lambda m: f"{m.group(1)}:{HIDDEN}@", text)
-    return _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{HIDDEN}", text)
-
-
-def _redact_pairs(value: str, separator: str = ":") -> str:
-    """A ``Name:Value`` header or ``key:value`` field, or a JSON object of them."""
-    if value.lstrip().startswith("{"):
-        try:
-            pairs = json.loads(value)
-        except ValueError:
-            return HIDDEN
-        if not isinstance(pairs, dict):
-            return HIDDEN
-        return json.dumps({k: HIDDEN if secret_name(str(k)) else v
-                           for k, v in pairs.items()}, ensure_ascii=False)
-    name, sep, rest = value.partition(separator)
-    if sep and secret_name(name):
-        return f"{name}{sep}{rest[:len(rest) - len(rest.lstrip())]}{HIDDEN}"
-    return redact_text(value)
-
-
-def redacted(command: list[str]) -> list[str]:
-    """The command with its secrets hidden, for what the runner prints and writes: the
-    value of an option named for one (``--api-key``, ``--hf-token``), of a secret
-    header (``--header "Authorization: Bearer ..."``, ``-H x-api-key:...``) or request
-    field (``--extra-inputs api_key:...``), a ``NAME=value`` word whose variable is one
-    (``HF_TOKEN=...``), bearer tokens and URL passwords anywhere. The command run
-    keeps the real values."""
-    out: list[str] = []
-    expect: str | None = None  # "header" (one or more), "field" or "secret" comes next
-    for arg in command:
-        if expect == "header" and not arg.startswith("-"):
-            out.append(_redact_pairs(arg))
-            continue  # --header takes several values
-        if expect in ("field", "secret"):
-            out.append(_redact_pairs(arg) if expect == "field" else HIDDEN)
-            expect = None
-            continue
-        expect = None
-        name, eq, value = arg.partition("=")
-        assignment = _ASSIGNMENT_WORD.fullmatch(arg)
-        if arg in HEADER_OPTIONS:
-            expect = "header"
-        elif arg == "--extra-inputs":
-            expect = "field"
-        elif arg.startswith("--") and not eq and secret_name(arg):
-            expect = "secret"
-        elif arg.startswith("--") and eq:
-            if name in HEADER_OPTIONS or name == "--extra-inputs":
-                arg = f"{name}={_redact_pairs(value)}"
-            elif secret_name(name):
-                arg = f"{name}={HIDDEN}"
-        elif assignment is not None and secret_variable(assignment.group(1)):
-            arg = f"{assignment.group(1)}={HIDDEN}"
-        out.append(redact_text(arg))
-    return out
-
-
-def redacted_shell(text: str) -> str:
-    """A shell command line (a ``RESET_CACHE=command:`` hook) with its secrets hidden."""
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        return redact_text(text)
-    shown = text
-    for word, hidden in zip(words, redacted(words), strict=True):
-        if word != hidden:
-            if word not in shown:  # quoted with escapes: show it as the shell reads it
-                return shlex.join(redacted(words))
-            shown = shown.replace(word, hidden)
-    return redact_text(shown)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     from .files import write_text
 
-    write_text(str(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(redact_strings(data), indent=2, ensure_ascii=False) + "\n"
+    write_text(str(path), text)
 
 
 # ---------------------------------------------------------------- the prediction
@@ -792,6 +800,7 @@ class Prediction:
     reply_tokens: int | None = None
     hash_block_size: int | None = None  # AIPerf's --prompt-input-tokens-block-size
     fixed_schedule: bool = False  # AIPerf replays the file on its fixed schedule
+    cache_bust: str = "none"  # AIPerf's --cache-bust (promptkit's spelling)
 
 
 def check_tokenizer(tokenizer: str | None, model: str) -> str | None:
@@ -881,6 +890,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         "tokenizer": prediction.tokenizer, "chat_template": template,
         "block_size": prediction.block_size, "requests": prediction.requests,
         "warmup": prediction.warmup, "fixed_schedule": prediction.fixed_schedule,
+        "cache_bust": prediction.cache_bust,
     }
     for key in ("system_prompt_file", "num_gpu_blocks", "reply_tokens", "hash_block_size"):
         if getattr(prediction, key) is not None:
@@ -918,6 +928,13 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
     out["predicted_range"] = list(rate_range) if rate_range is not None else None
     out["predicted_hits"] = summary["hit_tokens"]
     out["predicted_queries"] = summary["prompt_tokens"]
+    bust_range = summary.get("cache_bust", {}).get("prompt_tokens_range")
+    if bust_range is not None:  # markers of the run's own digest: a range of prompt tokens
+        out["predicted_queries_range"] = bust_range
+        low, high = out["predicted_range"] or (rate, rate)
+        queries = summary["prompt_tokens"]
+        out["predicted_range"] = [round(low * queries / bust_range[1], 6),
+                                  round(high * queries / max(bust_range[0], 1), 6)]
     if "cross_conversation_hit_rate" in summary:
         out["predicted_cross_conversation_hit_rate"] = summary["cross_conversation_hit_rate"]
     out["predicted_with"]["block_size"] = summary.get("block_size", prediction.block_size)
@@ -1097,7 +1114,8 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
     boundary = [BOUNDARY.format(warmup=warmup)] if warmup else []
     # AIPerf's records of each request tell where the prompt tokens differ (why), or
     # that they do not (""); without them (None) the tokenizer or template is a guess.
-    why = turns_diagnosis(record, chat_template)
+    why = (bust_diagnosis(record, chat_template) if record.get("predicted_queries_range")
+           else turns_diagnosis(record, chat_template))
     guess = ([f"a chat template the tokenizer does not match (check used {chat_template}; "
               "set CHAT_TEMPLATE)"] if why is None else [])
     if measured > high + RATE_EPSILON:
@@ -1123,7 +1141,12 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
     line = f"prefix cache: {served}, as predicted ({expected})"
     if why:
         line += f"; but {why}"
-    elif record.get("predicted_queries") not in (None, record["measured_queries"]):
+    elif record.get("predicted_queries_range") and why is not None:
+        low_q, high_q = record["predicted_queries_range"]
+        line += (f"; its prompt tokens inside the {low_q} to {high_q} check predicted with "
+                 "AIPerf's --cache-bust markers")
+    elif (record.get("predicted_queries") not in (None, record["measured_queries"])
+          and not record.get("predicted_queries_range")):
         line += (f"; but the server counted {record['measured_queries']} prompt tokens "
                  f"where check counted {record['predicted_queries']}: ")
         if why is None:
@@ -1134,6 +1157,19 @@ def comparison_line(record: dict[str, Any], reset_mode: str, chat_template: str 
                      "counted, so the server's counters took in other requests: "
                      + "; or ".join([*boundary, "another client sending to the same server"]))
     return line
+
+
+def bust_diagnosis(record: dict[str, Any], chat_template: str | None) -> str:
+    """With AIPerf's --cache-bust markers, whose digests are the run's own, the prompt
+    tokens are predicted as a range: ``""`` when the server's count is inside it."""
+    low, high = record["predicted_queries_range"]
+    measured = record["measured_queries"]
+    if low <= measured <= high:
+        return ""
+    return (f"the server counted {measured} prompt tokens, outside the {low} to {high} that "
+            f"check counted with AIPerf's --cache-bust markers: the server's tokenizer or "
+            f"chat template differs from what check rendered (chat template {chat_template}; "
+            "set TOKENIZER, CHAT_TEMPLATE), or another client sent to the same server")
 
 
 def turns_diagnosis(record: dict[str, Any], chat_template: str | None) -> str | None:
@@ -1202,6 +1238,27 @@ def option_value(args: list[str], name: str) -> str | None:
 
 
 SCHEDULE_FLAGS = {"--fixed-schedule": True, "--no-fixed-schedule": False}
+
+
+def cache_bust_asked(settings: Mapping[str, str], aiperf_args: list[str]) -> str:
+    """CACHE_BUST, or AIPerf's own ``--cache-bust`` in AIPERF_ARGS, as promptkit spells
+    the mode (``none`` when neither is set)."""
+    from . import cachebust
+
+    values = [("CACHE_BUST", setting(settings, "CACHE_BUST")),
+              ("AIPERF_ARGS's --cache-bust", option_value(aiperf_args, "--cache-bust"))]
+    modes: dict[str, str] = {}
+    for where, value in values:
+        if value is not None:
+            try:
+                modes[where] = cachebust.mode_of(value)
+            except ValueError:
+                raise SettingError(f"{where}={value!r}: one of "
+                                   f"{', '.join(cachebust.MODES)}") from None
+    if len(set(modes.values())) > 1:
+        raise SettingError(f"CACHE_BUST={settings['CACHE_BUST']} and AIPERF_ARGS's "
+                           f"--cache-bust {option_value(aiperf_args, '--cache-bust')} disagree")
+    return next(iter(modes.values()), "none")
 
 
 def schedule_asked(settings: Mapping[str, str], aiperf_args: list[str]) -> bool | None:
@@ -1294,6 +1351,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                            "collect with --no-server-metrics (in AIPERF_ARGS)")
 
     asked = schedule_asked(settings, more)
+    bust = cache_bust_asked(settings, more)
     fixed = False
     condition: dict[str, Any] = {"reset_cache": reset_mode}
     input_file = setting(settings, "INPUT_FILE")
@@ -1317,7 +1375,9 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                  f"{warmup} warmup)")
         total = warmup + requests
         repeats = total > dataset.distinct_requests
-        if repeats and not allow_repeats and fixed:
+        # AIPerf's marker before all of a request's text makes each pass new, as a nonce.
+        renewed = repeats and bust == "system-prefix"
+        if repeats and not (allow_repeats or renewed) and fixed:
             raise PromptkitError(
                 f"{total} requests ({warmup} warmup, then every line of {dataset.path} once "
                 f"on AIPerf's fixed schedule), but it has only {dataset.describe()}: "
@@ -1325,14 +1385,17 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                 "prompt that hits the prefix cache. Set WARMUP_REQUEST_COUNT=0, make the "
                 "lines distinct "
                 "(promptkit nonce), or pass --allow-repeats (ALLOW_REPEATS=true)")
-        if repeats and not allow_repeats:
+        if repeats and not (allow_repeats or renewed):
             raise PromptkitError(
                 f"WARMUP_REQUEST_COUNT + REQUEST_COUNT = {warmup} + {requests} = {total} "
                 f"requests, but {dataset.path} has only {dataset.describe()}: AIPerf would "
                 "wrap around and resend prompts that hit the prefix cache. Lower the counts, "
                 "make more records (promptkit nonce --copies N), or pass --allow-repeats "
                 "(ALLOW_REPEATS=true)")
-        if repeats:
+        if renewed:
+            note(f"{total} requests from {dataset.describe()}: AIPerf's --cache-bust "
+                 "system-prefix puts a new marker before each pass's prompts")
+        elif repeats:
             warn(f"{total} requests from {dataset.describe()}: "
                  f"{total - dataset.distinct_requests} resend a prompt and may hit the "
                  "prefix cache (--allow-repeats)")
@@ -1383,10 +1446,15 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
     command += extra
     if reset_mode == "aiperf":
         command.append("--reset-kv-cache")
+    if bust != "none" and option_value(more, "--cache-bust") is None:
+        from .cachebust import aiperf_name
+
+        command += ["--cache-bust", aiperf_name(bust)]
     command += more
     condition.update({"warmup_request_count": warmup, "request_count": requests,
-                      "fixed_schedule": fixed, "concurrency": concurrency,
-                      "url": redact_text(url), "model": model})
+                      "fixed_schedule": fixed, "cache_bust": bust,
+                      "concurrency": concurrency,
+                      "url": redact_url(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
     hash_block = [v for v in (option_value(command, flag) for flag in HASH_BLOCK_FLAGS)
                   if v is not None and v.isdigit() and int(v) >= 1]
@@ -1394,6 +1462,7 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
         input_file=predicted_file, tokenizer=check_tokenizer(tokenizer, model),
         chat_template=chat_template, block_size=block_size,
         requests=None if fixed else requests, warmup=warmup, fixed_schedule=fixed,
+        cache_bust=bust,
         system_prompt_file=os.path.abspath(system_prompt_file) if system_prompt_file else None,
         num_gpu_blocks=num_gpu_blocks, reply_tokens=reply_tokens,
         hash_block_size=int(hash_block[-1]) if hash_block else None)
@@ -1401,8 +1470,153 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                 reset_timeout, prediction, endpoint_type, max_hit_rate)
 
 
+# ---------------------------------------------------------------- running AIPerf
+
+#: Seconds AIPerf has to end after the first signal promptkit passes on to it (with
+#: SIGINT it cancels the run and writes what it has, in about a second), before SIGKILL.
+STOP_GRACE = 30.0
+#: AIPerf's note that its results are written; ``was_cancelled`` after a SIGINT.
+RESULTS_READY = ".aiperf_results_ready.json"
+
+
+def check_program(command: list[str]) -> None:
+    """AIPerf's program exists and can be run (else a bad setting, before any reset)."""
+    if shutil.which(command[0]) is None:
+        raise SettingError(f"AIPERF: {redacted(command[:1])[0]}: no such program, or not "
+                           "executable")
+
+
+def _foreground_terminal() -> int | None:
+    """stdin, when it is a terminal whose foreground is this process's group."""
+    try:
+        fd = sys.stdin.fileno()
+        return fd if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _hand_terminal(terminal: int, group: int) -> None:
+    """Make ``group`` the terminal's foreground (from the background too: SIGTTOU held)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(terminal, group)
+    except OSError:
+        pass  # the terminal is gone (a hangup)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _aiperf_preexec(terminal: int | None) -> Callable[[], None]:
+    """What AIPerf's process does before it is executed: a process group of its own (its
+    services join it), the terminal's foreground when promptkit had it (AIPerf's
+    dashboard reads the keyboard; Ctrl-C and Ctrl-Z reach AIPerf alone), and death
+    with promptkit (SIGKILL when promptkit ends, however it ends)."""
+    dies = interrupts.dies_with_this_process()
+
+    def preexec() -> None:
+        os.setpgid(0, 0)
+        if terminal is not None:
+            _hand_terminal(terminal, os.getpgrp())
+        dies()
+
+    return preexec
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _wait(proc: subprocess.Popen[bytes], terminal: int | None) -> int:
+    """AIPerf's exit code (negative: the signal it died of). Stopped at the terminal
+    (Ctrl-Z), it stops promptkit's job too: the shell gets the terminal back, and
+    ``fg`` resumes both."""
+    while True:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED if terminal is not None else 0)
+        if terminal is not None and os.WIFSTOPPED(status):
+            _hand_terminal(terminal, os.getpgrp())
+            _signal_group(os.getpgrp(), signal.SIGTSTP)  # stops here until fg
+            _hand_terminal(terminal, proc.pid)
+            _signal_group(proc.pid, signal.SIGCONT)
+            continue
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode
+
+
+def run_aiperf(command: list[str], env: Mapping[str, str]) -> tuple[int, int | None]:
+    """Run AIPerf: ``(its exit code, the signal promptkit got meanwhile or None)``.
+
+    AIPerf runs in a process group of its own and dies with promptkit, even with one
+    killed by SIGKILL (see :func:`_aiperf_preexec`). SIGINT, SIGTERM and SIGHUP sent
+    to promptkit are passed on to AIPerf's group (a second one, or ``STOP_GRACE``
+    seconds without an end, send SIGKILL), and promptkit waits for it to end."""
+    received: list[int] = []
+    sent: list[int] = []
+    proc: subprocess.Popen[bytes] | None = None
+    deadline: threading.Timer | None = None
+
+    def pass_on() -> None:
+        nonlocal deadline
+        while proc is not None and len(sent) < len(received):
+            sent.append(signal.SIGKILL if sent else received[0])
+            _signal_group(proc.pid, sent[-1])
+            if deadline is None:
+                deadline = threading.Timer(STOP_GRACE, _signal_group,
+                                           (proc.pid, signal.SIGKILL))
+                deadline.daemon = True
+                deadline.start()
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        pass_on()
+
+    main = threading.current_thread() is threading.main_thread()  # (signals: main only)
+    before = {each: signal.signal(each, stop) for each in interrupts.SIGNALS
+              if main and signal.getsignal(each) is not signal.SIG_IGN}
+    terminal = _foreground_terminal()
+    try:
+        try:
+            proc = subprocess.Popen(command, env=dict(env), preexec_fn=_aiperf_preexec(terminal))
+        except (OSError, subprocess.SubprocessError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise PromptkitError(f"AIPERF: {redacted(command[:1])[0]}: cannot start it: "
+                                 f"{why.lower()}") from None
+        pass_on()  # a signal that came while it started
+        return _wait(proc, terminal), received[0] if received else None
+    finally:
+        for each, handler in before.items():
+            signal.signal(each, handler)
+        if deadline is not None:
+            deadline.cancel()
+        if terminal is not None:
+            _hand_terminal(terminal, os.getpgrp())
+
+
+def unfinished_run(code: int, stopped_by: int | None, artifact_dir: Path,
+                   started: float) -> tuple[str, int] | None:
+    """Why the run did not finish, and promptkit's exit code (128 + the signal), or None
+    for a run AIPerf finished: promptkit got a signal, AIPerf died of one, or AIPerf
+    cancelled its run (a Ctrl-C at the terminal reaches AIPerf alone; it then writes
+    what it has and exits 0, saying ``was_cancelled``)."""
+    if stopped_by is not None:
+        return f"interrupted ({signal.Signals(stopped_by).name})", 128 + stopped_by
+    if code < 0:
+        return f"AIPerf died of {signal.Signals(-code).name}", 128 - code
+    ready = artifact_dir / RESULTS_READY
+    try:
+        cancelled = (ready.stat().st_mtime >= started - 1
+                     and json.loads(ready.read_text(encoding="utf-8")).get("was_cancelled"))
+    except (OSError, ValueError, AttributeError):
+        cancelled = False
+    if cancelled is True:
+        return "AIPerf cancelled its run (SIGINT)", 128 + signal.SIGINT
+    return None
+
+
 def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
-    """Predict, clear the cache, run AIPerf, measure; the exit code."""
+    """Predict, clear the cache, run AIPerf, measure; the exit code. A run that did not
+    finish (:func:`unfinished_run`) gets one line and exit 128 + the signal, and
+    neither the comparison nor the record (cache_condition.json)."""
     condition = dict(the_plan.condition)
     predicted = predict(the_plan.prediction, the_plan.endpoint_type)
     (note if predicted["predicted_hit_rate"] is not None else warn)(prediction_line(predicted))
@@ -1410,11 +1624,14 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
     if (limit is not None and predicted["predicted_hit_rate"] is not None
             and predicted["predicted_hit_rate"] > limit + RATE_EPSILON):
         warn(f"the predicted hit rate is already above MAX_HIT_RATE={limit:g}")
-    prefix_cache: dict[str, Any] = {
-        **predicted, "measured_hit_rate": None, "measured_hits": None,
-        "measured_queries": None, "source": "not measured yet: AIPerf is running",
-        "max_hit_rate": limit,
-    }
+    prefix_cache: dict[str, Any] = {**predicted, "max_hit_rate": limit}
+    check_program(the_plan.command)
+    try:
+        the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PromptkitError(f"ARTIFACT_DIR={the_plan.artifact_dir}: "
+                             f"{(exc.strerror or str(exc)).lower()}") from None
+    record = the_plan.artifact_dir / CONDITION_FILE
     mode = the_plan.reset_mode
     if mode in ("vllm", "sglang", "command"):
         condition.update(reset_cache(mode, the_plan.reset_hook, the_plan.url,
@@ -1424,7 +1641,7 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
         condition.update({
             "at": now_utc(),
             "action": f"aiperf --reset-kv-cache: AIPerf POSTs its reset path "
-                      f"(default {redact_text(origin(the_plan.url))}/reset_prefix_cache) "
+                      f"(default {redact_url(origin(the_plan.url))}/reset_prefix_cache) "
                       "before it starts; "
                       "a failed reset fails the run",
         })
@@ -1433,24 +1650,13 @@ def execute(the_plan: Plan, exports: Mapping[str, str]) -> int:
                           "not cleared and may hold prompts of earlier runs"})
     condition["aiperf_command"] = redacted(the_plan.command)  # the real one runs
     condition["prefix_cache"] = prefix_cache
-    try:
-        the_plan.artifact_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PromptkitError(f"ARTIFACT_DIR={the_plan.artifact_dir}: "
-                             f"{(exc.strerror or str(exc)).lower()}") from None
-    record = the_plan.artifact_dir / CONDITION_FILE
-    write_json(record, condition)
-    env = {**exports, **os.environ}
-    proc = subprocess.Popen(the_plan.command, env=env)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt as exc:
-        # A Ctrl-C reached AIPerf too: let it shut down. SIGTERM and SIGHUP (timeout, a
-        # CI cancel) came to promptkit alone: pass them on, then wait.
-        signum = getattr(exc, "signum", signal.SIGINT)
-        if signum != signal.SIGINT:
-            proc.send_signal(signum)
-        code = proc.wait()
+    started = time.time()
+    code, stopped_by = run_aiperf(the_plan.command, {**exports, **os.environ})
+    unfinished = unfinished_run(code, stopped_by, the_plan.artifact_dir, started)
+    if unfinished is not None:
+        why, exit_code = unfinished
+        note(f"{why}: the run did not finish; no comparison, no {CONDITION_FILE}")
+        return exit_code
     condition["aiperf_exit_code"] = code
     condition["finished"] = now_utc()
     prefix_cache.update(measure(the_plan.artifact_dir))
@@ -1478,7 +1684,7 @@ def dry_run(the_plan: Plan) -> str:
     predicted = predict(the_plan.prediction, the_plan.endpoint_type)
     (note if predicted["predicted_hit_rate"] is not None else warn)(prediction_line(predicted))
     if the_plan.reset_mode in ("vllm", "sglang", "command"):
-        action = (f"POST {redact_text(origin(the_plan.url))}"
+        action = (f"POST {redact_url(origin(the_plan.url))}"
                   f"{RESET_PATHS[the_plan.reset_mode]}"
                   if the_plan.reset_hook is None
                   else f"command: {redacted_shell(the_plan.reset_hook)}")

@@ -50,7 +50,9 @@ class UserError(click.ClickException):
     """A data error: one line, ``promptkit: FILE:LINE: problem``, exit 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"promptkit: {self.format_message()}", err=True)
+        from .redact import redact_text
+
+        click.echo(f"promptkit: {redact_text(self.format_message())}", err=True)
 
 
 def report(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -1501,7 +1503,9 @@ class BenchStop(click.ClickException):
     """'promptkit bench' stops before running (``promptkit: ...``): exit 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"promptkit: {self.format_message()}", err=True)
+        from .redact import redact_text
+
+        click.echo(f"promptkit: {redact_text(self.format_message())}", err=True)
 
 
 class BenchSettingError(BenchStop):
@@ -1526,7 +1530,8 @@ def bench_command(ctx: click.Context, env_file: str | None, dry_run: bool,
     """Run aiperf profile as .env says; predict, then measure, the prefix-cache hit rate.
 
     Exit code: AIPerf's; 1 when the runner stops; 2 for a bad setting; 3 when the
-    hit rate the server measured is above MAX_HIT_RATE.
+    hit rate the server measured is above MAX_HIT_RATE; 128 + n for a run that
+    signal n stopped (130: Ctrl-C), with no comparison and no cache_condition.json.
 
     \b
     Examples:

@@ -16,7 +16,8 @@ A leaf module (the standard library and :mod:`promptkit.leftovers`).
   processes: workers ignore SIGINT (a Ctrl-C reaches the whole process group; the
   parent ends them), die on SIGTERM without a traceback, and die with their parent
   even when it is killed with SIGKILL (``PR_SET_PDEATHSIG`` on Linux, else a thread
-  that watches the parent).
+  that watches the parent); :func:`dies_with_this_process` does the same for a
+  program started with ``subprocess`` (``promptkit bench``'s AIPerf).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from . import leftovers
@@ -167,18 +168,42 @@ def worker_started() -> None:
         os._exit(1)
 
 
-def _die_with_parent() -> bool:
-    """Ask Linux to send this process SIGKILL when its parent ends (True if it will)."""
+def _prctl() -> Any:
+    """libc's ``prctl`` (Linux), or None."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        return bool(libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to send this process SIGKILL when its parent ends (True if it will)."""
+    prctl = _prctl()
+    return prctl is not None and prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+
+
+def dies_with_this_process() -> Callable[[], None]:
+    """What a program started with ``subprocess`` runs before it is executed
+    (``preexec_fn``) so that it does not outlive this process, even one killed with
+    SIGKILL: Linux sends it SIGKILL when this process ends (``PR_SET_PDEATHSIG``, kept
+    across exec), and it exits at once if this process has already ended. libc is
+    looked up here, so the child only calls it. (Elsewhere than on Linux: nothing.)"""
+    prctl, parent = _prctl(), os.getpid()
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != parent:  # ended before the above took effect
+                os._exit(1)
+
+    return preexec
 
 
 def _watch_parent(parent: int, every: float = 0.5) -> None:

@@ -22,6 +22,11 @@ first`` and nonce'd three ways, and 12 made into ``multi_turn`` sessions by
 ``turns --mode each``; every request sends its tools, which the served
 template renders before the user's text.
 
+AIPerf's own ``--cache-bust`` (bench's ``CACHE_BUST``): its markers have a
+digest of the run's own, so ``check`` predicts the hits exactly and the prompt
+tokens as a range; "(same)" there means the same hits and vLLM's prompt tokens
+inside the range.
+
 Replies: single-request cases generate 2 tokens (``max_completion_tokens``);
 multi_turn cases a turn's ``output_length`` (20). A random-weight model's
 free replies are byte-level token salad that re-tokenizes into other tokens;
@@ -106,6 +111,9 @@ def cases(work: Path, tokenizer: Path) -> list[dict]:
                                          "allowed_token_ids": whole_word_ids(tokenizer)})}
     seeded = {"EXTRA_INPUTS": '{"ignore_eos": true, "seed": 0}'}
     pt = work / "prefix-test.jsonl"
+    groups = work / "groups-4x4.jsonl"
+    promptkit("synth", "prefix-test", groups, "--groups", "4", "--group-size", "4",
+              "--tokenizer", tok, "--seed", "3")
     promptkit("synth", "prefix-test", pt, "--tokenizer", tok, "--seed", "3")
     promptkit("nonce", pt, work / "pt-user.jsonl", "--at", "user", "--seed", "4")
     promptkit("nonce", pt, work / "pt-nonce.jsonl", "--seed", "4")
@@ -155,6 +163,11 @@ def cases(work: Path, tokenizer: Path) -> list[dict]:
         ("same, `nonce --at system` (before the tools)", work / "tools-system.jsonl", 40, short),
         ("glaive-shaped tool calls, `turns --mode each`, whole-word replies", each, each_turns,
          own_lengths),
+        *[(f"`synth prefix-test --groups 4 --group-size 4`, `CACHE_BUST={mode}`", groups, 16,
+           {**short, "CACHE_BUST": mode})
+          for mode in ("none", "system-prefix", "first-turn-prefix", "system-suffix")],
+        ("glaive-shaped tool calls, `turns --mode first`, `CACHE_BUST=system-prefix`", tools,
+         40, {**short, "CACHE_BUST": "system-prefix"}),
     ]
     rows = [{"name": n, "file": f, "requests": r, "settings": s, "server": "roomy"}
             for n, f, r, s in out]
@@ -200,10 +213,16 @@ def table(results: list[dict]) -> str:
         rate = f"{100 * b['predicted_hit_rate']:.2f}%"
         if low != high:
             rate += f" ({100 * low:.2f} to {100 * high:.2f})"
-        same = (r["hits"], r["queries"]) == (b["predicted_hits"], b["predicted_queries"])
+        queries = f"{b['predicted_queries']:,}"
+        if b.get("predicted_queries_range"):  # AIPerf's --cache-bust markers: a range
+            q_low, q_high = b["predicted_queries_range"]
+            queries += f" ({q_low:,} to {q_high:,})"
+            same = r["hits"] == b["predicted_hits"] and q_low <= r["queries"] <= q_high
+        else:
+            same = (r["hits"], r["queries"]) == (b["predicted_hits"], b["predicted_queries"])
         measured = f"{r['hits']:,} / {r['queries']:,}" + (" (same)" if same else "")
         lines.append(f"| {r['name']} | {r['requests']} | {b['predicted_hits']:,} / "
-                     f"{b['predicted_queries']:,} | {rate} | {measured} | "
+                     f"{queries} | {rate} | {measured} | "
                      f"{100 * r['hits'] / r['queries']:.2f}% |")
     return "\n".join(lines) + "\n"
 

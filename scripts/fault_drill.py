@@ -31,8 +31,27 @@ side file, ``--per-request`` or ``--plot``; a link dropped among an input's shar
 or a part folder's parts; manifests nested 100,000 deep or with null fields or NUL
 in a path; an unreadable shard; ``nonce big - | head -1``; tiktoken's cache; a run
 killed with SIGKILL in the middle of putting its files in place. It counts
-tracebacks, leftovers, replaced devices and a secret file's text or sha256 shown
-(``--trials 0 --size 1`` runs these alone).
+tracebacks, leftovers, replaced devices and a secret file's text or sha256 shown.
+
+Then it drills ``promptkit bench`` (with the tests' helpers: the real AIPerf of
+``tests/aiperf_tool.py`` and the local server of ``tests/openai_server.py``):
+
+- secrets: ``--bench-secrets`` random secrets (``tests/secret_shapes.py``: tokens,
+  passwords holding ``@ : / ? # , ' "`` and spaces) in every place a user puts one
+  (.env lines that do not parse, EXTRA_INPUTS, URL, RESET_CACHE hooks, AIPERF_ARGS,
+  AIPERF), each run as ``promptkit bench --dry-run`` and as a run (a program that
+  records its arguments standing in for AIPerf; the hooks run against the local
+  server): no piece of a secret in stdout, stderr or ``cache_condition.json``, no
+  traceback, the exit code expected;
+- its AIPerf: the real AIPerf on a server slowed to 0.5 s a request, and while it
+  profiles, SIGKILL, SIGTERM, SIGINT or SIGHUP to bench, or SIGKILL to AIPerf: exit
+  128 + the signal (SIGKILL of bench: killed), one last line, no comparison, no
+  ``cache_condition.json``, no process of the run's session alive 10 s later; and
+  AIPerf that cannot start, a .env that is not UTF-8: one line;
+- ``--ray`` where nothing listens, or a socket that never answers: one line, within
+  30 s.
+
+``--section signals``, ``outputs`` or ``bench`` runs one of the three alone.
 
 Prints one line a trial (and a case) and a summary; exits 1 if any check failed.
 Linux only (it reads /proc).
@@ -41,6 +60,7 @@ Linux only (it reads /proc).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -89,7 +109,8 @@ def hear_signals() -> None:
 
 
 def session_alive(sid: int) -> list[int]:
-    """Living (not zombie) processes whose process group is ``sid``."""
+    """Living (not zombie) processes of session ``sid`` (in any of its process groups:
+    bench's AIPerf has one of its own)."""
     alive = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -99,7 +120,7 @@ def session_alive(sid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == sid and fields[0] not in ("Z", "X"):
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             alive.append(int(entry))
     return alive
 
@@ -112,13 +133,33 @@ def main() -> int:
     parser.add_argument("--tokenizer", default="cl100k_base",
                         help="count tokens under it (slower runs); 'none' for none")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--section", choices=["all", "signals", "outputs", "bench"],
+                        default="all", help="the signal trials on nonce, the hostile outputs "
+                        "and manifests, the bench drill, or all three (the default)")
+    parser.add_argument("--bench-secrets", type=int, default=3,
+                        help="random secrets put in every place (bench section)")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-
+    failures: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="pk-fault-drill-"))
+    (work / "tmp").mkdir()
+    try:
+        if args.section in ("all", "signals"):
+            failures += signal_trials(work, args)
+        if args.section in ("all", "outputs"):
+            failures += outputs_drill(work)
+        if args.section in ("all", "bench"):
+            failures += bench_drill(work / "bench", args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+def signal_trials(work: Path, args: argparse.Namespace) -> list[str]:
+    """The signal trials on ``promptkit nonce``; returns the failures."""
+    rng = random.Random(args.seed)
     folder, tmp = work / "out", work / "tmp"
     folder.mkdir()
-    tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp), "TIKTOKEN_CACHE_DIR": str(work / "tiktoken")}
     source, out = work / "input.jsonl", folder / "prompts.jsonl"
     small = work / "small.jsonl"
@@ -234,10 +275,252 @@ def main() -> int:
     print(f"{args.trials} trials, {len(failures)} failed")
     for failure in failures:
         print("  " + failure)
-    failures += outputs_drill(work)
-    if not args.keep:
-        shutil.rmtree(work)
-    return 1 if failures else 0
+    return failures
+
+
+# ---------------------------------------------------------------- promptkit bench
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+RECORDER = """import json, os, sys
+with open(os.environ["PK_RECORD"], "w") as f:
+    json.dump(sys.argv[1:], f)
+"""
+BENCH_SIGNALS = [("bench", signal.SIGKILL), ("bench", signal.SIGTERM),
+                 ("bench", signal.SIGINT), ("bench", signal.SIGHUP), ("AIPerf", signal.SIGKILL)]
+UNFINISHED = "the run did not finish; no comparison, no cache_condition.json"
+
+
+def bench_env(**settings: str) -> dict[str, str]:
+    """This environment without bench's settings, plus ``settings``."""
+    from promptkit.bench import SETTINGS
+
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    return {**env, **settings}
+
+
+def bench_drill(work: Path, args: argparse.Namespace) -> list[str]:
+    """The bench section (in ``work``): secrets, its AIPerf under signals, Ray's address.
+    Prints a line a case and a summary; returns the failures."""
+    print("\npromptkit bench: secrets, its AIPerf under signals; --ray:", flush=True)
+    sys.path.insert(0, str(TESTS))
+    work.mkdir()
+    failures: list[str] = []
+    bench_secrets(work, args, failures)
+    bench_signals(work, args, failures)
+    ray_address(work, failures)
+    print(f"bench drill: {len(failures)} failed")
+    for failure in failures:
+        print("  " + failure)
+    return failures
+
+
+def bench_secrets(work: Path, args: argparse.Namespace, failures: list[str]) -> None:
+    import secret_shapes
+    from openai_server import OpenAIServer
+
+    rng = random.Random(args.seed)
+    recorder = work / "recorder.py"
+    recorder.write_text(RECORDER, encoding="utf-8")
+    program = f"{sys.executable} {recorder}"
+    runs = tracebacks = leaks = codes = 0
+    places = 0
+    began = time.monotonic()
+    with OpenAIServer(model="test-model") as server:
+        host = server.url.removeprefix("http://")
+        for _ in range(args.bench_secrets):
+            secret = secret_shapes.make_secret(rng)
+            for place in secret_shapes.places(secret, host, program):
+                places += 1
+                env_file = work / ".env"
+                env_file.write_bytes(secret_shapes.env_file(
+                    place, ["MODEL=test-model", "REQUEST_COUNT=2"]))
+                artifacts = work / "artifacts"
+                for dry in (True, False):
+                    settings = {"ARTIFACT_DIR": str(artifacts), "URL": server.url,
+                                "AIPERF": program, **place.environment}
+                    env = bench_env(**settings, PK_RECORD=str(work / "argv.json"))
+                    done = subprocess.run(
+                        [*PROMPTKIT, "bench", "--env-file", str(env_file),
+                         *(["--dry-run"] if dry else [])], env=env, cwd=work,
+                        capture_output=True, text=True, timeout=120)
+                    runs += 1
+                    record = artifacts / "cache_condition.json"
+                    written = record.read_text(encoding="utf-8") if record.exists() else ""
+                    shutil.rmtree(artifacts, ignore_errors=True)
+                    what = f"{place.name} ({'dry run' if dry else 'run'}, secret {secret!r})"
+                    if "Traceback" in done.stderr:
+                        tracebacks += 1
+                        failures.append(f"{what}: a traceback: {done.stderr[-300:]!r}")
+                    found = secret_shapes.leaked(secret, done.stdout, done.stderr, written)
+                    if found:
+                        leaks += 1
+                        failures.append(f"{what}: {found} shown")
+                    want = {"ok": (0,), "error": (2,), "either": (0, 2)}[place.outcome]
+                    if dry and done.returncode not in want:
+                        codes += 1
+                        failures.append(f"{what}: exit {done.returncode}: "
+                                        f"{done.stderr.strip()[-200:]!r}")
+    print(f"bench secrets: {args.bench_secrets} secrets x {places // max(args.bench_secrets, 1)} "
+          f"places, {runs} runs (dry run and run) in {time.monotonic() - began:.0f} s: "
+          f"{leaks} with a secret in their output, {tracebacks} tracebacks, {codes} "
+          "unexpected exit codes", flush=True)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def bench_signals(work: Path, args: argparse.Namespace, failures: list[str]) -> None:
+    import aiperf_tool
+    from openai_server import OpenAIServer
+    from tokenizer_dir import build_tokenizer_dir
+
+    class Slow(OpenAIServer):
+        def handle(self, method: str, path: str, body: object) -> object:
+            if path.endswith("/completions"):
+                time.sleep(0.5)
+            return super().handle(method, path, body)  # type: ignore[arg-type]
+
+    rng = random.Random(args.seed)
+    tokenizer = build_tokenizer_dir(work / "tokenizer")
+    prompts = work / "prompts.jsonl"
+    example = Path(__file__).resolve().parents[1] / "prompts" / "trace.jsonl.example"
+    subprocess.run([*PROMPTKIT, "nonce", str(example), str(prompts), "--copies", "10",
+                    "--seed", "7"], check=True, capture_output=True)
+    tmp = work / "aiperf-tmp"
+    tmp.mkdir()
+    for target, signum in BENCH_SIGNALS:
+        name = signal.Signals(signum).name
+        artifacts = work / f"artifacts-{target}-{name}"
+        with Slow(model="test-model") as server:
+            env = bench_env(
+                MODEL="test-model", URL=server.url, INPUT_FILE=str(prompts),
+                REQUEST_COUNT="200", TOKENIZER=str(tokenizer), CHAT_TEMPLATE="none",
+                ARTIFACT_DIR=str(artifacts), AIPERF=str(aiperf_tool.executable()),
+                AIPERF_ARGS="--ui none --no-gpu-telemetry", TMPDIR=str(tmp))
+            proc = subprocess.Popen([*PROMPTKIT, "bench"], env=env, cwd=work,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True, preexec_fn=hear_signals)
+            end = time.monotonic() + 150
+            while len(server.chat_requests()) < 2 and proc.poll() is None \
+                    and time.monotonic() < end:
+                time.sleep(0.1)
+            problems = []
+            if proc.poll() is not None or len(server.chat_requests()) < 2:
+                problems.append("AIPerf sent no request in 150 s")
+            else:
+                time.sleep(rng.uniform(0, 2))
+                victims = [proc.pid] if target == "bench" else children_of(proc.pid)
+                if len(victims) == 1:
+                    os.kill(victims[0], signum)
+                else:
+                    problems.append(f"{len(victims)} processes under bench, not AIPerf alone")
+            signalled = time.monotonic()
+            try:
+                _, err = proc.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, err = proc.communicate()
+                problems.append("bench, or a process holding its output, not ended in 90 s")
+            ended = time.monotonic() - signalled
+            gone = time.monotonic()
+            while session_alive(proc.pid) and time.monotonic() - gone < 10:
+                time.sleep(0.1)
+            lingering = time.monotonic() - gone
+            left = session_alive(proc.pid)
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            sent = len(server.chat_requests())
+        lines = err.splitlines()
+        if target == "bench" and signum == signal.SIGKILL:
+            if proc.returncode != -signal.SIGKILL:
+                problems.append(f"exit {proc.returncode}")
+        else:
+            want = 128 + signum
+            why = (f"interrupted ({name})" if target == "bench" else f"AIPerf died of {name}")
+            if proc.returncode != want:
+                problems.append(f"exit {proc.returncode}, not {want}")
+            if not lines or lines[-1] != f"promptkit: {why}: {UNFINISHED}":
+                problems.append(f"last line {lines[-1:]!r}")
+        if any("prefix cache:" in line for line in lines):
+            problems.append("a comparison was printed")
+        if "Traceback" in err:
+            problems.append("a traceback")
+        if (artifacts / "cache_condition.json").exists():
+            problems.append("cache_condition.json written")
+        if left:
+            problems.append(f"{len(left)} processes of the run alive 10 s after")
+        status = "ok" if not problems else "FAIL " + "; ".join(problems)
+        print(f"bench: {name} to {target} after {sent} requests: exit {proc.returncode}, "
+              f"ended {ended:.2f} s after the signal, its processes gone {lingering:.2f} s "
+              f"later: {status}", flush=True)
+        if problems:
+            failures.append(f"bench: {name} to {target}: {'; '.join(problems)}")
+    # AIPerf that cannot start (after the synthetic-prompts warnings), a .env that is
+    # not UTF-8: a last line that says so, exit 2, nothing written.
+    for what, lines, said in [
+        ("AIPERF=/nonexistent", b"MODEL=m\nREQUEST_COUNT=2\nAIPERF=/nonexistent\n",
+         "promptkit: AIPERF: /nonexistent: no such program, or not executable"),
+        (".env not UTF-8", b"MODEL=m\nHF_TOKEN=hf_\xff\n",
+         "promptkit: {env}:2: HF_TOKEN: not UTF-8 text (the value is not shown)"),
+    ]:
+        env_file = work / "one-line.env"
+        env_file.write_bytes(lines + f"ARTIFACT_DIR={work / 'none'}\n".encode())
+        done = subprocess.run([*PROMPTKIT, "bench", "--env-file", str(env_file)],
+                              env=bench_env(), cwd=work, capture_output=True, text=True,
+                              timeout=120)
+        last = done.stderr.splitlines()[-1:]
+        ok = (done.returncode == 2 and last == [said.format(env=env_file)]
+              and "Traceback" not in done.stderr and not (work / "none").exists())
+        print(f"bench: {what}: exit {done.returncode}: {last}: {'ok' if ok else 'FAIL'}",
+              flush=True)
+        if not ok:
+            failures.append(f"bench: {what}: exit {done.returncode}: {done.stderr[-300:]!r}")
+
+
+def ray_address(work: Path, failures: list[str]) -> None:
+    """``nonce --ray ADDRESS`` where no Ray cluster answers: nothing listening, and a
+    socket that takes connections and never says a word. One line, exit 1, within 30 s,
+    nothing written."""
+    import socket
+
+    infile = work / "one.jsonl"
+    infile.write_text('{"text": "a"}\n', encoding="utf-8")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes connections; nobody reads or writes
+        port = silent.getsockname()[1]
+        for address in ("127.0.0.1:1", "ray://127.0.0.1:1", f"127.0.0.1:{port}"):
+            began = time.monotonic()
+            try:
+                done = subprocess.run(
+                    [*PROMPTKIT, "nonce", str(infile), str(work / "parts"), "--ray", address],
+                    capture_output=True, text=True, timeout=120, cwd=work,
+                    env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                code, err = done.returncode, done.stderr
+            except subprocess.TimeoutExpired as exc:
+                code, err = None, (exc.stderr or b"").decode(errors="replace")
+            took = time.monotonic() - began
+            lines = err.count("\n")
+            ok = (code == 1 and lines == 1 and took <= 30 and "Traceback" not in err
+                  and not (work / "parts").exists())
+            print(f"--ray {address}: exit {code} after {took:.1f} s, {lines} line(s): "
+                  f"{err.strip()[-200:]!r}: {'ok' if ok else 'FAIL'}", flush=True)
+            if not ok:
+                failures.append(f"--ray {address}: exit {code} after {took:.1f} s: "
+                                f"{err[-300:]!r}")
 
 
 # ---------------------------------------------------------------- hostile outputs

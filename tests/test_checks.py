@@ -48,7 +48,7 @@ def last_line(result: subprocess.CompletedProcess[str]) -> str:
      "of range 0-65535)"),
     ("URL", "ftp://host", "URL='ftp://host': not an http:// or https:// URL"),
     ("URL", "http://", "URL='http://': no host"),
-    ("URL", "http://user:hunter22@[::1", "URL='http://user:***@[::1': not a URL (Invalid "
+    ("URL", "http://user:hunter22@[::1", "URL='http://***@[::1': not a URL (Invalid "
      "IPv6 URL)"),
     *[("RESET_TIMEOUT", value, f"RESET_TIMEOUT='{value}': not a number of seconds above 0 "
        "and at most 86400") for value in ("-1", "0", "nan", "inf", "1e400", "soon", "1e9")],
@@ -129,7 +129,7 @@ def test_secrets_are_hidden_in_what_is_printed_and_written_but_passed_to_aiperf(
     dry = run_bench(tmp_path, "--dry-run", **settings)
     assert dry.returncode == 0, dry.stderr
     shown = shlex.split(dry.stdout)
-    assert shown[shown.index("--url") + 1] == "http://user:***@127.0.0.1:9"
+    assert shown[shown.index("--url") + 1] == "http://***@127.0.0.1:9"
     assert shown[shown.index("--header"):shown.index("--ui")] == [
         "--header", "Authorization: ***", "X-Trace:7", "-H", "x-api-key:***"]
     assert shown[shown.index("--api-key"):][:3] == ["--api-key", "***", "--api-key=***"]
@@ -153,7 +153,7 @@ def test_secrets_are_hidden_in_what_is_printed_and_written_but_passed_to_aiperf(
     written = (tmp_path / "artifacts" / bench.CONDITION_FILE).read_text(encoding="utf-8")
     condition = json.loads(written)
     assert condition["aiperf_command"] == shown
-    assert condition["url"] == "http://user:***@127.0.0.1:9"
+    assert condition["url"] == "http://***@127.0.0.1:9"
     assert condition["action"].startswith("command: HF_TOKEN=*** ")
     for secret in SECRETS:
         assert secret not in written + run.stdout + run.stderr, secret
@@ -164,7 +164,7 @@ def test_an_overriding_setting_is_shown_without_its_secret(tmp_path: Path) -> No
     result = run_bench(tmp_path, "--dry-run", REQUEST_COUNT="2",
                        URL="http://admin:hunter22@localhost:8001")
     assert result.returncode == 0, result.stderr
-    assert ("promptkit: URL from the environment ('http://admin:***@localhost:8001') "
+    assert ("promptkit: URL from the environment ('http://***@localhost:8001') "
             "overrides .env") in result.stderr
     assert "hunter22" not in result.stdout + result.stderr
 

@@ -16,6 +16,8 @@ import contextlib
 import importlib
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -82,6 +84,8 @@ def connect(address: str) -> Iterator[Any]:
     else:
         kwargs["address"] = address
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address != "local":
+        probe(address)
     try:
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, auth errors: one line
@@ -92,6 +96,69 @@ def connect(address: str) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Seconds a cluster's address has to answer (Ray itself retries for many minutes).
+ANSWER_TIMEOUT = 10.0
+
+
+def _bootstrap(address: str) -> str | None:
+    """``HOST:PORT`` that ``ray.init(address)`` connects to: ``ray://HOST:PORT`` and
+    ``HOST:PORT`` as given, ``auto`` as Ray finds it (RAY_ADDRESS, or the cluster
+    ``ray start`` made on this machine; None when Ray's own lookup is not there)."""
+    if address != "auto":
+        return address.removeprefix("ray://")
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return None
+    try:
+        return canonicalize_bootstrap_address(address)
+    except Exception as exc:  # ConnectionError: no cluster found
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PromptkitError(f"--ray {address}: cannot connect: {first}") from None
+
+
+def probe(address: str, timeout: float = ANSWER_TIMEOUT) -> None:
+    """One line (a PromptkitError) unless a Ray cluster answers at ``address`` within
+    ``timeout`` seconds: a TCP connection, then one gRPC call a head node (or Ray
+    Client's server, for ``ray://``) answers and another server refuses as unknown.
+    Ray's own connection would retry for many minutes, printing only its log lines."""
+    target = _bootstrap(address)
+    if target is None:
+        return
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    failed = f"--ray {address}: cannot connect"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        why = (f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError)
+               else getattr(exc, "strerror", None) or str(exc))
+        raise PromptkitError(f"{failed}: nothing answers at {target} ({why.lower()})") from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return  # a TLS channel needs the cluster's certificates: left to Ray
+    import grpc  # type: ignore[import-untyped]  # Ray's dependency
+
+    method = ("/ray.rpc.RayletDriver/ClusterInfo" if address.startswith("ray://")
+              else "/ray.rpc.NodeInfoGcsService/GetClusterId")
+    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        channel.unary_unary(method)(b"", timeout=max(deadline - time.monotonic(), 1.0),
+                                    wait_for_ready=True)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            raise PromptkitError(f"{failed}: {target} answers, but it is no Ray cluster "
+                                 f"({'Ray Client' if address.startswith('ray://') else 'GCS'} "
+                                 "service unknown there)") from None
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise PromptkitError(f"{failed}: {target} takes connections but gives no Ray "
+                                 f"answer in {timeout:g} s") from None
+        # Any other answer is Ray's (a refused token, say): ray.init says what it means.
+    finally:
+        channel.close()
 
 
 def _quiet(ray: Any) -> None:
