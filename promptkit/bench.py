@@ -116,7 +116,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from . import files, interrupts, leftovers, manifest
 from .counts import counted
 from .errors import InvalidRecordError, PromptkitError, SettingError
-from .formats.aiperf import TRACE_TYPES, fixed_schedule
+from .formats.aiperf import HASH_BLOCK_FLAGS, TRACE_TYPES, fixed_schedule
 from .redact import (
     HIDDEN,
     redact_json,
@@ -1461,8 +1461,6 @@ def plan(settings: Mapping[str, str], allow_repeats: bool) -> Plan:
                       "concurrency": concurrency,
                       "url": redact_url(url), "model": model})
     system_prompt_file = option_value(command, "--system-prompt-file")
-    from .pipeline import HASH_BLOCK_FLAGS
-
     hash_block = [v for v in (option_value(command, flag) for flag in HASH_BLOCK_FLAGS)
                   if v is not None and v.isdigit() and int(v) >= 1]
     prediction = Prediction(

@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import struct
 from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class VllmCache:
@@ -80,11 +82,14 @@ class VllmCache:
         self.holders: dict[Hashable, list[int]] = {}
         self._block_ids = itertools.count()
 
-    def block_hashes(self, tokens: Sequence[int], salt: str | None = None) -> list[int]:
-        """The chained hash of each full block of ``tokens`` (64-bit)."""
+    def block_hashes(self, tokens: Sequence[int] | Runs, salt: str | None = None) -> list[int]:
+        """The chained hash of each full block of ``tokens`` (64-bit): token ids, or
+        :class:`Runs`."""
         size = self.block_size
         hashes = []
         parent = hashlib.blake2b((salt or "").encode(), digest_size=8).digest()
+        if isinstance(tokens, Runs):
+            return tokens.block_hashes(size, parent)
         data = array("I", tokens).tobytes()
         step = 4 * size
         for start in range(0, len(data) - step + 1, step):
@@ -166,6 +171,129 @@ class VllmCache:
             self.free_cached[block_id] = key
             self.free_cached.move_to_end(block_id)
         return hits * size
+
+
+_MASK = (1 << 64) - 1
+
+
+def mixed(x: int) -> int:
+    """splitmix64's finalizer: a 64-bit number, mixed (distinct in, distinct out)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+#: A run of symbols in a block: its marker, seed, first token and count.
+_SYMBOL = struct.Struct(">BQII")
+
+
+class Runs:
+    """A token sequence held as runs, for prompts whose tokens are known only as equal or
+    not (a hash-id trace's): a run of symbols ``(seed, start, count)``, the tokens
+    ``start`` to ``start + count - 1`` of the content ``seed`` names (a hash id's block,
+    wherever it is), or a run of token ids ``(tokens,)`` (a chat template's own). Runs
+    that continue each other are one, so equal sequences have equal runs, and a block's
+    hash costs its runs, not its tokens. Sliced, added and compared as a list is."""
+
+    __slots__ = ("runs", "length")
+
+    def __init__(self, runs: Sequence[tuple[Any, ...]] = ()):
+        self.runs: list[tuple[Any, ...]] = []
+        self.length = 0
+        for run in runs:
+            self._add(run)
+
+    @classmethod
+    def joined(cls, runs: list[tuple[Any, ...]], length: int) -> Runs:
+        """Runs of symbol runs none of which continues the one before (distinct seeds),
+        none empty, ``length`` tokens in all: taken as they are."""
+        out = cls()
+        out.runs, out.length = runs, length
+        return out
+
+    def _add(self, run: tuple[Any, ...]) -> None:
+        count = len(run[0]) if len(run) == 1 else run[2]
+        if not count:
+            return
+        self.length += count
+        if self.runs:
+            last = self.runs[-1]
+            if len(run) == 1 and len(last) == 1:
+                self.runs[-1] = (last[0] + run[0],)
+                return
+            if len(run) == 3 and len(last) == 3 and last[0] == run[0] and (
+                    last[1] + last[2] == run[1]):
+                self.runs[-1] = (last[0], last[1], last[2] + run[2])
+                return
+        self.runs.append(run)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Runs) and self.runs == other.runs
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: Runs) -> Runs:
+        out = Runs()
+        out.runs, out.length = list(self.runs), self.length
+        for run in other.runs:
+            out._add(run)
+        return out
+
+    def __getitem__(self, cut: slice) -> Runs:
+        start, stop, _ = cut.indices(self.length)
+        out = Runs()
+        at = 0
+        for run in self.runs:
+            count = len(run[0]) if len(run) == 1 else run[2]
+            low, high = max(start - at, 0), min(stop - at, count)
+            if low < high:
+                out._add((run[0][low:high],) if len(run) == 1
+                         else (run[0], run[1] + low, high - low))
+            at += count
+            if at >= stop:
+                break
+        return out
+
+    def block_hashes(self, size: int, parent: bytes) -> list[int]:
+        """The chained hash of each full block of ``size`` tokens, from ``parent``."""
+        hashes = []
+        pieces: list[bytes] = []
+        room = size  # tokens the current block still takes
+        blake2b, symbol = hashlib.blake2b, _SYMBOL.pack
+        for run in self.runs:
+            literal = len(run) == 1
+            count = len(run[0]) if literal else run[2]
+            done = 0
+            while done < count:
+                take = min(room, count - done)
+                if literal:
+                    pieces.append(b"\x02" + array("I", run[0][done:done + take]).tobytes())
+                else:
+                    pieces.append(symbol(1, run[0], run[1] + done, take))
+                done += take
+                room -= take
+                if not room:
+                    parent = blake2b(parent + b"".join(pieces), digest_size=8).digest()
+                    hashes.append(int.from_bytes(parent))
+                    pieces = []
+                    room = size
+        return hashes
+
+    def tokens(self) -> array:
+        """The tokens, one by one: token ids as they are, a symbol a 64-bit number with
+        its top bit set (no token id has it)."""
+        out = array("Q")
+        for run in self.runs:
+            if len(run) == 1:
+                out.extend(run[0])
+            else:
+                seed, start, count = run
+                out.extend(mixed(seed + i) | 1 << 63 for i in range(start, start + count))
+        return out
 
 
 @dataclass(eq=False)

@@ -22,6 +22,7 @@ block whatever a text nonce does, and only ``cache_salt`` reaches zero.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 from array import array
 from collections import Counter
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import cachebust
-from .cache import SglangCache, VllmCache
+from .cache import Runs, SglangCache, VllmCache, mixed
 from .errors import (
     BadOptionError,
     CheckError,
@@ -232,6 +233,100 @@ class Prompts:
         return header, header != bare
 
 
+class IdPrompts:
+    """The tokens a server is sent for the records of a hash-id trace, as AIPerf 0.13
+    makes them (``aiperf.dataset.loader``; run here), as :class:`~promptkit.cache.Runs`
+    of symbols: equal exactly where AIPerf's tokens are.
+
+    - A hash id is a block of ``block_size`` tokens, the same ones wherever it is; a
+      record's last id is a partial block when its ``input_length`` ends inside it. A
+      record longer than its ids' blocks ends with tokens of its own (made once, when
+      AIPerf loads the file: a record sent again sends them again).
+    - A turn of a session (lines sharing a ``session_id``, a Bailian trace's
+      ``parent_chat_id`` chains) is sent as AIPerf sends any conversation's: after the
+      earlier turns, each followed by the server's reply to it (``output_length``
+      tokens, which a reply sent back keeps), even where a line's ids already hold that
+      history, as a Bailian line's do.
+    - With a chat template (``renderer``), its tokens go around each message, as it
+      renders the conversation (found by rendering it with markers for the contents:
+      AIPerf's blocks begin with the tokenizer's BOS or EOS token, so no content merges
+      into the template's text).
+    """
+
+    #: What each kind of content's seed is mixed with: a hash id's, a record's own
+    #: tokens', a reply's.
+    _ID, _OWN, _REPLY = 0x2545F4914F6CDD1D, 0x5851F42D4C957F2D, 0x14057B7EF767814F
+
+    def __init__(self, block_size: int, renderer: Renderer | None = None):
+        self.block_size = block_size
+        self.renderer = renderer
+        self._pieces: dict[int, list[Runs]] = {}
+
+    def content(self, part: _Part) -> Runs:
+        """The tokens of a record's own prompt."""
+        size, ids, kind = self.block_size, part.ids, self._ID
+        last = min(part.length - (len(ids) - 1) * size, size)
+        runs = [(mixed(i ^ kind), 0, size) for i in ids[:-1]]
+        runs.append((mixed(ids[-1] ^ kind), 0, last))
+        tail = part.length - (len(ids) - 1) * size - last
+        if tail > 0:
+            runs.append((mixed(part.index ^ self._OWN), 0, tail))
+        return Runs.joined(runs, part.length)
+
+    def reply(self, session: Any, turn: int, length: int) -> Runs:
+        """The tokens of the server's reply to a session's ``turn``."""
+        digest = hashlib.blake2b(repr((session, turn)).encode(), digest_size=8).digest()
+        return Runs([(mixed(int.from_bytes(digest) ^ self._REPLY), 0, length)])
+
+    def pieces(self, turns: int) -> list[Runs]:
+        """The template's tokens before, between and after the messages of a
+        conversation of ``turns`` user turns and the replies between them (none without
+        a template)."""
+        if turns not in self._pieces:
+            renderer = self.renderer
+            if renderer is None:
+                self._pieces[turns] = [Runs()] * (2 * turns)
+            else:
+                marks = [f"{PROBE}{i}{PROBE}" for i in range(2 * turns - 1)]
+                chat = [{"role": "assistant" if i % 2 else "user",
+                         "content": renderer.content(mark)} for i, mark in enumerate(marks)]
+                text = renderer.text(chat, None)
+                parts = []
+                for mark in marks:
+                    head, found, text = text.partition(mark)
+                    if not found:
+                        raise TemplateError("the chat template leaves out a message's content")
+                    parts.append(head)
+                parts.append(text)
+                self._pieces[turns] = [Runs([(tuple(t),)]) for t in renderer.encode(parts)]
+        return self._pieces[turns]
+
+    def tokens(self, parts: list[_Part], session: Any) -> list[Runs]:
+        """The tokens of each request AIPerf sends for the turns ``parts`` of a session,
+        in order: each after the earlier turns and their replies."""
+        out: list[Runs] = []
+        sent: list[Runs] = []
+        for i, part in enumerate(parts):
+            if i:
+                before = parts[i - 1].reply_tokens
+                if before is None:
+                    raise InvalidRecordError(
+                        "the line before it in its session has no output_length: the "
+                        "server's reply, which AIPerf sends in this turn's history, has "
+                        "unknown length; give --reply-tokens N (the replies' length)",
+                        lineno=part.lineno)
+                sent.append(self.reply(session, i - 1, before))
+            sent.append(self.content(part))
+            if self.renderer is None:  # (no template: the contents one after another)
+                out.append(sent[0] if i == 0 else out[-1] + sent[-2] + sent[-1])
+                continue
+            runs = []
+            for piece, content in zip(self.pieces(i + 1), [*sent, None], strict=True):
+                runs += piece.runs if content is None else piece.runs + content.runs
+            out.append(Runs(runs))
+        return out
+
+
 def _salt(extra: dict[str, Any] | None) -> str | None:
     salt = (extra or {}).get("cache_salt")
     return None if salt is None else str(salt)
@@ -242,56 +337,50 @@ def _salt(extra: dict[str, Any] | None) -> str | None:
 
 class Engine:
     """One interface over the cache simulations of :mod:`promptkit.cache`: a request's
-    keys in, its hit *tokens* out, whatever the engine and whether the file holds text
-    or hash ids (one id a block of ``block_size`` tokens).
+    keys in, its hit *tokens* out, whatever the engine.
 
     A request is its prompt's key (:meth:`key`), how many tokens the server generates
     for it, and the keys of those tokens where a later turn sends them back
     (:meth:`reply_key`): a server caches generated tokens too, so they take cache
-    space, and the next turn of a conversation can hit them.
+    space, and the next turn of a conversation can hit them. Tokens are token ids, or
+    the :class:`~promptkit.cache.Runs` :class:`IdPrompts` makes of a hash-id trace.
     """
 
     def __init__(self, name: str, block_size: int, capacity_tokens: int | None,
-                 hash_ids: bool, num_gpu_blocks: int | None = None):
+                 num_gpu_blocks: int | None = None):
         if name not in ENGINES:
             raise CheckError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
         if num_gpu_blocks is not None and (name != "vllm" or capacity_tokens is not None):
             raise CheckError("--num-gpu-blocks is vLLM's block count: give it for --engine "
                              "vllm, instead of --capacity-tokens")
         self.block_size = block_size
-        self.hash_ids = hash_ids
         self.bounded = capacity_tokens is not None
         self.vllm: VllmCache | None = None
         self.sglang: SglangCache | None = None
         if name == "vllm":
             self.vllm = VllmCache(block_size, capacity_tokens, num_gpu_blocks)
-        else:  # the radix tree holds ids for a hash-id trace: its capacity is in ids
-            self.sglang = SglangCache(capacity_tokens if capacity_tokens is None or not hash_ids
-                                      else capacity_tokens // block_size)
+        else:
+            self.sglang = SglangCache(capacity_tokens)
         self._unknown = itertools.count(1)
 
     def key(self, tokens: Any, salt: str | None) -> Any:
         """What the engine knows a prompt by: chained block hashes (vLLM), the tokens
-        (SGLang); a hash-id trace's ids as they are."""
-        if self.hash_ids:
-            ids = list(tokens)
-            return [(salt, i) for i in ids] if salt is not None and self.vllm else ids
+        (SGLang)."""
         if self.vllm is not None:
             return array("Q", self.vllm.block_hashes(tokens, salt))
-        return array("I", tokens)
+        return tokens.tokens() if isinstance(tokens, Runs) else array("I", tokens)
 
-    def reply_key(self, prompt: list[int], generated: list[int], salt: str | None,
-                  key: Any) -> Any:
+    def reply_key(self, prompt: Any, generated: Any, salt: str | None, key: Any) -> Any:
         """The keys of generated tokens whose ids are known, after ``prompt``'s key."""
         if self.vllm is not None:
             return array("Q", self.vllm.block_hashes(prompt + generated, salt)[len(key):])
-        return array("I", generated)
+        return generated.tokens() if isinstance(generated, Runs) else array("I", generated)
 
     def busted(self, key: Any, at: int, instance: Any) -> list[Any]:
         """A key whose part from token ``at`` on is ``instance``'s own (what a
         ``--cache-bust`` marker there does: every block from the one it starts in
         differs from another instance's, and equals the same instance's)."""
-        start = at if self.sglang is not None and not self.hash_ids else at // self.block_size
+        start = at if self.sglang is not None else at // self.block_size
         return [*key[:start], *((instance, k) for k in key[start:])]
 
     def request(self, key: Any, length: int, salt: str | None, reply_tokens: int | None,
@@ -302,9 +391,6 @@ class Engine:
             blocks = list(key) + list(reply) if reply is not None else key
             return self.vllm.request_blocks(blocks, length, reply_tokens)
         assert self.sglang is not None
-        if self.hash_ids:
-            hit = self.sglang.request(key, salt, length=len(key) + 1)
-            return min(hit * self.block_size, max(length - 1, 0))
         if reply is None and reply_tokens and self.bounded:  # unknown tokens: their room
             reply = [-next(self._unknown) for _ in range(reply_tokens - 1)]
         return self.sglang.request(list(key) + list(reply) if reply else key, salt,
@@ -326,8 +412,8 @@ class CheckOptions:
     system_prompt: str | None = None  # what AIPerf's --system-prompt(-file) adds
     sends_extra: bool = True  # False: AIPerf drops the records' extra (cache_salt), as for openai
     reply_tokens: int | None = None  # tokens generated where a request has no output_length
-    #: A hash-id trace's tokens an id when block_size is not given: AIPerf's
-    #: --prompt-input-tokens-block-size (from the file's manifest), else 512.
+    #: A hash-id trace's tokens an id: AIPerf's --isl-block-size (from the file's
+    #: manifest, else the format's own: 16 for bailian_trace), else 512.
     hash_block_size: int | None = None
     #: AIPerf's --fixed-schedule (True) or --no-fixed-schedule (False); None: its own
     #: choice, a fixed schedule for a trace (``aiperf_type``) whose first line is timed.
@@ -351,12 +437,32 @@ class _Request:
     #: request as a warmup request sends it (warmup isolation's marker in it).
     bust_at: int | None = None
     warmup: _Request | None = None
+    #: A hash-id record's own prompt tokens (its ``input_length``), where AIPerf sends
+    #: it after earlier turns of its session (``None``: the prompt is its own).
+    own: int | None = None
+
+
+@dataclass
+class _Part:
+    """A hash-id record as a turn of its session: its ids and prompt length, its index
+    (the seed of its own tokens), the length of the server's reply to it, its salt and
+    its ``turn`` (a Bailian line's: AIPerf sends a session's turns in that order)."""
+
+    ids: list[int]
+    length: int
+    index: int
+    reply_tokens: int | None
+    salt: str | None
+    turn: int | None = None
+    lineno: int | None = None
 
 
 @dataclass
 class _Unit:
     """What one record is to the run: the session AIPerf puts it in (``None``: one of
-    its own; lines sharing a session_id are one, sent in a row), and its requests."""
+    its own; lines sharing a session_id are one, sent in a row), and its requests (a
+    hash-id record in a session: its ``part``, the requests made once its session is
+    whole)."""
 
     session: Any
     requests: list[_Request]
@@ -364,6 +470,7 @@ class _Unit:
     tools: bool = False  # a request of it sends tools
     timestamp: Any = None  # when its first request is sent (a fixed schedule's order)
     lineno: int | None = None
+    part: _Part | None = None
 
 
 @dataclass
@@ -396,6 +503,12 @@ class Report:
     repeats: int = 0  # profiled requests that send a request sent before
     copies: int = 1  # the most times a request is sent (warmup and profiled)
     fixed_schedule: bool = False  # AIPerf replays the file on its fixed schedule
+    id_block: int | None = None  # a hash-id trace's tokens an id
+    #: Profiled requests of hash-id records sent after earlier turns of their session:
+    #: how many, their records' own prompt tokens, and the tokens sent.
+    with_history: int = 0
+    own_tokens: int = 0
+    history_tokens: int = 0
 
     def repeating(self) -> int:
         """Profiled requests that send a prompt already sent: AIPerf wraps around the
@@ -438,7 +551,9 @@ class Report:
             "block_size": self.block_size,
             "capacity_tokens": self.options.capacity_tokens,
             "num_gpu_blocks": self.options.num_gpu_blocks,
-            "chat_template": None if self.hash_ids else self.options.chat_template,
+            "chat_template": (None if self.hash_ids and self.options.chat_template == "none"
+                              else self.options.chat_template),
+            **({"hash_block_size": self.id_block} if self.id_block is not None else {}),
             "records": self.records,
             "conversations": self.conversations,
             "requests": len(hits),
@@ -471,6 +586,15 @@ class Report:
         }
         if self.repeating() and not self.fixed_schedule:  # (a fixed schedule sends every line)
             out["copies_for_distinct_prompts"] = self.copies
+        if self.with_history:
+            out["requests_with_history"] = self.with_history
+            out["warning_history"] = (
+                f"{self.with_history} requests are later turns of a session, which AIPerf "
+                "sends after the earlier turns and the server's replies to them: "
+                f"{self.history_tokens} prompt tokens where their lines state "
+                f"{self.own_tokens}" + (
+                    " (a Bailian line's hash ids hold its history already: AIPerf 0.13 sends "
+                    "it twice)" if self.options.aiperf_type == "bailian_trace" else ""))
         if self.salts_not_sent:
             out["salts_not_sent"] = self.salts_not_sent
             out["warning_salts"] = (
@@ -578,8 +702,10 @@ class Setup:
             raise CheckError(f"block size must be at least 1, not {options.block_size}")
         self.options = options
         self.hash_ids = not first.messages
+        #: The tokens AIPerf makes of a hash id; the server's block: one id, unless told.
+        self.id_block = options.hash_block_size or HASH_BLOCK_SIZE
         self.block_size = options.block_size or (
-            (options.hash_block_size or HASH_BLOCK_SIZE) if self.hash_ids else TEXT_BLOCK_SIZE)
+            self.id_block if self.hash_ids else TEXT_BLOCK_SIZE)
         self.report = Report(options, self.block_size, hash_ids=self.hash_ids)
         self.fixed_schedule = fixed_schedule(options.aiperf_type, first.timestamp is not None,
                                              options.fixed_schedule)
@@ -596,10 +722,23 @@ class Setup:
                     "with --no-fixed-schedule")
         self.report.fixed_schedule = self.fixed_schedule
         self.prompts: Prompts | None = None
+        self.ids: IdPrompts | None = None
         if self.hash_ids and options.system_prompt is not None:
             raise CheckError("a system prompt AIPerf adds cannot be checked on a hash-id "
                              "trace (its prompts are made up at run time)")
-        if not self.hash_ids:
+        if self.hash_ids:
+            renderer = None
+            if options.chat_template != "none":
+                if tokenizer is None:
+                    raise OptionNeededError(
+                        f"--chat-template {options.chat_template} on a hash-id trace needs "
+                        "--tokenizer: the template's own tokens are counted under it")
+                renderer = Renderer(options.chat_template, tokenizer, tokenizer_spec)
+            self.ids = IdPrompts(self.id_block, renderer)
+            self.report.id_block = self.id_block
+            if renderer is not None:
+                self.report.header_tokens = len(self.ids.pieces(1)[0])
+        else:
             if tokenizer is None:
                 raise OptionNeededError(
                     "text records need --tokenizer (what the server tokenizes with): a "
@@ -625,14 +764,14 @@ class Setup:
 
     def _engine(self) -> Engine:
         return Engine(self.options.engine, self.block_size, self.options.capacity_tokens,
-                      self.hash_ids, self.options.num_gpu_blocks)
+                      self.options.num_gpu_blocks)
 
     def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Unit, bytes]]:
         """What each record is to the cache, and its leading tokens (the part of a check
         that needs no order: worker processes can do it chunk by chunk)."""
         reject = self.skipping.reject
         for batch in _batches(iter(records)):
-            if self.prompts is None:
+            if self.ids is not None:
                 for record in batch:
                     try:
                         entry = self._ids_entry(record)
@@ -641,6 +780,7 @@ class Setup:
                         continue
                     yield self._unsent(record, *entry)
                 continue
+            assert self.prompts is not None
             kept, turns = [], []
             # The requests as sent: with --cache-bust, with its marker; to tell what two
             # instances share, with another one; as warmup requests, with warmup's.
@@ -692,48 +832,92 @@ class Setup:
         return list(self.entries(records)), self.skipping.skipped
 
     def _ids_entry(self, record: Record) -> tuple[_Unit, bytes]:
+        """A hash-id record's part; its request too when it is a conversation of its own
+        (a record in a session is sent after the session's earlier turns: see
+        :meth:`replay`)."""
         if record.messages:
             raise InvalidRecordError("a text record after hash-id records",
                                      lineno=record.lineno)
         if record.hash_ids is None or record.input_length is None:
             raise InvalidRecordError("a record with no text and no hash ids",
                                      lineno=record.lineno)
-        problem = blocks_problem(record.hash_ids, record.input_length, self.block_size)
+        problem = blocks_problem(record.hash_ids, record.input_length, self.id_block)
         if problem is not None:
             raise InvalidRecordError(problem, lineno=record.lineno)
-        salt = _salt(record.extra) if self.options.sends_extra else None
-        request = _Request(self.engine.key(record.hash_ids, salt), record.input_length, salt,
-                           record.output_length if record.output_length is not None
-                           else self.options.reply_tokens)
-        mode = self.options.cache_bust
-        if cachebust.per_instance(mode):  # AIPerf's text starts (or ends) with the marker
-            request.bust_at = record.input_length if mode.endswith("suffix") else 0
-        elif cachebust.in_warmup(mode) and self.options.warmup:
-            request.warmup = _Request(self.engine.busted(request.key, 0, "warmup"),
-                                      record.input_length, salt, request.reply_tokens)
-        lead = array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
-        return _Unit(None, [request], timestamp=record.timestamp, lineno=record.lineno), lead
+        turn = record.fields.get("turn") if record.layout == "bailian_trace" else None
+        part = _Part(record.hash_ids, record.input_length,
+                     record.index if record.index is not None else record.lineno or 0,
+                     record.output_length if record.output_length is not None
+                     else self.options.reply_tokens,
+                     _salt(record.extra) if self.options.sends_extra else None,
+                     turn, record.lineno)
+        session = None if record.session_id is None else ("session", record.session_id)
+        unit = _Unit(session, [], timestamp=record.timestamp, lineno=record.lineno, part=part)
+        if session is None:
+            assert self.ids is not None
+            unit.requests = self._id_busted(
+                self._requests([part.salt], [part.reply_tokens], self.ids.tokens([part], None),
+                               record.lineno), part.length)
+        return unit, array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
 
     def _text_entry(self, record: Record, turns: list[_Turn],
                     tokens: list[list[int]]) -> tuple[_Unit, bytes]:
-        requests = []
-        for i, (turn, toks) in enumerate(zip(turns, tokens, strict=True)):
-            if not toks:
-                raise InvalidRecordError("a record with no text", lineno=record.lineno)
-            request = _Request(self.engine.key(toks, turn.salt), len(toks), turn.salt,
-                               turn.reply_tokens)
-            if i + 1 < len(turns) and turn.reply_tokens:  # the reply, as sent back next
-                after = tokens[i + 1]
-                if after[:len(toks)] == toks:
-                    generated = after[len(toks):len(toks) + turn.reply_tokens - 1]
-                    request.reply = self.engine.reply_key(toks, generated, turn.salt,
-                                                           request.key)
-            requests.append(request)
+        requests = self._requests([t.salt for t in turns], [t.reply_tokens for t in turns],
+                                  tokens, record.lineno)
         lead = array("I", tokens[0][:PREFIX_WINDOW]).tobytes()
         session = (None if record.layout == "multi_turn" or record.session_id is None
                    else ("session", record.session_id))
         return (_Unit(session, requests, timestamp=record.timestamp, lineno=record.lineno),
                 lead)
+
+    def _requests(self, salts: list[str | None], replies: list[int | None], tokens: list[Any],
+                  lineno: int | None) -> list[_Request]:
+        """The requests of a conversation's turns (``tokens``: each turn's prompt, with the
+        history), and the keys of each reply where the next turn sends it back."""
+        requests = []
+        for i, toks in enumerate(tokens):
+            if not toks:
+                raise InvalidRecordError("a record with no text", lineno=lineno)
+            salt, reply = salts[i], replies[i]
+            request = _Request(self.engine.key(toks, salt), len(toks), salt, reply)
+            if i + 1 < len(tokens) and reply:  # the reply, as sent back next
+                after = tokens[i + 1]
+                if after[:len(toks)] == toks:
+                    generated = after[len(toks):len(toks) + reply - 1]
+                    request.reply = self.engine.reply_key(toks, generated, salt, request.key)
+            requests.append(request)
+        return requests
+
+    def _session_requests(self, units: list[_Unit], session: Any) -> list[_Request]:
+        """The request of each record of a session of hash-id records (in the order
+        AIPerf sends them), each after the earlier turns and their replies."""
+        assert self.ids is not None
+        parts = [u.part for u in units if u.part is not None]
+        requests = self._requests([p.salt for p in parts], [p.reply_tokens for p in parts],
+                                  self.ids.tokens(parts, session), units[0].lineno)
+        for request, part in zip(requests[1:], parts[1:], strict=True):
+            request.own = part.length
+        return self._id_busted(requests, parts[0].length)
+
+    def _id_busted(self, requests: list[_Request], first: int) -> list[_Request]:
+        """A hash-id conversation's requests with what ``--cache-bust`` does to them
+        (``first``: its first turn's prompt tokens). AIPerf's marker goes into the first
+        turn's text (a hash-id trace has no system message), which later turns send
+        again: at its start (after the template's tokens before it), or after it
+        (``*-suffix``). Its tokens are not counted: the prompts are AIPerf's own."""
+        mode = self.options.cache_bust
+        assert self.ids is not None
+        head = len(self.ids.pieces(1)[0])  # the template's tokens before the first turn
+        for request in requests:
+            if cachebust.per_instance(mode):
+                request.bust_at = head + (first if mode.endswith("suffix") else 0)
+            elif cachebust.in_warmup(mode) and self.options.warmup:
+                reply = (None if request.reply is None
+                         else self.engine.busted(request.reply, 0, "warmup"))
+                request.warmup = _Request(self.engine.busted(request.key, head, "warmup"),
+                                          request.length, request.salt, request.reply_tokens,
+                                          reply)
+        return requests
 
     def replay(self, pairs: Iterable[tuple[_Unit, bytes]]) -> Report:
         """The records in order, then the run a client makes of them: sessions in the
@@ -741,24 +925,35 @@ class Setup:
         fixed schedule, the warmup goes so too, then every session once, in the order
         of its first line's timestamp (as AIPerf 0.13 sends them at concurrency 1)."""
         report, options = self.report, self.options
-        sessions: dict[Any, list[tuple[int, int, _Request]]] = {}
-        firsts: list[_Unit] = []  # each session's first record
+        units: dict[Any, list[tuple[int, _Unit]]] = {}  # each session's records, in order
         earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
         unit = 8 if self.hash_ids else 4
         for index, (entry, lead) in enumerate(pairs):
             report.records += 1
-            report.salted += entry.requests[0].salt is not None
+            salt = entry.part.salt if entry.part is not None else entry.requests[0].salt
+            report.salted += salt is not None
             report.salts_not_sent += entry.salt_not_sent
             report.tools += entry.tools
             report.first_difference.append(_first_difference(earlier, lead, unit))
             report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
             key = ("record", index) if entry.session is None else entry.session
-            if key not in sessions:
-                sessions[key] = []
-                firsts.append(entry)
-            requests = sessions[key]
-            start = len(requests)  # a turn is counted in its conversation
-            requests += [(index, start + turn, r) for turn, r in enumerate(entry.requests)]
+            units.setdefault(key, []).append((index, entry))
+        sessions: dict[Any, list[tuple[int, int, _Request]]] = {}
+        firsts: list[_Unit] = []  # each session's first record
+        for key, its in units.items():
+            if its[0][1].part is not None and its[0][1].session is not None:
+                # In AIPerf's order: a Bailian trace's turns (else the file's).
+                its.sort(key=lambda item: item[1].part.turn or 0)  # type: ignore[union-attr]
+                made = self._session_requests([u for _, u in its], key)
+                its = [(i, _Unit(u.session, [r], lineno=u.lineno, timestamp=u.timestamp))
+                       for (i, u), r in zip(its, made, strict=True)]
+            firsts.append(its[0][1])
+            requests: list[tuple[int, int, _Request]] = []
+            sessions[key] = requests
+            for index, entry in its:
+                start = len(requests)  # a turn is counted in its conversation
+                requests += [(index, start + t, r) for t, r in enumerate(entry.requests)]
+        units.clear()
         report.conversations = len(sessions)
         flat = [(s, item) for s, items in enumerate(sessions.values()) for item in items]
         if not flat:
@@ -793,6 +988,10 @@ class Setup:
                              hit)
             report.copies = max(report.copies, times[i])
             if n >= options.warmup:
+                if r.own is not None:
+                    report.with_history += 1
+                    report.own_tokens += r.own
+                    report.history_tokens += r.length
                 report.busted += r.bust_at is not None
                 report.hits.append(hit)
                 report.hits_low.append(hit_low)
@@ -920,8 +1119,9 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     tokenizer loaded and the system prompt file read before anything is read."""
     checked("check", params, {
         "tokenizer": text(), "chat_template": one_of(TEMPLATES), "engine": one_of(ENGINES),
-        "block_size": integer(1, MAX_TOKENS), "capacity_tokens": integer(1),
-        "num_gpu_blocks": integer(2), "requests": integer(1, MAX_RECORDS),
+        "block_size": integer(1, MAX_TOKENS), "hash_block_size": integer(1, MAX_TOKENS),
+        "capacity_tokens": integer(1), "num_gpu_blocks": integer(2),
+        "requests": integer(1, MAX_RECORDS),
         "warmup": integer(0, MAX_RECORDS, optional=False), "fixed_schedule": flag(),
         "cache_bust": one_of(cachebust.MODES),
         "reply_tokens": integer(1, MAX_TOKENS), "system_prompt_file": text(),

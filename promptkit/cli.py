@@ -48,7 +48,8 @@ from .publish import (
 )
 from .steps import Step
 
-FORMAT_CHOICE = click.Choice(list(FORMATS))
+#: Input formats: every line format of JSON lines.
+FORMAT_CHOICE = click.Choice([name for name, f in FORMATS.items() if f.encode is None])
 #: Output formats: every line format, and tables (parquet, a save_to_disk folder).
 OUTPUT_CHOICE = click.Choice([*FORMATS, *TABLE_FORMATS])
 
@@ -837,8 +838,12 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
                      help="vllm: full blocks, chained hashes; sglang: token-level radix."),
         click.option("--block-size", type=click.IntRange(min=1, max=MAX_TOKENS), metavar="N",
-                     help="Tokens a block [default: 16; for hash-id traces the manifest's AIPerf "
-                          "--prompt-input-tokens-block-size, else 512]."),
+                     help="Tokens a block of the server's cache [default: 16; for hash-id "
+                          "traces the tokens a hash id stands for]."),
+        click.option("--hash-block-size", type=click.IntRange(min=1, max=MAX_TOKENS), metavar="N",
+                     help="Tokens AIPerf makes of a hash id (its --isl-block-size) [default: "
+                          "the manifest's, else 16 for bailian_trace, 512 for "
+                          "mooncake_trace]."),
         click.option("--capacity-tokens", type=click.IntRange(min=1), metavar="N",
                      help="Cache size in tokens, LRU eviction (default: unbounded)."),
         click.option("--num-gpu-blocks", type=click.IntRange(min=2), metavar="N",
@@ -880,7 +885,8 @@ def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def check_params(tokenizer: str | None, chat_template: str, engine: str,
-                 block_size: int | None, capacity_tokens: int | None,
+                 block_size: int | None, hash_block_size: int | None,
+                 capacity_tokens: int | None,
                  num_gpu_blocks: int | None, requests: int | None, warmup: int,
                  fixed_schedule: bool | None, system_prompt_file: str | None,
                  reply_tokens: int | None, max_total_hit_rate: float | None,
@@ -896,7 +902,7 @@ def check_params(tokenizer: str | None, chat_template: str, engine: str,
             raise click.UsageError("give --capacity-tokens or --num-gpu-blocks, not both")
         if engine != "vllm":
             raise click.UsageError("--num-gpu-blocks is vLLM's block count (--engine vllm)")
-    for key, value in (("num_gpu_blocks", num_gpu_blocks),
+    for key, value in (("num_gpu_blocks", num_gpu_blocks), ("hash_block_size", hash_block_size),
                        ("cache_bust", None if cache_bust == "none" else cache_bust),
                        ("fixed_schedule", fixed_schedule),
                        ("system_prompt_file", system_prompt_file),
@@ -1048,7 +1054,7 @@ def print_check(s: dict[str, Any]) -> None:
         flag, value = applied["applied"]
         shown = value if flag.endswith("-file") else f"({len(value)} characters)"
         click.echo(f"  AIPerf arguments       {flag} {shown} (from the {applied['source']})")
-    for key in ("warning", "warning_salts", "warning_tools"):
+    for key in ("warning", "warning_salts", "warning_tools", "warning_history"):
         if key in s:
             click.echo(f"promptkit: warning: {s[key]}", err=True)
     if applied.get("note"):

@@ -273,6 +273,11 @@ class NonceState(Skipping):
     #: Sessions whose user turn has a nonce.
     user_done: Sessions = field(default_factory=Sessions)
     salts: dict[str, str] = field(default_factory=dict)
+    #: A hash-id session's fresh first ids: (session, the first id it replaces) -> fresh.
+    first_ids: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: The nonce text of each session whose lines AIPerf sends as they are (see
+    #: :func:`sent_whole`), for its later lines.
+    nonces: dict[str, str] = field(default_factory=dict)
     #: Sessions whose first line (as this state saw it) was left out: a chunk run on its
     #: own may have left out a line that continued a conversation begun earlier.
     left_out: set[str] = field(default_factory=set)
@@ -309,6 +314,8 @@ class NonceState(Skipping):
         self.started |= later.started
         self.user_done |= later.user_done
         self.salts.update(later.salts)
+        self.first_ids.update(later.first_ids)
+        self.nonces.update(later.nonces)
         self.tokenizer = self.tokenizer or later.tokenizer
         self.tokens_before.extend(later.tokens_before)
         self.tools += later.tools
@@ -328,6 +335,9 @@ class NonceState(Skipping):
                 self.started.discard(session)
                 self.user_done.discard(session)
                 self.salts.pop(session, None)
+                self.nonces.pop(session, None)
+                for key in [k for k in self.first_ids if k[0] == session]:
+                    del self.first_ids[key]
 
     def report(self) -> dict[str, Any]:
         """What the manifest records beside the step's parameters: with a tokenizer, the
@@ -411,8 +421,12 @@ def add_nonces(
     - ``at="salt"``: no text change; a unique ``cache_salt`` in the request ``extra``.
 
     Records without text (``input_length``/``hash_ids``) get a fresh, unique first
-    hash id instead. Records continuing a conversation (a later line with a
-    ``session_id`` seen before) keep the nonce of the conversation's first line.
+    hash id instead, one a session (see :func:`first_id`). Records continuing a
+    conversation (a later line with a ``session_id`` seen before) keep the nonce of the
+    conversation's first line: a line AIPerf sends after the history is left as it is;
+    a line it sends as it is, history included (:func:`sent_whole`), gets that nonce
+    where the first line got it (but with ``every-turn``, whose nonces are a line's
+    own).
     Record ``i`` (its ``index``, the line number less one for a file; else its
     position counted from ``first_index``) gets the nonces of indices
     ``i * copies + c``. So a shard of records gets the same nonces as a sequential
@@ -483,7 +497,10 @@ def _nonced(
     if copies == 1 and at == "start":  # the common case, kept lean
         for position, record in enumerate(records, start=first_index):
             session = record.session_id
-            if session is not None and session in started:
+            if session is not None and session in started and record.messages:
+                if session in state.nonces and sent_whole(record):
+                    message = record.messages[0]
+                    message.content = prepend_text(message.content, state.nonces[session])
                 yield record
                 continue
             index = record.index if record.index is not None else position
@@ -494,13 +511,15 @@ def _nonced(
                 message.content = (
                     nonce + content if content.__class__ is str else prepend_text(content, nonce)
                 )
+                if session is not None and sent_whole(record):
+                    state.nonces[session] = nonce
                 if (record.extra is not None or record.layout == "multi_turn") \
                         and sends_tools(record):
                     state.tools += 1
                     state.after_tools += message.role != "system"
             else:
                 try:
-                    _nonce_hash_ids(record, maker, index, at)
+                    _nonce_hash_ids(record, maker, index, at, state)
                 except InvalidRecordError as exc:
                     state.reject(exc)
                     continue
@@ -553,11 +572,12 @@ def _nonce_copies(batch: list[Record], base: int, copies: int, at: str,
                 salt = salts[session] = make(index)
             record.extra = {**(record.extra or {}), "cache_salt": salt}
         elif not record.messages:
-            _nonce_hash_ids(record, maker, index, at)
+            _nonce_hash_ids(record, maker, index, at, state)
         elif at == "start":
-            if not continuing:
+            nonce = _session_nonce(record, continuing, state, before + make(index) + after)
+            if nonce is not None:
                 message = record.messages[0]
-                message.content = prepend_text(message.content, before + make(index) + after)
+                message.content = prepend_text(message.content, nonce)
         elif at == "every-turn":
             for i, message in enumerate(record.messages):
                 if i == 0 or message.role in USER_ROLES:
@@ -568,11 +588,20 @@ def _nonce_copies(batch: list[Record], base: int, copies: int, at: str,
             if session is None or session not in user_done:
                 target = _first_user(record, required=not continuing)
                 if target is not None:
-                    target.content = prepend_text(target.content, before + make(index) + after)
+                    nonce = before + make(index) + after
+                    target.content = prepend_text(target.content, nonce)
                     if session is not None:
                         user_done.add(session)
-        elif not continuing:  # system
-            nonce = before + make(index) + after
+                        if sent_whole(record):
+                            state.nonces[session] = nonce
+            elif session in state.nonces and sent_whole(record):
+                target = _first_user(record, required=False)
+                if target is not None:
+                    target.content = prepend_text(target.content, state.nonces[session])
+        else:  # system
+            nonce = _session_nonce(record, continuing, state, before + make(index) + after)
+            if nonce is None:
+                continue
             head = record.messages[0]
             if head.role == "system":
                 head.content = prepend_text(head.content, nonce)
@@ -729,6 +758,29 @@ def _with_last_text(content: Any, text: str) -> Any:
     raise AssertionError("no text to replace")
 
 
+def sent_whole(record: Record) -> bool:
+    """Whether AIPerf sends a record's messages as they are, a later line of a session
+    holding its history (OpenAI lines, a ``mooncake_trace`` line's ``messages`` or
+    ``payload``: its loader's ``message_array_with_responses``), not after the earlier
+    lines and the server's replies."""
+    layout = record.layout or ""
+    return layout == "openai" or layout.startswith(("mooncake_trace:messages",
+                                                     "mooncake_trace:payload"))
+
+
+def _session_nonce(record: Record, continuing: bool, state: NonceState,
+                   fresh: str) -> str | None:
+    """The nonce a record gets at its start (or its system message's): ``fresh`` for a
+    session's first line (kept for its later lines when they are sent whole), the
+    session's for a later line sent whole, none for another later line."""
+    session = record.session_id
+    if not continuing:
+        if session is not None and sent_whole(record):
+            state.nonces[session] = fresh
+        return fresh
+    return state.nonces.get(session) if sent_whole(record) else None  # type: ignore[arg-type]
+
+
 def _first_user(record: Record, *, required: bool) -> Message | None:
     for message in record.messages:
         if message.role in USER_ROLES:
@@ -739,22 +791,38 @@ def _first_user(record: Record, *, required: bool) -> Message | None:
     return None
 
 
-def _nonce_hash_ids(record: Record, maker: NonceMaker, index: int, at: str) -> None:
+def _nonce_hash_ids(record: Record, maker: NonceMaker, index: int, at: str,
+                    state: NonceState) -> None:
     if at not in ("start", "every-turn"):
         raise InvalidRecordError(
             f"a record with only input_length/hash_ids has no {at} message; "
             "use --at start (a fresh first hash id) or --at salt",
             lineno=record.lineno,
         )
-    fresh = maker.first_hash_id(index)
     ids = record.hash_ids
     if not ids:
-        record.hash_ids = [fresh]  # AIPerf then synthesizes a unique first block
+        record.hash_ids = [maker.first_hash_id(index)]  # AIPerf then synthesizes a unique block
         return
     if max(ids) >= HASH_ID_BASE:
         raise InvalidRecordError(f"hash ids of {HASH_ID_BASE} or more are not supported",
                                  lineno=record.lineno)
-    record.hash_ids = [fresh, *ids[1:]]
+    record.hash_ids = [first_id(state, maker, record.session_id, ids[0], index), *ids[1:]]
+
+
+def first_id(state: NonceState, maker: NonceMaker, session: str | None, first: int,
+             index: int) -> int:
+    """The fresh first hash id of record ``index``, whose first id is ``first``: its own
+    (a record with no session), else its session's: every line of a session whose ids
+    begin with ``first`` gets the one made for the first of them, so the session's turns
+    still share their history's blocks, and no other session shares any (a line of it
+    beginning with another id gets another: a hash id is one block of one size)."""
+    if session is None:
+        return maker.first_hash_id(index)
+    key = (session, first)
+    fresh = state.first_ids.get(key)
+    if fresh is None:
+        fresh = state.first_ids[key] = maker.first_hash_id(index)
+    return fresh
 
 
 def copy_record(record: Record) -> Record:

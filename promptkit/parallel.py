@@ -31,6 +31,7 @@ from .streams import (
     Counter,
     Encoder,
     Sink,
+    is_inputs_json,
     joined,
     long_line,
     parse_lines,
@@ -81,8 +82,9 @@ def _plain_size(path: str) -> int | None:
         return None
     with open(path, "rb") as f:
         head = f.read(4096)
-    plain = compression.sniff(head) is None and not head.removeprefix(BOM).lstrip().startswith(
-        b"[")
+    text = head.removeprefix(BOM).lstrip()
+    plain = (compression.sniff(head) is None and not text.startswith(b"[")
+             and not is_inputs_json(text))
     return stat.st_size if plain else None
 
 

@@ -30,6 +30,7 @@ from .errors import (
     Skipping,
 )
 from .formats import TABLE_FORMATS, get_format
+from .formats.aiperf import block_size_in
 from .progress import Progress, tracked
 from .progress import is_wanted as progress_is_wanted
 from .progress import wanted as progress_wanted
@@ -89,7 +90,10 @@ def source_progress(label: str, source: Any, *, total: int | None = None) -> Pro
 
 def chunked_files(source: Any, input_path: str) -> str | list[str] | None:
     """What worker processes may read chunk by chunk (if large enough): a JSONL file of a
-    line format, or the shards of many JSONL files; ``None`` for other inputs."""
+    line format, or the shards of many JSONL files; ``None`` for other inputs, and for a
+    format whose lines depend on the lines before them (read in one pass, here)."""
+    if getattr(getattr(source, "format", None), "linked", False):
+        return None
     if by_lines(source):
         return input_path
     if isinstance(source, ShardedSource) and source.kind == "jsonl" and source.limit is None:
@@ -231,7 +235,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
             if tokenizer is not None:
                 sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
             label = pass_label(steps)
-            chunked = chunked_files(source, input_path)
+            # A format whose lines depend on the ones written before them: one pass, here.
+            chunked = None if out_format.linked else chunked_files(source, input_path)
             plain = chunked is not None and parallel.plain_files(chunked)
             spliced = (splice_plan(steps, in_format.name, out_format.name)
                        if writer != ENCODE and isinstance(sink, Sink) and (
@@ -265,7 +270,7 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                   and parallel.can_run_parallel(chunked, workers)):
                 facts = _hash_trace_in_workers(source, chunked, steps[0], sink, workers,
                                                skip_invalid, label)
-            elif batches.takes(source, sink, steps):  # a dataset: chunks of Arrow batches
+            elif not out_format.linked and batches.takes(source, sink, steps):  # a dataset
                 assert isinstance(sink, Sink)
                 with source_progress(label, source, total=records):
                     facts = batches.run_dataset(source, sink, steps, out_format=out_format.name,
@@ -633,6 +638,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
     options["sends_extra"] = source.format.name != "openai"
     options["aiperf_type"] = source.format.aiperf_type  # (a trace may run on a fixed schedule)
+    if options.get("hash_block_size") is None:  # what AIPerf makes of the format's hash ids
+        options["hash_block_size"] = source.format.hash_block_size
     loaded = cached_tokenizer(tokenizer) if tokenizer else None
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
@@ -673,10 +680,6 @@ def check_file(input_path: str, *, from_format: str | None = None,
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
-#: AIPerf's names for the tokens a hash id stands for.
-HASH_BLOCK_FLAGS = ("--prompt-input-tokens-block-size", "--synthetic-input-tokens-block-size",
-                    "--isl-block-size")
-
 
 def aiperf_arguments(input_path: str, system_prompt_file: str | None,
                      use_manifest: bool = True) -> dict[str, Any]:
@@ -706,10 +709,10 @@ def aiperf_arguments(input_path: str, system_prompt_file: str | None,
         out["note"] = f"{path} does not match the file ({problems[0]}): not applied"
         return out
     args = recorded.get("aiperf", {}).get("args", [])
+    if block_size_in(args) is not None:
+        out["hash_block_size"] = block_size_in(args)
     for flag, value in zip(args, args[1:], strict=False):
-        if flag in HASH_BLOCK_FLAGS and str(value).isdigit() and int(value) >= 1:
-            out["hash_block_size"] = int(value)
-        elif flag == "--system-prompt":
+        if flag == "--system-prompt":
             out.update(applied=[flag, value], source="manifest", system_prompt=value)
         elif flag == "--system-prompt-file":
             found = manifest.named_file(str(value), input_path)

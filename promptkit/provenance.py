@@ -10,6 +10,7 @@ from its manifest is :mod:`promptkit.reproduce`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from .counts import counted
 from .datasets_io import TableSink
 from .errors import PromptkitError
 from .formats import FORMATS, TABLE_FORMATS, default_output
+from .formats.aiperf import HASH_BLOCK_FLAGS, block_size_in
 from .pad import PadState
 from .steps import Step
 from .streams import STDIO, Sink, display_name
@@ -68,11 +70,46 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
             for step in steps for path, text in step.side_files.items()
         ],
         "aiperf": aiperf_section(sink.name, out_format.name, out_format.aiperf_type, distinct,
-                                 [arg for step in steps for arg in step.aiperf_args],
+                                 [arg for step in steps for arg in step.aiperf_args]
+                                 + block_args(out_format, steps, inputs),
                                  getattr(sink, "compression", None)),
         "warnings": warnings_for(steps, out_format.name, inputs, sink),
         **token_section(sink),
     }
+
+
+def ids_block_size(read: dict[str, Any]) -> int | None:
+    """The tokens an input's hash ids stand for: the AIPerf flag of the manifest beside
+    it, when that manifest describes it (its sha256), else its format's own (16 for
+    bailian_trace, AIPerf's 512 for mooncake_trace); ``None`` for a format without ids."""
+    fmt = FORMATS.get(read.get("format", ""))
+    if fmt is None or fmt.hash_block_size is None:
+        return None
+    path = read.get("path")
+    if path and path != STDIO and os.path.isfile(manifest.default_path(path)):
+        try:
+            made = manifest.read(manifest.default_path(path))
+        except (PromptkitError, KeyError, TypeError):
+            made = {}
+        if made.get("output", {}).get("sha256") == read.get("sha256"):
+            size = block_size_in(made.get("aiperf", {}).get("args", []))
+            if size is not None:
+                return size
+    return fmt.hash_block_size
+
+
+def block_args(out_format: Any, steps: list[Step], inputs: list[dict[str, Any]]) -> list[str]:
+    """AIPerf's ``--isl-block-size`` for a written file of hash ids: always for
+    bailian_trace (where AIPerf's documentation asks for it), else when the ids' tokens
+    are not what AIPerf assumes of the format; none when a step names it already."""
+    if out_format.hash_block_size is None or not inputs or any(
+            arg in HASH_BLOCK_FLAGS for step in steps for arg in step.aiperf_args):
+        return []
+    size = ids_block_size(inputs[0])
+    if size is None or (size == out_format.hash_block_size
+                        and out_format.name != "bailian_trace"):
+        return []
+    return ["--isl-block-size", str(size)]
 
 
 def _nothing_written(name: str, read: int, skipped: list[str]) -> str:
@@ -112,7 +149,8 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
                    extra_args: list[str] | None = None,
                    codec: str | None = None) -> dict[str, Any]:
     # AIPerf reads gzip by its first bytes, except in random_pool; nothing else compressed.
-    unreadable = codec is not None and (codec != "gzip" or aiperf_type == "random_pool")
+    unreadable = codec is not None and (codec != "gzip"
+                                        or aiperf_type in ("random_pool", "burst_gpt_trace"))
     loaded = compression.strip_suffix(path) if unreadable else path
     args = ["--input-file", loaded, "--custom-dataset-type", aiperf_type] if aiperf_type else []
     section: dict[str, Any] = {
@@ -124,7 +162,15 @@ def aiperf_section(path: str, fmt: str, aiperf_type: str | None, distinct: int,
             "beyond that AIPerf wraps around the file and the repeats hit the prefix cache."
         ),
     }
-    if aiperf_type == "multi_turn":
+    if aiperf_type == "burst_gpt_trace":
+        # AIPerf replays a trace on its schedule by itself only when its first line is
+        # JSON with a timestamp: a CSV's is not.
+        section["args"] += ["--fixed-schedule"]
+        section["note"] = (
+            "AIPerf makes up a prompt of each row's length (no two alike) and sends each "
+            "row once, at its Timestamp (--fixed-schedule; without it, as fast as the "
+            "concurrency allows).")
+    elif aiperf_type == "multi_turn":
         section["note"] = (
             f"{distinct} distinct conversations. AIPerf sends one request a turn and counts "
             "turns in --request-count, each turn with the conversation's history (the "

@@ -13,7 +13,8 @@ line goes the usual way (parsed into a record, the step applied, encoded; see
 :func:`promptkit.parallel.process_chunk`). For an AIPerf ``single_turn`` line the text
 literal's opening quote must follow ``"text":`` (optional spaces after the colon; for
 a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
-``"hash_ids": [``, which a fresh one replaces) where
+``"hash_ids": [``, which a fresh one replaces: the session's, on every line of it, as
+:func:`promptkit.nonce.first_id` makes it) where
 
 - no backslash comes just before that first quote, so the quote is a string's start
   (inside a string every quote is escaped; a bare ``text`` is no JSON), and the string
@@ -50,7 +51,7 @@ import orjson
 from .errors import PromptkitError
 from .formats.accept import problem
 from .formats.aiperf import parse_mooncake, parse_single_turn
-from .nonce import HASH_ID_BASE, NonceMaker, NonceState
+from .nonce import HASH_ID_BASE, NonceMaker, NonceState, first_id
 from .records import Record
 from .streams import KEY_ENDS, beyond_64_bits, duplicate_key, key_parts, salt_of, too_deep
 
@@ -196,16 +197,15 @@ class Splicer:
         start = end = 0
         new = b""
         salt = salt_of(extra) if extra.__class__ is dict else None
-        if text is None:  # a first hash id: a fresh one
+        if text is None:  # a first hash id: a fresh one, its session's (every line of it)
             ids = obj["hash_ids"]
-            if nonce:
-                found_id = locate(line)
-                if found_id is None or max(ids) >= HASH_ID_BASE:  # (the usual way refuses)
-                    return None
-                start, end = found_id.span(1)
-                fresh = self.maker.first_hash_id(index)
-                new = str(fresh).encode()
-                ids = [fresh, *ids[1:]]
+            found_id = locate(line)
+            if found_id is None or max(ids) >= HASH_ID_BASE:  # (the usual way refuses)
+                return None
+            start, end = found_id.span(1)
+            fresh = first_id(state, self.maker, session, ids[0], index)
+            new = str(fresh).encode()
+            ids = [fresh, *ids[1:]]
             key = self.key((obj["input_length"], salt, tuple(ids)))
         else:
             if nonce:

@@ -32,6 +32,7 @@ from . import compression
 from .errors import InvalidRecordError, PromptkitError
 from .files import os_error, put_in_place, remove_quietly, temporary, writable
 from .formats import Format, default_output, detect_many, get_format, writer
+from .formats.payloads import session_payloads
 from .limits import MAX_DEPTH, MAX_LINE, size_text
 from .records import Record
 
@@ -106,13 +107,22 @@ class Source(Counter):
         try:
             first, chunks = _first_byte(self._content(), self.name)
             self._items: Iterator[Any]
-            if first == b"[":
+            document = False
+            if first == b"{":
+                document, chunks = _data_list(chunks)
+            if first == b"[" or document:
                 self.layout = "array"
-                self._items = array_items(chunks, self.name)
+                items = array_items(chunks, self.name, closing="}" if document else "")
+                self._items = inputs_json_items(items, self.name) if document else items
             else:
                 self._items = self._counted(_line_batches(chunks, self.name))
+            if fmt == "inputs_json" and not document:
+                raise PromptkitError(f"{self.name}: --from inputs_json: not an inputs.json "
+                                     'document ({"data": [{"session_id": ..., "payloads": '
+                                     "[...]}]}, as AIPerf writes it)")
             self._head = self._first_objects()
             self.format: Format = (get_format(fmt) if fmt
+                                   else get_format("inputs_json") if document
                                    # No records: any format reads none of them.
                                    else get_format("openai") if allow_empty and not self._head
                                    else self._detect())
@@ -347,6 +357,56 @@ def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield from chunks
 
 
+#: The start of an AIPerf ``inputs.json``: one object whose first key is ``data``, a list.
+_DATA_LIST = re.compile(rb'\s*\{\s*"data"\s*:\s*(?=\[)')
+
+
+def is_inputs_json(head: bytes) -> bool:
+    """Whether text beginning with ``head`` (its first 64 bytes, or all) is an AIPerf
+    ``inputs.json`` document."""
+    return _DATA_LIST.match(head) is not None
+
+
+#: What text that may still become :data:`_DATA_LIST` begins with.
+_DATA_LIST_START = re.compile(rb'\s*\{\s*(?:"(?:d(?:a(?:t(?:a(?:"\s*(?::\s*)?)?)?)?)?)?)?\Z')
+
+
+def _data_list(chunks: Iterator[bytes]) -> tuple[bool, Iterator[bytes]]:
+    """Whether the text is an ``inputs.json`` document (see :data:`_DATA_LIST`); if so,
+    the chunks from the opening bracket of its ``data`` list, else all of them. Reads
+    only as far as it must to tell (a stream's first line is not waited for beyond)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if _DATA_LIST.match(head) or not _DATA_LIST_START.match(head) or len(head) > 4096:
+            break
+    found = _DATA_LIST.match(head)
+    if found is None:
+        return False, _chained(head, chunks)
+    return True, _chained(head[found.end():], chunks)
+
+
+def inputs_json_items(sessions: Iterator[tuple[int, Any]], name: str
+                      ) -> Iterator[tuple[int, Any]]:
+    """The request bodies of an ``inputs.json``'s sessions (``data``'s items), each as
+    ``{"session_id": ..., "payload": body}``, numbered one by one in the file's order."""
+    seen: set[str] = set()
+    number = 0
+    for at, item in sessions:
+        try:
+            bodies = session_payloads(item, at - 1)
+        except InvalidRecordError as exc:
+            raise InvalidRecordError(f"inputs_json: {exc.problem}", name, number + 1) from None
+        if bodies[0]["session_id"] in seen:
+            raise InvalidRecordError(
+                f"inputs_json: data[{at - 1}]: session_id {bodies[0]['session_id']!r} again "
+                "(AIPerf refuses the file)", name, number + 1)
+        seen.add(bodies[0]["session_id"])
+        for body in bodies:
+            number += 1
+            yield number, body
+
+
 def _first_byte(chunks: Iterator[bytes], name: str) -> tuple[bytes, Iterator[bytes]]:
     """The first byte that is not white space (``b""`` if none), and all the chunks.
 
@@ -450,10 +510,12 @@ def exact_loads(line: bytes) -> Any:
 _NOT_SPACE = re.compile(r"[^ \t\r\n]").search
 
 
-def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]:
+def array_items(chunks: Iterator[bytes], name: str, closing: str = ""
+                ) -> Iterator[tuple[int, Any]]:
     """``(item number, value)`` of each item of the JSON array in ``chunks``, read a
     piece at a time (flat memory), with the standard library's C scanner (exact for
-    integers beyond 64 bits). Syntax errors name the item being read."""
+    integers beyond 64 bits). Syntax errors name the item being read. ``closing``: what
+    closes the text after the array (the ``}`` of an object holding it)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     scan = _EXACT.raw_decode
     text = ""
@@ -552,8 +614,13 @@ def array_items(chunks: Iterator[bytes], name: str) -> Iterator[tuple[int, Any]]
         after_item = True
         empty = False
         yield number, value
+    for char in closing:
+        if skip_space() != char:
+            raise ends_early(f"expected {char!r} after the end of the JSON array")
+        pos += 1
     if skip_space() or broken:
-        raise ends_early("more data after the end of the JSON array")
+        raise ends_early("more data after the end of the JSON " + (
+            "document" if closing else "array"))
 
 
 def json_problem(exc: orjson.JSONDecodeError, line: bytes) -> str:
@@ -698,6 +765,7 @@ def parse_lines(
     loads = orjson.loads
     key_ends = KEY_ENDS
     shift = base - 1
+    link = fmt.linker() if fmt.linker is not None else None
     for first, lines in batches:
         lineno = first - 1
         for line in lines:
@@ -734,6 +802,12 @@ def parse_lines(
                     continue
             record.lineno = lineno + base
             record.index = lineno + shift
+            if link is not None:
+                try:
+                    link(record)
+                except InvalidRecordError as exc:
+                    on_invalid(type(exc)(f"{fmt.name}: {exc.problem}", name, lineno))
+                    continue
             counter.count += 1
             yield record
 
@@ -749,20 +823,23 @@ def parse_objects(
     """Records of ``(item number, value)`` pairs (the items of a JSON array), as
     :func:`parse_lines` makes them of lines: the item number stands for the line."""
     parse = fmt.parse
+    link = fmt.linker() if fmt.linker is not None else None
     for number, obj in items:
         try:
             if obj.__class__ is not dict:
                 raise InvalidRecordError(f"expected a JSON object, got {type(obj).__name__}",
                                          name, number)
             record = parse(obj)
+            record.lineno = number + base
+            record.index = number + base - 1
+            if link is not None:
+                link(record)
         except InvalidRecordError as exc:
             on_invalid(
                 type(exc)(f"{fmt.name}: {exc.problem}", name, number)
                 if exc.lineno is None else exc
             )
             continue
-        record.lineno = number + base
-        record.index = number + base - 1
         counter.count += 1
         yield record
 
@@ -841,12 +918,20 @@ class Encoder:
         tap = self.tap
         as_rows = self.as_rows
         fields = self.fields
+        encode, header = self.format.encode, self.format.header
+        data: Any
         for record in records:
             try:
                 obj = dump(record)
                 if fields is not None:
                     fields.update(obj)
-                data = obj if as_rows else dumps(obj, option=newline)
+                if as_rows:
+                    data = obj
+                elif encode is None:
+                    data = dumps(obj, option=newline)
+                else:
+                    data = encode(obj) if header is None else header(obj) + encode(obj)
+                    header = None
             except InvalidRecordError as exc:
                 problem = f"cannot write as {self.format.name}: {exc.problem}"
                 if not self.skip_invalid:

@@ -23,10 +23,15 @@ Two ways in:
   on stdout), so a test sends its whole batch of lines or files in one request:
 
   - :func:`validate` (``MODEL.model_validate`` of every row: ``SingleTurn``,
-    ``MultiTurn``, ``MooncakeTrace``, ``RandomPool`` from
+    ``MultiTurn``, ``MooncakeTrace``, ``RandomPool``, ``BailianTrace``,
+    ``BurstGPTTrace``, ``RawPayload``, ``InputsJsonSession`` from
     ``aiperf.dataset.loader.models``), :func:`strict` (the same, and no field
     AIPerf does not document);
-  - :func:`load_dataset`, :func:`conversations`: AIPerf's dataset loaders on a file;
+  - :func:`load_dataset`, :func:`conversations`: AIPerf's dataset loaders on a file
+    (the hash-id traces' at a block size; AIPerf 0.13 decodes the prompts of ten or
+    more lines in a process pool whose workers set ``HF_HUB_OFFLINE`` and so cannot
+    load a tokenizer folder: the worker decodes them in its own process, as AIPerf
+    does for fewer);
   - :func:`request_bodies`: the chat request bodies AIPerf makes of a file (its
     loader, then its chat endpoint's payload for each turn);
   - ``call("requires", distribution=NAME)``: a distribution's declared requirements
@@ -54,7 +59,8 @@ PACKAGES = [f"aiperf=={AIPERF_VERSION}"]
 # The modules the tests use: an install where they do not import is no install.
 CHECK = ("import aiperf.dataset.loader.models, aiperf.dataset.loader.mooncake_trace, "
          "aiperf.endpoints.openai_chat")
-MODELS = ("SingleTurn", "MultiTurn", "MooncakeTrace", "RandomPool")
+MODELS = ("SingleTurn", "MultiTurn", "MooncakeTrace", "RandomPool", "BailianTrace",
+          "BurstGPTTrace", "RawPayload", "InputsJsonSession")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,25 +88,51 @@ def _validate(model: str, rows: list[Any]) -> dict[str, Any]:
             described.append(_describe(cls.model_validate(row)))
         except ValidationError as error:
             described.append({"error": str(error)})
-    return {"rows": described,
-            "fields": {name: list(getattr(models, name).model_fields) for name in MODELS}}
+    return {"rows": described,  # (a field by its name in a line: its alias, if it has one)
+            "fields": {name: [field.alias or key for key, field
+                              in getattr(models, name).model_fields.items()]
+                       for name in MODELS}}
 
 
 _TOKENIZERS: dict[str, Any] = {}
 
 
-def _loader(kind: str, path: str, tokenizer: str | None) -> Any:
-    if kind == "mooncake_trace":
+#: The hash-id trace loaders: a block size each (their plugin's default).
+_TRACES = {"mooncake_trace": ("mooncake_trace", "MooncakeTraceDatasetLoader", 512),
+           "bailian_trace": ("bailian_trace", "BailianTraceDatasetLoader", 16),
+           "burst_gpt_trace": ("burst_gpt", "BurstGPTTraceDatasetLoader", None)}
+_PAYLOADS = {"raw_payload": ("raw_payload", "RawPayloadDatasetLoader"),
+             "inputs_json": ("inputs_json", "InputsJsonPayloadLoader")}
+
+
+def _loader(kind: str, path: str, tokenizer: str | None, block_size: int | None = None) -> Any:
+    import importlib
+
+    if kind in _TRACES:
+        from aiperf.common import random_generator as rng
         from aiperf.common.tokenizer import Tokenizer
         from aiperf.dataset.generator.prompt import PromptGenerator
-        from aiperf.dataset.loader.mooncake_trace import MooncakeTraceDatasetLoader
+        from aiperf.dataset.loader import hash_ids_synthesis
 
         if tokenizer is None:
-            raise ValueError("mooncake_trace needs a tokenizer folder")
+            raise ValueError(f"{kind} needs a tokenizer folder")
         if tokenizer not in _TOKENIZERS:
             _TOKENIZERS[tokenizer] = Tokenizer.from_pretrained(tokenizer)
-        return MooncakeTraceDatasetLoader(filename=path, prompt_generator=PromptGenerator(
-            prompts=None, prefix_prompts=None, tokenizer=_TOKENIZERS[tokenizer]))
+        tok = _TOKENIZERS[tokenizer]
+        # (see the module's docstring: AIPerf's own sequential decode, for any number)
+        hash_ids_synthesis.parallel_decode = (  # type: ignore[attr-defined]
+            lambda sequences, name, **_: [tok.decode(s) for s in sequences])
+        if rng._manager is None:  # (a prompt generator draws from AIPerf's seeded RNG)
+            rng.init(7)
+        module, name, default = _TRACES[kind]
+        cls = getattr(importlib.import_module(f"aiperf.dataset.loader.{module}"), name)
+        return cls(filename=path, default_block_size=block_size or default,
+                   prompt_generator=PromptGenerator(prompts=None, prefix_prompts=None,
+                                                    tokenizer=tok))
+    if kind in _PAYLOADS:
+        module, name = _PAYLOADS[kind]
+        return getattr(importlib.import_module(f"aiperf.dataset.loader.{module}"),
+                       name)(filename=path)
     from aiperf.dataset.loader.multi_turn import MultiTurnDatasetLoader
     from aiperf.dataset.loader.single_turn import SingleTurnDatasetLoader
 
@@ -108,27 +140,32 @@ def _loader(kind: str, path: str, tokenizer: str | None) -> Any:
     return cls(filename=path)
 
 
-def _load_dataset(kind: str, path: str, tokenizer: str | None = None) -> list[list[Any]]:
-    loaded = _loader(kind, path, tokenizer).load_dataset()
-    return [[item.model_dump(mode="json") for item in items] for items in loaded.values()]
+def _load_dataset(kind: str, path: str, tokenizer: str | None = None,
+                  block_size: int | None = None) -> list[list[Any]]:
+    loaded = _loader(kind, path, tokenizer, block_size).load_dataset()
+    return [[item.model_dump(mode="json", by_alias=True) for item in items]
+            for items in loaded.values()]
 
 
-def _conversations(kind: str, path: str, tokenizer: str | None = None) -> list[Any]:
-    loader = _loader(kind, path, tokenizer)
+def _conversations(kind: str, path: str, tokenizer: str | None = None,
+                   block_size: int | None = None) -> list[Any]:
+    loader = _loader(kind, path, tokenizer, block_size)
     return [c.model_dump(mode="json")
             for c in loader.convert_to_conversations(loader.load_dataset())]
 
 
-def _request_bodies(kind: str, path: str, tokenizer: str | None = None) -> list[Any]:
+def _request_bodies(kind: str, path: str, tokenizer: str | None = None,
+                    block_size: int | None = None) -> list[Any]:
     from aiperf.common import random_generator as rng
     from aiperf.common.enums import CreditPhase
     from aiperf.common.models.model_endpoint_info import ModelEndpointInfo
     from aiperf.common.models.record_models import RequestInfo
     from aiperf.endpoints.openai_chat import ChatEndpoint
 
+    rng.reset()
     rng.init(7)
     try:
-        loader = _loader(kind, path, tokenizer)
+        loader = _loader(kind, path, tokenizer, block_size)
         conversations = loader.convert_to_conversations(loader.load_dataset())
         endpoint_info = ModelEndpointInfo.from_run(loader.run)
         endpoint = ChatEndpoint(model_endpoint=endpoint_info)
@@ -340,27 +377,33 @@ def strict(model: str, rows: list[dict[str, Any]],
     return validated
 
 
-def load_dataset(kind: str, path: Path, tokenizer: Path | None = None) -> list[list[Any]]:
-    """AIPerf's loader for ``kind`` (single_turn, multi_turn, mooncake_trace: that one
-    with a tokenizer folder) on ``path``: ``load_dataset()``, each session's items
-    dumped (``model_dump(mode="json")``), in the loader's order."""
+def load_dataset(kind: str, path: Path, tokenizer: Path | None = None,
+                 block_size: int | None = None) -> list[list[Any]]:
+    """AIPerf's loader for ``kind`` (single_turn, multi_turn, raw_payload, inputs_json;
+    the traces mooncake_trace, bailian_trace, burst_gpt_trace with a tokenizer folder,
+    hash ids at ``block_size`` or the type's default) on ``path``: ``load_dataset()``,
+    each session's items dumped (``model_dump(mode="json", by_alias=True)``), in the
+    loader's order."""
     return call("load_dataset", kind=kind, path=str(path),
-                tokenizer=None if tokenizer is None else str(tokenizer))
+                tokenizer=None if tokenizer is None else str(tokenizer), block_size=block_size)
 
 
-def conversations(kind: str, path: Path, tokenizer: Path | None = None) -> list[dict[str, Any]]:
+def conversations(kind: str, path: Path, tokenizer: Path | None = None,
+                  block_size: int | None = None) -> list[dict[str, Any]]:
     """The conversations AIPerf's loader makes of ``path``
     (``convert_to_conversations``), dumped (``model_dump(mode="json")``)."""
     return call("conversations", kind=kind, path=str(path),
-                tokenizer=None if tokenizer is None else str(tokenizer))
+                tokenizer=None if tokenizer is None else str(tokenizer), block_size=block_size)
 
 
-def request_bodies(kind: str, path: Path, tokenizer: Path | None = None) -> list[dict[str, Any]]:
+def request_bodies(kind: str, path: Path, tokenizer: Path | None = None,
+                   block_size: int | None = None) -> list[dict[str, Any]]:
     """The chat request bodies AIPerf 0.13 makes of ``path``: its loader for ``kind``,
-    then its chat endpoint's payload for each turn (AIPerf's default test run:
-    model ``test-model``)."""
+    then its chat endpoint's payload for each turn, on its own (AIPerf's default test
+    run: model ``test-model``; a conversation's later turns are sent with its history
+    too, which this leaves out)."""
     return call("request_bodies", kind=kind, path=str(path),
-                tokenizer=None if tokenizer is None else str(tokenizer))
+                tokenizer=None if tokenizer is None else str(tokenizer), block_size=block_size)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:

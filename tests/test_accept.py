@@ -161,14 +161,16 @@ def test_the_splice_writer_refuses_an_empty_prompt_it_does_not_fill(tmp_path, ru
 
 
 def test_a_bailian_type_field_is_refused_in_a_mooncake_trace(tmp_path, run):
-    """Bailian traces carry 'type' (text, search, ...): AIPerf reads a line's 'type' as its
-    dataset type and refuses the whole file for it."""
+    """Bailian traces carry 'type' (text, search, ...): AIPerf reads a mooncake_trace
+    line's 'type' as its dataset type and refuses the whole file for it. (Read as a
+    bailian_trace, the line keeps it as its request type: tests/test_bailian.py.)"""
     rows = [{"chat_id": 1, "parent_chat_id": -1, "timestamp": 0.5, "input_length": 40,
              "output_length": 8, "type": "text", "turn": 1, "hash_ids": [1, 2, 3]},
             {"input_length": 20, "output_length": 4, "hash_ids": [4, 5]}]
     source = write_jsonl(tmp_path / "trace.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    result = run("nonce", source, out, "--seed", "1", "--skip-invalid")
+    result = run("nonce", source, out, "--from", "mooncake_trace", "--seed", "1",
+                 "--skip-invalid")
     assert result.exit_code == 0, result.stderr
     assert len(read_jsonl(out)) == 1
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())

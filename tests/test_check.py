@@ -84,9 +84,10 @@ def test_replay_wraps_around_like_aiperf():
         return [Record(input_length=9, hash_ids=[10 * i, 10 * i + 1, 10 * i + 2], lineno=i + 1)
                 for i in range(3)]
 
-    report = check_records(trace(), options=CheckOptions(block_size=4, requests=9))
+    report = check_records(trace(), options=CheckOptions(hash_block_size=4, requests=9))
     assert list(report.hits) == [0, 0, 0, 8, 8, 8, 8, 8, 8]
-    warm = check_records(trace(), options=CheckOptions(block_size=4, requests=3, warmup=3))
+    warm = check_records(trace(), options=CheckOptions(hash_block_size=4, requests=3,
+                                                       warmup=3))
     assert list(warm.hits) == [8, 8, 8]
 
 
@@ -253,11 +254,12 @@ def test_a_pipe_check_guard_writes_nothing_when_the_rate_is_too_high(tmp_path, r
 
 def test_num_gpu_blocks_is_vllms_pool_instead_of_a_token_capacity(tmp_path, run):
     source = write_jsonl(tmp_path / "t.jsonl", [
-        {"input_length": 1100, "hash_ids": [i, i + 1, i + 2]} for i in (0, 10, 20, 0)])
+        {"input_length": 1536, "hash_ids": [i, i + 1, i + 2]} for i in (0, 10, 20, 0)])
     roomy = run("check", source, "--num-gpu-blocks", "100", "--json")
     assert roomy.exit_code == 0, roomy.stderr
     assert json.loads(roomy.stdout)["hit_tokens"] == 1024  # the fourth repeats the first
-    # 7 blocks, one of them vLLM's null block: the three others evicted the first's.
+    # 7 blocks, one of them vLLM's null block: the three others evicted the first's (three
+    # full blocks each; a partial last block is never cached).
     tight = run("check", source, "--num-gpu-blocks", "7", "--json")
     assert json.loads(tight.stdout)["hit_tokens"] == 0
     both = run("check", source, "--num-gpu-blocks", "7", "--capacity-tokens", "4096")
@@ -274,8 +276,8 @@ def test_reply_tokens_stand_for_a_missing_output_length(tmp_path, run):
     given = write_jsonl(tmp_path / "given.jsonl", [{**r, "output_length": 300} for r in rows])
 
     def hits(path, *args):
-        result = run("check", path, "--block-size", "64", "--num-gpu-blocks", "8", "--json",
-                     *args)
+        result = run("check", path, "--hash-block-size", "64", "--num-gpu-blocks", "8",
+                     "--json", *args)
         assert result.exit_code == 0, result.stderr
         return json.loads(result.stdout)["hit_tokens"]
 

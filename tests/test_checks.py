@@ -304,7 +304,8 @@ def test_bad_hash_ids_are_one_line_naming_file_and_line(tmp_path: Path, run, lin
 
 def test_more_hash_ids_than_the_block_size_allows(tmp_path: Path, run) -> None:
     """n ids are n blocks, the last partial: input_length must be above (n - 1) blocks,
-    at check's block size (512 for hash ids unless --block-size says otherwise)."""
+    at the tokens a hash id stands for (512 for mooncake_trace unless --hash-block-size
+    says otherwise)."""
     source = tmp_path / "trace.jsonl"
     rows = [GOOD_IDS, {"input_length": 1024, "hash_ids": [7, 8, 9]},
             {"input_length": 1025, "hash_ids": [7, 8, 9]}]
@@ -314,10 +315,10 @@ def test_more_hash_ids_than_the_block_size_allows(tmp_path: Path, run) -> None:
     assert result.stderr == ("promptkit: "
                              f"{source}:2: 3 hash ids for input_length 1024: at block size "
                              "512 that length is at most 2 blocks\n")
-    result = run("check", source, "--block-size", "256", "--json")
+    result = run("check", source, "--hash-block-size", "256", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["requests"] == 3
-    result = run("check", source, "--block-size", "1024")
+    result = run("check", source, "--hash-block-size", "1024")
     assert result.stderr == ("promptkit: "
                              f"{source}:1: 2 hash ids for input_length 700: at block size "
                              "1024 that length is at most 1 block\n")
@@ -415,7 +416,8 @@ def test_check_takes_the_block_size_of_a_hash_trace_from_its_manifest(tmp_path: 
 
 def test_bench_predicts_a_hash_trace_at_its_aiperf_block_size(tmp_path: Path, run) -> None:
     """The manifest's --prompt-input-tokens-block-size goes to AIPerf and to the
-    prediction alike."""
+    prediction alike (under the chat template bench takes from the tokenizer, which the
+    server renders around the prompts AIPerf makes of the ids)."""
     from tokenizer_dir import build_tokenizer_dir
 
     tokenizer = build_tokenizer_dir(tmp_path / "tok")
@@ -428,6 +430,6 @@ def test_bench_predicts_a_hash_trace_at_its_aiperf_block_size(tmp_path: Path, ru
     assert result.returncode == 0, result.stderr
     assert " --prompt-input-tokens-block-size 16 " in result.stdout
     assert "block size 16)" in result.stderr
-    summary = run("check", trace, "--json")
+    summary = run("check", trace, "--json", "--tokenizer", tokenizer, "--chat-template", "hf")
     rate = json.loads(summary.stdout)["hit_rate"]
     assert f"predicted prefix-cache hit rate {100 * rate:.2f}%" in result.stderr

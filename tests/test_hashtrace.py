@@ -52,7 +52,8 @@ def test_check_gives_text_and_its_hash_trace_the_same_hit_rate(stems, picks, blo
                               tokenizer_spec=spec)
     traced = list(hash_trace_records(records_of(texts, salts), tokenizer=spec,
                                      block_size=block))
-    from_ids = check_records(traced, options=options)
+    from_ids = check_records(traced, options=CheckOptions(block_size=block,
+                                                          hash_block_size=block))
     assert from_ids.summary()["hit_tokens"] == from_text.summary()["hit_tokens"]
     assert from_ids.summary()["prompt_tokens"] == from_text.summary()["prompt_tokens"]
     for record, text in zip(traced, texts, strict=True):

@@ -143,7 +143,7 @@ def test_unbounded_check_of_a_hash_trace(cluster: Any, corpus: Path, tmp_path: P
         "--block-size", "16")
     expected = check_json(trace, "--block-size", "16")
     recs = records(trace)
-    setup = g.check_setup(recs[0], CheckOptions(block_size=16))
+    setup = g.check_setup(recs[0], CheckOptions(block_size=16, hash_block_size=16))
     rows = [row for chunk in chunks(recs, 31) for row in g.check_rows(chunk, setup)]
     assert g.unbounded_check(dataset(rows, seed=2), setup) == expected
 

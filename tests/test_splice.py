@@ -786,7 +786,7 @@ def test_the_shipped_mooncake_traces_take_a_fresh_first_hash_id_in_place(at, tmp
 
 def test_mooncake_lines_as_people_write_them(tmp_path):
     """Hash ids and text_input lines in several spellings, sessions continuing: the two
-    writers agree; the lines the rules take keep their bytes."""
+    writers agree; the lines the rules take keep their bytes, but for the nonce."""
     lines = [b'{"input_length":64,"hash_ids":[1,2,3,4]}',
              b'{"session_id": "s", "input_length": 64, "hash_ids": [ 7 , 8 ]}',
              b'{"session_id": "s", "input_length": 64, "hash_ids": [7, 8, 9]}',  # continues
@@ -809,5 +809,44 @@ def test_mooncake_lines_as_people_write_them(tmp_path):
         assert out[5] == b'{"text_input": "' + out[5][16:54] + b'Caf\\u00e9 \\"menu\\"", ' \
             b'"output_length": 3}'
         assert out[6].startswith(b'{"timestamp": 1.5e3, "text_input": "')
-        if at == "start":
-            assert out[2] == lines[2]  # a conversation's later line keeps its hash ids
+        # A session's later line gets the fresh first id of its first line (one a
+        # session: its turns share their history's blocks, no other session does).
+        fresh = out[1].partition(b'"hash_ids": [ ')[2].partition(b" ")[0]
+        assert int(fresh) >= 1 << 52
+        assert out[2] == b'{"session_id": "s", "input_length": 64, "hash_ids": [%b, 8, 9]}' % (
+            fresh)
+
+
+def test_a_hash_id_session_gets_one_fresh_first_block_whatever_the_writer(tmp_path,
+                                                                         small_chunks):
+    """Lines of a mooncake_trace session (hash ids, history included) interleaved with
+    other sessions and single lines, across many chunks in worker processes: both writers,
+    in one process or in workers, give every line of a session the same fresh first id
+    (none shared between sessions), the rest of each line as it was."""
+    import random
+
+    rnd = random.Random(4)
+    lines, expected = [], []
+    for n in range(400):
+        session = f"s{rnd.randrange(60)}" if n % 5 else None
+        first = rnd.choice([1, 2])  # many sessions begin alike: a shared system prompt
+        row = {"input_length": 64, "hash_ids": [first, 10 + n % 7, 100 + n, 200 + n]}
+        if session is not None:
+            row = {"session_id": session, **row}
+        lines.append(json.dumps(row))
+        expected.append((session, first))
+    source = tmp_path / "trace.jsonl"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    spliced, encoded = both(source, tmp_path)
+    in_workers = run_writer(source, tmp_path / "workers.jsonl", "splice/1", workers=3)
+    assert in_workers.data == spliced.data and small_chunks
+    assert spliced.data is not None
+    fresh: dict[Any, set[int]] = {}
+    written = spliced.data.decode().splitlines()
+    for n, ((session, first), old, new) in enumerate(zip(expected, lines, written,
+                                                         strict=True)):
+        row, was = json.loads(new), json.loads(old)
+        assert row["hash_ids"][1:] == was["hash_ids"][1:] and row["hash_ids"][0] >= 1 << 52
+        fresh.setdefault((session, first) if session else n, set()).add(row["hash_ids"][0])
+    assert all(len(ids) == 1 for ids in fresh.values())
+    assert len(set.union(*fresh.values())) == len(fresh)  # none shared between them

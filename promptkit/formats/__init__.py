@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConversionError, FormatUnknownError, InvalidRecordError
 from ..records import Record, ends_with_reply
-from . import accept, aiperf, chat, table
+from . import accept, aiperf, bailian, burstgpt, chat, payloads, table
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,25 @@ class Format:
     description: str
     #: Whether a system message can be written (``nonce --at system`` can create one).
     holds_system: bool
+    #: The tokens AIPerf makes of a hash id of this format when not told otherwise (its
+    #: ``--isl-block-size``); ``None``: the format holds no hash ids.
+    hash_block_size: int | None = None
+    #: For a format whose lines depend on the lines before them: a new linker for one
+    #: file read in order (it completes each record parsed, e.g. its session).
+    linker: Callable[[], Callable[[Record], None]] | None = None
+    #: A new ``dump`` for one file written in order, where one line depends on the lines
+    #: written before it (``None``: ``dump`` writes each line on its own).
+    dumper: Callable[[], Callable[[Record], dict[str, Any]]] | None = None
+    #: A format whose lines are not JSON: the bytes of a line of ``dump``'s dict, and
+    #: what goes before the first line (a CSV's header).
+    encode: Callable[[dict[str, Any]], bytes] | None = None
+    header: Callable[[dict[str, Any]], bytes] | None = None
+
+    @property
+    def linked(self) -> bool:
+        """Whether a file of it is read (or written) in one pass, in one process: its
+        lines depend on the lines before them (or on a header)."""
+        return self.linker is not None or self.dumper is not None or self.header is not None
 
 
 FORMATS: dict[str, Format] = {
@@ -40,9 +59,24 @@ FORMATS: dict[str, Format] = {
                "AIPerf random_pool: text entries sampled at random", False),
         Format("mooncake_trace", aiperf.parse_mooncake, aiperf.dump_mooncake, "mooncake_trace",
                "AIPerf mooncake_trace: input_length+hash_ids, text_input, messages or payload",
-               True),
+               True, hash_block_size=aiperf.MOONCAKE_BLOCK_SIZE),
+        Format("bailian_trace", bailian.parse_bailian, bailian.dump_bailian, "bailian_trace",
+               "Alibaba Bailian trace: chat_id chains, timestamp (s), input_length, "
+               "output_length, hash_ids of 16 tokens", False,
+               hash_block_size=bailian.BLOCK_SIZE, linker=bailian.Chains,
+               dumper=bailian.Numbering),
+        Format("burst_gpt_trace", burstgpt.parse_burst_gpt, burstgpt.dump_burst_gpt,
+               "burst_gpt_trace", "BurstGPT CSV: Timestamp (s), Request tokens, Response "
+               "tokens (--to only; a BurstGPT CSV reads by its columns)", False,
+               dumper=burstgpt.Rows, encode=burstgpt.encode_row, header=burstgpt.header),
         Format("openai", chat.parse_openai, chat.dump_openai, "mooncake_trace",
                "OpenAI chat JSONL: {\"messages\": [...], ...request fields}", True),
+        Format("raw_payload", payloads.parse_raw_payload, payloads.dump_raw_payload,
+               "raw_payload", "AIPerf raw_payload: a whole request body a line, sent as it "
+               "is (name it with --from raw_payload)", True),
+        Format("inputs_json", payloads.parse_inputs_json, payloads.dump_inputs_json,
+               "inputs_json", "AIPerf's inputs.json of a run: its request bodies by session "
+               "(read only; written as mooncake_trace payloads)", True),
         Format("sharegpt", chat.parse_sharegpt, chat.dump_sharegpt, None,
                "ShareGPT: {\"conversations\": [{\"from\": \"human\", \"value\": ...}]}", True),
         Format("prompt", chat.parse_prompt, chat.dump_prompt, None,
@@ -78,6 +112,8 @@ def detect(obj: dict[str, Any]) -> str:
         return "sharegpt"
     if "instruction" in obj:
         return "alpaca"
+    if bailian.detected(obj):
+        return "bailian_trace"
     if any(k in obj for k in _MOONCAKE_KEYS):
         return "mooncake_trace"
     if "messages" in obj:
@@ -121,7 +157,7 @@ def get_format(name: str) -> Format:
 
 #: The output format of an input format AIPerf does not load, when no ``--to`` names one.
 AIPERF_OUTPUT = {"sharegpt": "mooncake_trace", "alpaca": "mooncake_trace",
-                 "prompt": "single_turn"}
+                 "prompt": "single_turn", "inputs_json": "mooncake_trace"}
 
 
 def default_output(name: str) -> str:
@@ -142,12 +178,12 @@ def writer(fmt: Format, *, keep_replies: bool = False) -> Callable[[Record], dic
     hold does. So does a conversation that ends with a recorded reply, in a format whose
     messages AIPerf sends as they are (mooncake_trace, openai): the reply would be sent
     as the prompt's end, unless ``keep_replies`` says that is meant."""
-    dump = fmt.dump
+    dump = fmt.dumper() if fmt.dumper is not None else fmt.dump
     kind = fmt.aiperf_type
     if kind is None:
         return dump
     check = accept.problem
-    replies = kind == "mooncake_trace" and not keep_replies
+    replies = kind in ("mooncake_trace", "raw_payload") and not keep_replies
 
     def written(record: Record) -> dict[str, Any]:
         if replies and ends_with_reply(record):

@@ -16,7 +16,11 @@ promptkit's stricter one: a request is never empty. So:
   one ``hash_ids`` go with), ``text_input``, ``messages`` or ``payload``; messages are
   a non-empty list of objects with a ``role``, the last of them not empty (it is what
   the server answers); ``tools`` a non-empty list, only with ``messages``;
-- a ``type`` field, which AIPerf reads as the line's dataset type, names its own type.
+- a ``type`` field, which AIPerf reads as the line's dataset type, names its own type;
+  but in a ``bailian_trace`` line it is the request type (``text``, ...), a string;
+- a ``bailian_trace`` line has a whole-number ``chat_id`` (and ``parent_chat_id``,
+  ``turn``, where given), a number ``timestamp``, ``input_length`` and ``output_length``
+  of at least 1, and ``hash_ids`` a list of whole numbers.
 
 :func:`problem` says what is wrong with a line, or ``None``.
 """
@@ -35,10 +39,15 @@ def problem(aiperf_type: str, obj: dict[str, Any]) -> str | None:
     """Why AIPerf's model of ``aiperf_type`` (or promptkit's rule that a request is never
     empty) refuses the line ``obj``; ``None`` when it takes it."""
     kind = obj.get("type")
-    if kind is not None and kind != aiperf_type:
+    if kind is not None and kind != aiperf_type and aiperf_type not in _OWN_TYPE:
         return (f"'type' is {kind!r}, and AIPerf reads a line's 'type' as its dataset "
                 f"type ({aiperf_type})")
     return _RULES[aiperf_type](obj)
+
+
+#: Types whose lines AIPerf does not read a dataset type from: a Bailian line's ``type`` is
+#: its request type; a raw payload is sent as it is.
+_OWN_TYPE = frozenset({"bailian_trace", "raw_payload"})
 
 
 def _whole(value: Any) -> bool:
@@ -191,6 +200,35 @@ def _messages(messages: Any, key: str) -> str | None:
     return None
 
 
+def _bailian(obj: dict[str, Any]) -> str | None:
+    for key in ("chat_id", "parent_chat_id", "turn"):
+        value = obj.get(key)
+        if (value is not None or key == "chat_id") and value.__class__ is not int:
+            return f"'{key}' is {type(value).__name__}, not a whole number"
+    timestamp = obj.get("timestamp")
+    if timestamp.__class__ not in (int, float):
+        return f"'timestamp' is {type(timestamp).__name__}, not a number"
+    for key in ("input_length", "output_length"):
+        if not _whole(obj.get(key)):
+            return f"'{key}' is {obj.get(key)!r}, not a whole number of at least 1"
+    if not isinstance(obj.get("type", ""), str):
+        return f"'type' is {type(obj['type']).__name__}, not a string (the request type)"
+    ids = obj.get("hash_ids", [])
+    if not isinstance(ids, list) or not all(i.__class__ is int for i in ids):
+        return "'hash_ids' is not a list of whole numbers"
+    return None
+
+
+def _burst_gpt(obj: dict[str, Any]) -> str | None:
+    timestamp = obj.get("Timestamp")
+    if timestamp.__class__ not in (int, float) or timestamp < 0:
+        return f"'Timestamp' is {timestamp!r}, not a number of seconds of at least 0"
+    for key in ("Request tokens", "Response tokens"):
+        if not _whole(obj.get(key)):
+            return f"'{key}' is {obj.get(key)!r}, not a whole number of at least 1"
+    return None
+
+
 _TURN_FIELDS = frozenset({"text", "texts", *_MEDIA, "image_uuids", "role", "session_id",
                           "timestamp", "delay", "output_length", "extra", "type"})
 #: The fields each type's model reads (it keeps a line's other fields aside, unread).
@@ -200,6 +238,9 @@ FIELDS = {
     "random_pool": frozenset({"text", "texts", *_MEDIA, "type"}),
     "mooncake_trace": frozenset({*_ORDER, "hash_ids", "tools", "output_length", "timestamp",
                                  "delay", "session_id", "extra", "type"}),
+    # (AIPerf reads any other field as an attribute too: 'extra' is sent.)
+    "bailian_trace": frozenset({"chat_id", "parent_chat_id", "timestamp", "input_length",
+                                "output_length", "type", "turn", "hash_ids", "extra"}),
 }
 
 _RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {
@@ -207,4 +248,7 @@ _RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "multi_turn": _multi_turn,
     "random_pool": _texts,
     "mooncake_trace": _mooncake,
+    "bailian_trace": _bailian,
+    "burst_gpt_trace": _burst_gpt,
+    "raw_payload": lambda obj: _messages(obj.get("messages"), "messages"),
 }

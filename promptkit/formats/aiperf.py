@@ -367,6 +367,21 @@ def dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
+#: The tokens AIPerf 0.13 makes of a mooncake_trace hash id unless told otherwise (its
+#: --isl-block-size default).
+MOONCAKE_BLOCK_SIZE = 512
+#: AIPerf's names for the tokens a hash id stands for.
+HASH_BLOCK_FLAGS = ("--prompt-input-tokens-block-size", "--synthetic-input-tokens-block-size",
+                    "--isl-block-size")
+
+def block_size_in(args: list[Any]) -> int | None:
+    """The tokens a hash id stands for that AIPerf arguments (a manifest's) give, if any."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in HASH_BLOCK_FLAGS and str(value).isdigit() and int(value) >= 1:
+            return int(value)
+    return None
+
+
 #: Hash ids are int64 (AIPerf, Parquet, check's arrays): from 0 to this, inclusive.
 MAX_HASH_ID = 2 ** 63 - 1
 
@@ -503,8 +518,8 @@ def dump_mooncake(record: Record) -> dict[str, Any]:
 # ---------------------------------------------------------------- schedules
 
 #: The types AIPerf 0.13 replays on its fixed schedule by itself when the file's first
-#: line has a ``timestamp`` (its trace loaders' ``is_trace``; promptkit writes this one).
-TRACE_TYPES = frozenset({"mooncake_trace"})
+#: line has a ``timestamp`` (its trace loaders' ``is_trace``; promptkit writes these).
+TRACE_TYPES = frozenset({"mooncake_trace", "bailian_trace"})
 
 
 def fixed_schedule(aiperf_type: str | None, timed: bool, asked: bool | None = None) -> bool:

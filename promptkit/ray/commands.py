@@ -31,6 +31,7 @@ from .run import (
     chunk_bytes,
     chunk_of,
     distinct_keys,
+    linked_refused,
     make_staging,
     put_folder,
     save_keys,
@@ -311,7 +312,11 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
     fmt, first = _open(input_path, from_format, skip_invalid)
     options["sends_extra"] = fmt.name != "openai"
     options["aiperf_type"] = fmt.aiperf_type
+    if options.get("hash_block_size") is None:
+        options["hash_block_size"] = fmt.hash_block_size
     check_options = CheckOptions(**options)
+    if fmt.linked:
+        raise NeedsSequence(f"a {fmt.name} line's session is found from the lines before it")
     reason = sequence_reason(check_options)
     if reason is not None:
         raise NeedsSequence(reason)
@@ -379,6 +384,7 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
     if tokenizer:
         load_tokenizer(tokenizer)  # a bad tokenizer named here, before any task
     fmt, _ = _open(input_path, from_format, skip_invalid)
+    linked_refused(fmt, input_path)
     step_bytes = chunk_size or chunk_bytes()
     with connect(address) as ray:
         planned = plan_input(ray, input_path, step_bytes)

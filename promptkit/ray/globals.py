@@ -124,26 +124,20 @@ def check_rows(records: Iterable[Record], setup: Setup) -> Iterator[dict[str, An
     unit_bytes = 8 if setup.hash_ids else 4
     head = unit_bytes if setup.hash_ids else unit_bytes * setup.block_size
     for unit, lead in setup.entries(records):
-        request = unit.requests[0]
+        if unit.requests:
+            request = unit.requests[0]
+            blocks, length, salt = request.key, request.length, request.salt
+        else:  # a hash-id line of a session: sent after its earlier turns (in sequence)
+            assert unit.part is not None
+            blocks, length, salt = [], unit.part.length, unit.part.salt
         yield {"index": unit.index,  # type: ignore[attr-defined]
-               "blocks": [_key_bytes(key) for key in request.key],
-               "length": request.length,
+               "blocks": [int(key).to_bytes(8, "big") for key in blocks],
+               "length": length,
                "lead": _prefix_digests(lead, unit_bytes),
                "first": lead[:head],
-               "salted": request.salt is not None,
+               "salted": salt is not None,
                "salt_not_sent": unit.salt_not_sent, "tools": unit.tools,
                "single": unit.session is None and len(unit.requests) == 1}
-
-
-def _key_bytes(key: Any) -> bytes:
-    """A cache key as bytes, one to one: a 64-bit block hash (text), a hash id, or a
-    hash id with its salt (a hash-id trace with ``cache_salt``)."""
-    if isinstance(key, tuple):
-        salt, ident = key
-        encoded = str(salt).encode()
-        return len(encoded).to_bytes(4, "big") + encoded + int(ident).to_bytes(8, "big",
-                                                                                signed=True)
-    return int(key).to_bytes(9, "big", signed=True)  # a signed id or an unsigned hash
 
 
 def _prefix_digests(lead: bytes, unit: int) -> list[bytes]:
@@ -491,7 +485,9 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
     out: dict[str, Any] = {
         "engine": options.engine, "block_size": block_size,
         "capacity_tokens": options.capacity_tokens, "num_gpu_blocks": options.num_gpu_blocks,
-        "chat_template": None if setup.hash_ids else options.chat_template,
+        "chat_template": (None if setup.hash_ids and options.chat_template == "none"
+                          else options.chat_template),
+        **({"hash_block_size": setup.id_block} if setup.hash_ids else {}),
         "records": records, "conversations": records, "requests": records,
         "warmup": options.warmup, "fixed_schedule": setup.fixed_schedule,
         "requests_per_pass": records,

@@ -454,6 +454,15 @@ def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def linked_refused(fmt: Any, input_path: str) -> None:
+    """``--ray`` reads a file in chunks, each on its own: not a format whose lines depend
+    on the lines before them."""
+    if fmt.linked:
+        raise PromptkitError(f"{input_path}: --ray reads a file in chunks, each on its own; a "
+                             f"{fmt.name} line's session is found from the lines before it: "
+                             "run it without --ray")
+
+
 def table_refused(out_format: str) -> None:
     if out_format in TABLE_FORMATS:
         raise PromptkitError(f"--ray writes JSONL parts; --to {out_format} is not one")
@@ -500,6 +509,8 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
     finally:
         source.close()
     table_refused(out_name)
+    for fmt in (in_format, get_format(out_name)):
+        linked_refused(fmt, input_path)
     if shape.get("layout"):
         raise PromptkitError(f"{input_path}: a JSON array: --ray reads JSON lines")
     tokenizer = counting_tokenizer(steps)
