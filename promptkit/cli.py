@@ -21,7 +21,7 @@ from .cli_help import DATASET, INPUT, OUTPUT, SectionedGroup, shared
 from .counts import counted, plural
 from .errors import BadOptionError, PromptkitError
 from .files import os_error
-from .formats import FORMATS, TABLE_FORMATS
+from .formats import FORMATS, READ_ONLY, TABLE_FORMATS
 from .interrupts import Interrupted
 from .limits import (
     MAX_COPIES,
@@ -51,7 +51,8 @@ from .steps import Step
 #: Input formats: every line format of JSON lines.
 FORMAT_CHOICE = click.Choice([name for name, f in FORMATS.items() if f.encode is None])
 #: Output formats: every line format, and tables (parquet, a save_to_disk folder).
-OUTPUT_CHOICE = click.Choice([*FORMATS, *TABLE_FORMATS])
+OUTPUT_CHOICE = click.Choice([*(name for name in FORMATS if name not in READ_ONLY),
+                              *TABLE_FORMATS])
 
 
 class UserError(click.ClickException):

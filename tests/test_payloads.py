@@ -14,7 +14,7 @@ from typing import Any
 
 import aiperf_tool
 import pytest
-from helpers import read_jsonl, write_jsonl
+from helpers import ROOT, read_jsonl, write_jsonl
 
 SYSTEM = "You are a careful assistant for a travel agency. Answer briefly and exactly."
 QUESTIONS = [["Which trains leave Lyon for Turin on Sunday mornings?",
@@ -192,3 +192,14 @@ def test_a_salt_a_session_reaches_every_body_of_it(tmp_path, run, tokenizer, bod
     after = report(run, out, "--tokenizer", tokenizer)
     assert after["cross_conversation_hit_tokens"] == 0
     assert after["within_conversation_hit_tokens"] == before["within_conversation_hit_tokens"] > 0
+
+
+def test_inputs_json_is_not_a_choice_of_to(tmp_path, run):
+    """inputs_json is read only: --to inputs_json is a usage error (exit 2) before
+    anything is read, not a run that fails at its first record."""
+    out = tmp_path / "out.json"
+    result = run("nonce", ROOT / "prompts" / "trace.jsonl.example", out, "--to", "inputs_json")
+    assert result.exit_code == 2 and "'inputs_json' is not one of" in result.stderr
+    assert not out.exists()
+    formats = run("formats")
+    assert "inputs_json" in formats.stdout  # still listed, as an input

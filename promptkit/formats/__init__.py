@@ -86,6 +86,10 @@ FORMATS: dict[str, Format] = {
     )
 }
 
+#: Formats read only (their writer refuses every record): not a choice of --to.
+READ_ONLY = frozenset({"inputs_json"})
+
+
 def _no_parse(obj: dict[str, Any]) -> Record:
     raise InvalidRecordError("a table format is read through its file, not line by line")
 
