@@ -120,6 +120,41 @@ def vllm_small_server(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine (1 CPU a node, tests/ray_cluster.py),
+    started once for every ``--ray`` test and stopped after the last test that uses it
+    (:func:`pytest_runtest_teardown`), so it does not run beside the tests after it."""
+    from ray_cluster import LocalCluster
+
+    cluster = LocalCluster((1, 1)).start()
+    _RAY_CLUSTERS.append(cluster)
+    try:
+        yield cluster
+    finally:
+        if _RAY_CLUSTERS:  # (a run stopped before the last test that uses it)
+            _RAY_CLUSTERS.pop().stop()
+
+
+_RAY_CLUSTERS: list = []
+_LAST_RAY_TEST: list[str] = []
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Note the last test that uses the shared Ray cluster."""
+    users = [item.nodeid for item in items if "ray_cluster" in item.fixturenames]
+    _LAST_RAY_TEST[:] = users[-1:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the shared Ray cluster after the last test that uses it, once that test's
+    fixtures are torn down (a driver connected to it disconnects first)."""
+    yield
+    if _RAY_CLUSTERS and [item.nodeid] == _LAST_RAY_TEST:
+        _RAY_CLUSTERS.pop().stop()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """End the AIPerf worker process, if a test started one (tests/aiperf_tool.py)."""
     import aiperf_tool

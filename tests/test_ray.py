@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from ray_cluster import local_cluster
 
 from promptkit.cli import cli
 
@@ -27,9 +26,8 @@ CHUNK = 3000
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with local_cluster((1, 1)) as c:
-        yield c
+def cluster(ray_cluster):
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ import sys
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc  # installed with Ray
 import pytest
 from openai_server import OpenAIServer
-from ray_cluster import free_port, local_cluster
+from ray_cluster import free_port
 
 #: The most seconds a failed connection may take, Python's start and Ray's import included.
 LIMIT = 30.0
@@ -70,8 +71,7 @@ def test_a_grpc_server_without_ray(tmp_path: Path) -> None:
         server.stop(0)
 
 
-def test_a_cluster_that_answers_connects(tmp_path: Path) -> None:
-    with local_cluster((1,)) as cluster:
-        result, _ = nonce_on(cluster.address, tmp_path)
+def test_a_cluster_that_answers_connects(tmp_path: Path, ray_cluster: Any) -> None:
+    result, _ = nonce_on(ray_cluster.address, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "parts" / "manifest.json").is_file()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from helpers import shared_prefix_texts
-from ray_cluster import local_cluster
 
 from promptkit.cli import cli
 
@@ -25,9 +23,8 @@ SHARDS = 9
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    with local_cluster((1, 1)) as c:
-        yield c
+def cluster(ray_cluster: Any) -> Any:
+    return ray_cluster
 
 
 def corpus_lines() -> list[str]:

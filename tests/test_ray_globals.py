@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import shared_prefix_texts
-from ray_cluster import local_cluster
 
+import promptkit.ray as promptkit_ray
 from promptkit.api import read_records
 from promptkit.check import CheckOptions
 from promptkit.cli import cli
@@ -29,14 +29,11 @@ BLOCKS = 8  # rows fed in at least this many blocks
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    with local_cluster((1, 1)) as c:
-        ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        try:
-            yield c
-        finally:
-            ray.shutdown()
+def cluster(ray_cluster: Any) -> Iterator[Any]:
+    """Connected as the command line connects (promptkit.ray.connect: Ray Data
+    configured as promptkit runs it)."""
+    with promptkit_ray.connect(ray_cluster.address):
+        yield ray_cluster
 
 
 @pytest.fixture(scope="module")

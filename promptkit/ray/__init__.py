@@ -74,7 +74,7 @@ def connect(address: str) -> Iterator[Any]:
     ray = require()
     check_address(address)
     if ray.is_initialized():  # the caller's own connection (the Python API): used as it is
-        _quiet(ray)
+        _configure(ray)
         yield ray
         return
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
@@ -92,7 +92,7 @@ def connect(address: str) -> Iterator[Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PromptkitError(f"--ray {address}: cannot connect: {first}") from None
     try:
-        _quiet(ray)
+        _configure(ray)
         yield ray
     finally:
         ray.shutdown()
@@ -161,9 +161,17 @@ def probe(address: str, timeout: float = ANSWER_TIMEOUT) -> None:
         channel.close()
 
 
-def _quiet(ray: Any) -> None:
+def _configure(ray: Any) -> None:
+    """Ray Data as promptkit runs it: quiet, and its groupbys on the sort-based
+    shuffle. (Ray 2.60's default shuffle starts aggregator actors for every groupby:
+    ``check --ray`` of a 16 KB file on a two-node cluster of 1 CPU each took 80 s with
+    it and 12 s with the sort-based one, the same report.)"""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    with contextlib.suppress(ImportError, AttributeError):  # (older Ray: its only shuffle)
+        from ray.data.context import ShuffleStrategy
+
+        context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     with contextlib.suppress(AttributeError):
         context.print_on_execution_start = False
     for name in ("ray", "ray.data"):
