@@ -150,23 +150,27 @@ def test_bad_lines_in_workers_name_the_shard(workers, stream, tmp_path, run, sma
 
 
 def test_a_continued_session_keeps_its_nonce_across_shards(stream, tmp_path, run):
+    """AIPerf sends an OpenAI line of a session as it is (its messages hold whatever
+    history it has): every line gets a nonce, and the lines of a session the one their
+    session's first line got, across shards too."""
     whole, parts = stream
     out = tmp_path / "out.jsonl"
     assert run("nonce", parts, out, "--seed", "3").exit_code == 0
     rows = [json.loads(line) for line in whole.read_text().splitlines() if line]
-    seen: set[str] = set()
+    nonces: dict[str, str] = {}
     continued = 0
     for before, after in zip(rows, read_jsonl(out), strict=True):
         text, made = before["messages"][0]["content"], after["messages"][0]["content"]
+        assert made.endswith("\n" + text) and made != text
+        nonce = made[:-len(text) - 1]
         session = before.get("session_id")
-        if session in seen:  # a later turn: the conversation already has its nonce
-            assert made == text
+        if session in nonces:  # a later line: its session's nonce
+            assert nonce == nonces[session]
             continued += 1
-        else:
-            assert made.endswith("\n" + text) and made != text
-        if session is not None:
-            seen.add(session)
+        elif session is not None:
+            nonces[session] = nonce
     assert continued == 14  # 19 lines of 5 sessions
+    assert len(set(nonces.values())) == 5
 
 
 @pytest.mark.parametrize("plain", [False, True])

@@ -9,7 +9,7 @@ import aiperf_tool
 import pytest
 from helpers import read_jsonl
 
-from promptkit.formats import FORMATS
+from promptkit.formats import FORMATS, READ_ONLY
 
 ECHO = "Please echo the following word: "
 
@@ -85,7 +85,23 @@ AIPERF_MODELS = {"single_turn": "SingleTurn", "multi_turn": "MultiTurn",
                  "random_pool": "RandomPool", "mooncake_trace": "MooncakeTrace"}
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+#: Formats with no place for a prompt's text (lengths and hash ids, BurstGPT's
+#: columns), and one promptkit only reads.
+TEXTLESS = ("bailian_trace", "burst_gpt_trace")
+
+
+@pytest.mark.parametrize("fmt", TEXTLESS)
+def test_a_format_without_text_is_refused_in_one_line(fmt, tmp_path, run):
+    out = tmp_path / "pt.jsonl"
+    result = run("synth", "prefix-test", out, "--groups", "2", "--group-size", "2",
+                 "--system-tokens", "50", "--to", fmt, "--seed", "2")
+    assert result.exit_code == 1
+    assert result.stderr == (f"promptkit: cannot write as {fmt}: {fmt} has no place for a "
+                             f"prompt's text{result.stderr.split('text', 1)[1]}")
+    assert len(result.stderr.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in (*TEXTLESS, *READ_ONLY)])
 def test_every_format_holds_the_workload(fmt, tmp_path, run, cl100k):
     out = tmp_path / "pt.jsonl"
     result = run("synth", "prefix-test", out, "--groups", "2", "--group-size", "2",
