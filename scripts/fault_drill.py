@@ -79,7 +79,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -153,6 +152,7 @@ def main() -> int:
                         help="the long line timed against as many bytes of short lines "
                         "(bounds section)")
     args = parser.parse_args()
+    sys.path.insert(0, str(TESTS))  # the tests' helpers: limited, aiperf_tool, ...
     failures: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="pk-fault-drill-"))
     (work / "tmp").mkdir()
@@ -318,7 +318,6 @@ def bench_drill(work: Path, args: argparse.Namespace) -> list[str]:
     """The bench section (in ``work``): secrets, its AIPerf under signals, Ray's address.
     Prints a line a case and a summary; returns the failures."""
     print("\npromptkit bench: secrets, its AIPerf under signals; --ray:", flush=True)
-    sys.path.insert(0, str(TESTS))
     work.mkdir()
     failures: list[str] = []
     bench_secrets(work, args, failures)
@@ -557,23 +556,12 @@ def measured(command: list[str], cwd: Path, env: dict[str, str]
              ) -> tuple[int, str, str, float, float]:
     """Run ``command``: its exit code, stdout, stderr, peak resident memory in MB (its
     largest process, ``wait4``: ``prlimit`` runs the command in its own process) and
-    seconds; killed after 300 s."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
-        timer = threading.Timer(300, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - start
-        out.seek(0)
-        err.seek(0)
-        return (proc.returncode, out.read().decode(errors="replace"),
-                err.read().decode(errors="replace"), usage.ru_maxrss / 1024, seconds)
+    seconds; killed after 300 s (the tests' own measure, ``tests/limited.py``)."""
+    from limited import measure
+
+    ran = measure(command, timeout=300, cwd=cwd, env=env)
+    return (ran.code, ran.stdout.decode(errors="replace"), ran.stderr, ran.peak_mb,
+            ran.seconds)
 
 
 def node_state(path: Path) -> tuple[int, int, int]:
@@ -872,26 +860,6 @@ BOMB_MB = 500
 MB = 1 << 20
 
 
-def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
-    """A file of one compressed stream of ``body`` (each ``(bytes, times)``): a few
-    kilobytes that decompress to hundreds of megabytes."""
-    import bz2
-    import lzma
-    import zlib
-
-    import zstandard
-
-    compressor = {"zstd": lambda: zstandard.ZstdCompressor(level=3).compressobj(),
-                  "bz2": lambda: bz2.BZ2Compressor(9), "xz": lambda: lzma.LZMACompressor(),
-                  "gzip": lambda: zlib.compressobj(9, wbits=31)}[codec]()
-    with path.open("wb") as f:
-        for data, times in body:
-            for _ in range(times):
-                f.write(compressor.compress(data))
-        f.write(compressor.flush())
-    return path
-
-
 def bounds_drill(work: Path, long_mb: int) -> list[str]:
     """Decompression bombs (JSON lines and CSV), devices and huge files read whole,
     numbers past their bounds, inputs that once gave tracebacks and CSV shapes that once
@@ -899,6 +867,8 @@ def bounds_drill(work: Path, long_mb: int) -> list[str]:
     memory held under :data:`BOMB_MB`; then the time of one long line against as many
     bytes of short lines. Prints a line a case, the peaks and the totals; returns the
     failures."""
+    from limited import bomb
+
     print(f"\nhostile sizes and shapes (each run under {' '.join(LIMIT)}; bombs and devices "
           f"under {BOMB_MB} MB):", flush=True)
     base = work / "bounds"

@@ -1,4 +1,5 @@
-"""Run promptkit in a child process under a memory limit, and measure it.
+"""Run promptkit in a child process under a memory limit, and measure it; make
+decompression bombs.
 
 Hostile inputs (decompression bombs, ``/dev/zero``, a line of hundreds of megabytes)
 are run this way only: under ``RLIMIT_AS`` (what ``prlimit --as`` sets) a run that
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +42,24 @@ def run_limited(*args: str | Path, memory: int = 1 << 30, timeout: float = 120,
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
+    return measure([*PROMPTKIT, *map(str, args)], timeout=timeout, stdin=stdin, cwd=cwd,
+                   preexec_fn=limit)
+
+
+def measure(command: list[str], *, timeout: float, stdin: bytes | None = None,
+            cwd: str | Path | None = None, env: dict[str, str] | None = None,
+            preexec_fn: Callable[[], None] | None = None) -> Ran:
+    """Run ``command`` (its stdin ``stdin``, else empty), killed after ``timeout``
+    seconds: what it printed, its exit code, its peak resident memory (``wait4``: the
+    largest process of its tree) and its seconds."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.TemporaryFile() as given:
         if stdin is not None:
             given.write(stdin)
             given.seek(0)
         start = time.monotonic()
-        proc = subprocess.Popen([*PROMPTKIT, *map(str, args)], stdin=given, stdout=out,
-                                stderr=err, preexec_fn=limit, cwd=cwd)
+        proc = subprocess.Popen(command, stdin=given, stdout=out, stderr=err,
+                                preexec_fn=preexec_fn, cwd=cwd, env=env)
         killed = threading.Event()
 
         def kill() -> None:
@@ -66,3 +78,23 @@ def run_limited(*args: str | Path, memory: int = 1 << 30, timeout: float = 120,
         err.seek(0)
         return Ran(proc.returncode, out.read(), err.read().decode(errors="replace"),
                    usage.ru_maxrss / 1024, seconds, killed.is_set())
+
+
+def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
+    """A file of one compressed stream of ``body`` (each ``(bytes, times)``), written a
+    piece at a time: a few kilobytes that decompress to hundreds of megabytes."""
+    import bz2
+    import lzma
+    import zlib
+
+    import zstandard
+
+    compressor = {"zstd": lambda: zstandard.ZstdCompressor(level=3).compressobj(),
+                  "bz2": lambda: bz2.BZ2Compressor(9), "xz": lambda: lzma.LZMACompressor(),
+                  "gzip": lambda: zlib.compressobj(9, wbits=31)}[codec]()
+    with path.open("wb") as f:
+        for data, times in body:
+            for _ in range(times):
+                f.write(compressor.compress(data))
+        f.write(compressor.flush())
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
-from limited import run_limited
+from limited import bomb, run_limited
 
 #: What a bounded run may take: the memory bound of the hostile-input drill.
 PEAK_MB = 500
@@ -103,26 +103,6 @@ def test_a_system_prompt_from_a_pipe_is_read(prompts, tmp_path, run):
 
 RECORD = (json.dumps({"text": "the quick brown fox jumps over the lazy dog " * 45}) + "\n"
           ).encode()
-
-
-def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
-    """A file of one compressed stream of ``body`` (each ``(bytes, times)``), written a
-    megabyte at a time: a few kilobytes that decompress to hundreds of megabytes."""
-    import bz2
-    import lzma
-    import zlib
-
-    import zstandard
-
-    compressor = {"zstd": lambda: zstandard.ZstdCompressor(level=3).compressobj(),
-                  "bz2": lambda: bz2.BZ2Compressor(9), "xz": lambda: lzma.LZMACompressor(),
-                  "gzip": lambda: zlib.compressobj(9, wbits=31)}[codec]()
-    with path.open("wb") as f:
-        for data, times in body:
-            for _ in range(times):
-                f.write(compressor.compress(data))
-        f.write(compressor.flush())
-    return path
 
 
 MB = 1 << 20

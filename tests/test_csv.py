@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from helpers import read_jsonl
+from limited import bomb, run_limited
 
 BURSTGPT = """Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type
 5,ChatGPT,472,18,490,Conversation log
@@ -192,17 +193,6 @@ def test_a_shuffled_csv_types_its_batches_as_an_unshuffled_one(tmp_path, run):
         assert r.get("note") == (None if i < 2500 else "late")
 
 
-def zstd_bomb(path: Path, body: list[tuple[bytes, int]]) -> Path:
-    """A few kilobytes of zstd that decompress to ``body`` (each ``(bytes, times)``)."""
-    compressor = zstandard.ZstdCompressor(level=3).compressobj()
-    with path.open("wb") as f:
-        for data, times in body:
-            for _ in range(times):
-                f.write(compressor.compress(data))
-        f.write(compressor.flush())
-    return path
-
-
 MB = 1 << 20
 
 
@@ -213,9 +203,8 @@ MB = 1 << 20
     ([(b"prompt,n\nfirst,1\n", 1), (b"a" * MB, 500)], "a row longer than 64 MiB"),
 ])
 def test_a_csv_row_beyond_its_bound_is_one_line_in_bounded_memory(body, problem, tmp_path):
-    from limited import run_limited
 
-    path = zstd_bomb(tmp_path / "bomb.csv.zst", body)
+    path = bomb(tmp_path / "bomb.csv.zst", "zstd", body)
     ran = run_limited("stats", path, memory=2 << 30, timeout=120)
     assert ran.code == 1 and not ran.timed_out, ran.stderr[-2000:]
     assert ran.stderr == (f"promptkit: {path}:2: {problem}: no record is that long (is it the "
@@ -224,10 +213,9 @@ def test_a_csv_row_beyond_its_bound_is_one_line_in_bounded_memory(body, problem,
 
 
 def test_a_csv_bomb_of_rows_is_read_in_bounded_memory(tmp_path):
-    from limited import run_limited
 
     row = b"the quick brown fox " * 3200 + b",12\n"  # 64 KB a row
-    path = zstd_bomb(tmp_path / "rows.csv.zst", [(b"prompt,n\n", 1), (row, 6000)])
+    path = bomb(tmp_path / "rows.csv.zst", "zstd", [(b"prompt,n\n", 1), (row, 6000)])
     assert path.stat().st_size < 256 << 10
     ran = run_limited("stats", path, "--json", memory=2 << 30, timeout=300)
     assert ran.code == 0, ran.stderr[-2000:]
