@@ -564,30 +564,6 @@ def measured(command: list[str], cwd: Path, env: dict[str, str]
             ran.seconds)
 
 
-def node_state(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_mode, st.st_rdev
-
-
-def make_node(path: Path, kind: str) -> Path:
-    """A real device (1,3: what /dev/null is), FIFO, socket, or link to a device."""
-    import socket
-    import stat
-
-    if kind in ("device", "link"):
-        target = path if kind == "device" else path.with_name(path.name + ".dev")
-        os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-        if kind == "link":
-            path.symlink_to(target)
-    elif kind == "fifo":
-        os.mkfifo(path)
-    else:
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
-        server.close()
-    return path
-
-
 class OutputsTally:
     """The cases of :func:`outputs_drill` and what went wrong in them."""
 
@@ -613,6 +589,8 @@ class OutputsTally:
         nothing in ``folder`` but what was there (or ``then``) and ``new``, nothing in
         TMPDIR, ``secret`` nowhere, a peak resident memory under ``max_mb`` (when given).
         Returns the peak, in MB."""
+        from limited import node_state
+
         tmp = folder / ".drill-tmp"
         tmp.mkdir()
         before = {p: node_state(p) for p in nodes}
@@ -694,6 +672,8 @@ def outputs_drill(work: Path) -> list[str]:
 
 
 def _device_cases(tally: OutputsTally, base: Path) -> None:
+    from limited import make_node
+
     outputs = {
         "OUT": ["nonce", "in.jsonl", "NODE"],
         "OUT parquet": ["nonce", "in.jsonl", "NODE", "--to", "parquet"],

@@ -1,5 +1,5 @@
 """Run promptkit in a child process under a memory limit, and measure it; make
-decompression bombs.
+decompression bombs and device, FIFO and socket nodes.
 
 Hostile inputs (decompression bombs, ``/dev/zero``, a line of hundreds of megabytes)
 are run this way only: under ``RLIMIT_AS`` (what ``prlimit --as`` sets) a run that
@@ -98,3 +98,36 @@ def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
                 f.write(compressor.compress(data))
         f.write(compressor.flush())
     return path
+
+
+def make_node(path: Path, kind: str) -> Path:
+    """A real node at ``path``: ``device`` (the same as /dev/null: character device
+    1,3), ``fifo``, ``socket``, or ``link`` (a symlink to such a device, made beside it
+    as ``PATH.dev``)."""
+    import socket
+    import stat
+
+    if kind in ("device", "link"):
+        target = path if kind == "device" else path.with_name(path.name + ".dev")
+        try:
+            os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except PermissionError:
+            raise RuntimeError("making a character device needs root "
+                               f"(euid {os.geteuid()})") from None
+        if kind == "link":
+            path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()  # the socket file stays
+    return path
+
+
+def node_state(path: Path) -> tuple[int, int, int]:
+    """What must not change: the node's inode, type and device numbers (through a link)."""
+    import stat
+
+    st = os.stat(path)
+    return st.st_ino, stat.S_IFMT(st.st_mode), st.st_rdev

@@ -10,41 +10,12 @@ never touched.
 from __future__ import annotations
 
 import os
-import socket
-import stat
-from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
+from limited import make_node, node_state
 
 TEXTS = [{"text": f"Tell me about item {i}, please."} for i in range(6)]
-
-
-def make_node(folder: Path, kind: str) -> Path:
-    """A real node of ``kind`` in ``folder``: ``device`` (the same as /dev/null: character
-    device 1,3), ``fifo``, ``socket``, or ``link`` (a symlink to such a device)."""
-    path = folder / f"node-{kind}"
-    if kind in ("device", "link"):
-        target = path if kind == "device" else folder / "device-behind-link"
-        try:
-            os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-        except PermissionError:
-            pytest.fail(f"making a character device needs root (euid {os.geteuid()})")
-        if kind == "link":
-            path.symlink_to(target)
-    elif kind == "fifo":
-        os.mkfifo(path)
-    else:
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
-        server.close()  # the socket file stays
-    return path
-
-
-def node_state(path: Path) -> tuple[int, int, int]:
-    """What must not change: the node's inode, type and device numbers (through a link)."""
-    st = os.stat(path)
-    return st.st_ino, stat.S_IFMT(st.st_mode), st.st_rdev
 
 
 KINDS = ["device", "fifo", "socket", "link"]
@@ -71,7 +42,7 @@ def test_an_output_that_is_not_a_file_is_refused_and_kept(name, args, kind, tmp_
     if "MANIFEST" in args:
         assert run("nonce", source, tmp_path / "made.jsonl", "--seed", "1").exit_code == 0
     out = tmp_path / "out.jsonl"
-    node = make_node(tmp_path, kind)
+    node = make_node(tmp_path / f"node-{kind}", kind)
     if name == "side file":  # pad --into file writes OUT.system.txt
         node.rename(tmp_path / "out.jsonl.system.txt")
         node = tmp_path / "out.jsonl.system.txt"
@@ -92,7 +63,7 @@ def test_an_output_that_is_not_a_file_is_refused_and_kept(name, args, kind, tmp_
 
 def test_publish_and_ray_out_that_are_devices_are_refused(tmp_path, run):
     source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
-    node = make_node(tmp_path, "device")
+    node = make_node(tmp_path / "node-device", "device")
     before = node_state(node)
     for args in (["publish", source, node], ["nonce", source, node, "--ray", "local"]):
         result = run(*args)
