@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,46 +38,70 @@ def run_limited(*args: str | Path, memory: int = 1 << 30, timeout: float = 120,
                 stdin: bytes | None = None, cwd: str | Path | None = None) -> Ran:
     """``promptkit ARGS...`` in a child process whose address space is at most ``memory``
     bytes, killed after ``timeout`` seconds."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
     return measure([*PROMPTKIT, *map(str, args)], timeout=timeout, stdin=stdin, cwd=cwd,
-                   preexec_fn=limit)
+                   memory=memory)
 
 
 def measure(command: list[str], *, timeout: float, stdin: bytes | None = None,
             cwd: str | Path | None = None, env: dict[str, str] | None = None,
-            preexec_fn: Callable[[], None] | None = None) -> Ran:
-    """Run ``command`` (its stdin ``stdin``, else empty), killed after ``timeout``
-    seconds: what it printed, its exit code, its peak resident memory (``wait4``: the
-    largest process of its tree) and its seconds."""
+            memory: int | None = None) -> Ran:
+    """Run ``command`` (its stdin ``stdin``, else empty; its address space at most
+    ``memory`` bytes), killed after ``timeout`` seconds: what it printed, its exit code,
+    its peak resident memory and its seconds.
+
+    The peak is ``wait4``'s, of the command's largest process, taken by a small
+    process of this module that starts it (``python limited.py``): a process forked
+    from this one (the test session, hundreds of megabytes after many tests) would
+    count this one's resident memory as its own until it runs the command."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.TemporaryFile() as given:
+            tempfile.TemporaryFile() as given, tempfile.NamedTemporaryFile() as report:
         if stdin is not None:
             given.write(stdin)
             given.seek(0)
         start = time.monotonic()
-        proc = subprocess.Popen(command, stdin=given, stdout=out, stderr=err,
-                                preexec_fn=preexec_fn, cwd=cwd, env=env)
+        proc = subprocess.Popen([sys.executable, __file__, report.name, str(memory or 0),
+                                 *command], stdin=given, stdout=out, stderr=err, cwd=cwd,
+                                env=env, start_new_session=True)
         killed = threading.Event()
 
         def kill() -> None:
             killed.set()
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            code = proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
+        peak = float(report.read().decode() or 0)
         out.seek(0)
         err.seek(0)
-        return Ran(proc.returncode, out.read(), err.read().decode(errors="replace"),
-                   usage.ru_maxrss / 1024, seconds, killed.is_set())
+        return Ran(code, out.read(), err.read().decode(errors="replace"), peak, seconds,
+                   killed.is_set())
+
+
+def _start(report: str, memory: int, command: list[str]) -> None:
+    """(``python limited.py REPORT MEMORY COMMAND...``) Run ``command`` under the memory
+    limit, write its peak resident memory in MB to ``REPORT``, and end as it ended."""
+    if memory:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execvp(command[0], command)
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    with open(report, "w") as f:
+        f.write(str(usage.ru_maxrss / 1024))
+    if os.WIFSIGNALED(status):  # ended by a signal: so does this process
+        number = os.WTERMSIG(status)
+        if number not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+    sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def bomb(path: Path, codec: str, body: list[tuple[bytes, int]]) -> Path:
@@ -131,3 +155,7 @@ def node_state(path: Path) -> tuple[int, int, int]:
 
     st = os.stat(path)
     return st.st_ino, stat.S_IFMT(st.st_mode), st.st_rdev
+
+
+if __name__ == "__main__":
+    _start(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
