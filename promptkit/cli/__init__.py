@@ -16,6 +16,8 @@ from typing import Any
 import click
 
 from promptkit.cli.help import DATASET, INPUT, OUTPUT, SectionedGroup, shared
+from promptkit.commands.check import check as check_command
+from promptkit.commands.check import hit_rate_failure
 from promptkit.commands.publish import (
     AIPERF_FORMATS,
     DEFAULT_FORMAT,
@@ -23,6 +25,7 @@ from promptkit.commands.publish import (
     DEFAULT_SHARD_SIZE,
     parse_size,
 )
+from promptkit.commands.stats import stats as stats_command
 from promptkit.core import interrupts, progress
 from promptkit.core.errors import BadOptionError, PromptkitError
 from promptkit.core.interrupts import Interrupted
@@ -538,26 +541,10 @@ def stats(input_path: str, tokenizer: str | None, from_format: str | None, chat_
     import json
 
     files_not_stdout(("--plot", plot))
-    if plot is not None and tokenizer is None:
-        raise click.UsageError("--plot draws prompt token counts: it needs --tokenizer")
-    if chat_template != "none" and tokenizer is None:
-        raise click.UsageError("--chat-template needs --tokenizer")
-    if ray_address is not None:
-        if plot is not None:
-            raise click.UsageError("--plot draws every prompt's length on one machine: "
-                                   "run it without --ray")
-        ray_ready(ray_address, dataset=dataset)
-        from promptkit.ray.commands import stats_on_ray
-
-        summary = stats_on_ray(input_path, address=ray_address, from_format=from_format,
-                               tokenizer=tokenizer, skip_invalid=skip_invalid,
-                               chat_template=chat_template)
-    else:
-        summary = pipeline.dataset_stats(input_path, from_format=from_format,
-                                         tokenizer=tokenizer,
-                                         dataset=with_seed(dataset, seed), plot=plot,
-                                         workers=workers, chat_template=chat_template,
-                                         threads=threads, skip_invalid=skip_invalid)
+    summary = stats_command(input_path, tokenizer=tokenizer, from_format=from_format,
+                            chat_template=chat_template, threads=threads, workers=workers,
+                            skip_invalid=skip_invalid, dataset=dataset, seed=seed, plot=plot,
+                            ray=ray_address)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
@@ -961,50 +948,19 @@ def check(input_path: str, from_format: str | None, as_json: bool,
     params = check_params(**options)
     tokenizer = params.pop("tokenizer")
     max_total_hit_rate = params.pop("max_total_hit_rate", None)
-    summary = None
-    if ray_address is not None:
-        summary = ray_check(input_path, from_format=from_format, tokenizer=tokenizer,
-                            skip_invalid=skip_invalid, use_manifest=use_manifest,
-                            plot=plot, per_request=per_request, dataset=dataset,
-                            ray_address=ray_address, **params)
-    if summary is None:
-        summary = pipeline.check_file(input_path, from_format=from_format, tokenizer=tokenizer,
-                                      skip_invalid=skip_invalid,
-                                      dataset=with_seed(dataset, seed),
-                                      per_request=per_request, plot=plot, workers=workers,
-                                      use_manifest=use_manifest, **params)
+    summary = check_command(input_path, from_format=from_format, tokenizer=tokenizer,
+                            skip_invalid=skip_invalid, dataset=dataset, seed=seed,
+                            per_request=per_request, plot=plot, workers=workers,
+                            use_manifest=use_manifest, ray=ray_address, **params)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         print_check(summary)
     report_wrote(summary["wrote"])
     report_skipped(summary["skipped"])
-    from promptkit.ops.check import hit_rate_problem
-
-    problem = hit_rate_problem(summary, max_hit_rate, max_total_hit_rate)
+    problem = hit_rate_failure(summary, max_hit_rate, max_total_hit_rate)
     if problem is not None:
-        raise UserError(f"{summary['input']['path']}: {problem}")
-
-
-def ray_check(input_path: str, *, plot: str | None, per_request: str | None,
-              dataset: dict[str, Any], ray_address: str, **params: Any
-              ) -> dict[str, Any] | None:
-    """``check --ray``: the report of an unbounded cache computed on the cluster, or
-    ``None`` (said on stderr, with why) when the check needs the requests in order and
-    runs on one node."""
-    for option, value in (("--plot", plot), ("--per-request", per_request)):
-        if value is not None:
-            raise click.UsageError(f"{option} writes every request's figures on one machine: "
-                                   "run it without --ray")
-    ray_ready(ray_address, dataset=dataset)
-    from promptkit.ray.aggregate import NeedsSequence
-    from promptkit.ray.commands import check_on_ray
-
-    try:
-        return check_on_ray(input_path, address=ray_address, **params)
-    except NeedsSequence as exc:
-        click.echo(f"promptkit: check: {exc}: ran on one node", err=True)
-        return None
+        raise UserError(problem)
 
 
 def print_check(s: dict[str, Any]) -> None:

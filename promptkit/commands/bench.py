@@ -903,7 +903,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         if getattr(prediction, key) is not None:
             options[key] = getattr(prediction, key)
     out["predicted_with"] = {**options, "chat_template_from": why}
-    from promptkit.run import pipeline
+    from promptkit.commands.check import check_file
     # prompt tokens of conversations' first requests and later turns (turns_diagnosis).
     # (In a scratch folder of the temp folder: a later run removes it if this one is killed.)
     with leftovers.scratch_folder() as scratch:
@@ -911,8 +911,8 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         try:
             with _quiet_transformers():
                 # use_manifest=False: the system prompt file is the one AIPerf is given.
-                summary = pipeline.check_file(prediction.input_file, use_manifest=False,
-                                              per_request=rows, **options)
+                summary = check_file(prediction.input_file, use_manifest=False,
+                                     per_request=rows, **options)
             turns = _turns()
             with open(rows, encoding="utf-8") as f:
                 for n, row in enumerate(map(json.loads, f)):

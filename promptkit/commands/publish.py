@@ -35,14 +35,16 @@ import orjson
 
 from promptkit.core import leftovers
 from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitError
+from promptkit.core.progress import tracked
 from promptkit.core.records import Record
 from promptkit.core.version import VERSION
 from promptkit.formats import FORMATS
 from promptkit.formats.aiperf import first_turn
 from promptkit.formats.table import COLUMNS, arrow_schema, to_row
 from promptkit.io.files import Lock, fsync_folder, os_error, read_whole, write_text
-from promptkit.io.streams import STDIO
+from promptkit.io.streams import STDIO, Source
 from promptkit.provenance import manifest
+from promptkit.provenance.describe import verify_output
 from promptkit.run import pipeline
 
 #: ``--to`` choices: the line formats AIPerf loads as they are.
@@ -304,7 +306,7 @@ def _history(input_path: str, read: dict[str, Any]) -> tuple[list[dict[str, Any]
     try:
         recorded = manifest.read(path)
         if "dataset" in read:
-            problems = pipeline.verify_output(input_path.rstrip("/\\"), path)
+            problems = verify_output(input_path.rstrip("/\\"), path)
         elif read["sha256"] != recorded["output"]["sha256"]:
             problems = [f"sha256 is {read['sha256']}, manifest says "
                         f"{recorded['output']['sha256']}"]
@@ -427,16 +429,14 @@ def _write_shards(jsonl: str, fmt: str, folder: str, limit: int, display: str
                   ) -> tuple[list[dict[str, Any]], int]:
     """The records of the written JSONL as parquet shards, in order, a row group at a
     time; returns the shards (path, sha256, bytes, records) and the rows' Arrow size."""
-    from promptkit.api import read_records
-    from promptkit.core.progress import tracked
-
     shards = _Shards(folder, limit)
+    source = Source(jsonl, fmt)
     group_bytes = max(1, min(limit // 8, ROW_GROUP_BYTES))
     rows: list[dict[str, Any]] = []
     estimated = 0
     try:
-        for number, record in enumerate(tracked(read_records(jsonl, fmt),
-                                                "writing parquet shards"), start=1):
+        for number, record in enumerate(tracked(source.records(), "writing parquet shards"),
+                                        start=1):
             try:
                 row = to_row(_as_table_record(record, fmt), "a published dataset")
             except InvalidRecordError as exc:
@@ -453,6 +453,7 @@ def _write_shards(jsonl: str, fmt: str, folder: str, limit: int, display: str
             shards.add(rows, estimated)
         return shards.finish(), shards.arrow_bytes
     finally:
+        source.close()
         shards.close()
 
 

@@ -291,20 +291,20 @@ def _ray_section(ray: Any, address: str, step_bytes: int, planned: Planned) -> d
 
 
 def check_on_ray(input_path: str, *, address: str, from_format: str | None,
-                 tokenizer: str | None, skip_invalid: bool, use_manifest: bool = True,
-                 system_prompt_file: str | None = None, chunk_size: int | None = None,
-                 **options: Any) -> dict[str, Any]:
+                 tokenizer: str | None, skip_invalid: bool, applied: dict[str, Any],
+                 chunk_size: int | None = None, **options: Any) -> dict[str, Any]:
     """``check``'s report for an unbounded cache, computed on a Ray cluster: tasks make
-    each chunk's rows, :func:`~promptkit.ray.aggregate.unbounded_check` the figures. Raises
+    each chunk's rows, :func:`~promptkit.ray.aggregate.unbounded_check` the figures, with
+    the AIPerf arguments ``applied`` (:func:`promptkit.commands.check.aiperf_arguments`). Raises
     :class:`~promptkit.ray.aggregate.NeedsSequence` when the check needs the requests in
     order (the caller runs it on one node)."""
     from promptkit.core.tokenizers import cached_tokenizer
     from promptkit.ops.check import CheckError, CheckOptions
     from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import NeedsSequence, check_setup, sequence_reason, unbounded_check
-    from promptkit.run.pipeline import _line_of, aiperf_arguments
+    from promptkit.run.pipeline import _line_of
 
-    applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
+    applied = dict(applied)
     options["system_prompt"] = applied.pop("system_prompt")
     hash_block_size = applied.pop("hash_block_size", None)
     if hash_block_size is not None and options.get("hash_block_size") is None:
@@ -373,14 +373,13 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
                  chunk_size: int | None = None) -> dict[str, Any]:
     """``stats``' figures computed on a Ray cluster: tasks count each chunk
     (:func:`~promptkit.ray.aggregate.stats_rows`), :func:`~promptkit.ray.aggregate.merge_stats`
-    merges them; the report of :func:`promptkit.run.pipeline.dataset_stats`."""
+    merges them; the report of :func:`promptkit.commands.stats.dataset_stats` (its
+    template options checked by the caller)."""
     from promptkit.core.tokenizers import load_tokenizer
     from promptkit.core.words import counted, plural
     from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import merge_stats
-    from promptkit.run.pipeline import check_stats_options
 
-    check_stats_options(chat_template, tokenizer)
     if tokenizer:
         load_tokenizer(tokenizer)  # a bad tokenizer named here, before any task
     fmt, _ = _open(input_path, from_format, skip_invalid)

@@ -1,0 +1,69 @@
+"""What every command does the same way: the default manifest path, the seed of
+``--shuffle``, ``--ray``'s checks, and one line on stderr."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import Any
+
+from promptkit.core.errors import BadOptionError
+from promptkit.io.shards import ShardedSource
+from promptkit.io.streams import STDIO
+from promptkit.ops.nonce import new_seed
+from promptkit.provenance import manifest
+from promptkit.ray import check_address, require
+from promptkit.ray.run import MANIFEST
+
+
+def say(line: str) -> None:
+    """A line on stderr, as the CLI says it (``promptkit: LINE``)."""
+    print(f"promptkit: {line}", file=sys.stderr, flush=True)
+
+
+def manifest_path_for(output_path: str, manifest_path: str | None = None, *,
+                      ray: str | None = None) -> str | None:
+    """Where a run's manifest goes: ``manifest_path`` when given, else OUT.manifest.json
+    (none when OUT is stdout); with ``--ray``, OUT/manifest.json inside the folder."""
+    if ray is not None:
+        return f"{output_path}/{MANIFEST}"
+    if manifest_path is None and output_path != STDIO:
+        return manifest.default_path(output_path)
+    return manifest_path
+
+
+def shuffled(dataset: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
+    """Dataset options with ``shuffle`` turned into the seed that shuffles: ``seed``, or
+    a new random one (recorded in the manifest)."""
+    dataset = dict(dataset or {})
+    if dataset.pop("shuffle", False):
+        dataset["shuffle_seed"] = new_seed() if seed is None else seed
+    return dataset
+
+
+def ray_ready(address: str, manifest_path: str | None = None,
+              dataset: dict[str, Any] | None = None) -> None:
+    """``--ray``'s address, ``--manifest`` and dataset options checked, Ray importable."""
+    check_address(address)
+    if manifest_path is not None:
+        raise BadOptionError("--ray writes its manifest into OUT (OUT/manifest.json): "
+                             "--manifest is not taken with it")
+    chosen = [key for key, value in (dataset or {}).items()
+              if value is not None and value is not False]
+    if chosen:
+        raise BadOptionError(f"--ray reads JSONL files; --{chosen[0].replace('_', '-')} is "
+                             "not taken with it")
+    require()
+
+
+def for_workers(source: Any) -> Any:
+    """Ready ``source`` to be read again by worker processes (it read the first records,
+    to detect the format): nothing counted; the digest the chunks hash one file into."""
+    source.close()
+    if isinstance(source, ShardedSource):
+        source.read_in_workers([], [])
+        return hashlib.sha256()  # each shard is hashed on its own (InputFacts.shards)
+    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+    source.count = 0
+    source.skipped = []
+    return source.sha256
