@@ -15,6 +15,7 @@ import orjson
 
 from promptkit.commands.common import for_workers, ray_ready, say, shuffled
 from promptkit.commands.plots import check_plot
+from promptkit.commands.steps import check_params
 from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitError, Skipping
 from promptkit.core.progress import is_wanted as progress_is_wanted
 from promptkit.core.progress import wanted as progress_wanted
@@ -40,22 +41,26 @@ from promptkit.run.pipeline import (
 )
 
 
-def check(input_path: str, *, tokenizer: str | None = None, from_format: str | None = None,
-          skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
-          seed: int | None = None, per_request: str | None = None, plot: str | None = None,
-          workers: int = 1, system_prompt_file: str | None = None, use_manifest: bool = True,
-          ray: str | None = None, progress: bool | None = None,
+def check(input_path: str, *, from_format: str | None = None, skip_invalid: bool = False,
+          dataset: dict[str, Any] | None = None, seed: int | None = None,
+          per_request: str | None = None, plot: str | None = None, workers: int = 1,
+          use_manifest: bool = True, ray: str | None = None, progress: bool | None = None,
           note: Callable[[str], None] = say, **options: Any) -> dict[str, Any]:
     """``promptkit check IN``: the report, as ``--json`` prints it.
 
+    ``options`` are the check's own options (``tokenizer``, ``chat_template``,
+    ``engine``, ``block_size``, ``capacity_tokens``, ``requests``, ``warmup``,
+    ``system_prompt_file``, ...: see :func:`promptkit.commands.steps.check_params`).
     ``ray`` (``--ray ADDRESS``) computes the report of an unbounded cache on a Ray
     cluster; a check that needs the requests in order runs here instead, and ``note``
     says why (on stderr by default). ``dataset`` holds the dataset options
-    (``shuffle=True`` shuffles with ``seed``, random when not given). ``options`` are
-    :class:`~promptkit.ops.check.CheckOptions` fields (``engine``, ``block_size``,
-    ``capacity_tokens``, ``requests``, ...). Whether the report passes
-    ``--max-hit-rate`` is :func:`hit_rate_failure`.
+    (``shuffle=True`` shuffles with ``seed``, random when not given). Whether the report
+    passes ``--max-hit-rate`` is :func:`hit_rate_failure`.
     """
+    params = check_params(**options)
+    tokenizer = params.pop("tokenizer")
+    params.pop("max_total_hit_rate", None)  # (a bound on the report: hit_rate_failure)
+    system_prompt_file = params.pop("system_prompt_file", None)
     summary = None
     if ray is not None:
         for option, value in (("--plot", plot), ("--per-request", per_request)):
@@ -70,7 +75,7 @@ def check(input_path: str, *, tokenizer: str | None = None, from_format: str | N
         try:
             summary = check_on_ray(input_path, address=ray, from_format=from_format,
                                    tokenizer=tokenizer, skip_invalid=skip_invalid,
-                                   applied=applied, **options)
+                                   applied=applied, **params)
         except NeedsSequence as exc:
             note(f"check: {exc}: ran on one node")
     if summary is None:
@@ -78,7 +83,7 @@ def check(input_path: str, *, tokenizer: str | None = None, from_format: str | N
                              skip_invalid=skip_invalid, dataset=shuffled(dataset, seed),
                              per_request=per_request, plot=plot, workers=workers,
                              system_prompt_file=system_prompt_file, use_manifest=use_manifest,
-                             progress=progress, **options)
+                             progress=progress, **params)
     return summary
 
 

@@ -22,10 +22,10 @@ def say(line: str) -> None:
 
 
 def manifest_path_for(output_path: str, manifest_path: str | None = None, *,
-                      ray: str | None = None) -> str | None:
+                      parts: bool = False) -> str | None:
     """Where a run's manifest goes: ``manifest_path`` when given, else OUT.manifest.json
-    (none when OUT is stdout); with ``--ray``, OUT/manifest.json inside the folder."""
-    if ray is not None:
+    (none when OUT is stdout); OUT/manifest.json inside a folder of ``parts`` (``--ray``)."""
+    if parts:
         return f"{output_path}/{MANIFEST}"
     if manifest_path is None and output_path != STDIO:
         return manifest.default_path(output_path)

@@ -300,9 +300,9 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
     order (the caller runs it on one node)."""
     from promptkit.core.tokenizers import cached_tokenizer
     from promptkit.ops.check import CheckError, CheckOptions
+    from promptkit.provenance.describe import _line_of
     from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import NeedsSequence, check_setup, sequence_reason, unbounded_check
-    from promptkit.run.pipeline import _line_of
 
     applied = dict(applied)
     options["system_prompt"] = applied.pop("system_prompt")
