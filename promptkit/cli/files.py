@@ -27,7 +27,7 @@ from promptkit.cli.options import (
 )
 from promptkit.commands import publish
 from promptkit.commands import synth as synth_command
-from promptkit.commands.common import manifest_path_for, shuffled
+from promptkit.commands.common import manifest_path_for
 from promptkit.commands.publish import (
     AIPERF_FORMATS,
     DEFAULT_FORMAT,
@@ -256,7 +256,7 @@ def publish_command(input_path: str, out_dir: str, from_format: str | None, to_f
         publish.hub_token()  # no token: fail before anything is made
     result = publish.publish(
         input_path, out_dir, from_format=from_format, to_format=to_format,
-        skip_invalid=skip_invalid, workers=workers, dataset=shuffled(dataset, seed),
+        skip_invalid=skip_invalid, workers=workers, dataset=dataset, seed=seed,
         license=license_id, max_shard_size=max_shard_size, pretty_name=pretty_name,
         repo_id=repo_id, overwrite=overwrite, argv=PromptkitGroup.argv,
         keep_replies=keep_replies)
@@ -315,7 +315,7 @@ def bench_command(ctx: click.Context, env_file: str | None, dry_run: bool,
       promptkit bench --env-file vllm.env
       CONCURRENCY=16 promptkit bench --allow-repeats
     """
-    from promptkit.commands import bench  # (imports AIPerf's settings: on demand)
+    from promptkit.commands import bench  # (urllib.request, ssl: on demand, for start-up)
 
     try:
         code = bench.bench(env_file, dry=dry_run, allow_repeats=allow_repeats)

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from promptkit.commands.common import shuffled
 from promptkit.core import leftovers
 from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitError
 from promptkit.core.progress import tracked
@@ -104,15 +105,17 @@ def size_category(records: int) -> str:
 def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
             to_format: str = DEFAULT_FORMAT, skip_invalid: bool = False,
             workers: int | None = None, dataset: dict[str, Any] | None = None,
-            license: str = DEFAULT_LICENSE, max_shard_size: int = DEFAULT_SHARD_BYTES,
-            pretty_name: str | None = None, repo_id: str | None = None,
-            overwrite: bool = False, argv: list[str] | None = None,
-            keep_replies: bool = False) -> dict[str, Any]:
+            seed: int | None = None, license: str = DEFAULT_LICENSE,
+            max_shard_size: int = DEFAULT_SHARD_BYTES, pretty_name: str | None = None,
+            repo_id: str | None = None, overwrite: bool = False,
+            argv: list[str] | None = None, keep_replies: bool = False) -> dict[str, Any]:
     """Make ``out_dir`` a dataset repository folder of the records of ``input_path``.
 
     Returns the manifest (also written to ``out_dir/aiperf/prompts.jsonl.manifest.json``).
-    ``repo_id`` (where it will be pushed) only names the dataset in the card;
-    ``keep_replies``: as :func:`promptkit.run.pipeline.run` takes it.
+    ``repo_id`` (where it will be pushed: :func:`push`) only names the dataset in the
+    card; ``dataset`` holds the dataset options (``shuffle=True`` shuffles with ``seed``,
+    random when not given); ``keep_replies``: as :func:`promptkit.run.pipeline.run`
+    takes it.
     """
     if to_format not in AIPERF_FORMATS:
         raise PromptkitError(f"{to_format}: AIPerf does not load this format; "
@@ -124,8 +127,9 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
     with Lock(target):
         return _publish_locked(target, input_path, out_dir, from_format=from_format,
                                to_format=to_format, skip_invalid=skip_invalid,
-                               workers=workers, dataset=dataset, license=license,
-                               max_shard_size=max_shard_size, pretty_name=pretty_name,
+                               workers=workers, dataset=shuffled(dataset, seed),
+                               license=license, max_shard_size=max_shard_size,
+                               pretty_name=pretty_name,
                                repo_id=repo_id, overwrite=overwrite, argv=argv,
                                keep_replies=keep_replies)
 
