@@ -30,11 +30,11 @@ from promptkit.run import pipeline
 
 
 def pipe(input_path: str, output_path: str, steps: list[Step], *,
-              from_format: str | None = None, to_format: str | None = None,
-              skip_invalid: bool = False, manifest_path: str | None = None,
-              workers: int | None = None, dataset: dict[str, Any] | None = None,
-              seed: int | None = None, ray: str | None = None, keep_replies: bool = False,
-              argv: list[str] | None = None, progress: bool | None = None) -> dict[str, Any]:
+         from_format: str | None = None, to_format: str | None = None,
+         skip_invalid: bool = False, manifest_path: str | None = None,
+         workers: int | None = None, dataset: dict[str, Any] | None = None,
+         seed: int | None = None, ray: str | None = None, keep_replies: bool = False,
+         argv: list[str] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run ``steps`` over the records of ``input_path`` into ``output_path`` (``promptkit
     pipe read IN ... write OUT``); return the manifest.
 
@@ -68,6 +68,8 @@ def _on_ray(input_path: str, output_path: str, steps: list[Step], *, from_format
     """The steps on a Ray cluster, OUT a folder of parts with its manifest."""
     if len(steps) == 1 and steps[0].op == "hash_trace":
         ray_ready(ray, manifest_path, dataset)
+        if to_format != "mooncake_trace":
+            raise BadOptionError(f"hash-trace --ray writes mooncake_trace, not {to_format}")
         from promptkit.ray.commands import hash_trace_folder  # (imports numpy: on demand)
 
         return hash_trace_folder(input_path, output_path, steps[0], address=ray,
