@@ -40,8 +40,7 @@ from promptkit.core.version import VERSION
 from promptkit.formats import FORMATS
 from promptkit.formats.aiperf import first_turn
 from promptkit.formats.table import COLUMNS, arrow_schema, to_row
-from promptkit.io.files import Lock, fsync_folder, os_error, read_whole, write_text
-from promptkit.io.streams import STDIO
+from promptkit.io.files import STDIO, Lock, fsync_folder, os_error, read_whole, write_text
 from promptkit.provenance import manifest
 from promptkit.run import pipeline
 

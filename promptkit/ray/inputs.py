@@ -26,7 +26,8 @@ from typing import Any
 
 from promptkit.core.errors import PromptkitError
 from promptkit.io import compression, shards
-from promptkit.io.streams import BOM, STDIO
+from promptkit.io.files import STDIO
+from promptkit.io.jsonl import BOM
 
 #: Read this many bytes at a time when looking for a line end or counting lines.
 _READ = 1 << 20

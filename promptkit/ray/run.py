@@ -52,7 +52,9 @@ from promptkit.core import leftovers
 from promptkit.core.errors import InvalidRecordError, PromptkitError
 from promptkit.formats import TABLE_FORMATS, get_format
 from promptkit.io import files
-from promptkit.io.streams import STDIO, Encoder, Source, Written
+from promptkit.io.files import STDIO
+from promptkit.io.jsonl import Source
+from promptkit.io.sink import Encoder, Written
 from promptkit.ops.base import ORDERED, Step
 from promptkit.provenance import manifest
 from promptkit.ray import address_kind, connect
