@@ -25,6 +25,17 @@ def hash_file(path: str, *digests: Any) -> int:
     return size
 
 
+class LineCount:
+    """The newlines of the bytes given to :meth:`update` (beside a digest, in
+    :func:`hash_file`)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+
+    def update(self, block: bytes) -> None:
+        self.lines += block.count(b"\n")
+
+
 def file_sha256(path: str) -> tuple[str, int]:
     """``(sha256, size)`` of a file's bytes."""
     digest = hashlib.sha256()
