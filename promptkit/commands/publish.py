@@ -39,7 +39,15 @@ from promptkit.core.version import VERSION
 from promptkit.formats import FORMATS
 from promptkit.formats.aiperf import first_turn
 from promptkit.formats.table import COLUMNS, arrow_schema, to_row
-from promptkit.io.files import STDIO, Lock, os_error, read_whole, replace_folder, write_text
+from promptkit.io.files import (
+    STDIO,
+    Lock,
+    fsync_file,
+    os_error,
+    read_whole,
+    replace_folder,
+    write_text,
+)
 from promptkit.io.hashing import file_sha256
 from promptkit.provenance import manifest
 from promptkit.run import pipeline
@@ -152,11 +160,7 @@ def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: 
         _check_target(input_path, out_dir, overwrite)  # still free to take
         for root, _, names in os.walk(build):  # every file on disk before the rename
             for name in names:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_file(os.path.join(root, name))
         replace_folder(build, target)
     except OSError as exc:  # no space left while building: name OUT_DIR, not the build
         shutil.rmtree(build, ignore_errors=True)

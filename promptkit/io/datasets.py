@@ -37,6 +37,7 @@ from promptkit.formats.table import Mapping, Timeline, arrow_schema, batch_recor
 from promptkit.io.csvfiles import CsvRows, Numbered, delimiter_of, typed
 from promptkit.io.files import (
     first_line,
+    fsync_file,
     os_error,
     put_in_place,
     remove_quietly,
@@ -666,7 +667,7 @@ class TableSink(Written):
             made = os.path.join(self._scratch, "dataset")
             try:
                 for name in os.listdir(made):
-                    _fsync_file(os.path.join(made, name))
+                    fsync_file(os.path.join(made, name))
             except OSError as exc:
                 raise os_error(exc, self.path) from None
             replace_folder(made, self.path)
@@ -685,14 +686,6 @@ def is_saved_dataset(path: str) -> bool:
     """Whether ``path`` is a folder ``save_to_disk`` wrote (as ``--to hf-dir`` does)."""
     return all(os.path.isfile(os.path.join(path, name))
                for name in ("dataset_info.json", "state.json"))
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def table_facts(path: str, fmt: str) -> tuple[str, int]:

@@ -157,6 +157,15 @@ def refuse_clashes(targets: list[tuple[str, str]], inputs: Iterable[str] = ()) -
                                      "name another")
 
 
+def fsync_file(path: str) -> None:
+    """Flush a finished file's bytes to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_folder(folder: str) -> None:
     """Make the renames in ``folder`` durable (best effort: not every system can)."""
     try:
@@ -238,11 +247,7 @@ def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
     try:
         os.chmod(tmp, mode & ~umask)
         if not os.path.isdir(tmp):  # on disk before it has its name
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise os_error(exc, path) from None
