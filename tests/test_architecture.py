@@ -22,14 +22,16 @@ LAYERS = {
     "formats": 1, "text": 1,
     "io": 2,
     "ops": 3,
-    "provenance": 4, "run": 4, "ray": 4,
+    "provenance": 4, "runner": 4, "ray": 4,
     "commands": 5,
     "cli": 6,
     "api": 7, "entry": 7, "__main__": 7, "": 7,
 }
 #: The modules of ``ops`` that may import other modules of ``ops``: the base every
-#: operation builds on knows none of them, and the registry above them knows all.
-OPS_SHARED = {"promptkit.ops", "promptkit.ops.base", "promptkit.ops.registry"}
+#: operation builds on and the filler words they share know none of them, and the
+#: registry above them knows all.
+OPS_SHARED = {"promptkit.ops", "promptkit.ops.base", "promptkit.ops.filler",
+              "promptkit.ops.registry"}
 MAX_LINES = 800
 
 

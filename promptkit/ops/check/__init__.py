@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from promptkit.core.errors import CheckError, PromptkitError, Skipping
+from promptkit.core.errors import CheckError, PromptkitError, Skipping, skipped_section
 from promptkit.core.limits import MAX_RECORDS, MAX_TOKENS
 from promptkit.core.progress import tracked
 from promptkit.core.records import Message, Record
@@ -88,7 +88,6 @@ def make_step(params: Any, where: Where | None = None) -> Step:
 def check_step(step: Any, records: Iterable[Record]) -> Iterator[Record]:
     """Pass the records on; at the end, put the predicted cache hits in ``step.info``."""
     from promptkit.core.tokenizers import cached_tokenizer
-    from promptkit.provenance.manifest import skipped_section
 
     params = dict(step.params)
     spec = params.pop("tokenizer", None)
