@@ -59,8 +59,9 @@ class Step:
     info: dict[str, Any] = field(default_factory=dict)
     side_files: dict[str, str] = field(default_factory=dict)
     aiperf_args: list[str] = field(default_factory=list)
-    #: Called with the number of records read, before anything is written.
-    check: Callable[[int], None] | None = None
+    #: Called with the number of records read, before anything is written (it raises
+    #: when the step cannot work with that many: ``pad --groups`` above the records).
+    on_count: Callable[[int], None] | None = None
     #: Set by :func:`run` for ``--skip-invalid``: every state is a
     #: :class:`~promptkit.core.errors.Skipping`, which then leaves out the records its
     #: operation rejects and lists them (``"LINE: OP: problem"``) for the manifest.

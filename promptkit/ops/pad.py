@@ -208,5 +208,5 @@ def make_step(params: Any, where: Where | None = None) -> Step:
             raise PromptkitError(f"--groups {groups} is more than the "
                                  f"{counted(count, 'record')}")
 
-    step.check = enough_records
+    step.on_count = enough_records
     return step

@@ -524,8 +524,8 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
             chunk_size=chunk_size, writer=writer, keep_replies=keep_replies)
         try:
             for step in steps:
-                if step.check is not None:
-                    step.check(facts["records"])
+                if step.on_count is not None:
+                    step.on_count(facts["records"])
             planned: Planned = facts["planned"]
             if planned.shards is not None:
                 shape = {"shards": planned.shards}

@@ -278,8 +278,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                 with source_progress(label, source, total=records):
                     facts = _run_here(source, sink, steps)
             for step in steps:
-                if step.check is not None:
-                    step.check(facts.records_read)
+                if step.on_count is not None:
+                    step.on_count(facts.records_read)
             sink.flush()
             inputs = [{"path": source.name, "format": in_format.name,
                        "records": facts.records_read,
