@@ -50,7 +50,7 @@ from promptkit.io.files import (
 )
 from promptkit.io.hashing import file_sha256
 from promptkit.provenance import manifest
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 #: ``--to`` choices: the line formats AIPerf loads as they are.
 AIPERF_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.aiperf_type)
@@ -117,7 +117,7 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
 
     Returns the manifest (also written to ``out_dir/aiperf/prompts.jsonl.manifest.json``).
     ``repo_id`` (where it will be pushed) only names the dataset in the card;
-    ``keep_replies``: as :func:`promptkit.run.pipeline.run` takes it.
+    ``keep_replies``: as :func:`promptkit.runner.pipeline.run` takes it.
     """
     if to_format not in AIPERF_FORMATS:
         raise PromptkitError(f"{to_format}: AIPerf does not load this format; "
