@@ -16,21 +16,27 @@ import orjson
 from promptkit.commands.common import for_workers, ray_ready, say, shuffled
 from promptkit.commands.plots import check_plot
 from promptkit.commands.steps import check_params
-from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitError, Skipping
+from promptkit.core.errors import (
+    BadOptionError,
+    InvalidRecordError,
+    PromptkitError,
+    Skipping,
+    skipped_section,
+)
 from promptkit.core.progress import is_wanted as progress_is_wanted
 from promptkit.core.progress import wanted as progress_wanted
 from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.formats.aiperf import block_size_in
 from promptkit.io import files
 from promptkit.io.datasets import is_dataset
+from promptkit.io.files import STDIO
 from promptkit.io.shards import is_many
-from promptkit.io.streams import STDIO
 from promptkit.ops import check as checking
 from promptkit.ops.check import CheckOptions, Setup, check_records, hit_rate_problem
 from promptkit.provenance import manifest
 from promptkit.provenance.describe import _line_of
-from promptkit.run import workers as parallel
-from promptkit.run.pipeline import (
+from promptkit.runner import workers as parallel
+from promptkit.runner.pipeline import (
     chunked_files,
     file_progress,
     located,
@@ -157,7 +163,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": manifest.skipped_section(named_lines(
+            "skipped": skipped_section(named_lines(
                 sorted(source.skipped + skipping.skipped, key=_line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 

@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from promptkit.core.errors import BadOptionError
+from promptkit.core.seeds import new_seed
+from promptkit.io.files import STDIO
 from promptkit.io.shards import ShardedSource
-from promptkit.io.streams import STDIO
-from promptkit.ops.nonce import new_seed
 from promptkit.provenance import manifest
 from promptkit.ray import check_address, require
 from promptkit.ray.run import MANIFEST

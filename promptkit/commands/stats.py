@@ -10,7 +10,7 @@ from typing import Any
 
 from promptkit.commands.common import for_workers, ray_ready, shuffled
 from promptkit.commands.plots import stats_plot
-from promptkit.core.errors import BadOptionError, PromptkitError
+from promptkit.core.errors import BadOptionError, PromptkitError, skipped_section
 from promptkit.core.progress import is_wanted as progress_is_wanted
 from promptkit.core.progress import wanted as progress_wanted
 from promptkit.core.tokenizers import load_tokenizer
@@ -20,9 +20,8 @@ from promptkit.io.columns import ColumnSource
 from promptkit.io.datasets import DatasetSource
 from promptkit.io.shards import ShardedSource
 from promptkit.ops.stats import Stats, collect, stats_of
-from promptkit.provenance import manifest
-from promptkit.run import workers as parallel
-from promptkit.run.pipeline import (
+from promptkit.runner import workers as parallel
+from promptkit.runner.pipeline import (
     chunked_files,
     file_progress,
     named_lines,
@@ -138,7 +137,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                      else {})},
         "tokenizer": tokenizer,
         **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": manifest.skipped_section(named_lines(source.skipped, source)),
+        "skipped": skipped_section(named_lines(source.skipped, source)),
         **summary,
         "warnings": warnings,
         "wrote": wrote,

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from promptkit.commands.common import manifest_path_for
+from promptkit.core.seeds import new_seed
 from promptkit.formats import FORMATS
 from promptkit.ops import synth as generators
-from promptkit.ops.nonce import new_seed
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 
 def prefix_test(output_path: str, *, groups: int = 16, group_size: int = 8,

@@ -22,11 +22,11 @@ from promptkit.commands.steps import (
     turns_step,
 )
 from promptkit.core.errors import BadOptionError
-from promptkit.io.streams import STDIO
+from promptkit.io.files import STDIO
 from promptkit.ops.base import Step
 from promptkit.ops.nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US
 from promptkit.ray.run import run_folder
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 
 def pipe(input_path: str, output_path: str, steps: list[Step], *,

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping
+from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping, skipped_section
 from promptkit.core.records import Record
 from promptkit.formats import get_format
 from promptkit.io import files
-from promptkit.io.streams import Encoder, Source, joined, stable_prompt_key
+from promptkit.io.jsonl import Source
+from promptkit.io.keys import stable_prompt_key
+from promptkit.io.sink import Encoder, joined
 from promptkit.ops.base import Step
 from promptkit.ray import address_kind, connect
 from promptkit.ray.inputs import Planned, paths_of, plan_input
@@ -35,7 +37,7 @@ from promptkit.ray.run import (
     put_folder,
     save_keys,
 )
-from promptkit.run.workers import chunk_records
+from promptkit.runner.workers import chunk_records
 
 
 def _open(input_path: str, from_format: str | None, skip_invalid: bool) -> tuple[Any, Any]:
@@ -167,7 +169,7 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
     of the run without ``--ray``) and ``OUT/manifest.json``; the manifest is returned."""
     import pyarrow as pa
 
-    from promptkit.ops.base import make
+    from promptkit.ops.registry import make
     from promptkit.provenance.describe import describe
     from promptkit.ray.aggregate import _conform, number_blocks
 
@@ -301,7 +303,6 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
     from promptkit.core.tokenizers import cached_tokenizer
     from promptkit.ops.check import CheckError, CheckOptions
     from promptkit.provenance.describe import _line_of
-    from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import NeedsSequence, check_setup, sequence_reason, unbounded_check
 
     applied = dict(applied)
@@ -377,7 +378,6 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
     template options checked by the caller)."""
     from promptkit.core.tokenizers import load_tokenizer
     from promptkit.core.words import counted, plural
-    from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import merge_stats
 
     if tokenizer:

@@ -8,7 +8,7 @@ batches make a chunk (:data:`CHUNK_BYTES` of Arrow data). This process reads the
 batches and writes each chunk as an Arrow IPC stream into shared memory; a worker reads
 it there in place, maps its columns to records a batch at a time
 (:func:`promptkit.formats.table.batch_records`), applies the steps and encodes, as a
-chunk of JSON lines is processed (:mod:`promptkit.run.workers`: the same pool, the same
+chunk of JSON lines is processed (:mod:`promptkit.runner.workers`: the same pool, the same
 accounting, the output back in shared memory, the same redo in order of a chunk that
 continued a conversation an earlier one began). Steps are index-addressed, so the
 output is the same bytes for every number of workers; with one worker the chunks are
@@ -44,10 +44,13 @@ from promptkit.formats import FORMATS
 from promptkit.formats.accept import FIELDS
 from promptkit.formats.table import Mapping, _missing, batch_records
 from promptkit.io.datasets import DatasetSource
-from promptkit.io.streams import Counter, Encoder, Sink, stable_key
-from promptkit.ops.base import ORDERED, Step
+from promptkit.io.jsonl import Counter
+from promptkit.io.keys import stable_key
+from promptkit.io.sink import Encoder, Sink
+from promptkit.ops.base import Step
 from promptkit.ops.nonce import NonceMaker
-from promptkit.run import workers as parallel
+from promptkit.ops.registry import ORDERED
+from promptkit.runner import workers as parallel
 
 #: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
 #: Small: the main process holds the chunks the workers have not finished.
@@ -380,7 +383,7 @@ class Lane:
     (single_turn) or ``{"messages": [{"role": "user", "content": TEXT}], FIELDS...}``,
     its fields the row's other columns in order with empty values (null, a float NaN)
     left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
-    the formats' ``dump`` and :func:`~promptkit.io.streams.prompt_key` make of it. A chunk
+    the formats' ``dump`` and :func:`~promptkit.io.keys.prompt_key` make of it. A chunk
     with anything else (a text column that is not all text, an empty text with no nonce,
     a column named as one of those keys or as a field AIPerf reads, a value JSON cannot
     hold as it is, any column for openai) goes the record way, which writes it or names

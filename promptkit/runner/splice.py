@@ -10,7 +10,7 @@ distinct-prompt count.
 
 The insertion point is found in the raw line and proven to be the right one, or the
 line goes the usual way (parsed into a record, the step applied, encoded; see
-:func:`promptkit.run.workers.process_chunk`). For an AIPerf ``single_turn`` line the text
+:func:`promptkit.runner.workers.process_chunk`). For an AIPerf ``single_turn`` line the text
 literal's opening quote must follow ``"text":`` (optional spaces after the colon; for
 a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
 ``"hash_ids": [``, which a fresh one replaces: the session's, on every line of it, as
@@ -52,14 +52,8 @@ from promptkit.core.errors import PromptkitError
 from promptkit.core.records import Record
 from promptkit.formats.accept import problem
 from promptkit.formats.aiperf import parse_mooncake, parse_single_turn
-from promptkit.io.streams import (
-    KEY_ENDS,
-    beyond_64_bits,
-    duplicate_key,
-    key_parts,
-    salt_of,
-    too_deep,
-)
+from promptkit.io.jsoncodec import KEY_ENDS, beyond_64_bits, duplicate_key, too_deep
+from promptkit.io.keys import key_parts, salt_of
 from promptkit.ops.nonce import HASH_ID_BASE, NonceMaker, NonceState, first_id
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.
