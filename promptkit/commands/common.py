@@ -12,8 +12,6 @@ from promptkit.core.seeds import new_seed
 from promptkit.io.files import STDIO
 from promptkit.io.shards import ShardedSource
 from promptkit.provenance import manifest
-from promptkit.ray import check_address, require
-from promptkit.ray.run import MANIFEST
 
 
 def say(line: str) -> None:
@@ -26,6 +24,8 @@ def manifest_path_for(output_path: str, manifest_path: str | None = None, *,
     """Where a run's manifest goes: ``manifest_path`` when given, else OUT.manifest.json
     (none when OUT is stdout); OUT/manifest.json inside a folder of ``parts`` (``--ray``)."""
     if parts:
+        from promptkit.ray.run import MANIFEST  # (the Ray side: only for --ray, for start-up)
+
         return f"{output_path}/{MANIFEST}"
     if manifest_path is None and output_path != STDIO:
         return manifest.default_path(output_path)
@@ -44,6 +44,8 @@ def shuffled(dataset: dict[str, Any] | None, seed: int | None) -> dict[str, Any]
 def ray_ready(address: str, manifest_path: str | None = None,
               dataset: dict[str, Any] | None = None) -> None:
     """``--ray``'s address, ``--manifest`` and dataset options checked, Ray importable."""
+    from promptkit.ray import check_address, require  # (only for --ray, for start-up)
+
     check_address(address)
     if manifest_path is not None:
         raise BadOptionError("--ray writes its manifest into OUT (OUT/manifest.json): "

@@ -25,7 +25,6 @@ from promptkit.core.errors import BadOptionError
 from promptkit.io.files import STDIO
 from promptkit.ops.base import Step
 from promptkit.ops.nonce import DEFAULT_RANDOM_LENGTH, DEFAULT_TIME_STEP_US
-from promptkit.ray.run import run_folder
 from promptkit.runner import pipeline
 
 
@@ -76,6 +75,8 @@ def _on_ray(input_path: str, output_path: str, steps: list[Step], *, from_format
                                  from_format=from_format, skip_invalid=skip_invalid,
                                  argv=argv)
     ray_ready(ray, manifest_path)
+    from promptkit.ray.run import run_folder  # (the Ray side: only for --ray, for start-up)
+
     return run_folder(input_path, output_path, steps, address=ray, from_format=from_format,
                       to_format=to_format, skip_invalid=skip_invalid, argv=argv,
                       dataset=shuffled(dataset, seed), keep_replies=keep_replies)

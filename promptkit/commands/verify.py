@@ -12,13 +12,14 @@ from promptkit.io.files import read_whole
 from promptkit.provenance import manifest
 from promptkit.provenance.describe import verify_output
 from promptkit.provenance.rebuild import rebuild as rebuild_file
-from promptkit.ray.run import MANIFEST, verify_folder
 
 
 def verify(path: str, manifest_path: str | None = None) -> dict[str, Any]:
     """``promptkit verify FILE``: ``problems`` (none when the file matches) and the
     ``manifest`` it was checked against (default: FILE.manifest.json; a folder of parts:
     FOLDER/manifest.json, each part and the parts together)."""
+    from promptkit.ray.run import MANIFEST, verify_folder  # (parts of --ray: for start-up)
+
     if os.path.isdir(path) and _is_part_folder(manifest_path or os.path.join(path, MANIFEST)):
         return {"problems": verify_folder(path, manifest_path),
                 "manifest": manifest_path or os.path.join(path, MANIFEST)}
