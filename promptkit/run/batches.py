@@ -42,7 +42,7 @@ from promptkit.core.errors import InvalidRecordError
 from promptkit.core.records import Record
 from promptkit.formats import FORMATS
 from promptkit.formats.accept import FIELDS
-from promptkit.formats.table import Mapping, _missing, batch_records
+from promptkit.formats.table import Mapping, batch_records, missing
 from promptkit.io.datasets import DatasetSource
 from promptkit.io.streams import Counter, Encoder, Sink, stable_key
 from promptkit.ops.base import ORDERED, Step
@@ -507,6 +507,6 @@ def _present(row: dict[str, Any], may_miss: list[str]) -> dict[str, Any]:
     """``row`` without the empty values (null, a float NaN) of the columns that may
     hold them, as a record's fields leave them out."""
     for name in may_miss:
-        if _missing(row[name]):
+        if missing(row[name]):
             del row[name]
     return row
