@@ -49,6 +49,7 @@ from typing import Any
 import orjson
 
 from promptkit.core.errors import PromptkitError
+from promptkit.core.limits import MAX_TOKENS
 from promptkit.core.records import Record
 from promptkit.formats.accept import problem
 from promptkit.formats.aiperf import parse_mooncake, parse_single_turn
@@ -245,7 +246,7 @@ class Splicer:
             if key in _TEXTS:
                 if kind is not str:
                     break
-            elif key != "output_length" or kind is not int or value <= 0:
+            elif key != "output_length" or kind is not int or not 0 < value <= MAX_TOKENS:
                 break
         else:
             return obj.get("role"), text, _TEXT_START
