@@ -36,6 +36,7 @@ from promptkit.formats import FORMATS, Format
 from promptkit.formats.table import Mapping, Timeline, arrow_schema, batch_records, find_mapping
 from promptkit.io.csvfiles import CsvRows, Numbered, delimiter_of, typed
 from promptkit.io.files import fsync_folder, os_error, refuse_special, remove_quietly
+from promptkit.io.interface import BATCHES, SourceBase
 from promptkit.io.streams import Encoder, Written, refuse_overwrite
 
 #: File suffixes read through ``datasets``' packaged builders (when shuffled); CSV files
@@ -112,7 +113,7 @@ def is_json_array(path: str) -> bool:
         return False
 
 
-class DatasetSource:
+class DatasetSource(SourceBase):
     """Records of a Hugging Face dataset, with the same surface as ``streams.Source``."""
 
     format = DATASET_FORMAT
@@ -174,6 +175,13 @@ class DatasetSource:
     @property
     def default_output(self) -> str:
         return default_output(self.mapping)
+
+    @property
+    def yields(self) -> str:
+        return BATCHES
+
+    def input_entry(self, records: int) -> dict[str, Any]:
+        return {**super().input_entry(records), "path": self.path, "dataset": self.describe()}
 
     @property
     def records_read(self) -> int:

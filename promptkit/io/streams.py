@@ -35,6 +35,7 @@ from promptkit.formats import Format, default_output, detect_many, get_format, w
 from promptkit.formats.payloads import session_payloads
 from promptkit.io import compression
 from promptkit.io.files import os_error, put_in_place, remove_quietly, temporary, writable
+from promptkit.io.interface import LINES, RECORDS, SourceBase
 
 if TYPE_CHECKING:
     from promptkit.ops.stats import Tap
@@ -57,7 +58,7 @@ def display_name(path: str) -> str:
     return "<stdin>" if path == STDIO else path
 
 
-class Source(Counter):
+class Source(Counter, SourceBase):
     #: ``--limit``: read only the first this many records (None: all of them).
     limit: int | None = None
     #: The places in the stream before this file's first line (for a shard of many
@@ -136,6 +137,26 @@ class Source(Counter):
     def default_output(self) -> str:
         """The output format when none is named: the input's own, if AIPerf loads it."""
         return default_output(self.format.name)
+
+    @property
+    def yields(self) -> str:
+        """Its raw lines (``line_batches``), unless it holds one JSON array."""
+        return LINES if self.layout == "lines" else RECORDS
+
+    def chunk_files(self) -> str | list[str] | None:
+        """This file, unless its lines depend on the lines before them (read in one pass)
+        or only its first records are read (``--limit``)."""
+        return None if self.format.linked or self.limit is not None else self.path
+
+    def to_workers(self) -> Any:
+        self.close()
+        self.count = 0
+        self.skipped = []
+        self.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+        return self.sha256
+
+    def input_entry(self, records: int) -> dict[str, Any]:
+        return {**super().input_entry(records), **self.shape()}
 
     def shape(self) -> dict[str, str]:
         """For the manifest: how the bytes held the records, where not plain JSON lines."""

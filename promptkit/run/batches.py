@@ -43,7 +43,7 @@ from promptkit.core.records import Record
 from promptkit.formats import FORMATS
 from promptkit.formats.accept import FIELDS
 from promptkit.formats.table import Mapping, batch_records, missing
-from promptkit.io.datasets import DatasetSource
+from promptkit.io.interface import BATCHES
 from promptkit.io.streams import Counter, Encoder, Sink, stable_key
 from promptkit.ops.base import ORDERED, Step
 from promptkit.ops.nonce import NonceMaker
@@ -92,15 +92,12 @@ class Chunk:
 
 
 def takes(source: Any, sink: Any, steps: list[Step]) -> bool:
-    """Whether a run goes through here: a dataset (or parquet shards, with no ``--limit``)
-    written as JSON lines, by steps that do not need every record in one process, from
+    """Whether a run goes through here: a source that yields Arrow batches (a dataset, or
+    parquet shards with no ``--limit``: see :mod:`promptkit.io.interface`) written as JSON
+    lines, by steps that do not need every record in one process, from
     rows that do not carry a timeline (a trace's timestamps are made relative to its
     first record, in order)."""
-    from promptkit.io.shards import ShardedSource
-
-    dataset = isinstance(source, DatasetSource) or (
-        isinstance(source, ShardedSource) and source.kind == "parquet" and source.limit is None)
-    return (dataset and isinstance(sink, Sink)
+    return (source.yields == BATCHES and isinstance(sink, Sink)
             and not any(step.op in ORDERED for step in steps)
             and source.mapping.timestamp is None)
 
