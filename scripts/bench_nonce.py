@@ -273,7 +273,7 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
     from promptkit.ops.base import make
     from promptkit.ops.nonce import NonceMaker, NonceState, nonce_params
     from promptkit.run import workers as parallel
-    from promptkit.run.splice import _TEXT_START, Splicer
+    from promptkit.run.writers import _TEXT_START, Splicer
 
     with open(path, "rb") as f:
         data = b"".join(f.readline() for _ in range(lines_wanted))

@@ -21,7 +21,7 @@ from promptkit.io.streams import STDIO, display_name
 from promptkit.ops.base import make
 from promptkit.provenance import manifest
 from promptkit.run.pipeline import generate, run, where_of
-from promptkit.run.splice import writer_of
+from promptkit.run.writers import writer_of
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,

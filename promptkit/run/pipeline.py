@@ -50,9 +50,9 @@ from promptkit.provenance.describe import (
 )
 from promptkit.run import batches
 from promptkit.run import workers as parallel
-from promptkit.run.splice import ENCODE, WRITERS
-from promptkit.run.splice import WRITER as SPLICE
-from promptkit.run.splice import plan as splice_plan
+from promptkit.run.writers import ENCODE, WRITERS
+from promptkit.run.writers import WRITER as SPLICE
+from promptkit.run.writers import plan as splice_plan
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -144,7 +144,7 @@ def run(
     A step not yet made (``Step(op, params)``) is made here for this input and output,
     as the command line makes it (see :mod:`promptkit.ops.base`).
 
-    ``writer``: how lines are written (see :mod:`promptkit.run.splice`): ``encode`` encodes
+    ``writer``: how lines are written (see :mod:`promptkit.run.writers`): ``encode`` encodes
     every record again, as promptkit did before the splice writer (``rebuild`` of such
     a file); by default a nonce run's lines keep their input bytes where they can.
 
