@@ -1,4 +1,4 @@
-"""The three writers of :mod:`promptkit.run.writers` hold one contract: for the same
+"""The three writers of :mod:`promptkit.runner.writers` hold one contract: for the same
 records, the encoder (every record encoded), the splicer (input lines with a nonce
 inserted) and the lane (lines straight from Arrow columns) write the same bytes and count
 the same distinct prompts.
@@ -22,8 +22,8 @@ from promptkit.core.limits import MAX_TOKENS
 from promptkit.formats.table import find_mapping
 from promptkit.ops.base import make
 from promptkit.ops.nonce import nonce_params
-from promptkit.run import batches, writers
-from promptkit.run import workers as parallel
+from promptkit.runner import batches, writers
+from promptkit.runner import workers as parallel
 
 START = "2026-01-01T00:00:00Z"
 #: The nonces both the splicer and the lane take: at the start of the one user text.

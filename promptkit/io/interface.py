@@ -1,5 +1,5 @@
 """The one interface every source of records has, for the runner
-(:mod:`promptkit.run.pipeline`) and the commands that read inputs.
+(:mod:`promptkit.runner.pipeline`) and the commands that read inputs.
 
 A source (a JSONL file or stdin, JSONL read by columns, a dataset, many shards as one
 stream) says what it yields and how, so a reader never asks its class:
@@ -104,7 +104,7 @@ class SourceBase:
 
     def from_workers(self, facts: Any) -> None:
         """Take the account of what workers read (``facts``: a
-        :class:`promptkit.run.workers.InputFacts`) where the source keeps one."""
+        :class:`promptkit.runner.workers.InputFacts`) where the source keeps one."""
 
     def located(self, exc: InvalidRecordError) -> InvalidRecordError:
         """An error raised without a file (by a step or the writer), naming this input."""

@@ -2,8 +2,8 @@
 them in flight, their results taken in input order.
 
 A worker is anything that returns a future-like for a chunk: a forked process of a
-``multiprocessing`` pool (:mod:`promptkit.run.workers` for JSON lines,
-:mod:`promptkit.run.batches` for Arrow batches) or a Ray task (:mod:`promptkit.ray.run`).
+``multiprocessing`` pool (:mod:`promptkit.runner.workers` for JSON lines,
+:mod:`promptkit.runner.batches` for Arrow batches) or a Ray task (:mod:`promptkit.ray.run`).
 :func:`in_order` submits and takes results in order; :func:`carried` adds what a run of
 steps needs on top: the steps' states of everything before the next chunk, and a chunk
 done again, in order, with those states, when its result cannot stand on its own (it

@@ -7,10 +7,10 @@ without making records where they can prove it, and leave the rest to the encode
 
 - :class:`Splicer` (``splice/1``): an input line that only gains a nonce is written as
   itself with the nonce inserted (:meth:`Splicer.splice`: where, what, its key; or
-  ``None``: the usual way); used by :func:`promptkit.run.workers.process_chunk`.
+  ``None``: the usual way); used by :func:`promptkit.runner.workers.process_chunk`.
 - :class:`Lane`: a chunk of Arrow batches whose prompt is one text column becomes its
   lines straight from the columns (:meth:`Lane.chunk`: the lines, or ``None``: the
-  record way); used by :func:`promptkit.run.batches.process_rows`.
+  record way); used by :func:`promptkit.runner.batches.process_rows`.
 
 ``tests/test_writers.py`` runs the three on the same inputs and compares bytes and keys.
 
@@ -29,7 +29,7 @@ distinct-prompt count.
 
 The insertion point is found in the raw line and proven to be the right one, or the
 line goes the usual way (parsed into a record, the step applied, encoded; see
-:func:`promptkit.run.workers.process_chunk`). For an AIPerf ``single_turn`` line the text
+:func:`promptkit.runner.workers.process_chunk`). For an AIPerf ``single_turn`` line the text
 literal's opening quote must follow ``"text":`` (optional spaces after the colon; for
 a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
 ``"hash_ids": [``, which a fresh one replaces: the session's, on every line of it, as

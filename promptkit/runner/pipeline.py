@@ -20,6 +20,7 @@ from promptkit.core.errors import (
     InvalidRecordError,
     PromptkitError,
     Skipping,
+    skipped_section,
 )
 from promptkit.core.progress import Progress, tracked
 from promptkit.core.progress import is_wanted as progress_is_wanted
@@ -41,18 +42,19 @@ from promptkit.io.datasets import (
 from promptkit.io.interface import LINES, RecordSource
 from promptkit.io.shards import ShardedSource, expand, is_many
 from promptkit.io.streams import STDIO, Sink, Source, display_name
-from promptkit.ops.base import ORDERED, STATEFUL, Step, Where, make
+from promptkit.ops.base import Step, Where
+from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap
 from promptkit.provenance import manifest
 from promptkit.provenance.describe import _line_of, describe
 from promptkit.provenance.describe import (
     verify_output as verify_output,  # (publish checks its file)
 )
-from promptkit.run import batches
-from promptkit.run import workers as parallel
-from promptkit.run.writers import ENCODE, WRITERS
-from promptkit.run.writers import WRITER as SPLICE
-from promptkit.run.writers import plan as splice_plan
+from promptkit.runner import batches
+from promptkit.runner import workers as parallel
+from promptkit.runner.writers import ENCODE, WRITERS
+from promptkit.runner.writers import WRITER as SPLICE
+from promptkit.runner.writers import plan as splice_plan
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -66,24 +68,11 @@ def where_of(input_path: str, output_path: str, from_format: str | None = None,
              dataset: dict[str, Any] | None = None,
              counted: dict[str, int] | None = None) -> Where:
     """What the steps of a run from ``input_path`` to ``output_path`` are made for (see
-    :func:`promptkit.ops.base.make`), with the first pass ``pad`` makes over the input
+    :func:`promptkit.ops.registry.make`), with the first pass ``pad`` makes over the input
     (the records it read go into ``counted["records"]``, for the next pass's progress)."""
     return Where(input_path, output_path, from_format, dataset,
                  system_prompts=lambda: system_prompts(input_path, from_format, dataset,
                                                        counted=counted))
-
-
-#: What each operation's pass is called on the progress line (``check`` only looks at the
-#: records as they pass, and shows its own pass once they all have).
-PASS_LABELS = {"nonce": "adding nonces", "pad": "padding", "fit": "fitting",
-               "turns": "making requests", "hash_trace": "hashing blocks", "check": ""}
-
-
-def pass_label(steps: list[Step]) -> str:
-    """The progress line's label of a run of ``steps``: what they do, in order."""
-    labels = [label for label in dict.fromkeys(PASS_LABELS.get(step.op, step.op)
-                                               for step in steps) if label]
-    return ", ".join(labels) if labels else "copying"
 
 
 def source_progress(label: str, source: RecordSource, *, total: int | None = None
@@ -144,7 +133,7 @@ def run(
     A step not yet made (``Step(op, params)``) is made here for this input and output,
     as the command line makes it (see :mod:`promptkit.ops.base`).
 
-    ``writer``: how lines are written (see :mod:`promptkit.run.writers`): ``encode`` encodes
+    ``writer``: how lines are written (see :mod:`promptkit.runner.writers`): ``encode`` encodes
     every record again, as promptkit did before the splice writer (``rebuild`` of such
     a file); by default a nonce run's lines keep their input bytes where they can.
 
@@ -272,8 +261,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                 with source_progress(label, source, total=records):
                     facts = _run_here(source, sink, steps)
             for step in steps:
-                if step.check is not None:
-                    step.check(facts.records_read)
+                if step.on_count is not None:
+                    step.on_count(facts.records_read)
             sink.flush()
             result = describe([source.input_entry(facts.records_read)], facts.skipped, sink,
                               steps, argv, name_lines=lambda lines: named_lines(lines, source))
@@ -572,7 +561,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                      else {})},
         "tokenizer": tokenizer,
         **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": manifest.skipped_section(named_lines(source.skipped, source)),
+        "skipped": skipped_section(named_lines(source.skipped, source)),
         **summary,
         "warnings": warnings,
         "wrote": wrote,
@@ -648,7 +637,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": manifest.skipped_section(named_lines(
+            "skipped": skipped_section(named_lines(
                 sorted(source.skipped + skipping.skipped, key=_line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 

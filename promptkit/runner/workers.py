@@ -38,7 +38,7 @@ from promptkit.io.streams import (
     stable_key,
     stable_prompt_key,
 )
-from promptkit.run import schedule
+from promptkit.runner import schedule
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.
@@ -106,7 +106,7 @@ class Job:
     #: forks of one: Ray), for the distinct count.
     stable_keys: bool = False
     #: The nonce parameters the splice writer takes lines with (see
-    #: :mod:`promptkit.run.writers`), or None: every line is encoded from its record.
+    #: :mod:`promptkit.runner.writers`), or None: every line is encoded from its record.
     splice: dict[str, Any] | None = None
     #: Write conversations that end with a recorded reply as requests (``--keep-replies``).
     keep_replies: bool = False
@@ -247,9 +247,9 @@ def job_encoder(job: Job) -> Encoder:
 def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Encoder,
              name: str, base: int) -> tuple[bytes, Counter, list[str]]:
     """The output of one chunk of a nonce run by the splice writer (see
-    :mod:`promptkit.run.writers`): the chunk's bytes with each nonce inserted, and each line
+    :mod:`promptkit.runner.writers`): the chunk's bytes with each nonce inserted, and each line
     the splicer does not take (or a bad one) the usual way, in its place."""
-    from promptkit.run.writers import Splicer
+    from promptkit.runner.writers import Splicer
 
     (step,) = job.steps
     splicer = Splicer(job.splice or {}, job.in_format, state,
