@@ -43,8 +43,10 @@ from promptkit.io.interface import LINES, RecordSource
 from promptkit.io.shards import ShardedSource, expand, is_many
 from promptkit.io.streams import STDIO, Sink, Source, display_name
 from promptkit.ops.base import Step, Where
+from promptkit.ops.hashtrace import HashIds, hashed_list
 from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap
+from promptkit.ops.synth import GENERATORS
 from promptkit.provenance import manifest
 from promptkit.provenance.describe import _line_of, describe
 from promptkit.provenance.describe import (
@@ -308,8 +310,6 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     """Write the records generator ``name`` makes from ``params`` (see
     :mod:`promptkit.ops.synth`); return the manifest, also written to ``manifest_path``
     (as :func:`run` writes them)."""
-    from promptkit.ops.synth import GENERATORS
-
     make, info = GENERATORS[name]
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
@@ -397,8 +397,6 @@ def _hash_trace_in_workers(source: RecordSource, path: str | list[str], step: St
                            ) -> parallel.InputFacts:
     """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
     numbered here, in file order (so the bytes are those of one process)."""
-    from promptkit.ops.hashtrace import HashIds, hashed_list
-
     facts = parallel.InputFacts(sha256=source.to_workers())
     numbering = HashIds()
 

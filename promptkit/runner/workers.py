@@ -23,6 +23,7 @@ from promptkit.core import interrupts, progress
 from promptkit.core.errors import InvalidRecordError
 from promptkit.core.limits import MAX_LINE
 from promptkit.core.records import Record
+from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.formats import get_format
 from promptkit.io import compression
 from promptkit.io.streams import (
@@ -38,7 +39,9 @@ from promptkit.io.streams import (
     stable_key,
     stable_prompt_key,
 )
+from promptkit.ops.stats import Tap
 from promptkit.runner import schedule
+from promptkit.runner.writers import Splicer
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.
@@ -237,9 +240,6 @@ def job_encoder(job: Job) -> Encoder:
                       key=stable_prompt_key if job.stable_keys else None,
                       keep_replies=job.keep_replies)
     if job.tokenizer is not None:
-        from promptkit.core.tokenizers import cached_tokenizer
-        from promptkit.ops.stats import Tap
-
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     return encoder
 
@@ -249,8 +249,6 @@ def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Enc
     """The output of one chunk of a nonce run by the splice writer (see
     :mod:`promptkit.runner.writers`): the chunk's bytes with each nonce inserted, and each line
     the splicer does not take (or a bad one) the usual way, in its place."""
-    from promptkit.runner.writers import Splicer
-
     (step,) = job.steps
     splicer = Splicer(job.splice or {}, job.in_format, state,
                       stable_key if job.stable_keys else hash)
