@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from promptkit.core.errors import InvalidRecordError
 from promptkit.core.limits import MAX_TOKENS
 from promptkit.formats.table import find_mapping
-from promptkit.ops.base import make
 from promptkit.ops.nonce import nonce_params
+from promptkit.ops.registry import make
 from promptkit.runner import batches, writers
 from promptkit.runner import workers as parallel
 
