@@ -16,8 +16,8 @@ from typing import Any
 
 from promptkit.core.errors import OptionNeededError, PromptkitError
 from promptkit.io.datasets import DatasetOptions
+from promptkit.io.files import STDIO, display_name
 from promptkit.io.shards import expand, is_many, shard_name
-from promptkit.io.streams import STDIO, display_name
 from promptkit.ops.registry import make
 from promptkit.provenance import manifest
 from promptkit.runner.pipeline import generate, run, where_of

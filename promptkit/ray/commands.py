@@ -16,7 +16,9 @@ from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping, 
 from promptkit.core.records import Record
 from promptkit.formats import get_format
 from promptkit.io import files
-from promptkit.io.streams import Encoder, Source, joined, stable_prompt_key
+from promptkit.io.jsonl import Source
+from promptkit.io.keys import stable_prompt_key
+from promptkit.io.sink import Encoder, joined
 from promptkit.ops.base import Step
 from promptkit.ray import address_kind, connect
 from promptkit.ray.inputs import Planned, paths_of, plan_input

@@ -54,12 +54,15 @@ from promptkit.core import leftovers
 from promptkit.core.errors import InvalidRecordError, PromptkitError
 from promptkit.formats import TABLE_FORMATS, get_format
 from promptkit.io import files
-from promptkit.io.streams import STDIO, Encoder, Source, Written
+from promptkit.io.files import STDIO
+from promptkit.io.hashing import LineCount, hash_file
+from promptkit.io.jsonl import Source
+from promptkit.io.sink import Encoder, Written
 from promptkit.ops.base import Step
 from promptkit.ops.registry import ORDERED
 from promptkit.provenance import manifest
 from promptkit.ray import address_kind, connect
-from promptkit.ray.inputs import _READ, Chunk, Planned, chunk_of, paths_of, plan_input
+from promptkit.ray.inputs import Chunk, Planned, chunk_of, paths_of, plan_input
 from promptkit.runner import schedule
 from promptkit.runner.workers import Job, job_encoder, process_chunk, spliced_batches
 from promptkit.runner.writers import ENCODE, writer_of
@@ -444,10 +447,7 @@ def _hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
     against the sha256 its task reported."""
     for part in parts:
         own = hashlib.sha256()
-        with open(os.path.join(folder, part["path"]), "rb") as f:
-            while block := f.read(_READ):
-                own.update(block)
-                digest.update(block)
+        hash_file(os.path.join(folder, part["path"]), own, digest)
         if own.hexdigest() != part["sha256"]:
             raise PromptkitError(f"{part['path']}: its bytes changed after its task wrote them")
 
@@ -459,21 +459,7 @@ def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
         if name.endswith(files.TMP_SUFFIX):
             files.remove_quietly(os.path.join(staging, name))
     manifest.write(os.path.join(staging, MANIFEST), result)
-    old = None
-    if os.path.isdir(output_path):
-        old = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
-                               suffix=files.TMP_SUFFIX,
-                               dir=os.path.dirname(os.path.abspath(output_path)))
-        os.rmdir(old)
-        os.replace(output_path, old)
-    try:
-        files.put_in_place(staging, output_path, 0o777)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output_path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    files.replace_folder(staging, output_path)
 
 
 def linked_refused(fmt: Any, input_path: str) -> None:
@@ -598,13 +584,9 @@ def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
         if not os.path.isfile(real):
             problems.append(f"{name} is not a file: not read")
             continue
-        own = hashlib.sha256()
-        lines = 0
-        with open(file, "rb") as f:
-            while block := f.read(_READ):
-                own.update(block)
-                whole.update(block)
-                lines += block.count(b"\n")
+        own, counted = hashlib.sha256(), LineCount()
+        hash_file(file, own, whole, counted)
+        lines = counted.lines
         records += lines
         if own.hexdigest() != part["sha256"]:
             problems.append(f"{name}: sha256 is {own.hexdigest()}, manifest says "

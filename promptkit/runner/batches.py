@@ -36,7 +36,8 @@ from promptkit.core.errors import InvalidRecordError
 from promptkit.core.records import Record
 from promptkit.formats.table import Mapping, batch_records
 from promptkit.io.interface import BATCHES
-from promptkit.io.streams import Counter, Sink
+from promptkit.io.jsonl import Counter
+from promptkit.io.sink import Sink
 from promptkit.ops.base import Step
 from promptkit.ops.registry import ORDERED
 from promptkit.runner import schedule

@@ -1,6 +1,6 @@
 """How a run's output lines are written: three writers, one contract.
 
-Every JSON line promptkit writes is the bytes :class:`promptkit.io.streams.Encoder` makes
+Every JSON line promptkit writes is the bytes :class:`promptkit.io.sink.Encoder` makes
 of a record (the ``encode`` writer: records in, lines out, each record's prompt key
 kept for the distinct count). Two writers here make the same bytes, and the same keys,
 without making records where they can prove it, and leave the rest to the encoder:
@@ -83,16 +83,9 @@ from promptkit.formats import FORMATS
 from promptkit.formats.accept import FIELDS, problem
 from promptkit.formats.aiperf import parse_mooncake, parse_single_turn
 from promptkit.formats.table import Mapping, missing
-from promptkit.io.streams import (
-    KEY_ENDS,
-    Encoder,
-    beyond_64_bits,
-    duplicate_key,
-    key_parts,
-    salt_of,
-    stable_key,
-    too_deep,
-)
+from promptkit.io.jsoncodec import KEY_ENDS, beyond_64_bits, duplicate_key, too_deep
+from promptkit.io.keys import key_parts, salt_of, stable_key
+from promptkit.io.sink import Encoder
 from promptkit.ops.base import Step
 from promptkit.ops.nonce import HASH_ID_BASE, NonceMaker, NonceState, first_id
 
@@ -369,7 +362,7 @@ class Lane:
     (single_turn) or ``{"messages": [{"role": "user", "content": TEXT}], FIELDS...}``,
     its fields the row's other columns in order with empty values (null, a float NaN)
     left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
-    the formats' ``dump`` and :func:`~promptkit.io.streams.prompt_key` make of it. A chunk
+    the formats' ``dump`` and :func:`~promptkit.io.keys.prompt_key` make of it. A chunk
     with anything else (a text column that is not all text, an empty text with no nonce,
     a column named as one of those keys or as a field AIPerf reads, a value JSON cannot
     hold as it is, any column for openai) goes the record way, which writes it or names
