@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import multiprocessing
 import os
 import tempfile
@@ -37,7 +36,7 @@ from promptkit.core.records import Record
 from promptkit.formats.table import Mapping, batch_records
 from promptkit.io.interface import BATCHES
 from promptkit.io.jsonl import Counter
-from promptkit.io.sink import Sink
+from promptkit.io.sink import Sink, joined
 from promptkit.ops.base import Step
 from promptkit.ops.registry import ORDERED
 from promptkit.runner import schedule
@@ -297,7 +296,7 @@ def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
     try:
         for step, state in zip(job.steps, states, strict=True):
             records = step.apply(records, state)
-        data = b"".join(joined(encoder.encode_all(records)))
+        data = joined(encoder.encode_all(records))
     except InvalidRecordError as exc:
         if exc.path is not None:
             raise
@@ -307,17 +306,6 @@ def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
                                 encoder.keys.tobytes(), states,
                                 encoder.tap.stats if encoder.tap is not None else None,
                                 encoder.fields)
-
-
-#: Lines joined at a time: each line orjson makes holds a buffer of 4 KiB until joined.
-JOIN_LINES = 512
-
-
-def joined(lines: Iterator[bytes]) -> Iterator[bytes]:
-    """``lines`` joined :data:`JOIN_LINES` at a time (a chunk's lines all held at once
-    would take 4 KiB each: 100 MiB for 25,000 short lines)."""
-    while group := list(itertools.islice(lines, JOIN_LINES)):
-        yield b"".join(group)
 
 
 def _records(rows: RowsJob, batches: list[Any], chunk: Chunk, read: Counter,
