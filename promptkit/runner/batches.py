@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import multiprocessing
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -258,18 +256,8 @@ def _work(chunk: Chunk, slot: int) -> parallel.ChunkResult:
     output goes back in shared memory (``slot``), or, larger than a slot, by a scratch
     file."""
     assert _rows_job is not None
-    result = process_rows(_rows_job, chunk, None, _inputs)
-    assert isinstance(result.data, bytes)
-    room = _outputs.maps[slot]
-    if len(result.data) <= len(room):
-        room[:len(result.data)] = result.data
-        result.data = (slot, len(result.data))
-        return result
-    fd, scratch = tempfile.mkstemp(dir=_rows_job.job.scratch)
-    with os.fdopen(fd, "wb") as f:
-        f.write(result.data)
-    result.data = scratch
-    return result
+    return parallel.handed_back(process_rows(_rows_job, chunk, None, _inputs), _outputs,
+                                slot, _rows_job.job.scratch)
 
 
 def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,

@@ -178,17 +178,25 @@ def _work(path: str, offset: int, size: int, first_lineno: int, base: int,
     assert _job is not None
     with open(path, "rb") as f:
         chunk = os.pread(f.fileno(), size, offset)
-    result = process_chunk(_job, chunk, first_lineno, base=base, path=path)
+    return handed_back(process_chunk(_job, chunk, first_lineno, base=base, path=path),
+                       _slots, slot, _job.scratch)
+
+
+def handed_back(result: ChunkResult, slots: Slots | None, slot: int | None, scratch: str
+                ) -> ChunkResult:
+    """A worker's result with its output moved out of the way back: into its ``slot`` of
+    ``slots`` (shared memory) when it fits, else into a file in the folder ``scratch``
+    (passing megabytes back through the pool's pipe costs more than a file does); see
+    :func:`absorb`."""
     assert isinstance(result.data, bytes)
-    if _slots is not None and slot is not None and len(result.data) <= len(_slots.maps[slot]):
-        _slots.maps[slot][:len(result.data)] = result.data
+    if slots is not None and slot is not None and len(result.data) <= len(slots.maps[slot]):
+        slots.maps[slot][:len(result.data)] = result.data
         result.data = (slot, len(result.data))
         return result
-    # Passing megabytes back through the pool's pipe costs more than a file does.
-    fd, scratch = tempfile.mkstemp(dir=_job.scratch)
+    fd, path = tempfile.mkstemp(dir=scratch)
     with os.fdopen(fd, "wb") as f:
         f.write(result.data)
-    result.data = scratch
+    result.data = path
     return result
 
 
