@@ -21,7 +21,7 @@ from promptkit.io.shards import expand, is_many, shard_name
 from promptkit.ops.registry import make
 from promptkit.provenance import manifest
 from promptkit.runner.pipeline import generate, run, where_of
-from promptkit.runner.splice import writer_of
+from promptkit.runner.writers import writer_of
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,

@@ -13,7 +13,8 @@ The plan, every pass but the last bookkeeping on the cluster:
    chunk carries its shard's ``base`` (the places before it). A compressed file (or
    shard) cannot be cut at byte offsets: it is one chunk, read and decompressed
    streaming by one task.
-2. **Steps.** A Ray Data task per chunk reads its bytes, runs the steps (as
+2. **Steps.** A Ray task per chunk (two a CPU of the cluster in flight, handed out and
+   taken in order by :mod:`promptkit.runner.schedule`) reads its bytes, runs the steps (as
    :func:`promptkit.runner.workers.process_chunk` does for ``--workers``) and writes its own
    part, ``part-NNNNN.jsonl``, to a staging folder beside OUT. The driver gets only
    small facts of each chunk: records read and written, skipped lines, the part's
@@ -21,8 +22,8 @@ The plan, every pass but the last bookkeeping on the cluster:
    (the conversations a chunk saw).
 3. **Conversations across chunks.** Lines sharing a ``session_id`` keep the first
    line's nonce. A chunk that continued a conversation begun in an earlier chunk is
-   run again, as a task, with the state of everything before it (in order: a second
-   pass over those chunks only).
+   run again, as a task, with the state of everything before it, as its turn comes in
+   order (only those chunks are read twice).
 4. **Manifest.** The input's sha256 (for shards, that of the shards' own, as without
    ``--ray``) comes from the planning tasks: **the driver never reads the input's
    bytes**, only its first lines (the format) and, for ``pad`` of the records' own
@@ -38,6 +39,7 @@ writes (to a temporary name, renamed) is the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -61,16 +63,19 @@ from promptkit.ops.registry import ORDERED
 from promptkit.provenance import manifest
 from promptkit.ray import address_kind, connect
 from promptkit.ray.inputs import Chunk, Planned, chunk_of, paths_of, plan_input
-from promptkit.runner.splice import ENCODE, writer_of
-from promptkit.runner.splice import WRITER as SPLICE
-from promptkit.runner.splice import plan as splice_plan
+from promptkit.runner import schedule
 from promptkit.runner.workers import Job, job_encoder, process_chunk, spliced_batches
+from promptkit.runner.writers import ENCODE, writer_of
+from promptkit.runner.writers import WRITER as SPLICE
+from promptkit.runner.writers import plan as splice_plan
 
 #: The manifest of a part folder, inside it (so the folder is one unit: renamed into
 #: place whole, copied or uploaded whole).
 MANIFEST = "manifest.json"
 PART = "part-{:05d}.jsonl"
 DEFAULT_CHUNK_BYTES = 64 << 20
+#: How long the tasks in flight are waited for once cancelled (after an error).
+CANCEL_SECONDS = 30
 
 
 def chunk_bytes() -> int:
@@ -162,8 +167,8 @@ def raise_first_error(facts: list[dict[str, Any]]) -> None:
 
 def process(row: dict[str, Any], settings: TaskSettings,
             states: list[Any] | None = None) -> dict[str, Any]:
-    """Run the steps over one chunk and write its part (a Ray Data task, or a Ray task
-    redoing a chunk with ``states``, the steps' states of everything before it)."""
+    """Run the steps over one chunk and write its part (a Ray task; one redoing a chunk
+    has ``states``, the steps' states of everything before it)."""
     from promptkit.core import progress
 
     progress.want(False)
@@ -360,13 +365,7 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
             if writer != ENCODE and not any("compression" in shard
                                             for shard in planned.shards or []):
                 job.splice = splice_plan(steps, in_format, out_format)
-            facts: list[dict[str, Any]] = []
-            if chunks:
-                rows = [vars(chunk) for chunk in chunks]
-                ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-                ds = ds.map(process, fn_kwargs={"settings": settings}, num_cpus=1)
-                facts = sorted(ds.take_all(), key=lambda r: r["number"])
-            redone = _carry_conversations(ray, steps, chunks, facts, settings)
+            facts, redone = _in_tasks(ray, steps, chunks, settings)
             distinct = distinct_keys(ray, os.path.join(staging, KEYS))
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
             version = ray.__version__
@@ -399,28 +398,48 @@ def run(input_path: str, output_path: str, steps: list[Step], *, address: str,
         raise
 
 
-def _carry_conversations(ray: Any, steps: list[Step], chunks: list[Chunk],
-                         facts: list[dict[str, Any]], settings: TaskSettings) -> int:
-    """Merge the chunks' states in order (each step's ``state`` ends as that of the whole
-    run); a chunk that continued a conversation begun earlier, or failed (a line that
-    continues one may be no error), is run again by a task with the state before it, its
-    part rewritten (its error, if it has one still, raised). Returns how many were."""
+def _in_tasks(ray: Any, steps: list[Step], chunks: list[Chunk], settings: TaskSettings
+              ) -> tuple[list[dict[str, Any]], int]:
+    """The facts of every chunk, in order, each processed by a Ray task (the scheduler of
+    :mod:`promptkit.runner.schedule`: two tasks a CPU of the cluster in flight), with the
+    number of chunks done again. The chunks' states are merged in order (each step's
+    ``state`` ends as that of the whole run); a chunk that continued a conversation begun
+    earlier, or failed (a line that continues one may be no error), is run again by a
+    task with the state before it, its part rewritten (its error, if it has one still,
+    raised). A task whose worker dies is run again by Ray."""
+    task = ray.remote(num_cpus=1, max_retries=-1)(process)
+    shared = ray.put(settings)
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def redo(chunk: Chunk, states: list[Any]) -> dict[str, Any]:
+        fact: dict[str, Any] = ray.get(task.remote(vars(chunk), shared, states))
+        raise_first_error([fact])
+        return fact
+
+    def cancel(refs: list[Any]) -> None:
+        """Stop the tasks in flight (an error: their parts are not wanted), before the
+        staging folder they write into is removed."""
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_SECONDS)
+
     states = [step.new_state() for step in steps]
-    again = ray.remote(max_retries=-1)(process)
+    facts: list[dict[str, Any]] = []
     redone = 0
-    for i, fact in enumerate(facts):
-        later = None if fact["error"] else pickle.loads(fact["states"])
-        if later is None or any(s.overlaps(r) for s, r in zip(states, later, strict=True)):
-            fact = facts[i] = ray.get(again.remote(vars(chunks[i]), settings, states))
-            raise_first_error([fact])
-            states = pickle.loads(fact["states"])
-            redone += 1
-        else:
-            for state, other in zip(states, later, strict=True):
-                state.update(other)
+    with contextlib.closing(schedule.in_order(
+            chunks, lambda _, chunk: task.remote(vars(chunk), shared), window=window,
+            get=ray.get, cancel=cancel)) as outcomes:
+        for _, fact, again in schedule.carried(outcomes, states, redo, states_of=_states_of):
+            facts.append(fact)
+            redone += again
     for step, state in zip(steps, states, strict=True):
         step.state = state
-    return redone
+    return facts, redone
+
+
+def _states_of(fact: dict[str, Any]) -> list[Any] | None:
+    """The steps' states a chunk's task ended with (``None``: it failed)."""
+    return None if fact["error"] else list(pickle.loads(fact["states"]))
 
 
 def _hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
