@@ -18,10 +18,10 @@ from promptkit.core.errors import OptionNeededError, PromptkitError
 from promptkit.io.datasets import DatasetOptions
 from promptkit.io.shards import expand, is_many, shard_name
 from promptkit.io.streams import STDIO, display_name
-from promptkit.ops.base import make
+from promptkit.ops.registry import make
 from promptkit.provenance import manifest
-from promptkit.run.pipeline import generate, run, where_of
-from promptkit.run.splice import writer_of
+from promptkit.runner.pipeline import generate, run, where_of
+from promptkit.runner.splice import writer_of
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,

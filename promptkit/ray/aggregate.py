@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptkit.core.records import Record
-from promptkit.ops.check import PREFIX_WINDOW, CheckOptions, Setup, _Unit, template_figures
+from promptkit.ops.check import PREFIX_WINDOW, CheckOptions, Setup, Unit, template_figures
 from promptkit.ops.hashtrace import DIGEST, hashed_records
 from promptkit.ops.stats import Stats, collect
 
@@ -95,7 +95,7 @@ def hash_trace_rows(records: Iterable[Record], *, tokenizer: str, block_size: in
 class _IndexedSetup(Setup):
     """A check's :class:`~promptkit.ops.check.Setup` that keeps each entry's record index."""
 
-    def _unsent(self, record: Record, unit: _Unit, lead: bytes) -> tuple[_Unit, bytes]:
+    def _unsent(self, record: Record, unit: Unit, lead: bytes) -> tuple[Unit, bytes]:
         unit, lead = super()._unsent(record, unit, lead)
         unit.index = record.index  # type: ignore[attr-defined]
         return unit, lead

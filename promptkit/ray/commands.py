@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping
+from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping, skipped_section
 from promptkit.core.records import Record
 from promptkit.formats import get_format
 from promptkit.io import files
@@ -35,7 +35,7 @@ from promptkit.ray.run import (
     put_folder,
     save_keys,
 )
-from promptkit.run.workers import chunk_records
+from promptkit.runner.workers import chunk_records
 
 
 def _open(input_path: str, from_format: str | None, skip_invalid: bool) -> tuple[Any, Any]:
@@ -167,7 +167,7 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
     of the run without ``--ray``) and ``OUT/manifest.json``; the manifest is returned."""
     import pyarrow as pa
 
-    from promptkit.ops.base import make
+    from promptkit.ops.registry import make
     from promptkit.provenance.describe import describe
     from promptkit.ray.aggregate import _conform, number_blocks
 
@@ -300,9 +300,8 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
     order (the caller runs it on one node)."""
     from promptkit.core.tokenizers import cached_tokenizer
     from promptkit.ops.check import CheckError, CheckOptions
-    from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import NeedsSequence, check_setup, sequence_reason, unbounded_check
-    from promptkit.run.pipeline import _line_of, aiperf_arguments
+    from promptkit.runner.pipeline import _line_of, aiperf_arguments
 
     applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
     options["system_prompt"] = applied.pop("system_prompt")
@@ -373,12 +372,11 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
                  chunk_size: int | None = None) -> dict[str, Any]:
     """``stats``' figures computed on a Ray cluster: tasks count each chunk
     (:func:`~promptkit.ray.aggregate.stats_rows`), :func:`~promptkit.ray.aggregate.merge_stats`
-    merges them; the report of :func:`promptkit.run.pipeline.dataset_stats`."""
+    merges them; the report of :func:`promptkit.runner.pipeline.dataset_stats`."""
     from promptkit.core.tokenizers import load_tokenizer
     from promptkit.core.words import counted, plural
-    from promptkit.provenance.manifest import skipped_section
     from promptkit.ray.aggregate import merge_stats
-    from promptkit.run.pipeline import check_stats_options
+    from promptkit.runner.pipeline import check_stats_options
 
     check_stats_options(chat_template, tokenizer)
     if tokenizer:

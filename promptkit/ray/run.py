@@ -14,7 +14,7 @@ The plan, every pass but the last bookkeeping on the cluster:
    shard) cannot be cut at byte offsets: it is one chunk, read and decompressed
    streaming by one task.
 2. **Steps.** A Ray Data task per chunk reads its bytes, runs the steps (as
-   :func:`promptkit.run.workers.process_chunk` does for ``--workers``) and writes its own
+   :func:`promptkit.runner.workers.process_chunk` does for ``--workers``) and writes its own
    part, ``part-NNNNN.jsonl``, to a staging folder beside OUT. The driver gets only
    small facts of each chunk: records read and written, skipped lines, the part's
    sha256 and size, the distinct prompt keys, token statistics, and the steps' states
@@ -53,14 +53,15 @@ from promptkit.core.errors import InvalidRecordError, PromptkitError
 from promptkit.formats import TABLE_FORMATS, get_format
 from promptkit.io import files
 from promptkit.io.streams import STDIO, Encoder, Source, Written
-from promptkit.ops.base import ORDERED, Step
+from promptkit.ops.base import Step
+from promptkit.ops.registry import ORDERED
 from promptkit.provenance import manifest
 from promptkit.ray import address_kind, connect
 from promptkit.ray.inputs import _READ, Chunk, Planned, chunk_of, paths_of, plan_input
-from promptkit.run.splice import ENCODE, writer_of
-from promptkit.run.splice import WRITER as SPLICE
-from promptkit.run.splice import plan as splice_plan
-from promptkit.run.workers import Job, job_encoder, process_chunk, spliced_batches
+from promptkit.runner.splice import ENCODE, writer_of
+from promptkit.runner.splice import WRITER as SPLICE
+from promptkit.runner.splice import plan as splice_plan
+from promptkit.runner.workers import Job, job_encoder, process_chunk, spliced_batches
 
 #: The manifest of a part folder, inside it (so the folder is one unit: renamed into
 #: place whole, copied or uploaded whole).
@@ -189,7 +190,7 @@ def _process(chunk: Chunk, settings: TaskSettings, states: list[Any] | None
 def _process_stream(chunk: Chunk, settings: TaskSettings,
                     states: list[Any] | None) -> dict[str, Any]:
     """A compressed file: read, decompressed, streaming, by this one task."""
-    from promptkit.run.workers import ChunkResult
+    from promptkit.runner.workers import ChunkResult
 
     job = settings.job
     source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
@@ -476,13 +477,13 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
                accept: Any = None, writer: str | None = None,
                keep_replies: bool = False) -> dict[str, Any]:
-    """:func:`promptkit.run.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
+    """:func:`promptkit.runner.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
     concatenation is the bytes ``run`` writes, with ``OUT/manifest.json``; the manifest
     is returned. ``accept(manifest)`` may refuse the result before it is put in place;
-    ``writer``, ``keep_replies``: as :func:`promptkit.run.pipeline.run` takes them."""
-    from promptkit.ops.base import make
+    ``writer``, ``keep_replies``: as :func:`promptkit.runner.pipeline.run` takes them."""
+    from promptkit.ops.registry import make
     from promptkit.provenance.describe import describe
-    from promptkit.run.pipeline import counting_tokenizer, where_of
+    from promptkit.runner.pipeline import counting_tokenizer, where_of
 
     many = check_input(input_path, dataset)
     check_output(output_path, input_path)
@@ -523,8 +524,8 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
             chunk_size=chunk_size, writer=writer, keep_replies=keep_replies)
         try:
             for step in steps:
-                if step.check is not None:
-                    step.check(facts["records"])
+                if step.on_count is not None:
+                    step.on_count(facts["records"])
             planned: Planned = facts["planned"]
             if planned.shards is not None:
                 shape = {"shards": planned.shards}
@@ -605,7 +606,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                   argv: list[str] | None, workers: int | None, accept: Any,
                   ray_address: str | None) -> dict[str, Any]:
     """Re-make a folder of parts a manifest describes: with ``ray_address`` on that
-    cluster, in chunks of the recorded size; else here (:func:`promptkit.run.pipeline.run`,
+    cluster, in chunks of the recorded size; else here (:func:`promptkit.runner.pipeline.run`,
     one file) cut where the recorded parts end. ``accept`` sees the new manifest first."""
     parts = recorded["output"]["parts"]
     to_format = recorded["output"]["format"]
@@ -621,7 +622,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                           skip_invalid=skip_invalid, argv=argv,
                           chunk_size=chunk_size if isinstance(chunk_size, int) else None,
                           accept=accept, writer=writer_of(recorded), keep_replies=keep_replies)
-    from promptkit.run.pipeline import run as run_here
+    from promptkit.runner.pipeline import run as run_here
 
     check_output(output_path, input_path)
     with files.Lock(output_path):

@@ -13,7 +13,7 @@ from typing import Any
 
 from promptkit.core import leftovers
 from promptkit.core.errors import PromptkitError
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 #: The two kinds of request a difference in prompt tokens is put down to.
 FIRST, LATER = "first_requests", "later_turns"
