@@ -34,8 +34,8 @@ from promptkit.core.errors import PromptkitError, SettingError
 from promptkit.core.redact import redact_url
 from promptkit.core.words import counted
 from promptkit.formats.aiperf import HASH_BLOCK_FLAGS, TRACE_TYPES, fixed_schedule
-from promptkit.ops.check import TEMPLATES
 from promptkit.text import cachebust
+from promptkit.text.templates import TEMPLATES
 
 
 def aiperf_program(settings: Mapping[str, str]) -> list[str]:
