@@ -468,7 +468,7 @@ class _Part:
 
 
 @dataclass
-class _Unit:
+class Unit:
     """What one record is to the run: the session AIPerf puts it in (``None``: one of
     its own; lines sharing a session_id are one, sent in a row), and its requests (a
     hash-id record in a session: its ``part``, the requests made once its session is
@@ -776,7 +776,7 @@ class Setup:
         return Engine(self.options.engine, self.block_size, self.options.capacity_tokens,
                       self.options.num_gpu_blocks)
 
-    def entries(self, records: Iterable[Record]) -> Iterator[tuple[_Unit, bytes]]:
+    def entries(self, records: Iterable[Record]) -> Iterator[tuple[Unit, bytes]]:
         """What each record is to the cache, and its leading tokens (the part of a check
         that needs no order: worker processes can do it chunk by chunk)."""
         reject = self.skipping.reject
@@ -826,7 +826,7 @@ class Setup:
                     continue
                 yield self._unsent(record, *entry)
 
-    def _unsent(self, record: Record, unit: _Unit, lead: bytes) -> tuple[_Unit, bytes]:
+    def _unsent(self, record: Record, unit: Unit, lead: bytes) -> tuple[Unit, bytes]:
         unit.tools = sends_tools(record)
         if not self.options.sends_extra:
             unit.salt_not_sent = _salt(record.extra) is not None or any(
@@ -835,13 +835,13 @@ class Setup:
         return unit, lead
 
     def entry_list(self, records: Iterable[Record]
-                   ) -> tuple[list[tuple[_Unit, bytes]], list[str]]:
+                   ) -> tuple[list[tuple[Unit, bytes]], list[str]]:
         """:meth:`entries` of a worker process's chunk, as a list to send back with the
         lines it skipped."""
         self.skipping.skipped = []
         return list(self.entries(records)), self.skipping.skipped
 
-    def _ids_entry(self, record: Record) -> tuple[_Unit, bytes]:
+    def _ids_entry(self, record: Record) -> tuple[Unit, bytes]:
         """A hash-id record's part; its request too when it is a conversation of its own
         (a record in a session is sent after the session's earlier turns: see
         :meth:`replay`)."""
@@ -862,7 +862,7 @@ class Setup:
                      _salt(record.extra) if self.options.sends_extra else None,
                      turn, record.lineno)
         session = None if record.session_id is None else ("session", record.session_id)
-        unit = _Unit(session, [], timestamp=record.timestamp, lineno=record.lineno, part=part)
+        unit = Unit(session, [], timestamp=record.timestamp, lineno=record.lineno, part=part)
         if session is None:
             assert self.ids is not None
             unit.requests = self._id_busted(
@@ -871,13 +871,13 @@ class Setup:
         return unit, array("q", record.hash_ids[:PREFIX_WINDOW]).tobytes()
 
     def _text_entry(self, record: Record, turns: list[_Turn],
-                    tokens: list[list[int]]) -> tuple[_Unit, bytes]:
+                    tokens: list[list[int]]) -> tuple[Unit, bytes]:
         requests = self._requests([t.salt for t in turns], [t.reply_tokens for t in turns],
                                   tokens, record.lineno)
         lead = array("I", tokens[0][:PREFIX_WINDOW]).tobytes()
         session = (None if record.layout == "multi_turn" or record.session_id is None
                    else ("session", record.session_id))
-        return (_Unit(session, requests, timestamp=record.timestamp, lineno=record.lineno),
+        return (Unit(session, requests, timestamp=record.timestamp, lineno=record.lineno),
                 lead)
 
     def _requests(self, salts: list[str | None], replies: list[int | None], tokens: list[Any],
@@ -898,7 +898,7 @@ class Setup:
             requests.append(request)
         return requests
 
-    def _session_requests(self, units: list[_Unit], session: Any) -> list[_Request]:
+    def _session_requests(self, units: list[Unit], session: Any) -> list[_Request]:
         """The request of each record of a session of hash-id records (in the order
         AIPerf sends them), each after the earlier turns and their replies."""
         assert self.ids is not None
@@ -929,13 +929,13 @@ class Setup:
                                           reply)
         return requests
 
-    def replay(self, pairs: Iterable[tuple[_Unit, bytes]]) -> Report:
+    def replay(self, pairs: Iterable[tuple[Unit, bytes]]) -> Report:
         """The records in order, then the run a client makes of them: sessions in the
         order they first appear, each session's requests in a row, one at a time. On a
         fixed schedule, the warmup goes so too, then every session once, in the order
         of its first line's timestamp (as AIPerf 0.13 sends them at concurrency 1)."""
         report, options = self.report, self.options
-        units: dict[Any, list[tuple[int, _Unit]]] = {}  # each session's records, in order
+        units: dict[Any, list[tuple[int, Unit]]] = {}  # each session's records, in order
         earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
         unit = 8 if self.hash_ids else 4
         for index, (entry, lead) in enumerate(pairs):
@@ -949,13 +949,13 @@ class Setup:
             key = ("record", index) if entry.session is None else entry.session
             units.setdefault(key, []).append((index, entry))
         sessions: dict[Any, list[tuple[int, int, _Request]]] = {}
-        firsts: list[_Unit] = []  # each session's first record
+        firsts: list[Unit] = []  # each session's first record
         for key, its in units.items():
             if its[0][1].part is not None and its[0][1].session is not None:
                 # In AIPerf's order: a Bailian trace's turns (else the file's).
                 its.sort(key=lambda item: item[1].part.turn or 0)  # type: ignore[union-attr]
                 made = self._session_requests([u for _, u in its], key)
-                its = [(i, _Unit(u.session, [r], lineno=u.lineno, timestamp=u.timestamp))
+                its = [(i, Unit(u.session, [r], lineno=u.lineno, timestamp=u.timestamp))
                        for (i, u), r in zip(its, made, strict=True)]
             firsts.append(its[0][1])
             requests: list[tuple[int, int, _Request]] = []
@@ -1026,7 +1026,7 @@ class Setup:
                         request.length, request.salt, request.reply_tokens, reply,
                         request.bust_at)
 
-    def _sent(self, sizes: list[int], firsts: list[_Unit]
+    def _sent(self, sizes: list[int], firsts: list[Unit]
               ) -> tuple[int, Iterator[tuple[Any, int]]]:
         """How many requests are sent, and each one's ``(instance, position)``: the
         conversation instance it belongs to (a conversation sent again is another) and
