@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from promptkit.core.errors import ManifestError, PromptkitError, skip_reason
+from promptkit.core.progress import Progress
 from promptkit.core.words import counted
+from promptkit.io.compression import read_file
 from promptkit.io.files import read_whole, write_text
 
 SCHEMA = "promptkit.manifest/1"
@@ -50,9 +52,6 @@ def named_file(value: str, described: str) -> str | None:
 def file_facts(path: str) -> tuple[str, int]:
     """``(sha256, records)`` of a JSONL file: its bytes' hash and its non-blank lines
     (the decompressed lines of a compressed file)."""
-    from promptkit.core.progress import Progress
-    from promptkit.io.compression import read_file
-
     digest = hashlib.sha256()
     records = 0
     open_line = False  # the line not yet ended has more than white space

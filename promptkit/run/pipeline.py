@@ -43,7 +43,7 @@ from promptkit.io.streams import STDIO, Sink, Source, display_name
 from promptkit.ops.base import ORDERED, STATEFUL, Step, Where, make
 from promptkit.ops.stats import Tap
 from promptkit.provenance import manifest
-from promptkit.provenance.describe import _line_of, describe
+from promptkit.provenance.describe import describe, line_of
 from promptkit.provenance.describe import (
     verify_output as verify_output,  # (publish checks its file)
 )
@@ -683,7 +683,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
             "skipped": manifest.skipped_section(named_lines(
-                sorted(source.skipped + skipping.skipped, key=_line_of), source)),
+                sorted(source.skipped + skipping.skipped, key=line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
