@@ -117,10 +117,6 @@ def _rows(planned: Planned, input_path: str) -> list[dict[str, Any]]:
             for chunk in planned.chunks]
 
 
-def _setup_ray(ray: Any) -> tuple[int, str]:
-    return sum(1 for node in ray.nodes() if node.get("Alive")), ray.__version__
-
-
 # ---------------------------------------------------------------- hash-trace
 
 
@@ -217,7 +213,8 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                                "tokenizer": step.params["tokenizer"]}).take_all()}
                 facts = sorted(facts_ds.select_columns(["number", "read", "skipped"])
                                .take_all(), key=lambda r: r["number"])
-                nodes, version = _setup_ray(ray)
+                ray_section = {**_ray_section(ray, address, step_bytes, planned),
+                               "chunks_redone": 0}
                 distinct = distinct_keys(ray, os.path.join(staging, KEYS))
             out = PartsOutput(output_path, get_format("mooncake_trace"),
                               step.params["tokenizer"], distinct)
@@ -241,13 +238,7 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                        "sha256": planned.sha256, **_shape(input_path, planned)}]
             result = describe(inputs, skipped, out, [step], argv,  # type: ignore[arg-type]
                               name_lines=lambda lines: [planned.locate(x) for x in lines])
-            result["output"]["parts"] = parts
-            result["ray"] = {"address": address_kind(address), "nodes": nodes,
-                             "ray_version": version, "chunk_bytes": step_bytes,
-                             "chunks": len(planned.chunks), "chunks_redone": 0}
-            result["aiperf"]["note"] += (
-                f" {output_path} is a folder of parts: AIPerf loads one file, their "
-                f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
+            _as_folder(result, output_path, parts, ray_section)
             put_folder(staging, output_path, result)
         except BaseException:
             files.remove_quietly(staging)
@@ -292,9 +283,21 @@ def _facts(ds: Any) -> tuple[int, list[str]]:
 
 
 def _ray_section(ray: Any, address: str, step_bytes: int, planned: Planned) -> dict[str, Any]:
-    nodes, version = _setup_ray(ray)
-    return {"address": address_kind(address), "nodes": nodes, "ray_version": version,
+    """What the manifest or report records of the cluster and the chunks."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return {"address": address_kind(address), "nodes": nodes, "ray_version": ray.__version__,
             "chunk_bytes": step_bytes, "chunks": len(planned.chunks)}
+
+
+def _as_folder(result: dict[str, Any], output_path: str, parts: list[dict[str, Any]],
+              ray_section: dict[str, Any]) -> None:
+    """A run's manifest made that of a folder of parts: its parts, the cluster, and how
+    AIPerf loads them."""
+    result["output"]["parts"] = parts
+    result["ray"] = ray_section
+    result["aiperf"]["note"] += (
+        f" {output_path} is a folder of parts: AIPerf loads one file, their "
+        f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
 
 
 def check_on_ray(input_path: str, *, address: str, from_format: str | None,
@@ -514,11 +517,7 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                        "sha256": facts["sha256"], **shape}]
             result = describe(inputs, facts["skipped"], out, steps, argv,  # type: ignore[arg-type]
                               name_lines=lambda lines: [planned.locate(x) for x in lines])
-            result["output"]["parts"] = facts["parts"]
-            result["ray"] = ray_info
-            result["aiperf"]["note"] += (
-                f" {output_path} is a folder of parts: AIPerf loads one file, their "
-                f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
+            _as_folder(result, output_path, facts["parts"], ray_info)
             if accept is not None:
                 accept(result)
             put_folder(staging, output_path, result)

@@ -1,5 +1,7 @@
 """``--ray``: record-wise steps over a file or many shards on a Ray cluster, written as a
-folder of parts.
+folder of parts (:mod:`promptkit.provenance.parts`): the tasks and the driver's loop.
+:func:`promptkit.ray.commands.run_folder` checks the input and OUT, runs :func:`run` and
+puts the folder in place with its manifest.
 
 The plan, every pass but the last bookkeeping on the cluster:
 
@@ -28,9 +30,9 @@ The plan, every pass but the last bookkeeping on the cluster:
    bytes**, only its first lines (the format) and, for ``pad`` of the records' own
    system prompts, the first pass that finds them. The driver streams the parts once
    for the sha256 of their concatenation (the bytes the same command writes without
-   ``--ray``), writes
-   ``manifest.json`` into the staging folder and renames the folder into place: the
-   parts and their manifest appear together, or not at all.
+   ``--ray``); ``run_folder`` writes ``manifest.json`` into the staging folder and
+   renames the folder into place: the parts and their manifest appear together, or not
+   at all.
 
 A task is a plain Ray task: when a worker dies, Ray runs it again, and the part it
 writes (to a temporary name, renamed) is the same bytes.
