@@ -27,7 +27,7 @@ _PUBLIC = {
     "FORMATS": "formats", "detect": "formats",
     "add_nonces": "ops.nonce", "nonce_params": "ops.nonce",
     "pad_records": "ops.pad",
-    "run": "run.pipeline",
+    "run": "runner.pipeline",
     "Message": "core.records", "Record": "core.records",
     "Step": "ops.base",
 }
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from promptkit.ops.fit import fit_records
     from promptkit.ops.nonce import add_nonces, nonce_params
     from promptkit.ops.pad import pad_records
-    from promptkit.run.pipeline import run
+    from promptkit.runner.pipeline import run
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,8 @@ from promptkit.core.records import Record
 from promptkit.formats import get_format
 from promptkit.formats.table import COLUMNS, find_mapping, from_row, to_row
 from promptkit.io.streams import Sink, Source
-from promptkit.ops.base import Step, make
+from promptkit.ops.base import Step
+from promptkit.ops.registry import make
 
 
 def read_records(path: str, fmt: str | None = None) -> Iterator[Record]:

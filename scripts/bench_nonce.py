@@ -270,10 +270,10 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
     import orjson
 
     from promptkit.io.streams import KEY_ENDS
-    from promptkit.ops.base import make
     from promptkit.ops.nonce import NonceMaker, NonceState, nonce_params
-    from promptkit.run import workers as parallel
-    from promptkit.run.splice import _TEXT_START, Splicer
+    from promptkit.ops.registry import make
+    from promptkit.runner import workers as parallel
+    from promptkit.runner.splice import _TEXT_START, Splicer
 
     with open(path, "rb") as f:
         data = b"".join(f.readline() for _ in range(lines_wanted))

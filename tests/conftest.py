@@ -59,7 +59,7 @@ def small_chunks(monkeypatch):
     Returns the worker counts the record-writing parallel path actually ran with (a run
     chunk by chunk in one process, as the splice writer reads a file, is not listed).
     """
-    from promptkit.run import workers as parallel
+    from promptkit.runner import workers as parallel
 
     monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
@@ -83,8 +83,8 @@ def small_batches(monkeypatch):
     Returns the worker counts dataset runs actually ran with (a run in one process, chunk
     by chunk, is not listed)."""
     from promptkit.io import datasets as datasets_io
-    from promptkit.run import batches
-    from promptkit.run import workers as parallel
+    from promptkit.runner import batches
+    from promptkit.runner import workers as parallel
 
     monkeypatch.setattr(datasets_io, "BATCH_ROWS", 3)
     monkeypatch.setattr(batches, "CHUNK_BYTES", 1)

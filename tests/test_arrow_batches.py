@@ -28,10 +28,10 @@ from promptkit.formats import get_format
 from promptkit.formats.table import find_mapping
 from promptkit.io import shards
 from promptkit.io.streams import Encoder
-from promptkit.ops.base import make
 from promptkit.ops.nonce import NonceMaker, nonce_params
-from promptkit.run import batches
-from promptkit.run import workers as parallel
+from promptkit.ops.registry import make
+from promptkit.runner import batches
+from promptkit.runner import workers as parallel
 
 BEFORE = Path(__file__).parent / "data" / "before-arrow"
 MANIFESTS = sorted(p.name for p in BEFORE.glob("*.jsonl.manifest.json"))

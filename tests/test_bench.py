@@ -47,7 +47,7 @@ from tokenizer_dir import build_tokenizer_dir
 
 from promptkit.commands import bench
 from promptkit.ops.check import TEMPLATES
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 aiperf_tmpdir = test_aiperf_profile.aiperf_tmpdir  # the shared AIPerf temp-folder fixture
 

@@ -30,7 +30,7 @@ from test_aiperf_profile import aiperf_env, run_in_group
 from tokenizer_dir import build_tokenizer_dir
 
 from promptkit.core.tokenizers import load_tokenizer
-from promptkit.ops.check import Prompts
+from promptkit.text.prompts import Prompts
 
 REPLY = 3  # every conversation turn's output_length: the server's reply, in tokens
 

@@ -129,7 +129,7 @@ def test_an_unreadable_shard_leaves_no_temporary_output(workers, tmp_path):
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """Far more output than a pipe holds, and enough for worker processes."""
-    from promptkit.run import workers as parallel
+    from promptkit.runner import workers as parallel
 
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
     line = " ".join(["the quick brown fox jumps over the lazy dog"] * 4)

@@ -10,7 +10,9 @@ from helpers import read_jsonl, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit.ops.pad import PadError, exact_text, filler_words
+from promptkit.core.errors import PadError
+from promptkit.ops.filler import filler_words
+from promptkit.text.exact import exact_text
 
 bases = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
 

@@ -176,7 +176,7 @@ def test_a_continued_session_keeps_its_nonce_across_shards(stream, tmp_path, run
 def test_hash_trace_stats_check_and_turns_are_the_same(plain, stream, tmp_path, run,
                                                        small_chunks, monkeypatch):
     """(Plain shards: hash-trace, stats and check read them in worker processes.)"""
-    from promptkit.run import workers as parallel
+    from promptkit.runner import workers as parallel
 
     whole, parts = stream
     if plain:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from promptkit.core import leftovers
-from promptkit.run import workers as parallel
+from promptkit.runner import workers as parallel
 
 OLD = b"the previous output\n"
 

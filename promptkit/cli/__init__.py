@@ -49,7 +49,7 @@ from promptkit.ops.nonce import (
     nonce_params,
 )
 from promptkit.provenance import manifest
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 #: Input formats: every line format of JSON lines.
 FORMAT_CHOICE = click.Choice([name for name, f in FORMATS.items() if f.encode is None])
@@ -221,7 +221,7 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def with_seed(dataset: dict[str, Any], seed: int | None) -> dict[str, Any]:
     """Dataset options with ``--shuffle`` turned into the seed that shuffles."""
     if dataset.pop("shuffle", False):
-        from promptkit.ops.nonce import new_seed
+        from promptkit.core.seeds import new_seed
 
         dataset["shuffle_seed"] = new_seed() if seed is None else seed
     return dataset
@@ -638,7 +638,7 @@ def pad_step(*, tokens: str, tokenizer: str, system_prompt: str | None,
              group_by: str | None, into: str, seed: int | None) -> Step:
     """The pad options as a step (made by ``pad.make_step`` for the run's input and output
     when the run starts: the groups' prompts, ``OUT.system.txt`` for ``--into file``)."""
-    from promptkit.ops.nonce import new_seed
+    from promptkit.core.seeds import new_seed
 
     try:
         n = int(tokens)
@@ -717,8 +717,8 @@ def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def fit_step(*, tokens: str, tokenizer: str, filler_file: str | None,
              seed: int | None) -> Step:
     """The fit options as a step (made by ``fit.make_step`` when the run starts)."""
+    from promptkit.core.seeds import new_seed
     from promptkit.ops.fit import parse_tokens
-    from promptkit.ops.nonce import new_seed
 
     return Step("fit", {"tokens": parse_tokens(tokens), "tokenizer": tokenizer,
                         "seed": new_seed() if seed is None else seed,
@@ -1174,8 +1174,8 @@ def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: i
       promptkit synth prefix-test pt.jsonl --groups 4 --group-size 32 --system-tokens 4096 \\
           --tokenizer ./tok_dir --to single_turn --order grouped
     """
+    from promptkit.core.seeds import new_seed
     from promptkit.ops import synth as generators
-    from promptkit.ops.nonce import new_seed
 
     params = {
         "groups": groups, "group_size": group_size,

@@ -903,7 +903,7 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         if getattr(prediction, key) is not None:
             options[key] = getattr(prediction, key)
     out["predicted_with"] = {**options, "chat_template_from": why}
-    from promptkit.run import pipeline
+    from promptkit.runner import pipeline
     # prompt tokens of conversations' first requests and later turns (turns_diagnosis).
     # (In a scratch folder of the temp folder: a later run removes it if this one is killed.)
     with leftovers.scratch_folder() as scratch:

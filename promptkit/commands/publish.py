@@ -43,7 +43,7 @@ from promptkit.formats.table import COLUMNS, arrow_schema, to_row
 from promptkit.io.files import Lock, fsync_folder, os_error, read_whole, write_text
 from promptkit.io.streams import STDIO
 from promptkit.provenance import manifest
-from promptkit.run import pipeline
+from promptkit.runner import pipeline
 
 #: ``--to`` choices: the line formats AIPerf loads as they are.
 AIPERF_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.aiperf_type)
@@ -110,7 +110,7 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
 
     Returns the manifest (also written to ``out_dir/aiperf/prompts.jsonl.manifest.json``).
     ``repo_id`` (where it will be pushed) only names the dataset in the card;
-    ``keep_replies``: as :func:`promptkit.run.pipeline.run` takes it.
+    ``keep_replies``: as :func:`promptkit.runner.pipeline.run` takes it.
     """
     if to_format not in AIPERF_FORMATS:
         raise PromptkitError(f"{to_format}: AIPerf does not load this format; "

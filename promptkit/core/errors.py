@@ -93,7 +93,7 @@ class Skipping:
     :class:`InvalidRecordError` (the default), or, with ``skip_invalid`` (``--skip-invalid``),
     leave the record out and list it in ``skipped`` as ``"LINE: OP: problem"``.
 
-    Every operation's state is one (see :mod:`promptkit.run.pipeline`), so a chunked or
+    Every operation's state is one (see :mod:`promptkit.runner.pipeline`), so a chunked or
     parallel run merges the skipped lines of its chunks as it merges the rest.
     """
 
@@ -124,3 +124,14 @@ def skip_reason(skipped: str) -> str:
     if not head.isdigit() and head != "None" and not head.rpartition(":")[2].isdigit():
         problem = skipped
     return _NUMBER.sub("N", _POSITION.sub("", problem))
+
+
+def skipped_section(lines: list[str], limit: int = 100) -> dict[str, Any]:
+    """The ``skipped`` section of a manifest (or report): how many records were left
+    out, how many for each reason (commonest first), and the first ``limit`` lines."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        reason = skip_reason(line)
+        counts[reason] = counts.get(reason, 0) + 1
+    by_reason = dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return {"count": len(lines), "by_reason": by_reason, "lines": lines[:limit]}

@@ -429,7 +429,7 @@ class ShardedSource:
 
     def row_batches(self) -> Iterator[tuple[str, int, int, Any]]:
         """Parquet shards: ``(shard, base, row number in the shard, batch)`` of every row,
-        as Arrow batches in order (see :mod:`promptkit.run.batches`), each shard accounted
+        as Arrow batches in order (see :mod:`promptkit.runner.batches`), each shard accounted
         for once read (its sha256, size and rows), as :meth:`records` does."""
         assert self.kind == "parquet"
         while True:
@@ -458,7 +458,7 @@ class ShardedSource:
 
     def read_in_workers(self, described: list[dict[str, Any]], lines: list[int]) -> None:
         """Take the account of the shards as worker processes read them, chunk by chunk
-        (see :func:`promptkit.run.workers.pieces`): each one's path, sha256 and size, and
+        (see :func:`promptkit.runner.workers.pieces`): each one's path, sha256 and size, and
         its lines (for :meth:`locate`)."""
         if self._current is not None:
             self._current.close()

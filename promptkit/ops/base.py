@@ -11,32 +11,12 @@ rebuilt from a manifest is the step that made the file.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from promptkit.core.errors import PromptkitError, Skipping
 from promptkit.core.records import Record
-
-#: Every operation a step can name: its module, its function, and its state's class.
-_OPERATIONS = {
-    "nonce": ("nonce", "add_nonces", "NonceState"),
-    "pad": ("pad", "pad_records", "PadState"),
-    "fit": ("fit", "fit_records", None),
-    "hash_trace": ("hashtrace", "hash_trace_records", None),
-    "turns": ("turns", "make_requests", "TurnsState"),
-    "check": ("check", None, None),
-}
-OPS = tuple(_OPERATIONS)
-#: Operations that keep a state across records (every one but ``check``).
-STATEFUL = frozenset(OPS) - {"check"}
-#: Stages that see every record in order, so a run with one stays in one process.
-ORDERED = frozenset({"check", "hash_trace"})
-
-
-def _module(op: str) -> Any:
-    return importlib.import_module(f"promptkit.ops.{_OPERATIONS[op][0]}")
 
 
 class NoState(Skipping):
@@ -59,29 +39,19 @@ class Where:
     from_format: str | None = None
     dataset: dict[str, Any] | None = None
     #: The distinct system prompts that begin the input's records, by a first pass over
-    #: it (given by :mod:`promptkit.run.pipeline`, which reads inputs); ``None``: unknown.
+    #: it (given by :mod:`promptkit.runner.pipeline`, which reads inputs); ``None``: unknown.
     system_prompts: Callable[[], list[str]] | None = field(default=None, compare=False)
-
-
-def make(op: str, params: Any, where: Where | None = None) -> Step:
-    """The step of operation ``op`` with ``params``, made by the operation's own
-    ``make_step``; a bad operation or parameter raises naming it."""
-    if op not in _OPERATIONS:
-        raise PromptkitError(f"unknown operation {op!r} (one of {', '.join(OPS)})")
-    step: Step = _module(op).make_step(params, where or Where())
-    step.made = True
-    return step
 
 
 @dataclass
 class Step:
     """One operation with all its parameters (as recorded in the manifest).
 
-    Make one with :func:`make` (``promptkit.run`` makes the steps it is given that
-    are not made yet). ``info`` is written to the manifest beside the parameters (what
-    the step made, e.g. each padded prompt's token count and sha256); ``side_files`` are
-    written next to the output on success (path -> text); ``aiperf_args`` join the
-    manifest's AIPerf arguments.
+    Make one with :func:`promptkit.ops.registry.make` (``promptkit.run`` makes the steps
+    it is given that are not made yet). ``info`` is written to the manifest beside the
+    parameters (what the step made, e.g. each padded prompt's token count and sha256);
+    ``side_files`` are written next to the output on success (path -> text);
+    ``aiperf_args`` join the manifest's AIPerf arguments.
     """
 
     op: str
@@ -89,8 +59,9 @@ class Step:
     info: dict[str, Any] = field(default_factory=dict)
     side_files: dict[str, str] = field(default_factory=dict)
     aiperf_args: list[str] = field(default_factory=list)
-    #: Called with the number of records read, before anything is written.
-    check: Callable[[int], None] | None = None
+    #: Called with the number of records read, before anything is written (it raises
+    #: when the step cannot work with that many: ``pad --groups`` above the records).
+    on_count: Callable[[int], None] | None = None
     #: Set by :func:`run` for ``--skip-invalid``: every state is a
     #: :class:`~promptkit.core.errors.Skipping`, which then leaves out the records its
     #: operation rejects and lists them (``"LINE: OP: problem"``) for the manifest.
@@ -101,29 +72,35 @@ class Step:
     state: Any = field(default=None, repr=False, compare=False)
     #: The output format the step's records are made for, when no ``--to`` names one.
     output_format: str | None = None
-    #: Whether :func:`make` made it (checked its parameters, did its work before a run).
+    #: Whether :func:`~promptkit.ops.registry.make` made it (checked its parameters, did
+    #: its work before a run, and set what it runs: ``operation`` and ``state_class``).
     made: bool = field(default=False, repr=False, compare=False)
+    #: Runs the operation: ``operation(step, records, state)``.
+    operation: Callable[[Step, Iterable[Record], Any], Iterator[Record]] | None = field(
+        default=None, repr=False, compare=False)
+    #: The class of what the operation remembers across records (``None``: nothing).
+    state_class: type | None = field(default=None, repr=False, compare=False)
 
     def apply(self, records: Iterable[Record], state: Any = None) -> Iterator[Record]:
         """The operation over ``records``; ``state`` carries what it remembers across
         records (see :class:`~promptkit.ops.nonce.NonceState`), for runs in chunks."""
-        if self.op == "check":
-            from promptkit.ops.check import check_step
-
-            return check_step(self, records)
-        operation: Callable[..., Iterator[Record]] = getattr(
-            _module(self.op), str(_OPERATIONS[self.op][1]))
-        if state is None:
-            return operation(records, **self.params)
-        return operation(records, **self.params, state=state)
+        operation = self._made().operation
+        assert operation is not None
+        return operation(self, records, state)
 
     def new_state(self) -> Any:
-        kind = _OPERATIONS[self.op][2]
-        self.state = getattr(_module(self.op), kind)() if kind else NoState()
+        kind = self._made().state_class
+        self.state = kind() if kind else NoState()
         if isinstance(self.state, Skipping):  # (turns drops records by design, not as errors)
             self.state.skip_invalid = self.skip_invalid
             self.state.op = self.op
         return self.state
+
+    def _made(self) -> Step:
+        if self.operation is None:
+            raise PromptkitError(f"the {self.op} step is not made: make it with "
+                                 "promptkit.ops.registry.make (promptkit.run does)")
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": self.op, "params": self.params}
@@ -207,11 +184,3 @@ def tokenizer_loads(spec: str | None) -> None:
         from promptkit.core.tokenizers import cached_tokenizer
 
         cached_tokenizer(spec)
-
-
-def filler_readable(filler_file: str | None) -> None:
-    """Read a filler file's words, so a missing or empty one fails before anything is read."""
-    if filler_file is not None:
-        from promptkit.ops.pad import filler_words
-
-        next(filler_words(0, filler_file))

@@ -17,21 +17,28 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from promptkit.core.errors import InvalidRecordError, OptionNeededError, PromptkitError, Skipping
+from promptkit.core.errors import (
+    InvalidRecordError,
+    OptionNeededError,
+    PadError,
+    PromptkitError,
+    Skipping,
+)
 from promptkit.core.limits import MAX_TOKENS
 from promptkit.core.records import USER_ROLES, Record
+from promptkit.core.seeds import new_seed
 from promptkit.core.tokenizers import Tokenizer, cached_tokenizer
 from promptkit.ops.base import (
     Param,
     Step,
     Where,
     checked,
-    filler_readable,
     integer,
     text,
     tokenizer_loads,
 )
-from promptkit.ops.pad import PadError, exact_text, filler_words
+from promptkit.ops.filler import filler_readable, filler_words
+from promptkit.text.exact import exact_text, prefix_end
 
 #: Record attributes a column target may name (others come from fields, then extra).
 _ATTRS = ("input_length", "output_length")
@@ -98,42 +105,8 @@ def fit_text(text: str, target: int, tokenizer: Tokenizer, words: Iterator[str])
         return text
     if len(ids) < target:
         return exact_text(text, target, tokenizer, words)
-    head = text[:_prefix_end(text, ids, target, tokenizer)]
+    head = text[:prefix_end(text, ids, target, tokenizer)]
     return exact_text(head, target, tokenizer, words, separator="")
-
-
-def _prefix_end(text: str, ids: list[int], target: int, tokenizer: Tokenizer) -> int:
-    """The end of a longest prefix of ``text`` that is at most ``target`` tokens.
-
-    Decoding the first ``target`` ids gives a close guess (a cut inside a UTF-8
-    character decodes to U+FFFD, dropped); normalizing tokenizers can make it
-    inexact, so it is only where an exponential and then binary search starts.
-    """
-
-    def fits(end: int) -> bool:
-        return len(tokenizer.encode(text[:end])) <= target
-
-    guess = min(len(tokenizer.decode(ids[:target]).rstrip("\ufffd")), len(text))
-    step = 1
-    if fits(guess):  # grow until it no longer fits
-        low, high = guess, len(text)
-        while low + step < high and fits(low + step):
-            low += step
-            step *= 2
-        high = min(low + step, high)
-    else:  # shrink until it fits (the empty prefix always does)
-        low, high = guess, guess
-        while low > 0 and not fits(low):
-            high = low
-            low = max(low - step, 0)
-            step *= 2
-    while high - low > 1:  # invariant: fits(low), not fits(high)
-        middle = (low + high) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
-    return low
 
 
 def fit_records(
@@ -209,8 +182,6 @@ def _fit_content(content: Any, target: int, tokenizer: Tokenizer, words: Iterato
 def make_step(params: Any, where: Where | None = None) -> Step:
     """The ``fit`` step of ``params`` (an unseeded one given a seed), every parameter
     checked, the tokenizer loaded and the filler file read before anything is read."""
-    from promptkit.ops.nonce import new_seed
-
     def target(value: Any) -> bool:
         if isinstance(value, str):
             return value.isidentifier()

@@ -11,184 +11,19 @@ estimate.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import random
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from promptkit.core.errors import InvalidRecordError, PadError, PromptkitError, Skipping
 from promptkit.core.limits import MAX_GROUPS, MAX_TOKENS
-from promptkit.core.progress import Progress
 from promptkit.core.records import Message, Record, first_text, prepend_text
-from promptkit.core.tokenizers import Tokenizer, cached_tokenizer
+from promptkit.core.seeds import new_seed
+from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.core.words import counted
-from promptkit.io.files import read_whole
-from promptkit.ops.base import Step, Where, checked, filler_readable, integer, one_of, text
-
-SEPARATOR = "\n\n"
-#: Tokens left to fill one small unit at a time, each step verified.
-SLACK = 8
-#: Short texts that usually add exactly one token; tried in turn at the end.
-UNITS = (" a", " the", " and", " of", ".", ",", " I", " x", "a", "x", " ", "\n")
-
-
-
-def filler_words(seed: int, filler_file: str | None = None) -> Iterator[str]:
-    """An endless, seeded stream of filler words: faker's English word list drawn
-    at random, or the words of ``filler_file`` in order, over and over."""
-    if filler_file is not None:
-        yield from itertools.cycle(_file_words(filler_file))
-        return
-    words = faker_words()
-    rng = random.Random(seed)
-    while True:
-        yield from rng.choices(words, k=256)
-
-
-@lru_cache(maxsize=1)
-def faker_words() -> tuple[str, ...]:
-    """faker's en_US word list (its lorem provider), loaded once per process."""
-    from faker import Faker
-
-    return tuple(Faker("en_US").get_words_list())
-
-
-@lru_cache(maxsize=8)
-def _file_words(filler_file: str) -> tuple[str, ...]:
-    try:
-        words = tuple(read_whole(filler_file, "filler file").decode("utf-8").split())
-    except OSError as exc:
-        raise PadError(f"{filler_file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise PadError(f"{filler_file}: not UTF-8 text") from None
-    if not words:
-        raise PadError(f"{filler_file}: no words in it")
-    return words
-
-
-def exact_text(head: str, target: int, tokenizer: Tokenizer, words: Iterator[str],
-               separator: str = SEPARATOR) -> str:
-    """``head``, then ``separator`` and filler from ``words``, encoding to exactly
-    ``target`` tokens (the separator is left out when it would not fit)."""
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text))
-
-    have = count(head)
-    if have > target:
-        raise PadError(f"the base text is {have} tokens, more than the target {target}")
-    if have == target:
-        return head
-    text = head
-    if head and separator and not head[-1].isspace():
-        joined = count(head + separator)
-        if joined <= target:
-            text, have = head + separator, joined
-    first = not text or text[-1].isspace()  # no space needed before the first word
-    while target - have > SLACK:  # bulk: words until close, then one exact recount
-        need = target - have - SLACK
-        batch: list[str] = []
-        for word in words:
-            batch.append(word if first and not batch else " " + word)
-            if len(batch) >= need:
-                break
-        first = False
-        # Each word's own token count, to stop near the target (a word is often
-        # several tokens under a small vocabulary).
-        sizes = _word_sizes(tokenizer, batch)
-        total = taken = 0
-        while taken < len(sizes) and total + sizes[taken] <= need:
-            total += sizes[taken]
-            taken += 1
-        text += "".join(batch[: max(taken, 1)])
-        have = count(text)
-        while have > target - 1 and " " in text[len(head):]:  # overshoot: drop words
-            text = text[: text.rindex(" ")]
-            have = count(text)
-    while have != target:  # fine: one verified unit at a time
-        if have > target:
-            cut = text.rfind(" ", len(head))
-            if cut <= len(head):
-                raise PadError(f"cannot reach exactly {target} tokens from this base")
-            text = text[:cut]
-            have = count(text)
-            continue
-        word = " " + next(words)
-        longer = count(text + word)
-        if longer <= target:  # a filler word that still fits
-            text, have = text + word, longer
-            continue
-        for unit in UNITS:  # else the smallest steps
-            if count(text + unit) == have + 1:
-                text += unit
-                have += 1
-                break
-        else:
-            raise PadError(f"cannot reach exactly {target} tokens from this base")
-    return text
-
-
-#: Token counts of filler words, per tokenizer: filler comes from a small vocabulary.
-_SIZES: dict[str, dict[str, int]] = {}
-_SIZES_LIMIT = 200_000
-
-
-def _word_sizes(tokenizer: Tokenizer, words: list[str]) -> list[int]:
-    known = _SIZES.setdefault(tokenizer.name, {})
-    missing = list(dict.fromkeys(w for w in words if w not in known))
-    if missing:
-        if len(known) > _SIZES_LIMIT:
-            known.clear()
-        known.update(zip(missing, map(len, tokenizer.encode_batch(missing)), strict=True))
-    return [known[w] for w in words]
-
-
-def group_labels(groups: int, tokenizer: Tokenizer) -> list[str]:
-    """``groups`` labels whose texts begin with distinct first tokens."""
-    if groups == 1:
-        return [""]
-    labels: list[str] = []
-    seen: set[int] = set()
-    for i in itertools.count(1):
-        label = f"{_ordinal(i)}."
-        first = tokenizer.encode(label)[0]
-        if first not in seen:
-            seen.add(first)
-            labels.append(label + " ")
-            if len(labels) == groups:
-                return labels
-    raise AssertionError("unreachable")
-
-
-def _ordinal(i: int) -> str:
-    """A distinct word-like label: A, B, ..., Z, AA, AB, ... (then numbers)."""
-    letters = ""
-    while i:
-        i, rest = divmod(i - 1, 26)
-        letters = chr(ord("A") + rest) + letters
-    return letters
-
-
-@dataclass(frozen=True)
-class PadSpec:
-    tokens: int
-    tokenizer: str
-    groups: int
-    seed: int
-    system_prompt: str | None
-    filler_file: str | None
-
-
-@lru_cache(maxsize=4096)
-def padded(spec: PadSpec, base: str, group: int) -> str:
-    """The padded prompt of ``group`` for ``base`` (cached: each is made once)."""
-    tokenizer = cached_tokenizer(spec.tokenizer)
-    label = group_labels(spec.groups, tokenizer)[group]
-    seed = int.from_bytes(hashlib.blake2b(f"{spec.seed}:{group}".encode(), digest_size=8).digest())
-    return exact_text(label + base, spec.tokens, tokenizer, filler_words(seed, spec.filler_file))
+from promptkit.ops.base import Step, Where, checked, integer, one_of, text
+from promptkit.ops.filler import PadSpec, describe_groups, filler_readable, padded
+from promptkit.text.exact import SEPARATOR
 
 
 def group_of(record: Record, index: int, groups: int, group_by: str | None) -> int:
@@ -324,33 +159,6 @@ class PadState(Skipping):
         return {"own_system_prompts": {"records": records, "distinct": distinct}}
 
 
-def describe_groups(spec: PadSpec, bases: Sequence[str]) -> list[dict[str, Any]]:
-    """Token count and sha256 of each group's prompt, for the manifest. Records' own
-    prompts (no ``spec.system_prompt``) that cannot be padded are left out: the run
-    names their records (or skips them)."""
-    tokenizer = cached_tokenizer(spec.tokenizer)
-    out = []
-    with Progress("padding system prompts", total=len(bases) * spec.groups,
-                  unit="prompts") as progress:
-        for base in bases:
-            for group in range(spec.groups):
-                try:
-                    prompt = padded(spec, base, group)
-                except PadError:
-                    if spec.system_prompt is not None:
-                        raise
-                    continue
-                finally:
-                    progress.advance()
-                out.append({
-                    "group": group,
-                    "tokens": len(tokenizer.encode(prompt)),
-                    "sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-                    "starts": prompt[:40],
-                })
-    return out
-
-
 INTO = ("system", "text", "file")
 
 
@@ -360,8 +168,6 @@ def make_step(params: Any, where: Where | None = None) -> Step:
     (the records' own system prompts found by a first pass over a file input), and
     for ``into="file"`` the prompt as ``OUT.system.txt`` with the AIPerf argument that
     sends it."""
-    from promptkit.ops.nonce import new_seed
-
     where = where or Where()
     checked("pad", params, {
         "tokens": integer(1, MAX_TOKENS, optional=False, required=True),
@@ -402,5 +208,5 @@ def make_step(params: Any, where: Where | None = None) -> Step:
             raise PromptkitError(f"--groups {groups} is more than the "
                                  f"{counted(count, 'record')}")
 
-    step.check = enough_records
+    step.on_count = enough_records
     return step

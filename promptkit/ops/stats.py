@@ -18,6 +18,7 @@ from typing import Any
 from promptkit.core.records import USER_ROLES, Record, first_text, message_texts
 from promptkit.core.tokenizers import Tokenizer
 from promptkit.formats.aiperf import requests_of
+from promptkit.text.prompts import Prompts
 
 #: Records tokenized together (a progress line moves a batch at a time; measured: 512
 #: as fast as 4096).
@@ -145,7 +146,6 @@ class Tap:
         self.pending: list[Record] = []
         self.prompts: Any = None
         if tokenizer is not None and chat_template != "none":
-            from promptkit.ops.check import Prompts
 
             self.prompts = Prompts(tokenizer, chat_template, tokenizer_spec)
 

@@ -21,8 +21,9 @@ from typing import Any
 from promptkit.core.errors import PromptkitError
 from promptkit.core.limits import MAX_GROUPS, MAX_RECORDS, MAX_TOKENS
 from promptkit.core.records import Message, Record
-from promptkit.ops.base import checked, filler_readable, integer, one_of, text, tokenizer_loads
-from promptkit.ops.pad import SEPARATOR, PadSpec, describe_groups, faker_words, padded
+from promptkit.ops.base import checked, integer, one_of, text, tokenizer_loads
+from promptkit.ops.filler import PadSpec, describe_groups, faker_words, filler_readable, padded
+from promptkit.text.exact import SEPARATOR
 
 ECHO = "Please echo the following word: {word}"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Follow the user's instruction exactly."

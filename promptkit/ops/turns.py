@@ -306,5 +306,5 @@ def make_step(params: Any, where: Where | None = None) -> Step:
                                  f"({reasons}); "
                                  "nothing written")
 
-    step.check = some_requests
+    step.on_count = some_requests
     return step

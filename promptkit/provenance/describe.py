@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from promptkit.core.errors import PromptkitError
+from promptkit.core.errors import PromptkitError, skipped_section
 from promptkit.core.version import VERSION
 from promptkit.core.words import counted
 from promptkit.formats import FORMATS, TABLE_FORMATS, default_output
@@ -66,7 +66,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
                if out_format.aiperf_type == "mooncake_trace" else {}),
         },
         "steps": [step.as_dict() for step in steps],
-        "skipped": manifest.skipped_section(skipped),
+        "skipped": skipped_section(skipped),
         "side_outputs": [
             {"path": path, "sha256": manifest.text_sha256(text)}
             for step in steps for path, text in step.side_files.items()
@@ -118,7 +118,7 @@ def _nothing_written(name: str, read: int, skipped: list[str]) -> str:
     """Why a run wrote no record: what it read, and the commonest reason it skipped them."""
     text = f"{name}: no records to write ({counted(read, 'record')} read"
     if skipped:
-        reason, count = next(iter(manifest.skipped_section(skipped)["by_reason"].items()))
+        reason, count = next(iter(skipped_section(skipped)["by_reason"].items()))
         text += f", {len(skipped)} skipped; commonest reason ({count}): {reason}"
     return text + "); nothing written"
 

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from promptkit.core.errors import ManifestError, PromptkitError, skip_reason
+from promptkit.core.errors import ManifestError, PromptkitError
 from promptkit.core.progress import Progress
 from promptkit.core.words import counted
 from promptkit.io.compression import read_file
 from promptkit.io.files import read_whole, write_text
+from promptkit.ops.registry import OPS
 
 SCHEMA = "promptkit.manifest/1"
 SUFFIX = ".manifest.json"
@@ -74,17 +75,6 @@ def file_facts(path: str) -> tuple[str, int]:
 def _filled(line: bytes) -> bool:
     """Whether a line (or part of one) holds more than white space."""
     return bool(line) and not line.isspace()
-
-
-def skipped_section(lines: list[str], limit: int = 100) -> dict[str, Any]:
-    """The ``skipped`` section of a manifest (or report): how many records were left
-    out, how many for each reason (commonest first), and the first ``limit`` lines."""
-    counts: dict[str, int] = {}
-    for line in lines:
-        reason = skip_reason(line)
-        counts[reason] = counts.get(reason, 0) + 1
-    by_reason = dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-    return {"count": len(lines), "by_reason": by_reason, "lines": lines[:limit]}
 
 
 def kept_replies(recorded: dict[str, Any]) -> bool:
@@ -198,8 +188,7 @@ def malformed(manifest: dict[str, Any]) -> str | None:
     folder; each step's ``op`` and ``params``; ``skipped.count``; the side outputs; the
     AIPerf ``args``; a generator's ``name`` and ``params``). A path holding NUL is no
     path. Each step's parameters are checked by its operation when ``rebuild`` makes
-    the step (see :mod:`promptkit.ops.base`)."""
-    from promptkit.ops.base import OPS
+    the step (see :mod:`promptkit.ops.registry`)."""
 
     is_dict = (lambda v: isinstance(v, dict), "an object")
     problem = _file_problem("output", manifest.get("output"), {

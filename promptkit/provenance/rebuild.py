@@ -20,11 +20,12 @@ from promptkit.io import files
 from promptkit.io.datasets import DatasetOptions
 from promptkit.io.shards import expand, is_many, shard_name
 from promptkit.io.streams import STDIO, display_name
-from promptkit.ops.base import Step, make
+from promptkit.ops.base import Step
+from promptkit.ops.registry import make
 from promptkit.ops.synth import GENERATORS, checked_params
 from promptkit.provenance import manifest, parts
-from promptkit.run.pipeline import generate, run, where_of
-from promptkit.run.splice import writer_of
+from promptkit.runner.pipeline import generate, run, where_of
+from promptkit.runner.splice import writer_of
 
 #: Runs steps on a cluster into a folder of parts and returns its manifest:
 #: :func:`promptkit.ray.commands.run_folder` with its address given
@@ -268,7 +269,7 @@ def _rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                    accept: Callable[[dict[str, Any]], None],
                    on_cluster: FolderRunner | None) -> dict[str, Any]:
     """Re-make a folder of parts a manifest describes: by ``on_cluster``, in chunks of the
-    recorded size; else here (:func:`promptkit.run.pipeline.run`, one file) cut where the
+    recorded size; else here (:func:`promptkit.runner.pipeline.run`, one file) cut where the
     recorded parts end. ``accept`` sees the new manifest first."""
     to_format = recorded["output"]["format"]
     keep_replies = manifest.kept_replies(recorded)

@@ -27,7 +27,8 @@ from typing import Any
 
 from promptkit.core.errors import BadOptionError, PromptkitError
 from promptkit.formats import default_output
-from promptkit.ops.base import ORDERED, Step, make
+from promptkit.ops.base import Step
+from promptkit.ops.registry import ORDERED, make
 
 __all__ = ["INSTALL", "address_kind", "apply", "check_address", "connect", "probe", "require"]
 
@@ -190,7 +191,7 @@ def apply(ds: Any, steps: Sequence[Step], *, from_format: str | None = None,
     then each row's position in ``ds`` is its index. Rows come out in ``to_format``
     (default: the input's when AIPerf loads it, as the CLI's), each with its ``index``;
     ``copies`` of a nonce step are rows of their own; ``keep_replies``: as the CLI's
-    ``--keep-replies``. Steps are made (``promptkit.ops.base.make``) when not made yet.
+    ``--keep-replies``. Steps are made (``promptkit.ops.registry.make``) when not made yet.
 
     Lines sharing a ``session_id`` keep the first line's nonce only within one block of
     ``ds``: give such rows in one block (or run the file with ``--ray``, which carries

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from promptkit.core.errors import CheckError, InvalidRecordError, PromptkitError, Skipping
+from promptkit.core.errors import (
+    CheckError,
+    InvalidRecordError,
+    PromptkitError,
+    Skipping,
+    skipped_section,
+)
 from promptkit.core.records import Record
 from promptkit.core.tokenizers import cached_tokenizer, load_tokenizer
 from promptkit.core.words import counted, plural
@@ -31,12 +37,12 @@ from promptkit.formats import TABLE_FORMATS, get_format
 from promptkit.io import files
 from promptkit.io.shards import ShardedSource
 from promptkit.io.streams import Encoder, Source, joined, stable_prompt_key
-from promptkit.ops.base import Step, make
+from promptkit.ops.base import Step
 from promptkit.ops.check import CheckOptions
 from promptkit.ops.hashtrace import DIGEST, hashed_records
+from promptkit.ops.registry import make
 from promptkit.ops.stats import Tap
 from promptkit.provenance.describe import describe, line_of
-from promptkit.provenance.manifest import skipped_section
 from promptkit.provenance.parts import (
     PART,
     check_output,
@@ -59,8 +65,8 @@ from promptkit.ray.aggregate import (
 )
 from promptkit.ray.inputs import Planned, chunk_of, paths_of, plan_input
 from promptkit.ray.run import KEYS, PartsOutput, chunk_bytes, distinct_keys, run, save_keys
-from promptkit.run.pipeline import counting_tokenizer, where_of
-from promptkit.run.workers import chunk_records
+from promptkit.runner.pipeline import counting_tokenizer, where_of
+from promptkit.runner.workers import chunk_records
 
 
 def _open(input_path: str, from_format: str | None, skip_invalid: bool) -> tuple[Any, Any]:
@@ -466,11 +472,11 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
                accept: Any = None, writer: str | None = None,
                keep_replies: bool = False) -> dict[str, Any]:
-    """:func:`promptkit.run.pipeline.run` on a Ray cluster (by :func:`promptkit.ray.run.run`):
+    """:func:`promptkit.runner.pipeline.run` on a Ray cluster (by :func:`promptkit.ray.run.run`):
     OUT is a folder of parts whose concatenation is the bytes ``run`` writes, with
     ``OUT/manifest.json``; the manifest is returned. ``accept(manifest)`` may refuse the
     result before it is put in place; ``writer``, ``keep_replies``: as
-    :func:`promptkit.run.pipeline.run` takes them."""
+    :func:`promptkit.runner.pipeline.run` takes them."""
     many = check_input(input_path, dataset)
     check_output(output_path, input_path)
     # pad's first pass (the records' own system prompts) streams the input here.
@@ -508,8 +514,8 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
             chunk_size=chunk_size, writer=writer, keep_replies=keep_replies)
         try:
             for step in steps:
-                if step.check is not None:
-                    step.check(facts["records"])
+                if step.on_count is not None:
+                    step.on_count(facts["records"])
             planned: Planned = facts["planned"]
             if planned.shards is not None:
                 shape = {"shards": planned.shards}

@@ -16,7 +16,7 @@ The plan, every pass but the last bookkeeping on the cluster:
    shard) cannot be cut at byte offsets: it is one chunk, read and decompressed
    streaming by one task.
 2. **Steps.** A Ray Data task per chunk reads its bytes, runs the steps (as
-   :func:`promptkit.run.workers.process_chunk` does for ``--workers``) and writes its own
+   :func:`promptkit.runner.workers.process_chunk` does for ``--workers``) and writes its own
    part, ``part-NNNNN.jsonl``, to a staging folder beside OUT. The driver gets only
    small facts of each chunk: records read and written, skipped lines, the part's
    sha256 and size, the distinct prompt keys, token statistics, and the steps' states
@@ -58,16 +58,17 @@ from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.formats import get_format
 from promptkit.io import files
 from promptkit.io.streams import Encoder, Source, Written
-from promptkit.ops.base import ORDERED, Step
+from promptkit.ops.base import Step
+from promptkit.ops.registry import ORDERED
 from promptkit.ops.stats import Tap
 from promptkit.provenance.parts import PART, hash_parts, make_staging, write_part
 from promptkit.ray import address_kind, connect
 from promptkit.ray.aggregate import distinct_count
 from promptkit.ray.inputs import Chunk, chunk_of, plan_input
-from promptkit.run.splice import ENCODE
-from promptkit.run.splice import WRITER as SPLICE
-from promptkit.run.splice import plan as splice_plan
-from promptkit.run.workers import ChunkResult, Job, job_encoder, process_chunk, spliced_batches
+from promptkit.runner.splice import ENCODE
+from promptkit.runner.splice import WRITER as SPLICE
+from promptkit.runner.splice import plan as splice_plan
+from promptkit.runner.workers import ChunkResult, Job, job_encoder, process_chunk, spliced_batches
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 

@@ -8,7 +8,7 @@ batches make a chunk (:data:`CHUNK_BYTES` of Arrow data). This process reads the
 batches and writes each chunk as an Arrow IPC stream into shared memory; a worker reads
 it there in place, maps its columns to records a batch at a time
 (:func:`promptkit.formats.table.batch_records`), applies the steps and encodes, as a
-chunk of JSON lines is processed (:mod:`promptkit.run.workers`: the same pool, the same
+chunk of JSON lines is processed (:mod:`promptkit.runner.workers`: the same pool, the same
 accounting, the output back in shared memory, the same redo in order of a chunk that
 continued a conversation an earlier one began). Steps are index-addressed, so the
 output is the same bytes for every number of workers; with one worker the chunks are
@@ -45,9 +45,10 @@ from promptkit.formats.accept import FIELDS
 from promptkit.formats.table import Mapping, _missing, batch_records
 from promptkit.io.datasets import DatasetSource
 from promptkit.io.streams import Counter, Encoder, Sink, stable_key
-from promptkit.ops.base import ORDERED, Step
+from promptkit.ops.base import Step
 from promptkit.ops.nonce import NonceMaker
-from promptkit.run import workers as parallel
+from promptkit.ops.registry import ORDERED
+from promptkit.runner import workers as parallel
 
 #: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
 #: Small: the main process holds the chunks the workers have not finished.

@@ -10,7 +10,7 @@ distinct-prompt count.
 
 The insertion point is found in the raw line and proven to be the right one, or the
 line goes the usual way (parsed into a record, the step applied, encoded; see
-:func:`promptkit.run.workers.process_chunk`). For an AIPerf ``single_turn`` line the text
+:func:`promptkit.runner.workers.process_chunk`). For an AIPerf ``single_turn`` line the text
 literal's opening quote must follow ``"text":`` (optional spaces after the colon; for
 a ``mooncake_trace`` line, ``"text_input":``, or the first hash id after
 ``"hash_ids": [``, which a fresh one replaces: the session's, on every line of it, as

@@ -106,7 +106,7 @@ class Job:
     #: forks of one: Ray), for the distinct count.
     stable_keys: bool = False
     #: The nonce parameters the splice writer takes lines with (see
-    #: :mod:`promptkit.run.splice`), or None: every line is encoded from its record.
+    #: :mod:`promptkit.runner.splice`), or None: every line is encoded from its record.
     splice: dict[str, Any] | None = None
     #: Write conversations that end with a recorded reply as requests (``--keep-replies``).
     keep_replies: bool = False
@@ -247,9 +247,9 @@ def job_encoder(job: Job) -> Encoder:
 def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Encoder,
              name: str, base: int) -> tuple[bytes, Counter, list[str]]:
     """The output of one chunk of a nonce run by the splice writer (see
-    :mod:`promptkit.run.splice`): the chunk's bytes with each nonce inserted, and each line
+    :mod:`promptkit.runner.splice`): the chunk's bytes with each nonce inserted, and each line
     the splicer does not take (or a bad one) the usual way, in its place."""
-    from promptkit.run.splice import Splicer
+    from promptkit.runner.splice import Splicer
 
     (step,) = job.steps
     splicer = Splicer(job.splice or {}, job.in_format, state,

@@ -20,6 +20,7 @@ from promptkit.core.errors import (
     InvalidRecordError,
     PromptkitError,
     Skipping,
+    skipped_section,
 )
 from promptkit.core.progress import Progress, tracked
 from promptkit.core.progress import is_wanted as progress_is_wanted
@@ -40,18 +41,19 @@ from promptkit.io.datasets import (
 )
 from promptkit.io.shards import ShardedSource, expand, is_many
 from promptkit.io.streams import STDIO, Sink, Source, display_name
-from promptkit.ops.base import ORDERED, STATEFUL, Step, Where, make
+from promptkit.ops.base import Step, Where
+from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap
 from promptkit.provenance import manifest
 from promptkit.provenance.describe import describe, line_of
 from promptkit.provenance.describe import (
     verify_output as verify_output,  # (publish checks its file)
 )
-from promptkit.run import batches
-from promptkit.run import workers as parallel
-from promptkit.run.splice import ENCODE, WRITERS
-from promptkit.run.splice import WRITER as SPLICE
-from promptkit.run.splice import plan as splice_plan
+from promptkit.runner import batches
+from promptkit.runner import workers as parallel
+from promptkit.runner.splice import ENCODE, WRITERS
+from promptkit.runner.splice import WRITER as SPLICE
+from promptkit.runner.splice import plan as splice_plan
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -65,7 +67,7 @@ def where_of(input_path: str, output_path: str, from_format: str | None = None,
              dataset: dict[str, Any] | None = None,
              counted: dict[str, int] | None = None) -> Where:
     """What the steps of a run from ``input_path`` to ``output_path`` are made for (see
-    :func:`promptkit.ops.base.make`), with the first pass ``pad`` makes over the input
+    :func:`promptkit.ops.registry.make`), with the first pass ``pad`` makes over the input
     (the records it read go into ``counted["records"]``, for the next pass's progress)."""
     return Where(input_path, output_path, from_format, dataset,
                  system_prompts=lambda: system_prompts(input_path, from_format, dataset,
@@ -74,17 +76,6 @@ def where_of(input_path: str, output_path: str, from_format: str | None = None,
 
 #: What each operation's pass is called on the progress line (``check`` only looks at the
 #: records as they pass, and shows its own pass once they all have).
-PASS_LABELS = {"nonce": "adding nonces", "pad": "padding", "fit": "fitting",
-               "turns": "making requests", "hash_trace": "hashing blocks", "check": ""}
-
-
-def pass_label(steps: list[Step]) -> str:
-    """The progress line's label of a run of ``steps``: what they do, in order."""
-    labels = [label for label in dict.fromkeys(PASS_LABELS.get(step.op, step.op)
-                                               for step in steps) if label]
-    return ", ".join(labels) if labels else "copying"
-
-
 def source_progress(label: str, source: Any, *, total: int | None = None) -> Progress:
     """The progress of a pass reading ``source`` in this process: its records read, of
     ``total`` or the source's own estimate. None shown for stdin (whose records may be
@@ -150,7 +141,7 @@ def run(
     A step not yet made (``Step(op, params)``) is made here for this input and output,
     as the command line makes it (see :mod:`promptkit.ops.base`).
 
-    ``writer``: how lines are written (see :mod:`promptkit.run.splice`): ``encode`` encodes
+    ``writer``: how lines are written (see :mod:`promptkit.runner.splice`): ``encode`` encodes
     every record again, as promptkit did before the splice writer (``rebuild`` of such
     a file); by default a nonce run's lines keep their input bytes where they can.
 
@@ -287,8 +278,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                 with source_progress(label, source, total=records):
                     facts = _run_here(source, sink, steps)
             for step in steps:
-                if step.check is not None:
-                    step.check(facts.records_read)
+                if step.on_count is not None:
+                    step.on_count(facts.records_read)
             sink.flush()
             inputs = [{"path": source.name, "format": in_format.name,
                        "records": facts.records_read,
@@ -606,7 +597,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                      else {})},
         "tokenizer": tokenizer,
         **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": manifest.skipped_section(named_lines(source.skipped, source)),
+        "skipped": skipped_section(named_lines(source.skipped, source)),
         **summary,
         "warnings": warnings,
         "wrote": wrote,
@@ -682,7 +673,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": manifest.skipped_section(named_lines(
+            "skipped": skipped_section(named_lines(
                 sorted(source.skipped + skipping.skipped, key=line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
