@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -243,11 +243,6 @@ def _lists_by_index(rows: Dataset, markers: Dataset, value: str, parts: int) -> 
 
     fields = [("index", pa.int64()), ("pos", pa.int64()), (value, pa.int64())]
 
-    def tag(t: pa.Table) -> pa.Table:
-        t = conform(t, fields)
-        index = t.column("index").to_numpy()
-        return t.append_column("part", pa.array(np.asarray(index, dtype=np.int64) % parts))
-
     def assemble(t: pa.Table) -> pa.Table:
         is_marker = pc.is_null(t.column("pos")).to_numpy(zero_copy_only=False)
         index = t.column("index").to_numpy()
@@ -261,10 +256,7 @@ def _lists_by_index(rows: Dataset, markers: Dataset, value: str, parts: int) -> 
                          value: pa.ListArray.from_arrays(pa.array(offsets), values)})
 
     marks = markers.map_batches(lambda t: t.select(["index"]), batch_format="pyarrow")
-    return (rows.map_batches(tag, batch_format="pyarrow")
-            .union(marks.map_batches(tag, batch_format="pyarrow"))
-            .groupby("part", num_partitions=parts)
-            .map_groups(assemble, batch_format="pyarrow"))
+    return _by_index([rows, marks], fields, parts, assemble)
 
 
 # ---------------------------------------------------------------- hash-trace ids
@@ -383,11 +375,6 @@ def leading_seen(ds: Dataset, columns: list[str], *, partitions: int | None = No
     fields = [("index", pa.int64()), ("pos", pa.int64()), ("col", pa.int8()),
               ("seen", pa.bool_())]
 
-    def tag(t: pa.Table) -> pa.Table:
-        t = conform(t, fields)
-        index = t.column("index").to_numpy()
-        return t.append_column("part", pa.array(np.asarray(index, dtype=np.int64) % parts))
-
     def runs(t: pa.Table) -> pa.Table:
         is_marker = pc.is_null(t.column("pos")).to_numpy(zero_copy_only=False)
         records = np.unique(t.column("index").to_numpy()[is_marker])
@@ -409,10 +396,7 @@ def leading_seen(ds: Dataset, columns: list[str], *, partitions: int | None = No
         return pa.table(out)
 
     marks = base.map_batches(lambda t: t.select(["index"]), batch_format="pyarrow")
-    return (flags.map_batches(tag, batch_format="pyarrow")
-            .union(marks.map_batches(tag, batch_format="pyarrow"))
-            .groupby("part", num_partitions=parts)
-            .map_groups(runs, batch_format="pyarrow"))
+    return _by_index([flags, marks], fields, parts, runs)
 
 
 def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
@@ -527,12 +511,7 @@ def _join_on_index(left: Dataset, right: Dataset, parts: int,
     right_names = [name for name, _ in right_fields]
 
     def tag(side: int) -> Any:
-        def add(t: pa.Table) -> pa.Table:
-            t = conform(t.append_column("side", pa.array(np.full(t.num_rows, side, np.int8))),
-                         fields)
-            index = np.asarray(t.column("index").to_numpy(), dtype=np.int64)
-            return t.append_column("part", pa.array(index % parts))
-        return add
+        return lambda t: t.append_column("side", pa.array(np.full(t.num_rows, side, np.int8)))
 
     def join(t: pa.Table) -> pa.Table:
         side = t.column("side").to_numpy()
@@ -540,10 +519,24 @@ def _join_on_index(left: Dataset, right: Dataset, parts: int,
         b = t.filter(pa.array(side == 1)).select(right_names)
         return a.join(b, keys="index", join_type="inner", use_threads=False)
 
-    return (left.map_batches(tag(0), batch_format="pyarrow")
-            .union(right.map_batches(tag(1), batch_format="pyarrow"))
-            .groupby("part", num_partitions=parts)
-            .map_groups(join, batch_format="pyarrow"))
+    return _by_index([left.map_batches(tag(0), batch_format="pyarrow"),
+                      right.map_batches(tag(1), batch_format="pyarrow")], fields, parts, join)
+
+
+def _by_index(sides: list[Dataset], fields: list[tuple[str, pa.DataType]], parts: int,
+              each: Callable[[pa.Table], pa.Table]) -> Dataset:
+    """The rows of ``sides`` (each made to have exactly ``fields``) shuffled by their
+    ``index`` into ``parts`` groups, so that every row of a record meets the others in
+    one group; ``each`` makes a group's rows (a pyarrow table) into its result."""
+
+    def tag(t: pa.Table) -> pa.Table:
+        t = conform(t, fields)
+        index = np.asarray(t.column("index").to_numpy(), dtype=np.int64)
+        return t.append_column("part", pa.array(index % parts))
+
+    first, *rest = [side.map_batches(tag, batch_format="pyarrow") for side in sides]
+    return (first.union(*rest).groupby("part", num_partitions=parts)
+            .map_groups(each, batch_format="pyarrow"))
 
 
 # ---------------------------------------------------------------- histograms, stats
