@@ -10,7 +10,8 @@ from promptkit.core.errors import InvalidRecordError
 from promptkit.core.records import Record
 from promptkit.formats import get_format
 from promptkit.formats.table import COLUMNS, find_mapping, from_row, to_row
-from promptkit.io.streams import Sink, Source
+from promptkit.io.jsonl import Source
+from promptkit.io.sink import Sink
 from promptkit.ops.base import Step
 from promptkit.ops.registry import make
 

@@ -269,7 +269,7 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
     import numpy as np
     import orjson
 
-    from promptkit.io.streams import KEY_ENDS
+    from promptkit.io.jsoncodec import KEY_ENDS
     from promptkit.ops.nonce import NonceMaker, NonceState, nonce_params
     from promptkit.ops.registry import make
     from promptkit.runner import workers as parallel

@@ -27,7 +27,7 @@ from promptkit.core.errors import InvalidRecordError
 from promptkit.formats import get_format
 from promptkit.formats.table import find_mapping
 from promptkit.io import shards
-from promptkit.io.streams import Encoder
+from promptkit.io.sink import Encoder
 from promptkit.ops.nonce import NonceMaker, nonce_params
 from promptkit.ops.registry import make
 from promptkit.runner import batches

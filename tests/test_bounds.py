@@ -182,7 +182,7 @@ def test_a_long_line_costs_what_as_many_short_lines_cost():
     cost time quadratic in its length: a 200 MB line took 45 s, 400 MB did not end)."""
     import time
 
-    from promptkit.io.streams import _line_batches
+    from promptkit.io.jsonl import _line_batches
 
     size, piece = 64 * MB, 64 << 10
     long_line = b"a" * size + b"\n"
@@ -203,15 +203,15 @@ def test_a_long_line_costs_what_as_many_short_lines_cost():
 
 
 def test_blank_lines_and_white_space_keep_their_line_numbers(tmp_path, run):
-    from promptkit.io import streams
+    from promptkit.io import files
 
-    lines = [b"\n" * 3, b'{"text": "a"}\n', b"   \n" * 2, b"\n" * (3 * streams.CHUNK),
-             b'  {"text": "b"}\n', b" " * streams.CHUNK + b"\n", b'{"text": oops}\n']
+    lines = [b"\n" * 3, b'{"text": "a"}\n', b"   \n" * 2, b"\n" * (3 * files.CHUNK),
+             b'  {"text": "b"}\n', b" " * files.CHUNK + b"\n", b'{"text": oops}\n']
     path = tmp_path / "blank.jsonl"
-    path.write_bytes(b" " * (2 * streams.CHUNK) + b"".join(lines))
+    path.write_bytes(b" " * (2 * files.CHUNK) + b"".join(lines))
     result = run("stats", path)
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"promptkit: {path}:{3 * streams.CHUNK + 9}: invalid JSON")
+    assert result.stderr.startswith(f"promptkit: {path}:{3 * files.CHUNK + 9}: invalid JSON")
     result = run("stats", path, "--skip-invalid", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["records"] == 2

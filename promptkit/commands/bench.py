@@ -641,7 +641,8 @@ def scan_file(path: str, *, first_only: bool = False) -> Scan:
     """What AIPerf makes of a file: its format detected as every promptkit command
     detects it, every record read (a bad one is ``FILE:LINE: problem``); with
     ``first_only``, the first record only (the counts are then of it alone)."""
-    from promptkit.io.streams import Source, prompt_key
+    from promptkit.io.jsonl import Source
+    from promptkit.io.keys import prompt_key
 
     source = Source(path)
     turns: dict[int, int] = {}

@@ -23,7 +23,6 @@ untouched. Everything streams (the JSONL is read back a row group at a time).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -40,8 +39,16 @@ from promptkit.core.version import VERSION
 from promptkit.formats import FORMATS
 from promptkit.formats.aiperf import first_turn
 from promptkit.formats.table import COLUMNS, arrow_schema, to_row
-from promptkit.io.files import Lock, fsync_folder, os_error, read_whole, write_text
-from promptkit.io.streams import STDIO
+from promptkit.io.files import (
+    STDIO,
+    Lock,
+    fsync_file,
+    os_error,
+    read_whole,
+    replace_folder,
+    write_text,
+)
+from promptkit.io.hashing import file_sha256
 from promptkit.provenance import manifest
 from promptkit.runner import pipeline
 
@@ -153,12 +160,8 @@ def _publish_locked(target: str, input_path: str, out_dir: str, *, from_format: 
         _check_target(input_path, out_dir, overwrite)  # still free to take
         for root, _, names in os.walk(build):  # every file on disk before the rename
             for name in names:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        _put_in_place(build, target)
+                fsync_file(os.path.join(root, name))
+        replace_folder(build, target)
     except OSError as exc:  # no space left while building: name OUT_DIR, not the build
         shutil.rmtree(build, ignore_errors=True)
         raise os_error(exc, out_dir) from None
@@ -205,22 +208,6 @@ def is_publish_folder(folder: str) -> bool:
         return "published" in manifest.read(os.path.join(folder, MANIFEST_FILE))
     except PromptkitError:
         return False
-
-
-def _put_in_place(build: str, target: str) -> None:
-    """Rename the finished folder to ``target``; an old ``target`` goes only after."""
-    if not os.path.exists(target):
-        os.replace(build, target)
-        return
-    old = build.removesuffix(leftovers.TEMP_SUFFIX) + ".old" + leftovers.TEMP_SUFFIX
-    os.replace(target, old)
-    try:
-        os.replace(build, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    fsync_folder(os.path.dirname(target))
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(folder: str, input_path: str, *, from_format: str | None, to_format: str,
@@ -276,12 +263,8 @@ def _other_files(folder: str, shards: list[dict[str, Any]]) -> list[str]:
 
 
 def _file_entry(folder: str, path: str, records: int | None) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(os.path.join(folder, path), "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    entry: dict[str, Any] = {"path": path, "sha256": digest.hexdigest(),
-                             "bytes": os.path.getsize(os.path.join(folder, path))}
+    sha256, size = file_sha256(os.path.join(folder, path))
+    entry: dict[str, Any] = {"path": path, "sha256": sha256, "bytes": size}
     if records is not None:
         entry["records"] = records
     return entry

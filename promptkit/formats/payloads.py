@@ -57,7 +57,7 @@ def dump_raw_payload(record: Record) -> dict[str, Any]:
 
 def parse_inputs_json(obj: dict[str, Any]) -> Record:
     """One body of an ``inputs.json`` session: ``{"session_id": ..., "payload": body}``,
-    as :func:`promptkit.io.streams.inputs_json_items` gives them."""
+    as :func:`promptkit.io.jsonl.inputs_json_items` gives them."""
     return parse_mooncake(obj)
 
 

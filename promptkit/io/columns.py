@@ -20,7 +20,7 @@ from promptkit.core.records import Record
 from promptkit.formats import FORMATS, Format
 from promptkit.formats.table import Mapping, Timeline, find_mapping, from_row
 from promptkit.io.datasets import DatasetOptions, default_output
-from promptkit.io.streams import Source
+from promptkit.io.jsonl import Source
 
 #: What a manifest names as the format of JSON lines read by columns.
 COLUMNS_FORMAT = Format("jsonl", FORMATS["openai"].parse, FORMATS["openai"].dump, None,
@@ -30,7 +30,7 @@ COLUMNS_FORMAT = Format("jsonl", FORMATS["openai"].parse, FORMATS["openai"].dump
 class ColumnSource(Source):
     """Records of a JSONL file (or stdin) whose objects are mapped by columns.
 
-    Same surface as :class:`~promptkit.io.streams.Source` (the sha256 is of the file's
+    Same surface as :class:`~promptkit.io.jsonl.Source` (the sha256 is of the file's
     bytes), plus :meth:`describe` for the manifest, as a dataset source has.
     """
 

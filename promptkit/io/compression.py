@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from promptkit.core.errors import PromptkitError
+from promptkit.io.files import first_line
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def decompress(chunks: Iterable[bytes], codec: str, name: str) -> Iterator[bytes
             if held:  # at the end of every chunk: a pipe's records flow on at once
                 yield b"".join(held)
     except errors as exc:
-        raise PromptkitError(f"{name}: corrupt {codec} data ({_one_line(exc)})") from None
+        raise PromptkitError(f"{name}: corrupt {codec} data ({first_line(exc)})") from None
     if not d.eof and not fresh:
         raise PromptkitError(f"{name}: truncated {codec} file: it ends before the compressed "
                              "data does (an interrupted download or copy?)")
@@ -193,11 +194,6 @@ def _fed(d: Any, codec: str, data: bytes) -> Generator[bytes, None, bytes]:
         if out:
             yield out
     return bytes(d.unused_data) if d.eof else b""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def read_file(path: str, on_raw: Callable[[bytes], Any] | None = None,

@@ -7,7 +7,7 @@ arrow / CSV files (CSV with promptkit's own strict reader, compressed or not: se
 stays flat however large the dataset. Columns become records by
 :func:`promptkit.formats.table.find_mapping`; the columns it does not use are
 kept as the records' fields. (A JSON array is read like JSON lines, by
-``streams.Source``, unless dataset options ask for ``datasets``.)
+``jsonl.Source``, unless dataset options ask for ``datasets``.)
 
 :class:`TableSink` writes records as a parquet file or a ``save_to_disk`` folder
 (:data:`promptkit.formats.table.COLUMNS`), atomically like the JSONL sink.
@@ -30,13 +30,21 @@ from typing import Any
 import orjson
 
 from promptkit.core import leftovers
-from promptkit.core.errors import InvalidRecordError, PromptkitError
+from promptkit.core.errors import InvalidRecordError, ManifestError, PromptkitError
 from promptkit.core.records import Record
 from promptkit.formats import FORMATS, Format
 from promptkit.formats.table import Mapping, Timeline, arrow_schema, batch_records, find_mapping
 from promptkit.io.csvfiles import CsvRows, Numbered, delimiter_of, typed
-from promptkit.io.files import fsync_folder, os_error, refuse_special, remove_quietly
-from promptkit.io.streams import Encoder, Written, refuse_overwrite
+from promptkit.io.files import (
+    first_line,
+    fsync_file,
+    os_error,
+    put_in_place,
+    remove_quietly,
+    replace_folder,
+)
+from promptkit.io.hashing import combined_sha256, file_sha256, hash_file
+from promptkit.io.sink import Encoder, Written, refuse_overwrite
 
 #: File suffixes read through ``datasets``' packaged builders (when shuffled); CSV files
 #: are read by :mod:`promptkit.io.csvfiles`.
@@ -97,7 +105,7 @@ def default_output(mapping: Mapping) -> str:
 
 def is_dataset(path: str) -> bool:
     """Whether ``path`` is read as a dataset (else it is JSONL, or a JSON array read as
-    JSONL is: see :class:`promptkit.io.streams.Source`): a CSV file compressed too."""
+    JSONL is: see :class:`promptkit.io.jsonl.Source`): a CSV file compressed too."""
     if path.startswith("hf:") or os.path.isdir(path):
         return True
     return os.path.splitext(path)[1].lower() in BUILDERS or delimiter_of(path) is not None
@@ -113,7 +121,7 @@ def is_json_array(path: str) -> bool:
 
 
 class DatasetSource:
-    """Records of a Hugging Face dataset, with the same surface as ``streams.Source``."""
+    """Records of a Hugging Face dataset, with the same surface as ``jsonl.Source``."""
 
     format = DATASET_FORMAT
     #: The rows in the stream before this file's (one shard of many, see
@@ -147,7 +155,7 @@ class DatasetSource:
             self.close()
             raise
         except Exception as exc:  # a data file datasets cannot parse
-            raise PromptkitError(f"{self.name}: {_one_line(exc)}") from None
+            raise PromptkitError(f"{self.name}: {first_line(exc)}") from None
         if first is None and self._csv is not None:  # a header and no rows
             columns = self._csv.columns
         elif first is None:
@@ -275,7 +283,7 @@ class DatasetSource:
         except PromptkitError:
             raise
         except Exception as exc:  # datasets raises many kinds; each is one line here
-            raise PromptkitError(f"{self.name}: {_one_line(exc)}") from None
+            raise PromptkitError(f"{self.name}: {first_line(exc)}") from None
 
     def _load(self) -> Any:
         import datasets
@@ -364,7 +372,7 @@ class DatasetSource:
                 except PromptkitError:
                     raise
                 except Exception as exc:
-                    raise PromptkitError(f"{self.name}:{row_no}: {_one_line(exc)}") from None
+                    raise PromptkitError(f"{self.name}:{row_no}: {first_line(exc)}") from None
             if batch.__class__ is Numbered:
                 row_no, batch = batch
             if not batch.num_rows:
@@ -382,7 +390,7 @@ class DatasetSource:
             yield self.name, self.base, row_no, batch
 
     def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
-        """The records, in row order (``allow_empty``: as ``streams.Source`` takes it; a
+        """The records, in row order (``allow_empty``: as ``jsonl.Source`` takes it; a
         dataset with no rows is refused when opened)."""
         mapping = self.mapping
         clock = Timeline(mapping.timestamp_unit) if mapping.timestamp_unit else None
@@ -411,8 +419,6 @@ class _FilesDigest:
         self._hex: str | None = None
 
     def hexdigest(self) -> str:
-        from promptkit.io.shards import combined_sha256, file_sha256
-
         if self._hex is None:
             digests = [file_sha256(f)[0] for f in self.files]
             self._hex = digests[0] if len(digests) == 1 else combined_sha256(digests)
@@ -556,18 +562,13 @@ def _commit_of(repo_id: str, revision: str | None) -> str | None:
         return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 # ---------------------------------------------------------------- writing
 
 
 class TableSink(Written):
     """Records as a parquet file or a ``save_to_disk`` folder, written atomically.
 
-    Same surface as ``streams.Sink``. The sha256 is that of the parquet file, or of
+    Same surface as ``sink.Sink``. The sha256 is that of the parquet file, or of
     the folder's Arrow data files in name order.
     """
 
@@ -644,7 +645,7 @@ class TableSink(Written):
         self._writer.close()
         self._writer = None
         if self.format.name == "parquet":
-            _hash_file(self.sha256, self._parquet)
+            hash_file(self._parquet, self.sha256)
             return
         import datasets
 
@@ -656,32 +657,20 @@ class TableSink(Written):
         del loaded
         for name in sorted(os.listdir(folder)):
             if name.endswith(".arrow"):
-                _hash_file(self.sha256, os.path.join(folder, name))
+                hash_file(os.path.join(folder, name), self.sha256)
 
     def commit(self) -> None:
         self.flush()
-        made = self._parquet if self.format.name == "parquet" else os.path.join(
-            self._scratch, "dataset")
-        refuse_special(self.path)  # (as files.put_in_place does)
-        try:
-            if self.format.name == "parquet":
-                _fsync_file(made)
-            else:
+        if self.format.name == "parquet":
+            put_in_place(self._parquet, self.path)
+        else:
+            made = os.path.join(self._scratch, "dataset")
+            try:
                 for name in os.listdir(made):
-                    _fsync_file(os.path.join(made, name))
-            if os.path.isdir(self.path) and self.format.name == "hf-dir":
-                old = f"{self._scratch}/old"
-                os.replace(self.path, old)
-                try:
-                    os.replace(made, self.path)
-                except OSError:
-                    os.replace(old, self.path)
-                    raise
-            else:
-                os.replace(made, self.path)
-        except OSError as exc:
-            raise os_error(exc, self.path) from None
-        fsync_folder(os.path.dirname(os.path.abspath(self.path)))
+                    fsync_file(os.path.join(made, name))
+            except OSError as exc:
+                raise os_error(exc, self.path) from None
+            replace_folder(made, self.path)
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def abort(self) -> None:
@@ -699,41 +688,26 @@ def is_saved_dataset(path: str) -> bool:
                for name in ("dataset_info.json", "state.json"))
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def table_facts(path: str, fmt: str) -> tuple[str, int]:
     """``(sha256, rows)`` of a written table, hashed as :class:`TableSink` hashes it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from promptkit.core.errors import ManifestError
 
     if not os.path.exists(path):
         raise ManifestError(f"{path}: no such file or folder")
     digest = hashlib.sha256()
     try:
         if fmt == "parquet":
-            _hash_file(digest, path)
+            hash_file(path, digest)
             return digest.hexdigest(), pq.ParquetFile(path).metadata.num_rows
         rows = 0
         for name in sorted(os.listdir(path)):
             if name.endswith(".arrow"):
                 file = os.path.join(path, name)
-                _hash_file(digest, file)
+                hash_file(file, digest)
                 with pa.memory_map(file) as source:
                     rows += pa.ipc.open_stream(source).read_all().num_rows
     except (OSError, pa.ArrowInvalid) as exc:
-        raise ManifestError(f"{path}: not a readable {fmt}: {_one_line(exc)}") from None
+        raise ManifestError(f"{path}: not a readable {fmt}: {first_line(exc)}") from None
     return digest.hexdigest(), rows
 
-
-def _hash_file(digest: Any, path: str) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)

@@ -40,10 +40,25 @@ from promptkit.core import leftovers
 from promptkit.core.errors import PromptkitError
 from promptkit.core.limits import MAX_WHOLE_FILE, size_text
 
+#: The path that stands for stdin (reading) or stdout (writing).
 STDIO = "-"
+#: Bytes read or written at a time.
+CHUNK = 1 << 20
 #: The suffix of every temporary file or folder promptkit writes beside a target.
 TMP_SUFFIX = ".promptkit-tmp"
 LOCK_SUFFIX = ".promptkit-lock"
+
+
+def display_name(path: str) -> str:
+    """How messages name an input path (``-``: ``<stdin>``)."""
+    return "<stdin>" if path == STDIO else path
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none): a
+    library's message of many lines, cut to promptkit's one line."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def os_error(exc: OSError, path: str | None = None) -> PromptkitError:
@@ -142,6 +157,15 @@ def refuse_clashes(targets: list[tuple[str, str]], inputs: Iterable[str] = ()) -
                                      "name another")
 
 
+def fsync_file(path: str) -> None:
+    """Flush a finished file's bytes to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_folder(folder: str) -> None:
     """Make the renames in ``folder`` durable (best effort: not every system can)."""
     try:
@@ -223,15 +247,33 @@ def put_in_place(tmp: str, path: str, mode: int = 0o666) -> None:
     try:
         os.chmod(tmp, mode & ~umask)
         if not os.path.isdir(tmp):  # on disk before it has its name
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise os_error(exc, path) from None
     fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def replace_folder(made: str, path: str, mode: int = 0o777) -> None:
+    """Rename the finished folder ``made`` to ``path`` (with :func:`put_in_place`); a
+    folder already at ``path`` is first moved aside (``made``'s name with ``.old``,
+    which a later run sweeps if this one is killed), put back if the rename fails, and
+    removed once the new folder is in place: ``path`` holds the old folder or the new
+    one, never a mix (it is missing only between the two renames)."""
+    old = None
+    if os.path.isdir(path):
+        old = made.removesuffix(TMP_SUFFIX) + ".old" + TMP_SUFFIX
+        try:
+            os.replace(path, old)
+        except OSError as exc:
+            raise os_error(exc, path) from None
+    try:
+        put_in_place(made, path, mode)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        raise
+    remove_quietly(old)
 
 
 class Lock:

@@ -16,15 +16,16 @@ on a cluster):
 - :func:`shard_name` -- a shard's name within its input, wherever the input is;
 - :func:`positions` -- the places one shard takes in the stream (lines, or rows);
 - :func:`offsets` -- each shard's first place, from the places of those before it;
-- :func:`combined_sha256` -- the input's sha256, from the shards' own;
-- :class:`ShardedSource` -- the stream itself, with the surface of ``streams.Source``.
+- :class:`ShardedSource` -- the stream itself, with the surface of
+  :class:`~promptkit.io.jsonl.Source`.
+
+The input's sha256 is :func:`~promptkit.io.hashing.combined_sha256` of the shards' own.
 """
 
 from __future__ import annotations
 
 import bisect
 import glob
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +34,10 @@ from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitE
 from promptkit.core.records import Record
 from promptkit.formats import default_output
 from promptkit.io import compression
-from promptkit.io.files import special_kind
+from promptkit.io.datasets import DatasetOptions, DatasetSource
+from promptkit.io.files import first_line, special_kind
+from promptkit.io.hashing import combined_sha256, file_sha256
+from promptkit.io.jsonl import Source
 
 #: Names of JSONL shards in a folder (each may end in a codec's suffix, ``.jsonl.gz``).
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -132,12 +136,10 @@ def positions(path: str) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from promptkit.io.datasets import _one_line
-
         try:
             return int(pq.ParquetFile(path).metadata.num_rows)
         except (pa.ArrowException, OSError) as exc:  # a truncated file: no footer
-            raise PromptkitError(f"{path}: {_one_line(exc)}") from None
+            raise PromptkitError(f"{path}: {first_line(exc)}") from None
     lines = 0
     last = b"\n"
     for chunk in compression.read_file(path):
@@ -154,23 +156,6 @@ def offsets(counts: list[int]) -> list[int]:
         out.append(total)
         total += count
     return out
-
-
-def combined_sha256(digests: list[str]) -> str:
-    """The sha256 of many files as one input: that of their own sha256s (hex), one a line,
-    in order (so it is computed from the shards' hashes alone, wherever each was hashed)."""
-    return hashlib.sha256("".join(f"{d}\n" for d in digests).encode()).hexdigest()
-
-
-def file_sha256(path: str) -> tuple[str, int]:
-    """``(sha256, size)`` of a file's bytes."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while data := f.read(1 << 20):
-            digest.update(data)
-            size += len(data)
-    return digest.hexdigest(), size
 
 
 def _visible(folder: str) -> list[str]:
@@ -199,8 +184,9 @@ class _Combined:
 
 
 class ShardedSource:
-    """The records of many shards as one stream, with the surface of ``streams.Source``
-    (and of ``datasets_io.DatasetSource`` for parquet shards).
+    """The records of many shards as one stream, with the surface of
+    :class:`~promptkit.io.jsonl.Source` (and of
+    :class:`~promptkit.io.datasets.DatasetSource` for parquet shards).
 
     Inside, a record's ``lineno`` is its place in the stream (its index plus one), as a
     line number is in one file; :meth:`locate` and :meth:`name_line` turn it back into
@@ -275,8 +261,6 @@ class ShardedSource:
         if self.kind == "parquet":
             self._current = self._open_parquet(path)
         else:
-            from promptkit.io.streams import Source
-
             fmt = self._fmt or (self.format.name if self.format is not None else None)
             sub = Source(path, fmt, skip_invalid=self.skip_invalid, allow_empty=True)
             if sub.layout != "lines":
@@ -288,8 +272,6 @@ class ShardedSource:
         return self._current
 
     def _open_parquet(self, path: str) -> Any:
-        from promptkit.io.datasets import DatasetOptions, DatasetSource
-
         if positions(path) == 0:
             return _NoRows(path)
         options = DatasetOptions(**self.options)

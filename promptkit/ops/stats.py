@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptkit.core.figures import token_figures
 from promptkit.core.records import USER_ROLES, Record, first_text, message_texts
 from promptkit.core.tokenizers import Tokenizer
 from promptkit.formats.aiperf import requests_of
@@ -84,19 +85,7 @@ class Stats:
             "turns": self.turns,
         }
         if self.tokens:
-            import numpy as np
-
-            counts = np.frombuffer(self.tokens, dtype=np.uint32)
-            p50, p90, p99 = np.percentile(counts, [50, 90, 99], method="nearest")
-            out["prompt_tokens"] = {
-                "total": int(counts.sum(dtype=np.int64)),
-                "min": int(counts.min()),
-                "mean": round(float(counts.mean()), 2),
-                "p50": int(p50),
-                "p90": int(p90),
-                "p99": int(p99),
-                "max": int(counts.max()),
-            }
+            out["prompt_tokens"] = token_figures(self.tokens)
             if len(self.tokens) > self.stated:  # some were tokenized
                 out["distinct_first_tokens"] = len(self.first_tokens)
         if self.stated:

@@ -22,7 +22,8 @@ from promptkit.formats import FORMATS, TABLE_FORMATS, default_output
 from promptkit.formats.aiperf import HASH_BLOCK_FLAGS, block_size_in
 from promptkit.io import compression
 from promptkit.io.datasets import TableSink, table_facts
-from promptkit.io.streams import STDIO, Sink, display_name
+from promptkit.io.files import STDIO, display_name
+from promptkit.io.sink import Sink
 from promptkit.ops.base import Step
 from promptkit.ops.pad import PadState
 from promptkit.provenance import manifest

@@ -19,22 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from typing import Any
 
 from promptkit.core import leftovers
 from promptkit.core.errors import PromptkitError
 from promptkit.io import files
-from promptkit.io.streams import STDIO
+from promptkit.io.files import STDIO
+from promptkit.io.hashing import LineCount, hash_file
 from promptkit.provenance import manifest
 
 #: The manifest of a part folder, inside it (so the folder is one unit: renamed into
 #: place whole, copied or uploaded whole).
 MANIFEST = "manifest.json"
 PART = "part-{:05d}.jsonl"
-#: Bytes read at a time when a part is hashed.
-READ = 1 << 20
 
 
 def is_part_folder(path: str, manifest_path: str | None = None) -> bool:
@@ -100,10 +98,7 @@ def hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
     against the sha256 its writer reported."""
     for part in parts:
         own = hashlib.sha256()
-        with open(os.path.join(folder, part["path"]), "rb") as f:
-            while block := f.read(READ):
-                own.update(block)
-                digest.update(block)
+        hash_file(os.path.join(folder, part["path"]), own, digest)
         if own.hexdigest() != part["sha256"]:
             raise PromptkitError(f"{part['path']}: its bytes changed after its task wrote them")
 
@@ -115,21 +110,7 @@ def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
         if name.endswith(files.TMP_SUFFIX):
             files.remove_quietly(os.path.join(staging, name))
     manifest.write(os.path.join(staging, MANIFEST), result)
-    old = None
-    if os.path.isdir(output_path):
-        old = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
-                               suffix=files.TMP_SUFFIX,
-                               dir=os.path.dirname(os.path.abspath(output_path)))
-        os.rmdir(old)
-        os.replace(output_path, old)
-    try:
-        files.put_in_place(staging, output_path, 0o777)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output_path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    files.replace_folder(staging, output_path)
 
 
 def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
@@ -164,13 +145,9 @@ def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
         if not os.path.isfile(real):
             problems.append(f"{name} is not a file: not read")
             continue
-        own = hashlib.sha256()
-        lines = 0
-        with open(file, "rb") as f:
-            while block := f.read(READ):
-                own.update(block)
-                whole.update(block)
-                lines += block.count(b"\n")
+        own, counted = hashlib.sha256(), LineCount()
+        hash_file(file, own, whole, counted)
+        lines = counted.lines
         records += lines
         if own.hexdigest() != part["sha256"]:
             problems.append(f"{name}: sha256 is {own.hexdigest()}, manifest says "

@@ -18,8 +18,8 @@ from typing import Any
 from promptkit.core.errors import OptionNeededError, PromptkitError
 from promptkit.io import files
 from promptkit.io.datasets import DatasetOptions
+from promptkit.io.files import STDIO, display_name
 from promptkit.io.shards import expand, is_many, shard_name
-from promptkit.io.streams import STDIO, display_name
 from promptkit.ops.base import Step
 from promptkit.ops.registry import make
 from promptkit.ops.synth import GENERATORS, checked_params

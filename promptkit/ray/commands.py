@@ -35,8 +35,10 @@ from promptkit.core.tokenizers import cached_tokenizer, load_tokenizer
 from promptkit.core.words import counted, plural
 from promptkit.formats import TABLE_FORMATS, get_format
 from promptkit.io import files
+from promptkit.io.jsonl import Source
+from promptkit.io.keys import stable_prompt_key
 from promptkit.io.shards import ShardedSource
-from promptkit.io.streams import Encoder, Source, joined, stable_prompt_key
+from promptkit.io.sink import Encoder, joined
 from promptkit.ops.base import Step
 from promptkit.ops.check import CheckOptions
 from promptkit.ops.hashtrace import DIGEST, hashed_records

@@ -57,7 +57,8 @@ from promptkit.core.errors import InvalidRecordError, PromptkitError
 from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.formats import get_format
 from promptkit.io import files
-from promptkit.io.streams import Encoder, Source, Written
+from promptkit.io.jsonl import Source
+from promptkit.io.sink import Encoder, Written
 from promptkit.ops.base import Step
 from promptkit.ops.registry import ORDERED
 from promptkit.ops.stats import Tap

@@ -44,7 +44,9 @@ from promptkit.formats import FORMATS
 from promptkit.formats.accept import FIELDS
 from promptkit.formats.table import Mapping, _missing, batch_records
 from promptkit.io.datasets import DatasetSource
-from promptkit.io.streams import Counter, Encoder, Sink, stable_key
+from promptkit.io.jsonl import Counter
+from promptkit.io.keys import stable_key
+from promptkit.io.sink import Encoder, Sink
 from promptkit.ops.base import Step
 from promptkit.ops.nonce import NonceMaker
 from promptkit.ops.registry import ORDERED
@@ -381,7 +383,7 @@ class Lane:
     (single_turn) or ``{"messages": [{"role": "user", "content": TEXT}], FIELDS...}``,
     its fields the row's other columns in order with empty values (null, a float NaN)
     left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
-    the formats' ``dump`` and :func:`~promptkit.io.streams.prompt_key` make of it. A chunk
+    the formats' ``dump`` and :func:`~promptkit.io.keys.prompt_key` make of it. A chunk
     with anything else (a text column that is not all text, an empty text with no nonce,
     a column named as one of those keys or as a field AIPerf reads, a value JSON cannot
     hold as it is, any column for openai) goes the record way, which writes it or names

@@ -39,8 +39,10 @@ from promptkit.io.datasets import (
     is_dataset,
     is_json_array,
 )
+from promptkit.io.files import STDIO, display_name
+from promptkit.io.jsonl import Source
 from promptkit.io.shards import ShardedSource, expand, is_many
-from promptkit.io.streams import STDIO, Sink, Source, display_name
+from promptkit.io.sink import Sink
 from promptkit.ops.base import Step, Where
 from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap

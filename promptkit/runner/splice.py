@@ -52,14 +52,8 @@ from promptkit.core.errors import PromptkitError
 from promptkit.core.records import Record
 from promptkit.formats.accept import problem
 from promptkit.formats.aiperf import parse_mooncake, parse_single_turn
-from promptkit.io.streams import (
-    KEY_ENDS,
-    beyond_64_bits,
-    duplicate_key,
-    key_parts,
-    salt_of,
-    too_deep,
-)
+from promptkit.io.jsoncodec import KEY_ENDS, beyond_64_bits, duplicate_key, too_deep
+from promptkit.io.keys import key_parts, salt_of
 from promptkit.ops.nonce import HASH_ID_BASE, NonceMaker, NonceState, first_id
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.

@@ -26,19 +26,9 @@ from promptkit.core.limits import MAX_LINE
 from promptkit.core.records import Record
 from promptkit.formats import get_format
 from promptkit.io import compression
-from promptkit.io.streams import (
-    BOM,
-    Background,
-    Counter,
-    Encoder,
-    Sink,
-    is_inputs_json,
-    joined,
-    long_line,
-    parse_lines,
-    stable_key,
-    stable_prompt_key,
-)
+from promptkit.io.jsonl import BOM, Counter, is_inputs_json, long_line, parse_lines
+from promptkit.io.keys import stable_key, stable_prompt_key
+from promptkit.io.sink import Background, Encoder, Sink, joined
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.

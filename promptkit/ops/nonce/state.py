@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from promptkit.core.errors import Skipping
-from promptkit.ops.stats import Stats
+from promptkit.core.figures import token_figures
 from promptkit.text.templates import (
     TEMPLATES,
 )
@@ -320,18 +320,16 @@ class NonceState(Skipping):
         if self.tools:
             out["tools"] = {"records": self.tools, "nonce_after_tools": self.after_tools}
         if self.template is not None:
-            figures = Stats(records=len(self.ahead), tokens=self.ahead).summary()
             out["tokens_before_nonce"] = {
                 "chat_template": self.template, "records": len(self.ahead),
-                **({"tokens": figures["prompt_tokens"]} if "prompt_tokens" in figures else {}),
+                **({"tokens": token_figures(self.ahead)} if self.ahead else {}),
                 "records_with_a_block_before": sum(n >= BLOCK for n in self.ahead),
                 "block_size": BLOCK, "refused_by_the_template": self.refused}
         if self.tokenizer is None:
             return out
-        summary = Stats(records=len(self.tokens_before), tokens=self.tokens_before).summary()
-        before = {"tokenizer": self.tokenizer, "records": summary["records"]}
-        if "prompt_tokens" in summary:
-            before["prompt_tokens"] = summary["prompt_tokens"]
+        before: dict[str, Any] = {"tokenizer": self.tokenizer, "records": len(self.tokens_before)}
+        if self.tokens_before:
+            before["prompt_tokens"] = token_figures(self.tokens_before)
         return {"token_stats_before": before, **out}
 
     def warning(self, at: str) -> str | None:
