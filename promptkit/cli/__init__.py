@@ -394,7 +394,8 @@ def ray_and_report(input_path: str, output_path: str, steps: list[Step], *,
         raise click.UsageError("--ray writes its manifest into OUT (OUT/manifest.json): "
                                "--manifest is not taken with it")
     on_ray.require()
-    from promptkit.ray.run import MANIFEST, run_folder
+    from promptkit.provenance.parts import MANIFEST
+    from promptkit.ray.commands import run_folder
 
     result = run_folder(input_path, output_path, steps, address=ray_address,
                         from_format=from_format, to_format=to_format,
@@ -428,8 +429,8 @@ def ray_hash_trace(input_path: str, output_path: str, step: Step, *, from_format
                    ray_address: str) -> None:
     """``hash-trace --ray``: ids numbered by distributed shuffles, parts written by tasks."""
     ray_ready(ray_address, manifest_path, dataset)
+    from promptkit.provenance.parts import MANIFEST
     from promptkit.ray.commands import hash_trace_folder
-    from promptkit.ray.run import MANIFEST
 
     result = hash_trace_folder(input_path, output_path, step, address=ray_address,
                                from_format=from_format, skip_invalid=skip_invalid,
@@ -1000,8 +1001,10 @@ def ray_check(input_path: str, *, plot: str | None, per_request: str | None,
     from promptkit.ray.aggregate import NeedsSequence
     from promptkit.ray.commands import check_on_ray
 
+    aiperf_args = pipeline.aiperf_arguments(input_path, params.pop("system_prompt_file", None),
+                                            params.pop("use_manifest", True))
     try:
-        return check_on_ray(input_path, address=ray_address, **params)
+        return check_on_ray(input_path, address=ray_address, aiperf_args=aiperf_args, **params)
     except NeedsSequence as exc:
         click.echo(f"promptkit: check: {exc}: ran on one node", err=True)
         return None
@@ -1193,21 +1196,6 @@ def prefix_test(output_path: str, groups: int, group_size: int, system_tokens: i
     summarize(result, manifest_path)
 
 
-def _is_part_folder(manifest_path: str) -> bool:
-    """Whether a folder is one of parts (``--ray``), by its manifest: a saved dataset
-    (``--to hf-dir``) is a folder too, with its manifest beside it."""
-    import json
-
-    from promptkit.io.files import read_whole
-
-    try:
-        return "parts" in json.loads(read_whole(manifest_path, "manifest")).get("output", {})
-    except (OSError, ValueError, AttributeError, PromptkitError):
-        return False
-    except RecursionError:  # nested too deeply: reading it as the folder's says so
-        return True
-
-
 @cli.command()
 @click.argument("path", metavar="FILE")
 @click.option("--manifest", "manifest_path", metavar="PATH",
@@ -1226,9 +1214,9 @@ def verify(path: str, manifest_path: str | None) -> None:
     import os
 
     from promptkit.provenance.describe import verify_output
-    from promptkit.ray.run import MANIFEST, verify_folder
+    from promptkit.provenance.parts import MANIFEST, is_part_folder, verify_folder
 
-    if os.path.isdir(path) and _is_part_folder(manifest_path or os.path.join(path, MANIFEST)):
+    if is_part_folder(path, manifest_path):
         problems = verify_folder(path, manifest_path)
         if problems:
             raise UserError(f"{path}: does not match its manifest: " + "; ".join(problems))
@@ -1269,9 +1257,14 @@ def rebuild(manifest_path: str, output_path: str, input_path: str | None, allow_
     """
     from promptkit.provenance.rebuild import rebuild as rebuild_file
 
+    on_cluster = None
+    if ray_address is not None:
+        from promptkit.ray.commands import on_cluster as ray_runner
+
+        on_cluster = ray_runner(ray_address)
     result = rebuild_file(manifest_path, output_path, input_path=input_path,
-                              argv=PromptkitGroup.argv, workers=workers,
-                              allow_paths=allow_paths, ray_address=ray_address)
+                          argv=PromptkitGroup.argv, workers=workers,
+                          allow_paths=allow_paths, on_cluster=on_cluster)
     parts = "parts" in result["output"]
     summarize(result, f"{output_path}/manifest.json" if parts else
               manifest.default_path(output_path) if output_path != "-" else None)

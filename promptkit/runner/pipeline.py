@@ -50,7 +50,7 @@ from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap
 from promptkit.ops.synth import GENERATORS
 from promptkit.provenance import manifest
-from promptkit.provenance.describe import _line_of, describe
+from promptkit.provenance.describe import describe, line_of
 from promptkit.provenance.describe import (
     verify_output as verify_output,  # (publish checks its file)
 )
@@ -638,7 +638,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
             "skipped": skipped_section(named_lines(
-                sorted(source.skipped + skipping.skipped, key=_line_of), source)),
+                sorted(source.skipped + skipping.skipped, key=line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
