@@ -273,7 +273,7 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
     from promptkit.ops.nonce import NonceMaker, NonceState, nonce_params
     from promptkit.ops.registry import make
     from promptkit.runner import workers as parallel
-    from promptkit.runner.splice import _TEXT_START, Splicer
+    from promptkit.runner.writers import _TEXT_START, Splicer
 
     with open(path, "rb") as f:
         data = b"".join(f.readline() for _ in range(lines_wanted))

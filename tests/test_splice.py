@@ -1,4 +1,4 @@
-"""The splice writer (``output.writer`` ``splice/1``, :mod:`promptkit.runner.splice`) against
+"""The splice writer (``output.writer`` ``splice/1``, :mod:`promptkit.runner.writers`) against
 the writer it replaces for plain nonce runs (``encode``: every record encoded again).
 
 The promise: the bytes may differ only in formatting. Read as AIPerf reads the file

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from promptkit.commands.common import for_workers, ray_ready, say, shuffled
+from promptkit.commands.common import ray_ready, say, shuffled
 from promptkit.commands.plots import check_plot
 from promptkit.commands.steps import check_params
 from promptkit.core.errors import (
@@ -34,7 +34,7 @@ from promptkit.io.shards import is_many
 from promptkit.ops import check as checking
 from promptkit.ops.check import CheckOptions, Setup, check_records, hit_rate_problem
 from promptkit.provenance import manifest
-from promptkit.provenance.describe import _line_of
+from promptkit.provenance.describe import line_of
 from promptkit.runner import workers as parallel
 from promptkit.runner.pipeline import (
     chunked_files,
@@ -42,7 +42,6 @@ from promptkit.runner.pipeline import (
     located,
     named_lines,
     open_source,
-    read_in_workers,
     source_progress,
 )
 
@@ -81,7 +80,7 @@ def check(input_path: str, *, from_format: str | None = None, skip_invalid: bool
         try:
             summary = check_on_ray(input_path, address=ray, from_format=from_format,
                                    tokenizer=tokenizer, skip_invalid=skip_invalid,
-                                   applied=applied, **params)
+                                   aiperf_args=applied, **params)
         except NeedsSequence as exc:
             note(f"check: {exc}: ran on one node")
     if summary is None:
@@ -164,7 +163,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
             "skipped": skipped_section(named_lines(
-                sorted(source.skipped + skipping.skipped, key=_line_of), source)),
+                sorted(source.skipped + skipping.skipped, key=line_of), source)),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 
@@ -222,7 +221,8 @@ def _check_in_workers(source: Any, path: str | list[str], options: Any, tokenize
         source.close()
         raise PromptkitError(f"{source.name}: empty file: no records")
     setup = Setup(first, options, tokenizer, spec, Skipping(skipping.skip_invalid, skipping.op))
-    digest = for_workers(source)  # the chunks read the whole input again
+    source.close()  # the workers read it again, from the start
+    digest = source.to_workers()
 
     done = parallel.InputFacts()
 
@@ -239,5 +239,5 @@ def _check_in_workers(source: Any, path: str | list[str], options: Any, tokenize
 
     with file_progress("checking", path, done):
         report = setup.replay(pairs())
-    read_in_workers(source, done)
+    source.from_workers(done)
     return report

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from typing import Any
 
 from promptkit.core.errors import BadOptionError
 from promptkit.core.seeds import new_seed
 from promptkit.io.files import STDIO
-from promptkit.io.shards import ShardedSource
 from promptkit.provenance import manifest
+from promptkit.provenance.parts import MANIFEST
 
 
 def say(line: str) -> None:
@@ -24,8 +23,6 @@ def manifest_path_for(output_path: str, manifest_path: str | None = None, *,
     """Where a run's manifest goes: ``manifest_path`` when given, else OUT.manifest.json
     (none when OUT is stdout); OUT/manifest.json inside a folder of ``parts`` (``--ray``)."""
     if parts:
-        from promptkit.ray.run import MANIFEST  # (the Ray side: only for --ray, for start-up)
-
         return f"{output_path}/{MANIFEST}"
     if manifest_path is None and output_path != STDIO:
         return manifest.default_path(output_path)
@@ -56,16 +53,3 @@ def ray_ready(address: str, manifest_path: str | None = None,
         raise BadOptionError(f"--ray reads JSONL files; --{chosen[0].replace('_', '-')} is "
                              "not taken with it")
     require()
-
-
-def for_workers(source: Any) -> Any:
-    """Ready ``source`` to be read again by worker processes (it read the first records,
-    to detect the format): nothing counted; the digest the chunks hash one file into."""
-    source.close()
-    if isinstance(source, ShardedSource):
-        source.read_in_workers([], [])
-        return hashlib.sha256()  # each shard is hashed on its own (InputFacts.shards)
-    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
-    source.count = 0
-    source.skipped = []
-    return source.sha256

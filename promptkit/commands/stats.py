@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from promptkit.commands.common import for_workers, ray_ready, shuffled
+from promptkit.commands.common import ray_ready, shuffled
 from promptkit.commands.plots import stats_plot
 from promptkit.core.errors import BadOptionError, PromptkitError, skipped_section
 from promptkit.core.progress import is_wanted as progress_is_wanted
@@ -26,7 +26,6 @@ from promptkit.runner.pipeline import (
     file_progress,
     named_lines,
     open_source,
-    read_in_workers,
     source_progress,
 )
 from promptkit.text.templates import TEMPLATES
@@ -148,7 +147,8 @@ def _stats_in_workers(source: Any, path: str | list[str], tokenizer: str | None,
                       skip_invalid: bool, workers: int, chat_template: str = "none",
                       label: str = "counting") -> Any:
     """Statistics of a large file (or many), a chunk a worker process, merged in order."""
-    digest = for_workers(source)
+    source.close()  # the workers read it again, from the start
+    digest = source.to_workers()
     total = Stats()
     done = parallel.InputFacts()
     with file_progress(label, path, done):
@@ -160,5 +160,5 @@ def _stats_in_workers(source: Any, path: str | list[str], tokenizer: str | None,
             source.count += read
             done.records_read = source.count
             source.skipped += skipped
-    read_in_workers(source, done)
+    source.from_workers(done)
     return total

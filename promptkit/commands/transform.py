@@ -75,7 +75,7 @@ def _on_ray(input_path: str, output_path: str, steps: list[Step], *, from_format
                                  from_format=from_format, skip_invalid=skip_invalid,
                                  argv=argv)
     ray_ready(ray, manifest_path)
-    from promptkit.ray.run import run_folder  # (the Ray side: only for --ray, for start-up)
+    from promptkit.ray.commands import run_folder  # (imports numpy: on demand)
 
     return run_folder(input_path, output_path, steps, address=ray, from_format=from_format,
                       to_format=to_format, skip_invalid=skip_invalid, argv=argv,

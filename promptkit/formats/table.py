@@ -255,7 +255,7 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
         record.input_length = _length(row, mapping.input_length)
     output = mapping.output_length
     # A trace of lengths states every output length; a dataset of texts may leave some out.
-    if output is not None and (mapping.layout == "lengths" or not _missing(row.get(output))):
+    if output is not None and (mapping.layout == "lengths" or not missing(row.get(output))):
         record.output_length = _length(row, output)
     if mapping.timestamp is not None:
         if clock is None:
@@ -315,7 +315,7 @@ def batch_records(batch: Any, mapping: Mapping, clock: Timeline | None = None
             if systems is not None:
                 assert mapping.system is not None
                 messages.insert(0, Message("system", _text_of(systems[i], mapping.system)))
-            if outputs is not None and not _missing(outputs[i]):
+            if outputs is not None and not missing(outputs[i]):
                 assert output is not None
                 record.output_length = _length_of(outputs[i], output)
             if stamps is not None:
@@ -326,7 +326,7 @@ def batch_records(batch: Any, mapping: Mapping, clock: Timeline | None = None
             continue
         fields = dict(zip(kept, cells, strict=True))
         for name in may_miss:
-            if _missing(fields[name]):
+            if missing(fields[name]):
                 del fields[name]
         record.fields = fields
         yield record
@@ -343,7 +343,7 @@ def _unused(row: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
     back, or refused by a format with no place for them, as a JSONL line's are). A table
     has every column in every row: empty values (null, a CSV's NaN) are left out."""
     used = _used_columns(mapping)
-    return {k: v for k, v in row.items() if k not in used and not _missing(v)}
+    return {k: v for k, v in row.items() if k not in used and not missing(v)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -351,7 +351,7 @@ def _used_columns(mapping: Mapping) -> frozenset[str]:
     return frozenset(mapping.columns())
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
     """An empty cell: null, or the NaN a CSV reader puts in a number column."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -456,7 +456,7 @@ def _milliseconds(moment: datetime) -> Decimal:
 def _shown(value: Any) -> str:
     """A cell's value in a message (a CSV number column with an empty cell is read as
     floats: 12.0 is shown as the 12 the file has)."""
-    if _missing(value):
+    if missing(value):
         return "empty (null)"
     if isinstance(value, datetime):
         return str(value)

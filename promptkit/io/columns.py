@@ -20,6 +20,7 @@ from promptkit.core.records import Record
 from promptkit.formats import FORMATS, Format
 from promptkit.formats.table import Mapping, Timeline, find_mapping, from_row
 from promptkit.io.datasets import DatasetOptions, default_output
+from promptkit.io.interface import RECORDS, SourceBase
 from promptkit.io.jsonl import Source
 
 #: What a manifest names as the format of JSON lines read by columns.
@@ -59,6 +60,16 @@ class ColumnSource(Source):
         """The manifest's account of the input, beyond path, records and sha256."""
         assert self.mapping is not None
         return {"options": self.options.as_dict(), "mapping": self.mapping.as_dict()}
+
+    @property
+    def yields(self) -> str:
+        return RECORDS  # (its lines carry timestamps from one to the next)
+
+    def chunk_files(self) -> str | list[str] | None:
+        return None
+
+    def input_entry(self, records: int) -> dict[str, Any]:
+        return {**SourceBase.input_entry(self, records), "dataset": self.describe()}
 
     def records(self, *, allow_empty: bool = False) -> Iterator[Record]:
         if self.is_empty:

@@ -44,6 +44,7 @@ from promptkit.io.files import (
     replace_folder,
 )
 from promptkit.io.hashing import combined_sha256, file_sha256, hash_file
+from promptkit.io.interface import BATCHES, SourceBase
 from promptkit.io.sink import Encoder, Written, refuse_overwrite
 
 #: File suffixes read through ``datasets``' packaged builders (when shuffled); CSV files
@@ -120,7 +121,7 @@ def is_json_array(path: str) -> bool:
         return False
 
 
-class DatasetSource:
+class DatasetSource(SourceBase):
     """Records of a Hugging Face dataset, with the same surface as ``jsonl.Source``."""
 
     format = DATASET_FORMAT
@@ -182,6 +183,13 @@ class DatasetSource:
     @property
     def default_output(self) -> str:
         return default_output(self.mapping)
+
+    @property
+    def yields(self) -> str:
+        return BATCHES
+
+    def input_entry(self, records: int) -> dict[str, Any]:
+        return {**super().input_entry(records), "path": self.path, "dataset": self.describe()}
 
     @property
     def records_read(self) -> int:

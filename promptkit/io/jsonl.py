@@ -27,6 +27,7 @@ from promptkit.formats import Format, default_output, detect_many, get_format
 from promptkit.formats.payloads import session_payloads
 from promptkit.io import compression
 from promptkit.io.files import CHUNK, STDIO, display_name
+from promptkit.io.interface import LINES, RECORDS, SourceBase
 from promptkit.io.jsoncodec import (
     KEY_ENDS,
     TOO_DEEP,
@@ -51,7 +52,7 @@ class Counter:
     count = 0
 
 
-class Source(Counter):
+class Source(Counter, SourceBase):
     """Records of one JSONL file (or stdin), with counts and a sha256 of its bytes.
 
     The bytes may be compressed (gzip, zstd, bz2, xz: told by their first bytes),
@@ -130,6 +131,26 @@ class Source(Counter):
     def default_output(self) -> str:
         """The output format when none is named: the input's own, if AIPerf loads it."""
         return default_output(self.format.name)
+
+    @property
+    def yields(self) -> str:
+        """Its raw lines (``line_batches``), unless it holds one JSON array."""
+        return LINES if self.layout == "lines" else RECORDS
+
+    def chunk_files(self) -> str | list[str] | None:
+        """This file, unless its lines depend on the lines before them (read in one pass)
+        or only its first records are read (``--limit``)."""
+        return None if self.format.linked or self.limit is not None else self.path
+
+    def to_workers(self) -> Any:
+        self.close()
+        self.count = 0
+        self.skipped = []
+        self.sha256 = hashlib.sha256()  # the chunks hash the whole file again
+        return self.sha256
+
+    def input_entry(self, records: int) -> dict[str, Any]:
+        return {**super().input_entry(records), **self.shape()}
 
     def shape(self) -> dict[str, str]:
         """For the manifest: how the bytes held the records, where not plain JSON lines."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import glob
+import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,7 @@ from promptkit.io import compression
 from promptkit.io.datasets import DatasetOptions, DatasetSource
 from promptkit.io.files import first_line, special_kind
 from promptkit.io.hashing import combined_sha256, file_sha256
+from promptkit.io.interface import BATCHES, RECORDS, SourceBase
 from promptkit.io.jsonl import Source
 
 #: Names of JSONL shards in a folder (each may end in a codec's suffix, ``.jsonl.gz``).
@@ -183,7 +185,7 @@ class _Combined:
         return combined_sha256([shard["sha256"] for shard in self.source.described()])
 
 
-class ShardedSource:
+class ShardedSource(SourceBase):
     """The records of many shards as one stream, with the surface of
     :class:`~promptkit.io.jsonl.Source` (and of
     :class:`~promptkit.io.datasets.DatasetSource` for parquet shards).
@@ -360,6 +362,32 @@ class ShardedSource:
     @property
     def default_output(self) -> str:
         return default_output(self.format.name) if self.kind == "jsonl" else "mooncake_trace"
+
+    @property
+    def yields(self) -> str:
+        """Parquet shards: their rows as Arrow batches (``row_batches``), unless only the
+        first are read (``--limit``)."""
+        return BATCHES if self.kind == "parquet" and self.limit is None else RECORDS
+
+    def chunk_files(self) -> str | list[str] | None:
+        """JSONL shards, read whole, of a format whose lines stand alone: their paths."""
+        if self.kind != "jsonl" or self.limit is not None or self.format.linked:
+            return None
+        return self.paths
+
+    def to_workers(self) -> Any:
+        self.read_in_workers([], [])
+        return hashlib.sha256()  # each shard is hashed on its own (InputFacts.shards)
+
+    def from_workers(self, facts: Any) -> None:
+        if facts.shards is not None:
+            self.read_in_workers(facts.shards, facts.shard_lines)
+
+    def input_entry(self, records: int) -> dict[str, Any]:
+        entry = super().input_entry(records)
+        if self.kind == "parquet":
+            entry["dataset"] = self.describe()
+        return {**entry, **self.shape()}
 
     def described(self) -> list[dict[str, Any]]:
         """The shards read so far, each ``{"path", "sha256", "size"}`` (and its

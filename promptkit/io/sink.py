@@ -140,7 +140,7 @@ class Written:
     records skipped, distinct prompts."""
 
     encoder: Encoder
-    #: How the lines were written (see :mod:`promptkit.runner.splice`): ``encode``, every record
+    #: How the lines were written (see :mod:`promptkit.runner.writers`): ``encode``, every record
     #: encoded; ``splice/1``, lines that only gained a nonce keep their input bytes.
     writer = "encode"
 

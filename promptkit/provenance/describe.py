@@ -21,7 +21,7 @@ from promptkit.core.words import counted
 from promptkit.formats import FORMATS, TABLE_FORMATS, default_output
 from promptkit.formats.aiperf import HASH_BLOCK_FLAGS, block_size_in
 from promptkit.io import compression
-from promptkit.io.datasets import TableSink
+from promptkit.io.datasets import TableSink, table_facts
 from promptkit.io.files import STDIO, display_name
 from promptkit.io.sink import Sink
 from promptkit.ops.base import Step
@@ -41,7 +41,7 @@ def describe(inputs: list[dict[str, Any]], skipped_reading: list[str], sink: Sin
     out_format = sink.format
     skipped = sorted(skipped_reading + sink.skipped
                      + [line for step in steps for line in getattr(step.state, "skipped", [])],
-                     key=_line_of)
+                     key=line_of)
     if name_lines is not None:
         skipped = name_lines(skipped)
     if not sink.records_written:
@@ -143,7 +143,9 @@ def token_section(sink: Sink | TableSink) -> dict[str, Any]:
     return {"token_stats": {"tokenizer": tap.tokenizer.name, **tap.finish().summary()}}
 
 
-def _line_of(skipped: str) -> int:
+def line_of(skipped: str) -> int:
+    """The line (or place in the stream) a skipped record's ``LINE: problem`` names, for
+    sorting them; 0 when it names none."""
     head = skipped.split(":", 1)[0]
     return int(head) if head.isdigit() else 0
 
@@ -316,8 +318,6 @@ def verify_output(path: str, manifest_path: str | None = None) -> list[str]:
 
     def facts(file: str, fmt: str) -> tuple[str, int]:
         if fmt in TABLE_FORMATS:
-            from promptkit.io.datasets import table_facts
-
             return table_facts(file, fmt)
         return manifest.file_facts(file)
 

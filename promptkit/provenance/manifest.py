@@ -16,8 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from promptkit.core.errors import ManifestError, PromptkitError
+from promptkit.core.progress import Progress
 from promptkit.core.words import counted
+from promptkit.io.compression import read_file
 from promptkit.io.files import read_whole, write_text
+from promptkit.ops.registry import OPS
 
 SCHEMA = "promptkit.manifest/1"
 SUFFIX = ".manifest.json"
@@ -50,9 +53,6 @@ def named_file(value: str, described: str) -> str | None:
 def file_facts(path: str) -> tuple[str, int]:
     """``(sha256, records)`` of a JSONL file: its bytes' hash and its non-blank lines
     (the decompressed lines of a compressed file)."""
-    from promptkit.core.progress import Progress
-    from promptkit.io.compression import read_file
-
     digest = hashlib.sha256()
     records = 0
     open_line = False  # the line not yet ended has more than white space
@@ -188,8 +188,7 @@ def malformed(manifest: dict[str, Any]) -> str | None:
     folder; each step's ``op`` and ``params``; ``skipped.count``; the side outputs; the
     AIPerf ``args``; a generator's ``name`` and ``params``). A path holding NUL is no
     path. Each step's parameters are checked by its operation when ``rebuild`` makes
-    the step (see :mod:`promptkit.ops.base`)."""
-    from promptkit.ops.registry import OPS
+    the step (see :mod:`promptkit.ops.registry`)."""
 
     is_dict = (lambda v: isinstance(v, dict), "an object")
     problem = _file_problem("output", manifest.get("output"), {

@@ -12,21 +12,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from promptkit.core.errors import OptionNeededError, PromptkitError
+from promptkit.io import files
 from promptkit.io.datasets import DatasetOptions
 from promptkit.io.files import STDIO, display_name
 from promptkit.io.shards import expand, is_many, shard_name
+from promptkit.ops.base import Step
 from promptkit.ops.registry import make
-from promptkit.provenance import manifest
+from promptkit.ops.synth import GENERATORS, checked_params
+from promptkit.provenance import manifest, parts
 from promptkit.runner.pipeline import generate, run, where_of
-from promptkit.runner.splice import writer_of
+from promptkit.runner.writers import writer_of
+
+#: Runs steps on a cluster into a folder of parts and returns its manifest:
+#: :func:`promptkit.ray.commands.run_folder` with its address given
+#: (:func:`promptkit.ray.commands.on_cluster`), called as
+#: ``(input_path, output_path, steps, *, from_format, to_format, skip_invalid, argv,
+#: chunk_size, accept, writer, keep_replies)``.
+FolderRunner = Callable[..., dict[str, Any]]
 
 
 def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = None,
             argv: list[str] | None = None, workers: int | None = None,
-            allow_paths: bool = False, ray_address: str | None = None) -> dict[str, Any]:
+            allow_paths: bool = False, on_cluster: FolderRunner | None = None
+            ) -> dict[str, Any]:
     """Re-make a file from its manifest and input; raise if the bytes differ.
 
     A manifest is another person's input: one that names files outside its own folder
@@ -34,8 +46,8 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
     refused, naming them, before anything is read, unless ``allow_paths`` (the input:
     ``input_path``, which replaces the one the manifest names).
 
-    A folder of parts (made with ``--ray``) is rebuilt as a folder of the same parts: on
-    the Ray cluster at ``ray_address`` when given (cut into chunks of the recorded size),
+    A folder of parts (made with ``--ray``) is rebuilt as a folder of the same parts: by
+    ``on_cluster`` when given (on a Ray cluster, cut into chunks of the recorded size),
     else on this machine, the output cut where the recorded parts end."""
     recorded = manifest.read(manifest_path)
     outside = paths_outside(manifest_path, recorded, input_path)
@@ -57,11 +69,11 @@ def rebuild(manifest_path: str, output_path: str, *, input_path: str | None = No
                            same_file)
     if "parts" in recorded["output"]:
         own_manifest = None
-    elif ray_address is not None:
+    elif on_cluster is not None:
         raise PromptkitError(f"{manifest_path}: describes one file, not a folder of parts: "
                              "rebuild it without --ray")
     return _rerun(manifest_path, recorded, output_path, own_manifest, input_path, argv,
-                  workers, same_file, ray_address)
+                  workers, same_file, on_cluster)
 
 
 def rebuilt_problem(recorded: dict[str, Any], result: dict[str, Any]) -> str | None:
@@ -172,8 +184,6 @@ def paths_outside(manifest_path: str, recorded: dict[str, Any],
 def _regenerate(manifest_path: str, recorded: dict[str, Any], output_path: str,
                 own_manifest: str | None, argv: list[str] | None,
                 accept: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from promptkit.ops.synth import GENERATORS, checked_params
-
     generator = recorded["generator"]
     if generator["name"] not in GENERATORS:
         raise PromptkitError(f"{manifest_path}: unknown generator {generator['name']!r}")
@@ -200,9 +210,7 @@ def _same_rows(dataset: dict[str, Any] | None) -> dict[str, Any] | None:
 def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
            own_manifest: str | None, input_path: str | None, argv: list[str] | None,
            workers: int | None, accept: Callable[[dict[str, Any]], None],
-           ray_address: str | None = None) -> dict[str, Any]:
-    from dataclasses import fields
-
+           on_cluster: FolderRunner | None = None) -> dict[str, Any]:
     inputs = recorded["inputs"]
     if len(inputs) != 1:
         raise PromptkitError(f"{manifest_path}: expected one input, found {len(inputs)}")
@@ -235,11 +243,9 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
     except PromptkitError as exc:
         raise PromptkitError(f"{manifest_path}: {exc}") from None
     if "parts" in recorded["output"]:
-        from promptkit.ray.run import rebuild_parts
-
-        return rebuild_parts(recorded, source, output_path, steps, from_format=from_format,
-                             skip_invalid=recorded["skipped"]["count"] > 0, argv=argv,
-                             workers=workers, accept=accept, ray_address=ray_address)
+        return _rebuild_parts(recorded, source, output_path, steps, from_format=from_format,
+                              skip_invalid=recorded["skipped"]["count"] > 0, argv=argv,
+                              workers=workers, accept=accept, on_cluster=on_cluster)
     return run(
         source,
         output_path,
@@ -255,3 +261,50 @@ def _rerun(manifest_path: str, recorded: dict[str, Any], output_path: str,
         writer=writer_of(recorded),
         keep_replies=manifest.kept_replies(recorded),
     )
+
+
+def _rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
+                   steps: list[Step], *, from_format: str | None, skip_invalid: bool,
+                   argv: list[str] | None, workers: int | None,
+                   accept: Callable[[dict[str, Any]], None],
+                   on_cluster: FolderRunner | None) -> dict[str, Any]:
+    """Re-make a folder of parts a manifest describes: by ``on_cluster``, in chunks of the
+    recorded size; else here (:func:`promptkit.runner.pipeline.run`, one file) cut where the
+    recorded parts end. ``accept`` sees the new manifest first."""
+    to_format = recorded["output"]["format"]
+    keep_replies = manifest.kept_replies(recorded)
+    if on_cluster is not None:
+        chunk_size = recorded.get("ray", {}).get("chunk_bytes")
+        return on_cluster(input_path, output_path, steps, from_format=from_format,
+                          to_format=to_format, skip_invalid=skip_invalid, argv=argv,
+                          chunk_size=chunk_size if isinstance(chunk_size, int) else None,
+                          accept=accept, writer=writer_of(recorded), keep_replies=keep_replies)
+    parts.check_output(output_path, input_path)
+    with files.Lock(output_path):
+        staging = parts.make_staging(output_path)
+        try:
+            whole = os.path.join(staging, "whole.jsonl")
+            result = run(input_path, whole, steps, from_format=from_format,
+                         to_format=to_format, skip_invalid=skip_invalid, argv=argv,
+                         workers=workers, accept=accept, writer=writer_of(recorded),
+                         keep_replies=keep_replies)
+            made = []
+            with open(whole, "rb") as f:
+                for part in recorded["output"]["parts"]:  # (manifest.read checked them)
+                    data = f.read(part["bytes"])
+                    sha256 = parts.write_part(os.path.join(staging, part["path"]), data)
+                    made.append({"path": part["path"],
+                                 "records": data.count(b"\n"), "bytes": len(data),
+                                 "sha256": sha256})
+                if f.read(1):
+                    raise PromptkitError("the rebuilt output is longer than the recorded parts")
+            os.unlink(whole)
+            result["output"]["path"] = output_path
+            result["output"]["parts"] = made
+            result["aiperf"] = recorded.get("aiperf", result["aiperf"])
+            result["rebuilt"] = "on one machine, cut where the recorded parts end"
+            parts.put_folder(staging, output_path, result)
+        except BaseException:
+            files.remove_quietly(staging)
+            raise
+    return result

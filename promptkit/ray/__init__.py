@@ -2,9 +2,13 @@
 
 - :func:`connect` joins (or starts) a cluster for one run;
 - :func:`apply` puts promptkit steps inside a user's own Ray Data pipeline;
-- :func:`promptkit.ray.run.run` is ``--ray`` on the command line: the input cut into
-  line-aligned chunks, each chunk a Ray Data task that writes its own part file
-  (``OUT/part-00000.jsonl`` ...), one manifest covering them (``OUT/manifest.json``).
+- :mod:`promptkit.ray.commands` is ``--ray`` on the command line, each command's work
+  on a cluster: the input cut into line-aligned chunks (:mod:`promptkit.ray.inputs`),
+  each chunk a Ray Data task (:mod:`promptkit.ray.run` for the record-wise steps) that
+  writes its own part file (``OUT/part-00000.jsonl`` ...), one manifest covering them
+  (``OUT/manifest.json``, :mod:`promptkit.provenance.parts`); ``check`` and ``stats``
+  figures from distributed aggregations (:mod:`promptkit.ray.aggregate`);
+- :mod:`promptkit.ray.rows` turns the rows of a user's Ray Dataset into records and back.
 
 Ray is an optional extra (``pip install 'promptkit[ray]'``); nothing here imports it
 before it is needed, and :func:`require` says in one line how to install it.
@@ -21,11 +25,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from promptkit.core.errors import PromptkitError
+from promptkit.core.errors import BadOptionError, PromptkitError
 from promptkit.formats import default_output
 from promptkit.ops.base import Step
+from promptkit.ops.registry import ORDERED, make
 
-__all__ = ["INSTALL", "address_kind", "apply", "connect", "require"]
+__all__ = ["INSTALL", "address_kind", "apply", "check_address", "connect", "probe", "require"]
 
 INSTALL = ("--ray needs Ray: pip install '.[ray]' (from the promptkit folder) or "
            "pip install 'ray[data]'")
@@ -51,8 +56,6 @@ def address_kind(address: str) -> str:
 
 def check_address(address: str) -> str:
     """``address`` when it is one ``connect`` takes, else a usage error naming it."""
-    from promptkit.core.errors import BadOptionError
-
     ok = address in ("local", "auto") or (
         address.removeprefix("ray://").rpartition(":")[2].isdigit()
         and address.removeprefix("ray://").rpartition(":")[0] != "")
@@ -194,8 +197,7 @@ def apply(ds: Any, steps: Sequence[Step], *, from_format: str | None = None,
     ``ds``: give such rows in one block (or run the file with ``--ray``, which carries
     conversations across chunks)."""
     require()
-    from promptkit.ops.registry import ORDERED, make
-    from promptkit.ray import rows
+    from promptkit.ray import rows  # (it imports pyarrow: not when promptkit.ray is imported)
 
     made = [step if step.made else make(step.op, step.params) for step in steps]
     ordered = [step.op for step in made if step.op in ORDERED]

@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from promptkit.core.errors import CheckError, Skipping
 from promptkit.core.records import Record
-from promptkit.ops.check import PREFIX_WINDOW, CheckOptions, Setup, Unit, template_figures
+from promptkit.core.tokenizers import cached_tokenizer
+from promptkit.ops.check import PREFIX_WINDOW, CheckOptions, Report, Setup, Unit, template_figures
 from promptkit.ops.hashtrace import DIGEST, hashed_records
 from promptkit.ops.stats import Stats, collect
 
@@ -75,8 +77,6 @@ def hash_trace_rows(records: Iterable[Record], *, tokenizer: str, block_size: in
     ``first_index`` plus its position in the chunk. A record with no text raises
     :class:`~promptkit.core.errors.InvalidRecordError` (or is left out with
     ``skip_invalid``), as on one machine."""
-    from promptkit.core.errors import Skipping
-
     position = first_index
     indexed = []
     for record in records:
@@ -105,8 +105,6 @@ def check_setup(first: Record, options: CheckOptions, tokenizer: Any = None,
                 tokenizer_spec: str | None = None, skip_invalid: bool = False) -> Setup:
     """The :class:`~promptkit.ops.check.Setup` :func:`check_rows` takes, from the stream's
     first record (as :func:`promptkit.ops.check.check_records` makes it)."""
-    from promptkit.core.errors import Skipping
-
     return _IndexedSetup(first, options, tokenizer, tokenizer_spec,
                          Skipping(skip_invalid, "check"))
 
@@ -158,8 +156,6 @@ def stats_rows(records: Iterable[Record], *, tokenizer: str | None, chat_templat
     :func:`merge_stats`. ``first_index`` orders the chunks (the index of its first
     record): shared system prompts tie-break on first appearance, and the first lines
     with no text are listed in order."""
-    from promptkit.core.tokenizers import cached_tokenizer
-
     stats = collect(records, cached_tokenizer(tokenizer) if tokenizer else None, threads=1,
                     chat_template=chat_template, tokenizer_spec=tokenizer)
     return stats_row(stats, first_index)
@@ -192,7 +188,7 @@ def _part_of(keys: pa.ChunkedArray | pa.Array, parts: int) -> np.ndarray:
                        count=len(keys))
 
 
-def _conform(t: pa.Table, fields: list[tuple[str, pa.DataType]]) -> pa.Table:
+def conform(t: pa.Table, fields: list[tuple[str, pa.DataType]]) -> pa.Table:
     """``t`` with exactly ``fields``, in that order (nulls where it has no such column):
     the tables of a union must share one schema."""
     return pa.table({name: t.column(name).cast(kind) if name in t.column_names
@@ -247,11 +243,6 @@ def _lists_by_index(rows: Dataset, markers: Dataset, value: str, parts: int) -> 
 
     fields = [("index", pa.int64()), ("pos", pa.int64()), (value, pa.int64())]
 
-    def tag(t: pa.Table) -> pa.Table:
-        t = _conform(t, fields)
-        index = t.column("index").to_numpy()
-        return t.append_column("part", pa.array(np.asarray(index, dtype=np.int64) % parts))
-
     def assemble(t: pa.Table) -> pa.Table:
         is_marker = pc.is_null(t.column("pos")).to_numpy(zero_copy_only=False)
         index = t.column("index").to_numpy()
@@ -265,10 +256,7 @@ def _lists_by_index(rows: Dataset, markers: Dataset, value: str, parts: int) -> 
                          value: pa.ListArray.from_arrays(pa.array(offsets), values)})
 
     marks = markers.map_batches(lambda t: t.select(["index"]), batch_format="pyarrow")
-    return (rows.map_batches(tag, batch_format="pyarrow")
-            .union(marks.map_batches(tag, batch_format="pyarrow"))
-            .groupby("part", num_partitions=parts)
-            .map_groups(assemble, batch_format="pyarrow"))
+    return _by_index([rows, marks], fields, parts, assemble)
 
 
 # ---------------------------------------------------------------- hash-trace ids
@@ -320,8 +308,8 @@ def number_blocks(ds: Dataset, *, partitions: int | None = None) -> Dataset:
     key_type = base.schema().base_schema.field("blocks").type.value_type
     fields = [("col", pa.int8()), ("key", key_type), ("index", pa.int64()),
               ("pos", pa.int64()), ("id", pa.int64())]
-    merged = occurrences.map_batches(lambda t: _conform(t, fields), batch_format="pyarrow"
-                                     ).union(ids.map_batches(lambda t: _conform(t, fields),
+    merged = occurrences.map_batches(lambda t: conform(t, fields), batch_format="pyarrow"
+                                     ).union(ids.map_batches(lambda t: conform(t, fields),
                                                              batch_format="pyarrow"))
     with_ids = _with_ids(merged, parts)
     return _lists_by_index(with_ids, base, "id", parts).rename_columns({"id": "hash_ids"})
@@ -387,11 +375,6 @@ def leading_seen(ds: Dataset, columns: list[str], *, partitions: int | None = No
     fields = [("index", pa.int64()), ("pos", pa.int64()), ("col", pa.int8()),
               ("seen", pa.bool_())]
 
-    def tag(t: pa.Table) -> pa.Table:
-        t = _conform(t, fields)
-        index = t.column("index").to_numpy()
-        return t.append_column("part", pa.array(np.asarray(index, dtype=np.int64) % parts))
-
     def runs(t: pa.Table) -> pa.Table:
         is_marker = pc.is_null(t.column("pos")).to_numpy(zero_copy_only=False)
         records = np.unique(t.column("index").to_numpy()[is_marker])
@@ -413,10 +396,7 @@ def leading_seen(ds: Dataset, columns: list[str], *, partitions: int | None = No
         return pa.table(out)
 
     marks = base.map_batches(lambda t: t.select(["index"]), batch_format="pyarrow")
-    return (flags.map_batches(tag, batch_format="pyarrow")
-            .union(marks.map_batches(tag, batch_format="pyarrow"))
-            .groupby("part", num_partitions=parts)
-            .map_groups(runs, batch_format="pyarrow"))
+    return _by_index([flags, marks], fields, parts, runs)
 
 
 def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
@@ -469,8 +449,6 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
         raise NeedsSequence("sessions and conversations are sent in their own order")
     records = totals["count()"]
     if not records:
-        from promptkit.core.errors import CheckError
-
         raise CheckError("no records to check")
     hits_hist = histogram(table, "hits", parts)
     diff_hist = histogram(table, "first_difference", parts)
@@ -514,8 +492,6 @@ def unbounded_check(ds: Dataset, setup: Setup, *, partitions: int | None = None
     }
     salts_not_sent, salted = totals["sum(salt_not_sent)"], totals["sum(salted)"]
     if salts_not_sent:
-        from promptkit.ops.check import Report
-
         report = Report(options, block_size, records=records, salts_not_sent=salts_not_sent)
         out.update({k: v for k, v in report.summary().items()
                     if k in ("salts_not_sent", "warning_salts")})
@@ -535,12 +511,7 @@ def _join_on_index(left: Dataset, right: Dataset, parts: int,
     right_names = [name for name, _ in right_fields]
 
     def tag(side: int) -> Any:
-        def add(t: pa.Table) -> pa.Table:
-            t = _conform(t.append_column("side", pa.array(np.full(t.num_rows, side, np.int8))),
-                         fields)
-            index = np.asarray(t.column("index").to_numpy(), dtype=np.int64)
-            return t.append_column("part", pa.array(index % parts))
-        return add
+        return lambda t: t.append_column("side", pa.array(np.full(t.num_rows, side, np.int8)))
 
     def join(t: pa.Table) -> pa.Table:
         side = t.column("side").to_numpy()
@@ -548,10 +519,24 @@ def _join_on_index(left: Dataset, right: Dataset, parts: int,
         b = t.filter(pa.array(side == 1)).select(right_names)
         return a.join(b, keys="index", join_type="inner", use_threads=False)
 
-    return (left.map_batches(tag(0), batch_format="pyarrow")
-            .union(right.map_batches(tag(1), batch_format="pyarrow"))
-            .groupby("part", num_partitions=parts)
-            .map_groups(join, batch_format="pyarrow"))
+    return _by_index([left.map_batches(tag(0), batch_format="pyarrow"),
+                      right.map_batches(tag(1), batch_format="pyarrow")], fields, parts, join)
+
+
+def _by_index(sides: list[Dataset], fields: list[tuple[str, pa.DataType]], parts: int,
+              each: Callable[[pa.Table], pa.Table]) -> Dataset:
+    """The rows of ``sides`` (each made to have exactly ``fields``) shuffled by their
+    ``index`` into ``parts`` groups, so that every row of a record meets the others in
+    one group; ``each`` makes a group's rows (a pyarrow table) into its result."""
+
+    def tag(t: pa.Table) -> pa.Table:
+        t = conform(t, fields)
+        index = np.asarray(t.column("index").to_numpy(), dtype=np.int64)
+        return t.append_column("part", pa.array(index % parts))
+
+    first, *rest = [side.map_batches(tag, batch_format="pyarrow") for side in sides]
+    return (first.union(*rest).groupby("part", num_partitions=parts)
+            .map_groups(each, batch_format="pyarrow"))
 
 
 # ---------------------------------------------------------------- histograms, stats
@@ -661,7 +646,7 @@ def merge_stats(ds: Dataset, *, partitions: int | None = None) -> dict[str, Any]
         values = pc.list_flatten(t.column("systems").combine_chunks())
         if not len(values) or pa.types.is_null(values.type):
             return pa.table({name: pa.array([], kind) for name, kind in fields})
-        return _conform(pa.Table.from_struct_array(values), fields)
+        return conform(pa.Table.from_struct_array(values), fields)
 
     exploded = base.map_batches(systems, batch_format="pyarrow")
     shared = exploded.groupby("key", num_partitions=parts).aggregate(
@@ -680,7 +665,7 @@ def merge_stats(ds: Dataset, *, partitions: int | None = None) -> dict[str, Any]
     return out
 
 
-__all__ = ["NeedsSequence", "check_rows", "check_setup", "hash_trace_rows", "histogram",
+__all__ = ["NeedsSequence", "check_rows", "check_setup", "conform", "hash_trace_rows", "histogram",
            "histogram_figures", "leading_seen", "merge_stats", "nearest_rank",
            "number_blocks", "sequence_reason", "stats_row", "stats_rows",
            "unbounded_check"]

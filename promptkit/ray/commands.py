@@ -1,42 +1,73 @@
-"""``hash-trace``, ``check`` and ``stats`` with ``--ray``: chunks of records become rows in
-Ray tasks (:mod:`promptkit.ray.aggregate`' row builders), the global parts run as
-distributed Ray Data operations, and ``hash-trace``'s parts are written by tasks. The
-driver holds small facts a chunk (records read, skipped lines, a part's sha256), never
-every record or block."""
+"""What each command does with ``--ray``, callable from Python: the record-wise steps
+(:func:`run_folder`: ``nonce``, ``pad``, ``fit``, ``turns``, run by
+:mod:`promptkit.ray.run`), ``hash-trace`` (:func:`hash_trace_folder`), ``check``
+(:func:`check_on_ray`) and ``stats`` (:func:`stats_on_ray`); and :func:`on_cluster`,
+what ``rebuild --ray`` runs a folder of parts with.
+
+For ``hash-trace``, ``check`` and ``stats``, chunks of records become rows in Ray tasks
+(:mod:`promptkit.ray.aggregate`' row builders), the global parts run as distributed Ray
+Data operations, and ``hash-trace``'s parts are written by tasks. The driver holds small
+facts a chunk (records read, skipped lines, a part's sha256), never every record or
+block. Outputs are folders of parts (:mod:`promptkit.provenance.parts`).
+
+This module imports numpy and pyarrow (Ray Data's own dependencies); Ray itself is
+imported when a command connects (:func:`promptkit.ray.connect`)."""
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping, skipped_section
+from promptkit.core.errors import (
+    CheckError,
+    InvalidRecordError,
+    PromptkitError,
+    Skipping,
+    skipped_section,
+)
 from promptkit.core.records import Record
-from promptkit.formats import get_format
+from promptkit.core.tokenizers import cached_tokenizer, load_tokenizer
+from promptkit.core.words import counted, plural
+from promptkit.formats import TABLE_FORMATS, get_format
 from promptkit.io import files
 from promptkit.io.jsonl import Source
 from promptkit.io.keys import stable_prompt_key
+from promptkit.io.shards import ShardedSource
 from promptkit.io.sink import Encoder, joined
 from promptkit.ops.base import Step
-from promptkit.ray import address_kind, connect
-from promptkit.ray.inputs import Planned, paths_of, plan_input
-from promptkit.ray.run import (
-    KEYS,
+from promptkit.ops.check import CheckOptions
+from promptkit.ops.hashtrace import DIGEST, hashed_records
+from promptkit.ops.registry import make
+from promptkit.ops.stats import Tap
+from promptkit.provenance.describe import describe, line_of
+from promptkit.provenance.parts import (
     PART,
-    PartsOutput,
-    _hash_parts,
-    _write_part,
     check_output,
-    chunk_bytes,
-    chunk_of,
-    distinct_keys,
-    linked_refused,
+    hash_parts,
     make_staging,
     put_folder,
-    save_keys,
+    write_part,
 )
+from promptkit.ray import address_kind, check_address, connect, require
+from promptkit.ray.aggregate import (
+    NeedsSequence,
+    check_rows,
+    check_setup,
+    conform,
+    merge_stats,
+    number_blocks,
+    sequence_reason,
+    stats_rows,
+    unbounded_check,
+)
+from promptkit.ray.inputs import Planned, chunk_of, paths_of, plan_input
+from promptkit.ray.run import KEYS, PartsOutput, chunk_bytes, distinct_keys, run, save_keys
+from promptkit.runner.pipeline import counting_tokenizer, where_of
 from promptkit.runner.workers import chunk_records
 
 
@@ -44,8 +75,6 @@ def _open(input_path: str, from_format: str | None, skip_invalid: bool) -> tuple
     """The input's format and its first record (read here: a few lines)."""
     _, many = paths_of(input_path)
     if many:
-        from promptkit.io.shards import ShardedSource
-
         source: Any = ShardedSource(input_path, from_format, skip_invalid=skip_invalid)
     else:
         source = Source(input_path, from_format, skip_invalid=skip_invalid)
@@ -96,10 +125,6 @@ def _rows(planned: Planned, input_path: str) -> list[dict[str, Any]]:
             for chunk in planned.chunks]
 
 
-def _setup_ray(ray: Any) -> tuple[int, str]:
-    return sum(1 for node in ray.nodes() if node.get("Alive")), ray.__version__
-
-
 # ---------------------------------------------------------------- hash-trace
 
 
@@ -107,8 +132,6 @@ def _hash_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, params: dict[
                 ) -> dict[str, Any]:
     """A chunk's hash-trace rows (a Ray task): each record's block digests and its
     hash-id record, pickled together, with the chunk's records read and skipped."""
-    from promptkit.ops.hashtrace import DIGEST, hashed_records
-
     records, read, skipped, close = _records(row, fmt, skip_invalid)
     skipping = Skipping(skip_invalid, "hash_trace")
     out = []
@@ -135,11 +158,6 @@ def _unpack_hash(row: dict[str, Any]) -> list[dict[str, Any]]:
 def _write_hash_part(t: Any, staging: str, tokenizer: str) -> Any:
     """One chunk's part (a Ray Data task): its records with their ids, in order, and
     their token figures (a Tap, as the run without ``--ray`` counts what it writes)."""
-    import pyarrow as pa
-
-    from promptkit.core.tokenizers import cached_tokenizer
-    from promptkit.ops.stats import Tap
-
     number = int(t.column("number")[0].as_py())
     is_record = np.asarray(t.column("record").is_valid())
     ids = dict(zip(t.column("index").filter(pa.array(~is_record)).to_pylist(),
@@ -156,7 +174,7 @@ def _write_hash_part(t: Any, staging: str, tokenizer: str) -> Any:
             yield record
 
     data = joined(encoder.encode_all(records()))
-    sha256 = _write_part(os.path.join(staging, PART.format(number)), data)
+    sha256 = write_part(os.path.join(staging, PART.format(number)), data)
     save_keys(staging, number, encoder.keys.tobytes())
     return pa.table({"number": [number], "written": [encoder.count], "bytes": [len(data)],
                      "sha256": [sha256], "stats": [pickle.dumps(encoder.tap.finish())]})
@@ -167,12 +185,6 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                       chunk_size: int | None = None) -> dict[str, Any]:
     """``hash-trace`` on a Ray cluster: OUT a folder of parts (their concatenation the bytes
     of the run without ``--ray``) and ``OUT/manifest.json``; the manifest is returned."""
-    import pyarrow as pa
-
-    from promptkit.ops.registry import make
-    from promptkit.provenance.describe import describe
-    from promptkit.ray.aggregate import _conform, number_blocks
-
     check_output(output_path, input_path)
     step = step if step.made else make(step.op, step.params)
     step.skip_invalid = skip_invalid
@@ -198,10 +210,10 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                 def numbered(t: Any) -> Any:
                     index = np.asarray(t.column("index").to_numpy(), dtype=np.int64)
                     chunk = np.searchsorted(firsts, index, side="right") - 1
-                    return _conform(t.append_column("number", pa.array(chunk)), fields)
+                    return conform(t.append_column("number", pa.array(chunk)), fields)
 
                 both = (hashed.select_columns(["number", "index", "record"])
-                        .map_batches(lambda t: _conform(t, fields), batch_format="pyarrow")
+                        .map_batches(lambda t: conform(t, fields), batch_format="pyarrow")
                         .union(ids.map_batches(numbered, batch_format="pyarrow")))
                 written = {row["number"]: row for row in both.groupby("number").map_groups(
                     _write_hash_part, batch_format="pyarrow",
@@ -209,7 +221,8 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                                "tokenizer": step.params["tokenizer"]}).take_all()}
                 facts = sorted(facts_ds.select_columns(["number", "read", "skipped"])
                                .take_all(), key=lambda r: r["number"])
-                nodes, version = _setup_ray(ray)
+                ray_section = {**_ray_section(ray, address, step_bytes, planned),
+                               "chunks_redone": 0}
                 distinct = distinct_keys(ray, os.path.join(staging, KEYS))
             out = PartsOutput(output_path, get_format("mooncake_trace"),
                               step.params["tokenizer"], distinct)
@@ -221,25 +234,19 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
                 part = written.get(number)
                 if part is None:  # a chunk with no records: an empty part
                     part = {"written": 0, "bytes": 0,
-                            "sha256": _write_part(os.path.join(staging, PART.format(number)),
+                            "sha256": write_part(os.path.join(staging, PART.format(number)),
                                                   b"")}
                 if part.get("stats") and out.encoder.tap is not None:
                     out.encoder.tap.stats.merge(pickle.loads(part["stats"]))
                 out.encoder.count += part["written"]
                 parts.append({"path": PART.format(number), "records": part["written"],
                               "bytes": part["bytes"], "sha256": part["sha256"]})
-            _hash_parts(staging, parts, out.sha256)
+            hash_parts(staging, parts, out.sha256)
             inputs = [{"path": input_path, "format": fmt.name, "records": read,
                        "sha256": planned.sha256, **_shape(input_path, planned)}]
             result = describe(inputs, skipped, out, [step], argv,  # type: ignore[arg-type]
                               name_lines=lambda lines: [planned.locate(x) for x in lines])
-            result["output"]["parts"] = parts
-            result["ray"] = {"address": address_kind(address), "nodes": nodes,
-                             "ray_version": version, "chunk_bytes": step_bytes,
-                             "chunks": len(planned.chunks), "chunks_redone": 0}
-            result["aiperf"]["note"] += (
-                f" {output_path} is a folder of parts: AIPerf loads one file, their "
-                f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
+            _as_folder(result, output_path, parts, ray_section)
             put_folder(staging, output_path, result)
         except BaseException:
             files.remove_quietly(staging)
@@ -254,9 +261,6 @@ def _check_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, first: bytes
                  options: Any, tokenizer: str | None) -> dict[str, Any]:
     """A chunk's check rows (a Ray task): the stream's first record makes the setup
     (the tokenizer loaded here), :func:`~promptkit.ray.aggregate.check_rows` the rows."""
-    from promptkit.core.tokenizers import cached_tokenizer
-    from promptkit.ray.aggregate import check_rows, check_setup
-
     records, read, skipped, close = _records(row, fmt, skip_invalid)
     setup = check_setup(pickle.loads(first), options,
                         cached_tokenizer(tokenizer) if tokenizer else None, tokenizer,
@@ -287,25 +291,35 @@ def _facts(ds: Any) -> tuple[int, list[str]]:
 
 
 def _ray_section(ray: Any, address: str, step_bytes: int, planned: Planned) -> dict[str, Any]:
-    nodes, version = _setup_ray(ray)
-    return {"address": address_kind(address), "nodes": nodes, "ray_version": version,
+    """What the manifest or report records of the cluster and the chunks."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return {"address": address_kind(address), "nodes": nodes, "ray_version": ray.__version__,
             "chunk_bytes": step_bytes, "chunks": len(planned.chunks)}
 
 
+def _as_folder(result: dict[str, Any], output_path: str, parts: list[dict[str, Any]],
+              ray_section: dict[str, Any]) -> None:
+    """A run's manifest made that of a folder of parts: its parts, the cluster, and how
+    AIPerf loads them."""
+    result["output"]["parts"] = parts
+    result["ray"] = ray_section
+    result["aiperf"]["note"] += (
+        f" {output_path} is a folder of parts: AIPerf loads one file, their "
+        f"concatenation (cat {output_path}/part-*.jsonl > FILE).")
+
+
 def check_on_ray(input_path: str, *, address: str, from_format: str | None,
-                 tokenizer: str | None, skip_invalid: bool, applied: dict[str, Any],
+                 tokenizer: str | None, skip_invalid: bool, aiperf_args: dict[str, Any],
                  chunk_size: int | None = None, **options: Any) -> dict[str, Any]:
     """``check``'s report for an unbounded cache, computed on a Ray cluster: tasks make
-    each chunk's rows, :func:`~promptkit.ray.aggregate.unbounded_check` the figures, with
-    the AIPerf arguments ``applied`` (:func:`promptkit.commands.check.aiperf_arguments`). Raises
+    each chunk's rows, :func:`~promptkit.ray.aggregate.unbounded_check` the figures. Raises
     :class:`~promptkit.ray.aggregate.NeedsSequence` when the check needs the requests in
-    order (the caller runs it on one node)."""
-    from promptkit.core.tokenizers import cached_tokenizer
-    from promptkit.ops.check import CheckError, CheckOptions
-    from promptkit.provenance.describe import _line_of
-    from promptkit.ray.aggregate import NeedsSequence, check_setup, sequence_reason, unbounded_check
+    order (the caller runs it on one node).
 
-    applied = dict(applied)
+    ``aiperf_args``: what AIPerf adds to every request, as the caller found it (the
+    ``check`` command's ``aiperf_arguments``: ``applied``, ``source``, ``system_prompt``
+    and ``hash_block_size`` from ``--system-prompt-file`` or the file's manifest)."""
+    applied = dict(aiperf_args)
     options["system_prompt"] = applied.pop("system_prompt")
     hash_block_size = applied.pop("hash_block_size", None)
     if hash_block_size is not None and options.get("hash_block_size") is None:
@@ -346,7 +360,7 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
         read, skipped = _facts(facts_ds)
         summary = unbounded_check(facts_ds.flat_map(_unpack), setup)
         ray_section = _ray_section(ray, address, step_bytes, planned)
-    skipped.sort(key=_line_of)
+    skipped.sort(key=line_of)
     return {"input": {"path": input_path, "format": fmt.name, "sha256": planned.sha256},
             "tokenizer": tokenizer,
             "skipped": skipped_section([planned.locate(x) for x in skipped]),
@@ -356,8 +370,6 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
 def _stats_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, tokenizer: str | None,
                  chat_template: str) -> dict[str, Any]:
     """A chunk's partial statistics (a Ray task), with its records read and skipped."""
-    from promptkit.ray.aggregate import stats_rows
-
     records, read, skipped, close = _records(row, fmt, skip_invalid)
     try:
         out = stats_rows(records, tokenizer=tokenizer, chat_template=chat_template,
@@ -374,12 +386,8 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
                  chunk_size: int | None = None) -> dict[str, Any]:
     """``stats``' figures computed on a Ray cluster: tasks count each chunk
     (:func:`~promptkit.ray.aggregate.stats_rows`), :func:`~promptkit.ray.aggregate.merge_stats`
-    merges them; the report of :func:`promptkit.commands.stats.dataset_stats` (its
-    template options checked by the caller)."""
-    from promptkit.core.tokenizers import load_tokenizer
-    from promptkit.core.words import counted, plural
-    from promptkit.ray.aggregate import merge_stats
-
+    merges them; the report of the ``stats`` command without ``--ray``. The caller checks
+    ``chat_template`` against ``tokenizer`` first (as ``stats`` does either way)."""
     if tokenizer:
         load_tokenizer(tokenizer)  # a bad tokenizer named here, before any task
     fmt, _ = _open(input_path, from_format, skip_invalid)
@@ -433,4 +441,111 @@ def _shape(input_path: str, planned: Planned) -> dict[str, Any]:
         source.close()
 
 
-__all__ = ["check_on_ray", "hash_trace_folder", "stats_on_ray"]
+# ---------------------------------------------------------------- record-wise steps
+
+
+def check_input(input_path: str, dataset: dict[str, Any] | None) -> bool:
+    """The inputs ``--ray`` reads: a JSONL file (plain or compressed), or a folder or glob
+    of JSONL shards (see :func:`promptkit.ray.inputs.paths_of`); whether it is many."""
+    if dataset:
+        option = "--" + next(iter(dataset)).replace("_", "-")
+        raise PromptkitError(f"--ray reads JSONL files by their line format; {option} is not "
+                             "taken with it")
+    return paths_of(input_path)[1]
+
+
+def linked_refused(fmt: Any, input_path: str) -> None:
+    """``--ray`` reads a file in chunks, each on its own: not a format whose lines depend
+    on the lines before them."""
+    if fmt.linked:
+        raise PromptkitError(f"{input_path}: --ray reads a file in chunks, each on its own; a "
+                             f"{fmt.name} line's session is found from the lines before it: "
+                             "run it without --ray")
+
+
+def table_refused(out_format: str) -> None:
+    if out_format in TABLE_FORMATS:
+        raise PromptkitError(f"--ray writes JSONL parts; --to {out_format} is not one")
+
+
+def run_folder(input_path: str, output_path: str, steps: list[Step], *, address: str,
+               from_format: str | None = None, to_format: str | None = None,
+               skip_invalid: bool = False, argv: list[str] | None = None,
+               dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
+               accept: Any = None, writer: str | None = None,
+               keep_replies: bool = False) -> dict[str, Any]:
+    """:func:`promptkit.runner.pipeline.run` on a Ray cluster (by :func:`promptkit.ray.run.run`):
+    OUT is a folder of parts whose concatenation is the bytes ``run`` writes, with
+    ``OUT/manifest.json``; the manifest is returned. ``accept(manifest)`` may refuse the
+    result before it is put in place; ``writer``, ``keep_replies``: as
+    :func:`promptkit.runner.pipeline.run` takes them."""
+    many = check_input(input_path, dataset)
+    check_output(output_path, input_path)
+    # pad's first pass (the records' own system prompts) streams the input here.
+    where = where_of(input_path, output_path, from_format)
+    steps = [step if step.made else make(step.op, step.params, where) for step in steps]
+    for step in steps:
+        step.skip_invalid = skip_invalid
+        if step.side_files:
+            raise PromptkitError(f"--ray writes a folder of parts; {step.op} writes "
+                                 f"{next(iter(step.side_files))} beside OUT: run it without "
+                                 "--ray")
+    source: Any
+    if many:  # the first shard with records gives the format (its first lines read here)
+        source = ShardedSource(input_path, from_format, skip_invalid=skip_invalid)
+    else:
+        source = Source(input_path, from_format, skip_invalid=skip_invalid)
+    try:
+        in_format = source.format
+        made_for = [step.output_format for step in steps if step.output_format]
+        out_name = to_format or (made_for[-1] if made_for else None) or source.default_output
+        shape = {} if many else source.shape()
+        name = source.name
+    finally:
+        source.close()
+    table_refused(out_name)
+    for fmt in (in_format, get_format(out_name)):
+        linked_refused(fmt, input_path)
+    if shape.get("layout"):
+        raise PromptkitError(f"{input_path}: a JSON array: --ray reads JSON lines")
+    tokenizer = counting_tokenizer(steps)
+    with files.Lock(output_path):
+        out, facts, staging, ray_info = run(
+            input_path, output_path, steps, address=address, in_format=in_format.name,
+            out_format=out_name, name=name, skip_invalid=skip_invalid, tokenizer=tokenizer,
+            chunk_size=chunk_size, writer=writer, keep_replies=keep_replies)
+        try:
+            for step in steps:
+                if step.on_count is not None:
+                    step.on_count(facts["records"])
+            planned: Planned = facts["planned"]
+            if planned.shards is not None:
+                shape = {"shards": planned.shards}
+            inputs = [{"path": name, "format": in_format.name, "records": facts["records"],
+                       "sha256": facts["sha256"], **shape}]
+            result = describe(inputs, facts["skipped"], out, steps, argv,  # type: ignore[arg-type]
+                              name_lines=lambda lines: [planned.locate(x) for x in lines])
+            _as_folder(result, output_path, facts["parts"], ray_info)
+            if accept is not None:
+                accept(result)
+            put_folder(staging, output_path, result)
+        except BaseException:
+            files.remove_quietly(staging)
+            raise
+    return result
+
+
+def on_cluster(address: str) -> Callable[..., dict[str, Any]]:
+    """:func:`run_folder` on the cluster at ``address``, as
+    :func:`promptkit.provenance.rebuild.rebuild` takes it (``on_cluster``) to re-make a
+    folder of parts there: the address is checked, and Ray found, when it runs."""
+
+    def run_there(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        check_address(address)
+        require()
+        return run_folder(*args, address=address, **kwargs)
+
+    return run_there
+
+
+__all__ = ["check_on_ray", "hash_trace_folder", "on_cluster", "run_folder", "stats_on_ray"]

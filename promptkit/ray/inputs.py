@@ -20,6 +20,7 @@ index is ``base`` plus its line less one, and errors name the shard and its own 
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,8 +114,6 @@ class Planned:
         if not head.isdigit():
             return line
         place = int(head)
-        import bisect
-
         i = max(0, bisect.bisect_right(self.bases, place - 1) - 1)
         return f"{self.shards[i]['path']}:{place - self.bases[i]}{sep}{rest}"
 

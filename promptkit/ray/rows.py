@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from promptkit.core.errors import InvalidRecordError, PromptkitError
 from promptkit.core.records import Record
 from promptkit.formats import detect_many, get_format, writer
@@ -48,8 +50,6 @@ def with_index(ds: Any) -> Any:
 
 
 def _numbered(batch: Any, first: int) -> Any:
-    import pyarrow as pa
-
     return batch.append_column("index", pa.array(range(first, first + batch.num_rows),
                                                  type=pa.int64()))
 
@@ -58,8 +58,6 @@ def apply_batch(batch: Any, steps: list[Step], in_format: str, out_format: str,
                 keep_replies: bool = False) -> Any:
     """The rows of ``batch`` through ``steps``: records in, the output format's rows out,
     each with its ``index``."""
-    import pyarrow as pa
-
     parse = get_format(in_format).parse
     dump = writer(get_format(out_format), keep_replies=keep_replies)
     records: list[Record] = []

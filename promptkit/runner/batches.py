@@ -14,43 +14,32 @@ continued a conversation an earlier one began). Steps are index-addressed, so th
 output is the same bytes for every number of workers; with one worker the chunks are
 processed in this process, one after another.
 
-Where a run allows it, a chunk skips the records altogether (:class:`Lane`): rows whose
-prompt is one text column, written as ``single_turn``, ``mooncake_trace`` or ``openai``
-with at most a nonce at the start of that text, become their output lines straight from
-the columns. The lines are the bytes the records would have been encoded to (a batch
-the lane cannot prove that for goes the record way: tested against it on generated
-tables).
+Where a run allows it, a chunk skips the records altogether: rows whose prompt is one
+text column become their output lines straight from the columns
+(:class:`promptkit.runner.writers.Lane`, one of the writers held to the encoder's bytes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import multiprocessing
-import os
-import tempfile
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from promptkit.core import interrupts, leftovers, progress
 from promptkit.core.errors import InvalidRecordError
 from promptkit.core.records import Record
-from promptkit.formats import FORMATS
-from promptkit.formats.accept import FIELDS
-from promptkit.formats.table import Mapping, _missing, batch_records
-from promptkit.io.datasets import DatasetSource
+from promptkit.formats.table import Mapping, batch_records
+from promptkit.io.interface import BATCHES
 from promptkit.io.jsonl import Counter
-from promptkit.io.keys import stable_key
-from promptkit.io.sink import Encoder, Sink
+from promptkit.io.sink import Sink, joined
 from promptkit.ops.base import Step
-from promptkit.ops.nonce import NonceMaker
 from promptkit.ops.registry import ORDERED
+from promptkit.runner import schedule
 from promptkit.runner import workers as parallel
+from promptkit.runner.writers import Lane
 
 #: The Arrow data of the rows in one chunk (whole batches: a chunk may hold a little more).
 #: Small: the main process holds the chunks the workers have not finished.
@@ -62,12 +51,6 @@ SLOT_BYTES = 4 << 20
 #: A dataset runs in workers from this many rows (or, when the rows are not known
 #: beforehand, from ``parallel.MIN_PARALLEL_BYTES`` of data files).
 MIN_PARALLEL_ROWS = 50_000
-#: Output formats the lane writes, and the keys a row's own fields must not take there.
-_LANE_FORMATS = {"single_turn": frozenset({"role", "text"}),
-                 "mooncake_trace": frozenset({"messages"}),
-                 "openai": frozenset({"messages"})}
-#: Where a nonce goes into a record of one user message: before its text.
-_LANE_POSITIONS = frozenset({"start", "user", "every-turn"})
 
 
 @dataclass
@@ -95,15 +78,12 @@ class Chunk:
 
 
 def takes(source: Any, sink: Any, steps: list[Step]) -> bool:
-    """Whether a run goes through here: a dataset (or parquet shards, with no ``--limit``)
-    written as JSON lines, by steps that do not need every record in one process, from
+    """Whether a run goes through here: a source that yields Arrow batches (a dataset, or
+    parquet shards with no ``--limit``: see :mod:`promptkit.io.interface`) written as JSON
+    lines, by steps that do not need every record in one process, from
     rows that do not carry a timeline (a trace's timestamps are made relative to its
     first record, in order)."""
-    from promptkit.io.shards import ShardedSource
-
-    dataset = isinstance(source, DatasetSource) or (
-        isinstance(source, ShardedSource) and source.kind == "parquet" and source.limit is None)
-    return (dataset and isinstance(sink, Sink)
+    return (source.yields == BATCHES and isinstance(sink, Sink)
             and not any(step.op in ORDERED for step in steps)
             and source.mapping.timestamp is None)
 
@@ -156,42 +136,29 @@ def _in_workers(source: Any, sink: Sink, rows: RowsJob, workers: int,
                 facts: parallel.InputFacts) -> None:
     states = [step.new_state() for step in rows.job.steps]  # everything before the next chunk
     relay = parallel.Relay()
-    # At most 2 * workers chunks are in flight: the one sent next takes the slots (its
-    # rows in, its lines out) of the one just written.
-    inputs = parallel.Slots(2 * workers, INPUT_SLOT_BYTES)
-    outputs = parallel.Slots(2 * workers, SLOT_BYTES)
+    # Chunks in flight: the one sent next takes the slots (its rows in, its lines out) of
+    # the one just written.
+    window = 2 * workers
+    inputs = parallel.Slots(window, INPUT_SLOT_BYTES)
+    outputs = parallel.Slots(window, SLOT_BYTES)
     with _closing(inputs), _closing(outputs), parallel.worker_pool(
             workers, _init, (rows, inputs, outputs)) as pool:
-        pending: deque[tuple[Chunk, Any]] = deque()
 
-        def finish() -> None:
-            chunk, future = pending.popleft()
-            try:
-                result: parallel.ChunkResult | None = future.get()
-            except InvalidRecordError:  # a row continuing a conversation begun earlier
-                result = None  # may be none: the chunk in order says (or raises it again)
-            if result is None or any(
-                    s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
-                if result is not None and isinstance(result.data, str):
-                    os.unlink(result.data)
-                # Done again in order, with the history before it.
-                result = process_rows(rows, chunk, states, inputs)
-            else:
-                for state, later in zip(states, result.states, strict=True):
-                    state.update(later)
-            parallel.absorb(result, sink, facts, relay, outputs)
-            source.count = facts.records_read
-
-        for number, chunk in enumerate(chunks(source)):
-            slot = number % (2 * workers)
+        def submit(number: int, chunk: Chunk) -> Any:
+            slot = number % window
             assert isinstance(chunk.batches, list)
             size = pack_into(chunk.batches, inputs.maps[slot])
             chunk.batches = (slot, size) if size is not None else pack(chunk.batches)
-            pending.append((chunk, pool.apply_async(_work, (chunk, slot))))
-            if len(pending) >= 2 * workers:
-                finish()
-        while pending:
-            finish()
+            return pool.apply_async(_work, (chunk, slot))
+
+        def redo(chunk: Chunk, states: list[Any]) -> parallel.ChunkResult:
+            return process_rows(rows, chunk, states, inputs)  # in order, with the history
+
+        for _, result, _ in schedule.carried(
+                schedule.in_order(chunks(source), submit, window=window), states, redo,
+                discard=parallel.discard):
+            parallel.absorb(result, sink, facts, relay, outputs)
+            source.count = facts.records_read
 
 
 @contextlib.contextmanager
@@ -289,18 +256,8 @@ def _work(chunk: Chunk, slot: int) -> parallel.ChunkResult:
     output goes back in shared memory (``slot``), or, larger than a slot, by a scratch
     file."""
     assert _rows_job is not None
-    result = process_rows(_rows_job, chunk, None, _inputs)
-    assert isinstance(result.data, bytes)
-    room = _outputs.maps[slot]
-    if len(result.data) <= len(room):
-        room[:len(result.data)] = result.data
-        result.data = (slot, len(result.data))
-        return result
-    fd, scratch = tempfile.mkstemp(dir=_rows_job.job.scratch)
-    with os.fdopen(fd, "wb") as f:
-        f.write(result.data)
-    result.data = scratch
-    return result
+    return parallel.handed_back(process_rows(_rows_job, chunk, None, _inputs), _outputs,
+                                slot, _rows_job.job.scratch)
 
 
 def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
@@ -327,7 +284,7 @@ def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
     try:
         for step, state in zip(job.steps, states, strict=True):
             records = step.apply(records, state)
-        data = b"".join(joined(encoder.encode_all(records)))
+        data = joined(encoder.encode_all(records))
     except InvalidRecordError as exc:
         if exc.path is not None:
             raise
@@ -337,17 +294,6 @@ def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
                                 encoder.keys.tobytes(), states,
                                 encoder.tap.stats if encoder.tap is not None else None,
                                 encoder.fields)
-
-
-#: Lines joined at a time: each line orjson makes holds a buffer of 4 KiB until joined.
-JOIN_LINES = 512
-
-
-def joined(lines: Iterator[bytes]) -> Iterator[bytes]:
-    """``lines`` joined :data:`JOIN_LINES` at a time (a chunk's lines all held at once
-    would take 4 KiB each: 100 MiB for 25,000 short lines)."""
-    while group := list(itertools.islice(lines, JOIN_LINES)):
-        yield b"".join(group)
 
 
 def _records(rows: RowsJob, batches: list[Any], chunk: Chunk, read: Counter,
@@ -371,145 +317,3 @@ def _records(rows: RowsJob, batches: list[Any], chunk: Chunk, read: Counter,
                 read.count += 1
                 yield made
             row_no += 1
-
-
-class Lane:
-    """Output lines made straight from a chunk's columns, for runs whose records are one
-    user message of a text column with the other columns kept as fields, written as
-    ``single_turn``, ``mooncake_trace`` or ``openai`` with no step but a nonce at the
-    start of that text (one copy, no tokenizer).
-
-    Such a record is written as ``{"role": "user", "text": TEXT, FIELDS...}``
-    (single_turn) or ``{"messages": [{"role": "user", "content": TEXT}], FIELDS...}``,
-    its fields the row's other columns in order with empty values (null, a float NaN)
-    left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
-    the formats' ``dump`` and :func:`~promptkit.io.keys.prompt_key` make of it. A chunk
-    with anything else (a text column that is not all text, an empty text with no nonce,
-    a column named as one of those keys or as a field AIPerf reads, a value JSON cannot
-    hold as it is, any column for openai) goes the record way, which writes it or names
-    what is wrong.
-    """
-
-    def __init__(self, mapping: Mapping, out_format: str, nonce: dict[str, Any] | None,
-                 stable_keys: bool = False):
-        assert mapping.text is not None
-        self.text = mapping.text
-        self.format = out_format
-        # A column of a field AIPerf reads goes the record way, which checks its value.
-        kind = FORMATS[out_format].aiperf_type
-        assert kind is not None
-        self.taken = _LANE_FORMATS[out_format] | FIELDS[kind]
-        self.nonces: Any = None
-        self.before = self.after = ""
-        if nonce is not None:
-            self.nonces = NonceMaker(nonce["kind"], nonce["seed"], length=nonce["length"],
-                                     start_time=nonce["start_time"],
-                                     time_step_us=nonce["time_step_us"]).make_many
-            self.before, _, self.after = nonce["template"].partition("{nonce}")
-        self.key = stable_key if stable_keys else hash
-
-    @classmethod
-    def for_run(cls, mapping: Mapping, steps: list[Step], out_format: str,
-                tokenizer: str | None, stable_keys: bool = False) -> Lane | None:
-        """The lane of a run, or ``None`` when its records must be made."""
-        if (mapping.layout != "text" or out_format not in _LANE_FORMATS or tokenizer
-                or (mapping.system, mapping.output_length, mapping.input_length,
-                    mapping.timestamp) != (None, None, None, None)):
-            return None
-        if not steps:
-            return cls(mapping, out_format, None, stable_keys)
-        if len(steps) != 1 or steps[0].op != "nonce":
-            return None
-        params = steps[0].params
-        if (params["at"] not in _LANE_POSITIONS or params["copies"] != 1
-                or params.get("tokenizer") is not None or params.get("keep_tokens")):
-            return None
-        return cls(mapping, out_format, params, stable_keys)
-
-    def chunk(self, batches: list[Any], first_index: int, encoder: Encoder) -> bytes | None:
-        """The output lines of a chunk whose first record has index ``first_index``, its
-        keys and count put into ``encoder``; ``None`` (and ``encoder`` untouched) when a
-        batch of it is not one the lane takes."""
-        parts: list[bytes] = []
-        keys: list[int] = []
-        index = first_index
-        for batch in batches:
-            made = self.lines(batch, index, keys)
-            if made is None:
-                return None
-            parts.append(b"".join(made))  # (each line orjson made holds a 4 KiB buffer)
-            index += batch.num_rows
-        encoder.keys.extend(keys)
-        encoder.count += len(keys)
-        if encoder.fields is not None:
-            encoder.fields.add("messages")
-        return b"".join(parts)
-
-    def lines(self, batch: Any, first_index: int, keys: list[int]) -> list[bytes] | None:
-        """The lines of one batch (their keys appended to ``keys``), or ``None``."""
-        import pyarrow as pa
-
-        names = list(batch.schema.names)
-        if names.count(self.text) != 1:
-            return None
-        column = batch.column(names.index(self.text))
-        kind = column.type
-        if column.null_count or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                                     or str(kind) == "string_view"):
-            return None
-        kept = [(i, name) for i, name in enumerate(names) if name != self.text]
-        if any(name in self.taken for _, name in kept) or len({n for _, n in kept}) != len(kept):
-            return None
-        if kept and self.format == "openai":
-            return None
-        texts = column.to_pylist()
-        if self.nonces is None and "" in texts:
-            return None  # an empty prompt: the record way refuses it (or skips it)
-        if self.nonces is not None:
-            before, after = self.before, self.after
-            texts = [before + nonce + after + text for nonce, text
-                     in zip(self.nonces(first_index, len(texts)), texts, strict=True)]
-        key = self.key
-        made_keys = [key(("user", text, None)) for text in texts]
-        columns = [batch.column(i) for i, _ in kept]
-        names_kept = tuple(name for _, name in kept)
-        may_miss = [name for name, column in zip(names_kept, columns, strict=True)
-                    if column.null_count or pa.types.is_floating(column.type)]
-        dumps = orjson.dumps
-        newline = orjson.OPT_APPEND_NEWLINE
-        single = self.format == "single_turn"
-        try:
-            if not kept:
-                if single:
-                    out = [dumps({"role": "user", "text": text}, option=newline)
-                           for text in texts]
-                else:
-                    out = [dumps({"messages": [{"role": "user", "content": text}]},
-                                 option=newline) for text in texts]
-            else:
-                cells = zip(*(c.to_pylist() for c in columns), strict=True)
-                if single:
-                    line_keys = ("role", "text", *names_kept)
-                    rows = (dict(zip(line_keys, ("user", text, *row), strict=True))
-                            for text, row in zip(texts, cells, strict=True))
-                else:
-                    line_keys = ("messages", *names_kept)
-                    rows = (dict(zip(line_keys, ([{"role": "user", "content": text}], *row),
-                                     strict=True))
-                            for text, row in zip(texts, cells, strict=True))
-                if may_miss:
-                    rows = (_present(row, may_miss) for row in rows)
-                out = [dumps(row, option=newline) for row in rows]
-        except TypeError:  # a value orjson does not write as it is (the record way does)
-            return None
-        keys.extend(made_keys)
-        return out
-
-
-def _present(row: dict[str, Any], may_miss: list[str]) -> dict[str, Any]:
-    """``row`` without the empty values (null, a float NaN) of the columns that may
-    hold them, as a record's fields leave them out."""
-    for name in may_miss:
-        if _missing(row[name]):
-            del row[name]
-    return row

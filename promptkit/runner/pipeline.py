@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeGuard
+from typing import Any
 
 from promptkit.core import leftovers
 from promptkit.core.errors import (
@@ -36,12 +36,15 @@ from promptkit.io.datasets import (
     is_json_array,
 )
 from promptkit.io.files import STDIO, display_name
+from promptkit.io.interface import LINES, RecordSource
 from promptkit.io.jsonl import Source
 from promptkit.io.shards import ShardedSource, expand, is_many
 from promptkit.io.sink import Sink
 from promptkit.ops.base import Step, Where
+from promptkit.ops.hashtrace import HashIds, hashed_list
 from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap
+from promptkit.ops.synth import GENERATORS
 from promptkit.provenance import manifest
 from promptkit.provenance.describe import describe
 from promptkit.provenance.describe import (
@@ -49,9 +52,9 @@ from promptkit.provenance.describe import (
 )
 from promptkit.runner import batches
 from promptkit.runner import workers as parallel
-from promptkit.runner.splice import ENCODE, WRITERS
-from promptkit.runner.splice import WRITER as SPLICE
-from promptkit.runner.splice import plan as splice_plan
+from promptkit.runner.writers import ENCODE, WRITERS
+from promptkit.runner.writers import WRITER as SPLICE
+from promptkit.runner.writers import plan as splice_plan
 
 
 def counting_tokenizer(steps: list[Step]) -> str | None:
@@ -72,29 +75,20 @@ def where_of(input_path: str, output_path: str, from_format: str | None = None,
                                                        counted=counted))
 
 
-#: What each operation's pass is called on the progress line (``check`` only looks at the
-#: records as they pass, and shows its own pass once they all have).
-def source_progress(label: str, source: Any, *, total: int | None = None) -> Progress:
+def source_progress(label: str, source: RecordSource, *, total: int | None = None
+                    ) -> Progress:
     """The progress of a pass reading ``source`` in this process: its records read, of
     ``total`` or the source's own estimate. None shown for stdin (whose records may be
     typed at the terminal the line would be drawn on)."""
-    expected = getattr(source, "expected_records", None)
     return Progress(label, lambda: source.count,
-                    total=total if total is not None else expected,
-                    enabled=getattr(source, "path", None) != STDIO)
+                    total=total if total is not None else source.expected_records,
+                    enabled=source.path != STDIO)
 
 
-def chunked_files(source: Any, input_path: str) -> str | list[str] | None:
-    """What worker processes may read chunk by chunk (if large enough): a JSONL file of a
-    line format, or the shards of many JSONL files; ``None`` for other inputs, and for a
-    format whose lines depend on the lines before them (read in one pass, here)."""
-    if getattr(getattr(source, "format", None), "linked", False):
-        return None
-    if by_lines(source):
-        return input_path
-    if isinstance(source, ShardedSource) and source.kind == "jsonl" and source.limit is None:
-        return source.paths
-    return None
+def chunked_files(source: RecordSource, input_path: str) -> str | list[str] | None:
+    """What worker processes may read chunk by chunk (if large enough): see
+    :meth:`promptkit.io.interface.RecordSource.chunk_files` (``input_path``: unused)."""
+    return source.chunk_files()
 
 
 def file_progress(label: str, path: str | list[str], facts: parallel.InputFacts) -> Progress:
@@ -139,7 +133,7 @@ def run(
     A step not yet made (``Step(op, params)``) is made here for this input and output,
     as the command line makes it (see :mod:`promptkit.ops.base`).
 
-    ``writer``: how lines are written (see :mod:`promptkit.runner.splice`): ``encode`` encodes
+    ``writer``: how lines are written (see :mod:`promptkit.runner.writers`): ``encode`` encodes
     every record again, as promptkit did before the splice writer (``rebuild`` of such
     a file); by default a nonce run's lines keep their input bytes where they can.
 
@@ -185,22 +179,16 @@ def input_files(input_path: str) -> list[str]:
         return []
 
 
-def located(exc: InvalidRecordError, source: Any) -> InvalidRecordError:
+def located(exc: InvalidRecordError, source: RecordSource) -> InvalidRecordError:
     """An error raised without a file (by a step or the writer), naming the input's file
     and line: the shard and its own line when the input is many files."""
-    if exc.path is not None:
-        return exc
-    if isinstance(source, ShardedSource):
-        return source.located(exc)
-    return exc.located(source.name)
+    return source.located(exc)
 
 
-def named_lines(skipped: list[str], source: Any) -> list[str]:
+def named_lines(skipped: list[str], source: RecordSource) -> list[str]:
     """Skipped records (``LINE: problem``, sorted) as the manifest lists them: by their
     shard and its own line (``SHARD:LINE: problem``) when the input is many files."""
-    if isinstance(source, ShardedSource):
-        return [source.name_line(line) for line in skipped]
-    return skipped
+    return [source.name_line(line) for line in skipped]
 
 
 def _stdout_is_terminal() -> bool:
@@ -232,21 +220,18 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                 sink.encoder.tap = Tap(cached_tokenizer(tokenizer))
             label = pass_label(steps)
             # A format whose lines depend on the ones written before them: one pass, here.
-            chunked = None if out_format.linked else chunked_files(source, input_path)
+            chunked = None if out_format.linked else source.chunk_files()
             plain = chunked is not None and parallel.plain_files(chunked)
             spliced = (splice_plan(steps, in_format.name, out_format.name)
-                       if writer != ENCODE and isinstance(sink, Sink) and (
-                           plain or isinstance(source, Source) and not isinstance(
-                               source, ColumnSource) and source.layout == "lines")
-                       else None)
+                       if writer != ENCODE and isinstance(sink, Sink)
+                       and (plain or source.yields == LINES) else None)
             if spliced is not None:
                 sink.writer = SPLICE
             if (chunked is not None and isinstance(sink, Sink)
                     and not any(step.op in ORDERED for step in steps)
                     and (parallel.can_run_parallel(chunked, workers)
                          or spliced is not None and plain)):
-                source.close()
-                facts = parallel.InputFacts()
+                facts = parallel.InputFacts(sha256=source.to_workers())
                 with leftovers.scratch_folder() as scratch, \
                         file_progress(label, chunked, facts):
                     job = parallel.Job(input_path, scratch, in_format.name, out_format.name,
@@ -254,9 +239,9 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                                        splice=spliced, keep_replies=keep_replies)
                     parallel.run_file(chunked, job, sink, workers if parallel.can_run_parallel(
                         chunked, workers) else 1, facts)
-                read_in_workers(source, facts)
+                source.from_workers(facts)
             elif spliced is not None:  # stdin, a compressed file: its lines, in this process
-                assert isinstance(source, Source) and isinstance(sink, Sink)
+                assert isinstance(sink, Sink)
                 job = parallel.Job(input_path, "", in_format.name, out_format.name, steps,
                                    skip_invalid, source.name, splice=spliced,
                                    keep_replies=keep_replies)
@@ -279,19 +264,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                 if step.on_count is not None:
                     step.on_count(facts.records_read)
             sink.flush()
-            inputs = [{"path": source.name, "format": in_format.name,
-                       "records": facts.records_read,
-                       "sha256": (source.sha256 if isinstance(source, ShardedSource)
-                                  else facts.sha256).hexdigest()}]
-            if isinstance(source, DatasetSource):
-                inputs[0]["path"] = source.path
-            if isinstance(source, DatasetSource | ColumnSource) or (
-                    isinstance(source, ShardedSource) and source.kind == "parquet"):
-                inputs[0]["dataset"] = source.describe()
-            if not isinstance(source, DatasetSource | ColumnSource):
-                inputs[0].update(source.shape())
-            result = describe(inputs, facts.skipped, sink, steps, argv,
-                              name_lines=lambda lines: named_lines(lines, source))
+            result = describe([source.input_entry(facts.records_read)], facts.skipped, sink,
+                              steps, argv, name_lines=lambda lines: named_lines(lines, source))
             if accept is not None:
                 accept(result)
             _put_in_place(outputs, sink, steps, manifest_path, result)
@@ -334,8 +308,6 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
     """Write the records generator ``name`` makes from ``params`` (see
     :mod:`promptkit.ops.synth`); return the manifest, also written to ``manifest_path``
     (as :func:`run` writes them)."""
-    from promptkit.ops.synth import GENERATORS
-
     make, info = GENERATORS[name]
     if manifest_path == STDIO and output_path == STDIO:
         raise PromptkitError("the output and the manifest cannot both go to stdout")
@@ -367,7 +339,7 @@ def generate(name: str, params: dict[str, Any], output_path: str, *, to_format: 
 
 
 def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool = False,
-                dataset: dict[str, Any] | None = None) -> Source | DatasetSource | ShardedSource:
+                dataset: dict[str, Any] | None = None) -> RecordSource:
     """The source of ``path``: a Hugging Face dataset, or JSONL (a file or stdin; a JSON
     array is read as its lines would be), read by its line format or, given column
     options, by columns (:mod:`promptkit.io.columns`). A JSON array file is read through
@@ -410,13 +382,6 @@ def open_source(path: str, from_format: str | None = None, *, skip_invalid: bool
     return source
 
 
-def by_lines(source: Source | DatasetSource | ShardedSource) -> TypeGuard[Source]:
-    """Whether ``source`` is JSONL of a line format, whose chunks worker processes can
-    read on their own (one read by columns carries its timestamps from line to line)."""
-    return (isinstance(source, Source) and not isinstance(source, ColumnSource)
-            and source.limit is None)
-
-
 def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
               inputs: list[str] | None = None, keep_replies: bool = False) -> Sink | TableSink:
     if fmt.name in TABLE_FORMATS:  # (a table holds replies: keep_replies is for requests)
@@ -425,15 +390,12 @@ def open_sink(path: str, fmt: Any, *, skip_invalid: bool = False,
                 keep_replies=keep_replies)
 
 
-def _hash_trace_in_workers(source: Any, path: str | list[str], step: Step,
+def _hash_trace_in_workers(source: RecordSource, path: str | list[str], step: Step,
                            sink: Sink | TableSink, workers: int, skip_invalid: bool, label: str
                            ) -> parallel.InputFacts:
     """``hash-trace`` of a large file: workers tokenize and hash chunks; the ids are
     numbered here, in file order (so the bytes are those of one process)."""
-    from promptkit.ops.hashtrace import HashIds, hashed_list
-
-    source.close()
-    facts = parallel.InputFacts()
+    facts = parallel.InputFacts(sha256=source.to_workers())
     numbering = HashIds()
 
     def records() -> Iterator[Record]:
@@ -451,19 +413,13 @@ def _hash_trace_in_workers(source: Any, path: str | list[str], step: Step,
         with file_progress(label, path, facts):
             sink.write_all(records())
     except InvalidRecordError as exc:
-        read_in_workers(source, facts)  # the shards chunked so far: to name the line
-        raise located(exc, source) from None
-    read_in_workers(source, facts)
+        source.from_workers(facts)  # the shards chunked so far: to name the line
+        raise source.located(exc) from None
+    source.from_workers(facts)
     return facts
 
 
-def read_in_workers(source: Any, facts: parallel.InputFacts) -> None:
-    """Many files read by workers: the source takes their account (sha256s, lines)."""
-    if isinstance(source, ShardedSource) and facts.shards is not None:
-        source.read_in_workers(facts.shards, facts.shard_lines)
-
-
-def _splice_here(source: Source, sink: Sink, job: parallel.Job) -> parallel.InputFacts:
+def _splice_here(source: Any, sink: Sink, job: parallel.Job) -> parallel.InputFacts:
     """A nonce run by the splice writer over a stream of lines (stdin, a compressed
     file, ``--limit``), in this process, a batch of lines at a time (near the limit, a
     line at a time)."""
@@ -479,14 +435,14 @@ def _splice_here(source: Source, sink: Sink, job: parallel.Job) -> parallel.Inpu
         if limit is not None:
             source.drain()
     except InvalidRecordError as exc:
-        raise located(exc, source) from None
+        raise source.located(exc) from None
     return facts
 
 
-def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | TableSink,
-              steps: list[Step]) -> parallel.InputFacts:
+def _run_here(source: RecordSource, sink: Sink | TableSink, steps: list[Step]
+              ) -> parallel.InputFacts:
     """The whole chain in this process, streaming (and flushing as input arrives)."""
-    if sink.path == STDIO and isinstance(source, Source):
+    if sink.path == STDIO:
         source.before_read = sink.flush
     records: Iterable[Record] = source.records()
     for step in steps:
@@ -494,7 +450,7 @@ def _run_here(source: Source | DatasetSource | ShardedSource, sink: Sink | Table
     try:
         sink.write_all(records)
     except InvalidRecordError as exc:
-        raise located(exc, source) from None
+        raise source.located(exc) from None
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
 
 

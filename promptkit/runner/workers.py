@@ -15,7 +15,6 @@ import hashlib
 import multiprocessing
 import os
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +23,15 @@ from promptkit.core import interrupts, progress
 from promptkit.core.errors import InvalidRecordError
 from promptkit.core.limits import MAX_LINE
 from promptkit.core.records import Record
+from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.formats import get_format
 from promptkit.io import compression
 from promptkit.io.jsonl import BOM, Counter, is_inputs_json, long_line, parse_lines
 from promptkit.io.keys import stable_key, stable_prompt_key
 from promptkit.io.sink import Background, Encoder, Sink, joined
+from promptkit.ops.stats import Tap
+from promptkit.runner import schedule
+from promptkit.runner.writers import Splicer
 
 CHUNK_BYTES = 4 << 20
 #: Files smaller than this run in one process: starting workers would cost more.
@@ -96,7 +99,7 @@ class Job:
     #: forks of one: Ray), for the distinct count.
     stable_keys: bool = False
     #: The nonce parameters the splice writer takes lines with (see
-    #: :mod:`promptkit.runner.splice`), or None: every line is encoded from its record.
+    #: :mod:`promptkit.runner.writers`), or None: every line is encoded from its record.
     splice: dict[str, Any] | None = None
     #: Write conversations that end with a recorded reply as requests (``--keep-replies``).
     keep_replies: bool = False
@@ -175,17 +178,25 @@ def _work(path: str, offset: int, size: int, first_lineno: int, base: int,
     assert _job is not None
     with open(path, "rb") as f:
         chunk = os.pread(f.fileno(), size, offset)
-    result = process_chunk(_job, chunk, first_lineno, base=base, path=path)
+    return handed_back(process_chunk(_job, chunk, first_lineno, base=base, path=path),
+                       _slots, slot, _job.scratch)
+
+
+def handed_back(result: ChunkResult, slots: Slots | None, slot: int | None, scratch: str
+                ) -> ChunkResult:
+    """A worker's result with its output moved out of the way back: into its ``slot`` of
+    ``slots`` (shared memory) when it fits, else into a file in the folder ``scratch``
+    (passing megabytes back through the pool's pipe costs more than a file does); see
+    :func:`absorb`."""
     assert isinstance(result.data, bytes)
-    if _slots is not None and slot is not None and len(result.data) <= len(_slots.maps[slot]):
-        _slots.maps[slot][:len(result.data)] = result.data
+    if slots is not None and slot is not None and len(result.data) <= len(slots.maps[slot]):
+        slots.maps[slot][:len(result.data)] = result.data
         result.data = (slot, len(result.data))
         return result
-    # Passing megabytes back through the pool's pipe costs more than a file does.
-    fd, scratch = tempfile.mkstemp(dir=_job.scratch)
+    fd, path = tempfile.mkstemp(dir=scratch)
     with os.fdopen(fd, "wb") as f:
         f.write(result.data)
-    result.data = scratch
+    result.data = path
     return result
 
 
@@ -227,9 +238,6 @@ def job_encoder(job: Job) -> Encoder:
                       key=stable_prompt_key if job.stable_keys else None,
                       keep_replies=job.keep_replies)
     if job.tokenizer is not None:
-        from promptkit.core.tokenizers import cached_tokenizer
-        from promptkit.ops.stats import Tap
-
         encoder.tap = Tap(cached_tokenizer(job.tokenizer), threads=1)
     return encoder
 
@@ -237,10 +245,8 @@ def job_encoder(job: Job) -> Encoder:
 def _spliced(job: Job, chunk: bytes, first_lineno: int, state: Any, encoder: Encoder,
              name: str, base: int) -> tuple[bytes, Counter, list[str]]:
     """The output of one chunk of a nonce run by the splice writer (see
-    :mod:`promptkit.runner.splice`): the chunk's bytes with each nonce inserted, and each line
+    :mod:`promptkit.runner.writers`): the chunk's bytes with each nonce inserted, and each line
     the splicer does not take (or a bad one) the usual way, in its place."""
-    from promptkit.runner.splice import Splicer
-
     (step,) = job.steps
     splicer = Splicer(job.splice or {}, job.in_format, state,
                       stable_key if job.stable_keys else hash)
@@ -522,38 +528,31 @@ def run_file(path: str | list[str], job: Job, sink: Sink, workers: int,
                 facts.bytes_done += size
         return facts
     out = Relay()
-    slots = Slots(2 * workers, CHUNK_BYTES + CHUNK_BYTES // 2)
+    window = 2 * workers  # chunks in flight: the one sent next takes the slot of one written
+    slots = Slots(window, CHUNK_BYTES + CHUNK_BYTES // 2)
     with contextlib.closing(slots), worker_pool(workers, _init, (job, slots)) as pool:
-        pending: deque[tuple[str, int, int, int, int, Any]] = deque()
 
-        def finish() -> None:
-            file, offset, size, lineno, base, future = pending.popleft()
-            try:
-                result: ChunkResult | None = future.get()
-            except InvalidRecordError:  # a line continuing a conversation begun earlier
-                result = None  # may be none: the chunk in order says (or raises it again)
-            if result is None or any(
-                    s.overlaps(r) for s, r in zip(states, result.states, strict=True)):
-                with open(file, "rb") as f:  # redo in order, with the history before it
-                    chunk = os.pread(f.fileno(), size, offset)
-                result = process_chunk(job, chunk, lineno, states, base=base, path=file)
-            else:
-                for state, later in zip(states, result.states, strict=True):
-                    state.update(later)
+        def submit(number: int, piece: tuple[str, int, int, int, int]) -> Any:
+            return pool.apply_async(_work, (*piece, number % window))
+
+        def redo(piece: tuple[str, int, int, int, int], states: list[Any]) -> ChunkResult:
+            file, offset, size, lineno, base = piece
+            with open(file, "rb") as f:  # in order, with the history before it
+                chunk = os.pread(f.fileno(), size, offset)
+            return process_chunk(job, chunk, lineno, states, base=base, path=file)
+
+        for piece, result, _ in schedule.carried(
+                schedule.in_order(pieces(path, facts), submit, window=window), states, redo,
+                discard=discard):
             absorb(result, sink, facts, out, slots)
-            facts.bytes_done += size
-
-        # At most 2 * workers chunks are in flight: the one sent next takes the slot of
-        # the one just written.
-        for number, (file, offset, size, lineno, base) in enumerate(pieces(path, facts)):
-            future = pool.apply_async(_work, (file, offset, size, lineno, base,
-                                              number % (2 * workers)))
-            pending.append((file, offset, size, lineno, base, future))
-            if len(pending) >= 2 * workers:
-                finish()
-        while pending:
-            finish()
+            facts.bytes_done += piece[2]
     return facts
+
+
+def discard(result: ChunkResult) -> None:
+    """Throw a chunk's output away (done again in order): its scratch file, if any."""
+    if isinstance(result.data, str):
+        os.unlink(result.data)
 
 
 def absorb(result: ChunkResult, sink: Sink, facts: InputFacts, relay: Relay | None = None,
@@ -646,17 +645,9 @@ def map_records(path: str | list[str], fn: Any, args: tuple[Any, ...], workers: 
     reading = (fmt, name, skip_invalid)
     done = done if done is not None else InputFacts()
     with worker_pool(workers, _init_map, (path, fn, args, reading)) as pool:
-        pending: deque[tuple[int, Any]] = deque()
-        for file, offset, size, lineno, base in pieces(path, done, digest):
-            pending.append((size, pool.apply_async(_map_work,
-                                                   (file, offset, size, lineno, base))))
-            if len(pending) >= 2 * workers:
-                size, future = pending.popleft()
-                result = future.get()
-                done.bytes_done += size
-                yield result
-        while pending:
-            size, future = pending.popleft()
-            result = future.get()
-            done.bytes_done += size
+        for piece, outcome in schedule.in_order(
+                pieces(path, done, digest), lambda _, piece: pool.apply_async(_map_work, piece),
+                window=2 * workers):
+            result = outcome()
+            done.bytes_done += piece[2]
             yield result

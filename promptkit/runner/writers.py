@@ -1,5 +1,24 @@
-"""The splice writer: a record that only gains a nonce is written as its input line with
-the nonce inserted, not parsed into a record and encoded again.
+"""How a run's output lines are written: three writers, one contract.
+
+Every JSON line promptkit writes is the bytes :class:`promptkit.io.sink.Encoder` makes
+of a record (the ``encode`` writer: records in, lines out, each record's prompt key
+kept for the distinct count). Two writers here make the same bytes, and the same keys,
+without making records where they can prove it, and leave the rest to the encoder:
+
+- :class:`Splicer` (``splice/1``): an input line that only gains a nonce is written as
+  itself with the nonce inserted (:meth:`Splicer.splice`: where, what, its key; or
+  ``None``: the usual way); used by :func:`promptkit.runner.workers.process_chunk`.
+- :class:`Lane`: a chunk of Arrow batches whose prompt is one text column becomes its
+  lines straight from the columns (:meth:`Lane.chunk`: the lines, or ``None``: the
+  record way); used by :func:`promptkit.runner.batches.process_rows`.
+
+``tests/test_writers.py`` runs the three on the same inputs and compares bytes and keys.
+
+The splice writer
+-----------------
+
+A record that only gains a nonce is written as its input line with the nonce inserted,
+not parsed into a record and encoded again.
 
 A nonce at the start of a text inserts bytes and changes nothing else, so the line
 can keep its own bytes: its key order, number spelling, escapes and unknown fields
@@ -38,6 +57,15 @@ counts the records whose nonce comes after their tools).
 Which writer made a file is the manifest's ``output.writer``: ``splice/1`` (this one)
 or ``encode`` (every line encoded again: every file made before this writer existed,
 whose manifests name none). ``rebuild`` uses the writer the manifest names.
+
+The lane
+--------
+
+Rows whose prompt is one text column, written as ``single_turn``, ``mooncake_trace``
+or ``openai`` with at most a nonce at the start of that text, become their output lines
+straight from the columns. The lines are the bytes the records would have been encoded
+to (a batch the lane cannot prove that for goes the record way). The lane is no writer
+of its own in manifests: its bytes are the ``encode`` writer's.
 """
 
 from __future__ import annotations
@@ -49,11 +77,16 @@ from typing import Any
 import orjson
 
 from promptkit.core.errors import PromptkitError
+from promptkit.core.limits import MAX_TOKENS
 from promptkit.core.records import Record
-from promptkit.formats.accept import problem
+from promptkit.formats import FORMATS
+from promptkit.formats.accept import FIELDS, problem
 from promptkit.formats.aiperf import parse_mooncake, parse_single_turn
+from promptkit.formats.table import Mapping, missing
 from promptkit.io.jsoncodec import KEY_ENDS, beyond_64_bits, duplicate_key, too_deep
-from promptkit.io.keys import key_parts, salt_of
+from promptkit.io.keys import key_parts, salt_of, stable_key
+from promptkit.io.sink import Encoder
+from promptkit.ops.base import Step
 from promptkit.ops.nonce import HASH_ID_BASE, NonceMaker, NonceState, first_id
 
 #: The writer that keeps input lines, in manifests; its rules are fixed for a version.
@@ -67,6 +100,15 @@ _FORMATS = frozenset({"single_turn", "mooncake_trace"})
 _USER = frozenset({None, "user"})
 #: single_turn fields that are strings (checked inline; ``output_length`` too).
 _TEXTS = frozenset({"text", "role", "session_id"})
+
+
+def nonce_maker(params: dict[str, Any]) -> tuple[NonceMaker, str, str]:
+    """The nonces of a nonce step's ``params``, and the template's text before and after
+    the nonce: what a writer inserts, as the step would."""
+    before, _, after = params["template"].partition("{nonce}")
+    return (NonceMaker(params["kind"], params["seed"], length=params["length"],
+                       start_time=params["start_time"], time_step_us=params["time_step_us"]),
+            before, after)
 
 
 def writer_of(recorded: dict[str, Any]) -> str:
@@ -98,11 +140,8 @@ class Splicer:
 
     def __init__(self, params: dict[str, Any], fmt: str, state: NonceState,
                  key: Callable[[tuple[Any, ...]], int]):
-        self.maker = NonceMaker(params["kind"], params["seed"], length=params["length"],
-                                start_time=params["start_time"],
-                                time_step_us=params["time_step_us"])
+        self.maker, before, after = nonce_maker(params)
         self.make = self.maker.make
-        before, _, after = params["template"].partition("{nonce}")
         self.before, self.after = before, after
         # The nonces themselves are ASCII letters, digits and ``-:.@``: no escapes.
         self.escaped = (orjson.dumps(before)[1:-1], orjson.dumps(after)[1:-1])
@@ -239,7 +278,7 @@ class Splicer:
             if key in _TEXTS:
                 if kind is not str:
                     break
-            elif key != "output_length" or kind is not int or value <= 0:
+            elif key != "output_length" or kind is not int or not 0 < value <= MAX_TOKENS:
                 break
         else:
             return obj.get("role"), text, _TEXT_START
@@ -301,3 +340,153 @@ def _text_finder(key: bytes) -> Callable[[bytes], int]:
 _TEXT_START = _text_finder(b"text")
 _TEXT_INPUT = _text_finder(b"text_input")
 _FIRST_ID = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"hash_ids": *\[ *(-?[0-9]+)').match
+
+
+# ---------------------------------------------------------------- the lane
+
+#: Output formats the lane writes, and the keys a row's own fields must not take there.
+_LANE_FORMATS = {"single_turn": frozenset({"role", "text"}),
+                 "mooncake_trace": frozenset({"messages"}),
+                 "openai": frozenset({"messages"})}
+#: Where a nonce goes into a record of one user message: before its text.
+_LANE_POSITIONS = frozenset({"start", "user", "every-turn"})
+
+
+class Lane:
+    """Output lines made straight from a chunk's columns, for runs whose records are one
+    user message of a text column with the other columns kept as fields, written as
+    ``single_turn``, ``mooncake_trace`` or ``openai`` with no step but a nonce at the
+    start of that text (one copy, no tokenizer).
+
+    Such a record is written as ``{"role": "user", "text": TEXT, FIELDS...}``
+    (single_turn) or ``{"messages": [{"role": "user", "content": TEXT}], FIELDS...}``,
+    its fields the row's other columns in order with empty values (null, a float NaN)
+    left out, and its key in the distinct count that of ``("user", TEXT, None)``: what
+    the formats' ``dump`` and :func:`~promptkit.io.keys.prompt_key` make of it. A chunk
+    with anything else (a text column that is not all text, an empty text with no nonce,
+    a column named as one of those keys or as a field AIPerf reads, a value JSON cannot
+    hold as it is, any column for openai) goes the record way, which writes it or names
+    what is wrong.
+    """
+
+    def __init__(self, mapping: Mapping, out_format: str, nonce: dict[str, Any] | None,
+                 stable_keys: bool = False):
+        assert mapping.text is not None
+        self.text = mapping.text
+        self.format = out_format
+        # A column of a field AIPerf reads goes the record way, which checks its value.
+        kind = FORMATS[out_format].aiperf_type
+        assert kind is not None
+        self.taken = _LANE_FORMATS[out_format] | FIELDS[kind]
+        self.nonces: Any = None
+        self.before = self.after = ""
+        if nonce is not None:
+            maker, self.before, self.after = nonce_maker(nonce)
+            self.nonces = maker.make_many
+        self.key = stable_key if stable_keys else hash
+
+    @classmethod
+    def for_run(cls, mapping: Mapping, steps: list[Step], out_format: str,
+                tokenizer: str | None, stable_keys: bool = False) -> Lane | None:
+        """The lane of a run, or ``None`` when its records must be made."""
+        if (mapping.layout != "text" or out_format not in _LANE_FORMATS or tokenizer
+                or (mapping.system, mapping.output_length, mapping.input_length,
+                    mapping.timestamp) != (None, None, None, None)):
+            return None
+        if not steps:
+            return cls(mapping, out_format, None, stable_keys)
+        if len(steps) != 1 or steps[0].op != "nonce":
+            return None
+        params = steps[0].params
+        if (params["at"] not in _LANE_POSITIONS or params["copies"] != 1
+                or params.get("tokenizer") is not None or params.get("keep_tokens")):
+            return None
+        return cls(mapping, out_format, params, stable_keys)
+
+    def chunk(self, batches: list[Any], first_index: int, encoder: Encoder) -> bytes | None:
+        """The output lines of a chunk whose first record has index ``first_index``, its
+        keys and count put into ``encoder``; ``None`` (and ``encoder`` untouched) when a
+        batch of it is not one the lane takes."""
+        parts: list[bytes] = []
+        keys: list[int] = []
+        index = first_index
+        for batch in batches:
+            made = self.lines(batch, index, keys)
+            if made is None:
+                return None
+            parts.append(b"".join(made))  # (each line orjson made holds a 4 KiB buffer)
+            index += batch.num_rows
+        encoder.keys.extend(keys)
+        encoder.count += len(keys)
+        if encoder.fields is not None:
+            encoder.fields.add("messages")
+        return b"".join(parts)
+
+    def lines(self, batch: Any, first_index: int, keys: list[int]) -> list[bytes] | None:
+        """The lines of one batch (their keys appended to ``keys``), or ``None``."""
+        import pyarrow as pa
+
+        names = list(batch.schema.names)
+        if names.count(self.text) != 1:
+            return None
+        column = batch.column(names.index(self.text))
+        kind = column.type
+        if column.null_count or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                                     or str(kind) == "string_view"):
+            return None
+        kept = [(i, name) for i, name in enumerate(names) if name != self.text]
+        if any(name in self.taken for _, name in kept) or len({n for _, n in kept}) != len(kept):
+            return None
+        if kept and self.format == "openai":
+            return None
+        texts = column.to_pylist()
+        if self.nonces is None and "" in texts:
+            return None  # an empty prompt: the record way refuses it (or skips it)
+        if self.nonces is not None:
+            before, after = self.before, self.after
+            texts = [before + nonce + after + text for nonce, text
+                     in zip(self.nonces(first_index, len(texts)), texts, strict=True)]
+        key = self.key
+        made_keys = [key(("user", text, None)) for text in texts]
+        columns = [batch.column(i) for i, _ in kept]
+        names_kept = tuple(name for _, name in kept)
+        may_miss = [name for name, column in zip(names_kept, columns, strict=True)
+                    if column.null_count or pa.types.is_floating(column.type)]
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
+        single = self.format == "single_turn"
+        try:
+            if not kept:
+                if single:
+                    out = [dumps({"role": "user", "text": text}, option=newline)
+                           for text in texts]
+                else:
+                    out = [dumps({"messages": [{"role": "user", "content": text}]},
+                                 option=newline) for text in texts]
+            else:
+                cells = zip(*(c.to_pylist() for c in columns), strict=True)
+                if single:
+                    line_keys = ("role", "text", *names_kept)
+                    rows = (dict(zip(line_keys, ("user", text, *row), strict=True))
+                            for text, row in zip(texts, cells, strict=True))
+                else:
+                    line_keys = ("messages", *names_kept)
+                    rows = (dict(zip(line_keys, ([{"role": "user", "content": text}], *row),
+                                     strict=True))
+                            for text, row in zip(texts, cells, strict=True))
+                if may_miss:
+                    rows = (_present(row, may_miss) for row in rows)
+                out = [dumps(row, option=newline) for row in rows]
+        except TypeError:  # a value orjson does not write as it is (the record way does)
+            return None
+        keys.extend(made_keys)
+        return out
+
+
+def _present(row: dict[str, Any], may_miss: list[str]) -> dict[str, Any]:
+    """``row`` without the empty values (null, a float NaN) of the columns that may
+    hold them, as a record's fields leave them out."""
+    for name in may_miss:
+        if missing(row[name]):
+            del row[name]
+    return row
