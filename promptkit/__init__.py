@@ -1,6 +1,15 @@
 """promptkit: prepare prompt datasets for LLM serving benchmarks.
 
-The operations are generators over canonical records, usable as a Python API::
+Every command is a function with the command line's defaults (the manifest at
+OUT.manifest.json, a random seed recorded when none is given, ``ray="ADDRESS"`` for
+``--ray``); each returns the manifest or the report ``--json`` prints::
+
+    import promptkit
+
+    promptkit.nonce("in.jsonl", "out.jsonl", seed=7)
+    report = promptkit.check("out.jsonl", tokenizer="cl100k_base")
+
+The operations are generators over canonical records::
 
     from promptkit import read_records, add_nonces, write_records
 
@@ -30,12 +39,25 @@ _PUBLIC = {
     "run": "runner.pipeline",
     "Message": "core.records", "Record": "core.records",
     "Step": "ops.base",
+    # the commands (promptkit.commands)
+    "nonce": "commands.transform", "pad": "commands.transform", "fit": "commands.transform",
+    "turns": "commands.transform", "hash_trace": "commands.transform",
+    "pipe": "commands.transform",
+    "nonce_step": "commands.steps", "pad_step": "commands.steps", "fit_step": "commands.steps",
+    "turns_step": "commands.steps", "hash_trace_step": "commands.steps",
+    "check_step": "commands.steps",
+    "stats": "commands.stats",
+    "check": "commands.check", "hit_rate_failure": "commands.check",
+    "prefix_test": "commands.synth",
+    "verify": "commands.verify", "rebuild": "commands.verify",
+    "publish": "commands.publish",
+    "bench": "commands.bench",
 }
 
 __all__ = [
+    "ConversionError",
     "DatasetMap",
     "FORMATS",
-    "ConversionError",
     "InvalidRecordError",
     "ManifestError",
     "Message",
@@ -44,12 +66,32 @@ __all__ = [
     "Step",
     "__version__",
     "add_nonces",
+    "bench",
+    "check",
+    "check_step",
     "detect",
+    "fit",
     "fit_records",
+    "fit_step",
+    "hash_trace",
+    "hash_trace_step",
+    "hit_rate_failure",
+    "nonce",
     "nonce_params",
+    "nonce_step",
+    "pad",
     "pad_records",
+    "pad_step",
+    "pipe",
+    "prefix_test",
+    "publish",
     "read_records",
+    "rebuild",
     "run",
+    "stats",
+    "turns",
+    "turns_step",
+    "verify",
     "write_records",
 ]
 
@@ -57,6 +99,21 @@ if TYPE_CHECKING:
     from typing import Any
 
     from promptkit.api import DatasetMap, read_records, write_records
+    from promptkit.commands.bench import bench
+    from promptkit.commands.check import check, hit_rate_failure
+    from promptkit.commands.publish import publish
+    from promptkit.commands.stats import stats
+    from promptkit.commands.steps import (
+        check_step,
+        fit_step,
+        hash_trace_step,
+        nonce_step,
+        pad_step,
+        turns_step,
+    )
+    from promptkit.commands.synth import prefix_test
+    from promptkit.commands.transform import fit, hash_trace, nonce, pad, pipe, turns
+    from promptkit.commands.verify import rebuild, verify
     from promptkit.core.errors import (
         ConversionError,
         InvalidRecordError,

@@ -46,8 +46,8 @@ from test_aiperf_profile import (
 from tokenizer_dir import build_tokenizer_dir
 
 from promptkit.commands import bench
+from promptkit.commands.check import check_file
 from promptkit.ops.check import TEMPLATES
-from promptkit.runner import pipeline
 
 aiperf_tmpdir = test_aiperf_profile.aiperf_tmpdir  # the shared AIPerf temp-folder fixture
 
@@ -837,9 +837,9 @@ def test_dry_run_prints_the_exact_command_and_touches_nothing(
         "--extra-inputs", "ignore_eos:true", "--extra-inputs", "min_tokens:8",
         "--extra-inputs", '{"stop": ["x"]}',
     ]) + "\n"
-    summary = pipeline.check_file(str(path), tokenizer=str(tmp_path / "tok"),
-                                  chat_template="hf", block_size=None, requests=12, warmup=4,
-                                  system_prompt_file=f"{path}.system.txt")
+    summary = check_file(str(path), tokenizer=str(tmp_path / "tok"),
+                         chat_template="hf", block_size=None, requests=12, warmup=4,
+                         system_prompt_file=f"{path}.system.txt")
     assert summary["hit_tokens"] > 0  # the system prompt is shared: a prediction with hits
     assert result.stderr.splitlines() == [
         f"promptkit: CONCURRENCY from the environment ('3') overrides {env_file}",

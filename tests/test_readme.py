@@ -57,7 +57,7 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_readme_python_examples_run(workdir, monkeypatch):
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(workdir)
     for code in blocks:
         if "promptkit.ray" in code:
@@ -65,13 +65,20 @@ def test_readme_python_examples_run(workdir, monkeypatch):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     lines = (workdir / "api-out.jsonl").read_text().splitlines()
     assert len(lines) == 20
+    script = Path(sys.executable).with_name("promptkit")
+    for api, command in (("api-nonced.jsonl", "nonce prompts/trace.jsonl.example {} --seed 7"),
+                         ("api-padded.jsonl", "pipe read prompts/chat.jsonl.example pad "
+                          "--tokens 256 --tokenizer cl100k_base --seed 7 nonce --at user "
+                          "--seed 8 write {}")):
+        subprocess.run([str(script), *command.format("cli.jsonl").split()], cwd=workdir,
+                       check=True, capture_output=True)
+        assert (workdir / api).read_bytes() == (workdir / "cli.jsonl").read_bytes()
     import datasets
 
     mapped = datasets.load_dataset("parquet", data_files=str(workdir / "alpaca-map.parquet"),
                                    split="train")
     assert mapped.num_rows == 16
     cli = workdir / "alpaca-cli.parquet"
-    script = Path(sys.executable).with_name("promptkit")
     subprocess.run([str(script), "nonce", "prompts/alpaca-sample.parquet", str(cli), "--to",
                     "parquet", "--seed", "7"], cwd=workdir, check=True, capture_output=True)
     from_cli = datasets.load_dataset("parquet", data_files=str(cli), split="train")

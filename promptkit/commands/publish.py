@@ -32,8 +32,10 @@ from typing import Any
 
 import orjson
 
+from promptkit.commands.common import shuffled
 from promptkit.core import leftovers
 from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitError
+from promptkit.core.progress import tracked
 from promptkit.core.records import Record
 from promptkit.core.version import VERSION
 from promptkit.formats import FORMATS
@@ -49,7 +51,9 @@ from promptkit.io.files import (
     write_text,
 )
 from promptkit.io.hashing import file_sha256
+from promptkit.io.jsonl import Source
 from promptkit.provenance import manifest
+from promptkit.provenance.describe import verify_output
 from promptkit.runner import pipeline
 
 #: ``--to`` choices: the line formats AIPerf loads as they are.
@@ -109,15 +113,17 @@ def size_category(records: int) -> str:
 def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
             to_format: str = DEFAULT_FORMAT, skip_invalid: bool = False,
             workers: int | None = None, dataset: dict[str, Any] | None = None,
-            license: str = DEFAULT_LICENSE, max_shard_size: int = DEFAULT_SHARD_BYTES,
-            pretty_name: str | None = None, repo_id: str | None = None,
-            overwrite: bool = False, argv: list[str] | None = None,
-            keep_replies: bool = False) -> dict[str, Any]:
+            seed: int | None = None, license: str = DEFAULT_LICENSE,
+            max_shard_size: int = DEFAULT_SHARD_BYTES, pretty_name: str | None = None,
+            repo_id: str | None = None, overwrite: bool = False,
+            argv: list[str] | None = None, keep_replies: bool = False) -> dict[str, Any]:
     """Make ``out_dir`` a dataset repository folder of the records of ``input_path``.
 
     Returns the manifest (also written to ``out_dir/aiperf/prompts.jsonl.manifest.json``).
-    ``repo_id`` (where it will be pushed) only names the dataset in the card;
-    ``keep_replies``: as :func:`promptkit.runner.pipeline.run` takes it.
+    ``repo_id`` (where it will be pushed: :func:`push`) only names the dataset in the
+    card; ``dataset`` holds the dataset options (``shuffle=True`` shuffles with ``seed``,
+    random when not given); ``keep_replies``: as :func:`promptkit.runner.pipeline.run`
+    takes it.
     """
     if to_format not in AIPERF_FORMATS:
         raise PromptkitError(f"{to_format}: AIPerf does not load this format; "
@@ -129,8 +135,9 @@ def publish(input_path: str, out_dir: str, *, from_format: str | None = None,
     with Lock(target):
         return _publish_locked(target, input_path, out_dir, from_format=from_format,
                                to_format=to_format, skip_invalid=skip_invalid,
-                               workers=workers, dataset=dataset, license=license,
-                               max_shard_size=max_shard_size, pretty_name=pretty_name,
+                               workers=workers, dataset=shuffled(dataset, seed),
+                               license=license, max_shard_size=max_shard_size,
+                               pretty_name=pretty_name,
                                repo_id=repo_id, overwrite=overwrite, argv=argv,
                                keep_replies=keep_replies)
 
@@ -287,7 +294,7 @@ def _history(input_path: str, read: dict[str, Any]) -> tuple[list[dict[str, Any]
     try:
         recorded = manifest.read(path)
         if "dataset" in read:
-            problems = pipeline.verify_output(input_path.rstrip("/\\"), path)
+            problems = verify_output(input_path.rstrip("/\\"), path)
         elif read["sha256"] != recorded["output"]["sha256"]:
             problems = [f"sha256 is {read['sha256']}, manifest says "
                         f"{recorded['output']['sha256']}"]
@@ -410,16 +417,14 @@ def _write_shards(jsonl: str, fmt: str, folder: str, limit: int, display: str
                   ) -> tuple[list[dict[str, Any]], int]:
     """The records of the written JSONL as parquet shards, in order, a row group at a
     time; returns the shards (path, sha256, bytes, records) and the rows' Arrow size."""
-    from promptkit.api import read_records
-    from promptkit.core.progress import tracked
-
     shards = _Shards(folder, limit)
+    source = Source(jsonl, fmt)
     group_bytes = max(1, min(limit // 8, ROW_GROUP_BYTES))
     rows: list[dict[str, Any]] = []
     estimated = 0
     try:
-        for number, record in enumerate(tracked(read_records(jsonl, fmt),
-                                                "writing parquet shards"), start=1):
+        for number, record in enumerate(tracked(source.records(), "writing parquet shards"),
+                                        start=1):
             try:
                 row = to_row(_as_table_record(record, fmt), "a published dataset")
             except InvalidRecordError as exc:
@@ -436,6 +441,7 @@ def _write_shards(jsonl: str, fmt: str, folder: str, limit: int, display: str
             shards.add(rows, estimated)
         return shards.finish(), shards.arrow_bytes
     finally:
+        source.close()
         shards.close()
 
 

@@ -8,7 +8,6 @@ the manifest is :mod:`promptkit.provenance.describe`; ``rebuild`` is
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,8 +18,6 @@ from promptkit.core.errors import (
     FormatUnknownError,
     InvalidRecordError,
     PromptkitError,
-    Skipping,
-    skipped_section,
 )
 from promptkit.core.progress import Progress, tracked
 from promptkit.core.progress import is_wanted as progress_is_wanted
@@ -28,7 +25,6 @@ from promptkit.core.progress import wanted as progress_wanted
 from promptkit.core.records import Record
 from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.formats import TABLE_FORMATS, get_format
-from promptkit.formats.aiperf import block_size_in
 from promptkit.io import files
 from promptkit.io.columns import ColumnSource
 from promptkit.io.datasets import (
@@ -50,7 +46,7 @@ from promptkit.ops.registry import ORDERED, STATEFUL, make, pass_label
 from promptkit.ops.stats import Tap
 from promptkit.ops.synth import GENERATORS
 from promptkit.provenance import manifest
-from promptkit.provenance.describe import describe, line_of
+from promptkit.provenance.describe import describe
 from promptkit.provenance.describe import (
     verify_output as verify_output,  # (publish checks its file)
 )
@@ -423,25 +419,6 @@ def _hash_trace_in_workers(source: RecordSource, path: str | list[str], step: St
     return facts
 
 
-def _for_workers(source: Any) -> Any:
-    """Ready ``source`` to be read again by worker processes (it read the first records,
-    to detect the format): nothing counted; the digest the chunks hash one file into."""
-    source.close()
-    if isinstance(source, ShardedSource):
-        source.read_in_workers([], [])
-        return hashlib.sha256()  # each shard is hashed on its own (InputFacts.shards)
-    source.sha256 = hashlib.sha256()  # the chunks hash the whole file again
-    source.count = 0
-    source.skipped = []
-    return source.sha256
-
-
-def _read_in_workers(source: RecordSource, facts: parallel.InputFacts) -> None:
-    """What workers read: the source takes its account (see
-    :meth:`~promptkit.io.interface.RecordSource.from_workers`)."""
-    source.from_workers(facts)
-
-
 def _splice_here(source: Any, sink: Sink, job: parallel.Job) -> parallel.InputFacts:
     """A nonce run by the splice writer over a stream of lines (stdin, a compressed
     file, ``--limit``), in this process, a batch of lines at a time (near the limit, a
@@ -475,273 +452,6 @@ def _run_here(source: RecordSource, sink: Sink | TableSink, steps: list[Step]
     except InvalidRecordError as exc:
         raise source.located(exc) from None
     return parallel.InputFacts(source.records_read, source.skipped, source.sha256)
-
-
-def check_stats_options(chat_template: str, tokenizer: str | None) -> None:
-    """``stats``' template options, as it checks them before reading (with ``--ray`` too)."""
-    from promptkit.ops.check import TEMPLATES
-
-    if chat_template not in TEMPLATES:
-        raise PromptkitError(f"unknown chat template {chat_template!r}; choose from "
-                             f"{', '.join(TEMPLATES)}")
-    if chat_template != "none" and tokenizer is None:
-        raise PromptkitError("--chat-template needs --tokenizer (the template's tokens are "
-                             "counted under it)")
-
-
-def dataset_stats(input_path: str, *, from_format: str | None = None,
-                  tokenizer: str | None = None, threads: int | None = None,
-                  skip_invalid: bool = False, dataset: dict[str, Any] | None = None,
-                  plot: str | None = None, workers: int | None = None,
-                  chat_template: str = "none", progress: bool | None = None
-                  ) -> dict[str, Any]:
-    """The statistics of a file (token figures with a tokenizer, under
-    ``chat_template`` as ``check`` counts them), as a dict; ``warnings`` says what the
-    figures leave out, ``wrote`` the files written (``plot``). ``progress`` shows the
-    pass's progress on stderr when it is a terminal."""
-    from promptkit.core.tokenizers import load_tokenizer
-    from promptkit.core.words import counted, plural
-    from promptkit.ops import stats
-
-    check_stats_options(chat_template, tokenizer)
-    if plot is not None:
-        files.writable(plot)
-        files.refuse_clashes([(plot, "--plot")], [input_path])
-    loaded = load_tokenizer(tokenizer) if tokenizer else None
-    source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
-    label = "counting tokens" if tokenizer else "counting"
-    try:
-        with progress_wanted(progress_is_wanted() if progress is None else progress):
-            chunked = chunked_files(source, input_path)
-            if (workers is not None and chunked is not None
-                    and parallel.can_run_parallel(chunked, workers)):
-                collected = _stats_in_workers(source, chunked, tokenizer, skip_invalid,
-                                              workers, chat_template, label)
-            else:
-                with source_progress(label, source):
-                    collected = stats.collect(source.records(), loaded, threads=threads,
-                                              chat_template=chat_template,
-                                              tokenizer_spec=tokenizer)
-    finally:
-        source.close()
-    summary = collected.summary()
-    warnings = []
-    if collected.no_text:
-        lines = ", ".join(named_lines([str(n) for n in collected.no_text_lines], source))
-        more = ", ..." if collected.no_text > len(collected.no_text_lines) else ""
-        found = (counted(collected.no_text, "record") if collected.no_text == collected.records
-                 else f"{collected.no_text} of {counted(collected.records, 'record')}")
-        fmt = source.format.name
-        message = (f"no prompt text found in {found} ({plural(collected.no_text, 'line')} "
-                   f"{lines}{more}), read as {fmt}: their messages hold no text (empty, "
-                   f"media only, or the text under a key {fmt} does not read: give --from "
-                   "FORMAT or --text-column KEY)")
-        if tokenizer is not None and not collected.tokens:
-            raise PromptkitError(f"{source.name}: {message}")
-        warnings.append(message + ("; left out of the token figures" if collected.tokens
-                                   else ""))
-    if tokenizer is not None and collected.stated == collected.records:
-        warnings.append(f"--tokenizer {tokenizer} was not used: the trace states each "
-                        "record's prompt tokens (input_length)")
-    wrote = []
-    if plot is not None:
-        from promptkit.commands.plots import stats_plot
-
-        shared = [p for p in collected.system_prompts.values() if p.count > 1]
-        prefix = max(shared, key=lambda p: p.count).tokens if shared else None
-        stats_plot(plot, collected.tokens, prefix, f"{source.name}: prompt lengths"
-                   + (f" ({tokenizer})" if tokenizer else ""))
-        wrote.append(plot)
-    return {
-        "input": {"path": source.name, "format": source.format.name,
-                  "sha256": source.sha256.hexdigest(),
-                  **({"dataset": source.describe()}
-                     if isinstance(source, DatasetSource | ColumnSource)
-                     or (isinstance(source, ShardedSource) and source.kind == "parquet")
-                     else {})},
-        "tokenizer": tokenizer,
-        **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": skipped_section(named_lines(source.skipped, source)),
-        **summary,
-        "warnings": warnings,
-        "wrote": wrote,
-    }
-
-
-def check_file(input_path: str, *, from_format: str | None = None,
-               tokenizer: str | None = None, skip_invalid: bool = False,
-               dataset: dict[str, Any] | None = None, per_request: str | None = None,
-               plot: str | None = None, workers: int | None = None,
-               system_prompt_file: str | None = None, use_manifest: bool = True,
-               progress: bool | None = None, **options: Any) -> dict[str, Any]:
-    """The predicted prefix-cache hits of sending a file's records (see
-    :mod:`promptkit.ops.check`), as a dict; ``per_request`` names a JSONL file to get one
-    line a profiled request.
-
-    What AIPerf adds to every request is applied: ``system_prompt_file`` (its
-    ``--system-prompt-file``), or else the AIPerf arguments of the file's own manifest
-    (``IN.manifest.json``) when it matches the file and ``use_manifest`` is true.
-    ``progress`` shows the pass's progress on stderr when it is a terminal."""
-    from promptkit.core.tokenizers import cached_tokenizer
-    from promptkit.ops.check import CheckOptions, check_records
-
-    for path in (per_request, plot):
-        if path is not None:
-            files.writable(path)
-    files.refuse_clashes([(path, what) for path, what in ((per_request, "--per-request"),
-                                                          (plot, "--plot")) if path],
-                         [input_path])
-    applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
-    options["system_prompt"] = applied.pop("system_prompt")
-    hash_block_size = applied.pop("hash_block_size", None)
-    if hash_block_size is not None and options.get("hash_block_size") is None:
-        options["hash_block_size"] = hash_block_size
-    source = open_source(input_path, from_format, skip_invalid=skip_invalid, dataset=dataset)
-    # AIPerf loads OpenAI chat lines as mooncake_trace and sends only messages and tools.
-    options["sends_extra"] = source.format.name != "openai"
-    options["aiperf_type"] = source.format.aiperf_type  # (a trace may run on a fixed schedule)
-    if options.get("hash_block_size") is None:  # what AIPerf makes of the format's hash ids
-        options["hash_block_size"] = source.format.hash_block_size
-    loaded = cached_tokenizer(tokenizer) if tokenizer else None
-    skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
-    try:
-        with progress_wanted(progress_is_wanted() if progress is None else progress):
-            chunked = chunked_files(source, input_path)
-            if (workers is not None and chunked is not None
-                    and parallel.can_run_parallel(chunked, workers)):
-                report = _check_in_workers(source, chunked, CheckOptions(**options),
-                                           loaded, tokenizer, skipping, workers)
-            else:
-                with source_progress("checking", source):
-                    report = check_records(source.records(), options=CheckOptions(**options),
-                                           tokenizer=loaded, tokenizer_spec=tokenizer,
-                                           skipping=skipping)
-    except InvalidRecordError as exc:
-        raise located(exc, source) from None
-    finally:
-        source.close()
-    wrote = []
-    if plot is not None:
-        from promptkit.commands.plots import check_plot
-
-        check_plot(plot, report.hits, report.lengths, f"{source.name}: predicted prefix-cache "
-                   f"hits ({report.options.engine}, block {report.block_size})")
-        wrote.append(plot)
-    if per_request is not None:
-        import orjson
-
-        files.write_text(per_request, "".join(
-            orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE).decode()
-            for row in report.per_request()))
-        wrote.append(per_request)
-    return {"input": {"path": source.name, "format": source.format.name,
-                      "sha256": source.sha256.hexdigest()},
-            "tokenizer": tokenizer,
-            "skipped": skipped_section(named_lines(
-                sorted(source.skipped + skipping.skipped, key=line_of), source)),
-            **report.summary(), "aiperf_args": applied, "wrote": wrote}
-
-
-
-def aiperf_arguments(input_path: str, system_prompt_file: str | None,
-                     use_manifest: bool = True) -> dict[str, Any]:
-    """The AIPerf arguments ``check`` applies to a file: ``applied`` (the arguments),
-    ``source`` (``option``, ``manifest`` or ``None``), ``system_prompt`` (its text), and
-    ``note`` when a manifest beside the file was not used."""
-    from promptkit.ops import check
-
-    out: dict[str, Any] = {"applied": [], "source": None, "system_prompt": None}
-    if system_prompt_file is not None:
-        out.update(applied=["--system-prompt-file", system_prompt_file], source="option",
-                   system_prompt=check.read_prompt(system_prompt_file,
-                                                   "--system-prompt-file"))
-        return out
-    path = manifest.default_path(input_path)
-    if (not use_manifest or input_path == STDIO or is_many(input_path)
-            or is_dataset(input_path)):
-        return out
-    try:
-        recorded = manifest.read(path)
-        problems = manifest.verify(input_path, path)
-    except (PromptkitError, KeyError, TypeError):
-        if os.path.exists(path):
-            out["note"] = f"{path} is not a readable promptkit manifest: not applied"
-        return out
-    if problems:
-        out["note"] = f"{path} does not match the file ({problems[0]}): not applied"
-        return out
-    args = recorded.get("aiperf", {}).get("args", [])
-    if block_size_in(args) is not None:
-        out["hash_block_size"] = block_size_in(args)
-    for flag, value in zip(args, args[1:], strict=False):
-        if flag == "--system-prompt":
-            out.update(applied=[flag, value], source="manifest", system_prompt=value)
-        elif flag == "--system-prompt-file":
-            found = manifest.named_file(str(value), input_path)
-            if found is None:
-                raise PromptkitError(
-                    f"{path}: --system-prompt-file {value}: no such file in "
-                    f"{os.path.dirname(input_path) or '.'} (a manifest's files are read "
-                    "from its file's folder only); give --system-prompt-file or "
-                    "--no-manifest")
-            out.update(applied=[flag, found], source="manifest",
-                       system_prompt=check.read_prompt(found,
-                                                       f"{path}: --system-prompt-file"))
-    return out
-
-
-def _stats_in_workers(source: Any, path: str | list[str], tokenizer: str | None,
-                      skip_invalid: bool, workers: int, chat_template: str = "none",
-                      label: str = "counting") -> Any:
-    """Statistics of a large file (or many), a chunk a worker process, merged in order."""
-    from promptkit.ops.stats import Stats, stats_of
-
-    digest = _for_workers(source)
-    total = Stats()
-    done = parallel.InputFacts()
-    with file_progress(label, path, done):
-        for part, read, skipped in parallel.map_records(
-                path, stats_of, (tokenizer, chat_template), workers, digest,
-                fmt=source.format.name, name=source.name, skip_invalid=skip_invalid,
-                done=done):
-            total.merge(part)
-            source.count += read
-            done.records_read = source.count
-            source.skipped += skipped
-    _read_in_workers(source, done)
-    return total
-
-
-def _check_in_workers(source: Any, path: str | list[str], options: Any, tokenizer: Any,
-                      spec: str | None, skipping: Skipping, workers: int) -> Any:
-    """``check`` of a large file: workers tokenize and hash chunks; the cache is
-    simulated here, in file order (the same report as one process)."""
-    from promptkit.ops.check import Setup
-
-    first = next(source.records(), None)  # from the lines already read to detect the format
-    if first is None:
-        source.close()
-        raise PromptkitError(f"{source.name}: empty file: no records")
-    setup = Setup(first, options, tokenizer, spec, Skipping(skipping.skip_invalid, skipping.op))
-    digest = _for_workers(source)  # the chunks read the whole input again
-
-    done = parallel.InputFacts()
-
-    def pairs() -> Iterator[Any]:
-        for (part, rejected), read, skipped in parallel.map_records(
-                path, setup.entry_list, (), workers, digest,
-                fmt=source.format.name, name=source.name, skip_invalid=skipping.skip_invalid,
-                done=done):
-            source.count += read
-            done.records_read = source.count
-            source.skipped += skipped
-            skipping.skipped += rejected
-            yield from part
-
-    with file_progress("checking", path, done):
-        report = setup.replay(pairs())
-    _read_in_workers(source, done)
-    return report
 
 
 def system_prompts(input_path: str, from_format: str | None = None,

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from promptkit.commands.check import check_file
 from promptkit.core import leftovers
 from promptkit.core.errors import PromptkitError
-from promptkit.runner import pipeline
 
 #: The two kinds of request a difference in prompt tokens is put down to.
 FIRST, LATER = "first_requests", "later_turns"
@@ -153,8 +153,8 @@ def predict(prediction: Prediction, endpoint_type: str) -> dict[str, Any]:
         try:
             with _quiet_transformers():
                 # use_manifest=False: the system prompt file is the one AIPerf is given.
-                summary = pipeline.check_file(prediction.input_file, use_manifest=False,
-                                              per_request=rows, **options)
+                summary = check_file(prediction.input_file, use_manifest=False,
+                                     per_request=rows, **options)
             turns = new_turns()
             with open(rows, encoding="utf-8") as f:
                 for n, row in enumerate(map(json.loads, f)):
