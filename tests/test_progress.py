@@ -200,7 +200,7 @@ def test_a_slow_pass_counts_up_record_by_record_not_at_the_end(files, tmp_path):
 
 
 def test_worker_processes_report_each_chunk_as_it_is_done(files, tmp_path):
-    small = ("from promptkit import parallel\n"
+    small = ("from promptkit.runner import workers as parallel\n"
              "parallel.CHUNK_BYTES = 64 << 10\nparallel.MIN_PARALLEL_BYTES = 0")
     term = on_terminal("fit", files["texts"], tmp_path / "out.jsonl", "--tokens", "800",
                        "--tokenizer", "cl100k_base", "--seed", "1", "--workers", "2",
