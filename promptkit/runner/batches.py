@@ -282,14 +282,9 @@ def process_rows(rows: RowsJob, chunk: Chunk, states: list[Any] | None = None,
     read = Counter()
     records = _records(rows, batches, chunk, read, skipped)
     try:
-        for step, state in zip(job.steps, states, strict=True):
-            records = step.apply(records, state)
-        data = joined(encoder.encode_all(records))
+        data = joined(encoder.encode_all(parallel.applied(job.steps, states, records)))
     except InvalidRecordError as exc:
-        if exc.path is not None:
-            raise
-        lineno = exc.lineno - base if exc.lineno is not None else None
-        raise InvalidRecordError(exc.problem, chunk.name, lineno) from None
+        raise parallel.in_chunk(exc, chunk.name, base) from None
     return parallel.ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                                 encoder.keys.tobytes(), states,
                                 encoder.tap.stats if encoder.tap is not None else None,

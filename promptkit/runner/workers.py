@@ -200,6 +200,22 @@ def handed_back(result: ChunkResult, slots: Slots | None, slot: int | None, scra
     return result
 
 
+def applied(steps: list[Any], states: list[Any], records: Iterable[Record]) -> Iterable[Record]:
+    """The records after each step, each with its state (a chunk's run of the steps)."""
+    for step, state in zip(steps, states, strict=True):
+        records = step.apply(records, state)
+    return records
+
+
+def in_chunk(exc: InvalidRecordError, name: str, base: int) -> InvalidRecordError:
+    """``exc`` raised in a chunk, naming its line in the whole input (the chunk's lines
+    are counted from ``base``); one that names its own file already stays as it is."""
+    if exc.path is not None:
+        return exc
+    lineno = exc.lineno - base if exc.lineno is not None else None
+    return InvalidRecordError(exc.problem, name, lineno)
+
+
 def process_chunk(job: Job, chunk: bytes, first_lineno: int,
                   states: list[Any] | None = None, *, base: int = 0,
                   path: str | None = None) -> ChunkResult:
@@ -218,14 +234,9 @@ def process_chunk(job: Job, chunk: bytes, first_lineno: int,
         else:
             records, read, skipped = chunk_records(chunk, first_lineno, job.in_format, name,
                                                    job.skip_invalid, base)
-            for step, state in zip(job.steps, states, strict=True):
-                records = step.apply(records, state)
-            data = joined(encoder.encode_all(records))
+            data = joined(encoder.encode_all(applied(job.steps, states, records)))
     except InvalidRecordError as exc:
-        if exc.path is not None:
-            raise
-        lineno = exc.lineno - base if exc.lineno is not None else None
-        raise InvalidRecordError(exc.problem, name, lineno) from None
+        raise in_chunk(exc, name, base) from None
     return ChunkResult(data, read.count, encoder.count, skipped + encoder.skipped,
                        encoder.keys.tobytes(), states,
                        encoder.tap.stats if encoder.tap is not None else None, encoder.fields)
