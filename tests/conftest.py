@@ -162,11 +162,25 @@ _LAST_RAY_TEST: list[str] = []
 
 
 def pytest_itemcollected(item):
-    """Mark a test by the fixtures it uses (before ``-m`` selects)."""
+    """Mark a test by the fixtures it uses (before ``-m`` selects), and give it its
+    pytest-xdist group (``--dist loadgroup``: a group runs in one worker): the vLLM
+    tests one group (one engine pair), the Ray tests one (one cluster), the tests of a
+    module with a module-scoped fixture (a README's run, files made once) their
+    module's, any other test none (it goes to whichever worker is free)."""
     for fixture, marks in MARKED_BY_FIXTURE.items():
         if fixture in item.fixturenames:
             for mark in marks:
                 item.add_marker(mark)
+    if item.get_closest_marker("vllm"):
+        group = "vllm"
+    elif item.get_closest_marker("ray"):
+        group = "ray"
+    elif any(defs[-1].scope == "module" for defs in
+             item._fixtureinfo.name2fixturedefs.values()):
+        group = item.nodeid.split("::")[0]
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(trylast=True)
@@ -175,6 +189,12 @@ def pytest_collection_modifyitems(session, config, items):
     start the vLLM engines in the background when a selected test uses one, so their
     start-up overlaps the tests before (a worker of pytest-xdist starts them on first
     use: it cannot know at collection which tests it will run)."""
+    if hasattr(config, "workerinput"):
+        # Under pytest-xdist (--no-loadscope-reorder: groups go out in this order), the
+        # longest groups first, while the other worker takes the rest test by test.
+        first = {"vllm": 0, "ray": 1}
+        items.sort(key=lambda item: min((first.get(mark.args[0], 2) for mark
+                                         in item.iter_markers("xdist_group")), default=2))
     users = [item.nodeid for item in items if "ray_cluster" in item.fixturenames]
     _LAST_RAY_TEST[:] = users[-1:]
     engines = {"vllm_server", "vllm_small_server"}

@@ -32,6 +32,8 @@ from tokenizer_dir import build_tokenizer_dir
 from promptkit.check import Prompts
 from promptkit.tokenizers import load_tokenizer
 
+pytestmark = pytest.mark.aiperf
+
 REPLY = 3  # every conversation turn's output_length: the server's reply, in tokens
 
 

@@ -28,6 +28,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+pytestmark = [pytest.mark.aiperf, pytest.mark.slow]
+
 
 def promptkit_requirements(extra: str | None) -> list[Requirement]:
     """What pyproject.toml asks for: a plain install (``extra`` None), or ``extra``."""
