@@ -13,21 +13,23 @@ so the command line hears a Ctrl-C from its first moments (see :mod:`promptkit.e
 
 from __future__ import annotations
 
+from promptkit.core.version import VERSION as __version__
+
 TYPE_CHECKING = False  # (not typing's: importing typing takes the first moments too)
-__version__ = "0.1.0"
 
 #: Each public name and the module it comes from.
 _PUBLIC = {
     "DatasetMap": "api", "read_records": "api", "write_records": "api",
-    "ConversionError": "errors", "InvalidRecordError": "errors", "ManifestError": "errors",
-    "PromptkitError": "errors",
-    "fit_records": "fit",
+    "ConversionError": "core.errors", "InvalidRecordError": "core.errors",
+    "ManifestError": "core.errors",
+    "PromptkitError": "core.errors",
+    "fit_records": "ops.fit",
     "FORMATS": "formats", "detect": "formats",
-    "add_nonces": "nonce", "nonce_params": "nonce",
-    "pad_records": "pad",
-    "run": "pipeline",
-    "Message": "records", "Record": "records",
-    "Step": "steps",
+    "add_nonces": "ops.nonce", "nonce_params": "ops.nonce",
+    "pad_records": "ops.pad",
+    "run": "runner.pipeline",
+    "Message": "core.records", "Record": "core.records",
+    "Step": "ops.base",
 }
 
 __all__ = [
@@ -54,15 +56,20 @@ __all__ = [
 if TYPE_CHECKING:
     from typing import Any
 
-    from .api import DatasetMap, read_records, write_records
-    from .errors import ConversionError, InvalidRecordError, ManifestError, PromptkitError
-    from .fit import fit_records
-    from .formats import FORMATS, detect
-    from .nonce import add_nonces, nonce_params
-    from .pad import pad_records
-    from .pipeline import run
-    from .records import Message, Record
-    from .steps import Step
+    from promptkit.api import DatasetMap, read_records, write_records
+    from promptkit.core.errors import (
+        ConversionError,
+        InvalidRecordError,
+        ManifestError,
+        PromptkitError,
+    )
+    from promptkit.core.records import Message, Record
+    from promptkit.formats import FORMATS, detect
+    from promptkit.ops.base import Step
+    from promptkit.ops.fit import fit_records
+    from promptkit.ops.nonce import add_nonces, nonce_params
+    from promptkit.ops.pad import pad_records
+    from promptkit.runner.pipeline import run
 
 
 def __getattr__(name: str) -> Any:

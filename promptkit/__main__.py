@@ -1,3 +1,3 @@
-from .entry import main
+from promptkit.entry import main
 
 main()

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import InvalidRecordError
-from .formats import get_format
-from .formats.table import COLUMNS, find_mapping, from_row, to_row
-from .records import Record
-from .steps import Step, make
-from .streams import Sink, Source
+from promptkit.core.errors import InvalidRecordError
+from promptkit.core.records import Record
+from promptkit.formats import get_format
+from promptkit.formats.table import COLUMNS, find_mapping, from_row, to_row
+from promptkit.io.jsonl import Source
+from promptkit.io.sink import Sink
+from promptkit.ops.base import Step
+from promptkit.ops.registry import make
 
 
 def read_records(path: str, fmt: str | None = None) -> Iterator[Record]:

@@ -3,7 +3,7 @@
 It hears a Ctrl-C from its first line, before the command line and everything it uses
 are imported (a third of a second, more on a busy machine): a SIGINT then ends the run
 with its one line and 130, not a ``KeyboardInterrupt`` traceback (nothing has been
-written by then). Until :func:`promptkit.interrupts.install` has run, a SIGINT is
+written by then). Until :func:`promptkit.core.interrupts.install` has run, a SIGINT is
 only noted (``_signal``, built into Python, takes no import), and acted on right after.
 """
 
@@ -23,13 +23,13 @@ def _note(signum: int, frame: object) -> None:
 def main() -> None:
     if _signal.getsignal(_signal.SIGINT) is not _signal.SIG_IGN:  # (ignored stays ignored)
         _signal.signal(_signal.SIGINT, _note)
-    from . import interrupts
+    from promptkit.core import interrupts
 
     interrupts.install()
     try:
         if _early:
             raise interrupts.Interrupted(_early[0])
-        from .cli import main as command_line
+        from promptkit.cli import main as command_line
     except interrupts.Interrupted as exc:
         interrupts.report(exc)
         sys.exit(exc.exit_code)

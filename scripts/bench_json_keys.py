@@ -8,7 +8,7 @@ Usage::
 For each kind of line (a single_turn text with no colon, one with colons, chat
 messages, a text holding ``":``), times, alternately for R rounds, ``orjson.loads``
 alone and ``orjson.loads`` followed by the test ``parse_lines`` makes
-(``line.count(b":") != len(obj)`` and then :func:`promptkit.streams.duplicate_key`),
+(``line.count(b":") != len(obj)`` and then :func:`promptkit.io.jsoncodec.duplicate_key`),
 over the same N lines, and prints the ratio of the medians (1.00x: free), and what
 the test adds a line. ``--input`` adds the first N lines of a file of your own
 (e.g. the one ``scripts/bench_nonce.py`` generates). Parsing
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import orjson
 
-from promptkit.streams import KEY_ENDS, duplicate_key
+from promptkit.io.jsoncodec import KEY_ENDS, duplicate_key
 
 WORDS = """the model prompt token cache server request latency benchmark answer question
 explain summarize write code function python memory queue thread""".split()  # noqa: SIM905

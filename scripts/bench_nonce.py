@@ -269,11 +269,11 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
     import numpy as np
     import orjson
 
-    from promptkit import parallel
-    from promptkit.nonce import NonceMaker, NonceState, nonce_params
-    from promptkit.splice import _TEXT_START, Splicer
-    from promptkit.steps import make
-    from promptkit.streams import KEY_ENDS
+    from promptkit.io.jsoncodec import KEY_ENDS
+    from promptkit.ops.nonce import NonceMaker, NonceState, nonce_params
+    from promptkit.ops.registry import make
+    from promptkit.runner import workers as parallel
+    from promptkit.runner.splice import _TEXT_START, Splicer
 
     with open(path, "rb") as f:
         data = b"".join(f.readline() for _ in range(lines_wanted))

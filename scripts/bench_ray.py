@@ -23,8 +23,8 @@ What it does:
    driver's peak RSS (the ``promptkit`` process's own ``ru_maxrss``; with
    ``--ray local`` the Ray processes the driver starts count too) at N/4 and N.
 5. The shuffle cost: ``hash-trace``'s numbering of blocks by first appearance
-   (``promptkit.ray.globals.number_blocks``: shuffles by block key and by record)
-   on the two nodes, against :class:`promptkit.hashtrace.HashIds` numbering the
+   (``promptkit.ray.aggregate.number_blocks``: shuffles by block key and by record)
+   on the two nodes, against :class:`promptkit.ops.hashtrace.HashIds` numbering the
    same blocks in one process, on synthetic rows (``--shuffle-records`` records of
    16 blocks, each block's key drawn so that leading blocks are often shared): the
    ids must be equal; the table gives blocks a second for both.
@@ -132,8 +132,8 @@ def shuffle_bench(address: str, records: int) -> dict[str, Any]:
     import pyarrow as pa
     import ray
 
-    from promptkit.hashtrace import DIGEST, HashIds
-    from promptkit.ray.globals import number_blocks
+    from promptkit.ops.hashtrace import DIGEST, HashIds
+    from promptkit.ray.aggregate import number_blocks
 
     digests = synthetic_blocks(records)
     start = time.perf_counter()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from promptkit.cli import cli
-from promptkit.cli_help import reference
+from promptkit.cli.help import reference
 
 if __name__ == "__main__":
     sys.stdout.write(reference(cli))

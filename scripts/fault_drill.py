@@ -308,7 +308,7 @@ UNFINISHED = "the run did not finish; no comparison, no cache_condition.json"
 
 def bench_env(**settings: str) -> dict[str, str]:
     """This environment without bench's settings, plus ``settings``."""
-    from promptkit.bench import SETTINGS
+    from promptkit.commands.bench import SETTINGS
 
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     return {**env, **settings}

@@ -4,7 +4,7 @@
     python scripts/run_aiperf.py [--env-file PATH] [--dry-run] [--allow-repeats]
 
 is ``promptkit bench`` with the same options, settings (``.env.example``) and exit
-codes; see :mod:`promptkit.bench`. It needs promptkit installed
+codes; see :mod:`promptkit.commands.bench`. It needs promptkit installed
 (``pip install -e .`` in this checkout).
 """
 

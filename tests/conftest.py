@@ -52,7 +52,7 @@ def tokenizers(tmp_path_factory):
     """The two real tokenizers exactness is tested under: cl100k_base and a small local BPE."""
     from tokenizer_dir import build_tokenizer_dir
 
-    from promptkit.tokenizers import load_tokenizer
+    from promptkit.core.tokenizers import load_tokenizer
 
     folder = build_tokenizer_dir(tmp_path_factory.mktemp("tok") / "bpe")
     return {"cl100k_base": load_tokenizer("cl100k_base"), "local_bpe": load_tokenizer(str(folder))}
@@ -75,7 +75,7 @@ def small_chunks(monkeypatch):
     Returns the worker counts the record-writing parallel path actually ran with (a run
     chunk by chunk in one process, as the splice writer reads a file, is not listed).
     """
-    from promptkit import parallel
+    from promptkit.runner import workers as parallel
 
     monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
@@ -98,7 +98,9 @@ def small_batches(monkeypatch):
 
     Returns the worker counts dataset runs actually ran with (a run in one process, chunk
     by chunk, is not listed)."""
-    from promptkit import batches, datasets_io, parallel
+    from promptkit.io import datasets as datasets_io
+    from promptkit.runner import batches
+    from promptkit.runner import workers as parallel
 
     monkeypatch.setattr(datasets_io, "BATCH_ROWS", 3)
     monkeypatch.setattr(batches, "CHUNK_BYTES", 1)

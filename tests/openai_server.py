@@ -54,7 +54,7 @@ template separates messages, so no token spans two of them).
 ``usage`` then reports that length as ``prompt_tokens`` and the hits as
 ``prompt_tokens_details.cached_tokens``, as vLLM does (in the non-streaming
 body and in the streamed usage-only chunk). This is an implementation of its
-own, deliberately not ``promptkit.cache``: tests compare the two.
+own, deliberately not ``promptkit.text.cachesim``: tests compare the two.
 
 All request handling goes through :meth:`OpenAIServer.handle`, one method
 that maps ``(method, path, body)`` to a response; subclass and override it

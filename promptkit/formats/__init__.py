@@ -1,8 +1,8 @@
 """File formats: one module each, registered in :data:`FORMATS`.
 
 Every format turns one JSON object (one line) into a canonical
-:class:`~promptkit.records.Record` (``parse``) and back (``dump``). ``dump`` raises
-:class:`~promptkit.errors.ConversionError` when the record holds data the format
+:class:`~promptkit.core.records.Record` (``parse``) and back (``dump``). ``dump`` raises
+:class:`~promptkit.core.errors.ConversionError` when the record holds data the format
 has no place for, so a conversion never drops data silently.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConversionError, FormatUnknownError, InvalidRecordError
-from ..records import Record, ends_with_reply
-from . import accept, aiperf, bailian, burstgpt, chat, payloads, table
+from promptkit.core.errors import ConversionError, FormatUnknownError, InvalidRecordError
+from promptkit.core.records import Record, ends_with_reply
+from promptkit.formats import accept, aiperf, bailian, burstgpt, chat, payloads, table
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConversionError, InvalidRecordError
-from ..limits import MAX_TOKENS
-from ..records import Record
+from promptkit.core.errors import ConversionError, InvalidRecordError
+from promptkit.core.limits import MAX_TOKENS
+from promptkit.core.records import Record
 
 NUMBER = (int, float)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..records import is_empty
+from promptkit.core.records import is_empty
 
 _MEDIA = ("image", "images", "audio", "audios", "video", "videos")
 

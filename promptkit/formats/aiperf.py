@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..limits import MAX_TOKENS
-from ..records import USER_ROLES, Message, Record, content_texts
-from ._schema import (
+from promptkit.core.limits import MAX_TOKENS
+from promptkit.core.records import USER_ROLES, Message, Record, content_texts
+from promptkit.formats._schema import (
     bad,
     check_text_list,
     check_turn_fields,

@@ -38,10 +38,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ..errors import ConversionError, InvalidRecordError
-from ..records import Record
-from ._schema import bad, no_place
-from .aiperf import check_hash_ids
+from promptkit.core.errors import ConversionError, InvalidRecordError
+from promptkit.core.records import Record
+from promptkit.formats._schema import bad, no_place
+from promptkit.formats.aiperf import check_hash_ids
 
 #: AIPerf's tokens a hash id for this type (its plugin's ``default_block_size``).
 BLOCK_SIZE = 16

@@ -20,10 +20,10 @@ import csv
 import io
 from typing import Any
 
-from ..errors import ConversionError, InvalidRecordError
-from ..records import Record
-from ._schema import no_place
-from .bailian import ms_to_seconds
+from promptkit.core.errors import ConversionError, InvalidRecordError
+from promptkit.core.records import Record
+from promptkit.formats._schema import no_place
+from promptkit.formats.bailian import ms_to_seconds
 
 #: BurstGPT's columns, in its order; AIPerf reads ``Timestamp``, ``Request tokens`` and
 #: ``Response tokens``.

@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import EmptyRecordError
-from ..records import USER_ROLES, Message, Record
-from ._schema import bad, check_turn_fields, no_place, refuse, require_text
-from .aiperf import chat_content, dump_messages, parse_messages
+from promptkit.core.errors import EmptyRecordError
+from promptkit.core.records import USER_ROLES, Message, Record
+from promptkit.formats._schema import bad, check_turn_fields, no_place, refuse, require_text
+from promptkit.formats.aiperf import chat_content, dump_messages, parse_messages
 
 _UNTIMED = ("session_id", "timestamp", "delay")
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConversionError
-from ..records import Record
-from ._schema import bad, no_place, refuse
-from .aiperf import parse_mooncake
-from .chat import dump_openai, parse_openai
+from promptkit.core.errors import ConversionError
+from promptkit.core.records import Record
+from promptkit.formats._schema import bad, no_place, refuse
+from promptkit.formats.aiperf import parse_mooncake
+from promptkit.formats.chat import dump_openai, parse_openai
 
 #: The layout a body's record has, so that mooncake_trace writes it as a payload.
 PAYLOAD = "mooncake_trace:payload"
@@ -57,7 +57,7 @@ def dump_raw_payload(record: Record) -> dict[str, Any]:
 
 def parse_inputs_json(obj: dict[str, Any]) -> Record:
     """One body of an ``inputs.json`` session: ``{"session_id": ..., "payload": body}``,
-    as :func:`promptkit.streams.inputs_json_items` gives them."""
+    as :func:`promptkit.io.jsonl.inputs_json_items` gives them."""
     return parse_mooncake(obj)
 
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import orjson
 
-from ..errors import BadOptionError, InvalidRecordError, PromptkitError
-from ..limits import MAX_TOKENS
-from ..records import Message, Record
-from ._schema import no_place
-from .aiperf import parse_messages
+from promptkit.core.errors import BadOptionError, InvalidRecordError, PromptkitError
+from promptkit.core.limits import MAX_TOKENS
+from promptkit.core.records import Message, Record
+from promptkit.formats._schema import no_place
+from promptkit.formats.aiperf import parse_messages
 
 #: The columns of a written table, in order.
 COLUMNS = ("messages", "session_id", "timestamp", "delay", "output_length", "input_length",
@@ -228,7 +228,7 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
         for message in messages:  # a table has every key in every row: drop the empty ones
             message.fields = {k: v for k, v in message.fields.items() if v is not None}
     elif mapping.layout == "conversations":
-        from .chat import parse_sharegpt
+        from promptkit.formats.chat import parse_sharegpt
 
         try:
             messages = parse_sharegpt({"conversations": row.get("conversations")}).messages
@@ -237,7 +237,7 @@ def from_row(row: dict[str, Any], mapping: Mapping, clock: Timeline | None = Non
         for message in messages:  # a table has every key in every row: drop the empty ones
             message.fields = {k: v for k, v in message.fields.items() if v is not None}
     elif mapping.layout == "alpaca":
-        from .chat import parse_alpaca
+        from promptkit.formats.chat import parse_alpaca
 
         _text(row, "instruction")
         alpaca = {k: row[k] for k in ALPACA_COLUMNS if row.get(k) is not None}
@@ -362,7 +362,7 @@ def _length(row: dict[str, Any], column: str) -> int:
 
 
 def _length_of(value: Any, column: str) -> int:
-    """:func:`_length` of a cell's ``value``: at most :data:`~promptkit.limits.MAX_TOKENS`
+    """:func:`_length` of a cell's ``value``: at most :data:`~promptkit.core.limits.MAX_TOKENS`
     (``1e308`` is no length, though a float of it is whole)."""
     number: int | float | None = None
     if isinstance(value, int) and not isinstance(value, bool):

@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import PromptkitError
-from ..formats import default_output
-from ..steps import Step
+from promptkit.core.errors import PromptkitError
+from promptkit.formats import default_output
+from promptkit.ops.base import Step
 
 __all__ = ["INSTALL", "address_kind", "apply", "connect", "require"]
 
@@ -51,7 +51,7 @@ def address_kind(address: str) -> str:
 
 def check_address(address: str) -> str:
     """``address`` when it is one ``connect`` takes, else a usage error naming it."""
-    from ..errors import BadOptionError
+    from promptkit.core.errors import BadOptionError
 
     ok = address in ("local", "auto") or (
         address.removeprefix("ray://").rpartition(":")[2].isdigit()
@@ -188,14 +188,14 @@ def apply(ds: Any, steps: Sequence[Step], *, from_format: str | None = None,
     then each row's position in ``ds`` is its index. Rows come out in ``to_format``
     (default: the input's when AIPerf loads it, as the CLI's), each with its ``index``;
     ``copies`` of a nonce step are rows of their own; ``keep_replies``: as the CLI's
-    ``--keep-replies``. Steps are made (``promptkit.steps.make``) when not made yet.
+    ``--keep-replies``. Steps are made (``promptkit.ops.registry.make``) when not made yet.
 
     Lines sharing a ``session_id`` keep the first line's nonce only within one block of
     ``ds``: give such rows in one block (or run the file with ``--ray``, which carries
     conversations across chunks)."""
     require()
-    from ..steps import ORDERED, make
-    from . import rows
+    from promptkit.ops.registry import ORDERED, make
+    from promptkit.ray import rows
 
     made = [step if step.made else make(step.op, step.params) for step in steps]
     ordered = [step.op for step in made if step.op in ORDERED]

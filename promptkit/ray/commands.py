@@ -1,5 +1,5 @@
 """``hash-trace``, ``check`` and ``stats`` with ``--ray``: chunks of records become rows in
-Ray tasks (:mod:`promptkit.ray.globals`' row builders), the global parts run as
+Ray tasks (:mod:`promptkit.ray.aggregate`' row builders), the global parts run as
 distributed Ray Data operations, and ``hash-trace``'s parts are written by tasks. The
 driver holds small facts a chunk (records read, skipped lines, a part's sha256), never
 every record or block."""
@@ -12,16 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from .. import files
-from ..errors import InvalidRecordError, PromptkitError, Skipping
-from ..formats import get_format
-from ..parallel import chunk_records
-from ..records import Record
-from ..steps import Step
-from ..streams import Encoder, Source, joined, stable_prompt_key
-from . import address_kind, connect
-from .inputs import Planned, paths_of, plan_input
-from .run import (
+from promptkit.core.errors import InvalidRecordError, PromptkitError, Skipping, skipped_section
+from promptkit.core.records import Record
+from promptkit.formats import get_format
+from promptkit.io import files
+from promptkit.io.jsonl import Source
+from promptkit.io.keys import stable_prompt_key
+from promptkit.io.sink import Encoder, joined
+from promptkit.ops.base import Step
+from promptkit.ray import address_kind, connect
+from promptkit.ray.inputs import Planned, paths_of, plan_input
+from promptkit.ray.run import (
     KEYS,
     PART,
     PartsOutput,
@@ -36,13 +37,14 @@ from .run import (
     put_folder,
     save_keys,
 )
+from promptkit.runner.workers import chunk_records
 
 
 def _open(input_path: str, from_format: str | None, skip_invalid: bool) -> tuple[Any, Any]:
     """The input's format and its first record (read here: a few lines)."""
     _, many = paths_of(input_path)
     if many:
-        from ..shards import ShardedSource
+        from promptkit.io.shards import ShardedSource
 
         source: Any = ShardedSource(input_path, from_format, skip_invalid=skip_invalid)
     else:
@@ -105,7 +107,7 @@ def _hash_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, params: dict[
                 ) -> dict[str, Any]:
     """A chunk's hash-trace rows (a Ray task): each record's block digests and its
     hash-id record, pickled together, with the chunk's records read and skipped."""
-    from ..hashtrace import DIGEST, hashed_records
+    from promptkit.ops.hashtrace import DIGEST, hashed_records
 
     records, read, skipped, close = _records(row, fmt, skip_invalid)
     skipping = Skipping(skip_invalid, "hash_trace")
@@ -135,8 +137,8 @@ def _write_hash_part(t: Any, staging: str, tokenizer: str) -> Any:
     their token figures (a Tap, as the run without ``--ray`` counts what it writes)."""
     import pyarrow as pa
 
-    from ..stats import Tap
-    from ..tokenizers import cached_tokenizer
+    from promptkit.core.tokenizers import cached_tokenizer
+    from promptkit.ops.stats import Tap
 
     number = int(t.column("number")[0].as_py())
     is_record = np.asarray(t.column("record").is_valid())
@@ -167,9 +169,9 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
     of the run without ``--ray``) and ``OUT/manifest.json``; the manifest is returned."""
     import pyarrow as pa
 
-    from ..provenance import describe
-    from ..steps import make
-    from .globals import _conform, number_blocks
+    from promptkit.ops.registry import make
+    from promptkit.provenance.describe import describe
+    from promptkit.ray.aggregate import _conform, number_blocks
 
     check_output(output_path, input_path)
     step = step if step.made else make(step.op, step.params)
@@ -251,9 +253,9 @@ def hash_trace_folder(input_path: str, output_path: str, step: Step, *, address:
 def _check_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, first: bytes,
                  options: Any, tokenizer: str | None) -> dict[str, Any]:
     """A chunk's check rows (a Ray task): the stream's first record makes the setup
-    (the tokenizer loaded here), :func:`~promptkit.ray.globals.check_rows` the rows."""
-    from ..tokenizers import cached_tokenizer
-    from .globals import check_rows, check_setup
+    (the tokenizer loaded here), :func:`~promptkit.ray.aggregate.check_rows` the rows."""
+    from promptkit.core.tokenizers import cached_tokenizer
+    from promptkit.ray.aggregate import check_rows, check_setup
 
     records, read, skipped, close = _records(row, fmt, skip_invalid)
     setup = check_setup(pickle.loads(first), options,
@@ -295,14 +297,13 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
                  system_prompt_file: str | None = None, chunk_size: int | None = None,
                  **options: Any) -> dict[str, Any]:
     """``check``'s report for an unbounded cache, computed on a Ray cluster: tasks make
-    each chunk's rows, :func:`~promptkit.ray.globals.unbounded_check` the figures. Raises
-    :class:`~promptkit.ray.globals.NeedsSequence` when the check needs the requests in
+    each chunk's rows, :func:`~promptkit.ray.aggregate.unbounded_check` the figures. Raises
+    :class:`~promptkit.ray.aggregate.NeedsSequence` when the check needs the requests in
     order (the caller runs it on one node)."""
-    from ..check import CheckError, CheckOptions
-    from ..manifest import skipped_section
-    from ..pipeline import _line_of, aiperf_arguments
-    from ..tokenizers import cached_tokenizer
-    from .globals import NeedsSequence, check_setup, sequence_reason, unbounded_check
+    from promptkit.core.tokenizers import cached_tokenizer
+    from promptkit.ops.check import CheckError, CheckOptions
+    from promptkit.ray.aggregate import NeedsSequence, check_setup, sequence_reason, unbounded_check
+    from promptkit.runner.pipeline import _line_of, aiperf_arguments
 
     applied = aiperf_arguments(input_path, system_prompt_file, use_manifest)
     options["system_prompt"] = applied.pop("system_prompt")
@@ -355,7 +356,7 @@ def check_on_ray(input_path: str, *, address: str, from_format: str | None,
 def _stats_chunk(row: dict[str, Any], fmt: str, skip_invalid: bool, tokenizer: str | None,
                  chat_template: str) -> dict[str, Any]:
     """A chunk's partial statistics (a Ray task), with its records read and skipped."""
-    from .globals import stats_rows
+    from promptkit.ray.aggregate import stats_rows
 
     records, read, skipped, close = _records(row, fmt, skip_invalid)
     try:
@@ -372,13 +373,12 @@ def stats_on_ray(input_path: str, *, address: str, from_format: str | None,
                  tokenizer: str | None, skip_invalid: bool, chat_template: str = "none",
                  chunk_size: int | None = None) -> dict[str, Any]:
     """``stats``' figures computed on a Ray cluster: tasks count each chunk
-    (:func:`~promptkit.ray.globals.stats_rows`), :func:`~promptkit.ray.globals.merge_stats`
-    merges them; the report of :func:`promptkit.pipeline.dataset_stats`."""
-    from ..counts import counted, plural
-    from ..manifest import skipped_section
-    from ..pipeline import check_stats_options
-    from ..tokenizers import load_tokenizer
-    from .globals import merge_stats
+    (:func:`~promptkit.ray.aggregate.stats_rows`), :func:`~promptkit.ray.aggregate.merge_stats`
+    merges them; the report of :func:`promptkit.runner.pipeline.dataset_stats`."""
+    from promptkit.core.tokenizers import load_tokenizer
+    from promptkit.core.words import counted, plural
+    from promptkit.ray.aggregate import merge_stats
+    from promptkit.runner.pipeline import check_stats_options
 
     check_stats_options(chat_template, tokenizer)
     if tokenizer:

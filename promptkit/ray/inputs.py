@@ -3,16 +3,16 @@
 Every pass that reads the bytes runs as Ray tasks; the driver only adds numbers up:
 
 - a task a file: its sha256 and size, whether it is compressed and, for many shards,
-  its places in the stream (:func:`promptkit.shards.positions`);
-- the driver: each shard's first place (:func:`promptkit.shards.offsets`), the input's
-  sha256 (:func:`promptkit.shards.combined_sha256` for many);
+  its places in the stream (:func:`promptkit.io.shards.positions`);
+- the driver: each shard's first place (:func:`promptkit.io.shards.offsets`), the input's
+  sha256 (:func:`promptkit.io.hashing.combined_sha256` for many);
 - a task a cut of ``step`` bytes of each plain file: the cut moved to a line end and
   the lines before it counted; the driver adds them up into each chunk's first line
   and index. A compressed file cannot be cut at byte offsets: it is one chunk, read
   and decompressed streaming by one task.
 
 The driver never reads the input's bytes: the sha256 the manifest gives the input
-(:func:`promptkit.shards.combined_sha256` of the shards', for many) comes from tasks.
+(:func:`promptkit.io.hashing.combined_sha256` of the shards', for many) comes from tasks.
 
 Each chunk carries ``base``, the places in the stream before its shard, so a record's
 index is ``base`` plus its line less one, and errors name the shard and its own line.
@@ -24,9 +24,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import compression, shards
-from ..errors import PromptkitError
-from ..streams import BOM, STDIO
+from promptkit.core.errors import PromptkitError
+from promptkit.io import compression, shards
+from promptkit.io.files import STDIO
+from promptkit.io.hashing import combined_sha256, file_sha256
+from promptkit.io.jsonl import BOM
 
 #: Read this many bytes at a time when looking for a line end or counting lines.
 _READ = 1 << 20
@@ -139,7 +141,7 @@ def _file_facts(row: dict[str, Any]) -> dict[str, Any]:
     path = row["path"]
     with open(path, "rb") as f:
         codec = compression.sniff(f.read(4096))
-    sha256, size = shards.file_sha256(path)
+    sha256, size = file_sha256(path)
     return {"i": row["i"], "sha256": sha256, "size": size, "compression": codec or "",
             "lines": shards.positions(path) if row["count"] else 0}
 
@@ -181,7 +183,7 @@ def plan_input(ray: Any, input_path: str, step: int) -> Planned:
         if fact["compression"]:
             entry["compression"] = fact["compression"]
         described.append(entry)
-    return Planned(input_path, chunks, shards.combined_sha256([f["sha256"] for f in facts]),
+    return Planned(input_path, chunks, combined_sha256([f["sha256"] for f in facts]),
                    described, bases)
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidRecordError, PromptkitError
-from ..formats import detect_many, get_format, writer
-from ..records import Record
-from ..steps import Step
+from promptkit.core.errors import InvalidRecordError, PromptkitError
+from promptkit.core.records import Record
+from promptkit.formats import detect_many, get_format, writer
+from promptkit.ops.base import Step
 
 
 def _fields(row: dict[str, Any]) -> dict[str, Any]:

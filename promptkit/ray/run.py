@@ -14,7 +14,7 @@ The plan, every pass but the last bookkeeping on the cluster:
    shard) cannot be cut at byte offsets: it is one chunk, read and decompressed
    streaming by one task.
 2. **Steps.** A Ray Data task per chunk reads its bytes, runs the steps (as
-   :func:`promptkit.parallel.process_chunk` does for ``--workers``) and writes its own
+   :func:`promptkit.runner.workers.process_chunk` does for ``--workers``) and writes its own
    part, ``part-NNNNN.jsonl``, to a staging folder beside OUT. The driver gets only
    small facts of each chunk: records read and written, skipped lines, the part's
    sha256 and size, the distinct prompt keys, token statistics, and the steps' states
@@ -48,17 +48,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import files, leftovers, manifest
-from ..errors import InvalidRecordError, PromptkitError
-from ..formats import TABLE_FORMATS, get_format
-from ..parallel import Job, job_encoder, process_chunk, spliced_batches
-from ..splice import ENCODE, writer_of
-from ..splice import WRITER as SPLICE
-from ..splice import plan as splice_plan
-from ..steps import ORDERED, Step
-from ..streams import STDIO, Encoder, Source, Written
-from . import address_kind, connect
-from .inputs import _READ, Chunk, Planned, chunk_of, paths_of, plan_input
+from promptkit.core import leftovers
+from promptkit.core.errors import InvalidRecordError, PromptkitError
+from promptkit.formats import TABLE_FORMATS, get_format
+from promptkit.io import files
+from promptkit.io.files import STDIO
+from promptkit.io.hashing import LineCount, hash_file
+from promptkit.io.jsonl import Source
+from promptkit.io.sink import Encoder, Written
+from promptkit.ops.base import Step
+from promptkit.ops.registry import ORDERED
+from promptkit.provenance import manifest
+from promptkit.ray import address_kind, connect
+from promptkit.ray.inputs import Chunk, Planned, chunk_of, paths_of, plan_input
+from promptkit.runner.splice import ENCODE, writer_of
+from promptkit.runner.splice import WRITER as SPLICE
+from promptkit.runner.splice import plan as splice_plan
+from promptkit.runner.workers import Job, job_encoder, process_chunk, spliced_batches
 
 #: The manifest of a part folder, inside it (so the folder is one unit: renamed into
 #: place whole, copied or uploaded whole).
@@ -158,7 +164,7 @@ def process(row: dict[str, Any], settings: TaskSettings,
             states: list[Any] | None = None) -> dict[str, Any]:
     """Run the steps over one chunk and write its part (a Ray Data task, or a Ray task
     redoing a chunk with ``states``, the steps' states of everything before it)."""
-    from .. import progress
+    from promptkit.core import progress
 
     progress.want(False)
     if settings.delay:
@@ -187,7 +193,7 @@ def _process(chunk: Chunk, settings: TaskSettings, states: list[Any] | None
 def _process_stream(chunk: Chunk, settings: TaskSettings,
                     states: list[Any] | None) -> dict[str, Any]:
     """A compressed file: read, decompressed, streaming, by this one task."""
-    from ..parallel import ChunkResult
+    from promptkit.runner.workers import ChunkResult
 
     job = settings.job
     source = Source(chunk.path, job.in_format, skip_invalid=job.skip_invalid)
@@ -246,7 +252,7 @@ def _spliced_stream(job: Job, source: Source, states: list[Any], base: int,
 
 
 class PartsOutput(Written):
-    """What the parts hold, together, as :func:`promptkit.provenance.describe` reads a
+    """What the parts hold, together, as :func:`promptkit.provenance.describe.describe` reads a
     sink: records written, distinct prompts, the concatenation's sha256, token figures."""
 
     compression = None
@@ -260,8 +266,8 @@ class PartsOutput(Written):
         self.encoder = Encoder(fmt)
         self.sha256 = hashlib.sha256()
         if tokenizer is not None:
-            from ..stats import Tap
-            from ..tokenizers import cached_tokenizer
+            from promptkit.core.tokenizers import cached_tokenizer
+            from promptkit.ops.stats import Tap
 
             self.encoder.tap = Tap(cached_tokenizer(tokenizer))
 
@@ -274,7 +280,7 @@ def distinct_keys(ray: Any, folder: str) -> int:
     int64 keys a chunk), counted by a shuffle in the cluster; the folder is removed."""
     import glob
 
-    from .globals import distinct_count
+    from promptkit.ray.aggregate import distinct_count
 
     paths = sorted(glob.glob(os.path.join(glob.escape(folder), "keys-*.npy")))
     try:
@@ -422,10 +428,7 @@ def _hash_parts(folder: str, parts: list[dict[str, Any]], digest: Any) -> None:
     against the sha256 its task reported."""
     for part in parts:
         own = hashlib.sha256()
-        with open(os.path.join(folder, part["path"]), "rb") as f:
-            while block := f.read(_READ):
-                own.update(block)
-                digest.update(block)
+        hash_file(os.path.join(folder, part["path"]), own, digest)
         if own.hexdigest() != part["sha256"]:
             raise PromptkitError(f"{part['path']}: its bytes changed after its task wrote them")
 
@@ -437,21 +440,7 @@ def put_folder(staging: str, output_path: str, result: dict[str, Any]) -> None:
         if name.endswith(files.TMP_SUFFIX):
             files.remove_quietly(os.path.join(staging, name))
     manifest.write(os.path.join(staging, MANIFEST), result)
-    old = None
-    if os.path.isdir(output_path):
-        old = tempfile.mkdtemp(prefix=leftovers.temp_prefix(output_path),
-                               suffix=files.TMP_SUFFIX,
-                               dir=os.path.dirname(os.path.abspath(output_path)))
-        os.rmdir(old)
-        os.replace(output_path, old)
-    try:
-        files.put_in_place(staging, output_path, 0o777)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output_path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    files.replace_folder(staging, output_path)
 
 
 def linked_refused(fmt: Any, input_path: str) -> None:
@@ -474,13 +463,13 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                dataset: dict[str, Any] | None = None, chunk_size: int | None = None,
                accept: Any = None, writer: str | None = None,
                keep_replies: bool = False) -> dict[str, Any]:
-    """:func:`promptkit.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
+    """:func:`promptkit.runner.pipeline.run` on a Ray cluster: OUT is a folder of parts whose
     concatenation is the bytes ``run`` writes, with ``OUT/manifest.json``; the manifest
     is returned. ``accept(manifest)`` may refuse the result before it is put in place;
-    ``writer``, ``keep_replies``: as :func:`promptkit.pipeline.run` takes them."""
-    from ..pipeline import counting_tokenizer, where_of
-    from ..provenance import describe
-    from ..steps import make
+    ``writer``, ``keep_replies``: as :func:`promptkit.runner.pipeline.run` takes them."""
+    from promptkit.ops.registry import make
+    from promptkit.provenance.describe import describe
+    from promptkit.runner.pipeline import counting_tokenizer, where_of
 
     many = check_input(input_path, dataset)
     check_output(output_path, input_path)
@@ -495,7 +484,7 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
                                  "--ray")
     source: Any
     if many:  # the first shard with records gives the format (its first lines read here)
-        from ..shards import ShardedSource
+        from promptkit.io.shards import ShardedSource
 
         source = ShardedSource(input_path, from_format, skip_invalid=skip_invalid)
     else:
@@ -521,8 +510,8 @@ def run_folder(input_path: str, output_path: str, steps: list[Step], *, address:
             chunk_size=chunk_size, writer=writer, keep_replies=keep_replies)
         try:
             for step in steps:
-                if step.check is not None:
-                    step.check(facts["records"])
+                if step.on_count is not None:
+                    step.on_count(facts["records"])
             planned: Planned = facts["planned"]
             if planned.shards is not None:
                 shape = {"shards": planned.shards}
@@ -576,13 +565,9 @@ def verify_folder(path: str, manifest_path: str | None = None) -> list[str]:
         if not os.path.isfile(real):
             problems.append(f"{name} is not a file: not read")
             continue
-        own = hashlib.sha256()
-        lines = 0
-        with open(file, "rb") as f:
-            while block := f.read(_READ):
-                own.update(block)
-                whole.update(block)
-                lines += block.count(b"\n")
+        own, counted = hashlib.sha256(), LineCount()
+        hash_file(file, own, whole, counted)
+        lines = counted.lines
         records += lines
         if own.hexdigest() != part["sha256"]:
             problems.append(f"{name}: sha256 is {own.hexdigest()}, manifest says "
@@ -603,13 +588,13 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                   argv: list[str] | None, workers: int | None, accept: Any,
                   ray_address: str | None) -> dict[str, Any]:
     """Re-make a folder of parts a manifest describes: with ``ray_address`` on that
-    cluster, in chunks of the recorded size; else here (:func:`promptkit.pipeline.run`,
+    cluster, in chunks of the recorded size; else here (:func:`promptkit.runner.pipeline.run`,
     one file) cut where the recorded parts end. ``accept`` sees the new manifest first."""
     parts = recorded["output"]["parts"]
     to_format = recorded["output"]["format"]
     keep_replies = manifest.kept_replies(recorded)
     if ray_address is not None:
-        from . import check_address, require
+        from promptkit.ray import check_address, require
 
         check_address(ray_address)
         require()
@@ -619,7 +604,7 @@ def rebuild_parts(recorded: dict[str, Any], input_path: str, output_path: str,
                           skip_invalid=skip_invalid, argv=argv,
                           chunk_size=chunk_size if isinstance(chunk_size, int) else None,
                           accept=accept, writer=writer_of(recorded), keep_replies=keep_replies)
-    from ..pipeline import run as run_here
+    from promptkit.runner.pipeline import run as run_here
 
     check_output(output_path, input_path)
     with files.Lock(output_path):

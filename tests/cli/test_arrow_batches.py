@@ -23,13 +23,15 @@ from helpers import read_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit import batches, parallel, shards
-from promptkit.errors import InvalidRecordError
+from promptkit.core.errors import InvalidRecordError
 from promptkit.formats import get_format
 from promptkit.formats.table import find_mapping
-from promptkit.nonce import NonceMaker, nonce_params
-from promptkit.steps import make
-from promptkit.streams import Encoder
+from promptkit.io import shards
+from promptkit.io.sink import Encoder
+from promptkit.ops.nonce import NonceMaker, nonce_params
+from promptkit.ops.registry import make
+from promptkit.runner import batches
+from promptkit.runner import workers as parallel
 
 BEFORE = Path(__file__).parents[1] / "data" / "before-arrow"
 MANIFESTS = sorted(p.name for p in BEFORE.glob("*.jsonl.manifest.json"))
@@ -319,7 +321,7 @@ def test_a_streamed_hub_dataset_is_read_in_batches_and_hashed_by_its_rows(tmp_pa
     Hub's parquet files stream, and its commit is a made-up one."""
     import datasets
 
-    from promptkit import datasets_io
+    from promptkit.io import datasets as datasets_io
 
     source = alpaca(tmp_path / "hub.parquet", 300, nulls=(11,))
     real = datasets.load_dataset

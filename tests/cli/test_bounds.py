@@ -70,7 +70,7 @@ def test_bench_s_input_file_that_is_a_device_is_one_line(tmp_path):
 
 
 def test_a_file_larger_than_any_system_prompt_is_refused(prompts, tmp_path, run):
-    from promptkit import limits
+    from promptkit.core import limits
 
     huge = tmp_path / "prompt.txt"
     with huge.open("w") as f:
@@ -147,7 +147,7 @@ def test_a_bomb_nonced_with_two_workers_stays_bounded(bombs, tmp_path):
 
 
 def test_a_line_longer_than_the_bound_is_one_line_in_bounded_memory(tmp_path):
-    from promptkit import limits
+    from promptkit.core import limits
 
     path = bomb(tmp_path / "spaces.jsonl.zst", "zstd",
                 [(b'{"text": "x"}\n{"text": "', 1), (b" " * MB, (limits.MAX_LINE >> 20) + 8),
@@ -160,7 +160,7 @@ def test_a_line_longer_than_the_bound_is_one_line_in_bounded_memory(tmp_path):
 
 
 def test_a_long_line_in_a_plain_file_read_by_workers_is_one_line(tmp_path):
-    from promptkit import limits
+    from promptkit.core import limits
 
     path = tmp_path / "long.jsonl"
     with path.open("wb") as f:
@@ -182,7 +182,7 @@ def test_a_long_line_costs_what_as_many_short_lines_cost():
     cost time quadratic in its length: a 200 MB line took 45 s, 400 MB did not end)."""
     import time
 
-    from promptkit.streams import _line_batches
+    from promptkit.io.jsonl import _line_batches
 
     size, piece = 64 * MB, 64 << 10
     long_line = b"a" * size + b"\n"
@@ -203,15 +203,15 @@ def test_a_long_line_costs_what_as_many_short_lines_cost():
 
 
 def test_blank_lines_and_white_space_keep_their_line_numbers(tmp_path, run):
-    from promptkit import streams
+    from promptkit.io import files
 
-    lines = [b"\n" * 3, b'{"text": "a"}\n', b"   \n" * 2, b"\n" * (3 * streams.CHUNK),
-             b'  {"text": "b"}\n', b" " * streams.CHUNK + b"\n", b'{"text": oops}\n']
+    lines = [b"\n" * 3, b'{"text": "a"}\n', b"   \n" * 2, b"\n" * (3 * files.CHUNK),
+             b'  {"text": "b"}\n', b" " * files.CHUNK + b"\n", b'{"text": oops}\n']
     path = tmp_path / "blank.jsonl"
-    path.write_bytes(b" " * (2 * streams.CHUNK) + b"".join(lines))
+    path.write_bytes(b" " * (2 * files.CHUNK) + b"".join(lines))
     result = run("stats", path)
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"promptkit: {path}:{3 * streams.CHUNK + 9}: invalid JSON")
+    assert result.stderr.startswith(f"promptkit: {path}:{3 * files.CHUNK + 9}: invalid JSON")
     result = run("stats", path, "--skip-invalid", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["records"] == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import mooncake_trace, read_jsonl, write_jsonl
 
-from promptkit.cache import SglangCache, VllmCache
+from promptkit.text.cachesim import SglangCache, VllmCache
 
 
 def tokens(n: int, start: int = 1000) -> list[int]:
@@ -77,8 +77,8 @@ def test_sglang_salt_separates_namespaces():
 
 
 def test_replay_wraps_around_like_aiperf():
-    from promptkit.check import CheckOptions, check_records
-    from promptkit.records import Record
+    from promptkit.core.records import Record
+    from promptkit.ops.check import CheckOptions, check_records
 
     def trace():  # three records of 9 tokens: 2 full blocks of 4 each
         return [Record(input_length=9, hash_ids=[10 * i, 10 * i + 1, 10 * i + 2], lineno=i + 1)

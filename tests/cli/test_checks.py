@@ -18,7 +18,7 @@ import orjson
 import pytest
 from helpers import write_jsonl
 
-from promptkit import bench
+from promptkit.commands import bench
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "prompts" / "trace.jsonl.example"

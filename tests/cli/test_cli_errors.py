@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl, write_jsonl
 
-from promptkit.counts import counted, plural
+from promptkit.core.words import counted, plural
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ROOT / "prompts"

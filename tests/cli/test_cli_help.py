@@ -10,7 +10,7 @@ import pytest
 
 from promptkit import __version__
 from promptkit.cli import cli
-from promptkit.cli_help import OWN, SECTIONS, all_commands, section_of
+from promptkit.cli.help import OWN, SECTIONS, all_commands, section_of
 
 COMMANDS = dict(all_commands(cli))
 HEADING = re.compile(r"^(\S[^:]*):$")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from promptkit.cli import cli
-from promptkit.cli_help import all_commands, reference
+from promptkit.cli.help import all_commands, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "cli.md"

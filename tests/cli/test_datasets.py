@@ -345,7 +345,7 @@ def test_a_bad_config_names_the_dataset(tmp_path, run):
 
 
 def test_rebuild_reads_a_hub_dataset_at_the_commit_it_was_read_at():
-    from promptkit.reproduce import _same_rows
+    from promptkit.provenance.rebuild import _same_rows
 
     recorded = {"options": {"revision": "main", "limit": 3}, "revision": "0a1b2c"}
     assert _same_rows(recorded) == {"revision": "0a1b2c", "limit": 3}

@@ -16,9 +16,9 @@ from openai_server import OpenAIServer
 from test_aiperf_profile import run_aiperf
 from tokenizer_dir import build_tokenizer_dir
 
-from promptkit.check import CheckOptions, check_records
-from promptkit.hashtrace import hash_trace_records
-from promptkit.records import Message, Record
+from promptkit.core.records import Message, Record
+from promptkit.ops.check import CheckOptions, check_records
+from promptkit.ops.hashtrace import hash_trace_records
 
 aiperf_tmpdir = test_aiperf_profile.aiperf_tmpdir  # the shared AIPerf temp-folder fixture
 

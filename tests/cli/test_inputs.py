@@ -372,8 +372,8 @@ def test_integers_beyond_64_bits_round_trip_exactly(tmp_path, run, small_chunks)
 
 
 def test_a_value_json_cannot_hold_names_its_field():
-    from promptkit.errors import InvalidRecordError
-    from promptkit.streams import dumps_exact
+    from promptkit.core.errors import InvalidRecordError
+    from promptkit.io.jsoncodec import dumps_exact
 
     # orjson's own bytes for everything else (floats, UTF-8 as it is)
     assert dumps_exact({"a": [2 ** 64, 1e16, "é"]}) == (

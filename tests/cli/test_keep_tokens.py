@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from promptkit import add_nonces
-from promptkit.errors import InvalidRecordError
-from promptkit.nonce import KINDS, NonceMaker, NonceState
-from promptkit.records import USER_ROLES, Message, Record, message_texts
+from promptkit.core.errors import InvalidRecordError
+from promptkit.core.records import USER_ROLES, Message, Record, message_texts
+from promptkit.ops.nonce import KINDS, NonceMaker, NonceState
 
 START = "2026-11-24T00:00:00Z"
 

@@ -52,7 +52,7 @@ def test_sigkill_while_the_old_manifest_is_aside_leaves_what_the_next_run_remove
                           capture_output=True).returncode == 0
     # Killed after the old manifest was moved aside, before OUT was renamed.
     killed_mid_commit(tmp_path, f"""
-        from promptkit import files
+        from promptkit.io import files
         outputs = files.Outputs({str(out)!r}, {str(out) + ".manifest.json"!r})
         outputs.stage({str(out) + ".manifest.json"!r}, "{{}}")
         outputs.commit(die)
@@ -73,7 +73,7 @@ def test_sigkill_while_publish_replaces_a_folder_leaves_what_the_next_run_remove
                           capture_output=True).returncode == 0
     # Killed after the old folder was moved aside, before the new one was renamed.
     killed_mid_commit(tmp_path, f"""
-        from promptkit import publish
+        from promptkit.commands import publish
         real = os.replace
         def replace(a, b):
             real(a, b)
@@ -95,7 +95,7 @@ def test_a_plot_killed_mid_write_leaves_what_the_next_run_removes(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
     plot = tmp_path / "check.png"
     killed_mid_commit(tmp_path, f"""
-        from promptkit import plots
+        from promptkit.commands import plots
         plots.put_in_place = die
         plots.check_plot({str(plot)!r}, [0, 1], [4, 4], "killed")
     """)
@@ -129,7 +129,7 @@ def test_an_unreadable_shard_leaves_no_temporary_output(workers, tmp_path):
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """Far more output than a pipe holds, and enough for worker processes."""
-    from promptkit import parallel
+    from promptkit.runner import workers as parallel
 
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
     line = " ".join(["the quick brown fox jumps over the lazy dog"] * 4)

@@ -10,7 +10,9 @@ from helpers import read_jsonl, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit.pad import PadError, exact_text, filler_words
+from promptkit.core.errors import PadError
+from promptkit.ops.filler import filler_words
+from promptkit.text.exact import exact_text
 
 bases = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
 
@@ -288,8 +290,8 @@ def test_without_a_matching_manifest_the_warning_gives_no_advice(tmp_path, run):
 ])
 def test_the_warning_rule(prompts, warns):
     """More than 16 distinct prompts, and more than half as many as the records."""
-    from promptkit.pad import PadState, pad_records
-    from promptkit.records import Message, Record
+    from promptkit.core.records import Message, Record
+    from promptkit.ops.pad import PadState, pad_records
 
     state = PadState()
     records = [Record(messages=[Message("system", p), Message("user", "q")]) for p in prompts]

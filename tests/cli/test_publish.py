@@ -36,8 +36,8 @@ import pytest
 from helpers import ROOT, read_jsonl, write_jsonl
 
 from promptkit.api import read_records
+from promptkit.commands.publish import parse_size, size_category
 from promptkit.formats.table import to_row
-from promptkit.publish import parse_size, size_category
 
 PROMPTS = ROOT / "prompts"
 TOKEN = "hf_test_secret_0123456789abcdefXYZ"

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 from openai_server import OpenAIServer
 from secret_shapes import ALNUM, JOINERS, PREFIXES, Place, leaked, passed_forms, places
 
-from promptkit import bench
-from promptkit.errors import PromptkitError
+from promptkit.commands import bench
+from promptkit.core.errors import PromptkitError
 
 BASE = ["# the settings every place shares", "MODEL=test-model", "REQUEST_COUNT=2"]
 

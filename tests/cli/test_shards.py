@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl
 
-from promptkit import shards
+from promptkit.io import shards
 
-#: Where the stream is cut: shard k holds lines CUTS[k]..CUTS[k+1] (uneven, one line, none).
 CUTS = [0, 1, 9, 10, 22, 30, 30, 31, 45, 52, 60]
 GZIPPED = 3
 
@@ -177,7 +176,7 @@ def test_a_continued_session_keeps_its_nonce_across_shards(stream, tmp_path, run
 def test_hash_trace_stats_check_and_turns_are_the_same(plain, stream, tmp_path, run,
                                                        small_chunks, monkeypatch):
     """(Plain shards: hash-trace, stats and check read them in worker processes.)"""
-    from promptkit import parallel
+    from promptkit.runner import workers as parallel
 
     whole, parts = stream
     if plain:

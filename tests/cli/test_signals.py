@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from promptkit import leftovers, parallel
+from promptkit.core import leftovers
+from promptkit.runner import workers as parallel
 
 OLD = b"the previous output\n"
 

@@ -18,9 +18,9 @@ import pytest
 from helpers import read_jsonl, write_jsonl
 
 from promptkit import add_nonces, fit_records
-from promptkit.errors import InvalidRecordError, Skipping, skip_reason
-from promptkit.nonce import HASH_ID_BASE, NonceState
-from promptkit.records import Message, Record
+from promptkit.core.errors import InvalidRecordError, Skipping, skip_reason
+from promptkit.core.records import Message, Record
+from promptkit.ops.nonce import HASH_ID_BASE, NonceState
 
 NO_USER = "nonce: no user message to put the nonce in (use --at start)"
 NO_USER_TEXT = "fit: no user text to fit"

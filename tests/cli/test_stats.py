@@ -65,7 +65,7 @@ def test_a_hash_id_trace_states_its_own_lengths(run):
 def test_stats_with_a_local_tokenizer_folder(tmp_path, run):
     from tokenizer_dir import build_tokenizer_dir
 
-    from promptkit.tokenizers import load_tokenizer
+    from promptkit.core.tokenizers import load_tokenizer
 
     folder = build_tokenizer_dir(tmp_path / "tok")
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": "the quick brown fox"}] * 3)

@@ -19,7 +19,7 @@ from helpers import read_jsonl, write_jsonl
 from toolcall_data import write_glaive
 
 from promptkit.formats.aiperf import parse_messages
-from promptkit.templates import QWEN_SYSTEM, conversation, request_tools
+from promptkit.text.templates import QWEN_SYSTEM, conversation, request_tools
 
 
 @pytest.fixture

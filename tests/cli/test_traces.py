@@ -18,7 +18,7 @@ import datasets
 import pytest
 from helpers import read_jsonl, write_jsonl
 
-from promptkit.errors import InvalidRecordError
+from promptkit.core.errors import InvalidRecordError
 from promptkit.formats.table import Timeline
 
 datasets.disable_progress_bars()
@@ -377,7 +377,7 @@ def test_a_refused_timestamp_leaves_the_clock_as_it_was():
 
 def test_dataset_map_refuses_a_trace_s_timestamps_and_takes_its_lengths():
     from promptkit import DatasetMap, Step, nonce_params
-    from promptkit.errors import PromptkitError
+    from promptkit.core.errors import PromptkitError
 
     batch = {"TIMESTAMP": ["2023-11-16 18:15:46.6805900"], "ContextTokens": [374],
              "GeneratedTokens": [44]}

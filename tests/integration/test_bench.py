@@ -45,8 +45,9 @@ from test_aiperf_profile import (
 )
 from tokenizer_dir import build_tokenizer_dir
 
-from promptkit import bench, pipeline
-from promptkit.check import TEMPLATES
+from promptkit.commands import bench
+from promptkit.ops.check import TEMPLATES
+from promptkit.runner import pipeline
 
 aiperf_tmpdir = test_aiperf_profile.aiperf_tmpdir  # the shared AIPerf temp-folder fixture
 

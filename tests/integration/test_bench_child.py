@@ -33,7 +33,7 @@ import test_bench
 from openai_server import OpenAIServer, Response
 from test_bench import QUIET_AIPERF, nonced, runner_env, write_env
 
-from promptkit import bench
+from promptkit.commands import bench
 
 aiperf_tmpdir = test_aiperf_profile.aiperf_tmpdir  # the shared fixtures
 tokenizer_dir = test_bench.tokenizer_dir

@@ -29,8 +29,8 @@ from openai_server import OpenAIServer
 from test_aiperf_profile import aiperf_env, run_in_group
 from tokenizer_dir import build_tokenizer_dir
 
-from promptkit.check import Prompts
-from promptkit.tokenizers import load_tokenizer
+from promptkit.core.tokenizers import load_tokenizer
+from promptkit.text.prompts import Prompts
 
 pytestmark = pytest.mark.aiperf
 

@@ -4,7 +4,7 @@ The real ``aiperf profile`` CLI (concurrency 1, no warmup, no readiness
 probe: see ``tests/integration/test_aiperf_profile.py``) sends a promptkit file to the
 local OpenAI-compatible server (``tests/openai_server.py``) with its prefix
 cache on: an implementation of vLLM v1's block rules of its own, not
-``promptkit.cache``. The server measures the hit rate (sum of cached over sum
+``promptkit.text.cachesim``. The server measures the hit rate (sum of cached over sum
 of prompt tokens of the requests it received); ``promptkit check --json``
 predicts it for the same file, tokenizer and run shape. The two must agree
 token for token (prompt and hit tokens), for a file with shared prefixes, the same file

@@ -310,7 +310,7 @@ def test_apply_in_a_users_own_pipeline(cluster, chat, tmp_path):
     import ray
 
     from promptkit import ray as pk_ray
-    from promptkit.steps import Step
+    from promptkit.ops.base import Step
 
     plain = tmp_path / "plain.jsonl"
     assert invoke("nonce", chat, plain, "--seed", "5", "--at", "salt").exit_code == 0

@@ -17,11 +17,11 @@ from helpers import shared_prefix_texts
 
 import promptkit.ray as promptkit_ray
 from promptkit.api import read_records
-from promptkit.check import CheckOptions
 from promptkit.cli import cli
-from promptkit.hashtrace import HashIds
+from promptkit.core.tokenizers import cached_tokenizer
+from promptkit.ops.check import CheckOptions
+from promptkit.ops.hashtrace import HashIds
 from promptkit.ray import globals as g
-from promptkit.tokenizers import cached_tokenizer
 
 pytestmark = pytest.mark.ray
 

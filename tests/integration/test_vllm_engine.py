@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from vllm_engine import VllmServer, run_profile
 
-from promptkit.cache import VllmCache
+from promptkit.text.cachesim import VllmCache
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_EXAMPLE = ROOT / "prompts" / "chat.jsonl.example"

@@ -31,7 +31,7 @@ from typing import Any
 import aiperf_tool
 from vllm_engine import Counters, VllmServer, run_profile
 
-from promptkit.tokenizers import load_tokenizer
+from promptkit.core.tokenizers import load_tokenizer
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "benchmark", "server",
          "prompt", "cache", "token", "block", "answer", "question"]

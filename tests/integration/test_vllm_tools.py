@@ -38,9 +38,9 @@ from test_vllm_sessions import whole_word_replies
 from toolcall_data import write_glaive
 from vllm_engine import SERVED_NAME, VllmServer, run_profile
 
+from promptkit.core.tokenizers import load_tokenizer
 from promptkit.formats.aiperf import parse_messages
-from promptkit.templates import Renderer, TemplateError, request_tools
-from promptkit.tokenizers import load_tokenizer
+from promptkit.text.templates import Renderer, TemplateError, request_tools
 
 #: Built-in template -> the real template vLLM is given for it (chat_templates.FILES).
 BUILT_IN = {"qwen2.5": "qwen2.5", "llama3.1": "llama3.1", "chatml": "chatml-tools"}

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptkit.cache import VllmCache
+from promptkit.text.cachesim import VllmCache
 
 
 def tokens(n: int, start: int = 1000) -> list[int]:

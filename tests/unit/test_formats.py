@@ -12,7 +12,7 @@ from helpers import read_jsonl, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptkit.errors import ConversionError, InvalidRecordError
+from promptkit.core.errors import ConversionError, InvalidRecordError
 from promptkit.formats import FORMATS, detect
 
 AIPERF_MODELS = {
@@ -219,7 +219,7 @@ def test_read_of_write_is_identity(texts, role, extra, fmt, tmp_path_factory):
     """read(write(x)) == x through real files, for any text (any Unicode, newlines, quotes;
     not empty: an empty prompt is refused, see tests/cli/test_accept.py)."""
     from promptkit.api import read_records, write_records
-    from promptkit.records import Message, Record
+    from promptkit.core.records import Message, Record
 
     records = [Record(messages=[Message(role, t)], extra=extra) for t in texts]
     if fmt == "prompt":

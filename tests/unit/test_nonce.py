@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promptkit import add_nonces
-from promptkit.errors import InvalidRecordError
+from promptkit.core.errors import InvalidRecordError
+from promptkit.core.records import Message, Record, first_text
 from promptkit.formats import FORMATS
-from promptkit.nonce import HASH_ID_BASE, KINDS, NonceMaker
-from promptkit.records import Message, Record, first_text
+from promptkit.ops.nonce import HASH_ID_BASE, KINDS, NonceMaker
 
 
 def user(text: str, **kw) -> Record:
@@ -258,7 +258,7 @@ def test_sessions_answer_as_a_set_of_strings_does(monkeypatch):
     operation, on random ids that repeat."""
     import random
 
-    from promptkit.nonce import Sessions
+    from promptkit.ops.nonce import Sessions
 
     monkeypatch.setattr(Sessions, "RECENT", 5)
     rng = random.Random(3)
@@ -291,7 +291,7 @@ def test_sessions_answer_as_a_set_of_strings_does(monkeypatch):
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_many_conversations_give_the_bytes_a_small_memory_gives(workers, monkeypatch, tmp_path,
                                                                run, small_chunks):
-    from promptkit.nonce import Sessions
+    from promptkit.ops.nonce import Sessions
 
     rows = []
     for i in range(400):  # conversations that go on over many chunks

@@ -161,16 +161,16 @@ def test_keys_moved_to_bucket_files_count_the_same(workers, small_chunks, tmp_pa
     """Beyond a few keys in memory, the prompt keys go to bucket files; the distinct
     count is the one made in memory: repeats across the moves, every bucket, --ray keys
     aside (they are counted on the cluster)."""
-    from promptkit import streams
+    from promptkit.io import sink
 
     rows = [{"text": f"prompt {i % 700}", "session_id": f"s{i % 700}"} for i in range(3000)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     counts = []
-    real = streams.KeyBuckets.add
+    real = sink.KeyBuckets.add
     for kept in (1 << 30, 64):
-        monkeypatch.setattr(streams, "KEPT_KEYS", kept)
+        monkeypatch.setattr(sink, "KEPT_KEYS", kept)
         moved: list[int] = []
-        monkeypatch.setattr(streams.KeyBuckets, "add",
+        monkeypatch.setattr(sink.KeyBuckets, "add",
                             lambda self, keys, moved=moved: moved.append(len(keys))
                             or real(self, keys))
         out = tmp_path / f"out-{kept}.jsonl"
@@ -186,7 +186,7 @@ def test_keys_moved_to_bucket_files_count_the_same(workers, small_chunks, tmp_pa
 def test_key_buckets_count_what_memory_counts(tmp_path):
     import numpy as np
 
-    from promptkit.streams import KeyBuckets, distinct_sorted
+    from promptkit.io.keys import KeyBuckets, distinct_sorted
 
     rng = np.random.default_rng(5)
     keys = rng.integers(-2**63, 2**63 - 1, 20_000, dtype=np.int64)
@@ -202,7 +202,7 @@ def test_key_buckets_count_what_memory_counts(tmp_path):
 
 def test_lines_are_joined_a_few_hundred_at_a_time():
     """What joined() gives is what one join gives, for every count around its groups."""
-    from promptkit.streams import JOINED, joined
+    from promptkit.io.sink import JOINED, joined
 
     for count in (0, 1, JOINED - 1, JOINED, JOINED + 1, 3 * JOINED + 7):
         lines = [b"%d\n" % i for i in range(count)]

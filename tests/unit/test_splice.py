@@ -1,4 +1,4 @@
-"""The splice writer (``output.writer`` ``splice/1``, :mod:`promptkit.splice`) against
+"""The splice writer (``output.writer`` ``splice/1``, :mod:`promptkit.runner.splice`) against
 the writer it replaces for plain nonce runs (``encode``: every record encoded again).
 
 The promise: the bytes may differ only in formatting. Read as AIPerf reads the file
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import promptkit
 from promptkit import Step
-from promptkit.nonce import KINDS
+from promptkit.ops.nonce import KINDS
 
 #: The positions where a nonce is an insertion into a single_turn text (the splicer's).
 AT = ("start", "user", "system", "every-turn")
@@ -323,7 +323,7 @@ def test_the_splice_writer_writes_what_the_encode_writer_writes(data, template, 
                                                                 monkeypatch):
     """Over a plain file (read in chunks, small ones too: states and lines carried from
     chunk to chunk) and the same file gzipped (read as a stream of lines)."""
-    from promptkit import parallel
+    from promptkit.runner import workers as parallel
 
     monkeypatch.setattr(parallel, "CHUNK_BYTES", chunk)
     source = tmp_path / "in.jsonl"
@@ -543,7 +543,7 @@ def big_file(path: Path, size: int) -> Path:
 
 
 def test_workers_give_the_same_bytes_on_a_large_file(tmp_path, run, monkeypatch):
-    from promptkit import parallel
+    from promptkit.runner import workers as parallel
 
     ran: list[int] = []
     real = parallel.run_file

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from promptkit.formats.aiperf import parse_messages
-from promptkit.templates import (
+from promptkit.text.templates import (
     LLAMA_BOS,
     TemplateError,
     conversation,
@@ -236,7 +236,7 @@ def test_tools_as_the_server_writes_them_back() -> None:
 
 
 def test_templates_that_loop_over_content_are_told_apart() -> None:
-    from promptkit.templates import loops_over_content
+    from promptkit.text.templates import loops_over_content
 
     assert not loops_over_content(real("qwen2.5"))
     assert not loops_over_content(real("llama3.1"))

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from tokenizer_dir import build_tokenizer_dir
 
-from promptkit.tokenizers import TokenizerError, load_tokenizer
+from promptkit.core.tokenizers import TokenizerError, load_tokenizer
 
 
 def test_cl100k_base_loads_offline_and_matches_known_ids():
