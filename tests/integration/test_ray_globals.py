@@ -21,7 +21,7 @@ from promptkit.cli import cli
 from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.ops.check import CheckOptions
 from promptkit.ops.hashtrace import HashIds
-from promptkit.ray import globals as g
+from promptkit.ray import aggregate as g
 
 pytestmark = pytest.mark.ray
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "promptkit"
+PACKAGE = Path(__file__).resolve().parents[2] / "promptkit"
 
 #: Each package's layer: a module imports only from its own layer or below (and within
 #: ``ops``, one operation never imports another: see OPERATIONS_APART).
