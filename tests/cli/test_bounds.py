@@ -123,6 +123,7 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, int]]:
     return out
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 @pytest.mark.parametrize("codec", ["zstd", "bz2", "xz", "gzip"])
 def test_a_decompression_bomb_is_read_in_bounded_memory(codec, bombs):
     path, records = bombs[codec]
@@ -133,6 +134,7 @@ def test_a_decompression_bomb_is_read_in_bounded_memory(codec, bombs):
     assert ran.peak_mb < PEAK_MB
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 def test_a_bomb_nonced_with_two_workers_stays_bounded(bombs, tmp_path):
     path, records = bombs["zstd"]
     out = tmp_path / "out.jsonl"
@@ -202,6 +204,7 @@ def test_a_long_line_costs_what_as_many_short_lines_cost():
     assert long < 2 * short + 0.25, (long, short)
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 def test_blank_lines_and_white_space_keep_their_line_numbers(tmp_path, run):
     from promptkit.io import files
 

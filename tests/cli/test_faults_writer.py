@@ -281,6 +281,7 @@ def test_a_second_run_writing_the_same_out_stops_with_one_line(tmp_path, small):
     assert sorted(listing(tmp_path)) == ["o.jsonl", "o.jsonl.manifest.json", "small.jsonl"]
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 def test_many_runs_at_once_leave_out_and_manifest_of_one_run(tmp_path, small):
     """Without the lock, about one round in five left OUT of one run beside the manifest
     of another (measured: 4 of 20)."""

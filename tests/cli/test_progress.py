@@ -243,6 +243,7 @@ def test_each_command_shows_its_passes(files, tmp_path, args, passes):
     assert (tmp_path / "stdout").read_bytes() == plain.stdout
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 def test_dataset_inputs_count_their_rows(files, tmp_path):
     import datasets
 
@@ -260,6 +261,7 @@ def test_dataset_inputs_count_their_rows(files, tmp_path):
         assert {u.total for u in fitting} == {3000}
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 def test_no_progress_without_a_terminal_or_with_quiet(files, tmp_path):
     args = ["pad", files["chats"], tmp_path / "a.jsonl", "--tokens", "600",
             "--tokenizer", "cl100k_base", "--seed", "1"]

@@ -95,6 +95,7 @@ def server() -> Any:
         yield running
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(secret=secrets)
