@@ -6,7 +6,7 @@
   line-aligned chunks, each chunk a Ray Data task that writes its own part file
   (``OUT/part-00000.jsonl`` ...), one manifest covering them (``OUT/manifest.json``).
 
-Ray is an optional extra (``pip install 'promptkit[ray]'``); nothing here imports it
+Ray is an optional extra (``pip install '.[ray]'`` in the promptkit folder); nothing here imports it
 before it is needed, and :func:`require` says in one line how to install it.
 """
 

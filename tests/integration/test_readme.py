@@ -99,7 +99,7 @@ FORBIDDEN = ("shared/data", "pypi.org/project/promptkit", "install 'promptkit[",
 @pytest.mark.parametrize("path", sorted(
     p.relative_to(ROOT).as_posix()
     for pattern in ("README.md", "docs/*.md", "data/*/README.md", "scripts/*.py",
-                    "promptkit/*.py", ".env.example")
+                    "promptkit/**/*.py", ".env.example")
     for p in ROOT.glob(pattern)))
 def test_what_users_read_points_at_what_they_have(path):
     text = (ROOT / path).read_text(encoding="utf-8").lower()
