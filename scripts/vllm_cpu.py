@@ -291,9 +291,10 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, logfile: Path,
 
 def start(venv: Path, model: Path, port: int, logfile: Path, *, block_size: int = 32,
           max_model_len: int = 4096, num_gpu_blocks: int | None = None,
-          name: str = SERVED_NAME) -> subprocess.Popen[bytes]:
+          name: str = SERVED_NAME, wait: bool = True) -> subprocess.Popen[bytes]:
     """Start the server in a process group of its own, output to ``logfile``; ready on
-    return. On failure the group is stopped and RuntimeError raised."""
+    return (with ``wait=False``, at once: :func:`wait_ready` then). On failure the group
+    is stopped and RuntimeError raised."""
     command = server_command(venv, model, port, block_size=block_size,
                              max_model_len=max_model_len, num_gpu_blocks=num_gpu_blocks,
                              name=name)
@@ -302,6 +303,8 @@ def start(venv: Path, model: Path, port: int, logfile: Path, *, block_size: int 
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=server_env(),
                                 start_new_session=True)
+    if not wait:
+        return proc
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}", logfile)
     except BaseException:

@@ -16,7 +16,7 @@ would be a claim nobody checked.
 Two ways in:
 
 - :func:`executable`: the venv's ``aiperf`` command, for ``aiperf profile`` runs
-  (``tests/test_aiperf_profile.py``) and ``promptkit bench`` (``AIPERF=...``).
+  (``tests/integration/test_aiperf_profile.py``) and ``promptkit bench`` (``AIPERF=...``).
 - The functions below, answered by this same file running under the AIPerf venv's
   Python as a worker process (one a session, started on first use, ended at the
   session's end; it reads one JSON request a line on stdin and answers one JSON line
@@ -35,7 +35,7 @@ Two ways in:
   - :func:`request_bodies`: the chat request bodies AIPerf makes of a file (its
     loader, then its chat endpoint's payload for each turn);
   - ``call("requires", distribution=NAME)``: a distribution's declared requirements
-    in the AIPerf venv (``tests/test_environment.py``).
+    in the AIPerf venv (``tests/integration/test_environment.py``).
 
 This file imports only the standard library at the top: the AIPerf venv runs it.
 """

@@ -3,6 +3,7 @@ the real engines (vLLM; AIPerf, in its own virtualenv: tests/aiperf_tool.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,21 @@ from click.testing import CliRunner
 from helpers import write_jsonl
 
 from promptkit.cli import cli
+
+# The tests by layer (tests/unit, tests/cli, tests/integration); a test module may import
+# another's helpers whatever its layer, as the shared modules beside this file.
+HERE = Path(__file__).resolve().parent
+sys.path[1:1] = [str(HERE / layer) for layer in ("unit", "cli", "integration")
+                 if str(HERE / layer) not in sys.path]
+
+# Markers given by the fixtures a test uses (pyproject.toml registers them all): a test
+# cannot start an engine or a cluster and be left in the fast subset.
+MARKED_BY_FIXTURE = {
+    "vllm_server": ("vllm", "slow"),
+    "vllm_small_server": ("vllm", "slow"),
+    "ray_cluster": ("ray", "slow"),
+    "aiperf_tmpdir": ("aiperf",),
+}
 
 
 @pytest.fixture
@@ -101,25 +117,30 @@ def small_batches(monkeypatch):
     return calls
 
 
+_ENGINES: list = []  # the session's vllm_engine.Engines, once started
+
+
+def _engines(config: pytest.Config):
+    """The session's vLLM engines (tests/vllm_engine.py), started in the background."""
+    if not _ENGINES:
+        from vllm_engine import Engines
+
+        _ENGINES.append(Engines(config._tmp_path_factory.mktemp("vllm")).start())
+    return _ENGINES[0]
+
+
 @pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """A real vLLM engine (CPU build), prefix caching, block size 32, started once a
-    session (see tests/vllm_engine.py: skipped when unavailable, a failure in CI)."""
-    from vllm_engine import serve
-
-    with serve(tmp_path_factory.mktemp("vllm")) as server:
-        yield server
+def vllm_server(pytestconfig):
+    """A real vLLM engine (CPU build), prefix caching, block size 32, one a session
+    (see tests/vllm_engine.py: skipped when unavailable, a failure in CI)."""
+    return _engines(pytestconfig).get("vllm_server")
 
 
 @pytest.fixture(scope="session")
-def vllm_small_server(tmp_path_factory):
+def vllm_small_server(pytestconfig):
     """The same engine with a KV cache of 64 blocks (63 usable) and --max-model-len 1024,
     for eviction."""
-    from vllm_engine import serve
-
-    with serve(tmp_path_factory.mktemp("vllm-small"), num_gpu_blocks=64,
-               max_model_len=1024) as server:
-        yield server
+    return _engines(pytestconfig).get("vllm_small_server")
 
 
 @pytest.fixture(scope="session")
@@ -142,10 +163,46 @@ _RAY_CLUSTERS: list = []
 _LAST_RAY_TEST: list[str] = []
 
 
+def pytest_itemcollected(item):
+    """Mark a test by the fixtures it uses (before ``-m`` selects), and give it its
+    pytest-xdist group (``--dist loadgroup``: a group runs in one worker): the vLLM
+    tests one group (one engine pair), the Ray tests one (one cluster), the tests of a
+    module with a module-scoped fixture (a README's run, files made once) their
+    module's, any other test none (it goes to whichever worker is free)."""
+    for fixture, marks in MARKED_BY_FIXTURE.items():
+        if fixture in item.fixturenames:
+            for mark in marks:
+                item.add_marker(mark)
+    if item.get_closest_marker("vllm"):
+        group = "vllm"
+    elif item.get_closest_marker("ray"):
+        group = "ray"
+    elif any(defs[-1].scope == "module" for defs in
+             item._fixtureinfo.name2fixturedefs.values()):
+        group = item.nodeid.split("::")[0]
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Note the last test that uses the shared Ray cluster."""
+    """Once ``-m`` has selected: note the last test that uses the shared Ray cluster, and
+    start the vLLM engines in the background when a selected test uses one, so their
+    start-up overlaps the tests before (a worker of pytest-xdist starts them on first
+    use: it cannot know at collection which tests it will run)."""
+    if hasattr(config, "workerinput"):
+        # Under pytest-xdist (--no-loadscope-reorder: groups go out in this order), the
+        # longest groups first, while the other worker takes the rest test by test.
+        first = {"vllm": 0, "ray": 1}
+        items.sort(key=lambda item: min((first.get(mark.args[0], 2) for mark
+                                         in item.iter_markers("xdist_group")), default=2))
     users = [item.nodeid for item in items if "ray_cluster" in item.fixturenames]
     _LAST_RAY_TEST[:] = users[-1:]
+    engines = {"vllm_server", "vllm_small_server"}
+    if (not config.option.collectonly and not hasattr(config, "workerinput")
+            and any(engines & set(item.fixturenames) for item in items)):
+        _engines(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -158,7 +215,10 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """End the AIPerf worker process, if a test started one (tests/aiperf_tool.py)."""
+    """End the vLLM engines and the AIPerf worker process, if the session started them
+    (tests/vllm_engine.py, tests/aiperf_tool.py)."""
     import aiperf_tool
 
+    if _ENGINES:
+        _ENGINES.pop().stop()
     aiperf_tool.close()

@@ -1,5 +1,5 @@
 """Secrets of the shapes people have, and the places a ``promptkit bench`` user puts
-them, for the tests (``tests/test_secrets.py``) and the fault drill
+them, for the tests (``tests/cli/test_secrets.py``) and the fault drill
 (``scripts/fault_drill.py``). Standard library only.
 
 A secret is made of random pieces of letters and digits (each at least 6 long, each

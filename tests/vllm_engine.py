@@ -8,7 +8,8 @@ size 32. Its ``/metrics`` counters ``vllm:prefix_cache_hits_total`` and
 the model, start and stop the server); this module wraps it for pytest.
 
 Fixtures (defined in ``tests/conftest.py``, session-scoped: one server each per
-session, started on first use, stopped with its whole process group at the end):
+session, both started in the background as the session starts when a selected test
+uses one (:class:`Engines`), stopped with their whole process groups at the end):
 
 - ``vllm_server``: max model length 4096, KV cache of 1 GiB (no eviction in a
   test's worth of prompts);
@@ -39,7 +40,6 @@ torch locally, a server start-up about 50-80 s on 2 cores.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -48,9 +48,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -159,38 +159,88 @@ def _prepare(workdir: Path) -> tuple[Path, Path, Path] | str:
     return venv, tokenizer, model
 
 
-_prepared: list[tuple[Path, Path, Path] | str] = []  # once a session, success or not
+# The session's two engines: fixture name -> (--num-gpu-blocks, --max-model-len).
+ENGINES = {"vllm_server": (None, 4096), "vllm_small_server": (64, 1024)}
+PREPARE_TIMEOUT_S = 1200  # the install (about 90 s when pip finds torch locally) and model
 
 
-@contextlib.contextmanager
-def serve(workdir: Path, *, num_gpu_blocks: int | None = None,
-          max_model_len: int = 4096) -> Iterator[VllmServer]:
-    """Install if needed, start a server on a free port, yield it, stop it (the whole
-    process group). Skips (fails in CI) when the engine cannot be had."""
-    if not _prepared:
-        _prepared.append(_prepare(workdir))
-    setup = _prepared[0]
-    if isinstance(setup, str):
-        _unavailable(setup)
-    venv, tokenizer, model = setup
-    port = free_port()
-    log = workdir / f"vllm-{port}.log"
-    started = time.monotonic()
-    try:
-        proc = vllm_cpu.start(venv, model, port, log, block_size=BLOCK_SIZE,
-                              max_model_len=max_model_len, num_gpu_blocks=num_gpu_blocks,
-                              name=SERVED_NAME)
-    except (RuntimeError, OSError) as error:
-        _unavailable(str(error))
-    server = VllmServer(url=f"http://127.0.0.1:{port}", tokenizer=tokenizer, model=model,
-                        log=log, num_gpu_blocks=num_gpu_blocks, max_model_len=max_model_len,
-                        started_in=time.monotonic() - started, proc=proc)
-    print(f"vLLM ({num_gpu_blocks or 'default'} blocks) ready in {server.started_in:.1f}s",
-          file=sys.stderr)
-    try:
-        yield server
-    finally:
-        vllm_cpu.stop(proc)
+class Engines:
+    """The session's engines, brought up in a background thread (install when needed,
+    tokenizer, model, then both servers at once, each about 50-80 s on 2 cores) so that
+    their start-up overlaps the tests that run before them. :meth:`get` waits, bounded,
+    for one of them; :meth:`stop` ends them all (each one's whole process group)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.failure = ""  # why the engines cannot be had
+        self.setup: tuple[Path, Path, Path] | None = None
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
+        self.servers: dict[str, VllmServer] = {}
+        self.began = time.monotonic()
+        self.thread = threading.Thread(target=self._bring_up, name="vllm-engines", daemon=True)
+        self.stopped = False
+
+    def start(self) -> Engines:
+        if not self.thread.is_alive() and not self.thread.ident:
+            self.thread.start()
+        return self
+
+    def _bring_up(self) -> None:
+        setup = _prepare(self.workdir)
+        if isinstance(setup, str):
+            self.failure = setup
+            return
+        self.setup = venv, _, model = setup
+        for name, (blocks, max_len) in ENGINES.items():
+            if self.stopped:
+                return
+            port = free_port()
+            log = self.workdir / f"{name}-{port}.log"
+            try:
+                proc = vllm_cpu.start(venv, model, port, log, block_size=BLOCK_SIZE,
+                                      max_model_len=max_len, num_gpu_blocks=blocks,
+                                      name=SERVED_NAME, wait=False)
+            except OSError as error:
+                self.failure = f"cannot start {name}: {error}"
+                return
+            self.procs[name] = (proc, port, log)
+
+    def get(self, name: str) -> VllmServer:
+        """The engine of fixture ``name``, once it answers; skips (fails in CI) when the
+        engines cannot be had, after at most PREPARE_TIMEOUT_S + vllm_cpu's ready
+        timeout."""
+        if name in self.servers:
+            return self.servers[name]
+        self.start().thread.join(PREPARE_TIMEOUT_S)
+        if self.thread.is_alive():
+            _unavailable(f"the vLLM install and model build (scripts/vllm_cpu.py, in "
+                         f"{self.workdir}) not done after {PREPARE_TIMEOUT_S} s")
+        if self.failure or name not in self.procs or self.setup is None:
+            _unavailable(self.failure or f"{name} was not started")
+        proc, port, log = self.procs[name]
+        blocks, max_len = ENGINES[name]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            vllm_cpu.wait_ready(proc, url, log)
+        except RuntimeError as error:
+            _unavailable(f"{name} (--num-gpu-blocks {blocks}, --max-model-len {max_len}) "
+                         f"on port {port}: {error}")
+        _, tokenizer, model = self.setup
+        server = VllmServer(url=url, tokenizer=tokenizer, model=model, log=log,
+                            num_gpu_blocks=blocks, max_model_len=max_len,
+                            started_in=time.monotonic() - self.began, proc=proc)
+        print(f"vLLM {name} ready {server.started_in:.1f}s after its start was asked for",
+              file=sys.stderr)
+        self.servers[name] = server
+        return server
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.thread.ident:
+            self.thread.join(PREPARE_TIMEOUT_S)
+        for proc, _, _ in self.procs.values():
+            vllm_cpu.stop(proc)
+        self.procs.clear()
 
 
 def aiperf_profile_command(server: VllmServer, input_file: Path, *, requests: int, warmup: int,

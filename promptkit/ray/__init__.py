@@ -10,7 +10,7 @@
   figures from distributed aggregations (:mod:`promptkit.ray.aggregate`);
 - :mod:`promptkit.ray.rows` turns the rows of a user's Ray Dataset into records and back.
 
-Ray is an optional extra (``pip install 'promptkit[ray]'``); nothing here imports it
+Ray is an optional extra (``pip install '.[ray]'`` in the promptkit folder); nothing here imports it
 before it is needed, and :func:`require` says in one line how to install it.
 """
 

@@ -12,7 +12,7 @@ without making records where they can prove it, and leave the rest to the encode
   lines straight from the columns (:meth:`Lane.chunk`: the lines, or ``None``: the
   record way); used by :func:`promptkit.runner.batches.process_rows`.
 
-``tests/test_writers.py`` runs the three on the same inputs and compares bytes and keys.
+``tests/unit/test_writers.py`` runs the three on the same inputs and compares bytes and keys.
 
 The splice writer
 -----------------
