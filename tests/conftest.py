@@ -164,25 +164,44 @@ _LAST_RAY_TEST: list[str] = []
 
 
 def pytest_itemcollected(item):
-    """Mark a test by the fixtures it uses (before ``-m`` selects), and give it its
-    pytest-xdist group (``--dist loadgroup``: a group runs in one worker): the vLLM
-    tests one group (one engine pair), the Ray tests one (one cluster), the tests of a
-    module with a module-scoped fixture (a README's run, files made once) their
-    module's, any other test none (it goes to whichever worker is free)."""
+    """Mark a test by the fixtures it uses (before ``-m`` selects)."""
     for fixture, marks in MARKED_BY_FIXTURE.items():
         if fixture in item.fixturenames:
             for mark in marks:
                 item.add_marker(mark)
-    if item.get_closest_marker("vllm"):
-        group = "vllm"
-    elif item.get_closest_marker("ray"):
-        group = "ray"
-    elif any(defs[-1].scope == "module" for defs in
-             item._fixtureinfo.name2fixturedefs.values()):
-        group = item.nodeid.split("::")[0]
-    else:
-        return
-    item.add_marker(pytest.mark.xdist_group(group))
+
+
+#: Test modules with a module-scoped fixture (files made once, a README's run): each runs
+#: in one pytest-xdist worker, so the fixture is made once.
+_MODULE_SCOPED = {path.relative_to(HERE.parent).as_posix() for path in HERE.rglob("test_*.py")
+                  if 'scope="module"' in path.read_text(encoding="utf-8")}
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The share of the work a pytest-xdist worker takes whole: every vLLM test (one
+    engine pair), every Ray test (one cluster), a module with a module-scoped fixture,
+    else the test alone (it goes to whichever worker is free)."""
+    path = nodeid.split("::")[0]
+    name = path.rsplit("/", 1)[-1]
+    if name.startswith("test_vllm_"):
+        return "vllm"
+    if name.startswith("test_ray"):
+        return "ray"
+    return path if path in _MODULE_SCOPED else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by :func:`xdist_scope`, in the order of collection (the
+    vLLM and Ray shares first: they are the longest). Its own ``--dist loadgroup`` cannot
+    serve: it tags node ids, which pytest 9.2's structured node ids no longer allow
+    (pytest-xdist issue 1386: the groups are silently ignored)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByCost(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return ByCost(config, log)
 
 
 @pytest.hookimpl(trylast=True)
@@ -195,8 +214,7 @@ def pytest_collection_modifyitems(session, config, items):
         # Under pytest-xdist (--no-loadscope-reorder: groups go out in this order), the
         # longest groups first, while the other worker takes the rest test by test.
         first = {"vllm": 0, "ray": 1}
-        items.sort(key=lambda item: min((first.get(mark.args[0], 2) for mark
-                                         in item.iter_markers("xdist_group")), default=2))
+        items.sort(key=lambda item: first.get(xdist_scope(item.nodeid), 2))
     users = [item.nodeid for item in items if "ray_cluster" in item.fixturenames]
     _LAST_RAY_TEST[:] = users[-1:]
     engines = {"vllm_server", "vllm_small_server"}
