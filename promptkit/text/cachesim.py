@@ -82,7 +82,7 @@ class VllmCache:
         self.num_gpu_blocks = num_gpu_blocks
         self.free_cached: OrderedDict[int, Hashable] = OrderedDict()
         self.holders: dict[Hashable, list[int]] = {}
-        self._block_ids = itertools.count()
+        self._next_id = 0  # the next block id
 
     def block_hashes(self, tokens: Sequence[int] | Runs, salt: str | None = None) -> list[int]:
         """The chained hash of each full block of ``tokens`` (64-bit): token ids, or
@@ -166,7 +166,7 @@ class VllmCache:
                 del self.holders[key]
         for index in range(hits, full):  # its new full blocks get cached
             key = blocks[index] if index < len(blocks) else object()  # generated tokens
-            block_id = next(self._block_ids)
+            block_id, self._next_id = self._next_id, self._next_id + 1
             self.holders.setdefault(key, []).append(block_id)
             chain.append((block_id, key))
         for block_id, key in reversed(chain):  # freed tail first: the head outlives it

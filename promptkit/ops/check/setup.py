@@ -4,6 +4,8 @@ sends them, and each request goes through the cache simulation (:class:`Setup`).
 from __future__ import annotations
 
 import bisect
+import copy
+import hashlib
 import itertools
 from array import array
 from collections import Counter
@@ -294,6 +296,11 @@ class Setup:
         fixed schedule, the warmup goes so too, then every session once, in the order
         of its first line's timestamp (as AIPerf 0.13 sends them at concurrency 1)."""
         report, options = self.report, self.options
+        # One pass over the file in order (no warmup, no wrap-around, no schedule): a
+        # record of its own is sent as it comes, while no session has begun (a session
+        # is sent whole, from its first record on, so what follows it waits).
+        sender = (_Sender(self) if not options.warmup and options.requests is None
+                  and not self.fixed_schedule and self.engine.vllm is not None else None)
         units: dict[Any, list[tuple[int, Unit]]] = {}  # each session's records, in order
         earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
         unit = 8 if self.hash_ids else 4
@@ -304,7 +311,12 @@ class Setup:
             report.salts_not_sent += entry.salt_not_sent
             report.tools += entry.tools
             report.first_difference.append(_first_difference(earlier, lead, unit))
-            report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
+            report.first_blocks.append(int.from_bytes(hashlib.blake2b(
+                lead[:unit if self.hash_ids else unit * self.block_size],
+                digest_size=8).digest()))
+            if sender is not None and entry.session is None and not units:
+                sender.conversation([(index, t, r) for t, r in enumerate(entry.requests)])
+                continue
             key = ("record", index) if entry.session is None else entry.session
             units.setdefault(key, []).append((index, entry))
         sessions: dict[Any, list[tuple[int, int, Request]]] = {}
@@ -323,6 +335,14 @@ class Setup:
                 start = len(requests)  # a turn is counted in its conversation
                 requests += [(index, start + t, r) for t, r in enumerate(entry.requests)]
         units.clear()
+        if sender is not None:
+            for items in sessions.values():
+                sender.conversation(items)
+            if not report.lengths:
+                raise CheckError("no records to check")
+            report.conversations = sender.instances
+            report.one_pass = len(report.lengths)
+            return report
         report.conversations = len(sessions)
         flat = [(s, item) for s, items in enumerate(sessions.values()) for item in items]
         if not flat:
@@ -357,18 +377,8 @@ class Setup:
                              hit)
             report.copies = max(report.copies, times[i])
             if n >= options.warmup:
-                if r.own is not None:
-                    report.with_history += 1
-                    report.own_tokens += r.own
-                    report.history_tokens += r.length
-                report.busted += r.bust_at is not None
-                report.hits.append(hit)
-                report.hits_low.append(hit_low)
-                report.within.append(within)
-                report.lengths.append(r.length)
-                report.record_of.append(record)
-                report.turn_of.append(turn)
-                report.instance_of.append(instances.setdefault(instance, len(instances)))
+                _profiled(report, r, (hit, hit_low, within), record, turn,
+                          instances.setdefault(instance, len(instances)))
         return report
 
     def _as_sent(self, request: Request, warmup: bool, instance: Any) -> Request:
@@ -430,6 +440,58 @@ class Setup:
         scheduled = ((("schedule", s), i) for s in by_time
                      for i in range(starts[s], starts[s + 1]))
         return options.warmup + one_pass, itertools.chain(warmup, scheduled)
+
+
+class _Sender:
+    """One pass over a file's conversations, in order, each once (a run with no warmup
+    and no wrap-around): each request goes through the simulated cache as it comes,
+    nothing kept but the report's figures. The low end of the range takes no reply's
+    blocks to hit: the same cache as the point prediction until a request sends a reply
+    back, a copy of it from there."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.point = setup._engine()
+        self.low: Engine | None = None
+        self.instances = 0  # conversations sent
+
+    def conversation(self, items: list[tuple[int, int, Request]]) -> None:
+        """Send a conversation's requests (``(record, turn, request)``), in a row."""
+        setup, report, point = self.setup, self.setup.report, self.point
+        instance = self.instances
+        self.instances += 1
+        own = setup._engine() if len(items) > 1 else None  # hits from its own requests
+        for n, (record, turn, request) in enumerate(items):
+            if n + 1 < len(items) and request.reply is None and request.reply_tokens:
+                report.replies_known = False
+            r = setup._as_sent(request, False, instance)
+            if r.reply is not None and self.low is None:
+                self.low = copy.deepcopy(point)
+            hit = point.request(r.key, r.length, r.salt, r.reply_tokens, r.reply)
+            hit_low = (hit if self.low is None
+                       else self.low.request(r.key, r.length, r.salt, r.reply_tokens))
+            within = (0 if own is None else
+                      min(own.request(r.key, r.length, r.salt, r.reply_tokens, r.reply), hit))
+            _profiled(report, r, (hit, hit_low, within), record, turn, instance)
+
+
+def _profiled(report: Report, r: Request, hits: tuple[int, int, int], record: int, turn: int,
+              instance: int) -> None:
+    """A profiled request into the report: its hit tokens (the point prediction, the low
+    end, its conversation's own), what it sent, and which record, turn and conversation
+    instance it is."""
+    if r.own is not None:
+        report.with_history += 1
+        report.own_tokens += r.own
+        report.history_tokens += r.length
+    report.busted += r.bust_at is not None
+    report.hits.append(hits[0])
+    report.hits_low.append(hits[1])
+    report.within.append(hits[2])
+    report.lengths.append(r.length)
+    report.record_of.append(record)
+    report.turn_of.append(turn)
+    report.instance_of.append(instance)
 
 
 def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
