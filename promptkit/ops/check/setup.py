@@ -7,6 +7,8 @@ import bisect
 import copy
 import hashlib
 import itertools
+import os
+import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -302,23 +304,26 @@ class Setup:
         sender = (_Sender(self) if not options.warmup and options.requests is None
                   and not self.fixed_schedule and self.engine.vllm is not None else None)
         units: dict[Any, list[tuple[int, Unit]]] = {}  # each session's records, in order
-        earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
-        unit = 8 if self.hash_ids else 4
-        for index, (entry, lead) in enumerate(pairs):
-            report.records += 1
-            salt = entry.part.salt if entry.part is not None else entry.requests[0].salt
-            report.salted += salt is not None
-            report.salts_not_sent += entry.salt_not_sent
-            report.tools += entry.tools
-            report.first_difference.append(_first_difference(earlier, lead, unit))
-            report.first_blocks.append(int.from_bytes(hashlib.blake2b(
-                lead[:unit if self.hash_ids else unit * self.block_size],
-                digest_size=8).digest()))
-            if sender is not None and entry.session is None and not units:
-                sender.conversation([(index, t, r) for t, r in enumerate(entry.requests)])
-                continue
-            key = ("record", index) if entry.session is None else entry.session
-            units.setdefault(key, []).append((index, entry))
+        unit = 8 if self.hash_ids else 4  # bytes a token (an id) of a lead
+        earlier = Leads(unit)  # every record's so far
+        try:
+            for index, (entry, lead) in enumerate(pairs):
+                report.records += 1
+                salt = entry.part.salt if entry.part is not None else entry.requests[0].salt
+                report.salted += salt is not None
+                report.salts_not_sent += entry.salt_not_sent
+                report.tools += entry.tools
+                report.first_difference.append(earlier.first_difference(lead))
+                report.first_blocks.append(int.from_bytes(hashlib.blake2b(
+                    lead[:unit if self.hash_ids else unit * self.block_size],
+                    digest_size=8).digest()))
+                if sender is not None and entry.session is None and not units:
+                    sender.conversation([(index, t, r) for t, r in enumerate(entry.requests)])
+                    continue
+                key = ("record", index) if entry.session is None else entry.session
+                units.setdefault(key, []).append((index, entry))
+        finally:
+            earlier.close()
         sessions: dict[Any, list[tuple[int, int, Request]]] = {}
         firsts: list[Unit] = []  # each session's first record
         for key, its in units.items():
@@ -494,6 +499,10 @@ def _profiled(report: Report, r: Request, hits: tuple[int, int, int], record: in
     report.instance_of.append(instance)
 
 
+#: Items a lead is kept by (see :class:`Leads`).
+_STEP = 16
+
+
 def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
     yield first
     yield from rest
@@ -516,16 +525,68 @@ def _common(a: list[int], b: list[int]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def _first_difference(earlier: list[bytes], lead: bytes, unit: int) -> int:
-    """How many leading ``unit``-byte items ``lead`` shares with the earlier record that
-    shares most (then ``lead`` joins ``earlier``, which is kept sorted: the string
-    sharing the longest prefix with ``lead`` is one of its two neighbours)."""
-    at = bisect.bisect_left(earlier, lead)
-    best = 0
-    for neighbour in earlier[max(at - 1, 0):at + 1]:
-        best = max(best, _common_bytes(neighbour, lead) // unit)
-    earlier.insert(at, lead)
-    return best
+class Leads:
+    """The leading items (tokens, or ids) of every record so far, to tell how many a new
+    one shares with the earlier record that shares most: exactly, at a few bytes a
+    record in memory.
+
+    Kept sorted (the one sharing the longest prefix with a new lead is one of its two
+    neighbours there), each lead only through the :data:`_STEP` items in which it first
+    differed from all before it: all a later record that differs there needs of it. The
+    whole lead goes to a temporary file, read back only for a later record that runs
+    past the end of the part kept, which is then one of its prefixes of a whole number
+    of steps (such parts are named in ``cut``; no two alike: a later record with the
+    same part shares a step more). A lead that is a prefix of an earlier one (a
+    duplicate) is not kept: the earlier one shares as much with anything."""
+
+    def __init__(self, unit: int):
+        self.unit = unit  # bytes an item
+        self.step = _STEP * unit
+        self.kept: list[bytes] = []  # sorted
+        self.cut: dict[bytes, int] = {}  # a part kept -> its whole lead's place in the file
+        self.file: Any = None  # the whole leads, opened when the first is cut
+        self.written = 0  # bytes in the file
+        self.pending = bytearray()  # bytes to write after them
+
+    def first_difference(self, lead: bytes) -> int:
+        """How many leading items ``lead`` shares with the earlier record that shares
+        most; then ``lead`` joins the earlier ones."""
+        kept = self.kept
+        at = bisect.bisect_left(kept, lead)
+        best = max((_common_bytes(near, lead) for near in kept[max(at - 1, 0):at + 1]),
+                   default=0)
+        for end in range(self.step, min(best, len(lead)) + 1, self.step):
+            place = self.cut.get(lead[:end])  # an earlier lead that runs on past its part
+            if place is not None:
+                best = max(best, _common_bytes(self._whole(place), lead))
+        best -= best % self.unit
+        if best == len(lead):  # a prefix of an earlier lead
+            return best // self.unit
+        keep = (best // self.step + 1) * self.step
+        if keep < len(lead):
+            self.cut[lead[:keep]] = (self.written + len(self.pending)) << 16 | len(lead)
+            self.pending += lead
+            if len(self.pending) >= 1 << 20:
+                self._flush()
+            lead = lead[:keep]
+        kept.insert(bisect.bisect_left(kept, lead), lead)
+        return best // self.unit
+
+    def _whole(self, place: int) -> bytes:
+        self._flush()
+        return os.pread(self.file.fileno(), place & 0xFFFF, place >> 16)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def _flush(self) -> None:
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="promptkit-check-")  # noqa: SIM115 (closed by close())
+        self.file.write(self.pending)
+        self.file.flush()
+        self.written += len(self.pending)
+        self.pending.clear()
 
 
 def _common_bytes(a: bytes, b: bytes) -> int:
