@@ -564,11 +564,12 @@ class Leads:
             return best // self.unit
         keep = (best // self.step + 1) * self.step
         if keep < len(lead):
-            self.cut[lead[:keep]] = (self.written + len(self.pending)) << 16 | len(lead)
+            part = lead[:keep]  # (one object in both places)
+            self.cut[part] = (self.written + len(self.pending)) << 16 | len(lead)
             self.pending += lead
             if len(self.pending) >= 1 << 20:
                 self._flush()
-            lead = lead[:keep]
+            lead = part
         kept.insert(bisect.bisect_left(kept, lead), lead)
         return best // self.unit
 
