@@ -583,7 +583,11 @@ class Leads:
 
     def _flush(self) -> None:
         if self.file is None:
-            self.file = tempfile.TemporaryFile(prefix="promptkit-check-")  # noqa: SIM115 (closed by close())
+            try:
+                self.file = tempfile.TemporaryFile(prefix="promptkit-check-")  # noqa: SIM115 (closed by close())
+            except OSError as exc:
+                raise CheckError(f"no temporary file for the records' leading tokens in "
+                                 f"{tempfile.gettempdir()} (set TMPDIR): {exc}") from None
         self.file.write(self.pending)
         self.file.flush()
         self.written += len(self.pending)
