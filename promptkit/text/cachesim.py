@@ -29,9 +29,11 @@ import itertools
 import struct
 from array import array
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 class VllmCache:
@@ -73,14 +75,14 @@ class VllmCache:
         self.block_size = block_size
         self.capacity = None if capacity_tokens is None else capacity_tokens // block_size
         self.blocks: OrderedDict[Hashable, None] = OrderedDict()  # LRU first
-        self.unbounded: set[Hashable] = set()  # without a capacity, order does not matter
+        self.unbounded = BlockSet()  # without a capacity, order does not matter
         # num_gpu_blocks: vLLM's pool. Cached blocks no request holds, by block id,
         # least recently used first (vLLM's free queue after its never-cached blocks),
         # and every block id holding each key (vLLM keeps duplicates).
         self.num_gpu_blocks = num_gpu_blocks
         self.free_cached: OrderedDict[int, Hashable] = OrderedDict()
         self.holders: dict[Hashable, list[int]] = {}
-        self._block_ids = itertools.count()
+        self._next_id = 0  # the next block id
 
     def block_hashes(self, tokens: Sequence[int] | Runs, salt: str | None = None) -> list[int]:
         """The chained hash of each full block of ``tokens`` (64-bit): token ids, or
@@ -164,7 +166,7 @@ class VllmCache:
                 del self.holders[key]
         for index in range(hits, full):  # its new full blocks get cached
             key = blocks[index] if index < len(blocks) else object()  # generated tokens
-            block_id = next(self._block_ids)
+            block_id, self._next_id = self._next_id, self._next_id + 1
             self.holders.setdefault(key, []).append(block_id)
             chain.append((block_id, key))
         for block_id, key in reversed(chain):  # freed tail first: the head outlives it
@@ -174,6 +176,109 @@ class VllmCache:
 
 
 _MASK = (1 << 64) - 1
+#: Fibonacci hashing's multiplier (odd: a key times it, mod 2**64, gives the key back
+#: times its inverse).
+_GOLDEN = 0x9E3779B97F4A7C15
+_GOLDEN_INVERSE = pow(_GOLDEN, -1, 1 << 64)
+_CHUNK = 1 << 16
+
+
+class BlockSet:
+    """A set of block keys at about 16 bytes a key: 64-bit ints (chained block hashes,
+    hash ids) in an open-addressing table of 8-byte slots, from a half to two thirds
+    full (a Python ``set`` of ints takes 70-100 bytes a key); any other key (a block
+    ``--cache-bust`` makes an instance's own) in a ``set`` beside it.
+
+    Linear probing without wrapping around: a key lives at or after its home slot
+    (the top bits of the key times :data:`_GOLDEN`), in a run of full slots; the table
+    has room past its last home slot for the longest run. 0 marks an empty slot, so
+    the key 0 is a flag of its own."""
+
+    __slots__ = ("slots", "shift", "size", "room", "zero", "others")
+
+    def __init__(self) -> None:
+        self.others: set[Hashable] = set()
+        self.zero = False
+        self._build(np.zeros(0, np.uint64), 10)
+
+    def _build(self, keys: np.ndarray, bits: int) -> None:
+        """The table of ``2 ** bits`` home slots holding ``keys`` (distinct, none 0;
+        taken over and overwritten), placed at once: sorted by home slot, each goes to
+        its home or the slot after the one before it, whichever is later (a chunk at a
+        time: the keys and the new table are all the memory it takes)."""
+        self.shift = 64 - bits
+        self.room = (1 << bits) * 2 // 3  # keys before the table grows
+        self.size = len(keys)
+        keys *= np.uint64(_GOLDEN)  # (wraps around: mod 2**64)
+        keys.sort()  # by home slot: the top bits
+        slots = array("Q", [0]) * ((1 << bits) + 64)
+        reach = 0  # the running maximum of (home slot - rank): a key's slot less its rank
+        for start in range(0, len(keys), _CHUNK):
+            part = keys[start:start + _CHUNK]
+            rank = np.arange(start, start + len(part), dtype=np.int64)
+            at = (part >> np.uint64(self.shift)).view(np.int64) - rank
+            at[0] = max(at[0], reach)
+            np.maximum.accumulate(at, out=at)
+            reach = int(at[-1])
+            at += rank
+            if at[-1] + 1 >= len(slots):  # the last slot stays empty: it ends every probe
+                slots.extend(array("Q", [0]) * (int(at[-1]) + 64 - len(slots)))
+            np.frombuffer(slots, np.uint64)[at] = part * np.uint64(_GOLDEN_INVERSE)
+        self.slots = slots
+
+    def __contains__(self, key: object) -> bool:
+        if type(key) is not int or not 0 <= key <= _MASK:
+            return key in self.others
+        if not key:
+            return self.zero
+        slots = self.slots
+        at = ((key * _GOLDEN) & _MASK) >> self.shift
+        while True:
+            found = slots[at]
+            if found == key:
+                return True
+            if not found:
+                return False
+            at += 1
+
+    def add(self, key: Hashable) -> None:
+        if type(key) is not int or not 0 <= key <= _MASK:
+            self.others.add(key)
+            return
+        if not key:
+            self.zero = True
+            return
+        slots = self.slots
+        at = ((key * _GOLDEN) & _MASK) >> self.shift
+        while True:
+            found = slots[at]
+            if found == key:
+                return
+            if not found:
+                break
+            at += 1
+        if at + 1 == len(slots):  # the last slot: keep one empty to end every probe
+            self._grow()
+            self.add(key)
+            return
+        slots[at] = key
+        self.size += 1
+        if self.size > self.room:
+            self._grow()
+
+    def update(self, keys: Iterable[Hashable]) -> None:
+        for key in keys:
+            self.add(key)
+
+    def _grow(self) -> None:
+        table = np.frombuffer(self.slots, np.uint64)
+        keys = table[table != 0]
+        del table
+        self.slots = array("Q")
+        self._build(keys, 64 - self.shift + 1)
+
+    def __len__(self) -> int:
+        return self.size + self.zero + len(self.others)
 
 
 def mixed(x: int) -> int:

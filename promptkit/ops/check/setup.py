@@ -4,7 +4,11 @@ sends them, and each request goes through the cache simulation (:class:`Setup`).
 from __future__ import annotations
 
 import bisect
+import copy
+import hashlib
 import itertools
+import os
+import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -294,19 +298,32 @@ class Setup:
         fixed schedule, the warmup goes so too, then every session once, in the order
         of its first line's timestamp (as AIPerf 0.13 sends them at concurrency 1)."""
         report, options = self.report, self.options
+        # One pass over the file in order (no warmup, no wrap-around, no schedule): a
+        # record of its own is sent as it comes, while no session has begun (a session
+        # is sent whole, from its first record on, so what follows it waits).
+        sender = (_Sender(self) if not options.warmup and options.requests is None
+                  and not self.fixed_schedule and self.engine.vllm is not None else None)
         units: dict[Any, list[tuple[int, Unit]]] = {}  # each session's records, in order
-        earlier: list[bytes] = []  # leading tokens (or ids) of every record so far, sorted
-        unit = 8 if self.hash_ids else 4
-        for index, (entry, lead) in enumerate(pairs):
-            report.records += 1
-            salt = entry.part.salt if entry.part is not None else entry.requests[0].salt
-            report.salted += salt is not None
-            report.salts_not_sent += entry.salt_not_sent
-            report.tools += entry.tools
-            report.first_difference.append(_first_difference(earlier, lead, unit))
-            report.prefixes[lead[:unit if self.hash_ids else unit * self.block_size]] += 1
-            key = ("record", index) if entry.session is None else entry.session
-            units.setdefault(key, []).append((index, entry))
+        unit = 8 if self.hash_ids else 4  # bytes a token (an id) of a lead
+        earlier = Leads(unit)  # every record's so far
+        try:
+            for index, (entry, lead) in enumerate(pairs):
+                report.records += 1
+                salt = entry.part.salt if entry.part is not None else entry.requests[0].salt
+                report.salted += salt is not None
+                report.salts_not_sent += entry.salt_not_sent
+                report.tools += entry.tools
+                report.first_difference.append(earlier.first_difference(lead))
+                report.first_blocks.append(int.from_bytes(hashlib.blake2b(
+                    lead[:unit if self.hash_ids else unit * self.block_size],
+                    digest_size=8).digest()))
+                if sender is not None and entry.session is None and not units:
+                    sender.conversation([(index, t, r) for t, r in enumerate(entry.requests)])
+                    continue
+                key = ("record", index) if entry.session is None else entry.session
+                units.setdefault(key, []).append((index, entry))
+        finally:
+            earlier.close()
         sessions: dict[Any, list[tuple[int, int, Request]]] = {}
         firsts: list[Unit] = []  # each session's first record
         for key, its in units.items():
@@ -323,6 +340,14 @@ class Setup:
                 start = len(requests)  # a turn is counted in its conversation
                 requests += [(index, start + t, r) for t, r in enumerate(entry.requests)]
         units.clear()
+        if sender is not None:
+            for items in sessions.values():
+                sender.conversation(items)
+            if not report.lengths:
+                raise CheckError("no records to check")
+            report.conversations = sender.instances
+            report.one_pass = len(report.lengths)
+            return report
         report.conversations = len(sessions)
         flat = [(s, item) for s, items in enumerate(sessions.values()) for item in items]
         if not flat:
@@ -357,18 +382,8 @@ class Setup:
                              hit)
             report.copies = max(report.copies, times[i])
             if n >= options.warmup:
-                if r.own is not None:
-                    report.with_history += 1
-                    report.own_tokens += r.own
-                    report.history_tokens += r.length
-                report.busted += r.bust_at is not None
-                report.hits.append(hit)
-                report.hits_low.append(hit_low)
-                report.within.append(within)
-                report.lengths.append(r.length)
-                report.record_of.append(record)
-                report.turn_of.append(turn)
-                report.instance_of.append(instances.setdefault(instance, len(instances)))
+                _profiled(report, r, (hit, hit_low, within), record, turn,
+                          instances.setdefault(instance, len(instances)))
         return report
 
     def _as_sent(self, request: Request, warmup: bool, instance: Any) -> Request:
@@ -432,6 +447,62 @@ class Setup:
         return options.warmup + one_pass, itertools.chain(warmup, scheduled)
 
 
+class _Sender:
+    """One pass over a file's conversations, in order, each once (a run with no warmup
+    and no wrap-around): each request goes through the simulated cache as it comes,
+    nothing kept but the report's figures. The low end of the range takes no reply's
+    blocks to hit: the same cache as the point prediction until a request sends a reply
+    back, a copy of it from there."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.point = setup._engine()
+        self.low: Engine | None = None
+        self.instances = 0  # conversations sent
+
+    def conversation(self, items: list[tuple[int, int, Request]]) -> None:
+        """Send a conversation's requests (``(record, turn, request)``), in a row."""
+        setup, report, point = self.setup, self.setup.report, self.point
+        instance = self.instances
+        self.instances += 1
+        own = setup._engine() if len(items) > 1 else None  # hits from its own requests
+        for n, (record, turn, request) in enumerate(items):
+            if n + 1 < len(items) and request.reply is None and request.reply_tokens:
+                report.replies_known = False
+            r = setup._as_sent(request, False, instance)
+            if r.reply is not None and self.low is None:
+                self.low = copy.deepcopy(point)
+            hit = point.request(r.key, r.length, r.salt, r.reply_tokens, r.reply)
+            hit_low = (hit if self.low is None
+                       else self.low.request(r.key, r.length, r.salt, r.reply_tokens))
+            within = (0 if own is None else
+                      min(own.request(r.key, r.length, r.salt, r.reply_tokens, r.reply), hit))
+            _profiled(report, r, (hit, hit_low, within), record, turn, instance)
+
+
+def _profiled(report: Report, r: Request, hits: tuple[int, int, int], record: int, turn: int,
+              instance: int) -> None:
+    """A profiled request into the report: its hit tokens (the point prediction, the low
+    end, its conversation's own), what it sent, and which record, turn and conversation
+    instance it is."""
+    if r.own is not None:
+        report.with_history += 1
+        report.own_tokens += r.own
+        report.history_tokens += r.length
+    report.busted += r.bust_at is not None
+    report.hits.append(hits[0])
+    report.hits_low.append(hits[1])
+    report.within.append(hits[2])
+    report.lengths.append(r.length)
+    report.record_of.append(record)
+    report.turn_of.append(turn)
+    report.instance_of.append(instance)
+
+
+#: Items a lead is kept by (see :class:`Leads`).
+_STEP = 16
+
+
 def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
     yield first
     yield from rest
@@ -454,16 +525,73 @@ def _common(a: list[int], b: list[int]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def _first_difference(earlier: list[bytes], lead: bytes, unit: int) -> int:
-    """How many leading ``unit``-byte items ``lead`` shares with the earlier record that
-    shares most (then ``lead`` joins ``earlier``, which is kept sorted: the string
-    sharing the longest prefix with ``lead`` is one of its two neighbours)."""
-    at = bisect.bisect_left(earlier, lead)
-    best = 0
-    for neighbour in earlier[max(at - 1, 0):at + 1]:
-        best = max(best, _common_bytes(neighbour, lead) // unit)
-    earlier.insert(at, lead)
-    return best
+class Leads:
+    """The leading items (tokens, or ids) of every record so far, to tell how many a new
+    one shares with the earlier record that shares most: exactly, at a few bytes a
+    record in memory.
+
+    Kept sorted (the one sharing the longest prefix with a new lead is one of its two
+    neighbours there), each lead only through the :data:`_STEP` items in which it first
+    differed from all before it: all a later record that differs there needs of it. The
+    whole lead goes to a temporary file, read back only for a later record that runs
+    past the end of the part kept, which is then one of its prefixes of a whole number
+    of steps (such parts are named in ``cut``; no two alike: a later record with the
+    same part shares a step more). A lead that is a prefix of an earlier one (a
+    duplicate) is not kept: the earlier one shares as much with anything."""
+
+    def __init__(self, unit: int):
+        self.unit = unit  # bytes an item
+        self.step = _STEP * unit
+        self.kept: list[bytes] = []  # sorted
+        self.cut: dict[bytes, int] = {}  # a part kept -> its whole lead's place in the file
+        self.file: Any = None  # the whole leads, opened when the first is cut
+        self.written = 0  # bytes in the file
+        self.pending = bytearray()  # bytes to write after them
+
+    def first_difference(self, lead: bytes) -> int:
+        """How many leading items ``lead`` shares with the earlier record that shares
+        most; then ``lead`` joins the earlier ones."""
+        kept = self.kept
+        at = bisect.bisect_left(kept, lead)
+        best = max((_common_bytes(near, lead) for near in kept[max(at - 1, 0):at + 1]),
+                   default=0)
+        for end in range(self.step, min(best, len(lead)) + 1, self.step):
+            place = self.cut.get(lead[:end])  # an earlier lead that runs on past its part
+            if place is not None:
+                best = max(best, _common_bytes(self._whole(place), lead))
+        best -= best % self.unit
+        if best == len(lead):  # a prefix of an earlier lead
+            return best // self.unit
+        keep = (best // self.step + 1) * self.step
+        if keep < len(lead):
+            part = lead[:keep]  # (one object in both places)
+            self.cut[part] = (self.written + len(self.pending)) << 16 | len(lead)
+            self.pending += lead
+            if len(self.pending) >= 1 << 20:
+                self._flush()
+            lead = part
+        kept.insert(bisect.bisect_left(kept, lead), lead)
+        return best // self.unit
+
+    def _whole(self, place: int) -> bytes:
+        self._flush()
+        return os.pread(self.file.fileno(), place & 0xFFFF, place >> 16)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def _flush(self) -> None:
+        if self.file is None:
+            try:
+                self.file = tempfile.TemporaryFile(prefix="promptkit-check-")  # noqa: SIM115 (closed by close())
+            except OSError as exc:
+                raise CheckError(f"no temporary file for the records' leading tokens in "
+                                 f"{tempfile.gettempdir()} (set TMPDIR): {exc}") from None
+        self.file.write(self.pending)
+        self.file.flush()
+        self.written += len(self.pending)
+        self.pending.clear()
 
 
 def _common_bytes(a: bytes, b: bytes) -> int:
