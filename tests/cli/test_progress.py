@@ -213,7 +213,10 @@ def test_worker_processes_report_each_chunk_as_it_is_done(files, tmp_path):
 
 @pytest.mark.parametrize(("args", "passes"), [
     (["stats", "{texts}", "--tokenizer", "cl100k_base"], ["counting tokens"]),
-    (["check", "{chats}", "--tokenizer", "cl100k_base"],
+    # One pass: each record goes through the cache as it is read ...
+    (["check", "{chats}", "--tokenizer", "cl100k_base"], ["checking"]),
+    # ... unless warmup requests come first: the requests are kept, then replayed.
+    (["check", "{chats}", "--tokenizer", "cl100k_base", "--warmup", "2"],
      ["checking", "simulating the cache"]),
     (["hash-trace", "{chats}", "{out}", "--tokenizer", "cl100k_base"], ["hashing blocks"]),
     (["nonce", "{texts}", "{out}", "--seed", "1", "--keep-tokens", "--tokenizer",
@@ -221,7 +224,7 @@ def test_worker_processes_report_each_chunk_as_it_is_done(files, tmp_path):
     (["turns", "{conversations}", "{out}", "--tokenizer", "cl100k_base"], ["making requests"]),
     (["pipe", "read", "{chats}", "nonce", "--seed", "1", "fit", "--tokens", "300",
       "--tokenizer", "cl100k_base", "check", "--tokenizer", "cl100k_base", "write", "{out}"],
-     ["adding nonces, fitting", "checking", "simulating the cache"]),
+     ["adding nonces, fitting", "checking"]),
     (["synth", "prefix-test", "{out}", "--groups", "10", "--group-size", "300",
       "--system-tokens", "200", "--tokenizer", "cl100k_base", "--seed", "1"],
      ["padding system prompts", "generating"]),
