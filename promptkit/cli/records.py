@@ -38,8 +38,19 @@ from promptkit.commands.common import manifest_path_for
 from promptkit.commands.transform import pipe as run_steps
 from promptkit.ops.base import Step
 
+#: The options of :func:`~promptkit.cli.options.io_options` (and ``--seed`` of a
+#: shuffled input): where a run reads and writes, not what its step does.
+IO = ("input_path", "output_path", "from_format", "to_format", "keep_replies", "skip_invalid",
+      "manifest_path", "workers", "dataset", "ray_address")
 
-def run_and_report(input_path: str, output_path: str, steps: list[Step], *,
+
+def io_of(options: dict[str, Any]) -> dict[str, Any]:
+    """The run's input and output options, taken out of a command's ``options`` (the
+    rest are its step's)."""
+    return {name: options.pop(name) for name in IO if name in options}
+
+
+def run_and_report(steps: list[Step], *, input_path: str, output_path: str,
                    manifest_path: str | None, ray_address: str | None = None,
                    **options: Any) -> None:
     """Run the steps (:func:`promptkit.commands.transform.pipe`) and say what was
@@ -64,10 +75,7 @@ def nonce_step(*, template: str, **options: Any) -> Step:
 @io_options
 @nonce_options
 @report
-def nonce(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-          keep_replies: bool, skip_invalid: bool, manifest_path: str | None,
-          workers: int | None, dataset: dict[str, Any], ray_address: str | None,
-          **options: Any) -> None:
+def nonce(**options: Any) -> None:
     """Put a unique nonce at the start of every prompt, so no request hits the prefix cache.
 
     \b
@@ -77,20 +85,16 @@ def nonce(input_path: str, output_path: str, from_format: str | None, to_format:
       promptkit nonce in.jsonl out.jsonl --at salt --copies 4
       cat in.jsonl | promptkit nonce - - > out.jsonl
     """
+    io = io_of(options)
     step = nonce_step(**options)
-    run_and_report(input_path, output_path, [step], from_format=from_format,
-                   to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
-                   ray_address=ray_address, dataset=dataset, seed=step.params["seed"])
+    run_and_report([step], seed=step.params["seed"], **io)
 
 
 @click.command(cls=SectionedCommand)
 @io_options
 @pad_options
 @report
-def pad(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-        keep_replies: bool, skip_invalid: bool, manifest_path: str | None, workers: int | None,
-        dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
+def pad(**options: Any) -> None:
     """Give records a shared system prompt of exactly N tokens under a tokenizer.
 
     Pad before a nonce: then 'nonce --at user' keeps the padded prompt shared (a nonce
@@ -105,23 +109,18 @@ def pad(input_path: str, output_path: str, from_format: str | None, to_format: s
       promptkit pipe read chat.jsonl pad --tokens 1024 --tokenizer cl100k_base \\
           nonce --at user write out.jsonl
     """
+    io = io_of(options)
     step = make.pad_step(**options)
-    if step.params["into"] == "file" and output_path == "-":
+    if step.params["into"] == "file" and io["output_path"] == "-":
         raise click.UsageError(make.INTO_FILE)
-    run_and_report(input_path, output_path, [step], from_format=from_format,
-                   to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
-                   ray_address=ray_address, dataset=dataset,
-                   seed=step.params["seed"])
+    run_and_report([step], seed=step.params["seed"], **io)
 
 
 @click.command(cls=SectionedCommand)
 @io_options
 @fit_options
 @report
-def fit(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-        keep_replies: bool, skip_invalid: bool, manifest_path: str | None, workers: int | None,
-        dataset: dict[str, Any], ray_address: str | None, **options: Any) -> None:
+def fit(**options: Any) -> None:
     """Make every user text exactly N tokens under a tokenizer (cut, or filled out).
 
     \b
@@ -130,12 +129,9 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
       promptkit fit in.jsonl out.jsonl --tokens 512,2048 --tokenizer ./tok_dir
       promptkit fit trace.jsonl out.jsonl --tokens input_tokens --tokenizer cl100k_base
     """
+    io = io_of(options)
     step = make.fit_step(**options)
-    run_and_report(input_path, output_path, [step], from_format=from_format,
-                   to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
-                   ray_address=ray_address, dataset=dataset,
-                   seed=step.params["seed"])
+    run_and_report([step], seed=step.params["seed"], **io)
 
 
 @click.command(cls=SectionedCommand)
@@ -143,10 +139,7 @@ def fit(input_path: str, output_path: str, from_format: str | None, to_format: s
 @turns_options
 @shared(INPUT, "--seed", type=int, help="Seed of --shuffle (default: random, recorded).")
 @report
-def turns(input_path: str, output_path: str, from_format: str | None, to_format: str | None,
-          keep_replies: bool, skip_invalid: bool, manifest_path: str | None,
-          workers: int | None, dataset: dict[str, Any], seed: int | None,
-          ray_address: str | None, **options: Any) -> None:
+def turns(**options: Any) -> None:
     """Make benchmark requests of recorded conversations (ShareGPT, alpaca, chat logs).
 
     Each request asks for as many tokens as the recorded reply had (output_length);
@@ -161,12 +154,9 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
       promptkit turns sharegpt.json sessions.jsonl --mode each --max-turns 4 --tokenizer T
       promptkit turns chats.jsonl long.jsonl --mode history --max-prompt-tokens 8192 --tokenizer T
     """
+    io, seed = io_of(options), options.pop("seed")
     step = make.turns_step(**options)
-    run_and_report(input_path, output_path, [step], from_format=from_format,
-                   to_format=to_format, skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers, keep_replies=keep_replies,
-                   ray_address=ray_address, dataset=dataset,
-                   seed=seed)
+    run_and_report([step], seed=seed, **io)
 
 
 @click.command("hash-trace", cls=SectionedCommand)
@@ -183,10 +173,7 @@ def turns(input_path: str, output_path: str, from_format: str | None, to_format:
 @ray_option
 @dataset_options
 @report
-def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: int,
-               rate: float | None, threads: int | None, workers: int | None,
-               from_format: str | None, skip_invalid: bool, manifest_path: str | None,
-               seed: int | None, ray_address: str | None, dataset: dict[str, Any]) -> None:
+def hash_trace(seed: int | None, **options: Any) -> None:
     """Turn text records into a mooncake_trace of hash ids: the prefix sharing, no text.
 
     \b
@@ -194,12 +181,9 @@ def hash_trace(input_path: str, output_path: str, tokenizer: str, block_size: in
       promptkit hash-trace prompts/chat.jsonl.example trace.jsonl --tokenizer cl100k_base
       promptkit hash-trace prod.jsonl trace.jsonl --tokenizer ./tok_dir --block-size 64 --rate 2
     """
-    step = make.hash_trace_step(tokenizer=tokenizer, block_size=block_size, rate=rate,
-                                threads=threads)
-    run_and_report(input_path, output_path, [step], from_format=from_format,
-                   to_format="mooncake_trace", skip_invalid=skip_invalid,
-                   manifest_path=manifest_path, workers=workers, dataset=dataset, seed=seed,
-                   ray_address=ray_address)
+    io = io_of(options)
+    step = make.hash_trace_step(**options)
+    run_and_report([step], to_format="mooncake_trace", seed=seed, **io)
 
 
 # ---------------------------------------------------------------- pipe: one in-process chain
@@ -337,7 +321,7 @@ def run_pipe(stages: list[Any]) -> None:
     if any(not isinstance(stage, Step) for stage in middle):
         raise click.UsageError(f"a pipe has one 'read' first and one 'write' last, not "
                                f"{' and '.join(reads + writes)}")
-    run_and_report(read.path, write.path, middle,
+    run_and_report(middle, input_path=read.path, output_path=write.path,
                    from_format=read.from_format, to_format=write.to_format,
                    skip_invalid=read.skip_invalid, manifest_path=write.manifest_path,
                    workers=read.workers, dataset=read.dataset, seed=read.seed,
