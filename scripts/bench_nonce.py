@@ -273,7 +273,7 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
     from promptkit.ops.nonce import NonceMaker, NonceState, nonce_params
     from promptkit.ops.registry import make
     from promptkit.runner import workers as parallel
-    from promptkit.runner.writers import _TEXT_START, Splicer
+    from promptkit.runner.writers import TEXT_START, Splicer
 
     with open(path, "rb") as f:
         data = b"".join(f.readline() for _ in range(lines_wanted))
@@ -315,7 +315,7 @@ def breakdown(path: str, lines_wanted: int = 100_000) -> list[tuple[str, float]]
          lambda: [len(KEY_ENDS(x)) for x in lines]),
         ("the reader's checks of the fields",
          lambda: [Splicer._single_turn(o) for o in objs]),
-        ("finding the text's first byte", lambda: [_TEXT_START(x) for x in lines]),
+        ("finding the text's first byte", lambda: [TEXT_START(x) for x in lines]),
         ("making the uuid nonce (a chunk's at once, as the writer does)",
          lambda: NonceMaker("uuid", SEED).make_many(0, n)),
         ("the distinct-count key (hashing the text)", keys, new_texts),

@@ -281,8 +281,8 @@ class Splicer:
             elif key != "output_length" or kind is not int or not 0 < value <= MAX_TOKENS:
                 break
         else:
-            return obj.get("role"), text, _TEXT_START
-        return ((obj.get("role"), text, _TEXT_START)
+            return obj.get("role"), text, TEXT_START
+        return ((obj.get("role"), text, TEXT_START)
                 if _checked(obj, parse_single_turn, "single_turn", "text") else None)
 
     @staticmethod
@@ -337,7 +337,8 @@ def _text_finder(key: bytes) -> Callable[[bytes], int]:
     return find
 
 
-_TEXT_START = _text_finder(b"text")
+#: Where a line's "text" value starts (the splice writer's and bench_nonce.py's finder).
+TEXT_START = _text_finder(b"text")
 _TEXT_INPUT = _text_finder(b"text_input")
 _FIRST_ID = re.compile(rb'[ \t]*\{[^{}\[\]]*?(?<!\\)"hash_ids": *\[ *(-?[0-9]+)').match
 
