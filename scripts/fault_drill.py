@@ -109,29 +109,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hear_signals() -> None:
-    """In the child: hear SIGINT and SIGHUP even if this runs where they are ignored (a
-    shell's background job ignores SIGINT, ``nohup`` SIGHUP), since an ignored signal
-    stays ignored across exec (and promptkit keeps it so, as it should)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
 def session_alive(sid: int) -> list[int]:
     """Living (not zombie) processes of session ``sid`` (in any of its process groups:
     bench's AIPerf has one of its own)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            alive.append(int(entry))
-    return alive
+    from limited import processes
+
+    return [pid for pid, _, _, session, state in processes()
+            if session == sid and state not in ("Z", "X")]
 
 
 def main() -> int:
@@ -173,6 +157,8 @@ def main() -> int:
 
 def signal_trials(work: Path, args: argparse.Namespace) -> list[str]:
     """The signal trials on ``promptkit nonce``; returns the failures."""
+    from limited import hear_signals
+
     rng = random.Random(args.seed)
     folder, tmp = work / "out", work / "tmp"
     folder.mkdir()
@@ -397,6 +383,7 @@ def children_of(pid: int) -> list[int]:
 
 def bench_signals(work: Path, args: argparse.Namespace, failures: list[str]) -> None:
     import aiperf_tool
+    from limited import hear_signals
     from openai_server import OpenAIServer
     from tokenizer_dir import build_tokenizer_dir
 

@@ -157,5 +157,30 @@ def node_state(path: Path) -> tuple[int, int, int]:
     return st.st_ino, stat.S_IFMT(st.st_mode), st.st_rdev
 
 
+
+
+def hear_signals() -> None:
+    """In the child: hear SIGINT and SIGHUP even if this runs where they are ignored (a
+    shell's background job ignores SIGINT, ``nohup`` SIGHUP), since an ignored signal
+    stays ignored across exec (and promptkit keeps it so, as it should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def processes() -> list[tuple[int, int, int, int, str]]:
+    """``(pid, parent pid, process group, session, state)`` of every process."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out.append((int(entry), int(fields[1]), int(fields[2]), int(fields[3]), fields[0]))
+    return out
+
+
 if __name__ == "__main__":
     _start(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from limited import hear_signals, processes
 
 from promptkit.core import leftovers
 from promptkit.runner import workers as parallel
@@ -37,32 +38,9 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def hear_signals() -> None:
-    """In the child: hear SIGINT and SIGHUP even if this runs where they are ignored (a
-    shell's background job ignores SIGINT, ``nohup`` SIGHUP), since an ignored signal
-    stays ignored across exec (and promptkit keeps it so, as it should)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
-def processes() -> list[tuple[int, int, int, str]]:
-    """``(pid, parent pid, process group, state)`` of every process."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out.append((int(entry), int(fields[1]), int(fields[2]), fields[0]))
-    return out
-
-
 def living(pids: set[int] | None = None, group: int | None = None) -> set[int]:
     """Of ``pids`` (or the processes of ``group``), those alive (zombies are dead)."""
-    return {pid for pid, _, pgid, state in processes()
+    return {pid for pid, _, pgid, _, state in processes()
             if state not in ("Z", "X")
             and (pid in pids if pids is not None else pgid == group)}
 
@@ -97,7 +75,7 @@ class Run:
         mid_run = until(lambda: self.writing(workers))
         assert mid_run, self.proc.communicate()
         if workers > 1:
-            self.workers = {pid for pid, ppid, _, _ in processes() if ppid == self.proc.pid}
+            self.workers = {pid for pid, ppid, _, _, _ in processes() if ppid == self.proc.pid}
             assert len(self.workers) == workers
 
     def writing(self, workers: int) -> bool:
@@ -107,7 +85,7 @@ class Run:
             return False
         if workers == 1:
             return True
-        children = [pid for pid, ppid, _, _ in processes() if ppid == self.proc.pid]
+        children = [pid for pid, ppid, _, _, _ in processes() if ppid == self.proc.pid]
         scratch = [p for p in os.listdir(self.scratch) if p.startswith("promptkit-")]
         return len(children) == workers and bool(scratch)
 
@@ -241,7 +219,7 @@ def test_sigterm_ends_stats_and_its_workers(big_input, tmp_path):
 
     def started() -> bool:
         assert proc.poll() is None, proc.communicate()
-        workers.update(pid for pid, ppid, _, _ in processes() if ppid == proc.pid)
+        workers.update(pid for pid, ppid, _, _, _ in processes() if ppid == proc.pid)
         return len(workers) == 2
 
     assert until(started)
