@@ -65,15 +65,6 @@ def by_suffix(path: str) -> str | None:
     return None
 
 
-def file_codec(path: str) -> str | None:
-    """The codec of a file's bytes (None for a plain file, or one that cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            return sniff(f.read(MAGIC_BYTES))
-    except OSError:
-        return None
-
-
 def strip_suffix(path: str) -> str:
     """``out.jsonl.gz`` -> ``out.jsonl`` (the path unchanged when it names no codec)."""
     codec = by_suffix(path)
