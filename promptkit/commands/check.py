@@ -37,10 +37,7 @@ from promptkit.provenance import manifest
 from promptkit.provenance.describe import line_of
 from promptkit.runner import workers as parallel
 from promptkit.runner.pipeline import (
-    chunked_files,
     file_progress,
-    located,
-    named_lines,
     open_source,
     source_progress,
 )
@@ -135,7 +132,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
     skipping = Skipping(skip_invalid, "check")  # records read but not sendable as they are
     try:
         with progress_wanted(progress_is_wanted() if progress is None else progress):
-            chunked = chunked_files(source, input_path)
+            chunked = source.chunk_files()
             if (workers is not None and chunked is not None
                     and parallel.can_run_parallel(chunked, workers)):
                 report = _check_in_workers(source, chunked, CheckOptions(**options),
@@ -146,7 +143,7 @@ def check_file(input_path: str, *, from_format: str | None = None,
                                            tokenizer=loaded, tokenizer_spec=tokenizer,
                                            skipping=skipping)
     except InvalidRecordError as exc:
-        raise located(exc, source) from None
+        raise source.located(exc) from None
     finally:
         source.close()
     wrote = []
@@ -162,8 +159,8 @@ def check_file(input_path: str, *, from_format: str | None = None,
     return {"input": {"path": source.name, "format": source.format.name,
                       "sha256": source.sha256.hexdigest()},
             "tokenizer": tokenizer,
-            "skipped": skipped_section(named_lines(
-                sorted(source.skipped + skipping.skipped, key=line_of), source)),
+            "skipped": skipped_section([source.name_line(x) for x in sorted(
+                source.skipped + skipping.skipped, key=line_of)]),
             **report.summary(), "aiperf_args": applied, "wrote": wrote}
 
 

@@ -22,9 +22,7 @@ from promptkit.io.shards import ShardedSource
 from promptkit.ops.stats import Stats, collect, stats_of
 from promptkit.runner import workers as parallel
 from promptkit.runner.pipeline import (
-    chunked_files,
     file_progress,
-    named_lines,
     open_source,
     source_progress,
 )
@@ -90,7 +88,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     label = "counting tokens" if tokenizer else "counting"
     try:
         with progress_wanted(progress_is_wanted() if progress is None else progress):
-            chunked = chunked_files(source, input_path)
+            chunked = source.chunk_files()
             if (workers is not None and chunked is not None
                     and parallel.can_run_parallel(chunked, workers)):
                 collected = _stats_in_workers(source, chunked, tokenizer, skip_invalid,
@@ -104,7 +102,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
     summary = collected.summary()
     warnings = []
     if collected.no_text:
-        lines = ", ".join(named_lines([str(n) for n in collected.no_text_lines], source))
+        lines = ", ".join(source.name_line(str(n)) for n in collected.no_text_lines)
         more = ", ..." if collected.no_text > len(collected.no_text_lines) else ""
         found = (counted(collected.no_text, "record") if collected.no_text == collected.records
                  else f"{collected.no_text} of {counted(collected.records, 'record')}")
@@ -136,7 +134,7 @@ def dataset_stats(input_path: str, *, from_format: str | None = None,
                      else {})},
         "tokenizer": tokenizer,
         **({"chat_template": chat_template} if tokenizer is not None else {}),
-        "skipped": skipped_section(named_lines(source.skipped, source)),
+        "skipped": skipped_section([source.name_line(x) for x in source.skipped]),
         **summary,
         "warnings": warnings,
         "wrote": wrote,

@@ -85,12 +85,6 @@ def source_progress(label: str, source: RecordSource, *, total: int | None = Non
                     enabled=source.path != STDIO)
 
 
-def chunked_files(source: RecordSource, input_path: str) -> str | list[str] | None:
-    """What worker processes may read chunk by chunk (if large enough): see
-    :meth:`promptkit.io.interface.RecordSource.chunk_files` (``input_path``: unused)."""
-    return source.chunk_files()
-
-
 def file_progress(label: str, path: str | list[str], facts: parallel.InputFacts) -> Progress:
     """The progress of a pass over ``path`` (or shards) in worker processes, chunk by
     chunk."""
@@ -179,18 +173,6 @@ def input_files(input_path: str) -> list[str]:
         return []
 
 
-def located(exc: InvalidRecordError, source: RecordSource) -> InvalidRecordError:
-    """An error raised without a file (by a step or the writer), naming the input's file
-    and line: the shard and its own line when the input is many files."""
-    return source.located(exc)
-
-
-def named_lines(skipped: list[str], source: RecordSource) -> list[str]:
-    """Skipped records (``LINE: problem``, sorted) as the manifest lists them: by their
-    shard and its own line (``SHARD:LINE: problem``) when the input is many files."""
-    return [source.name_line(line) for line in skipped]
-
-
 def _stdout_is_terminal() -> bool:
     try:
         return os.isatty(1)
@@ -265,7 +247,8 @@ def _run(outputs: files.Outputs, input_path: str, output_path: str, steps: list[
                     step.on_count(facts.records_read)
             sink.flush()
             result = describe([source.input_entry(facts.records_read)], facts.skipped, sink,
-                              steps, argv, name_lines=lambda lines: named_lines(lines, source))
+                              steps, argv,
+                              name_lines=lambda lines: [source.name_line(x) for x in lines])
             if accept is not None:
                 accept(result)
             _put_in_place(outputs, sink, steps, manifest_path, result)
