@@ -37,7 +37,7 @@ from promptkit.ops.base import (
     text,
     tokenizer_loads,
 )
-from promptkit.ops.filler import filler_readable, filler_words
+from promptkit.ops.padding import filler_readable, filler_words
 from promptkit.text.exact import exact_text, prefix_end
 
 #: Record attributes a column target may name (others come from fields, then extra).

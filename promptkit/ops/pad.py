@@ -22,7 +22,7 @@ from promptkit.core.seeds import new_seed
 from promptkit.core.tokenizers import cached_tokenizer
 from promptkit.core.words import counted
 from promptkit.ops.base import Step, Where, checked, integer, one_of, text
-from promptkit.ops.filler import PadSpec, describe_groups, filler_readable, padded
+from promptkit.ops.padding import PadSpec, describe_groups, filler_readable, padded
 from promptkit.text.exact import SEPARATOR
 
 

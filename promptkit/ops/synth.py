@@ -22,7 +22,7 @@ from promptkit.core.errors import PromptkitError
 from promptkit.core.limits import MAX_GROUPS, MAX_RECORDS, MAX_TOKENS
 from promptkit.core.records import Message, Record
 from promptkit.ops.base import checked, integer, one_of, text, tokenizer_loads
-from promptkit.ops.filler import PadSpec, describe_groups, faker_words, filler_readable, padded
+from promptkit.ops.padding import PadSpec, describe_groups, faker_words, filler_readable, padded
 from promptkit.text.exact import SEPARATOR
 
 ECHO = "Please echo the following word: {word}"

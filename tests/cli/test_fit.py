@@ -10,8 +10,8 @@ from helpers import read_jsonl, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit.ops.filler import filler_words
 from promptkit.ops.fit import fit_text
+from promptkit.ops.padding import filler_words
 
 texts = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300),

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from promptkit.core.errors import PadError
-from promptkit.ops.filler import filler_words
+from promptkit.ops.padding import filler_words
 from promptkit.text.exact import exact_text
 
 bases = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)

@@ -30,7 +30,7 @@ LAYERS = {
 #: The modules of ``ops`` that may import other modules of ``ops``: the base every
 #: operation builds on and the filler words they share know none of them, and the
 #: registry above them knows all.
-OPS_SHARED = {"promptkit.ops", "promptkit.ops.base", "promptkit.ops.filler",
+OPS_SHARED = {"promptkit.ops", "promptkit.ops.base", "promptkit.ops.padding",
               "promptkit.ops.registry"}
 MAX_LINES = 800
 

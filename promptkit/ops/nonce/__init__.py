@@ -31,7 +31,6 @@ from promptkit.core.tokenizers import Tokenizer, cached_tokenizer
 from promptkit.core.words import counted
 from promptkit.formats.aiperf import first_request, sends_tools
 from promptkit.ops.base import Step, Where, checked, flag, integer, one_of, text, tokenizer_loads
-from promptkit.ops.filler import filler_words
 from promptkit.ops.nonce.state import (
     DEFAULT_RANDOM_LENGTH,
     DEFAULT_TEMPLATE,
@@ -46,6 +45,7 @@ from promptkit.ops.nonce.state import (
     now_iso,
     parse_time,
 )
+from promptkit.ops.padding import filler_words
 from promptkit.text.exact import exact_text, prefix_end
 from promptkit.text.templates import (
     PROBE,
